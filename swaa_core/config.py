@@ -1,0 +1,248 @@
+"""SWAAConfig: the four upstream fields, validated, plus helpers for the paper's layer patterns."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+UPSTREAM_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
+
+
+class SWAAConfigError(ValueError):
+    """A SWAA configuration that cannot be applied, with a message that says how to fix it."""
+
+
+@dataclass
+class SWAAConfig:
+    """Sliding Window Attention Adaptation settings, field-for-field compatible with the upstream paper code.
+
+    sliding_window_size: keys visible to a query in a sliding layer, the query's own token included
+        (flash-attn ``window_size=(W-1, 0)``). ``None`` means plain full attention everywhere.
+    keep_first: the first K tokens stay visible to every query ("sink" tokens).
+    force_fa_decode: generated tokens attend to the whole cache (True: every layer; a list: those layers).
+    non_sliding_layers: layers that keep full attention (interleaving FA/SWA layers).
+    """
+
+    sliding_window_size: int | None = None
+    keep_first: int = 0
+    force_fa_decode: bool | list[int] = False
+    non_sliding_layers: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+
+    # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        w = self.sliding_window_size
+        if w is not None:
+            if isinstance(w, bool) or not isinstance(w, int):
+                raise SWAAConfigError(f"sliding_window_size must be a whole number or None, got {w!r}.")
+            if w < 1:
+                raise SWAAConfigError(
+                    f"sliding_window_size must be at least 1 (the query's own token), got {w}. "
+                    "Use None for full attention."
+                )
+        k = self.keep_first
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise SWAAConfigError(f"keep_first (sink tokens) must be a whole number >= 0, got {k!r}.")
+        fa = self.force_fa_decode
+        if not isinstance(fa, bool):
+            if not isinstance(fa, (list, tuple)):
+                raise SWAAConfigError(f"force_fa_decode must be true/false or a list of layer indices, got {fa!r}.")
+            self.force_fa_decode = _layer_list(fa, "force_fa_decode")
+        if not isinstance(self.non_sliding_layers, (list, tuple)):
+            raise SWAAConfigError(f"non_sliding_layers must be a list of layer indices, got {self.non_sliding_layers!r}.")
+        self.non_sliding_layers = _layer_list(self.non_sliding_layers, "non_sliding_layers")
+
+    def validate(self, num_layers: int) -> SWAAConfig:
+        """Check layer indices against a model with ``num_layers`` layers; returns self for chaining."""
+        for name in ("non_sliding_layers", "force_fa_decode"):
+            layers = getattr(self, name)
+            if isinstance(layers, bool):
+                continue
+            bad = [i for i in layers if i >= num_layers]
+            if bad:
+                raise SWAAConfigError(
+                    f"{name} names layer(s) {bad}, but this model has {num_layers} layers (valid: 0..{num_layers - 1})."
+                )
+        return self
+
+    # ------------------------------------------------------------------ meaning
+    @property
+    def is_full_attention(self) -> bool:
+        return self.sliding_window_size is None
+
+    def layer_slides(self, layer_idx: int) -> bool:
+        return self.sliding_window_size is not None and layer_idx not in self.non_sliding_layers
+
+    def layer_fa_decode(self, layer_idx: int) -> bool:
+        if isinstance(self.force_fa_decode, bool):
+            return self.force_fa_decode
+        return layer_idx in self.force_fa_decode
+
+    def notes(self, prompt_tokens: int | None = None) -> list[str]:
+        """Plain-language remarks about settings that are legal but may surprise (shown by the app and CLI)."""
+        out = []
+        w, k = self.sliding_window_size, self.keep_first
+        if w is None:
+            if k or self.force_fa_decode or self.non_sliding_layers:
+                out.append("sliding_window_size is None: full attention everywhere; the other fields have no effect.")
+            return out
+        if k and k >= w:
+            out.append(f"keep_first={k} >= window {w}: sinks extend past the window, so early tokens dominate.")
+        if prompt_tokens is not None:
+            if prompt_tokens <= w:
+                out.append(f"The prompt ({prompt_tokens} tokens) fits in the window ({w}): SWA equals full attention here.")
+            if k and k >= prompt_tokens:
+                out.append(f"keep_first={k} covers the whole prompt ({prompt_tokens} tokens): nothing is hidden.")
+        return out
+
+    def describe(self) -> str:
+        if self.sliding_window_size is None:
+            return "full attention"
+        parts = [f"SWA {self.sliding_window_size}"]
+        if self.keep_first:
+            parts.append(f"{self.keep_first} sinks")
+        if self.non_sliding_layers:
+            parts.append(f"FA layers {_compact(self.non_sliding_layers)}")
+        if self.force_fa_decode is True:
+            parts.append("FA decode")
+        elif self.force_fa_decode:
+            parts.append(f"FA decode in {_compact(self.force_fa_decode)}")
+        return " + ".join(parts)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def fa_layers(pattern: str | int | list[int] | None, num_layers: int) -> list[int]:
+        """Layer indices that keep full attention for a pattern.
+
+        "1/2" -> every 2nd layer from 1 ([1, 3, 5, ...], the paper's figure); "1/4" -> [3, 7, 11, ...];
+        "1/k" -> range(k-1, n, k); "none" -> []; "all" -> every layer; "every 3 from 0" -> [0, 3, 6, ...];
+        "1,5,9" or a list -> those layers.
+        """
+        if pattern is None or (isinstance(pattern, str) and pattern.strip().lower() in ("", "none", "0")):
+            return []
+        if isinstance(pattern, (list, tuple)):
+            return _layer_list(pattern, "FA layers")
+        if isinstance(pattern, int):
+            return list(range(pattern - 1, num_layers, pattern))
+        text = pattern.strip().lower()
+        if text == "all":
+            return list(range(num_layers))
+        m = re.fullmatch(r"1\s*/\s*(\d+)", text)
+        if m:
+            k = int(m.group(1))
+            if k < 1:
+                raise SWAAConfigError(f"FA layer pattern {pattern!r}: the denominator must be >= 1.")
+            return list(range(k - 1, num_layers, k))
+        m = re.fullmatch(r"every\s+(\d+)(?:\w*)?\s*(?:layers?)?\s*(?:from|starting at)\s+(\d+)", text)
+        if m:
+            step, start = int(m.group(1)), int(m.group(2))
+            if step < 1:
+                raise SWAAConfigError(f"FA layer pattern {pattern!r}: the step must be >= 1.")
+            return list(range(start, num_layers, step))
+        try:
+            return _layer_list([int(x) for x in re.split(r"[,\s]+", text) if x], "FA layers")
+        except ValueError:
+            raise SWAAConfigError(
+                f"Unknown FA layer pattern {pattern!r}. Use '1/2', '1/4', 'every 2 from 1', 'all', 'none' "
+                "or a list of layer indices such as '1,5,9'."
+            ) from None
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        fa = self.force_fa_decode if isinstance(self.force_fa_decode, bool) else list(self.force_fa_decode)
+        return {
+            "sliding_window_size": self.sliding_window_size,
+            "keep_first": self.keep_first,
+            "force_fa_decode": fa,
+            "non_sliding_layers": list(self.non_sliding_layers),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SWAAConfig:
+        if not isinstance(data, dict):
+            raise SWAAConfigError(f"A SWAA config must be a JSON object, got {type(data).__name__}.")
+        if "swaa_config" in data and isinstance(data["swaa_config"], dict):
+            data = data["swaa_config"]
+        unknown = sorted(set(data) - set(UPSTREAM_KEYS))
+        if unknown:
+            raise SWAAConfigError(f"Unknown SWAA config field(s) {unknown}; expected some of {list(UPSTREAM_KEYS)}.")
+        kwargs = {k: data[k] for k in UPSTREAM_KEYS if k in data}
+        if kwargs.get("keep_first") is None:
+            kwargs.pop("keep_first", None)
+        if kwargs.get("non_sliding_layers") is None:
+            kwargs.pop("non_sliding_layers", None)
+        if kwargs.get("force_fa_decode") is None:
+            kwargs.pop("force_fa_decode", None)
+        return cls(**kwargs)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_json(cls, text: str) -> SWAAConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SWAAConfigError(f"The SWAA config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+
+def load_upstream_settings(path_or_data) -> list[tuple[SWAAConfig, list[str]]]:
+    """Read an upstream settings file: a JSON list of {"swaa_config": {...}, "model_list": [...]}."""
+    if isinstance(path_or_data, (str, Path)) and not str(path_or_data).lstrip().startswith(("[", "{")):
+        path = Path(path_or_data)
+        if not path.is_file():
+            raise SWAAConfigError(f"Settings file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    elif isinstance(path_or_data, (str, Path)):
+        text = str(path_or_data)
+    else:
+        text = json.dumps(path_or_data)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SWAAConfigError(f"The settings file is not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise SWAAConfigError("An upstream settings file is a JSON list of {'swaa_config': ..., 'model_list': ...}.")
+    out = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or "swaa_config" not in entry:
+            raise SWAAConfigError(f"Entry {i} of the settings file has no 'swaa_config' object.")
+        models = entry.get("model_list", [])
+        if not isinstance(models, list):
+            raise SWAAConfigError(f"Entry {i}: 'model_list' must be a list of model names or paths.")
+        try:
+            cfg = SWAAConfig.from_dict(entry["swaa_config"])
+        except SWAAConfigError as e:
+            raise SWAAConfigError(f"Entry {i}: {e}") from None
+        out.append((cfg, [str(m) for m in models]))
+    return out
+
+
+def _layer_list(values, name: str) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            try:
+                v = int(str(v).strip())
+            except ValueError:
+                raise SWAAConfigError(f"{name} must hold layer indices (whole numbers), got {v!r}.") from None
+        if v < 0:
+            raise SWAAConfigError(f"{name} holds a negative layer index ({v}); layers are numbered from 0.")
+        out.append(v)
+    return sorted(set(out))
+
+
+def _compact(layers: list[int]) -> str:
+    if len(layers) > 2:
+        step = layers[1] - layers[0]
+        if step > 0 and all(b - a == step for a, b in zip(layers, layers[1:])):
+            return f"every {step} from {layers[0]}"
+    return ",".join(map(str, layers))

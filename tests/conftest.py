@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random models of every supported family, built in memory (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
+
+
+def build_tiny_model(family: str = "llama", *, layers: int = 4, seed: int = 0, dtype=torch.float32, **overrides):
+    """A randomly initialised causal LM of ``family`` small enough for CPU tests (GQA: 4 query / 2 KV heads)."""
+    import transformers as tf
+
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
+    }[family]
+    if family == "mistral":
+        common["sliding_window"] = None
+    if family == "gemma3":
+        common.update(sliding_window=8, query_pre_attn_scalar=8)
+    common.update(overrides)
+    config = cls[0](**common)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = cls[1](config).to(dtype).eval()
+    return model
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny_llama():
+    return build_tiny_model("llama")
