@@ -1,0 +1,217 @@
+"""Attention backends. Each takes q (B, H, Q, D), k/v (B, Hkv, KV, D) and a MaskGeometry, returns (B, Q, H, D).
+
+All of them compute softmax(q k^T * scale + mask) v for the mask of :mod:`swaa_core.masks`; they differ only in
+which (query, key) pairs they touch:
+- reference: every pair, materialised mask, eager softmax; returns the probabilities too (attention maps, tests).
+- blocked:   query blocks against sinks + window span only: O(n * (W + K + block)) time, O(block * (W + K)) memory.
+- flex:      PyTorch FlexAttention with a block-sparse mask (CUDA).
+- flash:     flash-attn's native window plus a second pass over the sinks, merged by log-sum-exp (CUDA, if installed).
+Full-attention calls (non-sliding layers, FA decode steps) go to SDPA when nothing needs masking beyond causality.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+from .masks import MaskGeometry, materialize, swaa_mask_mod
+
+BACKENDS = ("auto", "reference", "blocked", "flex", "flash")
+BLOCK = 256
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    device = torch.device(device)
+    out = ["reference", "blocked"]
+    if device.type == "cuda":
+        if _has_flex():
+            out.append("flex")
+        if importlib.util.find_spec("flash_attn") is not None:
+            out.append("flash")
+    return out
+
+
+def choose_backend(requested: str, device: torch.device | str) -> str:
+    if requested not in BACKENDS:
+        raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
+    have = available_backends(device)
+    if requested == "auto":
+        for name in ("flash", "flex", "blocked"):
+            if name in have:
+                return name
+    if requested not in have:
+        raise ValueError(
+            f"Attention backend {requested!r} is not available on {torch.device(device).type} "
+            f"(available: {', '.join(have)})."
+        )
+    return requested
+
+
+def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0):
+    if backend == "reference":
+        return reference(q, k, v, g, scaling)[0]
+    if g.all_full and bool(g.kv_valid.all()):
+        return _causal_sdpa(q, k, v, g, scaling, dropout)
+    if backend == "flex":
+        return flex(q, k, v, g, scaling)
+    if backend == "flash" and _flash_applicable(q, g):
+        return flash(q, k, v, g, scaling)
+    return blocked(q, k, v, g, scaling, dropout)
+
+
+# --------------------------------------------------------------------------- reference
+def reference(q, k, v, g: MaskGeometry, scaling: float):
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling
+    scores = scores.masked_fill(~materialize(g), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a padding query sees nothing: zeros, not NaN
+    out = torch.matmul(probs, v.float()).to(q.dtype)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+# --------------------------------------------------------------------------- plain causal
+def _causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
+    Q, KV = q.shape[2], k.shape[2]
+    if Q == 1 or Q == KV and _is_aligned(g):
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=Q > 1, scale=scaling, dropout_p=dropout, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out.transpose(1, 2).contiguous()
+    return blocked(q, k, v, g, scaling, dropout)
+
+
+def _is_aligned(g: MaskGeometry) -> bool:
+    """Keys and queries are the same tokens in order (a prefill without padding or eviction)."""
+    return g.q_pos.shape == g.kv_pos.shape and bool((g.q_pos == g.kv_pos).all())
+
+
+# --------------------------------------------------------------------------- blocked (CPU / portable)
+def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, block: int = BLOCK):
+    Q = q.shape[2]
+    kv_pos = g.kv_pos.contiguous()
+    gqa = q.shape[1] != k.shape[1]
+    sink_end = 0
+    if g.window is not None and g.keep_first > 0:
+        sink_end = _max_index(kv_pos, torch.full_like(kv_pos[:, :1], g.keep_first), right=False)
+    outs = []
+    for start in range(0, Q, block):
+        end = min(Q, start + block)
+        q_pos = g.q_pos[:, start:end]
+        hi = _max_index(kv_pos, q_pos.max(dim=1, keepdim=True).values, right=True)
+        if g.window is None or bool(g.q_full[:, start:end].any()):
+            lo = 0
+        else:
+            lo_pos = q_pos.min(dim=1, keepdim=True).values - g.window + 1
+            lo = _min_index(kv_pos, lo_pos)
+        if sink_end >= lo:
+            kv_index = torch.arange(0, hi, device=q.device)
+            k_blk, v_blk = k[:, :, :hi], v[:, :, :hi]
+        else:
+            kv_index = torch.cat([torch.arange(0, sink_end, device=q.device), torch.arange(lo, hi, device=q.device)])
+            k_blk = torch.cat([k[:, :, :sink_end], k[:, :, lo:hi]], dim=2)
+            v_blk = torch.cat([v[:, :, :sink_end], v[:, :, lo:hi]], dim=2)
+        mask = materialize(g, torch.arange(start, end, device=q.device), kv_index)
+        out = F.scaled_dot_product_attention(
+            q[:, :, start:end], k_blk, v_blk, attn_mask=mask, scale=scaling, dropout_p=dropout, enable_gqa=gqa
+        )
+        outs.append(out)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return out.transpose(1, 2).nan_to_num(0.0).contiguous()
+
+
+def _max_index(sorted_pos, values, right: bool) -> int:
+    return int(torch.searchsorted(sorted_pos, values, right=right).max())
+
+
+def _min_index(sorted_pos, values) -> int:
+    return int(torch.searchsorted(sorted_pos, values, right=False).min())
+
+
+# --------------------------------------------------------------------------- flex (CUDA)
+def _has_flex() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+_BLOCK_MASKS: dict = {}
+
+
+def flex(q, k, v, g: MaskGeometry, scaling: float):
+    block_mask = block_mask_for(g, q.shape[0], q.shape[2], k.shape[2], q.device)
+    out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2).contiguous()
+
+
+def block_mask_for(g: MaskGeometry, B: int, Q: int, KV: int, device):
+    """Block-sparse mask for the geometry; cached per shape when positions are the plain 0..n-1 layout."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = None
+    if bool(g.kv_valid.all()) and not bool(g.q_full.any()):
+        first_q, first_kv = int(g.q_pos[0, 0]), int(g.kv_pos[0, 0])
+        if bool((g.kv_pos == torch.arange(first_kv, first_kv + KV, device=device)).all()):
+            key = (B, Q, KV, first_q, first_kv, g.window, g.keep_first, str(device))
+    if key is not None and key in _BLOCK_MASKS:
+        return _BLOCK_MASKS[key]
+    block_mask = create_block_mask(swaa_mask_mod(g), B, None, Q, KV, device=device, _compile=Q * KV > 2**26)
+    if key is not None:
+        if len(_BLOCK_MASKS) > 64:
+            _BLOCK_MASKS.clear()
+        _BLOCK_MASKS[key] = block_mask
+    return block_mask
+
+
+# --------------------------------------------------------------------------- flash-attn (CUDA, optional)
+def _flash_applicable(q, g: MaskGeometry) -> bool:
+    """flash-attn's window is index based: use it for unpadded prefill where index distance = position distance."""
+    return q.dtype in (torch.float16, torch.bfloat16) and bool(g.kv_valid.all()) and not bool(g.q_full.any())
+
+
+def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
+    """Window pass by flash-attn (window_size=(W-1, 0)), then the sink keys outside each query's window, merged by LSE."""
+    if flash_fn is None:
+        from flash_attn import flash_attn_func as flash_fn
+    W, K = g.window, g.keep_first
+    Q, KV = q.shape[2], k.shape[2]
+    q_first = int(g.q_pos[0, 0]) - int(g.kv_pos[0, 0])  # index of the first query among the keys
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    out, lse, _ = flash_fn(qt, kt, vt, softmax_scale=scaling, causal=True, window_size=(W - 1, 0), return_attn_probs=True)
+    # queries whose window starts after the sinks: the sinks are a disjoint set of extra keys for them
+    first_merged = max(0, K + W - 1 - q_first)
+    if K == 0 or first_merged >= Q:
+        return out if K == 0 else blocked(q, k, v, g, scaling)
+    sink_out, sink_lse, _ = flash_fn(
+        qt[:, first_merged:], kt[:, :K], vt[:, :K], softmax_scale=scaling, causal=False, return_attn_probs=True
+    )
+    merged = _merge_lse(out[:, first_merged:], lse[:, :, first_merged:], sink_out, sink_lse)
+    if first_merged == 0:
+        return merged
+    head = blocked(q[:, :, :first_merged], k, v, _slice_queries(g, 0, first_merged), scaling)
+    return torch.cat([head, merged], dim=1)
+
+
+def _merge_lse(out_a, lse_a, out_b, lse_b):
+    """Combine two softmax-normalised partial attentions over disjoint key sets. out: (B, Q, H, D); lse: (B, H, Q)."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    wa = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)
+    wb = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
+    return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype)
+
+
+def _slice_queries(g: MaskGeometry, start: int, end: int) -> MaskGeometry:
+    return MaskGeometry(g.q_pos[:, start:end], g.kv_pos, g.kv_valid, g.q_full[:, start:end], g.window, g.keep_first)

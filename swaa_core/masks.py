@@ -1,0 +1,99 @@
+"""The SWAA mask, defined once.
+
+Every backend derives from :func:`swaa_mask_mod`, a predicate ``(batch, head, q_idx, kv_idx) -> bool`` in the style of
+transformers' ``masking_utils`` and PyTorch FlexAttention: the reference backend evaluates it on broadcast index
+grids, the blocked CPU backend on one query block at a time, FlexAttention turns it into a block-sparse mask.
+
+Indices address the query and key tensors; *real positions* (token positions in the unpadded sequence) come from the
+2-D padding mask, so left padding and evicted caches need no special cases in the predicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import SWAAConfig
+
+
+@dataclass
+class MaskGeometry:
+    """Where each query and key sits, for one attention call.
+
+    q_pos: (B, Q) real positions of the queries.  kv_pos: (B, KV) real positions of the keys (non-decreasing).
+    kv_valid: (B, KV) False for padding keys.  q_full: (B, Q) True for queries that attend to the whole causal past
+    (decode tokens under FA decode, or every query of a full-attention layer).
+    """
+
+    q_pos: torch.Tensor
+    kv_pos: torch.Tensor
+    kv_valid: torch.Tensor
+    q_full: torch.Tensor
+    window: int | None
+    keep_first: int
+
+    @property
+    def all_full(self) -> bool:
+        return self.window is None or bool(self.q_full.all())
+
+
+def swaa_mask_mod(g: MaskGeometry):
+    """Query i sees key j iff j is a real token, j <= i, and (i - j < W or j < keep_first or the query is 'full')."""
+    q_pos, kv_pos, kv_valid, q_full = g.q_pos, g.kv_pos, g.kv_valid, g.q_full
+    window, keep_first = g.window, g.keep_first
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qp = q_pos[b, q_idx]
+        kp = kv_pos[b, kv_idx]
+        visible = kv_valid[b, kv_idx] & (kp <= qp)
+        if window is None:
+            return visible
+        return visible & ((qp - kp < window) | (kp < keep_first) | q_full[b, q_idx])
+
+    return mask_mod
+
+
+def materialize(g: MaskGeometry, q_index: torch.Tensor | None = None, kv_index: torch.Tensor | None = None):
+    """Evaluate the predicate on a grid: a (B, 1, Q', KV') bool tensor for the given query/key indices (default: all)."""
+    B, Q = g.q_pos.shape
+    KV = g.kv_pos.shape[1]
+    device = g.q_pos.device
+    q_index = torch.arange(Q, device=device) if q_index is None else q_index
+    kv_index = torch.arange(KV, device=device) if kv_index is None else kv_index
+    b = torch.arange(B, device=device)[:, None, None]
+    mask = swaa_mask_mod(g)(b, 0, q_index[None, :, None], kv_index[None, None, :])
+    return mask[:, None]
+
+
+def geometry_from_positions(
+    q_pos: torch.Tensor,
+    kv_pos: torch.Tensor,
+    *,
+    window: int | None,
+    keep_first: int = 0,
+    kv_valid: torch.Tensor | None = None,
+    q_full: torch.Tensor | bool = False,
+) -> MaskGeometry:
+    if kv_valid is None:
+        kv_valid = torch.ones_like(kv_pos, dtype=torch.bool)
+    if isinstance(q_full, bool):
+        q_full = torch.full_like(q_pos, q_full, dtype=torch.bool)
+    return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, window, keep_first)
+
+
+def mask_picture(config: SWAAConfig | None, n_tokens: int, *, layer_idx: int = 0, prompt_tokens: int | None = None):
+    """What each token may see in one layer, as an (n, n) bool tensor (rows: queries, columns: keys).
+
+    Tokens at positions >= ``prompt_tokens`` are generated tokens: under FA decode they see the whole past.
+    Used for teaching pictures; it is the same predicate the backends run.
+    """
+    cfg = config or SWAAConfig()
+    prompt_tokens = n_tokens if prompt_tokens is None else prompt_tokens
+    pos = torch.arange(n_tokens)[None]
+    sliding = cfg.layer_slides(layer_idx)
+    q_full = (pos >= prompt_tokens) & cfg.layer_fa_decode(layer_idx)
+    g = geometry_from_positions(
+        pos, pos, window=cfg.sliding_window_size if sliding else None, keep_first=cfg.keep_first, q_full=q_full
+    )
+    return materialize(g)[0, 0]

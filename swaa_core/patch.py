@@ -1,0 +1,180 @@
+"""Switch a loaded transformers model to SWAA and back.
+
+The model keeps its classes and methods. SWAA enters through transformers' extension points: the attention and mask
+functions are registered in ``AttentionInterface`` / ``AttentionMaskInterface`` under "swaa" and selected with
+``set_attn_implementation``; each attention module gets a :class:`LayerPlan` attribute and a forward pre-hook that
+turns the dynamic KV cache into slot-tracking SWAA cache layers. ``remove_swaa`` undoes all three.
+
+The per-call state lives on the modules, so one model must not run two forwards at the same time (the app and the
+runner serialise runs per model with a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .attention import NAME, LayerPlan, swaa_attention_forward, swaa_mask
+from .backends import choose_backend
+from .cache import ensure_swaa_layers, kv_cache_bytes
+from .config import SWAAConfig, SWAAConfigError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "gemma3_text")
+
+__all__ = ["apply_swaa", "remove_swaa", "swaa", "capture_attention", "kv_cache_bytes", "SWAAState"]
+
+
+@dataclass
+class SWAAState:
+    config: SWAAConfig
+    backend: str
+    original_attn_implementation: str
+    plans: list[LayerPlan] = field(default_factory=list)
+    hooks: list = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        return f"{self.config.describe()} [backend: {self.backend}]"
+
+
+def _register() -> None:
+    AttentionInterface.register(NAME, swaa_attention_forward)
+    AttentionMaskInterface.register(NAME, swaa_mask)
+
+
+def attention_modules(model) -> list[torch.nn.Module]:
+    """The self-attention modules, in layer order."""
+    found = {}
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and hasattr(module, "q_proj") and hasattr(module, "o_proj"):
+            found.setdefault(idx, module)
+    return [found[i] for i in sorted(found)]
+
+
+def _text_config(model):
+    return model.config.get_text_config(decoder=True)
+
+
+def check_supported(model) -> None:
+    model_type = getattr(_text_config(model), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SWAAConfigError(
+            f"SWAA does not support model type {model_type!r} yet; supported: Llama, Qwen2, Qwen3, Mistral, Gemma 3 "
+            f"({', '.join(SUPPORTED_MODEL_TYPES)})."
+        )
+
+
+def _cache_hook(module, args, kwargs):
+    cache = kwargs.get("past_key_values")
+    if cache is not None:
+        ensure_swaa_layers(cache)
+        module._swaa_cache_layer = cache.layers[module.layer_idx]
+    else:
+        module._swaa_cache_layer = None
+
+
+def _plans(config: SWAAConfig, n_layers: int, backend: str, all_full: bool = False) -> list[LayerPlan]:
+    return [
+        LayerPlan(
+            layer_idx=i,
+            window=None if all_full or not config.layer_slides(i) else config.sliding_window_size,
+            keep_first=config.keep_first,
+            fa_decode=config.layer_fa_decode(i),
+            backend=backend,
+        )
+        for i in range(n_layers)
+    ]
+
+
+def apply_swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto") -> SWAAState | None:
+    """Switch ``model`` to SWAA in place. Re-applying replaces the config; ``sliding_window_size=None`` (or a None
+    config) restores the original model. Returns the state, whose ``backend`` says which kernel runs."""
+    if isinstance(config, dict):
+        config = SWAAConfig.from_dict(config)
+    if config is None or config.is_full_attention:
+        remove_swaa(model)
+        return None
+    return _install(model, config, backend)
+
+
+def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) -> SWAAState:
+    check_supported(model)
+    modules = attention_modules(model)
+    config.validate(len(modules))
+    device = next(model.parameters()).device
+    chosen = choose_backend(backend, device)
+    _register()
+    state: SWAAState | None = getattr(model, "_swaa_state", None)
+    if state is None:
+        original = _text_config(model)._attn_implementation or "sdpa"
+        state = SWAAState(config, chosen, original)
+        state.hooks = [m.register_forward_pre_hook(_cache_hook, with_kwargs=True) for m in modules]
+        model.set_attn_implementation(NAME)
+        model._swaa_state = state
+    state.config, state.backend = config, chosen
+    state.plans = _plans(config, len(modules), chosen, all_full)
+    for module, plan in zip(modules, state.plans):
+        module._swaa_plan = plan
+    return state
+
+
+def remove_swaa(model) -> None:
+    """Restore the model's own attention exactly (no-op if SWAA is not applied)."""
+    state: SWAAState | None = getattr(model, "_swaa_state", None)
+    if state is None:
+        return
+    for hook in state.hooks:
+        hook.remove()
+    for module in attention_modules(model):
+        for attr in ("_swaa_plan", "_swaa_cache_layer", "_swaa_recorder"):
+            if attr in module.__dict__:
+                delattr(module, attr)
+    model.set_attn_implementation(state.original_attn_implementation)
+    del model._swaa_state
+
+
+def current_config(model) -> SWAAConfig | None:
+    state = getattr(model, "_swaa_state", None)
+    return None if state is None else state.config
+
+
+@contextlib.contextmanager
+def swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto"):
+    """``with swaa(model, cfg): model.generate(...)`` -- restores whatever was applied before on exit."""
+    previous = getattr(model, "_swaa_state", None)
+    prev_config, prev_backend = (previous.config, previous.backend) if previous else (None, None)
+    try:
+        yield apply_swaa(model, config, backend=backend)
+    finally:
+        if prev_config is None:
+            remove_swaa(model)
+        else:
+            apply_swaa(model, prev_config, backend=prev_backend)
+
+
+@torch.no_grad()
+def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | None = None, attention_mask=None):
+    """Attention probabilities (heads, q, k) of one layer for the first sequence, under ``config`` (None: full
+    attention), computed by the reference backend. The model's previous SWAA state is restored afterwards."""
+    modules = attention_modules(model)
+    if not 0 <= layer_idx < len(modules):
+        raise SWAAConfigError(f"Layer {layer_idx} does not exist; this model has {len(modules)} layers.")
+    previous = getattr(model, "_swaa_state", None)
+    prev = (previous.config, previous.backend) if previous else None
+    full = config is None or config.is_full_attention
+    probe = SWAAConfig(sliding_window_size=1) if full else config
+    _install(model, probe, "reference", all_full=full)
+    records: list[torch.Tensor] = []
+    modules[layer_idx]._swaa_recorder = records
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        del modules[layer_idx]._swaa_recorder
+        remove_swaa(model)
+        if prev is not None:
+            apply_swaa(model, prev[0], backend=prev[1])
+    return records[0][0]
