@@ -1,0 +1,235 @@
+"""Whole models under SWAA against independent references: transformers' own sliding-window models, eager attention
+with hand-built 4-D masks, unpadded single-sequence runs, and the untouched original model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES, build_tiny_model
+
+from swaa_core import SWAAConfig, apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
+from swaa_core.config import SWAAConfigError
+
+
+def ids(n, seed=0, batch=1):
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def hand_mask(n, window, keep_first, prompt_len=None, fa_decode=False):
+    """Additive (1, 1, n, n) mask from the rule in SWAA.md, written independently of swaa_core."""
+    mask = torch.full((n, n), float("-inf"))
+    for i in range(n):
+        for j in range(i + 1):
+            decode = prompt_len is not None and i >= prompt_len and fa_decode
+            if window is None or decode or i - j < window or j < keep_first:
+                mask[i, j] = 0.0
+    return mask[None, None]
+
+
+def eager_logits(model, input_ids, mask4d):
+    """The unmodified model with eager attention and an explicit 4-D mask."""
+    model.set_attn_implementation("eager")
+    try:
+        return model(input_ids=input_ids, attention_mask=mask4d).logits
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+def test_logits_match_eager_with_hand_mask(family, backend):
+    model = build_tiny_model(family)
+    x = ids(45)
+    with swaa(model, SWAAConfig(sliding_window_size=7, keep_first=3), backend=backend):
+        got = model(x).logits
+        # the same 4-D mask reaches every layer of the eager run, so all layers must slide here
+    expected = eager_logits(model, x, hand_mask(45, 7, 3))
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    with swaa(model, SWAAConfig(sliding_window_size=7, keep_first=3, non_sliding_layers=[1]), backend=backend):
+        one_full_layer = model(x).logits
+    assert not torch.allclose(one_full_layer, got, atol=1e-4), "making layer 1 full attention changed nothing"
+
+
+def test_matches_transformers_native_sliding_window_mistral():
+    """keep_first=0, no FA decode: identical to transformers' own Mistral sliding window implementation."""
+    native = build_tiny_model("mistral", sliding_window=6)
+    plain = build_tiny_model("mistral")
+    plain.load_state_dict(native.state_dict())
+    x = ids(50, seed=1)
+    expected = native(x).logits
+    apply_swaa(plain, SWAAConfig(sliding_window_size=6))
+    assert torch.allclose(plain(x).logits, expected, atol=1e-5)
+    gen_native = native.generate(x, max_new_tokens=12, do_sample=False)
+    gen_swaa = plain.generate(x, max_new_tokens=12, do_sample=False)
+    assert torch.equal(gen_native, gen_swaa)
+
+
+def test_matches_gemma3_native_hybrid_layout():
+    """Gemma 3 natively slides in 5 of 6 layers; the same layout as a SWAA config reproduces it."""
+    model = build_tiny_model("gemma3", layers=6, sliding_window=5)
+    full_layers = [i for i, t in enumerate(model.config.layer_types) if t == "full_attention"]
+    assert full_layers == [5]
+    x = ids(40, seed=2)
+    expected = model(x).logits
+    apply_swaa(model, SWAAConfig(sliding_window_size=5, non_sliding_layers=full_layers))
+    assert torch.allclose(model(x).logits, expected, atol=1e-5)
+
+
+def test_qwen2_native_sliding_layers():
+    native = build_tiny_model("qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=2)
+    assert native.config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    x = ids(33, seed=3)
+    expected = native(x).logits
+    plain = build_tiny_model("qwen2")
+    plain.load_state_dict(native.state_dict())
+    apply_swaa(plain, SWAAConfig(sliding_window_size=6, non_sliding_layers=[0, 1]))
+    assert torch.allclose(plain(x).logits, expected, atol=1e-5)
+
+
+def test_remove_restores_bit_identical(family):
+    model = build_tiny_model(family)
+    x = ids(30)
+    before = model(x).logits
+    gen_before = model.generate(x, max_new_tokens=5, do_sample=False)
+    apply_swaa(model, SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=True))
+    apply_swaa(model, SWAAConfig(sliding_window_size=3))  # re-applying replaces
+    assert not torch.allclose(model(x).logits, before)
+    remove_swaa(model)
+    assert torch.equal(model(x).logits, before)
+    assert torch.equal(model.generate(x, max_new_tokens=5, do_sample=False), gen_before)
+    assert model.config._attn_implementation == "sdpa"
+    assert not model._forward_pre_hooks and all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_none_window_is_the_original_model():
+    model = build_tiny_model("qwen3")
+    x = ids(20)
+    before = model(x).logits
+    assert apply_swaa(model, SWAAConfig(sliding_window_size=None, keep_first=4)) is None
+    assert torch.equal(model(x).logits, before)
+
+
+def test_reapply_replaces_config():
+    model = build_tiny_model("llama")
+    x = ids(40)
+    apply_swaa(model, SWAAConfig(sliding_window_size=3))
+    apply_swaa(model, SWAAConfig(sliding_window_size=9, keep_first=2))
+    once = build_tiny_model("llama")
+    apply_swaa(once, SWAAConfig(sliding_window_size=9, keep_first=2))
+    assert torch.equal(model(x).logits, once(x).logits)
+
+
+@pytest.mark.parametrize("fa_decode", [True, [0, 2]])
+def test_generation_with_fa_decode_matches_teacher_forced_mixed_mask(fa_decode):
+    """Greedy tokens under SWA prefill + FA decode equal the argmax of a teacher-forced eager run with the mixed mask.
+
+    With a list, only layers 0 and 2 decode with full attention: checked by comparing to the all-layer and the
+    no-FA-decode runs (it must differ from both)."""
+    model = build_tiny_model("llama")
+    prompt_len, new = 40, 10
+    x = ids(prompt_len, seed=4)
+    cfg = SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=fa_decode)
+    with swaa(model, cfg):
+        out = model.generate(x, max_new_tokens=new, do_sample=False)
+    if fa_decode is True:
+        n = out.shape[1]
+        logits = eager_logits(model, out, hand_mask(n, 6, 2, prompt_len=prompt_len, fa_decode=True))
+        teacher = logits[0, prompt_len - 1 : n - 1].argmax(-1)
+        assert torch.equal(teacher, out[0, prompt_len:])
+    else:
+        with swaa(model, cfg):
+            mixed = model(out, swaa_prompt_lengths=torch.tensor([prompt_len])).logits
+        with swaa(model, SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=True)):
+            all_fa = model(out, swaa_prompt_lengths=torch.tensor([prompt_len])).logits
+        with swaa(model, SWAAConfig(sliding_window_size=6, keep_first=2)):
+            none_fa = model(out).logits
+        assert torch.equal(mixed[0, prompt_len - 1 : -1].argmax(-1), out[0, prompt_len:])
+        assert not torch.allclose(mixed, all_fa) and not torch.allclose(mixed, none_fa)
+
+
+def test_mixed_training_mask_equals_eager_reference():
+    model = build_tiny_model("qwen2")
+    x = ids(36, seed=5)
+    cfg = SWAAConfig(sliding_window_size=5, keep_first=1, force_fa_decode=True)
+    with swaa(model, cfg):
+        got = model(x, swaa_prompt_lengths=torch.tensor([24])).logits
+    expected = eager_logits(model, x, hand_mask(36, 5, 1, prompt_len=24, fa_decode=True))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_left_padded_batch_matches_single_sequences():
+    model = build_tiny_model("llama")
+    model.generation_config.pad_token_id = 0
+    a, b = ids(30, seed=6)[0], ids(21, seed=7)[0]
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    mask = torch.zeros(2, 30, dtype=torch.long)
+    batch[0], mask[0] = a, 1
+    batch[1, 9:], mask[1, 9:] = b, 1
+    cfg = SWAAConfig(sliding_window_size=5, keep_first=2)
+    with swaa(model, cfg):
+        out = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        alone_a = model.generate(a[None], max_new_tokens=8, do_sample=False)
+        alone_b = model.generate(b[None], max_new_tokens=8, do_sample=False)
+    assert torch.equal(out[0, 30:], alone_a[0, 30:])
+    assert torch.equal(out[1, 30:], alone_b[0, 21:])
+
+
+def test_chunked_prefill_equals_one_shot():
+    model = build_tiny_model("mistral")
+    x = ids(48, seed=8)
+    cfg = SWAAConfig(sliding_window_size=7, keep_first=2)
+    with swaa(model, cfg):
+        whole = model(x).logits
+        first = model(x[:, :20], use_cache=True)
+        second = model(x[:, 20:], past_key_values=first.past_key_values, use_cache=True)
+    assert torch.allclose(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5)
+
+
+def test_sliding_layers_keep_bounded_kv_cache():
+    model = build_tiny_model("llama", layers=4)
+    x = ids(50)
+    window, sinks = 6, 3
+    cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks, non_sliding_layers=[1], force_fa_decode=[2])
+    with swaa(model, cfg):
+        out = model.generate(x, max_new_tokens=30, do_sample=False, return_dict_in_generate=True)
+    per_token = 2 * 2 * 8 * 4  # keys+values x kv heads x head dim x float32 bytes
+    seen = out.sequences.shape[1] - 1  # the last generated token was never fed back
+    held = [b // per_token for b in kv_cache_bytes(out.past_key_values)]
+    assert held == [sinks + window - 1, seen, seen, sinks + window - 1]
+
+
+def test_capture_attention_shows_the_window():
+    model = build_tiny_model("llama")
+    x = ids(30)
+    full = capture_attention(model, x, layer_idx=2)
+    slid = capture_attention(model, x, layer_idx=2, config=SWAAConfig(sliding_window_size=4, keep_first=2))
+    assert full.shape == slid.shape == (4, 30, 30)
+    assert full[:, 29, 10].min() > 0
+    assert slid[:, 29, 10].max() == 0 and slid[:, 29, 1].min() > 0
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_unsupported_architecture_is_named():
+    import transformers as tf
+
+    gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(SWAAConfigError, match="supported: Llama, Qwen2, Qwen3, Mistral, Gemma 3"):
+        apply_swaa(gpt2, SWAAConfig(sliding_window_size=4))
+
+
+def test_layer_index_out_of_range_is_explained():
+    model = build_tiny_model("llama", layers=4)
+    with pytest.raises(SWAAConfigError, match="this model has 4 layers"):
+        apply_swaa(model, SWAAConfig(sliding_window_size=4, non_sliding_layers=[4]))
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_every_family_generates_under_every_strategy(fam):
+    model = build_tiny_model(fam)
+    x = ids(25)
+    for cfg in [
+        SWAAConfig(sliding_window_size=4),
+        SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=True, non_sliding_layers=[1, 3]),
+    ]:
+        with swaa(model, cfg):
+            out = model.generate(x, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert out.shape == (1, 31)
