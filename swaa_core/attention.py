@@ -71,7 +71,9 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
     else:
         slots, total = torch.arange(KV, device=device), KV
     if slots.numel() != KV:
-        raise RuntimeError(f"SWAA cache bookkeeping is out of sync in layer {plan.layer_idx} ({slots.numel()} != {KV}).")
+        raise RuntimeError(
+            f"SWAA cache bookkeeping is out of sync in layer {plan.layer_idx} ({slots.numel()} != {KV})."
+        )
     if mask2d is not None:
         if mask2d.dim() != 2:
             raise ValueError(

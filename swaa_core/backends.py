@@ -187,10 +187,12 @@ def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
     if flash_fn is None:
         from flash_attn import flash_attn_func as flash_fn
     W, K = g.window, g.keep_first
-    Q, KV = q.shape[2], k.shape[2]
+    Q = q.shape[2]
     q_first = int(g.q_pos[0, 0]) - int(g.kv_pos[0, 0])  # index of the first query among the keys
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    out, lse, _ = flash_fn(qt, kt, vt, softmax_scale=scaling, causal=True, window_size=(W - 1, 0), return_attn_probs=True)
+    out, lse, _ = flash_fn(
+        qt, kt, vt, softmax_scale=scaling, causal=True, window_size=(W - 1, 0), return_attn_probs=True
+    )
     # queries whose window starts after the sinks: the sinks are a disjoint set of extra keys for them
     first_merged = max(0, K + W - 1 - q_first)
     if K == 0 or first_merged >= Q:

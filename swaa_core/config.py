@@ -54,7 +54,9 @@ class SWAAConfig:
                 raise SWAAConfigError(f"force_fa_decode must be true/false or a list of layer indices, got {fa!r}.")
             self.force_fa_decode = _layer_list(fa, "force_fa_decode")
         if not isinstance(self.non_sliding_layers, (list, tuple)):
-            raise SWAAConfigError(f"non_sliding_layers must be a list of layer indices, got {self.non_sliding_layers!r}.")
+            raise SWAAConfigError(
+                f"non_sliding_layers must be a list of layer indices, got {self.non_sliding_layers!r}."
+            )
         self.non_sliding_layers = _layer_list(self.non_sliding_layers, "non_sliding_layers")
 
     def validate(self, num_layers: int) -> SWAAConfig:
@@ -95,7 +97,9 @@ class SWAAConfig:
             out.append(f"keep_first={k} >= window {w}: sinks extend past the window, so early tokens dominate.")
         if prompt_tokens is not None:
             if prompt_tokens <= w:
-                out.append(f"The prompt ({prompt_tokens} tokens) fits in the window ({w}): SWA equals full attention here.")
+                out.append(
+                    f"The prompt ({prompt_tokens} tokens) fits in the window ({w}): SWA equals full attention here."
+                )
             if k and k >= prompt_tokens:
                 out.append(f"keep_first={k} covers the whole prompt ({prompt_tokens} tokens): nothing is hidden.")
         return out
@@ -243,6 +247,6 @@ def _layer_list(values, name: str) -> list[int]:
 def _compact(layers: list[int]) -> str:
     if len(layers) > 2:
         step = layers[1] - layers[0]
-        if step > 0 and all(b - a == step for a, b in zip(layers, layers[1:])):
+        if step > 0 and all(b - a == step for a, b in zip(layers, layers[1:], strict=False)):
             return f"every {step} from {layers[0]}"
     return ",".join(map(str, layers))

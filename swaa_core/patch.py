@@ -117,7 +117,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         model._swaa_state = state
     state.config, state.backend = config, chosen
     state.plans = _plans(config, len(modules), chosen, all_full)
-    for module, plan in zip(modules, state.plans):
+    for module, plan in zip(modules, state.plans, strict=True):
         module._swaa_plan = plan
     return state
 

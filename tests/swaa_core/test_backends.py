@@ -143,3 +143,36 @@ def test_blocked_never_builds_a_quadratic_mask(monkeypatch):
     backends.blocked(q, k, v, g, 0.3, block=block)
     assert max(biggest) <= block * (keep_first + window + block)
     assert len(biggest) == n // block
+
+
+PREFILL_32K = """
+import resource, sys
+import torch
+from conftest import build_tiny_model
+from swaa_core import SWAAConfig, apply_swaa
+model = build_tiny_model("llama", layers=2)
+apply_swaa(model, SWAAConfig(sliding_window_size=512, keep_first=4), backend=sys.argv[1])
+x = torch.randint(3, 97, (1, 32768))
+limit = 700 * 2**20  # a 32K x 32K mask alone needs 1 GiB as bool, 4 GiB as float
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+with torch.no_grad():
+    model(x, use_cache=False, logits_to_keep=1)
+print("prefill ok")
+"""
+
+
+@pytest.mark.parametrize("backend, fits", [("blocked", True), ("reference", False)])
+def test_32k_prefill_fits_where_a_quadratic_mask_cannot(backend, fits, tmp_path):
+    """A whole-model 32K-token prefill with W=512 under a 700 MiB data limit: the blocked backend fits; the
+    reference backend, which materialises the n x n mask, does not (so the limit really bites)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    script = tmp_path / "prefill.py"
+    script.write_text(PREFILL_32K)
+    tests_dir = pathlib.Path(__file__).resolve().parents[1]
+    root = tests_dir.parent
+    env = {"PYTHONPATH": f"{root}:{tests_dir}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, env=env, timeout=600)
+    assert ("prefill ok" in proc.stdout) == fits, proc.stderr[-2000:]

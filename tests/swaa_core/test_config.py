@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swaa_core import SWAAConfig, load_upstream_settings
+from swaa_core.config import SWAAConfigError
+from swaa_core.masks import mask_picture
+
+
+def test_round_trip_upstream_fields():
+    data = {"sliding_window_size": 2048, "keep_first": 100, "force_fa_decode": [0, 2], "non_sliding_layers": [5, 1]}
+    cfg = SWAAConfig.from_dict(data)
+    assert cfg.non_sliding_layers == [1, 5]
+    assert cfg.to_dict() == {**data, "non_sliding_layers": [1, 5]}
+    assert SWAAConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"sliding_window_size": 0}, "at least 1"),
+        ({"sliding_window_size": -5}, "at least 1"),
+        ({"sliding_window_size": "big"}, "whole number or None"),
+        ({"sliding_window_size": 8, "keep_first": -1}, "keep_first"),
+        ({"sliding_window_size": 8, "non_sliding_layers": [-2]}, "negative layer index"),
+        ({"sliding_window_size": 8, "force_fa_decode": "yes"}, "force_fa_decode"),
+        ({"sliding_window_size": 8, "window": 3}, "Unknown SWAA config field"),
+    ],
+)
+def test_bad_configs_say_what_is_wrong(data, message):
+    with pytest.raises(SWAAConfigError, match=message):
+        SWAAConfig.from_dict(data)
+
+
+def test_validate_against_model_depth():
+    SWAAConfig(sliding_window_size=8, non_sliding_layers=[0, 29]).validate(30)
+    with pytest.raises(SWAAConfigError, match="has 30 layers"):
+        SWAAConfig(sliding_window_size=8, force_fa_decode=[30]).validate(30)
+
+
+def test_notes_explain_legal_but_surprising_settings():
+    cfg = SWAAConfig(sliding_window_size=256, keep_first=500)
+    notes = " ".join(cfg.notes(prompt_tokens=200))
+    assert "fits in the window" in notes and "covers the whole prompt" in notes and ">= window" in notes
+    assert SWAAConfig(sliding_window_size=256).notes(prompt_tokens=4000) == []
+
+
+@pytest.mark.parametrize(
+    "pattern, n, expected",
+    [
+        ("1/2", 8, [1, 3, 5, 7]),
+        ("1/4", 12, [3, 7, 11]),
+        ("none", 8, []),
+        ("all", 3, [0, 1, 2]),
+        ("every 3 from 0", 8, [0, 3, 6]),
+        ("5, 1,9", 12, [1, 5, 9]),
+        ([4, 2], 8, [2, 4]),
+    ],
+)
+def test_fa_layer_patterns(pattern, n, expected):
+    assert SWAAConfig.fa_layers(pattern, n) == expected
+
+
+def test_unknown_pattern_is_explained():
+    with pytest.raises(SWAAConfigError, match="Unknown FA layer pattern"):
+        SWAAConfig.fa_layers("half of them", 8)
+
+
+def test_upstream_settings_file(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"swaa_config": {"sliding_window_size": 2048, "keep_first": 100}, "model_list": ["Qwen/Qwen3-4B"]},
+                {"swaa_config": {"sliding_window_size": None}, "model_list": []},
+            ]
+        )
+    )
+    (cfg_a, models_a), (cfg_b, _) = load_upstream_settings(path)
+    assert cfg_a == SWAAConfig(sliding_window_size=2048, keep_first=100) and models_a == ["Qwen/Qwen3-4B"]
+    assert cfg_b.is_full_attention
+    path.write_text('[{"model_list": []}]')
+    with pytest.raises(SWAAConfigError, match="no 'swaa_config'"):
+        load_upstream_settings(path)
+    with pytest.raises(SWAAConfigError, match="not found"):
+        load_upstream_settings(tmp_path / "missing.json")
+
+
+@given(
+    n=st.integers(1, 40),
+    window=st.integers(1, 45),
+    keep_first=st.integers(0, 45),
+    prompt=st.integers(1, 40),
+    fa_decode=st.booleans(),
+)
+def test_mask_picture_is_the_rule(n, window, keep_first, prompt, fa_decode):
+    """The predicate every backend derives from, checked cell by cell against SWAA.md's rule."""
+    cfg = SWAAConfig(sliding_window_size=window, keep_first=keep_first, force_fa_decode=fa_decode)
+    pic = mask_picture(cfg, n, prompt_tokens=prompt)
+    expected = torch.tensor(
+        [
+            [j <= i and (i - j < window or j < keep_first or (fa_decode and i >= prompt)) for j in range(n)]
+            for i in range(n)
+        ]
+    )
+    assert torch.equal(pic, expected)
+
+
+def test_mask_picture_of_a_full_layer_is_causal():
+    cfg = SWAAConfig(sliding_window_size=2, non_sliding_layers=[3])
+    assert torch.equal(mask_picture(cfg, 6, layer_idx=3), torch.ones(6, 6, dtype=torch.bool).tril())
