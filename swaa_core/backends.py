@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .masks import MaskGeometry, materialize, swaa_mask_mod
 
 BACKENDS = ("auto", "reference", "blocked", "flex", "flash")
-BLOCK = 256
+BLOCK = 128
+GROUP = 8
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -91,45 +92,66 @@ def _is_aligned(g: MaskGeometry) -> bool:
 
 
 # --------------------------------------------------------------------------- blocked (CPU / portable)
-def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, block: int = BLOCK):
-    Q = q.shape[2]
+def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, block: int = BLOCK, group: int = GROUP):
+    """Query blocks of ``block`` tokens, each against its sinks + window span only; ``group`` blocks share one SDPA
+    call (batched), which keeps the kernel busy while bounding extra memory to group * block * (K + W + block)."""
+    B, H, Q, D = q.shape
+    out = q.new_empty(B, Q, H, D)
     kv_pos = g.kv_pos.contiguous()
-    gqa = q.shape[1] != k.shape[1]
     sink_end = 0
     if g.window is not None and g.keep_first > 0:
-        sink_end = _max_index(kv_pos, torch.full_like(kv_pos[:, :1], g.keep_first), right=False)
-    outs = []
-    for start in range(0, Q, block):
-        end = min(Q, start + block)
-        q_pos = g.q_pos[:, start:end]
-        hi = _max_index(kv_pos, q_pos.max(dim=1, keepdim=True).values, right=True)
-        if g.window is None or bool(g.q_full[:, start:end].any()):
-            lo = 0
-        else:
-            lo_pos = q_pos.min(dim=1, keepdim=True).values - g.window + 1
-            lo = _min_index(kv_pos, lo_pos)
-        if sink_end >= lo:
-            kv_index = torch.arange(0, hi, device=q.device)
-            k_blk, v_blk = k[:, :, :hi], v[:, :, :hi]
-        else:
-            kv_index = torch.cat([torch.arange(0, sink_end, device=q.device), torch.arange(lo, hi, device=q.device)])
-            k_blk = torch.cat([k[:, :, :sink_end], k[:, :, lo:hi]], dim=2)
-            v_blk = torch.cat([v[:, :, :sink_end], v[:, :, lo:hi]], dim=2)
-        mask = materialize(g, torch.arange(start, end, device=q.device), kv_index)
-        out = F.scaled_dot_product_attention(
-            q[:, :, start:end], k_blk, v_blk, attn_mask=mask, scale=scaling, dropout_p=dropout, enable_gqa=gqa
-        )
-        outs.append(out)
-    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    return out.transpose(1, 2).nan_to_num(0.0).contiguous()
+        limit = torch.full_like(kv_pos[:, :1], g.keep_first)
+        sink_end = int(torch.searchsorted(kv_pos, limit).max())
+    n_full = Q // block
+    for first in range(0, n_full, group):
+        blocks = min(group, n_full - first)
+        _attend_blocks(q, k, v, g, scaling, dropout, first * block, blocks, block, sink_end, kv_pos, out)
+    if Q % block:
+        _attend_blocks(q, k, v, g, scaling, dropout, n_full * block, 1, Q % block, sink_end, kv_pos, out)
+    if not bool(g.kv_valid.all()):
+        out = out.nan_to_num(0.0)  # padding queries see no key at all
+    return out
 
 
-def _max_index(sorted_pos, values, right: bool) -> int:
-    return int(torch.searchsorted(sorted_pos, values, right=right).max())
+def _attend_blocks(q, k, v, g, scaling, dropout, q_start, blocks, size, sink_end, kv_pos, out):
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    device = q.device
+    q_index = q_start + torch.arange(blocks * size, device=device).view(blocks, size)
+    q_pos = g.q_pos[:, q_index]  # (B, blocks, size)
+    hi = torch.searchsorted(kv_pos, q_pos.amax(-1), right=True).amax(0)
+    if g.window is None:
+        lo = torch.zeros_like(hi)
+    else:
+        lo = torch.searchsorted(kv_pos, q_pos.amin(-1) - g.window + 1).amin(0)
+        lo = torch.where(g.q_full[:, q_index].any(-1).any(0), 0, lo)
+    span = int((hi - lo).max())
+    start = (hi - span).clamp(min=0)
+    kv_index = start[:, None] + torch.arange(span, device=device)
+    if sink_end:
+        sinks = torch.arange(sink_end, device=device).expand(blocks, sink_end)
+        kv_index = torch.cat([sinks, kv_index], dim=1)
+    mask = materialize(g, q_index, kv_index)  # (B, blocks, size, L)
+    if sink_end:  # a sink that also lies in the span must count once
+        mask[..., :sink_end] &= (sinks < start[:, None])[None, :, None, :]
+    L = kv_index.shape[1]
 
+    def gather(t):
+        return t.index_select(2, kv_index.flatten()).view(B, Hkv, blocks, L, D).transpose(1, 2).reshape(-1, Hkv, L, D)
 
-def _min_index(sorted_pos, values) -> int:
-    return int(torch.searchsorted(sorted_pos, values, right=False).min())
+    q_blk = q[:, :, q_start : q_start + blocks * size].reshape(B, H, blocks, size, D).transpose(1, 2)
+    o = F.scaled_dot_product_attention(
+        q_blk.reshape(-1, H, size, D),
+        gather(k),
+        gather(v),
+        attn_mask=mask.reshape(-1, 1, size, L),
+        scale=scaling,
+        dropout_p=dropout,
+        enable_gqa=Hkv != H,
+    )
+    out[:, q_start : q_start + blocks * size] = (
+        o.view(B, blocks, H, size, D).permute(0, 1, 3, 2, 4).reshape(B, blocks * size, H, D)
+    )
 
 
 # --------------------------------------------------------------------------- flex (CUDA)

@@ -55,15 +55,18 @@ def swaa_mask_mod(g: MaskGeometry):
 
 
 def materialize(g: MaskGeometry, q_index: torch.Tensor | None = None, kv_index: torch.Tensor | None = None):
-    """Evaluate the predicate on a grid: a (B, 1, Q', KV') bool tensor for the given query/key indices (default: all)."""
+    """Evaluate the predicate on a grid of query x key indices (default: all): a (B, 1, Q', KV') bool tensor.
+
+    Batched index sets are allowed: q_index (G, Q') with kv_index (G, KV') gives (B, G, Q', KV')."""
     B, Q = g.q_pos.shape
     KV = g.kv_pos.shape[1]
     device = g.q_pos.device
     q_index = torch.arange(Q, device=device) if q_index is None else q_index
     kv_index = torch.arange(KV, device=device) if kv_index is None else kv_index
-    b = torch.arange(B, device=device)[:, None, None]
-    mask = swaa_mask_mod(g)(b, 0, q_index[None, :, None], kv_index[None, None, :])
-    return mask[:, None]
+    lead = q_index.dim() - 1
+    b = torch.arange(B, device=device).view(B, *([1] * (lead + 2)))
+    mask = swaa_mask_mod(g)(b, 0, q_index[None, ..., :, None], kv_index[None, ..., None, :])
+    return mask if lead else mask[:, None]
 
 
 def geometry_from_positions(

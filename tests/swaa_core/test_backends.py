@@ -78,7 +78,7 @@ def test_backend_matches_naive_float64(case, backend):
     scale = 1 / math.sqrt(q.shape[-1])
     expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
     if backend == "blocked-small":  # many blocks, so block edges, sink gathering and window spans are exercised
-        out = backends.blocked(q, k, v, g, scale, block=4)
+        out = backends.blocked(q, k, v, g, scale, block=4, group=3)
     else:
         out = backends.attend(backend, q, k, v, g, scale)
     assert out.shape == expected.shape
@@ -129,20 +129,20 @@ def emulated_flash_attn(q, k, v, softmax_scale, causal, window_size=(-1, -1), re
 
 
 def test_blocked_never_builds_a_quadratic_mask(monkeypatch):
-    """A long prefill must only ever hand SDPA block x (sinks + window + block) masks."""
-    n, window, keep_first, block = 4096, 128, 16, 256
+    """A long prefill must only ever hand SDPA group x block x (sinks + window + block) masks."""
+    n, window, keep_first, block, group = 4096, 128, 16, 128, 4
     q, k, v, g = make_case(n=n, H=2, Hkv=1, D=8, window=window, keep_first=keep_first)
-    biggest = []
+    sizes = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(query, key, value, attn_mask=None, **kw):
-        biggest.append(0 if attn_mask is None else attn_mask.shape[-2] * attn_mask.shape[-1])
+        sizes.append(attn_mask.numel())
         return real_sdpa(query, key, value, attn_mask=attn_mask, **kw)
 
     monkeypatch.setattr(backends.F, "scaled_dot_product_attention", spy)
-    backends.blocked(q, k, v, g, 0.3, block=block)
-    assert max(biggest) <= block * (keep_first + window + block)
-    assert len(biggest) == n // block
+    backends.blocked(q, k, v, g, 0.3, block=block, group=group)
+    assert max(sizes) <= group * block * (keep_first + window + block)
+    assert len(sizes) == n // (block * group)
 
 
 PREFILL_32K = """
