@@ -56,7 +56,7 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
         return reference(q, k, v, g, scaling)[0]
     if g.all_full and bool(g.kv_valid.all()):
         return _causal_sdpa(q, k, v, g, scaling, dropout)
-    if backend == "flex":
+    if backend == "flex" and q.shape[2] >= 16:  # decode steps: a tiny masked SDPA beats a per-shape flex compile
         return flex(q, k, v, g, scaling)
     if backend == "flash" and _flash_applicable(q, g):
         return flash(q, k, v, g, scaling)
@@ -167,7 +167,7 @@ def _has_flex() -> bool:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 _BLOCK_MASKS: dict = {}
