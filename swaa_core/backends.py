@@ -58,8 +58,11 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
         return _causal_sdpa(q, k, v, g, scaling, dropout)
     if backend == "flex" and q.shape[2] >= 16:  # decode steps: a tiny masked SDPA beats a per-shape flex compile
         return flex(q, k, v, g, scaling)
-    if backend == "flash" and _flash_applicable(q, g):
-        return flash(q, k, v, g, scaling)
+    if backend == "flash":
+        if _flash_applicable(q, g):
+            return flash(q, k, v, g, scaling)
+        if q.shape[2] >= 16 and _has_flex():  # padded batches or mixed masks: flash's index window does not apply
+            return flex(q, k, v, g, scaling)
     return blocked(q, k, v, g, scaling, dropout)
 
 
