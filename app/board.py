@@ -1,0 +1,170 @@
+"""The side-by-side comparison board: one card per column, streamed text, metrics, and the saved/lost summary.
+
+Rendered as HTML (one Gradio component, any number of columns, updated many times a second while tokens stream).
+Every piece of model or user text is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+WAITING, RUNNING, DONE, ERROR, CANCELLED = "waiting", "running", "done", "error", "cancelled"
+
+
+@dataclass
+class ColumnView:
+    label: str
+    description: str
+    is_full: bool
+    status: str = WAITING
+    text: str = ""
+    result: Any = None  # a swaa_core.runner.RunResult once the column finished
+    error: str = ""
+
+
+def format_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "–"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def verdict(correct: bool | None) -> tuple[str, str]:
+    if correct is None:
+        return "no reference answer", "neutral"
+    return ("✓ correct", "good") if correct else ("✗ incorrect", "bad")
+
+
+def render_board(columns: list[ColumnView]) -> str:
+    if not columns:
+        return '<div class="swaa-board swaa-empty">Press <b>Run comparison</b> to run the columns.</div>'
+    cards = "".join(_card(c, i) for i, c in enumerate(columns))
+    return f'<div class="swaa-board" style="--cols:{len(columns)}">{cards}</div>'
+
+
+def _card(col: ColumnView, index: int) -> str:
+    kind = "fa" if col.is_full else "swaa"
+    status = {
+        WAITING: "waiting…",
+        RUNNING: "generating…",
+        DONE: "done",
+        ERROR: "error",
+        CANCELLED: "stopped",
+    }[col.status]
+    body = _body(col)
+    return (
+        f'<section class="swaa-col swaa-{kind} is-{col.status}" data-column="{index}" data-testid="column-{index}">'
+        f'<header><span class="swaa-badge">{"FA" if col.is_full else "SWAA"}</span>'
+        f"<h4>{html.escape(col.label)}</h4>"
+        f'<span class="swaa-status">{status}</span></header>'
+        f'<p class="swaa-desc">{html.escape(col.description)}</p>'
+        f"{body}{_metrics(col)}</section>"
+    )
+
+
+def _body(col: ColumnView) -> str:
+    result = col.result
+    if col.status == ERROR:
+        return f'<div class="swaa-error" role="alert">{html.escape(col.error)}</div>'
+    reasoning = getattr(result, "reasoning_text", "") if result is not None else ""
+    text = col.text if result is None else (result.answer_text if reasoning else result.output_text)
+    parts = []
+    if reasoning:
+        parts.append(
+            f'<details class="swaa-reasoning"><summary>reasoning ({len(reasoning.split())} words)</summary>'
+            f"<div>{html.escape(reasoning)}</div></details>"
+        )
+    cursor = '<span class="swaa-cursor">▍</span>' if col.status == RUNNING else ""
+    placeholder = "" if text or col.status != WAITING else '<span class="swaa-muted">waits for the column before</span>'
+    parts.append(f'<div class="swaa-output" data-testid="output">{html.escape(text)}{cursor}{placeholder}</div>')
+    return "".join(parts)
+
+
+def _metrics(col: ColumnView) -> str:
+    r = col.result
+    if r is None:
+        return ""
+    label, tone = verdict(r.correct)
+    if r.error and col.status == CANCELLED:
+        label, tone = "stopped before the end", "neutral"
+    rows = [
+        ("time to first token", format_seconds(r.ttft_s)),
+        ("decode speed", f"{r.decode_tokens_per_s:.1f} tok/s" if r.decode_tokens_per_s else "–"),
+        ("total time", format_seconds(r.total_s)),
+        ("KV cache", format_bytes(r.kv_cache_bytes)),
+        ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out"),
+    ]
+    cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    backend = f'<span class="swaa-muted">kernel: {html.escape(r.backend)}</span>' if r.backend else ""
+    return (
+        f'<dl class="swaa-metrics" data-testid="metrics">{cells}</dl>'
+        f'<footer><span class="swaa-verdict {tone}" data-testid="verdict">{label}</span>{backend}</footer>'
+    )
+
+
+def summary_markdown(columns: list[ColumnView]) -> str:
+    """What each SWAA column saved and lost against the full-attention baseline, in plain words."""
+    base = next((c.result for c in columns if c.is_full and c.result is not None and not c.result.error), None)
+    if base is None:
+        return ""
+    lines = ["| config | prefill | total time | KV cache | answer |", "|---|---|---|---|---|"]
+    for col in columns:
+        r = col.result
+        if col.is_full or r is None or r.error:
+            continue
+        lines.append(
+            f"| {_md(col.label)} | {_ratio(base.prefill_s, r.prefill_s)} | {_ratio(base.total_s, r.total_s)} | "
+            f"{_saving(base.kv_cache_bytes, r.kv_cache_bytes)} | {_answer_change(base, r)} |"
+        )
+    if len(lines) == 2:
+        return ""
+    return "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _ratio(base: float, new: float) -> str:
+    if not base or not new:
+        return "–"
+    factor = base / new
+    if factor >= 1.05:
+        return f"{factor:.2f}× faster"
+    if factor <= 0.95:
+        return f"{1 / factor:.2f}× slower"
+    return "about the same"
+
+
+def _saving(base: int, new: int) -> str:
+    if not base:
+        return "–"
+    saved = 1 - new / base
+    if saved > 0.005:
+        return f"{saved:.0%} smaller ({format_bytes(base - new)} saved)"
+    if saved < -0.005:
+        return f"{-saved:.0%} larger"
+    return "same"
+
+
+def _answer_change(base, r) -> str:
+    if base.correct is None or r.correct is None:
+        same = base.answer_text.strip() == r.answer_text.strip()
+        return "same answer" if same else "different answer"
+    if base.correct and not r.correct:
+        return "**lost** the answer"
+    if not base.correct and r.correct:
+        return "found the answer (baseline missed it)"
+    return "kept it right" if r.correct else "both wrong"

