@@ -1,0 +1,418 @@
+"""LoRA fine-tuning under SWA (the paper's fifth strategy), and adapters that carry their SWAA config.
+
+Training runs with SWAA applied, so the adapter learns to work with the attention it will meet at inference. Under
+``force_fa_decode`` the paper trains with a mixed mask: prompt tokens use SWA, answer tokens attend to everything,
+exactly as prefill + FA decode do at inference. Every batch therefore passes ``swaa_prompt_lengths`` to the model
+(see docs/architecture.md). The loss covers answer tokens only.
+
+An adapter folder holds peft's files plus ``swaa_config.json``, one entry of an upstream settings file::
+
+    {"swaa_config": {"sliding_window_size": 256, ...}, "model_list": ["<base model>"], "training": {...}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import SWAAConfig, SWAAConfigError
+from .distill import DistillDataError, Progress, ProgressFn, encode_prompt, normalize_record
+from .patch import attention_modules, swaa
+
+SWAA_FILE = "swaa_config.json"
+IGNORE = -100  # label value the loss skips (transformers' convention)
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be saved or loaded, with the reason."""
+
+
+@dataclass
+class TrainSettings:
+    """LoRA SFT hyper-parameters. Defaults follow the paper's script (r 16, alpha 32, rsLoRA, q/k/v, lr 1e-4)."""
+
+    max_steps: int | None = None  # None: train for ``epochs`` passes over the data
+    epochs: float = 1.0
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    grad_accum: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    use_rslora: bool = True
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    max_length: int | None = None  # longer examples are skipped (cutting the prompt could cut the fact it asks about)
+    gradient_checkpointing: bool = True
+    seed: int = 0
+
+    def check(self) -> TrainSettings:
+        positive = {"epochs": self.epochs, "learning_rate": self.learning_rate, "batch_size": self.batch_size}
+        positive.update(grad_accum=self.grad_accum, lora_r=self.lora_r, lora_alpha=self.lora_alpha)
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None to train by epochs), got {self.max_steps}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: name the linear layers LoRA adapts, e.g. q_proj,k_proj,v_proj.")
+        return self
+
+
+@dataclass
+class FinetuneResult:
+    model: torch.nn.Module  # the PeftModel; the base model object now holds the LoRA layers too
+    losses: list[float]  # training loss per optimizer step
+    steps: int
+    seconds: float
+    examples: int
+    stopped_early: bool
+    swaa_config: SWAAConfig | None
+    settings: TrainSettings
+
+    def summary(self) -> dict:
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "seconds": round(self.seconds, 1),
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": self.losses[-1] if self.losses else None,
+            "losses": [round(x, 4) for x in self.losses],
+            "stopped_early": self.stopped_early,
+            "settings": asdict(self.settings),
+        }
+
+
+# --------------------------------------------------------------------------- examples
+def make_example(prompt_ids: list[int], response_ids: list[int]) -> dict:
+    """Token ids with labels on the response only; ``prompt_length`` marks where decode-like tokens start."""
+    if not response_ids:
+        raise DistillDataError("A training example has an empty response.")
+    return {
+        "input_ids": list(prompt_ids) + list(response_ids),
+        "labels": [IGNORE] * len(prompt_ids) + list(response_ids),
+        "prompt_length": len(prompt_ids),
+    }
+
+
+def build_examples(records, tokenizer, max_length: int | None = None) -> tuple[list[dict], int]:
+    """Tokenize prompt/response records the way generation sees them: the rendered chat prompt (+ answer prefix),
+    then the response, then end-of-turn when the response was finished. Returns (examples, skipped as too long)."""
+    examples, skipped = [], 0
+    for n, raw in enumerate(records, 1):
+        record = normalize_record(raw, where=f"record {n}")
+        prompt_ids = encode_prompt(
+            tokenizer, record["prompt"], record.get("answer_prefix") or "", bool(record.get("cot"))
+        )
+        response_ids = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+        if record.get("finished", True) and tokenizer.eos_token_id is not None:
+            response_ids = response_ids + [tokenizer.eos_token_id]
+        example = make_example(prompt_ids, response_ids)
+        if max_length is not None and len(example["input_ids"]) > max_length:
+            skipped += 1
+            continue
+        examples.append(example)
+    return examples, skipped
+
+
+def collate(batch: list[dict], pad_id: int = 0, prompt_lengths: bool = True) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Padding is masked out of attention (2-D mask) and out of the loss (label -100)."""
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, b in enumerate(batch):
+        n = len(b["input_ids"])
+        ids[row, :n] = torch.tensor(b["input_ids"])
+        labels[row, :n] = torch.tensor(b["labels"])
+        mask[row, :n] = 1
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if prompt_lengths:
+        out["swaa_prompt_lengths"] = torch.tensor([b["prompt_length"] for b in batch], dtype=torch.long)
+    return out
+
+
+# --------------------------------------------------------------------------- training
+def lora_config(settings: TrainSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        use_rslora=settings.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+@contextlib.contextmanager
+def _training_mode(model, checkpointing: bool):
+    """Gradient checkpointing (non-reentrant, so frozen inputs need no grad hook) and no KV cache while training;
+    the model's previous settings come back afterwards."""
+    use_cache = model.config.use_cache
+    model.config.use_cache = False
+    # transformers 5.2x renamed gradient checkpointing to activation checkpointing; older 5.x has only the old name.
+    renamed = hasattr(model, "activation_checkpointing_enable")
+    if checkpointing and renamed:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        if checkpointing:
+            (model.activation_checkpointing_disable if renamed else model.gradient_checkpointing_disable)()
+        model.config.use_cache = use_cache
+        model.eval()
+
+
+def _trainer_callback(on_progress: ProgressFn | None, cancel: threading.Event | None, losses: list[float], bar):
+    """Records the loss per step, drives our own progress bar (loss in its postfix), reports, and stops on cancel."""
+    from transformers import TrainerCallback
+
+    start = time.perf_counter()
+
+    class _Report(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if bar is not None:
+                bar.reset(total=state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            losses.append(float(logs["loss"]))
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            if on_progress is not None:
+                msg = f"step {state.global_step}/{state.max_steps}, loss {losses[-1]:.4f}"
+                elapsed = time.perf_counter() - start
+                on_progress(Progress("train", state.global_step, state.max_steps, elapsed, losses[-1], msg))
+
+        def on_step_end(self, args, state, control, **kw):
+            if bar is not None:
+                bar.update(1)
+            if cancel is not None and cancel.is_set():
+                control.should_training_stop = True
+
+    return _Report()
+
+
+def train_lora(
+    model,
+    examples: list[dict],
+    swaa_config: SWAAConfig | None,
+    settings: TrainSettings | None = None,
+    *,
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """LoRA SFT of ``model`` (a transformers causal LM, or a PeftModel to continue) with ``swaa_config`` active in
+    the attention during training. ``examples`` come from :func:`build_examples` / :func:`make_example`.
+
+    The LoRA layers are injected into ``model`` in place (peft's behaviour), so the caller's model object runs with
+    the adapter afterwards; the returned ``result.model`` is the PeftModel for saving. The model's SWAA state before
+    the call is restored afterwards, and it is left in eval mode."""
+    from peft import PeftModel, get_peft_model
+    from tqdm.auto import tqdm
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    settings = (settings or TrainSettings()).check()
+    if not examples:
+        raise DistillDataError("No training examples (all were filtered out or longer than max_length).")
+    if swaa_config is not None:
+        swaa_config.validate(len(attention_modules(model)))
+    set_seed(settings.seed)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = model if isinstance(model, PeftModel) else get_peft_model(model, lora_config(settings))
+    base = peft_model.get_base_model()
+    pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
+    mixed = swaa_config is not None and not swaa_config.is_full_attention and bool(swaa_config.force_fa_decode)
+    losses: list[float] = []
+    start = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="swaa-finetune-") as tmp,
+        tqdm(desc="LoRA SFT", disable=not progress) as bar,
+    ):
+        trainer = Trainer(
+            model=peft_model,
+            args=_training_args(TrainingArguments, tmp, settings, base.device),
+            train_dataset=examples,
+            data_collator=lambda batch: collate(batch, pad_id, prompt_lengths=mixed),
+            callbacks=[_trainer_callback(on_progress, cancel, losses, bar if progress else None)],
+        )
+        # Trainer's own bar / printer write a dict per step; ours shows the loss in the bar instead.
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        with swaa(base, swaa_config), _training_mode(base, settings.gradient_checkpointing):
+            trainer.train()
+    state = trainer.state
+    return FinetuneResult(
+        model=peft_model,
+        losses=losses,
+        steps=state.global_step,
+        seconds=time.perf_counter() - start,
+        examples=len(examples),
+        stopped_early=state.global_step < state.max_steps,
+        swaa_config=swaa_config,
+        settings=settings,
+    )
+
+
+def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device):
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=s.max_steps if s.max_steps is not None else -1,
+        num_train_epochs=s.epochs,
+        learning_rate=s.learning_rate,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        warmup_steps=s.warmup_ratio,  # a float below 1 is a fraction of the steps
+        lr_scheduler_type="linear",
+        max_grad_norm=s.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,  # keeps swaa_prompt_lengths, which the forward signature does not name
+        dataloader_num_workers=0,
+        seed=s.seed,
+        use_cpu=torch.device(device).type == "cpu",
+    )
+
+
+# --------------------------------------------------------------------------- adapters
+def save_adapter(
+    peft_model,
+    path: str | Path,
+    swaa_config: SWAAConfig | None,
+    *,
+    base_model: str | None = None,
+    training: dict | None = None,
+) -> Path:
+    """Save the LoRA adapter (peft's files) and ``swaa_config.json`` beside it. ``base_model`` is the name users
+    load the base with (a Hub id or the embedded model's name); it replaces peft's record of a local path."""
+    from peft import PeftModel
+
+    if not isinstance(peft_model, PeftModel):
+        raise AdapterError("save_adapter needs the PeftModel returned by train_lora (result.model).")
+    path = Path(path)
+    peft_model.save_pretrained(str(path))
+    adapter_file = path / "adapter_config.json"
+    adapter = json.loads(adapter_file.read_text(encoding="utf-8"))
+    if base_model is not None:  # after saving: peft looks the base up by this name while it saves
+        adapter["base_model_name_or_path"] = base_model
+        adapter_file.write_text(json.dumps(adapter, indent=2) + "\n", encoding="utf-8")
+    base = adapter.get("base_model_name_or_path")
+    config = swaa_config or SWAAConfig()
+    entry = {"swaa_config": config.to_dict(), "model_list": [base] if base else [], "training": training or {}}
+    (path / SWAA_FILE).write_text(json.dumps(entry, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (path / "README.md").write_text(_model_card(base, config, training or {}), encoding="utf-8")
+    return path
+
+
+def _model_card(base: str | None, config: SWAAConfig, training: dict) -> str:
+    """A short Hub model card (replaces peft's template, which would record a local base-model path)."""
+    head = ["---", "library_name: peft", "tags: [lora, swaa, sliding-window-attention]"]
+    if base:
+        head.append(f"base_model: {json.dumps(base)}")
+    summary = {k: training[k] for k in ("steps", "examples", "first_loss", "last_loss") if k in training}
+    return "\n".join(
+        head
+        + [
+            "---",
+            "",
+            f"# LoRA adapter trained under SWAA ({config.describe()})",
+            "",
+            "Fine-tuned with sliding window attention active (Sliding Window Attention Adaptation, arXiv 2512.10411).",
+            f"Use it under the same attention settings, stored in `{SWAA_FILE}`:",
+            "",
+            "```python",
+            "from swaa_core import apply_swaa, load_model",
+            "from swaa_core.finetune import load_adapter",
+            "",
+            "loaded = load_model(...)  # the base model",
+            'model, cfg = load_adapter(loaded.model, "<this folder or Hub id>")',
+            "apply_swaa(model, cfg)",
+            "```",
+            "",
+            f"Training summary: `{json.dumps(summary)}`" if summary else "",
+            "",
+        ]
+    )
+
+
+@dataclass
+class AdapterInfo:
+    swaa_config: SWAAConfig | None  # None: the folder has no swaa_config.json (not trained by this tool)
+    base_models: list[str]
+    training: dict
+
+
+def read_adapter_info(path_or_hub_id: str | Path) -> AdapterInfo:
+    """The SWAA config, base model and training summary stored beside an adapter (local folder or Hub repo)."""
+    text = _read_sidecar(str(path_or_hub_id))
+    if text is None:
+        return AdapterInfo(None, [], {})
+    try:
+        data = json.loads(text)
+        config = SWAAConfig.from_dict(data["swaa_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, SWAAConfigError) as e:
+        raise AdapterError(f"{SWAA_FILE} of adapter {path_or_hub_id} is unreadable: {e}") from None
+    return AdapterInfo(config, [str(m) for m in data.get("model_list", [])], data.get("training", {}))
+
+
+def _read_sidecar(where: str) -> str | None:
+    local = Path(where)
+    if local.is_dir():
+        if not (local / "adapter_config.json").is_file():
+            raise AdapterError(f"{local} is not a LoRA adapter folder (no adapter_config.json).")
+        sidecar = local / SWAA_FILE
+        return sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+    if local.exists() or where.count("/") != 1:
+        raise AdapterError(f"Adapter {where!r} is neither a local adapter folder nor a Hub id such as 'user/name'.")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(where, SWAA_FILE)).read_text(encoding="utf-8")
+    except EntryNotFoundError:
+        return None
+    except Exception as e:  # offline, unknown repo, no access: all mean the same to the user
+        raise AdapterError(f"Could not fetch adapter {where!r} from the Hugging Face Hub: {e}") from None
+
+
+def load_adapter(model, path_or_hub_id: str | Path, *, merge: bool = False, adapter_name: str = "default"):
+    """Attach a LoRA adapter (local folder or Hub id) to ``model``; returns ``(model, swaa_config)``.
+
+    ``swaa_config`` is the SWAAConfig the adapter was trained for (None when the adapter has no swaa_config.json).
+    Apply it yourself: ``apply_swaa(model, cfg)``. With ``merge=True`` the LoRA weights are folded into the base
+    weights and the plain transformers model comes back (faster; the adapter cannot be switched off then). Without
+    merging, the LoRA layers live in ``model`` in place, so the original object runs with the adapter too."""
+    from peft import PeftModel
+
+    info = read_adapter_info(path_or_hub_id)
+    if info.swaa_config is not None:
+        info.swaa_config.validate(len(attention_modules(model)))
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path_or_hub_id), adapter_name=adapter_name)
+    except (ValueError, RuntimeError, OSError) as e:
+        base = f" (trained on {', '.join(info.base_models)})" if info.base_models else ""
+        raise AdapterError(f"Adapter {path_or_hub_id} does not fit this model{base}: {e}") from None
+    peft_model.eval()
+    return (peft_model.merge_and_unload() if merge else peft_model), info.swaa_config
