@@ -258,6 +258,18 @@ def test_swaa_command_offers_every_subcommand_the_readme_shows():
         assert result.returncode == 0, f"`swaa {sub} --help` failed:\n{result.stderr[-2000:]}"
 
 
+@pytest.mark.embedded
+def test_readme_python_example_answers_like_the_model_does(tmp_path):
+    # The prompt is far shorter than the window, so SWAA must leave the model's known answer unchanged.
+    example = re.search(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    assert example, "README.md has no Python example"
+    result = subprocess.run(
+        [sys.executable, "-c", example[1]], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"the README's Python example fails:\n{result.stderr[-3000:]}"
+    assert "Paris" in result.stdout
+
+
 # ---------------------------------------------------------------- what git holds
 
 
