@@ -1,0 +1,306 @@
+"""Sweeps: configs x lengths x depths x samples, appended to a JSONL file as they finish, resumable.
+
+Each cell (one config on one sample) has a stable id built from everything that determines its outcome: the model,
+the task and its parameters, the config, the generation settings. A rerun reads the file and skips the cells already
+there, so an interrupted sweep continues where it stopped; results load as a tidy pandas table (one row per run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SWAAConfig
+from .runner import BASELINE_LABEL, RunResult, run_one
+from .tasks import TaskError, make_task
+
+log = logging.getLogger(__name__)
+
+# Per-run columns of the tidy table, in this order (the JSONL holds them and a few more).
+COLUMNS = (
+    "cell_id", "model", "task", "label", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
+    "length_target", "prompt_tokens", "depth", "actual_depth", "seed", "reference", "output_text", "answer_text",
+    "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
+    "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
+    "backend", "cot", "error", "config",
+)  # fmt: skip
+
+
+@dataclass
+class SweepSpec:
+    """What to run. ``configs`` maps labels to configs (None: full attention, always added first if missing)."""
+
+    configs: dict[str, SWAAConfig | None]
+    lengths: list[int]
+    depths: list[float | None] = field(default_factory=lambda: [0.5])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    task: str = "passkey"
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = 16
+    cot: bool = False
+    score_logprob: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.configs, dict):
+            raise ValueError("configs must be a dict {label: SWAAConfig or None}.")
+        if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
+            raise ValueError(f"lengths must be positive whole numbers of tokens, got {self.lengths!r}.")
+        if not self.depths:
+            raise ValueError("depths is empty; use [None] for tasks without a needle depth.")
+        for d in self.depths:
+            if d is not None and not 0.0 <= float(d) <= 1.0:
+                raise ValueError(f"depths must lie between 0 and 1, got {d!r}.")
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one sample seed.")
+        if not any(cfg is None or cfg.is_full_attention for cfg in self.configs.values()):
+            self.configs = {BASELINE_LABEL: None, **self.configs}
+
+    @property
+    def total_cells(self) -> int:
+        return len(self.configs) * len(self.lengths) * len(self.depths) * len(self.seeds)
+
+
+def cell_id(model: str, task: str, task_kwargs: dict, config: SWAAConfig | None, length: int, depth, seed: int,
+            max_new_tokens: int, cot: bool) -> str:  # fmt: skip
+    """A stable id: the same cell gets the same id in any process, whatever the label it runs under."""
+    key = {
+        "model": model,
+        "task": task,
+        "task_kwargs": task_kwargs,
+        "config": None if config is None or config.is_full_attention else config.to_dict(),
+        "length": length,
+        "depth": None if depth is None else round(float(depth), 6),
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "cot": bool(cot),
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_name(loaded) -> str:
+    info = getattr(loaded, "info", None)
+    for attr in ("name", "name_or_path", "id"):
+        value = getattr(info, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    model = getattr(loaded, "model", None)
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "model")
+
+
+def iter_cells(spec: SweepSpec, model: str) -> Iterator[tuple[str, str, SWAAConfig | None, int, Any, int]]:
+    """(cell id, label, config, length, depth, seed), grouped so that one sample serves all configs in a row."""
+    for length in spec.lengths:
+        for seed in spec.seeds:
+            for depth in spec.depths:
+                for label, cfg in spec.configs.items():
+                    cid = cell_id(model, spec.task, spec.task_kwargs, cfg, length, depth, seed, spec.max_new_tokens,
+                                  spec.cot)  # fmt: skip
+                    yield cid, label, cfg, length, depth, seed
+
+
+def finished_cells(path: str | Path, *, retry_errors: bool = False) -> set[str]:
+    """Cell ids already in ``path``. Cancelled cells never count as finished; errors count unless ``retry_errors``."""
+    done = set()
+    for row in read_jsonl(path):
+        if row.get("cancelled") or (retry_errors and row.get("error")):
+            continue
+        if row.get("cell_id"):
+            done.add(row["cell_id"])
+    return done
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a results file; a line cut short by a crash is skipped with a warning, not fatal."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not valid JSON (an interrupted write?); skipped.", path, n)
+    return rows
+
+
+def run_sweep(
+    loaded,
+    spec: SweepSpec,
+    out_path: str | Path,
+    *,
+    progress: bool = True,
+    retry_errors: bool = False,
+    cancel: threading.Event | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    backend: str = "auto",
+):
+    """Run every unfinished cell of ``spec``, appending one JSON line per run to ``out_path``; returns the table of
+    all rows in the file for this sweep's cells (earlier runs included)."""
+    from tqdm.auto import tqdm
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model_name(loaded)
+    cells = list(iter_cells(spec, model))
+    done = finished_cells(out_path, retry_errors=retry_errors)
+    todo = [c for c in cells if c[0] not in done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress)
+    samples: dict[tuple, Any] = {}
+    try:
+        with out_path.open("a", encoding="utf-8") as f:
+            for cid, label, cfg, length, depth, seed in todo:
+                if cancel is not None and cancel.is_set():
+                    break
+                row = _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model, cancel, backend)
+                if row.get("cancelled"):
+                    break
+                f.write(json.dumps(row, default=str) + "\n")
+                f.flush()
+                bar.update()
+                bar.set_postfix_str(f"{label[:24]} L={length} d={depth}: {_verdict(row)}")
+                if on_result is not None:
+                    on_result(row)
+    finally:
+        bar.close()
+    wanted = {c[0] for c in cells}
+    return to_frame([r for r in read_jsonl(out_path) if r.get("cell_id") in wanted])
+
+
+def _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model, cancel, backend) -> dict:
+    key = (length, depth, seed)
+    if key not in samples:
+        samples.clear()  # cells come grouped by sample: only the current one is worth keeping
+        try:
+            samples[key] = make_task(
+                spec.task, loaded.tokenizer, length_tokens=length, depth=depth, seed=seed, **spec.task_kwargs
+            )
+        except TaskError as e:
+            samples[key] = e
+    sample = samples[key]
+    if isinstance(sample, Exception):
+        result = RunResult(label=label, config=None if cfg is None else cfg.to_dict(), error=str(sample))
+    else:
+        result = run_one(
+            loaded,
+            sample,
+            cfg,
+            label=label,
+            max_new_tokens=spec.max_new_tokens,
+            cot=spec.cot,
+            cancel=cancel,
+            backend=backend,
+            score_logprob=spec.score_logprob,
+        )
+    return _row(result, cid, model, spec.task, length, depth, seed)
+
+
+def _row(result: RunResult, cid: str, model: str, task: str, length: int, depth, seed: int) -> dict:
+    row = result.to_dict()
+    cfg = result.config or {}
+    row.update(
+        cell_id=cid,
+        model=model,
+        task=task,
+        length_target=length,
+        depth=depth,
+        actual_depth=result.meta.get("actual_depth"),
+        seed=seed,
+        window=cfg.get("sliding_window_size"),
+        keep_first=cfg.get("keep_first", 0),
+        force_fa_decode=cfg.get("force_fa_decode", False),
+        non_sliding_layers=cfg.get("non_sliding_layers", []),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    row.pop("kv_cache_bytes_per_layer", None)
+    return row
+
+
+def _verdict(row: dict) -> str:
+    if row.get("error"):
+        return "error"
+    return {True: "correct", False: "wrong", None: "unscored"}[row.get("correct")]
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def to_frame(rows: list[dict]):
+    """A tidy DataFrame: one row per run, the :data:`COLUMNS` first."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=list(COLUMNS))
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[list(COLUMNS) + extra]
+
+
+def load_results(path: str | Path):
+    """The tidy table of a results JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Results file not found: {path}")
+    return to_frame(read_jsonl(path))
+
+
+def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
+    """Accuracy and costs per group: runs, errors, accuracy, mean log-likelihood per answer token, timings."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame()
+    ok = df[df["error"].isna()].copy()
+    ok["correct_num"] = pd.to_numeric(ok["correct"].map(lambda v: None if v is None else float(v)), errors="coerce")
+    keys = [k for k in by if k in ok.columns]
+    order = list(dict.fromkeys(df["label"])) if "label" in keys else None
+    grouped = ok.groupby(keys, dropna=False, sort=False)
+    table = grouped.agg(
+        runs=("cell_id", "size"),
+        accuracy=("correct_num", "mean"),
+        logprob_per_token=("answer_logprob_per_token", "mean"),
+        ttft_s=("ttft_s", "mean"),
+        prefill_s=("prefill_s", "mean"),
+        decode_tokens_per_s=("decode_tokens_per_s", "mean"),
+        total_s=("total_s", "mean"),
+        kv_cache_bytes=("kv_cache_bytes", "mean"),
+    ).reset_index()
+    errors = df[df["error"].notna()].groupby(keys, dropna=False, sort=False).size().rename("errors").reset_index()
+    table = table.merge(errors, on=keys, how="outer") if not errors.empty else table.assign(errors=0)
+    table["errors"] = table["errors"].fillna(0).astype(int)
+    table["runs"] = table["runs"].fillna(0).astype(int)
+    if order:
+        table["_order"] = table["label"].map({name: i for i, name in enumerate(order)})
+        table = table.sort_values(["_order", *[k for k in keys if k != "label"]]).drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def export(df, path: str | Path) -> Path:
+    """Save a table as .csv or .jsonl (by the file's suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        # Lists and dicts (configs, layer lists, multi-answer references) as JSON, not Python reprs.
+        flat = df.copy()
+        for col in flat.columns:
+            if flat[col].map(lambda v: isinstance(v, (list, dict, tuple))).any():
+                flat[col] = flat[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v)
+        flat.to_csv(path, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        raise ValueError(f"Cannot export to {path.name}: use a .csv or .jsonl file name.")
+    return path
