@@ -159,6 +159,14 @@ def lora_config(settings: TrainSettings):
 
 
 @contextlib.contextmanager
+def _quiet_peft():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``; the warning is noise to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
 def _training_mode(model, checkpointing: bool):
     """Gradient checkpointing (non-reentrant, so frozen inputs need no grad hook) and no KV cache while training;
     the model's previous settings come back afterwards."""
@@ -200,10 +208,15 @@ def _trainer_callback(on_progress: ProgressFn | None, cancel: threading.Event | 
                 msg = f"step {state.global_step}/{state.max_steps}, loss {losses[-1]:.4f}"
                 elapsed = time.perf_counter() - start
                 on_progress(Progress("train", state.global_step, state.max_steps, elapsed, losses[-1], msg))
+            self._stop_if_cancelled(control)  # logging comes after on_step_end: a cancel from the report stops here
 
         def on_step_end(self, args, state, control, **kw):
             if bar is not None:
                 bar.update(1)
+            self._stop_if_cancelled(control)
+
+        @staticmethod
+        def _stop_if_cancelled(control):
             if cancel is not None and cancel.is_set():
                 control.should_training_stop = True
 
@@ -237,8 +250,7 @@ def train_lora(
     if swaa_config is not None:
         swaa_config.validate(len(attention_modules(model)))
     set_seed(settings.seed)
-    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _quiet_peft():
         peft_model = model if isinstance(model, PeftModel) else get_peft_model(model, lora_config(settings))
     base = peft_model.get_base_model()
     pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
@@ -410,7 +422,8 @@ def load_adapter(model, path_or_hub_id: str | Path, *, merge: bool = False, adap
     if info.swaa_config is not None:
         info.swaa_config.validate(len(attention_modules(model)))
     try:
-        peft_model = PeftModel.from_pretrained(model, str(path_or_hub_id), adapter_name=adapter_name)
+        with _quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(path_or_hub_id), adapter_name=adapter_name)
     except (ValueError, RuntimeError, OSError) as e:
         base = f" (trained on {', '.join(info.base_models)})" if info.base_models else ""
         raise AdapterError(f"Adapter {path_or_hub_id} does not fit this model{base}: {e}") from None

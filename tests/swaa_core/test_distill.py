@@ -1,0 +1,170 @@
+"""Self-distillation data: judging against references, filtering, JSONL files, full-attention teacher answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from swaa_core import SWAAConfig, apply_swaa
+from swaa_core.distill import (
+    DistillDataError,
+    distill,
+    encode_prompt,
+    filter_records,
+    generate_answer,
+    judge,
+    load_jsonl,
+    save_jsonl,
+)
+from swaa_core.patch import current_config
+
+
+def tiny_tokenizer():
+    """A real word-level fast tokenizer with a chat template, sized for the tiny models' 97-token vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(80)]
+    words += ["the", "code", "is", "what", "?", "."]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    tok.chat_template = (
+        "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
+    return tok
+
+
+# --------------------------------------------------------------------------- judging and filtering
+@pytest.mark.parametrize(
+    ("response", "reference", "mode", "verdict"),
+    [
+        ("The code is 4821.", "4821", "any", True),
+        (" 4821", "4821", "any", True),
+        ("The code is 48210.", "4821", "any", False),  # a longer number is a different number
+        ("The code is 482.", "4821", "any", False),
+        ("the capital is PARIS!", "Paris", "any", True),
+        ("New  York,  of course", "new york", "any", True),
+        ("It is York.", "New York", "any", False),
+        ("values: 12, 34", ["12", "34", "56"], "all", False),
+        ("values: 12, 34 and 56", ["12", "34", "56"], "all", True),
+        ("I think 34", ["12", "34"], "any", True),
+        ("anything", None, "any", None),
+        ("anything", "", "any", None),
+        ("anything", [], "all", None),
+    ],
+)
+def test_judge(response, reference, mode, verdict):
+    assert judge(response, reference, mode) is verdict
+
+
+def test_judge_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="'any' or 'all'"):
+        judge("x", "x", "most")
+
+
+RECORDS = [
+    {"prompt": "p1", "response": "4821", "answer": "4821", "judge": 1},
+    {"prompt": "p2", "response": "1234", "answer": "4821", "judge": 0},
+    {"prompt": "p3", "response": "free text", "answer": None, "judge": None},
+]
+
+
+@pytest.mark.parametrize(("keep", "prompts"), [("correct", ["p1", "p3"]), ("judged-correct", ["p1"]), ("all", ["p1", "p2", "p3"])])  # fmt: skip
+def test_filter_records(keep, prompts):
+    assert [r["prompt"] for r in filter_records(RECORDS, keep)] == prompts
+
+
+def test_filter_records_rejects_unknown_keep():
+    with pytest.raises(DistillDataError, match="keep must be one of"):
+        filter_records(RECORDS, "best")
+
+
+# --------------------------------------------------------------------------- files
+def test_jsonl_round_trip_and_upstream_layouts(tmp_path):
+    path = save_jsonl(RECORDS + [{"instruction": "do it", "output": "done"}], tmp_path / "d" / "data.jsonl")
+    loaded = load_jsonl(path)
+    assert loaded[:3] == RECORDS
+    assert loaded[3]["prompt"] == "do it" and loaded[3]["response"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "line 2 is not valid JSON"),
+        ('{"prompt": "p"}', "line 2: needs text fields 'prompt' and 'response'.*'response' is missing"),
+        ('{"prompt": "p", "response": "  "}', "line 2: 'response' is empty"),
+        ("[1, 2]", "line 2: expected a JSON object, got list"),
+    ],
+)
+def test_load_jsonl_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(RECORDS[0]) + "\n" + line + "\n")
+    with pytest.raises(DistillDataError, match=message):
+        load_jsonl(path)
+
+
+def test_load_jsonl_missing_or_empty(tmp_path):
+    with pytest.raises(DistillDataError, match="not found"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DistillDataError, match="holds no records"):
+        load_jsonl(tmp_path / "empty.jsonl")
+
+
+# --------------------------------------------------------------------------- the teacher
+def test_distill_uses_full_attention_and_filters_wrong_answers():
+    """Targets come from the full-attention model even while SWA is applied (which is restored afterwards); a sample
+    whose reference the answer contains is kept, a wrong one is dropped, an unjudged one is kept."""
+    tok = tiny_tokenizer()
+    model = build_tiny_model("llama")
+    prompt = " ".join(f"w{i % 80}" for i in range(7, 67))  # 60 tokens: far more than the window below
+    model.generation_config.eos_token_id = 2
+    full_answer, _ = generate_answer(model, tok, prompt, "the code is", max_new_tokens=6)
+    cfg = SWAAConfig(sliding_window_size=3)
+    apply_swaa(model, cfg)
+    ids = torch.tensor([encode_prompt(tok, prompt, "the code is")])
+    swa_answer = tok.decode(model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :])
+    assert swa_answer != full_answer  # so the check below can tell which attention wrote the targets
+    first_word = full_answer.split()[0]
+    samples = [
+        {"prompt": prompt, "question": "q", "answer": first_word, "answer_prefix": "the code is", "task": "needle"},
+        {"prompt": prompt, "answer": "w79 w79 w79 w79", "answer_prefix": "the code is"},
+        {"prompt": prompt, "answer": None, "answer_prefix": "the code is"},
+    ]
+    reports = []
+    records = distill(model, tok, samples, max_new_tokens=6, on_progress=reports.append, progress=False)
+    assert current_config(model) == cfg
+    assert [r["judge"] for r in records] == [1, None]
+    assert all(r["response"] == full_answer for r in records)
+    assert records[0]["task"] == "needle" and records[0]["question"] == "q"
+    assert [r.step for r in reports] == [1, 2, 3] and reports[-1].phase == "distill"
+    everything = distill(model, tok, samples, max_new_tokens=6, keep="all", progress=False)
+    assert [r["judge"] for r in everything] == [1, 0, None]
+
+
+def test_generate_answer_stops_at_eos_and_reports_it():
+    tok = tiny_tokenizer()
+    model = build_tiny_model("llama")
+    ids = torch.tensor([encode_prompt(tok, "w1 w2 w3")])
+    model.generation_config.eos_token_id = 96  # a token this greedy run never produces
+    raw = model.generate(ids, max_new_tokens=5, do_sample=False)[0, ids.shape[1] :].tolist()
+    assert 96 not in raw and raw[1] not in raw[:1]
+    text, finished = generate_answer(model, tok, "w1 w2 w3", max_new_tokens=5)
+    assert not finished and text == tok.decode(raw, skip_special_tokens=True)
+    model.generation_config.eos_token_id = raw[1]  # now the second generated token ends the answer
+    text, finished = generate_answer(model, tok, "w1 w2 w3", max_new_tokens=5)
+    assert finished and text == tok.decode(raw[:1], skip_special_tokens=True)
+
+
+def test_distill_rejects_empty_input():
+    tok, model = tiny_tokenizer(), build_tiny_model("llama")
+    with pytest.raises(DistillDataError, match="No samples"):
+        distill(model, tok, [], progress=False)
+    with pytest.raises(DistillDataError, match="no prompt text"):
+        distill(model, tok, [{"prompt": "  "}], progress=False)
