@@ -15,7 +15,6 @@ was rendered with the chain-of-thought switch (the response then holds the reaso
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ import torch
 
 from .cot import render_prompt, split_reasoning
 from .patch import swaa
+from .scoring import contains_match, normalize
 
 KEEP_CHOICES = ("correct", "judged-correct", "all")
 
@@ -70,22 +70,16 @@ def encode_prompt(tokenizer, prompt: str, answer_prefix: str = "", cot: bool = F
 
 
 # --------------------------------------------------------------------------- judging
-def _normalize(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
 def judge(response: str, reference: str | list[str] | None, mode: str = "any") -> bool | None:
-    """Whether ``response`` states the reference answer as whole words (case, punctuation and spacing ignored;
-    "482" does not match "4821"). A list of references needs one of them (mode "any") or all (mode "all", as
-    multi-value tasks do). None when there is no reference to check against."""
+    """Whether ``response`` states the reference answer, scored as the runner scores (whole words after
+    normalisation: "71432" is not found in "714321"). With a list, one reference suffices (mode "any") or all are
+    needed (mode "all", multi-value tasks). None when there is no reference to check against."""
     if mode not in ("any", "all"):
         raise ValueError(f"mode must be 'any' or 'all', got {mode!r}.")
     refs = [reference] if isinstance(reference, str) else [str(r) for r in reference or []]
-    refs = [_normalize(r) for r in refs if _normalize(r)]
-    if not refs:
+    if not any(normalize(r) for r in refs):
         return None
-    said = f" {_normalize(response)} "
-    return (all if mode == "all" else any)(f" {r} " in said for r in refs)
+    return contains_match(response, refs, require_all=mode == "all")
 
 
 def filter_records(records: Iterable[dict], keep: str = "correct") -> list[dict]:
@@ -182,7 +176,7 @@ def _record(model, tokenizer, sample, max_new_tokens: int, cot: bool) -> dict:
     reference = _sample_field(sample, "answer")
     response, finished = generate_answer(model, tokenizer, prompt, prefix, max_new_tokens, cot)
     meta = _sample_field(sample, "meta") or {}
-    verdict = judge(split_reasoning(response)[1] if cot else response, reference, meta.get("match", "any"))
+    verdict = judge(split_reasoning(response, marker=cot)[1], reference, meta.get("match", "any"))
     record = {
         "prompt": prompt,
         "question": _sample_field(sample, "question", "") or "",

@@ -429,3 +429,350 @@ def load_adapter(model, path_or_hub_id: str | Path, *, merge: bool = False, adap
         raise AdapterError(f"Adapter {path_or_hub_id} does not fit this model{base}: {e}") from None
     peft_model.eval()
     return (peft_model.merge_and_unload() if merge else peft_model), info.swaa_config
+
+
+# --------------------------------------------------------------------------- the whole recipe: data, train, evaluate
+@dataclass
+class EvalSummary:
+    """Accuracy of one config on a task set, with the graded signal (reference log-likelihood) beside it."""
+
+    label: str
+    samples: int
+    correct: int
+    scored: int
+    errors: int
+    mean_logprob_per_token: float | None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.scored if self.scored else None
+
+    def line(self) -> str:
+        acc = "n/a" if self.accuracy is None else f"{self.correct}/{self.scored} = {self.accuracy:.0%}"
+        lp = (
+            ""
+            if self.mean_logprob_per_token is None
+            else f", reference log-prob/token {self.mean_logprob_per_token:.3f}"
+        )
+        err = f", {self.errors} errors" if self.errors else ""
+        return f"{self.label}: accuracy {acc}{lp}{err}"
+
+
+def make_samples(kind: str, tokenizer, n: int, length_tokens: int, *, seed: int = 0, **kw) -> list:
+    """``n`` task samples with the needle depth spread evenly over the context and seeds seed, seed+1, ..."""
+    from .tasks import make_task
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"The number of samples must be a whole number >= 1, got {n!r}.")
+    return [
+        make_task(kind, tokenizer, length_tokens=length_tokens, depth=(i + 0.5) / n, seed=seed + i, **kw)
+        for i in range(n)
+    ]
+
+
+def evaluate_accuracy(
+    loaded, samples, config: SWAAConfig | None, *, label: str, max_new_tokens: int = 24, cot: bool = False,
+    on_progress: ProgressFn | None = None, cancel: threading.Event | None = None, progress: bool = True,
+) -> EvalSummary:  # fmt: skip
+    """Greedy answers through the runner (same prompts, scoring and SWAA path as ``swaa eval``)."""
+    from tqdm.auto import tqdm
+
+    from .runner import run_one
+
+    results, start = [], time.perf_counter()
+    for i, sample in enumerate(tqdm(samples, desc=f"eval: {label}", disable=not progress)):
+        if cancel is not None and cancel.is_set():
+            break
+        results.append(run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0))
+        if on_progress is not None:
+            right = sum(bool(r.correct) for r in results)
+            msg = f"{label}: {i + 1}/{len(samples)}, {right} right"
+            on_progress(Progress("eval", i + 1, len(samples), time.perf_counter() - start, message=msg))
+    scored = [r for r in results if r.correct is not None]
+    lps = [r.answer_logprob_per_token for r in results if r.answer_logprob_per_token is not None]
+    return EvalSummary(
+        label=label,
+        samples=len(results),
+        correct=sum(bool(r.correct) for r in scored),
+        scored=len(scored),
+        errors=sum(r.error is not None for r in results),
+        mean_logprob_per_token=sum(lps) / len(lps) if lps else None,
+    )
+
+
+@dataclass
+class FinetuneReport:
+    adapter_path: Path | None
+    swaa_config: SWAAConfig
+    base_model: str
+    records: int  # distillation records kept after filtering
+    examples: int
+    skipped_too_long: int
+    train: FinetuneResult
+    before: EvalSummary | None = None
+    after: EvalSummary | None = None
+    distill_path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "swaa_config": self.swaa_config.to_dict(),
+            "base_model": self.base_model,
+            "records": self.records,
+            "examples": self.examples,
+            "skipped_too_long": self.skipped_too_long,
+            **self.train.summary(),
+            "eval_before": None if self.before is None else asdict(self.before),
+            "eval_after": None if self.after is None else asdict(self.after),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": _machine(self.train.model),
+        }
+
+
+def _machine(model) -> str:
+    import os
+    import platform
+
+    device = next(model.parameters()).device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    return f"{where}; {platform.system()} {platform.machine()}; torch {torch.__version__}"
+
+
+def finetune_pipeline(
+    loaded,
+    swaa_config: SWAAConfig,
+    out_dir: str | Path | None,
+    *,
+    records: list[dict] | None = None,
+    task: str = "needle",
+    samples: int = 32,
+    length_tokens: int = 1024,
+    seed: int = 0,
+    max_new_tokens: int = 24,
+    keep: str = "correct",
+    cot: bool = False,
+    settings: TrainSettings | None = None,
+    eval_samples: int = 0,
+    eval_length: int | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    progress: bool = True,
+) -> FinetuneReport:
+    """The paper's recipe end to end on a loaded model (:func:`swaa_core.load_model`): self-distil ``samples``
+    prompts of ``task`` with full attention (or use ``records``), optionally score ``eval_samples`` held-out prompts
+    under ``swaa_config``, LoRA-train under ``swaa_config``, score again, and save the adapter to ``out_dir``.
+
+    The LoRA layers go into ``loaded.model`` in place: load a private copy (``load_model(..., reuse=False)``) when
+    other code shares the model."""
+    from .distill import distill, filter_records, save_jsonl
+
+    if swaa_config is None or swaa_config.is_full_attention:
+        raise SWAAConfigError("Fine-tuning under SWA needs a sliding config (a window), not full attention.")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    swaa_config.validate(len(attention_modules(model)))
+    out = None if out_dir is None else Path(out_dir)
+    distill_path = None
+    if records is None:
+        prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
+        records = distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot, keep="all",
+                          on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
+        if out is not None:
+            distill_path = save_jsonl(records, out / "distill.jsonl")
+    kept = filter_records(records, keep)
+    settings = settings or TrainSettings()
+    examples, skipped = build_examples(kept, tokenizer, settings.max_length)
+    held_out = []
+    if eval_samples:
+        held_out = make_samples(task, tokenizer, eval_samples, eval_length or length_tokens, seed=seed + 100_000)
+
+    def score(label):
+        return evaluate_accuracy(loaded, held_out, swaa_config, label=label, max_new_tokens=max_new_tokens, cot=cot,
+                                 on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
+
+    before = score("before fine-tuning") if held_out else None
+    result = train_lora(model, examples, swaa_config, settings, on_progress=on_progress, cancel=cancel,
+                        progress=progress)  # fmt: skip
+    after = score("after fine-tuning") if held_out else None
+    report = FinetuneReport(
+        None, swaa_config, loaded.info.name, len(kept), len(examples), skipped, result, before, after, distill_path
+    )
+    if out is not None:
+        report.adapter_path = save_adapter(
+            result.model, out, swaa_config, base_model=loaded.info.name, training=report.to_dict()
+        )
+    return report
+
+
+# --------------------------------------------------------------------------- CLI: swaa distill / swaa finetune
+FINETUNE_HELP = """\
+LoRA fine-tuning under sliding window attention (the paper's fifth strategy).
+
+What happens:
+  1. data     self-distillation: the model answers long-context prompts with FULL attention; those answers
+              become the targets (wrong ones are dropped where the reference is known). Or bring --data.
+  2. before   (with --eval-samples) held-out prompts are answered under the SWA recipe and scored.
+  3. train    LoRA SFT with the SWA recipe active in the attention. Under FA decode the mixed mask is used:
+              prompt tokens slide, answer tokens see everything, exactly as at inference. Loss on answers only.
+  4. after    the same held-out prompts again, now with the adapter.
+  5. save     OUT/ holds the adapter, swaa_config.json (the recipe it was trained for, upstream format),
+              distill.jsonl and a README; load it with swaa_core.finetune.load_adapter().
+"""
+
+FINETUNE_EXAMPLES = """\
+examples:
+  # a few minutes on a laptop CPU: 24 needle prompts of 768 tokens, window 128 + sinks + FA decode
+  swaa finetune --recipe swa-sinks-fa-decode --window 128 --samples 24 --length 768 --steps 24 \\
+      --eval-samples 16 --out adapters/smollm2-needle
+
+  # the paper's recipe on a GPU, your own distilled data
+  swaa distill --model Qwen/Qwen3-4B-Instruct-2507 --dataset my_eval.jsonl --out data.jsonl
+  swaa finetune --model Qwen/Qwen3-4B-Instruct-2507 --data data.jsonl --recipe swa-half-fa-fa-decode \\
+      --window 2048 --epochs 1 --out adapters/qwen3-4b-swa2k
+"""
+
+DISTILL_HELP = """\
+Self-distillation data: the model's own greedy answers with FULL attention on long-context prompts
+(built-in tasks or your dataset in the upstream format: records with prompt / question / answer).
+Answers that miss a known reference are dropped (--keep). Output: JSONL with prompt, question, answer,
+response, judge (1 right / 0 wrong / null unknown), ready for `swaa finetune --data`.
+"""
+
+
+def add_cli(subparsers) -> None:
+    """Add the ``distill`` and ``finetune`` subcommands to the ``swaa`` command's subparsers."""
+    import argparse
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    d = subparsers.add_parser("distill", help="make self-distillation data (full-attention answers)",
+                              description=DISTILL_HELP, formatter_class=fmt)  # fmt: skip
+    _model_args(d)
+    _data_args(d)
+    d.add_argument("--keep", choices=("correct", "judged-correct", "all"), default="correct",
+                   help="correct: drop known-wrong answers (default); judged-correct: only answers checked right; "
+                        "all: keep everything")  # fmt: skip
+    d.add_argument("--out", required=True, help="JSONL file to write")
+    d.set_defaults(func=_cmd_distill)
+
+    f = subparsers.add_parser("finetune", help="LoRA SFT under a SWA recipe; saves an adapter with its config",
+                              description=FINETUNE_HELP, epilog=FINETUNE_EXAMPLES, formatter_class=fmt)  # fmt: skip
+    _model_args(f)
+    g = f.add_argument_group("attention during training (the recipe the adapter is for)")
+    g.add_argument("--recipe", default="swa-sinks-fa-decode",
+                   help="a recipe name (see `swaa recipes`) or inline JSON of the upstream fields "
+                        "(default: swa-sinks-fa-decode)")  # fmt: skip
+    g.add_argument("--window", type=int, help="sliding window in tokens (default: scaled to --length)")
+    g.add_argument("--sinks", type=int, help="sink tokens kept visible (keep_first) for sink recipes (default 10)")
+    data = f.add_argument_group("training data: --data FILE, or distil on the fly from a task")
+    data.add_argument("--data", help="JSONL from `swaa distill` (or upstream prompt/response records)")
+    _data_args(data)
+    data.add_argument("--keep", choices=("correct", "judged-correct", "all"), default="correct",
+                      help="which distilled answers to train on (default: drop known-wrong ones)")  # fmt: skip
+    t = f.add_argument_group("LoRA training")
+    t.add_argument("--steps", type=int, help="optimizer steps (default: one pass over the data, see --epochs)")
+    t.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given")
+    t.add_argument("--lr", type=float, default=TrainSettings.learning_rate, help="learning rate (default 1e-4)")
+    t.add_argument("--rank", type=int, default=TrainSettings.lora_r, help="LoRA rank r (default 16)")
+    t.add_argument("--alpha", type=int, default=TrainSettings.lora_alpha, help="LoRA alpha (default 32)")
+    t.add_argument("--dropout", type=float, default=TrainSettings.lora_dropout, help="LoRA dropout (default 0.05)")
+    t.add_argument("--targets", default="q_proj,k_proj,v_proj", help="modules LoRA adapts, comma-separated")
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    t.add_argument("--max-length", type=int, help="skip examples longer than this many tokens")
+    t.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="faster, but keeps every layer's activations in memory")  # fmt: skip
+    e = f.add_argument_group("before/after evaluation")
+    e.add_argument(
+        "--eval-samples",
+        type=int,
+        default=0,
+        help="held-out prompts of --task scored under the recipe before and after training (0: skip)",
+    )
+    e.add_argument("--eval-length", type=int, help="their length in tokens (default: --length)")
+    f.add_argument("--out", required=True, help="folder for the adapter")
+    f.set_defaults(func=_cmd_finetune)
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", help="embedded name, Hub id or local folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_args(p) -> None:
+    p.add_argument("--task", default="needle", help="built-in task kind for prompts (default: needle)")
+    p.add_argument(
+        "--dataset", help="your dataset (upstream format .jsonl/.json/.parquet or a Hub id) instead of --task"
+    )
+    p.add_argument("--split", help="dataset split (file name part such as 'train')")
+    p.add_argument("--samples", type=int, default=32, help="how many prompts (default 32)")
+    p.add_argument("--length", type=int, default=1024, help="prompt length in tokens for --task (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="first task seed (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit (default 24)")
+    p.add_argument("--cot", action="store_true", help="chain-of-thought prompts (thinking mode where the model has it)")
+
+
+def _prompts(args, tokenizer) -> list:
+    if args.dataset:
+        from .tasks import load_dataset_records
+
+        return load_dataset_records(args.dataset, split=args.split, limit=args.samples, tokenizer=tokenizer)
+    return make_samples(args.task, tokenizer, args.samples, args.length, seed=args.seed)
+
+
+def _cmd_distill(args) -> int:
+    from . import load_model
+    from .distill import distill, filter_records, save_jsonl
+
+    loaded = load_model(args.model, device=args.device)
+    records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
+                      max_new_tokens=args.max_new_tokens, cot=args.cot, keep="all", progress=not args.quiet)  # fmt: skip
+    kept = filter_records(records, args.keep)
+    path = save_jsonl(kept, args.out)
+    right, wrong = sum(r["judge"] == 1 for r in records), sum(r["judge"] == 0 for r in records)
+    print(f"{len(records)} answers with full attention: {right} right, {wrong} wrong, "
+          f"{len(records) - right - wrong} without a reference; kept {len(kept)} ({args.keep}) -> {path}")  # fmt: skip
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from . import load_model
+    from .distill import load_jsonl
+    from .recipes import resolve_recipe
+
+    loaded = load_model(args.model, device=args.device)
+    n_layers = len(attention_modules(loaded.model))
+    cfg = resolve_recipe(args.recipe, n_layers, window=args.window, keep_first=args.sinks, context_tokens=args.length)
+    if cfg is None:
+        raise SWAAConfigError(f"Recipe {args.recipe!r} is full attention; fine-tuning under SWA needs a sliding one.")
+    settings = TrainSettings(
+        max_steps=args.steps, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lora_r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
+        target_modules=[m.strip() for m in args.targets.split(",") if m.strip()], max_length=args.max_length,
+        gradient_checkpointing=not args.no_gradient_checkpointing, seed=args.seed,
+    ).check()  # fmt: skip
+    records = load_jsonl(args.data) if args.data else None
+    if records is None and args.dataset:
+        from .distill import distill
+
+        records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
+                          max_new_tokens=args.max_new_tokens, cot=args.cot, keep="all", progress=not args.quiet)  # fmt: skip
+    print(f"Fine-tuning {loaded.info.name} under {cfg.describe()} ({cfg.to_json()})")
+    report = finetune_pipeline(
+        loaded, cfg, args.out, records=records, task=args.task, samples=args.samples, length_tokens=args.length,
+        seed=args.seed, max_new_tokens=args.max_new_tokens, keep=args.keep, cot=args.cot, settings=settings,
+        eval_samples=args.eval_samples, eval_length=args.eval_length, progress=not args.quiet,
+    )  # fmt: skip
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: FinetuneReport) -> None:
+    train = report.train
+    print(f"data: {report.records} records kept, {report.examples} examples ({report.skipped_too_long} too long)")
+    if train.losses:
+        print(f"train: {train.steps} steps in {train.seconds:.0f} s, loss {train.losses[0]:.4f} -> "
+              f"{train.losses[-1]:.4f} (per step: {', '.join(f'{x:.3f}' for x in train.losses)})")  # fmt: skip
+    for summary in (report.before, report.after):
+        if summary is not None:
+            print(summary.line())
+    if report.adapter_path is not None:
+        print(f"adapter saved to {report.adapter_path} (with {SWAA_FILE})")
