@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,48 @@ def test_pyproject_dependencies_are_pinned_within_their_ranges():
             assert spec.specifier.contains(pinned[key], prereleases=True), (
                 f"{name} pins {spec.name}=={pinned[key]}, outside pyproject's range {spec}"
             )
+
+
+def third_party_imports(*places: str) -> dict[str, set[str]]:
+    """Installed distributions imported by the code under ``places`` -> the files that import them.
+
+    Modules that are not installed (optional ones such as flash_attn) map to no distribution and are left out."""
+    distributions = packages_distributions()
+    found: dict[str, set[str]] = {}
+    files = [
+        f for place in places for f in ((ROOT / place).rglob("*.py") if (ROOT / place).is_dir() else [ROOT / place])
+    ]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                for dist in distributions.get(module.split(".")[0], []):
+                    found.setdefault(canonicalize_name(dist), set()).add(str(path.relative_to(ROOT)))
+    return {dist: files for dist, files in found.items() if dist != "swaa-core"}
+
+
+@pytest.mark.parametrize(
+    ("places", "requirement_files", "extras"),
+    [
+        (("swaa_core",), ("requirements.txt",), ()),
+        (("app", "app.py"), ("requirements.txt",), ("app",)),
+        (("tests",), ("requirements.txt", "requirements-dev.txt"), ("app", "dev")),
+    ],
+    ids=["swaa_core", "app", "tests"],
+)
+def test_direct_imports_are_pinned_and_declared(places, requirement_files, extras):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    declared |= {canonicalize_name(Requirement(r).name) for e in extras for r in project["optional-dependencies"][e]}
+    pinned = {name for f in requirement_files for name in pins(f)}
+    for dist, files in third_party_imports(*places).items():
+        assert dist in pinned, f"{sorted(files)} import {dist}, which {' / '.join(requirement_files)} do not pin"
+        assert dist in declared, f"{sorted(files)} import {dist}, which pyproject.toml does not declare"
 
 
 # ---------------------------------------------------------------- tests/run.sh behaviour (with a stand-in Python)
