@@ -1,0 +1,279 @@
+"""Memory estimates made before loading or running: weights, and KV cache under full attention vs a SWAA config.
+
+KV bytes follow what the caches really hold (measured against transformers' DynamicCache and the SWAA cache layer):
+- a full-attention layer keeps every token;
+- a layer with the model's own sliding window (Gemma 3, Mistral) keeps the last ``window - 1`` tokens;
+- under SWAA, a sliding layer without FA decode keeps ``keep_first + W - 1`` tokens (sinks + the last W - 1 slots);
+  FA layers and sliding layers with FA decode keep everything (decode queries must see the whole cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .config import SWAAConfig
+
+GiB = 1024**3
+
+
+class InsufficientMemoryError(ValueError):
+    """A load or a run that would not fit in the memory that is free, refused before it crashes."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The few numbers that decide memory use."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    num_parameters: int
+    native_windows: tuple[int | None, ...]  # per layer: the model's own sliding window; None = full attention
+    dtype: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    context_tokens: int
+    batch_size: int
+    dtype: str
+    num_parameters: int
+    weight_bytes: int
+    activation_bytes: int  # rough peak of one layer's temporaries during prefill
+    kv_full_per_layer: tuple[int, ...]
+    kv_swaa_per_layer: tuple[int, ...]
+    swaa: str | None  # the SWAA config in words; None: no SWAA config given
+
+    @property
+    def kv_full_bytes(self) -> int:
+        return sum(self.kv_full_per_layer)
+
+    @property
+    def kv_swaa_bytes(self) -> int:
+        return sum(self.kv_swaa_per_layer)
+
+    @property
+    def kv_saving(self) -> float:
+        """Fraction of the full-attention KV cache that the SWAA config frees (0 without SWAA)."""
+        return 1 - self.kv_swaa_bytes / self.kv_full_bytes if self.kv_full_bytes else 0.0
+
+    def run_bytes(self, swaa: bool = True) -> int:
+        """Memory a run needs on top of the loaded weights."""
+        return (self.kv_swaa_bytes if swaa else self.kv_full_bytes) + self.activation_bytes
+
+    def total_bytes(self, swaa: bool = True) -> int:
+        return self.weight_bytes + self.run_bytes(swaa)
+
+    def summary(self) -> str:
+        text = (
+            f"weights {format_bytes(self.weight_bytes)} ({self.num_parameters / 1e9:.2f}B parameters, {self.dtype}); "
+            f"KV cache at {self.context_tokens:,} tokens x {self.batch_size}: full attention "
+            f"{format_bytes(self.kv_full_bytes)}"
+        )
+        if self.swaa is not None:
+            text += f", {self.swaa} {format_bytes(self.kv_swaa_bytes)} ({self.kv_saving:.0%} less)"
+        return text
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(kv_full_bytes=self.kv_full_bytes, kv_swaa_bytes=self.kv_swaa_bytes, kv_saving=self.kv_saving)
+        return out
+
+
+def format_bytes(n: int | float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def to_dtype(dtype) -> torch.dtype:
+    """torch dtype from a dtype or a name ("bf16", "bfloat16", "float32", ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in names:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of: bfloat16 (bf16), float16 (fp16), float32 (fp32).")
+    return names[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def model_shape(obj) -> ModelShape:
+    """The shape of a loaded model, its ModelInfo, a registry entry, a transformers config or a model."""
+    if isinstance(obj, ModelShape):
+        return obj
+    if hasattr(obj, "info") and hasattr(obj, "model"):  # LoadedModel
+        obj = obj.info
+    if isinstance(obj, torch.nn.Module) and hasattr(obj, "config"):
+        shape = _shape_from_config(obj.config, count=False)
+        params = sum(p.numel() for p in obj.parameters())
+        return ModelShape(**{**asdict(shape), "num_parameters": params, "dtype": next(obj.parameters()).dtype})
+    from transformers import PretrainedConfig
+
+    if isinstance(obj, PretrainedConfig):
+        return _shape_from_config(obj)
+    needed = ("num_layers", "num_kv_heads", "head_dim", "num_parameters")
+    if all(hasattr(obj, a) for a in needed):
+        sliding = set(getattr(obj, "native_sliding_layers", None) or [])
+        window = getattr(obj, "native_sliding_window", None)
+        dtype = getattr(obj, "dtype", None)
+        return ModelShape(
+            num_layers=obj.num_layers,
+            num_kv_heads=obj.num_kv_heads,
+            head_dim=obj.head_dim,
+            hidden_size=obj.hidden_size,
+            intermediate_size=obj.intermediate_size,
+            vocab_size=obj.vocab_size,
+            num_parameters=obj.num_parameters,
+            native_windows=tuple(window if i in sliding else None for i in range(obj.num_layers)),
+            dtype=to_dtype(dtype) if dtype else None,
+        )
+    raise TypeError(
+        f"Cannot size {type(obj).__name__}: pass a loaded model, its .info, a registry entry or a transformers config."
+    )
+
+
+def _shape_from_config(config, count: bool = True) -> ModelShape:
+    text = config.get_text_config(decoder=True)
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return ModelShape(
+        num_layers=text.num_hidden_layers,
+        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        hidden_size=text.hidden_size,
+        intermediate_size=getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
+        vocab_size=text.vocab_size,
+        num_parameters=count_parameters(config) if count else 0,
+        native_windows=native_windows(text),
+    )
+
+
+def native_windows(text_config) -> tuple[int | None, ...]:
+    """Per layer, the sliding window transformers' DynamicCache gives the layer (None: it keeps every token)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    types, kwargs = get_layer_types_and_kwargs(text_config)
+    return tuple(
+        kw.get("sliding_window") if t == "sliding_attention" else None for t, kw in zip(types, kwargs, strict=True)
+    )
+
+
+def count_parameters(config) -> int:
+    """Exact parameter count of the model a config describes, built on the meta device (no memory, no download)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate_memory(
+    config_or_info,
+    context_tokens: int,
+    swaa_config: SWAAConfig | dict | None = None,
+    batch_size: int = 1,
+    dtype=None,
+) -> MemoryEstimate:
+    """Weight and KV-cache bytes at ``context_tokens`` (prompt + generated) for full attention and for SWAA."""
+    if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 0:
+        raise ValueError(f"context_tokens must be a whole number >= 0, got {context_tokens!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+    if isinstance(swaa_config, dict):
+        swaa_config = SWAAConfig.from_dict(swaa_config)
+    shape = model_shape(config_or_info)
+    dt = to_dtype(dtype) if dtype is not None else (shape.dtype or torch.float32)
+    elem = torch.empty((), dtype=dt).element_size()
+    per_token = 2 * batch_size * shape.num_kv_heads * shape.head_dim * elem
+    full = [per_token * _held_native(context_tokens, w) for w in shape.native_windows]
+    if swaa_config is None or swaa_config.is_full_attention:
+        swaa = full
+    else:
+        swaa_config.validate(shape.num_layers)
+        swaa = [per_token * _held_swaa(context_tokens, swaa_config, i) for i in range(shape.num_layers)]
+    activations = batch_size * context_tokens * (4 * shape.hidden_size + 2 * shape.intermediate_size) * elem
+    return MemoryEstimate(
+        context_tokens=context_tokens,
+        batch_size=batch_size,
+        dtype=dtype_name(dt),
+        num_parameters=shape.num_parameters,
+        weight_bytes=shape.num_parameters * elem,
+        activation_bytes=activations + batch_size * shape.vocab_size * 4,
+        kv_full_per_layer=tuple(full),
+        kv_swaa_per_layer=tuple(swaa),
+        swaa=None if swaa_config is None else swaa_config.describe(),
+    )
+
+
+def _held_native(n: int, window: int | None) -> int:
+    return n if window is None else min(n, window - 1)
+
+
+def _held_swaa(n: int, config: SWAAConfig, layer: int) -> int:
+    if config.layer_slides(layer) and not config.layer_fa_decode(layer):
+        return min(n, config.keep_first + config.sliding_window_size - 1)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- what is free
+
+
+def available_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes free for a new allocation: RAM for the CPU, free memory of one GPU, or of all GPUs for "auto"."""
+    kind = str(device)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        kind = "cpu"
+    if kind.startswith("cuda"):
+        index = torch.device(kind).index
+        return torch.cuda.mem_get_info(torch.cuda.current_device() if index is None else index)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits(required_bytes: int, device, *, what: str, advice: str, headroom: float = 0.9) -> None:
+    """Raise InsufficientMemoryError when ``required_bytes`` exceed ``headroom`` of the memory free on ``device``."""
+    free = available_memory(device)
+    if required_bytes > headroom * free:
+        raise InsufficientMemoryError(
+            f"{what} needs about {format_bytes(required_bytes)}, but only {format_bytes(free)} is free on {device}. "
+            f"{advice}"
+        )
+
+
+def check_run_fits(
+    loaded, context_tokens: int, swaa_config: SWAAConfig | dict | None = None, batch_size: int = 1
+) -> MemoryEstimate:
+    """Refuse a run whose KV cache and activations would not fit next to the already loaded model."""
+    estimate = estimate_memory(loaded, context_tokens, swaa_config, batch_size=batch_size)
+    use_swaa = swaa_config is not None
+    device = "auto" if loaded.info.device_map == "auto" else loaded.info.device
+    check_fits(
+        estimate.run_bytes(use_swaa),
+        device,
+        what=f"A run of {context_tokens:,} tokens x {batch_size} on {loaded.name} (KV cache and activations)",
+        advice="Use a shorter context, a smaller batch, or a SWAA config with fewer full-attention layers and "
+        "without FA decode (only those sliding layers free their old keys).",
+    )
+    return estimate
