@@ -1,0 +1,272 @@
+"""CUDA backends (FlexAttention; flash-attn when installed) against float64 attention and against CPU runs.
+
+Skipped where torch sees no CUDA device. Run on a GPU machine with ``python -m pytest tests/swaa_core/test_gpu.py -m gpu``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import FAMILIES, build_tiny_model
+
+from swaa_core import SWAAConfig, apply_swaa, backends, kv_cache_bytes, swaa
+from swaa_core.masks import MaskGeometry
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)"),
+]
+CUDA = "cuda"
+TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}  # relative error: bf16 operands / fp32 (tf32 allowed)
+
+
+def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
+    """SWAA.md's rule spelled out independently of swaa_core.masks: (B, Q, KV) bool."""
+    i, j = q_pos[:, :, None], kv_pos[:, None, :]
+    seen = kv_valid[:, None, :] & (j <= i)
+    if window is None:
+        return seen
+    return seen & ((i - j < window) | (j < keep_first) | q_full[:, :, None])
+
+
+def float64_attention(q, k, v, g: MaskGeometry, scale):
+    """Masked softmax attention in float64 with GQA by repetition; a query that sees nothing gives zeros."""
+    groups = q.shape[1] // k.shape[1]
+    kk = k.double().repeat_interleave(groups, 1)
+    vv = v.double().repeat_interleave(groups, 1)
+    scores = (q.double() @ kk.transpose(-1, -2)) * scale
+    mask = rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first)
+    probs = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), -1).nan_to_num(0.0)
+    return (probs @ vv).transpose(1, 2)
+
+
+def make_case(*, n, window, keep_first=0, B=1, H=8, Hkv=2, D=64, pads=(), q_len=None, full_tail=0, dtype, seed):
+    gen = torch.Generator(CUDA).manual_seed(seed)
+    q_len = n if q_len is None else q_len
+
+    def rand(*shape):
+        return torch.randn(*shape, device=CUDA, generator=gen).to(dtype)
+
+    q, k, v = rand(B, H, q_len, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
+    valid = torch.ones(B, n, dtype=torch.bool, device=CUDA)
+    for b, pad in enumerate(pads):
+        valid[b, :pad] = False
+    real = valid.long().cumsum(-1) - 1
+    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=CUDA)
+    if full_tail:
+        q_full[:, -full_tail:] = True
+    return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
+
+
+def rel_err(out, ref):
+    assert torch.isfinite(out).all(), "non-finite values in the output"
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+CASES = [
+    dict(n=333, window=40),
+    dict(n=257, window=1),
+    dict(n=200, window=512),  # W >= n: plain causal
+    dict(n=301, window=30, keep_first=3),
+    dict(n=301, window=20, keep_first=50),  # keep_first > W
+    dict(n=129, window=16, keep_first=400),  # keep_first > n
+    dict(n=301, window=32, keep_first=4, B=3, pads=(0, 45, 170)),  # left padding
+    dict(n=400, window=64, keep_first=8, q_len=77),  # a later prefill chunk against a longer cache
+    dict(n=256, window=24, keep_first=2, full_tail=60),  # training-style mixed mask (FA-decode tokens)
+    dict(n=310, window=50, keep_first=5, H=6, Hkv=1, D=128),  # MQA, head dim 128
+]
+
+
+def _case_id(case):
+    return ",".join(f"{k}={v}" for k, v in case.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_flex_matches_float64(case, dtype):
+    q, k, v, g = make_case(**case, dtype=dtype, seed=len(_case_id(case)))
+    scale = q.shape[-1] ** -0.5
+    expected = float64_attention(q, k, v, g, scale)
+    out = backends.flex(q, k, v, g, scale)
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "case", [dict(n=900, window=64, keep_first=4, q_len=1), dict(n=900, window=64, keep_first=4, q_len=1, full_tail=1)]
+)
+def test_decode_queries_through_the_flex_dispatcher(case):
+    """One-token queries leave flex for SDPA (FA decode) or the blocked path; the result must still be SWAA."""
+    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=7)
+    expected = float64_attention(q, k, v, g, 0.125)
+    assert rel_err(backends.attend("flex", q, k, v, g, 0.125), expected) < TOL[torch.bfloat16]
+
+
+def test_padding_queries_stay_finite_and_zero():
+    """A padded query sees no key; NaN there would leak into real rows through the next layer's values."""
+    q, k, v, g = make_case(n=200, window=16, keep_first=2, B=2, pads=(0, 90), dtype=torch.bfloat16, seed=3)
+    out = backends.flex(q, k, v, g, 0.125)
+    assert torch.isfinite(out).all()
+    assert out[1, :90].abs().max() == 0
+
+
+def test_long_prefill_compiles_a_sparse_block_mask_without_n_by_n(monkeypatch):
+    """At 16K x 16K the block mask is built by the compiled path (an n x n bool would be 256 MiB) and cached."""
+    import torch.nn.attention.flex_attention as fa
+
+    calls = []
+    real = fa.create_block_mask
+
+    def spy(*args, **kw):
+        calls.append(kw.get("_compile"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fa, "create_block_mask", spy)
+    backends._BLOCK_MASKS.clear()
+    n = 16384
+    q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    mask = backends.block_mask_for(g, 1, n, n, q.device)
+    torch.cuda.synchronize()
+    assert calls == [True]
+    assert torch.cuda.max_memory_allocated() - base < n * n // 8
+    assert backends.block_mask_for(g, 1, n, n, q.device) is mask and len(calls) == 1
+    blocks = n // 128
+    assert int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()) < blocks * (512 // 128 + 3)
+    out = backends.flex(q, k, v, g, 0.125)
+    assert rel_err(out, backends.blocked(q, k, v, g, 0.125)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
+@pytest.mark.parametrize("case", [c for c in CASES if not c.get("pads") and not c.get("full_tail")], ids=_case_id)
+def test_flash_matches_float64(case):
+    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
+    scale = q.shape[-1] ** -0.5
+    assert rel_err(backends.flash(q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < TOL[torch.bfloat16]
+
+
+# --------------------------------------------------------------------------- whole tiny models on the GPU
+def gpu_model(family="llama", dtype=torch.float32, **kw):
+    """head_dim 32: FlexAttention's Triton kernels need at least 16 channels (the CPU tests use 8)."""
+    return build_tiny_model(family, hidden_size=128, head_dim=32, dtype=dtype, **kw).to(CUDA)
+
+
+def ids(n, seed=0, batch=1):
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def flex_calls(monkeypatch):
+    """Counts flex calls, so a model test cannot pass by silently running another backend."""
+    calls = []
+    real = backends.flex
+
+    def spy(*a, **kw):
+        calls.append(a[0].shape[2])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(backends, "flex", spy)
+    return calls
+
+
+def test_auto_backend_on_cuda():
+    expected = "flash" if importlib.util.find_spec("flash_attn") else "flex"
+    assert apply_swaa(gpu_model(), SWAAConfig(sliding_window_size=8)).backend == expected
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_model_logits_match_reference_backend_and_cpu(fam, flex_calls):
+    cfg = SWAAConfig(sliding_window_size=37, keep_first=5, non_sliding_layers=[1])
+    model = gpu_model(fam)
+    x = ids(300, seed=1)
+    with swaa(model, cfg, backend="flex"), torch.no_grad():
+        got = model(x.to(CUDA)).logits
+    assert flex_calls, "the flex backend was never called"
+    with swaa(model, cfg, backend="reference"), torch.no_grad():
+        ref = model(x.to(CUDA)).logits
+    cpu = model.to("cpu")
+    with swaa(cpu, cfg, backend="blocked"), torch.no_grad():
+        cpu_logits = cpu(x).logits
+    assert rel_err(got, ref) < 1e-4
+    assert rel_err(got.cpu(), cpu_logits) < 1e-4
+
+
+def test_bf16_model_matches_float64_reference_model(flex_calls):
+    cfg = SWAAConfig(sliding_window_size=29, keep_first=3)
+    model = gpu_model("qwen3")
+    x = ids(260, seed=2).to(CUDA)
+    with swaa(model.double(), cfg, backend="reference"), torch.no_grad():
+        ref = model(x).logits
+    with torch.no_grad():
+        full_ref = model(x).logits  # full attention, to show the SWAA mask matters at this size
+    with swaa(model.to(torch.bfloat16), cfg), torch.no_grad():
+        got = model(x).logits
+    assert flex_calls
+    err = rel_err(got, ref)
+    assert err < 2e-2
+    assert err < 0.1 * rel_err(full_ref, ref), "bf16 error is not small against the SWA-vs-full difference"
+
+
+def test_chunked_prefill_equals_one_shot_on_gpu(flex_calls):
+    model = gpu_model("mistral")
+    x = ids(300, seed=8).to(CUDA)
+    with swaa(model, SWAAConfig(sliding_window_size=40, keep_first=4)), torch.no_grad():
+        whole = model(x).logits
+        first = model(x[:, :120], use_cache=True)
+        second = model(x[:, 120:], past_key_values=first.past_key_values, use_cache=True)
+    assert 180 in flex_calls  # the second chunk ran through flex against the longer cache
+    assert rel_err(torch.cat([first.logits, second.logits], 1), whole) < 1e-4
+
+
+def test_left_padded_batch_generation_matches_single_sequences(flex_calls):
+    model = gpu_model()
+    model.generation_config.pad_token_id = 0
+    a, b = ids(300, seed=6)[0], ids(171, seed=7)[0]
+    batch = torch.zeros(2, 300, dtype=torch.long)
+    mask = torch.zeros(2, 300, dtype=torch.long)
+    batch[0], mask[0] = a, 1
+    batch[1, 129:], mask[1, 129:] = b, 1
+    with swaa(model, SWAAConfig(sliding_window_size=33, keep_first=2)), torch.no_grad():
+        both = model.generate(batch.to(CUDA), attention_mask=mask.to(CUDA), max_new_tokens=10, do_sample=False)
+        alone_a = model.generate(a[None].to(CUDA), max_new_tokens=10, do_sample=False)
+        alone_b = model.generate(b[None].to(CUDA), max_new_tokens=10, do_sample=False)
+    assert flex_calls
+    assert torch.equal(both[0, 300:], alone_a[0, 300:])
+    assert torch.equal(both[1, 300:], alone_b[0, 171:])
+
+
+def test_fa_decode_generation_matches_teacher_forcing_and_cpu(flex_calls):
+    """Greedy tokens on the GPU (flex prefill, full-cache decode) equal the argmax of one teacher-forced reference
+    forward with the mixed mask, and the tokens the CPU (blocked backend) generates."""
+    model = gpu_model(seed=4)
+    prompt_len, new = 260, 16
+    x = ids(prompt_len, seed=4)
+    cfg = SWAAConfig(sliding_window_size=24, keep_first=3, force_fa_decode=True)
+    with swaa(model, cfg), torch.no_grad():
+        out = model.generate(x.to(CUDA), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    assert flex_calls
+    with swaa(model, cfg, backend="reference"), torch.no_grad():
+        logits = model(out, swaa_prompt_lengths=torch.tensor([prompt_len], device=CUDA)).logits
+    assert torch.equal(logits[0, prompt_len - 1 : -1].argmax(-1), out[0, prompt_len:])
+    cpu = model.to("cpu")
+    with swaa(cpu, cfg, backend="blocked"), torch.no_grad():
+        cpu_out = cpu.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    assert torch.equal(cpu_out, out.cpu())
+
+
+def test_sliding_layers_keep_bounded_kv_cache_on_gpu():
+    model = gpu_model(layers=4)
+    window, sinks = 30, 3
+    cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks, non_sliding_layers=[1], force_fa_decode=[2])
+    with swaa(model, cfg), torch.no_grad():
+        out = model.generate(
+            ids(200).to(CUDA), max_new_tokens=40, min_new_tokens=40, do_sample=False, return_dict_in_generate=True
+        )
+    per_token = 2 * 2 * 32 * 4  # keys+values x kv heads x head dim x float32 bytes
+    seen = out.sequences.shape[1] - 1
+    held = [b // per_token for b in kv_cache_bytes(out.past_key_values)]
+    assert held == [sinks + window - 1, seen, seen, sinks + window - 1]
