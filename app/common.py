@@ -1,0 +1,140 @@
+"""Pieces shared by the handler modules: the process-wide model caches, error display, and the column plan."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from swaa_core.config import SWAAConfig
+from swaa_core.recipes import list_recipes, recipe_label
+from swaa_core.registry import DEFAULT_MODEL
+
+from . import plots
+from .engine import AdapterModels, CancelRegistry, ColumnSpec, ModelHub, friendly_error
+from .state import Strategy
+
+HUB = ModelHub()  # base models, shared by every session
+ADAPTERS = AdapterModels()  # base models with a LoRA adapter merged in
+CANCELS = CancelRegistry()  # Stop buttons -> the run of the same session
+
+
+def ui_errors(fn):
+    """Show exceptions as a gr.Error message (specific, no traceback); generators keep what they yielded."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes a message
+                raise gr.Error(friendly_error(e), print_exception=False) from None
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise gr.Error(friendly_error(e), print_exception=False) from None
+
+    return wrapper
+
+
+def loaded_model(name: str | None):
+    return HUB.get(name or DEFAULT_MODEL)
+
+
+def num_layers(loaded) -> int:
+    return loaded.info.num_layers
+
+
+def strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers) -> Strategy:
+    return Strategy(
+        window=window,
+        sinks=sinks,
+        fa_layers_mode=fa_mode,
+        fa_layers=[int(i) for i in fa_layers or []],
+        fa_decode_mode=fad_mode,
+        fa_decode_layers=[int(i) for i in fad_layers or []],
+    )
+
+
+def config_label(cfg: SWAAConfig, n_layers: int, adapter: str = "") -> str:
+    """The recipe's name when the config is exactly a paper recipe (e.g. "SWA + FA decode (W=256)"), else its
+    description; "+ LoRA" when an adapter runs with it."""
+    label = cfg.describe()
+    for recipe in list_recipes():
+        if recipe.sliding and recipe.config is None:
+            built = recipe.build(n_layers, window=cfg.sliding_window_size, keep_first=cfg.keep_first or 1)
+            if built is not None and built.to_dict() == cfg.to_dict():
+                label = recipe_label(recipe, cfg)
+                break
+    return f"{label} + LoRA" if adapter else label
+
+
+def columns_for(current: SWAAConfig, pinned: list[dict], n_layers: int, adapter: str = "") -> list[ColumnSpec]:
+    """Full attention first, then the pinned configs, then the current one."""
+    cols = [ColumnSpec("Full attention", None)]
+    for item in pinned or []:
+        cfg = SWAAConfig.from_dict(item["config"]).validate(n_layers)
+        cols.append(ColumnSpec(item["label"], cfg, item.get("adapter", "")))
+    cols.append(ColumnSpec(config_label(current, n_layers, adapter), current, adapter or ""))
+    return cols
+
+
+def layer_plan_figure(columns: list[ColumnSpec], n_layers: int):
+    rows = []
+    for col in columns:
+        c = col.config
+        if c is None:
+            continue
+        prefill_fa = [not c.layer_slides(i) for i in range(n_layers)]
+        decode_fa = [not c.layer_slides(i) or c.layer_fa_decode(i) for i in range(n_layers)]
+        rows.append((col.label, prefill_fa, decode_fa))
+    return plots.layer_plan_figure(rows) if rows else plots.message_figure("Only full attention.")
+
+
+MASK_PICTURE_TOKENS = 1024  # longer prompts are drawn at a reduced scale (window and sinks shrink alike)
+
+
+def mask_figure(columns: list[ColumnSpec], prompt_tokens: int, new_tokens: int, layer: int):
+    """What each column's config lets a token see in ``layer``, drawn with swaa_core's own mask predicate."""
+    from swaa_core.masks import mask_picture
+
+    total = max(2, prompt_tokens + new_tokens)
+    scale = max(1.0, total / MASK_PICTURE_TOKENS)
+    n, p = max(2, round(total / scale)), max(1, round(prompt_tokens / scale))
+    panels = []
+    for col in columns:
+        picture = mask_picture(_scaled(col.config, scale), n, layer_idx=layer, prompt_tokens=p)
+        visible, cell = plots.pool_mask(picture)
+        panels.append(plots.MaskPanel(col.label, visible, cell * scale, prompt_tokens, total))
+    return plots.mask_figure(panels, layer=layer)
+
+
+def _scaled(cfg: SWAAConfig | None, scale: float) -> SWAAConfig | None:
+    if cfg is None or scale == 1.0:
+        return cfg
+    return SWAAConfig(
+        sliding_window_size=max(1, round(cfg.sliding_window_size / scale)),
+        keep_first=round(cfg.keep_first / scale),
+        force_fa_decode=cfg.force_fa_decode,
+        non_sliding_layers=cfg.non_sliding_layers,
+    )
+
+
+def write_temp(text: str, name: str) -> str:
+    """A file for a download button (Gradio serves files from the temp folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="swaa-"))
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)

@@ -1,0 +1,305 @@
+"""Handlers that run the model: the side-by-side comparison, attention maps, and the two sweeps.
+
+All model work is swaa_core's (runner.run_one, capture_attention, sweep.run_sweep); these functions stream and
+draw what comes back. Runs are cancellable through the session's Stop button and decorated for ZeroGPU.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from swaa_core.config import SWAAConfig
+from swaa_core.recipes import get_recipe, recipe_label, resolve_recipe
+
+from . import plots
+from .board import ColumnView, render_board, summary_markdown
+from .callbacks import build_sample
+from .common import (
+    ADAPTERS,
+    CANCELS,
+    ColumnSpec,
+    columns_for,
+    config_label,
+    loaded_model,
+    mask_figure,
+    num_layers,
+    strategy_from,
+    ui_errors,
+    write_temp,
+)
+from .engine import on_gpu, stream_columns
+from .prompts import token_count
+
+MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
+RESULT_FIELDS = (
+    "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
+    "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "kv_cache_bytes",
+    "peak_memory_bytes", "backend", "error", "config",
+)  # fmt: skip
+
+
+def _session(request: gr.Request | None) -> str:
+    return request.session_hash if request is not None and request.session_hash else "local"
+
+
+def stop_run(request: gr.Request):
+    if CANCELS.cancel(_session(request)):
+        gr.Info("Stopping: the running column ends at its next step; finished results stay.")
+
+
+# ---------------------------------------------------------------- the comparison
+@ui_errors
+@on_gpu(duration=180)
+def run_comparison(
+    active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, cot, adapter,
+    source, task, length, depth, seed, document, question, answer, prefix, max_new_tokens, pinned, layer,
+    request: gr.Request = None,
+):  # fmt: skip
+    """Stream every column (full attention first) on the same prompt; end with metrics, summary and exports."""
+    loaded = loaded_model(active_model)
+    n = num_layers(loaded)
+    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
+    columns = columns_for(cfg, pinned, n, adapter or "")
+    sample = build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix)
+    max_new, seed = int(max_new_tokens), int(seed or 0)
+    _check_length(loaded, sample, max_new)
+    session = _session(request)
+    cancel = CANCELS.start(session)
+    views: list[ColumnView] = []
+    try:
+        for views in stream_columns(
+            lambda name: ADAPTERS.get(loaded, name), sample, columns,
+            max_new_tokens=max_new, cot=bool(cot), seed=seed, cancel=cancel,
+        ):  # fmt: skip
+            yield (render_board(views), *[gr.skip()] * 8)
+    finally:
+        cancel.set()  # also stops the worker when the page closes mid-run
+        CANCELS.finish(session, cancel)
+    meta = {"model": loaded.name, "task": sample.task, "seed": seed, "cot": bool(cot), "max_new_tokens": max_new}
+    rows = result_rows(views, meta)
+    prompt_tokens = next((v.result.prompt_tokens for v in views if v.result and v.result.prompt_tokens), 0)
+    swaa_choices = [(c.label, i) for i, c in enumerate(columns) if c.config is not None]
+    last_run = {
+        "sample": sample.to_dict(),
+        "columns": [(c.label, c.config.to_dict() if c.config else None) for c in columns],
+        "prompt_tokens": prompt_tokens or sample.context_tokens,
+    }
+    yield (
+        render_board(views),
+        summary_markdown(views),
+        plots.plot_data(plots.latency_figure(rows), "swaa-latency"),
+        plots.plot_data(mask_figure(columns, last_run["prompt_tokens"], max_new, int(layer or 0)), "swaa-masks"),
+        last_run,
+        *_exports(rows),
+        gr.Dropdown(choices=swaa_choices, value=swaa_choices[-1][1]),
+        gr.Slider(value=_first_sliding_layer(cfg, int(layer or 0))),
+    )
+
+
+def _first_sliding_layer(cfg: SWAAConfig, current: int) -> int:
+    """Keep the chosen layer if it slides (the interesting case), else show the first sliding layer."""
+    if cfg.layer_slides(current):
+        return current
+    return next((i for i in range(current, current + 1000) if cfg.layer_slides(i)), current)
+
+
+def _check_length(loaded, sample, max_new: int) -> None:
+    n, limit = sample.context_tokens or token_count(loaded.tokenizer, sample.prompt), loaded.info.context_length
+    if limit and n + max_new > limit:
+        raise ValueError(
+            f"The prompt is too long for {loaded.name}: {n:,} prompt tokens + {max_new} new tokens exceed its "
+            f"{limit:,}-token context. Shorten the text or lower the length slider."
+        )
+
+
+def result_rows(views: list[ColumnView], meta: dict) -> list[dict]:
+    rows = []
+    for view in views:
+        if view.result is None:
+            continue
+        full = view.result.to_dict()
+        row = {**meta, **{k: full.get(k) for k in RESULT_FIELDS}}
+        row["config"] = json.dumps(row["config"]) if row["config"] is not None else ""
+        rows.append(row)
+    return rows
+
+
+def _exports(rows: list[dict]):
+    import pandas as pd
+
+    if not rows:
+        return gr.DownloadButton(interactive=False), gr.DownloadButton(interactive=False)
+    csv = write_temp(pd.DataFrame(rows).to_csv(index=False), "swaa-results.csv")
+    data = write_temp(json.dumps(rows, indent=2, default=str), "swaa-results.json")
+    return gr.DownloadButton(value=csv, interactive=True), gr.DownloadButton(value=data, interactive=True)
+
+
+# ---------------------------------------------------------------- attention maps and masks
+@ui_errors
+@on_gpu(duration=60)
+def draw_attention(active_model, last_run, column, layer, head):
+    from swaa_core import capture_attention
+    from swaa_core.tasks import TaskSample
+
+    if not last_run:
+        return plots.plot_data(plots.message_figure("Run a comparison first; the maps use its prompt."), "attention")
+    loaded = loaded_model(active_model)
+    sample = TaskSample.from_dict(last_run["sample"])
+    index = int(column) if column is not None else len(last_run["columns"]) - 1
+    label, cfg_dict = last_run["columns"][index]
+    cfg = SWAAConfig.from_dict(cfg_dict)
+    ids = loaded.tokenizer(sample.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] > MAX_ATTENTION_TOKENS:
+        text = f"The prompt has {ids.shape[1]:,} tokens; attention maps are drawn up to {MAX_ATTENTION_TOKENS:,}."
+        return plots.plot_data(plots.message_figure(text), "attention")
+    ids, layer = ids.to(loaded.model.device), int(layer)
+    with loaded.lock:
+        fa = plots.pool_attention(capture_attention(loaded.model, ids, layer, None).cpu())
+        sw = plots.pool_attention(capture_attention(loaded.model, ids, layer, cfg).cpu())
+    fig = plots.attention_figure(
+        fa,
+        sw,
+        head=None if head is None or int(head) < 0 else int(head),
+        layer=layer,
+        window=cfg.sliding_window_size,
+        sinks=cfg.keep_first,
+        swaa_label=label,
+        layer_slides=cfg.layer_slides(layer),
+        needle_tokens=_needle_tokens(loaded.tokenizer, sample),
+    )
+    return plots.plot_data(fig, f"swaa-attention-layer{layer}")
+
+
+def _needle_tokens(tokenizer, sample) -> tuple[int, int] | None:
+    """Token span of the fact in the user prompt (the maps are drawn on the prompt without the chat template)."""
+    if not sample.needle_char_span:
+        return None
+    a, b = sample.needle_char_span
+    start = token_count(tokenizer, sample.prompt[:a])
+    return start, start + max(1, token_count(tokenizer, sample.prompt[a:b]))
+
+
+@ui_errors
+def masks_for_layer(active_model, last_run, layer):
+    if not last_run:
+        return gr.skip()
+    n = num_layers(loaded_model(active_model))
+    columns = [
+        ColumnSpec(label, SWAAConfig.from_dict(c).validate(n) if c else None) for label, c in last_run["columns"]
+    ]
+    return plots.plot_data(mask_figure(columns, last_run["prompt_tokens"], 0, int(layer)), "swaa-masks")
+
+
+# ---------------------------------------------------------------- sweeps
+def _sweep_file() -> Path:
+    return Path(tempfile.mkdtemp(prefix="swaa-sweep-")) / "sweep.jsonl"
+
+
+def _progress_callback(progress, total: int, what: str):
+    done = [0]
+
+    def on_result(row: dict) -> None:
+        done[0] += 1
+        verdict = "error" if row.get("error") else {True: "correct", False: "wrong"}.get(row.get("correct"), "unscored")
+        progress(done[0] / total, desc=f"{what}: {done[0]}/{total} runs · {row.get('label')}: {verdict}")
+
+    return on_result
+
+
+@ui_errors
+@on_gpu(duration=600)
+def run_recipe_sweep(
+    active_model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None,
+    progress=gr.Progress(),
+):  # fmt: skip
+    """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure."""
+    from swaa_core.sweep import SweepSpec, summarize
+
+    if not recipes:
+        raise ValueError("Tick at least one recipe to sweep.")
+    loaded = loaded_model(active_model)
+    n, length = num_layers(loaded), int(length)
+    configs = {}
+    for name in recipes:
+        cfg = resolve_recipe(name, n, window=int(window), keep_first=int(sinks) or None)
+        configs[recipe_label(get_recipe(name), cfg)] = cfg
+    seeds = [int(seed or 0) + i for i in range(int(samples))]
+    spec = SweepSpec(configs, [length], depths=[None], seeds=seeds, task="needle", cot=bool(cot), score_logprob=False)
+    df = _sweep(loaded, spec, request, progress, "recipe sweep")
+    table = summarize(df, by=("label",))
+    points = [
+        {
+            "label": row["label"],
+            "accuracy": float(row["accuracy"]) if row["accuracy"] == row["accuracy"] else 0.0,
+            "time_s": float(row["total_s"]),
+            "samples": int(row["runs"]),
+            "is_full": configs.get(row["label"]) is None,
+        }
+        for _, row in table.iterrows()
+    ]
+    shown = table[["label", "runs", "accuracy", "prefill_s", "total_s", "kv_cache_bytes", "errors"]].round(3)
+    return plots.plot_data(plots.tradeoff_figure(points), "swaa-tradeoff"), shown
+
+
+@ui_errors
+@on_gpu(duration=600)
+def run_needle_sweep(
+    active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, lengths, depths, samples, seed, task,
+    request: gr.Request = None, progress=gr.Progress(),
+):  # fmt: skip
+    """Full attention vs the current config over prompt length x needle depth."""
+    from swaa_core.sweep import SweepSpec, export, summarize
+
+    if not lengths:
+        raise ValueError("Tick at least one prompt length.")
+    loaded = loaded_model(active_model)
+    n = num_layers(loaded)
+    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
+    label = config_label(cfg, n)
+    depth_values = [round(float(d), 3) for d in np.linspace(0.0, 1.0, int(depths))]
+    seeds = [int(seed or 0) + i for i in range(int(samples))]
+    kind = task if task in ("needle", "passkey", "multi_key") else "needle"
+    spec = SweepSpec({"Full attention": None, label: cfg}, sorted(int(x) for x in lengths), depth_values, seeds, kind)
+    df = _sweep(loaded, spec, request, progress, "needle sweep")
+    table = summarize(df, by=("label", "length_target", "depth"))
+    grids = []
+    for name in spec.configs:
+        part = table[table["label"] == name]
+        grid = np.full((len(depth_values), len(spec.lengths)), np.nan)
+        for _, row in part.iterrows():
+            grid[depth_values.index(round(float(row["depth"]), 3)), spec.lengths.index(int(row["length_target"]))] = (
+                row["accuracy"]
+            )
+        grids.append((name, spec.lengths, depth_values, grid))
+    path = export(df, Path(tempfile.mkdtemp(prefix="swaa-")) / "swaa-needle-sweep.csv")
+    return (
+        plots.plot_data(plots.needle_heatmap_figure(grids), "swaa-needle-heatmap"),
+        gr.DownloadButton(value=str(path), interactive=True),
+    )
+
+
+def _sweep(loaded, spec, request, progress, what: str):
+    """run_sweep with a progress bar and the session's Stop button; what finished before a stop is kept."""
+    from swaa_core.sweep import run_sweep
+
+    session = _session(request)
+    cancel = CANCELS.start(session)
+    progress(0, desc=f"{what}: {spec.total_cells} runs")
+    try:
+        df = run_sweep(
+            loaded, spec, _sweep_file(), progress=False, cancel=cancel,
+            on_result=_progress_callback(progress, spec.total_cells, what),
+        )  # fmt: skip
+    finally:
+        stopped = cancel.is_set()
+        CANCELS.finish(session, cancel)
+    if stopped:
+        gr.Warning(f"{what} stopped after {len(df)} of {spec.total_cells} runs; the plot shows those.")
+    if df.empty:
+        raise ValueError(f"The {what} finished no run; nothing to draw.")
+    return df

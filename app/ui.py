@@ -1,0 +1,390 @@
+"""The page: layout and event wiring. Handlers live in app.callbacks; words in app.texts; figures in app.plots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from . import callbacks as cb
+from . import run_handlers as rh
+from . import texts
+from .prompts import TASK_CHOICES, examples
+from .state import FA_LAYER_MODES, MAX_PINNED, Settings
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+HEAVY = "model"  # concurrency group of everything that runs the model
+DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
+
+
+def build_demo() -> gr.Blocks:
+    defaults = Settings()
+    with gr.Blocks(title=texts.TITLE, fill_width=True) as demo:
+        ui = SimpleNamespace()
+        ui.active_model = gr.State(None)  # the name of the model this session's runs use
+        ui.pinned = gr.State([])
+        ui.last_run = gr.State(None)  # sample + column configs of the last run, for the attention maps
+        ui.tour_index = gr.State(0)
+        ui.prompt_tokens = gr.State(None)  # token count of the current prompt, for recipes and mask pictures
+
+        gr.Markdown(f"# {texts.TITLE}\n{texts.INTRO}", elem_id="swaa-title")
+        ui.device_note = gr.Markdown(elem_id="swaa-device")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=360, elem_id="swaa-sidebar"):
+                _model_panel(ui, defaults)
+                _strategy_panel(ui, defaults)
+            with gr.Column(scale=3, min_width=520), gr.Tabs(elem_id="swaa-tabs") as ui.tabs:
+                with gr.Tab("Compare", id="compare"):
+                    _prompt_panel(ui, defaults)
+                    _run_panel(ui, defaults)
+                with gr.Tab("Why: attention & masks", id="why"):
+                    _why_panel(ui)
+                with gr.Tab("Recipes & needles", id="sweeps"):
+                    _sweep_panel(ui)
+                with gr.Tab("Guided tour", id="tour"):
+                    _tour_panel(ui)
+        _wire(demo, ui)
+    demo.ui = ui  # tests and app.py reach components through this
+    return demo
+
+
+# ---------------------------------------------------------------- layout pieces
+def _model_panel(ui, d: Settings) -> None:
+    with gr.Accordion("1 · Model", open=True):
+        ui.model = gr.Dropdown(
+            choices=cb.model_choices(),
+            value=d.model,
+            allow_custom_value=True,
+            label="Model",
+            info=texts.MODEL_INFO,
+            elem_id="swaa-model",
+        )
+        ui.load_model = gr.Button("Load model", size="sm")
+        ui.model_facts = gr.Markdown("Loading the embedded model…", elem_classes="swaa-facts")
+
+
+def _strategy_panel(ui, d: Settings) -> None:
+    s = d.strategy
+    with gr.Accordion("2 · Strategy", open=True):
+        ui.recipe = gr.Dropdown(
+            choices=cb.recipe_choices(), value="recommended", label="Recipe preset", info=texts.RECIPE_INFO
+        )
+        ui.recipe_note = gr.Markdown(cb.recipe_note("recommended"))
+        ui.window = gr.Slider(8, 8192, value=s.window, step=8, label="Window size W", info=texts.WINDOW_INFO)
+        ui.sinks = gr.Slider(0, 256, value=s.sinks, step=1, label="Sink tokens K", info=texts.SINKS_INFO)
+        ui.fa_layers_mode = gr.Radio(
+            list(FA_LAYER_MODES), value=s.fa_layers_mode, label="Full-attention layers", info=texts.FA_LAYERS_INFO
+        )
+        ui.fa_layers = gr.CheckboxGroup(
+            choices=[], label="Layers (click to toggle)", info=texts.FA_LAYERS_STRIP_INFO, elem_classes="layer-strip"
+        )
+        ui.fa_decode_mode = gr.Radio(
+            [("off", "off"), ("all layers", "all"), ("chosen layers", "layers")],
+            value=s.fa_decode_mode,
+            label="Full-attention decode",
+            info=texts.FA_DECODE_INFO,
+        )
+        ui.fa_decode_layers = gr.CheckboxGroup(
+            choices=[],
+            label="FA decode layers",
+            info=texts.FA_DECODE_STRIP_INFO,
+            elem_classes="layer-strip",
+            visible=s.fa_decode_mode == "layers",
+        )
+        ui.cot = gr.Checkbox(value=d.cot, label="Chain of thought", info=texts.COT_INFO)
+        ui.adapter = gr.Dropdown(
+            choices=cb.adapter_choices(),
+            value=d.adapter or None,
+            allow_custom_value=True,
+            label="LoRA adapter (SWAA columns)",
+            info=texts.ADAPTER_INFO,
+        )
+        ui.config_json = gr.Code(
+            language="json", label="Config (upstream swaa_config JSON)", interactive=True, lines=6, buttons=["copy"]
+        )
+        gr.Markdown(texts.CONFIG_JSON_HELP, elem_classes="swaa-muted")
+        with gr.Row():
+            ui.apply_json = gr.Button("Apply edited JSON", size="sm")
+            ui.pin = gr.Button(f"Pin as extra column (max {MAX_PINNED})", size="sm")
+        ui.columns_note = gr.Markdown()
+        ui.clear_pins = gr.Button("Remove pinned columns", size="sm", visible=False)
+        with gr.Accordion("Share & export", open=False):
+            ui.share_query = gr.Textbox(visible=False)
+            ui.share_link = gr.Textbox(
+                label="Shareable link", info=texts.SHARE_HELP, buttons=["copy"], interactive=False
+            )
+            ui.config_file = gr.DownloadButton("Download config JSON", size="sm")
+
+
+def _prompt_panel(ui, d: Settings) -> None:
+    with gr.Accordion("3 · Prompt", open=True):
+        ui.source = gr.Radio(
+            [("Built-in task", "task"), ("Your text (paste, upload or example)", "text")],
+            value=d.source,
+            label="Prompt source",
+        )
+        with gr.Group(visible=d.source == "task") as ui.task_group:
+            with gr.Row():
+                ui.task = gr.Dropdown(
+                    [(label, kind) for kind, label in TASK_CHOICES], value=d.task, label="Task", info=texts.TASK_INFO
+                )
+                ui.seed = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed", info=texts.SEED_INFO)
+            with gr.Row():
+                ui.length = gr.Slider(
+                    128, 8192, value=d.length, step=64, label="Length (tokens)", info=texts.LENGTH_INFO
+                )
+                ui.depth = gr.Slider(0, 1, value=d.depth, step=0.05, label="Fact depth", info=texts.DEPTH_INFO)
+            ui.task_preview = gr.Markdown()
+        with gr.Group(visible=d.source == "text") as ui.text_group:
+            with gr.Row():
+                ui.example = gr.Dropdown(
+                    [("—", "")] + [(e.title, k) for k, e in examples().items()],
+                    value=d.example,
+                    label="Ready example",
+                    scale=2,
+                )
+                ui.upload = gr.File(
+                    label="Upload .txt / .md / .pdf", file_types=[".txt", ".md", ".pdf"], height=90, scale=1
+                )
+            ui.document = gr.Textbox(label="Document", lines=8, max_lines=16, placeholder="Paste a long text here…")
+            with gr.Row():
+                ui.question = gr.Textbox(label="Question", info=texts.QUESTION_INFO, scale=2)
+                ui.answer = gr.Textbox(label="Expected answer", info=texts.ANSWER_INFO, scale=1)
+            ui.answer_prefix = gr.Textbox(
+                label="Answer begins with (optional)",
+                info="Small models answer better when the reply's first words are given.",
+            )
+        ui.token_info = gr.Markdown(elem_id="swaa-token-count")
+
+
+def _run_panel(ui, d: Settings) -> None:
+    with gr.Row(equal_height=True):
+        ui.max_new_tokens = gr.Slider(
+            1, 512, value=d.max_new_tokens, step=1, label="Max new tokens", info=texts.MAX_NEW_TOKENS_INFO, scale=3
+        )
+        ui.run = gr.Button("Run comparison", variant="primary", scale=1, elem_id="swaa-run")
+        ui.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="swaa-stop")
+    ui.board = gr.HTML(cb.empty_board(), elem_id="swaa-board")
+    ui.summary = gr.Markdown(elem_id="swaa-summary")
+    ui.latency = gr.Plot(label="Latency", elem_id="swaa-latency")
+    gr.Markdown(texts.PNG_HELP, elem_classes="swaa-muted")
+    with gr.Row():
+        ui.results_csv = gr.DownloadButton("Results CSV", size="sm", interactive=False)
+        ui.results_json = gr.DownloadButton("Results JSON", size="sm", interactive=False)
+
+
+def _why_panel(ui) -> None:
+    gr.Markdown(texts.ATTENTION_HELP)
+    with gr.Row():
+        ui.layer = gr.Slider(0, 29, value=0, step=1, label="Layer")
+        ui.head = gr.Dropdown([("mean of heads", -1)], value=-1, label="Head")
+        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.")
+        ui.draw = gr.Button("Draw attention", size="sm")
+    ui.attention = gr.Plot(label="Attention maps", elem_id="swaa-attention")
+    gr.Markdown(texts.MASK_HELP)
+    ui.masks = gr.Plot(label="Masks", elem_id="swaa-masks")
+    ui.layer_plan = gr.Plot(label="Layer plan", elem_id="swaa-layer-plan")
+
+
+def _sweep_panel(ui) -> None:
+    gr.Markdown(texts.SWEEP_HELP)
+    with gr.Row():
+        ui.sweep_recipes = gr.CheckboxGroup(
+            choices=cb.recipe_choices(), value=DEFAULT_SWEEP_RECIPES, label="Recipes", scale=3
+        )
+        with gr.Column(scale=1):
+            ui.sweep_samples = gr.Slider(1, 20, value=3, step=1, label="Samples per recipe")
+            ui.sweep_length = gr.Slider(256, 8192, value=768, step=128, label="Length (tokens)")
+    with gr.Row():
+        ui.run_sweep = gr.Button("Run recipe sweep", variant="primary")
+        ui.stop_sweep = gr.Button("Stop", variant="stop")
+    ui.tradeoff = gr.Plot(label="Accuracy vs latency", elem_id="swaa-tradeoff")
+    ui.sweep_table = gr.Dataframe(label="Sweep results", interactive=False, wrap=True)
+    gr.Markdown(texts.HEATMAP_HELP)
+    with gr.Row():
+        ui.heat_lengths = gr.CheckboxGroup(
+            choices=[256, 512, 1024, 2048, 4096, 8192], value=[256, 512, 1024], label="Lengths (tokens)", scale=2
+        )
+        ui.heat_depths = gr.Slider(2, 11, value=5, step=1, label="Depths (evenly from 0 to 1)", scale=1)
+        ui.heat_samples = gr.Slider(1, 10, value=1, step=1, label="Samples per cell", scale=1)
+    with gr.Row():
+        ui.run_heat = gr.Button("Run needle sweep", variant="primary")
+        ui.heat_results = gr.DownloadButton("Sweep CSV", size="sm", interactive=False)
+    ui.heatmap = gr.Plot(label="Needle heatmap", elem_id="swaa-heatmap")
+
+
+def _tour_panel(ui) -> None:
+    ui.tour_text = gr.Markdown(texts.tour_markdown(0))
+    ui.tour_masks = gr.Plot(label="What the strategy lets a token see (toy scale)")
+    with gr.Row():
+        ui.tour_back = gr.Button("◀ Back", size="sm")
+        ui.tour_try = gr.Button("Try it: set the controls and run", variant="primary", size="sm")
+        ui.tour_next = gr.Button("Next ▶", size="sm")
+
+
+# ---------------------------------------------------------------- events
+def _wire(demo: gr.Blocks, ui) -> None:
+    settings_out = [
+        ui.model,
+        ui.window,
+        ui.sinks,
+        ui.fa_layers_mode,
+        ui.fa_layers,
+        ui.fa_decode_mode,
+        ui.fa_decode_layers,
+        ui.cot,
+        ui.adapter,
+        ui.source,
+        ui.task,
+        ui.length,
+        ui.depth,
+        ui.seed,
+        ui.max_new_tokens,
+        ui.example,
+    ]
+    strategy = [ui.window, ui.sinks, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers]
+    prompt = [
+        ui.source,
+        ui.task,
+        ui.length,
+        ui.depth,
+        ui.seed,
+        ui.document,
+        ui.question,
+        ui.answer,
+        ui.answer_prefix,
+    ]
+    model_out = [ui.active_model, ui.model_facts, ui.fa_layers, ui.fa_decode_layers, ui.layer, ui.head, ui.window]
+    model_out.append(ui.length)
+    share_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt[:5], ui.max_new_tokens, ui.example, ui.pinned]
+    share_in += [ui.prompt_tokens, ui.layer]
+    config_out = [ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
+    light = dict(concurrency_limit=None, show_progress="hidden")
+
+    # Page open: restore a shared link, wait for the model, fill everything that depends on it.
+    demo.load(
+        cb.open_page,
+        outputs=[
+            *settings_out,
+            ui.pinned,
+            ui.device_note,
+            *model_out,
+            ui.document,
+            ui.question,
+            ui.answer,
+            ui.answer_prefix,
+        ],
+        concurrency_limit=None,  # only waits for the model: must not queue behind other visitors' runs
+    ).then(cb.describe_config, share_in, config_out, **light).then(
+        cb.prompt_info,
+        [ui.active_model, *prompt, ui.window],
+        [ui.token_info, ui.task_preview, ui.prompt_tokens],
+        **light,
+    ).then(cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light).then(
+        None, [ui.share_query], [ui.share_link], js=_SHARE_JS
+    ).then(cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light)
+
+    ui.load_model.click(cb.load_model, [ui.model], model_out, concurrency_id="load", concurrency_limit=1).then(
+        cb.describe_config, share_in, config_out, **light
+    )
+
+    # Strategy controls.
+    ui.recipe.input(
+        cb.apply_recipe, [ui.recipe, ui.active_model, ui.prompt_tokens], [*strategy, ui.recipe_note], **light
+    )
+    ui.fa_layers_mode.input(
+        cb.fa_layers_for_mode, [ui.fa_layers_mode, ui.active_model, ui.fa_layers], [ui.fa_layers], **light
+    )
+    ui.fa_layers.input(cb.mode_for_fa_layers, [ui.fa_layers, ui.active_model], [ui.fa_layers_mode], **light)
+    ui.fa_decode_mode.change(cb.fa_decode_visibility, [ui.fa_decode_mode], [ui.fa_decode_layers], **light)
+    ui.apply_json.click(cb.apply_config_json, [ui.config_json, ui.active_model], strategy, **light)
+    ui.adapter.input(cb.adapter_selected, [ui.adapter, ui.active_model], strategy, **light)
+    for component in [*strategy, ui.cot, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
+        component.change(cb.describe_config, share_in, config_out, **light).then(
+            None, [ui.share_query], [ui.share_link], js=_SHARE_JS
+        )
+    ui.pin.click(cb.pin_column, [ui.active_model, *strategy, ui.adapter, ui.pinned], [ui.pinned], **light).then(
+        cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light
+    ).then(cb.describe_config, share_in, config_out, **light).then(
+        None, [ui.share_query], [ui.share_link], js=_SHARE_JS
+    )
+    ui.clear_pins.click(lambda: [], None, [ui.pinned], **light).then(
+        cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light
+    ).then(cb.describe_config, share_in, config_out, **light)
+
+    # Prompt source.
+    ui.source.change(cb.source_visibility, [ui.source], [ui.task_group, ui.text_group], **light)
+    ui.example.input(cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix], **light)
+    ui.upload.upload(cb.read_upload, [ui.upload, ui.document], [ui.document], **light)
+    for component in [*prompt, ui.window]:
+        component.change(
+            cb.prompt_info, [ui.active_model, *prompt, ui.window], [ui.token_info, ui.task_preview, ui.prompt_tokens],
+            trigger_mode="always_last", **light,
+        ).then(cb.describe_config, share_in, config_out, **light)  # fmt: skip
+
+    # The comparison.
+    run_out = [ui.board, ui.summary, ui.latency, ui.masks, ui.last_run, ui.results_csv, ui.results_json, ui.column]
+    run_out.append(ui.layer)
+    run_event = ui.run.click(
+        rh.run_comparison,
+        [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer],
+        run_out,
+        concurrency_id=HEAVY,
+        api_name="compare",
+    )
+    run_event.then(rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention])
+    ui.stop.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
+    ui.draw.click(
+        rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention],
+        concurrency_id=HEAVY,
+    )  # fmt: skip
+    ui.layer.release(rh.masks_for_layer, [ui.active_model, ui.last_run, ui.layer], [ui.masks], **light)
+
+    # Sweeps.
+    ui.run_sweep.click(
+        rh.run_recipe_sweep,
+        [ui.active_model, ui.sweep_recipes, ui.sweep_samples, ui.sweep_length, ui.seed, ui.window, ui.sinks, ui.cot],
+        [ui.tradeoff, ui.sweep_table],
+        concurrency_id=HEAVY,
+    )
+    ui.stop_sweep.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
+    ui.run_heat.click(
+        rh.run_needle_sweep,
+        [ui.active_model, *strategy, ui.heat_lengths, ui.heat_depths, ui.heat_samples, ui.seed, ui.task],
+        [ui.heatmap, ui.heat_results],
+        concurrency_id=HEAVY,
+    )
+
+    # Guided tour.
+    for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):
+        button.click(cb.tour_move, [ui.tour_index, gr.State(step)], [ui.tour_index, ui.tour_text], **light).then(
+            cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light
+        )
+    ui.tour_try.click(
+        cb.tour_apply,
+        [ui.tour_index, ui.active_model, ui.prompt_tokens],
+        [*strategy, ui.cot, ui.recipe, ui.recipe_note],
+        **light,
+    ).then(lambda: gr.Tabs(selected="compare"), None, [ui.tabs]).then(
+        rh.run_comparison,
+        [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer],
+        run_out,
+        concurrency_id=HEAVY,
+    ).then(rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention])
+
+
+# The link is built in the browser: only it knows the address people reach the app at (a Space, a proxy, localhost).
+_SHARE_JS = "(q) => window.location.origin + window.location.pathname + (q || '')"
+
+
+def launch_kwargs() -> dict:
+    """Arguments for demo.launch shared by app.py and the tests (theme, CSS, error display)."""
+    return dict(
+        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="orange"),
+        css_paths=[ASSETS / "style.css"],
+        show_error=True,
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        allowed_paths=[],
+    )
