@@ -290,16 +290,26 @@ def test_tests_mirror_the_packages():
     assert {"swaa_core", "app"} <= folders
 
 
-def test_swaa_command_offers_every_subcommand_the_readme_shows():
+def test_swaa_command_is_installed():
     swaa = shutil.which("swaa")
     assert swaa, (
         "the `swaa` command is missing: install the package (`pip install --no-deps -e .`, as tests/run.sh does)"
     )
-    shown = sorted(set(re.findall(r"^swaa ([a-z]+)", "\n".join(readme_code_lines()), flags=re.M)))
-    assert shown, "README.md shows no `swaa` command"
-    for sub in shown:
-        result = subprocess.run([swaa, sub, "--help"], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"`swaa {sub} --help` failed:\n{result.stderr[-2000:]}"
+    result = subprocess.run([swaa, "--version"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("swaa ")
+
+
+def test_readme_swaa_commands_are_valid_command_lines():
+    from swaa_core.cli import build_parser
+
+    shown = [shlex.split(line, comments=True) for line in readme_code_lines() if line.startswith("swaa ")]
+    assert len(shown) >= 5, "README.md should show the main `swaa` commands"
+    for argv in shown:
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit:
+            pytest.fail(f"README.md shows a `swaa` command line that the CLI rejects: {shlex.join(argv)}")
 
 
 @pytest.mark.embedded
