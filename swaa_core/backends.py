@@ -11,8 +11,10 @@ Full-attention calls (non-sliding layers, FA decode steps) go to SDPA when nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -175,16 +177,51 @@ def _has_flex() -> bool:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention)
+    # fullgraph: a graph break would run parts of flex_attention eagerly, which materialises all n x n scores
+    return torch.compile(flex_attention, fullgraph=True)
 
 
 _BLOCK_MASKS: dict = {}
+# Each dtype, head size, grad mode, first dynamic shape and window value costs flex_attention one compiled graph.
+# Past dynamo's default of 8 graphs per function it silently falls back to the eager flex_attention, which builds
+# the full score matrix: seen on an H100 (torch 2.11) as 87 ms instead of 0.7 ms at 8K and out of memory at 32K.
+FLEX_RECOMPILE_LIMIT = 64
+
+
+def _flex_scope(*tensors) -> contextlib.ExitStack:
+    """Settings for our flex calls only: more graphs allowed, an error instead of the eager fallback, and inference
+    under grad mode sharing the no-grad graph (dynamo guards on grad mode)."""
+    settings = {"recompile_limit": FLEX_RECOMPILE_LIMIT}
+    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        settings["fail_on_recompile_limit_hit"] = True
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._dynamo.config.patch(**settings))
+    if torch.is_grad_enabled() and not any(t.requires_grad for t in tensors):
+        stack.enter_context(torch.no_grad())
+    return stack
 
 
 def flex(q, k, v, g: MaskGeometry, scaling: float):
-    block_mask = block_mask_for(g, q.shape[0], q.shape[2], k.shape[2], q.device)
-    out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    try:
+        with _flex_scope(q, k, v):
+            block_mask = block_mask_for(g, q.shape[0], q.shape[2], k.shape[2], q.device)
+            out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    except Exception as e:  # dynamo's limit error class has been renamed across torch versions
+        if "RecompileLimit" not in type(e).__name__ and "CacheLimit" not in type(e).__name__:
+            raise
+        _warn_flex_limit()
+        return blocked(q, k, v, g, scaling)
     return out.transpose(1, 2).contiguous()
+
+
+@functools.cache
+def _warn_flex_limit() -> None:
+    warnings.warn(
+        f"FlexAttention reached {FLEX_RECOMPILE_LIMIT} compiled variants in this process; SWAA uses the blocked "
+        "O(n*W) backend for new shapes/dtypes from now on (correct, but slower on GPU). Restart the process to reset.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def block_mask_for(g: MaskGeometry, B: int, Q: int, KV: int, device):
