@@ -57,6 +57,13 @@ def _style(fig: go.Figure, *, height: int, title: str | None = None) -> go.Figur
     return fig
 
 
+def _wrap(text: str, width: int = 34) -> str:
+    """Subplot titles side by side must not run into each other: break long labels into lines."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width)) or text
+
+
 def message_figure(text: str, *, height: int = 260) -> go.Figure:
     """A blank figure that says why there is nothing to draw yet."""
     fig = go.Figure()
@@ -86,6 +93,11 @@ def pool_attention(probs: torch.Tensor, max_cells: int = 192) -> PooledAttention
     return PooledAttention(pooled.numpy(), n / cells, n)
 
 
+def _first_center(scale: float) -> float:
+    # Token t is drawn as the unit cell centred on t; a pooled cell of `scale` tokens is centred on their middle.
+    return (scale - 1) / 2
+
+
 def _log_weights(values: np.ndarray) -> np.ndarray:
     # Masked (exactly zero) weights become gaps so "not allowed" looks different from "allowed but tiny".
     out = np.full(values.shape, np.nan)
@@ -110,7 +122,7 @@ def attention_figure(
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Full attention", swaa_label),
+        subplot_titles=("Full attention", _wrap(swaa_label)),
         horizontal_spacing=0.08,
         shared_yaxes=True,
     )
@@ -119,9 +131,9 @@ def attention_figure(
         fig.add_trace(
             go.Heatmap(
                 z=_log_weights(grid),
-                x0=0,
+                x0=_first_center(pooled.scale),
                 dx=pooled.scale,
-                y0=0,
+                y0=_first_center(pooled.scale),
                 dy=pooled.scale,
                 zmin=-4,
                 zmax=0,
@@ -141,7 +153,7 @@ def attention_figure(
         if needle_tokens:
             _mark_needle(fig, col, needle_tokens, pooled.tokens)
     for col in (1, 2):
-        fig.update_xaxes(title_text="key position (token)", range=[0, fa.tokens], row=1, col=col)
+        fig.update_xaxes(title_text="key position (token)", range=[-0.5, fa.tokens - 0.5], row=1, col=col)
     fig.update_yaxes(title_text="query position", autorange="reversed", row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     head_text = "mean of heads" if head is None else f"head {head}"
@@ -155,7 +167,7 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
         # The window's far edge: key j = i - W + 1 for query i.
         fig.add_trace(
             go.Scatter(
-                x=[0, n - window + 1],
+                x=[-0.5, n - window + 0.5],
                 y=[window - 1, n],
                 mode="lines",
                 line=line,
@@ -169,9 +181,9 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
     if sinks and window is not None:
         fig.add_shape(
             type="rect",
-            x0=0,
-            x1=sinks,
-            y0=0,
+            x0=-0.5,
+            x1=sinks - 0.5,
+            y0=-0.5,
             y1=n,
             fillcolor="rgba(255,255,255,0.18)",
             line=dict(color="white", width=1),
@@ -188,9 +200,9 @@ def _mark_needle(fig: go.Figure, col: int, span: tuple[int, int], n: int) -> Non
     start, end = span
     fig.add_shape(
         type="rect",
-        x0=start,
-        x1=max(end, start + n / 150),
-        y0=0,
+        x0=start - 0.5,
+        x1=max(end, start + n / 150) - 0.5,
+        y0=-0.5,
         y1=n,
         fillcolor="rgba(44,162,95,0.25)",
         line=dict(color=NEEDLE_COLOR, width=1.5),
@@ -224,17 +236,23 @@ def pool_mask(mask: torch.Tensor, max_cells: int = 160) -> tuple[np.ndarray, flo
 def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     cols = max(1, len(panels))
     fig = make_subplots(
-        rows=1, cols=cols, subplot_titles=[p.label for p in panels], horizontal_spacing=0.04, shared_yaxes=True
+        rows=1,
+        cols=cols,
+        subplot_titles=[_wrap(p.label) for p in panels],
+        horizontal_spacing=0.04,
+        shared_yaxes=True,
     )
     colorscale = [[0.0, "#f3f5f9"], [1.0, SWA_COLOR]]
     for i, panel in enumerate(panels, start=1):
         fig.add_trace(
             go.Heatmap(
                 z=panel.visible,
-                x0=0,
+                x0=_first_center(panel.scale),
                 dx=panel.scale,
-                y0=0,
+                y0=_first_center(panel.scale),
                 dy=panel.scale,
+                xgap=1 if panel.total_tokens <= 48 else 0,
+                ygap=1 if panel.total_tokens <= 48 else 0,
                 zmin=0,
                 zmax=1,
                 colorscale=colorscale,
@@ -245,8 +263,8 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
             col=i,
         )
         if panel.total_tokens > panel.prompt_tokens:
-            fig.add_hline(y=panel.prompt_tokens, line=dict(color=FA_COLOR, width=1.5, dash="dot"), row=1, col=i)
-        fig.update_xaxes(title_text="key", range=[0, panel.total_tokens], row=1, col=i)
+            fig.add_hline(y=panel.prompt_tokens - 0.5, line=dict(color=FA_COLOR, width=1.5, dash="dot"), row=1, col=i)
+        fig.update_xaxes(title_text="key", range=[-0.5, panel.total_tokens - 0.5], row=1, col=i)
         fig.update_yaxes(autorange="reversed", row=1, col=i)
     fig.update_yaxes(title_text="query (prompt, then generated)", row=1, col=1)
     height = 330 if cols > 2 else 380

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from swaa_core.registry import DEFAULT_MODEL, get_model_entry
+
 from . import callbacks as cb
 from . import run_handlers as rh
 from . import texts
@@ -51,6 +53,11 @@ def build_demo() -> gr.Blocks:
 
 
 # ---------------------------------------------------------------- layout pieces
+def _layer_choices() -> list[tuple[str, int]]:
+    # The default model's layers from the registry (no load needed); a loaded model replaces them.
+    return [(str(i), i) for i in range(get_model_entry(DEFAULT_MODEL).num_layers)]
+
+
 def _model_panel(ui, d: Settings) -> None:
     with gr.Accordion("1 · Model", open=True):
         ui.model = gr.Dropdown(
@@ -78,7 +85,10 @@ def _strategy_panel(ui, d: Settings) -> None:
             list(FA_LAYER_MODES), value=s.fa_layers_mode, label="Full-attention layers", info=texts.FA_LAYERS_INFO
         )
         ui.fa_layers = gr.CheckboxGroup(
-            choices=[], label="Layers (click to toggle)", info=texts.FA_LAYERS_STRIP_INFO, elem_classes="layer-strip"
+            choices=_layer_choices(),
+            label="Layers (click to toggle)",
+            info=texts.FA_LAYERS_STRIP_INFO,
+            elem_classes="layer-strip",
         )
         ui.fa_decode_mode = gr.Radio(
             [("off", "off"), ("all layers", "all"), ("chosen layers", "layers")],
@@ -87,7 +97,7 @@ def _strategy_panel(ui, d: Settings) -> None:
             info=texts.FA_DECODE_INFO,
         )
         ui.fa_decode_layers = gr.CheckboxGroup(
-            choices=[],
+            choices=_layer_choices(),
             label="FA decode layers",
             info=texts.FA_DECODE_STRIP_INFO,
             elem_classes="layer-strip",
@@ -178,8 +188,10 @@ def _run_panel(ui, d: Settings) -> None:
 def _why_panel(ui) -> None:
     gr.Markdown(texts.ATTENTION_HELP)
     with gr.Row():
-        ui.layer = gr.Slider(0, 29, value=0, step=1, label="Layer")
-        ui.head = gr.Dropdown([("mean of heads", -1)], value=-1, label="Head")
+        entry = get_model_entry(DEFAULT_MODEL)
+        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer")
+        heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(entry.num_heads)]
+        ui.head = gr.Dropdown(heads, value=-1, label="Head")
         ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.")
         ui.draw = gr.Button("Draw attention", size="sm")
     ui.attention = gr.Plot(label="Attention maps", elem_id="swaa-attention")
@@ -261,7 +273,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     share_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt[:5], ui.max_new_tokens, ui.example, ui.pinned]
     share_in += [ui.prompt_tokens, ui.layer]
     config_out = [ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
-    light = dict(concurrency_limit=None, show_progress="hidden")
+    light = dict(concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
 
     # Page open: restore a shared link, wait for the model, fill everything that depends on it.
     demo.load(
@@ -277,6 +289,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
             ui.answer_prefix,
         ],
         concurrency_limit=None,  # only waits for the model: must not queue behind other visitors' runs
+        api_visibility="undocumented",
     ).then(cb.describe_config, share_in, config_out, **light).then(
         cb.prompt_info,
         [ui.active_model, *prompt, ui.window],
@@ -286,9 +299,9 @@ def _wire(demo: gr.Blocks, ui) -> None:
         None, [ui.share_query], [ui.share_link], js=_SHARE_JS
     ).then(cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light)
 
-    ui.load_model.click(cb.load_model, [ui.model], model_out, concurrency_id="load", concurrency_limit=1).then(
-        cb.describe_config, share_in, config_out, **light
-    )
+    ui.load_model.click(
+        cb.load_model, [ui.model], model_out, concurrency_id="load", concurrency_limit=1, api_name="load_model"
+    ).then(cb.describe_config, share_in, config_out, **light)
 
     # Strategy controls.
     ui.recipe.input(
@@ -299,7 +312,9 @@ def _wire(demo: gr.Blocks, ui) -> None:
     )
     ui.fa_layers.input(cb.mode_for_fa_layers, [ui.fa_layers, ui.active_model], [ui.fa_layers_mode], **light)
     ui.fa_decode_mode.change(cb.fa_decode_visibility, [ui.fa_decode_mode], [ui.fa_decode_layers], **light)
-    ui.apply_json.click(cb.apply_config_json, [ui.config_json, ui.active_model], strategy, **light)
+    ui.apply_json.click(
+        cb.apply_config_json, [ui.config_json, ui.active_model], strategy, **{**light, "api_name": "apply_config"}
+    )
     ui.adapter.input(cb.adapter_selected, [ui.adapter, ui.active_model], strategy, **light)
     for component in [*strategy, ui.cot, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
         component.change(cb.describe_config, share_in, config_out, **light).then(
@@ -317,7 +332,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     # Prompt source.
     ui.source.change(cb.source_visibility, [ui.source], [ui.task_group, ui.text_group], **light)
     ui.example.input(cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix], **light)
-    ui.upload.upload(cb.read_upload, [ui.upload, ui.document], [ui.document], **light)
+    ui.upload.upload(cb.read_upload, [ui.upload, ui.document], [ui.document], **light, api_name="read_upload")
     for component in [*prompt, ui.window]:
         component.change(
             cb.prompt_info, [ui.active_model, *prompt, ui.window], [ui.token_info, ui.task_preview, ui.prompt_tokens],
@@ -334,12 +349,10 @@ def _wire(demo: gr.Blocks, ui) -> None:
         concurrency_id=HEAVY,
         api_name="compare",
     )
-    run_event.then(rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention])
+    attention_in = [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head]
+    run_event.then(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY, api_name="attention")
     ui.stop.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
-    ui.draw.click(
-        rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention],
-        concurrency_id=HEAVY,
-    )  # fmt: skip
+    ui.draw.click(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY, api_name="draw_attention")
     ui.layer.release(rh.masks_for_layer, [ui.active_model, ui.last_run, ui.layer], [ui.masks], **light)
 
     # Sweeps.
@@ -348,6 +361,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         [ui.active_model, ui.sweep_recipes, ui.sweep_samples, ui.sweep_length, ui.seed, ui.window, ui.sinks, ui.cot],
         [ui.tradeoff, ui.sweep_table],
         concurrency_id=HEAVY,
+        api_name="recipe_sweep",
     )
     ui.stop_sweep.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
     ui.run_heat.click(
@@ -355,6 +369,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         [ui.active_model, *strategy, ui.heat_lengths, ui.heat_depths, ui.heat_samples, ui.seed, ui.task],
         [ui.heatmap, ui.heat_results],
         concurrency_id=HEAVY,
+        api_name="needle_sweep",
     )
 
     # Guided tour.
@@ -372,7 +387,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer],
         run_out,
         concurrency_id=HEAVY,
-    ).then(rh.draw_attention, [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head], [ui.attention])
+    ).then(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY)
 
 
 # The link is built in the browser: only it knows the address people reach the app at (a Space, a proxy, localhost).
