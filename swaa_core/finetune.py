@@ -578,6 +578,12 @@ def finetune_pipeline(
         if out is not None:
             distill_path = save_jsonl(records, out / "distill.jsonl")
     kept = filter_records(records, keep)
+    if not kept:
+        wrong = sum(r.get("judge") == 0 for r in records)
+        raise DistillDataError(
+            f"No training data left: {wrong} of {len(records)} full-attention answers were wrong and keep={keep!r} "
+            "drops them. Use more or shorter prompts, a larger model, or keep='all' to train on them anyway."
+        )
     settings = settings or TrainSettings()
     examples, skipped = build_examples(kept, tokenizer, settings.max_length)
     held_out = []
@@ -656,11 +662,12 @@ def add_cli(subparsers) -> None:
                               description=FINETUNE_HELP, epilog=FINETUNE_EXAMPLES, formatter_class=fmt)  # fmt: skip
     _model_args(f)
     g = f.add_argument_group("attention during training (the recipe the adapter is for)")
-    g.add_argument("--recipe", default="swa-sinks-fa-decode",
+    g.add_argument("--recipe", "-r", default="swa-sinks-fa-decode",
                    help="a recipe name (see `swaa recipes`) or inline JSON of the upstream fields "
                         "(default: swa-sinks-fa-decode)")  # fmt: skip
-    g.add_argument("--window", type=int, help="sliding window in tokens (default: scaled to --length)")
+    g.add_argument("--window", "-w", type=int, help="sliding window in tokens (default: scaled to --length)")
     g.add_argument("--sinks", type=int, help="sink tokens kept visible (keep_first) for sink recipes (default 10)")
+    g.add_argument("--recipes-file", help="your saved recipes (JSON; upstream settings files too), for --recipe NAME")
     data = f.add_argument_group("training data: --data FILE, or distil on the fly from a task")
     data.add_argument("--data", help="JSONL from `swaa distill` (or upstream prompt/response records)")
     _data_args(data)
@@ -692,9 +699,11 @@ def add_cli(subparsers) -> None:
 
 
 def _model_args(p) -> None:
-    p.add_argument("--model", help="embedded name, Hub id or local folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model", "-m", help="embedded name, Hub id or local folder (default: embedded SmolLM2-135M-Instruct)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def _data_args(p) -> None:
@@ -736,11 +745,13 @@ def _cmd_distill(args) -> int:
 def _cmd_finetune(args) -> int:
     from . import load_model
     from .distill import load_jsonl
-    from .recipes import resolve_recipe
+    from .recipes import load_user_recipes, resolve_recipe
 
+    user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None
     loaded = load_model(args.model, device=args.device)
     n_layers = len(attention_modules(loaded.model))
-    cfg = resolve_recipe(args.recipe, n_layers, window=args.window, keep_first=args.sinks, context_tokens=args.length)
+    cfg = resolve_recipe(args.recipe, n_layers, window=args.window, keep_first=args.sinks,
+                         context_tokens=args.length, user_recipes=user_recipes)  # fmt: skip
     if cfg is None:
         raise SWAAConfigError(f"Recipe {args.recipe!r} is full attention; fine-tuning under SWA needs a sliding one.")
     settings = TrainSettings(

@@ -19,6 +19,7 @@ from swaa_core.finetune import (
     _training_mode,
     build_examples,
     collate,
+    finetune_pipeline,
     load_adapter,
     lora_config,
     make_example,
@@ -256,3 +257,76 @@ def test_adapter_for_another_layer_count_is_refused(tmp_path):
     _, path = trained_adapter(tmp_path, cfg)
     with pytest.raises(ValueError, match="names layer"):
         load_adapter(build_tiny_model("qwen2", layers=2), path)
+
+
+# --------------------------------------------------------------------------- the pipeline and the CLI
+def tiny_loaded():
+    from types import SimpleNamespace
+
+    model = build_tiny_model("llama")
+    model.generation_config.eos_token_id = 2
+    return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
+
+
+def test_pipeline_distils_evaluates_trains_and_saves(tmp_path):
+    """End to end through the real task builder and runner: the saved folder holds what the report says."""
+    from swaa_core.distill import load_jsonl
+
+    loaded = tiny_loaded()
+    cfg = SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)
+    phases = []
+    settings = TrainSettings(max_steps=3, learning_rate=1e-2, lora_dropout=0.0)
+    report = finetune_pipeline(
+        loaded, cfg, tmp_path / "out", samples=3, length_tokens=48, keep="all", max_new_tokens=4, settings=settings,
+        eval_samples=2, on_progress=lambda p: phases.append(p.phase), progress=False,
+    )  # fmt: skip
+    assert phases[:3] == ["distill"] * 3 and phases.count("eval") == 4 and phases.count("train") == 3
+    assert report.records == report.examples == 3 and report.train.steps == 3
+    assert report.before.samples == report.after.samples == 2 and report.before.errors == report.after.errors == 0
+    records = load_jsonl(report.distill_path)
+    assert len(records) == 3 and all(r["task"] == "needle" and r["answer"] for r in records)
+    info = read_adapter_info(report.adapter_path)
+    assert info.swaa_config == cfg and info.base_models == ["tiny/llama"]
+    assert info.training["eval_before"]["samples"] == 2 and info.training["losses"] == pytest.approx(
+        report.train.losses, abs=1e-4
+    )
+
+
+def test_pipeline_refuses_full_attention(tmp_path):
+    with pytest.raises(ValueError, match="needs a sliding config"):
+        finetune_pipeline(tiny_loaded(), SWAAConfig(), tmp_path)
+
+
+def test_cli_finetune_help_teaches():
+    from swaa_core.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    text = sub.choices["finetune"].format_help()
+    for words in ("self-distillation", "mixed mask", "swaa_config.json", "--eval-samples", "examples:", "--recipe"):
+        assert words in text
+    assert "judge" in sub.choices["distill"].format_help()
+
+
+def test_cli_distill_then_finetune(tmp_path, monkeypatch, capsys):
+    """`swaa distill` writes JSONL, `swaa finetune --data` trains on it and saves an adapter for the recipe."""
+    import swaa_core
+    from swaa_core.cli import main
+
+    loaded = tiny_loaded()
+    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loaded)
+    data = tmp_path / "d.jsonl"
+    assert main(["distill", "--samples", "2", "--length", "80", "--max-new-tokens", "3", "--keep", "all",
+                 "--out", str(data), "-q"]) == 0  # fmt: skip
+    assert "2 answers with full attention" in capsys.readouterr().out
+    out = tmp_path / "adapter"
+    args = ["finetune", "--data", str(data), "--recipe", "swa-sinks-fa-decode", "--window", "8", "--sinks", "2",
+            "--steps", "2", "--length", "80", "--out", str(out), "-q"]  # fmt: skip
+    assert main(args) == 1  # the random model's answers are all wrong: nothing to train on by default
+    assert "No training data left: 2 of 2" in capsys.readouterr().err
+    assert main([*args, "--keep", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 2 steps" in printed and "adapter saved" in printed
+    assert read_adapter_info(out).swaa_config == SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)
+    assert main(["finetune", "--data", str(data), "--recipe", "full", "--out", str(out), "-q"]) == 1
+    assert "full attention" in capsys.readouterr().err
