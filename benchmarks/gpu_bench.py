@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -213,6 +214,9 @@ ATTENTION_CASES = {
     "chunk: 300 queries vs 2000 keys": dict(n=2000, window=512, keep_first=64, q_len=300),
     "FA-decode tail (mixed mask)": dict(n=1024, window=128, keep_first=8, full_tail=200),
     "MQA H12/1 D64": dict(n=900, window=100, keep_first=3, H=12, Hkv=1, D=64),
+    "short prompt Q=KV=77": dict(n=77, window=16, keep_first=4),
+    "chunk: 77 queries vs 400 keys": dict(n=400, window=64, keep_first=8, q_len=77),
+    "chunk: 77 vs 400, H8/2 D64": dict(n=400, window=64, keep_first=8, q_len=77, H=8, Hkv=2, D=64),
     "decode step Q=1": dict(n=3000, window=512, keep_first=32, q_len=1),
     "FA decode step Q=1": dict(n=3000, window=512, keep_first=32, q_len=1, full_tail=1),
 }
@@ -229,13 +233,19 @@ def run_correctness(out: dict):
         if q.shape[2] >= 16:  # flex itself serves 16+ queries; decode steps go to SDPA / blocked
             outputs["flex"] = backends.flex(q, k, v, g, scale)
         outputs["blocked"] = backends.blocked(q, k, v, g, scale)
+        if 16 <= q.shape[2] < 128:  # where inductor may choose its flex-decoding kernel: try it too
+            backends.FLEX_AVOID_DECODE_KERNEL = False
+            try:
+                outputs["flex, decode kernel allowed"] = backends.flex(q, k, v, g, scale)
+            finally:
+                backends.FLEX_AVOID_DECODE_KERNEL = True
         row = {name: rel_err(o, expected) for name, o in outputs.items()}
         if case.get("pads"):  # padding queries see no key: tell wrong real rows from non-zero padding rows
             real = g.kv_valid[:, g.kv_valid.shape[1] - q.shape[2] :]
             for label, o in outputs.items():
                 row[f"{label} real rows"] = rel_err(o[real], expected[real])
                 row[f"{label} max |pad row|"] = float(o[~real].abs().max())
-        row["ok"] = all(math.isfinite(row[b]) and row[b] < BF16_TOL for b in outputs if b != "blocked")
+        row["ok"] = all(math.isfinite(row[b]) and row[b] < BF16_TOL for b in ("flex", "dispatch(flex)") if b in row)
         row["blocked ok"] = math.isfinite(row["blocked"]) and row["blocked"] < BF16_TOL
         out[name] = row
         print(f"{name:36s} " + "  ".join(f"{k}={v:.2e}" for k, v in row.items() if isinstance(v, float)), flush=True)
@@ -243,13 +253,17 @@ def run_correctness(out: dict):
     worst = max(max(v for k, v in r.items() if k in ("flex", "dispatch(flex)")) for r in cases)
     failed = [n for n, r in out.items() if isinstance(r, dict) and not r["ok"]]
     blocked_failed = [n for n, r in out.items() if isinstance(r, dict) and not r["blocked ok"]]
+    decode_kernel = {
+        n: f"{r['flex, decode kernel allowed']:.1e}" for n, r in out.items() if "flex, decode kernel allowed" in r
+    }
     out["worst_rel_err"] = worst
     SUMMARY.append(
         (
             "flex vs float64",
             f"{len(cases) - len(failed)}/{len(cases)} cases < {BF16_TOL}; worst rel err {worst:.1e}"
             + (f"; FAILED: {failed}" if failed else "")
-            + (f"; blocked backend off in: {blocked_failed}" if blocked_failed else ""),
+            + (f"; blocked backend off in: {blocked_failed}" if blocked_failed else "")
+            + f"; with inductor's flex-decoding kernel allowed: {decode_kernel}",
         )
     )
 
@@ -453,8 +467,11 @@ def kernel_row(n: int) -> dict:
     first_s = first_call_seconds(ours)  # compile (if this shape is new) + block mask + one run
     bm = backends.block_mask_for(g, 1, n, n, q.device)
 
-    def raw():
-        return backends._compiled_flex()(q, k, v, block_mask=bm, scale=scale, enable_gqa=True)
+    def raw():  # the compiled kernel alone, under the same compile settings as the backend
+        with backends._flex_scope(q, k, v):
+            return backends._compiled_flex()(
+                q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options=backends._main_kernel_options()
+            )
 
     raw()
     check = rel_err(ours(), backends.blocked(q, k, v, g, scale))  # an independent O(n*W) path: SDPA + masks
@@ -628,6 +645,7 @@ def parse(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--json", default=None)
+    p.add_argument("--watchdog", type=float, default=0, help="print all stacks every N seconds (0: off)")
     args = p.parse_args(argv)
     args.dtype = getattr(torch, args.dtype)
     return args
@@ -636,6 +654,8 @@ def parse(argv=None):
 def main(argv=None):
     global ARGS, DEVICE
     ARGS = parse(argv)
+    if ARGS.watchdog:
+        faulthandler.dump_traceback_later(ARGS.watchdog, repeat=True)
     DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     RESULTS["args"] = {k: str(v) for k, v in vars(ARGS).items()}
     RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

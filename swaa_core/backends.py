@@ -201,11 +201,34 @@ def _flex_scope(*tensors) -> contextlib.ExitStack:
     return stack
 
 
+# Under 128 queries (short prompts, small prefill chunks) inductor may pick its flex-decoding kernel; on an H100
+# (torch 2.11) that gave wrong results for our masks, so the main Triton kernel is requested for every call.
+FLEX_AVOID_DECODE_KERNEL = True
+
+
+@functools.cache
+def _main_kernel_options() -> dict:
+    from torch.nn.attention import flex_attention as fa
+
+    if "BACKEND" in getattr(getattr(fa, "FlexKernelOptions", None), "__annotations__", {}):
+        return {"BACKEND": "TRITON"}
+    return {"FORCE_USE_FLEX_ATTENTION": True}
+
+
 def flex(q, k, v, g: MaskGeometry, scaling: float):
+    options = _main_kernel_options() if FLEX_AVOID_DECODE_KERNEL and q.is_cuda else None
     try:
         with _flex_scope(q, k, v):
             block_mask = block_mask_for(g, q.shape[0], q.shape[2], k.shape[2], q.device)
-            out = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+            out = _compiled_flex()(
+                q,
+                k,
+                v,
+                block_mask=block_mask,
+                scale=scaling,
+                enable_gqa=q.shape[1] != k.shape[1],
+                kernel_options=options,
+            )
     except Exception as e:  # dynamo's limit error class has been renamed across torch versions
         if "RecompileLimit" not in type(e).__name__ and "CacheLimit" not in type(e).__name__:
             raise

@@ -75,6 +75,7 @@ CASES = [
     dict(n=129, window=16, keep_first=400),  # keep_first > n
     dict(n=301, window=32, keep_first=4, B=3, pads=(0, 45, 170)),  # left padding
     dict(n=400, window=64, keep_first=8, q_len=77),  # a later prefill chunk against a longer cache
+    dict(n=77, window=16, keep_first=4),  # a short prompt: under 128 queries
     dict(n=256, window=24, keep_first=2, full_tail=60),  # training-style mixed mask (FA-decode tokens)
     dict(n=310, window=50, keep_first=5, H=6, Hkv=1, D=128),  # MQA, head dim 128
 ]
@@ -85,7 +86,7 @@ def _case_id(case):
 
 
 # every case in bf16; fp32 for a few (each dtype / head size is one more compiled kernel, ~10 s on an H100)
-DTYPE_CASES = [(c, torch.bfloat16) for c in CASES] + [(CASES[i], torch.float32) for i in (3, 6, 8)]
+DTYPE_CASES = [(c, torch.bfloat16) for c in CASES] + [(CASES[i], torch.float32) for i in (3, 6, 9)]
 
 
 @pytest.mark.parametrize("case, dtype", DTYPE_CASES, ids=[f"{_case_id(c)}-{str(d)[6:]}" for c, d in DTYPE_CASES])
@@ -202,6 +203,19 @@ def test_model_logits_match_reference_backend_and_cpu(fam, flex_calls):
         cpu_logits = cpu(x).logits
     assert rel_err(got, ref) < 1e-4
     assert rel_err(got.cpu(), cpu_logits) < 1e-4
+
+
+def test_short_prompt_model_logits_match_reference_backend(flex_calls):
+    """Prompts under 128 tokens: inductor may route these to a different (flex-decoding) kernel."""
+    cfg = SWAAConfig(sliding_window_size=20, keep_first=3)
+    model = gpu_model()
+    x = ids(60, seed=9).to(CUDA)
+    with swaa(model, cfg), torch.no_grad():
+        got = model(x).logits
+    assert flex_calls == [60] * 4
+    with swaa(model, cfg, backend="reference"), torch.no_grad():
+        ref = model(x).logits
+    assert rel_err(got, ref) < 1e-4
 
 
 def test_bf16_model_matches_float64_reference_model(flex_calls):
