@@ -140,7 +140,26 @@ def summary_markdown(columns: list[ColumnView]) -> str:
         )
     if len(lines) == 2:
         return ""
-    return "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
+    notes = _notes(base, [c for c in columns if not c.is_full and c.result is not None and not c.result.error])
+    text = "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
+    return text + "".join(f"\n\n<small>{note}</small>" for note in notes)
+
+
+def _notes(base, swaa_columns: list[ColumnView]) -> list[str]:
+    """Explain results that surprise people who expect SWA to be faster and smaller at every setting."""
+    notes = []
+    if any(c.result.prefill_s > base.prefill_s * 1.05 for c in swaa_columns):
+        notes.append(
+            f"At {base.prompt_tokens:,} tokens the sliding-window kernel's overhead can outweigh what it skips; "
+            "its O(n·W) cost wins on long prompts (try a few thousand tokens)."
+        )
+    if any(c.result.kv_cache_bytes >= base.kv_cache_bytes and (c.result.config or {}).get("force_fa_decode")
+           for c in swaa_columns):  # fmt: skip
+        notes.append(
+            "With FA decode the cache must keep every token (generated tokens look at all of them), so only "
+            "sliding layers without FA decode free memory."
+        )
+    return notes
 
 
 def _md(text: str) -> str:

@@ -24,6 +24,7 @@ from .common import (
     layer_plan_figure,
     loaded_model,
     mask_figure,
+    matching_recipe,
     num_layers,
     strategy_from,
     ui_errors,
@@ -42,11 +43,21 @@ def model_choices() -> list[tuple[str, str]]:
     return [(entry.title, entry.name) for entry in list_models()]
 
 
-def recipe_choices() -> list[tuple[str, str]]:
-    return [(r.title, r.name) for r in list_recipes()]
+CUSTOM = "custom"
+
+
+def recipe_choices(for_controls: bool = False) -> list[tuple[str, str]]:
+    """All paper recipes (sweeps), or for the strategy controls the sliding ones plus "custom" (full attention
+    is always the first column there)."""
+    if not for_controls:
+        return [(r.title, r.name) for r in list_recipes()]
+    choices = [(r.title, r.name) for r in list_recipes() if r.sliding]
+    return choices + [("Custom (your own combination)", CUSTOM)]
 
 
 def recipe_note(name: str) -> str:
+    if name == CUSTOM:
+        return "<small>Your own combination of the strategies; pick a preset to start from the paper's.</small>"
     recipe = get_recipe(name)
     paper = f" *Paper (Qwen3-4B, no SFT / SFT): {recipe.paper_accuracy}% accuracy.*" if recipe.paper_accuracy else ""
     return f"<small>{recipe.description}{paper}</small>"
@@ -170,7 +181,7 @@ def describe_config(
         cfg = strategy.to_config(n)
     except ValueError as e:
         gr.Warning(str(e))
-        return [gr.skip()] * 5
+        return [gr.skip()] * 7
     settings = Settings(
         model=loaded.name, strategy=strategy, cot=bool(cot), adapter=adapter or "", source=source, task=task,
         length=int(length), depth=float(depth), seed=int(seed or 0), max_new_tokens=int(max_new_tokens),
@@ -179,7 +190,11 @@ def describe_config(
     text = config_json(cfg)
     columns = columns_for(cfg, pinned, n, adapter or "")
     n_prompt = int(prompt_tokens or length)
+    recipe = matching_recipe(cfg, n)
+    recipe_name = recipe.name if recipe else CUSTOM
     return [
+        recipe_name,
+        recipe_note(recipe_name),
         text,
         to_query(settings),
         write_temp(text, "swaa_config.json"),
@@ -197,8 +212,7 @@ def config_json(cfg: SWAAConfig) -> str:
 # ---------------------------------------------------------------- strategy controls
 @ui_errors
 def apply_recipe(name, active_model, prompt_tokens):
-    if name == "full":
-        gr.Info("Full attention always runs as the first column; pick a SWAA recipe for the current config.")
+    if name == CUSTOM:
         return [gr.skip()] * 6 + [recipe_note(name)]
     n = num_layers(loaded_model(active_model))
     cfg = resolve_recipe(name, n, context_tokens=int(prompt_tokens) if prompt_tokens else None)

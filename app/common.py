@@ -68,16 +68,21 @@ def strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers) -> St
     )
 
 
-def config_label(cfg: SWAAConfig, n_layers: int, adapter: str = "") -> str:
-    """The recipe's name when the config is exactly a paper recipe (e.g. "SWA + FA decode (W=256)"), else its
-    description; "+ LoRA" when an adapter runs with it."""
-    label = cfg.describe()
+def matching_recipe(cfg: SWAAConfig, n_layers: int):
+    """The paper recipe that builds exactly ``cfg`` at its window and sinks, or None."""
     for recipe in list_recipes():
         if recipe.sliding and recipe.config is None:
             built = recipe.build(n_layers, window=cfg.sliding_window_size, keep_first=cfg.keep_first or 1)
             if built is not None and built.to_dict() == cfg.to_dict():
-                label = recipe_label(recipe, cfg)
-                break
+                return recipe
+    return None
+
+
+def config_label(cfg: SWAAConfig, n_layers: int, adapter: str = "") -> str:
+    """The recipe's name when the config is exactly a paper recipe (e.g. "SWA + FA decode (W=256)"), else its
+    description; "+ LoRA" when an adapter runs with it."""
+    recipe = matching_recipe(cfg, n_layers)
+    label = recipe_label(recipe, cfg) if recipe else cfg.describe()
     return f"{label} + LoRA" if adapter else label
 
 

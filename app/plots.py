@@ -172,12 +172,16 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
                 mode="lines",
                 line=line,
                 name=f"window edge (W={window})",
-                showlegend=True,
+                showlegend=False,
                 hoverinfo="skip",
             ),
             row=1,
             col=col,
         )
+        fig.add_annotation(
+            x=(n - window) / 2, y=(window + n) / 2, text=f"window edge (W={window}) ", showarrow=False,
+            xanchor="right", font=dict(color="white"), row=1, col=col,
+        )  # fmt: skip
     if sinks and window is not None:
         fig.add_shape(
             type="rect",
@@ -209,10 +213,9 @@ def _mark_needle(fig: go.Figure, col: int, span: tuple[int, int], n: int) -> Non
         row=1,
         col=col,
     )
-    if col == 1:
-        fig.add_annotation(
-            x=start, y=0, text="fact", showarrow=False, yanchor="bottom", font=dict(color=NEEDLE_COLOR), row=1, col=col
-        )
+    fig.add_annotation(
+        x=end, y=n * 0.9, text=" fact", showarrow=False, xanchor="left", font=dict(color="#8ef0b0"), row=1, col=col
+    )
 
 
 # ---------------------------------------------------------------- masks and layer plans

@@ -11,8 +11,8 @@ import gradio as gr
 from swaa_core.registry import DEFAULT_MODEL, get_model_entry
 
 from . import callbacks as cb
+from . import plots, texts
 from . import run_handlers as rh
-from . import texts
 from .prompts import TASK_CHOICES, examples
 from .state import FA_LAYER_MODES, MAX_PINNED, Settings
 
@@ -53,6 +53,10 @@ def build_demo() -> gr.Blocks:
 
 
 # ---------------------------------------------------------------- layout pieces
+def _placeholder(text: str):
+    return plots.plot_data(plots.message_figure(text), "swaa-plot")
+
+
 def _layer_choices() -> list[tuple[str, int]]:
     # The default model's layers from the registry (no load needed); a loaded model replaces them.
     return [(str(i), i) for i in range(get_model_entry(DEFAULT_MODEL).num_layers)]
@@ -69,14 +73,17 @@ def _model_panel(ui, d: Settings) -> None:
             elem_id="swaa-model",
         )
         ui.load_model = gr.Button("Load model", size="sm")
-        ui.model_facts = gr.Markdown("Loading the embedded model…", elem_classes="swaa-facts")
+        ui.model_facts = gr.Markdown("Loading the embedded model…", elem_id="swaa-facts")
 
 
 def _strategy_panel(ui, d: Settings) -> None:
     s = d.strategy
     with gr.Accordion("2 · Strategy", open=True):
         ui.recipe = gr.Dropdown(
-            choices=cb.recipe_choices(), value="recommended", label="Recipe preset", info=texts.RECIPE_INFO
+            choices=cb.recipe_choices(for_controls=True),
+            value="recommended",
+            label="Recipe preset",
+            info=texts.RECIPE_INFO,
         )
         ui.recipe_note = gr.Markdown(cb.recipe_note("recommended"))
         ui.window = gr.Slider(8, 8192, value=s.window, step=8, label="Window size W", info=texts.WINDOW_INFO)
@@ -112,7 +119,12 @@ def _strategy_panel(ui, d: Settings) -> None:
             info=texts.ADAPTER_INFO,
         )
         ui.config_json = gr.Code(
-            language="json", label="Config (upstream swaa_config JSON)", interactive=True, lines=6, buttons=["copy"]
+            language="json",
+            label="Config (upstream swaa_config JSON)",
+            interactive=True,
+            lines=6,
+            buttons=["copy"],
+            elem_id="swaa-config",
         )
         gr.Markdown(texts.CONFIG_JSON_HELP, elem_classes="swaa-muted")
         with gr.Row():
@@ -120,10 +132,14 @@ def _strategy_panel(ui, d: Settings) -> None:
             ui.pin = gr.Button(f"Pin as extra column (max {MAX_PINNED})", size="sm")
         ui.columns_note = gr.Markdown()
         ui.clear_pins = gr.Button("Remove pinned columns", size="sm", visible=False)
-        with gr.Accordion("Share & export", open=False):
+        with gr.Accordion("Share & export", open=False, elem_id="swaa-share"):
             ui.share_query = gr.Textbox(visible=False)
             ui.share_link = gr.Textbox(
-                label="Shareable link", info=texts.SHARE_HELP, buttons=["copy"], interactive=False
+                label="Shareable link",
+                info=texts.SHARE_HELP,
+                buttons=["copy"],
+                interactive=False,
+                elem_id="swaa-share-link",
             )
             ui.config_file = gr.DownloadButton("Download config JSON", size="sm")
 
@@ -178,7 +194,9 @@ def _run_panel(ui, d: Settings) -> None:
         ui.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="swaa-stop")
     ui.board = gr.HTML(cb.empty_board(), elem_id="swaa-board")
     ui.summary = gr.Markdown(elem_id="swaa-summary")
-    ui.latency = gr.Plot(label="Latency", elem_id="swaa-latency")
+    ui.latency = gr.Plot(
+        _placeholder("Run a comparison to see where the time goes."), label="Latency", elem_id="swaa-latency"
+    )
     gr.Markdown(texts.PNG_HELP, elem_classes="swaa-muted")
     with gr.Row():
         ui.results_csv = gr.DownloadButton("Results CSV", size="sm", interactive=False)
@@ -194,7 +212,9 @@ def _why_panel(ui) -> None:
         ui.head = gr.Dropdown(heads, value=-1, label="Head")
         ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.")
         ui.draw = gr.Button("Draw attention", size="sm")
-    ui.attention = gr.Plot(label="Attention maps", elem_id="swaa-attention")
+    ui.attention = gr.Plot(
+        _placeholder("Run a comparison: the maps use its prompt."), label="Attention maps", elem_id="swaa-attention"
+    )
     gr.Markdown(texts.MASK_HELP)
     ui.masks = gr.Plot(label="Masks", elem_id="swaa-masks")
     ui.layer_plan = gr.Plot(label="Layer plan", elem_id="swaa-layer-plan")
@@ -212,7 +232,11 @@ def _sweep_panel(ui) -> None:
     with gr.Row():
         ui.run_sweep = gr.Button("Run recipe sweep", variant="primary")
         ui.stop_sweep = gr.Button("Stop", variant="stop")
-    ui.tradeoff = gr.Plot(label="Accuracy vs latency", elem_id="swaa-tradeoff")
+    ui.tradeoff = gr.Plot(
+        plots.plot_data(plots.tradeoff_figure([]), "swaa-tradeoff"),
+        label="Accuracy vs latency",
+        elem_id="swaa-tradeoff",
+    )
     ui.sweep_table = gr.Dataframe(label="Sweep results", interactive=False, wrap=True)
     gr.Markdown(texts.HEATMAP_HELP)
     with gr.Row():
@@ -224,7 +248,9 @@ def _sweep_panel(ui) -> None:
     with gr.Row():
         ui.run_heat = gr.Button("Run needle sweep", variant="primary")
         ui.heat_results = gr.DownloadButton("Sweep CSV", size="sm", interactive=False)
-    ui.heatmap = gr.Plot(label="Needle heatmap", elem_id="swaa-heatmap")
+    ui.heatmap = gr.Plot(
+        _placeholder("Run the needle sweep to fill the heatmap."), label="Needle heatmap", elem_id="swaa-heatmap"
+    )
 
 
 def _tour_panel(ui) -> None:
@@ -272,7 +298,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     model_out.append(ui.length)
     share_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt[:5], ui.max_new_tokens, ui.example, ui.pinned]
     share_in += [ui.prompt_tokens, ui.layer]
-    config_out = [ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
+    config_out = [ui.recipe, ui.recipe_note, ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
     light = dict(concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
 
     # Page open: restore a shared link, wait for the model, fill everything that depends on it.

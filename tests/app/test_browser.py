@@ -1,0 +1,118 @@
+"""A real browser (Playwright driving Debian's headless Chromium) against the launched app with the embedded model.
+
+Screenshots land in SWAA_ARTIFACTS (default test-artifacts/) for people to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MODEL_READY_S = 240  # a cold start converts the embedded GGUF first
+RUN_S = 600  # three columns on a busy 2-core CPU
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    yield page
+    context.close()
+
+
+def _wait_until_ready(page) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#swaa-facts")).to_contain_text("30", timeout=MODEL_READY_S * 1000)
+    expect(page.locator("#swaa-config")).to_contain_text("sliding_window_size", timeout=60_000)
+
+
+def test_default_comparison_streams_columns_and_draws_plots(page, app_url, artifacts):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    _wait_until_ready(page)
+    page.screenshot(path=str(artifacts / "01-open.png"), full_page=True)
+
+    page.click("#swaa-run")
+    board = page.locator("#swaa-board")
+    expect(board.locator('[data-testid="verdict"]')).to_have_count(3, timeout=RUN_S * 1000)
+    columns = board.locator("section.swaa-col")
+    expect(columns).to_have_count(3)
+    expect(columns.nth(0)).to_contain_text("Full attention")
+    expect(columns.nth(1)).to_contain_text("SWA only (W=256)")
+    for i in range(3):
+        output = columns.nth(i).locator('[data-testid="output"]').inner_text()
+        assert output.strip(), f"column {i} shows no generated text"
+        metrics = columns.nth(i).locator('[data-testid="metrics"]').inner_text()
+        for name in ("time to first token", "decode speed", "total time", "KV cache"):
+            assert name in metrics
+        assert re.search(r"\d", metrics)
+    expect(page.locator("#swaa-summary")).to_contain_text("What SWAA saved")
+
+    # Plotly draws into SVG: one horizontal bar per column and stage.
+    expect(page.locator("#swaa-latency .main-svg").first).to_be_visible(timeout=60_000)
+    assert page.locator("#swaa-latency g.point").count() == 6
+    page.screenshot(path=str(artifacts / "02-compare.png"), full_page=True)
+
+    page.get_by_role("tab", name="Why: attention & masks").click()
+    expect(page.locator("#swaa-attention .main-svg").first).to_be_visible(timeout=RUN_S * 1000)
+    expect(page.locator("#swaa-attention")).to_contain_text("Layer 0", timeout=RUN_S * 1000)
+    expect(page.locator("#swaa-masks g.hm")).to_have_count(3)  # one mask picture per column
+    expect(page.locator("#swaa-attention g.hm")).to_have_count(2)  # FA and SWAA side by side
+    page.screenshot(path=str(artifacts / "03-why.png"), full_page=True)
+
+    page.get_by_role("tab", name="Guided tour").click()
+    page.get_by_role("button", name="Next ▶").click()
+    expect(page.get_by_text("1 · SWA in prefill, full attention in decode")).to_be_visible()
+    page.screenshot(path=str(artifacts / "04-tour.png"))
+    assert not page.errors, page.errors
+
+
+def test_shared_link_restores_the_settings(page, app_url, artifacts):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/?w=128&k=4&fal=none&fad=off&len=640&depth=0.5&seed=3")
+    _wait_until_ready(page)
+    config = page.locator("#swaa-config")
+    expect(config).to_contain_text('"sliding_window_size": 128')
+    expect(config).to_contain_text('"keep_first": 4')
+    expect(config).to_contain_text('"force_fa_decode": false')
+    page.locator("#swaa-share").get_by_text("Share & export").click()
+    link = page.locator("#swaa-share-link textarea, #swaa-share-link input").first
+    expect(link).to_have_value(re.compile(r"w=128"))
+    value = link.input_value()
+    for part in ("k=4", "fal=none", "fad=off", "len=640", "depth=0.5", "seed=3"):
+        assert part in value
+    assert value.startswith(app_url)
+    page.screenshot(path=str(artifacts / "05-shared-link.png"), full_page=True)
+    assert not page.errors, page.errors
