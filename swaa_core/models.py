@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,8 @@ def _resolve(name_or_path) -> _Source:
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
         raise ModelLoadError(f"Folder not found: {text}. Give an existing model folder, a Hub id or an embedded name.")
     if HUB_ID.match(text):
-        return _Source("hub", text, f"hub:{text}", entry)
+        repo = entry.name if entry else text  # the curated spelling keeps one Hub cache folder per model
+        return _Source("hub", repo, f"hub:{repo}", entry)
     embedded = ", ".join(e.name for e in list_models("embedded"))
     raise ModelLoadError(
         f"{text!r} is not an embedded model ({embedded}), an existing folder, nor a Hub id of the form "
@@ -331,7 +333,7 @@ def _ensure_room(need: int, device: str, what: str, check: bool) -> None:
             check_fits(need, device, what=what, advice=SMALLER_ADVICE)
             return
         except InsufficientMemoryError as e:
-            if not model_cache().evict_one():
+            if not model_cache().evict_one(on_gpu=device != "cpu"):
                 raise ModelTooLargeError(str(e)) from None
             _release_memory()
 
@@ -644,38 +646,47 @@ def _load_gguf(req: _Request):
 
 
 def _read_entry(entry: Path, digest: str, req: _Request):
-    """(model, tokenizer) from a verified cache entry, or None when the entry is missing or unusable."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) from a verified cache entry, or None when the entry is missing or unusable.
 
-    problem = entry_problem(entry, digest)
+    The content hashes are checked in a second thread while the files load (hashlib releases the GIL), and the
+    loaded model is only returned once they all match.
+    """
+    from transformers import AutoConfig
+
+    problem = entry_problem(entry, digest, verify_hashes=False)
+    if problem is None:
+        shape = model_shape(req.source.entry or AutoConfig.from_pretrained(entry))
+        placement = _placement(req, shape, f"Loading {req.source.name}")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            verified = pool.submit(_hash_problem, entry)
+            loaded, failure = _from_entry(entry, req, placement)
+            problem = verified.result() or failure
     if problem is not None:
         if entry.exists():
             log.warning("Cached model %s is unusable (%s); rebuilding it.", entry.name, problem)
         return None
+    return loaded
+
+
+def _from_entry(entry: Path, req: _Request, placement: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
-        shape = model_shape(req.source.entry or AutoConfig.from_pretrained(entry))
-        placement = _placement(req, shape, f"Loading {req.source.name}")
         tokenizer = AutoTokenizer.from_pretrained(entry)
         model = AutoModelForCausalLM.from_pretrained(entry, dtype=req.dtype, attn_implementation=req.attn, **placement)
-    except ModelLoadError:
-        raise
     except Exception as e:  # noqa: BLE001 -- any failure to read a cache entry means: rebuild it
-        log.warning("Cached model %s failed to load (%s); rebuilding it.", entry.name, _first_line(e))
-        return None
-    return model, tokenizer
+        return None, f"it failed to load: {_first_line(e)}"
+    return (model, tokenizer), None
 
 
-def entry_problem(entry: Path, digest: str) -> str | None:
+def entry_problem(entry: Path, digest: str, *, verify_hashes: bool = True) -> str | None:
     """Why a converted-model cache entry must not be used, or None when every file matches its manifest."""
     import transformers
 
-    if not entry.is_dir():
-        return "missing"
-    try:
-        data = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
-        files = data["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "no readable manifest"
+    data = _manifest(entry)
+    if data is None:
+        return "missing" if not entry.is_dir() else "no readable manifest"
+    files = data["files"]
     if data.get("format") != CACHE_FORMAT:
         return f"cache format {data.get('format')!r}, expected {CACHE_FORMAT}"
     if data.get("source", {}).get("sha256") != digest:
@@ -691,7 +702,23 @@ def entry_problem(entry: Path, digest: str) -> str | None:
         size = path.stat().st_size
         if size != meta.get("size"):
             return f"{name} has {size} bytes, the manifest says {meta.get('size')}"
-        if file_sha256(path) != meta.get("sha256"):
+    return _hash_problem(entry) if verify_hashes else None
+
+
+def _manifest(entry: Path) -> dict | None:
+    try:
+        data = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
+
+
+def _hash_problem(entry: Path) -> str | None:
+    data = _manifest(entry)
+    if data is None:
+        return "no readable manifest"
+    for name, meta in data["files"].items():
+        if file_sha256(entry / name) != meta.get("sha256"):
             return f"{name} does not match its recorded sha256"
     return None
 
@@ -885,10 +912,10 @@ class ModelCache:
         log.info("Evicting %s from the model cache", self._entries[victim].name)
         return self._entries.pop(victim)
 
-    def evict_one(self) -> bool:
-        """Drop the least recently used idle model (to make room); False when there is none."""
+    def evict_one(self, on_gpu: bool = False) -> bool:
+        """Drop the least recently used idle model held in RAM (or on a GPU) to make room; False when none is."""
         with self._lock:
-            idle = [k for k, m in self._entries.items() if _is_idle(m)]
+            idle = [k for k, m in self._entries.items() if m.info.device.startswith("cuda") == on_gpu and _is_idle(m)]
             if not idle:
                 return False
             self._entries.pop(idle[0])

@@ -233,7 +233,7 @@ def test_local_gemma3_folder_reports_native_sliding_layers(tmp_path):
 
 
 def test_unsupported_architecture_says_which_are_supported(tmp_path):
-    config = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    config = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     tiny_tokenizer().save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ModelLoadError, match=r"'gpt2' model; SWAA supports Llama, Qwen2, Qwen3, Mistral and Gemma 3"):
