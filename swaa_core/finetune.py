@@ -24,7 +24,17 @@ from pathlib import Path
 import torch
 
 from .config import SWAAConfig, SWAAConfigError
-from .distill import DistillDataError, Progress, ProgressFn, encode_prompt, normalize_record
+from .distill import (
+    DistillDataError,
+    Progress,
+    ProgressFn,
+    distill,
+    encode_prompt,
+    filter_records,
+    load_jsonl,
+    normalize_record,
+    save_jsonl,
+)
 from .patch import attention_modules, swaa
 
 SWAA_FILE = "swaa_config.json"
@@ -409,13 +419,16 @@ def _read_sidecar(where: str) -> str | None:
         raise AdapterError(f"Could not fetch adapter {where!r} from the Hugging Face Hub: {e}") from None
 
 
-def load_adapter(model, path_or_hub_id: str | Path, *, merge: bool = False, adapter_name: str = "default"):
+def load_adapter(
+    model, path_or_hub_id: str | Path, *, merge: bool = False, trainable: bool = False, adapter_name: str = "default"
+):
     """Attach a LoRA adapter (local folder or Hub id) to ``model``; returns ``(model, swaa_config)``.
 
     ``swaa_config`` is the SWAAConfig the adapter was trained for (None when the adapter has no swaa_config.json).
     Apply it yourself: ``apply_swaa(model, cfg)``. With ``merge=True`` the LoRA weights are folded into the base
     weights and the plain transformers model comes back (faster; the adapter cannot be switched off then). Without
-    merging, the LoRA layers live in ``model`` in place, so the original object runs with the adapter too."""
+    merging, the LoRA layers live in ``model`` in place, so the original object runs with the adapter too.
+    ``trainable=True`` keeps the LoRA weights trainable, to continue with :func:`train_lora`."""
     from peft import PeftModel
 
     info = read_adapter_info(path_or_hub_id)
@@ -423,7 +436,9 @@ def load_adapter(model, path_or_hub_id: str | Path, *, merge: bool = False, adap
         info.swaa_config.validate(len(attention_modules(model)))
     try:
         with _quiet_peft():
-            peft_model = PeftModel.from_pretrained(model, str(path_or_hub_id), adapter_name=adapter_name)
+            peft_model = PeftModel.from_pretrained(
+                model, str(path_or_hub_id), adapter_name=adapter_name, is_trainable=trainable
+            )
     except (ValueError, RuntimeError, OSError) as e:
         base = f" (trained on {', '.join(info.base_models)})" if info.base_models else ""
         raise AdapterError(f"Adapter {path_or_hub_id} does not fit this model{base}: {e}") from None
@@ -563,29 +578,12 @@ def finetune_pipeline(
 
     The LoRA layers go into ``loaded.model`` in place: load a private copy (``load_model(..., reuse=False)``) when
     other code shares the model."""
-    from .distill import distill, filter_records, save_jsonl
-
     if swaa_config is None or swaa_config.is_full_attention:
         raise SWAAConfigError("Fine-tuning under SWA needs a sliding config (a window), not full attention.")
     model, tokenizer = loaded.model, loaded.tokenizer
     swaa_config.validate(len(attention_modules(model)))
     out = None if out_dir is None else Path(out_dir)
-    distill_path = None
-    if records is None:
-        prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
-        records = distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot, keep="all",
-                          on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
-        if out is not None:
-            distill_path = save_jsonl(records, out / "distill.jsonl")
-    kept = filter_records(records, keep)
-    if not kept:
-        wrong = sum(r.get("judge") == 0 for r in records)
-        raise DistillDataError(
-            f"No training data left: {wrong} of {len(records)} full-attention answers were wrong and keep={keep!r} "
-            "drops them. Use more or shorter prompts, a larger model, or keep='all' to train on them anyway."
-        )
     settings = settings or TrainSettings()
-    examples, skipped = build_examples(kept, tokenizer, settings.max_length)
     held_out = []
     if eval_samples:
         held_out = make_samples(task, tokenizer, eval_samples, eval_length or length_tokens, seed=seed + 100_000)
@@ -594,18 +592,38 @@ def finetune_pipeline(
         return evaluate_accuracy(loaded, held_out, swaa_config, label=label, max_new_tokens=max_new_tokens, cot=cot,
                                  on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
 
-    before = score("before fine-tuning") if held_out else None
-    result = train_lora(model, examples, swaa_config, settings, on_progress=on_progress, cancel=cancel,
-                        progress=progress)  # fmt: skip
-    after = score("after fine-tuning") if held_out else None
-    report = FinetuneReport(
-        None, swaa_config, loaded.info.name, len(kept), len(examples), skipped, result, before, after, distill_path
-    )
+    # One run at a time on this model: SWAA state and the LoRA layers live on it (the runner takes the same lock).
+    with getattr(loaded, "lock", None) or contextlib.nullcontext():
+        if records is None:
+            prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
+            records = distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot, keep="all",
+                              on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
+            distill_path = None if out is None else save_jsonl(records, out / "distill.jsonl")
+        else:
+            distill_path = None
+        kept = _kept_records(records, keep)
+        examples, skipped = build_examples(kept, tokenizer, settings.max_length)
+        before = score("before fine-tuning") if held_out else None
+        result = train_lora(model, examples, swaa_config, settings, on_progress=on_progress, cancel=cancel,
+                            progress=progress)  # fmt: skip
+        after = score("after fine-tuning") if held_out else None
+    name = loaded.info.name
+    report = FinetuneReport(None, swaa_config, name, len(kept), len(examples), skipped, result, before, after)
+    report.distill_path = distill_path
     if out is not None:
-        report.adapter_path = save_adapter(
-            result.model, out, swaa_config, base_model=loaded.info.name, training=report.to_dict()
-        )
+        report.adapter_path = save_adapter(result.model, out, swaa_config, base_model=name, training=report.to_dict())
     return report
+
+
+def _kept_records(records: list[dict], keep: str) -> list[dict]:
+    kept = filter_records(records, keep)
+    if not kept:
+        wrong = sum(r.get("judge") == 0 for r in records)
+        raise DistillDataError(
+            f"No training data left: {wrong} of {len(records)} full-attention answers were wrong and keep={keep!r} "
+            "drops them. Use more or shorter prompts, a larger model, or keep='all' to train on them anyway."
+        )
+    return kept
 
 
 # --------------------------------------------------------------------------- CLI: swaa distill / swaa finetune
@@ -729,7 +747,6 @@ def _prompts(args, tokenizer) -> list:
 
 def _cmd_distill(args) -> int:
     from . import load_model
-    from .distill import distill, filter_records, save_jsonl
 
     loaded = load_model(args.model, device=args.device)
     records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
@@ -744,7 +761,6 @@ def _cmd_distill(args) -> int:
 
 def _cmd_finetune(args) -> int:
     from . import load_model
-    from .distill import load_jsonl
     from .recipes import load_user_recipes, resolve_recipe
 
     user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None
@@ -761,11 +777,10 @@ def _cmd_finetune(args) -> int:
         gradient_checkpointing=not args.no_gradient_checkpointing, seed=args.seed,
     ).check()  # fmt: skip
     records = load_jsonl(args.data) if args.data else None
-    if records is None and args.dataset:
-        from .distill import distill
-
+    if records is None and args.dataset:  # built-in tasks are distilled inside the pipeline
         records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
                           max_new_tokens=args.max_new_tokens, cot=args.cot, keep="all", progress=not args.quiet)  # fmt: skip
+        save_jsonl(records, Path(args.out) / "distill.jsonl")
     print(f"Fine-tuning {loaded.info.name} under {cfg.describe()} ({cfg.to_json()})")
     report = finetune_pipeline(
         loaded, cfg, args.out, records=records, task=args.task, samples=args.samples, length_tokens=args.length,
