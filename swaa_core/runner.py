@@ -453,14 +453,15 @@ def compare(
     sample_or_prompt: TaskSample | str,
     configs: dict[str, SWAAConfig | dict | None],
     *,
+    on_start: Callable[[str], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
     cancel: threading.Event | None = None,
     **kw,
 ) -> list[RunResult]:
     """Run the full-attention baseline ("Full attention", first) and every config of ``configs`` on one prompt.
 
-    A full-attention entry in ``configs`` is not run twice. ``on_result`` sees each result as it finishes. Nothing
-    raises: failures and cancellations are in each result's ``error``. Other keywords go to :func:`run_one`.
+    A full-attention entry in ``configs`` is not run twice. ``on_start`` gets each run's label before it starts,
+    ``on_result`` each result as it finishes. Nothing raises: failures and cancellations are in each result's ``error``. Other keywords go to :func:`run_one`.
     """
     if not isinstance(configs, dict):
         return [_failed(BASELINE_LABEL, None, TypeError("configs must be a dict {label: SWAAConfig or None}."))]
@@ -472,6 +473,8 @@ def compare(
             result = _failed(label, cfg, None)
             result.cancelled, result.error = True, "Cancelled before it started."
         else:
+            if on_start is not None:
+                on_start(label)
             try:
                 result = run_one(loaded, sample_or_prompt, cfg, label=label, cancel=cancel, **kw)
             except Exception as exc:  # bad keywords or configs: reported per run, never raised

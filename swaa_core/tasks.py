@@ -315,7 +315,7 @@ def _passkey(tokenizer, *, length_tokens, depth, seed, digits=5, haystack=None):
         prompt=prompt,
         question=question,
         answer=key,
-        answer_prefix="The pass key is",
+        answer_prefix="The pass key is:",  # the colon makes a small model state the number, not describe it
         depth=d,
         seed=seed,
         context_span=ctx,
@@ -498,13 +498,19 @@ def _common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_
         return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
 
     n_rare = max(0, (items_budget - num_common * freq_common) // max(1, freq_rare))
-    for _ in range(6):
+    best, tried = None, set()
+    while n_rare not in tried and len(tried) < 12:  # word counts vary in tokens: step towards the target
+        tried.add(n_rare)
         listing = build(n_rare)
         prompt = f"{intro}\n\n{listing}\n\n{question}"
         diff = length_tokens - count_tokens(tokenizer, prompt)
-        if abs(diff) <= per_item * freq_rare:
+        if best is None or abs(diff) < abs(best[0]):
+            best = (diff, listing, prompt)
+        if diff == 0:
             break
-        n_rare = max(0, n_rare + diff // (per_item * freq_rare))
+        step = round(diff / (per_item * freq_rare)) or (1 if diff > 0 else -1)
+        n_rare = max(0, n_rare + step)
+    _, listing, prompt = best
     start = len(intro) + 2
     return _finish(
         tokenizer,

@@ -58,3 +58,37 @@ def family(request):
 @pytest.fixture
 def tiny_llama():
     return build_tiny_model("llama")
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_tokenizer(*, vocab_size: int = 400, chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer trained in milliseconds on English filler, with ChatML special tokens; pair it
+    with ``build_tiny_model(vocab_size=len(tokenizer))``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from swaa_core.tasks import FILLER
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = list(FILLER) * 20 + ["The pass key is 12345. What is the special magic number? Answer: 0123456789"] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok

@@ -1,0 +1,641 @@
+"""The ``swaa`` command (also ``python -m swaa_core``): run, eval, sweep, recipes (+ finetune/distill when present).
+
+Every subcommand parser sets ``func``: a handler ``(args) -> exit code``. Plug-in modules add their subcommands
+through ``add_cli(subparsers)`` following the same rule. Results go to stdout (JSON lines with ``--json``), progress
+and messages to stderr, so ``swaa run --json ... | jq`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from . import __version__
+from .config import SWAAConfig, SWAAConfigError
+from .recipes import default_window, list_recipes, load_user_recipes, recipe_label, resolve_recipe, save_user_recipes
+from .tasks import TASK_KINDS, TaskError
+
+EMBEDDED_HINT = "default: the embedded SmolLM2-135M-Instruct"
+RECIPE_HELP = (
+    "a recipe: a preset name (see `swaa recipes list`), a name from --recipes-file, or an inline JSON config such "
+    'as \'{"sliding_window_size": 256, "force_fa_decode": true}\'. Repeat for several; full attention always '
+    "runs first as the baseline."
+)
+
+
+class CLIError(Exception):
+    """A problem with the command line that the user can fix; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------- shared arguments
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=110)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None, help=f"embedded name, Hub id or local folder ({EMBEDDED_HINT})")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU)")
+    g.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)"
+    )
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "blocked", "reference", "flex", "flash"),
+        help="SWA attention kernel (default: the fastest available on the device)",
+    )
+
+
+def add_recipe_args(p: argparse.ArgumentParser, *, default: list[str]) -> None:
+    g = p.add_argument_group("recipes")
+    g.add_argument(
+        "--recipe", "-r", action="append", metavar="NAME", help=f"{RECIPE_HELP} Default: {' '.join(default)}."
+    )
+    g.add_argument(
+        "--window",
+        "-w",
+        type=int,
+        default=None,
+        help="sliding window W for the presets (default: scaled to the prompt)",
+    )
+    g.add_argument("--keep-first", type=int, default=None, help="sink tokens for the sink presets (default: 10)")
+    g.add_argument(
+        "--recipes-file", type=Path, default=None, help="your saved recipes (JSON; upstream settings files too)"
+    )
+    p.set_defaults(default_recipes=default)
+
+
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens, help=f"(default: {max_new_tokens})")
+    g.add_argument("--cot", action="store_true", help="chain of thought: thinking mode, or a step-by-step instruction")
+    g.add_argument("--system", default=None, help="a system message (default: the model's own template default)")
+
+
+def load_from_args(args):
+    from . import load_model
+
+    _note(f"loading {args.model or 'the embedded model'} ...")
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[str, SWAAConfig | None]:
+    """{label: config} for the recipes on the command line, full attention excluded (the runner adds it)."""
+    user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    window = args.window if args.window is not None else default_window(context_tokens)
+    out: dict[str, SWAAConfig | None] = {}
+    for name in args.recipe or args.default_recipes:
+        cfg = resolve_recipe(name, num_layers, window=window, keep_first=args.keep_first, user_recipes=user)
+        if cfg is None:
+            continue
+        label = _label_for(name, cfg, user)
+        out[label if label not in out else f"{label} [{name}]"] = cfg
+    return out
+
+
+def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
+    from .recipes import get_recipe
+
+    if name in user or name.lstrip().startswith("{"):
+        return name if name in user else cfg.describe()
+    return recipe_label(get_recipe(name), cfg)
+
+
+def _num_layers(loaded) -> int:
+    from .patch import attention_modules
+
+    return len(attention_modules(loaded.model))
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, default=str, ensure_ascii=False), flush=True)
+
+
+# ---------------------------------------------------------------------- run
+
+
+def cmd_run(args) -> int:
+    from .runner import compare
+    from .tasks import TaskSample, count_tokens
+
+    text = _prompt_text(args)
+    loaded = load_from_args(args)
+    prompt_tokens = count_tokens(loaded.tokenizer, text)
+    configs = resolve_configs(args, _num_layers(loaded), prompt_tokens)
+    target: TaskSample | str = text
+    if args.answer or args.answer_prefix:
+        target = TaskSample("prompt", text, "", args.answer or "", args.answer_prefix or "", prompt_tokens)
+    stream = args.stream and not args.json
+
+    def on_start(label):
+        if stream:
+            print(f"\n── {label} ──", flush=True)
+
+    def on_token(piece):
+        if stream:
+            print(piece, end="", flush=True)
+
+    def on_result(result):
+        if args.json:
+            _print_json({"model": loaded.info.name, **result.to_dict()})
+        elif stream:
+            print(flush=True)
+
+    results = compare(
+        loaded,
+        target,
+        configs,
+        max_new_tokens=args.max_new_tokens,
+        cot=args.cot,
+        system=args.system,
+        backend=args.backend,
+        on_start=on_start,
+        on_token=on_token,
+        on_result=on_result,
+        score_logprob=bool(args.answer),
+    )
+    if not args.json:
+        _results_table(results, title=f"{loaded.info.name}: {prompt_tokens} prompt tokens")
+    return 1 if any(r.error for r in results) else 0
+
+
+def _prompt_text(args) -> str:
+    sources = [s for s in (args.text, args.prompt) if s] + ([args.prompt_file] if args.prompt_file else [])
+    if len(sources) != 1:
+        raise CLIError("Give exactly one prompt: as an argument, with --prompt TEXT, or with --prompt-file PATH.")
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise CLIError(f"Prompt file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    return sources[0]
+
+
+# ---------------------------------------------------------------------- eval
+
+
+def cmd_eval(args) -> int:
+    from .runner import evaluate
+
+    loaded = load_from_args(args)
+    samples = _eval_samples(args, loaded.tokenizer)
+    longest = max(s.context_tokens for s in samples) or None
+    configs = resolve_configs(args, _num_layers(loaded), longest)
+    _note(f"{len(samples)} sample(s) x {1 + len(configs)} config(s) on {loaded.info.name}")
+    results = evaluate(
+        loaded,
+        samples,
+        configs,
+        max_new_tokens=args.max_new_tokens,
+        cot=args.cot,
+        system=args.system,
+        backend=args.backend,
+        score_logprob=not args.no_logprob,
+        progress=not args.quiet,
+    )
+    rows = [{"model": loaded.info.name, **r.to_dict()} for r in results]
+    if args.out:
+        _write_rows(rows, args.out)
+        _note(f"wrote {len(rows)} runs to {args.out}")
+    if args.json:
+        for row in rows:
+            _print_json(row)
+    else:
+        from .runner import accuracy_table
+
+        _frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
+    return 1 if any(r.error for r in results) else 0
+
+
+def _eval_samples(args, tokenizer):
+    from .tasks import load_dataset_records, make_task
+
+    if args.dataset:
+        return load_dataset_records(args.dataset, split=args.split, limit=args.limit, tokenizer=tokenizer)
+    kwargs = _task_kwargs(args.task_arg)
+    if args.task == "doc_qa":
+        if not args.document:
+            raise CLIError("--task doc_qa needs --document PATH and --question TEXT (and --answer to score).")
+        kwargs.update(document=Path(args.document).read_text(encoding="utf-8"), question=args.question,
+                      answer=args.answer or "", answer_prefix=args.answer_prefix or "")  # fmt: skip
+    depths = args.depth or [0.5]
+    return [
+        make_task(args.task, tokenizer, length_tokens=args.length, depth=d, seed=seed, **kwargs)
+        for seed in range(args.seed, args.seed + args.samples)
+        for d in depths
+    ]
+
+
+def _task_kwargs(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--task-arg takes KEY=VALUE (e.g. num_keys=4), got {pair!r}.")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    from .sweep import export, to_frame
+
+    export(to_frame(rows), path)
+
+
+# ---------------------------------------------------------------------- sweep
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SweepSpec, export, run_sweep, summarize
+
+    loaded = load_from_args(args)
+    if args.window is None:
+        args.window = default_window(min(args.lengths))
+    configs = resolve_configs(args, _num_layers(loaded), None)
+    spec = SweepSpec(
+        configs=configs,
+        lengths=args.lengths,
+        depths=args.depths,
+        seeds=list(range(args.seed, args.seed + args.samples)),
+        task=args.task,
+        task_kwargs=_task_kwargs(args.task_arg),
+        max_new_tokens=args.max_new_tokens,
+        cot=args.cot,
+        score_logprob=not args.no_logprob,
+    )
+    _note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}) -> {args.out}")
+    df = run_sweep(
+        loaded, spec, args.out, progress=not args.quiet, retry_errors=args.retry_errors, backend=args.backend
+    )
+    if args.csv:
+        export(df, args.csv)
+        _note(f"wrote {args.csv}")
+    table = summarize(df, by=tuple(args.group_by))
+    if args.json:
+        for row in table.to_dict(orient="records"):
+            _print_json(row)
+    else:
+        _frame_table(table, title=f"{loaded.info.name}: {args.task} sweep ({len(df)} runs)")
+    return 1 if df["error"].notna().any() else 0
+
+
+# ---------------------------------------------------------------------- recipes
+
+
+def _layers_for(args) -> int:
+    if args.layers is not None:
+        if args.layers < 1:
+            raise CLIError("--layers must be at least 1.")
+        return args.layers
+    from .registry import find_model_entry
+
+    entry = find_model_entry(args.model)
+    if entry is not None:
+        return entry.num_layers
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"Cannot read the layer count of {args.model!r} ({e}); pass --layers N instead.") from None
+    return config.get_text_config(decoder=True).num_hidden_layers
+
+
+def cmd_recipes_list(args) -> int:
+    recipes = list_recipes()
+    user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    if args.json:
+        for r in recipes:
+            _print_json(
+                {"name": r.name, "title": r.title, "description": r.description, "paper_accuracy": r.paper_accuracy}
+            )
+        for name, cfg in user.items():
+            _print_json({"name": name, "title": name, "description": cfg.describe(), "config": cfg.to_dict()})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="SWAA recipes (paper presets; accuracy: Qwen3-4B, LongMemEval 24k, W=2k, no SFT / SFT)")
+    for col in ("name", "what it does", "paper acc. %"):
+        table.add_column(col, overflow="fold")
+    for r in recipes:
+        table.add_row(r.name, f"[bold]{r.title}[/bold]\n{r.description}", r.paper_accuracy or "–")
+    for name, cfg in user.items():
+        table.add_row(name, f"[bold]your recipe[/bold]\n{cfg.describe()}", "–")
+    Console().print(table)
+    print("Show one resolved for a model: swaa recipes show NAME [--model M | --layers N] [--window W]")
+    return 0
+
+
+def cmd_recipes_show(args) -> int:
+    user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    layers = _layers_for(args)
+    cfg = resolve_recipe(args.name, layers, window=args.window, keep_first=args.keep_first,
+                         context_tokens=args.context, user_recipes=user)  # fmt: skip
+    if args.json:
+        _print_json(None if cfg is None else cfg.to_dict())
+        return 0
+    print(f"{args.name} for a {layers}-layer model: {'full attention' if cfg is None else cfg.describe()}")
+    print(json.dumps(SWAAConfig().to_dict() if cfg is None else cfg.to_dict()))
+    for note in [] if cfg is None else cfg.notes():
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_recipes_save(args) -> int:
+    layers = _layers_for(args)
+    existing = load_user_recipes(args.file) if args.file.exists() else {}
+    cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
+                         context_tokens=args.context, user_recipes=existing)  # fmt: skip
+    existing[args.name] = cfg or SWAAConfig()
+    save_user_recipes(args.file, existing)
+    _note(f"saved {args.name!r} ({(cfg or SWAAConfig()).describe()}) to {args.file}")
+    return 0
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def _fmt_bytes(n) -> str:
+    from .memory import format_bytes
+
+    return "–" if n is None or n != n else format_bytes(int(n))
+
+
+def _results_table(results, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("config", "output", "ok", "TTFT", "prefill", "decode", "total", "peak mem", "KV cache", "kernel"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        verdict = {True: "✓", False: "✗", None: "–"}[r.correct] if not r.error else "error"
+        table.add_row(
+            r.label,
+            r.error or r.output_text.strip(),
+            verdict,
+            f"{r.ttft_s:.2f} s",
+            f"{r.prefill_s:.2f} s",
+            f"{r.decode_tokens_per_s:.1f} tok/s",
+            f"{r.total_s:.2f} s",
+            _fmt_bytes(r.peak_memory_bytes),
+            _fmt_bytes(r.kv_cache_bytes),
+            r.backend,
+        )
+    Console().print(table)
+
+
+def _frame_table(df, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in df.itertuples(index=False):
+        cells = []
+        for col, value in zip(df.columns, row, strict=True):
+            if "bytes" in str(col):
+                cells.append(_fmt_bytes(value))
+            elif isinstance(value, float):
+                cells.append("–" if value != value else f"{value:.3g}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swaa",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Sliding Window Attention Adaptation (SWAA): run a Hugging Face causal LM with sliding-window attention
+            recipes from the paper and see what each one costs and keeps, against full attention.
+
+            Start with:
+              swaa recipes list                                   the paper's recipes
+              swaa run "What is the capital of France?"           one prompt, full attention vs a recipe
+              swaa eval --task passkey --length 1024 --samples 3  a long-context task under recipes
+              swaa sweep --lengths 1024 2048 --depths 0.1 0.5 0.9 --out needle.jsonl"""
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"swaa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    _add_eval(sub)
+    _add_sweep(sub)
+    _add_recipes(sub)
+    try:
+        from .finetune import add_cli as _add_finetune_cli
+    except ImportError:
+        _add_finetune_cli = None
+    if _add_finetune_cli is not None:
+        _add_finetune_cli(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="one prompt under several recipes, side by side",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Generate an answer to one prompt with full attention (always, as the baseline) and with each recipe.
+            Decoding is greedy, so runs differ only by attention. Per run: output, time to first token, prefill,
+            decode speed, total time, peak memory, KV-cache bytes held, kernel used.
+
+            examples:
+              swaa run "What is the capital of France?" --recipe swa --recipe recommended
+              swaa run --prompt-file report.txt --recipe swa-fa-decode --window 512 --json | jq .ttft_s
+              swaa run --model ./my-model --prompt "..." --recipe '{"sliding_window_size": 128}'"""
+        ),
+    )
+    p.add_argument("text", nargs="?", help="the prompt (or use --prompt / --prompt-file)")
+    p.add_argument("--prompt", "-p", help="the prompt text")
+    p.add_argument("--prompt-file", type=Path, help="read the prompt from a text file")
+    p.add_argument("--answer", help="expected answer: scores each run (contains-match) and its log-likelihood")
+    p.add_argument("--answer-prefix", help="text the answer starts with, pre-filled after the chat prompt")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run (config, output, metrics)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    add_model_args(p)
+    add_recipe_args(p, default=["recommended"])
+    add_generation_args(p, max_new_tokens=64)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_task_args(p, *, depths_flag: str) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", "-t", default="passkey", choices=TASK_KINDS, help="built-in task (default: passkey)")
+    g.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, e.g. digits=4, num_keys=4")
+    g.add_argument("--samples", "-s", type=int, default=3, help="samples (seeds) per length and depth (default: 3)")
+    g.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    g.add_argument(
+        "--no-logprob", action="store_true", help="skip the answer log-likelihood (one prefill less per run)"
+    )
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="a built-in task or a dataset under recipes: accuracy and cost",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Evaluate recipes on a long-context task. Built-in tasks are generated from a seed and sized in tokens
+            of the model's tokenizer: passkey, needle, multi_key, multi_value, variable_tracking, common_words
+            (RULER style) and doc_qa (your document). Or load an evaluation set in the upstream format (records
+            with prompt, question, answer) from a .parquet/.json/.jsonl file or a Hub dataset id.
+
+            Each answer is scored by contains-match and by the log-likelihood of the reference answer under the
+            recipe, a graded signal that still moves when a small model's greedy answer is wrong.
+
+            examples:
+              swaa eval --task passkey --length 2048 --depth 0.1 --depth 0.9 --samples 5 -r swa -r recommended
+              swaa eval --dataset longmemeval.parquet --limit 20 --recipe swa-half-fa-fa-decode --out runs.jsonl
+              swaa eval --task doc_qa --document notes.txt --question "Who signed?" --answer "Ada" """
+        ),
+    )
+    _add_task_args(p, depths_flag="--depth")
+    g = p.add_argument_group("task size")
+    g.add_argument("--length", "-l", type=int, default=1024, help="prompt length in tokens (default: 1024)")
+    g.add_argument("--depth", "-d", type=float, action="append", help="needle depth 0..1 (repeatable; default: 0.5)")
+    g = p.add_argument_group("dataset or document")
+    g.add_argument("--dataset", help="a .parquet/.json/.jsonl file, a folder of them, or a Hub dataset id")
+    g.add_argument("--split", help="dataset split (files whose name contains it)")
+    g.add_argument("--limit", type=int, help="use only the first N records")
+    g.add_argument("--document", type=Path, help="doc_qa: a text file to ask about")
+    g.add_argument("--question", help="doc_qa: the question")
+    g.add_argument("--answer", help="doc_qa: the expected answer (to score)")
+    g.add_argument("--answer-prefix", help="doc_qa: the answer's opening words, pre-filled")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run instead of the summary table")
+    p.add_argument("--out", type=Path, help="also save every run to a .jsonl or .csv file")
+    add_model_args(p)
+    add_recipe_args(p, default=["swa", "swa-fa-decode", "recommended"])
+    add_generation_args(p, max_new_tokens=16)
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="recipes x lengths x depths x samples, resumable, to JSONL/CSV",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            Run every combination of recipe, prompt length, needle depth and sample, appending one JSON line per
+            run to --out as it finishes. Rerun the same command to resume: finished runs are skipped (matched by a
+            stable id of model, task, config, length, depth, seed and generation settings). The same window is used
+            for every length (default: scaled to the shortest), so lengths are comparable.
+
+            examples:
+              swaa sweep --lengths 1024 2048 --depths 0.1 0.5 0.9 --samples 5 --window 256 --out needle.jsonl
+              swaa sweep -r swa -r swa-half-fa-fa-decode --lengths 4096 --out runs.jsonl --csv runs.csv
+              swaa sweep --task multi_key --task-arg num_keys=4 --lengths 1024 --out mk.jsonl --group-by label"""
+        ),
+    )
+    _add_task_args(p, depths_flag="--depths")
+    g = p.add_argument_group("grid")
+    g.add_argument("--lengths", "-l", type=int, nargs="+", default=[1024], help="prompt lengths in tokens")
+    g.add_argument("--depths", "-d", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths 0..1")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", "-o", type=Path, required=True, help="results JSONL (appended; resumable)")
+    g.add_argument("--csv", type=Path, help="also write the tidy table of this sweep as CSV")
+    g.add_argument("--retry-errors", action="store_true", help="rerun cells that ended with an error")
+    g.add_argument("--group-by", nargs="+", default=["label", "length_target", "depth"], help="summary table groups")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON lines")
+    add_model_args(p)
+    add_recipe_args(p, default=[r.name for r in list_recipes()])
+    add_generation_args(p, max_new_tokens=16)
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_recipes(sub) -> None:
+    p = sub.add_parser(
+        "recipes",
+        help="list, show and save SWAA recipes",
+        formatter_class=_formatter,
+        description=textwrap.dedent(
+            """\
+            The paper's recipes combine a sliding window with remedies: FA decode (generated tokens see the whole
+            cache), sink tokens (the first tokens stay visible), interleaved full-attention layers (1/4 or 1/2 of
+            them). `show` resolves one for a model: its window, sinks and the exact layer indices.
+
+            examples:
+              swaa recipes list
+              swaa recipes show recommended --layers 36 --window 2048
+              swaa recipes save my-mix --from swa-half-fa-fa-decode --window 512 --file my_recipes.json
+              swaa run "..." --recipes-file my_recipes.json --recipe my-mix"""
+        ),
+    )
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    rsub = p.add_subparsers(dest="recipes_command", metavar="ACTION")
+
+    def common(q, *, layers=True):
+        q.add_argument("--recipes-file", type=Path, default=None, help="your saved recipes (JSON)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        if layers:
+            q.add_argument("--model", "-m", default=None, help=f"read the layer count of this model ({EMBEDDED_HINT})")
+            q.add_argument("--layers", type=int, default=None, help="the model's layer count (instead of --model)")
+            q.add_argument(
+                "--window", "-w", type=int, default=None, help="sliding window (default: scaled to --context)"
+            )
+            q.add_argument("--keep-first", type=int, default=None, help="sink tokens (default: 10)")
+            q.add_argument("--context", type=int, default=None, help="prompt length the window is scaled to")
+
+    q = rsub.add_parser("list", help="the presets, full attention first", formatter_class=_formatter)
+    common(q, layers=False)
+    q.set_defaults(func=cmd_recipes_list)
+    q = rsub.add_parser("show", help="one recipe resolved for a model", formatter_class=_formatter)
+    q.add_argument("name", help="preset or saved recipe name")
+    common(q)
+    q.set_defaults(func=cmd_recipes_show)
+    q = rsub.add_parser("save", help="save a resolved recipe under your own name", formatter_class=_formatter)
+    q.add_argument("name", help="the new recipe's name")
+    q.add_argument("--from", dest="source", required=True, help="preset name or inline JSON config")
+    q.add_argument("--file", type=Path, required=True, help="recipes JSON file (created or updated)")
+    common(q)
+    q.set_defaults(func=cmd_recipes_save)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, SWAAConfigError, TaskError, FileNotFoundError) as e:
+        print(f"swaa: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # model loading and other user-facing errors carry their own explanation
+        print(f"swaa: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("swaa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Recipes: the paper presets resolve to the configs SWAA.md describes; user recipes round-trip through JSON and
+upstream settings files are accepted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swaa_core.config import SWAAConfig, SWAAConfigError, load_upstream_settings
+from swaa_core.recipes import (
+    default_window,
+    get_recipe,
+    list_recipes,
+    load_user_recipes,
+    resolve_recipe,
+    save_user_recipes,
+)
+
+ODD = list(range(1, 30, 2))  # the paper's "1/2": odd layers of a 30-layer model
+EVERY_4TH = list(range(3, 30, 4))  # "1/4": layers 3, 7, 11, ...
+
+# name -> (keep_first, force_fa_decode, non_sliding_layers) for a 30-layer model, window 256, 10 sinks
+EXPECTED = {
+    "swa": (0, False, []),
+    "swa-fa-decode": (0, True, []),
+    "swa-sinks": (10, False, []),
+    "swa-sinks-fa-decode": (10, True, []),
+    "swa-quarter-fa-fa-decode": (0, True, EVERY_4TH),
+    "swa-half-fa": (0, False, ODD),
+    "swa-half-fa-fa-decode": (0, True, ODD),
+    "recommended": (10, True, ODD),
+}
+
+
+def test_presets_are_the_papers_with_full_attention_first():
+    names = [r.name for r in list_recipes()]
+    assert names[0] == "full"
+    assert set(names) == {"full", *EXPECTED}
+    assert len(set(names)) == len(names)
+    assert all(r.title and r.description for r in list_recipes())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_presets_resolve_for_a_model(name):
+    cfg = resolve_recipe(name, 30, window=256)
+    keep_first, fa_decode, layers = EXPECTED[name]
+    assert cfg.to_dict() == {
+        "sliding_window_size": 256,
+        "keep_first": keep_first,
+        "force_fa_decode": fa_decode,
+        "non_sliding_layers": layers,
+    }
+
+
+def test_full_attention_resolves_to_none():
+    assert resolve_recipe("full", 30) is None
+    assert resolve_recipe("Full Attention", 30) is None  # names are forgiving about case and spaces
+
+
+def test_layer_patterns_follow_the_model_depth():
+    assert resolve_recipe("swa-half-fa", 8, window=64).non_sliding_layers == [1, 3, 5, 7]
+    assert resolve_recipe("swa-quarter-fa-fa-decode", 36, window=64).non_sliding_layers == list(range(3, 36, 4))
+
+
+@pytest.mark.parametrize("context, window", [(None, 2048), (1024, 256), (2048, 256), (4096, 512), (24_000, 2048)])
+def test_default_window_scales_with_the_context(context, window):
+    assert default_window(context) == window
+    assert resolve_recipe("swa", 30, context_tokens=context).sliding_window_size == window
+
+
+def test_keep_first_applies_to_sink_recipes_only():
+    assert resolve_recipe("recommended", 30, window=512, keep_first=4).keep_first == 4
+    assert resolve_recipe("swa-fa-decode", 30, window=512, keep_first=4).keep_first == 0
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(SWAAConfigError, match="Known recipes: full, swa,"):
+        get_recipe("swa-everything")
+
+
+def test_inline_json_and_config_objects_resolve_as_given():
+    cfg = resolve_recipe('{"sliding_window_size": 128, "keep_first": 4}', 30, window=999)
+    assert (cfg.sliding_window_size, cfg.keep_first) == (128, 4)
+    same = SWAAConfig(sliding_window_size=64, non_sliding_layers=[2])
+    assert resolve_recipe(same, 30) is same
+    with pytest.raises(SWAAConfigError, match="names layer"):
+        resolve_recipe(SWAAConfig(sliding_window_size=64, non_sliding_layers=[40]), 30)
+
+
+def test_user_recipes_round_trip_and_are_upstream_settings(tmp_path):
+    mine = {
+        "tight": SWAAConfig(sliding_window_size=128, keep_first=4, force_fa_decode=True),
+        "layers": SWAAConfig(sliding_window_size=512, non_sliding_layers=[0, 5]),
+    }
+    path = save_user_recipes(tmp_path / "recipes.json", mine)
+    loaded = load_user_recipes(path)
+    assert {k: v.to_dict() for k, v in loaded.items()} == {k: v.to_dict() for k, v in mine.items()}
+    # upstream's own loader reads the same file
+    assert [cfg.to_dict() for cfg, _ in load_upstream_settings(path)] == [v.to_dict() for v in mine.values()]
+    assert resolve_recipe("tight", 30, window=2048, user_recipes=loaded).sliding_window_size == 128
+
+
+def test_upstream_settings_file_loads_with_descriptive_names(tmp_path):
+    upstream = [
+        {"swaa_config": {"sliding_window_size": 2000, "keep_first": 10, "force_fa_decode": True}, "model_list": ["a"]},
+        {"swaa_config": {"sliding_window_size": None, "keep_first": 0}, "model_list": ["a"]},
+        {"swaa_config": {"sliding_window_size": 2000, "keep_first": 10, "force_fa_decode": True}, "model_list": ["b"]},
+    ]
+    path = tmp_path / "non_sft_settings.json"
+    path.write_text(json.dumps(upstream))
+    loaded = load_user_recipes(path)
+    assert list(loaded) == ["SWA 2000 + 10 sinks + FA decode", "full attention", "SWA 2000 + 10 sinks + FA decode (2)"]
+    assert loaded["full attention"].is_full_attention
+
+
+def test_name_to_config_objects_load_too(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"narrow": {"sliding_window_size": 32}}))
+    assert load_user_recipes(path)["narrow"].sliding_window_size == 32
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"narrow": {"sliding_window": 32}}), "Unknown SWAA config field"),
+        (json.dumps([{"model_list": []}]), "no 'swaa_config'"),
+    ],
+)
+def test_bad_recipe_files_are_explained(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SWAAConfigError, match=message):
+        load_user_recipes(path)
+    with pytest.raises(SWAAConfigError, match="not found"):
+        load_user_recipes(tmp_path / "missing.json")
