@@ -282,6 +282,23 @@ def test_model_that_does_not_fit_is_refused_before_loading(tmp_path):
     assert "KV cache at 1,000,000,000 tokens" in str(err.value)
 
 
+def test_run_is_refused_unless_swaa_frees_enough_kv(tmp_path):
+    from swaa_core import SWAAConfig
+    from swaa_core.memory import available_memory, check_run_fits, estimate_memory
+
+    save_tiny(tmp_path / "tiny")
+    loaded = load_model(tmp_path / "tiny", reuse=False)
+    swa = SWAAConfig(sliding_window_size=16, keep_first=4)
+    per_token = estimate_memory(loaded, 1000, swa)
+    assert per_token.kv_full_bytes == 4 * 1000 * 2 * 2 * 8 * 4  # layers x tokens x (k+v) x kv heads x dims x fp32
+    # pick a context whose run needs ~70% of the free memory with SWAA and ~140% with full attention
+    tokens = int(0.7 * 0.9 * available_memory("cpu") / (per_token.activation_bytes / 1000))
+    estimate = check_run_fits(loaded, tokens, swa)
+    assert estimate.kv_swaa_bytes == 4 * (4 + 16 - 1) * 2 * 2 * 8 * 4
+    with pytest.raises(InsufficientMemoryError, match=r"A run of .* tokens x 1 on .*KV cache"):
+        check_run_fits(loaded, tokens, None)
+
+
 def test_device_and_dtype_choices():
     assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_dtype(None, "cpu") == torch.float32
