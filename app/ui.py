@@ -341,7 +341,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     ui.apply_json.click(
         cb.apply_config_json, [ui.config_json, ui.active_model], strategy, **{**light, "api_name": "apply_config"}
     )
-    ui.adapter.input(cb.adapter_selected, [ui.adapter, ui.active_model], strategy, **light)
+    ui.adapter.input(cb.adapter_selected, [ui.adapter, ui.active_model], strategy, **{**light, "api_name": "adapter"})
     for component in [*strategy, ui.cot, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
         component.change(cb.describe_config, share_in, config_out, **light).then(
             None, [ui.share_query], [ui.share_link], js=_SHARE_JS

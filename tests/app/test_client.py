@@ -112,6 +112,48 @@ def test_summary_states_the_kv_saving(comparison):
     assert verdict.get((full["correct"], swa["correct"]), "found the answer") in summary
 
 
+@pytest.fixture(scope="module")
+def adapter_dir(loaded, tmp_path_factory):
+    """A LoRA adapter on the embedded model with non-zero (random, seeded) weights, saved with its SWAA config."""
+    import copy
+
+    from peft import get_peft_model
+
+    from swaa_core.config import SWAAConfig
+    from swaa_core.finetune import TrainSettings, lora_config, save_adapter
+
+    with loaded.lock:
+        private = copy.deepcopy(loaded.model)
+    peft_model = get_peft_model(private, lora_config(TrainSettings()))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    path = tmp_path_factory.mktemp("adapters") / "swa256-lora"
+    return save_adapter(peft_model, path, SWAAConfig(sliding_window_size=256), base_model="smollm2-135m")
+
+
+def test_adapter_sets_the_config_it_was_trained_for(client, adapter_dir):
+    window, sinks, fa_mode, _fa, fad_mode, _fad = client.predict(str(adapter_dir), api_name="/adapter")
+    assert (window, sinks, fa_mode, fad_mode) == (256, 0, "none", "off")
+
+
+def test_adapter_runs_in_the_swaa_column_only(client, comparison, adapter_dir):
+    _board, _summary, _lat, _masks, _csv, results_json, _col, _layer = client.predict(
+        **{**SWA_ONLY, "adapter": str(adapter_dir)}, api_name="/compare"
+    )
+    path = results_json["value"] if isinstance(results_json, dict) else results_json
+    full, tuned = json.loads(Path(path).read_text(encoding="utf-8"))
+    base_full, base_swa = comparison[2]
+    assert tuned["label"] == "SWA only (W=256) + LoRA"
+    # The shared base model is untouched: the full-attention column reads exactly as before.
+    assert full["output_text"] == base_full["output_text"]
+    assert full["answer_logprob"] == pytest.approx(base_full["answer_logprob"], abs=1e-5)
+    # The adapter's weights do act on the SWAA column.
+    assert tuned["answer_logprob"] != pytest.approx(base_swa["answer_logprob"], abs=1e-3)
+
+
 def _error_text(excinfo) -> str:
     text = str(excinfo.value)
     assert "Traceback" not in text and 'File "' not in text
