@@ -461,7 +461,8 @@ def compare(
     """Run the full-attention baseline ("Full attention", first) and every config of ``configs`` on one prompt.
 
     A full-attention entry in ``configs`` is not run twice. ``on_start`` gets each run's label before it starts,
-    ``on_result`` each result as it finishes. Nothing raises: failures and cancellations are in each result's ``error``. Other keywords go to :func:`run_one`.
+    ``on_result`` each result as it finishes. Nothing raises: failures and cancellations are in each result's
+    ``error``. Other keywords go to :func:`run_one`.
     """
     if not isinstance(configs, dict):
         return [_failed(BASELINE_LABEL, None, TypeError("configs must be a dict {label: SWAAConfig or None}."))]

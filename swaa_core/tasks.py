@@ -477,7 +477,10 @@ def _common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_
     pool = list(_words("noun"))
     rng.shuffle(pool)
     common, rare_pool = pool[:num_common], pool[num_common:]
-    intro = "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often."
+    intro = (
+        "Below is a numbered list of words. In these words, some appear more often than others. "
+        "Memorize the ones that appear most often."
+    )
     question = f"What are the {num_common} most common words in the above list?"
     head = count_tokens(tokenizer, f"{intro}\n\n\n\n{question}")
     per_item = max(1, count_tokens(tokenizer, " 100. " + common[0]))

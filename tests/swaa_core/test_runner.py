@@ -1,0 +1,213 @@
+"""The runner on a tiny random model: outputs match plain greedy generation, metrics are real (KV bytes match the
+cache tensors, prefill time grows with the prompt), streaming, cancellation, errors as results, CoT accounting."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+from swaa_core import SWAAConfig, swaa
+from swaa_core.cot import COT_INSTRUCTION, render_prompt, split_reasoning
+from swaa_core.runner import BASELINE_LABEL, PeakMemory, RunResult, compare, run_one
+from swaa_core.scoring import answer_loglik
+from swaa_core.tasks import make_task
+
+LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 8  # build_tiny_model's shape
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("llama", layers=LAYERS, vocab_size=len(tok), seed=1, max_position_embeddings=16384)
+    return SimpleNamespace(model=model, tokenizer=tok, lock=threading.Lock(), info=None)
+
+
+@pytest.fixture(scope="module")
+def sample(loaded):
+    return make_task("passkey", loaded.tokenizer, length_tokens=400, depth=0.3, seed=2)
+
+
+def greedy_reference(loaded, text: str, config, n: int, prefix: str = "") -> tuple[list[int], int]:
+    """Plain transformers greedy generation under the config: the ids the runner must reproduce."""
+    tok, model = loaded.tokenizer, loaded.model
+    ids = tok(render_prompt(tok, text, answer_prefix=prefix), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad(), swaa(model, config):
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist(), ids.shape[1]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [None, SWAAConfig(sliding_window_size=32), SWAAConfig(sliding_window_size=32, keep_first=4, force_fa_decode=True)],
+    ids=["full", "swa", "swa+sinks+fa-decode"],
+)
+def test_output_and_counts_match_plain_generation(loaded, sample, config):
+    result = run_one(loaded, sample, config, max_new_tokens=6)
+    assert result.error is None, result.error
+    expected_ids, n_prompt = greedy_reference(loaded, sample.prompt, config, 6, sample.answer_prefix)
+    assert result.prompt_tokens == n_prompt
+    assert result.generated_tokens == len(expected_ids)
+    assert result.output_text == loaded.tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert result.config == (None if config is None else config.to_dict())
+    assert result.backend == ("sdpa" if config is None else "blocked")
+
+
+def test_kv_bytes_match_the_cache_tensors(loaded, sample):
+    per_token = 2 * KV_HEADS * HEAD_DIM * 4  # keys and values, float32, per layer
+    full = run_one(loaded, sample, None, max_new_tokens=5)
+    held = full.prompt_tokens + full.generated_tokens - 1  # the last token is never fed back
+    assert full.kv_cache_bytes == LAYERS * held * per_token
+    window, sinks = 32, 4
+    swa = run_one(loaded, sample, SWAAConfig(sliding_window_size=window, keep_first=sinks), max_new_tokens=5)
+    # a sliding layer without FA decode keeps the sinks and the last W-1 tokens (SWAA.md); layer 1 keeps them all
+    mixed = run_one(loaded, sample, SWAAConfig(sliding_window_size=window, non_sliding_layers=[1]), max_new_tokens=5)
+    assert swa.kv_cache_bytes_per_layer == [(sinks + window - 1) * per_token] * LAYERS
+    assert (
+        mixed.kv_cache_bytes_per_layer == [(window - 1) * per_token, held * per_token] + [(window - 1) * per_token] * 2
+    )
+
+
+def test_prefill_time_grows_with_the_prompt(loaded):
+    def median_prefill(length):
+        s = make_task("needle", loaded.tokenizer, length_tokens=length, seed=0)
+        return statistics.median(
+            run_one(loaded, s, None, max_new_tokens=2, score_logprob=False).prefill_s for _ in range(3)
+        )
+
+    times = [median_prefill(n) for n in (256, 2048, 8192)]
+    assert times[0] < times[1] < times[2], times
+
+
+def test_timings_are_consistent(loaded, sample):
+    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=8)
+    assert 0 < r.prefill_s <= r.ttft_s <= r.total_s
+    if r.generated_tokens > 1:
+        assert r.decode_tokens_per_s > 0
+        assert (r.generated_tokens - 1) / r.decode_tokens_per_s <= r.total_s - r.ttft_s + 1e-6
+    assert r.peak_memory_bytes > 0
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    size = 256 * 2**20
+    with PeakMemory(torch.device("cpu")) as m:
+        block = torch.ones(size // 4)
+        block.add_(1)
+        del block
+    assert m.delta >= 0.9 * size
+    with PeakMemory(torch.device("cpu")) as quiet:
+        torch.ones(16)
+    assert quiet.delta < 0.5 * size
+
+
+def test_streaming_delivers_the_output_while_holding_the_lock(loaded, sample):
+    pieces, lock_held = [], []
+
+    def on_token(piece):
+        pieces.append(piece)
+        lock_held.append(loaded.lock.locked())
+
+    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=12, on_token=on_token)
+    assert "".join(pieces) == r.output_text and pieces
+    assert all(lock_held)
+    assert not loaded.lock.locked()
+
+
+def test_cancel_during_decode_stops_early(loaded, sample):
+    cancel, forwards = threading.Event(), []
+
+    def count(*_):
+        forwards.append(1)
+        if len(forwards) == 3:  # the prefill and two decode steps, then the user presses stop
+            cancel.set()
+
+    hook = loaded.model.register_forward_hook(count)
+    try:
+        r = run_one(loaded, sample, None, max_new_tokens=40, cancel=cancel, warmup=False)
+    finally:
+        hook.remove()
+    assert r.cancelled and "Cancelled after" in r.error
+    assert r.generated_tokens == 3
+
+
+def test_cancel_during_prefill_stops_inside_the_forward(loaded, sample):
+    cancel = threading.Event()
+    from swaa_core.patch import attention_modules
+
+    first_layer = attention_modules(loaded.model)[0]
+    hook = first_layer.register_forward_pre_hook(lambda *_: cancel.set())
+    try:
+        r = run_one(loaded, sample, None, max_new_tokens=5, cancel=cancel, warmup=False)
+    finally:
+        hook.remove()
+    assert r.cancelled and r.error == "Cancelled before the first token." and r.generated_tokens == 0
+
+
+def test_compare_runs_the_baseline_first_and_never_raises(loaded, sample):
+    started = []
+    configs = {
+        "again full": None,
+        "swa": SWAAConfig(sliding_window_size=16),
+        "bad layers": SWAAConfig(sliding_window_size=16, non_sliding_layers=[9]),
+        "bad type": "not a config",
+    }
+    results = compare(loaded, sample, configs, max_new_tokens=3, on_start=started.append)
+    assert [r.label for r in results] == [BASELINE_LABEL, "swa", "bad layers", "bad type"] == started
+    assert results[0].config is None and results[0].error is None
+    assert results[1].error is None
+    assert "Bad SWAA config" in results[2].error and "layer(s) [9]" in results[2].error
+    assert results[3].error
+    assert all(isinstance(r, RunResult) for r in results)
+
+
+def test_cancelled_compare_reports_the_runs_it_skipped(loaded, sample):
+    cancel = threading.Event()
+    cancel.set()
+    results = compare(loaded, sample, {"swa": SWAAConfig(sliding_window_size=16)}, cancel=cancel)
+    assert [r.error for r in results] == ["Cancelled before it started."] * 2
+
+
+def test_prompt_longer_than_the_context_is_an_error_not_an_exception():
+    tok = build_tiny_tokenizer()
+    small = SimpleNamespace(model=build_tiny_model(vocab_size=len(tok), max_position_embeddings=128), tokenizer=tok)
+    long = make_task("passkey", tok, length_tokens=300, seed=0)
+    r = run_one(small, long, None, max_new_tokens=4)
+    assert "context is 128 tokens" in r.error and r.output_text == ""
+
+
+def test_out_of_memory_is_reported_with_advice(loaded, sample, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(loaded.model, "generate", oom)
+    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=16), max_new_tokens=3, warmup=False)
+    assert r.error.startswith("Out of memory") and "shorter prompt" in r.error
+
+
+def test_answer_logprob_is_the_teacher_forced_likelihood(loaded, sample):
+    cfg = SWAAConfig(sliding_window_size=32, force_fa_decode=True)
+    r = run_one(loaded, sample, cfg, max_new_tokens=2)
+    rendered = render_prompt(loaded.tokenizer, sample.prompt, answer_prefix=sample.answer_prefix)
+    direct = answer_loglik(loaded.model, loaded.tokenizer, rendered, sample.answer, cfg)
+    assert r.answer_logprob == pytest.approx(direct.logprob, abs=1e-4)
+    assert r.answer_logprob_tokens == direct.tokens
+    assert r.correct == (sample.answer in r.answer_text)
+
+
+def test_cot_adds_the_instruction_and_accounts_for_reasoning(loaded, sample):
+    plain = run_one(loaded, sample, None, max_new_tokens=24)
+    cot = run_one(loaded, sample, None, max_new_tokens=24, cot=True)
+    instruction = len(loaded.tokenizer(COT_INSTRUCTION, add_special_tokens=False).input_ids)
+    assert cot.prompt_tokens > plain.prompt_tokens + instruction // 2
+    assert cot.cot and (cot.reasoning_text, cot.answer_text) == split_reasoning(cot.output_text)
+    n_reasoning = len(loaded.tokenizer(cot.reasoning_text, add_special_tokens=False).input_ids)
+    assert cot.reasoning_tokens == (n_reasoning if cot.reasoning_text else 0)
+
+
+def test_plain_prompts_run_unscored(loaded):
+    r = run_one(loaded, "The grass is green. " * 20, SWAAConfig(sliding_window_size=16), max_new_tokens=3)
+    assert r.error is None and r.correct is None and r.answer_logprob is None and r.meta["task"] == "prompt"
