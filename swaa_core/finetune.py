@@ -419,6 +419,21 @@ def _read_sidecar(where: str) -> str | None:
         raise AdapterError(f"Could not fetch adapter {where!r} from the Hugging Face Hub: {e}") from None
 
 
+def find_adapters(root: str | Path) -> list[tuple[Path, AdapterInfo]]:
+    """LoRA adapter folders under ``root`` (an adapter_config.json inside), with what each was trained for; for
+    pickers in the app. Unreadable ones are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for config_file in sorted(root.rglob("adapter_config.json")):
+        try:
+            found.append((config_file.parent, read_adapter_info(config_file.parent)))
+        except AdapterError:
+            continue
+    return found
+
+
 def load_adapter(
     model, path_or_hub_id: str | Path, *, merge: bool = False, trainable: bool = False, adapter_name: str = "default"
 ):

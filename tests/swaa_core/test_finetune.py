@@ -19,6 +19,7 @@ from swaa_core.finetune import (
     _training_mode,
     build_examples,
     collate,
+    find_adapters,
     finetune_pipeline,
     load_adapter,
     lora_config,
@@ -236,6 +237,9 @@ def test_adapter_folder_is_upstream_compatible_and_portable(tmp_path):
     info = read_adapter_info(path)
     assert info.training["steps"] == 4 and len(info.training["losses"]) == 4
     assert "SWA 5 + 2 sinks" in (path / "README.md").read_text()
+    (tmp_path / "not-an-adapter").mkdir()
+    [(found, found_info)] = find_adapters(tmp_path)
+    assert found == path and found_info.swaa_config == MIXED
 
 
 def test_adapter_without_swaa_file_and_bad_paths(tmp_path):
