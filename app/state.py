@@ -239,9 +239,13 @@ def parse_pinned(data) -> list[dict]:
             raise ValueError("a pinned column needs a window size (full attention always runs).")
         adapter = str(item.get("adapter") or "")
         out.append(
-            {"label": str(item.get("label") or cfg.describe())[:80], "config": cfg.to_dict(), "adapter": adapter}
+            {"label": _short(str(item.get("label") or cfg.describe())), "config": cfg.to_dict(), "adapter": adapter}
         )
     return out
+
+
+def _short(label: str, limit: int = 80) -> str:
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def _layer_indices(text: str) -> list[int]:

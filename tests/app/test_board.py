@@ -1,0 +1,60 @@
+"""The comparison board and the saved/lost summary, from RunResult values (no model)."""
+
+from __future__ import annotations
+
+from app.board import DONE, RUNNING, ColumnView, answer_probability, render_board, summary_markdown
+from swaa_core.runner import RunResult
+
+
+def _result(label, **kw):
+    base = dict(output_text="42", answer_text="42", correct=True, prompt_tokens=1000, generated_tokens=5, ttft_s=2.0,
+                prefill_s=2.0, decode_tokens_per_s=10.0, total_s=2.5, kv_cache_bytes=1000, backend="sdpa")  # fmt: skip
+    base.update(kw)
+    return RunResult(label=label, config=None, **base)
+
+
+def test_model_and_user_text_is_escaped():
+    view = ColumnView("<b>label</b>", "desc", True, status=RUNNING, text="<script>alert(1)</script>")
+    html = render_board([view])
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;label&lt;/b&gt;" in html
+
+
+def test_finished_columns_show_metrics_and_verdict():
+    views = [
+        ColumnView("Full attention", "full attention", True, status=DONE, result=_result("Full attention")),
+        ColumnView("SWA", "SWA 64", False, status=DONE, result=_result("SWA", correct=False, answer_text="7")),
+    ]
+    html = render_board(views)
+    assert html.count('data-testid="metrics"') == 2
+    assert "✓ correct" in html and "✗ incorrect" in html
+
+
+def test_summary_reports_speedups_savings_and_losses():
+    full = _result("Full attention", prefill_s=4.0, total_s=5.0, kv_cache_bytes=4 * 2**20)
+    swa = _result("SWA", prefill_s=2.0, total_s=4.0, kv_cache_bytes=2**20, correct=False, answer_text="7")
+    views = [
+        ColumnView("Full attention", "", True, status=DONE, result=full),
+        ColumnView("SWA", "", False, status=DONE, result=swa),
+    ]
+    text = summary_markdown(views)
+    assert "| SWA | 2.00× faster | 1.25× faster | 75% smaller (3.0 MiB saved) | **lost** the answer |" in text
+
+
+def test_summary_explains_a_slower_short_prompt_and_fa_decode_memory():
+    full = _result("Full attention", prefill_s=1.0, total_s=1.2)
+    slow = _result("SWA + FA decode", prefill_s=1.5, total_s=1.8)
+    slow.config = {"sliding_window_size": 64, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []}
+    views = [
+        ColumnView("Full attention", "", True, status=DONE, result=full),
+        ColumnView("SWA + FA decode", "", False, status=DONE, result=slow),
+    ]
+    text = summary_markdown(views)
+    assert "1.50× slower" in text and "overhead can outweigh" in text and "cache must keep every token" in text
+
+
+def test_answer_probability_reads_like_a_percentage():
+    assert answer_probability(None) == "–"
+    assert answer_probability(-0.3566749439) == "70%"
+    assert answer_probability(-5.0) == "0.67%"
+    assert answer_probability(-30.0) == "<0.01%"

@@ -1,0 +1,94 @@
+"""Figures: pooling against numpy references, PNG export settings, and what the pictures encode (no model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app import plots
+from app.common import mask_figure
+from app.engine import ColumnSpec
+from swaa_core.config import SWAAConfig
+
+
+def test_attention_pooling_keeps_the_block_maximum():
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 12, 12)).astype(np.float32)
+    pooled = plots.pool_attention(torch.from_numpy(probs), max_cells=4)
+    expected = probs.reshape(3, 4, 3, 4, 3).max(axis=(2, 4))
+    np.testing.assert_allclose(pooled.values, expected)
+    assert pooled.scale == 3 and pooled.tokens == 12
+
+
+def test_short_prompts_are_not_pooled():
+    probs = torch.rand(2, 7, 7)
+    pooled = plots.pool_attention(probs, max_cells=192)
+    np.testing.assert_array_equal(pooled.values, probs.numpy())
+    assert pooled.scale == 1
+
+
+def test_mask_pooling_is_the_share_of_visible_pairs():
+    n, w = 16, 4
+    i, j = np.indices((n, n))
+    mask = (j <= i) & (i - j < w)
+    visible, scale = plots.pool_mask(torch.from_numpy(mask), max_cells=4)
+    np.testing.assert_allclose(visible, mask.reshape(4, 4, 4, 4).mean(axis=(1, 3)))
+    assert scale == 4
+
+
+def test_pooled_mask_picture_keeps_the_window_fraction():
+    """A 4K-token prompt is drawn at reduced scale; the last prompt row must still show W/n of the keys."""
+    cfg = SWAAConfig(sliding_window_size=256)
+    fig = mask_figure([ColumnSpec("SWA", cfg)], prompt_tokens=4096, new_tokens=0, layer=0)
+    z = np.asarray(fig.data[0].z)
+    assert z[-1].mean() == pytest.approx(256 / 4096, rel=0.1)
+    assert z[-1, 0] == 0  # the start of the prompt is out of the last token's window
+
+
+def test_png_export_is_plotly_client_side():
+    data = plots.plot_data(plots.message_figure("hello"), "my-plot")
+    spec = json.loads(data.plot)
+    assert spec["config"]["toImageButtonOptions"]["filename"] == "my-plot"
+    assert spec["config"]["displayModeBar"] is True
+
+
+def test_latency_bars_split_prefill_and_decode():
+    rows = [
+        {"label": "Full attention", "prefill_s": 2.0, "total_s": 3.0, "decode_tokens_per_s": 9.0},
+        {"label": "SWA", "prefill_s": 1.0, "total_s": 1.5, "decode_tokens_per_s": 12.0},
+    ]
+    prefill, decode = plots.latency_figure(rows).data
+    assert list(prefill.x) == [2.0, 1.0]
+    assert list(decode.x) == pytest.approx([1.0, 0.5])
+
+
+def test_tradeoff_times_are_relative_to_full_attention():
+    points = [
+        {"label": "Full attention", "accuracy": 1.0, "time_s": 4.0, "is_full": True},
+        {"label": "SWA", "accuracy": 0.25, "time_s": 1.0},
+    ]
+    live, paper = plots.tradeoff_figure(points).data
+    assert list(live.x) == [1.0, 0.25] and list(live.y) == [100.0, 25.0]
+    assert paper.x[0] == 1.0 and paper.y[0] == 62  # the paper's full-attention point
+
+
+def test_needle_heatmap_labels_cells_in_percent():
+    acc = np.array([[1.0, 0.5], [np.nan, 0.0]])
+    (trace,) = plots.needle_heatmap_figure([("SWA", [256, 512], [0.0, 1.0], acc)]).data
+    assert [list(row) for row in trace.text] == [["100%", "50%"], ["", "0%"]]
+
+
+def test_attention_figure_marks_window_sinks_and_fact():
+    probs = torch.softmax(torch.randn(2, 40, 40), -1)
+    pooled = plots.pool_attention(probs)
+    fig = plots.attention_figure(
+        pooled, pooled, head=None, layer=3, window=8, sinks=2, swaa_label="SWA 8", layer_slides=True,
+        needle_tokens=(10, 14),
+    )  # fmt: skip
+    edge = next(t for t in fig.data if t.type == "scatter")
+    assert edge.x[1] - edge.x[0] == pytest.approx(40 - 8 + 1)  # the band's edge runs parallel to the diagonal
+    texts = [a.text for a in fig.layout.annotations]
+    assert any("2 sinks" in t for t in texts) and any("fact" in t for t in texts)

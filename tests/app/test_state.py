@@ -1,0 +1,126 @@
+"""Strategy controls <-> SWAAConfig and the shareable link's query string (no model needed)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlparse
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.state import DEFAULT_PINNED, Settings, Strategy, from_query, layer_pattern_name, to_query
+from swaa_core.config import SWAAConfig, SWAAConfigError
+
+N_LAYERS = 30
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("none", []), ("1/2", list(range(1, N_LAYERS, 2))), ("1/4", list(range(3, N_LAYERS, 4)))],
+)
+def test_fa_layer_modes_follow_the_paper(mode, expected):
+    cfg = Strategy(window=64, sinks=0, fa_layers_mode=mode, fa_decode_mode="off").to_config(N_LAYERS)
+    assert cfg.non_sliding_layers == expected
+    assert layer_pattern_name(expected, N_LAYERS) == mode
+
+
+def test_custom_layers_and_decode_layers_pass_through():
+    s = Strategy(window=96, sinks=3, fa_layers_mode="custom", fa_layers=[2, 9], fa_decode_mode="layers",
+                 fa_decode_layers=[0, 5])  # fmt: skip
+    cfg = s.to_config(N_LAYERS)
+    assert cfg.to_dict() == {
+        "sliding_window_size": 96,
+        "keep_first": 3,
+        "force_fa_decode": [0, 5],
+        "non_sliding_layers": [2, 9],
+    }
+    assert layer_pattern_name([2, 9], N_LAYERS) == "custom"
+
+
+def test_layers_beyond_the_model_are_refused():
+    s = Strategy(window=64, fa_layers_mode="custom", fa_layers=[3, 40])
+    with pytest.raises(SWAAConfigError, match="this model has 30 layers"):
+        s.to_config(N_LAYERS)
+
+
+configs = st.builds(
+    SWAAConfig,
+    sliding_window_size=st.integers(1, 8192),
+    keep_first=st.integers(0, 512),
+    # An empty layer list means the same as False; the controls show it as "off".
+    force_fa_decode=st.one_of(st.booleans(), st.lists(st.integers(0, N_LAYERS - 1), min_size=1, max_size=6)),
+    non_sliding_layers=st.lists(st.integers(0, N_LAYERS - 1), max_size=12),
+)
+
+
+@given(configs)
+def test_controls_reproduce_any_config(cfg):
+    assert Strategy.from_config(cfg, N_LAYERS).to_config(N_LAYERS).to_dict() == cfg.to_dict()
+
+
+link_settings = st.builds(
+    Settings,
+    model=st.sampled_from(["smollm2-135m", "Qwen/Qwen3-4B-Instruct-2507", "./my model"]),
+    strategy=st.builds(
+        Strategy,
+        window=st.integers(1, 8192),
+        sinks=st.integers(0, 256),
+        fa_layers_mode=st.sampled_from(["none", "1/4", "1/2", "custom"]),
+        fa_layers=st.lists(st.integers(0, 63), min_size=1, max_size=8, unique=True).map(sorted),
+        fa_decode_mode=st.sampled_from(["off", "all", "layers"]),
+        fa_decode_layers=st.lists(st.integers(0, 63), min_size=1, max_size=8, unique=True).map(sorted),
+    ),
+    cot=st.booleans(),
+    source=st.sampled_from(["task", "text"]),
+    task=st.sampled_from(["needle", "passkey"]),
+    length=st.integers(128, 8192),
+    depth=st.floats(0, 1).map(lambda d: round(d, 2)),
+    seed=st.integers(0, 10**6),
+    max_new_tokens=st.integers(1, 512),
+    example=st.sampled_from(["", "lighthouse"]),
+    pinned=st.lists(configs, max_size=3).map(
+        lambda cs: [{"label": c.describe(), "config": c.to_dict(), "adapter": ""} for c in cs]
+    ),
+)
+
+
+def _restored(settings_: Settings) -> Settings:
+    query = to_query(settings_)
+    params = dict(parse_qsl(urlparse(query).query, keep_blank_values=True))
+    restored, notes = from_query(params)
+    assert notes == []
+    return restored
+
+
+@settings(max_examples=40, deadline=None)
+@given(link_settings)
+def test_link_restores_what_matters(s):
+    r = _restored(s)
+    assert (r.model, r.cot, r.source, r.task, r.length, r.depth, r.seed, r.max_new_tokens, r.example) == (
+        s.model, s.cot, s.source, s.task, s.length, s.depth, s.seed, s.max_new_tokens, s.example,
+    )  # fmt: skip
+    assert r.strategy.to_config(64).to_dict() == s.strategy.to_config(64).to_dict()
+    assert [(p["config"], p["adapter"]) for p in r.pinned] == [(p["config"], p["adapter"]) for p in s.pinned]
+    assert all(p["label"] == q["label"] or p["label"].endswith("…") for p, q in zip(r.pinned, s.pinned, strict=True))
+
+
+def test_default_settings_make_an_empty_query():
+    assert to_query(Settings()) == ""
+    assert Settings().pinned == [DEFAULT_PINNED]
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"w": "abc"}, "window size must be a whole number"),
+        ({"depth": "1.5"}, "depth must be between 0 and 1"),
+        ({"fal": "every 2 from 1"}, "comma-separated layer indices"),
+        ({"src": "video"}, "expected one of task, text"),
+        ({"pin": "[{]"}, "was not used"),
+        ({"bogus": "1"}, "Ignored unknown link parameter(s): bogus"),
+    ],
+)
+def test_bad_link_parameters_become_notes_and_keep_defaults(params, fragment):
+    restored, notes = from_query(params)
+    assert any(fragment in note for note in notes), notes
+    assert restored.strategy.to_config(N_LAYERS).to_dict() == Settings().strategy.to_config(N_LAYERS).to_dict()
