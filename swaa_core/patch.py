@@ -23,7 +23,7 @@ from .backends import choose_backend
 from .cache import ensure_swaa_layers, kv_cache_bytes
 from .config import SWAAConfig, SWAAConfigError
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "gemma3_text")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gemma3", "gemma3_text")
 
 __all__ = ["apply_swaa", "remove_swaa", "swaa", "capture_attention", "kv_cache_bytes", "SWAAState"]
 
@@ -63,7 +63,7 @@ def check_supported(model) -> None:
     model_type = getattr(_text_config(model), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SWAAConfigError(
-            f"SWAA does not support model type {model_type!r} yet; supported: Llama, Qwen2, Qwen3, Mistral, Gemma 3 "
+            f"SWAA does not support model type {model_type!r} yet; supported: Llama, Qwen2, Qwen3 (dense and MoE), Mistral, Gemma 3 "
             f"({', '.join(SUPPORTED_MODEL_TYPES)})."
         )
 

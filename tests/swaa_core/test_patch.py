@@ -212,7 +212,7 @@ def test_unsupported_architecture_is_named():
     import transformers as tf
 
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(SWAAConfigError, match="supported: Llama, Qwen2, Qwen3, Mistral, Gemma 3"):
+    with pytest.raises(SWAAConfigError, match="supported: Llama, Qwen2, Qwen3 \\(dense and MoE\\), Mistral, Gemma 3"):
         apply_swaa(gpt2, SWAAConfig(sliding_window_size=4))
 
 
@@ -233,3 +233,19 @@ def test_every_family_generates_under_every_strategy(fam):
         with swaa(model, cfg):
             out = model.generate(x, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         assert out.shape == (1, 31)
+
+
+def test_qwen3_moe_matches_eager_hand_mask():
+    import transformers as tf
+
+    config = tf.Qwen3MoeConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_experts=4,
+        num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = tf.Qwen3MoeForCausalLM(config).eval()
+    x = ids(30)
+    expected = eager_logits(model, x, hand_mask(30, 5, 2))
+    with swaa(model, SWAAConfig(sliding_window_size=5, keep_first=2)):
+        assert torch.allclose(model(x).logits, expected, atol=1e-5)
