@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
+import os
 
 import gradio as gr
 
@@ -35,7 +35,7 @@ from .prompts import examples, task_sample, text_sample, token_count
 from .prompts import read_upload as _read_upload
 from .state import MAX_PINNED, Settings, Strategy, from_query, layer_pattern_name, parse_pinned, to_query
 
-ADAPTER_DIRS = (Path("runs"), Path("adapters"))
+ADAPTER_DIRS = ("adapters", "runs")
 
 
 # ---------------------------------------------------------------- choices shown before any model loads
@@ -63,13 +63,14 @@ def recipe_note(name: str) -> str:
     return f"<small>{recipe.description}{paper}</small>"
 
 
-def adapter_choices() -> list[str]:
-    """LoRA adapters trained locally (`swaa finetune` writes them under runs/)."""
-    found: list[str] = []
-    for root in ADAPTER_DIRS:
-        if root.is_dir():
-            found += sorted(str(p.parent) for p in root.glob("**/adapter_config.json"))
-    return found
+def adapter_choices() -> list[tuple[str, str]]:
+    """LoRA adapters found locally (SWAA_ADAPTERS_DIR, adapters/ and runs/), labelled with their training config."""
+    from swaa_core.finetune import find_adapters
+
+    roots = [os.environ.get("SWAA_ADAPTERS_DIR", ""), *ADAPTER_DIRS]
+    found = [pair for root in dict.fromkeys(r for r in roots if r) for pair in find_adapters(root)]
+    return [(f"{path} ({info.swaa_config.describe() if info.swaa_config else 'no SWAA config'})", str(path))
+            for path, info in found]  # fmt: skip
 
 
 def empty_board() -> str:
@@ -113,7 +114,7 @@ def _model_updates(loaded) -> list:
 
 
 @ui_errors
-def load_model(name: str, progress=gr.Progress()):
+def load_model(name: str, progress=gr.Progress(track_tqdm=True)):
     name = (name or "").strip()
     if not name:
         raise ValueError("Choose a model, or type a Hugging Face Hub id (org/name) or a local folder.")

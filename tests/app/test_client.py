@@ -251,3 +251,22 @@ def test_unreadable_upload_is_explained(client, tmp_path, name, content, message
     with pytest.raises(AppError) as excinfo:
         client.predict(handle_file(str(bad)), "kept text", api_name="/read_upload")
     assert message in _error_text(excinfo)
+
+
+def test_stop_ends_a_long_run_and_keeps_what_finished(client):
+    import time
+
+    job = client.submit(**{**SWA_ONLY, "length": 1024, "max_new_tokens": 400}, api_name="/compare")
+    deadline = time.monotonic() + 600
+    while "generating…" not in (job.outputs()[-1][0] if job.outputs() else ""):
+        assert time.monotonic() < deadline and not job.done(), "the run never started streaming"
+        time.sleep(0.5)
+    time.sleep(2)  # let a few tokens stream
+    client.predict(api_name="/stop_run")
+    board, _summary, _lat, _masks, _csv, results_json, _col, _layer = job.result(timeout=300)
+    path = results_json["value"] if isinstance(results_json, dict) else results_json
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    assert rows[0]["label"] == "Full attention"
+    assert rows[0]["error"].startswith("Cancelled") and rows[0]["generated_tokens"] < 400
+    assert len(rows) == 1  # the SWA column never started
+    assert board.count("is-cancelled") == 2  # both columns show as stopped
