@@ -197,16 +197,23 @@ def _training_mode(model, checkpointing: bool):
         model.eval()
 
 
-def _trainer_callback(on_progress: ProgressFn | None, cancel: threading.Event | None, losses: list[float], bar):
+def _trainer_callback(on_progress: ProgressFn | None, cancel: threading.Event | None, losses: list[float], progress):
     """Records the loss per step, drives our own progress bar (loss in its postfix), reports, and stops on cancel."""
+    from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
     start = time.perf_counter()
+    bar = None
 
     class _Report(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
+            nonlocal bar
+            if progress:  # created here: only now does the Trainer know the number of steps
+                bar = tqdm(total=state.max_steps, desc="LoRA SFT", unit="step")
+
+        def on_train_end(self, args, state, control, **kw):
             if bar is not None:
-                bar.reset(total=state.max_steps)
+                bar.close()
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or "loss" not in logs:
@@ -250,7 +257,6 @@ def train_lora(
     the adapter afterwards; the returned ``result.model`` is the PeftModel for saving. The model's SWAA state before
     the call is restored afterwards, and it is left in eval mode."""
     from peft import PeftModel, get_peft_model
-    from tqdm.auto import tqdm
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -267,16 +273,13 @@ def train_lora(
     mixed = swaa_config is not None and not swaa_config.is_full_attention and bool(swaa_config.force_fa_decode)
     losses: list[float] = []
     start = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="swaa-finetune-") as tmp,
-        tqdm(desc="LoRA SFT", disable=not progress) as bar,
-    ):
+    with tempfile.TemporaryDirectory(prefix="swaa-finetune-") as tmp:  # Trainer wants a folder; we save nothing there
         trainer = Trainer(
             model=peft_model,
             args=_training_args(TrainingArguments, tmp, settings, base.device),
             train_dataset=examples,
             data_collator=lambda batch: collate(batch, pad_id, prompt_lengths=mixed),
-            callbacks=[_trainer_callback(on_progress, cancel, losses, bar if progress else None)],
+            callbacks=[_trainer_callback(on_progress, cancel, losses, progress)],
         )
         # Trainer's own bar / printer write a dict per step; ours shows the loss in the bar instead.
         trainer.remove_callback(ProgressCallback)
