@@ -156,6 +156,7 @@ def run_sweep(
     todo = [c for c in cells if c[0] not in done]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress)
     samples: dict[tuple, Any] = {}
+    _end_with_newline(out_path)
     try:
         with out_path.open("a", encoding="utf-8") as f:
             for cid, label, cfg, length, depth, seed in todo:
@@ -174,6 +175,15 @@ def run_sweep(
         bar.close()
     wanted = {c[0] for c in cells}
     return to_frame([r for r in read_jsonl(out_path) if r.get("cell_id") in wanted])
+
+
+def _end_with_newline(path: Path) -> None:
+    """A crash can leave a half-written last line; new rows must start on a line of their own."""
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model, cancel, backend) -> dict:

@@ -1,0 +1,163 @@
+"""Sweeps: every cell once, a rerun skips finished cells (also after a crash mid-line), tidy tables and exports."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+from swaa_core import SWAAConfig
+from swaa_core.sweep import (
+    SweepSpec,
+    cell_id,
+    export,
+    finished_cells,
+    load_results,
+    read_jsonl,
+    run_sweep,
+    summarize,
+)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("llama", layers=2, vocab_size=len(tok), seed=4)
+    return SimpleNamespace(model=model, tokenizer=tok, lock=threading.Lock(), info=SimpleNamespace(name="tiny-llama"))
+
+
+def spec(**kw) -> SweepSpec:
+    base = dict(
+        configs={
+            "swa": SWAAConfig(sliding_window_size=16),
+            "swa+fa": SWAAConfig(sliding_window_size=16, force_fa_decode=True),
+        },
+        lengths=[200, 300],
+        depths=[0.2, 0.8],
+        seeds=[0],
+        task="needle",
+        task_kwargs={"digits": 3},
+        max_new_tokens=2,
+        score_logprob=False,
+    )
+    base.update(kw)
+    return SweepSpec(**base)
+
+
+def lines(path) -> list[str]:
+    return [x for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_full_attention_is_added_and_every_cell_runs_once(loaded, tmp_path):
+    s = spec()
+    assert list(s.configs)[0] == "Full attention" and s.total_cells == 3 * 2 * 2
+    out = tmp_path / "sweep.jsonl"
+    df = run_sweep(loaded, s, out, progress=False)
+    assert len(lines(out)) == s.total_cells == len(df) == df["cell_id"].nunique()
+    assert set(df["label"]) == set(s.configs)
+    assert df["error"].isna().all()
+    assert sorted(df["length_target"].unique()) == [200, 300] and sorted(df["depth"].unique()) == [0.2, 0.8]
+    assert (df["prompt_tokens"] > df["length_target"]).all()  # the chat template wraps the task prompt
+    full = df[df["label"] == "Full attention"]
+    assert full["config"].isna().all() and full["window"].isna().all()
+
+
+def test_rerun_skips_finished_cells(loaded, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    run_sweep(loaded, spec(), out, progress=False)
+    before = out.read_text()
+    ran = []
+    df = run_sweep(loaded, spec(), out, progress=False, on_result=ran.append)
+    assert ran == [] and out.read_text() == before and len(df) == 12
+
+
+def test_interrupted_sweep_resumes_with_only_the_missing_cells(loaded, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    run_sweep(loaded, spec(), out, progress=False)
+    kept = lines(out)[:5]
+    out.write_text("\n".join(kept) + '\n{"cell_id": "cut sho')  # a crash in the middle of a write
+    ran = []
+    df = run_sweep(loaded, spec(), out, progress=False, on_result=ran.append)
+    assert len(ran) == 7
+    assert {r["cell_id"] for r in ran}.isdisjoint(json.loads(x)["cell_id"] for x in kept)
+    assert len(df) == 12 and df["cell_id"].nunique() == 12
+
+
+def test_growing_the_grid_runs_only_the_new_cells(loaded, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    run_sweep(loaded, spec(seeds=[0]), out, progress=False)
+    ran = []
+    df = run_sweep(loaded, spec(seeds=[0, 1]), out, progress=False, on_result=ran.append)
+    assert len(ran) == 12 and all(r["seed"] == 1 for r in ran) and len(df) == 24
+
+
+def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
+    cfg = SWAAConfig(sliding_window_size=16)
+    base = ("m", "needle", {}, cfg, 100, 0.5, 0, 4, False)
+    assert cell_id(*base) == cell_id(*base)
+    assert cell_id(*base) == cell_id("m", "needle", {}, SWAAConfig(sliding_window_size=16), 100, 0.5, 0, 4, False)
+    changed = [
+        ("other", "needle", {}, cfg, 100, 0.5, 0, 4, False),
+        ("m", "needle", {}, SWAAConfig(sliding_window_size=32), 100, 0.5, 0, 4, False),
+        ("m", "needle", {}, cfg, 100, 0.5, 1, 4, False),
+        ("m", "needle", {}, cfg, 100, 0.5, 0, 4, True),
+        ("m", "needle", {"digits": 3}, cfg, 100, 0.5, 0, 4, False),
+    ]
+    assert len({cell_id(*base), *(cell_id(*c) for c in changed)}) == 1 + len(changed)
+
+
+def test_cancelled_and_failed_cells(loaded, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    out.write_text(json.dumps({"cell_id": "a", "cancelled": True}) + "\n" + json.dumps({"cell_id": "b", "error": "x"}))
+    assert finished_cells(out) == {"b"}
+    assert finished_cells(out, retry_errors=True) == set()
+    too_short = spec(lengths=[10], depths=[0.5], seeds=[0])  # the task cannot be built: an error row, not a crash
+    df = run_sweep(loaded, too_short, tmp_path / "short.jsonl", progress=False)
+    assert len(df) == 3 and df["error"].str.contains("too small").all()
+
+
+def test_cancel_stops_without_writing_a_partial_row(loaded, tmp_path):
+    cancel = threading.Event()
+    out = tmp_path / "sweep.jsonl"
+    run_sweep(loaded, spec(), out, progress=False, cancel=cancel, on_result=lambda _r: cancel.set())
+    assert len(lines(out)) == 1
+    assert len(run_sweep(loaded, spec(), out, progress=False)) == 12
+
+
+def test_summary_matches_a_manual_count(loaded, tmp_path):
+    out = tmp_path / "sweep.jsonl"
+    df = run_sweep(loaded, spec(), out, progress=False)
+    table = summarize(df, by=("label", "length_target"))
+    assert list(table["label"].unique()) == list(spec().configs)  # the sweep's config order
+    rows = read_jsonl(out)
+    for _, row in table.iterrows():
+        group = [r for r in rows if r["label"] == row["label"] and r["length_target"] == row["length_target"]]
+        assert row["runs"] == len(group) == 2
+        assert row["accuracy"] == pytest.approx(sum(bool(r["correct"]) for r in group) / len(group))
+        assert row["prefill_s"] == pytest.approx(sum(r["prefill_s"] for r in group) / len(group))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_export_round_trips(loaded, tmp_path, suffix):
+    df = run_sweep(loaded, spec(seeds=[0], depths=[0.5]), tmp_path / "s.jsonl", progress=False)
+    path = export(df, tmp_path / f"table{suffix}")
+    back = pd.read_csv(path) if suffix == ".csv" else load_results(path)
+    assert len(back) == len(df) and list(back["cell_id"]) == list(df["cell_id"])
+    configs = back["config"].dropna()
+    parsed = [json.loads(c) if isinstance(c, str) else c for c in configs]
+    assert all(p["sliding_window_size"] == 16 for p in parsed)
+    with pytest.raises(ValueError, match="csv or .jsonl"):
+        export(df, tmp_path / "table.xlsx")
+
+
+def test_bad_specs_are_explained():
+    with pytest.raises(ValueError, match="lengths"):
+        spec(lengths=[0])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        spec(depths=[2.0])
+    with pytest.raises(ValueError, match="seeds"):
+        spec(seeds=[])
