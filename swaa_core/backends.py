@@ -202,7 +202,8 @@ def _flex_scope(*tensors) -> contextlib.ExitStack:
 
 
 # Under 128 queries (short prompts, small prefill chunks) inductor may pick its flex-decoding kernel; on an H100
-# (torch 2.11) that gave wrong results for our masks, so the main Triton kernel is requested for every call.
+# (torch 2.11) that failed to compile once shapes were dynamic (NoValidChoicesError), so the main Triton kernel is
+# requested for every call.
 FLEX_AVOID_DECODE_KERNEL = True
 
 
@@ -249,21 +250,96 @@ def _warn_flex_limit() -> None:
 
 def block_mask_for(g: MaskGeometry, B: int, Q: int, KV: int, device):
     """Block-sparse mask for the geometry; cached per shape when positions are the plain 0..n-1 layout."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    key = None
-    if bool(g.kv_valid.all()) and not bool(g.q_full.any()):
-        first_q, first_kv = int(g.q_pos[0, 0]), int(g.kv_pos[0, 0])
-        if bool((g.kv_pos == torch.arange(first_kv, first_kv + KV, device=device)).all()):
-            key = (B, Q, KV, first_q, first_kv, g.window, g.keep_first, str(device))
+    key = _plain_layout_key(g, B, Q, KV)
     if key is not None and key in _BLOCK_MASKS:
         return _BLOCK_MASKS[key]
-    block_mask = create_block_mask(swaa_mask_mod(g), B, None, Q, KV, device=device, _compile=Q * KV > 2**26)
+    block_mask = _create_block_mask(g, B, Q, KV, device)
     if key is not None:
         if len(_BLOCK_MASKS) > 64:
             _BLOCK_MASKS.clear()
         _BLOCK_MASKS[key] = block_mask
     return block_mask
+
+
+def _plain_layout_key(g: MaskGeometry, B: int, Q: int, KV: int):
+    """Cache key when no token is padding or a full-attention query and every row holds consecutive positions.
+
+    One device-to-host copy: every layer asks, and each copy leaves the GPU idle until Python launches the kernel."""
+    start = g.kv_pos[:1, :1]
+    plain = g.kv_valid.all() & ~g.q_full.any() & (g.kv_pos == start + torch.arange(KV, device=start.device)).all()
+    is_plain, first_q, first_kv = torch.stack([plain.long(), g.q_pos[0, 0], g.kv_pos[0, 0]]).tolist()
+    if not is_plain:
+        return None
+    return (B, Q, KV, first_q, first_kv, g.window, g.keep_first, str(start.device))
+
+
+def _create_block_mask(g: MaskGeometry, B: int, Q: int, KV: int, device, block: int = BLOCK):
+    """The block-sparse mask, from the predicate evaluated on candidate tiles only: the sink tiles and the tiles each
+    query tile's window spans. No compile, extra memory O(Q * (W + K)).
+
+    torch's own builder either holds the Q x KV boolean (16 GiB at 128K tokens) or, with _compile=True, compiles per
+    shape: on an H100 with torch 2.11 that compile ran past 80 s at 16K tokens and once ended in a segfault."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nq, nk = -(-Q // block), -(-KV // block)
+    tiles = _candidate_tiles(g, Q, block)  # (nq, C) kv tile indices, -1 where unused
+    C = tiles.shape[1]
+    partial = torch.zeros(B, nq, nk + 1, dtype=torch.bool, device=device)  # column nk absorbs the unused slots
+    full = torch.zeros_like(partial)
+    offsets = torch.arange(block, device=device)
+    rows = max(1, 2**26 // (B * C * block * block))  # bounds each evaluated chunk to 64 MiB of booleans
+    for start in range(0, nq, rows):
+        t = tiles[start : start + rows]
+        r = t.shape[0]
+        q_idx = torch.arange(start, start + r, device=device)[:, None] * block + offsets  # (r, block)
+        kv_idx = t[..., None] * block + offsets  # (r, C, block)
+        inside = (q_idx < Q)[:, None, :, None] & ((kv_idx < KV) & (t[..., None] >= 0))[:, :, None, :]
+        q_grid = q_idx.clamp(max=Q - 1)[:, None].expand(r, C, block).reshape(r * C, block)
+        seen = materialize(g, q_grid, kv_idx.clamp(0, KV - 1).reshape(r * C, block)).view(B, r, C, block, block)
+        seen &= inside  # out-of-range rows/columns count as masked, as in torch's builder
+        hit, whole = seen.flatten(-2).any(-1), seen.flatten(-2).all(-1)
+        col = torch.where(t >= 0, t, nk).expand(B, r, C)
+        partial[:, start : start + r].scatter_(-1, col, hit & ~whole)
+        full[:, start : start + r].scatter_(-1, col, whole)
+    kv_num, kv_indices = _dense_to_ordered(partial[..., :nk])
+    full_num, full_indices = _dense_to_ordered(full[..., :nk])
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_indices, full_num, full_indices, BLOCK_SIZE=block, mask_mod=swaa_mask_mod(g), seq_lengths=(Q, KV)
+    )
+
+
+def _candidate_tiles(g: MaskGeometry, Q: int, block: int) -> torch.Tensor:
+    """KV tiles a query tile may see: its window span over all batch rows (everything up to its last key when a query
+    is full), plus the tiles holding sinks. Positions are non-decreasing along each row, as in ``blocked``."""
+    device = g.q_pos.device
+    nq = -(-Q // block)
+    kv_pos = g.kv_pos.contiguous()
+    first = torch.arange(nq, device=device) * block
+    last = (first + block).clamp(max=Q) - 1
+    hi = torch.searchsorted(kv_pos, g.q_pos[:, last].contiguous(), right=True).amax(0)
+    if g.window is None:
+        lo = torch.zeros_like(hi)
+    else:
+        lo = torch.searchsorted(kv_pos, (g.q_pos[:, first] - g.window + 1).contiguous()).amin(0)
+        any_full = F.pad(g.q_full, (0, nq * block - Q)).view(-1, nq, block).any(-1).any(0)
+        lo = torch.where(any_full, 0, lo)
+    lo_tile = lo // block
+    count = torch.where(hi > lo, (hi - 1) // block - lo_tile + 1, 0)
+    span = lo_tile[:, None] + torch.arange(int(count.max()), device=device)
+    span = torch.where(span < (lo_tile + count)[:, None], span, -1)
+    sink_end = 0
+    if g.window is not None and g.keep_first > 0:
+        sink_end = int(torch.searchsorted(kv_pos, torch.full_like(kv_pos[:, :1], g.keep_first)).max())
+    sinks = torch.arange(-(-sink_end // block), device=device).expand(nq, -1)
+    in_span = (sinks >= lo_tile[:, None]) & (sinks < (lo_tile + count)[:, None])
+    return torch.cat([torch.where(in_span, -1, sinks), span], dim=1)
+
+
+def _dense_to_ordered(dense: torch.Tensor):
+    """(B, rows, cols) bool -> per-row counts and column indices, set columns first in ascending order (B, 1, ...)."""
+    counts = dense.sum(-1, dtype=torch.int32)
+    order = torch.argsort(dense.to(torch.int32), dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[:, None].contiguous(), order[:, None].contiguous()
 
 
 # --------------------------------------------------------------------------- flash-attn (CUDA, optional)

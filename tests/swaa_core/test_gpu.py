@@ -1,6 +1,7 @@
 """CUDA backends (FlexAttention; flash-attn when installed) against float64 attention and against CPU runs.
 
-Skipped where torch sees no CUDA device. Run on a GPU machine with ``python -m pytest tests/swaa_core/test_gpu.py -m gpu``.
+Tests marked ``gpu`` skip where torch sees no CUDA device; run them on a GPU machine with
+``python -m pytest tests/swaa_core/test_gpu.py -m gpu``. The block-mask builder test also runs on the CPU.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from conftest import FAMILIES, build_tiny_model
 from swaa_core import SWAAConfig, apply_swaa, backends, kv_cache_bytes, swaa
 from swaa_core.masks import MaskGeometry
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)"),
-]
 CUDA = "cuda"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)")
+
+
+def gpu_test(fn):
+    return pytest.mark.gpu(needs_cuda(fn))
+
+
 TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}  # relative error: bf16 operands / fp32 (tf32 allowed)
 
 
@@ -43,19 +47,21 @@ def float64_attention(q, k, v, g: MaskGeometry, scale):
     return (probs @ vv).transpose(1, 2)
 
 
-def make_case(*, n, window, keep_first=0, B=1, H=8, Hkv=2, D=64, pads=(), q_len=None, full_tail=0, dtype, seed):
-    gen = torch.Generator(CUDA).manual_seed(seed)
+def make_case(
+    *, n, window, keep_first=0, B=1, H=8, Hkv=2, D=64, pads=(), q_len=None, full_tail=0, dtype, seed, device=CUDA
+):
+    gen = torch.Generator(device).manual_seed(seed)
     q_len = n if q_len is None else q_len
 
     def rand(*shape):
-        return torch.randn(*shape, device=CUDA, generator=gen).to(dtype)
+        return torch.randn(*shape, device=device, generator=gen).to(dtype)
 
     q, k, v = rand(B, H, q_len, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
-    valid = torch.ones(B, n, dtype=torch.bool, device=CUDA)
+    valid = torch.ones(B, n, dtype=torch.bool, device=device)
     for b, pad in enumerate(pads):
         valid[b, :pad] = False
     real = valid.long().cumsum(-1) - 1
-    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=CUDA)
+    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
     if full_tail:
         q_full[:, -full_tail:] = True
     return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
@@ -89,6 +95,7 @@ def _case_id(case):
 DTYPE_CASES = [(c, torch.bfloat16) for c in CASES] + [(CASES[i], torch.float32) for i in (3, 6, 9)]
 
 
+@gpu_test
 @pytest.mark.parametrize("case, dtype", DTYPE_CASES, ids=[f"{_case_id(c)}-{str(d)[6:]}" for c, d in DTYPE_CASES])
 def test_flex_matches_float64(case, dtype):
     q, k, v, g = make_case(**case, dtype=dtype, seed=len(_case_id(case)))
@@ -102,6 +109,7 @@ def test_flex_matches_float64(case, dtype):
 @pytest.mark.parametrize(
     "case", [dict(n=900, window=64, keep_first=4, q_len=1), dict(n=900, window=64, keep_first=4, q_len=1, full_tail=1)]
 )
+@gpu_test
 def test_decode_queries_through_the_flex_dispatcher(case):
     """One-token queries leave flex for SDPA (FA decode) or the blocked path; the result must still be SWAA."""
     q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=7)
@@ -109,6 +117,7 @@ def test_decode_queries_through_the_flex_dispatcher(case):
     assert rel_err(backends.attend("flex", q, k, v, g, 0.125), expected) < TOL[torch.bfloat16]
 
 
+@gpu_test
 def test_padding_queries_stay_finite_and_zero():
     """A padded query sees no key; NaN there would leak into real rows through the next layer's values."""
     q, k, v, g = make_case(n=200, window=16, keep_first=2, B=2, pads=(0, 90), dtype=torch.bfloat16, seed=3)
@@ -117,18 +126,10 @@ def test_padding_queries_stay_finite_and_zero():
     assert out[1, :90].abs().max() == 0
 
 
-def test_long_prefill_compiles_a_sparse_block_mask_without_n_by_n(monkeypatch):
-    """At 16K x 16K the block mask is built by the compiled path (an n x n bool would be 256 MiB) and cached."""
-    import torch.nn.attention.flex_attention as fa
-
-    calls = []
-    real = fa.create_block_mask
-
-    def spy(*args, **kw):
-        calls.append(kw.get("_compile"))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(fa, "create_block_mask", spy)
+@gpu_test
+def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
+    """At 16K x 16K: the block mask costs far less than the 256 MiB of an n x n bool, is cached, visits only sink and
+    window tiles; the attention call does not hold n x n scores either (dynamo's eager fallback would: 4 GiB)."""
     backends._BLOCK_MASKS.clear()
     n = 16384
     q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
@@ -137,20 +138,58 @@ def test_long_prefill_compiles_a_sparse_block_mask_without_n_by_n(monkeypatch):
     torch.cuda.reset_peak_memory_stats()
     mask = backends.block_mask_for(g, 1, n, n, q.device)
     torch.cuda.synchronize()
-    assert calls == [True]
     assert torch.cuda.max_memory_allocated() - base < n * n // 8
-    assert backends.block_mask_for(g, 1, n, n, q.device) is mask and len(calls) == 1
-    blocks = n // 128
-    assert int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()) < blocks * (512 // 128 + 3)
+    assert backends.block_mask_for(g, 1, n, n, q.device) is mask
+    assert int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()) < (n // 128) * (512 // 128 + 3)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out = backends.flex(q, k, v, g, 0.125)
     torch.cuda.synchronize()
-    # the eager flex_attention (dynamo's fallback) would hold 4 heads x n x n float scores: 4 GiB here
     assert torch.cuda.max_memory_allocated() - base < n * n // 8
     assert rel_err(out, backends.blocked(q, k, v, g, 0.125)) < TOL[torch.bfloat16]
 
 
+def _tiles(num, indices, n_cols):
+    """(B, H, rows) counts + ordered indices -> (B, H, rows, n_cols) bool of the listed tiles."""
+    listed = torch.arange(indices.shape[-1], device=indices.device) < num[..., None]
+    cols = torch.where(listed, indices.long(), n_cols)
+    dense = torch.zeros(*indices.shape[:-1], n_cols + 1, dtype=torch.bool, device=indices.device)
+    return dense.scatter_(-1, cols, True)[..., :n_cols]
+
+
+BUILDER_CASES = CASES + [
+    dict(n=5000, window=129, keep_first=130, B=2, pads=(7, 0)),  # tiles shared by sinks and windows
+    dict(n=300, window=None, B=2, pads=(0, 100)),  # full attention with padding
+    dict(n=4097, window=1000, keep_first=128),
+]
+
+
+@pytest.mark.parametrize("case", BUILDER_CASES, ids=_case_id)
+def test_block_mask_equals_torchs_builder(case):
+    """Our tile-wise builder lists exactly the partial and full tiles torch's create_block_mask finds on the whole
+    grid (small sizes, where the whole grid is affordable). Runs on the CPU too."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from swaa_core.masks import swaa_mask_mod
+
+    device = CUDA if torch.cuda.is_available() else "cpu"
+    g = make_case(**case, dtype=torch.float32, seed=1, device=device)[3]
+    B, Q = g.q_pos.shape
+    KV = g.kv_pos.shape[1]
+    ours = backends._create_block_mask(g, B, Q, KV, device)
+    ref = create_block_mask(swaa_mask_mod(g), B, None, Q, KV, device=device)
+    n_kv, n_q = -(-KV // 128), -(-Q // 128)
+    assert torch.equal(
+        _tiles(ours.kv_num_blocks, ours.kv_indices, n_kv), _tiles(ref.kv_num_blocks, ref.kv_indices, n_kv)
+    )
+    assert torch.equal(
+        _tiles(ours.full_kv_num_blocks, ours.full_kv_indices, n_kv),
+        _tiles(ref.full_kv_num_blocks, ref.full_kv_indices, n_kv),
+    )
+    assert torch.equal(_tiles(ours.q_num_blocks, ours.q_indices, n_q), _tiles(ref.q_num_blocks, ref.q_indices, n_q))
+
+
+@gpu_test
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
 @pytest.mark.parametrize("case", [c for c in CASES if not c.get("pads") and not c.get("full_tail")], ids=_case_id)
 def test_flash_matches_float64(case):
@@ -183,11 +222,13 @@ def flex_calls(monkeypatch):
     return calls
 
 
+@gpu_test
 def test_auto_backend_on_cuda():
     expected = "flash" if importlib.util.find_spec("flash_attn") else "flex"
     assert apply_swaa(gpu_model(), SWAAConfig(sliding_window_size=8)).backend == expected
 
 
+@gpu_test
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_model_logits_match_reference_backend_and_cpu(fam, flex_calls):
     cfg = SWAAConfig(sliding_window_size=37, keep_first=5, non_sliding_layers=[1])
@@ -205,6 +246,7 @@ def test_model_logits_match_reference_backend_and_cpu(fam, flex_calls):
     assert rel_err(got.cpu(), cpu_logits) < 1e-4
 
 
+@gpu_test
 def test_short_prompt_model_logits_match_reference_backend(flex_calls):
     """Prompts under 128 tokens: inductor may route these to a different (flex-decoding) kernel."""
     cfg = SWAAConfig(sliding_window_size=20, keep_first=3)
@@ -218,6 +260,7 @@ def test_short_prompt_model_logits_match_reference_backend(flex_calls):
     assert rel_err(got, ref) < 1e-4
 
 
+@gpu_test
 def test_bf16_model_matches_float64_reference_model(flex_calls):
     cfg = SWAAConfig(sliding_window_size=29, keep_first=3)
     model = gpu_model("qwen3")
@@ -234,6 +277,7 @@ def test_bf16_model_matches_float64_reference_model(flex_calls):
     assert err < 0.1 * rel_err(full_ref, ref), "bf16 error is not small against the SWA-vs-full difference"
 
 
+@gpu_test
 def test_chunked_prefill_equals_one_shot_on_gpu(flex_calls):
     model = gpu_model("mistral")
     x = ids(300, seed=8).to(CUDA)
@@ -245,6 +289,7 @@ def test_chunked_prefill_equals_one_shot_on_gpu(flex_calls):
     assert rel_err(torch.cat([first.logits, second.logits], 1), whole) < 1e-4
 
 
+@gpu_test
 def test_left_padded_batch_generation_matches_single_sequences(flex_calls):
     model = gpu_model()
     model.generation_config.pad_token_id = 0
@@ -262,6 +307,7 @@ def test_left_padded_batch_generation_matches_single_sequences(flex_calls):
     assert torch.equal(both[1, 300:], alone_b[0, 171:])
 
 
+@gpu_test
 def test_fa_decode_generation_matches_teacher_forcing_and_cpu(flex_calls):
     """Greedy tokens on the GPU (flex prefill, full-cache decode) equal the argmax of one teacher-forced reference
     forward with the mixed mask, and the tokens the CPU (blocked backend) generates."""
@@ -281,6 +327,7 @@ def test_fa_decode_generation_matches_teacher_forcing_and_cpu(flex_calls):
     assert torch.equal(cpu_out, out.cpu())
 
 
+@gpu_test
 def test_sliding_layers_keep_bounded_kv_cache_on_gpu():
     model = gpu_model(layers=4)
     window, sinks = 30, 3
@@ -295,6 +342,7 @@ def test_sliding_layers_keep_bounded_kv_cache_on_gpu():
     assert held == [sinks + window - 1, seen, seen, sinks + window - 1]
 
 
+@gpu_test
 def test_compile_limit_falls_back_to_blocked_not_to_dense_flex(monkeypatch):
     """Past the allowed number of compiled flex variants, SWAA switches to the blocked path with a warning, never to
     the eager flex_attention that materialises n x n scores. (Last in this file: it exhausts a lowered limit.)"""
