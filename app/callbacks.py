@@ -80,20 +80,21 @@ def empty_board() -> str:
 # ---------------------------------------------------------------- models
 def model_facts(loaded) -> str:
     info = loaded.info
-    thinking = "yes: CoT uses its thinking template" if info.has_thinking_mode else "no: CoT adds an instruction"
-    rows = [
-        ("layers", info.num_layers),
-        ("heads (query / KV)", f"{info.num_heads} / {info.num_kv_heads}, {info.head_dim} wide"),
-        ("context limit", f"{info.context_length:,} tokens" if info.context_length else "unknown"),
-        ("thinking mode", thinking),
-        ("parameters", f"{info.num_parameters / 1e6:,.0f} M ({info.dtype} on {info.device})"),
+    thinking = (
+        "has a thinking mode (CoT uses it)" if info.has_thinking_mode else "no thinking mode (CoT adds an instruction)"
+    )
+    context = f"{info.context_length:,}-token context" if info.context_length else "unknown context length"
+    facts = [
+        f"**{info.num_layers}** layers",
+        f"**{info.num_heads}** query / **{info.num_kv_heads}** KV heads, {info.head_dim} wide",
+        context,
+        thinking,
+        f"{info.num_parameters / 1e6:,.0f} M parameters, {info.dtype} on {info.device}",
     ]
     if info.native_sliding_layers:
-        rows.append(
-            ("native sliding window", f"{info.native_sliding_window} in {len(info.native_sliding_layers)} layers")
-        )
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"**{html.escape(loaded.name)}** · {info.architecture}\n\n| | |\n|---|---|\n{table}"
+        facts.append(f"native sliding window {info.native_sliding_window} in {len(info.native_sliding_layers)} layers")
+    items = "\n".join(f"- {fact}" for fact in facts)
+    return f"**{html.escape(loaded.name)}** · {info.architecture}\n\n{items}"
 
 
 def _model_updates(loaded) -> list:
@@ -290,6 +291,7 @@ def pin_column(active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_la
     if any(item["config"] == entry["config"] and item.get("adapter", "") == entry["adapter"] for item in pinned):
         gr.Info("This config is already pinned.")
         return pinned
+    gr.Info("Pinned. Change the controls to put another config beside it.")
     return parse_pinned(pinned + [entry])
 
 

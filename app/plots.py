@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 FA_COLOR = "#e8833a"  # full attention: warm
 SWA_COLOR = "#3a78c2"  # sliding window: cool
 NEEDLE_COLOR = "#2ca25f"
+LIVE_COLORS = ["#3a78c2", "#7b4fb8", "#2a9d8f", "#c2455a", "#5e8c31", "#b8860b", "#1f4e79", "#8c564b"]
 GRID_COLOR = "#d8dde6"
 FONT = dict(family="Inter, system-ui, sans-serif", size=13)
 
@@ -334,23 +335,26 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
 
 
 def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Figure:
-    """Accuracy vs time per sample relative to full attention; points carry label, accuracy (0..1), time_s."""
+    """Accuracy vs time per sample relative to full attention; points carry label, accuracy (0..1), time_s.
+
+    One legend entry per live recipe (labels on the points would collide where recipes score alike); the paper's
+    points are hollow grey markers for comparison."""
     fig = go.Figure()
     full = next((p for p in points if p.get("is_full")), None)
     if points:
         base = full["time_s"] if full and full["time_s"] > 0 else max(p["time_s"] for p in points)
-        fig.add_scatter(
-            x=[p["time_s"] / base for p in points],
-            y=[100 * p["accuracy"] for p in points],
-            mode="markers+text",
-            text=[p["label"] for p in points],
-            textposition="top center",
-            marker=dict(size=13, color=[FA_COLOR if p.get("is_full") else SWA_COLOR for p in points]),
-            name="live: this model, this machine",
-            customdata=[[p["time_s"], p.get("samples", 0)] for p in points],
-            hovertemplate="%{text}<br>accuracy %{y:.0f}%<br>%{customdata[0]:.2f} s per sample"
-            " (n=%{customdata[1]})<extra></extra>",
-        )
+        palette = iter(LIVE_COLORS * 3)
+        for p in points:
+            fig.add_scatter(
+                x=[p["time_s"] / base],
+                y=[100 * p["accuracy"]],
+                mode="markers",
+                marker=dict(size=14, color=FA_COLOR if p.get("is_full") else next(palette), line=dict(width=1)),
+                name=p["label"],
+                customdata=[[p["time_s"], p.get("samples", 0)]],
+                hovertemplate=f"{p['label']}<br>accuracy %{{y:.0f}}%<br>%{{customdata[0]:.2f}} s per sample"
+                " (n=%{customdata[1]})<extra></extra>",
+            )
     if show_paper:
         fa_time = PAPER_POINTS[0][3]
         fig.add_scatter(
@@ -359,14 +363,16 @@ def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Fi
             mode="markers",
             text=[p[0] for p in PAPER_POINTS],
             marker=dict(size=11, symbol="circle-open", color="#888", line=dict(width=2)),
-            name="paper: Qwen3-4B, LongMemEval 24k, no SFT",
-            hovertemplate="%{text}<br>paper accuracy %{y}%<extra></extra>",
+            name="paper (Qwen3-4B, LongMemEval 24k, no SFT)",
+            hovertemplate="paper: %{text}<br>accuracy %{y}%<extra></extra>",
         )
     if not points and not show_paper:
         return message_figure("Run the recipe sweep to draw the trade-off.")
     fig.update_xaxes(title_text="time per sample, relative to full attention (1.0)", rangemode="tozero")
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
-    return _style(fig, height=440, title="Accuracy vs latency across recipes")
+    fig = _style(fig, height=460, title="Accuracy vs latency across recipes")
+    fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top", font=dict(size=11)))
+    return fig
 
 
 def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.ndarray]]) -> go.Figure:

@@ -242,7 +242,13 @@ def run_recipe_sweep(
         }
         for _, row in table.iterrows()
     ]
-    shown = table[["label", "runs", "accuracy", "prefill_s", "total_s", "kv_cache_bytes", "errors"]].round(3)
+    shown = table[["label", "runs", "accuracy", "prefill_s", "total_s", "kv_cache_bytes", "errors"]].copy()
+    shown["accuracy"] = (100 * shown["accuracy"]).round(0)
+    shown["kv_cache_bytes"] = (shown["kv_cache_bytes"] / 2**20).round(1)
+    shown = shown.round({"prefill_s": 2, "total_s": 2}).rename(
+        columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s", "total_s": "total s",
+                 "kv_cache_bytes": "KV cache MiB"}
+    )  # fmt: skip
     return plots.plot_data(plots.tradeoff_figure(points), "swaa-tradeoff"), shown
 
 

@@ -52,7 +52,7 @@ def page(browser):
 def _wait_until_ready(page) -> None:
     from playwright.sync_api import expect
 
-    expect(page.locator("#swaa-facts")).to_contain_text("30", timeout=MODEL_READY_S * 1000)
+    expect(page.locator("#swaa-facts")).to_contain_text("30 layers", timeout=MODEL_READY_S * 1000)
     expect(page.locator("#swaa-config")).to_contain_text("sliding_window_size", timeout=60_000)
 
 

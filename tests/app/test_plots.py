@@ -70,8 +70,9 @@ def test_tradeoff_times_are_relative_to_full_attention():
         {"label": "Full attention", "accuracy": 1.0, "time_s": 4.0, "is_full": True},
         {"label": "SWA", "accuracy": 0.25, "time_s": 1.0},
     ]
-    live, paper = plots.tradeoff_figure(points).data
-    assert list(live.x) == [1.0, 0.25] and list(live.y) == [100.0, 25.0]
+    full, swa, paper = plots.tradeoff_figure(points).data
+    assert (full.name, full.x[0], full.y[0]) == ("Full attention", 1.0, 100.0)
+    assert (swa.name, swa.x[0], swa.y[0]) == ("SWA", 0.25, 25.0)
     assert paper.x[0] == 1.0 and paper.y[0] == 62  # the paper's full-attention point
 
 
