@@ -3,7 +3,6 @@ cache tensors, prefill time grows with the prompt), streaming, cancellation, err
 
 from __future__ import annotations
 
-import statistics
 import threading
 from types import SimpleNamespace
 
@@ -73,13 +72,11 @@ def test_kv_bytes_match_the_cache_tensors(loaded, sample):
 
 
 def test_prefill_time_grows_with_the_prompt(loaded):
-    def median_prefill(length):
+    def best_prefill(length):  # the fastest of three: other processes on the machine only ever add time
         s = make_task("needle", loaded.tokenizer, length_tokens=length, seed=0)
-        return statistics.median(
-            run_one(loaded, s, None, max_new_tokens=2, score_logprob=False).prefill_s for _ in range(3)
-        )
+        return min(run_one(loaded, s, None, max_new_tokens=2, score_logprob=False).prefill_s for _ in range(3))
 
-    times = [median_prefill(n) for n in (256, 2048, 8192)]
+    times = [best_prefill(n) for n in (256, 2048, 8192)]
     assert times[0] < times[1] < times[2], times
 
 
