@@ -283,6 +283,31 @@ def _finish(tokenizer, kind, *, prompt, question, answer, answer_prefix, depth, 
     )
 
 
+def _haystack_task(tokenizer, kind, *, length_tokens, depth, seed, haystack, intro, inserts, question, **finish):
+    """Build the prompt around ``inserts`` and wrap it as a sample (the common tail of every haystack task)."""
+    prompt, ctx, spans = _haystack_prompt(
+        tokenizer,
+        length_tokens=length_tokens,
+        intro=intro,
+        inserts=inserts,
+        question=question,
+        seed=seed,
+        haystack=haystack,
+    )
+    return _finish(
+        tokenizer,
+        kind,
+        prompt=prompt,
+        question=question,
+        depth=depth,
+        seed=seed,
+        context_span=ctx,
+        spans=spans,
+        length_target=length_tokens,
+        **finish,
+    )
+
+
 def _depth_or_random(depth, rng):
     return rng.random() if depth is None else float(depth)
 
@@ -300,27 +325,18 @@ def _passkey(tokenizer, *, length_tokens, depth, seed, digits=5, haystack=None):
     )
     question = "What is the pass key?"
     needle = f"The pass key is {key}. Remember it. {key} is the pass key."
-    prompt, ctx, spans = _haystack_prompt(
+    return _haystack_task(
         tokenizer,
+        "passkey",
         length_tokens=length_tokens,
+        depth=d,
+        seed=seed,
+        haystack=haystack,
         intro=intro,
         inserts=[_Insert(needle, d)],
         question=question,
-        seed=seed,
-        haystack=haystack,
-    )
-    return _finish(
-        tokenizer,
-        "passkey",
-        prompt=prompt,
-        question=question,
         answer=key,
         answer_prefix="The pass key is:",  # the colon makes a small model state the number, not describe it
-        depth=d,
-        seed=seed,
-        context_span=ctx,
-        spans=spans,
-        length_target=length_tokens,
     )
 
 
@@ -346,27 +362,18 @@ def _niah(tokenizer, *, length_tokens, depth, seed, digits=7, num_keys=1, haysta
         for k, v in zip(keys[1:], values[1:], strict=True)
     ]
     question = f"What is the special magic number for {keys[0]} mentioned in the provided text?"
-    prompt, ctx, spans = _haystack_prompt(
+    return _haystack_task(
         tokenizer,
+        kind,
         length_tokens=length_tokens,
+        depth=d,
+        seed=seed,
+        haystack=haystack,
         intro=_NIAH_INTRO,
         inserts=inserts,
         question=question,
-        seed=seed,
-        haystack=haystack,
-    )
-    return _finish(
-        tokenizer,
-        kind,
-        prompt=prompt,
-        question=question,
         answer=values[0],
         answer_prefix=f"The special magic number for {keys[0]} mentioned in the provided text is",
-        depth=d,
-        seed=seed,
-        context_span=ctx,
-        spans=spans,
-        length_target=length_tokens,
         key=keys[0],
         distractors=dict(zip(keys[1:], values[1:], strict=True)),
     )
@@ -398,27 +405,18 @@ def _multi_value(tokenizer, *, length_tokens, depth, seed, digits=7, num_values=
         _Insert(f"One of the special magic numbers for {key} is: {v}.", x) for v, x in zip(values, depths, strict=True)
     ]
     question = f"What are all the special magic numbers for {key} mentioned in the provided text?"
-    prompt, ctx, spans = _haystack_prompt(
+    return _haystack_task(
         tokenizer,
+        "multi_value",
         length_tokens=length_tokens,
+        depth=d,
+        seed=seed,
+        haystack=haystack,
         intro=_NIAH_INTRO,
         inserts=inserts,
         question=question,
-        seed=seed,
-        haystack=haystack,
-    )
-    return _finish(
-        tokenizer,
-        "multi_value",
-        prompt=prompt,
-        question=question,
         answer=values,
         answer_prefix=f"The special magic numbers for {key} mentioned in the provided text are",
-        depth=d,
-        seed=seed,
-        context_span=ctx,
-        spans=spans,
-        length_target=length_tokens,
         key=key,
         match="all",
     )
@@ -441,30 +439,21 @@ def _variable_tracking(tokenizer, *, length_tokens, depth, seed, num_hops=4, dig
     inserts = [_Insert(s, d + i * step) for i, s in enumerate(statements)]
     intro = "Memorize and track the chain of variable assignments hidden in the following text."
     question = f"Find all variables that are assigned the value {value} in the text above."
-    prompt, ctx, spans = _haystack_prompt(
-        tokenizer,
-        length_tokens=length_tokens,
-        intro=intro,
-        inserts=inserts,
-        question=question,
-        seed=seed,
-        haystack=haystack,
-    )
-    return _finish(
+    return _haystack_task(
         tokenizer,
         "variable_tracking",
-        prompt=prompt,
+        length_tokens=length_tokens,
+        depth=d,
+        seed=seed,
+        haystack=haystack,
+        intro=intro,
+        inserts=inserts,
         question=question,
         answer=names,
         answer_prefix=(
             f"According to the chain of variable assignments in the text above, {num_hops + 1} variables are "
             f"assigned the value {value}, they are:"
         ),
-        depth=d,
-        seed=seed,
-        context_span=ctx,
-        spans=spans,
-        length_target=length_tokens,
         match="all",
         value=value,
     )
