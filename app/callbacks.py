@@ -97,16 +97,19 @@ def model_facts(loaded) -> str:
     return f"**{html.escape(loaded.name)}** · {info.architecture}\n\n{items}"
 
 
-def _model_updates(loaded) -> list:
+def _model_updates(loaded, fa_mode: str, fa_layers, fad_mode: str, fad_layers) -> list:
+    """Everything that depends on the model; the layer strips keep their meaning on a model with other layers."""
     n = num_layers(loaded)
     layers = [(str(i), i) for i in range(n)]
     heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(loaded.info.num_heads)]
     limit = loaded.info.context_length or 8192
+    fa = SWAAConfig.fa_layers(fa_mode, n) if fa_mode != "custom" else [int(i) for i in fa_layers or [] if int(i) < n]
+    fad = [int(i) for i in fad_layers or [] if int(i) < n]
     return [
         loaded.name,
         model_facts(loaded),
-        gr.CheckboxGroup(choices=layers),
-        gr.CheckboxGroup(choices=layers),
+        gr.CheckboxGroup(choices=layers, value=fa),
+        gr.CheckboxGroup(choices=layers, value=fad, visible=fad_mode == "layers"),
         gr.Slider(maximum=n - 1),
         gr.Dropdown(choices=heads, value=-1),
         gr.Slider(maximum=limit),
@@ -115,38 +118,24 @@ def _model_updates(loaded) -> list:
 
 
 @ui_errors
-def load_model(name: str, progress=gr.Progress(track_tqdm=True)):
+def load_model(name: str, fa_mode, fa_layers, fad_mode, fad_layers, progress=gr.Progress(track_tqdm=True)):
     name = (name or "").strip()
     if not name:
         raise ValueError("Choose a model, or type a Hugging Face Hub id (org/name) or a local folder.")
     progress(0.05, desc=f"Loading {name}: a download and conversion can take minutes; the page stays usable.")
     loaded = HUB.get(name)
     gr.Info(f"{loaded.name} is ready.")
-    return _model_updates(loaded)
+    return _model_updates(loaded, fa_mode, fa_layers, fad_mode, fad_layers)
 
 
 # ---------------------------------------------------------------- page open and shareable links
-def _settings_updates(s: Settings, loaded) -> list:
-    st, n = s.strategy, num_layers(loaded)
-    fa_layers = st.fa_layers if st.fa_layers_mode == "custom" else SWAAConfig.fa_layers(st.fa_layers_mode, n)
+def _settings_updates(s: Settings) -> list:
+    """Control values in the order of ui's settings outputs (the layer strips come with the model's updates)."""
+    st = s.strategy
     return [
-        s.model,
-        st.window,
-        st.sinks,
-        st.fa_layers_mode,
-        [i for i in fa_layers if i < n],
-        st.fa_decode_mode,
-        gr.CheckboxGroup(value=[i for i in st.fa_decode_layers if i < n], visible=st.fa_decode_mode == "layers"),
-        s.cot,
-        s.adapter or None,
-        s.source,
-        s.task,
-        s.length,
-        s.depth,
-        s.seed,
-        s.max_new_tokens,
-        s.example,
-    ]
+        s.model, st.window, st.sinks, st.fa_layers_mode, st.fa_decode_mode, s.cot, s.adapter or None, s.source, s.task,
+        s.length, s.depth, s.seed, s.max_new_tokens, s.example,
+    ]  # fmt: skip
 
 
 @ui_errors
@@ -167,7 +156,9 @@ def open_page(request: gr.Request):
     text = [example.document, example.question, example.answer, example.answer_prefix] if example else [gr.skip()] * 4
     device = device_summary()
     note = f"Running on **{device}**." + (f" {texts.CPU_NOTE}" if device.startswith("CPU") else "")
-    return [*_settings_updates(settings, loaded), settings.pinned, note, *_model_updates(loaded), *text]
+    st = settings.strategy
+    model = _model_updates(loaded, st.fa_layers_mode, st.fa_layers, st.fa_decode_mode, st.fa_decode_layers)
+    return [*_settings_updates(settings), settings.pinned, note, *model, *text]
 
 
 @ui_errors

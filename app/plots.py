@@ -379,7 +379,7 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
     """grids: (label, lengths, depths, accuracy[depth, length]) per config, drawn side by side."""
     if not grids:
         return message_figure("Run the needle sweep to fill the heatmap.")
-    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=[g[0] for g in grids], shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=[_wrap(g[0], 48) for g in grids], shared_yaxes=True)
     for i, (_label, lengths, depths, acc) in enumerate(grids, start=1):
         text = [["" if math.isnan(v) else f"{100 * v:.0f}%" for v in row] for row in acc]
         fig.add_trace(

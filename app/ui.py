@@ -269,9 +269,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         ui.window,
         ui.sinks,
         ui.fa_layers_mode,
-        ui.fa_layers,
         ui.fa_decode_mode,
-        ui.fa_decode_layers,
         ui.cot,
         ui.adapter,
         ui.source,
@@ -326,8 +324,18 @@ def _wire(demo: gr.Blocks, ui) -> None:
     ).then(cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light)
 
     ui.load_model.click(
-        cb.load_model, [ui.model], model_out, concurrency_id="load", concurrency_limit=1, api_name="load_model"
-    ).then(cb.describe_config, share_in, config_out, **light)
+        cb.load_model,
+        [ui.model, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers],
+        model_out,
+        concurrency_id="load",
+        concurrency_limit=1,
+        api_name="load_model",
+    ).then(cb.describe_config, share_in, config_out, **light).then(
+        cb.prompt_info,
+        [ui.active_model, *prompt, ui.window],
+        [ui.token_info, ui.task_preview, ui.prompt_tokens],
+        **light,
+    )
 
     # Strategy controls.
     ui.recipe.input(

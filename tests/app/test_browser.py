@@ -5,6 +5,7 @@ Screenshots land in SWAA_ARTIFACTS (default test-artifacts/) for people to look 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("SWAA_CHROMIUM", "/usr/bin/chromium"))  # tests/run.sh exports it
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -83,6 +84,13 @@ def test_default_comparison_streams_columns_and_draws_plots(page, app_url, artif
     expect(page.locator("#swaa-latency .main-svg").first).to_be_visible(timeout=60_000)
     assert page.locator("#swaa-latency g.point").count() == 6
     page.screenshot(path=str(artifacts / "02-compare.png"), full_page=True)
+    # The README's picture: the page down to the latency bars (copied to assets/screenshot.png when it looks right).
+    box = page.locator("#swaa-latency").bounding_box()
+    page.screenshot(
+        path=str(artifacts / "readme-screenshot.png"),
+        clip=dict(x=0, y=0, width=1440, height=box["y"] + box["height"] + 16),
+        full_page=True,
+    )
 
     page.get_by_role("tab", name="Why: attention & masks").click()
     expect(page.locator("#swaa-attention .main-svg").first).to_be_visible(timeout=RUN_S * 1000)
