@@ -287,7 +287,7 @@ def _create_block_mask(g: MaskGeometry, B: int, Q: int, KV: int, device, block: 
     partial = torch.zeros(B, nq, nk + 1, dtype=torch.bool, device=device)  # column nk absorbs the unused slots
     full = torch.zeros_like(partial)
     offsets = torch.arange(block, device=device)
-    rows = max(1, 2**26 // (B * C * block * block))  # bounds each evaluated chunk to 64 MiB of booleans
+    rows = max(1, 2**23 // (B * C * block * block))  # the predicate's int64 temporaries stay near 64 MiB a chunk
     for start in range(0, nq, rows):
         t = tiles[start : start + rows]
         r = t.shape[0]
