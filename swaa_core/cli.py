@@ -166,6 +166,8 @@ def cmd_run(args) -> int:
     )
     if not args.json:
         _results_table(results, title=f"{loaded.info.name}: {prompt_tokens} prompt tokens")
+        for note in dict.fromkeys(f"note ({r.label}): {n}" for r in results for n in r.notes):
+            print(note)
     return 1 if any(r.error for r in results) else 0
 
 
