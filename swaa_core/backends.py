@@ -58,6 +58,11 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
         return reference(q, k, v, g, scaling)[0]
     if (g.all_full or _window_covers_all(g)) and bool(g.kv_valid.all()):
         return _causal_sdpa(q, k, v, g, scaling, dropout)
+    if q.shape[2] == 1:  # a decode step: its whole mask is one short row, cheaper than any block machinery
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=materialize(g), scale=scaling, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out.transpose(1, 2).nan_to_num(0.0).contiguous()
     if backend == "flex" and q.shape[2] >= 16:  # decode steps: a tiny masked SDPA beats a per-shape flex compile
         return flex(q, k, v, g, scaling)
     if backend == "flash":
