@@ -128,10 +128,11 @@ def test_padding_queries_stay_finite_and_zero():
 
 @gpu_test
 def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
-    """At 16K x 16K: the block mask costs far less than the 256 MiB of an n x n bool, is cached, visits only sink and
-    window tiles; the attention call does not hold n x n scores either (dynamo's eager fallback would: 4 GiB)."""
+    """At 32K x 32K: building the block mask costs far less than the 1 GiB of an n x n bool (its evaluation chunks
+    are bounded), it is cached and visits only sink and window tiles; the attention call does not hold n x n scores
+    either (dynamo's eager fallback would: 16 GiB)."""
     backends._BLOCK_MASKS.clear()
-    n = 16384
+    n = 32768
     q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
