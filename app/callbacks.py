@@ -139,9 +139,11 @@ def _settings_updates(s: Settings) -> list:
 
 
 @ui_errors
-def open_page(request: gr.Request):
-    """Restore a shared link (bad parameters become warnings), wait for the model, fill what depends on it."""
-    settings, notes = from_query(dict(request.query_params) if request else {})
+def open_page(saved_text: dict | None, request: gr.Request):
+    """Restore a shared link (bad parameters become warnings) and the user's own text from the browser, wait for
+    the model, fill what depends on it."""
+    params = dict(request.query_params) if request else {}
+    settings, notes = from_query(params)
     try:
         loaded = HUB.get(settings.model)
     except Exception as e:  # noqa: BLE001 - a link to an unavailable model still opens the app
@@ -153,7 +155,15 @@ def open_page(request: gr.Request):
     for note in notes:
         gr.Warning(note)
     example = examples().get(settings.example)
-    text = [example.document, example.question, example.answer, example.answer_prefix] if example else [gr.skip()] * 4
+    saved = saved_text if isinstance(saved_text, dict) else {}
+    if example:
+        text = [example.document, example.question, example.answer, example.answer_prefix]
+    elif saved.get("document"):
+        text = [str(saved.get(k, "")) for k in ("document", "question", "answer", "answer_prefix")]
+        if "src" not in params and saved.get("source") in ("task", "text"):
+            settings.source = saved["source"]
+    else:
+        text = [gr.skip()] * 4
     device = device_summary()
     note = f"Running on **{device}**." + (f" {texts.CPU_NOTE}" if device.startswith("CPU") else "")
     st = settings.strategy
@@ -295,6 +305,13 @@ def columns_note(pinned):
 # ---------------------------------------------------------------- prompt source
 def source_visibility(source):
     return gr.Group(visible=source == "task"), gr.Group(visible=source == "text")
+
+
+def remember_text(source, document, question, answer, answer_prefix):
+    """What the user typed, kept in the browser's local storage (never on the server)."""
+    return {
+        "source": source, "document": document, "question": question, "answer": answer, "answer_prefix": answer_prefix,
+    }  # fmt: skip
 
 
 def pick_example(key):

@@ -30,6 +30,7 @@ def build_demo() -> gr.Blocks:
         ui.last_run = gr.State(None)  # sample + column configs of the last run, for the attention maps
         ui.tour_index = gr.State(0)
         ui.prompt_tokens = gr.State(None)  # token count of the current prompt, for recipes and mask pictures
+        ui.saved_text = gr.BrowserState({}, storage_key="swaa-user-text")  # the user's own text survives a reload
 
         gr.Markdown(f"# {texts.TITLE}\n{texts.INTRO}", elem_id="swaa-title")
         ui.device_note = gr.Markdown(elem_id="swaa-device")
@@ -174,9 +175,11 @@ def _prompt_panel(ui, d: Settings) -> None:
                 ui.upload = gr.File(
                     label="Upload .txt / .md / .pdf", file_types=[".txt", ".md", ".pdf"], height=90, scale=1
                 )
-            ui.document = gr.Textbox(label="Document", lines=8, max_lines=16, placeholder="Paste a long text here…")
+            ui.document = gr.Textbox(
+                label="Document", lines=8, max_lines=16, placeholder="Paste a long text here…", elem_id="swaa-document"
+            )
             with gr.Row():
-                ui.question = gr.Textbox(label="Question", info=texts.QUESTION_INFO, scale=2)
+                ui.question = gr.Textbox(label="Question", info=texts.QUESTION_INFO, scale=2, elem_id="swaa-question")
                 ui.answer = gr.Textbox(label="Expected answer", info=texts.ANSWER_INFO, scale=1)
             ui.answer_prefix = gr.Textbox(
                 label="Answer begins with (optional)",
@@ -302,6 +305,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     # Page open: restore a shared link, wait for the model, fill everything that depends on it.
     demo.load(
         cb.open_page,
+        inputs=[ui.saved_text],
         outputs=[
             *settings_out,
             ui.pinned,
@@ -366,6 +370,9 @@ def _wire(demo: gr.Blocks, ui) -> None:
     # Prompt source.
     ui.source.change(cb.source_visibility, [ui.source], [ui.task_group, ui.text_group], **light)
     ui.example.input(cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix], **light)
+    user_text = [ui.source, ui.document, ui.question, ui.answer, ui.answer_prefix]
+    for component in user_text:
+        component.change(cb.remember_text, user_text, [ui.saved_text], trigger_mode="always_last", **light)
     ui.upload.upload(cb.read_upload, [ui.upload, ui.document], [ui.document], **light, api_name="read_upload")
     for component in [*prompt, ui.window]:
         component.change(

@@ -124,3 +124,18 @@ def test_shared_link_restores_the_settings(page, app_url, artifacts):
     assert value.startswith(app_url)
     page.screenshot(path=str(artifacts / "05-shared-link.png"), full_page=True)
     assert not page.errors, page.errors
+
+
+def test_typed_text_survives_a_reload(page, app_url):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    _wait_until_ready(page)
+    page.get_by_label("Your text (paste, upload or example)").check()
+    page.locator("#swaa-document textarea").fill("The harbour master's boat is painted teal.")
+    page.locator("#swaa-question textarea").fill("What colour is the boat?")
+    page.wait_for_timeout(1500)  # the browser stores the text after the change event
+    page.reload()
+    _wait_until_ready(page)
+    expect(page.locator("#swaa-document textarea")).to_have_value("The harbour master's boat is painted teal.")
+    expect(page.locator("#swaa-question textarea")).to_have_value("What colour is the boat?")
