@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from app.common import HUB
 from app.ui import build_demo, launch_kwargs
@@ -22,5 +23,16 @@ demo = build_demo()
 # Model runs are serialised per model anyway (one lock each); the queue keeps waiting visitors in line.
 demo.queue(default_concurrency_limit=int(os.environ.get("SWAA_CONCURRENCY", "1")), max_size=64)
 
+
+def _can_open_browser() -> bool:
+    """Open a tab only for a person at a desktop: not on a Space or in CI, and on Linux only with a display (without
+    one, Python's webbrowser may start a text-mode browser that blocks the terminal)."""
+    if os.environ.get("SPACE_ID") or os.environ.get("CI"):
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
 if __name__ == "__main__":
-    demo.launch(**launch_kwargs())
+    demo.launch(inbrowser=_can_open_browser(), **launch_kwargs())
