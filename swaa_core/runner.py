@@ -382,6 +382,10 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
         )
     if config is not None:
         result.notes = config.notes(n_prompt)
+    if sample is not None:
+        distance = needle_distance(tokenizer, rendered, sample)
+        if distance is not None:
+            result.meta["needle_distance"] = distance
     streamer = _Streamer(tokenizer, on_token)
     criteria = StoppingCriteriaList([_CancelCriteria(cancel)] if cancel is not None else [])
     gen = _generation_config(model, tokenizer, max_new_tokens)
@@ -428,6 +432,17 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
             plain = render_prompt(tokenizer, user_text, cot=False, answer_prefix=prefix, system=system)
             lik = answer_loglik(model, tokenizer, plain, reference_text(sample), config)
             result.answer_logprob, result.answer_logprob_tokens = lik.logprob, lik.tokens
+
+
+def needle_distance(tokenizer, rendered: str, sample: TaskSample) -> int | None:
+    """Tokens from the needle's first token to the end of the rendered prompt: with a window of W, the last prompt
+    token (and an answer decoded without FA decode) can see the needle only when this is at most W."""
+    if sample.needle_char_span is None:
+        return None
+    offset = rendered.rfind(sample.prompt)
+    if offset < 0:
+        return None
+    return count_tokens(tokenizer, rendered[offset + sample.needle_char_span[0] :])
 
 
 def _sample_meta(sample: TaskSample | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Per-run columns of the tidy table, in this order (the JSONL holds them and a few more).
 COLUMNS = (
     "cell_id", "model", "task", "label", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
-    "length_target", "prompt_tokens", "depth", "actual_depth", "seed", "reference", "output_text", "answer_text",
+    "length_target", "prompt_tokens", "depth", "actual_depth", "needle_distance", "seed", "reference", "output_text", "answer_text",
     "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
     "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
     "backend", "cot", "error", "config",
@@ -224,6 +224,7 @@ def _row(result: RunResult, cid: str, model: str, task: str, length: int, depth,
         length_target=length,
         depth=depth,
         actual_depth=result.meta.get("actual_depth"),
+        needle_distance=result.meta.get("needle_distance"),
         seed=seed,
         window=cfg.get("sliding_window_size"),
         keep_first=cfg.get("keep_first", 0),

@@ -208,3 +208,16 @@ def test_cot_adds_the_instruction_and_accounts_for_reasoning(loaded, sample):
 def test_plain_prompts_run_unscored(loaded):
     r = run_one(loaded, "The grass is green. " * 20, SWAAConfig(sliding_window_size=16), max_new_tokens=3)
     assert r.error is None and r.correct is None and r.answer_logprob is None and r.meta["task"] == "prompt"
+
+
+def test_needle_distance_counts_the_tokens_a_window_must_reach_back(loaded):
+    distances = []
+    for depth in (0.1, 0.5, 0.9):
+        s = make_task("needle", loaded.tokenizer, length_tokens=600, depth=depth, seed=1)
+        r = run_one(loaded, s, SWAAConfig(sliding_window_size=32), max_new_tokens=1, score_logprob=False)
+        rendered = render_prompt(loaded.tokenizer, s.prompt, answer_prefix=s.answer_prefix)
+        at = rendered.index(s.prompt) + s.needle_char_span[0]
+        before = len(loaded.tokenizer(rendered[:at], add_special_tokens=False).input_ids)
+        assert r.prompt_tokens <= before + r.meta["needle_distance"] <= r.prompt_tokens + 1
+        distances.append(r.meta["needle_distance"])
+    assert distances[0] > distances[1] > distances[2] > 32
