@@ -16,8 +16,8 @@ COT_INSTRUCTION = (
 )
 
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-# The last "Answer:" (also "Final answer:", "**Answer:**") anywhere in the text ends the reasoning.
-_ANSWER_LINE = re.compile(r"(?i)\**\b(?:final\s+)?answer\**\s*[:：]\**")
+# The last "Answer:" (also "Final answer:", "**Answer:**", "The answer is:") anywhere in the text ends the reasoning.
+_ANSWER_LINE = re.compile(r"(?i)\**\b(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\**\s*[:：]\**")
 
 
 def _template_text(tokenizer) -> str:

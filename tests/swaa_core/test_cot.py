@@ -84,6 +84,8 @@ def test_empty_prompt_is_refused(chat_tok):
         ("<think>still thinking", "still thinking", ""),  # stopped mid-thought: no answer yet
         ("First, 2+2 = 4.\nAnswer: 4", "First, 2+2 = 4.", "4"),
         ("Step 1. Answer: maybe 3.\nStep 2. **Final answer:** 4", "Step 1. Answer: maybe 3.\nStep 2.", "4"),
+        ("So 2+2 = 4.\nThe answer is: 4", "So 2+2 = 4.", "4"),
+        ("The answer is 4.", "", "The answer is 4."),  # no colon: not a marker, the whole text answers
         ("Just 4.", "", "Just 4."),
     ],
 )
