@@ -58,7 +58,7 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     else:
         out = attend(plan.backend, query, key, value, g, scaling, dropout if module.training else 0.0)
     if plan.evicts and isinstance(cache_layer, SWAACacheLayer):
-        cache_layer.evict(_sink_slots(attention_mask, plan.keep_first), plan.window)
+        cache_layer.evict(_sink_slots(attention_mask, plan.keep_first, cache_layer), plan.window)
     return out, None
 
 
@@ -67,13 +67,14 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
     KV = key.shape[2]
     device = query.device
     if isinstance(cache_layer, SWAACacheLayer) and cache_layer.slots is not None:
-        slots, total = cache_layer.slots, cache_layer.total
+        slots, total, first_slot = cache_layer.slots, cache_layer.total, cache_layer.first_slot
     else:
-        slots, total = torch.arange(KV, device=device), KV
+        slots, total, first_slot = torch.arange(KV, device=device), KV, 0
     if slots.numel() != KV:
         raise RuntimeError(
             f"SWAA cache bookkeeping is out of sync in layer {plan.layer_idx} ({slots.numel()} != {KV})."
         )
+    hints = {}
     if mask2d is not None:
         if mask2d.dim() != 2:
             raise ValueError(
@@ -91,22 +92,26 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
         kv_pos = slots[None].expand(B, KV)
         kv_valid = torch.ones(B, KV, dtype=torch.bool, device=device)
         q_pos = torch.arange(total - Q, total, device=device)[None].expand(B, Q)
-    if plan.window is None:
-        q_full = torch.ones(B, Q, dtype=torch.bool, device=device)
-    elif not plan.fa_decode:
-        q_full = torch.zeros(B, Q, dtype=torch.bool, device=device)
-    elif prompt_lengths is not None:
+        hints.update(keys_all_valid=True, reach=total - 1 - first_slot)
+    if plan.fa_decode and plan.window is not None and prompt_lengths is not None:
         q_full = q_pos >= torch.as_tensor(prompt_lengths, device=device).view(-1, 1)
     else:
-        q_full = torch.full((B, Q), Q == 1 and total > 1, dtype=torch.bool, device=device)
-    return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first)
+        every = plan.window is None or (plan.fa_decode and Q == 1 and total > 1)
+        q_full = torch.full((B, Q), every, dtype=torch.bool, device=device)
+        hints["queries_all_full"] = every
+    return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
 
 
-def _sink_slots(mask2d, keep_first: int) -> int:
-    """Slots to keep at the start so every row keeps its first keep_first real tokens (rows differ by left padding)."""
-    if keep_first == 0:
-        return 0
-    if mask2d is None or mask2d.dim() != 2:
+def _sink_slots(mask2d, keep_first: int, cache_layer: SWAACacheLayer) -> int:
+    """Slots to keep at the start so every row keeps its first keep_first real tokens (rows differ by left padding).
+
+    Settled, and remembered by the cache layer, once every row has that many real tokens: no later token is a sink."""
+    if keep_first == 0 or mask2d is None:
         return keep_first
+    if cache_layer.sink_slots is not None:
+        return cache_layer.sink_slots
     real_before = mask2d.long().cumsum(-1)
-    return int(torch.searchsorted(real_before, torch.full_like(real_before[:, :1], keep_first)).max()) + 1
+    slots = int(torch.searchsorted(real_before, torch.full_like(real_before[:, :1], keep_first)).max()) + 1
+    if slots <= cache_layer.total:
+        cache_layer.sink_slots = slots
+    return slots

@@ -56,7 +56,7 @@ def choose_backend(requested: str, device: torch.device | str) -> str:
 def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0):
     if backend == "reference":
         return reference(q, k, v, g, scaling)[0]
-    if (g.all_full or _window_covers_all(g)) and bool(g.kv_valid.all()):
+    if (g.all_full or g.window_covers_all) and g.all_valid:
         return _causal_sdpa(q, k, v, g, scaling, dropout)
     if q.shape[2] == 1:  # a decode step: its whole mask is one short row, cheaper than any block machinery
         return _decode_sdpa(q, k, v, materialize(g), scaling).nan_to_num(0.0)
@@ -104,11 +104,6 @@ def _decode_sdpa(q, k, v, mask, scaling: float):
     return out.reshape(B, 1, H, D)
 
 
-def _window_covers_all(g: MaskGeometry) -> bool:
-    """Short prompts: every key lies inside every query's window, so SWA is plain causal attention."""
-    return int(g.q_pos.max()) - int(g.kv_pos.min()) < g.window
-
-
 def _is_aligned(g: MaskGeometry) -> bool:
     """Keys and queries are the same tokens in order (a prefill without padding or eviction)."""
     return g.q_pos.shape == g.kv_pos.shape and bool((g.q_pos == g.kv_pos).all())
@@ -131,7 +126,7 @@ def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, bloc
         _attend_blocks(q, k, v, g, scaling, dropout, first * block, blocks, block, sink_end, kv_pos, out)
     if Q % block:
         _attend_blocks(q, k, v, g, scaling, dropout, n_full * block, 1, Q % block, sink_end, kv_pos, out)
-    if not bool(g.kv_valid.all()):  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
+    if not g.all_valid:  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
         out = torch.where((g.q_pos >= 0)[:, :, None, None], out.nan_to_num(0.0), 0.0)
     return out
 
@@ -358,7 +353,7 @@ def _dense_to_ordered(dense: torch.Tensor):
 # --------------------------------------------------------------------------- flash-attn (CUDA, optional)
 def _flash_applicable(q, g: MaskGeometry) -> bool:
     """flash-attn's window is index based: use it for unpadded prefill where index distance = position distance."""
-    return q.dtype in (torch.float16, torch.bfloat16) and bool(g.kv_valid.all()) and not bool(g.q_full.any())
+    return q.dtype in (torch.float16, torch.bfloat16) and g.all_valid and not bool(g.q_full.any())
 
 
 def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):

@@ -32,10 +32,27 @@ class MaskGeometry:
     q_full: torch.Tensor
     window: int | None
     keep_first: int
+    # Facts the caller may already know on the host. Each one spares a device-to-host copy per layer per token,
+    # which on a GPU stalls the launch queue during decode. None: read them off the tensors.
+    keys_all_valid: bool | None = None
+    queries_all_full: bool | None = None
+    reach: int | None = None  # largest query position minus smallest key position
 
     @property
     def all_full(self) -> bool:
-        return self.window is None or bool(self.q_full.all())
+        if self.window is None:
+            return True
+        return self.queries_all_full if self.queries_all_full is not None else bool(self.q_full.all())
+
+    @property
+    def all_valid(self) -> bool:
+        return self.keys_all_valid if self.keys_all_valid is not None else bool(self.kv_valid.all())
+
+    @property
+    def window_covers_all(self) -> bool:
+        """Every key lies inside every query's window (short prompts), so sliding attention is plain causal."""
+        reach = self.reach if self.reach is not None else int(self.q_pos.max()) - int(self.kv_pos.min())
+        return self.window is None or reach < self.window
 
 
 def swaa_mask_mod(g: MaskGeometry):

@@ -25,6 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from .config import SWAAConfig, SWAAConfigError
 from .cot import render_prompt, split_reasoning
+from .memory import check_run_fits
 from .patch import attention_modules, kv_cache_bytes, swaa
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens
@@ -344,7 +345,7 @@ def run_one(
         device = next(model.parameters()).device
         result.device = str(device)
         with lock if lock is not None else contextlib.nullcontext():
-            _run(model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
+            _run(loaded, model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
                  cancel, system, backend, warmup, score_logprob, device)  # fmt: skip
     except RunCancelled:
         result.cancelled = True
@@ -355,7 +356,7 @@ def run_one(
     return result
 
 
-def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
+def _run(loaded, model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
          backend, warmup, score_logprob, device):  # fmt: skip
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
@@ -380,6 +381,8 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
             f"The prompt has {n_prompt} tokens and {max_new_tokens} new tokens were asked for, but the model's context "
             f"is {limit} tokens. Shorten the prompt or lower max_new_tokens."
         )
+    if info is not None:  # refuse a run whose KV cache would not fit, instead of dying mid-generation
+        check_run_fits(loaded, n_prompt + max_new_tokens, config)
     if config is not None:
         result.notes = config.notes(n_prompt)
     if sample is not None:

@@ -156,7 +156,8 @@ def test_mixed_training_mask_equals_eager_reference():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_left_padded_batch_matches_single_sequences():
+@pytest.mark.parametrize("keep_first", [2, 25])  # 25: row b's prompt is shorter, its sinks grow while decoding
+def test_left_padded_batch_matches_single_sequences(keep_first):
     model = build_tiny_model("llama")
     model.generation_config.pad_token_id = 0
     a, b = ids(30, seed=6)[0], ids(21, seed=7)[0]
@@ -164,7 +165,7 @@ def test_left_padded_batch_matches_single_sequences():
     mask = torch.zeros(2, 30, dtype=torch.long)
     batch[0], mask[0] = a, 1
     batch[1, 9:], mask[1, 9:] = b, 1
-    cfg = SWAAConfig(sliding_window_size=5, keep_first=2)
+    cfg = SWAAConfig(sliding_window_size=5, keep_first=keep_first)
     with swaa(model, cfg):
         out = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
         alone_a = model.generate(a[None], max_new_tokens=8, do_sample=False)

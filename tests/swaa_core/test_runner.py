@@ -221,3 +221,35 @@ def test_needle_distance_counts_the_tokens_a_window_must_reach_back(loaded):
         assert r.prompt_tokens <= before + r.meta["needle_distance"] <= r.prompt_tokens + 1
         distances.append(r.meta["needle_distance"])
     assert distances[0] > distances[1] > distances[2] > 32
+
+
+def test_run_that_would_not_fit_is_refused_before_generating(tmp_path, monkeypatch):
+    from swaa_core import load_model
+    from swaa_core import memory as memory_module
+    from swaa_core.memory import estimate_memory
+
+    tok = build_tiny_tokenizer()
+    build_tiny_model("llama", layers=LAYERS, vocab_size=len(tok), max_position_embeddings=16384).save_pretrained(
+        tmp_path
+    )
+    tok.save_pretrained(tmp_path)
+    real = load_model(tmp_path, reuse=False)
+    long = make_task("passkey", tok, length_tokens=3000, seed=0)
+    swa = SWAAConfig(sliding_window_size=32)
+    probe = run_one(real, long, swa, max_new_tokens=2, score_logprob=False)
+    context = probe.prompt_tokens + 2
+    need_full = estimate_memory(real, context, None).run_bytes(False)
+    need_swa = estimate_memory(real, context, swa).run_bytes(True)
+    assert need_swa < need_full
+    free = int((need_swa + need_full) / 2 / 0.9)  # enough for the SWAA run only
+    monkeypatch.setattr(memory_module, "available_memory", lambda device="cpu": free)
+    calls = []
+    monkeypatch.setattr(
+        real.model, "generate", lambda *a, **k: calls.append(1) or real.model.__class__.generate(real.model, *a, **k)
+    )
+
+    refused = run_one(real, long, None, max_new_tokens=2, warmup=False, score_logprob=False)
+    assert refused.error is not None and "needs about" in refused.error and "shorter context" in refused.error
+    assert calls == [] and refused.output_text == ""
+    allowed = run_one(real, long, swa, max_new_tokens=2, warmup=False, score_logprob=False)
+    assert allowed.error is None and calls == [1] and allowed.output_text == probe.output_text
