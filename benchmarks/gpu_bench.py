@@ -616,6 +616,8 @@ def summarise_prefill(rows):
 
 @torch.no_grad()
 def run_decode(out: dict, model):
+    """Decode speed is launch-bound at batch 1, so it drifts with the host: configs take turns within each repeat and
+    the per-token time is the median over repeats of (prefill + new tokens) - (prefill + 1 token)."""
     n, new, W, K = ARGS.decode_prompt, ARGS.new_tokens, ARGS.window, ARGS.sinks
     ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
     configs = {
@@ -623,26 +625,33 @@ def run_decode(out: dict, model):
         f"SWAA W{W} K{K}, SWA decode (evicting cache)": SWAAConfig(sliding_window_size=W, keep_first=K),
         f"SWAA W{W} K{K} + FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
     }
+
+    def gen(tokens):
+        return model.generate(
+            ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, return_dict_in_generate=True
+        )
+
+    for cfg in configs.values():
+        with swaa(model, cfg):
+            gen(2)  # warm-up: compile, block masks
+    samples = {label: {"first": [], "all": []} for label in configs}
+    for _ in range(ARGS.reps):
+        for label, cfg in configs.items():
+            with swaa(model, cfg):
+                samples[label]["first"].append(timed(lambda: gen(1), reps=1, warmup=0)[0])
+                samples[label]["all"].append(timed(lambda: gen(new + 1), reps=1, warmup=0)[0])
     rows = out["rows"] = {}
     for label, cfg in configs.items():
         torch.cuda.empty_cache()
-
-        def gen(tokens):
-            return model.generate(
-                ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, return_dict_in_generate=True
-            )
-
+        torch.cuda.reset_peak_memory_stats()
         with swaa(model, cfg):
-            gen(2)  # warm-up: compile, block masks
-            t1, _ = timed(lambda: gen(1), reps=2, warmup=0)
-            torch.cuda.reset_peak_memory_stats()
-            t_all, _ = timed(lambda: gen(new + 1), reps=2, warmup=0)
             result = gen(new + 1)
         per_layer = kv_cache_bytes(result.past_key_values)
+        per_token = [(a - f) / new for f, a in zip(samples[label]["first"], samples[label]["all"], strict=True)]
         rows[label] = dict(
-            prefill_plus_1_s=round(t1, 3),
-            with_decode_s=round(t_all, 3),
-            decode_tokens_per_s=round(new / (t_all - t1), 1),
+            prefill_plus_1_s=round(statistics.median(samples[label]["first"]), 3),
+            decode_ms_per_token=[round(t * 1e3, 1) for t in per_token],
+            decode_tokens_per_s=round(1 / statistics.median(per_token), 1),
             kv_total_gib=gib(sum(per_layer)),
             kv_per_layer_mib=sorted({round(b / 2**20, 1) for b in per_layer}),
             peak_gib=gib(torch.cuda.max_memory_allocated()),

@@ -67,9 +67,9 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
     KV = key.shape[2]
     device = query.device
     if isinstance(cache_layer, SWAACacheLayer) and cache_layer.slots is not None:
-        slots, total, first_slot = cache_layer.slots, cache_layer.total, cache_layer.first_slot
+        slots, total, held = cache_layer.slots, cache_layer.total, cache_layer.held
     else:
-        slots, total, first_slot = torch.arange(KV, device=device), KV, 0
+        slots, total, held = torch.arange(KV, device=device), KV, [(0, KV)]
     if slots.numel() != KV:
         raise RuntimeError(
             f"SWAA cache bookkeeping is out of sync in layer {plan.layer_idx} ({slots.numel()} != {KV})."
@@ -92,14 +92,23 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
         kv_pos = slots[None].expand(B, KV)
         kv_valid = torch.ones(B, KV, dtype=torch.bool, device=device)
         q_pos = torch.arange(total - Q, total, device=device)[None].expand(B, Q)
-        hints.update(keys_all_valid=True, reach=total - 1 - first_slot)
+        hints.update(keys_all_valid=True, reach=total - 1 - held[0][0] if held else 0)
     if plan.fa_decode and plan.window is not None and prompt_lengths is not None:
         q_full = q_pos >= torch.as_tensor(prompt_lengths, device=device).view(-1, 1)
     else:
         every = plan.window is None or (plan.fa_decode and Q == 1 and total > 1)
         q_full = torch.full((B, Q), every, dtype=torch.bool, device=device)
         hints["queries_all_full"] = every
+        if mask2d is None and Q == 1:
+            hints["sees_all_keys"] = every or _held_in_view(held, total, plan.window, plan.keep_first)
     return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
+
+
+def _held_in_view(held: list[tuple[int, int]], total: int, window: int, keep_first: int) -> bool:
+    """Whether the newest token (slot total - 1, no padding) sees every held slot: an evicting cache holds exactly
+    the sinks and the window, so its decode steps need no mask."""
+    window_start = total - window
+    return keep_first >= window_start or all(end <= keep_first or start >= window_start for start, end in held)
 
 
 def _sink_slots(mask2d, keep_first: int, cache_layer: SWAACacheLayer) -> int:

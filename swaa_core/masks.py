@@ -37,6 +37,7 @@ class MaskGeometry:
     keys_all_valid: bool | None = None
     queries_all_full: bool | None = None
     reach: int | None = None  # largest query position minus smallest key position
+    sees_all_keys: bool | None = None  # every query sees every key it is given (then no mask is needed at all)
 
     @property
     def all_full(self) -> bool:
@@ -54,6 +55,11 @@ class MaskGeometry:
         reach = self.reach if self.reach is not None else int(self.q_pos.max()) - int(self.kv_pos.min())
         return self.window is None or reach < self.window
 
+    @property
+    def plain_causal(self) -> bool:
+        """The mask is ordinary causal attention over valid keys."""
+        return (self.all_full or self.window_covers_all) and self.all_valid
+
 
 def swaa_mask_mod(g: MaskGeometry):
     """Query i sees key j iff j is a real token, j <= i, and (i - j < W or j < keep_first or the query is 'full')."""
@@ -61,20 +67,26 @@ def swaa_mask_mod(g: MaskGeometry):
     window, keep_first = g.window, g.keep_first
 
     def mask_mod(b, h, q_idx, kv_idx):
-        qp = q_pos[b, q_idx]
-        kp = kv_pos[b, kv_idx]
-        visible = kv_valid[b, kv_idx] & (kp <= qp)
-        if window is None:
-            return visible
-        return visible & ((qp - kp < window) | (kp < keep_first) | q_full[b, q_idx])
+        return visible(q_pos[b, q_idx], kv_pos[b, kv_idx], kv_valid[b, kv_idx], q_full[b, q_idx], window, keep_first)
 
     return mask_mod
+
+
+def visible(qp, kp, kv_valid, q_full, window: int | None, keep_first: int):
+    """The rule itself, on real positions (broadcastable tensors)."""
+    seen = kv_valid & (kp <= qp)
+    if window is None:
+        return seen
+    return seen & ((qp - kp < window) | (kp < keep_first) | q_full)
 
 
 def materialize(g: MaskGeometry, q_index: torch.Tensor | None = None, kv_index: torch.Tensor | None = None):
     """Evaluate the predicate on a grid of query x key indices (default: all): a (B, 1, Q', KV') bool tensor.
 
     Batched index sets are allowed: q_index (G, Q') with kv_index (G, KV') gives (B, G, Q', KV')."""
+    if q_index is None and kv_index is None:  # the whole grid by broadcasting: no gathers (built per layer per step)
+        q, kv = (slice(None), None, slice(None), None), (slice(None), None, None, slice(None))
+        return visible(g.q_pos[q], g.kv_pos[kv], g.kv_valid[kv], g.q_full[q], g.window, g.keep_first)
     B, Q = g.q_pos.shape
     KV = g.kv_pos.shape[1]
     device = g.q_pos.device

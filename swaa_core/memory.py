@@ -265,14 +265,22 @@ def check_fits(required_bytes: int, device, *, what: str, advice: str, headroom:
 def check_run_fits(
     loaded, context_tokens: int, swaa_config: SWAAConfig | dict | None = None, batch_size: int = 1
 ) -> MemoryEstimate:
-    """Refuse a run whose KV cache and activations would not fit next to the already loaded model."""
+    """Refuse a run whose KV cache and activations would not fit next to the already loaded model.
+
+    ``loaded``: what :func:`swaa_core.load_model` returns, or a transformers model."""
     estimate = estimate_memory(loaded, context_tokens, swaa_config, batch_size=batch_size)
     use_swaa = swaa_config is not None
-    device = "auto" if loaded.info.device_map == "auto" else loaded.info.device
+    info = getattr(loaded, "info", None)
+    if info is not None:
+        device, name = ("auto" if info.device_map == "auto" else info.device), loaded.name
+    else:
+        spread = len(set(getattr(loaded, "hf_device_map", {}).values())) > 1
+        device = "auto" if spread else next(loaded.parameters()).device
+        name = getattr(loaded, "name_or_path", None) or type(loaded).__name__
     check_fits(
         estimate.run_bytes(use_swaa),
         device,
-        what=f"A run of {context_tokens:,} tokens x {batch_size} on {loaded.name} (KV cache and activations)",
+        what=f"A run of {context_tokens:,} tokens x {batch_size} on {name} (KV cache and activations)",
         advice="Use a shorter context, a smaller batch, or a SWAA config with fewer full-attention layers and "
         "without FA decode (only those sliding layers free their old keys).",
     )

@@ -345,7 +345,7 @@ def run_one(
         device = next(model.parameters()).device
         result.device = str(device)
         with lock if lock is not None else contextlib.nullcontext():
-            _run(loaded, model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
+            _run(model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
                  cancel, system, backend, warmup, score_logprob, device)  # fmt: skip
     except RunCancelled:
         result.cancelled = True
@@ -356,7 +356,7 @@ def run_one(
     return result
 
 
-def _run(loaded, model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
+def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
          backend, warmup, score_logprob, device):  # fmt: skip
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
@@ -381,8 +381,7 @@ def _run(loaded, model, tokenizer, info, prompt_in, sample, config, result, max_
             f"The prompt has {n_prompt} tokens and {max_new_tokens} new tokens were asked for, but the model's context "
             f"is {limit} tokens. Shorten the prompt or lower max_new_tokens."
         )
-    if info is not None:  # refuse a run whose KV cache would not fit, instead of dying mid-generation
-        check_run_fits(loaded, n_prompt + max_new_tokens, config)
+    check_run_fits(model, n_prompt + max_new_tokens, config)  # refuse now rather than run out of memory mid-way
     if config is not None:
         result.notes = config.notes(n_prompt)
     if sample is not None:

@@ -12,7 +12,7 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
 from swaa_core.cot import COT_INSTRUCTION, render_prompt, split_reasoning
-from swaa_core.runner import BASELINE_LABEL, PeakMemory, RunResult, compare, run_one
+from swaa_core.runner import BASELINE_LABEL, RunResult, compare, run_one
 from swaa_core.scoring import answer_loglik
 from swaa_core.tasks import make_task
 
@@ -89,16 +89,30 @@ def test_timings_are_consistent(loaded, sample):
     assert r.peak_memory_bytes > 0
 
 
+PEAK_PROBE = """
+import torch
+from swaa_core.runner import PeakMemory
+size = 256 * 2**20
+with PeakMemory(torch.device("cpu")) as m:
+    block = torch.ones(size // 4)
+    block.add_(1)
+    del block
+with PeakMemory(torch.device("cpu")) as quiet:
+    torch.ones(16)
+print(m.delta / size, quiet.delta / size)
+"""
+
+
 def test_peak_memory_sees_an_allocation_inside_the_block():
-    size = 256 * 2**20
-    with PeakMemory(torch.device("cpu")) as m:
-        block = torch.ones(size // 4)
-        block.add_(1)
-        del block
-    assert m.delta >= 0.9 * size
-    with PeakMemory(torch.device("cpu")) as quiet:
-        torch.ones(16)
-    assert quiet.delta < 0.5 * size
+    """In a fresh process: the measure is process-wide, and threads that earlier tests leave behind (app servers,
+    cancelled runs finishing) allocate and free memory at the same time."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, check=True, timeout=120)
+    seen, quiet = map(float, out.stdout.split())
+    assert seen >= 0.9
+    assert quiet < 0.5
 
 
 def test_streaming_delivers_the_output_while_holding_the_lock(loaded, sample):
