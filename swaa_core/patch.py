@@ -156,10 +156,19 @@ def swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto"):
             apply_swaa(model, prev_config, backend=prev_backend)
 
 
+class _LayerCaptured(Exception):
+    """Raised after the captured layer ran: the layers above it cannot change what it saw."""
+
+
+def _stop_forward(module, args, output):
+    raise _LayerCaptured
+
+
 @torch.no_grad()
 def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | None = None, attention_mask=None):
     """Attention probabilities (heads, q, k) of one layer for the first sequence, under ``config`` (None: full
-    attention), computed by the reference backend. The model's previous SWAA state is restored afterwards."""
+    attention). That layer runs the reference backend, the layers below it the fast one, and the forward stops right
+    after it. The model's previous SWAA state is restored afterwards."""
     modules = attention_modules(model)
     if not 0 <= layer_idx < len(modules):
         raise SWAAConfigError(f"Layer {layer_idx} does not exist; this model has {len(modules)} layers.")
@@ -167,12 +176,16 @@ def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | Non
     prev = (previous.config, previous.backend) if previous else None
     full = config is None or config.is_full_attention
     probe = SWAAConfig(sliding_window_size=1) if full else config
-    _install(model, probe, "reference", all_full=full)
+    _install(model, probe, "auto", all_full=full)
     records: list[torch.Tensor] = []
     modules[layer_idx]._swaa_recorder = records
+    stop = modules[layer_idx].register_forward_hook(_stop_forward)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _LayerCaptured:
+        pass
     finally:
+        stop.remove()
         del modules[layer_idx]._swaa_recorder
         remove_swaa(model)
         if prev is not None:

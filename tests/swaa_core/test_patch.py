@@ -9,6 +9,7 @@ from conftest import FAMILIES, build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 from swaa_core.config import SWAAConfigError
+from swaa_core.patch import attention_modules as attention_modules_of
 
 
 def ids(n, seed=0, batch=1):
@@ -198,14 +199,27 @@ def test_sliding_layers_keep_bounded_kv_cache():
     assert held == [sinks + window - 1, seen, seen, sinks + window - 1]
 
 
-def test_capture_attention_shows_the_window():
+def eager_attentions(model, input_ids, mask4d, layer_idx):
+    model.set_attn_implementation("eager")
+    try:
+        return model(input_ids=input_ids, attention_mask=mask4d, output_attentions=True).attentions[layer_idx][0]
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def test_capture_attention_equals_eager_attention_weights():
     model = build_tiny_model("llama")
     x = ids(30)
+    upper = []
+    attention_modules_of(model)[3].register_forward_hook(lambda *a: upper.append(1))
     full = capture_attention(model, x, layer_idx=2)
     slid = capture_attention(model, x, layer_idx=2, config=SWAAConfig(sliding_window_size=4, keep_first=2))
     assert full.shape == slid.shape == (4, 30, 30)
+    assert torch.allclose(full, eager_attentions(model, x, hand_mask(30, None, 0), 2), atol=1e-6)
+    assert torch.allclose(slid, eager_attentions(model, x, hand_mask(30, 4, 2), 2), atol=1e-6)
     assert full[:, 29, 10].min() > 0
     assert slid[:, 29, 10].max() == 0 and slid[:, 29, 1].min() > 0
+    assert upper == [1, 1]  # only the two eager reference runs reached layer 3: capture stops at its layer
     assert model.config._attn_implementation == "sdpa"
 
 
