@@ -50,10 +50,6 @@ class SWAACacheLayer(DynamicLayer):
         self.total += n
         return self.keys, self.values
 
-    @property
-    def first_slot(self) -> int:
-        return self.held[0][0] if self.held else self.total
-
     def evict(self, sink_slots: int, window: int) -> None:
         """Keep slots < sink_slots and the last window-1 slots: all a later query can see in a sliding layer."""
         self.window = window

@@ -262,6 +262,12 @@ def check_fits(required_bytes: int, device, *, what: str, advice: str, headroom:
         )
 
 
+def spans_devices(model) -> bool:
+    """Whether accelerate spread the model over several devices (``device_map="auto"``)."""
+    device_map = getattr(model, "hf_device_map", None)
+    return device_map is not None and len(set(map(str, device_map.values()))) > 1
+
+
 def check_run_fits(
     loaded, context_tokens: int, swaa_config: SWAAConfig | dict | None = None, batch_size: int = 1
 ) -> MemoryEstimate:
@@ -270,13 +276,9 @@ def check_run_fits(
     ``loaded``: what :func:`swaa_core.load_model` returns, or a transformers model."""
     estimate = estimate_memory(loaded, context_tokens, swaa_config, batch_size=batch_size)
     use_swaa = swaa_config is not None
-    info = getattr(loaded, "info", None)
-    if info is not None:
-        device, name = ("auto" if info.device_map == "auto" else info.device), loaded.name
-    else:
-        spread = len(set(getattr(loaded, "hf_device_map", {}).values())) > 1
-        device = "auto" if spread else next(loaded.parameters()).device
-        name = getattr(loaded, "name_or_path", None) or type(loaded).__name__
+    model = getattr(loaded, "model", loaded)
+    device = "auto" if spans_devices(model) else next(model.parameters()).device
+    name = getattr(loaded, "name", None) or getattr(model, "name_or_path", None) or type(model).__name__
     check_fits(
         estimate.run_bytes(use_swaa),
         device,

@@ -46,6 +46,7 @@ from .memory import (
     estimate_memory,
     format_bytes,
     model_shape,
+    spans_devices,
     to_dtype,
 )
 from .patch import SUPPORTED_MODEL_TYPES
@@ -412,8 +413,6 @@ def _make_info(src: _Source, model, tokenizer, folder, seconds: float, from_cach
     windows = [w for w in shape.native_windows if w]
     template = getattr(tokenizer, "chat_template", None) or ""
     entry = src.entry or find_model_entry(src.name)
-    device_map = getattr(model, "hf_device_map", None)
-    spread = device_map is not None and len(set(map(str, device_map.values()))) > 1
     return ModelInfo(
         name=src.name,
         source="embedded" if src.kind == "embedded" else ("hub" if src.kind == "hub" else "local"),
@@ -434,7 +433,7 @@ def _make_info(src: _Source, model, tokenizer, folder, seconds: float, from_cach
         native_sliding_layers=[i for i, w in enumerate(shape.native_windows) if w],
         dtype=dtype_name(shape.dtype),
         device=str(next(model.parameters()).device),
-        device_map="auto" if spread else None,
+        device_map="auto" if spans_devices(model) else None,
         attn_implementation=model.config._attn_implementation,
         load_seconds=seconds,
         from_cache=from_cache,
