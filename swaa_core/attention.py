@@ -13,7 +13,7 @@ import torch
 
 from .backends import attend, reference
 from .cache import SWAACacheLayer
-from .masks import MaskGeometry
+from .masks import NO_FULL, MaskGeometry
 
 NAME = "swaa"
 
@@ -95,13 +95,25 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
         hints.update(keys_all_valid=True, reach=total - 1 - held[0][0] if held else 0)
     if plan.fa_decode and plan.window is not None and prompt_lengths is not None:
         q_full = q_pos >= torch.as_tensor(prompt_lengths, device=device).view(-1, 1)
+        hints["full_from"] = _same_prompt_length(prompt_lengths)
     else:
         every = plan.window is None or (plan.fa_decode and Q == 1 and total > 1)
         q_full = torch.full((B, Q), every, dtype=torch.bool, device=device)
         hints["queries_all_full"] = every
+        hints["full_from"] = total - Q if every else NO_FULL
         if mask2d is None and Q == 1:
             hints["sees_all_keys"] = every or _held_in_view(held, total, plan.window, plan.keep_first)
+    if mask2d is None and len(held) == 1:
+        hints["offsets"] = (total - Q, held[0][0])
     return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
+
+
+def _same_prompt_length(prompt_lengths) -> int | None:
+    """The prompt length shared by every row, read on the host (None when rows differ). A tensor on the GPU costs
+    one sync here: this runs for training and scoring batches, never in a decode step."""
+    lengths = prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths
+    lengths = lengths if isinstance(lengths, list) else [lengths]
+    return int(lengths[0]) if lengths and all(n == lengths[0] for n in lengths) else None
 
 
 def _held_in_view(held: list[tuple[int, int]], total: int, window: int, keep_first: int) -> bool:

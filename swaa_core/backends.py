@@ -4,16 +4,21 @@ All of them compute softmax(q k^T * scale + mask) v for the mask of :mod:`swaa_c
 which (query, key) pairs they touch:
 - reference: every pair, materialised mask, eager softmax; returns the probabilities too (attention maps, tests).
 - blocked:   query blocks against sinks + window span only: O(n * (W + K + block)) time, O(block * (W + K)) memory.
-- flex:      PyTorch FlexAttention with a block-sparse mask (CUDA).
-- flash:     flash-attn's native window plus a second pass over the sinks, merged by log-sum-exp (CUDA, if installed).
+- flex:      PyTorch FlexAttention with a block-sparse mask (CUDA, Triton kernels).
+- fa4:       FlashAttention-4 (``flash_attn.cute``, Hopper/Blackwell): its native window, plus a pass over the sinks
+             merged by log-sum-exp.
+- flash:     the same composition on flash-attn 2 (``flash_attn.flash_attn_func``).
 Full-attention calls (non-sliding layers, FA decode steps) go to SDPA when nothing needs masking beyond causality.
+
+Where a fast kernel cannot express a call (left padding, evicted caches read by several queries, per-row prompt
+lengths), that call takes the next backend that can: fa4/flash -> flex -> blocked. Whether a kernel exists is
+decided by importing exactly the function that will be called, never by a package name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import warnings
 
 import torch
@@ -21,38 +26,92 @@ import torch.nn.functional as F
 
 from .masks import MaskGeometry, materialize, swaa_mask_mod
 
-BACKENDS = ("auto", "reference", "blocked", "flex", "flash")
+BACKENDS = ("auto", "reference", "blocked", "flex", "fa4", "flash")
+AUTO_ORDER = ("fa4", "flash", "flex", "blocked")
 BLOCK = 128
 GROUP = 8
 
 
-def available_backends(device: torch.device | str) -> list[str]:
+def backend_status(device: torch.device | str) -> dict[str, str | None]:
+    """Each backend mapped to None when it can run on ``device``, else to the reason it cannot."""
     device = torch.device(device)
-    out = ["reference", "blocked"]
-    if device.type == "cuda":
-        if _has_flex():
-            out.append("flex")
-        if importlib.util.find_spec("flash_attn") is not None:
-            out.append("flash")
-    return out
+    status: dict[str, str | None] = {"reference": None, "blocked": None}
+    on_cuda = None if device.type == "cuda" else f"needs a CUDA GPU (this model is on {device.type})"
+    status["flex"] = on_cuda or (None if _has_flex() else "torch.nn.attention.flex_attention is missing")
+    status["fa4"] = on_cuda or _fa4_problem(device)
+    status["flash"] = on_cuda or _fa2_problem(device)
+    return status
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    return [name for name, problem in backend_status(device).items() if problem is None]
 
 
 def choose_backend(requested: str, device: torch.device | str) -> str:
+    return explain_backend(requested, device)[0]
+
+
+def explain_backend(requested: str, device: torch.device | str) -> tuple[str, list[str]]:
+    """The backend to run for ``requested`` ("auto" or a name) and notes on faster ones that were passed over.
+
+    Raises ValueError for an unknown name or a backend that cannot run here (with the reason)."""
     if requested not in BACKENDS:
         raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
-    have = available_backends(device)
-    if requested == "auto":
-        for name in ("flash", "flex", "blocked"):
-            if name in have:
-                return name
-    if requested not in have:
-        raise ValueError(
-            f"Attention backend {requested!r} is not available on {torch.device(device).type} "
-            f"(available: {', '.join(have)})."
-        )
-    return requested
+    status = backend_status(device)
+    if requested != "auto":
+        if status[requested] is not None:
+            raise ValueError(f"Attention backend {requested!r} cannot run here: {status[requested]}.")
+        return requested, []
+    notes = []
+    for name in AUTO_ORDER:
+        if status[name] is None:
+            return name, notes
+        if torch.device(device).type == "cuda":
+            notes.append(f"{name}: {status[name]}")
+    return "blocked", notes
 
 
+# --------------------------------------------------------------------------- optional kernels, found by callable
+@functools.cache
+def _fa4_func():
+    """``flash_attn.cute.flash_attn_func`` (FlashAttention-4), or the reason it cannot be imported."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as e:  # ImportError, or a CUDA / CuTe DSL install that fails while importing
+        return f"flash_attn.cute.flash_attn_func cannot be imported ({type(e).__name__}: {str(e)[:120]})"
+    return flash_attn_func if callable(flash_attn_func) else "flash_attn.cute.flash_attn_func is not callable"
+
+
+@functools.cache
+def _fa2_func():
+    """flash-attn 2's ``flash_attn.flash_attn_func``, or the reason it cannot be imported (flash-attn-4 alone
+    installs a ``flash_attn`` namespace without it)."""
+    try:
+        from flash_attn import flash_attn_func
+    except Exception as e:
+        return f"flash_attn.flash_attn_func cannot be imported ({type(e).__name__}: {str(e)[:120]})"
+    return flash_attn_func if callable(flash_attn_func) else "flash_attn.flash_attn_func is not callable"
+
+
+FA4_ARCHS = (9, 10)  # Hopper (sm90) and Blackwell (sm100): the architectures FlashAttention-4 builds kernels for
+
+
+def _fa4_problem(device: torch.device) -> str | None:
+    major = torch.cuda.get_device_capability(device)[0]
+    if major not in FA4_ARCHS:
+        return f"FlashAttention-4 needs compute capability 9.x or 10.x (this GPU: {major}.x)"
+    fn = _fa4_func()
+    return fn if isinstance(fn, str) else None
+
+
+def _fa2_problem(device: torch.device) -> str | None:
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return "flash-attn 2 needs compute capability 8.0 or newer"
+    fn = _fa2_func()
+    return fn if isinstance(fn, str) else None
+
+
+# --------------------------------------------------------------------------- dispatch
 def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0):
     if backend == "reference":
         return reference(q, k, v, g, scaling)[0]
@@ -63,14 +122,46 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
         return _decode_sdpa(q, k, v, materialize(g), scaling).nan_to_num(0.0)
     if g.plain_causal:
         return _causal_sdpa(q, k, v, g, scaling, dropout)
-    if backend == "flex" and q.shape[2] >= 16:  # decode steps: a tiny masked SDPA beats a per-shape flex compile
+    if backend != "blocked" and q.is_cuda and dropout == 0.0 and g.simple:
+        return _simple(backend, q, k, v, g, scaling)
+    if backend in ("flex", "fa4", "flash") and q.shape[2] >= 16:  # decode-sized calls: a masked SDPA beats a compile
         return flex(q, k, v, g, scaling)
-    if backend == "flash":
-        if _flash_applicable(q, g):
-            return flash(q, k, v, g, scaling)
-        if q.shape[2] >= 16 and _has_flex():  # padded batches or mixed masks: flash's index window does not apply
-            return flex(q, k, v, g, scaling)
     return blocked(q, k, v, g, scaling, dropout)
+
+
+def _simple(backend: str, q, k, v, g: MaskGeometry, scaling: float):
+    return simple_attention(q, k, v, g, scaling, _window_fn(backend, q))
+
+
+def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
+    """A :attr:`MaskGeometry.simple` call: no padding, consecutive positions, and queries that turn 'full' from one
+    host-known position on (FA-decode answer tokens in training and scoring). Sliding rows and full rows go to
+    separate kernel calls: ``fn`` (a window kernel, see :func:`window_sink`) when given, else FlexAttention."""
+    Q, KV = q.shape[2], k.shape[2]
+    q_first, kv_first = g.offsets
+    split = min(max(g.full_from - q_first, 0), Q)
+    aligned = q_first - kv_first == KV - Q  # the queries are the newest keys: bottom-right causal alignment holds
+    if split == Q:
+        if fn is not None and aligned:
+            return window_sink(q, k, v, g, scaling, fn)
+        return flex_simple(q, k, v, g, scaling)
+    full_rows = _full_rows(q[:, :, split:], k, v, scaling, fn if aligned else None, q_first + split, kv_first)
+    if split == 0:
+        return full_rows
+    keys = split + KV - Q if aligned else KV
+    head = simple_attention(q[:, :, :split], k[:, :, :keys], v[:, :, :keys], _slice_queries(g, 0, split), scaling, fn)
+    return torch.cat([head, full_rows], dim=1)
+
+
+def _full_rows(q, k, v, scaling: float, fn, q_first: int, kv_first: int):
+    """Queries that see every earlier key: bottom-right causal by the window kernel, else SDPA with a built mask."""
+    if fn is not None:
+        return fn(q, k, v, causal=True, window_left=None, scale=scaling)[0]
+    q_abs = q_first + torch.arange(q.shape[2], device=q.device)
+    kv_abs = kv_first + torch.arange(k.shape[2], device=q.device)
+    mask = kv_abs[None, :] <= q_abs[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- reference
@@ -111,6 +202,8 @@ def _decode_sdpa(q, k, v, mask, scaling: float):
 
 def _is_aligned(g: MaskGeometry) -> bool:
     """Keys and queries are the same tokens in order (a prefill without padding or eviction)."""
+    if g.offsets is not None:
+        return g.offsets[0] == g.offsets[1]
     return g.q_pos.shape == g.kv_pos.shape and bool((g.q_pos == g.kv_pos).all())
 
 
@@ -194,7 +287,6 @@ def _compiled_flex():
     return torch.compile(flex_attention, fullgraph=True)
 
 
-_BLOCK_MASKS: dict = {}
 # Each dtype, head size, grad mode, first dynamic shape and window value costs flex_attention one compiled graph.
 # Past dynamo's default of 8 graphs per function it silently falls back to the eager flex_attention, which builds
 # the full score matrix: seen on an H100 (torch 2.11) as 87 ms instead of 0.7 ms at 8K and out of memory at 32K.
@@ -230,10 +322,23 @@ def _main_kernel_options() -> dict:
 
 
 def flex(q, k, v, g: MaskGeometry, scaling: float):
+    """Any geometry: the block mask and the predicate read the position tensors (padding, evicted caches)."""
+    block_mask = _create_block_mask(g, q.shape[0], q.shape[2], k.shape[2], q.device)
+    return _run_flex(q, k, v, block_mask, scaling, lambda: blocked(q, k, v, g, scaling))
+
+
+def flex_simple(q, k, v, g: MaskGeometry, scaling: float):
+    """Unpadded, consecutive positions, no full queries: an arithmetic predicate over two offsets held in a device
+    tensor (one compiled graph serves every chunk offset) and a block mask cached on host-known facts."""
+    q_first, kv_first = g.offsets
+    block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.window, g.keep_first, str(q.device))
+    return _run_flex(q, k, v, block_mask, scaling, lambda: blocked(q, k, v, g, scaling))
+
+
+def _run_flex(q, k, v, block_mask, scaling: float, fallback):
     options = _main_kernel_options() if FLEX_AVOID_DECODE_KERNEL and q.is_cuda else None
     try:
         with _flex_scope(q, k, v):
-            block_mask = block_mask_for(g, q.shape[0], q.shape[2], k.shape[2], q.device)
             out = _compiled_flex()(
                 q,
                 k,
@@ -247,8 +352,8 @@ def flex(q, k, v, g: MaskGeometry, scaling: float):
         if "RecompileLimit" not in type(e).__name__ and "CacheLimit" not in type(e).__name__:
             raise
         _warn_flex_limit()
-        return blocked(q, k, v, g, scaling)
-    return out.transpose(1, 2).contiguous()
+        return fallback()
+    return out.transpose(1, 2)  # (B, Q, H, D) view: the model's reshape makes the one copy it needs anyway
 
 
 @functools.cache
@@ -261,32 +366,37 @@ def _warn_flex_limit() -> None:
     )
 
 
+def window_mask_mod(offsets: torch.Tensor, window: int, keep_first: int):
+    """The SWAA rule for consecutive positions: query index i is at position offsets[0] + i, key index j at
+    offsets[1] + j. Same predicate as :func:`swaa_core.masks.visible` with every key valid and no full query."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q_pos, kv_pos = q_idx + offsets[0], kv_idx + offsets[1]
+        return (kv_pos <= q_pos) & ((q_pos - kv_pos < window) | (kv_pos < keep_first))
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=64)
+def _simple_block_mask(Q: int, KV: int, q_first: int, kv_first: int, window: int, keep_first: int, device: str):
+    from .masks import geometry_from_positions
+
+    q_pos = torch.arange(q_first, q_first + Q, device=device)[None]
+    kv_pos = torch.arange(kv_first, kv_first + KV, device=device)[None]
+    g = geometry_from_positions(q_pos, kv_pos, window=window, keep_first=keep_first)
+    offsets = torch.tensor([q_first, kv_first], device=device)
+    return _create_block_mask(g, 1, Q, KV, device, mask_mod=window_mask_mod(offsets, window, keep_first))
+
+
 def block_mask_for(g: MaskGeometry, B: int, Q: int, KV: int, device):
-    """Block-sparse mask for the geometry; cached per shape when positions are the plain 0..n-1 layout."""
-    key = _plain_layout_key(g, B, Q, KV)
-    if key is not None and key in _BLOCK_MASKS:
-        return _BLOCK_MASKS[key]
-    block_mask = _create_block_mask(g, B, Q, KV, device)
-    if key is not None:
-        if len(_BLOCK_MASKS) > 64:
-            _BLOCK_MASKS.clear()
-        _BLOCK_MASKS[key] = block_mask
-    return block_mask
+    """The block mask a flex call uses for ``g`` (cached when the geometry is simple)."""
+    if g.simple and g.full_from - g.offsets[0] >= Q:
+        q_first, kv_first = g.offsets
+        return _simple_block_mask(Q, KV, q_first, kv_first, g.window, g.keep_first, str(device))
+    return _create_block_mask(g, B, Q, KV, device)
 
 
-def _plain_layout_key(g: MaskGeometry, B: int, Q: int, KV: int):
-    """Cache key when no token is padding or a full-attention query and every row holds consecutive positions.
-
-    One device-to-host copy: every layer asks, and each copy leaves the GPU idle until Python launches the kernel."""
-    start = g.kv_pos[:1, :1]
-    plain = g.kv_valid.all() & ~g.q_full.any() & (g.kv_pos == start + torch.arange(KV, device=start.device)).all()
-    is_plain, first_q, first_kv = torch.stack([plain.long(), g.q_pos[0, 0], g.kv_pos[0, 0]]).tolist()
-    if not is_plain:
-        return None
-    return (B, Q, KV, first_q, first_kv, g.window, g.keep_first, str(start.device))
-
-
-def _create_block_mask(g: MaskGeometry, B: int, Q: int, KV: int, device, block: int = BLOCK):
+def _create_block_mask(g: MaskGeometry, B: int, Q: int, KV: int, device, block: int = BLOCK, mask_mod=None):
     """The block-sparse mask, from the predicate evaluated on candidate tiles only: the sink tiles and the tiles each
     query tile's window spans. No compile, extra memory O(Q * (W + K)).
 
@@ -317,7 +427,13 @@ def _create_block_mask(g: MaskGeometry, B: int, Q: int, KV: int, device, block: 
     kv_num, kv_indices = _dense_to_ordered(partial[..., :nk])
     full_num, full_indices = _dense_to_ordered(full[..., :nk])
     return BlockMask.from_kv_blocks(
-        kv_num, kv_indices, full_num, full_indices, BLOCK_SIZE=block, mask_mod=swaa_mask_mod(g), seq_lengths=(Q, KV)
+        kv_num,
+        kv_indices,
+        full_num,
+        full_indices,
+        BLOCK_SIZE=block,
+        mask_mod=mask_mod or swaa_mask_mod(g),
+        seq_lengths=(Q, KV),
     )
 
 
@@ -355,38 +471,79 @@ def _dense_to_ordered(dense: torch.Tensor):
     return counts[:, None].contiguous(), order[:, None].contiguous()
 
 
-# --------------------------------------------------------------------------- flash-attn (CUDA, optional)
-def _flash_applicable(q, g: MaskGeometry) -> bool:
-    """flash-attn's window is index based: use it for unpadded prefill where index distance = position distance."""
-    return q.dtype in (torch.float16, torch.bfloat16) and g.all_valid and not bool(g.q_full.any())
+# --------------------------------------------------------------------------- window kernels: FA4, flash-attn 2
+# A window function takes q (B, H, Q, D) and k/v (B, Hkv, KV, D) with bottom-right causal alignment (query r is key
+# r + KV - Q) and returns (out (B, Q, H, D), lse (B, H, Q) in float32). window_left=None: plain (causal) attention.
+HEAD_DIMS = {"fa4": range(8, 257, 8), "flash": range(8, 257, 8)}
 
 
-def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
-    """Window pass by flash-attn (window_size=(W-1, 0)), then the sink keys outside each query's window, merged by LSE."""
-    if flash_fn is None:
-        from flash_attn import flash_attn_func as flash_fn
+def _window_fn(backend: str, q):
+    if backend not in ("fa4", "flash") or q.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if q.shape[-1] not in HEAD_DIMS[backend]:
+        return None
+    return _fa4_window if backend == "fa4" else _fa2_window
+
+
+def _fa4_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
+    out, lse = _fa4_func()(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        softmax_scale=scale,
+        causal=causal,
+        window_size=(window_left, 0 if causal else None),
+        return_lse=True,
+    )
+    return out, lse
+
+
+def _fa2_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
+    out, lse, _ = _fa2_func()(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        softmax_scale=scale,
+        causal=causal,
+        window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
+        return_attn_probs=True,
+    )
+    return out, lse
+
+
+def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
+    """Sliding window + sinks from a window kernel (flash-attn's ``window_size=(W-1, 0)``), for unpadded queries that
+    are the newest keys. Queries whose window still reaches the sinks see plain causal attention (sinks and window
+    overlap into one run); the others get a second pass over the sink keys, merged by log-sum-exp (differentiable:
+    both kernels take the gradient of their LSE)."""
     W, K = g.window, g.keep_first
-    Q = q.shape[2]
-    q_first = int(g.q_pos[0, 0]) - int(g.kv_pos[0, 0])  # index of the first query among the keys
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    out, lse, _ = flash_fn(
-        qt, kt, vt, softmax_scale=scaling, causal=True, window_size=(W - 1, 0), return_attn_probs=True
-    )
-    # queries whose window starts after the sinks: the sinks are a disjoint set of extra keys for them
-    first_merged = max(0, K + W - 1 - q_first)
-    if K == 0 or first_merged >= Q:
-        return out if K == 0 else blocked(q, k, v, g, scaling)
-    sink_out, sink_lse, _ = flash_fn(
-        qt[:, first_merged:], kt[:, :K], vt[:, :K], softmax_scale=scaling, causal=False, return_attn_probs=True
-    )
-    merged = _merge_lse(out[:, first_merged:], lse[:, :, first_merged:], sink_out, sink_lse)
-    if first_merged == 0:
-        return merged
-    head = blocked(q[:, :, :first_merged], k, v, _slice_queries(g, 0, first_merged), scaling)
-    return torch.cat([head, merged], dim=1)
+    Q, KV = q.shape[2], k.shape[2]
+    q_first, kv_first = g.offsets if g.offsets is not None else (int(g.q_pos[0, 0]), int(g.kv_pos[0, 0]))
+    sinks = min(max(K - kv_first, 0), KV)  # key indices holding sink positions
+    if sinks == 0:
+        return fn(q, k, v, causal=True, window_left=W - 1, scale=scaling)[0]
+    head = min(max(K + W - 1 - q_first, 0), Q)  # queries at positions < K + W - 1 see [first key, themselves]
+    parts = []
+    if head:
+        parts.append(
+            fn(
+                q[:, :, :head],
+                k[:, :, : head + KV - Q],
+                v[:, :, : head + KV - Q],
+                causal=True,
+                window_left=None,
+                scale=scaling,
+            )[0]
+        )
+    if head < Q:
+        tail = q[:, :, head:]
+        out, lse = fn(tail, k, v, causal=True, window_left=W - 1, scale=scaling)
+        sink_out, sink_lse = fn(tail, k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling)
+        parts.append(merge_lse(out, lse, sink_out, sink_lse))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _merge_lse(out_a, lse_a, out_b, lse_b):
+def _merge_lse_eager(out_a, lse_a, out_b, lse_b):
     """Combine two softmax-normalised partial attentions over disjoint key sets. out: (B, Q, H, D); lse: (B, H, Q)."""
     lse = torch.logaddexp(lse_a, lse_b)
     wa = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)
@@ -394,5 +551,48 @@ def _merge_lse(out_a, lse_a, out_b, lse_b):
     return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype)
 
 
+@functools.cache
+def _merge_lse_compiled():
+    # one fused pass instead of ~8 elementwise kernels over (B, Q, H, D): the merge is memory-bound
+    return torch.compile(_merge_lse_eager, dynamic=True, fullgraph=True)
+
+
+def merge_lse(out_a, lse_a, out_b, lse_b):
+    if out_a.is_cuda:
+        return _merge_lse_compiled()(out_a, lse_a, out_b, lse_b)
+    return _merge_lse_eager(out_a, lse_a, out_b, lse_b)
+
+
+def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
+    """flash-attn 2's window + sinks composition for an unpadded geometry (kept for callers of the old name)."""
+    fn = _fa2_window
+    if flash_fn is not None:
+
+        def fn(q, k, v, *, causal, window_left, scale):
+            out, lse, _ = flash_fn(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                softmax_scale=scale,
+                causal=causal,
+                window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
+                return_attn_probs=True,
+            )
+            return out, lse
+
+    return window_sink(q, k, v, g, scaling, fn)
+
+
 def _slice_queries(g: MaskGeometry, start: int, end: int) -> MaskGeometry:
-    return MaskGeometry(g.q_pos[:, start:end], g.kv_pos, g.kv_valid, g.q_full[:, start:end], g.window, g.keep_first)
+    offsets = None if g.offsets is None else (g.offsets[0] + start, g.offsets[1])
+    return MaskGeometry(
+        g.q_pos[:, start:end],
+        g.kv_pos,
+        g.kv_valid,
+        g.q_full[:, start:end],
+        g.window,
+        g.keep_first,
+        keys_all_valid=g.keys_all_valid,
+        offsets=offsets,
+        full_from=g.full_from,
+    )

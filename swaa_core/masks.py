@@ -16,6 +16,8 @@ import torch
 
 from .config import SWAAConfig
 
+NO_FULL = 2**62  # a ``full_from`` beyond every position: no query is full
+
 
 @dataclass
 class MaskGeometry:
@@ -38,6 +40,15 @@ class MaskGeometry:
     queries_all_full: bool | None = None
     reach: int | None = None  # largest query position minus smallest key position
     sees_all_keys: bool | None = None  # every query sees every key it is given (then no mask is needed at all)
+    # (first query position, first key position) when no key is padding and every row's queries and keys are runs of
+    # consecutive positions starting there: the mask is then arithmetic on indices, which the fast kernels use.
+    offsets: tuple[int, int] | None = None
+    full_from: int | None = None  # q_full is exactly q_pos >= full_from in every row (NO_FULL: no query is full)
+
+    @property
+    def simple(self) -> bool:
+        """A sliding layer whose whole mask follows from host-known integers (offsets, window, sinks, full_from)."""
+        return self.window is not None and self.offsets is not None and self.full_from is not None
 
     @property
     def all_full(self) -> bool:

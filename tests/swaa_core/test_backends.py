@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swaa_core import backends
-from swaa_core.masks import MaskGeometry
+from swaa_core.masks import MaskGeometry, materialize
 
 
 def naive_attention(q, k, v, q_pos, kv_pos, kv_valid, q_full, window, keep_first, scale):
@@ -176,3 +179,136 @@ def test_32k_prefill_fits_where_a_quadratic_mask_cannot(backend, fits, tmp_path)
     env = {"PYTHONPATH": f"{root}:{tests_dir}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, env=env, timeout=600)
     assert ("prefill ok" in proc.stdout) == fits, proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- fast paths: FA4 / flash-attn composition
+def emulated_window_fn(q, k, v, *, causal, window_left, scale):
+    """The window-kernel contract of backends.window_sink (q in (B, H, Q, D), bottom-right alignment, LSE), emulated
+    by the float64 flash-attn emulation above."""
+    out, lse, _ = emulated_flash_attn(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        softmax_scale=scale,
+        causal=causal,
+        window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
+    )
+    return out, lse
+
+
+def simple_case(*, n, window, keep_first, q_len=None, full_from=None, H=4, Hkv=2, D=8, B=1, seed=0):
+    """Unpadded consecutive positions with the host-known hints the engine sets (offsets, full_from)."""
+    from swaa_core.masks import NO_FULL
+
+    q, k, v, g = make_case(n=n, window=window, keep_first=keep_first, q_len=q_len, H=H, Hkv=Hkv, D=D, B=B, seed=seed)
+    full_from = NO_FULL if full_from is None else full_from
+    g.q_full = g.q_pos >= full_from
+    g.offsets = (int(g.q_pos[0, 0]), 0)
+    g.full_from = full_from
+    g.keys_all_valid = True
+    return q, k, v, g
+
+
+SIMPLE_CASES = [
+    dict(n=40, window=5, keep_first=0),
+    dict(n=40, window=5, keep_first=3),
+    dict(n=40, window=1, keep_first=2),
+    dict(n=40, window=6, keep_first=9),  # keep_first > W
+    dict(n=20, window=4, keep_first=30),  # keep_first > n: every query sees its whole past
+    dict(n=41, window=7, keep_first=2, q_len=13),  # a prefill chunk against a cache
+    dict(n=41, window=7, keep_first=2, q_len=3),  # a short chunk inside the sink + window head
+    dict(n=37, window=4, keep_first=2, full_from=30),  # training mask: answer tokens full
+    dict(n=37, window=4, keep_first=2, full_from=0),  # every query full
+    dict(n=37, window=4, keep_first=2, q_len=12, full_from=31),  # chunk with full tail
+    dict(n=33, window=3, keep_first=1, H=6, Hkv=1, B=2),  # MQA, batch
+]
+
+
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_window_kernel_composition_matches_naive_float64(case):
+    """simple_attention with a window kernel (what fa4 / flash run): head rows causal, tail window + sinks merged by
+    LSE, full rows split off; against the loop-by-loop float64 rule."""
+    q, k, v, g = simple_case(**case)
+    scale = 1 / math.sqrt(q.shape[-1])
+    expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    out = backends.simple_attention(q, k, v, g, scale, emulated_window_fn)
+    assert out.shape == expected.shape
+    assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
+
+
+def test_window_kernel_composition_gradients_match_naive_float64():
+    """The LSE merge is differentiable: gradients of q, k, v equal those of the float64 rule."""
+    q, k, v, g = simple_case(n=29, window=4, keep_first=3, full_from=25)
+    q, k, v = (t.double().requires_grad_() for t in (q, k, v))
+    scale = 0.4
+    weights = torch.randn(1, 29, 4, 8, dtype=torch.float64)
+    (backends.simple_attention(q, k, v, g, scale, emulated_window_fn) * weights).sum().backward()
+    got = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    naive = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    (naive * weights).sum().backward()
+    for a, b in zip(got, (q.grad, k.grad, v.grad), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()  # the LSE merge runs in float32
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    q_len=st.integers(1, 40),
+    extra_keys=st.integers(0, 40),
+    kv_first=st.integers(0, 30),
+    window=st.integers(1, 50),
+    keep_first=st.integers(0, 60),
+)
+def test_arithmetic_mask_mod_equals_the_general_predicate(q_len, extra_keys, kv_first, window, keep_first):
+    """The fast path's index arithmetic (window_mask_mod) against masks.materialize on the same positions."""
+    from swaa_core.masks import geometry_from_positions
+
+    n = q_len + extra_keys
+    q_first = kv_first + extra_keys
+    q_pos = torch.arange(q_first, q_first + q_len)[None]
+    kv_pos = torch.arange(kv_first, kv_first + n)[None]
+    g = geometry_from_positions(q_pos, kv_pos, window=window, keep_first=keep_first)
+    mod = backends.window_mask_mod(torch.tensor([q_first, kv_first]), window, keep_first)
+    got = mod(0, 0, torch.arange(q_len)[:, None], torch.arange(n)[None, :])
+    assert torch.equal(got, materialize(g)[0, 0])
+
+
+# --------------------------------------------------------------------------- detection by callable
+def test_a_flash_attn_package_without_flash_attn_func_is_not_flash_attn_2(tmp_path, monkeypatch):
+    """flash-attn-4 installs a ``flash_attn`` namespace with only ``flash_attn.cute``: neither the package name nor a
+    ``cute`` without the function may make a backend look available."""
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")  # no flash_attn_func in it either
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    backends._fa2_func.cache_clear()
+    backends._fa4_func.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(backends, "_has_flex", lambda: True)
+    try:
+        status = backends.backend_status("cuda")
+        assert "flash_attn.flash_attn_func cannot be imported" in status["flash"]
+        assert "flash_attn.cute.flash_attn_func cannot be imported" in status["fa4"]
+        chosen, notes = backends.explain_backend("auto", "cuda")
+        assert chosen == "flex"
+        assert any(note.startswith("fa4:") for note in notes) and any(note.startswith("flash:") for note in notes)
+        with pytest.raises(ValueError, match="'flash' cannot run here: flash_attn.flash_attn_func"):
+            backends.choose_backend("flash", "cuda")
+    finally:
+        backends._fa2_func.cache_clear()
+        backends._fa4_func.cache_clear()
+
+
+def test_fa4_needs_hopper_or_blackwell(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(backends, "_has_flex", lambda: True)
+    assert "compute capability 9.x or 10.x" in backends.backend_status("cuda")["fa4"]
+
+
+def test_cpu_backends_and_reasons():
+    status = backends.backend_status("cpu")
+    assert status["reference"] is None and status["blocked"] is None
+    assert all("CUDA" in status[name] for name in ("flex", "fa4", "flash"))
+    assert backends.explain_backend("auto", "cpu") == ("blocked", [])
