@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import json
 import math
 import os
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swaa_core import SWAAConfig, backends, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
-from swaa_core.masks import MaskGeometry  # noqa: E402
+from swaa_core.masks import NO_FULL, MaskGeometry  # noqa: E402
 
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
 RESULTS: dict = {"sections": {}, "failures": []}
@@ -198,7 +199,11 @@ def make_case(*, n, window, keep_first=0, B=1, H=32, Hkv=8, D=128, pads=(), q_le
     q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
     if full_tail:
         q_full[:, -full_tail:] = True
-    return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
+    g = MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
+    if not pads:  # the host-known facts the engine sets for an unpadded call (they route to the fast paths)
+        g.keys_all_valid, g.offsets = True, (n - q_len, 0)
+        g.full_from = n - full_tail if full_tail else NO_FULL
+    return q, k, v, g
 
 
 ATTENTION_CASES = {
@@ -230,6 +235,8 @@ def run_correctness(out: dict):
             q, k, v, rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first), scale
         )
         outputs = {"dispatch(flex)": backends.attend("flex", q, k, v, g, scale)}
+        if backends.backend_status(q.device)["fa4"] is None:
+            outputs["dispatch(fa4)"] = backends.attend("fa4", q, k, v, g, scale)
         if q.shape[2] >= 16:  # flex itself serves 16+ queries; decode steps go to SDPA / blocked
             outputs["flex"] = backends.flex(q, k, v, g, scale)
         outputs["blocked"] = backends.blocked(q, k, v, g, scale)
@@ -247,12 +254,13 @@ def run_correctness(out: dict):
             for label, o in outputs.items():
                 row[f"{label} real rows"] = rel_err(o[real], expected[real])
                 row[f"{label} max |pad row|"] = float(o[~real].abs().max())
-        row["ok"] = all(math.isfinite(row[b]) and row[b] < BF16_TOL for b in ("flex", "dispatch(flex)") if b in row)
+        fast = ("flex", "dispatch(flex)", "dispatch(fa4)")
+        row["ok"] = all(math.isfinite(row[b]) and row[b] < BF16_TOL for b in fast if b in row)
         row["blocked ok"] = math.isfinite(row["blocked"]) and row["blocked"] < BF16_TOL
         out[name] = row
         print(f"{name:36s} " + "  ".join(f"{k}={v:.2e}" for k, v in row.items() if isinstance(v, float)), flush=True)
     cases = [r for n, r in out.items() if isinstance(r, dict) and n != "decode kernel errors"]
-    worst = max(max(v for k, v in r.items() if k in ("flex", "dispatch(flex)")) for r in cases)
+    worst = max(max(v for k, v in r.items() if k in ("flex", "dispatch(flex)", "dispatch(fa4)")) for r in cases)
     named = {n: r for n, r in out.items() if isinstance(r, dict) and n != "decode kernel errors"}
     failed = [n for n, r in named.items() if not r["ok"]]
     blocked_failed = [n for n, r in named.items() if not r["blocked ok"]]
@@ -439,10 +447,7 @@ def run_kernels(out: dict):
 
     from swaa_core.masks import swaa_mask_mod
 
-    with spy_block_masks() as records:
-        kernel_rows(out)
-    out["block_masks"] = records
-    out["never_n_x_n"] = all(r["extra_gib"] < 0.25 * r["n_x_n_bool_gib"] for r in records if r["Q"] >= 32768)
+    kernel_rows(out)
     n = min(ARGS.lengths)  # torch's (uncompiled) builder holds the n x n bool: affordable at the shortest length
     g = make_case(n=n, window=ARGS.window, keep_first=ARGS.sinks, H=1, Hkv=1, D=16, seed=1)[3]
     ours = backends._create_block_mask(g, 1, n, n, g.q_pos.device)
@@ -450,22 +455,17 @@ def run_kernels(out: dict):
         ours, create_block_mask(swaa_mask_mod(g), 1, None, n, n, device=g.q_pos.device)
     )
     for r in out["rows"]:
+        best = {k: v for k, v in r["pct_ideal_vs_sdpa"].items() if k.startswith("ours")}
         SUMMARY.append(
             (
-                f"attention {r['n'] // 1024}K",
-                f"SDPA {statistics.median(r['sdpa_ms']):.2f} ms, SWAA flex "
-                f"{statistics.median(r['flex_ms']):.2f} ms (raw kernel {r['flex_raw_kernel_ms']:.2f}) -> {r['speedup']}x, "
-                f"ideal {r['ideal']}x (blocks {r['ideal_blocks']}x); rel err vs blocked {r['rel_err_vs_blocked']:.1e}; "
-                f"first call {r['first_call_s']} s",
+                f"attention {r['n'] // 1024}K (ideal {r['ideal']}x)",
+                "; ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in r["ms"].items())
+                + f" | % of ideal vs SDPA {r['pct_ideal_vs_sdpa']} | vs FA4 {r.get('pct_ideal_vs_fa4')}"
+                + f" | first call s {r['first_call_s']} | rel err {r['rel_err_vs_blocked']} | ours {best}",
             )
         )
     SUMMARY.append(
-        (
-            "block masks",
-            f"same tiles as torch's builder at {n // 1024}K: {out['same_tiles_as_torch_builder']}; never n x n: "
-            f"{out['never_n_x_n']}; "
-            + ", ".join(f"{r['Q'] // 1024}K {r['seconds']} s +{r['extra_gib']} GiB" for r in records),
-        )
+        ("block masks", f"same tiles as torch's builder at {n // 1024}K: {out['same_tiles_as_torch_builder']}")
     )
 
 
@@ -479,53 +479,66 @@ def kernel_rows(out: dict):
 
 
 def kernel_row(n: int) -> dict:
+    """One length, every kernel on the same q/k/v, timed in turns: SDPA causal, FA4 causal (the references), plain
+    FlexAttention with an arithmetic sink+window mask (Triton, and FLASH = FA4 underneath), and swaa_core's paths."""
+    from torch.nn.attention.flex_attention import flex_attention
+
     W, K, H, Hkv, D = ARGS.window, ARGS.sinks, 32, 8, 128
     q, k, v, g = make_case(n=n, window=W, keep_first=K, H=H, Hkv=Hkv, D=D, seed=n)
+    g.offsets, g.full_from, g.keys_all_valid = (0, 0), NO_FULL, True  # what the engine knows for an unpadded prefill
     scale = D**-0.5
+    bm = backends._simple_block_mask(n, n, 0, 0, W, K, str(q.device))
+    compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
-    def sdpa():
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    def plain_flex(backend):
+        def run():
+            return compiled(q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options={"BACKEND": backend})
 
-    def ours():  # what a model layer calls: cached block-mask lookup + compiled flex + (B, Q, H, D) layout
-        return backends.flex(q, k, v, g, scale)
+        return run
 
-    first_s = first_call_seconds(ours)  # compile (if this shape is new) + block mask + one run
-    bm = backends.block_mask_for(g, 1, n, n, q.device)
-
-    def raw():  # the compiled kernel alone, under the same compile settings as the backend
-        with backends._flex_scope(q, k, v):
-            return backends._compiled_flex()(
-                q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options=backends._main_kernel_options()
-            )
-
-    raw()
-    check = rel_err(ours(), backends.blocked(q, k, v, g, scale))  # an independent O(n*W) path: SDPA + masks
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    t_sdpa, t_ours = [], []
+    kernels = {
+        "sdpa_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True),
+        "flex_triton": plain_flex("TRITON"),
+        "flex_flash": plain_flex("FLASH"),
+        "ours_flex": lambda: backends.flex_simple(q, k, v, g, scale),
+    }
+    first = {}
+    if backends.backend_status(q.device)["fa4"] is None:
+        kernels["fa4_causal"] = lambda: backends._fa4_window(q, k, v, causal=True, window_left=None, scale=scale)[0]
+        kernels["fa4_window_no_sinks"] = lambda: backends._fa4_window(
+            q, k, v, causal=True, window_left=W - 1, scale=scale
+        )[0]
+        kernels["ours_fa4"] = lambda: backends.attend("fa4", q, k, v, g, scale)
+    reference = backends.blocked(q, k, v, g, scale)  # an independent O(n*W) path: SDPA + masks
+    errors, dead = {}, []
+    for name, fn in kernels.items():
+        try:
+            first[name] = round(first_call_seconds(fn), 2)
+            if name not in ("sdpa_causal", "fa4_causal", "fa4_window_no_sinks"):
+                out = fn()
+                out = out.transpose(1, 2) if out.shape[1] == H else out  # flex's own layout is (B, H, Q, D)
+                errors[name] = rel_err(out, reference)
+        except Exception as e:  # a kernel that cannot run here is reported, the others still run
+            first[name] = f"{type(e).__name__}: {str(e)[:300]}"
+            dead.append(name)
+    for name in dead:
+        kernels.pop(name)
+    times = {name: [] for name in kernels}
     for _ in range(2):  # alternate, so drift shows up as spread rather than as a difference
-        t_sdpa.append(kernel_ms(sdpa))
-        t_ours.append(kernel_ms(ours))
-    t_raw = kernel_ms(raw)
-    peak_extra = gib(torch.cuda.max_memory_allocated() - base)
+        for name, fn in kernels.items():
+            times[name].append(kernel_ms(fn))
     causal_pairs, swaa_pairs = n * (n + 1) // 2, pairs_visited(n, W, K)
-    s_med, o_med = statistics.median(t_sdpa), statistics.median(t_ours)
-    nb = math.ceil(n / 128)
-    visited_blocks = int(bm.kv_num_blocks.sum()) + int(bm.full_kv_num_blocks.sum())
-    return dict(
-        n=n,
-        sdpa_ms=t_sdpa,
-        flex_ms=t_ours,
-        flex_raw_kernel_ms=t_raw,
-        speedup=round(s_med / o_med, 2),
-        ideal=round(causal_pairs / swaa_pairs, 2),
-        ideal_blocks=round(nb * (nb + 1) / 2 / visited_blocks, 2),
-        sdpa_tflops=round(tflops(causal_pairs, H * D, s_med), 1),
-        flex_tflops_on_visible_pairs=round(tflops(swaa_pairs, H * D, o_med), 1),
-        first_call_s=round(first_s, 2),
-        peak_extra_gib_during_timing=peak_extra,
-        rel_err_vs_blocked=check,
-    )
+    ideal = causal_pairs / swaa_pairs
+    med = {name: statistics.median(t) for name, t in times.items()}
+    row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
+    for name, ms in med.items():
+        pairs = causal_pairs if name in ("sdpa_causal", "fa4_causal") else swaa_pairs
+        row.setdefault("tflops_useful", {})[name] = round(tflops(pairs, H * D, ms), 1)
+        if name not in ("sdpa_causal", "fa4_causal"):
+            row.setdefault("pct_ideal_vs_sdpa", {})[name] = round(100 * med["sdpa_causal"] / ms / ideal, 1)
+            if "fa4_causal" in med:
+                row.setdefault("pct_ideal_vs_fa4", {})[name] = round(100 * med["fa4_causal"] / ms / ideal, 1)
+    return row
 
 
 def tflops(pairs: int, head_width: int, ms: float) -> float:
@@ -665,6 +678,115 @@ def run_decode(out: dict, model):
         )
 
 
+# --------------------------------------------------------------------------- LoRA training step (issue: fine-tuning)
+def qwen3_4b(layers: int = 36):
+    import transformers as tf
+
+    cfg = tf.Qwen3Config(
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        attn_implementation="sdpa",
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+
+
+def train_step(peft_model, opt, ids, labels, prompt_tokens, cfg):
+    kwargs = dict(input_ids=ids, labels=labels)
+    if cfg is not None and cfg.force_fa_decode:
+        kwargs["swaa_prompt_lengths"] = torch.tensor([prompt_tokens])
+    peft_model(**kwargs).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def run_train(out: dict):
+    """LoRA r=16 on q/k/v (swaa_core's defaults), gradient checkpointing, batch 1, one example of --train-prompts
+    tokens + 64 answer tokens with labels on the answer; configurations in turns; seconds per optimizer step (median
+    after warm-up) and peak GPU memory. Same attention path as swaa_core.finetune.train_lora (which wraps it in a
+    transformers Trainer)."""
+    from peft import get_peft_model
+
+    from swaa_core.finetune import TrainSettings, _training_mode, lora_config
+
+    model = qwen3_4b()
+    peft_model = get_peft_model(model, lora_config(TrainSettings()))
+    base = peft_model.get_base_model()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    W, K, answer = ARGS.window, ARGS.sinks, 64
+    configs = {
+        "full (sdpa)": None,
+        f"SWA W{W} K{K} + FA decode (mixed mask)": SWAAConfig(
+            sliding_window_size=W, keep_first=K, force_fa_decode=True
+        ),
+        f"SWA W{W} K{K}": SWAAConfig(sliding_window_size=W, keep_first=K),
+    }
+    rows = out["rows"] = {}
+    with _training_mode(base, True):
+        peft_model.train()
+        for n in ARGS.train_prompts:
+            ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
+            labels = ids.clone()
+            labels[:, :n] = -100
+
+            step = functools.partial(train_step, peft_model, opt, ids, labels, n)
+
+            samples = {label: [] for label in configs}
+            peaks = {label: 0.0 for label in configs}
+            for label, cfg in configs.items():
+                with swaa(base, cfg):
+                    first = first_call_seconds(functools.partial(step, cfg))
+                    step(cfg)
+                print(n, label, "first step", round(first, 1), "s", flush=True)
+            for _ in range(ARGS.reps):
+                for label, cfg in configs.items():
+                    with swaa(base, cfg):
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats()
+                        samples[label].append(timed(functools.partial(step, cfg), reps=1, warmup=0)[0])
+                        peaks[label] = max(peaks[label], gib(torch.cuda.max_memory_allocated()))
+            full = statistics.median(samples["full (sdpa)"])
+            rows[n] = {
+                label: dict(
+                    s_per_step=round(statistics.median(t), 3),
+                    times=[round(x, 3) for x in t],
+                    speedup_vs_full=round(full / statistics.median(t), 2),
+                    peak_gib=peaks[label],
+                )
+                for label, t in samples.items()
+            }
+            print(n, json.dumps(rows[n]), flush=True)
+            for label, r in rows[n].items():
+                SUMMARY.append(
+                    (
+                        f"LoRA step {n // 1024}K+{answer}",
+                        f"{label}: {r['s_per_step']} s ({r['speedup_vs_full']}x), peak {r['peak_gib']} GiB",
+                    )
+                )
+        if ARGS.profile_train:
+            n = ARGS.train_prompts[0]
+            ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
+            labels = ids.clone()
+            labels[:, :n] = -100
+            cfg = list(configs.values())[1]
+            with swaa(base, cfg), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                peft_model(input_ids=ids, labels=labels, swaa_prompt_lengths=torch.tensor([n])).loss.backward()
+                sync()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+            print(table, flush=True)
+            out["profile_mixed"] = table
+    del peft_model, base, model, opt
+    torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------- main
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -677,6 +799,8 @@ def parse(argv=None):
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--decode-prompt", type=int, default=32768)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--train-prompts", type=int, nargs="+", default=[16384, 32768])
+    p.add_argument("--profile-train", action="store_true")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--json", default=None)
     p.add_argument("--watchdog", type=float, default=0, help="print all stacks every N seconds (0: off)")
@@ -695,6 +819,7 @@ def main(argv=None):
     RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     RESULTS["versions"] = versions()
     plain = {"env": run_env, "correctness": run_correctness, "model": run_model_check, "kernels": run_kernels}
+    plain["train"] = run_train
     for name in ARGS.sections:
         if name in plain:
             with section(name) as out:

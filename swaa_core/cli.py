@@ -47,7 +47,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "blocked", "reference", "flex", "flash"),
+        choices=("auto", "blocked", "reference", "flex", "fa4", "flash"),
         help="SWA attention kernel (default: the fastest available on the device)",
     )
 

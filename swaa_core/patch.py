@@ -19,7 +19,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .attention import NAME, LayerPlan, swaa_attention_forward, swaa_mask
-from .backends import choose_backend
+from .backends import explain_backend
 from .cache import ensure_swaa_layers, kv_cache_bytes
 from .config import SWAAConfig, SWAAConfigError
 
@@ -35,6 +35,7 @@ class SWAAState:
     original_attn_implementation: str
     plans: list[LayerPlan] = field(default_factory=list)
     hooks: list = field(default_factory=list, repr=False)
+    backend_notes: list[str] = field(default_factory=list)  # faster kernels "auto" passed over, and why
 
     def summary(self) -> str:
         return f"{self.config.describe()} [backend: {self.backend}]"
@@ -106,7 +107,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
     modules = attention_modules(model)
     config.validate(len(modules))
     device = next(model.parameters()).device
-    chosen = choose_backend(backend, device)
+    chosen, notes = explain_backend(backend, device)
     _register()
     state: SWAAState | None = getattr(model, "_swaa_state", None)
     if state is None:
@@ -115,7 +116,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         state.hooks = [m.register_forward_pre_hook(_cache_hook, with_kwargs=True) for m in modules]
         model.set_attn_implementation(NAME)
         model._swaa_state = state
-    state.config, state.backend = config, chosen
+    state.config, state.backend, state.backend_notes = config, chosen, notes
     state.plans = _plans(config, len(modules), chosen, all_full)
     for module, plan in zip(modules, state.plans, strict=True):
         module._swaa_plan = plan

@@ -1,4 +1,4 @@
-"""CUDA backends (FlexAttention; flash-attn when installed) against float64 attention and against CPU runs.
+"""CUDA backends (FlexAttention; FlashAttention-4 / flash-attn when installed) against float64 attention and CPU runs.
 
 Tests marked ``gpu`` skip where torch sees no CUDA device; run them on a GPU machine with
 ``python -m pytest tests/swaa_core/test_gpu.py -m gpu``. The block-mask builder test also runs on the CPU.
@@ -6,7 +6,6 @@ Tests marked ``gpu`` skip where torch sees no CUDA device; run them on a GPU mac
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from conftest import FAMILIES, build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, backends, kv_cache_bytes, swaa
-from swaa_core.masks import MaskGeometry
+from swaa_core.masks import NO_FULL, MaskGeometry
 
 CUDA = "cuda"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)")
@@ -65,6 +64,19 @@ def make_case(
     if full_tail:
         q_full[:, -full_tail:] = True
     return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
+
+
+def with_engine_hints(g: MaskGeometry, case) -> MaskGeometry:
+    """The host-known facts the engine sets for an unpadded call, which route it to the fast paths."""
+    if not case.get("pads"):
+        n, q_len = case["n"], case.get("q_len") or case["n"]
+        g.keys_all_valid, g.offsets = True, (n - q_len, 0)
+        g.full_from = n - case["full_tail"] if case.get("full_tail") else NO_FULL
+    return g
+
+
+def has(backend):
+    return torch.cuda.is_available() and backends.backend_status(CUDA)[backend] is None
 
 
 def rel_err(out, ref):
@@ -131,12 +143,13 @@ def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
     """At 32K x 32K: building the block mask costs far less than the 1 GiB of an n x n bool (its evaluation chunks
     are bounded), it is cached and visits only sink and window tiles; the attention call does not hold n x n scores
     either (dynamo's eager fallback would: 16 GiB)."""
-    backends._BLOCK_MASKS.clear()
+    backends._simple_block_mask.cache_clear()
     n = 32768
     q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
+    with_engine_hints(g, dict(n=n))
     mask = backends.block_mask_for(g, 1, n, n, q.device)
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < n * n // 8
@@ -144,7 +157,7 @@ def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
     assert int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum()) < (n // 128) * (512 // 128 + 3)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = backends.flex(q, k, v, g, 0.125)
+    out = backends.flex_simple(q, k, v, g, 0.125)
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < n * n // 8
     assert rel_err(out, backends.blocked(q, k, v, g, 0.125)) < TOL[torch.bfloat16]
@@ -190,13 +203,54 @@ def test_block_mask_equals_torchs_builder(case):
     assert torch.equal(_tiles(ours.q_num_blocks, ours.q_indices, n_q), _tiles(ref.q_num_blocks, ref.q_indices, n_q))
 
 
+SIMPLE_CASES = [c for c in CASES if not c.get("pads")]
+
+
 @gpu_test
-@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
-@pytest.mark.parametrize("case", [c for c in CASES if not c.get("pads") and not c.get("full_tail")], ids=_case_id)
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
+def test_arithmetic_flex_path_matches_float64(case):
+    """Unpadded calls with the engine's hints: flex_simple (no full rows) or the row split (FA-decode rows)."""
+    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=4)
+    with_engine_hints(g, case)
+    scale = q.shape[-1] ** -0.5
+    assert rel_err(backends.attend("flex", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
+
+
+@gpu_test
+@pytest.mark.skipif(not has("fa4"), reason="FlashAttention-4 (flash_attn.cute) is not installed for this GPU")
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
+def test_fa4_matches_float64(case):
+    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
+    with_engine_hints(g, case)
+    scale = q.shape[-1] ** -0.5
+    assert rel_err(backends.attend("fa4", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
+
+
+@gpu_test
+@pytest.mark.skipif(not has("fa4"), reason="FlashAttention-4 (flash_attn.cute) is not installed for this GPU")
+def test_fa4_gradients_match_float64():
+    """The backward of the window + sink composition (FA4's backward takes the LSE gradient of the merge)."""
+    case = dict(n=700, window=96, keep_first=8, full_tail=40, H=8, Hkv=2, D=128)
+    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=6)
+    with_engine_hints(g, case)
+    weights = torch.randn(1, 700, 8, 128, device=CUDA, dtype=torch.float64)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    (backends.attend("fa4", q, k, v, g, 0.088).double() * weights).sum().backward()
+    got = [t.grad.double() for t in (q, k, v)]
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    (float64_attention(q64, k64, v64, g, 0.088) * weights).sum().backward()
+    for a, b in zip(got, (q64.grad, k64.grad, v64.grad), strict=True):
+        assert rel_err(a, b) < 2e-2
+
+
+@gpu_test
+@pytest.mark.skipif(not has("flash"), reason="flash-attn 2 is not installed")
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
 def test_flash_matches_float64(case):
     q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
+    with_engine_hints(g, case)
     scale = q.shape[-1] ** -0.5
-    assert rel_err(backends.flash(q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < TOL[torch.bfloat16]
+    assert rel_err(backends.attend("flash", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
 
 
 # --------------------------------------------------------------------------- whole tiny models on the GPU
@@ -213,19 +267,19 @@ def ids(n, seed=0, batch=1):
 def flex_calls(monkeypatch):
     """Counts flex calls, so a model test cannot pass by silently running another backend."""
     calls = []
-    real = backends.flex
+    real = backends._run_flex
 
     def spy(*a, **kw):
         calls.append(a[0].shape[2])
         return real(*a, **kw)
 
-    monkeypatch.setattr(backends, "flex", spy)
+    monkeypatch.setattr(backends, "_run_flex", spy)
     return calls
 
 
 @gpu_test
 def test_auto_backend_on_cuda():
-    expected = "flash" if importlib.util.find_spec("flash_attn") else "flex"
+    expected = next(name for name in ("fa4", "flash", "flex") if has(name))
     assert apply_swaa(gpu_model(), SWAAConfig(sliding_window_size=8)).backend == expected
 
 
@@ -262,7 +316,14 @@ def test_short_prompt_model_logits_match_reference_backend(flex_calls):
 
 
 @gpu_test
-def test_bf16_model_matches_float64_reference_model(flex_calls):
+@pytest.mark.parametrize("backend", ["flex", "fa4"])
+def test_bf16_model_matches_float64_reference_model(backend, monkeypatch):
+    if not has(backend):
+        pytest.skip(f"{backend} cannot run here: {backends.backend_status(CUDA)[backend]}")
+    flex_calls = []
+    spied = "_run_flex" if backend == "flex" else "window_sink"
+    real = getattr(backends, spied)
+    monkeypatch.setattr(backends, spied, lambda *a, **kw: flex_calls.append(1) or real(*a, **kw))
     cfg = SWAAConfig(sliding_window_size=29, keep_first=3)
     model = gpu_model("qwen3")
     x = ids(260, seed=2).to(CUDA)
@@ -270,7 +331,7 @@ def test_bf16_model_matches_float64_reference_model(flex_calls):
         ref = model(x).logits
     with torch.no_grad():
         full_ref = model(x).logits  # full attention, to show the SWAA mask matters at this size
-    with swaa(model.to(torch.bfloat16), cfg), torch.no_grad():
+    with swaa(model.to(torch.bfloat16), cfg, backend=backend), torch.no_grad():
         got = model(x).logits
     assert flex_calls
     err = rel_err(got, ref)
