@@ -137,7 +137,7 @@ def versions() -> dict:
         import triton
 
         out["triton"] = triton.__version__
-    out["flash_attn"] = "installed" if backends.importlib.util.find_spec("flash_attn") else "not installed"
+    out["kernels"] = backends.backend_status(DEVICE) if DEVICE == "cuda" else {}
     return out
 
 
@@ -492,7 +492,10 @@ def kernel_row(n: int) -> dict:
 
     def plain_flex(backend):
         def run():
-            return compiled(q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options={"BACKEND": backend})
+            with torch._dynamo.config.patch(recompile_limit=backends.FLEX_RECOMPILE_LIMIT):
+                return compiled(
+                    q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options={"BACKEND": backend}
+                )
 
         return run
 
@@ -509,12 +512,19 @@ def kernel_row(n: int) -> dict:
             q, k, v, causal=True, window_left=W - 1, scale=scale
         )[0]
         kernels["ours_fa4"] = lambda: backends.attend("fa4", q, k, v, g, scale)
+        kernels["ours_fa4_two_pass"] = lambda: backends.window_sink(q, k, v, g, scale, backends._fa4_window)
+        tail = q[:, :, W + K :]
+        kernels["part_sink_pass"] = lambda: backends._fa4_window(
+            tail, k[:, :, :K], v[:, :, :K], causal=False, window_left=None, scale=scale
+        )
+        a, la = backends._fa4_window(tail, k, v, causal=True, window_left=W - 1, scale=scale)
+        kernels["part_merge"] = lambda: backends.merge_lse(a, la, a, la)
     reference = backends.blocked(q, k, v, g, scale)  # an independent O(n*W) path: SDPA + masks
     errors, dead = {}, []
     for name, fn in kernels.items():
         try:
             first[name] = round(first_call_seconds(fn), 2)
-            if name not in ("sdpa_causal", "fa4_causal", "fa4_window_no_sinks"):
+            if name not in ("sdpa_causal", "fa4_causal", "fa4_window_no_sinks") and not name.startswith("part_"):
                 out = fn()
                 out = out.transpose(1, 2) if out.shape[1] == H else out  # flex's own layout is (B, H, Q, D)
                 errors[name] = rel_err(out, reference)
@@ -531,6 +541,9 @@ def kernel_row(n: int) -> dict:
     ideal = causal_pairs / swaa_pairs
     med = {name: statistics.median(t) for name, t in times.items()}
     row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
+    row["flash_failures"] = dict(backends._FLASH_FAILED)
+    for name in [name for name in med if name.startswith("part_")]:
+        row[name] = med.pop(name)
     for name, ms in med.items():
         pairs = causal_pairs if name in ("sdpa_causal", "fa4_causal") else swaa_pairs
         row.setdefault("tflops_useful", {})[name] = round(tflops(pairs, H * D, ms), 1)

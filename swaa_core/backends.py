@@ -142,6 +142,10 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
     split = min(max(g.full_from - q_first, 0), Q)
     aligned = q_first - kv_first == KV - Q  # the queries are the newest keys: bottom-right causal alignment holds
     if split == Q:
+        if fn is _fa4_window:
+            out = flex_flash(q, k, v, g, scaling)
+            if out is not None:
+                return out
         if fn is not None and aligned:
             return window_sink(q, k, v, g, scaling, fn)
         return flex_simple(q, k, v, g, scaling)
@@ -333,6 +337,49 @@ def flex_simple(q, k, v, g: MaskGeometry, scaling: float):
     q_first, kv_first = g.offsets
     block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.window, g.keep_first, str(q.device))
     return _run_flex(q, k, v, block_mask, scaling, lambda: blocked(q, k, v, g, scaling))
+
+
+@functools.cache
+def _compiled_flex_static():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # FlexAttention's FLASH backend (FA4 underneath) takes static shapes only: one graph per length
+    return torch.compile(flex_attention, fullgraph=True, dynamic=False)
+
+
+_FLASH_FAILED: dict = {}  # (head dim, dtype, GQA) -> the error that made flex's FLASH backend unusable for them
+
+
+def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
+    """FlexAttention with ``BACKEND="FLASH"``: FlashAttention-4's kernel runs the arithmetic sink + window mask in one
+    pass over the block-sparse tiles. None when it cannot (its first failure for a kind of input is remembered, and
+    the caller takes the two-pass FA4 composition or Triton flex instead)."""
+    kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1], torch.is_grad_enabled() and q.requires_grad)
+    if kind in _FLASH_FAILED:
+        return None
+    q_first, kv_first = g.offsets
+    block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.window, g.keep_first, str(q.device))
+    try:
+        with _flex_scope(q, k, v):
+            out = _compiled_flex_static()(
+                q,
+                k,
+                v,
+                block_mask=block_mask,
+                scale=scaling,
+                enable_gqa=q.shape[1] != k.shape[1],
+                kernel_options={"BACKEND": "FLASH"},
+            )
+    except Exception as e:  # an inductor / CuTe DSL limitation for this input kind, or the recompile limit
+        _FLASH_FAILED[kind] = f"{type(e).__name__}: {str(e)[:300]}"
+        warnings.warn(
+            f"FlexAttention's FLASH backend failed ({_FLASH_FAILED[kind][:200]}); SWAA uses FlashAttention-4's window "
+            "kernel with a separate sink pass for such calls.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return out.transpose(1, 2)
 
 
 def _run_flex(q, k, v, block_mask, scaling: float, fallback):
