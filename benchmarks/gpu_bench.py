@@ -541,7 +541,7 @@ def kernel_row(n: int) -> dict:
     ideal = causal_pairs / swaa_pairs
     med = {name: statistics.median(t) for name, t in times.items()}
     row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
-    row["flash_failures"] = dict(backends._FLASH_FAILED)
+    row["flash_failures"] = {str(k): e for k, e in backends._FLASH_FAILED.items()}
     for name in [name for name in med if name.startswith("part_")]:
         row[name] = med.pop(name)
     for name, ms in med.items():

@@ -142,8 +142,8 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
     split = min(max(g.full_from - q_first, 0), Q)
     aligned = q_first - kv_first == KV - Q  # the queries are the newest keys: bottom-right causal alignment holds
     if split == Q:
-        if fn is _fa4_window:
-            out = flex_flash(q, k, v, g, scaling)
+        if fn is _fa4_window and (q_first, kv_first) == (0, 0) and g.keep_first > 0:
+            out = flex_flash(q, k, v, g, scaling)  # one pass over sinks + window
             if out is not None:
                 return out
         if fn is not None and aligned:
@@ -351,14 +351,13 @@ _FLASH_FAILED: dict = {}  # (head dim, dtype, GQA) -> the error that made flex's
 
 
 def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
-    """FlexAttention with ``BACKEND="FLASH"``: FlashAttention-4's kernel runs the arithmetic sink + window mask in one
-    pass over the block-sparse tiles. None when it cannot (its first failure for a kind of input is remembered, and
+    """FlexAttention with ``BACKEND="FLASH"``: FlashAttention-4's kernel runs the sink + window mask of a whole
+    unpadded prefill (queries = keys = positions 0..n-1) in one pass over the block-sparse tiles. None when it cannot (its first failure for a kind of input is remembered, and
     the caller takes the two-pass FA4 composition or Triton flex instead)."""
     kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1], torch.is_grad_enabled() and q.requires_grad)
     if kind in _FLASH_FAILED:
         return None
-    q_first, kv_first = g.offsets
-    block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.window, g.keep_first, str(q.device))
+    block_mask = _prefill_block_mask(q.shape[2], g.window, g.keep_first, str(q.device))
     try:
         with _flex_scope(q, k, v):
             out = _compiled_flex_static()(
@@ -422,6 +421,25 @@ def window_mask_mod(offsets: torch.Tensor, window: int, keep_first: int):
         return (kv_pos <= q_pos) & ((q_pos - kv_pos < window) | (kv_pos < keep_first))
 
     return mask_mod
+
+
+def prefill_mask_mod(window: int, keep_first: int):
+    """The SWAA rule for a whole unpadded prefill (index = position), in constants only: the form FlexAttention's
+    FLASH backend translates into FlashAttention-4's mask (it rejected a predicate reading a captured tensor)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < keep_first))
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=64)
+def _prefill_block_mask(n: int, window: int, keep_first: int, device: str):
+    from .masks import geometry_from_positions
+
+    pos = torch.arange(n, device=device)[None]
+    g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
+    return _create_block_mask(g, 1, n, n, device, mask_mod=prefill_mask_mod(window, keep_first))
 
 
 @functools.lru_cache(maxsize=64)
@@ -560,9 +578,9 @@ def _fa2_window(q, k, v, *, causal: bool, window_left: int | None, scale: float)
 
 def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
     """Sliding window + sinks from a window kernel (flash-attn's ``window_size=(W-1, 0)``), for unpadded queries that
-    are the newest keys. Queries whose window still reaches the sinks see plain causal attention (sinks and window
-    overlap into one run); the others get a second pass over the sink keys, merged by log-sum-exp (differentiable:
-    both kernels take the gradient of their LSE)."""
+    are the newest keys. A second pass over the sink keys is merged by log-sum-exp into the queries whose window no
+    longer holds them; queries whose window still reaches the sinks see plain causal attention (sinks and window
+    overlap into one run). Differentiable: both kernels take the gradient of their LSE."""
     W, K = g.window, g.keep_first
     Q, KV = q.shape[2], k.shape[2]
     q_first, kv_first = g.offsets if g.offsets is not None else (int(g.q_pos[0, 0]), int(g.kv_pos[0, 0]))
@@ -570,44 +588,49 @@ def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
     if sinks == 0:
         return fn(q, k, v, causal=True, window_left=W - 1, scale=scaling)[0]
     head = min(max(K + W - 1 - q_first, 0), Q)  # queries at positions < K + W - 1 see [first key, themselves]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _window_sink_out_of_place(q, k, v, W, sinks, head, scaling, fn)
+    out, lse = fn(q, k, v, causal=True, window_left=W - 1, scale=scaling)
+    if head < Q:
+        sink_out, sink_lse = fn(
+            q[:, :, head:], k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling
+        )
+        out[:, head:].lerp_(sink_out, _sink_weight(lse[:, :, head:], sink_lse, out.dtype))
+    fix_from = min(max(W + kv_first - q_first, 0), head)  # head queries whose window misses some sinks
+    if fix_from < head:
+        keys = head + KV - Q
+        out[:, fix_from:head] = fn(
+            q[:, :, fix_from:head], k[:, :, :keys], v[:, :, :keys], causal=True, window_left=None, scale=scaling
+        )[0]
+    return out
+
+
+def _window_sink_out_of_place(q, k, v, W: int, sinks: int, head: int, scaling: float, fn):
+    """The same composition without writing into kernel outputs, which autograd saved for the backward pass."""
+    Q, KV = q.shape[2], k.shape[2]
     parts = []
     if head:
+        keys = head + KV - Q
         parts.append(
-            fn(
-                q[:, :, :head],
-                k[:, :, : head + KV - Q],
-                v[:, :, : head + KV - Q],
-                causal=True,
-                window_left=None,
-                scale=scaling,
-            )[0]
+            fn(q[:, :, :head], k[:, :, :keys], v[:, :, :keys], causal=True, window_left=None, scale=scaling)[0]
         )
     if head < Q:
         tail = q[:, :, head:]
         out, lse = fn(tail, k, v, causal=True, window_left=W - 1, scale=scaling)
         sink_out, sink_lse = fn(tail, k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling)
-        parts.append(merge_lse(out, lse, sink_out, sink_lse))
+        parts.append(torch.lerp(out, sink_out, _sink_weight(lse, sink_lse, out.dtype)))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _merge_lse_eager(out_a, lse_a, out_b, lse_b):
-    """Combine two softmax-normalised partial attentions over disjoint key sets. out: (B, Q, H, D); lse: (B, H, Q)."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    wa = torch.exp(lse_a - lse).transpose(1, 2).unsqueeze(-1)
-    wb = torch.exp(lse_b - lse).transpose(1, 2).unsqueeze(-1)
-    return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype)
-
-
-@functools.cache
-def _merge_lse_compiled():
-    # one fused pass instead of ~8 elementwise kernels over (B, Q, H, D): the merge is memory-bound
-    return torch.compile(_merge_lse_eager, dynamic=True, fullgraph=True)
+def _sink_weight(lse_window, lse_sinks, dtype):
+    """Share of the sink pass in the merged softmax, sigmoid(lse_sinks - lse_window), as (B, Q, H, 1): small, laid
+    out so the one elementwise lerp over (B, Q, H, D) reads it contiguously."""
+    return torch.sigmoid(lse_sinks - lse_window).transpose(1, 2).unsqueeze(-1).to(dtype).contiguous()
 
 
 def merge_lse(out_a, lse_a, out_b, lse_b):
-    if out_a.is_cuda:
-        return _merge_lse_compiled()(out_a, lse_a, out_b, lse_b)
-    return _merge_lse_eager(out_a, lse_a, out_b, lse_b)
+    """Combine two softmax-normalised partial attentions over disjoint key sets. out: (B, Q, H, D); lse: (B, H, Q)."""
+    return torch.lerp(out_a, out_b, _sink_weight(lse_a, lse_b, out_a.dtype))
 
 
 def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
