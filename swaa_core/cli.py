@@ -252,6 +252,10 @@ def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
     return recipe_label(get_recipe(name), cfg)
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
 def _num_layers(loaded) -> int:
     from .patch import attention_modules
 
@@ -504,10 +508,14 @@ def _layers_for(args) -> int:
         return entry.num_layers
     from transformers import AutoConfig
 
+    from .models import hub_offline_reason
+
+    offline = None if Path(args.model).exists() else hub_offline_reason()
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(args.model, local_files_only=offline is not None)
     except (OSError, ValueError) as e:
-        raise CLIError(f"Cannot read the layer count of {args.model!r} ({e}); pass --layers N instead.") from None
+        why = f"{offline} and it is not in the local cache" if offline else _first_line(e)
+        raise CLIError(f"Cannot read the layer count of {args.model!r}: {why}. Pass --layers N instead.") from None
     return config.get_text_config(decoder=True).num_hidden_layers
 
 

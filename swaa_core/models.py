@@ -459,6 +459,34 @@ def _hub_offline() -> bool:
     return constants.is_offline_mode()
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # one attempt; huggingface_hub's own retries would take ~30 s to give up
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or None when it answers.
+
+    Offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) is read from the environment; otherwise one HEAD request
+    to the endpoint (HF_ENDPOINT or huggingface.co) with ``timeout`` seconds and no retries decides: any HTTP answer
+    counts as reachable. Proxies in the environment apply, as for huggingface_hub's own requests.
+    """
+    if _hub_offline():
+        return "Offline mode is on (HF_HUB_OFFLINE=1)"
+    from huggingface_hub.utils import get_session
+
+    url = hub_endpoint()
+    try:
+        get_session().head(url, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 -- any transport failure (refused, DNS, timeout, TLS) means unreachable
+        return f"The Hugging Face Hub ({url}) cannot be reached ({_first_line(e)})"
+    return None
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE, then HF_HOME)."""
     from huggingface_hub import constants
@@ -475,12 +503,12 @@ def _hub_folder(req: _Request) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, snapshot_download
 
     repo = req.source.name
-    offline = _hub_offline()
+    offline = hub_offline_reason()  # without network, the cache alone is used: no retries, one message
     common = dict(
         revision=req.revision,
         cache_dir=hub_cache_dir(),
         token=req.token,
-        local_files_only=offline,
+        local_files_only=offline is not None,
         endpoint=os.environ.get("HF_ENDPOINT") or None,
     )
     config_file = _hub_call(lambda: hf_hub_download(repo, "config.json", **common), req, offline)
@@ -491,9 +519,7 @@ def _hub_folder(req: _Request) -> tuple[Path, bool]:
     if offline:
         if cached is None:
             raise ModelLoadError(
-                f"Offline mode is on (HF_HUB_OFFLINE=1) and the weights of {repo} are not in the local Hugging Face "
-                f"cache ({hub_cache_dir()}). Download them once with network access (`hf download {repo}`), turn "
-                "offline mode off, or pass a local folder."
+                f"{offline}, and the weights of {repo} are not in {_cache_where()}. {_offline_hint(offline, repo)}"
             )
         return cached, True
     folder = Path(_hub_call(lambda: snapshot_download(repo, allow_patterns=HUB_FILES, **common), req, offline))
@@ -516,7 +542,17 @@ def _cached_snapshot(repo: str, common: dict) -> Path | None:
     return folder if any(any(folder.glob(p)) for p in patterns) else None
 
 
-def _hub_call(fn: Callable[[], str], req: _Request, offline: bool) -> str:
+def _cache_where() -> str:
+    return f"the local Hugging Face cache ({hub_cache_dir()})"
+
+
+def _offline_hint(offline: str, repo: str) -> str:
+    if offline.startswith("Offline mode"):
+        return f"Download it once with network access (`hf download {repo}`), turn offline mode off, or pass a local folder."
+    return "Check the network connection (or the proxy settings and HF_ENDPOINT), or pass a local folder."
+
+
+def _hub_call(fn: Callable[[], str], req: _Request, offline: str | None) -> str:
     from huggingface_hub import errors
 
     repo, token = req.source.name, req.token
@@ -546,14 +582,12 @@ def _hub_call(fn: Callable[[], str], req: _Request, offline: bool) -> str:
             "download the .gguf file and pass its path."
         ) from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-        where = f"the local Hugging Face cache ({hub_cache_dir()})"
         if offline:
             raise ModelLoadError(
-                f"Offline mode is on (HF_HUB_OFFLINE=1) and {repo} is not in {where}. Download it once with network "
-                f"access (`hf download {repo}`), turn offline mode off, or pass a local folder."
+                f"{offline}, and {repo} is not in {_cache_where()}. {_offline_hint(offline, repo)}"
             ) from None
         raise ModelLoadError(
-            f"Cannot reach the Hugging Face Hub to fetch {repo}, and it is not in {where}. Check the network "
+            f"Cannot reach the Hugging Face Hub to fetch {repo}, and it is not in {_cache_where()}. Check the network "
             "connection (or proxy settings), or pass a local folder."
         ) from None
     except errors.HfHubHTTPError as e:
