@@ -244,6 +244,8 @@ def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[s
         if cfg is None:
             continue
         label = _label_for(name, cfg, user)
+        if out.get(label) == cfg:
+            continue  # the same config twice (e.g. a preset and its JSON) is one run
         out[label if label not in out else f"{label} [{name}]"] = cfg
     return out
 
