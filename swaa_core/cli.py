@@ -544,8 +544,9 @@ def cmd_recipes_list(args) -> int:
     from rich.table import Table
 
     table = Table(title="SWAA recipes (paper presets; accuracy: Qwen3-4B, LongMemEval 24k, W=2k, no SFT / SFT)")
-    for col in ("name", "what it does", "paper acc. %"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does", overflow="fold", max_width=100)
+    table.add_column("paper acc. %", no_wrap=True)
     for r in recipes:
         table.add_row(r.name, f"[bold]{r.title}[/bold]\n{r.description}", r.paper_accuracy or "–")
     for name, cfg in user.items():
@@ -871,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("swaa: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `swaa ... | head` closed stdout: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
