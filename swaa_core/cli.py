@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .config import SWAAConfig, SWAAConfigError
 from .recipes import default_window, list_recipes, load_user_recipes, recipe_label, resolve_recipe, save_user_recipes
 from .tasks import TASK_KINDS, TaskError
+from .textfile import read_text_file
 
 EMBEDDED_HINT = "default: the embedded SmolLM2-135M-Instruct"
 RECIPE_HELP = (
@@ -28,6 +32,98 @@ RECIPE_HELP = (
 
 class CLIError(Exception):
     """A problem with the command line that the user can fix; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------- numeric options
+
+MAX_TOKENS = 1 << 24  # 16.7M tokens: beyond any model's context, so a larger value is a typo
+MAX_COUNT = 100_000  # samples, steps, ...: a bigger run would take weeks on any machine
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of one numeric option; ``open_low`` excludes ``low`` itself (learning rate, epochs)."""
+
+    kind: type
+    low: float
+    high: float | None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self._noun()}, got {text!r}") from None
+        below = value <= self.low if self.open_low else value < self.low
+        above = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if (isinstance(value, float) and not math.isfinite(value)) or below or above:
+            raise argparse.ArgumentTypeError(f"must be {self._noun()} {self._range()}, got {text}")
+        return value
+
+    def _noun(self) -> str:
+        return "a whole number" if self.kind is int else "a number"
+
+    def _range(self) -> str:
+        low = f"{'>' if self.open_low else '>='} {self.low:{self._fmt}}"
+        if self.high is None:
+            return low
+        if self.kind is int:
+            return f"from {self.low:,} to {self.high:,}"
+        return f"{low} and {'<' if self.open_high else '<='} {self.high:{self._fmt}}"
+
+    @property
+    def _fmt(self) -> str:
+        return "," if self.kind is int else "g"
+
+
+_TOKENS, _SINKS = Bound(int, 1, MAX_TOKENS), Bound(int, 0, MAX_TOKENS)
+# Every numeric option of every subcommand (plug-ins included) by its dest; tests check that none is missing.
+NUMERIC_OPTIONS: dict[str, Bound] = {
+    "max_new_tokens": _TOKENS,
+    "window": _TOKENS,
+    "length": _TOKENS,
+    "lengths": _TOKENS,
+    "context": _TOKENS,
+    "eval_length": _TOKENS,
+    "max_length": _TOKENS,
+    "keep_first": _SINKS,
+    "sinks": _SINKS,
+    "samples": Bound(int, 1, MAX_COUNT),
+    "eval_samples": Bound(int, 0, MAX_COUNT),
+    "steps": Bound(int, 1, MAX_COUNT),
+    "limit": Bound(int, 1, None),  # more than the dataset holds just means all of it
+    "seed": Bound(int, 0, 2**32 - 1),  # torch and numpy seeds are 32/64-bit
+    "layers": Bound(int, 1, 10_000),
+    "rank": Bound(int, 1, 65_536),
+    "alpha": Bound(int, 1, 65_536),
+    "batch_size": Bound(int, 1, 65_536),
+    "grad_accum": Bound(int, 1, MAX_COUNT),
+    "depth": Bound(float, 0, 1),
+    "depths": Bound(float, 0, 1),
+    "epochs": Bound(float, 0, 1000, open_low=True),
+    "lr": Bound(float, 0, 1, open_low=True),
+    "dropout": Bound(float, 0, 1, open_high=True),
+}
+
+
+def numeric_actions(parser: argparse.ArgumentParser):
+    """(subcommand path, action) for every int/float option below ``parser``, subcommands included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from numeric_actions(sub)
+        elif action.type in (int, float) or isinstance(action.type, Bound):
+            yield parser.prog, action
+
+
+def _bound_numbers(parser: argparse.ArgumentParser) -> None:
+    """Give every int/float option its range from NUMERIC_OPTIONS, so out-of-range values stop at parse time with
+    argparse's own "argument --x: must be ..." message (exit code 2) instead of failing deep inside a run."""
+    for _prog, action in numeric_actions(parser):
+        bound = NUMERIC_OPTIONS.get(action.dest)
+        if bound is not None and action.type is bound.kind:
+            action.type = bound
 
 
 # ---------------------------------------------------------------------- shared arguments
@@ -55,7 +151,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_recipe_args(p: argparse.ArgumentParser, *, default: list[str]) -> None:
     g = p.add_argument_group("recipes")
     g.add_argument(
-        "--recipe", "-r", action="append", metavar="NAME", help=f"{RECIPE_HELP} Default: {' '.join(default)}."
+        "--recipe",
+        "-r",
+        action="append",
+        metavar="NAME",
+        help=f"{RECIPE_HELP} Default: {' '.join(default)}, or every config of --recipes-file.",
     )
     g.add_argument(
         "--window",
@@ -66,9 +166,52 @@ def add_recipe_args(p: argparse.ArgumentParser, *, default: list[str]) -> None:
     )
     g.add_argument("--keep-first", type=int, default=None, help="sink tokens for the sink presets (default: 10)")
     g.add_argument(
-        "--recipes-file", type=Path, default=None, help="your saved recipes (JSON; upstream settings files too)"
+        "--config",
+        action="append",
+        dest="recipe",
+        type=config_arg,
+        metavar="JSON|FILE",
+        help='one SWAA config in the upstream format, inline or in a .json file: {"swaa_config": {...}} as the app '
+        "shows it, or just its fields. Repeatable, mixes with --recipe.",
+    )
+    g.add_argument(
+        "--recipes-file",
+        type=Path,
+        default=None,
+        help="your saved recipes or an upstream settings file (a JSON list of configs); without --recipe, every "
+        "config in it runs",
     )
     p.set_defaults(default_recipes=default)
+
+
+class ConfigFile(str):
+    """A --config value that names a file; read by :func:`read_config_file` before the model loads."""
+
+
+def config_arg(text: str) -> str:
+    """--config: inline JSON (checked here) or a file path (read before the model loads)."""
+    if not text.lstrip().startswith("{"):
+        return ConfigFile(text)
+    try:
+        SWAAConfig.from_json(text)
+    except SWAAConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
+def read_config_file(path: str) -> str:
+    """The JSON text of a --config file holding one config ({"swaa_config": {...}} or the bare fields)."""
+    text = read_text_file(path, what="Config file", max_bytes=1 << 20).strip()
+    if text.startswith("["):
+        raise CLIError(
+            f"Config file {path} holds a list of configs (an upstream settings file); run them all with "
+            f"--recipes-file {path}."
+        )
+    try:
+        SWAAConfig.from_json(text)
+    except SWAAConfigError as e:
+        raise SWAAConfigError(f"Config file {path}: {e}") from None
+    return text
 
 
 def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
@@ -86,17 +229,30 @@ def load_from_args(args):
 
 
 def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[str, SWAAConfig | None]:
-    """{label: config} for the recipes on the command line, full attention excluded (the runner adds it)."""
+    """{label: config} for the recipes on the command line, full attention excluded (the runner adds it).
+
+    Without --recipe, a --recipes-file runs every config it holds (upstream settings files are lists of configs to
+    compare); otherwise the command's default recipes run."""
     user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
     window = args.window if args.window is not None else default_window(context_tokens)
     out: dict[str, SWAAConfig | None] = {}
-    for name in args.recipe or args.default_recipes:
-        cfg = resolve_recipe(name, num_layers, window=window, keep_first=args.keep_first, user_recipes=user)
+    for name in args.recipe or list(user) or args.default_recipes:
+        try:
+            cfg = resolve_recipe(name, num_layers, window=window, keep_first=args.keep_first, user_recipes=user)
+        except SWAAConfigError as e:  # name the recipe, since several may be on the line or in the file
+            raise SWAAConfigError(str(e) if repr(name) in str(e) else f"Recipe {_short(name)}: {e}") from None
         if cfg is None:
             continue
         label = _label_for(name, cfg, user)
+        if out.get(label) == cfg:
+            continue  # the same config twice (e.g. a preset and its JSON) is one run
         out[label if label not in out else f"{label} [{name}]"] = cfg
     return out
+
+
+def _short(name: str, limit: int = 80) -> str:
+    text = " ".join(name.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
@@ -105,6 +261,10 @@ def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
     if name in user or name.lstrip().startswith("{"):
         return name if name in user else cfg.describe()
     return recipe_label(get_recipe(name), cfg)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _num_layers(loaded) -> int:
@@ -118,7 +278,20 @@ def _note(text: str) -> None:
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, default=str, ensure_ascii=False), flush=True)
+    # Non-ASCII text goes out as is on a UTF-8 stdout and as \\u escapes elsewhere: the JSON stays lossless either way.
+    print(json.dumps(obj, default=str, ensure_ascii=not _is_utf8(sys.stdout)), flush=True)
+
+
+def _is_utf8(stream) -> bool:
+    return (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+
+
+def _never_fail_on_encoding() -> None:
+    """On a stdout/stderr that is not UTF-8 (e.g. PYTHONIOENCODING=latin-1), characters it cannot hold are
+    written as \\u escapes rather than ending the command with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if not _is_utf8(stream) and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 # ---------------------------------------------------------------------- run
@@ -165,10 +338,12 @@ def cmd_run(args) -> int:
         score_logprob=bool(args.answer),
     )
     if not args.json:
-        _results_table(results, title=f"{loaded.info.name}: {prompt_tokens} prompt tokens")
+        if not _shared_error(results):
+            read = max(r.prompt_tokens for r in results)  # what the model read, chat template included
+            _results_table(results, title=f"{loaded.info.name}: {read} prompt tokens (chat template included)")
         for note in dict.fromkeys(f"note ({r.label}): {n}" for r in results for n in r.notes):
             print(note)
-    return 1 if any(r.error for r in results) else 0
+    return _report_errors(results)
 
 
 def _prompt_text(args) -> str:
@@ -176,10 +351,7 @@ def _prompt_text(args) -> str:
     if len(sources) != 1:
         raise CLIError("Give exactly one prompt: as an argument, with --prompt TEXT, or with --prompt-file PATH.")
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise CLIError(f"Prompt file not found: {path}")
-        return path.read_text(encoding="utf-8")
+        return read_text_file(args.prompt_file, what="Prompt file")
     return sources[0]
 
 
@@ -190,6 +362,8 @@ def cmd_eval(args) -> int:
     from .runner import evaluate
 
     loaded = load_from_args(args)
+    if not args.dataset and args.task != "doc_qa":
+        _check_context(loaded, args.length, args.max_new_tokens, "--length")
     samples = _eval_samples(args, loaded.tokenizer)
     longest = max(s.context_tokens for s in samples) or None
     configs = resolve_configs(args, _num_layers(loaded), longest)
@@ -212,11 +386,33 @@ def cmd_eval(args) -> int:
     if args.json:
         for row in rows:
             _print_json(row)
-    else:
+    elif not _shared_error(results):
         from .runner import accuracy_table
 
         _frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
-    return 1 if any(r.error for r in results) else 0
+    return _report_errors(results)
+
+
+def _shared_error(results) -> str | None:
+    """The error every run ended with, when they all ended with the same one (a problem of the prompt, not of a
+    recipe): it is printed once instead of a table with one failed row per config."""
+    errors = {r.error for r in results}
+    return next(iter(errors)) if len(errors) == 1 and results else None
+
+
+def _report_errors(results) -> int:
+    """Each distinct run error once on stderr, with the runs it hit; the exit code (1 when any run failed)."""
+    by_error: dict[str, list[str]] = {}
+    for r in results:
+        if r.error:
+            by_error.setdefault(r.error, []).append(r.label)
+    for error, labels in by_error.items():
+        if len(labels) == len(results):
+            where = "every run" if len(results) > 1 else "the run"
+        else:
+            where = ", ".join(dict.fromkeys(labels))
+        print(f"swaa: error ({where}): {error}", file=sys.stderr)
+    return 1 if by_error else 0
 
 
 def _eval_samples(args, tokenizer):
@@ -228,7 +424,7 @@ def _eval_samples(args, tokenizer):
     if args.task == "doc_qa":
         if not args.document:
             raise CLIError("--task doc_qa needs --document PATH and --question TEXT (and --answer to score).")
-        kwargs.update(document=Path(args.document).read_text(encoding="utf-8"), question=args.question,
+        kwargs.update(document=read_text_file(args.document, what="Document"), question=args.question,
                       answer=args.answer or "", answer_prefix=args.answer_prefix or "")  # fmt: skip
     depths = args.depth or [0.5]
     return [
@@ -236,6 +432,19 @@ def _eval_samples(args, tokenizer):
         for seed in range(args.seed, args.seed + args.samples)
         for d in depths
     ]
+
+
+def _check_context(loaded, length: int, max_new_tokens: int, flag: str) -> None:
+    """Refuse a task length the model cannot read before any prompt is built (one message, not one per run)."""
+    from .runner import context_length
+
+    limit = context_length(loaded.model, loaded.info)
+    if limit is not None and length + max_new_tokens > limit:
+        raise CLIError(
+            f"{flag} {length} plus --max-new-tokens {max_new_tokens} is more than {loaded.info.name} can read: its "
+            f"context is {limit} tokens. Use a length of at most {limit - max_new_tokens} minus the few tokens of "
+            "the chat template."
+        )
 
 
 def _task_kwargs(pairs: list[str] | None) -> dict:
@@ -264,6 +473,7 @@ def cmd_sweep(args) -> int:
     from .sweep import SweepSpec, export, run_sweep, summarize
 
     loaded = load_from_args(args)
+    _check_context(loaded, max(args.lengths), args.max_new_tokens, "--lengths")
     if args.window is None:
         args.window = default_window(min(args.lengths))
     configs = resolve_configs(args, _num_layers(loaded), None)
@@ -309,10 +519,14 @@ def _layers_for(args) -> int:
         return entry.num_layers
     from transformers import AutoConfig
 
+    from .models import hub_offline_reason
+
+    offline = None if Path(args.model).exists() else hub_offline_reason()
     try:
-        config = AutoConfig.from_pretrained(args.model)
+        config = AutoConfig.from_pretrained(args.model, local_files_only=offline is not None)
     except (OSError, ValueError) as e:
-        raise CLIError(f"Cannot read the layer count of {args.model!r} ({e}); pass --layers N instead.") from None
+        why = f"{offline} and it is not in the local cache" if offline else _first_line(e)
+        raise CLIError(f"Cannot read the layer count of {args.model!r}: {why}. Pass --layers N instead.") from None
     return config.get_text_config(decoder=True).num_hidden_layers
 
 
@@ -327,17 +541,17 @@ def cmd_recipes_list(args) -> int:
         for name, cfg in user.items():
             _print_json({"name": name, "title": name, "description": cfg.describe(), "config": cfg.to_dict()})
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="SWAA recipes (paper presets; accuracy: Qwen3-4B, LongMemEval 24k, W=2k, no SFT / SFT)")
-    for col in ("name", "what it does", "paper acc. %"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does", overflow="fold", max_width=100)
+    table.add_column("paper acc. %", no_wrap=True)
     for r in recipes:
         table.add_row(r.name, f"[bold]{r.title}[/bold]\n{r.description}", r.paper_accuracy or "–")
     for name, cfg in user.items():
         table.add_row(name, f"[bold]your recipe[/bold]\n{cfg.describe()}", "–")
-    Console().print(table)
+    _console().print(table)
     print("Show one resolved for a model: swaa recipes show NAME [--model M | --layers N] [--window W]")
     return 0
 
@@ -377,19 +591,36 @@ def _fmt_bytes(n) -> str:
     return "–" if n is None or n != n else format_bytes(int(n))
 
 
-def _results_table(results, title: str) -> None:
+PIPED_WIDTH = 200  # columns for tables written to a pipe or file, where no terminal width exists
+
+
+def _console():
+    """A rich Console; when stdout is not a terminal it is PIPED_WIDTH wide (rich would assume 80, folding a
+    ten-column table into 4-letter cells) unless COLUMNS says otherwise. Tables still take only the width they need."""
     from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPED_WIDTH)
+    return console
+
+
+def _results_table(results, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("config", "output", "ok", "TTFT", "prefill", "decode", "total", "peak mem", "KV cache", "kernel"):
-        table.add_column(col, overflow="fold")
+    table.add_column("config", overflow="fold", min_width=16, max_width=48)
+    table.add_column("output", overflow="fold", min_width=24, max_width=72)
+    for col in ("ok", "TTFT", "prefill", "decode", "total", "peak mem", "KV cache", "kernel"):
+        table.add_column(col, no_wrap=True)
     for r in results:
-        verdict = {True: "✓", False: "✗", None: "–"}[r.correct] if not r.error else "error"
+        if r.error:
+            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 6, r.backend or "–")
+            continue
         table.add_row(
             r.label,
-            r.error or r.output_text.strip(),
-            verdict,
+            r.output_text.strip(),
+            {True: "✓", False: "✗", None: "–"}[r.correct],
             f"{r.ttft_s:.2f} s",
             f"{r.prefill_s:.2f} s",
             f"{r.decode_tokens_per_s:.1f} tok/s",
@@ -398,16 +629,16 @@ def _results_table(results, title: str) -> None:
             _fmt_bytes(r.kv_cache_bytes),
             r.backend,
         )
-    Console().print(table)
+    _console().print(table)
 
 
 def _frame_table(df, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for col in df.columns:
-        table.add_column(str(col), overflow="fold")
+        text = df[col].dtype == object
+        table.add_column(str(col), overflow="fold", no_wrap=not text, min_width=12 if text else None)
     for row in df.itertuples(index=False):
         cells = []
         for col, value in zip(df.columns, row, strict=True):
@@ -418,7 +649,7 @@ def _frame_table(df, title: str) -> None:
             else:
                 cells.append(str(value))
         table.add_row(*cells)
-    Console().print(table)
+    _console().print(table)
 
 
 # ---------------------------------------------------------------------- parser
@@ -452,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_finetune_cli = None
     if _add_finetune_cli is not None:
         _add_finetune_cli(sub)
+    _bound_numbers(parser)
     return parser
 
 
@@ -621,12 +853,15 @@ def _add_recipes(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _never_fail_on_encoding()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
     try:
+        if getattr(args, "recipe", None) and isinstance(args.recipe, list):
+            args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
         return int(args.func(args) or 0)
     except (CLIError, SWAAConfigError, TaskError, FileNotFoundError) as e:
         print(f"swaa: error: {e}", file=sys.stderr)
@@ -637,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("swaa: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `swaa ... | head` closed stdout: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -245,8 +245,10 @@ def _layer_list(values, name: str) -> list[int]:
 
 
 def _compact(layers: list[int]) -> str:
-    if len(layers) > 2:
+    """Layer indices in a short form that still names exactly one list: "1,3,5", or "1,3,...,29" for a longer
+    evenly spaced run (first, second and last give the whole list back)."""
+    if len(layers) > 3:
         step = layers[1] - layers[0]
-        if step > 0 and all(b - a == step for a, b in zip(layers, layers[1:], strict=False)):
-            return f"every {step} from {layers[0]}"
+        if all(b - a == step for a, b in zip(layers, layers[1:], strict=False)):
+            return f"{layers[0]},{layers[1]},...,{layers[-1]}"
     return ",".join(map(str, layers))

