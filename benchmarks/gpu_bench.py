@@ -487,7 +487,7 @@ def kernel_row(n: int) -> dict:
     q, k, v, g = make_case(n=n, window=W, keep_first=K, H=H, Hkv=Hkv, D=D, seed=n)
     g.offsets, g.full_from, g.keys_all_valid = (0, 0), NO_FULL, True  # what the engine knows for an unpadded prefill
     scale = D**-0.5
-    bm = backends._simple_block_mask(n, n, 0, 0, W, K, str(q.device))
+    bm = backends._prefill_block_mask(n, W, K, str(q.device))  # constants-only predicate: what FLASH accepts
     compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
     def plain_flex(backend):
@@ -604,7 +604,7 @@ def run_prefill(out: dict, model):
             row[label] = prefill_one(model, ids, cfg)
             print(n, label, row[label], flush=True)
         rows.append(row)
-    summarise_prefill(rows)
+    summarise_prefill(rows, model.config.num_hidden_layers)
 
 
 def prefill_one(model, ids, cfg) -> dict:
@@ -626,17 +626,36 @@ def prefill_one(model, ids, cfg) -> dict:
     )
 
 
-def summarise_prefill(rows):
+def prefill_flops(n: int, cfg: SWAAConfig | None, layers: int) -> float:
+    """FLOP model of the 8B-shaped prefill: 2 flops per weight per token in the linear layers, 4 * heads * head dim
+    per visible (query, key) pair in attention (lm_head only for the last token)."""
+    hidden, kv_width, mlp = 4096, 1024, 14336
+    linear = 2 * n * layers * (2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * mlp)
+    causal = n * (n + 1) // 2
+    pairs = 0
+    for i in range(layers):
+        slides = cfg is not None and cfg.layer_slides(i)
+        pairs += pairs_visited(n, cfg.sliding_window_size, cfg.keep_first) if slides else causal
+    return linear + 4 * hidden * pairs
+
+
+def summarise_prefill(rows, layers: int):
     for r in rows:
         full = r["full (sdpa)"].get("seconds")
         cells = []
+        configs = prefill_configs(layers)
         for label in list(r)[1:]:
             s = r[label].get("seconds")
-            cells.append(
-                f"{label} {s} s" + (f" ({full / s:.2f}x)" if s and full and label != "full (sdpa)" else "")
-                if s
-                else f"{label} {r[label].get('error', '?')[:40]}"
-            )
+            if not s:
+                cells.append(f"{label} {r[label].get('error', '?')[:40]}")
+                continue
+            cell = f"{label} {s} s"
+            if full and label != "full (sdpa)":
+                ideal = prefill_flops(r["n"], None, layers) / prefill_flops(r["n"], configs[label], layers)
+                r[label]["flop_model_ideal"] = round(ideal, 2)
+                r[label]["pct_of_ideal"] = round(100 * full / s / ideal, 1)
+                cell += f" ({full / s:.2f}x; FLOP-model ideal {ideal:.2f}x: {100 * full / s / ideal:.0f}%)"
+            cells.append(cell)
         SUMMARY.append((f"8B prefill {r['n'] // 1024}K", "; ".join(cells)))
 
 

