@@ -659,55 +659,95 @@ def summarise_prefill(rows, layers: int):
         SUMMARY.append((f"8B prefill {r['n'] // 1024}K", "; ".join(cells)))
 
 
-@torch.no_grad()
-def run_decode(out: dict, model):
-    """Decode speed is launch-bound at batch 1, so it drifts with the host: configs take turns within each repeat and
-    the per-token time is the median over repeats of (prefill + new tokens) - (prefill + 1 token)."""
-    n, new, W, K = ARGS.decode_prompt, ARGS.new_tokens, ARGS.window, ARGS.sinks
-    ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
-    configs = {
+def decode_configs(layers: int) -> dict:
+    W, K = ARGS.window, ARGS.sinks
+    return {
         "full (sdpa)": None,
         f"SWAA W{W} K{K}, SWA decode (evicting cache)": SWAAConfig(sliding_window_size=W, keep_first=K),
         f"SWAA W{W} K{K} + FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
+        f"SWAA W{W} K{K} + 1/2 FA layers + FA decode": SWAAConfig(
+            sliding_window_size=W,
+            keep_first=K,
+            force_fa_decode=True,
+            non_sliding_layers=SWAAConfig.fa_layers("1/2", layers),
+        ),
     }
 
-    def gen(tokens):
-        return model.generate(
-            ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, return_dict_in_generate=True
-        )
 
-    for cfg in configs.values():
-        with swaa(model, cfg):
-            gen(2)  # warm-up: compile, block masks
-    samples = {label: {"first": [], "all": []} for label in configs}
-    for _ in range(ARGS.reps):
+def generate(model, ids, tokens):
+    return model.generate(
+        ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, return_dict_in_generate=True
+    )
+
+
+@torch.no_grad()
+def run_decode(out: dict, model):
+    """Decode speed is launch-bound at batch 1, so it drifts with the host: configs take turns within each repeat and
+    the per-token time is (prefill + new tokens) - (prefill + 1 token), median and best over repeats. Then one
+    end-to-end run per config: a long prompt plus --e2e-tokens new tokens, total seconds."""
+    configs = decode_configs(model.config.num_hidden_layers)
+    new = ARGS.new_tokens
+    rows = out["rows"] = {}
+    for n in ARGS.decode_prompts:
+        ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
+        for cfg in configs.values():
+            with swaa(model, cfg):
+                generate(model, ids, 2)  # warm-up: compile, block masks
+        samples = {label: {"first": [], "all": []} for label in configs}
+        for _ in range(ARGS.reps):
+            for label, cfg in configs.items():
+                with swaa(model, cfg):
+                    for key, tokens in (("first", 1), ("all", new + 1)):
+                        run = functools.partial(generate, model, ids, tokens)
+                        samples[label][key].append(timed(run, reps=1, warmup=0)[0])
+        rows[n] = {}
         for label, cfg in configs.items():
             with swaa(model, cfg):
-                samples[label]["first"].append(timed(lambda: gen(1), reps=1, warmup=0)[0])
-                samples[label]["all"].append(timed(lambda: gen(new + 1), reps=1, warmup=0)[0])
-    rows = out["rows"] = {}
-    for label, cfg in configs.items():
+                result = generate(model, ids, new + 1)
+            per_layer = kv_cache_bytes(result.past_key_values)
+            per_token = [(a - f) / new for f, a in zip(samples[label]["first"], samples[label]["all"], strict=True)]
+            rows[n][label] = dict(
+                ms_per_token_median=round(statistics.median(per_token) * 1e3, 2),
+                ms_per_token_best=round(min(per_token) * 1e3, 2),
+                ms_per_token=[round(t * 1e3, 2) for t in per_token],
+                tokens_per_s=round(1 / statistics.median(per_token), 1),
+                kv_total_gib=gib(sum(per_layer)),
+                generated=result.sequences.shape[1] - n,
+            )
+            del result
+        full = rows[n]["full (sdpa)"]["ms_per_token_median"]
+        for label, r in rows[n].items():
+            r["vs_full"] = round(r["ms_per_token_median"] / full, 3)
+            print(n, label, r, flush=True)
+            SUMMARY.append(
+                (
+                    f"decode {n // 1024}K +{new}",
+                    f"{label}: {r['ms_per_token_median']} ms/token (best {r['ms_per_token_best']}; {r['vs_full']}x "
+                    f"full's time), {r['tokens_per_s']} tok/s, KV {r['kv_total_gib']} GiB",
+                )
+            )
+        del ids
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    if ARGS.e2e_tokens:
+        run_end_to_end(out, model, configs)
+
+
+def run_end_to_end(out: dict, model, configs: dict):
+    n, new = max(ARGS.decode_prompts), ARGS.e2e_tokens
+    ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(8))
+    e2e = out["end_to_end"] = {}
+    for label, cfg in configs.items():
         with swaa(model, cfg):
-            result = gen(new + 1)
-        per_layer = kv_cache_bytes(result.past_key_values)
-        per_token = [(a - f) / new for f, a in zip(samples[label]["first"], samples[label]["all"], strict=True)]
-        rows[label] = dict(
-            prefill_plus_1_s=round(statistics.median(samples[label]["first"]), 3),
-            decode_ms_per_token=[round(t * 1e3, 1) for t in per_token],
-            decode_tokens_per_s=round(1 / statistics.median(per_token), 1),
-            kv_total_gib=gib(sum(per_layer)),
-            kv_per_layer_mib=sorted({round(b / 2**20, 1) for b in per_layer}),
-            peak_gib=gib(torch.cuda.max_memory_allocated()),
-            generated=result.sequences.shape[1] - n,
+            e2e[label] = round(timed(functools.partial(generate, model, ids, new), reps=1, warmup=0)[0], 2)
+        torch.cuda.empty_cache()
+    full = e2e["full (sdpa)"]
+    SUMMARY.append(
+        (
+            f"end to end {n // 1024}K + {new} tokens",
+            "; ".join(f"{label} {t} s ({full / t:.2f}x)" for label, t in e2e.items()),
         )
-        print(label, rows[label], flush=True)
-        del result
-    for label, r in rows.items():
-        SUMMARY.append(
-            (f"decode {n // 1024}K +{new}", f"{label}: {r['decode_tokens_per_s']} tok/s, KV {r['kv_total_gib']} GiB")
-        )
+    )
+    print(e2e, flush=True)
 
 
 # --------------------------------------------------------------------------- LoRA training step (issue: fine-tuning)
@@ -829,8 +869,9 @@ def parse(argv=None):
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--sinks", type=int, default=128)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--decode-prompt", type=int, default=32768)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--decode-prompts", type=int, nargs="+", default=[8192, 32768, 131072])
+    p.add_argument("--e2e-tokens", type=int, default=512, help="new tokens of the end-to-end run (0: skip it)")
+    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--train-prompts", type=int, nargs="+", default=[16384, 32768])
     p.add_argument("--profile-train", action="store_true")
     p.add_argument("--dtype", default="bfloat16")
