@@ -47,6 +47,7 @@ class RunContext:
     slots (columns of the 2-D mask). None outside ``generate``."""
 
     prompt_end: int | None = None
+    assisted: bool = False  # the running generate verifies drafts, then rolls rejected ones back
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):

@@ -78,6 +78,8 @@ def _cache_hook(module, args, kwargs):
         module._swaa_cache_layer = None
         return
     layer = swaa_layer(cache, module.layer_idx)
+    if layer.bound is None and module._swaa_ctx.assisted:  # transformers asked the plain layer it replaced to record
+        layer.activate_past_recording()
     layer.bind(module._swaa_plan, kwargs.get("attention_mask"), module.layer_idx)
     module._swaa_cache_layer = layer
 
@@ -111,16 +113,24 @@ def _prompt_end(args, kwargs) -> int:
     return 1 if inputs is None else inputs.shape[1]
 
 
+def _assisted(model, kwargs) -> bool:
+    """Whether this ``generate`` call verifies drafts (assistant model, prompt lookup, early exit) and rolls back."""
+    config = kwargs.get("generation_config") or model.generation_config
+    keys = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+    return any(kwargs.get(k, getattr(config, k, None)) is not None for k in keys)
+
+
 def _wrap_generate(model, context: RunContext) -> None:
     original = model.generate
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        previous, context.prompt_end = context.prompt_end, _prompt_end(args, kwargs)
+        previous = context.prompt_end, context.assisted
+        context.prompt_end, context.assisted = _prompt_end(args, kwargs), _assisted(model, kwargs)
         try:
             out = original(*args, **kwargs)
         finally:
-            context.prompt_end = previous
+            context.prompt_end, context.assisted = previous
         cache = kwargs.get("past_key_values", getattr(out, "past_key_values", None))
         for layer in getattr(cache, "layers", ()):
             if isinstance(layer, SWAACacheLayer) and layer.record_past:  # assisted decoding leaves it on
