@@ -171,7 +171,8 @@ def mode_second_turn(model, x, fa):
     first = model.generate(x, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
     turn2 = torch.cat([first.sequences, prompt(n=5, seed=3)], 1)
     out = model.generate(turn2, max_new_tokens=NEW, do_sample=False, past_key_values=first.past_key_values)
-    generated = set(range(PROMPT, PROMPT + NEW)) | set(range(turn2.shape[1], out.shape[1]))
+    # turn 1's last token is first fed to the model by turn 2, as part of turn 2's prompt
+    generated = set(range(PROMPT, PROMPT + NEW - 1)) | set(range(turn2.shape[1], out.shape[1]))
     assert_greedy(model, out, turn2.shape[1], swaa_rows(0, fa_decode=fa, generated=generated))
 
 
@@ -189,7 +190,7 @@ def mode_narrower_config_mid_conversation(model, x, fa):
     apply_swaa(model, narrower)
     turn2 = torch.cat([first.sequences, prompt(n=5, seed=3)], 1)
     out = model.generate(turn2, max_new_tokens=NEW, do_sample=False, past_key_values=first.past_key_values)
-    end1, start2 = PROMPT + NEW, turn2.shape[1]
+    end1, start2 = PROMPT + NEW - 1, turn2.shape[1]  # turn 1's last token is fed by turn 2, as prompt
 
     def row(i):
         if i < end1:
@@ -299,8 +300,8 @@ def test_remove_swaa_before_any_eviction_continues_exactly():
     rows_first = swaa_rows(PROMPT)
     remove_swaa(model)
     out = model.generate(first.sequences, max_new_tokens=NEW, do_sample=False, past_key_values=first.past_key_values)
-    end1 = PROMPT + NEW
-    assert_greedy(model, out, end1, lambda i: rows_first(i) if i < end1 else (None, 0))
+    end1 = PROMPT + NEW - 1  # turn 1's last token is fed by turn 2
+    assert_greedy(model, out, end1 + 1, lambda i: rows_first(i) if i < end1 else (None, 0))
 
 
 # --------------------------------------------------------------------------- models that already slide
