@@ -1,8 +1,15 @@
 """The attention function and mask function registered in transformers under the name "swaa".
 
-Each attention module carries a small :class:`LayerPlan` (set by :func:`swaa_core.apply_swaa`) and, during a call,
-the cache layer it writes to (set by a forward pre-hook). From the layer index, the 2-D padding mask and the cache
-slots, the function builds the mask geometry and hands it to a backend.
+Each attention module carries a small :class:`LayerPlan` and a shared :class:`RunContext` (set by
+:func:`swaa_core.apply_swaa`) and, during a call, the cache layer it writes to (set by a forward pre-hook). From the
+plan, the 2-D padding mask and the slots the cache layer returned, the function builds the mask geometry and hands it
+to a backend. A one-token step without padding whose every key is visible (a full layer, an FA-decode step, a sliding
+ring) skips all of that: one SDPA call over the keys, no mask.
+
+Which queries are *generated* (full attention under FA decode) comes from what the caller asked for, never from the
+shape of one forward: inside ``generate`` every slot at or after the prompt's end (``RunContext.prompt_end``, set by
+the wrapper :func:`swaa_core.apply_swaa` installs on ``model.generate``), or the ``swaa_prompt_lengths`` a caller
+passes to a forward (per row, in real token positions). Without either, every query is a prompt query.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .backends import attend, reference
-from .cache import SWAACacheLayer
+from .backends import _decode_sdpa, attend, reference
+from .cache import KeyView
 from .masks import NO_FULL, MaskGeometry
 
 NAME = "swaa"
@@ -26,10 +33,21 @@ class LayerPlan:
     fa_decode: bool
     backend: str
 
+    native_window: int | None = None  # the model's own sliding window in this layer (SWAA never widens it)
+
     @property
     def evicts(self) -> bool:
         """Only a sliding layer whose decode steps also slide can forget old keys."""
         return self.window is not None and not self.fa_decode
+
+
+@dataclass
+class RunContext:
+    """Per-model state shared by its attention modules: where the prompt of the running ``generate`` call ends, in
+    slots (columns of the 2-D mask). None outside ``generate``."""
+
+    prompt_end: int | None = None
+    assisted: bool = False  # the running generate verifies drafts, then rolls rejected ones back
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):
@@ -49,27 +67,44 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
         raise ValueError("SWAA backends do not implement attention logit soft-capping (Gemma 2 style models).")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    cache_layer = getattr(module, "_swaa_cache_layer", None)
-    g = geometry(plan, query, key, attention_mask, cache_layer, kwargs.get("swaa_prompt_lengths"))
+    cache_layer = module._swaa_cache_layer
+    view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
+    Q = query.shape[2]
+    full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     recorder = getattr(module, "_swaa_recorder", None)
+    fast = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
+    if fast and (full is True or view.in_window(plan.window, plan.keep_first)):
+        return _decode_sdpa(query, key, value, None, scaling), None
+    g = geometry(plan, query, key, attention_mask, view, full)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)
         recorder.append(probs.detach())
     else:
         out = attend(plan.backend, query, key, value, g, scaling, dropout if module.training else 0.0)
-    if plan.evicts and isinstance(cache_layer, SWAACacheLayer):
-        cache_layer.evict(_sink_slots(attention_mask, plan.keep_first, cache_layer), plan.window)
     return out, None
 
 
-def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=None) -> MaskGeometry:
+def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total: int, Q: int):
+    """Which queries attend to the whole past: True / False for all, a slot (queries at or after it), or the
+    per-row ``prompt_lengths`` tensor (queries at real positions at or after it)."""
+    if plan.window is None:
+        return True
+    if not plan.fa_decode:
+        return False
+    if prompt_lengths is not None:
+        return prompt_lengths
+    end = None if ctx is None else ctx.prompt_end
+    if end is None or total <= end:
+        return False
+    return True if total - Q >= end else end
+
+
+def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full) -> MaskGeometry:
     B, _, Q, _ = query.shape
     KV = key.shape[2]
     device = query.device
-    if isinstance(cache_layer, SWAACacheLayer) and cache_layer.slots is not None:
-        slots, total, held = cache_layer.slots, cache_layer.total, cache_layer.held
-    else:
-        slots, total, held = torch.arange(KV, device=device), KV, [(0, KV)]
+    total = view.total
+    slots, live = view.slots(device)
     if slots.numel() != KV:
         raise RuntimeError(
             f"SWAA cache bookkeeping is out of sync in layer {plan.layer_idx} ({slots.numel()} != {KV})."
@@ -92,19 +127,24 @@ def geometry(plan: LayerPlan, query, key, mask2d, cache_layer, prompt_lengths=No
         kv_pos = slots[None].expand(B, KV)
         kv_valid = torch.ones(B, KV, dtype=torch.bool, device=device)
         q_pos = torch.arange(total - Q, total, device=device)[None].expand(B, Q)
-        hints.update(keys_all_valid=True, reach=total - 1 - held[0][0] if held else 0)
-    if plan.fa_decode and plan.window is not None and prompt_lengths is not None:
-        q_full = q_pos >= torch.as_tensor(prompt_lengths, device=device).view(-1, 1)
-        hints["full_from"] = _same_prompt_length(prompt_lengths)
-    else:
-        every = plan.window is None or (plan.fa_decode and Q == 1 and total > 1)
-        q_full = torch.full((B, Q), every, dtype=torch.bool, device=device)
-        hints["queries_all_full"] = every
-        hints["full_from"] = total - Q if every else NO_FULL
+        hints.update(keys_all_valid=live is None, reach=total - 1 - view.first)
+        if view.contiguous or (not view.ring and view.sinks == 0):  # keys are one run of consecutive positions
+            hints["offsets"] = (total - Q, view.first)
+    if live is not None:
+        kv_valid = kv_valid & live
+    if isinstance(full, bool):
+        q_full = torch.full((B, Q), full, dtype=torch.bool, device=device)
+        hints["queries_all_full"] = full
+        hints["full_from"] = total - Q if full else NO_FULL
         if mask2d is None and Q == 1:
-            hints["sees_all_keys"] = every or _held_in_view(held, total, plan.window, plan.keep_first)
-    if mask2d is None and len(held) == 1:
-        hints["offsets"] = (total - Q, held[0][0])
+            hints["sees_all_keys"] = full or view.in_window(plan.window, plan.keep_first)
+    elif isinstance(full, int):
+        q_full = (torch.arange(total - Q, total, device=device) >= full)[None].expand(B, Q)
+        hints["full_from"] = full if mask2d is None else None  # a slot; equal to a position only without padding
+    else:
+        q_full = q_pos >= torch.as_tensor(full, device=device).view(-1, 1)
+        hints["full_from"] = _same_prompt_length(full)
+
     return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
 
 
@@ -114,25 +154,3 @@ def _same_prompt_length(prompt_lengths) -> int | None:
     lengths = prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths
     lengths = lengths if isinstance(lengths, list) else [lengths]
     return int(lengths[0]) if lengths and all(n == lengths[0] for n in lengths) else None
-
-
-def _held_in_view(held: list[tuple[int, int]], total: int, window: int, keep_first: int) -> bool:
-    """Whether the newest token (slot total - 1, no padding) sees every held slot: an evicting cache holds exactly
-    the sinks and the window, so its decode steps need no mask."""
-    window_start = total - window
-    return keep_first >= window_start or all(end <= keep_first or start >= window_start for start, end in held)
-
-
-def _sink_slots(mask2d, keep_first: int, cache_layer: SWAACacheLayer) -> int:
-    """Slots to keep at the start so every row keeps its first keep_first real tokens (rows differ by left padding).
-
-    Settled, and remembered by the cache layer, once every row has that many real tokens: no later token is a sink."""
-    if keep_first == 0 or mask2d is None:
-        return keep_first
-    if cache_layer.sink_slots is not None:
-        return cache_layer.sink_slots
-    real_before = mask2d.long().cumsum(-1)
-    slots = int(torch.searchsorted(real_before, torch.full_like(real_before[:, :1], keep_first)).max()) + 1
-    if slots <= cache_layer.total:
-        cache_layer.sink_slots = slots
-    return slots

@@ -1,60 +1,230 @@
-"""A transformers cache layer that knows which token slots it still holds, so sliding layers can drop old keys.
+"""The KV cache layer SWAA installs in a transformers Cache: a plain growing cache, or, for a sliding layer that may
+forget old keys, a fixed buffer of sink slots plus a ring of W slots written in place.
 
 Slots number the tokens of the padded batch in arrival order (the columns of the 2-D attention mask). A sliding layer
-without FA decode needs only the sink slots and the last W-1 slots for any future query, so after each attention call
-it keeps just those: its memory stays bounded however long the generation runs (upstream SWAA never frees KV).
+without FA decode needs only the sink slots and the last W slots (the window, the query's own token included) for any
+future query. Its buffer is allocated once, when the layer first holds more than sinks + W slots; from then on a decode
+step writes its key at ring index ``(slot - sinks) % W`` over the slot that just left the window and attends to the
+whole buffer with no mask and no gather: keys keep the rotary position they were written with, so their order in the
+buffer does not matter to attention. Before that point, and for every other layer, keys grow by concatenation exactly
+as in transformers' ``DynamicLayer``. All bookkeeping is host-side integers: no step reads a GPU value.
+
+Multi-token forwards against a wrapped ring (chunked prefill, a second turn, assisted decoding) first lay the held keys
+out in slot order ("flat"), which costs one gather; they are rare. ``activate_past_recording`` (called by transformers'
+assisted decoding) keeps every key until the next ``crop``, so a rejected draft can be rolled back exactly.
+
+For a later captured (CUDA graph) decode step, the buffer shapes are already fixed once the ring exists; the write
+index ``sinks + (total - sinks) % W`` is the one value that would have to live on the device.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
+NEEDS_SWAA = (
+    "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
+    "can only continue under a SWAA configuration whose window and sinks are no wider. Start a new cache "
+    "(past_key_values=None) to change the configuration or to remove SWAA."
+)
+
+
+@dataclass(frozen=True)
+class KeyView:
+    """Which slots the keys returned by the last ``update`` hold, as host integers.
+
+    flat: slots [0, sinks) then [lo, total), in slot order (all of [0, total) when lo <= sinks).
+    ring: index i < sinks holds slot i; index sinks + r holds the slot s in [lo, total) with (s - sinks) % W == r;
+    indices of no such slot are stale (only possible right after a roll-back)."""
+
+    ring: bool
+    sinks: int
+    lo: int
+    total: int
+    window: int | None
+
+    @property
+    def contiguous(self) -> bool:
+        return not self.ring and self.lo <= self.sinks
+
+    @property
+    def first(self) -> int:
+        """Smallest slot held."""
+        return 0 if self.sinks or self.contiguous else self.lo
+
+    def all_valid(self) -> bool:
+        return not self.ring or self.total - self.lo >= self.window
+
+    def in_window(self, window: int | None, keep_first: int) -> bool:
+        """Whether the newest token (slot total - 1, no padding) sees every held key under (window, keep_first)."""
+        if window is None:
+            return True
+        start = self.total - window
+        if self.contiguous:
+            return start <= keep_first
+        return self.sinks <= keep_first and self.lo >= start and self.all_valid()
+
+    def slots(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(slot of each key index, validity or None when every index holds a live slot) on ``device``."""
+        if self.contiguous:
+            return torch.arange(self.total, device=device), None
+        sinks = torch.arange(self.sinks, device=device)
+        if not self.ring:
+            return torch.cat([sinks, torch.arange(self.lo, self.total, device=device)]), None
+        W, p = self.window, (self.total - self.sinks) % self.window
+        ring = (torch.arange(W, device=device) - p) % W + (self.total - W)
+        valid = None if self.all_valid() else torch.cat([torch.ones_like(sinks, dtype=torch.bool), ring >= self.lo])
+        return torch.cat([sinks, ring]), valid
+
 
 class SWAACacheLayer(DynamicLayer):
-    def __init__(self, **kwargs):
+    """A DynamicLayer that counts slots and, once bound to an evicting plan, keeps only sinks + a ring of W slots.
+
+    Host state: ``total`` slots seen; ``sinks`` leading slots kept; held slots ``[0, sinks)`` and ``[lo, total)``;
+    ``ring``: keys/values are the fixed (B, H, sinks + W, D) buffer. ``window`` is W while the layer evicts."""
+
+    is_croppable = True
+
+    def __init__(self, layer_idx: int | None = None, **kwargs):
         super().__init__()
-        self.slots: torch.Tensor | None = None  # the held slots, on the cache's device (the masks index with it)
-        # The same slots as ascending [start, end) intervals on the host: eviction and the mask geometry decide from
-        # these, so a decode step never waits for the GPU to answer which slots are held.
-        self.held: list[tuple[int, int]] = []
-        self.total = 0  # slots seen, evicted or not: the next token's slot index
-        self.window: int | None = None  # set once this layer starts dropping old slots
-        self.sink_slots: int | None = None  # leading slots holding every row's sinks, once no new token can be one
+        self.layer_idx = layer_idx
+        self.total = 0
+        self.sinks = 0
+        self.lo = 0
+        self.ring = False
+        self.window: int | None = None  # W while this layer evicts
+        self.keep_first = 0
+        self.settled = True  # False while the sink slots of an evicting layer are not known yet (left padding)
+        self.record_past = False
+        self.bound = None  # the plan this layer was last configured for
+        self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
+        self.view = KeyView(False, 0, 0, 0, None)
 
     @classmethod
-    def from_layer(cls, layer) -> SWAACacheLayer:
-        new = cls()
+    def from_layer(cls, layer, layer_idx: int) -> SWAACacheLayer:
+        new = cls(layer_idx)
         if layer.is_initialized and layer.keys is not None and layer.keys.numel():
             if isinstance(layer, DynamicSlidingWindowLayer) and layer.cumulative_length > layer.keys.shape[-2]:
                 raise ValueError(
-                    "This cache already dropped tokens with the model's native sliding window; "
+                    f"Layer {layer_idx} of this cache already dropped tokens with the model's native sliding window; "
                     "apply SWAA before filling the cache."
                 )
-            new.update(layer.keys, layer.values)
+            new.lazy_initialization(layer.keys, layer.values)
+            new.keys, new.values, new.total = layer.keys, layer.values, layer.keys.shape[-2]
         return new
 
-    def lazy_initialization(self, key_states, value_states):
-        super().lazy_initialization(key_states, value_states)
-        self.slots = torch.empty(0, dtype=torch.long, device=self.device)
+    # ------------------------------------------------------------------ configuration (the SWAA pre-hook)
+    def bind(self, plan, mask2d: torch.Tensor | None, layer_idx: int) -> None:
+        """Configure for ``plan`` before its forward; cheap unless the plan changed or sinks are still unsettled."""
+        self.plan = plan
+        if plan is self.bound and self.settled:
+            return
+        window = plan.window if plan.evicts else None
+        if self.bound is None or window != self.window or plan.keep_first != self.keep_first:
+            self._check_serves(window, plan.keep_first, layer_idx)
+            if self.ring:
+                self.keys, self.values = self._flat()
+                self.ring = False
+            self.window, self.keep_first = window, plan.keep_first
+            self.settled = window is None
+        self.bound = plan
+        if not self.settled:
+            slots = _sink_slots(mask2d, self.keep_first)
+            if slots is not None and (self.total == 0 or not self._dropped()):
+                self.sinks, self.lo, self.settled = slots, slots, True
+            elif slots is not None and slots <= self.sinks:
+                self.settled = True  # a narrower reconfiguration: the sinks already held cover the new ones
 
+    def _dropped(self) -> bool:
+        return self.ring or self.lo > self.sinks
+
+    def _holds_window(self, total: int, window: int) -> bool:
+        """Whether the held slots include the W - 1 before ``total`` (all the next query needs besides sinks)."""
+        need_from = max(self.sinks, total - window + 1)
+        return need_from >= total or self.lo <= need_from
+
+    def _check_serves(self, window: int | None, keep_first: int, layer_idx: int) -> None:
+        """Refuse a configuration that needs keys this layer already dropped."""
+        if not self._dropped():
+            return
+        wider = window is None or window > self.window or keep_first > self.keep_first
+        if wider or not self._holds_window(self.total, window):
+            raise ValueError(NEEDS_SWAA.format(layer=layer_idx, window=self.window, sinks=self.sinks))
+
+    # ------------------------------------------------------------------ writing
     def update(self, key_states, value_states, *args, **kwargs):
+        plan, self.plan = self.plan, None
+        if plan is None:  # driven without SWAA (after remove_swaa): exact only while nothing was dropped
+            if self._dropped():
+                raise ValueError(NEEDS_SWAA.format(layer=self.layer_idx, window=self.window, sinks=self.sinks))
+            self.window, self.bound, self.settled = None, None, True
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
-        new_slots = torch.arange(self.total, self.total + n, device=self.device)
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        self.slots = torch.cat([self.slots, new_slots])
-        self.held = _merge([*self.held, (self.total, self.total + n)])
+        if self.ring and n == 1 and not self.record_past:
+            return self._write_one(key_states, value_states)
+        base_k, base_v = self._flat() if self.ring else (self.keys, self.values)
+        self.ring = False
+        keys = torch.cat([base_k, key_states], dim=-2)
+        values = torch.cat([base_v, value_states], dim=-2)
         self.total += n
+        view = KeyView(False, self.sinks, self.lo, self.total, None)
+        self.keys, self.values = keys, values
+        if self._may_ring():
+            self._to_ring(keys, values)
+            if n == 1:
+                self.view = KeyView(True, self.sinks, self.lo, self.total, self.window)
+                return self.keys, self.values
+        self.view = view
+        return keys, values
+
+    def _write_one(self, key_states, value_states):
+        S, W = self.sinks, self.window
+        i = S + (self.total - S) % W
+        self.keys.narrow(2, i, 1).copy_(key_states)
+        self.values.narrow(2, i, 1).copy_(value_states)
+        self.total += 1
+        if self.total - self.lo > W:
+            self.lo = self.total - W
+        self.view = KeyView(True, S, self.lo, self.total, W)
         return self.keys, self.values
 
-    def evict(self, sink_slots: int, window: int) -> None:
-        """Keep slots < sink_slots and the last window-1 slots: all a later query can see in a sliding layer."""
-        self.window = window
-        tail = max(sink_slots, self.total - (window - 1))
-        self._keep([(0, sink_slots), (tail, self.total)])
+    def _may_ring(self) -> bool:
+        return (
+            self.window is not None and self.settled and not self.record_past and self.total > self.sinks + self.window
+        )
+
+    def _flat_index(self, slot: int) -> int:
+        """Index of a held slot in the flat layout."""
+        return slot if slot < self.sinks or self.lo <= self.sinks else self.sinks + slot - self.lo
+
+    def _to_ring(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep the sinks and the last W slots of flat ``keys``/``values`` in a new sinks + W buffer."""
+        S, W = self.sinks, self.window
+        lo = max(self.lo, self.total - W)
+        where = S + (torch.arange(lo, self.total, device=keys.device) - S) % W
+        start, n = self._flat_index(lo), self.total - lo
+        out = []
+        for t in (keys, values):
+            buf = t.new_zeros(*t.shape[:2], S + W, t.shape[-1])  # zeros: a stale slot must never be NaN
+            buf[:, :, :S] = t[:, :, :S]
+            buf.index_copy_(2, where, t.narrow(2, start, n))
+            out.append(buf)
+        self.keys, self.values = out
+        self.lo, self.ring = lo, True
+
+    def _flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring's held keys and values in slot order: sinks, then [lo, total)."""
+        S, W = self.sinks, self.window
+        where = S + (torch.arange(self.lo, self.total, device=self.keys.device) - S) % W
+        return tuple(torch.cat([t[:, :, :S], t.index_select(2, where)], dim=2) for t in (self.keys, self.values))
+
+    # ------------------------------------------------------------------ transformers' Cache API
+    def activate_past_recording(self) -> None:
+        """Keep every key until the next ``crop`` (assisted decoding verifies drafts, then rolls rejected ones back)."""
+        self.record_past = True
 
     def get_seq_length(self) -> int:
         return self.total
@@ -63,77 +233,70 @@ class SWAACacheLayer(DynamicLayer):
         return self.total + query_length, 0
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Roll back the newest tokens (assisted decoding); refuse when the window they expose was already dropped."""
+        """Roll back the newest tokens (a positive value is the length to keep); refuse when the window the new last
+        token needs was already dropped. Afterwards an evicting layer shrinks back to sinks + W slots."""
         new_total = tokens_to_remove if tokens_to_remove > 0 else max(0, self.total + tokens_to_remove)
-        if not self.is_initialized or new_total >= self.total:
+        if not self.is_initialized or new_total > self.total:
             return
-        if self.window is not None:
-            needed_from = max(0, new_total - (self.window - 1))
-            held = sum(max(0, min(end, new_total) - max(start, needed_from)) for start, end in self.held)
-            if held < new_total - needed_from:
+        if new_total < self.total:
+            if self._dropped() and not self._holds_window(new_total, self.window):
                 raise ValueError("Cannot roll back a SWAA cache past tokens its sliding window already dropped.")
-        self._keep([(0, new_total)])
-        self.total = new_total
+            if self.ring:
+                self.keys, self.values = self._flat()
+                self.ring = False
+            keep = min(self.sinks, new_total) + max(0, new_total - self.lo) if self._dropped() else new_total
+            self.keys, self.values = self.keys[:, :, :keep], self.values[:, :, :keep]
+            self.total, self.lo = new_total, min(self.lo, new_total)
+        if not self.ring and self._may_ring_after_crop():
+            self._to_ring(self.keys, self.values)
+        self.view = KeyView(self.ring, self.sinks, self.lo, self.total, self.window if self.ring else None)
 
-    def _keep(self, wanted: list[tuple[int, int]]) -> None:
-        """Drop every held slot outside the ``wanted`` intervals, by slicing on host-known offsets (no sync)."""
-        pieces, kept, offset = [], [], 0
-        for start, end in self.held:
-            for lo, hi in wanted:
-                lo, hi = max(start, lo), min(end, hi)
-                if lo < hi:
-                    pieces.append((offset + lo - start, offset + hi - start))
-                    kept.append((lo, hi))
-            offset += end - start
-        kept = _merge(kept)
-        if kept == self.held:
-            return
-        pieces = _merge(pieces)
-        self.keys = _take(self.keys, pieces, -2)
-        self.values = _take(self.values, pieces, -2)
-        self.slots = _take(self.slots, pieces, 0)
-        self.held = kept
+    def _may_ring_after_crop(self) -> bool:
+        return self.window is not None and self.settled and self.total > self.sinks + self.window
 
     def reset(self) -> None:
         super().reset()
-        self.slots = None
-        self.held = []
-        self.total = 0
-        self.window = None
-        self.sink_slots = None
+        self.__init__(layer_idx=self.layer_idx)
 
 
-def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, non-empty [start, end) intervals with touching ones joined."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(i for i in intervals if i[0] < i[1]):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
+def _sink_slots(mask2d: torch.Tensor | None, keep_first: int) -> int | None:
+    """Leading slots that hold every row's first keep_first real tokens (rows differ by left padding); None while
+    some row has fewer real tokens (a later token may still be a sink). One device read, until settled."""
+    if keep_first == 0 or mask2d is None:
+        return keep_first
+    real_before = mask2d.long().cumsum(-1)
+    if bool((real_before[:, -1] < keep_first).any()):
+        return None
+    return int(torch.searchsorted(real_before, torch.full_like(real_before[:, :1], keep_first)).max()) + 1
 
 
-def _take(t: torch.Tensor, pieces: list[tuple[int, int]], dim: int) -> torch.Tensor:
-    """A copy, never a view: a view would keep the whole old tensor alive behind a small reported size."""
-    return torch.cat([t.narrow(dim, lo, hi - lo) for lo, hi in pieces] or [t.narrow(dim, 0, 0)], dim=dim)
+def swaa_layer(cache: Cache, layer_idx: int) -> SWAACacheLayer:
+    """The SWAA layer for ``layer_idx`` in a transformers Cache, converting (or, for lazily built caches, creating) it.
 
-
-def ensure_swaa_layers(cache: Cache) -> None:
-    """Turn the dynamic layers of a transformers Cache into SWAA layers (once; idempotent)."""
-    for i, layer in enumerate(cache.layers):
-        if isinstance(layer, SWAACacheLayer):
-            continue
-        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
-            raise ValueError(
-                f"SWAA works with transformers' dynamic KV cache; got {type(layer).__name__} in layer {i}. "
-                "Do not pass cache_implementation='static' (or a quantized/offloaded cache) while SWAA is applied."
-            )
-        cache.layers[i] = SWAACacheLayer.from_layer(layer)
+    Refuses cache classes whose storage SWAA cannot track: static, quantized, and other fixed-size layers."""
+    layers = cache.layers
+    if layer_idx < len(layers):
+        layer = layers[layer_idx]
+        if type(layer) is SWAACacheLayer:
+            return layer
+    elif getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        while len(layers) <= layer_idx:  # a DynamicCache() made without a config grows its layers lazily
+            layers.append(DynamicLayer())
+        layer = layers[layer_idx]
+    else:
+        raise ValueError(f"This KV cache has no layer {layer_idx}; pass a cache built for this model.")
+    if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+        raise ValueError(
+            f"SWAA works with transformers' dynamic KV cache (DynamicCache); got {type(layer).__name__} in layer "
+            f"{layer_idx}. Do not pass cache_implementation='static', a StaticCache, or a quantized cache while SWAA "
+            "is applied: SWAA already keeps sliding layers at sinks + window slots."
+        )
+    layers[layer_idx] = swaa = SWAACacheLayer.from_layer(layer, layer_idx)
+    return swaa
 
 
 def kv_cache_bytes(cache: Cache | None) -> list[int]:
-    """Bytes of keys and values each layer of ``cache`` actually holds."""
+    """Bytes of keys and values each layer of ``cache`` actually holds (a ring layer: its whole buffer)."""
     if cache is None:
         return []
     out = []

@@ -85,10 +85,35 @@ class SWAAConfig:
             return self.force_fa_decode
         return layer_idx in self.force_fa_decode
 
-    def notes(self, prompt_tokens: int | None = None) -> list[str]:
-        """Plain-language remarks about settings that are legal but may surprise (shown by the app and CLI)."""
+    def layer_rule(self, layer_idx: int, native_window: int | None = None) -> tuple[int | None, int, bool]:
+        """(window, keep_first, fa_decode) that layer ``layer_idx`` runs under.
+
+        A layer the model already slides in (``native_window``: Gemma 3's local layers, Mistral's ``sliding_window``,
+        Qwen2's ``use_sliding_window``) keeps at most its own window: SWAA may narrow it to
+        ``min(sliding_window_size, native_window)``, never widen it, so there it drops sinks and FA decode (both let a
+        query see keys outside the trained window) and ignores ``non_sliding_layers``."""
+        if native_window is not None:
+            w = self.sliding_window_size
+            return (native_window if w is None else min(w, native_window)), 0, False
+        if not self.layer_slides(layer_idx):
+            return None, self.keep_first, self.layer_fa_decode(layer_idx)
+        return self.sliding_window_size, self.keep_first, self.layer_fa_decode(layer_idx)
+
+    def notes(self, prompt_tokens: int | None = None, native_windows=None) -> list[str]:
+        """Plain-language remarks about settings that are legal but may surprise (shown by the app and CLI).
+
+        ``native_windows``: per layer, the model's own sliding window or None (see :meth:`layer_rule`)."""
         out = []
         w, k = self.sliding_window_size, self.keep_first
+        native = {i: n for i, n in enumerate(native_windows or ()) if n is not None}
+        if native and w is not None:
+            sizes = sorted(set(native.values()))
+            narrowed = [n for n in sizes if w < n]
+            out.append(
+                f"{len(native)} layer(s) already slide natively (window {', '.join(map(str, sizes))}): there SWAA "
+                + (f"narrows the window to {w}" if narrowed else "keeps the model's own window")
+                + ", without sinks or FA decode, and non_sliding_layers cannot widen them."
+            )
         if w is None:
             if k or self.force_fa_decode or self.non_sliding_layers:
                 out.append("sliding_window_size is None: full attention everywhere; the other fields have no effect.")

@@ -3,7 +3,9 @@
 KV bytes follow what the caches really hold (measured against transformers' DynamicCache and the SWAA cache layer):
 - a full-attention layer keeps every token;
 - a layer with the model's own sliding window (Gemma 3, Mistral) keeps the last ``window - 1`` tokens;
-- under SWAA, a sliding layer without FA decode keeps ``keep_first + W - 1`` tokens (sinks + the last W - 1 slots);
+- under SWAA, a sliding layer without FA decode keeps at most ``keep_first + W`` tokens (a buffer of the sink slots
+  plus a ring of W slots, allocated once the layer holds more than that); a layer the model already slides keeps
+  ``min(W, its own window)`` (see ``SWAAConfig.layer_rule``);
   FA layers and sliding layers with FA decode keep everything (decode queries must see the whole cache).
 """
 
@@ -209,7 +211,10 @@ def estimate_memory(
         swaa = full
     else:
         swaa_config.validate(shape.num_layers)
-        swaa = [per_token * _held_swaa(context_tokens, swaa_config, i) for i in range(shape.num_layers)]
+        swaa = [
+            per_token * _held_swaa(context_tokens, swaa_config.layer_rule(i, native))
+            for i, native in enumerate(shape.native_windows)
+        ]
     activations = batch_size * context_tokens * (4 * shape.hidden_size + 2 * shape.intermediate_size) * elem
     return MemoryEstimate(
         context_tokens=context_tokens,
@@ -228,9 +233,10 @@ def _held_native(n: int, window: int | None) -> int:
     return n if window is None else min(n, window - 1)
 
 
-def _held_swaa(n: int, config: SWAAConfig, layer: int) -> int:
-    if config.layer_slides(layer) and not config.layer_fa_decode(layer):
-        return min(n, config.keep_first + config.sliding_window_size - 1)
+def _held_swaa(n: int, rule: tuple[int | None, int, bool]) -> int:
+    window, keep_first, fa_decode = rule
+    if window is not None and not fa_decode:
+        return min(n, keep_first + window)
     return n
 
 

@@ -3,7 +3,8 @@
 The model keeps its classes and methods. SWAA enters through transformers' extension points: the attention and mask
 functions are registered in ``AttentionInterface`` / ``AttentionMaskInterface`` under "swaa" and selected with
 ``set_attn_implementation``; each attention module gets a :class:`LayerPlan` attribute and a forward pre-hook that
-turns the dynamic KV cache into slot-tracking SWAA cache layers. ``remove_swaa`` undoes all three.
+turns the dynamic KV cache into SWAA cache layers; ``model.generate`` is wrapped (on the instance) so that the
+attention knows where the prompt ends. ``remove_swaa`` undoes all of it.
 
 The per-call state lives on the modules, so one model must not run two forwards at the same time (the app and the
 runner serialise runs per model with a lock).
@@ -12,15 +13,16 @@ runner serialise runs per model with a lock).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .attention import NAME, LayerPlan, swaa_attention_forward, swaa_mask
+from .attention import NAME, LayerPlan, RunContext, swaa_attention_forward, swaa_mask
 from .backends import explain_backend
-from .cache import ensure_swaa_layers, kv_cache_bytes
+from .cache import SWAACacheLayer, kv_cache_bytes, swaa_layer
 from .config import SWAAConfig, SWAAConfigError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gemma3", "gemma3_text")
@@ -36,6 +38,7 @@ class SWAAState:
     plans: list[LayerPlan] = field(default_factory=list)
     hooks: list = field(default_factory=list, repr=False)
     backend_notes: list[str] = field(default_factory=list)  # faster kernels "auto" passed over, and why
+    context: RunContext = field(default_factory=RunContext, repr=False)
 
     def summary(self) -> str:
         return f"{self.config.describe()} [backend: {self.backend}]"
@@ -71,24 +74,72 @@ def check_supported(model) -> None:
 
 def _cache_hook(module, args, kwargs):
     cache = kwargs.get("past_key_values")
-    if cache is not None:
-        ensure_swaa_layers(cache)
-        module._swaa_cache_layer = cache.layers[module.layer_idx]
-    else:
+    if cache is None:
         module._swaa_cache_layer = None
+        return
+    layer = swaa_layer(cache, module.layer_idx)
+    if layer.bound is None and module._swaa_ctx.assisted:  # transformers asked the plain layer it replaced to record
+        layer.activate_past_recording()
+    layer.bind(module._swaa_plan, kwargs.get("attention_mask"), module.layer_idx)
+    module._swaa_cache_layer = layer
 
 
-def _plans(config: SWAAConfig, n_layers: int, backend: str, all_full: bool = False) -> list[LayerPlan]:
-    return [
-        LayerPlan(
-            layer_idx=i,
-            window=None if all_full or not config.layer_slides(i) else config.sliding_window_size,
-            keep_first=config.keep_first,
-            fa_decode=config.layer_fa_decode(i),
-            backend=backend,
-        )
-        for i in range(n_layers)
-    ]
+def native_windows(model) -> tuple[int | None, ...]:
+    """Per layer, the model's own sliding window (None: full attention), as transformers' cache reads the config."""
+    from .memory import native_windows as from_config
+
+    return from_config(_text_config(model))
+
+
+def _plans(config: SWAAConfig, model, n_layers: int, backend: str, all_full: bool = False) -> list[LayerPlan]:
+    native = native_windows(model)
+    plans = []
+    for i in range(n_layers):
+        window, keep_first, fa_decode = config.layer_rule(i, native[i])
+        if all_full:
+            window, keep_first, fa_decode = native[i], 0, False
+        plans.append(LayerPlan(i, window, keep_first, fa_decode, backend, native[i]))
+    return plans
+
+
+def _prompt_end(args, kwargs) -> int:
+    """Where the prompt of a ``generate`` call ends, in slots: the full 2-D mask's width, else the (full) input's."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        return mask.shape[1]
+    inputs = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+    if kwargs.get("inputs_embeds") is not None:
+        inputs = kwargs["inputs_embeds"][..., 0]
+    return 1 if inputs is None else inputs.shape[1]
+
+
+def _assisted(model, kwargs) -> bool:
+    """Whether this ``generate`` call verifies drafts (assistant model, prompt lookup, early exit) and rolls back."""
+    config = kwargs.get("generation_config") or model.generation_config
+    keys = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+    return any(kwargs.get(k, getattr(config, k, None)) is not None for k in keys)
+
+
+def _wrap_generate(model, context: RunContext) -> None:
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        previous = context.prompt_end, context.assisted
+        context.prompt_end, context.assisted = _prompt_end(args, kwargs), _assisted(model, kwargs)
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            context.prompt_end, context.assisted = previous
+        cache = kwargs.get("past_key_values", getattr(out, "past_key_values", None))
+        for layer in getattr(cache, "layers", ()):
+            if isinstance(layer, SWAACacheLayer) and layer.record_past:  # assisted decoding leaves it on
+                layer.record_past = False
+                layer.crop(0)
+        return out
+
+    generate._swaa_wrapped = True
+    model.generate = generate
 
 
 def apply_swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto") -> SWAAState | None:
@@ -116,10 +167,13 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         state.hooks = [m.register_forward_pre_hook(_cache_hook, with_kwargs=True) for m in modules]
         model.set_attn_implementation(NAME)
         model._swaa_state = state
+        _wrap_generate(model, state.context)
     state.config, state.backend, state.backend_notes = config, chosen, notes
-    state.plans = _plans(config, len(modules), chosen, all_full)
+    state.plans = _plans(config, model, len(modules), chosen, all_full)
     for module, plan in zip(modules, state.plans, strict=True):
         module._swaa_plan = plan
+        module._swaa_ctx = state.context
+        module._swaa_cache_layer = None
     return state
 
 
@@ -131,9 +185,11 @@ def remove_swaa(model) -> None:
     for hook in state.hooks:
         hook.remove()
     for module in attention_modules(model):
-        for attr in ("_swaa_plan", "_swaa_cache_layer", "_swaa_recorder"):
+        for attr in ("_swaa_plan", "_swaa_cache_layer", "_swaa_recorder", "_swaa_ctx"):
             if attr in module.__dict__:
                 delattr(module, attr)
+    if getattr(model.__dict__.get("generate"), "_swaa_wrapped", False):
+        del model.generate
     model.set_attn_implementation(state.original_attn_implementation)
     del model._swaa_state
 

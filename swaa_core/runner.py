@@ -26,7 +26,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from .config import SWAAConfig, SWAAConfigError
 from .cot import render_prompt, split_reasoning
 from .memory import check_run_fits
-from .patch import attention_modules, kv_cache_bytes, swaa
+from .patch import attention_modules, kv_cache_bytes, native_windows, swaa
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens
 
@@ -383,7 +383,7 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
         )
     check_run_fits(model, n_prompt + max_new_tokens, config)  # refuse now rather than run out of memory mid-way
     if config is not None:
-        result.notes = config.notes(n_prompt)
+        result.notes = config.notes(n_prompt, native_windows=native_windows(model))
     if sample is not None:
         distance = needle_distance(tokenizer, rendered, sample)
         if distance is not None:

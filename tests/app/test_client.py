@@ -93,8 +93,8 @@ def test_kv_cache_sizes_match_what_each_config_must_keep(comparison, loaded):
     full, swa = comparison[2]
     held = full["prompt_tokens"] + full["generated_tokens"] - 1  # the last generated token is never fed back
     assert full["kv_cache_bytes"] == info.num_layers * per_token_per_layer * held
-    # Sliding layers without FA decode keep only the last W-1 tokens (no sinks here).
-    assert swa["kv_cache_bytes"] == info.num_layers * per_token_per_layer * (256 - 1)
+    # Sliding layers without FA decode keep only a ring of the last W tokens (no sinks here).
+    assert swa["kv_cache_bytes"] == info.num_layers * per_token_per_layer * 256
 
 
 def test_metrics_are_consistent_timings(comparison):

@@ -79,7 +79,7 @@ def test_paper_model_at_32k_saves_kv_with_half_fa_layers():
     est = estimate_memory(entry, 32768, cfg, dtype=torch.bfloat16)
     per_token_layer = 2 * 8 * 128 * 2  # keys + values, 8 KV heads x 128 dims, bf16
     assert est.kv_full_bytes == 36 * 32768 * per_token_layer
-    assert est.kv_swaa_bytes == 18 * 32768 * per_token_layer + 18 * (100 + 2047) * per_token_layer
+    assert est.kv_swaa_bytes == 18 * 32768 * per_token_layer + 18 * (100 + 2048) * per_token_layer
     assert est.weight_bytes == entry.num_parameters * 2
     assert "less" in est.summary() and format_bytes(est.kv_full_bytes) in est.summary()
 

@@ -38,7 +38,8 @@ def eager_logits(model, input_ids, mask4d):
 
 @pytest.mark.parametrize("backend", ["reference", "blocked"])
 def test_logits_match_eager_with_hand_mask(family, backend):
-    model = build_tiny_model(family)
+    # Gemma 3's own local layers would keep their native window (SWAA never widens it): make every layer global here
+    model = build_tiny_model(family, **({"layer_types": ["full_attention"] * 4} if family == "gemma3" else {}))
     x = ids(45)
     with swaa(model, SWAAConfig(sliding_window_size=7, keep_first=3), backend=backend):
         got = model(x).logits
@@ -196,7 +197,7 @@ def test_sliding_layers_keep_bounded_kv_cache():
     per_token = 2 * 2 * 8 * 4  # keys+values x kv heads x head dim x float32 bytes
     seen = out.sequences.shape[1] - 1  # the last generated token was never fed back
     held = [b // per_token for b in kv_cache_bytes(out.past_key_values)]
-    assert held == [sinks + window - 1, seen, seen, sinks + window - 1]
+    assert held == [sinks + window, seen, seen, sinks + window]  # a sliding layer: sinks + a ring of W slots
 
 
 def eager_attentions(model, input_ids, mask4d, layer_idx):
@@ -264,3 +265,39 @@ def test_qwen3_moe_matches_eager_hand_mask():
     expected = eager_logits(model, x, hand_mask(30, 5, 2))
     with swaa(model, SWAAConfig(sliding_window_size=5, keep_first=2)):
         assert torch.allclose(model(x).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep_first", [0, 3])
+def test_ring_wrapped_many_times_matches_teacher_forced_mask(keep_first):
+    """5W generated tokens: the sliding layers' ring buffer wraps five times; every step's logits equal a
+    teacher-forced eager run of the whole sequence with the hand-built mask, and the cache stays sinks + W."""
+    model = build_tiny_model("llama", eos_token_id=None)
+    window, prompt_len, new = 6, 17, 30
+    x = ids(prompt_len, seed=9)
+    with swaa(model, SWAAConfig(sliding_window_size=window, keep_first=keep_first)):
+        out = model.generate(x, max_new_tokens=new, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    n = out.sequences.shape[1]
+    teacher = eager_logits(model, out.sequences, hand_mask(n, window, keep_first))[0, prompt_len - 1 : n - 1]
+    stepped = torch.cat(out.logits)
+    assert torch.allclose(stepped, teacher, atol=1e-5), (stepped - teacher).abs().max()
+    assert torch.equal(teacher.argmax(-1), out.sequences[0, prompt_len:])
+    per_token = 2 * 2 * 8 * 4
+    assert kv_cache_bytes(out.past_key_values) == [(keep_first + window) * per_token] * 4
+
+
+def test_padded_batch_matches_single_sequences_after_wrapping():
+    model = build_tiny_model("qwen3", eos_token_id=None)
+    model.generation_config.pad_token_id = 0
+    a, b = ids(19, seed=10)[0], ids(11, seed=11)[0]
+    batch = torch.zeros(2, 19, dtype=torch.long)
+    mask = torch.zeros(2, 19, dtype=torch.long)
+    batch[0], mask[0] = a, 1
+    batch[1, 8:], mask[1, 8:] = b, 1
+    cfg = SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=[1], non_sliding_layers=[2])
+    kw = dict(max_new_tokens=20, do_sample=False)
+    with swaa(model, cfg):
+        out = model.generate(batch, attention_mask=mask, **kw)
+        alone_a = model.generate(a[None], **kw)
+        alone_b = model.generate(b[None], **kw)
+    assert torch.equal(out[0, 19:], alone_a[0, 19:])
+    assert torch.equal(out[1, 19:], alone_b[0, 11:])

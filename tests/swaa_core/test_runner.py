@@ -63,12 +63,10 @@ def test_kv_bytes_match_the_cache_tensors(loaded, sample):
     assert full.kv_cache_bytes == LAYERS * held * per_token
     window, sinks = 32, 4
     swa = run_one(loaded, sample, SWAAConfig(sliding_window_size=window, keep_first=sinks), max_new_tokens=5)
-    # a sliding layer without FA decode keeps the sinks and the last W-1 tokens (SWAA.md); layer 1 keeps them all
+    # a sliding layer without FA decode keeps the sinks and a ring of the last W tokens; layer 1 keeps them all
     mixed = run_one(loaded, sample, SWAAConfig(sliding_window_size=window, non_sliding_layers=[1]), max_new_tokens=5)
-    assert swa.kv_cache_bytes_per_layer == [(sinks + window - 1) * per_token] * LAYERS
-    assert (
-        mixed.kv_cache_bytes_per_layer == [(window - 1) * per_token, held * per_token] + [(window - 1) * per_token] * 2
-    )
+    assert swa.kv_cache_bytes_per_layer == [(sinks + window) * per_token] * LAYERS
+    assert mixed.kv_cache_bytes_per_layer == [window * per_token, held * per_token] + [window * per_token] * 2
 
 
 def test_prefill_time_grows_with_the_prompt(loaded):
