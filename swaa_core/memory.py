@@ -171,9 +171,16 @@ def _shape_from_config(config, count: bool = True) -> ModelShape:
 
 def native_windows(text_config) -> tuple[int | None, ...]:
     """Per layer, the sliding window transformers' DynamicCache gives the layer (None: it keeps every token)."""
-    from transformers.cache_utils import get_layer_types_and_kwargs
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs
 
-    types, kwargs = get_layer_types_and_kwargs(text_config)
+        types, kwargs = get_layer_types_and_kwargs(text_config)
+    except ImportError:  # older transformers 5.x: read the config's own layer types
+        types, kwargs = [], []
+    if len(types) != len(kwargs) or len(types) != text_config.num_hidden_layers:  # its return shape varies by version
+        types = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
+        window = getattr(text_config, "sliding_window", None)
+        kwargs = [{"sliding_window": window}] * len(types)
     return tuple(
         kw.get("sliding_window") if t == "sliding_attention" else None for t, kw in zip(types, kwargs, strict=True)
     )
