@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
-from app.common import HUB
+from app.common import CANCELS, HUB, remove_temp_root
 from app.ui import build_demo, launch_kwargs
 from swaa_core.registry import DEFAULT_MODEL
 
 logging.basicConfig(level=os.environ.get("SWAA_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+log = logging.getLogger("swaa_app")
+SHUTDOWN_WAIT_S = 20  # a cancelled column stops at its next layer; a model still loading is not waited for
 
 if os.environ.get("SWAA_PRELOAD", "1") != "0":
     HUB.preload(DEFAULT_MODEL)  # in the background: the page is up at once, the first run waits for what is left
@@ -34,5 +38,33 @@ def _can_open_browser() -> bool:
     return True
 
 
+_stopping = threading.Lock()
+
+
+def _shutdown(signum, _frame) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM at any moment: cancel every run, wait for the model threads, close the server,
+    remove this process's temp files, exit 130 (SIGINT) or 0 (SIGTERM).
+
+    os._exit, not sys.exit: the interpreter's own shutdown would tear down PyTorch and tokenizer threads that may
+    still be loading a model, which aborts the process ("terminate called without an active exception", exit 134).
+    A second Ctrl-C during the wait exits at once."""
+    code = 130 if signum == signal.SIGINT else 0
+    if not _stopping.acquire(blocking=False):
+        os._exit(code)
+    log.info("Stopping: cancelling runs (up to %d s), then closing the server.", SHUTDOWN_WAIT_S)
+    try:
+        if not CANCELS.shutdown(SHUTDOWN_WAIT_S):
+            log.warning("A model run did not stop within %d s; exiting anyway.", SHUTDOWN_WAIT_S)
+        demo.close()
+        remove_temp_root()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _shutdown)
+    signal.signal(signal.SIGTERM, _shutdown)
     demo.launch(inbrowser=_can_open_browser(), **launch_kwargs())

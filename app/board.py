@@ -50,6 +50,14 @@ def answer_probability(logprob: float | None) -> str:
     return "<0.01%" if p < 1e-4 else f"{p:.0%}" if p >= 0.01 else f"{p:.2%}"
 
 
+ANSWER_PROBABILITY = "P(expected answer)"
+TIPS = {
+    ANSWER_PROBABILITY: "How likely the model finds the expected answer when it is fed in after the prompt (teacher "
+    "forcing): a graded score that can be low even when the generated text contains the answer, since the verdict "
+    "only checks the text.",
+}
+
+
 def verdict(correct: bool | None) -> tuple[str, str]:
     if correct is None:
         return "no reference answer", "neutral"
@@ -113,10 +121,10 @@ def _metrics(col: ColumnView) -> str:
         ("decode speed", f"{r.decode_tokens_per_s:.1f} tok/s" if r.decode_tokens_per_s else "–"),
         ("total time", format_seconds(r.total_s)),
         ("KV cache", format_bytes(r.kv_cache_bytes)),
-        ("P(right answer)", answer_probability(r.answer_logprob)),
+        (ANSWER_PROBABILITY, answer_probability(r.answer_logprob)),
         ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out"),
     ]
-    cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    cells = "".join(f'<dt title="{html.escape(TIPS.get(k, ""))}">{k}</dt><dd>{v}</dd>' for k, v in rows)
     backend = f'<span class="swaa-muted">kernel: {html.escape(r.backend)}</span>' if r.backend else ""
     return (
         f'<dl class="swaa-metrics" data-testid="metrics">{cells}</dl>'

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from pathlib import Path
 
 import gradio as gr
 
@@ -21,6 +22,7 @@ from .common import (
     ColumnSpec,
     columns_for,
     config_label,
+    error_message,
     layer_plan_figure,
     loaded_model,
     mask_figure,
@@ -31,7 +33,7 @@ from .common import (
     write_temp,
 )
 from .engine import device_summary, friendly_error
-from .prompts import examples, task_sample, text_sample, token_count
+from .prompts import examples, model_input_tokens, task_sample, text_sample
 from .prompts import read_upload as _read_upload
 from .state import MAX_PINNED, Settings, Strategy, from_query, layer_pattern_name, parse_pinned, to_query
 
@@ -117,15 +119,23 @@ def _model_updates(loaded, fa_mode: str, fa_layers, fad_mode: str, fad_layers) -
     ]
 
 
-@ui_errors
-def load_model(name: str, fa_mode, fa_layers, fad_mode, fad_layers, progress=gr.Progress(track_tqdm=True)):
+def load_model(name: str, active_model, fa_mode, fa_layers, fad_mode, fad_layers):
+    """The Load button: the new model's facts and controls, or on failure a toast, the dropdown back on the model
+    still in use and every other control as it was."""
     name = (name or "").strip()
-    if not name:
-        raise ValueError("Choose a model, or type a Hugging Face Hub id (org/name) or a local folder.")
-    progress(0.05, desc=f"Loading {name}: a download and conversion can take minutes; the page stays usable.")
-    loaded = HUB.get(name)
+    try:
+        if not name:
+            raise ValueError("Choose a model, or type a Hugging Face Hub id (org/name) or a local folder.")
+        loaded = HUB.get(name)
+    except Exception as e:  # noqa: BLE001 - the page stays on the model it had
+        keep = active_model or DEFAULT_MODEL
+        gr.Warning(f"{error_message(e)} Still using {keep}.")
+        return [keep, *[gr.skip()] * (len(MODEL_OUTPUTS))]
     gr.Info(f"{loaded.name} is ready.")
-    return _model_updates(loaded, fa_mode, fa_layers, fad_mode, fad_layers)
+    return [name, *_model_updates(loaded, fa_mode, fa_layers, fad_mode, fad_layers)]
+
+
+MODEL_OUTPUTS = ("active_model", "model_facts", "fa_layers", "fa_decode_layers", "layer", "head", "window", "length")
 
 
 # ---------------------------------------------------------------- page open and shareable links
@@ -250,8 +260,8 @@ def fa_decode_visibility(mode):
     return gr.CheckboxGroup(visible=mode == "layers")
 
 
-@ui_errors
-def apply_config_json(text, active_model):
+def parse_config_text(text: str, n_layers: int) -> SWAAConfig:
+    """A pasted upstream config ({"swaa_config": {...}} or the bare fields), checked for a model of ``n_layers``."""
     try:
         data = json.loads(text) if text and text.strip() else None
     except json.JSONDecodeError as e:
@@ -261,8 +271,13 @@ def apply_config_json(text, active_model):
     cfg = SWAAConfig.from_dict(data)
     if cfg.is_full_attention:
         raise ValueError("sliding_window_size is null: that is full attention, which always runs as the first column.")
+    return cfg.validate(n_layers)
+
+
+@ui_errors
+def apply_config_json(text, active_model):
     n = num_layers(loaded_model(active_model))
-    return _strategy_updates(cfg.validate(n), n)
+    return _strategy_updates(parse_config_text(text, n), n)
 
 
 @ui_errors
@@ -321,11 +336,20 @@ def pick_example(key):
     return example.document, example.question, example.answer, example.answer_prefix
 
 
-@ui_errors
 def read_upload(file, current):
+    """An upload replaces the document only when it is readable text; otherwise a toast names the file and why,
+    and the document keeps what was there. The uploaded copy is deleted and the upload box cleared either way."""
     if file is None:
-        return current
-    return _read_upload(file if isinstance(file, str) else file.name)
+        return gr.skip(), gr.skip()
+    path = Path(file if isinstance(file, str) else file.name)
+    try:
+        text = _read_upload(path)
+    except Exception as e:  # noqa: BLE001 - the user's text stays
+        gr.Warning(error_message(e))
+        text = gr.skip()
+    finally:
+        path.unlink(missing_ok=True)
+    return text, None
 
 
 def build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix):
@@ -334,18 +358,19 @@ def build_sample(loaded, source, task, length, depth, seed, document, question, 
     return text_sample(loaded.tokenizer, document, question, answer, prefix, seed=seed or 0)
 
 
-def prompt_info(active_model, source, task, length, depth, seed, document, question, answer, prefix, window):
-    """Token count against the model limit and the window, and a preview of a built-in task."""
+def prompt_info(active_model, source, task, length, depth, seed, document, question, answer, prefix, window, cot):
+    """Prompt tokens (what the model reads, chat template included: the number the columns show) against the model
+    limit and the window, and a preview of a built-in task."""
     if not HUB.is_ready(active_model or DEFAULT_MODEL):
         return "Loading the model…", "", gr.skip()
     loaded = loaded_model(active_model)
     if source == "text" and not (document or "").strip():
         return "Paste a document, upload a file or pick an example.", "", gr.skip()
     try:
-        sample = build_sample(loaded, source, task, length, depth, seed, document, question or "?", answer, prefix)
+        sample = build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix)
     except ValueError as e:
         return f"⚠️ {html.escape(str(e))}", "", gr.skip()
-    n = sample.context_tokens or token_count(loaded.tokenizer, sample.prompt)
+    n = model_input_tokens(loaded.tokenizer, sample, cot=bool(cot))
     limit = loaded.info.context_length
     seen = min(int(window), n)
     if limit and n > limit:
@@ -353,7 +378,10 @@ def prompt_info(active_model, source, task, length, depth, seed, document, quest
     else:
         status = f"{seen / max(n, 1):.0%} of it at a time"
     limit_text = f"{limit:,}" if limit else "unknown"
-    info = f"**{n:,}** prompt tokens · model limit **{limit_text}** · a window of {int(window)} tokens sees {status}."
+    info = (
+        f"**{n:,}** prompt tokens (what the model reads, chat template included) · model limit **{limit_text}** · "
+        f"a window of {int(window)} tokens sees {status}."
+    )
     return info, _preview(sample) if source == "task" else "", n
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -23,7 +26,8 @@ CANCELS = CancelRegistry()  # Stop buttons -> the run of the same session
 
 
 def ui_errors(fn):
-    """Show exceptions as a gr.Error message (specific, no traceback); generators keep what they yielded."""
+    """For API endpoints: exceptions become a gr.Error message (specific, no traceback); generators keep what they
+    yielded."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -45,6 +49,42 @@ def ui_errors(fn):
             raise
         except Exception as e:  # noqa: BLE001
             raise gr.Error(friendly_error(e), print_exception=False) from None
+
+    return wrapper
+
+
+def error_message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, gr.Error) else friendly_error(exc)
+
+
+def toast_errors(fn, n_outputs: int):
+    """For page events: a failure becomes a warning toast and leaves every output as it was (gr.skip()).
+
+    A raised gr.Error would put red "Error" badges over every output component (sliders, model facts) and could
+    replace what the user entered; a toast says the same and keeps the page usable."""
+
+    def unchanged():
+        return None if n_outputs == 0 else gr.skip() if n_outputs == 1 else [gr.skip()] * n_outputs
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a message
+                gr.Warning(error_message(e))
+                yield unchanged()
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            gr.Warning(error_message(e))
+            return unchanged()
 
     return wrapper
 
@@ -137,9 +177,39 @@ def _scaled(cfg: SWAAConfig | None, scale: float) -> SWAAConfig | None:
     )
 
 
+TEMP_ROOT = Path(tempfile.gettempdir()) / f"swaa-app-{os.getpid()}"  # removed at shutdown (app.py)
+TEMP_MAX_AGE_S = 3600  # downloads older than this are deleted when a new one is written
+
+
 def write_temp(text: str, name: str) -> str:
-    """A file for a download button (Gradio serves files from the temp folder)."""
-    folder = Path(tempfile.mkdtemp(prefix="swaa-"))
+    """A file for a download button in this process's temp folder (Gradio copies it into its own cache, which
+    Blocks(delete_cache=...) empties); files older than an hour are removed on the way."""
+    _prune(TEMP_ROOT, TEMP_MAX_AGE_S)
+    TEMP_ROOT.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="dl-", dir=TEMP_ROOT))
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+def temp_folder(prefix: str) -> Path:
+    """A fresh folder under this process's temp root (sweep files and exports)."""
+    _prune(TEMP_ROOT, TEMP_MAX_AGE_S)
+    TEMP_ROOT.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=TEMP_ROOT))
+
+
+def _prune(root: Path, max_age_s: float) -> None:
+    if not root.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for folder in root.iterdir():
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # another request removed it first
+
+
+def remove_temp_root() -> None:
+    shutil.rmtree(TEMP_ROOT, ignore_errors=True)

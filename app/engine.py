@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,69 +47,110 @@ def device_summary() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def redact(text: str) -> str:
+    """``text`` with Hugging Face tokens (HF_TOKEN's value and anything shaped like hf_...) replaced by ***."""
+    secret = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if secret:
+        text = text.replace(secret, "***")
+    return _TOKEN.sub("***", text)
+
+
 def friendly_error(exc: BaseException) -> str:
-    """One paragraph for the UI: what went wrong and what to try. Tracebacks go to the server log only."""
+    """One paragraph for the UI: what went wrong and what to try. Tracebacks go to the server log only, and no
+    access token reaches either."""
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return (
             "Out of memory. Try a shorter prompt, fewer new tokens, fewer columns, a smaller window in more layers, "
             "or a smaller model."
         )
-    if isinstance(exc, ValueError | KeyError | FileNotFoundError):
+    if isinstance(exc, ValueError | KeyError | FileNotFoundError | TimeoutError):
         text = str(exc).strip("'\" ")
-        return text or f"{type(exc).__name__} without a message."
+        return redact(text or f"{type(exc).__name__} without a message.")
     if isinstance(exc, OSError):
-        return f"Could not read or fetch a file: {exc}"
-    log.exception("unexpected error in the app", exc_info=exc)
-    return f"Unexpected error ({type(exc).__name__}): {exc}. The details are in the server log."
+        return redact(f"Could not read or fetch a file: {exc}")
+    log.error("unexpected error in the app: %s", redact(f"{type(exc).__name__}: {exc}"))
+    return redact(f"Unexpected error ({type(exc).__name__}): {exc}. The details are in the server log.")
+
+
+# ---------------------------------------------------------------- where models may come from
+ALLOWED_DIRS_ENV = "SWAA_ALLOWED_DIRS"
+DEFAULT_ALLOWED_DIRS = ("adapters", "runs")
+
+
+def check_source_allowed(name: str, what: str = "model") -> None:
+    """On a Hugging Face Space (SPACE_ID set) local paths must lie inside the allowed folders ($SWAA_ALLOWED_DIRS,
+    separated by the OS path separator; default adapters/ and runs/): visitors must not make the server read
+    arbitrary files. Hub ids and embedded names pass everywhere; elsewhere (a local run) any path passes."""
+    if not os.environ.get("SPACE_ID") or not name:
+        return
+    from swaa_core.registry import find_model_entry
+
+    path = Path(name).expanduser()
+    if find_model_entry(name) is not None or (not path.exists() and not name.startswith((".", "/", "~"))):
+        return  # an embedded/curated name or a Hub id
+    roots = [r for r in os.environ.get(ALLOWED_DIRS_ENV, os.pathsep.join(DEFAULT_ALLOWED_DIRS)).split(os.pathsep) if r]
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(Path(r).resolve()) for r in roots):
+        raise ValueError(
+            f"This Space loads a {what} from the Hugging Face Hub or from its folder(s) {', '.join(roots)}; "
+            f"{name!r} is a local path outside them."
+        )
 
 
 # ---------------------------------------------------------------- models shared by all sessions
 class ModelHub:
-    """Loaded models by name, shared by every browser session; the default one loads at start-up in the
-    background so the page is up at once and the first run waits only for what is left."""
+    """The app's door to swaa_core's model cache, shared by every browser session.
+
+    It holds no model itself: swaa_core's LRU cache owns every loaded model, so when the cache evicts one its memory
+    is freed. The hub only serialises loads per name (one load at a time, later requests then hit the cache) and
+    remembers which names loaded, so the page can tell "ready" from "still loading" without waiting.
+    """
 
     def __init__(self, load: Callable = swaa_core.load_model):
         self._load = load
-        self._models: dict[str, object] = {}
-        self._errors: dict[str, BaseException] = {}
-        self._events: dict[str, threading.Event] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._ready: set[str] = set()
+        self._loading: set[str] = set()
         self._lock = threading.Lock()
 
     def preload(self, name: str) -> None:
-        threading.Thread(target=self._ensure, args=(name,), name=f"load {name}", daemon=True).start()
+        """Load ``name`` in a background thread (errors are logged; the first request re-raises them)."""
+
+        def work() -> None:
+            try:
+                self.get(name)
+            except Exception as e:  # noqa: BLE001 - a failed preload only logs; the page says it on first use
+                log.warning("Preloading %s failed: %s", name, friendly_error(e))
+
+        threading.Thread(target=work, name=f"load {name}", daemon=True).start()
 
     def get(self, name: str, timeout: float | None = None):
-        """The loaded model (waits while another request loads it); the load's own exception if it failed."""
-        self._ensure(name, timeout)
+        """The loaded model from swaa_core's cache (waits while another request loads the same name); the load's
+        own exception if it fails. ``timeout``: seconds to wait for another request's load (TimeoutError)."""
         with self._lock:
-            if name in self._errors:
-                raise self._errors[name]
-            return self._models[name]
-
-    def is_ready(self, name: str) -> bool:
-        with self._lock:
-            return name in self._models
-
-    def _ensure(self, name: str, timeout: float | None = None) -> None:
-        with self._lock:
-            event = self._events.get(name)
-            owner = event is None or (event.is_set() and name in self._errors)
-            if owner:  # first request, or a retry after a failed load
-                event = self._events[name] = threading.Event()
-                self._errors.pop(name, None)
-        if not owner:
-            if not event.wait(timeout):
-                raise TimeoutError(f"{name} is still loading; try again in a moment.")
-            return
+            lock = self._locks.setdefault(name, threading.Lock())
+        if not lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"{name} is still loading; try again in a moment.")
         try:
+            with self._lock:
+                self._loading.add(name)
+            check_source_allowed(name)
             loaded = self._load(name)
             with self._lock:
-                self._models[name] = loaded
-        except BaseException as e:  # noqa: BLE001 - kept and re-raised to every waiting request
-            with self._lock:
-                self._errors[name] = e
+                self._ready.add(name)
+            return loaded
         finally:
-            event.set()
+            with self._lock:
+                self._loading.discard(name)
+            lock.release()
+
+    def is_ready(self, name: str) -> bool:
+        """True once ``name`` loaded and no load of it is under way (it may still need a reload after eviction)."""
+        with self._lock:
+            return name in self._ready and name not in self._loading
 
 
 @dataclass
@@ -133,6 +175,7 @@ class AdapterModels:
     def get(self, loaded, adapter: str):
         if not adapter:
             return loaded
+        check_source_allowed(adapter, "LoRA adapter")
         key = (loaded.name, adapter)
         with self._lock:
             if key not in self._models:
@@ -163,10 +206,12 @@ def stream_columns(
     cancel: threading.Event,
     run_one: Callable | None = None,
     interval: float = 0.25,
+    registry: CancelRegistry | None = None,
 ) -> Iterator[list[ColumnView]]:
     """Run the columns one after the other in a worker thread; yield the board every ``interval`` seconds while
     tokens stream, and once more at the end. Setting ``cancel`` stops the running column and skips the rest.
-    ``model_for(adapter)`` gives the loaded model a column runs on (the base model for "")."""
+    ``model_for(adapter)`` gives the loaded model a column runs on (the base model for ""). ``registry`` tracks
+    the worker thread so a shutdown can wait for it."""
     if run_one is None:
         from swaa_core.runner import run_one
     views = [
@@ -183,8 +228,13 @@ def stream_columns(
                 _run_column(model_for, sample, spec, view, run_one, max_new_tokens, cot, seed, cancel)
         finally:
             finished.set()
+            if registry is not None:
+                registry.untrack(worker)
 
-    threading.Thread(target=work, name="swaa run", daemon=True).start()
+    worker = threading.Thread(target=work, name="swaa run", daemon=True)
+    if registry is not None:
+        registry.track(worker)
+    worker.start()
     while not finished.wait(interval):
         yield views
     yield views
@@ -221,10 +271,12 @@ def _run_column(model_for, sample, spec, view, run_one, max_new_tokens, cot, see
 
 
 class CancelRegistry:
-    """One cancel flag per browser session, so Stop reaches the run that session started."""
+    """One cancel flag per browser session, so Stop reaches the run that session started; at shutdown, every flag
+    at once, and a wait for the threads that run models."""
 
     def __init__(self):
         self._events: dict[str, threading.Event] = {}
+        self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
     def start(self, session: str) -> threading.Event:
@@ -244,6 +296,27 @@ class CancelRegistry:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
+
+    def track(self, thread: threading.Thread) -> None:
+        """A thread that runs the model; shutdown waits for it."""
+        with self._lock:
+            self._threads.add(thread)
+
+    def untrack(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.discard(thread)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Cancel every run and wait up to ``timeout`` seconds for the model threads; False if some still run."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            events, threads = list(self._events.values()), list(self._threads)
+        for event in events:
+            event.set()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
 
 def elapsed(start: float) -> str:

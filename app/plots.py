@@ -360,7 +360,10 @@ def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Fi
         fig.add_scatter(
             x=[p[3] / fa_time for p in PAPER_POINTS],
             y=[p[1] for p in PAPER_POINTS],
-            mode="markers",
+            # Labelled only before a sweep: then they are all there is, and nothing collides with them.
+            mode="markers" if points else "markers+text",
+            textposition=["middle left", "middle right", "bottom center", "top center", "middle right", "top center"],
+            textfont=dict(size=11, color="#666"),
             text=[p[0] for p in PAPER_POINTS],
             marker=dict(size=11, symbol="circle-open", color="#888", line=dict(width=2)),
             name="paper (Qwen3-4B, LongMemEval 24k, no SFT)",
@@ -368,6 +371,12 @@ def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Fi
         )
     if not points and not show_paper:
         return message_figure("Run the recipe sweep to draw the trade-off.")
+    if not points:
+        fig.add_annotation(
+            text="Run the recipe sweep: each recipe you tick appears here as a coloured point beside the paper's "
+            "(grey).",
+            showarrow=False, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom", font=dict(size=13),
+        )  # fmt: skip
     fig.update_xaxes(title_text="time per sample, relative to full attention (1.0)", rangemode="tozero")
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
     fig = _style(fig, height=460, title="Accuracy vs latency across recipes")

@@ -7,7 +7,9 @@ draw what comes back. Runs are cancellable through the session's Stop button and
 from __future__ import annotations
 
 import json
-import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -29,11 +31,12 @@ from .common import (
     mask_figure,
     num_layers,
     strategy_from,
+    temp_folder,
     ui_errors,
     write_temp,
 )
 from .engine import on_gpu, stream_columns
-from .prompts import token_count
+from .prompts import model_input_tokens, token_count
 
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 RESULT_FIELDS = (
@@ -53,7 +56,68 @@ def stop_run(request: gr.Request):
 
 
 # ---------------------------------------------------------------- the comparison
-@ui_errors
+@dataclass
+class Comparison:
+    """One validated comparison request: the model, its columns (full attention first) and the sample."""
+
+    loaded: object
+    config: SWAAConfig
+    columns: list[ColumnSpec]
+    sample: object
+    max_new_tokens: int
+    cot: bool
+    seed: int
+
+    @classmethod
+    def build(cls, active_model, strategy, adapter, pinned, prompt: dict, max_new_tokens, cot) -> Comparison:
+        """``prompt``: source, task, length, depth, seed, document, question, answer, prefix. Raises ValueError
+        with a message for the user when anything is out of range or the prompt does not fit the model."""
+        loaded = loaded_model(active_model)
+        n = num_layers(loaded)
+        cfg = strategy.to_config(n)
+        columns = columns_for(cfg, pinned, n, adapter or "")
+        sample = build_sample(loaded, **prompt)
+        max_new = _whole_in_range(max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
+        request = cls(loaded, cfg, columns, sample, max_new, bool(cot), int(prompt.get("seed") or 0))
+        _check_length(loaded, sample, max_new, request.cot)
+        return request
+
+    def stream(self, session: str) -> Iterator[list[ColumnView]]:
+        """The columns' views while they stream, the last time complete; the session's Stop button cancels."""
+        cancel = CANCELS.start(session)
+        try:
+            yield from stream_columns(
+                lambda name: ADAPTERS.get(self.loaded, name), self.sample, self.columns,
+                max_new_tokens=self.max_new_tokens, cot=self.cot, seed=self.seed, cancel=cancel, registry=CANCELS,
+            )  # fmt: skip
+        finally:
+            cancel.set()  # also stops the worker when the page closes mid-run
+            CANCELS.finish(session, cancel)
+
+    def rows(self, views: list[ColumnView]) -> list[dict]:
+        meta = {"model": self.loaded.name, "task": self.sample.task, "seed": self.seed, "cot": self.cot,
+                "max_new_tokens": self.max_new_tokens}  # fmt: skip
+        return result_rows(views, meta)
+
+
+MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
+
+
+def _whole_in_range(value, what: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a whole number, got {value!r}.") from None
+    if number != int(number) or not low <= number <= high:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(number)
+
+
+def prompt_args(source, task, length, depth, seed, document, question, answer, prefix) -> dict:
+    return dict(source=source, task=task, length=length, depth=depth, seed=seed, document=document,
+                question=question, answer=answer, prefix=prefix)  # fmt: skip
+
+
 @on_gpu(duration=180)
 def run_comparison(
     active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, cot, adapter,
@@ -61,43 +125,32 @@ def run_comparison(
     request: gr.Request = None,
 ):  # fmt: skip
     """Stream every column (full attention first) on the same prompt; end with metrics, summary and exports."""
-    loaded = loaded_model(active_model)
-    n = num_layers(loaded)
-    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
-    columns = columns_for(cfg, pinned, n, adapter or "")
-    sample = build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix)
-    max_new, seed = int(max_new_tokens), int(seed or 0)
-    _check_length(loaded, sample, max_new)
-    session = _session(request)
-    cancel = CANCELS.start(session)
+    strategy = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers)
+    prompt = prompt_args(source, task, length, depth, seed, document, question, answer, prefix)
+    run = Comparison.build(active_model, strategy, adapter, pinned, prompt, max_new_tokens, cot)
     views: list[ColumnView] = []
-    try:
-        for views in stream_columns(
-            lambda name: ADAPTERS.get(loaded, name), sample, columns,
-            max_new_tokens=max_new, cot=bool(cot), seed=seed, cancel=cancel,
-        ):  # fmt: skip
-            yield (render_board(views), *[gr.skip()] * 8)
-    finally:
-        cancel.set()  # also stops the worker when the page closes mid-run
-        CANCELS.finish(session, cancel)
-    meta = {"model": loaded.name, "task": sample.task, "seed": seed, "cot": bool(cot), "max_new_tokens": max_new}
-    rows = result_rows(views, meta)
+    for views in run.stream(_session(request)):
+        yield (render_board(views), *[gr.skip()] * 8)
+    rows = run.rows(views)
     prompt_tokens = next((v.result.prompt_tokens for v in views if v.result and v.result.prompt_tokens), 0)
-    swaa_choices = [(c.label, i) for i, c in enumerate(columns) if c.config is not None]
+    swaa_choices = [(c.label, i) for i, c in enumerate(run.columns) if c.config is not None]
     last_run = {
-        "sample": sample.to_dict(),
-        "columns": [(c.label, c.config.to_dict() if c.config else None) for c in columns],
-        "prompt_tokens": prompt_tokens or sample.context_tokens,
+        "sample": run.sample.to_dict(),
+        "columns": [(c.label, c.config.to_dict() if c.config else None) for c in run.columns],
+        "prompt_tokens": prompt_tokens or model_input_tokens(run.loaded.tokenizer, run.sample, cot=run.cot),
     }
+    masks = mask_figure(run.columns, last_run["prompt_tokens"], run.max_new_tokens, int(layer or 0))
+    csv, data = export_files(rows)
     yield (
         render_board(views),
         summary_markdown(views),
         plots.plot_data(plots.latency_figure(rows), "swaa-latency"),
-        plots.plot_data(mask_figure(columns, last_run["prompt_tokens"], max_new, int(layer or 0)), "swaa-masks"),
+        plots.plot_data(masks, "swaa-masks"),
         last_run,
-        *_exports(rows),
+        gr.DownloadButton(value=csv, interactive=bool(csv)),
+        gr.DownloadButton(value=data, interactive=bool(data)),
         gr.Dropdown(choices=swaa_choices, value=swaa_choices[-1][1]),
-        gr.Slider(value=_first_sliding_layer(cfg, int(layer or 0))),
+        gr.Slider(value=_first_sliding_layer(run.config, int(layer or 0))),
     )
 
 
@@ -108,8 +161,8 @@ def _first_sliding_layer(cfg: SWAAConfig, current: int) -> int:
     return next((i for i in range(current, current + 1000) if cfg.layer_slides(i)), current)
 
 
-def _check_length(loaded, sample, max_new: int) -> None:
-    n, limit = sample.context_tokens or token_count(loaded.tokenizer, sample.prompt), loaded.info.context_length
+def _check_length(loaded, sample, max_new: int, cot: bool) -> None:
+    n, limit = model_input_tokens(loaded.tokenizer, sample, cot=cot), loaded.info.context_length
     if limit and n + max_new > limit:
         raise ValueError(
             f"The prompt is too long for {loaded.name}: {n:,} prompt tokens + {max_new} new tokens exceed its "
@@ -129,14 +182,15 @@ def result_rows(views: list[ColumnView], meta: dict) -> list[dict]:
     return rows
 
 
-def _exports(rows: list[dict]):
+def export_files(rows: list[dict]) -> tuple[str | None, str | None]:
+    """The results as CSV and JSON files (None, None when no column finished)."""
     import pandas as pd
 
     if not rows:
-        return gr.DownloadButton(interactive=False), gr.DownloadButton(interactive=False)
+        return None, None
     csv = write_temp(pd.DataFrame(rows).to_csv(index=False), "swaa-results.csv")
-    data = write_temp(json.dumps(rows, indent=2, default=str), "swaa-results.json")
-    return gr.DownloadButton(value=csv, interactive=True), gr.DownloadButton(value=data, interactive=True)
+    data = write_temp(json.dumps(rows, indent=2, default=str, ensure_ascii=False), "swaa-results.json")
+    return csv, data
 
 
 # ---------------------------------------------------------------- attention maps and masks
@@ -197,7 +251,7 @@ def masks_for_layer(active_model, last_run, layer):
 
 # ---------------------------------------------------------------- sweeps
 def _sweep_file() -> Path:
-    return Path(tempfile.mkdtemp(prefix="swaa-sweep-")) / "sweep.jsonl"
+    return temp_folder("sweep-") / "sweep.jsonl"
 
 
 def _progress_callback(progress, total: int, what: str):
@@ -211,19 +265,34 @@ def _progress_callback(progress, total: int, what: str):
     return on_result
 
 
-@ui_errors
 @on_gpu(duration=600)
 def run_recipe_sweep(
     active_model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None,
     progress=gr.Progress(),
 ):  # fmt: skip
-    """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure."""
+    """The page's recipe sweep: the trade-off plot and the table (shown once there is something in it)."""
+    points, table = recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress)
+    return plots.plot_data(plots.tradeoff_figure(points), "swaa-tradeoff"), gr.Dataframe(value=table, visible=True)
+
+
+def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress):
+    """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure.
+    Returns the plot's points and the summary table (one row per recipe)."""
+    from swaa_core.recipes import list_recipes
     from swaa_core.sweep import SweepSpec, summarize
 
     if not recipes:
         raise ValueError("Tick at least one recipe to sweep.")
+    known = {r.name for r in list_recipes()}
+    unknown = [r for r in recipes if r not in known]
+    if unknown:
+        raise ValueError(f"Unknown recipe(s) {', '.join(map(repr, unknown))}; choose from {', '.join(sorted(known))}.")
+    samples = _whole_in_range(samples, "Samples per recipe", 1, 20)
+    length = _whole_in_range(length, "Length", 64, 131072)
+    window = _whole_in_range(window, "Window size", 1, 131072)
+    sinks = _whole_in_range(sinks, "Sink tokens", 0, 131072)
     loaded = loaded_model(active_model)
-    n, length = num_layers(loaded), int(length)
+    n = num_layers(loaded)
     configs = {}
     for name in recipes:
         cfg = resolve_recipe(name, n, window=int(window), keep_first=int(sinks) or None)
@@ -249,28 +318,41 @@ def run_recipe_sweep(
         columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s", "total_s": "total s",
                  "kv_cache_bytes": "KV cache MiB"}
     )  # fmt: skip
-    return plots.plot_data(plots.tradeoff_figure(points), "swaa-tradeoff"), shown
+    return points, shown
 
 
-@ui_errors
 @on_gpu(duration=600)
 def run_needle_sweep(
     active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, lengths, depths, samples, seed, task,
     request: gr.Request = None, progress=gr.Progress(),
 ):  # fmt: skip
-    """Full attention vs the current config over prompt length x needle depth."""
+    """The page's needle sweep: the heatmap and the CSV download."""
+    strategy = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers)
+    grids, path = needle_sweep(active_model, strategy, lengths, depths, samples, seed, task, request, progress)
+    return (
+        plots.plot_data(plots.needle_heatmap_figure(grids), "swaa-needle-heatmap"),
+        gr.DownloadButton(value=str(path), interactive=True),
+    )
+
+
+def needle_sweep(active_model, strategy, lengths, depths, samples, seed, task, request, progress):
+    """Full attention vs ``strategy`` over prompt length x needle depth. Returns one (label, lengths, depths,
+    accuracy grid [depth, length]) per config and the CSV file of every run."""
     from swaa_core.sweep import SweepSpec, export, summarize
 
     if not lengths:
         raise ValueError("Tick at least one prompt length.")
+    lengths = sorted({_whole_in_range(x, "Each length", 64, 131072) for x in lengths})
+    depths = _whole_in_range(depths, "Depths", 2, 11)
+    samples = _whole_in_range(samples, "Samples per cell", 1, 10)
     loaded = loaded_model(active_model)
     n = num_layers(loaded)
-    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
+    cfg = strategy.to_config(n)
     label = config_label(cfg, n)
-    depth_values = [round(float(d), 3) for d in np.linspace(0.0, 1.0, int(depths))]
-    seeds = [int(seed or 0) + i for i in range(int(samples))]
+    depth_values = [round(float(d), 3) for d in np.linspace(0.0, 1.0, depths)]
+    seeds = [int(seed or 0) + i for i in range(samples)]
     kind = task if task in ("needle", "passkey", "multi_key") else "needle"
-    spec = SweepSpec({"Full attention": None, label: cfg}, sorted(int(x) for x in lengths), depth_values, seeds, kind)
+    spec = SweepSpec({"Full attention": None, label: cfg}, lengths, depth_values, seeds, kind)
     df = _sweep(loaded, spec, request, progress, "needle sweep")
     table = summarize(df, by=("label", "length_target", "depth"))
     grids = []
@@ -282,11 +364,8 @@ def run_needle_sweep(
                 row["accuracy"]
             )
         grids.append((name, spec.lengths, depth_values, grid))
-    path = export(df, Path(tempfile.mkdtemp(prefix="swaa-")) / "swaa-needle-sweep.csv")
-    return (
-        plots.plot_data(plots.needle_heatmap_figure(grids), "swaa-needle-heatmap"),
-        gr.DownloadButton(value=str(path), interactive=True),
-    )
+    path = export(df, temp_folder("needle-") / "swaa-needle-sweep.csv")
+    return grids, path
 
 
 def _sweep(loaded, spec, request, progress, what: str):
@@ -295,6 +374,7 @@ def _sweep(loaded, spec, request, progress, what: str):
 
     session = _session(request)
     cancel = CANCELS.start(session)
+    CANCELS.track(threading.current_thread())
     progress(0, desc=f"{what}: {spec.total_cells} runs")
     try:
         df = run_sweep(
@@ -304,6 +384,7 @@ def _sweep(loaded, spec, request, progress, what: str):
     finally:
         stopped = cancel.is_set()
         CANCELS.finish(session, cancel)
+        CANCELS.untrack(threading.current_thread())
     if stopped:
         gr.Warning(f"{what} stopped after {len(df)} of {spec.total_cells} runs; the plot shows those.")
     if df.empty:

@@ -51,12 +51,21 @@ MODEL_INFO = "Pick a recommended model, or type a Hugging Face Hub id (org/name)
 TASK_INFO = "Long-context tasks with a known answer, so each column is scored correct or incorrect."
 LENGTH_INFO = "Prompt length in tokens. Longer than the window means SWA hides part of it."
 DEPTH_INFO = "Where the fact sits: 0 = at the start of the prompt, 1 = at the end (near the question)."
-QUESTION_INFO = "Asked after the document. Leave empty if the text already ends with a question."
+QUESTION_INFO = (
+    "Asked after the document. Leave it empty when the text ends with its question: that last sentence is then "
+    "used as the question."
+)
 ANSWER_INFO = "Optional. When given, each column is marked correct if its answer contains it."
 
 CONFIG_JSON_HELP = (
-    "The current config in the upstream paper code's format (`swaa_config`): copy it into their scripts or into "
-    "`swaa run --config`."
+    "The current config in the upstream paper code's format (`swaa_config`): copy it into their scripts, or save it "
+    "(*Download config JSON* below) and run it from the command line with "
+    '`swaa run --recipe "$(cat swaa_config.json)" "your prompt"`.'
+)
+METRICS_HELP = (
+    "*Prompt tokens* count what the model reads, chat template included. *P(expected answer)* is how likely the "
+    "model finds the expected answer when it is fed in after the prompt: a graded score beside the correct / "
+    "incorrect verdict, which only checks the generated text."
 )
 PNG_HELP = (
     "To save a plot as PNG, hover over it and use the camera button in its toolbar (Plotly draws the PNG in your "
@@ -85,7 +94,7 @@ HEATMAP_HELP = (
     "share of samples answered correctly."
 )
 CPU_NOTE = (
-    "Running on CPU: the default demo (a short prompt, a few new tokens) takes well under a minute. Long prompts "
+    "The default demo (a short prompt, a few new tokens) takes well under a minute. Long prompts "
     "take longer; the Stop button keeps whatever finished."
 )
 
@@ -101,42 +110,42 @@ class TourStep:
 
 TOUR: tuple[TourStep, ...] = (
     TourStep(
-        "0 · The problem: plain sliding window",
+        "1 · The problem: plain sliding window",
         "Every prompt token sees only the last *W* tokens. A fact placed early in the prompt is outside the "
         "window of the question, so the model cannot retrieve it. Full attention (the baseline column) still can. "
         "Run it: the SWA column usually answers wrongly, but faster and with a smaller KV cache.",
         {"recipe": "swa", "cot": False},
     ),
     TourStep(
-        "1 · SWA in prefill, full attention in decode",
+        "2 · SWA in prefill, full attention in decode",
         "Reading the prompt is where the O(n²) cost lives, so use SWA only there. Each *generated* token attends "
         "to the whole cache. The mask picture gains full rows at the bottom. On its own this helps little: the "
         "prompt's internal representations were already built without the distant fact.",
         {"recipe": "swa-fa-decode", "cot": False},
     ),
     TourStep(
-        "2 · Sink tokens",
+        "3 · Sink tokens",
         "The first tokens soak up attention that has nowhere else to go (attention sinks). Keeping the first *K* "
         "tokens visible to every query (a vertical stripe in the mask) stops the model from drifting "
         "when the window cuts them off.",
         {"recipe": "swa-sinks-fa-decode", "cot": False},
     ),
     TourStep(
-        "3 · Interleave full-attention layers",
+        "4 · Interleave full-attention layers",
         "Keep full attention in some layers, e.g. every second one (odd layers). Those layers can copy the "
         "distant fact forward; the others stay cheap. Look at the layer strip: ticked layers are FA. "
         "With FA decode and sinks this combination recovers most of the baseline.",
         {"recipe": "recommended", "cot": False},
     ),
     TourStep(
-        "4 · Chain of thought",
+        "5 · Chain of thought",
         "Let the model reason before answering. Reasoning tokens are decode tokens, so under FA decode they "
         "read the whole prompt at full attention and can fetch what the prefill missed. It costs more "
         "generated tokens (raise *max new tokens*).",
         {"recipe": "recommended", "cot": True},
     ),
     TourStep(
-        "5 · Fine-tuning with SWA switched on",
+        "6 · Fine-tuning with SWA switched on",
         "Finally, a light LoRA fine-tune with SWA active teaches the model to live with the window. The paper "
         "uses self-distillation: the targets are the full-attention model's own answers. Load an adapter in "
         "the strategy panel (train one with `swaa finetune`). The lesson of the paper: no single remedy "

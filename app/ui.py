@@ -10,9 +10,10 @@ import gradio as gr
 
 from swaa_core.registry import DEFAULT_MODEL, get_model_entry
 
+from . import api, plots, texts
 from . import callbacks as cb
-from . import plots, texts
 from . import run_handlers as rh
+from .common import toast_errors
 from .prompts import TASK_CHOICES, examples
 from .state import FA_LAYER_MODES, MAX_PINNED, Settings
 
@@ -23,7 +24,9 @@ DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-hal
 
 def build_demo() -> gr.Blocks:
     defaults = Settings()
-    with gr.Blocks(title=texts.TITLE, fill_width=True) as demo:
+    # delete_cache: uploads and served downloads in Gradio's cache are removed after an hour (checked every 30 min).
+    with gr.Blocks(title=texts.TITLE, fill_width=True, delete_cache=(1800, 3600)) as demo:
+        api.build()  # first, so the public endpoints get their plain names before the page's private events
         ui = SimpleNamespace()
         ui.active_model = gr.State(None)  # the name of the model this session's runs use
         ui.pinned = gr.State([])
@@ -123,7 +126,8 @@ def _strategy_panel(ui, d: Settings) -> None:
             language="json",
             label="Config (upstream swaa_config JSON)",
             interactive=True,
-            lines=6,
+            lines=8,
+            max_lines=14,
             buttons=["copy"],
             elem_id="swaa-config",
         )
@@ -196,6 +200,7 @@ def _run_panel(ui, d: Settings) -> None:
         ui.run = gr.Button("Run comparison", variant="primary", scale=1, elem_id="swaa-run")
         ui.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="swaa-stop")
     ui.board = gr.HTML(cb.empty_board(), elem_id="swaa-board")
+    gr.Markdown(texts.METRICS_HELP, elem_classes="swaa-muted")
     ui.summary = gr.Markdown(elem_id="swaa-summary")
     ui.latency = gr.Plot(
         _placeholder("Run a comparison to see where the time goes."), label="Latency", elem_id="swaa-latency"
@@ -240,7 +245,7 @@ def _sweep_panel(ui) -> None:
         label="Accuracy vs latency",
         elem_id="swaa-tradeoff",
     )
-    ui.sweep_table = gr.Dataframe(label="Sweep results", interactive=False, wrap=True)
+    ui.sweep_table = gr.Dataframe(label="Sweep results", interactive=False, wrap=True, visible=False)
     gr.Markdown(texts.HEATMAP_HELP)
     with gr.Row():
         ui.heat_lengths = gr.CheckboxGroup(
@@ -266,169 +271,122 @@ def _tour_panel(ui) -> None:
 
 
 # ---------------------------------------------------------------- events
+def _on(trigger, fn, inputs, outputs, **kwargs):
+    """A page event: hidden from the API (the public API is app.api's), failures shown as a toast that leaves every
+    output as it was."""
+    n = len(outputs) if isinstance(outputs, list | tuple) else (0 if outputs is None else 1)
+    return trigger(toast_errors(fn, n) if fn is not None else None, inputs, outputs, api_visibility="private", **kwargs)
+
+
+def _light(trigger, fn, inputs, outputs, **kwargs):
+    """A quick page event that never waits in the queue behind model runs."""
+    return _on(trigger, fn, inputs, outputs, concurrency_limit=None, show_progress="hidden", **kwargs)
+
+
 def _wire(demo: gr.Blocks, ui) -> None:
     settings_out = [
-        ui.model,
-        ui.window,
-        ui.sinks,
-        ui.fa_layers_mode,
-        ui.fa_decode_mode,
-        ui.cot,
-        ui.adapter,
-        ui.source,
-        ui.task,
-        ui.length,
-        ui.depth,
-        ui.seed,
-        ui.max_new_tokens,
-        ui.example,
-    ]
+        ui.model, ui.window, ui.sinks, ui.fa_layers_mode, ui.fa_decode_mode, ui.cot, ui.adapter, ui.source, ui.task,
+        ui.length, ui.depth, ui.seed, ui.max_new_tokens, ui.example,
+    ]  # fmt: skip
     strategy = [ui.window, ui.sinks, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers]
-    prompt = [
-        ui.source,
-        ui.task,
-        ui.length,
-        ui.depth,
-        ui.seed,
-        ui.document,
-        ui.question,
-        ui.answer,
-        ui.answer_prefix,
-    ]
+    prompt = [ui.source, ui.task, ui.length, ui.depth, ui.seed, ui.document, ui.question, ui.answer, ui.answer_prefix]
     model_out = [ui.active_model, ui.model_facts, ui.fa_layers, ui.fa_decode_layers, ui.layer, ui.head, ui.window]
     model_out.append(ui.length)
     share_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt[:5], ui.max_new_tokens, ui.example, ui.pinned]
     share_in += [ui.prompt_tokens, ui.layer]
     config_out = [ui.recipe, ui.recipe_note, ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
-    light = dict(concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
+    info_in, info_out = (
+        [ui.active_model, *prompt, ui.window, ui.cot],
+        [ui.token_info, ui.task_preview, ui.prompt_tokens],
+    )
+
+    def share_link(dep):
+        return _on(dep.then, None, [ui.share_query], [ui.share_link], js=_SHARE_JS)
 
     # Page open: restore a shared link, wait for the model, fill everything that depends on it.
-    demo.load(
-        cb.open_page,
-        inputs=[ui.saved_text],
-        outputs=[
-            *settings_out,
-            ui.pinned,
-            ui.device_note,
-            *model_out,
-            ui.document,
-            ui.question,
-            ui.answer,
-            ui.answer_prefix,
-        ],
+    opened = _on(
+        demo.load, cb.open_page, [ui.saved_text],
+        [*settings_out, ui.pinned, ui.device_note, *model_out, ui.document, ui.question, ui.answer, ui.answer_prefix],
         concurrency_limit=None,  # only waits for the model: must not queue behind other visitors' runs
-        api_visibility="undocumented",
-    ).then(cb.describe_config, share_in, config_out, **light).then(
-        cb.prompt_info,
-        [ui.active_model, *prompt, ui.window],
-        [ui.token_info, ui.task_preview, ui.prompt_tokens],
-        **light,
-    ).then(cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light).then(
-        None, [ui.share_query], [ui.share_link], js=_SHARE_JS
-    ).then(cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light)
+    )  # fmt: skip
+    described = _light(opened.then, cb.describe_config, share_in, config_out)
+    informed = _light(described.then, cb.prompt_info, info_in, info_out)
+    noted = _light(informed.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
+    _light(share_link(noted).then, cb.tour_figure, [ui.tour_index], [ui.tour_masks])
 
-    ui.load_model.click(
-        cb.load_model,
-        [ui.model, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers],
-        model_out,
-        concurrency_id="load",
-        concurrency_limit=1,
-        api_name="load_model",
-    ).then(cb.describe_config, share_in, config_out, **light).then(
-        cb.prompt_info,
-        [ui.active_model, *prompt, ui.window],
-        [ui.token_info, ui.task_preview, ui.prompt_tokens],
-        **light,
-    )
+    # A failed load leaves the active model, the dropdown back on it and every control as it was.
+    loading = _on(
+        ui.load_model.click, cb.load_model,
+        [ui.model, ui.active_model, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers],
+        [ui.model, *model_out], concurrency_id="load", concurrency_limit=1, show_progress="minimal",
+    )  # fmt: skip
+    _light(_light(loading.then, cb.describe_config, share_in, config_out).then, cb.prompt_info, info_in, info_out)
 
     # Strategy controls.
-    ui.recipe.input(
-        cb.apply_recipe, [ui.recipe, ui.active_model, ui.prompt_tokens], [*strategy, ui.recipe_note], **light
+    _light(
+        ui.recipe.input, cb.apply_recipe, [ui.recipe, ui.active_model, ui.prompt_tokens], [*strategy, ui.recipe_note]
     )
-    ui.fa_layers_mode.input(
-        cb.fa_layers_for_mode, [ui.fa_layers_mode, ui.active_model, ui.fa_layers], [ui.fa_layers], **light
-    )
-    ui.fa_layers.input(cb.mode_for_fa_layers, [ui.fa_layers, ui.active_model], [ui.fa_layers_mode], **light)
-    ui.fa_decode_mode.change(cb.fa_decode_visibility, [ui.fa_decode_mode], [ui.fa_decode_layers], **light)
-    ui.apply_json.click(
-        cb.apply_config_json, [ui.config_json, ui.active_model], strategy, **{**light, "api_name": "apply_config"}
-    )
-    ui.adapter.input(cb.adapter_selected, [ui.adapter, ui.active_model], strategy, **{**light, "api_name": "adapter"})
+    _light(ui.fa_layers_mode.input, cb.fa_layers_for_mode, [ui.fa_layers_mode, ui.active_model, ui.fa_layers],
+           [ui.fa_layers])  # fmt: skip
+    _light(ui.fa_layers.input, cb.mode_for_fa_layers, [ui.fa_layers, ui.active_model], [ui.fa_layers_mode])
+    _light(ui.fa_decode_mode.change, cb.fa_decode_visibility, [ui.fa_decode_mode], [ui.fa_decode_layers])
+    _light(ui.apply_json.click, cb.apply_config_json, [ui.config_json, ui.active_model], strategy)
+    _light(ui.adapter.input, cb.adapter_selected, [ui.adapter, ui.active_model], strategy)
     for component in [*strategy, ui.cot, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
-        component.change(cb.describe_config, share_in, config_out, **light).then(
-            None, [ui.share_query], [ui.share_link], js=_SHARE_JS
-        )
-    ui.pin.click(cb.pin_column, [ui.active_model, *strategy, ui.adapter, ui.pinned], [ui.pinned], **light).then(
-        cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light
-    ).then(cb.describe_config, share_in, config_out, **light).then(
-        None, [ui.share_query], [ui.share_link], js=_SHARE_JS
-    )
-    ui.clear_pins.click(lambda: [], None, [ui.pinned], **light).then(
-        cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins], **light
-    ).then(cb.describe_config, share_in, config_out, **light)
+        share_link(_light(component.change, cb.describe_config, share_in, config_out))
+    pinned = _light(ui.pin.click, cb.pin_column, [ui.active_model, *strategy, ui.adapter, ui.pinned], [ui.pinned])
+    pinned = _light(pinned.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
+    share_link(_light(pinned.then, cb.describe_config, share_in, config_out))
+    cleared = _light(ui.clear_pins.click, lambda: [], None, [ui.pinned])
+    cleared = _light(cleared.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
+    _light(cleared.then, cb.describe_config, share_in, config_out)
 
     # Prompt source.
-    ui.source.change(cb.source_visibility, [ui.source], [ui.task_group, ui.text_group], **light)
-    ui.example.input(cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix], **light)
+    _light(ui.source.change, cb.source_visibility, [ui.source], [ui.task_group, ui.text_group])
+    _light(ui.example.input, cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix])
     user_text = [ui.source, ui.document, ui.question, ui.answer, ui.answer_prefix]
     for component in user_text:
-        component.change(cb.remember_text, user_text, [ui.saved_text], trigger_mode="always_last", **light)
-    ui.upload.upload(cb.read_upload, [ui.upload, ui.document], [ui.document], **light, api_name="read_upload")
-    for component in [*prompt, ui.window]:
-        component.change(
-            cb.prompt_info, [ui.active_model, *prompt, ui.window], [ui.token_info, ui.task_preview, ui.prompt_tokens],
-            trigger_mode="always_last", **light,
-        ).then(cb.describe_config, share_in, config_out, **light)  # fmt: skip
+        _light(component.change, cb.remember_text, user_text, [ui.saved_text], trigger_mode="always_last")
+    _light(ui.upload.upload, cb.read_upload, [ui.upload, ui.document], [ui.document, ui.upload])
+    for component in [*prompt, ui.window, ui.cot]:
+        info = _light(component.change, cb.prompt_info, info_in, info_out, trigger_mode="always_last")
+        _light(info.then, cb.describe_config, share_in, config_out)
 
     # The comparison.
+    run_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer]
     run_out = [ui.board, ui.summary, ui.latency, ui.masks, ui.last_run, ui.results_csv, ui.results_json, ui.column]
     run_out.append(ui.layer)
-    run_event = ui.run.click(
-        rh.run_comparison,
-        [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer],
-        run_out,
-        concurrency_id=HEAVY,
-        api_name="compare",
-    )
     attention_in = [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head]
-    run_event.then(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY, api_name="attention")
-    ui.stop.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
-    ui.draw.click(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY, api_name="draw_attention")
-    ui.layer.release(rh.masks_for_layer, [ui.active_model, ui.last_run, ui.layer], [ui.masks], **light)
+    ran = _on(ui.run.click, rh.run_comparison, run_in, run_out, concurrency_id=HEAVY)
+    _on(ran.then, rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY)
+    _on(ui.stop.click, rh.stop_run, None, None, concurrency_limit=None, queue=False)
+    _on(ui.draw.click, rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY)
+    _light(ui.layer.release, rh.masks_for_layer, [ui.active_model, ui.last_run, ui.layer], [ui.masks])
 
     # Sweeps.
-    ui.run_sweep.click(
-        rh.run_recipe_sweep,
+    _on(
+        ui.run_sweep.click, rh.run_recipe_sweep,
         [ui.active_model, ui.sweep_recipes, ui.sweep_samples, ui.sweep_length, ui.seed, ui.window, ui.sinks, ui.cot],
-        [ui.tradeoff, ui.sweep_table],
-        concurrency_id=HEAVY,
-        api_name="recipe_sweep",
-    )
-    ui.stop_sweep.click(rh.stop_run, None, None, concurrency_limit=None, queue=False)
-    ui.run_heat.click(
-        rh.run_needle_sweep,
+        [ui.tradeoff, ui.sweep_table], concurrency_id=HEAVY,
+    )  # fmt: skip
+    _on(ui.stop_sweep.click, rh.stop_run, None, None, concurrency_limit=None, queue=False)
+    _on(
+        ui.run_heat.click, rh.run_needle_sweep,
         [ui.active_model, *strategy, ui.heat_lengths, ui.heat_depths, ui.heat_samples, ui.seed, ui.task],
-        [ui.heatmap, ui.heat_results],
-        concurrency_id=HEAVY,
-        api_name="needle_sweep",
-    )
+        [ui.heatmap, ui.heat_results], concurrency_id=HEAVY,
+    )  # fmt: skip
 
     # Guided tour.
     for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):
-        button.click(cb.tour_move, [ui.tour_index, gr.State(step)], [ui.tour_index, ui.tour_text], **light).then(
-            cb.tour_figure, [ui.tour_index], [ui.tour_masks], **light
-        )
-    ui.tour_try.click(
-        cb.tour_apply,
-        [ui.tour_index, ui.active_model, ui.prompt_tokens],
+        moved = _light(button.click, cb.tour_move, [ui.tour_index, gr.State(step)], [ui.tour_index, ui.tour_text])
+        _light(moved.then, cb.tour_figure, [ui.tour_index], [ui.tour_masks])
+    tried = _light(
+        ui.tour_try.click, cb.tour_apply, [ui.tour_index, ui.active_model, ui.prompt_tokens],
         [*strategy, ui.cot, ui.recipe, ui.recipe_note],
-        **light,
-    ).then(lambda: gr.Tabs(selected="compare"), None, [ui.tabs]).then(
-        rh.run_comparison,
-        [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer],
-        run_out,
-        concurrency_id=HEAVY,
-    ).then(rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY)
+    )  # fmt: skip
+    tried = _on(tried.then, lambda: gr.Tabs(selected="compare"), None, [ui.tabs])
+    tried = _on(tried.then, rh.run_comparison, run_in, run_out, concurrency_id=HEAVY)
+    _on(tried.then, rh.draw_attention, attention_in, [ui.attention], concurrency_id=HEAVY)
 
 
 # The link is built in the browser: only it knows the address people reach the app at (a Space, a proxy, localhost).

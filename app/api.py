@@ -1,0 +1,243 @@
+"""The app's public API: a few named endpoints with typed, labelled inputs and outputs, for gradio_client and HTTP.
+
+Every page event is hidden from the API (app.ui marks them private); these endpoints are separate, stateless
+functions (the model is a parameter, not a session's state) that run the same code as the page. The components
+below exist only to give each endpoint its schema: they are never shown. Layer lists use the shareable link's
+grammar: "none", "1/4", "1/2" or comma-separated layer indices such as "1,5,9"; FA decode is "off", "all" or
+indices. Errors come back as gradio_client's AppError with the same message the page shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from swaa_core.recipes import list_recipes
+from swaa_core.registry import DEFAULT_MODEL
+
+from . import run_handlers as rh
+from .board import render_board, summary_markdown
+from .common import HUB, loaded_model, num_layers, ui_errors
+from .prompts import TASK_CHOICES
+from .prompts import read_upload as _read_upload
+from .state import DEFAULT_PINNED, FA_DECODE_MODES, FA_LAYER_MODES, Settings, Strategy, parse_pinned
+
+HEAVY = "model"  # the page's concurrency group of everything that runs the model
+ENDPOINTS = (
+    "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
+    "needle_sweep",
+)  # fmt: skip
+SWEEP_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192")
+
+
+def _layers(text: str, modes: tuple[str, ...], what: str) -> tuple[str, list[int]]:
+    """("mode", []) for a mode name, ("custom"/"layers", indices) for "1,5,9"."""
+    from .state import _layer_indices
+
+    text = str(text or "").strip()
+    if text in modes[:-1]:
+        return text, []
+    try:
+        return modes[-1], _layer_indices(text)
+    except ValueError:
+        names = ", ".join(repr(m) for m in modes[:-1])
+        raise ValueError(
+            f"{what} must be one of {names} or comma-separated layer indices such as 1,5,9; got {text!r}."
+        ) from None
+
+
+def _strategy(window, sinks, fa_layers: str, fa_decode: str) -> Strategy:
+    fa_mode, fa = _layers(fa_layers, FA_LAYER_MODES, "fa_layers")
+    fad_mode, fad = _layers(fa_decode, FA_DECODE_MODES, "fa_decode")
+    return Strategy(window=window, sinks=sinks, fa_layers_mode=fa_mode, fa_layers=fa, fa_decode_mode=fad_mode,
+                    fa_decode_layers=fad)  # fmt: skip
+
+
+def _controls(cfg, n_layers: int) -> dict:
+    """The compare inputs that reproduce ``cfg``, and the config itself."""
+    s = Strategy.from_config(cfg, n_layers)
+    fa = ",".join(map(str, s.fa_layers)) if s.fa_layers_mode == "custom" else s.fa_layers_mode
+    fad = ",".join(map(str, s.fa_decode_layers)) if s.fa_decode_mode == "layers" else s.fa_decode_mode
+    return {"window": s.window, "sinks": s.sinks, "fa_layers": fa, "fa_decode": fad, "config": cfg.to_dict()}
+
+
+# ---------------------------------------------------------------- endpoint functions
+@ui_errors
+def load_model(model: str) -> dict:
+    """Load a model (embedded name, Hugging Face Hub id or local folder) and return its facts: name, architecture,
+    layers, heads, context length, parameters, dtype and device. Later calls naming it reuse the loaded copy."""
+    name = (model or "").strip()
+    if not name:
+        raise ValueError("Name a model: an embedded name, a Hugging Face Hub id (org/name) or a local folder.")
+    info = HUB.get(name).info
+    keys = ("name", "architecture", "num_layers", "num_heads", "num_kv_heads", "head_dim", "context_length",
+            "num_parameters", "dtype", "device", "has_thinking_mode")  # fmt: skip
+    return {k: getattr(info, k) for k in keys}
+
+
+@ui_errors
+def compare(
+    model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document, question,
+    answer, answer_prefix, max_new_tokens, pinned, request: gr.Request = None,
+):  # fmt: skip
+    """Run full attention, the pinned configs and the current config on one prompt, as the page's Compare tab does.
+    Streams the board while tokens arrive; the last message adds the summary, one result row per column (the
+    Results JSON) and the CSV and JSON files. Stop it with /stop_run from the same client."""
+    pinned = parse_pinned(pinned if pinned is not None else [])
+    prompt = rh.prompt_args(source, task, length, depth, seed, document, question, answer, answer_prefix)
+    strategy = _strategy(window, sinks, fa_layers, fa_decode)
+    run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, adapter, pinned, prompt, max_new_tokens, cot)
+    views = []
+    for views in run.stream(rh._session(request)):
+        yield render_board(views), "", [], None, None
+    rows = run.rows(views)
+    yield (render_board(views), summary_markdown(views), rows, *rh.export_files(rows))
+
+
+def stop_run(request: gr.Request = None) -> bool:
+    """Stop this client's running comparison or sweep; finished columns are kept. True if one was running."""
+    return rh.CANCELS.cancel(rh._session(request))
+
+
+@ui_errors
+def read_upload(file) -> str:
+    """The text of a .txt, .md or .pdf file (UTF-8 or UTF-16 text; PDF text via pypdf). Binary, non-UTF-8, empty
+    and oversized files are refused with a message naming the file."""
+    if file is None:
+        raise ValueError("No file was sent.")
+    path = Path(file)
+    try:
+        return _read_upload(path)
+    finally:
+        path.unlink(missing_ok=True)  # the uploaded copy in Gradio's cache is not needed any more
+
+
+@ui_errors
+def parse_config(config: str, model: str) -> dict:
+    """The compare inputs (window, sinks, fa_layers, fa_decode) for an upstream swaa_config JSON object, checked
+    against the model's layer count; also the normalised config."""
+    from .callbacks import parse_config_text
+
+    n = num_layers(loaded_model(model or DEFAULT_MODEL))
+    return _controls(parse_config_text(config, n), n)
+
+
+@ui_errors
+def adapter_config(adapter: str, model: str) -> dict:
+    """The SWAA config a LoRA adapter (folder or Hub id) was trained with, as compare inputs."""
+    from swaa_core.finetune import read_adapter_info
+
+    from .engine import check_source_allowed
+
+    if not (adapter or "").strip():
+        raise ValueError("Name a LoRA adapter folder or Hub id.")
+    check_source_allowed(adapter, "LoRA adapter")
+    info = read_adapter_info(adapter)
+    if info.swaa_config is None or info.swaa_config.is_full_attention:
+        raise ValueError(f"{adapter} does not say which SWAA config it was trained for.")
+    n = num_layers(loaded_model(model or DEFAULT_MODEL))
+    return _controls(info.swaa_config.validate(n), n)
+
+
+@ui_errors
+def recipe_sweep(model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None) -> list:
+    """Every chosen recipe on the same seeded needle samples: one summary row per recipe (runs, accuracy %,
+    prefill and total seconds, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency plot."""
+    _points, table = rh.recipe_sweep(
+        model or DEFAULT_MODEL, recipes, samples, length, seed, window, sinks, cot, request, _no_progress
+    )
+    return table.to_dict(orient="records")
+
+
+@ui_errors
+def needle_sweep(
+    model, window, sinks, fa_layers, fa_decode, lengths, depths, samples, seed, task, request: gr.Request = None
+):  # fmt: skip
+    """Full attention vs the config over prompt lengths x evenly spaced needle depths: per config the accuracy
+    grid (rows: depths, columns: lengths; null where nothing ran) and a CSV of every run."""
+    strategy = _strategy(window, sinks, fa_layers, fa_decode)
+    grids, path = rh.needle_sweep(
+        model or DEFAULT_MODEL, strategy, [int(x) for x in lengths or []], depths, samples, seed, task, request,
+        _no_progress,
+    )  # fmt: skip
+    cells = [
+        {"label": label, "lengths": list(ls), "depths": list(ds), "accuracy": [[_num(v) for v in row] for row in grid]}
+        for label, ls, ds, grid in grids
+    ]
+    return cells, str(path)
+
+
+def _num(value: float) -> float | None:
+    return None if value != value else float(value)
+
+
+# Numbers are plain JSON numbers in the schema: whole-number inputs are checked by the app, which names the
+# input and its range, rather than rounded silently by the component.
+def _no_progress(*_args, **_kwargs) -> None:
+    """API calls report no progress bar."""
+
+
+# ---------------------------------------------------------------- schema components and wiring
+def build() -> None:
+    """Register the endpoints; call inside the page's gr.Blocks (after its own events)."""
+    d = Settings()
+    st = d.strategy
+    with gr.Column(visible=False, elem_id="swaa-api"):
+        model = gr.Textbox(DEFAULT_MODEL, label="model")
+        window = gr.Number(st.window, label="window")
+        sinks = gr.Number(st.sinks, label="sinks")
+        fa_layers = gr.Textbox(st.fa_layers_mode, label="fa_layers")
+        fa_decode = gr.Textbox(st.fa_decode_mode, label="fa_decode")
+        cot = gr.Checkbox(d.cot, label="cot")
+        adapter = gr.Textbox("", label="adapter")
+        source = gr.Radio(["task", "text"], value=d.source, label="source")
+        task = gr.Dropdown([kind for kind, _ in TASK_CHOICES], value=d.task, label="task")
+        length = gr.Number(d.length, label="length")
+        depth = gr.Number(d.depth, label="depth")
+        seed = gr.Number(d.seed, label="seed")
+        document = gr.Textbox("", label="document")
+        question = gr.Textbox("", label="question")
+        answer = gr.Textbox("", label="answer")
+        answer_prefix = gr.Textbox("", label="answer_prefix")
+        max_new_tokens = gr.Number(d.max_new_tokens, label="max_new_tokens")
+        pinned = gr.JSON([DEFAULT_PINNED], label="pinned")
+        file = gr.File(label="file", type="filepath")
+        config = gr.Textbox('{"swaa_config": {"sliding_window_size": 256}}', label="config")
+        recipes = gr.CheckboxGroup([r.name for r in list_recipes()], value=["full", "swa"], label="recipes")
+        samples = gr.Number(1, label="samples")
+        sweep_length = gr.Number(512, label="length")
+        lengths = gr.CheckboxGroup(list(SWEEP_LENGTHS), value=["256"], label="lengths")
+        depths = gr.Number(2, label="depths")
+        sweep_task = gr.Dropdown(["needle", "passkey", "multi_key"], value="needle", label="task")
+        trigger = gr.Button()
+        out = dict(
+            facts=gr.JSON(label="facts"), board=gr.HTML(label="board"), summary=gr.Markdown(label="summary"),
+            results=gr.JSON(label="results"), results_csv=gr.File(label="results_csv"),
+            results_json=gr.File(label="results_json"), stopped=gr.Checkbox(label="stopped"),
+            text=gr.Textbox(label="text"), controls=gr.JSON(label="controls"), table=gr.JSON(label="table"),
+            grids=gr.JSON(label="grids"), sweep_csv=gr.File(label="sweep_csv"),
+        )  # fmt: skip
+
+    def endpoint(fn, inputs, outputs, **kwargs):
+        trigger.click(fn, inputs, [out[o] for o in outputs], api_name=fn.__name__, show_progress="hidden", **kwargs)
+
+    endpoint(load_model, [model], ["facts"], concurrency_id="load", concurrency_limit=1)
+    endpoint(
+        compare,
+        [model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document,
+         question, answer, answer_prefix, max_new_tokens, pinned],
+        ["board", "summary", "results", "results_csv", "results_json"], concurrency_id=HEAVY,
+    )  # fmt: skip
+    endpoint(stop_run, [], ["stopped"], concurrency_limit=None, queue=False)
+    endpoint(read_upload, [file], ["text"], concurrency_limit=None)
+    endpoint(parse_config, [config, model], ["controls"], concurrency_limit=None)
+    endpoint(adapter_config, [adapter, model], ["controls"], concurrency_limit=None)
+    endpoint(
+        recipe_sweep, [model, recipes, samples, sweep_length, seed, window, sinks, cot], ["table"],
+        concurrency_id=HEAVY,
+    )  # fmt: skip
+    endpoint(
+        needle_sweep, [model, window, sinks, fa_layers, fa_decode, lengths, depths, samples, seed, sweep_task],
+        ["grids", "sweep_csv"], concurrency_id=HEAVY,
+    )  # fmt: skip
