@@ -129,7 +129,7 @@ def load_model(name: str, active_model, fa_mode, fa_layers, fad_mode, fad_layers
         loaded = HUB.get(name)
     except Exception as e:  # noqa: BLE001 - the page stays on the model it had
         keep = active_model or DEFAULT_MODEL
-        gr.Warning(f"{error_message(e)} Still using {keep}.")
+        gr.Warning(f"{error_message(e).rstrip('.')}. Still using {keep}.")
         return [keep, *[gr.skip()] * (len(MODEL_OUTPUTS))]
     gr.Info(f"{loaded.name} is ready.")
     return [name, *_model_updates(loaded, fa_mode, fa_layers, fad_mode, fad_layers)]

@@ -76,6 +76,7 @@ def toast_errors(fn, n_outputs: int):
                 gr.Warning(error_message(e))
                 yield unchanged()
 
+        gen_wrapper.toasts_errors = True
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -86,6 +87,7 @@ def toast_errors(fn, n_outputs: int):
             gr.Warning(error_message(e))
             return unchanged()
 
+    wrapper.toasts_errors = True  # tests check that every page event has it
     return wrapper
 
 

@@ -67,7 +67,7 @@ def friendly_error(exc: BaseException) -> str:
             "or a smaller model."
         )
     if isinstance(exc, ValueError | KeyError | FileNotFoundError | TimeoutError):
-        text = str(exc).strip("'\" ")
+        text = (exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)).strip()
         return redact(text or f"{type(exc).__name__} without a message.")
     if isinstance(exc, OSError):
         return redact(f"Could not read or fetch a file: {exc}")

@@ -1,7 +1,8 @@
-"""The app's endpoints through gradio_client against the launched app, with the real embedded SmolLM2 model.
+"""The app's public API through gradio_client against the launched app, with the real embedded SmolLM2 model.
 
 References are independent of the app: plain transformers greedy generation for the full-attention column, the
-task's known answer for the verdicts, and the KV cache size each config must hold computed from the model shape.
+task's known answer for the verdicts, the KV cache size each config must hold computed from the model shape, and
+each endpoint's own view_api() schema for what it takes and returns.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from app.api import ENDPOINTS
 from swaa_core.tasks import make_task
 
 pytestmark = pytest.mark.embedded
 
-# Plain SWA with window 256 beside full attention, on a 512-token needle task whose fact sits at depth 0.25.
+# Plain SWA with window 256 beside full attention (no pinned column), on a 512-token needle task at depth 0.25.
 SWA_ONLY = dict(
-    window=256, sinks=0, fa_mode="none", fa_layers=[], fad_mode="off", fad_layers=[], cot=False, adapter="",
-    source="task", task="needle", length=512, depth=0.25, seed=0, document="", question="", answer="", prefix="",
-    max_new_tokens=10, layer=0,
+    window=256, sinks=0, fa_layers="none", fa_decode="off", cot=False, adapter="", source="task", task="needle",
+    length=512, depth=0.25, seed=0, max_new_tokens=10, pinned=[],
 )  # fmt: skip
+MIXED_SCRIPTS = "Café ☕ 🐈‍⬛ 東京の猫は三匹。 שלום עולם مرحبا بالعالم"
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +35,15 @@ def client(app_url):
 
 
 @pytest.fixture(scope="module")
+def schema(client):
+    return client.view_api(print_info=False, return_format="dict")
+
+
+@pytest.fixture(scope="module")
 def comparison(client):
-    board, summary, _latency, _masks, _csv, results_json, _column, _layer = client.predict(
-        **SWA_ONLY, api_name="/compare"
-    )
-    # The download button comes back as a component update (it also turns interactive): the file is its value.
-    path = results_json["value"] if isinstance(results_json, dict) else results_json
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))
-    return board, summary, rows
+    board, summary, results, _csv, results_json = client.predict(**SWA_ONLY, api_name="/compare")
+    assert json.loads(Path(results_json).read_text(encoding="utf-8")) == results  # the file holds the same rows
+    return board, summary, results
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,77 @@ def sample(loaded):
     return make_task("needle", loaded.tokenizer, length_tokens=512, depth=0.25, seed=0)
 
 
+# ---------------------------------------------------------------- the schema
+def test_the_api_is_exactly_the_named_endpoints(schema):
+    assert sorted(schema["named_endpoints"]) == sorted(f"/{name}" for name in ENDPOINTS)
+    assert not schema["unnamed_endpoints"]
+    for name, endpoint in schema["named_endpoints"].items():
+        assert endpoint["description"], f"{name} has no description"
+        for item in endpoint["parameters"] + endpoint["returns"]:
+            assert not item["label"].startswith(("value_", "parameter_")), f"{name}: unnamed {item['label']}"
+        for param in endpoint["parameters"]:
+            assert param["label"] == param["parameter_name"], name
+    required = {
+        name: [p["parameter_name"] for p in e["parameters"] if not p["parameter_has_default"]]
+        for name, e in schema["named_endpoints"].items()
+    }
+    assert required == {f"/{n}": (["file"] if n == "read_upload" else []) for n in ENDPOINTS}
+
+
+def _returns_match(returns: list[dict], values) -> None:
+    values = values if isinstance(values, tuple) else (values,)
+    assert len(values) == len(returns)
+    for spec, value in zip(returns, values, strict=True):
+        kind = spec["python_type"]["type"]
+        if kind == "filepath":
+            assert Path(value).is_file(), spec["label"]  # downloaded by the client: a file, not an update dict
+        elif kind == "str":
+            assert isinstance(value, str), spec["label"]
+        elif kind == "bool":
+            assert isinstance(value, bool), spec["label"]
+        else:  # JSON
+            assert isinstance(value, list | dict), spec["label"]
+
+
+def test_every_endpoint_runs_from_its_own_schema(client, schema, tmp_path):
+    """Each endpoint is called with its schema's defaults (smaller sizes where a default would take long) and its
+    results are checked against the schema's return types."""
+    upload = tmp_path / "notes.txt"
+    upload.write_text(MIXED_SCRIPTS, encoding="utf-8")
+    quicker = {"length": 256, "max_new_tokens": 3, "samples": 1, "depths": 2}
+    outputs = {}
+    for name, endpoint in schema["named_endpoints"].items():
+        kwargs = {}
+        for param in endpoint["parameters"]:
+            key = param["parameter_name"]
+            if param["python_type"]["type"] == "filepath":
+                kwargs[key] = handle_file(str(upload))
+            elif key in quicker and name != "/compare" or key == "max_new_tokens":
+                kwargs[key] = quicker[key]
+        if name == "/adapter_config":
+            continue  # needs an adapter on disk: test_adapter_sets_the_config_it_was_trained_for
+        outputs[name] = client.predict(**kwargs, api_name=name)
+        _returns_match(endpoint["returns"], outputs[name])
+    # /compare with the page's defaults shows what the page shows: full attention, the pinned plain SWA, the
+    # current (recommended) config.
+    board, _summary, results, _csv, _json = outputs["/compare"]
+    assert [r["label"] for r in results] == [
+        "Full attention", "SWA only (W=256)", "Recommended: 1/2 FA layers + FA decode + sinks (W=256, 10 sinks)",
+    ]  # fmt: skip
+    assert board.count('data-testid="verdict"') == 3
+    assert outputs["/read_upload"] == MIXED_SCRIPTS
+    assert outputs["/load_model"]["num_layers"] == 30
+    assert outputs["/parse_config"] == {
+        "window": 256, "sinks": 0, "fa_layers": "none", "fa_decode": "off",
+        "config": {"sliding_window_size": 256, "keep_first": 0, "force_fa_decode": False, "non_sliding_layers": []},
+    }  # fmt: skip
+    assert [row["recipe"] for row in outputs["/recipe_sweep"]] == ["Full attention", "SWA only (W=256)"]
+    grids, _csv = outputs["/needle_sweep"]
+    assert [len(g["accuracy"]) for g in grids] == [2, 2] and grids[0]["lengths"] == [256]
+    assert outputs["/stop_run"] is False  # nothing was running
+
+
+# ---------------------------------------------------------------- the comparison's numbers
 def test_both_columns_ran_with_their_configs(comparison):
     board, _summary, rows = comparison
     assert [r["label"] for r in rows] == ["Full attention", "SWA only (W=256)"]
@@ -112,6 +186,13 @@ def test_summary_states_the_kv_saving(comparison):
     assert verdict.get((full["correct"], swa["correct"]), "found the answer") in summary
 
 
+def test_the_board_shows_the_prompt_tokens_the_model_read(comparison):
+    board, _summary, rows = comparison
+    shown = re.findall(r"<dd>(\d+) in / \d+ out</dd>", board)
+    assert shown == [str(r["prompt_tokens"]) for r in rows]
+
+
+# ---------------------------------------------------------------- adapters
 @pytest.fixture(scope="module")
 def adapter_dir(loaded, tmp_path_factory):
     """A LoRA adapter on the embedded model with non-zero (random, seeded) weights, saved with its SWAA config."""
@@ -135,16 +216,16 @@ def adapter_dir(loaded, tmp_path_factory):
 
 
 def test_adapter_sets_the_config_it_was_trained_for(client, adapter_dir):
-    window, sinks, fa_mode, _fa, fad_mode, _fad = client.predict(str(adapter_dir), api_name="/adapter")
-    assert (window, sinks, fa_mode, fad_mode) == (256, 0, "none", "off")
+    controls = client.predict(str(adapter_dir), api_name="/adapter_config")
+    assert {k: controls[k] for k in ("window", "sinks", "fa_layers", "fa_decode")} == {
+        "window": 256, "sinks": 0, "fa_layers": "none", "fa_decode": "off",
+    }  # fmt: skip
 
 
 def test_adapter_runs_in_the_swaa_column_only(client, comparison, adapter_dir):
-    _board, _summary, _lat, _masks, _csv, results_json, _col, _layer = client.predict(
+    _board, _summary, (full, tuned), _csv, _json = client.predict(
         **{**SWA_ONLY, "adapter": str(adapter_dir)}, api_name="/compare"
     )
-    path = results_json["value"] if isinstance(results_json, dict) else results_json
-    full, tuned = json.loads(Path(path).read_text(encoding="utf-8"))
     base_full, base_swa = comparison[2]
     assert tuned["label"] == "SWA only (W=256) + LoRA"
     # The shared base model is untouched: the full-attention column reads exactly as before.
@@ -154,61 +235,7 @@ def test_adapter_runs_in_the_swaa_column_only(client, comparison, adapter_dir):
     assert tuned["answer_logprob"] != pytest.approx(base_swa["answer_logprob"], abs=1e-3)
 
 
-def _error_text(excinfo) -> str:
-    text = str(excinfo.value)
-    assert "Traceback" not in text and 'File "' not in text
-    return text
-
-
-def test_prompt_too_long_for_the_model_is_explained(client):
-    with pytest.raises(AppError) as excinfo:
-        client.predict(**{**SWA_ONLY, "length": 8192, "max_new_tokens": 64}, api_name="/compare")
-    text = _error_text(excinfo)
-    assert "too long" in text and "8,192-token context" in text
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        ({"window": 12.5}, "The window size must be a whole number"),
-        ({"source": "text", "document": "Some text."}, "Add a question"),
-    ],
-)
-def test_bad_settings_are_explained(client, change, message):
-    with pytest.raises(AppError) as excinfo:
-        client.predict(**{**SWA_ONLY, **change}, api_name="/compare")
-    assert message in _error_text(excinfo)
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ('{"swaa_config": {"sliding_window_size": 64, "non_sliding_layers": [3, 31]}}', "this model has 30 layers"),
-        ('{"sliding_window_size": 64, "keep_first": -2}', "keep_first (sink tokens) must be a whole number >= 0"),
-        ('{"sliding_window_size": 64,', "not valid JSON"),
-        ('{"window": 64}', "Unknown SWAA config field(s) ['window']"),
-    ],
-)
-def test_bad_pasted_config_is_explained(client, text, message):
-    with pytest.raises(AppError) as excinfo:
-        client.predict(text, api_name="/apply_config")
-    assert message in _error_text(excinfo)
-
-
-def test_pasted_config_sets_the_controls(client):
-    text = '{"swaa_config": {"sliding_window_size": 128, "keep_first": 4, "force_fa_decode": [0, 2], "non_sliding_layers": [3, 7, 11, 15, 19, 23, 27]}}'
-    window, sinks, fa_mode, fa_layers, fad_mode, fad_layers = client.predict(text, api_name="/apply_config")
-    assert (window, sinks, fa_mode, fad_mode) == (128, 4, "1/4", "layers")
-    assert fa_layers == [3, 7, 11, 15, 19, 23, 27]
-    assert (fad_layers["value"] if isinstance(fad_layers, dict) else fad_layers) == [0, 2]
-
-
-def test_unknown_model_is_explained(client):
-    with pytest.raises(AppError) as excinfo:
-        client.predict("no-such-org/no-such-model-xyz", api_name="/load_model")
-    assert "no-such-org/no-such-model-xyz" in _error_text(excinfo)
-
-
+# ---------------------------------------------------------------- bad input: a specific message, nothing changed
 def _pdf_with_text(text: str) -> bytes:
     """A one-page PDF drawing ``text`` in Helvetica, written by hand (no PDF library involved)."""
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
@@ -231,26 +258,103 @@ def _pdf_with_text(text: str) -> bytes:
     return bytes(out)
 
 
-def test_uploaded_pdf_text_lands_in_the_document_box(client, tmp_path):
+def test_uploaded_pdf_text_comes_back(client, tmp_path):
     pdf = tmp_path / "memo.pdf"
     pdf.write_bytes(_pdf_with_text("The vault code is 4417 and the lift is broken."))
-    text = client.predict(handle_file(str(pdf)), "", api_name="/read_upload")
-    assert "The vault code is 4417 and the lift is broken." in text
+    assert "The vault code is 4417 and the lift is broken." in client.predict(
+        handle_file(str(pdf)), api_name="/read_upload"
+    )
 
 
-@pytest.mark.parametrize(
-    "name, content, message",
-    [
-        ("slides.pdf", b"PK\x03\x04 a zip archive, not a PDF", "slides.pdf is not a readable PDF"),
-        ("empty.txt", b"  \n\n ", "empty.txt contains no text"),
-    ],
-)
+GOOD_CONFIG = '{"swaa_config": {"sliding_window_size": 128, "keep_first": 4, "force_fa_decode": [0, 2], "non_sliding_layers": [3, 7, 11, 15, 19, 23, 27]}}'
+
+
+def test_pasted_config_gives_the_compare_inputs(client):
+    controls = client.predict(GOOD_CONFIG, "", api_name="/parse_config")
+    assert {k: controls[k] for k in ("window", "sinks", "fa_layers", "fa_decode")} == {
+        "window": 128, "sinks": 4, "fa_layers": "1/4", "fa_decode": "0,2",
+    }  # fmt: skip
+
+
+def _state(client) -> tuple:
+    """What a bad request must leave as it was: the loaded model and how the app reads a known config."""
+    return client.predict("smollm2-135m", api_name="/load_model"), client.predict(
+        GOOD_CONFIG, "", api_name="/parse_config"
+    )
+
+
+BAD_COMPARE = [
+    ({"window": 12.5}, "The window size must be a whole number, got 12.5"),
+    ({"window": 0}, "sliding_window_size"),
+    ({"sinks": -1}, "keep_first (sink tokens) must be a whole number >= 0"),
+    ({"fa_layers": "every other"}, "fa_layers must be one of 'none', '1/4', '1/2' or comma-separated layer indices"),
+    ({"fa_layers": "1,99"}, "this model has 30 layers"),
+    ({"fa_decode": "sometimes"}, "fa_decode must be one of 'off', 'all' or comma-separated layer indices"),
+    ({"source": "text", "document": "Some text."}, "Add a question about the text (or end the text with one)"),
+    ({"source": "text", "document": "  "}, "The text box is empty"),
+    ({"length": 8192, "max_new_tokens": 64}, "8,192-token context"),
+    ({"max_new_tokens": 0}, "Max new tokens must be a whole number from 1 to 512, got 0"),
+    ({"max_new_tokens": 10**6}, "Max new tokens must be a whole number from 1 to 512"),
+    ({"depth": 1.5}, "depth must be between 0 (start of the context) and 1 (end), got 1.5"),
+    ({"task": "nope"}, "nope"),
+    ({"pinned": {"config": 1}}, "pinned columns must be a list"),
+    ({"pinned": [{"config": {"sliding_window_size": None}}]}, "a pinned column needs a window size"),
+    ({"model": "/no/such/folder"}, "Folder not found: /no/such/folder"),
+]
+BAD_OTHER = [
+    ("/load_model", [""], "Name a model"),
+    ("/load_model", ["does-not-exist/nope-model"], "does-not-exist/nope-model"),
+    ("/parse_config", ['{"swaa_config": {"sliding_window_size": 64, "non_sliding_layers": [3, 31]}}', ""],
+     "this model has 30 layers"),
+    ("/parse_config", ['{"sliding_window_size": 64, "keep_first": -2}', ""],
+     "keep_first (sink tokens) must be a whole number >= 0"),
+    ("/parse_config", ['{"sliding_window_size": 64,', ""], "not valid JSON"),
+    ("/parse_config", ['{"window": 64}', ""], "Unknown SWAA config field(s) ['window']"),
+    ("/parse_config", ['{"sliding_window_size": null}', ""], "that is full attention"),
+    ("/adapter_config", ["", ""], "Name a LoRA adapter"),
+    ("/adapter_config", ["/no/such/adapter", ""], "/no/such/adapter"),
+    ("/recipe_sweep", dict(recipes=[]), "Tick at least one recipe to sweep"),
+    ("/recipe_sweep", dict(samples=0), "Samples per recipe must be a whole number from 1 to 20, got 0"),
+    ("/needle_sweep", dict(lengths=[]), "Tick at least one prompt length"),
+    ("/needle_sweep", dict(depths=1), "Depths must be a whole number from 2 to 11, got 1"),
+]  # fmt: skip
+BAD_UPLOADS = [
+    ("program.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(200), "program.txt is a binary file"),
+    ("old.txt", "Grüße".encode("latin-1"), "old.txt is not UTF-8 text"),
+    ("empty.txt", b"  \n\n ", "empty.txt contains no text"),
+    ("slides.pdf", b"PK\x03\x04 a zip archive, not a PDF", "slides.pdf is not a readable PDF"),
+    ("report.docx", b"PK\x03\x04", "Cannot read report.docx: upload a .txt, .md or .pdf file"),
+]
+
+
+def _refused(client, message: str, *args, **kwargs) -> None:
+    before = _state(client)
+    with pytest.raises(AppError) as excinfo:
+        client.predict(*args, **kwargs)
+    text = str(excinfo.value)
+    assert message in text
+    assert "Traceback" not in text and 'File "' not in text
+    assert _state(client) == before
+
+
+@pytest.mark.parametrize("change, message", BAD_COMPARE, ids=[m[:40] for _, m in BAD_COMPARE])
+def test_bad_comparison_settings_are_explained(client, change, message):
+    _refused(client, message, **{**SWA_ONLY, **change}, api_name="/compare")
+
+
+@pytest.mark.parametrize("endpoint, args, message", BAD_OTHER, ids=[m[:40] for _, _, m in BAD_OTHER])
+def test_bad_requests_are_explained(client, endpoint, args, message):
+    if isinstance(args, dict):
+        _refused(client, message, **args, api_name=endpoint)
+    else:
+        _refused(client, message, *args, api_name=endpoint)
+
+
+@pytest.mark.parametrize("name, content, message", BAD_UPLOADS, ids=[n for n, _, _ in BAD_UPLOADS])
 def test_unreadable_upload_is_explained(client, tmp_path, name, content, message):
     bad = tmp_path / name
     bad.write_bytes(content)
-    with pytest.raises(AppError) as excinfo:
-        client.predict(handle_file(str(bad)), "kept text", api_name="/read_upload")
-    assert message in _error_text(excinfo)
+    _refused(client, message, handle_file(str(bad)), api_name="/read_upload")
 
 
 def test_stop_ends_a_long_run_and_keeps_what_finished(client):
@@ -262,10 +366,8 @@ def test_stop_ends_a_long_run_and_keeps_what_finished(client):
         assert time.monotonic() < deadline and not job.done(), "the run never started streaming"
         time.sleep(0.5)
     time.sleep(2)  # let a few tokens stream
-    client.predict(api_name="/stop_run")
-    board, _summary, _lat, _masks, _csv, results_json, _col, _layer = job.result(timeout=300)
-    path = results_json["value"] if isinstance(results_json, dict) else results_json
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    assert client.predict(api_name="/stop_run") is True
+    board, _summary, rows, _csv, _json = job.result(timeout=300)
     assert rows[0]["label"] == "Full attention"
     assert rows[0]["error"].startswith("Cancelled") and rows[0]["generated_tokens"] < 400
     assert len(rows) == 1  # the SWA column never started

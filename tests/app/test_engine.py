@@ -43,31 +43,40 @@ def test_without_spaces_the_decorator_changes_nothing():
     assert engine.on_gpu(10)(run) is run
 
 
-def test_model_hub_loads_once_and_retries_after_a_failure():
-    attempts = []
+class FakeModel:
+    def __init__(self, name):
+        self.name = name
 
-    def load(name):
-        attempts.append(name)
-        if len(attempts) == 1:
-            raise ValueError(f"{name} is not reachable")
-        return f"model:{name}"
 
-    hub = ModelHub(load)
+class CachingLoader:
+    """Stands in for swaa_core.load_model: a cache of its own, counting the loads that were not cache hits."""
+
+    def __init__(self, fail_first: bool = False, delay: float = 0.0):
+        self.cache, self.loads, self.fail_first, self.delay = {}, [], fail_first, delay
+
+    def __call__(self, name):
+        if name not in self.cache:
+            self.loads.append(name)
+            time.sleep(self.delay)
+            if self.fail_first and len(self.loads) == 1:
+                raise ValueError(f"{name} is not reachable")
+            self.cache[name] = FakeModel(name)
+        return self.cache[name]
+
+
+def test_model_hub_retries_after_a_failure():
+    loader = CachingLoader(fail_first=True)
+    hub = ModelHub(loader)
     with pytest.raises(ValueError, match="not reachable"):
         hub.get("m")
-    assert hub.get("m") == "model:m" and hub.get("m") == "model:m"
-    assert attempts == ["m", "m"]
+    assert not hub.is_ready("m")
+    assert hub.get("m") is hub.get("m") is loader.cache["m"]
+    assert loader.loads == ["m", "m"] and hub.is_ready("m")
 
 
 def test_concurrent_requests_share_one_load():
-    started = threading.Event()
-
-    def slow_load(name):
-        started.set()
-        time.sleep(0.3)
-        return object()
-
-    hub = ModelHub(slow_load)
+    loader = CachingLoader(delay=0.3)
+    hub = ModelHub(loader)
     results = []
     threads = [threading.Thread(target=lambda: results.append(hub.get("m"))) for _ in range(4)]
     for t in threads:
@@ -75,6 +84,41 @@ def test_concurrent_requests_share_one_load():
     for t in threads:
         t.join()
     assert len(results) == 4 and all(r is results[0] for r in results)
+    assert loader.loads == ["m"]
+
+
+def test_model_hub_keeps_no_reference_so_the_core_cache_can_free_a_model():
+    import gc
+    import weakref
+
+    loader = CachingLoader()
+    hub = ModelHub(loader)
+    ref = weakref.ref(hub.get("m"))
+    loader.cache.clear()  # what swaa_core's LRU cache does when it evicts the model
+    gc.collect()
+    assert ref() is None
+    assert hub.get("m") is loader.cache["m"] and loader.loads == ["m", "m"]  # a later request loads it again
+
+
+def test_space_refuses_local_paths_outside_the_allowed_folders(monkeypatch, tmp_path):
+    allowed = tmp_path / "adapters"
+    (allowed / "mine").mkdir(parents=True)
+    monkeypatch.setenv("SPACE_ID", "someone/swaa")
+    monkeypatch.setenv(engine.ALLOWED_DIRS_ENV, str(allowed))
+    hub = ModelHub(CachingLoader())
+    for path in ("/etc", str(tmp_path), f"{allowed}/../../etc"):
+        with pytest.raises(ValueError, match=r"This Space loads a model from the Hugging Face Hub or from its"):
+            hub.get(path)
+    assert hub.get(str(allowed / "mine")).name == str(allowed / "mine")
+    assert hub.get("org/some-model").name == "org/some-model"  # Hub ids and embedded names pass
+    monkeypatch.delenv("SPACE_ID")
+    assert hub.get("/etc").name == "/etc"  # a local run may load any folder
+
+
+def test_tokens_never_reach_a_message(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "a" * 34)
+    text = engine.friendly_error(OSError(f"401 for url https://x?token={'hf_' + 'a' * 34} and hf_{'B' * 30}"))
+    assert "hf_" not in text and text.count("***") == 2
 
 
 def _fake_run_one(tokens: int, delay: float):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.prompts import TASK_CHOICES, PromptError, examples, read_upload
+from app.prompts import TASK_CHOICES, PromptError, examples, read_upload, split_trailing_question
 from swaa_core.tasks import TASK_KINDS
 
 
@@ -22,13 +22,67 @@ def test_examples_hold_their_answer_early_in_the_document(key):
     assert at < len(ex.document) / 3
 
 
-def test_markdown_and_latin1_text_are_read(tmp_path):
-    md = tmp_path / "notes.md"
-    md.write_text("# Title\n\nThe café opens at nine.", encoding="utf-8")
-    assert "café opens at nine" in read_upload(md)
-    old = tmp_path / "old.txt"
-    old.write_bytes("Grüße aus Köln".encode("latin-1"))
-    assert read_upload(old) == "Grüße aus Köln"
+MIXED_SCRIPTS = "Café ☕ 🐈‍⬛ 東京の猫は三匹。 שלום עולם مرحبا بالعالم"
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("notes.md", f"# Title\n\n{MIXED_SCRIPTS}".encode()),
+        ("bom.txt", "\ufeff".encode() + MIXED_SCRIPTS.encode()),
+        ("utf16.txt", MIXED_SCRIPTS.encode("utf-16")),  # with its byte-order mark
+    ],
+)
+def test_text_in_any_script_survives_intact(tmp_path, name, raw):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    assert read_upload(path).endswith(MIXED_SCRIPTS)
+    assert "\ufeff" not in read_upload(path)
+
+
+@pytest.mark.parametrize(
+    "name, raw, message",
+    [
+        (
+            "program.txt",
+            b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)),
+            "program.txt is a binary file (it contains NUL bytes)",
+        ),
+        ("old.txt", "Grüße aus Köln".encode("latin-1"), "old.txt is not UTF-8 text (byte 0xfc at position 2)"),
+        ("noise.md", bytes(range(1, 32)) * 20, "noise.md is mostly control characters"),
+        ("blank.txt", b"  \n\t\n", "blank.txt contains no text"),
+    ],
+)
+def test_non_text_is_refused_naming_the_file_and_why(tmp_path, name, raw, message):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(PromptError) as excinfo:
+        read_upload(path)
+    assert message in str(excinfo.value)
+
+
+def test_oversized_files_are_refused_before_reading(tmp_path, monkeypatch):
+    import app.prompts as prompts
+
+    monkeypatch.setattr(prompts, "MAX_UPLOAD_BYTES", 1000)
+    big = tmp_path / "big.txt"
+    big.write_text("a" * 2000)
+    with pytest.raises(PromptError, match=r"big\.txt is 0\.0 MiB; uploads are limited to 0 MiB"):
+        read_upload(big)
+    monkeypatch.setattr(prompts, "MAX_UPLOAD_CHARS", 100)
+    long = tmp_path / "long.txt"
+    long.write_text("é" * 101)
+    with pytest.raises(PromptError, match=r"long\.txt holds 101 characters; the limit is 100"):
+        read_upload(long)
+
+
+def test_a_trailing_question_is_split_off_in_every_script():
+    assert split_trailing_question("Alice has 3 cats.\nHow many cats does Alice have?") == (
+        "Alice has 3 cats.", "How many cats does Alice have?",
+    )  # fmt: skip
+    assert split_trailing_question("東京の猫は三匹。猫は何匹？") == ("東京の猫は三匹。", "猫は何匹？")
+    assert split_trailing_question("للقطط ثلاثة. كم عدد القطط؟") == ("للقطط ثلاثة.", "كم عدد القطط؟")
+    assert split_trailing_question("No question here.") == ("No question here.", "")
 
 
 def test_other_file_types_are_refused_with_the_allowed_ones(tmp_path):
