@@ -101,7 +101,7 @@ def test_default_comparison_streams_columns_and_draws_plots(page, app_url, artif
 
     page.get_by_role("tab", name="Guided tour").click()
     page.get_by_role("button", name="Next ▶").click()
-    expect(page.get_by_text("1 · SWA in prefill, full attention in decode")).to_be_visible()
+    expect(page.get_by_text("2 · SWA in prefill, full attention in decode")).to_be_visible()
     page.screenshot(path=str(artifacts / "04-tour.png"))
     assert not page.errors, page.errors
 
@@ -139,3 +139,50 @@ def test_typed_text_survives_a_reload(page, app_url):
     _wait_until_ready(page)
     expect(page.locator("#swaa-document textarea")).to_have_value("The harbour master's boat is painted teal.")
     expect(page.locator("#swaa-question textarea")).to_have_value("What colour is the boat?")
+
+
+def test_a_failed_load_leaves_the_page_usable(page, app_url, artifacts):
+    from playwright.sync_api import expect
+
+    from app.callbacks import model_choices
+    from swaa_core.registry import DEFAULT_MODEL
+
+    page.goto(app_url)
+    _wait_until_ready(page)
+    model = page.locator("#swaa-model input")
+    model.fill("does-not-exist/nope-model")
+    model.press("Enter")
+    page.get_by_role("button", name="Load model").click()
+    toast = page.locator(".toast-body").filter(has_text="does-not-exist/nope-model")
+    expect(toast).to_contain_text("Still using smollm2-135m", timeout=120_000)
+    # The dropdown is back on the model in use; its facts and every control are intact, with no error badge.
+    default_title = dict((name, title) for title, name in model_choices())[DEFAULT_MODEL]
+    expect(model).to_have_value(default_title)
+    expect(page.locator("#swaa-facts")).to_contain_text("30 layers")
+    expect(page.get_by_label("Window size W", exact=False).first).to_be_visible()
+    expect(page.locator(".error")).to_have_count(0)
+    page.screenshot(path=str(artifacts / "06-failed-load.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_a_binary_upload_keeps_the_text(page, app_url, artifacts, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    _wait_until_ready(page)
+    page.get_by_label("Your text (paste, upload or example)").check()
+    mine = "My own notes: 東京の猫は三匹。 🐈 مرحبا"
+    page.locator("#swaa-document textarea").fill(mine)
+    binary = tmp_path / "notes.txt"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    page.locator("input[type=file]").first.set_input_files(str(binary))
+    toast = page.locator(".toast-body").filter(has_text="notes.txt is a binary file")
+    expect(toast).to_be_visible(timeout=60_000)
+    expect(page.locator("#swaa-document textarea")).to_have_value(mine)
+    page.screenshot(path=str(artifacts / "07-bad-upload.png"), full_page=True)
+
+    good = tmp_path / "letter.md"
+    good.write_text("Dear Ana, the key is under the blue pot. 🔑", encoding="utf-8")
+    page.locator("input[type=file]").first.set_input_files(str(good))
+    expect(page.locator("#swaa-document textarea")).to_have_value("Dear Ana, the key is under the blue pot. 🔑")
+    assert not page.errors, page.errors
