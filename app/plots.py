@@ -20,6 +20,9 @@ SWA_COLOR = "#3a78c2"  # sliding window: cool
 NEEDLE_COLOR = "#2ca25f"
 LIVE_COLORS = ["#3a78c2", "#7b4fb8", "#2a9d8f", "#c2455a", "#5e8c31", "#b8860b", "#1f4e79", "#8c564b"]
 GRID_COLOR = "#d8dde6"
+# Labels inside the attention maps sit over dark weights and over the blank (masked) area alike: dark text on a
+# light box stays readable on both.
+LABEL_BOX = dict(font=dict(color="#1f2d3d", size=12), bgcolor="rgba(255,255,255,0.85)", borderpad=2)
 FONT = dict(family="Inter, system-ui, sans-serif", size=13)
 
 # The paper's headline numbers (Qwen3-4B non-thinking, LongMemEval 24k, window 2k, no SFT / SFT, seconds per sample
@@ -37,6 +40,10 @@ PAPER_POINTS = (
 def plot_data(fig: go.Figure, filename: str) -> PlotData:
     """A figure for gr.Plot with Plotly's own client-side PNG export configured (no kaleido, no server browser)."""
     spec = json.loads(fig.to_json())
+    layout = spec.setdefault("layout", {})
+    if not (layout.get("title") or {}).get("text"):
+        # Gradio reserves a 100 px band above any figure whose layout has a title object, even an empty one.
+        layout.pop("title", None)
     spec["config"] = {
         "displaylogo": False,
         "displayModeBar": True,
@@ -180,8 +187,8 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
             col=col,
         )
         fig.add_annotation(
-            x=(n - window) / 2, y=(window + n) / 2, text=f"window edge (W={window}) ", showarrow=False,
-            xanchor="right", font=dict(color="white"), row=1, col=col,
+            x=(n - window) / 2, y=(window + n) / 2, text=f"window edge (W={window})", showarrow=False,
+            xanchor="right", **LABEL_BOX, row=1, col=col,
         )  # fmt: skip
     if sinks and window is not None:
         fig.add_shape(
@@ -196,9 +203,8 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
             col=col,
         )
         fig.add_annotation(
-            x=sinks, y=n * 0.97, text=f"{sinks} sinks", showarrow=False, xanchor="left", font=dict(color="white"),
-            row=1, col=col,
-        )  # fmt: skip
+            x=sinks, y=n * 0.97, text=f"{sinks} sinks", showarrow=False, xanchor="left", **LABEL_BOX, row=1, col=col
+        )
 
 
 def _mark_needle(fig: go.Figure, col: int, span: tuple[int, int], n: int) -> None:
@@ -215,8 +221,9 @@ def _mark_needle(fig: go.Figure, col: int, span: tuple[int, int], n: int) -> Non
         col=col,
     )
     fig.add_annotation(
-        x=end, y=n * 0.9, text=" fact", showarrow=False, xanchor="left", font=dict(color="#8ef0b0"), row=1, col=col
-    )
+        x=end, y=n * 0.9, text="fact", showarrow=False, xanchor="left", xshift=3,
+        **{**LABEL_BOX, "font": dict(color="#17663a", size=12)}, row=1, col=col,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- masks and layer plans
@@ -275,19 +282,25 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     return _style(fig, height=height, title=f"What each token may see in layer {layer} (dotted: generation starts)")
 
 
+def _short_label(label: str, limit: int = 44) -> str:
+    """Row labels left of a strip: long recipe names would squeeze the strip itself (the full name is on hover)."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
 def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.Figure:
     """One pair of strips per config: which layers slide in prefill and in decode (True = full attention)."""
-    z, labels, text = [], [], []
+    z, labels, text, full_labels = [], [], [], []
     for label, prefill_fa, decode_fa in rows:
         for stage, flags in (("prefill", prefill_fa), ("decode", decode_fa)):
+            full_labels.append(f"{label} · {stage}")
             z.append([1 if f else 0 for f in flags])
-            labels.append(f"{label} · {stage}")
+            labels.append(f"{_short_label(label)} · {stage}")
             text.append(["FA" if f else "SWA" for f in flags])
     n_layers = len(z[0]) if z else 0
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            y=labels,
+            y=list(range(len(z))),  # positions, not labels: two shortened labels may read alike
             x=list(range(n_layers)),
             text=text,
             zmin=0,
@@ -296,14 +309,20 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
             showscale=False,
             xgap=2,
             ygap=3,
-            hovertemplate="%{y}, layer %{x}: %{text}<extra></extra>",
+            customdata=[[full] * n_layers for full in full_labels],
+            hovertemplate="%{customdata}, layer %{x}: %{text}<extra></extra>",
         )
     )
+    # Every layer ticked up to 16 layers, every 5th beyond (30 vertical numbers in 600 px were unreadable).
     fig.update_xaxes(
-        title_text="layer (orange = full attention, blue = sliding window)", dtick=1 if n_layers <= 32 else 4
+        title_text="layer (orange = full attention, blue = sliding window)",
+        dtick=1 if n_layers <= 16 else 5,
+        tickangle=0,
     )
-    fig.update_yaxes(autorange="reversed")
-    return _style(fig, height=90 + 34 * len(z))
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=labels)
+    fig = _style(fig, height=80 + 30 * len(z))
+    fig.update_layout(margin=dict(t=12, b=44))
+    return fig
 
 
 # ---------------------------------------------------------------- results
@@ -362,7 +381,7 @@ def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Fi
             y=[p[1] for p in PAPER_POINTS],
             # Labelled only before a sweep: then they are all there is, and nothing collides with them.
             mode="markers" if points else "markers+text",
-            textposition=["middle left", "middle right", "bottom center", "top center", "middle right", "top center"],
+            textposition=["middle left", "middle right", "bottom center", "bottom center", "middle left", "top center"],
             textfont=dict(size=11, color="#666"),
             text=[p[0] for p in PAPER_POINTS],
             marker=dict(size=11, symbol="circle-open", color="#888", line=dict(width=2)),
