@@ -216,9 +216,24 @@ def describe_config(
     ]
 
 
-def config_json(cfg: SWAAConfig) -> str:
-    """Upstream's {"swaa_config": {...}} with one field per line and layer lists kept on one line."""
-    fields = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in cfg.to_dict().items())
+def config_json(cfg: SWAAConfig, width: int = 34) -> str:
+    """Upstream's {"swaa_config": {...}} with one field per line; a layer list that would not fit the sidebar's
+    ``width`` characters continues on lines of its own (the box would otherwise cut it off)."""
+
+    def field(key, value) -> str:
+        line = f"    {json.dumps(key)}: {json.dumps(value)}"
+        if not isinstance(value, list) or len(line) <= width:
+            return line
+        rows, row = [], []
+        for item in map(str, value):
+            if row and len("      " + ", ".join([*row, item]) + ",") > width:
+                rows.append(", ".join(row))
+                row = []
+            row.append(item)
+        rows.append(", ".join(row))
+        return f"    {json.dumps(key)}: [\n" + ",\n".join(f"      {r}" for r in rows) + "\n    ]"
+
+    fields = ",\n".join(field(k, v) for k, v in cfg.to_dict().items())
     return '{\n  "swaa_config": {\n' + fields + "\n  }\n}"
 
 

@@ -330,7 +330,7 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     """Stacked prefill + decode seconds per column; rows carry label, prefill_s, total_s, decode_tokens_per_s."""
     if not rows:
         return message_figure("Run a comparison to see latencies.")
-    labels = [r["label"] for r in rows]
+    labels = [_wrap(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone
     prefill = [r["prefill_s"] for r in rows]
     decode = [max(r["total_s"] - r["prefill_s"], 0.0) for r in rows]
     fig = go.Figure()

@@ -127,7 +127,9 @@ def _strategy_panel(ui, d: Settings) -> None:
             label="Config (upstream swaa_config JSON)",
             interactive=True,
             lines=8,
-            max_lines=14,
+            max_lines=16,
+            wrap_lines=True,
+            show_line_numbers=False,
             buttons=["copy"],
             elem_id="swaa-config",
         )
