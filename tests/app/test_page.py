@@ -109,16 +109,24 @@ def test_the_question_help_matches_what_happens():
         text_sample(tok, "Alice has three cats.", "", "", "", seed=0)
 
 
-def test_texts_name_real_commands_and_number_the_tour_from_one():
+def test_texts_name_real_commands_and_number_the_tour_from_one(tmp_path):
     import shlex
 
     from app import texts
-    from swaa_core.cli import build_parser
+    from app.callbacks import config_json
+    from swaa_core.cli import build_parser, read_config_file
+    from swaa_core.config import SWAAConfig
 
+    cfg = SWAAConfig(
+        sliding_window_size=256, keep_first=10, force_fa_decode=True, non_sliding_layers=list(range(1, 30, 2))
+    )
+    saved = tmp_path / "swaa_config.json"
+    saved.write_text(config_json(cfg), encoding="utf-8")  # what "Download config JSON" saves
     command = texts.CONFIG_JSON_HELP.split("`")[-2]
-    args = shlex.split(command.replace('"$(cat swaa_config.json)"', "'{\"sliding_window_size\": 256}'"))
+    args = shlex.split(command.replace("swaa_config.json", str(saved)))
     assert args[0] == "swaa"
     parsed = build_parser().parse_args(args[1:])
-    assert parsed.recipe == ['{"sliding_window_size": 256}']
+    assert parsed.command == "run" and len(parsed.recipe) == 1
+    assert SWAAConfig.from_json(read_config_file(str(parsed.recipe[0]))) == cfg  # the CLI reads back the same config
     assert [step.title.split(" · ")[0] for step in texts.TOUR] == [str(i) for i in range(1, len(texts.TOUR) + 1)]
     assert "Running on" not in texts.CPU_NOTE  # the device line already says it
