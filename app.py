@@ -1,7 +1,8 @@
 """SWAA Recipe Explorer: `python app.py` opens it locally; Hugging Face Spaces run this file too.
 
 Environment: GRADIO_SERVER_NAME (0.0.0.0 on Spaces, which set it), GRADIO_SERVER_PORT, SWAA_CONCURRENCY (runs at once
-per model group; default 1 on CPU), SWAA_PRELOAD=0 to skip loading the default model at start-up.
+per model group; default 1 on CPU), SWAA_PRELOAD=0 to skip loading the default model at start-up,
+SWAA_ALLOWED_DIRS (on a Space: the only local folders models and adapters load from). Ctrl-C stops it cleanly.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ def friendly_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return redact(f"Could not read or fetch a file: {exc}")
     log.error("unexpected error in the app: %s", redact(f"{type(exc).__name__}: {exc}"))
+    if log.isEnabledFor(logging.DEBUG):  # tracebacks only when asked for (SWAA_LOG_LEVEL=DEBUG): they may hold URLs
+        log.debug("traceback", exc_info=exc)
     return redact(f"Unexpected error ({type(exc).__name__}): {exc}. The details are in the server log.")
 
 
