@@ -179,7 +179,7 @@ def _prompt_panel(ui, d: Settings) -> None:
                     scale=2,
                 )
                 ui.upload = gr.File(
-                    label="Upload .txt / .md / .pdf", file_types=[".txt", ".md", ".pdf"], height=90, scale=1
+                    label="Upload .txt / .md / .pdf", file_types=[".txt", ".md", ".pdf"], height=120, scale=1
                 )
             ui.document = gr.Textbox(
                 label="Document", lines=8, max_lines=16, placeholder="Paste a long text here…", elem_id="swaa-document"
