@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import numbers
 import statistics
 import threading
 import time
@@ -128,7 +129,8 @@ def _get(obj, name: str, default=None):
 def decode_note(run) -> str | None:
     """Why ``run``'s decode speed must not be ranked (too few decode steps), or None. ``run``: a RunResult or a row
     with ``decode_tokens``."""
-    steps = _get(run, "decode_tokens") or 0
+    steps = _get(run, "decode_tokens")
+    steps = int(steps) if isinstance(steps, numbers.Real) and steps == steps else 0  # None or NaN: nothing timed
     if steps < MIN_DECODE_TOKENS:
         return f"{TOO_FEW} ({steps} decode step{'s' if steps != 1 else ''})"
     return None
@@ -266,7 +268,7 @@ def decode_speed_curve(
                 if limit is not None and n + new_tokens + 1 > limit:
                     raise ValueError(f"{n:,} + {new_tokens + 1} tokens exceed the model's {limit:,}-token context.")
                 check_run_fits(model, n + new_tokens + 1, cfg)
-                if label not in warm:
+                if label not in warm and not (cancel is not None and cancel.is_set()):
                     with lock:
                         time_decode(model, ids[:, : min(n, 320)], cfg, 2, backend=backend)
                     warm.add(label)
