@@ -89,6 +89,7 @@ NUMERIC_OPTIONS: dict[str, Bound] = {
     "eval_length": _TOKENS,
     "max_length": _TOKENS,
     "keep_first": _SINKS,
+    "timing_tokens": _SINKS,  # 0: time each answer's own tokens
     "sinks": _SINKS,
     "samples": Bound(int, 1, MAX_COUNT),
     "eval_samples": Bound(int, 0, MAX_COUNT),
