@@ -39,7 +39,7 @@ def test_one_point_per_length_and_config_with_the_cache_each_one_holds(loaded):
     for n in (64, 256):
         # generate() made new + 1 tokens; the last one is never fed back
         assert held["Full attention", n] == held["SWA + FA decode", n] == LAYERS * (n + new) * PER_TOKEN
-        assert held["SWA", n] == LAYERS * (W - 1) * PER_TOKEN  # sinks (none) + W - 1 at every length
+        assert held["SWA", n] == LAYERS * W * PER_TOKEN  # a ring of sinks (none) + W slots at every length
 
 
 def test_a_length_beyond_the_context_fails_alone(loaded):
