@@ -516,7 +516,9 @@ def evaluate_accuracy(
     for i, sample in enumerate(tqdm(samples, desc=f"eval: {label}", disable=not progress)):
         if cancel is not None and cancel.is_set():
             break
-        results.append(run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0))
+        # accuracy only: no extra tokens generated for like-for-like timing
+        r = run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0, timing_tokens=0)
+        results.append(r)
         if on_progress is not None:
             right = sum(bool(r.correct) for r in results)
             msg = f"{label}: {i + 1}/{len(samples)}, {right} right"
