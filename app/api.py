@@ -26,8 +26,9 @@ from .state import DEFAULT_PINNED, FA_DECODE_MODES, FA_LAYER_MODES, Settings, St
 HEAVY = "model"  # the page's concurrency group of everything that runs the model
 ENDPOINTS = (
     "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
-    "needle_sweep",
+    "needle_sweep", "decode_speed",
 )  # fmt: skip
+DECODE_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192", "16384", "32768")
 SWEEP_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192")
 
 
@@ -144,10 +145,10 @@ def adapter_config(adapter: str, model: str) -> dict:
 def recipe_sweep(model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None) -> list:
     """Every chosen recipe on the same seeded needle samples: one summary row per recipe (runs, accuracy %,
     prefill and total seconds, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency plot."""
-    _points, table = rh.recipe_sweep(
+    sweep = rh.recipe_sweep(
         model or DEFAULT_MODEL, recipes, samples, length, seed, window, sinks, cot, request, _no_progress
     )
-    return table.to_dict(orient="records")
+    return sweep.table.to_dict(orient="records")
 
 
 @ui_errors
@@ -166,6 +167,16 @@ def needle_sweep(
         for label, ls, ds, grid in grids
     ]
     return cells, str(path)
+
+
+@ui_errors
+def decode_speed(model, recipes, lengths, window, sinks, request: gr.Request = None) -> tuple[list, str]:
+    """Decode speed of each recipe at each prompt length (random tokens): one row per point with ms_per_token,
+    tokens_per_s, prefill_s and kv_cache_bytes (error set where a point could not be measured), and a note on the
+    method."""
+    return rh.decode_curve(
+        model or DEFAULT_MODEL, recipes, [int(x) for x in lengths or []], window, sinks, request, _no_progress
+    )
 
 
 def _num(value: float) -> float | None:
@@ -210,13 +221,15 @@ def build() -> None:
         lengths = gr.CheckboxGroup(list(SWEEP_LENGTHS), value=["256"], label="lengths")
         depths = gr.Number(2, label="depths")
         sweep_task = gr.Dropdown(["needle", "passkey", "multi_key"], value="needle", label="task")
+        decode_lengths = gr.CheckboxGroup(list(DECODE_LENGTHS), value=["256", "512"], label="lengths")
         trigger = gr.Button()
         out = dict(
             facts=gr.JSON(label="facts"), board=gr.HTML(label="board"), summary=gr.Markdown(label="summary"),
             results=gr.JSON(label="results"), results_csv=gr.File(label="results_csv"),
             results_json=gr.File(label="results_json"), stopped=gr.Checkbox(label="stopped"),
             text=gr.Textbox(label="text"), controls=gr.JSON(label="controls"), table=gr.JSON(label="table"),
-            grids=gr.JSON(label="grids"), sweep_csv=gr.File(label="sweep_csv"),
+            grids=gr.JSON(label="grids"), sweep_csv=gr.File(label="sweep_csv"), points=gr.JSON(label="points"),
+            note=gr.Markdown(label="note"),
         )  # fmt: skip
 
     def endpoint(fn, inputs, outputs, **kwargs):
@@ -241,3 +254,4 @@ def build() -> None:
         needle_sweep, [model, window, sinks, fa_layers, fa_decode, lengths, depths, samples, seed, sweep_task],
         ["grids", "sweep_csv"], concurrency_id=HEAVY,
     )  # fmt: skip
+    endpoint(decode_speed, [model, recipes, decode_lengths, window, sinks], ["points", "note"], concurrency_id=HEAVY)

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from swaa_core.latency import comparable, decode_note, ratio_text
+
 WAITING, RUNNING, DONE, ERROR, CANCELLED = "waiting", "running", "done", "error", "cancelled"
 
 
@@ -116,13 +118,15 @@ def _metrics(col: ColumnView) -> str:
     label, tone = verdict(r.correct)
     if r.error and col.status == CANCELLED:
         label, tone = "stopped before the end", "neutral"
+    extra = f" (+{r.timing_extra_tokens} unseen, for timing)" if r.timing_extra_tokens else ""
     rows = [
         ("time to first token", format_seconds(r.ttft_s)),
-        ("decode speed", f"{r.decode_tokens_per_s:.1f} tok/s" if r.decode_tokens_per_s else "–"),
-        ("total time", format_seconds(r.total_s)),
+        ("decode speed", decode_speed(r)),
+        (f"time to token {r.timed_tokens}", format_seconds(r.timed_total_s) if r.timed_tokens else "–"),
+        ("answer time", format_seconds(r.total_s)),
         ("KV cache", format_bytes(r.kv_cache_bytes)),
         (ANSWER_PROBABILITY, answer_probability(r.answer_logprob)),
-        ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out"),
+        ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out{extra}"),
     ]
     cells = "".join(f'<dt title="{html.escape(TIPS.get(k, ""))}">{k}</dt><dd>{v}</dd>' for k, v in rows)
     backend = f'<span class="swaa-muted">kernel: {html.escape(r.backend)}</span>' if r.backend else ""
@@ -132,23 +136,46 @@ def _metrics(col: ColumnView) -> str:
     )
 
 
+def decode_speed(r) -> str:
+    """Decode tokens/s and how many decode steps it comes from; a figure from too few steps says so."""
+    if not r.decode_tokens_per_s:
+        return "–"
+    note = decode_note(r)
+    if note is not None:
+        return f"{r.decode_tokens_per_s:.1f} tok/s, {note}"
+    return f"{r.decode_tokens_per_s:.1f} tok/s over {r.decode_tokens} steps"
+
+
 def summary_markdown(columns: list[ColumnView]) -> str:
-    """What each SWAA column saved and lost against the full-attention baseline, in plain words."""
+    """What each SWAA column saved and lost against the full-attention baseline, in plain words. Speeds are
+    compared only between runs timed over the same number of tokens, enough of them."""
     base = next((c.result for c in columns if c.is_full and c.result is not None and not c.result.error), None)
     if base is None:
         return ""
-    lines = ["| config | prefill | total time | KV cache | answer |", "|---|---|---|---|---|"]
+    n = base.timed_tokens
+    lines = [
+        f"| config | prefill | decode speed | time to token {n} | KV cache | answer |",
+        "|---|---|---|---|---|---|",
+    ]
     for col in columns:
         r = col.result
         if col.is_full or r is None or r.error:
             continue
+        decode = comparable(base, r) or ratio_text(
+            base.decode_tokens_per_s, r.decode_tokens_per_s, higher_is_faster=True
+        )
+        timed = comparable(base, r, what="timed") or ratio_text(base.timed_total_s, r.timed_total_s)
         lines.append(
-            f"| {_md(col.label)} | {_ratio(base.prefill_s, r.prefill_s)} | {_ratio(base.total_s, r.total_s)} | "
+            f"| {_md(col.label)} | {ratio_text(base.prefill_s, r.prefill_s)} | {decode} | {timed} | "
             f"{_saving(base.kv_cache_bytes, r.kv_cache_bytes)} | {_answer_change(base, r)} |"
         )
     if len(lines) == 2:
         return ""
     notes = _notes(base, [c for c in columns if not c.is_full and c.result is not None and not c.result.error])
+    notes.append(
+        f"Decode speed and time to token {n}: every column timed over its first {n} generated tokens (a column "
+        "whose answer is shorter goes on generating, unseen, for the timing); prefill timed on its own."
+    )
     text = "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
     return text + "".join(f"\n\n<small>{note}</small>" for note in notes)
 
@@ -172,17 +199,6 @@ def _notes(base, swaa_columns: list[ColumnView]) -> list[str]:
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|")
-
-
-def _ratio(base: float, new: float) -> str:
-    if not base or not new:
-        return "–"
-    factor = base / new
-    if factor >= 1.05:
-        return f"{factor:.2f}× faster"
-    if factor <= 0.95:
-        return f"{1 / factor:.2f}× slower"
-    return "about the same"
 
 
 def _saving(base: int, new: int) -> str:

@@ -327,33 +327,44 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
 
 # ---------------------------------------------------------------- results
 def latency_figure(rows: Sequence[dict]) -> go.Figure:
-    """Stacked prefill + decode seconds per column; rows carry label, prefill_s, total_s, decode_tokens_per_s."""
+    """Stacked prefill + decode seconds per column, both over the same work in every column: the prompt, then the
+    first ``timed_tokens`` generated tokens. Rows carry label, prefill_s, timed_total_s, timed_tokens,
+    decode_tokens, decode_tokens_per_s (RunResult fields)."""
+    from swaa_core.latency import decode_note
+
     if not rows:
         return message_figure("Run a comparison to see latencies.")
     labels = [_wrap(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone
     prefill = [r["prefill_s"] for r in rows]
-    decode = [max(r["total_s"] - r["prefill_s"], 0.0) for r in rows]
+    decode = [max(r["timed_total_s"] - r["prefill_s"], 0.0) for r in rows]
+    speed = [
+        "" if not r["decode_tokens_per_s"] else decode_note(r) or f"{r['decode_tokens_per_s']:.1f} tok/s" for r in rows
+    ]
+    counts = {r["timed_tokens"] for r in rows}
+    what = f"the first {counts.pop()} generated tokens" if len(counts) == 1 else "UNEQUAL token counts: do not compare"
     fig = go.Figure()
     fig.add_bar(y=labels, x=prefill, name="prefill (reading the prompt)", orientation="h", marker_color=SWA_COLOR)
     fig.add_bar(
         y=labels,
         x=decode,
-        name="decode (generating)",
+        name=f"decode ({what})",
         orientation="h",
         marker_color=FA_COLOR,
-        text=[f"{r['decode_tokens_per_s']:.1f} tok/s" if r["decode_tokens_per_s"] else "" for r in rows],
+        text=speed,
         textposition="outside",
         cliponaxis=False,
     )
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="seconds")
     fig.update_yaxes(autorange="reversed")
-    fig = _style(fig, height=140 + 46 * len(rows), title="Where the time goes")
+    fig = _style(fig, height=140 + 46 * len(rows), title=f"Where the time goes: the prompt, then {what}")
     fig.update_layout(margin=dict(r=90))  # room for the tok/s labels beyond the longest bar
     return fig
 
 
-def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Figure:
+def tradeoff_figure(
+    points: Sequence[dict], *, show_paper: bool = True, time_label: str = "time per sample"
+) -> go.Figure:
     """Accuracy vs time per sample relative to full attention; points carry label, accuracy (0..1), time_s.
 
     One legend entry per live recipe (labels on the points would collide where recipes score alike); the paper's
@@ -396,7 +407,7 @@ def tradeoff_figure(points: Sequence[dict], *, show_paper: bool = True) -> go.Fi
             "(grey).",
             showarrow=False, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom", font=dict(size=13),
         )  # fmt: skip
-    fig.update_xaxes(title_text="time per sample, relative to full attention (1.0)", rangemode="tozero")
+    fig.update_xaxes(title_text=f"{time_label}, relative to full attention (1.0)", rangemode="tozero")
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
     fig = _style(fig, height=460, title="Accuracy vs latency across recipes")
     fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top", font=dict(size=11)))
@@ -432,3 +443,30 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
         fig.update_xaxes(title_text="prompt tokens", type="category", row=1, col=i)
     fig.update_yaxes(title_text="fact depth (0 = start)", autorange="reversed", row=1, col=1)
     return _style(fig, height=400, title="Needle retrieval: length × depth")
+
+
+def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
+    """Decode tokens/s against prompt length, one line per recipe (swaa_core.latency.decode_speed_curve's points as
+    dicts: label, prompt_tokens, tokens_per_s, new_tokens, error). Full attention slows down as its cache grows; a
+    sliding cache holds the same number of keys at every length. Failed points are left out and listed."""
+    good = [p for p in points if not p.get("error") and p.get("tokens_per_s")]
+    if not good:
+        return message_figure("Measure decode speed to draw it." if not points else "Every point failed; see below.")
+    fig = go.Figure()
+    palette = iter(LIVE_COLORS * 3)
+    for label in dict.fromkeys(p["label"] for p in good):
+        line = sorted((p for p in good if p["label"] == label), key=lambda p: p["prompt_tokens"])
+        full = label.lower().startswith("full attention")
+        fig.add_scatter(
+            x=[p["prompt_tokens"] for p in line],
+            y=[p["tokens_per_s"] for p in line],
+            mode="lines+markers",
+            name=label,
+            line=dict(color=FA_COLOR if full else next(palette), width=3 if full else 2),
+            customdata=[[1000 / p["tokens_per_s"], p.get("new_tokens", 0)] for p in line],
+            hovertemplate=f"{label}<br>%{{x}} prompt tokens: %{{y:.1f}} tok/s"
+            " (%{customdata[0]:.1f} ms per token over %{customdata[1]} tokens)<extra></extra>",
+        )
+    fig.update_xaxes(title_text="prompt tokens (cache size when decoding starts)", type="log")
+    fig.update_yaxes(title_text="decode tokens/s", rangemode="tozero")
+    return _style(fig, height=420, title="Decode speed vs context length")

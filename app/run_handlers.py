@@ -41,7 +41,8 @@ from .prompts import model_input_tokens, token_count
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 RESULT_FIELDS = (
     "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
-    "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "kv_cache_bytes",
+    "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "decode_tokens", "timed_tokens",
+    "timed_total_s", "timing_extra_tokens", "total_s", "kv_cache_bytes",
     "peak_memory_bytes", "backend", "error", "config",
 )  # fmt: skip
 
@@ -271,13 +272,21 @@ def run_recipe_sweep(
     progress=gr.Progress(),
 ):  # fmt: skip
     """The page's recipe sweep: the trade-off plot and the table (shown once there is something in it)."""
-    points, table = recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress)
-    return plots.plot_data(plots.tradeoff_figure(points), "swaa-tradeoff"), gr.Dataframe(value=table, visible=True)
+    sweep = recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress)
+    figure = plots.tradeoff_figure(sweep.points, time_label=sweep.time_label)
+    return plots.plot_data(figure, "swaa-tradeoff"), gr.Dataframe(value=sweep.table, visible=True)
+
+
+@dataclass
+class RecipeSweep:
+    points: list[dict]  # one per recipe: label, accuracy 0..1, time_s, samples, is_full
+    table: object  # pandas DataFrame, one row per recipe, as the page shows it
+    time_label: str  # what time_s measures
 
 
 def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress):
     """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure.
-    Returns the plot's points and the summary table (one row per recipe)."""
+    Returns the plot's points, the summary table (one row per recipe) and what the time axis measures."""
     from swaa_core.recipes import list_recipes
     from swaa_core.sweep import SweepSpec, summarize
 
@@ -301,24 +310,36 @@ def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, co
     spec = SweepSpec(configs, [length], depths=[None], seeds=seeds, task="needle", cot=bool(cot), score_logprob=False)
     df = _sweep(loaded, spec, request, progress, "recipe sweep")
     table = summarize(df, by=("label",))
+    # time per sample = prompt + the same number of generated tokens for every recipe (answers differ in length)
     points = [
         {
             "label": row["label"],
             "accuracy": float(row["accuracy"]) if row["accuracy"] == row["accuracy"] else 0.0,
-            "time_s": float(row["total_s"]),
+            "time_s": float(row["timed_total_s"]),
             "samples": int(row["runs"]),
             "is_full": configs.get(row["label"]) is None,
         }
         for _, row in table.iterrows()
     ]
-    shown = table[["label", "runs", "accuracy", "prefill_s", "total_s", "kv_cache_bytes", "errors"]].copy()
+    time_label = f"time for the prompt + {spec.timing_tokens} tokens"
+    return RecipeSweep(points, _recipe_table(table, spec.timing_tokens), time_label)
+
+
+def _recipe_table(table, timing_tokens: int):
+    from swaa_core.latency import decode_note
+
+    shown = table[["label", "runs", "accuracy", "prefill_s", "timed_total_s", "kv_cache_bytes", "errors"]].copy()
     shown["accuracy"] = (100 * shown["accuracy"]).round(0)
     shown["kv_cache_bytes"] = (shown["kv_cache_bytes"] / 2**20).round(1)
-    shown = shown.round({"prefill_s": 2, "total_s": 2}).rename(
-        columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s", "total_s": "total s",
-                 "kv_cache_bytes": "KV cache MiB"}
+    shown.insert(
+        4,
+        "decode tok/s",
+        [decode_note(row) or f"{row['decode_tokens_per_s']:.1f}" for _, row in table.iterrows()],
+    )
+    return shown.round({"prefill_s": 2, "timed_total_s": 2}).rename(
+        columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s",
+                 "timed_total_s": f"s to token {timing_tokens}", "kv_cache_bytes": "KV cache MiB"}
     )  # fmt: skip
-    return points, shown
 
 
 @on_gpu(duration=600)
@@ -390,3 +411,53 @@ def _sweep(loaded, spec, request, progress, what: str):
     if df.empty:
         raise ValueError(f"The {what} finished no run; nothing to draw.")
     return df
+
+
+# ---------------------------------------------------------------- decode speed vs context
+DECODE_CURVE_TOKENS = 32  # decode steps timed per point: enough to mean something, cheap on a CPU
+
+
+@on_gpu(duration=600)
+def run_decode_curve(active_model, recipes, lengths, window, sinks, request: gr.Request = None, progress=gr.Progress()):
+    """The page's decode-speed plot and its note."""
+    rows, note = decode_curve(active_model, recipes, lengths, window, sinks, request, progress)
+    return plots.plot_data(plots.decode_speed_figure(rows), "swaa-decode-speed"), note
+
+
+def decode_curve(active_model, recipes, lengths, window, sinks, request, progress) -> tuple[list[dict], str]:
+    """Decode tokens/s of the ticked recipes at each chosen prompt length (random tokens, one run per point).
+    Returns one row per (recipe, length) (swaa_core.latency.DecodePoint.to_dict()) and a note on the method."""
+    from swaa_core.latency import decode_speed_curve
+
+    if not recipes or not lengths:
+        raise ValueError("Tick at least one recipe and one prompt length.")
+    lengths = sorted({_whole_in_range(x, "Each prompt length", 16, 131072) for x in lengths})
+    window = _whole_in_range(window, "Window size", 1, 131072)
+    sinks = _whole_in_range(sinks, "Sink tokens", 0, 131072)
+    loaded = loaded_model(active_model)
+    n = num_layers(loaded)
+    configs = {}
+    for name in recipes:
+        cfg = resolve_recipe(name, n, window=window, keep_first=sinks or None)
+        configs[recipe_label(get_recipe(name), cfg)] = cfg
+    total, done = len(configs) * len(lengths), [0]
+
+    def on_point(point) -> None:
+        done[0] += 1
+        progress(done[0] / total, desc=f"decode speed: {done[0]}/{total} · {point.label} at {point.prompt_tokens:,}")
+
+    session = _session(request)
+    cancel = CANCELS.start(session)
+    CANCELS.track(threading.current_thread())
+    progress(0, desc=f"decode speed: {total} points")
+    try:
+        points = decode_speed_curve(
+            loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point
+        )
+    finally:
+        CANCELS.finish(session, cancel)
+        CANCELS.untrack(threading.current_thread())
+    rows = [p.to_dict() for p in points]
+    failed = "".join(f"\n- {p['label']} at {p['prompt_tokens']:,} tokens: {p['error']}" for p in rows if p["error"])
+    note = f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps timed (ms per token)."
+    return rows, note + (f"\n\nNot measured:{failed}" if failed else "")

@@ -45,7 +45,10 @@ ADAPTER_INFO = (
     "SWAA config it was trained for."
 )
 RECIPE_INFO = "The paper's presets: choosing one sets every control below at once."
-MAX_NEW_TOKENS_INFO = "Tokens generated per column. Few tokens keep the CPU demo fast."
+MAX_NEW_TOKENS_INFO = (
+    "Longest answer per column. For a fair speed comparison every column is timed over its first 32 tokens: a "
+    "shorter answer is followed by a few unseen tokens (about a second or two per column on a CPU)."
+)
 SEED_INFO = "Same seed = same task text and same results, so a class sees the same thing."
 MODEL_INFO = "Pick a recommended model, or type a Hugging Face Hub id (org/name) or a local folder path."
 TASK_INFO = "Long-context tasks with a known answer, so each column is scored correct or incorrect."
@@ -87,11 +90,18 @@ MASK_HELP = (
 )
 SWEEP_HELP = (
     "Runs many samples under every selected recipe and draws the paper's main figure live: accuracy against time "
-    "per sample. On a CPU keep it small; it can be stopped at any time and keeps what finished."
+    "per sample (the prompt plus the same 32 generated tokens for every recipe, so answers of different lengths do "
+    "not skew it). On a CPU keep it small; it can be stopped at any time and keeps what finished."
 )
 HEATMAP_HELP = (
     "Needle retrieval over prompt length x fact depth, full attention vs the current config. Each cell is the "
     "share of samples answered correctly."
+)
+DECODE_SPEED_HELP = (
+    "**Decode speed vs context.** How fast each ticked recipe generates once the prompt is read, at several prompt "
+    "lengths (random tokens; each point = one prefill, then 32 decode steps timed). Full attention reads its whole, "
+    "growing cache for every new token; a sliding layer without FA decode keeps only sinks + W keys, so its speed "
+    "should stay flat. Long lengths on a CPU take a while (the prefill dominates); Stop keeps finished points."
 )
 CPU_NOTE = (
     "The default demo (a short prompt, a few new tokens) takes well under a minute. Long prompts "

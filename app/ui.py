@@ -49,6 +49,7 @@ def build_demo() -> gr.Blocks:
                     _why_panel(ui)
                 with gr.Tab("Recipes & needles", id="sweeps"):
                     _sweep_panel(ui)
+                    _decode_speed_panel(ui)
                 with gr.Tab("Guided tour", id="tour"):
                     _tour_panel(ui)
         _wire(demo, ui)
@@ -263,6 +264,30 @@ def _sweep_panel(ui) -> None:
     )
 
 
+def _decode_speed_panel(ui) -> None:
+    gr.Markdown(texts.DECODE_SPEED_HELP)
+    with gr.Row():
+        ui.decode_lengths = gr.CheckboxGroup(
+            choices=[256, 512, 1024, 2048, 4096, 8192, 16384, 32768],
+            value=[512, 1024, 2048],
+            label="Prompt lengths (tokens)",
+            scale=3,
+        )
+        ui.run_decode_speed = gr.Button("Measure decode speed", variant="primary", scale=1)
+    ui.decode_speed = gr.Plot(
+        _placeholder("Measure decode speed to draw it."), label="Decode speed", elem_id="swaa-decode-speed"
+    )
+    ui.decode_speed_note = gr.Markdown(elem_classes="swaa-muted")
+
+
+def _wire_decode_speed(ui) -> None:
+    _on(
+        ui.run_decode_speed.click, rh.run_decode_curve,
+        [ui.active_model, ui.sweep_recipes, ui.decode_lengths, ui.window, ui.sinks],
+        [ui.decode_speed, ui.decode_speed_note], concurrency_id=HEAVY,
+    )  # fmt: skip
+
+
 def _tour_panel(ui) -> None:
     ui.tour_text = gr.Markdown(texts.tour_markdown(0))
     ui.tour_masks = gr.Plot(label="What the strategy lets a token see (toy scale)")
@@ -377,6 +402,8 @@ def _wire(demo: gr.Blocks, ui) -> None:
         [ui.active_model, *strategy, ui.heat_lengths, ui.heat_depths, ui.heat_samples, ui.seed, ui.task],
         [ui.heatmap, ui.heat_results], concurrency_id=HEAVY,
     )  # fmt: skip
+
+    _wire_decode_speed(ui)
 
     # Guided tour.
     for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):

@@ -142,7 +142,10 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
     split = min(max(g.full_from - q_first, 0), Q)
     aligned = q_first - kv_first == KV - Q  # the queries are the newest keys: bottom-right causal alignment holds
     if split == Q:
-        if fn is _fa4_window and (q_first, kv_first) == (0, 0) and g.keep_first > 0:
+        # FLASH's backward through a block mask was not verified on the H200 (torch 2.11): training takes the two-pass
+        # composition, whose FA4 backward was (tests/swaa_core/test_gpu.py)
+        inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        if fn is _fa4_window and inference and (q_first, kv_first) == (0, 0) and g.keep_first > 0:
             out = flex_flash(q, k, v, g, scaling)  # one pass over sinks + window
             if out is not None:
                 return out
@@ -354,7 +357,7 @@ def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
     """FlexAttention with ``BACKEND="FLASH"``: FlashAttention-4's kernel runs the sink + window mask of a whole
     unpadded prefill (queries = keys = positions 0..n-1) in one pass over the block-sparse tiles. None when it cannot (its first failure for a kind of input is remembered, and
     the caller takes the two-pass FA4 composition or Triton flex instead)."""
-    kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1], torch.is_grad_enabled() and q.requires_grad)
+    kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1])
     if kind in _FLASH_FAILED:
         return None
     block_mask = _prefill_block_mask(q.shape[2], g.window, g.keep_first, str(q.device))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import SWAAConfig, SWAAConfigError
+from .latency import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS
 from .recipes import default_window, list_recipes, load_user_recipes, recipe_label, resolve_recipe, save_user_recipes
 from .tasks import TASK_KINDS, TaskError
 from .textfile import read_text_file
@@ -88,6 +89,7 @@ NUMERIC_OPTIONS: dict[str, Bound] = {
     "eval_length": _TOKENS,
     "max_length": _TOKENS,
     "keep_first": _SINKS,
+    "timing_tokens": _SINKS,  # 0: time each answer's own tokens
     "sinks": _SINKS,
     "samples": Bound(int, 1, MAX_COUNT),
     "eval_samples": Bound(int, 0, MAX_COUNT),
@@ -218,6 +220,14 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens, help=f"(default: {max_new_tokens})")
     g.add_argument("--cot", action="store_true", help="chain of thought: thinking mode, or a step-by-step instruction")
+    g.add_argument(
+        "--timing-tokens",
+        type=int,
+        default=DEFAULT_TIMING_TOKENS,
+        metavar="N",
+        help="time every run over its first N generated tokens, generating past the answer (unseen) where it is "
+        f"shorter, so decode speeds compare like for like (default: {DEFAULT_TIMING_TOKENS}; 0: the answer only)",
+    )
     g.add_argument("--system", default=None, help="a system message (default: the model's own template default)")
 
 
@@ -329,6 +339,7 @@ def cmd_run(args) -> int:
         target,
         configs,
         max_new_tokens=args.max_new_tokens,
+        timing_tokens=args.timing_tokens,
         cot=args.cot,
         system=args.system,
         backend=args.backend,
@@ -373,6 +384,7 @@ def cmd_eval(args) -> int:
         samples,
         configs,
         max_new_tokens=args.max_new_tokens,
+        timing_tokens=args.timing_tokens,
         cot=args.cot,
         system=args.system,
         backend=args.backend,
@@ -487,6 +499,7 @@ def cmd_sweep(args) -> int:
         max_new_tokens=args.max_new_tokens,
         cot=args.cot,
         score_logprob=not args.no_logprob,
+        timing_tokens=args.timing_tokens,
     )
     _note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}) -> {args.out}")
     df = run_sweep(
@@ -608,14 +621,16 @@ def _console():
 def _results_table(results, title: str) -> None:
     from rich.table import Table
 
-    table = Table(title=title)
+    timed = {r.timed_tokens for r in results if not r.error}
+    timed_head = f"to token {timed.pop()}" if len(timed) == 1 else "to token N"
+    table = Table(title=title, caption=_timing_caption(results))
     table.add_column("config", overflow="fold", min_width=16, max_width=48)
     table.add_column("output", overflow="fold", min_width=24, max_width=72)
-    for col in ("ok", "TTFT", "prefill", "decode", "total", "peak mem", "KV cache", "kernel"):
+    for col in ("ok", "TTFT", "prefill", "decode", timed_head, "answer", "peak mem", "KV cache", "kernel"):
         table.add_column(col, no_wrap=True)
     for r in results:
         if r.error:
-            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 6, r.backend or "–")
+            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 7, r.backend or "–")
             continue
         table.add_row(
             r.label,
@@ -623,13 +638,33 @@ def _results_table(results, title: str) -> None:
             {True: "✓", False: "✗", None: "–"}[r.correct],
             f"{r.ttft_s:.2f} s",
             f"{r.prefill_s:.2f} s",
-            f"{r.decode_tokens_per_s:.1f} tok/s",
-            f"{r.total_s:.2f} s",
+            _decode_cell(r.decode_tokens_per_s, r.decode_tokens),
+            f"{r.timed_total_s:.2f} s",
+            f"{r.total_s:.2f} s / {r.generated_tokens} tok",
             _fmt_bytes(r.peak_memory_bytes),
             _fmt_bytes(r.kv_cache_bytes),
             r.backend,
         )
     _console().print(table)
+
+
+def _decode_cell(tokens_per_s, decode_tokens) -> str:
+    steps = int(decode_tokens) if decode_tokens == decode_tokens and decode_tokens is not None else 0
+    if steps < MIN_DECODE_TOKENS:
+        return f"too few tokens ({steps})"
+    return f"{tokens_per_s:.1f} tok/s"
+
+
+def _timing_caption(results) -> str:
+    """Says what the timing columns cover, so nobody ranks runs by their answers' unequal lengths."""
+    timed = {r.timed_tokens for r in results if not r.error}
+    if len(timed) > 1:
+        return "decode speeds come from different token counts: do not compare them"
+    n = timed.pop() if timed else 0
+    return (
+        f"decode and 'to token {n}': every run timed over its first {n} generated tokens (past the answer where it is "
+        "shorter); 'answer': the time and length of each run's own answer"
+    )
 
 
 def _frame_table(df, title: str) -> None:
@@ -639,11 +674,13 @@ def _frame_table(df, title: str) -> None:
     for col in df.columns:
         text = df[col].dtype == object
         table.add_column(str(col), overflow="fold", no_wrap=not text, min_width=12 if text else None)
-    for row in df.itertuples(index=False):
+    for row in df.to_dict(orient="records"):
         cells = []
-        for col, value in zip(df.columns, row, strict=True):
+        for col, value in row.items():
             if "bytes" in str(col):
                 cells.append(_fmt_bytes(value))
+            elif col == "decode_tokens_per_s" and "decode_tokens" in row:
+                cells.append(_decode_cell(value, row["decode_tokens"]))
             elif isinstance(value, float):
                 cells.append("–" if value != value else f"{value:.3g}")
             else:

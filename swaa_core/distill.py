@@ -205,24 +205,70 @@ def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
-    """Training records from a JSONL file: each line an object with prompt + response (this tool's and upstream's
-    distillation output) or instruction + output; other fields are kept."""
+    """Training records from a file: JSONL (this tool's ``swaa distill`` output), a JSON list, or a Parquet table as
+    upstream's self-distillation writes it (columns prompt, response, question, answer, judge). Each record has
+    prompt + response, instruction + output, or a user/assistant ``conversations`` pair; a list of responses (several
+    generations) gives one record each. Every record is kept: ``swaa finetune --keep`` (default "correct") then drops
+    those judged wrong, as upstream's SFT script keeps only ``judge == 1``."""
     path = Path(path)
     if not path.is_file():
         raise DistillDataError(f"Training data file not found: {path}")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DistillDataError(f"{path.name} line {n} is not valid JSON: {e}") from None
-            records.append(normalize_record(record, where=f"{path.name} line {n}"))
+    for where, raw in _raw_records(path):
+        for record in _expand_responses(raw):
+            records.append(normalize_record(record, where=where))
     if not records:
         raise DistillDataError(f"{path.name} holds no records.")
     return records
+
+
+def _raw_records(path: Path):
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            table = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several classes for a damaged or foreign file
+            raise DistillDataError(f"{path.name} is not a readable Parquet file: {e}") from None
+        for n, row in enumerate(table.to_dict(orient="records"), 1):
+            yield f"{path.name} row {n}", {k: _plain(v) for k, v in row.items()}
+        return
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DistillDataError(f"{path.name} is not valid JSON: {e}") from None
+        if not isinstance(data, list):
+            raise DistillDataError(f"{path.name}: expected a JSON list of records, got {type(data).__name__}.")
+        for n, record in enumerate(data, 1):
+            yield f"{path.name} record {n}", record
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path.name} line {n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DistillDataError(f"{path.name} line {n} is not valid JSON: {e}") from None
+
+
+def _plain(value):
+    """Parquet cells as plain Python: numpy arrays (list columns) become lists, NaN / NA become None."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _expand_responses(record):
+    if isinstance(record, dict) and isinstance(record.get("response"), list):
+        judges = record.get("judge") if isinstance(record.get("judge"), list) else None
+        for i, response in enumerate(record["response"]):
+            yield {**record, "response": response, "judge": judges[i] if judges else record.get("judge")}
+    else:
+        yield record
 
 
 def normalize_record(record: Any, where: str = "record") -> dict:
@@ -231,10 +277,14 @@ def normalize_record(record: Any, where: str = "record") -> dict:
         raise DistillDataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
     if "prompt" not in record and "instruction" in record:
         record = {**record, "prompt": record["instruction"], "response": record.get("output")}
+    if "prompt" not in record and isinstance(record.get("conversations"), list):
+        turns = {turn.get("role"): turn.get("content") for turn in record["conversations"] if isinstance(turn, dict)}
+        record = {**record, "prompt": turns.get("user"), "response": turns.get("assistant")}
     for key in ("prompt", "response"):
         if not isinstance(record.get(key), str):
             raise DistillDataError(
-                f"{where}: needs text fields 'prompt' and 'response' (or 'instruction' and 'output'); "
+                f"{where}: needs text fields 'prompt' and 'response' (or 'instruction' and 'output', or user and "
+                "assistant 'conversations'); "
                 f"'{key}' is {'missing' if key not in record else type(record[key]).__name__}."
             )
     if not record["response"].strip():

@@ -516,7 +516,9 @@ def evaluate_accuracy(
     for i, sample in enumerate(tqdm(samples, desc=f"eval: {label}", disable=not progress)):
         if cancel is not None and cancel.is_set():
             break
-        results.append(run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0))
+        # accuracy only: no extra tokens generated for like-for-like timing
+        r = run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0, timing_tokens=0)
+        results.append(r)
         if on_progress is not None:
             right = sum(bool(r.correct) for r in results)
             msg = f"{label}: {i + 1}/{len(samples)}, {right} right"
@@ -711,7 +713,11 @@ def add_cli(subparsers) -> None:
     g.add_argument("--sinks", type=int, help="sink tokens kept visible (keep_first) for sink recipes (default 10)")
     g.add_argument("--recipes-file", help="your saved recipes (JSON; upstream settings files too), for --recipe NAME")
     data = f.add_argument_group("training data: --data FILE, or distil on the fly from a task")
-    data.add_argument("--data", help="JSONL from `swaa distill` (or upstream prompt/response records)")
+    data.add_argument(
+        "--data",
+        help="JSONL from `swaa distill`, or upstream records (JSONL, JSON list, or the Parquet "
+        "its self-distillation writes: prompt, response, judge)",
+    )
     _data_args(data)
     data.add_argument("--keep", choices=("correct", "judged-correct", "all"), default="correct",
                       help="which distilled answers to train on (default: drop known-wrong ones)")  # fmt: skip

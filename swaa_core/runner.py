@@ -5,12 +5,16 @@ prompt is handed to the tokenizer: time to first token, prefill time (the first 
 decode tokens/s, total latency, peak memory, the KV cache actually held at the end, and token counts. Tokens
 stream through ``on_token``; a ``threading.Event`` cancels a run between layers or decode steps. Failures (a
 prompt longer than the context, out of memory, a config the model cannot take) come back as ``RunResult.error``.
+
+Like for like: the answer is the model's natural greedy answer (up to EOS or ``max_new_tokens``), but every run
+goes on generating, unseen, until it has made at least ``timing_tokens`` tokens; decode speed and
+``timed_total_s`` come from exactly the first ``timing_tokens`` tokens, the same work in every compared run (see
+:mod:`swaa_core.latency`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import re
@@ -25,6 +29,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from .config import SWAAConfig, SWAAConfigError
 from .cot import render_prompt, split_reasoning
+from .latency import (
+    DEFAULT_TIMING_TOKENS,
+    AnswerThenBudget,
+    DecodeTiming,
+    greedy_generation_config,
+    without_eos,
+)
 from .memory import check_run_fits
 from .patch import attention_modules, kv_cache_bytes, native_windows, swaa
 from .scoring import answer_loglik, reference_text, score_sample
@@ -47,13 +58,17 @@ class RunResult:
     generated_tokens: int = 0
     ttft_s: float = 0.0
     prefill_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
-    total_s: float = 0.0
+    decode_tokens_per_s: float = 0.0  # over the first `timed_tokens` generated tokens (decode_tokens steps)
+    total_s: float = 0.0  # prompt handed over -> last token of the answer (runs of unequal lengths differ here)
     peak_memory_bytes: int = 0  # process RSS high-water on CPU, max allocated on CUDA, during the run
     kv_cache_bytes: int = 0
     backend: str = ""
     error: str | None = None
     # beyond the contract
+    timed_tokens: int = 0  # generated tokens the timing covers, the first included: equal for every compared run
+    decode_tokens: int = 0  # decode steps the decode speed comes from (timed_tokens - 1)
+    timed_total_s: float = 0.0  # prompt handed over -> token number `timed_tokens`: comparable across runs
+    timing_extra_tokens: int = 0  # tokens generated past the answer only to reach `timed_tokens` (not shown)
     memory_delta_bytes: int = 0  # peak minus what was held when the run started (activations + KV cache)
     kv_cache_bytes_per_layer: list[int] = field(default_factory=list)
     answer_logprob_tokens: int = 0
@@ -90,16 +105,29 @@ class RunCancelled(Exception):
 
 
 class _Streamer(TextStreamer):
-    """Decodes new tokens into text pieces for ``on_token`` and notes when the first one arrived."""
+    """Decodes the answer's tokens into text pieces for ``on_token``, notes when each generated token arrived, and
+    stays silent for tokens generated past the answer (EOS or ``max_new_tokens``) that only serve the timing."""
 
-    def __init__(self, tokenizer, on_token: Callable[[str], None] | None):
+    def __init__(self, tokenizer, on_token: Callable[[str], None] | None, *, eos: set[int], max_new_tokens: int):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_token = on_token
-        self.first_token_at: float | None = None
+        self.on_token, self.eos, self.max_new_tokens = on_token, eos, max_new_tokens
+        self.times: list[float] = []
+        self.answer_tokens = 0
+        self.answer_ended = False
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self.times[0] if self.times else None
 
     def put(self, value):
-        if not self.next_tokens_are_prompt and self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+        if self.next_tokens_are_prompt:
+            super().put(value)
+            return
+        self.times.append(time.perf_counter())
+        if self.answer_ended:
+            return
+        self.answer_tokens += 1
+        self.answer_ended = self.answer_tokens >= self.max_new_tokens or int(value.reshape(-1)[0]) in self.eos
         super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
@@ -257,14 +285,7 @@ def context_length(model, info=None) -> int | None:
 
 
 def _generation_config(model, tokenizer, max_new_tokens: int):
-    gen = copy.deepcopy(model.generation_config)
-    # Greedy and nothing else: sampling knobs a checkpoint ships with would only raise warnings.
-    gen.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None)
-    gen.max_new_tokens = max_new_tokens
-    gen.return_dict_in_generate = True
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else gen.eos_token_id
-    return gen
+    return greedy_generation_config(model, max_new_tokens, tokenizer.pad_token_id)
 
 
 def _warm_up(model, tokenizer, config: SWAAConfig | None, backend: str, device: torch.device) -> None:
@@ -279,7 +300,7 @@ def _warm_up(model, tokenizer, config: SWAAConfig | None, backend: str, device: 
     ids = torch.arange(n, device=device)[None] % max(2, model.config.get_text_config(decoder=True).vocab_size - 1)
     ids = ids + 1
     gen = _generation_config(model, tokenizer, 2)
-    gen.eos_token_id = None
+    without_eos(gen)
     with swaa(model, config, backend=backend):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
     done.add(key)
@@ -321,12 +342,16 @@ def run_one(
     backend: str = "auto",
     warmup: bool = True,
     score_logprob: bool = True,
+    timing_tokens: int = DEFAULT_TIMING_TOKENS,
 ) -> RunResult:
     """Generate greedily for one prompt under ``config`` (None: full attention) and measure the run.
 
     ``sample_or_prompt``: a :class:`TaskSample` (scored against its answer, with its answer prefix pre-filled) or
     plain user text (not scored). ``cot`` switches chain-of-thought on (see :mod:`swaa_core.cot`).
     ``score_logprob`` adds the teacher-forced log-likelihood of the reference answer (one more prefill, untimed).
+    ``timing_tokens``: the run generates at least this many tokens (past the answer's end if need be, EOS ignored,
+    never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the
+    model's context ends first; 0 times the answer's own tokens only (then runs of unequal lengths differ).
     """
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
     if isinstance(config, dict):
@@ -346,7 +371,7 @@ def run_one(
         result.device = str(device)
         with lock if lock is not None else contextlib.nullcontext():
             _run(model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
-                 cancel, system, backend, warmup, score_logprob, device)  # fmt: skip
+                 cancel, system, backend, warmup, score_logprob, device, timing_tokens=timing_tokens)  # fmt: skip
     except RunCancelled:
         result.cancelled = True
         result.error = "Cancelled before the first token."
@@ -357,9 +382,11 @@ def run_one(
 
 
 def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
-         backend, warmup, score_logprob, device):  # fmt: skip
+         backend, warmup, score_logprob, device, *, timing_tokens):  # fmt: skip
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
+    if not isinstance(timing_tokens, int) or timing_tokens < 0:
+        raise ValueError(f"timing_tokens must be a whole number >= 0, got {timing_tokens!r}.")
     user_text = sample.prompt if sample is not None else prompt_in
     if not isinstance(user_text, str):
         raise TypeError(f"Expected a TaskSample or prompt text, got {type(prompt_in).__name__}.")
@@ -381,16 +408,20 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
             f"The prompt has {n_prompt} tokens and {max_new_tokens} new tokens were asked for, but the model's context "
             f"is {limit} tokens. Shorten the prompt or lower max_new_tokens."
         )
-    check_run_fits(model, n_prompt + max_new_tokens, config)  # refuse now rather than run out of memory mid-way
+    budget = timing_tokens if limit is None else min(timing_tokens, limit - n_prompt)
+    to_generate = max(max_new_tokens, budget)
+    check_run_fits(model, n_prompt + to_generate, config)  # refuse now rather than run out of memory mid-way
     if config is not None:
         result.notes = config.notes(n_prompt, native_windows=native_windows(model))
     if sample is not None:
         distance = needle_distance(tokenizer, rendered, sample)
         if distance is not None:
             result.meta["needle_distance"] = distance
-    streamer = _Streamer(tokenizer, on_token)
-    criteria = StoppingCriteriaList([_CancelCriteria(cancel)] if cancel is not None else [])
-    gen = _generation_config(model, tokenizer, max_new_tokens)
+    gen = _generation_config(model, tokenizer, to_generate)
+    eos = without_eos(gen)  # AnswerThenBudget finds the answer's end and lets the timing run on
+    streamer = _Streamer(tokenizer, on_token, eos=eos, max_new_tokens=max_new_tokens)
+    criteria = [AnswerThenBudget(n_prompt, max_new_tokens, budget, eos)]
+    criteria = StoppingCriteriaList(criteria + ([_CancelCriteria(cancel)] if cancel is not None else []))
     with (
         PeakMemory(device) as memory,
         _ForwardTimer(model, device) as timer,
@@ -407,18 +438,16 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
         )
     t_end = time.perf_counter()
 
-    new_ids = out.sequences[0, n_prompt:]
+    new_ids = out.sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
     result.generated_tokens = int(new_ids.numel())
+    result.timing_extra_tokens = int(out.sequences.shape[1] - n_prompt) - result.generated_tokens
     result.output_text = tokenizer.decode(new_ids, skip_special_tokens=True)
     per_layer = kv_cache_bytes(getattr(out, "past_key_values", None))
     result.kv_cache_bytes_per_layer, result.kv_cache_bytes = per_layer, int(sum(per_layer))
     result.peak_memory_bytes, result.memory_delta_bytes = int(memory.peak), int(memory.delta)
-    first = streamer.first_token_at or t_end
-    result.ttft_s = first - t0
+    _set_times(result, t0, streamer.times, budget or result.generated_tokens)
     result.prefill_s = timer.durations[0] if timer.durations else result.ttft_s
-    result.total_s = t_end - t0
-    if result.generated_tokens > 1 and t_end > first:
-        result.decode_tokens_per_s = (result.generated_tokens - 1) / (t_end - first)
+    result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
     if cancel is not None and cancel.is_set():
         result.cancelled = True
         result.error = f"Cancelled after {result.generated_tokens} generated tokens."
@@ -434,6 +463,14 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
             plain = render_prompt(tokenizer, user_text, cot=False, answer_prefix=prefix, system=system)
             lik = answer_loglik(model, tokenizer, plain, reference_text(sample), config)
             result.answer_logprob, result.answer_logprob_tokens = lik.logprob, lik.tokens
+
+
+def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) -> None:
+    """Time to first token, and decode speed and time over the first ``tokens`` generated tokens."""
+    timing = DecodeTiming.from_times(t0, times, tokens)
+    result.ttft_s = timing.ttft_s
+    result.timed_tokens, result.decode_tokens = timing.tokens, timing.decode_tokens
+    result.timed_total_s, result.decode_tokens_per_s = timing.total_s, timing.tokens_per_s
 
 
 def needle_distance(tokenizer, rendered: str, sample: TaskSample) -> int | None:
@@ -534,7 +571,8 @@ def evaluate(
 
 
 def accuracy_table(results: Iterable[RunResult]):
-    """Per config: runs, accuracy, mean answer log-likelihood per token, mean prefill and total time (pandas)."""
+    """Per config: runs, accuracy, mean answer log-likelihood per token, mean prefill time, decode speed (and the
+    fewest decode steps it came from), time to the first ``timed_tokens`` tokens, answer time (pandas)."""
     import pandas as pd
 
     rows = [r.to_dict() for r in results]
@@ -550,6 +588,9 @@ def accuracy_table(results: Iterable[RunResult]):
             "accuracy": grouped["correct_num"].mean(),
             "logprob_per_token": grouped["answer_logprob_per_token"].mean(),
             "prefill_s": grouped["prefill_s"].mean(),
+            "decode_tokens_per_s": grouped["decode_tokens_per_s"].mean(),
+            "decode_tokens": grouped["decode_tokens"].min(),  # fewer than MIN_DECODE_TOKENS: do not rank
+            "timed_total_s": grouped["timed_total_s"].mean(),
             "total_s": grouped["total_s"].mean(),
             "kv_cache_bytes": grouped["kv_cache_bytes"].mean(),
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SWAAConfig
+from .latency import DEFAULT_TIMING_TOKENS
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
 
@@ -28,7 +29,7 @@ COLUMNS = (
     "cell_id", "model", "task", "label", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
     "length_target", "prompt_tokens", "depth", "actual_depth", "needle_distance", "seed", "reference", "output_text", "answer_text",
     "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
-    "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
+    "decode_tokens", "timed_tokens", "timed_total_s", "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
     "backend", "cot", "error", "config",
 )  # fmt: skip
 
@@ -46,6 +47,7 @@ class SweepSpec:
     max_new_tokens: int = 16
     cot: bool = False
     score_logprob: bool = True
+    timing_tokens: int = DEFAULT_TIMING_TOKENS  # every cell is timed over this many generated tokens
 
     def __post_init__(self):
         if not isinstance(self.configs, dict):
@@ -68,8 +70,9 @@ class SweepSpec:
 
 
 def cell_id(model: str, task: str, task_kwargs: dict, config: SWAAConfig | None, length: int, depth, seed: int,
-            max_new_tokens: int, cot: bool) -> str:  # fmt: skip
-    """A stable id: the same cell gets the same id in any process, whatever the label it runs under."""
+            max_new_tokens: int, cot: bool, timing_tokens: int = DEFAULT_TIMING_TOKENS) -> str:  # fmt: skip
+    """A stable id: the same cell gets the same id in any process, whatever the label it runs under. The timing
+    budget is part of it: rows timed over different token counts must not meet in one table."""
     key = {
         "model": model,
         "task": task,
@@ -80,6 +83,7 @@ def cell_id(model: str, task: str, task_kwargs: dict, config: SWAAConfig | None,
         "seed": seed,
         "max_new_tokens": max_new_tokens,
         "cot": bool(cot),
+        "timing_tokens": timing_tokens,
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -101,7 +105,7 @@ def iter_cells(spec: SweepSpec, model: str) -> Iterator[tuple[str, str, SWAAConf
             for depth in spec.depths:
                 for label, cfg in spec.configs.items():
                     cid = cell_id(model, spec.task, spec.task_kwargs, cfg, length, depth, seed, spec.max_new_tokens,
-                                  spec.cot)  # fmt: skip
+                                  spec.cot, spec.timing_tokens)  # fmt: skip
                     yield cid, label, cfg, length, depth, seed
 
 
@@ -210,6 +214,7 @@ def _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model
             cancel=cancel,
             backend=backend,
             score_logprob=spec.score_logprob,
+            timing_tokens=spec.timing_tokens,
         )
     return _row(result, cid, model, spec.task, length, depth, seed)
 
@@ -268,7 +273,12 @@ def load_results(path: str | Path):
 
 
 def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
-    """Accuracy and costs per group: runs, errors, accuracy, mean log-likelihood per answer token, timings."""
+    """Accuracy and costs per group: runs, errors, accuracy, mean log-likelihood per answer token, timings.
+
+    ``decode_tokens`` is the fewest decode steps any run of the group was timed over: below
+    :data:`~swaa_core.latency.MIN_DECODE_TOKENS` its ``decode_tokens_per_s`` is noise, not a ranking.
+    ``timed_total_s`` (prompt to the ``timed_tokens``-th token) compares groups like for like; ``total_s`` is the
+    time of each run's own answer, which differs in length between configs."""
     import pandas as pd
 
     if df.empty:
@@ -285,6 +295,8 @@ def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
         ttft_s=("ttft_s", "mean"),
         prefill_s=("prefill_s", "mean"),
         decode_tokens_per_s=("decode_tokens_per_s", "mean"),
+        decode_tokens=("decode_tokens", "min"),
+        timed_total_s=("timed_total_s", "mean"),
         total_s=("total_s", "mean"),
         kv_cache_bytes=("kv_cache_bytes", "mean"),
     ).reset_index()

@@ -8,7 +8,8 @@ from swaa_core.runner import RunResult
 
 def _result(label, **kw):
     base = dict(output_text="42", answer_text="42", correct=True, prompt_tokens=1000, generated_tokens=5, ttft_s=2.0,
-                prefill_s=2.0, decode_tokens_per_s=10.0, total_s=2.5, kv_cache_bytes=1000, backend="sdpa")  # fmt: skip
+                prefill_s=2.0, decode_tokens_per_s=10.0, total_s=2.5, kv_cache_bytes=1000, backend="sdpa",
+                timed_tokens=32, decode_tokens=31, timed_total_s=5.1, timing_extra_tokens=27)  # fmt: skip
     base.update(kw)
     return RunResult(label=label, config=None, **base)
 
@@ -31,19 +32,37 @@ def test_finished_columns_show_metrics_and_verdict():
 
 
 def test_summary_reports_speedups_savings_and_losses():
-    full = _result("Full attention", prefill_s=4.0, total_s=5.0, kv_cache_bytes=4 * 2**20)
-    swa = _result("SWA", prefill_s=2.0, total_s=4.0, kv_cache_bytes=2**20, correct=False, answer_text="7")
+    full = _result("Full attention", prefill_s=4.0, timed_total_s=8.0, kv_cache_bytes=4 * 2**20)
+    # a longer answer (more total time) must not count against SWA: speeds come from the same 32 tokens
+    swa = _result("SWA", prefill_s=2.0, decode_tokens_per_s=15.0, timed_total_s=4.0, total_s=30.0, generated_tokens=32,
+                  timing_extra_tokens=0, kv_cache_bytes=2**20, correct=False, answer_text="7")  # fmt: skip
     views = [
         ColumnView("Full attention", "", True, status=DONE, result=full),
         ColumnView("SWA", "", False, status=DONE, result=swa),
     ]
     text = summary_markdown(views)
-    assert "| SWA | 2.00× faster | 1.25× faster | 75% smaller (3.0 MiB saved) | **lost** the answer |" in text
+    assert "| config | prefill | decode speed | time to token 32 | KV cache | answer |" in text
+    row = "| SWA | 2.00× faster | 1.50× faster | 2.00× faster | 75% smaller (3.0 MiB saved) | **lost** the answer |"
+    assert row in text and "first 32 generated tokens" in text
+
+
+def test_speeds_from_too_few_or_unequal_tokens_are_not_ranked():
+    full = _result("Full attention")
+    few = _result("SWA", timed_tokens=6, decode_tokens=5, decode_tokens_per_s=99.0, timed_total_s=0.1)
+    other = _result("SWA 2", timed_tokens=40, decode_tokens=39, decode_tokens_per_s=99.0, timed_total_s=0.1)
+    views = [ColumnView(r.label, "", r is full, status=DONE, result=r) for r in (full, few, other)]
+    text = summary_markdown(views)
+    assert "| SWA | about the same | too few tokens to compare (5 decode steps) | too few tokens" in text
+    assert "| SWA 2 | about the same | token counts differ | token counts differ |" in text
+    assert "faster" not in text and "slower" not in text
+    html = render_board(views)
+    assert "99.0 tok/s, too few tokens to compare (5 decode steps)" in html
+    assert "10.0 tok/s over 31 steps" in html and "(+27 unseen, for timing)" in html
 
 
 def test_summary_explains_a_slower_short_prompt_and_fa_decode_memory():
-    full = _result("Full attention", prefill_s=1.0, total_s=1.2)
-    slow = _result("SWA + FA decode", prefill_s=1.5, total_s=1.8)
+    full = _result("Full attention", prefill_s=1.0, timed_total_s=1.2)
+    slow = _result("SWA + FA decode", prefill_s=1.5, timed_total_s=1.8)
     slow.config = {"sliding_window_size": 64, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []}
     views = [
         ColumnView("Full attention", "", True, status=DONE, result=full),

@@ -165,7 +165,8 @@ def test_kv_cache_sizes_match_what_each_config_must_keep(comparison, loaded):
     info = loaded.info
     per_token_per_layer = 2 * info.num_kv_heads * info.head_dim * 4  # keys + values, float32
     full, swa = comparison[2]
-    held = full["prompt_tokens"] + full["generated_tokens"] - 1  # the last generated token is never fed back
+    # the last generated token is never fed back; tokens generated past the answer for the timing are held too
+    held = full["prompt_tokens"] + full["generated_tokens"] + full["timing_extra_tokens"] - 1
     assert full["kv_cache_bytes"] == info.num_layers * per_token_per_layer * held
     # Sliding layers without FA decode keep only a ring of the last W tokens (no sinks here).
     assert swa["kv_cache_bytes"] == info.num_layers * per_token_per_layer * 256
@@ -173,9 +174,24 @@ def test_kv_cache_sizes_match_what_each_config_must_keep(comparison, loaded):
 
 def test_metrics_are_consistent_timings(comparison):
     for row in comparison[2]:
-        assert 0 < row["prefill_s"] <= row["ttft_s"] <= row["total_s"]
+        assert 0 < row["prefill_s"] <= row["ttft_s"] <= row["total_s"] <= row["timed_total_s"]
         assert row["decode_tokens_per_s"] > 0
-        assert row["generated_tokens"] >= 1
+        assert 1 <= row["generated_tokens"] <= 10
+        # every column timed over the same 32 tokens, whatever the length of its answer
+        assert (row["timed_tokens"], row["decode_tokens"]) == (32, 31)
+        assert row["generated_tokens"] + row["timing_extra_tokens"] == 32
+
+
+def test_decode_speed_is_measured_per_recipe_and_length(client):
+    points, note = client.predict(
+        recipes=["full", "swa"], lengths=["256", "512"], window=128, sinks=0, api_name="/decode_speed"
+    )
+    by_label = {}
+    for p in points:
+        assert p["error"] is None and p["ms_per_token"] > 0 and p["tokens_per_s"] > 0
+        by_label.setdefault(p["label"], []).append(p["prompt_tokens"])
+    assert by_label == {"Full attention": [256, 512], "SWA only (W=128)": [256, 512]}
+    assert "32 decode steps" in note and "Not measured" not in note
 
 
 def test_summary_states_the_kv_saving(comparison):

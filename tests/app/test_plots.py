@@ -55,14 +55,41 @@ def test_png_export_is_plotly_client_side():
     assert spec["config"]["displayModeBar"] is True
 
 
-def test_latency_bars_split_prefill_and_decode():
-    rows = [
-        {"label": "Full attention", "prefill_s": 2.0, "total_s": 3.0, "decode_tokens_per_s": 9.0},
-        {"label": "SWA", "prefill_s": 1.0, "total_s": 1.5, "decode_tokens_per_s": 12.0},
-    ]
-    prefill, decode = plots.latency_figure(rows).data
+def _timed(label, prefill, timed_total, speed, tokens=32, total=99.0):
+    return {"label": label, "prefill_s": prefill, "timed_total_s": timed_total, "total_s": total,
+            "decode_tokens_per_s": speed, "timed_tokens": tokens, "decode_tokens": tokens - 1}  # fmt: skip
+
+
+def test_latency_bars_split_prefill_and_decode_of_the_same_tokens():
+    # total_s (each run's own answer) differs wildly; the bars use the time to the same 32nd token
+    rows = [_timed("Full attention", 2.0, 3.0, 9.0, total=50.0), _timed("SWA", 1.0, 1.5, 12.0, total=2.0)]
+    fig = plots.latency_figure(rows)
+    prefill, decode = fig.data
     assert list(prefill.x) == [2.0, 1.0]
     assert list(decode.x) == pytest.approx([1.0, 0.5])
+    assert list(decode.text) == ["9.0 tok/s", "12.0 tok/s"] and "first 32 generated tokens" in decode.name
+
+
+def test_latency_bars_do_not_rank_too_few_or_unequal_tokens():
+    fig = plots.latency_figure([_timed("Full attention", 2.0, 3.0, 9.0), _timed("SWA", 1.0, 1.2, 50.0, tokens=4)])
+    decode = fig.data[1]
+    assert decode.text[1].startswith("too few tokens to compare")
+    assert "UNEQUAL" in fig.layout.title.text
+
+
+def test_decode_speed_plot_has_one_line_per_recipe_over_prompt_length():
+    points = [
+        {"label": label, "prompt_tokens": n, "tokens_per_s": speed, "new_tokens": 32, "error": None}
+        for label, speeds in (("Full attention", (20.0, 10.0)), ("SWA", (21.0, 20.5)), ("SWA + FA decode", (19, 9)))
+        for n, speed in zip((1024, 8192), speeds, strict=True)
+    ]
+    points.append({"label": "SWA", "prompt_tokens": 16384, "tokens_per_s": 0.0, "new_tokens": 32, "error": "OOM"})
+    fig = plots.decode_speed_figure(list(reversed(points)))
+    assert sorted(t.name for t in fig.data) == ["Full attention", "SWA", "SWA + FA decode"]
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["SWA"].x) == [1024, 8192]  # sorted by length, the failed point left out
+    assert list(by_name["Full attention"].y) == [20.0, 10.0]
+    assert plots.decode_speed_figure([]).data == ()
 
 
 def test_tradeoff_times_are_relative_to_full_attention():

@@ -67,6 +67,19 @@ def test_run_prints_one_json_object_per_run(tiny_folder, capsys):
     assert runs[1]["kv_cache_bytes"] < runs[0]["kv_cache_bytes"]
 
 
+@pytest.mark.parametrize(("timing", "expected"), [("20", "to token 20"), ("4", "too few tokens (3)")])
+def test_run_table_times_every_run_over_the_same_tokens(tiny_folder, capsys, monkeypatch, timing, expected):
+    monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal's width
+    code = main(
+        ["run", "--model", tiny_folder, "--prompt", "The grass is green. " * 30, "--recipe", "swa", "-n", "3",
+         "--window", "16", "--timing-tokens", timing]
+    )  # fmt: skip
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0 and expected in out
+    assert f"every run timed over its first {timing} generated tokens" in out
+    assert ("tok/s" in out) == (timing == "20")
+
+
 def test_python_dash_m_entry_point_runs(tiny_folder):
     result = subprocess.run(
         [

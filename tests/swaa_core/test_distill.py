@@ -168,3 +168,44 @@ def test_distill_rejects_empty_input():
         distill(model, tok, [], progress=False)
     with pytest.raises(DistillDataError, match="no prompt text"):
         distill(model, tok, [{"prompt": "  "}], progress=False)
+
+
+def test_upstream_parquet_self_distillation_output_loads_as_is(tmp_path):
+    """Upstream's self_distill_data.py writes a Parquet table (question, answer, prompt, response, judge; several
+    generations as a list); its sft_swaa.py keeps judge == 1. Our --keep correct does the same after loading."""
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "question": ["q1", "q2", "q3"],
+            "answer": ["4821", "17", "x"],
+            "prompt": ["long context 1", "long context 2", "long context 3"],
+            "response": ["The code is 4821.", "It is 18.", "x"],
+            "judge": [1, 0, None],
+        }
+    )
+    table.to_parquet(tmp_path / "judged.parquet")
+    loaded = load_jsonl(tmp_path / "judged.parquet")
+    assert [r["prompt"] for r in loaded] == ["long context 1", "long context 2", "long context 3"]
+    assert loaded[2]["judge"] is None
+    assert [r["prompt"] for r in filter_records(loaded, "judged-correct")] == ["long context 1"]
+
+
+def test_json_list_conversations_and_several_generations(tmp_path):
+    records = [
+        {"conversations": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+        {"prompt": "p", "response": ["r1", "r2"], "judge": [1, 0]},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records), encoding="utf-8")
+    loaded = load_jsonl(tmp_path / "data.json")
+    assert [(r["prompt"], r["response"], r.get("judge")) for r in loaded] == [
+        ("u", "a", None),
+        ("p", "r1", 1),
+        ("p", "r2", 0),
+    ]
+
+
+def test_unreadable_parquet_names_the_file(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DistillDataError, match="bad.parquet is not a readable Parquet file"):
+        load_jsonl(tmp_path / "bad.parquet")

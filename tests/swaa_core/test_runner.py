@@ -12,6 +12,7 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
 from swaa_core.cot import COT_INSTRUCTION, render_prompt, split_reasoning
+from swaa_core.latency import DEFAULT_TIMING_TOKENS, comparable, decode_note
 from swaa_core.runner import BASELINE_LABEL, RunResult, compare, run_one
 from swaa_core.scoring import answer_loglik
 from swaa_core.tasks import make_task
@@ -59,7 +60,9 @@ def test_output_and_counts_match_plain_generation(loaded, sample, config):
 def test_kv_bytes_match_the_cache_tensors(loaded, sample):
     per_token = 2 * KV_HEADS * HEAD_DIM * 4  # keys and values, float32, per layer
     full = run_one(loaded, sample, None, max_new_tokens=5)
-    held = full.prompt_tokens + full.generated_tokens - 1  # the last token is never fed back
+    # the last token is never fed back; tokens generated past the answer for the timing are held too
+    held = full.prompt_tokens + full.generated_tokens + full.timing_extra_tokens - 1
+    assert full.generated_tokens + full.timing_extra_tokens == DEFAULT_TIMING_TOKENS
     assert full.kv_cache_bytes == LAYERS * held * per_token
     window, sinks = 32, 4
     swa = run_one(loaded, sample, SWAAConfig(sliding_window_size=window, keep_first=sinks), max_new_tokens=5)
@@ -79,12 +82,51 @@ def test_prefill_time_grows_with_the_prompt(loaded):
 
 
 def test_timings_are_consistent(loaded, sample):
-    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=8)
-    assert 0 < r.prefill_s <= r.ttft_s <= r.total_s
-    if r.generated_tokens > 1:
-        assert r.decode_tokens_per_s > 0
-        assert (r.generated_tokens - 1) / r.decode_tokens_per_s <= r.total_s - r.ttft_s + 1e-6
+    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=8, timing_tokens=20)
+    assert 0 < r.prefill_s <= r.ttft_s <= r.total_s <= r.timed_total_s  # the answer (<= 8 tokens) ends first
+    assert (r.timed_tokens, r.decode_tokens) == (20, 19)
+    assert r.decode_tokens / r.decode_tokens_per_s == pytest.approx(r.timed_total_s - r.ttft_s)
     assert r.peak_memory_bytes > 0
+
+
+def _answer_lengths(ids: list[int], eos: int, n: int) -> int:
+    return ids.index(eos) + 1 if eos in ids[:n] else n
+
+
+def test_decode_speed_comes_from_the_same_token_count_for_every_config(loaded, sample, monkeypatch):
+    """Answers of different lengths (an EOS token chosen so that full attention and SWA stop at different points)
+    are each the natural greedy answer, while every run is timed over the same 20 tokens."""
+    swa, n = SWAAConfig(sliding_window_size=16), 12
+    full_ids, _ = greedy_reference(loaded, sample.prompt, None, n, sample.answer_prefix)
+    swa_ids, _ = greedy_reference(loaded, sample.prompt, swa, n, sample.answer_prefix)
+    eos = next(t for t in full_ids if _answer_lengths(full_ids, t, n) != _answer_lengths(swa_ids, t, n))
+    monkeypatch.setattr(loaded.model.generation_config, "eos_token_id", eos)
+    streamed: dict[str, list[str]] = {BASELINE_LABEL: [], "swa": []}
+    results = []
+    for label, cfg in ((BASELINE_LABEL, None), ("swa", swa)):
+        on_token = streamed[label].append
+        results.append(run_one(loaded, sample, cfg, label=label, max_new_tokens=n, timing_tokens=20, on_token=on_token))
+    full, sliding = results
+    assert full.generated_tokens == _answer_lengths(full_ids, eos, n)
+    assert sliding.generated_tokens == _answer_lengths(swa_ids, eos, n)
+    assert full.generated_tokens != sliding.generated_tokens
+    for r, ids in ((full, full_ids), (sliding, swa_ids)):
+        answer = ids[: r.generated_tokens]
+        assert r.output_text == loaded.tokenizer.decode(answer, skip_special_tokens=True) == "".join(streamed[r.label])
+        assert (r.timed_tokens, r.decode_tokens, r.generated_tokens + r.timing_extra_tokens) == (20, 19, 20)
+        assert r.decode_tokens_per_s > 0 and comparable(full, r) is None and comparable(full, r, what="timed") is None
+
+
+def test_decode_speed_from_too_few_tokens_is_labelled(loaded, sample):
+    natural = run_one(loaded, sample, None, max_new_tokens=4, timing_tokens=0)
+    assert natural.timed_tokens == natural.generated_tokens <= 4 and natural.timing_extra_tokens == 0
+    assert "too few tokens to compare" in decode_note(natural)
+    budget = run_one(loaded, sample, None, max_new_tokens=4, timing_tokens=40)
+    assert decode_note(budget) is None and comparable(natural, budget) is not None
+    # near the end of the model's context the budget shrinks to what fits: same for every config on that prompt
+    short = SimpleNamespace(**{**vars(loaded), "info": SimpleNamespace(context_length=budget.prompt_tokens + 8)})
+    clipped = run_one(short, sample, SWAAConfig(sliding_window_size=16), max_new_tokens=4, timing_tokens=40)
+    assert clipped.error is None and clipped.timed_tokens == 8 and "too few" in decode_note(clipped)
 
 
 PEAK_PROBE = """

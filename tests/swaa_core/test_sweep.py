@@ -106,6 +106,7 @@ def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
         ("m", "needle", {}, cfg, 100, 0.5, 1, 4, False),
         ("m", "needle", {}, cfg, 100, 0.5, 0, 4, True),
         ("m", "needle", {"digits": 3}, cfg, 100, 0.5, 0, 4, False),
+        ("m", "needle", {}, cfg, 100, 0.5, 0, 4, False, 8),  # another timing budget
     ]
     assert len({cell_id(*base), *(cell_id(*c) for c in changed)}) == 1 + len(changed)
 
@@ -139,6 +140,10 @@ def test_summary_matches_a_manual_count(loaded, tmp_path):
         assert row["runs"] == len(group) == 2
         assert row["accuracy"] == pytest.approx(sum(bool(r["correct"]) for r in group) / len(group))
         assert row["prefill_s"] == pytest.approx(sum(r["prefill_s"] for r in group) / len(group))
+        assert row["timed_total_s"] == pytest.approx(sum(r["timed_total_s"] for r in group) / len(group))
+        # answers of 2 tokens, but every run timed over the same budget
+        assert row["decode_tokens"] == min(r["decode_tokens"] for r in group) == spec().timing_tokens - 1
+        assert all(r["generated_tokens"] <= 2 for r in group)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
