@@ -7,9 +7,12 @@ there, so an interrupted sweep continues where it stopped; results load as a tid
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SWAAConfig
+from .distributed import Launch
 from .latency import DEFAULT_TIMING_TOKENS
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
@@ -147,22 +151,36 @@ def run_sweep(
     cancel: threading.Event | None = None,
     on_result: Callable[[dict], None] | None = None,
     backend: str = "auto",
+    launch: Launch | None = None,
 ):
     """Run every unfinished cell of ``spec``, appending one JSON line per run to ``out_path``; returns the table of
-    all rows in the file for this sweep's cells (earlier runs included)."""
+    all rows in the file for this sweep's cells (earlier runs included).
+
+    ``launch`` (:func:`swaa_core.distributed.current`): under a launcher with N processes each process runs every
+    N-th unfinished cell into its own part file (``OUT.partR``); once all are done the main process merges the parts
+    into ``out_path`` in the order one process would have written them. Parts left by a killed run count as
+    finished and are merged by the next run, whatever its number of processes."""
     from tqdm.auto import tqdm
 
+    launch = launch or Launch()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model_name(loaded)
     cells = list(iter_cells(spec, model))
+    order = {c[0]: i for i, c in enumerate(cells)}
+    if launch.is_main:
+        _end_with_newline(out_path)
+        merge_parts(out_path, order)
+    launch.wait()  # nobody reads the file before leftover parts are in it
     done = finished_cells(out_path, retry_errors=retry_errors)
-    todo = [c for c in cells if c[0] not in done]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress)
+    todo = launch.share([c for c in cells if c[0] not in done])
+    target = part_path(out_path, launch.rank) if launch.distributed else out_path
+    desc = f"sweep [{launch.rank + 1}/{launch.world}]" if launch.distributed else "sweep"
+    total = len(todo) if launch.distributed else len(cells)
+    bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="run", disable=not progress)
     samples: dict[tuple, Any] = {}
-    _end_with_newline(out_path)
     try:
-        with out_path.open("a", encoding="utf-8") as f:
+        with target.open("a", encoding="utf-8") as f:
             for cid, label, cfg, length, depth, seed in todo:
                 if cancel is not None and cancel.is_set():
                     break
@@ -177,8 +195,59 @@ def run_sweep(
                     on_result(row)
     finally:
         bar.close()
-    wanted = {c[0] for c in cells}
-    return to_frame([r for r in read_jsonl(out_path) if r.get("cell_id") in wanted])
+    launch.wait()
+    if launch.is_main:
+        merge_parts(out_path, order)
+    launch.wait()
+    return to_frame([r for r in read_jsonl(out_path) if r.get("cell_id") in order])
+
+
+def part_path(out_path: str | Path, rank: int) -> Path:
+    """Where process ``rank`` of a multi-process sweep appends its rows before the merge."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.name}.part{rank}")
+
+
+def merge_parts(out_path: str | Path, order: dict[str, int] | None = None) -> int:
+    """Move the rows of ``OUT.part*`` into ``out_path``; returns how many were added.
+
+    New rows go in grid order (``order``: cell id -> position; others after, as found), so a merged multi-process
+    sweep reads like a one-process one. The merged file replaces the old one in one step and the parts go after it:
+    a crash in between leaves rows in both, and a part row equal to one already in the file is skipped next time,
+    so nothing is counted twice."""
+    out_path = Path(out_path)
+    numbered = re.compile(re.escape(out_path.name) + r"\.part(\d+)")
+    found = [(m, p) for p in out_path.parent.glob(glob.escape(out_path.name) + ".part*")
+             if (m := numbered.fullmatch(p.name))]  # fmt: skip
+    parts = [p for m, p in sorted(found, key=lambda mp: int(mp[0].group(1)))]
+    if not parts:
+        return 0
+    order = order or {}
+    seen = {_row_key(r) for r in read_jsonl(out_path)}
+    new = []
+    for part in parts:
+        for row in read_jsonl(part):
+            key = _row_key(row)
+            if key not in seen:
+                seen.add(key)
+                new.append(row)
+    new.sort(key=lambda r: order.get(r.get("cell_id"), len(order)))  # stable: unknown cells keep their order
+    if new:
+        staged = out_path.with_name(out_path.name + ".merging")
+        with staged.open("wb") as f:
+            if out_path.exists():
+                f.write(out_path.read_bytes())
+            f.write("".join(json.dumps(r, default=str) + "\n" for r in new).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, out_path)
+    for part in parts:
+        part.unlink()
+    return len(new)
+
+
+def _row_key(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=str)
 
 
 def _end_with_newline(path: Path) -> None:
