@@ -231,11 +231,52 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     g.add_argument("--system", default=None, help="a system message (default: the model's own template default)")
 
 
-def load_from_args(args):
+def load_from_args(args, launch=None):
+    """The model of ``--model`` on ``--device``; under a multi-process launch, on this process's own device."""
     from . import load_model
 
-    _note(f"loading {args.model or 'the embedded model'} ...")
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    if launch is None or launch.is_main:
+        _note(f"loading {args.model or 'the embedded model'} ...")
+    device = args.device if launch is None else launch.device
+    return load_model(args.model, device=device, dtype=args.dtype)
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes")
+    g.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run on N processes of this machine, one per GPU (or N CPU processes): starts torchrun for you. "
+        "Same as `torchrun --nproc_per_node N -m swaa_core ...`; under a launcher this option is ignored.",
+    )
+
+
+def relaunch(args) -> int | None:
+    """Start ``--processes N`` copies of this command under torchrun and return their exit code; None when this
+    process should do the work itself (no --processes, N = 1, or already started by a launcher)."""
+    import subprocess
+
+    from .distributed import launch_command, launch_env, launched_processes
+
+    n = getattr(args, "processes", None)
+    if n is None or launched_processes() > 1:
+        return None
+    if n < 1:
+        raise CLIError(f"--processes must be at least 1, got {n}.")
+    if n == 1:
+        return None
+    command = launch_command(n, getattr(args, "argv", None) or sys.argv[1:])
+    _note(f"starting {n} processes: {' '.join(command[1:])}")
+    return subprocess.call(command, env=launch_env(n))
+
+
+def launch_from_args(args):
+    """This process's place in a torchrun / accelerate launch (one process outside a launcher)."""
+    from .distributed import current
+
+    return current(args.device)
 
 
 def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[str, SWAAConfig | None]:
@@ -370,16 +411,22 @@ def _prompt_text(args) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .runner import evaluate
+    from .distributed import evaluate_shared
 
-    loaded = load_from_args(args)
+    if (code := relaunch(args)) is not None:
+        return code
+    launch = launch_from_args(args)
+    loaded = load_from_args(args, launch)
     if not args.dataset and args.task != "doc_qa":
         _check_context(loaded, args.length, args.max_new_tokens, "--length")
     samples = _eval_samples(args, loaded.tokenizer)
     longest = max(s.context_tokens for s in samples) or None
     configs = resolve_configs(args, _num_layers(loaded), longest)
-    _note(f"{len(samples)} sample(s) x {1 + len(configs)} config(s) on {loaded.info.name}")
-    results = evaluate(
+    if launch.is_main:
+        where = f" on {launch.world} processes" if launch.distributed else ""
+        _note(f"{len(samples)} sample(s) x {1 + len(configs)} config(s) on {loaded.info.name}{where}")
+    results = evaluate_shared(
+        launch,
         loaded,
         samples,
         configs,
@@ -389,8 +436,10 @@ def cmd_eval(args) -> int:
         system=args.system,
         backend=args.backend,
         score_logprob=not args.no_logprob,
-        progress=not args.quiet,
+        progress=not args.quiet and launch.is_main,
     )
+    if not launch.is_main:  # the main process reports for everyone
+        return 0
     rows = [{"model": loaded.info.name, **r.to_dict()} for r in results]
     if args.out:
         _write_rows(rows, args.out)
@@ -484,7 +533,10 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 def cmd_sweep(args) -> int:
     from .sweep import SweepSpec, export, run_sweep, summarize
 
-    loaded = load_from_args(args)
+    if (code := relaunch(args)) is not None:
+        return code
+    launch = launch_from_args(args)
+    loaded = load_from_args(args, launch)
     _check_context(loaded, max(args.lengths), args.max_new_tokens, "--lengths")
     if args.window is None:
         args.window = default_window(min(args.lengths))
@@ -501,10 +553,15 @@ def cmd_sweep(args) -> int:
         score_logprob=not args.no_logprob,
         timing_tokens=args.timing_tokens,
     )
-    _note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}) -> {args.out}")
-    df = run_sweep(
-        loaded, spec, args.out, progress=not args.quiet, retry_errors=args.retry_errors, backend=args.backend
-    )
+    if launch.is_main:
+        where = f" on {launch.world} processes" if launch.distributed else ""
+        _note(
+            f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}){where} -> {args.out}"
+        )
+    df = run_sweep(loaded, spec, args.out, progress=not args.quiet and launch.is_main,
+                   retry_errors=args.retry_errors, backend=args.backend, launch=launch)  # fmt: skip
+    if not launch.is_main:  # the main process merged the rows and reports for everyone
+        return 0
     if args.csv:
         export(df, args.csv)
         _note(f"wrote {args.csv}")
@@ -804,6 +861,7 @@ def _add_eval(sub) -> None:
     add_model_args(p)
     add_recipe_args(p, default=["swa", "swa-fa-decode", "recommended"])
     add_generation_args(p, max_new_tokens=16)
+    add_launch_args(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -838,6 +896,7 @@ def _add_sweep(sub) -> None:
     add_model_args(p)
     add_recipe_args(p, default=[r.name for r in list_recipes()])
     add_generation_args(p, max_new_tokens=16)
+    add_launch_args(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -893,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     _never_fail_on_encoding()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --processes starts this command again under torchrun
     if not hasattr(args, "func"):
         parser.print_help()
         return 0

@@ -76,17 +76,17 @@ def launched_processes() -> int:
 
 
 def current(device: str | None = None) -> Launch:
-    """This process's :class:`Launch`; the first call joins the process group (later calls return the same one).
+    """This process's :class:`Launch`. Under a multi-process launch the first call joins the process group and
+    later calls return the same answer.
 
     ``device``: what the user asked for (``--device``). Under a multi-process launch ``None``/"cuda" mean this
     process's own GPU and "cpu" means CPU processes; "auto" (one model spread over every GPU) and explicit GPU
     indices fight the one-GPU-per-process rule and are refused with a :class:`LaunchError`."""
     global _current
-    if _current is not None:
-        return _current
     world = launched_processes()
     if world == 1:
-        _current = Launch(device=device)
+        return Launch(device=device)
+    if _current is not None:
         return _current
     wanted = None if device is None else str(device).strip().lower()
     if wanted == "auto":
@@ -128,3 +128,17 @@ def launch_env(processes: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     return env
+
+
+def evaluate_shared(launch: Launch, loaded, samples: list, configs: dict, **kw) -> list:
+    """:func:`swaa_core.runner.evaluate` with the samples shared out between processes; every process gets all
+    results, in the order one process would produce them (``meta["sample_index"]`` indexes ``samples``)."""
+    from .runner import evaluate
+
+    mine = launch.share(list(range(len(samples))))
+    results = evaluate(loaded, [samples[i] for i in mine], configs, **kw)
+    for result in results:
+        result.meta["sample_index"] = mine[result.meta["sample_index"]]
+    merged = [r for part in launch.gather(results) for r in part]
+    merged.sort(key=lambda r: r.meta["sample_index"])  # stable: each sample's runs keep their config order
+    return merged
