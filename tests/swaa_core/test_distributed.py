@@ -1,0 +1,148 @@
+"""Several processes under torchrun (gloo on CPU): a sweep or an evaluation shared out between 2 processes gives
+exactly the rows of one process, a killed multi-process sweep resumes without losing or repeating runs, and a
+2-process DDP fine-tune saves one adapter that loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+from swaa_core.distributed import Launch
+from swaa_core.sweep import merge_parts, part_path, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+# What a run measures rather than computes: differs between any two runs.
+TIMING = {"ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "peak_memory_bytes", "memory_delta_bytes",
+          "reasoning_s", "finished_at"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_tiny_tokenizer()
+    build_tiny_model("llama", layers=4, vocab_size=len(tok), seed=5).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def env() -> dict:
+    # This checkout first (not an installed copy); one thread per process so 1- and 2-process runs do the same
+    # float operations in the same order.
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def swaa_command(processes: int, *argv: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "swaa_core", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "swaa_core", *argv]  # fmt: skip
+
+
+def swaa(processes: int, *argv: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(swaa_command(processes, *argv), env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def computed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def sweep_args(model: str, out: Path, lengths=("200", "300"), samples: str = "2") -> list[str]:
+    return ["sweep", "--model", model, "--device", "cpu", "--task", "passkey", "--lengths", *lengths, "--depths",
+            "0.5", "--samples", samples, "-r", "swa", "-r", "swa-fa-decode", "--window", "32", "-n", "3", "--quiet",
+            "--out", str(out)]  # fmt: skip
+
+
+def test_two_process_sweep_writes_the_rows_of_one_process(tiny_folder, tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    swaa(1, *sweep_args(tiny_folder, one), "--csv", str(tmp_path / "one.csv"))
+    swaa(2, *sweep_args(tiny_folder, two), "--csv", str(tmp_path / "two.csv"))
+    rows1, rows2 = read_jsonl(one), read_jsonl(two)
+    assert len(rows1) == 3 * 2 * 2 == len({r["cell_id"] for r in rows2})  # 3 configs x 2 lengths x 2 samples
+    assert computed(rows2) == computed(rows1)  # same cells, same order, same outputs, scores and log-likelihoods
+    assert all(r["error"] is None for r in rows2) and {r["answer_logprob"] is not None for r in rows2} == {True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "one.jsonl", "two.csv", "two.jsonl"]
+    import pandas as pd
+
+    csv1, csv2 = (pd.read_csv(tmp_path / f).drop(columns=list(TIMING), errors="ignore") for f in ("one.csv", "two.csv"))
+    pd.testing.assert_frame_equal(csv1, csv2)
+
+
+def test_two_process_eval_reports_the_runs_of_one_process(tiny_folder, tmp_path):
+    args = ["eval", "--model", tiny_folder, "--device", "cpu", "--task", "needle", "--length", "250", "--depth",
+            "0.3", "--samples", "3", "-r", "swa", "--window", "32", "-n", "3", "--quiet"]  # fmt: skip
+    swaa(1, *args, "--out", str(tmp_path / "one.jsonl"))
+    result = swaa(2, *args, "--out", str(tmp_path / "two.jsonl"), "--json")
+    rows1, rows2 = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "two.jsonl")
+    assert len(rows1) == 3 * 2 and computed(rows2) == computed(rows1)
+    assert [r["meta"]["sample_index"] for r in rows2] == [0, 0, 1, 1, 2, 2]
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+    def key(r):
+        return r["label"], r["output_text"], round(r["answer_logprob"], 6)  # the .jsonl export keeps 10 digits
+
+    assert list(map(key, printed)) == list(map(key, rows2))  # printed once, by the main process only
+
+
+def test_killed_two_process_sweep_resumes_without_losing_or_repeating_runs(tiny_folder, tmp_path):
+    out, reference = tmp_path / "killed.jsonl", tmp_path / "reference.jsonl"
+    args = sweep_args(tiny_folder, out, lengths=("300", "400", "500"), samples="3")  # 27 runs
+    proc = subprocess.Popen(swaa_command(2, *args), env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if all(len(read_jsonl(part_path(out, r))) >= 2 for r in range(2)):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to merge
+        proc.wait()
+    before = [row for r in range(2) for row in read_jsonl(part_path(out, r))]
+    assert 4 <= len(before) < 27 and not out.exists()
+
+    swaa(2, *args)
+    rows = read_jsonl(out)
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 27
+    assert not part_path(out, 0).exists() and not part_path(out, 1).exists()
+    by_id = {r["cell_id"]: r for r in rows}
+    assert all(by_id[r["cell_id"]] == r for r in before)  # runs finished before the kill were kept, not rerun
+    swaa(1, *sweep_args(tiny_folder, reference, lengths=("300", "400", "500"), samples="3"))
+    ref = read_jsonl(reference)
+    assert sorted(map(json.dumps, computed(rows))) == sorted(map(json.dumps, computed(ref)))
+
+
+def test_merge_skips_rows_already_merged_and_keeps_grid_order(tmp_path):
+    out = tmp_path / "runs.jsonl"
+    rows = [{"cell_id": c, "output_text": c * 2} for c in "abcdef"]
+    order = {c: i for i, c in enumerate("abcdef")}
+    out.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[4]) + "\n")
+    # A crash after the merged file replaced the old one but before the parts were deleted: row e is in both.
+    part_path(out, 0).write_text("".join(json.dumps(r) + "\n" for r in (rows[4], rows[2])))
+    part_path(out, 1).write_text(json.dumps(rows[3]) + "\n" + json.dumps(rows[1]) + "\n" + '{"cell_id": "f", "outp')
+    (tmp_path / "runs.jsonl.partial-notes").write_text("not a part file")
+    assert merge_parts(out, order) == 3
+    assert [r["cell_id"] for r in read_jsonl(out)] == ["a", "e", "b", "c", "d"]
+    assert not part_path(out, 0).exists() and not part_path(out, 1).exists()
+    assert (tmp_path / "runs.jsonl.partial-notes").exists()
+    assert merge_parts(out, order) == 0
+
+
+def test_share_interleaves_and_covers_every_item_once():
+    items = list(range(11))
+    shares = [Launch(rank=r, world=3).share(items) for r in range(3)]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert Launch().share(items) == items and Launch().gather("x") == ["x"]
