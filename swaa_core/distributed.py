@@ -142,3 +142,13 @@ def evaluate_shared(launch: Launch, loaded, samples: list, configs: dict, **kw) 
     merged = [r for part in launch.gather(results) for r in part]
     merged.sort(key=lambda r: r.meta["sample_index"])  # stable: each sample's runs keep their config order
     return merged
+
+
+def map_shared(launch: Launch, fn, items: list) -> list:
+    """``fn(list) -> list`` (one result per item, in order; fewer when cancelled) applied to this process's share
+    of ``items``; every process gets all results in the order of ``items``."""
+    items = list(items)
+    mine = launch.share(list(range(len(items))))
+    done = list(zip(mine, fn([items[i] for i in mine]) if mine else [], strict=False))
+    merged = [pair for part in launch.gather(done) for pair in part]
+    return [result for _, result in sorted(merged, key=lambda pair: pair[0])]

@@ -35,6 +35,7 @@ from .distill import (
     normalize_record,
     save_jsonl,
 )
+from .distributed import current, map_shared
 from .patch import attention_modules, swaa
 
 SWAA_FILE = "swaa_config.json"
@@ -318,6 +319,9 @@ def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device)
         dataloader_num_workers=0,
         seed=s.seed,
         use_cpu=torch.device(device).type == "cpu",
+        # Under torchrun / accelerate launch the Trainer wraps the model in DDP; every LoRA weight takes part in
+        # every forward pass, so DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -512,17 +516,22 @@ def evaluate_accuracy(
 
     from .runner import run_one
 
-    results, start = [], time.perf_counter()
-    for i, sample in enumerate(tqdm(samples, desc=f"eval: {label}", disable=not progress)):
-        if cancel is not None and cancel.is_set():
-            break
-        # accuracy only: no extra tokens generated for like-for-like timing
-        r = run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0, timing_tokens=0)
-        results.append(r)
-        if on_progress is not None:
-            right = sum(bool(r.correct) for r in results)
-            msg = f"{label}: {i + 1}/{len(samples)}, {right} right"
-            on_progress(Progress("eval", i + 1, len(samples), time.perf_counter() - start, message=msg))
+    def run(share):
+        results, start = [], time.perf_counter()
+        for i, sample in enumerate(tqdm(share, desc=f"eval: {label}", disable=not progress)):
+            if cancel is not None and cancel.is_set():
+                break
+            # accuracy only: no extra tokens generated for like-for-like timing
+            r = run_one(loaded, sample, config, max_new_tokens=max_new_tokens, cot=cot, warmup=i == 0, timing_tokens=0)
+            results.append(r)
+            if on_progress is not None:
+                right = sum(bool(r.correct) for r in results)
+                msg = f"{label}: {i + 1}/{len(share)}, {right} right"
+                on_progress(Progress("eval", i + 1, len(share), time.perf_counter() - start, message=msg))
+        return results
+
+    launch = current()  # under a launcher each process answers its share of the samples
+    results = map_shared(launch, run, samples)
     scored = [r for r in results if r.correct is not None]
     lps = [r.answer_logprob_per_token for r in results if r.answer_logprob_per_token is not None]
     return EvalSummary(
@@ -560,6 +569,7 @@ class FinetuneReport:
             "eval_after": None if self.after is None else asdict(self.after),
             "date": time.strftime("%Y-%m-%d"),
             "machine": _machine(self.train.model),
+            "processes": current().world,
         }
 
 
@@ -604,6 +614,8 @@ def finetune_pipeline(
     swaa_config.validate(len(attention_modules(model)))
     out = None if out_dir is None else Path(out_dir)
     settings = settings or TrainSettings()
+    launch = current()  # under torchrun / accelerate launch: DDP, data and evaluations shared out
+    progress = progress and launch.is_main
     held_out = []
     if eval_samples:
         held_out = make_samples(task, tokenizer, eval_samples, eval_length or length_tokens, seed=seed + 100_000)
@@ -616,9 +628,11 @@ def finetune_pipeline(
     with getattr(loaded, "lock", None) or contextlib.nullcontext():
         if records is None:
             prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
-            records = distill(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot, keep="all",
-                              on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
-            distill_path = None if out is None else save_jsonl(records, out / "distill.jsonl")
+            records = distill_shared(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot,
+                                     on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
+            distill_path = None if out is None else out / "distill.jsonl"
+            if distill_path is not None and launch.is_main:
+                save_jsonl(records, distill_path)
         else:
             distill_path = None
         kept = _kept_records(records, keep)
@@ -631,8 +645,17 @@ def finetune_pipeline(
     report = FinetuneReport(None, swaa_config, name, len(kept), len(examples), skipped, result, before, after)
     report.distill_path = distill_path
     if out is not None:
-        report.adapter_path = save_adapter(result.model, out, swaa_config, base_model=name, training=report.to_dict())
+        report.adapter_path = out
+        if launch.is_main:  # every process holds the same LoRA weights after DDP; one adapter is saved
+            save_adapter(result.model, out, swaa_config, base_model=name, training=report.to_dict())
+        launch.wait()
     return report
+
+
+def distill_shared(model, tokenizer, prompts: list, **kw) -> list[dict]:
+    """:func:`swaa_core.distill.distill` (every answer kept) with the prompts shared out between the processes of a
+    launch; every process gets all records, in prompt order."""
+    return map_shared(current(), lambda share: distill(model, tokenizer, share, keep="all", **kw), prompts)
 
 
 def _kept_records(records: list[dict], keep: str) -> list[dict]:
@@ -752,6 +775,9 @@ def _model_args(p) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    from .cli import add_launch_args
+
+    add_launch_args(p)
 
 
 def _data_args(p) -> None:
@@ -776,11 +802,15 @@ def _prompts(args, tokenizer) -> list:
 
 
 def _cmd_distill(args) -> int:
-    from . import load_model
+    from .cli import relaunch
 
-    loaded = load_model(args.model, device=args.device)
-    records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
-                      max_new_tokens=args.max_new_tokens, cot=args.cot, keep="all", progress=not args.quiet)  # fmt: skip
+    if (code := relaunch(args)) is not None:
+        return code
+    launch, loaded = _launch_and_load(args)
+    records = distill_shared(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
+                             max_new_tokens=args.max_new_tokens, cot=args.cot, progress=not args.quiet)  # fmt: skip
+    if not launch.is_main:
+        return 0
     kept = filter_records(records, args.keep)
     path = save_jsonl(kept, args.out)
     right, wrong = sum(r["judge"] == 1 for r in records), sum(r["judge"] == 0 for r in records)
@@ -789,12 +819,23 @@ def _cmd_distill(args) -> int:
     return 0
 
 
-def _cmd_finetune(args) -> int:
+def _launch_and_load(args):
+    """This process's launch and the model on its device (see :mod:`swaa_core.distributed`)."""
     from . import load_model
+
+    launch = current(args.device)
+    return launch, load_model(args.model, device=launch.device)
+
+
+def _cmd_finetune(args) -> int:
+    from .cli import relaunch
     from .recipes import load_user_recipes, resolve_recipe
 
+    if (code := relaunch(args)) is not None:
+        return code
     user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None
-    loaded = load_model(args.model, device=args.device)
+    launch, loaded = _launch_and_load(args)
+    args.quiet = args.quiet or not launch.is_main
     n_layers = len(attention_modules(loaded.model))
     cfg = resolve_recipe(args.recipe, n_layers, window=args.window, keep_first=args.sinks,
                          context_tokens=args.length, user_recipes=user_recipes)  # fmt: skip
@@ -808,16 +849,20 @@ def _cmd_finetune(args) -> int:
     ).check()  # fmt: skip
     records = load_jsonl(args.data) if args.data else None
     if records is None and args.dataset:  # built-in tasks are distilled inside the pipeline
-        records = distill(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
-                          max_new_tokens=args.max_new_tokens, cot=args.cot, keep="all", progress=not args.quiet)  # fmt: skip
-        save_jsonl(records, Path(args.out) / "distill.jsonl")
-    print(f"Fine-tuning {loaded.info.name} under {cfg.describe()} ({cfg.to_json()})")
+        records = distill_shared(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
+                                 max_new_tokens=args.max_new_tokens, cot=args.cot, progress=not args.quiet)  # fmt: skip
+        if launch.is_main:
+            save_jsonl(records, Path(args.out) / "distill.jsonl")
+    if launch.is_main:
+        where = f" on {launch.world} processes (DDP)" if launch.distributed else ""
+        print(f"Fine-tuning {loaded.info.name} under {cfg.describe()} ({cfg.to_json()}){where}")
     report = finetune_pipeline(
         loaded, cfg, args.out, records=records, task=args.task, samples=args.samples, length_tokens=args.length,
         seed=args.seed, max_new_tokens=args.max_new_tokens, keep=args.keep, cot=args.cot, settings=settings,
         eval_samples=args.eval_samples, eval_length=args.eval_length, progress=not args.quiet,
     )  # fmt: skip
-    _print_report(report)
+    if launch.is_main:
+        _print_report(report)
     return 0
 
 
