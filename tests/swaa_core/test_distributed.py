@@ -146,3 +146,37 @@ def test_share_interleaves_and_covers_every_item_once():
     shares = [Launch(rank=r, world=3).share(items) for r in range(3)]
     assert shares == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
     assert Launch().share(items) == items and Launch().gather("x") == ["x"]
+
+
+def test_two_process_ddp_finetune_equals_one_process_with_the_whole_batch(tiny_folder, tmp_path):
+    """DDP with one example per process must train exactly as one process with both examples in its batch (gradients
+    averaged across processes); one process with only the first example trains differently (the check has teeth)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from swaa_core.finetune import load_adapter, read_adapter_info
+
+    records = [{"prompt": "The grass is green. " * 20 + f"The code is {i}{i}{i}. What is the code?",
+                "response": f"The code is {i}{i}{i}."} for i in (1, 2)]  # fmt: skip
+    for name, rows in (("both", records), ("first", records[:1])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Warm-up makes step 1 a no-op (lr 0); step 2 then moves every LoRA B weight by about lr.
+    common = ["finetune", "--model", tiny_folder, "--device", "cpu", "--recipe", "swa-fa-decode", "--window", "16",
+              "--steps", "2", "--lr", "1e-2", "--dropout", "0", "--quiet"]  # fmt: skip
+    swaa(2, *common, "--data", str(tmp_path / "both.jsonl"), "--out", str(tmp_path / "ddp"))
+    swaa(1, *common, "--data", str(tmp_path / "both.jsonl"), "--batch-size", "2", "--out", str(tmp_path / "one"))
+    swaa(1, *common, "--data", str(tmp_path / "first.jsonl"), "--out", str(tmp_path / "alone"))
+    ddp, one, alone = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("ddp", "one", "alone"))
+    lora_b = [k for k in ddp if "lora_B" in k]
+    assert lora_b and all(ddp[k].abs().max() > 1e-3 for k in lora_b)
+    assert all(torch.allclose(ddp[k], one[k], atol=1e-6) for k in ddp)
+    assert not all(torch.allclose(ddp[k], alone[k], atol=1e-6) for k in lora_b)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+    info = read_adapter_info(tmp_path / "ddp")
+    assert info.training["processes"] == 2 and info.swaa_config.force_fa_decode
+    model, cfg = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_folder), tmp_path / "ddp")
+    assert cfg == info.swaa_config
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert len(loaded) == len(lora_b) and all(v.abs().max() > 1e-3 for v in loaded.values())
