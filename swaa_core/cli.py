@@ -138,7 +138,12 @@ def _formatter(prog):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None, help=f"embedded name, Hub id or local folder ({EMBEDDED_HINT})")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU)")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ..., or auto: one model spread over every GPU (device_map='auto') "
+        "(default: CUDA when present, else CPU)",
+    )
     g.add_argument(
         "--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)"
     )

@@ -773,7 +773,7 @@ def _model_args(p) -> None:
     p.add_argument(
         "--model", "-m", help="embedded name, Hub id or local folder (default: embedded SmolLM2-135M-Instruct)"
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, auto: spread over every GPU (default: CUDA when present)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     from .cli import add_launch_args
 

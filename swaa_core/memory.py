@@ -289,14 +289,48 @@ def check_run_fits(
     ``loaded``: what :func:`swaa_core.load_model` returns, or a transformers model."""
     estimate = estimate_memory(loaded, context_tokens, swaa_config, batch_size=batch_size)
     use_swaa = swaa_config is not None
-    model = getattr(loaded, "model", loaded)
-    device = "auto" if spans_devices(model) else next(model.parameters()).device
+    # A transformers model has a ``.model`` too (its decoder stack, without the device map): only unwrap a LoadedModel.
+    model = loaded if isinstance(loaded, torch.nn.Module) else loaded.model
     name = getattr(loaded, "name", None) or getattr(model, "name_or_path", None) or type(model).__name__
-    check_fits(
-        estimate.run_bytes(use_swaa),
-        device,
-        what=f"A run of {context_tokens:,} tokens x {batch_size} on {name} (KV cache and activations)",
-        advice="Use a shorter context, a smaller batch, or a SWAA config with fewer full-attention layers and "
-        "without FA decode (only those sliding layers free their old keys).",
+    what = f"A run of {context_tokens:,} tokens x {batch_size} on {name} (KV cache and activations"
+    advice = (
+        "Use a shorter context, a smaller batch, or a SWAA config with fewer full-attention layers and "
+        "without FA decode (only those sliding layers free their old keys)."
     )
+    if not spans_devices(model):
+        check_fits(estimate.run_bytes(use_swaa), next(model.parameters()).device, what=what + ")", advice=advice)
+        return estimate
+    # A spread model keeps each layer's KV cache on that layer's device; any one device may be the one that runs out.
+    kv = estimate.kv_swaa_per_layer if use_swaa else estimate.kv_full_per_layer
+    for device, kv_bytes in kv_bytes_per_device(layer_devices(model), kv).items():
+        check_fits(kv_bytes + estimate.activation_bytes, device, what=f"{what} of its layers on {device})",
+                   advice=advice)  # fmt: skip
     return estimate
+
+
+def layer_devices(model) -> list[str]:
+    """The device each attention layer computes on (several for a model spread with ``device_map="auto"``)."""
+    from .patch import attention_modules
+
+    placement = getattr(model, "hf_device_map", None) or {}
+    out = []
+    for name, module in _named_attention_modules(model, attention_modules(model)):
+        # The longest device-map prefix of the module's name is where accelerate runs it (weights offloaded to the
+        # CPU or disk still compute on the map's device of the layer's execution hook).
+        owner = max((k for k in placement if name == k or name.startswith(k + ".") or k == ""), key=len, default=None)
+        device = placement[owner] if owner is not None else next(module.parameters()).device
+        out.append(f"cuda:{device}" if isinstance(device, int) else str(device))
+    return out
+
+
+def _named_attention_modules(model, modules):
+    names = {id(m): n for n, m in model.named_modules()}
+    return [(names.get(id(m), ""), m) for m in modules]
+
+
+def kv_bytes_per_device(devices: list[str], kv_per_layer) -> dict[str, int]:
+    """KV-cache bytes each device holds, given each layer's device and KV bytes."""
+    out: dict[str, int] = {}
+    for device, kv_bytes in zip(devices, kv_per_layer, strict=True):
+        out[device] = out.get(device, 0) + kv_bytes
+    return out

@@ -180,6 +180,7 @@ def load_model(
     swaa_config: SWAAConfig | dict | None = None,
     check_memory: bool = True,
     reuse: bool = True,
+    device_map: str | None = None,
 ) -> LoadedModel:
     """Load an embedded model by name (None: SmolLM2-135M-Instruct), a Hub id, a local folder or a .gguf file.
 
@@ -187,7 +188,16 @@ def load_model(
     dtype: default bfloat16 on CUDA, float32 on CPU. token: for gated/private Hub models (else HF_TOKEN); never
     logged. context_tokens / swaa_config: also refuse when the KV cache for that context would not fit.
     reuse: share one loaded copy per (model, device, dtype, attention) in this process.
+    device_map: "auto" is the same as device="auto": accelerate places whole decoder layers on the GPUs (filling
+    them in order), and SWAA runs each layer where it sits, its KV cache on that layer's GPU. Without CUDA it means
+    the CPU. Other maps are not accepted: give a device instead.
     """
+    if device_map is not None:
+        if device_map != "auto":
+            raise ModelLoadError(f"device_map={device_map!r} is not supported; use device_map='auto' or a device.")
+        if device is not None and str(device).strip().lower() != "auto":
+            raise ModelLoadError(f"device={device!r} and device_map='auto' contradict each other; give one of them.")
+        device = "auto"
     source = _resolve(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

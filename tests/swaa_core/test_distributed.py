@@ -180,3 +180,79 @@ def test_two_process_ddp_finetune_equals_one_process_with_the_whole_batch(tiny_f
     assert cfg == info.swaa_config
     loaded = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
     assert len(loaded) == len(lora_b) and all(v.abs().max() > 1e-3 for v in loaded.values())
+
+
+# ---------------------------------------------------------------------- one model over several devices
+
+
+def test_device_map_auto_loads_and_runs_where_it_can(tiny_folder):
+    """Without CUDA, device_map='auto' means the CPU: the model loads and runs exactly as with device='cpu'."""
+    from swaa_core import SWAAConfig
+    from swaa_core.models import ModelLoadError, load_model
+    from swaa_core.runner import run_one
+
+    spread = load_model(tiny_folder, device_map="auto", reuse=False)
+    plain = load_model(tiny_folder, device="cpu", reuse=False)
+    cfg = SWAAConfig(sliding_window_size=16, keep_first=2, force_fa_decode=True)
+    prompt = "The grass is green. " * 15 + "What colour is the grass?"
+    a, b = (run_one(m, prompt, cfg, max_new_tokens=4, score_logprob=False) for m in (spread, plain))
+    assert a.error is None and a.output_text == b.output_text and a.kv_cache_bytes == b.kv_cache_bytes
+    with pytest.raises(ModelLoadError, match="contradict"):
+        load_model(tiny_folder, device="cpu", device_map="auto")
+    with pytest.raises(ModelLoadError, match="not supported"):
+        load_model(tiny_folder, device_map="balanced")
+
+
+def spread_tiny(layers: int = 4):
+    """A tiny model with the device map accelerate writes for two GPUs (first half of the layers on GPU 0)."""
+    model = build_tiny_model("llama", layers=layers)
+    half = layers // 2
+    model.hf_device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1}
+    model.hf_device_map.update({f"model.layers.{i}": int(i >= half) for i in range(layers)})
+    return model
+
+
+def test_layer_devices_follow_the_device_map():
+    from swaa_core.memory import layer_devices, spans_devices
+
+    model = spread_tiny(4)
+    assert spans_devices(model) and layer_devices(model) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    del model.hf_device_map
+    assert not spans_devices(model) and layer_devices(model) == ["cpu"] * 4
+
+
+def test_spread_run_is_refused_when_one_device_would_run_out(monkeypatch):
+    """Each GPU holds the KV cache of its own layers: a run that fits in the sum of free memory but not on the GPU
+    holding the full-attention layers is refused, naming that GPU; with the layers' caches bounded it passes."""
+    import swaa_core.memory as memory
+    from swaa_core import SWAAConfig
+
+    model = spread_tiny(4)
+    n = 20_000
+    # Hand count: 2 KV heads x 8 dims x 4 bytes x (K and V) = 128 bytes per token per layer.
+    per_layer_full = 128 * n
+    est = memory.estimate_memory(model, n)
+    assert est.kv_full_per_layer == (per_layer_full,) * 4
+    room = (2 * per_layer_full + est.activation_bytes) / 0.9 + 1  # two layers' caches and the activations
+    free = {"cuda:0": room, "cuda:1": room}
+    monkeypatch.setattr(memory, "available_memory", lambda device: free[str(device)])
+    memory.check_run_fits(model, n)
+    free["cuda:1"] = room - per_layer_full  # GPU 1 cannot hold its two full-attention layers
+    assert free["cuda:0"] + free["cuda:1"] > est.run_bytes(False)  # the sum of free memory would have passed
+    with pytest.raises(memory.InsufficientMemoryError, match="cuda:1"):
+        memory.check_run_fits(model, n)
+    # Layers 2 and 3 slide without FA decode: they hold only sinks + window, and GPU 1 has room again.
+    memory.check_run_fits(model, n, SWAAConfig(sliding_window_size=64, non_sliding_layers=[0, 1]))
+
+
+def test_launch_refuses_device_choices_that_fight_one_process_per_device(monkeypatch):
+    import swaa_core.distributed as distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "_current", None)
+    with pytest.raises(distributed.LaunchError, match="spreads one model"):
+        distributed.current("auto")
+    with pytest.raises(distributed.LaunchError, match="one per device"):
+        distributed.current("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.current("cpu") == Launch(device="cpu")
