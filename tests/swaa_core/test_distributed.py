@@ -79,10 +79,12 @@ def test_two_process_sweep_writes_the_rows_of_one_process(tiny_folder, tmp_path)
 
 
 def test_two_process_eval_reports_the_runs_of_one_process(tiny_folder, tmp_path):
+    """`--processes 2` starts torchrun itself; the samples are shared out and the main process reports them all."""
     args = ["eval", "--model", tiny_folder, "--device", "cpu", "--task", "needle", "--length", "250", "--depth",
             "0.3", "--samples", "3", "-r", "swa", "--window", "32", "-n", "3", "--quiet"]  # fmt: skip
     swaa(1, *args, "--out", str(tmp_path / "one.jsonl"))
-    result = swaa(2, *args, "--out", str(tmp_path / "two.jsonl"), "--json")
+    result = swaa(1, *args, "--out", str(tmp_path / "two.jsonl"), "--json", "--processes", "2")  # starts torchrun
+    assert "x 2 config(s)" in result.stderr and "on 2 processes" in result.stderr
     rows1, rows2 = read_jsonl(tmp_path / "one.jsonl"), read_jsonl(tmp_path / "two.jsonl")
     assert len(rows1) == 3 * 2 and computed(rows2) == computed(rows1)
     assert [r["meta"]["sample_index"] for r in rows2] == [0, 0, 1, 1, 2, 2]
