@@ -808,7 +808,8 @@ def _cmd_distill(args) -> int:
         return code
     launch, loaded = _launch_and_load(args)
     records = distill_shared(loaded.model, loaded.tokenizer, _prompts(args, loaded.tokenizer),
-                             max_new_tokens=args.max_new_tokens, cot=args.cot, progress=not args.quiet)  # fmt: skip
+                             max_new_tokens=args.max_new_tokens, cot=args.cot,
+                             progress=not args.quiet and launch.is_main)  # fmt: skip
     if not launch.is_main:
         return 0
     kept = filter_records(records, args.keep)
