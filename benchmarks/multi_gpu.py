@@ -117,8 +117,8 @@ def section_check(args, tmp: Path) -> None:
     from swaa_core.tasks import make_task
 
     folder = save_small_model(tmp / "small-llama", layers=8, hidden=1024, inter=2816, heads=16, kv_heads=4)
-    single = load_model(folder, device="cuda:0", reuse=False)
-    spread = load_model(folder, device="auto", reuse=False)
+    single = load_model(folder, device="cuda:0", dtype="bfloat16", reuse=False)
+    spread = load_model(folder, device="auto", dtype="bfloat16", reuse=False)
     how = "load_model(device='auto')"
     if not spans_devices(spread.model):
         from accelerate import dispatch_model
