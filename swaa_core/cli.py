@@ -106,6 +106,7 @@ NUMERIC_OPTIONS: dict[str, Bound] = {
     "epochs": Bound(float, 0, 1000, open_low=True),
     "lr": Bound(float, 0, 1, open_low=True),
     "dropout": Bound(float, 0, 1, open_high=True),
+    "processes": Bound(int, 1, 4096),
 }
 
 
@@ -266,11 +267,7 @@ def relaunch(args) -> int | None:
     from .distributed import launch_command, launch_env, launched_processes
 
     n = getattr(args, "processes", None)
-    if n is None or launched_processes() > 1:
-        return None
-    if n < 1:
-        raise CLIError(f"--processes must be at least 1, got {n}.")
-    if n == 1:
+    if n is None or n == 1 or launched_processes() > 1:
         return None
     command = launch_command(n, getattr(args, "argv", None) or sys.argv[1:])
     _note(f"starting {n} processes: {' '.join(command[1:])}")
