@@ -961,7 +961,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "recipe", None) and isinstance(args.recipe, list):
             args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        from .distributed import finish
+
+        finish()  # under a launcher: every process done, process group closed
+        return code
     except (CLIError, SWAAConfigError, TaskError, FileNotFoundError) as e:
         print(f"swaa: error: {e}", file=sys.stderr)
         return 1

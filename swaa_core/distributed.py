@@ -152,3 +152,13 @@ def map_shared(launch: Launch, fn, items: list) -> list:
     done = list(zip(mine, fn([items[i] for i in mine]) if mine else [], strict=False))
     merged = [pair for part in launch.gather(done) for pair in part]
     return [result for _, result in sorted(merged, key=lambda pair: pair[0])]
+
+
+def finish() -> None:
+    """Leave the process group once every process is done: a gloo group left to interpreter exit while another
+    process still uses it can abort the process ("terminate called without an active exception")."""
+    global _current
+    if _current is not None and _current.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    _current = None
