@@ -215,7 +215,11 @@ def load_model(
 
 
 def resolve_device(device: str | torch.device | None) -> str:
-    """Default to CUDA when a GPU is present, else the CPU; validate explicit choices."""
+    """Default to CUDA when a GPU is present, else the CPU; validate explicit choices. The ``SWAA_DEVICE``
+    environment variable changes the default (e.g. ``SWAA_DEVICE=auto python app.py`` spreads the app's models
+    over every GPU)."""
+    if device is None:
+        device = os.environ.get("SWAA_DEVICE", "").strip() or None
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     text = str(device).strip().lower()

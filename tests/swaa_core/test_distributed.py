@@ -258,3 +258,14 @@ def test_launch_refuses_device_choices_that_fight_one_process_per_device(monkeyp
         distributed.current("cuda:1")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.current("cpu") == Launch(device="cpu")
+
+
+def test_swaa_device_sets_the_default_device(monkeypatch):
+    from swaa_core.models import ModelLoadError, resolve_device
+
+    monkeypatch.setenv("SWAA_DEVICE", "auto")
+    assert resolve_device(None) == "cpu"  # "auto" without CUDA: the CPU
+    assert resolve_device("cpu") == "cpu"  # an explicit device wins
+    monkeypatch.setenv("SWAA_DEVICE", "tpu:9")
+    with pytest.raises(ModelLoadError, match="Unknown device"):
+        resolve_device(None)
