@@ -45,8 +45,11 @@ SHAPES = {  # Llama-3.1 shapes: layers, hidden, intermediate, query heads, KV he
     "70b": (80, 8192, 28672, 64, 8),
     "8b": (32, 4096, 14336, 32, 8),
 }
-TIMING = {"ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "peak_memory_bytes", "memory_delta_bytes",
-          "reasoning_s", "finished_at", "device"}  # fmt: skip
+
+
+def measured(column: str) -> bool:
+    """Columns a run measures rather than computes (times, memory): they differ between any two runs."""
+    return column.endswith("_s") or "memory" in column or column in ("finished_at", "device")
 
 
 def elapsed() -> float:
@@ -290,8 +293,8 @@ def section_sweep(args, tmp: Path) -> None:
             raise RuntimeError(f"sweep on {procs} process(es) exited with {result.returncode}")
         outs[procs] = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
         say(f"{procs} process(es): {walls[procs]:.1f} s, {len(outs[procs])} rows")
-    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in outs[1]]
-    same = strip == [{k: v for k, v in r.items() if k not in TIMING} for r in outs[n_gpu]]
+    strip = [{k: v for k, v in r.items() if not measured(k)} for r in outs[1]]
+    same = strip == [{k: v for k, v in r.items() if not measured(k)} for r in outs[n_gpu]]
     devices = sorted({r.get("device") for r in outs[n_gpu]})
     table(f"`swaa sweep` of the paper's recipes, Qwen3-4B-shaped random model (lengths {args.sweep_lengths}, "
           f"{args.sweep_samples} samples, W 2048, 128 sinks)",

@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "peak_memory_bytes", "memory_delta_bytes",
-          "reasoning_s", "finished_at"}  # fmt: skip
+
+
+def measured(column: str) -> bool:
+    """Columns a run measures rather than computes (times, memory): they differ between any two runs."""
+    return column.endswith("_s") or "memory" in column or column == "finished_at"
 
 
 def sweep_command(processes: int, args, out: Path) -> list[str]:
@@ -58,7 +61,7 @@ def timed(command: list[str]) -> float:
 
 def rows(path: Path) -> list[dict]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines if x.strip()]
+    return [{k: v for k, v in json.loads(x).items() if not measured(k)} for x in lines if x.strip()]
 
 
 def main(argv=None) -> None:
