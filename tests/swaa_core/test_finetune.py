@@ -45,11 +45,13 @@ def random_examples(n: int, prompt_len: int = 30, answer_len: int = 6, seed: int
 
 @torch.no_grad()
 def incremental_logits(model, ids: list[int], prompt_len: int) -> torch.Tensor:
-    """Inference path: prefill the prompt, then feed the answer one token at a time through the KV cache."""
-    out = model(torch.tensor([ids[:prompt_len]]), use_cache=True)
+    """Inference path: prefill the prompt, then feed the answer one token at a time through the KV cache. A manual
+    decode loop marks where the prompt ends (``generate`` does that by itself), so FA decode applies to the answer."""
+    marker = {"swaa_prompt_lengths": torch.tensor([prompt_len])}
+    out = model(torch.tensor([ids[:prompt_len]]), use_cache=True, **marker)
     rows, cache = [out.logits[0]], out.past_key_values
     for tok in ids[prompt_len:]:
-        out = model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+        out = model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True, **marker)
         rows.append(out.logits[0])
         cache = out.past_key_values
     return torch.cat(rows)

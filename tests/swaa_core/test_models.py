@@ -306,7 +306,7 @@ def test_run_is_refused_unless_swaa_frees_enough_kv(tmp_path):
     # pick a context whose run needs ~70% of the free memory with SWAA and ~140% with full attention
     tokens = int(0.7 * 0.9 * available_memory("cpu") / (per_token.activation_bytes / 1000))
     estimate = check_run_fits(loaded, tokens, swa)
-    assert estimate.kv_swaa_bytes == 4 * (4 + 16 - 1) * 2 * 2 * 8 * 4
+    assert estimate.kv_swaa_bytes == 4 * (4 + 16) * 2 * 2 * 8 * 4  # sinks + a ring of W slots per layer
     with pytest.raises(InsufficientMemoryError, match=r"A run of .* tokens x 1 on .*KV cache"):
         check_run_fits(loaded, tokens, None)
 
