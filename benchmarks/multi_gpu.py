@@ -212,8 +212,9 @@ def measure(model, ids: torch.Tensor, cfg, new_tokens: int, backend: str) -> dic
         ttft = time.perf_counter() - t0
         cache = out.past_key_values
         t1 = time.perf_counter()
+        marker = torch.tensor([ids.shape[1]])  # the prompt ends here: FA decode applies to what follows
         for _ in range(new_tokens):
-            out = model(token.to(ids.device), past_key_values=cache, use_cache=True)
+            out = model(token.to(ids.device), past_key_values=cache, use_cache=True, swaa_prompt_lengths=marker)
             token = out.logits[:, -1:].argmax(-1)
         sync_all()
         decode = time.perf_counter() - t1

@@ -78,14 +78,16 @@ def tiny():
 
 def stepwise_logprob(model, context: list[int], target: list[int], config=None) -> float:
     """The reference: prefill the context, then feed the answer one token at a time through the KV cache, exactly as
-    generation does (so FA decode applies to the answer tokens), summing log P of each answer token."""
+    generation does (so FA decode applies to the answer tokens), summing log P of each answer token. The loop marks
+    where the prompt ends, as ``generate`` does by itself."""
     total = 0.0
+    marker = {"swaa_prompt_lengths": torch.tensor([len(context)])}
     with torch.no_grad(), swaa(model, config):
-        out = model(input_ids=torch.tensor([context]), use_cache=True)
+        out = model(input_ids=torch.tensor([context]), use_cache=True, **marker)
         cache, logits = out.past_key_values, out.logits[0, -1]
         for token in target:
             total += float(torch.log_softmax(logits.double(), -1)[token])
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True, **marker)
             cache, logits = out.past_key_values, out.logits[0, -1]
     return total
 
