@@ -355,23 +355,17 @@ _FLASH_FAILED: dict = {}  # (head dim, dtype, GQA) -> the error that made flex's
 
 def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
     """FlexAttention with ``BACKEND="FLASH"``: FlashAttention-4's kernel runs the sink + window mask of a whole
-    unpadded prefill (queries = keys = positions 0..n-1) in one pass over the block-sparse tiles. None when it cannot (its first failure for a kind of input is remembered, and
-    the caller takes the two-pass FA4 composition or Triton flex instead)."""
+    unpadded prefill (queries = keys = positions 0..n-1) in one pass over the block-sparse tiles. None when it cannot
+    (its first failure for a kind of input is remembered, and the caller takes the two-pass FA4 composition or Triton
+    flex instead)."""
     kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1])
     if kind in _FLASH_FAILED:
         return None
     block_mask = _prefill_block_mask(q.shape[2], g.window, g.keep_first, str(q.device))
     try:
-        with _flex_scope(q, k, v):
-            out = _compiled_flex_static()(
-                q,
-                k,
-                v,
-                block_mask=block_mask,
-                scale=scaling,
-                enable_gqa=q.shape[1] != k.shape[1],
-                kernel_options={"BACKEND": "FLASH"},
-            )
+        out = _call_flex(_compiled_flex_static(), q, k, v, block_mask, scaling, {"BACKEND": "FLASH"})
+    except torch.OutOfMemoryError:
+        raise  # the caller's problem, not a limit of the kernel
     except Exception as e:  # an inductor / CuTe DSL limitation for this input kind, or the recompile limit
         _FLASH_FAILED[kind] = f"{type(e).__name__}: {str(e)[:300]}"
         warnings.warn(
@@ -384,19 +378,17 @@ def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
     return out.transpose(1, 2)
 
 
+def _call_flex(compiled, q, k, v, block_mask, scaling: float, options):
+    with _flex_scope(q, k, v):
+        return compiled(
+            q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1], kernel_options=options
+        )
+
+
 def _run_flex(q, k, v, block_mask, scaling: float, fallback):
     options = _main_kernel_options() if FLEX_AVOID_DECODE_KERNEL and q.is_cuda else None
     try:
-        with _flex_scope(q, k, v):
-            out = _compiled_flex()(
-                q,
-                k,
-                v,
-                block_mask=block_mask,
-                scale=scaling,
-                enable_gqa=q.shape[1] != k.shape[1],
-                kernel_options=options,
-            )
+        out = _call_flex(_compiled_flex(), q, k, v, block_mask, scaling, options)
     except Exception as e:  # dynamo's limit error class has been renamed across torch versions
         if "RecompileLimit" not in type(e).__name__ and "CacheLimit" not in type(e).__name__:
             raise
@@ -634,26 +626,6 @@ def _sink_weight(lse_window, lse_sinks, dtype):
 def merge_lse(out_a, lse_a, out_b, lse_b):
     """Combine two softmax-normalised partial attentions over disjoint key sets. out: (B, Q, H, D); lse: (B, H, Q)."""
     return torch.lerp(out_a, out_b, _sink_weight(lse_a, lse_b, out_a.dtype))
-
-
-def flash(q, k, v, g: MaskGeometry, scaling: float, flash_fn=None):
-    """flash-attn 2's window + sinks composition for an unpadded geometry (kept for callers of the old name)."""
-    fn = _fa2_window
-    if flash_fn is not None:
-
-        def fn(q, k, v, *, causal, window_left, scale):
-            out, lse, _ = flash_fn(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                softmax_scale=scale,
-                causal=causal,
-                window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
-                return_attn_probs=True,
-            )
-            return out, lse
-
-    return window_sink(q, k, v, g, scaling, fn)
 
 
 def _slice_queries(g: MaskGeometry, start: int, end: int) -> MaskGeometry:

@@ -97,7 +97,7 @@ def test_flash_composition_matches_naive_float64(case):
     q, k, v, g = make_case(**case)
     scale = 1 / math.sqrt(q.shape[-1])
     expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
-    out = backends.flash(q, k, v, g, scale, flash_fn=emulated_flash_attn)
+    out = backends.window_sink(q, k, v, g, scale, emulated_window_fn)
     assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
 
 
@@ -256,7 +256,7 @@ def test_window_kernel_composition_gradients_match_naive_float64():
 @given(
     q_len=st.integers(1, 40),
     extra_keys=st.integers(0, 40),
-    kv_first=st.integers(0, 30),
+    kv_first=st.sampled_from([0, 0, 3, 17, 30]),
     window=st.integers(1, 50),
     keep_first=st.integers(0, 60),
 )
@@ -270,8 +270,10 @@ def test_arithmetic_mask_mod_equals_the_general_predicate(q_len, extra_keys, kv_
     kv_pos = torch.arange(kv_first, kv_first + n)[None]
     g = geometry_from_positions(q_pos, kv_pos, window=window, keep_first=keep_first)
     mod = backends.window_mask_mod(torch.tensor([q_first, kv_first]), window, keep_first)
-    got = mod(0, 0, torch.arange(q_len)[:, None], torch.arange(n)[None, :])
-    assert torch.equal(got, materialize(g)[0, 0])
+    grid = torch.arange(q_len)[:, None], torch.arange(n)[None, :]
+    assert torch.equal(mod(0, 0, *grid), materialize(g)[0, 0])
+    if q_first == 0 and kv_first == 0:  # a whole prefill: the constants-only predicate FLASH runs
+        assert torch.equal(backends.prefill_mask_mod(window, keep_first)(0, 0, *grid), materialize(g)[0, 0])
 
 
 # --------------------------------------------------------------------------- detection by callable
@@ -312,3 +314,14 @@ def test_cpu_backends_and_reasons():
     assert status["reference"] is None and status["blocked"] is None
     assert all("CUDA" in status[name] for name in ("flex", "fa4", "flash"))
     assert backends.explain_backend("auto", "cpu") == ("blocked", [])
+
+
+@pytest.mark.parametrize("window, keep_first", [(1, 0), (1, 4), (5, 0), (5, 3), (6, 9), (40, 2), (64, 70)])
+def test_prefill_mask_mod_equals_the_general_predicate(window, keep_first):
+    """The constants-only predicate FlexAttention's FLASH backend runs for a whole prefill (index = position)."""
+    from swaa_core.masks import geometry_from_positions
+
+    pos = torch.arange(50)[None]
+    g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
+    got = backends.prefill_mask_mod(window, keep_first)(0, 0, torch.arange(50)[:, None], torch.arange(50)[None, :])
+    assert torch.equal(got, materialize(g)[0, 0])
