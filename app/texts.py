@@ -62,7 +62,7 @@ ANSWER_INFO = "Optional. When given, each column is marked correct if its answer
 
 CONFIG_JSON_HELP = (
     "The current config in the upstream paper code's format (`swaa_config`): copy it into their scripts, or save it "
-    "(*Download config JSON* below) and run it from the command line: "
+    "(*Download config JSON* under *Share & export* below) and run it from the command line: "
     '`swaa run --config swaa_config.json "your prompt"`'
 )
 METRICS_HELP = (

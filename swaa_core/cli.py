@@ -638,6 +638,12 @@ def cmd_recipes_show(args) -> int:
         return 0
     print(f"{args.name} for a {layers}-layer model: {'full attention' if cfg is None else cfg.describe()}")
     print(json.dumps(SWAAConfig().to_dict() if cfg is None else cfg.to_dict()))
+    if cfg is not None and args.window is None:
+        scaled = f"a {args.context:,}-token prompt" if args.context else "the paper's 24K-token prompts (no --context)"
+        print(
+            f"The window is scaled to {scaled}; `swaa run` / `eval` / `sweep` scale it to each prompt's length "
+            "(about 1/8 of it, 256 to 2048 tokens) unless --window fixes it."
+        )
     for note in [] if cfg is None else cfg.notes():
         print(f"note: {note}")
     return 0
@@ -933,7 +939,12 @@ def _add_recipes(sub) -> None:
                 "--window", "-w", type=int, default=None, help="sliding window (default: scaled to --context)"
             )
             q.add_argument("--keep-first", type=int, default=None, help="sink tokens (default: 10)")
-            q.add_argument("--context", type=int, default=None, help="prompt length the window is scaled to")
+            q.add_argument(
+                "--context",
+                type=int,
+                default=None,
+                help="prompt length the window is scaled to (default: none, the paper's 2048-token window)",
+            )
 
     q = rsub.add_parser("list", help="the presets, full attention first", formatter_class=_formatter)
     common(q, layers=False)
