@@ -15,7 +15,7 @@ import threading
 
 from app.common import CANCELS, HUB, remove_temp_root
 from app.ui import build_demo, launch_kwargs
-from swaa_core.registry import DEFAULT_MODEL
+from swaa_core.models.registry import DEFAULT_MODEL
 
 logging.basicConfig(level=os.environ.get("SWAA_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
 log = logging.getLogger("swaa_app")

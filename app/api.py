@@ -13,8 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from swaa_core.recipes import list_recipes
-from swaa_core.registry import DEFAULT_MODEL
+from swaa_core.eval.recipes import list_recipes
+from swaa_core.models.registry import DEFAULT_MODEL
 
 from . import run_handlers as rh
 from .board import render_board, summary_markdown
@@ -127,7 +127,7 @@ def parse_config(config: str, model: str) -> dict:
 @ui_errors
 def adapter_config(adapter: str, model: str) -> dict:
     """The SWAA config a LoRA adapter (folder or Hub id) was trained with, as compare inputs."""
-    from swaa_core.finetune import read_adapter_info
+    from swaa_core.train.finetune import read_adapter_info
 
     from .engine import check_source_allowed
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from swaa_core.latency import comparable, decode_note, ratio_text
+from swaa_core.eval.latency import comparable, decode_note, ratio_text
 
 WAITING, RUNNING, DONE, ERROR, CANCELLED = "waiting", "running", "done", "error", "cancelled"
 
@@ -23,7 +23,7 @@ class ColumnView:
     is_full: bool
     status: str = WAITING
     text: str = ""
-    result: Any = None  # a swaa_core.runner.RunResult once the column finished
+    result: Any = None  # a swaa_core.eval.runner.RunResult once the column finished
     error: str = ""
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from swaa_core.config import SWAAConfig
-from swaa_core.recipes import list_recipes, recipe_label
-from swaa_core.registry import DEFAULT_MODEL
+from swaa_core.engine.config import SWAAConfig
+from swaa_core.eval.recipes import list_recipes, recipe_label
+from swaa_core.models.registry import DEFAULT_MODEL
 
 from . import plots
 from .engine import AdapterModels, CancelRegistry, ColumnSpec, ModelHub, friendly_error
@@ -155,7 +155,7 @@ MASK_PICTURE_TOKENS = 1024  # longer prompts are drawn at a reduced scale (windo
 
 def mask_figure(columns: list[ColumnSpec], prompt_tokens: int, new_tokens: int, layer: int):
     """What each column's config lets a token see in ``layer``, drawn with swaa_core's own mask predicate."""
-    from swaa_core.masks import mask_picture
+    from swaa_core.engine.masks import mask_picture
 
     total = max(2, prompt_tokens + new_tokens)
     scale = max(1.0, total / MASK_PICTURE_TOKENS)

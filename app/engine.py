@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import swaa_core
-from swaa_core.config import SWAAConfig
+from swaa_core.engine.config import SWAAConfig
 
 from .board import CANCELLED, DONE, ERROR, RUNNING, ColumnView
 
@@ -88,7 +88,7 @@ def check_source_allowed(name: str, what: str = "model") -> None:
     arbitrary files. Hub ids and embedded names pass everywhere; elsewhere (a local run) any path passes."""
     if not os.environ.get("SPACE_ID") or not name:
         return
-    from swaa_core.registry import find_model_entry
+    from swaa_core.models.registry import find_model_entry
 
     path = Path(name).expanduser()
     if find_model_entry(name) is not None or (not path.exists() and not name.startswith((".", "/", "~"))):
@@ -188,7 +188,7 @@ class AdapterModels:
 
     @staticmethod
     def _build(loaded, adapter: str):
-        from swaa_core.finetune import load_adapter
+        from swaa_core.train.finetune import load_adapter
 
         with loaded.lock:
             private = copy.deepcopy(loaded.model)
@@ -215,7 +215,7 @@ def stream_columns(
     ``model_for(adapter)`` gives the loaded model a column runs on (the base model for ""). ``registry`` tracks
     the worker thread so a shutdown can wait for it."""
     if run_one is None:
-        from swaa_core.runner import run_one
+        from swaa_core.eval.runner import run_one
     views = [
         ColumnView(c.label, c.config.describe() if c.config else "full attention", c.config is None) for c in columns
     ]

@@ -330,7 +330,7 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     """Stacked prefill + decode seconds per column, both over the same work in every column: the prompt, then the
     first ``timed_tokens`` generated tokens. Rows carry label, prefill_s, timed_total_s, timed_tokens,
     decode_tokens, decode_tokens_per_s (RunResult fields)."""
-    from swaa_core.latency import decode_note
+    from swaa_core.eval.latency import decode_note
 
     if not rows:
         return message_figure("Run a comparison to see latencies.")
@@ -446,7 +446,7 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
 
 
 def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
-    """Decode tokens/s against prompt length, one line per recipe (swaa_core.latency.decode_speed_curve's points as
+    """Decode tokens/s against prompt length, one line per recipe (swaa_core.eval.latency.decode_speed_curve's points as
     dicts: label, prompt_tokens, tokens_per_s, new_tokens, error). Full attention slows down as its cache grows; a
     sliding cache holds the same number of keys at every length. Failed points are left out and listed."""
     good = [p for p in points if not p.get("error") and p.get("tokens_per_s")]

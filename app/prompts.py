@@ -1,6 +1,6 @@
 """Prompt sources: built-in tasks, the user's own text (pasted or uploaded as txt/md/PDF) and the ready examples.
 
-Samples are always built by swaa_core.tasks so that every source is scored the same way as in the CLI.
+Samples are always built by swaa_core.eval.tasks so that every source is scored the same way as in the CLI.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from swaa_core.tasks import TaskSample, count_tokens, make_task
+from swaa_core.eval.tasks import TaskSample, count_tokens, make_task
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES_DIR = ASSETS / "examples"
@@ -172,7 +172,7 @@ def split_trailing_question(text: str) -> tuple[str, str]:
 def model_input_tokens(tokenizer, sample: TaskSample, *, cot: bool) -> int:
     """Prompt tokens as the app counts them everywhere: what the model reads (chat template, CoT instruction and
     answer prefix included), rendered by swaa_core exactly as runner.run_one renders it (RunResult.prompt_tokens)."""
-    from swaa_core.cot import render_prompt
+    from swaa_core.eval.cot import render_prompt
 
     rendered = render_prompt(tokenizer, sample.prompt, cot=bool(cot), answer_prefix=sample.answer_prefix)
     return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])

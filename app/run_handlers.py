@@ -15,8 +15,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from swaa_core.config import SWAAConfig
-from swaa_core.recipes import get_recipe, recipe_label, resolve_recipe
+from swaa_core.engine.config import SWAAConfig
+from swaa_core.eval.recipes import get_recipe, recipe_label, resolve_recipe
 
 from . import plots
 from .board import ColumnView, render_board, summary_markdown
@@ -199,7 +199,7 @@ def export_files(rows: list[dict]) -> tuple[str | None, str | None]:
 @on_gpu(duration=60)
 def draw_attention(active_model, last_run, column, layer, head):
     from swaa_core import capture_attention
-    from swaa_core.tasks import TaskSample
+    from swaa_core.eval.tasks import TaskSample
 
     if not last_run:
         return plots.plot_data(plots.message_figure("Run a comparison first; the maps use its prompt."), "attention")
@@ -287,8 +287,8 @@ class RecipeSweep:
 def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, cot, request, progress):
     """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure.
     Returns the plot's points, the summary table (one row per recipe) and what the time axis measures."""
-    from swaa_core.recipes import list_recipes
-    from swaa_core.sweep import SweepSpec, summarize
+    from swaa_core.eval.recipes import list_recipes
+    from swaa_core.eval.sweep import SweepSpec, summarize
 
     if not recipes:
         raise ValueError("Tick at least one recipe to sweep.")
@@ -326,7 +326,7 @@ def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, co
 
 
 def _recipe_table(table, timing_tokens: int):
-    from swaa_core.latency import decode_note
+    from swaa_core.eval.latency import decode_note
 
     shown = table[["label", "runs", "accuracy", "prefill_s", "timed_total_s", "kv_cache_bytes", "errors"]].copy()
     shown["accuracy"] = (100 * shown["accuracy"]).round(0)
@@ -359,7 +359,7 @@ def run_needle_sweep(
 def needle_sweep(active_model, strategy, lengths, depths, samples, seed, task, request, progress):
     """Full attention vs ``strategy`` over prompt length x needle depth. Returns one (label, lengths, depths,
     accuracy grid [depth, length]) per config and the CSV file of every run."""
-    from swaa_core.sweep import SweepSpec, export, summarize
+    from swaa_core.eval.sweep import SweepSpec, export, summarize
 
     if not lengths:
         raise ValueError("Tick at least one prompt length.")
@@ -391,7 +391,7 @@ def needle_sweep(active_model, strategy, lengths, depths, samples, seed, task, r
 
 def _sweep(loaded, spec, request, progress, what: str):
     """run_sweep with a progress bar and the session's Stop button; what finished before a stop is kept."""
-    from swaa_core.sweep import run_sweep
+    from swaa_core.eval.sweep import run_sweep
 
     session = _session(request)
     cancel = CANCELS.start(session)
@@ -426,8 +426,8 @@ def run_decode_curve(active_model, recipes, lengths, window, sinks, request: gr.
 
 def decode_curve(active_model, recipes, lengths, window, sinks, request, progress) -> tuple[list[dict], str]:
     """Decode tokens/s of the ticked recipes at each chosen prompt length (random tokens, one run per point).
-    Returns one row per (recipe, length) (swaa_core.latency.DecodePoint.to_dict()) and a note on the method."""
-    from swaa_core.latency import decode_speed_curve
+    Returns one row per (recipe, length) (swaa_core.eval.latency.DecodePoint.to_dict()) and a note on the method."""
+    from swaa_core.eval.latency import decode_speed_curve
 
     if not recipes or not lengths:
         raise ValueError("Tick at least one recipe and one prompt length.")

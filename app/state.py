@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from urllib.parse import urlencode
 
-from swaa_core.config import SWAAConfig, SWAAConfigError
-from swaa_core.registry import DEFAULT_MODEL
+from swaa_core.engine.config import SWAAConfig, SWAAConfigError
+from swaa_core.models.registry import DEFAULT_MODEL
 
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
 FA_LAYER_MODES = ("none", "1/4", "1/2", "custom")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from swaa_core.registry import DEFAULT_MODEL, get_model_entry
+from swaa_core.models.registry import DEFAULT_MODEL, get_model_entry
 
 from . import api, plots, texts
 from . import callbacks as cb

@@ -4,7 +4,7 @@
     python benchmarks/cpu_decode.py --lengths 512 --repeats 1 --new-tokens 8   # a quick check that it runs
 
 Per point: one greedy generation of NEW+1 tokens after a random prompt (EOS ignored); the per-token time is the
-time from the first generated token to the last, divided by NEW (`swaa_core.latency.decode_speed_curve`). The
+time from the first generated token to the last, divided by NEW (`swaa_core.eval.latency.decode_speed_curve`). The
 configurations take turns inside every repeat, so a machine that drifts slows all of them alike; the table gives
 the median of the repeats with the best in brackets, and each SWAA column's speed relative to full attention
 measured in the same run (> 1: faster). The embedded SmolLM2-135M has an 8K context: 7680 + 33 tokens fit.
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from swaa_core import SWAAConfig, load_model
-from swaa_core.latency import decode_speed_curve
-from swaa_core.memory import format_bytes
+from swaa_core.eval.latency import decode_speed_curve
+from swaa_core.models.memory import format_bytes
 
 
 def configs(window: int, sinks: int) -> dict[str, SWAAConfig | None]:

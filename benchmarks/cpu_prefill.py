@@ -18,8 +18,8 @@ import time
 import torch
 
 from swaa_core import SWAAConfig, load_model, swaa
-from swaa_core.backends import blocked
-from swaa_core.masks import geometry_from_positions
+from swaa_core.engine.backends import blocked
+from swaa_core.engine.masks import geometry_from_positions
 
 
 def prefill_seconds(model, input_ids, repeats: int) -> float:

@@ -38,8 +38,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swaa_core import SWAAConfig, backends, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
-from swaa_core.masks import NO_FULL, MaskGeometry  # noqa: E402
+from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
+from swaa_core.engine import backends  # noqa: E402
+from swaa_core.engine.masks import NO_FULL, MaskGeometry  # noqa: E402
 
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
 RESULTS: dict = {"sections": {}, "failures": []}
@@ -164,7 +165,7 @@ def run_env(out: dict):
 
 # --------------------------------------------------------------------------- correctness
 def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """SWAA.md's rule, written here independently of swaa_core.masks: (B, Q, KV) bool."""
+    """SWAA.md's rule, written here independently of swaa_core.engine.masks: (B, Q, KV) bool."""
     i, j = q_pos[:, :, None], kv_pos[:, None, :]
     seen = kv_valid[:, None, :] & (j <= i)
     if window is None:
@@ -445,7 +446,7 @@ def same_tiles(a, b) -> bool:
 def run_kernels(out: dict):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from swaa_core.masks import swaa_mask_mod
+    from swaa_core.engine.masks import swaa_mask_mod
 
     kernel_rows(out)
     n = min(ARGS.lengths)  # torch's (uncompiled) builder holds the n x n bool: affordable at the shortest length
@@ -784,11 +785,11 @@ def train_step(peft_model, opt, ids, labels, prompt_tokens, cfg):
 def run_train(out: dict):
     """LoRA r=16 on q/k/v (swaa_core's defaults), gradient checkpointing, batch 1, one example of --train-prompts
     tokens + 64 answer tokens with labels on the answer; configurations in turns; seconds per optimizer step (median
-    after warm-up) and peak GPU memory. Same attention path as swaa_core.finetune.train_lora (which wraps it in a
+    after warm-up) and peak GPU memory. Same attention path as swaa_core.train.finetune.train_lora (which wraps it in a
     transformers Trainer)."""
     from peft import get_peft_model
 
-    from swaa_core.finetune import TrainSettings, _training_mode, lora_config
+    from swaa_core.train.finetune import TrainSettings, _training_mode, lora_config
 
     model = qwen3_4b()
     peft_model = get_peft_model(model, lora_config(TrainSettings()))

@@ -114,10 +114,10 @@ def save_small_model(folder: Path, *, layers: int, hidden: int, inter: int, head
 # --------------------------------------------------------------------------- check: spread == single GPU
 def section_check(args, tmp: Path) -> None:
     from swaa_core import swaa
-    from swaa_core.memory import layer_devices, spans_devices
-    from swaa_core.models import load_model
-    from swaa_core.runner import run_one
-    from swaa_core.tasks import make_task
+    from swaa_core.eval.runner import run_one
+    from swaa_core.eval.tasks import make_task
+    from swaa_core.models.loading import load_model
+    from swaa_core.models.memory import layer_devices, spans_devices
 
     folder = save_small_model(tmp / "small-llama", layers=8, hidden=1024, inter=2816, heads=16, kv_heads=4)
     single = load_model(folder, device="cuda:0", dtype="bfloat16", reuse=False)
@@ -196,8 +196,8 @@ def build_spread_model(shape: str):
 @torch.no_grad()
 def measure(model, ids: torch.Tensor, cfg, new_tokens: int, backend: str) -> dict:
     from swaa_core import swaa
-    from swaa_core.cache import kv_cache_bytes
-    from swaa_core.memory import layer_devices
+    from swaa_core.engine.cache import kv_cache_bytes
+    from swaa_core.models.memory import layer_devices
 
     n_gpu = torch.cuda.device_count()
     torch.cuda.empty_cache()

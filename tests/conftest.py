@@ -72,7 +72,7 @@ def build_tiny_tokenizer(*, vocab_size: int = 400, chat_template: str | None = C
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from swaa_core.tasks import FILLER
+    from swaa_core.eval.tasks import FILLER
 
     specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
     backend = Tokenizer(models.BPE())

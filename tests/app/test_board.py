@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.board import DONE, RUNNING, ColumnView, answer_probability, render_board, summary_markdown
-from swaa_core.runner import RunResult
+from swaa_core.eval.runner import RunResult
 
 
 def _result(label, **kw):

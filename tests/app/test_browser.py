@@ -145,7 +145,7 @@ def test_a_failed_load_leaves_the_page_usable(page, app_url, artifacts):
     from playwright.sync_api import expect
 
     from app.callbacks import model_choices
-    from swaa_core.registry import DEFAULT_MODEL
+    from swaa_core.models.registry import DEFAULT_MODEL
 
     page.goto(app_url)
     _wait_until_ready(page)

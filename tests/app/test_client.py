@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from app.api import ENDPOINTS
-from swaa_core.tasks import make_task
+from swaa_core.eval.tasks import make_task
 
 pytestmark = pytest.mark.embedded
 
@@ -216,8 +216,8 @@ def adapter_dir(loaded, tmp_path_factory):
 
     from peft import get_peft_model
 
-    from swaa_core.config import SWAAConfig
-    from swaa_core.finetune import TrainSettings, lora_config, save_adapter
+    from swaa_core.engine.config import SWAAConfig
+    from swaa_core.train.finetune import TrainSettings, lora_config, save_adapter
 
     with loaded.lock:
         private = copy.deepcopy(loaded.model)

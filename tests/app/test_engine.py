@@ -11,8 +11,8 @@ import pytest
 from app import engine
 from app.board import CANCELLED, DONE, ERROR
 from app.engine import ColumnSpec, ModelHub, stream_columns
-from swaa_core.config import SWAAConfig
-from swaa_core.runner import RunResult
+from swaa_core.engine.config import SWAAConfig
+from swaa_core.eval.runner import RunResult
 
 
 def test_spaces_gpu_decorates_runs_when_zero_gpu_is_present(monkeypatch):
@@ -122,7 +122,7 @@ def test_tokens_never_reach_a_message(monkeypatch):
 
 
 def _fake_run_one(tokens: int, delay: float):
-    """Streams ``tokens`` pieces through on_token like swaa_core.runner.run_one and honours cancel."""
+    """Streams ``tokens`` pieces through on_token like swaa_core.eval.runner.run_one and honours cancel."""
 
     def run_one(loaded, sample, config, *, label, max_new_tokens, cot, on_token, cancel):
         for i in range(tokens):

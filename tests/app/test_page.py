@@ -115,7 +115,7 @@ def test_texts_name_real_commands_and_number_the_tour_from_one(tmp_path):
     from app import texts
     from app.callbacks import config_json
     from swaa_core.cli import build_parser, read_config_file
-    from swaa_core.config import SWAAConfig
+    from swaa_core.engine.config import SWAAConfig
 
     cfg = SWAAConfig(
         sliding_window_size=256, keep_first=10, force_fa_decode=True, non_sliding_layers=list(range(1, 30, 2))

@@ -11,7 +11,7 @@ import torch
 from app import plots
 from app.common import mask_figure
 from app.engine import ColumnSpec
-from swaa_core.config import SWAAConfig
+from swaa_core.engine.config import SWAAConfig
 
 
 def test_attention_pooling_keeps_the_block_maximum():

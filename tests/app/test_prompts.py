@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.prompts import TASK_CHOICES, PromptError, examples, read_upload, split_trailing_question
-from swaa_core.tasks import TASK_KINDS
+from swaa_core.eval.tasks import TASK_KINDS
 
 
 def test_builtin_task_choices_exist_in_swaa_core():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.state import DEFAULT_PINNED, Settings, Strategy, from_query, layer_pattern_name, to_query
-from swaa_core.config import SWAAConfig, SWAAConfigError
+from swaa_core.engine.config import SWAAConfig, SWAAConfigError
 
 N_LAYERS = 30
 

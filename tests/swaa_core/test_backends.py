@@ -1,4 +1,4 @@
-"""Every backend against a naive float64 attention whose mask is written out rule by rule, not via swaa_core.masks."""
+"""Every backend against a naive float64 attention whose mask is written out rule by rule, not via swaa_core.engine.masks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swaa_core import backends
-from swaa_core.masks import MaskGeometry, materialize
+from swaa_core.engine import backends
+from swaa_core.engine.masks import MaskGeometry, materialize
 
 
 def naive_attention(q, k, v, q_pos, kv_pos, kv_valid, q_full, window, keep_first, scale):
@@ -198,7 +198,7 @@ def emulated_window_fn(q, k, v, *, causal, window_left, scale):
 
 def simple_case(*, n, window, keep_first, q_len=None, full_from=None, H=4, Hkv=2, D=8, B=1, seed=0):
     """Unpadded consecutive positions with the host-known hints the engine sets (offsets, full_from)."""
-    from swaa_core.masks import NO_FULL
+    from swaa_core.engine.masks import NO_FULL
 
     q, k, v, g = make_case(n=n, window=window, keep_first=keep_first, q_len=q_len, H=H, Hkv=Hkv, D=D, B=B, seed=seed)
     full_from = NO_FULL if full_from is None else full_from
@@ -262,7 +262,7 @@ def test_window_kernel_composition_gradients_match_naive_float64():
 )
 def test_arithmetic_mask_mod_equals_the_general_predicate(q_len, extra_keys, kv_first, window, keep_first):
     """The fast path's index arithmetic (window_mask_mod) against masks.materialize on the same positions."""
-    from swaa_core.masks import geometry_from_positions
+    from swaa_core.engine.masks import geometry_from_positions
 
     n = q_len + extra_keys
     q_first = kv_first + extra_keys
@@ -319,7 +319,7 @@ def test_cpu_backends_and_reasons():
 @pytest.mark.parametrize("window, keep_first", [(1, 0), (1, 4), (5, 0), (5, 3), (6, 9), (40, 2), (64, 70)])
 def test_prefill_mask_mod_equals_the_general_predicate(window, keep_first):
     """The constants-only predicate FlexAttention's FLASH backend runs for a whole prefill (index = position)."""
-    from swaa_core.masks import geometry_from_positions
+    from swaa_core.engine.masks import geometry_from_positions
 
     pos = torch.arange(50)[None]
     g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swaa_core.attention import LayerPlan
-from swaa_core.cache import SWAACacheLayer
+from swaa_core.engine.attention import LayerPlan
+from swaa_core.engine.cache import SWAACacheLayer
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
 crop = st.tuples(st.just("crop"), st.integers(0, 5))

@@ -13,7 +13,7 @@ import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core.cli import main
-from swaa_core.config import load_upstream_settings
+from swaa_core.engine.config import load_upstream_settings
 
 
 @pytest.fixture(scope="module")
@@ -393,7 +393,7 @@ def test_non_ascii_text_round_trips_through_files_json_and_tables(tiny_folder, t
     for encoding in ("utf-8-sig", "utf-16", "utf-32"):  # a byte-order mark names the encoding
         marked = tmp_path / f"prompt-{encoding}.txt"
         marked.write_text(text, encoding=encoding)
-        from swaa_core.textfile import read_text_file
+        from swaa_core.runtime.textfile import read_text_file
 
         assert read_text_file(marked) == text
     recipes = tmp_path / "mine.json"

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swaa_core import SWAAConfig, load_upstream_settings
-from swaa_core.config import SWAAConfigError
-from swaa_core.masks import mask_picture
+from swaa_core.engine.config import SWAAConfigError
+from swaa_core.engine.masks import mask_picture
 
 
 def test_round_trip_upstream_fields():

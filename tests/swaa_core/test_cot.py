@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import build_tiny_tokenizer
 
-from swaa_core.cot import COT_INSTRUCTION, has_thinking_mode, render_prompt, split_reasoning
+from swaa_core.eval.cot import COT_INSTRUCTION, has_thinking_mode, render_prompt, split_reasoning
 
 # The generation-prompt part of Qwen3's chat template (hybrid thinking): with enable_thinking=false the template
 # itself writes an empty think block, so the model answers directly.

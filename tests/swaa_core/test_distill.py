@@ -9,7 +9,8 @@ import torch
 from conftest import build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa
-from swaa_core.distill import (
+from swaa_core.engine.patch import current_config
+from swaa_core.train.distill import (
     DistillDataError,
     distill,
     encode_prompt,
@@ -19,7 +20,6 @@ from swaa_core.distill import (
     load_jsonl,
     save_jsonl,
 )
-from swaa_core.patch import current_config
 
 
 def tiny_tokenizer():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
-from swaa_core.distributed import Launch
-from swaa_core.sweep import merge_parts, part_path, read_jsonl
+from swaa_core.eval.sweep import merge_parts, part_path, read_jsonl
+from swaa_core.runtime.distributed import Launch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,7 @@ def test_two_process_ddp_finetune_equals_one_process_with_the_whole_batch(tiny_f
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from swaa_core.finetune import load_adapter, read_adapter_info
+    from swaa_core.train.finetune import load_adapter, read_adapter_info
 
     records = [{"prompt": "The grass is green. " * 20 + f"The code is {i}{i}{i}. What is the code?",
                 "response": f"The code is {i}{i}{i}."} for i in (1, 2)]  # fmt: skip
@@ -193,8 +193,8 @@ def test_two_process_ddp_finetune_equals_one_process_with_the_whole_batch(tiny_f
 def test_device_map_auto_loads_and_runs_where_it_can(tiny_folder):
     """Without CUDA, device_map='auto' means the CPU: the model loads and runs exactly as with device='cpu'."""
     from swaa_core import SWAAConfig
-    from swaa_core.models import ModelLoadError, load_model
-    from swaa_core.runner import run_one
+    from swaa_core.eval.runner import run_one
+    from swaa_core.models.loading import ModelLoadError, load_model
 
     spread = load_model(tiny_folder, device_map="auto", reuse=False)
     plain = load_model(tiny_folder, device="cpu", reuse=False)
@@ -218,7 +218,7 @@ def spread_tiny(layers: int = 4):
 
 
 def test_layer_devices_follow_the_device_map():
-    from swaa_core.memory import layer_devices, spans_devices
+    from swaa_core.models.memory import layer_devices, spans_devices
 
     model = spread_tiny(4)
     assert spans_devices(model) and layer_devices(model) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
@@ -229,7 +229,7 @@ def test_layer_devices_follow_the_device_map():
 def test_spread_run_is_refused_when_one_device_would_run_out(monkeypatch):
     """Each GPU holds the KV cache of its own layers: a run that fits in the sum of free memory but not on the GPU
     holding the full-attention layers is refused, naming that GPU; with the layers' caches bounded it passes."""
-    import swaa_core.memory as memory
+    import swaa_core.models.memory as memory
     from swaa_core import SWAAConfig
 
     model = spread_tiny(4)
@@ -251,7 +251,7 @@ def test_spread_run_is_refused_when_one_device_would_run_out(monkeypatch):
 
 
 def test_launch_refuses_device_choices_that_fight_one_process_per_device(monkeypatch):
-    import swaa_core.distributed as distributed
+    import swaa_core.runtime.distributed as distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed, "_current", None)
@@ -264,7 +264,7 @@ def test_launch_refuses_device_choices_that_fight_one_process_per_device(monkeyp
 
 
 def test_swaa_device_sets_the_default_device(monkeypatch):
-    from swaa_core.models import ModelLoadError, resolve_device
+    from swaa_core.models.loading import ModelLoadError, resolve_device
 
     monkeypatch.setenv("SWAA_DEVICE", "auto")
     assert resolve_device(None) == "cpu"  # "auto" without CUDA: the CPU

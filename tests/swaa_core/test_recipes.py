@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from swaa_core.config import SWAAConfig, SWAAConfigError, load_upstream_settings
-from swaa_core.recipes import (
+from swaa_core.engine.config import SWAAConfig, SWAAConfigError, load_upstream_settings
+from swaa_core.eval.recipes import (
     default_window,
     get_recipe,
     list_recipes,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from swaa_core.memory import count_parameters
-from swaa_core.registry import DEFAULT_MODEL, EMBEDDED_NAMES, get_model_entry, list_models
+from swaa_core.models.memory import count_parameters
+from swaa_core.models.registry import DEFAULT_MODEL, EMBEDDED_NAMES, get_model_entry, list_models
 
 PAPER_MODELS = (
     "Qwen/Qwen3-4B-Instruct-2507",

@@ -11,11 +11,11 @@ import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
-from swaa_core.cot import COT_INSTRUCTION, render_prompt, split_reasoning
-from swaa_core.latency import DEFAULT_TIMING_TOKENS, comparable, decode_note
-from swaa_core.runner import BASELINE_LABEL, RunResult, compare, run_one
-from swaa_core.scoring import answer_loglik
-from swaa_core.tasks import make_task
+from swaa_core.eval.cot import COT_INSTRUCTION, render_prompt, split_reasoning
+from swaa_core.eval.latency import DEFAULT_TIMING_TOKENS, comparable, decode_note
+from swaa_core.eval.runner import BASELINE_LABEL, RunResult, compare, run_one
+from swaa_core.eval.scoring import answer_loglik
+from swaa_core.eval.tasks import make_task
 
 LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 8  # build_tiny_model's shape
 
@@ -131,7 +131,7 @@ def test_decode_speed_from_too_few_tokens_is_labelled(loaded, sample):
 
 PEAK_PROBE = """
 import torch
-from swaa_core.runner import PeakMemory
+from swaa_core.eval.runner import PeakMemory
 size = 256 * 2**20
 with PeakMemory(torch.device("cpu")) as m:
     block = torch.ones(size // 4)
@@ -187,7 +187,7 @@ def test_cancel_during_decode_stops_early(loaded, sample):
 
 def test_cancel_during_prefill_stops_inside_the_forward(loaded, sample):
     cancel = threading.Event()
-    from swaa_core.patch import attention_modules
+    from swaa_core.engine.patch import attention_modules
 
     first_layer = attention_modules(loaded.model)[0]
     hook = first_layer.register_forward_pre_hook(lambda *_: cancel.set())
@@ -279,8 +279,8 @@ def test_needle_distance_counts_the_tokens_a_window_must_reach_back(loaded):
 
 def test_run_that_would_not_fit_is_refused_before_generating(tmp_path, monkeypatch):
     from swaa_core import load_model
-    from swaa_core import memory as memory_module
-    from swaa_core.memory import estimate_memory
+    from swaa_core.models import memory as memory_module
+    from swaa_core.models.memory import estimate_memory
 
     tok = build_tiny_tokenizer()
     build_tiny_model("llama", layers=LAYERS, vocab_size=len(tok), max_position_embeddings=16384).save_pretrained(

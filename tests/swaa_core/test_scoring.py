@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
-from swaa_core.scoring import (
+from swaa_core.eval.scoring import (
     answer_ids,
     answer_loglik,
     contains_match,
@@ -16,7 +16,7 @@ from swaa_core.scoring import (
     recall,
     score_sample,
 )
-from swaa_core.tasks import TaskSample
+from swaa_core.eval.tasks import TaskSample
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig
-from swaa_core.sweep import (
+from swaa_core.eval.sweep import (
     SweepSpec,
     cell_id,
     export,

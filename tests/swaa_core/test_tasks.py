@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import build_tiny_tokenizer
 
-from swaa_core.tasks import TASK_KINDS, TaskError, TaskSample, load_dataset_records, make_task
+from swaa_core.eval.tasks import TASK_KINDS, TaskError, TaskSample, load_dataset_records, make_task
 
 HAYSTACK_KINDS = ("passkey", "needle", "multi_key", "multi_value", "variable_tracking")
 

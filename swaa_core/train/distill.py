@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .cot import render_prompt, split_reasoning
-from .patch import swaa
-from .scoring import contains_match, normalize
+from ..engine.patch import swaa
+from ..eval.cot import render_prompt, split_reasoning
+from ..eval.scoring import contains_match, normalize
 
 KEEP_CHOICES = ("correct", "judged-correct", "all")
 

@@ -1,7 +1,7 @@
 """The paper's named SWAA recipes, resolved for a model's layer count and context length; user recipes as JSON.
 
 A recipe is a *shape* (which strategies are on); :func:`resolve_recipe` turns it into a concrete
-:class:`~swaa_core.config.SWAAConfig` for one model: the window, the number of sink tokens and the FA layer indices.
+:class:`~swaa_core.engine.config.SWAAConfig` for one model: the window, the number of sink tokens and the FA layer indices.
 User recipes are concrete configs saved in a JSON file that upstream's settings loader can read too.
 """
 
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SWAAConfig, SWAAConfigError, load_upstream_settings
+from ..engine.config import SWAAConfig, SWAAConfigError, load_upstream_settings
 
 PAPER_WINDOW = 2048  # the paper's main setting (2k window on 24k-token LongMemEval prompts)
 MIN_DEFAULT_WINDOW = 256  # small contexts: below this a window hides nearly everything from a small model

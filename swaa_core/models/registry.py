@@ -1,7 +1,7 @@
 """The curated list of models that the app and the CLI offer, with the facts a user needs to choose one.
 
 Each entry carries the few config fields that shape memory and SWAA layer choices, so the list works offline (no
-config download) and :func:`swaa_core.memory.estimate_memory` can size a model before anything is fetched.
+config download) and :func:`swaa_core.models.memory.estimate_memory` can size a model before anything is fetched.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import SWAAConfig
+from ..engine.config import SWAAConfig
 
 # The two recipes of the paper that interleave full-attention layers (SWAA.md: "1/2" = odd layers, "1/4").
 FA_LAYER_PATTERNS = ("1/2", "1/4")

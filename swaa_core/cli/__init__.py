@@ -1,5 +1,9 @@
 """The ``swaa`` command (also ``python -m swaa_core``): run, eval, sweep, recipes (+ finetune/distill when present).
 
+The top layer: it only parses arguments, calls the eval, train and models layers, and prints; nothing in
+swaa_core imports it except ``__main__`` (and ``train.finetune`` adds its subcommands through ``add_cli``). This
+package is the whole command for now (argument sets and the run / eval / sweep / recipes handlers).
+
 Every subcommand parser sets ``func``: a handler ``(args) -> exit code``. Plug-in modules add their subcommands
 through ``add_cli(subparsers)`` following the same rule. Results go to stdout (JSON lines with ``--json``), progress
 and messages to stderr, so ``swaa run --json ... | jq`` works.
@@ -16,12 +20,19 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .config import SWAAConfig, SWAAConfigError
-from .latency import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS
-from .recipes import default_window, list_recipes, load_user_recipes, recipe_label, resolve_recipe, save_user_recipes
-from .tasks import TASK_KINDS, TaskError
-from .textfile import read_text_file
+from .. import __version__
+from ..engine.config import SWAAConfig, SWAAConfigError
+from ..eval.latency import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS
+from ..eval.recipes import (
+    default_window,
+    list_recipes,
+    load_user_recipes,
+    recipe_label,
+    resolve_recipe,
+    save_user_recipes,
+)
+from ..eval.tasks import TASK_KINDS, TaskError
+from ..runtime.textfile import read_text_file
 
 EMBEDDED_HINT = "default: the embedded SmolLM2-135M-Instruct"
 RECIPE_HELP = (
@@ -239,7 +250,7 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
 
 def load_from_args(args, launch=None):
     """The model of ``--model`` on ``--device``; under a multi-process launch, on this process's own device."""
-    from . import load_model
+    from .. import load_model
 
     if launch is None or launch.is_main:
         _note(f"loading {args.model or 'the embedded model'} ...")
@@ -264,7 +275,7 @@ def relaunch(args) -> int | None:
     process should do the work itself (no --processes, N = 1, or already started by a launcher)."""
     import subprocess
 
-    from .distributed import launch_command, launch_env, launched_processes
+    from ..runtime.distributed import launch_command, launch_env, launched_processes
 
     n = getattr(args, "processes", None)
     if n is None or n == 1 or launched_processes() > 1:
@@ -276,7 +287,7 @@ def relaunch(args) -> int | None:
 
 def launch_from_args(args):
     """This process's place in a torchrun / accelerate launch (one process outside a launcher)."""
-    from .distributed import current
+    from ..runtime.distributed import current
 
     return current(args.device)
 
@@ -309,7 +320,7 @@ def _short(name: str, limit: int = 80) -> str:
 
 
 def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
-    from .recipes import get_recipe
+    from ..eval.recipes import get_recipe
 
     if name in user or name.lstrip().startswith("{"):
         return name if name in user else cfg.describe()
@@ -321,7 +332,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _num_layers(loaded) -> int:
-    from .patch import attention_modules
+    from ..engine.patch import attention_modules
 
     return len(attention_modules(loaded.model))
 
@@ -351,8 +362,8 @@ def _never_fail_on_encoding() -> None:
 
 
 def cmd_run(args) -> int:
-    from .runner import compare
-    from .tasks import TaskSample, count_tokens
+    from ..eval.runner import compare
+    from ..eval.tasks import TaskSample, count_tokens
 
     text = _prompt_text(args)
     loaded = load_from_args(args)
@@ -413,7 +424,7 @@ def _prompt_text(args) -> str:
 
 
 def cmd_eval(args) -> int:
-    from .distributed import evaluate_shared
+    from ..runtime.distributed import evaluate_shared
 
     if (code := relaunch(args)) is not None:
         return code
@@ -450,7 +461,7 @@ def cmd_eval(args) -> int:
         for row in rows:
             _print_json(row)
     elif not _shared_error(results):
-        from .runner import accuracy_table
+        from ..eval.runner import accuracy_table
 
         _frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
     return _report_errors(results)
@@ -479,7 +490,7 @@ def _report_errors(results) -> int:
 
 
 def _eval_samples(args, tokenizer):
-    from .tasks import load_dataset_records, make_task
+    from ..eval.tasks import load_dataset_records, make_task
 
     if args.dataset:
         return load_dataset_records(args.dataset, split=args.split, limit=args.limit, tokenizer=tokenizer)
@@ -499,7 +510,7 @@ def _eval_samples(args, tokenizer):
 
 def _check_context(loaded, length: int, max_new_tokens: int, flag: str) -> None:
     """Refuse a task length the model cannot read before any prompt is built (one message, not one per run)."""
-    from .runner import context_length
+    from ..eval.runner import context_length
 
     limit = context_length(loaded.model, loaded.info)
     if limit is not None and length + max_new_tokens > limit:
@@ -524,7 +535,7 @@ def _task_kwargs(pairs: list[str] | None) -> dict:
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:
-    from .sweep import export, to_frame
+    from ..eval.sweep import export, to_frame
 
     export(to_frame(rows), path)
 
@@ -533,7 +544,7 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepSpec, export, run_sweep, summarize
+    from ..eval.sweep import SweepSpec, export, run_sweep, summarize
 
     if (code := relaunch(args)) is not None:
         return code
@@ -584,14 +595,14 @@ def _layers_for(args) -> int:
         if args.layers < 1:
             raise CLIError("--layers must be at least 1.")
         return args.layers
-    from .registry import find_model_entry
+    from ..models.registry import find_model_entry
 
     entry = find_model_entry(args.model)
     if entry is not None:
         return entry.num_layers
     from transformers import AutoConfig
 
-    from .models import hub_offline_reason
+    from ..models.loading import hub_offline_reason
 
     offline = None if Path(args.model).exists() else hub_offline_reason()
     try:
@@ -664,7 +675,7 @@ def cmd_recipes_save(args) -> int:
 
 
 def _fmt_bytes(n) -> str:
-    from .memory import format_bytes
+    from ..models.memory import format_bytes
 
     return "–" if n is None or n != n else format_bytes(int(n))
 
@@ -780,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_recipes(sub)
     try:
-        from .finetune import add_cli as _add_finetune_cli
+        from ..train.finetune import add_cli as _add_finetune_cli
     except ImportError:
         _add_finetune_cli = None
     if _add_finetune_cli is not None:
@@ -973,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "recipe", None) and isinstance(args.recipe, list):
             args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
         code = int(args.func(args) or 0)
-        from .distributed import finish
+        from ..runtime.distributed import finish
 
         finish()  # under a launcher: every process done, process group closed
         return code

@@ -26,7 +26,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .config import SWAAConfig
+from ..engine.config import SWAAConfig
 
 DEFAULT_TIMING_TOKENS = 32  # generated tokens every compared run is timed over (the first one included)
 MIN_DECODE_TOKENS = 16  # fewer decode steps than this: the figure is noise, shown but never ranked
@@ -192,7 +192,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
                 cancel: threading.Event | None = None) -> tuple[DecodeTiming, int]:  # fmt: skip
     """Generate ``new_tokens + 1`` greedy tokens after ``input_ids`` (EOS ignored) under ``config``; return the timing
     (``decode_tokens == new_tokens`` unless cancelled) and the KV cache bytes held at the end."""
-    from .patch import kv_cache_bytes, swaa
+    from ..engine.patch import kv_cache_bytes, swaa
 
     gen = greedy_generation_config(model, new_tokens + 1)
     without_eos(gen)  # a fixed token count: the decode speed of every config comes from the same work
@@ -240,7 +240,7 @@ def decode_speed_curve(
     the model's context cannot hold, or that runs out of memory, becomes that point's ``error``; a cancel returns
     the points finished so far. Returns one :class:`DecodePoint` per (length, config), lengths in the given order.
     """
-    from .memory import check_run_fits
+    from ..models.memory import check_run_fits
     from .runner import _error_text, context_length
 
     model = getattr(loaded, "model", loaded)

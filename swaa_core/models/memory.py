@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import SWAAConfig
+from ..engine.config import SWAAConfig
 
 GiB = 1024**3
 
@@ -310,7 +310,7 @@ def check_run_fits(
 
 def layer_devices(model) -> list[str]:
     """The device each attention layer computes on (several for a model spread with ``device_map="auto"``)."""
-    from .patch import attention_modules
+    from ..engine.patch import attention_modules
 
     placement = getattr(model, "hf_device_map", None) or {}
     out = []

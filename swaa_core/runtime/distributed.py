@@ -131,9 +131,9 @@ def launch_env(processes: int) -> dict[str, str]:
 
 
 def evaluate_shared(launch: Launch, loaded, samples: list, configs: dict, **kw) -> list:
-    """:func:`swaa_core.runner.evaluate` with the samples shared out between processes; every process gets all
+    """:func:`swaa_core.eval.runner.evaluate` with the samples shared out between processes; every process gets all
     results, in the order one process would produce them (``meta["sample_index"]`` indexes ``samples``)."""
-    from .runner import evaluate
+    from ..eval.runner import evaluate
 
     mine = launch.share(list(range(len(samples))))
     results = evaluate(loaded, [samples[i] for i in mine], configs, **kw)

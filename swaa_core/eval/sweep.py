@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SWAAConfig
-from .distributed import Launch
+from ..engine.config import SWAAConfig
+from ..runtime.distributed import Launch
 from .latency import DEFAULT_TIMING_TOKENS
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
@@ -156,7 +156,7 @@ def run_sweep(
     """Run every unfinished cell of ``spec``, appending one JSON line per run to ``out_path``; returns the table of
     all rows in the file for this sweep's cells (earlier runs included).
 
-    ``launch`` (:func:`swaa_core.distributed.current`): under a launcher with N processes each process runs every
+    ``launch`` (:func:`swaa_core.runtime.distributed.current`): under a launcher with N processes each process runs every
     N-th unfinished cell into its own part file (``OUT.partR``); once all are done the main process merges the parts
     into ``out_path`` in the order one process would have written them. Parts left by a killed run count as
     finished and are merged by the next run, whatever its number of processes."""
@@ -345,7 +345,7 @@ def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
     """Accuracy and costs per group: runs, errors, accuracy, mean log-likelihood per answer token, timings.
 
     ``decode_tokens`` is the fewest decode steps any run of the group was timed over: below
-    :data:`~swaa_core.latency.MIN_DECODE_TOKENS` its ``decode_tokens_per_s`` is noise, not a ranking.
+    :data:`~swaa_core.eval.latency.MIN_DECODE_TOKENS` its ``decode_tokens_per_s`` is noise, not a ranking.
     ``timed_total_s`` (prompt to the ``timed_tokens``-th token) compares groups like for like; ``total_s`` is the
     time of each run's own answer, which differs in length between configs."""
     import pandas as pd

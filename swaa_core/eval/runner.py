@@ -9,7 +9,7 @@ prompt longer than the context, out of memory, a config the model cannot take) c
 Like for like: the answer is the model's natural greedy answer (up to EOS or ``max_new_tokens``), but every run
 goes on generating, unseen, until it has made at least ``timing_tokens`` tokens; decode speed and
 ``timed_total_s`` come from exactly the first ``timing_tokens`` tokens, the same work in every compared run (see
-:mod:`swaa_core.latency`).
+:mod:`swaa_core.eval.latency`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from .config import SWAAConfig, SWAAConfigError
+from ..engine.config import SWAAConfig, SWAAConfigError
+from ..engine.patch import attention_modules, kv_cache_bytes, native_windows, swaa
+from ..models.memory import check_run_fits
 from .cot import render_prompt, split_reasoning
 from .latency import (
     DEFAULT_TIMING_TOKENS,
@@ -36,8 +38,6 @@ from .latency import (
     greedy_generation_config,
     without_eos,
 )
-from .memory import check_run_fits
-from .patch import attention_modules, kv_cache_bytes, native_windows, swaa
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens
 
@@ -347,7 +347,7 @@ def run_one(
     """Generate greedily for one prompt under ``config`` (None: full attention) and measure the run.
 
     ``sample_or_prompt``: a :class:`TaskSample` (scored against its answer, with its answer prefix pre-filled) or
-    plain user text (not scored). ``cot`` switches chain-of-thought on (see :mod:`swaa_core.cot`).
+    plain user text (not scored). ``cot`` switches chain-of-thought on (see :mod:`swaa_core.eval.cot`).
     ``score_logprob`` adds the teacher-forced log-likelihood of the reference answer (one more prefill, untimed).
     ``timing_tokens``: the run generates at least this many tokens (past the answer's end if need be, EOS ignored,
     never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the

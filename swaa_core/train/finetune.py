@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .config import SWAAConfig, SWAAConfigError
+from ..engine.config import SWAAConfig, SWAAConfigError
+from ..engine.patch import attention_modules, swaa
+from ..runtime.distributed import current, map_shared
 from .distill import (
     DistillDataError,
     Progress,
@@ -35,8 +37,6 @@ from .distill import (
     normalize_record,
     save_jsonl,
 )
-from .distributed import current, map_shared
-from .patch import attention_modules, swaa
 
 SWAA_FILE = "swaa_config.json"
 IGNORE = -100  # label value the loss skips (transformers' convention)
@@ -373,7 +373,7 @@ def _model_card(base: str | None, config: SWAAConfig, training: dict) -> str:
             "",
             "```python",
             "from swaa_core import apply_swaa, load_model",
-            "from swaa_core.finetune import load_adapter",
+            "from swaa_core.train.finetune import load_adapter",
             "",
             "loaded = load_model(...)  # the base model",
             'model, cfg = load_adapter(loaded.model, "<this folder or Hub id>")',
@@ -497,7 +497,7 @@ class EvalSummary:
 
 def make_samples(kind: str, tokenizer, n: int, length_tokens: int, *, seed: int = 0, **kw) -> list:
     """``n`` task samples with the needle depth spread evenly over the context and seeds seed, seed+1, ..."""
-    from .tasks import make_task
+    from ..eval.tasks import make_task
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"The number of samples must be a whole number >= 1, got {n!r}.")
@@ -514,7 +514,7 @@ def evaluate_accuracy(
     """Greedy answers through the runner (same prompts, scoring and SWAA path as ``swaa eval``)."""
     from tqdm.auto import tqdm
 
-    from .runner import run_one
+    from ..eval.runner import run_one
 
     def run(share):
         results, start = [], time.perf_counter()
@@ -653,7 +653,7 @@ def finetune_pipeline(
 
 
 def distill_shared(model, tokenizer, prompts: list, **kw) -> list[dict]:
-    """:func:`swaa_core.distill.distill` (every answer kept) with the prompts shared out between the processes of a
+    """:func:`swaa_core.train.distill.distill` (every answer kept) with the prompts shared out between the processes of a
     launch; every process gets all records, in prompt order."""
     return map_shared(current(), lambda share: distill(model, tokenizer, share, keep="all", **kw), prompts)
 
@@ -681,7 +681,7 @@ What happens:
               prompt tokens slide, answer tokens see everything, exactly as at inference. Loss on answers only.
   4. after    the same held-out prompts again, now with the adapter.
   5. save     OUT/ holds the adapter, swaa_config.json (the recipe it was trained for, upstream format),
-              distill.jsonl and a README; load it with swaa_core.finetune.load_adapter().
+              distill.jsonl and a README; load it with swaa_core.train.finetune.load_adapter().
 """
 
 FINETUNE_EXAMPLES = """\
@@ -775,7 +775,7 @@ def _model_args(p) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto: spread over every GPU (default: CUDA when present)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    from .cli import add_launch_args
+    from ..cli import add_launch_args
 
     add_launch_args(p)
 
@@ -795,14 +795,14 @@ def _data_args(p) -> None:
 
 def _prompts(args, tokenizer) -> list:
     if args.dataset:
-        from .tasks import load_dataset_records
+        from ..eval.tasks import load_dataset_records
 
         return load_dataset_records(args.dataset, split=args.split, limit=args.samples, tokenizer=tokenizer)
     return make_samples(args.task, tokenizer, args.samples, args.length, seed=args.seed)
 
 
 def _cmd_distill(args) -> int:
-    from .cli import relaunch
+    from ..cli import relaunch
 
     if (code := relaunch(args)) is not None:
         return code
@@ -821,16 +821,16 @@ def _cmd_distill(args) -> int:
 
 
 def _launch_and_load(args):
-    """This process's launch and the model on its device (see :mod:`swaa_core.distributed`)."""
-    from . import load_model
+    """This process's launch and the model on its device (see :mod:`swaa_core.runtime.distributed`)."""
+    from .. import load_model
 
     launch = current(args.device)
     return launch, load_model(args.model, device=launch.device)
 
 
 def _cmd_finetune(args) -> int:
-    from .cli import relaunch
-    from .recipes import load_user_recipes, resolve_recipe
+    from ..cli import relaunch
+    from ..eval.recipes import load_user_recipes, resolve_recipe
 
     if (code := relaunch(args)) is not None:
         return code

@@ -1,6 +1,6 @@
 """Attention backends. Each takes q (B, H, Q, D), k/v (B, Hkv, KV, D) and a MaskGeometry, returns (B, Q, H, D).
 
-All of them compute softmax(q k^T * scale + mask) v for the mask of :mod:`swaa_core.masks`; they differ only in
+All of them compute softmax(q k^T * scale + mask) v for the mask of :mod:`swaa_core.engine.masks`; they differ only in
 which (query, key) pairs they touch:
 - reference: every pair, materialised mask, eager softmax; returns the probabilities too (attention maps, tests).
 - blocked:   query blocks against sinks + window span only: O(n * (W + K + block)) time, O(block * (W + K)) memory.
@@ -409,7 +409,7 @@ def _warn_flex_limit() -> None:
 
 def window_mask_mod(offsets: torch.Tensor, window: int, keep_first: int):
     """The SWAA rule for consecutive positions: query index i is at position offsets[0] + i, key index j at
-    offsets[1] + j. Same predicate as :func:`swaa_core.masks.visible` with every key valid and no full query."""
+    offsets[1] + j. Same predicate as :func:`swaa_core.engine.masks.visible` with every key valid and no full query."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos, kv_pos = q_idx + offsets[0], kv_idx + offsets[1]

@@ -86,7 +86,7 @@ def _cache_hook(module, args, kwargs):
 
 def native_windows(model) -> tuple[int | None, ...]:
     """Per layer, the model's own sliding window (None: full attention), as transformers' cache reads the config."""
-    from .memory import native_windows as from_config
+    from ..models.memory import native_windows as from_config
 
     return from_config(_text_config(model))
 
