@@ -123,14 +123,10 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
     if g.plain_causal:
         return _causal_sdpa(q, k, v, g, scaling, dropout)
     if backend != "blocked" and q.is_cuda and dropout == 0.0 and g.simple:
-        return _simple(backend, q, k, v, g, scaling)
+        return simple_attention(q, k, v, g, scaling, _window_fn(backend, q))
     if backend in ("flex", "fa4", "flash") and q.shape[2] >= 16:  # decode-sized calls: a masked SDPA beats a compile
         return flex(q, k, v, g, scaling)
     return blocked(q, k, v, g, scaling, dropout)
-
-
-def _simple(backend: str, q, k, v, g: MaskGeometry, scaling: float):
-    return simple_attention(q, k, v, g, scaling, _window_fn(backend, q))
 
 
 def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
@@ -534,15 +530,15 @@ def _dense_to_ordered(dense: torch.Tensor):
 # --------------------------------------------------------------------------- window kernels: FA4, flash-attn 2
 # A window function takes q (B, H, Q, D) and k/v (B, Hkv, KV, D) with bottom-right causal alignment (query r is key
 # r + KV - Q) and returns (out (B, Q, H, D), lse (B, H, Q) in float32). window_left=None: plain (causal) attention.
-HEAD_DIMS = {"fa4": range(8, 257, 8), "flash": range(8, 257, 8)}
+WINDOW_HEAD_DIMS = range(8, 257, 8)  # head sizes both FA4 (sm90) and flash-attn 2 build kernels for
 
 
 def _window_fn(backend: str, q):
     if backend not in ("fa4", "flash") or q.dtype not in (torch.float16, torch.bfloat16):
         return None
-    if q.shape[-1] not in HEAD_DIMS[backend]:
+    if q.shape[-1] not in WINDOW_HEAD_DIMS:
         return None
-    return _fa4_window if backend == "fa4" else _fa2_window
+    return _fa4_window if backend == "fa4" else flash_attn_2_window(_fa2_func())
 
 
 def _fa4_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
@@ -558,17 +554,23 @@ def _fa4_window(q, k, v, *, causal: bool, window_left: int | None, scale: float)
     return out, lse
 
 
-def _fa2_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
-    out, lse, _ = _fa2_func()(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        softmax_scale=scale,
-        causal=causal,
-        window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
-        return_attn_probs=True,
-    )
-    return out, lse
+def flash_attn_2_window(flash_attn_func):
+    """A window function over flash-attn 2's ``flash_attn_func`` contract ((B, S, H, D) layout, ``window_size`` with -1
+    for unbounded, ``return_attn_probs=True`` giving (out, lse, probs))."""
+
+    def window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
+        out, lse, _ = flash_attn_func(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            softmax_scale=scale,
+            causal=causal,
+            window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
+            return_attn_probs=True,
+        )
+        return out, lse
+
+    return window
 
 
 def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
@@ -613,7 +615,7 @@ def _window_sink_out_of_place(q, k, v, W: int, sinks: int, head: int, scaling: f
         tail = q[:, :, head:]
         out, lse = fn(tail, k, v, causal=True, window_left=W - 1, scale=scaling)
         sink_out, sink_lse = fn(tail, k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling)
-        parts.append(torch.lerp(out, sink_out, _sink_weight(lse, sink_lse, out.dtype)))
+        parts.append(merge_lse(out, lse, sink_out, sink_lse))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 

@@ -182,18 +182,8 @@ def test_32k_prefill_fits_where_a_quadratic_mask_cannot(backend, fits, tmp_path)
 
 
 # --------------------------------------------------------------------------- fast paths: FA4 / flash-attn composition
-def emulated_window_fn(q, k, v, *, causal, window_left, scale):
-    """The window-kernel contract of backends.window_sink (q in (B, H, Q, D), bottom-right alignment, LSE), emulated
-    by the float64 flash-attn emulation above."""
-    out, lse, _ = emulated_flash_attn(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        softmax_scale=scale,
-        causal=causal,
-        window_size=(-1 if window_left is None else window_left, 0 if causal else -1),
-    )
-    return out, lse
+# The window-kernel contract of backends.window_sink, through the real flash-attn 2 adapter over the float64 emulation
+emulated_window_fn = backends.flash_attn_2_window(emulated_flash_attn)
 
 
 def simple_case(*, n, window, keep_first, q_len=None, full_from=None, H=4, Hkv=2, D=8, B=1, seed=0):

@@ -208,23 +208,17 @@ SIMPLE_CASES = [c for c in CASES if not c.get("pads")]
 
 
 @gpu_test
+@pytest.mark.parametrize("backend", ["flex", "fa4", "flash"])
 @pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
-def test_arithmetic_flex_path_matches_float64(case):
-    """Unpadded calls with the engine's hints: flex_simple (no full rows) or the row split (FA-decode rows)."""
-    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=4)
-    with_engine_hints(g, case)
-    scale = q.shape[-1] ** -0.5
-    assert rel_err(backends.attend("flex", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
-
-
-@gpu_test
-@pytest.mark.skipif(not has("fa4"), reason="FlashAttention-4 (flash_attn.cute) is not installed for this GPU")
-@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
-def test_fa4_matches_float64(case):
+def test_fast_paths_match_float64(case, backend):
+    """Unpadded calls with the engine's hints: flex's arithmetic predicate, FA4 (FLASH one pass or window + sink
+    pass) and flash-attn 2 (window + sink pass), with FA-decode rows split off, against float64."""
+    if not has(backend):
+        pytest.skip(f"{backend} cannot run here: {backends.backend_status(CUDA)[backend]}")
     q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
     with_engine_hints(g, case)
     scale = q.shape[-1] ** -0.5
-    assert rel_err(backends.attend("fa4", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
+    assert rel_err(backends.attend(backend, q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
 
 
 @gpu_test
@@ -242,16 +236,6 @@ def test_fa4_gradients_match_float64():
     (float64_attention(q64, k64, v64, g, 0.088) * weights).sum().backward()
     for a, b in zip(got, (q64.grad, k64.grad, v64.grad), strict=True):
         assert rel_err(a, b) < 2e-2
-
-
-@gpu_test
-@pytest.mark.skipif(not has("flash"), reason="flash-attn 2 is not installed")
-@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
-def test_flash_matches_float64(case):
-    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
-    with_engine_hints(g, case)
-    scale = q.shape[-1] ** -0.5
-    assert rel_err(backends.attend("flash", q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
 
 
 # --------------------------------------------------------------------------- whole tiny models on the GPU
