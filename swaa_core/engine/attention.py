@@ -21,6 +21,7 @@ import torch
 from .backends import _decode_sdpa, attend, reference
 from .cache import KeyView
 from .masks import NO_FULL, MaskGeometry
+from .static_cache import StaticSlots
 
 NAME = "swaa"
 
@@ -48,6 +49,10 @@ class RunContext:
 
     prompt_end: int | None = None
     assisted: bool = False  # the running generate verifies drafts, then rolls rejected ones back
+    # The last ``swaa_prompt_lengths`` object seen and its shared value read on the host: every layer of a forward
+    # (and its recomputation under gradient checkpointing) gets the same tensor, so it is read once, not per layer.
+    lengths_seen: object = None
+    lengths_shared: int | None = None
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):
@@ -68,6 +73,8 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     cache_layer = module._swaa_cache_layer
+    if isinstance(cache_layer, StaticSlots):  # a captured decode step: the layer holds this step's mask
+        return cache_layer.attend(query, key, value, scaling), None
     view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
     Q = query.shape[2]
     full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
@@ -75,7 +82,7 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     fast = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
     if fast and (full is True or view.in_window(plan.window, plan.keep_first)):
         return _decode_sdpa(query, key, value, None, scaling), None
-    g = geometry(plan, query, key, attention_mask, view, full)
+    g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)
         recorder.append(probs.detach())
@@ -99,7 +106,7 @@ def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total
     return True if total - Q >= end else end
 
 
-def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full) -> MaskGeometry:
+def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunContext | None = None) -> MaskGeometry:
     B, _, Q, _ = query.shape
     KV = key.shape[2]
     device = query.device
@@ -143,14 +150,23 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full) -> MaskGe
         hints["full_from"] = full if mask2d is None else None  # a slot; equal to a position only without padding
     else:
         q_full = q_pos >= torch.as_tensor(full, device=device).view(-1, 1)
-        hints["full_from"] = _same_prompt_length(full)
+        hints["full_from"] = _shared_prompt_length(full, ctx)
 
     return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
 
 
+def _shared_prompt_length(prompt_lengths, ctx: RunContext | None) -> int | None:
+    """The prompt length shared by every row (None when rows differ), read on the host once per forward: a tensor on
+    the GPU costs one sync, which per layer would stall the launch queue of every training step."""
+    if ctx is not None and ctx.lengths_seen is prompt_lengths:
+        return ctx.lengths_shared
+    shared = _same_prompt_length(prompt_lengths)
+    if ctx is not None:
+        ctx.lengths_seen, ctx.lengths_shared = prompt_lengths, shared
+    return shared
+
+
 def _same_prompt_length(prompt_lengths) -> int | None:
-    """The prompt length shared by every row, read on the host (None when rows differ). A tensor on the GPU costs
-    one sync here: this runs for training and scoring batches, never in a decode step."""
     lengths = prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths
     lengths = lengths if isinstance(lengths, list) else [lengths]
     return int(lengths[0]) if lengths and all(n == lengths[0] for n in lengths) else None

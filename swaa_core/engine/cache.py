@@ -13,8 +13,8 @@ Multi-token forwards against a wrapped ring (chunked prefill, a second turn, ass
 out in slot order ("flat"), which costs one gather; they are rare. ``activate_past_recording`` (called by transformers'
 assisted decoding) keeps every key until the next ``crop``, so a rejected draft can be rolled back exactly.
 
-For a later captured (CUDA graph) decode step, the buffer shapes are already fixed once the ring exists; the write
-index ``sinks + (total - sinks) % W`` is the one value that would have to live on the device.
+A captured (CUDA graph) decode step needs every per-step value on the device: :mod:`.static_cache` takes over this
+cache after the prefill for that (``model.generate(..., cache_implementation="static")``).
 """
 
 from __future__ import annotations
@@ -288,8 +288,9 @@ def swaa_layer(cache: Cache, layer_idx: int) -> SWAACacheLayer:
     if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
         raise ValueError(
             f"SWAA works with transformers' dynamic KV cache (DynamicCache); got {type(layer).__name__} in layer "
-            f"{layer_idx}. Do not pass cache_implementation='static', a StaticCache, or a quantized cache while SWAA "
-            "is applied: SWAA already keeps sliding layers at sinks + window slots."
+            f"{layer_idx}. Do not pass a StaticCache or a quantized cache while SWAA is applied: SWAA already keeps "
+            "sliding layers at sinks + window slots. For fixed buffers and CUDA-graph decoding call "
+            "model.generate(..., cache_implementation='static'), which SWAA serves with its own static cache."
         )
     layers[layer_idx] = swaa = SWAACacheLayer.from_layer(layer, layer_idx)
     return swaa

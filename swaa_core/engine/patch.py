@@ -24,6 +24,7 @@ from .attention import NAME, LayerPlan, RunContext, swaa_attention_forward, swaa
 from .backends import explain_backend
 from .cache import SWAACacheLayer, kv_cache_bytes, swaa_layer
 from .config import SWAAConfig, SWAAConfigError
+from .static_cache import StaticSWAACache
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gemma3", "gemma3_text")
 
@@ -74,8 +75,8 @@ def check_supported(model) -> None:
 
 def _cache_hook(module, args, kwargs):
     cache = kwargs.get("past_key_values")
-    if cache is None:
-        module._swaa_cache_layer = None
+    if cache is None or isinstance(cache, StaticSWAACache):
+        module._swaa_cache_layer = None if cache is None else cache.layers[module.layer_idx]
         return
     layer = swaa_layer(cache, module.layer_idx)
     if layer.bound is None and module._swaa_ctx.assisted:  # transformers asked the plain layer it replaced to record
@@ -125,6 +126,11 @@ def _wrap_generate(model, context: RunContext) -> None:
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
+        config = kwargs.get("generation_config") or model.generation_config
+        if kwargs.get("cache_implementation", getattr(config, "cache_implementation", None)) == "static":
+            from .fast_decode import generate_static  # it builds on this module
+
+            return generate_static(model, args, kwargs)
         previous = context.prompt_end, context.assisted
         context.prompt_end, context.assisted = _prompt_end(args, kwargs), _assisted(model, kwargs)
         try:

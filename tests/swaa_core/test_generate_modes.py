@@ -111,6 +111,18 @@ def mode_manual_decode_loop_with_marker(model, x, fa):
     assert_greedy(model, seq, PROMPT, swaa_rows(PROMPT, fa_decode=fa))
 
 
+def mode_ring_wraps_many_times(model, x, fa):
+    """5W new tokens: the sliding layers' ring buffer is overwritten five times over."""
+    out = model.generate(x, max_new_tokens=5 * W, do_sample=False)
+    assert_greedy(model, out, PROMPT, swaa_rows(PROMPT, fa_decode=fa))
+
+
+def mode_static_cache(model, x, fa):
+    """Served by SWAA's fixed-buffer decoder (the path CUDA graphs capture), wrapping its ring five times over."""
+    out = model.generate(x, max_new_tokens=5 * W, do_sample=False, cache_implementation="static")
+    assert_greedy(model, out, PROMPT, swaa_rows(PROMPT, fa_decode=fa))
+
+
 def mode_chunked_prefill(model, x, fa):
     greedy(model, x, fa, prefill_chunk_size=5)
 
@@ -213,6 +225,8 @@ MODES = {
     "beams": mode_beams,
     "sampling x3": mode_sampling_several_sequences,
     "streamer": mode_streamer,
+    "ring wraps 5x": mode_ring_wraps_many_times,
+    "cache_implementation=static": mode_static_cache,
     "second turn": mode_second_turn,
     "labels": mode_forward_with_labels,
     "narrower config mid-conversation": mode_narrower_config_mid_conversation,
@@ -235,8 +249,8 @@ def refuse_static_cache(model, x):
     model.generate(x, max_new_tokens=NEW, past_key_values=StaticCache(config=model.config, max_cache_len=32))
 
 
-def refuse_static_implementation(model, x):
-    model.generate(x, max_new_tokens=NEW, cache_implementation="static")
+def refuse_static_implementation_with_beams(model, x):
+    model.generate(x, max_new_tokens=NEW, cache_implementation="static", num_beams=2)
 
 
 def refuse_quantized_cache(model, x):
@@ -272,7 +286,7 @@ def refuse_rollback_past_the_window(model, x):
 
 REFUSALS = {
     "StaticCache": (refuse_static_cache, "dynamic KV cache.*got StaticLayer"),
-    "cache_implementation=static": (refuse_static_implementation, "dynamic KV cache.*got StaticLayer"),
+    "static cache with beams": (refuse_static_implementation_with_beams, "does not take: num_beams=2"),
     "quantized cache": (refuse_quantized_cache, "dynamic KV cache.*got Fp8QuantizedLayer"),
     "wider window after eviction": (refuse_wider_config_after_eviction, "dropped keys outside the SWAA window"),
     "FA decode after eviction": (refuse_fa_decode_after_eviction, "dropped keys outside the SWAA window"),

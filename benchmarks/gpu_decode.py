@@ -1,0 +1,301 @@
+"""Decode speed on the GPU: eager ``generate`` and the CUDA-graph path, SWAA configurations against full attention.
+
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_decode.py --sections kernels graph eager hf_static end_to_end
+
+Llama-3.1-8B-shaped model with random weights (bf16, batch 1), W=2048, 128 sinks. Configurations take turns inside
+every repeat, so drift of the host hits them alike; every decode figure covers the same number of generated tokens.
+Sections (each guarded: a failure is recorded and the next one runs):
+- kernels:    one decode query against L keys: SDPA without a mask (GQA), SDPA with the query heads of a KV group
+              folded into the query axis and a mask, and the static path's SDPA with a mask and GQA, at L = sinks + W
+              and the prompt lengths.
+- graph:      ``fast_generate`` (fixed buffers, one decode step captured in a CUDA graph): tokens/s at each prompt
+              length, first-call cost (cache move + warm-up + capture), and whether its tokens equal the eager
+              static path's.
+- eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded).
+- hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
+- end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager and graph.
+Results go to $OUT/gpu_decode.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_bench  # noqa: E402
+from gpu_bench import gib, llama8b, versions  # noqa: E402
+
+from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
+from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
+from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
+
+RESULTS: dict = {"sections": {}, "failures": []}
+SUMMARY: list[tuple[str, str]] = []
+ARGS = None
+
+
+@contextlib.contextmanager
+def section(name: str):
+    start = time.perf_counter()
+    print(f"\n=== {name} ===", flush=True)
+    RESULTS["sections"][name] = out = {}
+    try:
+        yield out
+    except Exception as e:
+        tb = traceback.format_exc()
+        print(tb, flush=True)
+        out["error"] = f"{type(e).__name__}: {e}"
+        RESULTS["failures"].append({"section": name, "error": out["error"], "traceback": tb})
+        SUMMARY.append((name, f"FAILED: {out['error'][:200]}"))
+    finally:
+        out["seconds"] = round(time.perf_counter() - start, 1)
+        path = ARGS.json or (Path(os.environ["OUT"]) / "gpu_decode.json" if os.environ.get("OUT") else None)
+        if path:
+            Path(path).write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def configs(layers: int) -> dict:
+    W, K = ARGS.window, ARGS.sinks
+    return {
+        "full": None,
+        "SWA decode": SWAAConfig(sliding_window_size=W, keep_first=K),
+        "FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
+        "1/2 FA layers + FA decode": SWAAConfig(
+            sliding_window_size=W,
+            keep_first=K,
+            force_fa_decode=True,
+            non_sliding_layers=SWAAConfig.fa_layers("1/2", layers),
+        ),
+    }
+
+
+def prompt(n: int, seed: int = 7) -> torch.Tensor:
+    return torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- kernels
+def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
+    q = torch.randn(1, H, 1, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, Hkv, L, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.ones(1, 1, 1, L, dtype=torch.bool, device="cuda")
+    mask[..., L - 7 :] = False
+    return {
+        "sdpa gqa, no mask": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+        "folded query heads, masked": lambda: F.scaled_dot_product_attention(
+            q.view(1, Hkv, H // Hkv, D), k, v, attn_mask=mask
+        ),
+        "static path: sdpa gqa, masked": lambda: _decode_sdpa(q, k, v, mask, D**-0.5),
+    }
+
+
+def run_kernels(out: dict):
+    from triton.testing import do_bench
+
+    rows = out["rows"] = {}
+    for L in [ARGS.sinks + ARGS.window, *ARGS.prompts]:
+        rows[L] = {name: round(do_bench(fn) * 1e3, 1) for name, fn in attention_variants(L).items()}  # microseconds
+        print(L, rows[L], flush=True)
+    SUMMARY.append(("decode attention, us per layer", json.dumps(rows)))
+
+
+# --------------------------------------------------------------------------- CUDA-graph path
+@torch.no_grad()
+def run_graph(out: dict, model):
+    cfgs = configs(model.config.num_hidden_layers)
+    rows = out["rows"] = {}
+    for n in ARGS.prompts:
+        ids = prompt(n)
+        rows[n] = {label: {"tok_s": [], "setup_s": []} for label in cfgs}
+        for rep in range(ARGS.reps):
+            for label, cfg in cfgs.items():
+                with swaa(model, cfg):
+                    r = fast_generate(model, ids, max_new_tokens=ARGS.new_tokens, eos_token_id=[], cuda_graph=True)
+                rows[n][label]["tok_s"].append(round(r.tokens_per_s, 1))
+                rows[n][label]["setup_s"].append(round(r.setup_s, 2))
+                rows[n][label]["prefill_s"] = round(r.prefill_s, 3)
+                if rep == 0:
+                    with swaa(model, cfg):
+                        eager = fast_generate(model, ids, max_new_tokens=24, eos_token_id=[], cuda_graph=False)
+                    k = eager.sequences.shape[1]
+                    rows[n][label]["graph_equals_eager_24"] = bool((eager.sequences == r.sequences[:, :k]).all())
+                del r
+                torch.cuda.empty_cache()
+        for label, row in rows[n].items():
+            row["tok_s_median"] = statistics.median(row["tok_s"])
+            row["ms_per_token"] = round(1e3 / row["tok_s_median"], 2)
+            SUMMARY.append(
+                (f"graph decode {n // 1024}K", f"{label}: {row['tok_s_median']} tok/s, setup {row['setup_s']}")
+            )
+        print(n, rows[n], flush=True)
+        del ids
+
+
+# --------------------------------------------------------------------------- eager generate
+class Stamps:
+    """A streamer that records when each token arrives (generate reads a device flag every step, so the host
+    time of a put is the step's end)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+    def per_token(self) -> float:
+        return (self.times[-1] - self.times[1]) / (len(self.times) - 2)  # times[0]: the prompt, times[1]: token 1
+
+
+@torch.no_grad()
+def run_eager(out: dict, model):
+    cfgs = configs(model.config.num_hidden_layers)
+    rows = out["rows"] = {}
+    for n in ARGS.prompts:
+        ids = prompt(n)
+        samples = {label: [] for label in cfgs}
+        kv = {}
+        for rep in range(ARGS.reps + 1):
+            for label, cfg in cfgs.items():
+                with swaa(model, cfg):
+                    stamps = Stamps()
+                    result = model.generate(
+                        ids,
+                        max_new_tokens=ARGS.new_tokens,
+                        min_new_tokens=ARGS.new_tokens,
+                        do_sample=False,
+                        streamer=stamps,
+                        return_dict_in_generate=True,
+                    )
+                if rep:  # the first round is warm-up
+                    samples[label].append(stamps.per_token() * 1e3)
+                kv[label] = gib(sum(kv_cache_bytes(result.past_key_values)))
+                del result
+                torch.cuda.empty_cache()
+        full = statistics.median(samples["full"])
+        rows[n] = {
+            label: dict(
+                ms_median=round(statistics.median(s), 2),
+                ms=[round(x, 2) for x in s],
+                vs_full=round(statistics.median(s) / full, 3),
+                kv_gib=kv[label],
+            )
+            for label, s in samples.items()
+        }
+        for label, r in rows[n].items():
+            SUMMARY.append(
+                (f"eager decode {n // 1024}K", f"{label}: {r['ms_median']} ms/token ({r['vs_full']}x full's)")
+            )
+        print(n, rows[n], flush=True)
+
+
+@torch.no_grad()
+def run_hf_static(out: dict, model):
+    """transformers' best path for full attention: static cache, compiled decode step (its automatic compile)."""
+    remove_swaa(model)
+    rows = out["rows"] = {}
+    for n in ARGS.hf_prompts:
+        ids = prompt(n)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation="static")
+        first = time.perf_counter() - start
+        per = []
+        for _ in range(2):
+            stamps = Stamps()
+            model.generate(
+                ids,
+                max_new_tokens=ARGS.new_tokens,
+                min_new_tokens=ARGS.new_tokens,
+                do_sample=False,
+                cache_implementation="static",
+                streamer=stamps,
+            )
+            per.append(stamps.per_token() * 1e3)
+        rows[n] = dict(first_call_s=round(first, 1), ms_per_token=[round(x, 2) for x in per])
+        SUMMARY.append(
+            (f"transformers static+compile {n // 1024}K", f"full: {min(per):.2f} ms/token, first {first:.0f} s")
+        )
+        print(n, rows[n], flush=True)
+        torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def run_end_to_end(out: dict, model):
+    n, new = max(ARGS.prompts), ARGS.e2e_tokens
+    ids = prompt(n, seed=8)
+    rows = out["rows"] = {}
+    for label, cfg in configs(model.config.num_hidden_layers).items():
+        with swaa(model, cfg):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            torch.cuda.synchronize()
+            eager = time.perf_counter() - start
+            start = time.perf_counter()
+            fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
+            graph = time.perf_counter() - start
+        rows[label] = dict(eager_s=round(eager, 2), graph_s=round(graph, 2))
+        torch.cuda.empty_cache()
+    full = rows["full"]
+    for r in rows.values():
+        r["eager_speedup"] = round(full["eager_s"] / r["eager_s"], 2)
+        r["graph_speedup"] = round(full["graph_s"] / r["graph_s"], 2)
+    SUMMARY.append((f"end to end {n // 1024}K + {new}", json.dumps(rows)))
+    print(rows, flush=True)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="+", default=["kernels", "graph", "eager", "hf_static", "end_to_end"])
+    p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
+    p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--sinks", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--e2e-tokens", type=int, default=512)
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    global ARGS
+    ARGS = parse(argv)
+    RESULTS["args"] = vars(ARGS)
+    RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    gpu_bench.DEVICE = "cuda"
+    RESULTS["versions"] = versions()
+    if "kernels" in ARGS.sections:
+        with section("kernels") as out:
+            run_kernels(out)
+    runs = {"graph": run_graph, "eager": run_eager, "hf_static": run_hf_static, "end_to_end": run_end_to_end}
+    wanted = [s for s in ARGS.sections if s in runs]
+    if wanted:
+        model = llama8b(ARGS.layers)
+        for name in wanted:
+            with section(name) as out:
+                runs[name](out, model)
+    print("\n| check | result |\n|---|---|")
+    for name, text in SUMMARY:
+        print(f"| {name} | {text} |")
+    print(f"\nfailures: {len(RESULTS['failures'])}")
+    return 1 if RESULTS["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

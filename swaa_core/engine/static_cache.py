@@ -1,0 +1,164 @@
+"""A KV cache of fixed shapes for decoding, so that one decode step can be captured in a CUDA graph and replayed.
+
+Every per-step fact lives on the device: the slot being written (one int64), each row's real position (B, 1), and
+per layer the real position held at each buffer index (-1: empty or padding). A step writes its key and value with
+``index_copy_`` at an index computed on the device, derives the layer's visibility mask from those positions with the
+engine's one predicate (:func:`swaa_core.engine.masks.visible`), and attends to the whole buffer. Nothing is read back
+to the host, no shape changes, so the kernels of a step are the same from one token to the next.
+
+Two buffer kinds, chosen per layer from its :class:`~swaa_core.engine.attention.LayerPlan`:
+
+* **ring**: a sliding layer whose decode steps also slide keeps ``sinks + W`` slots, the layout of
+  :class:`~swaa_core.engine.cache.SWAACacheLayer`'s ring: slot ``s`` lives at ``s`` while ``s < sinks``, else at
+  ``sinks + (s - sinks) % W``. The step costs the same at 8K and at 128K tokens of context.
+* **flat**: full layers and FA-decode layers keep every slot up to ``max_slots`` (prompt + new tokens), like
+  transformers' ``StaticCache``.
+
+A cache is built from a prefilled SWAA dynamic cache (:meth:`StaticSWAACache.from_dynamic`); the prefill itself runs
+through the fast prefill kernels, not here. Source of the idea: transformers' ``StaticCache`` (fixed buffers written
+with ``index_copy_`` under ``torch.compile``) and gpt-fast's CUDA-graph decode.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .backends import _decode_sdpa
+from .cache import KeyView, SWAACacheLayer
+from .masks import visible
+
+
+class StaticSlots(CacheLayerMixin):
+    """One layer's fixed (B, H, L, D) key and value buffers and the real position held at each index.
+
+    ``ring``: (sinks, W) for a ring buffer of ``sinks + W`` indices, else None (index = slot).
+    ``window``/``keep_first``: the rule decode queries follow in this layer (window None: they see every key)."""
+
+    is_compileable = True
+    is_sliding = False
+
+    def __init__(self, keys, values, positions, clock, *, ring, window, keep_first):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.positions = positions  # (B, L) int64: real position at each index, -1 where none
+        self.clock = clock  # the shared DecodeClock: slot and real positions of the token being decoded
+        self.ring, self.window, self.keep_first = ring, window, keep_first
+        self.is_initialized = True
+        self.mask = None  # (B, 1, 1, L) bool of the current step, read by the attention right after update
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # buffers exist from the start
+        pass
+
+    def _index(self) -> torch.Tensor:
+        slot = self.clock.slot
+        if self.ring is None:
+            return slot
+        sinks, window = self.ring
+        return torch.where(slot < sinks, slot, sinks + (slot - sinks) % window)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if key_states.shape[-2] != 1:
+            raise ValueError("A static SWAA cache takes one token per step; prefill with the dynamic cache first.")
+        index = self._index()
+        self.keys.index_copy_(2, index, key_states)
+        self.values.index_copy_(2, index, value_states)
+        self.positions.index_copy_(1, index, self.clock.positions)
+        held = self.positions
+        self.mask = visible(self.clock.positions, held, held >= 0, False, self.window, self.keep_first)[:, None, None]
+        return self.keys, self.values
+
+    def attend(self, query, key, value, scaling: float) -> torch.Tensor:
+        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D)."""
+        return _decode_sdpa(query, key, value, self.mask, scaling)
+
+    def get_seq_length(self) -> int:
+        return self.clock.seen
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.keys.shape[-2], 0
+
+    def get_max_length(self) -> int:
+        return self.keys.shape[-2]
+
+    get_max_cache_shape = get_max_length  # the name transformers 5.17 asks for
+
+
+class DecodeClock:
+    """The device-side counters of a decode step: the slot written (1,) and each row's real position (B, 1).
+
+    ``advance()`` moves them on the device (inside a captured step); ``seen`` is the host's count of slots."""
+
+    def __init__(self, slot: int, positions: torch.Tensor):
+        self.slot = torch.tensor([slot], dtype=torch.long, device=positions.device)
+        self.positions = positions.to(torch.long).view(-1, 1).clone()
+        self.seen = slot
+
+    def advance(self) -> None:
+        self.slot.add_(1)
+        self.positions.add_(1)
+
+
+class StaticSWAACache(Cache):
+    """A transformers Cache of :class:`StaticSlots` layers, one decode token per forward."""
+
+    def __init__(self, layers: list[StaticSlots], clock: DecodeClock):
+        super().__init__(layers=layers)
+        self.clock = clock
+
+    @classmethod
+    def from_dynamic(cls, cache: Cache, plans, mask2d: torch.Tensor | None, max_slots: int) -> StaticSWAACache:
+        """Move a prefilled SWAA dynamic cache into fixed buffers that hold up to ``max_slots`` slots.
+
+        ``plans``: the model's LayerPlans; ``mask2d``: the prompt's (B, T) padding mask or None. The dynamic layers
+        are emptied as they are moved, so at most one layer is held twice. Raises ValueError when ``max_slots`` is
+        smaller than what the cache already holds."""
+        layers = cache.layers
+        first = layers[0]
+        total = first.total if isinstance(first, SWAACacheLayer) else first.get_seq_length()
+        if max_slots <= total:
+            raise ValueError(f"max_slots ({max_slots}) must exceed the {total} slots the prompt already fills.")
+        device = first.keys.device
+        if mask2d is None:
+            real = torch.arange(total, device=device)[None].expand(first.keys.shape[0], total)
+            next_positions = torch.full((first.keys.shape[0],), total, device=device)
+        else:
+            mask2d = mask2d.to(device=device, dtype=torch.bool)
+            real = torch.where(mask2d, mask2d.long().cumsum(-1) - 1, -1)
+            next_positions = mask2d.long().sum(-1)
+        clock = DecodeClock(total, next_positions)
+        static = []
+        for plan, layer in zip(plans, layers, strict=True):
+            static.append(_static_layer(layer, plan, real, max_slots, clock))
+            layer.keys = layer.values = None
+        return cls(static, clock)
+
+
+def _static_layer(layer, plan, real: torch.Tensor, max_slots: int, clock: DecodeClock) -> StaticSlots:
+    """Copy one dynamic layer into its fixed buffers; ``real`` (B, total): real position of each slot, -1 padding."""
+    keys, values = layer.keys, layer.values
+    B, H, _, D = keys.shape
+    if isinstance(layer, SWAACacheLayer):  # the stored layout (``view`` describes the last call's return value)
+        stored = KeyView(layer.ring, layer.sinks, layer.lo, layer.total, layer.window if layer.ring else None)
+        slots, live = stored.slots(keys.device)
+    else:
+        stored, slots, live = None, torch.arange(keys.shape[-2], device=keys.device), None
+    held = real[:, slots]
+    if live is not None:
+        held = torch.where(live, held, -1)
+    slides_in_decode = plan.window is not None and not plan.fa_decode
+    window = plan.window if slides_in_decode else None
+    ring = None
+    if slides_in_decode and isinstance(layer, SWAACacheLayer) and layer.settled:
+        ring = (layer.sinks, plan.window)
+    size = ring[0] + ring[1] if ring is not None else max_slots
+    index = slots if ring is None else torch.where(slots < ring[0], slots, ring[0] + (slots - ring[0]) % ring[1])
+    if stored is not None and stored.ring:
+        index = torch.arange(keys.shape[-2], device=keys.device)  # already in ring layout
+    out_k = keys.new_zeros(B, H, size, D)  # zeros: an unwritten index must never be NaN
+    out_v = values.new_zeros(B, values.shape[1], size, values.shape[-1])
+    positions = torch.full((B, size), -1, dtype=torch.long, device=keys.device)
+    out_k.index_copy_(2, index, keys)
+    out_v.index_copy_(2, index, values)
+    positions.index_copy_(1, index, held)
+    return StaticSlots(out_k, out_v, positions, clock, ring=ring, window=window, keep_first=plan.keep_first)
