@@ -390,6 +390,26 @@ def test_sliding_layers_keep_bounded_kv_cache_on_gpu():
 
 
 @gpu_test
+@pytest.mark.parametrize("fa_decode", [False, True])
+def test_cuda_graph_decode_equals_eager_static_and_generate(fa_decode):
+    """The captured decode step replays the same kernels as the eager static step (identical tokens), and a left-
+    padded batch decodes as transformers' generate with the dynamic SWAA cache does (fp32)."""
+    from swaa_core.engine.fast_decode import fast_generate
+
+    model = gpu_model(layers=4, seed=5, eos_token_id=None)
+    batch, mask = ids(300, seed=8, batch=2).to(CUDA), torch.ones(2, 300, dtype=torch.long, device=CUDA)
+    mask[1, :77] = 0
+    cfg = SWAAConfig(sliding_window_size=40, keep_first=3, force_fa_decode=fa_decode, non_sliding_layers=[2])
+    with swaa(model, cfg), torch.no_grad():
+        graph = fast_generate(model, batch, attention_mask=mask, max_new_tokens=120, cuda_graph=True)
+        eager = fast_generate(model, batch, attention_mask=mask, max_new_tokens=120, cuda_graph=False)
+        expected = model.generate(batch, attention_mask=mask, max_new_tokens=120, min_new_tokens=120, do_sample=False)
+    assert graph.cuda_graph and not eager.cuda_graph
+    assert torch.equal(graph.sequences, eager.sequences)
+    assert torch.equal(graph.sequences, expected)
+
+
+@gpu_test
 def test_compile_limit_falls_back_to_blocked_not_to_dense_flex(monkeypatch):
     """Past the allowed number of compiled flex variants, SWAA switches to the blocked path with a warning, never to
     the eager flex_attention that materialises n x n scores. (Last in this file: it exhausts a lowered limit.)"""

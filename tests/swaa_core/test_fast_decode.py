@@ -1,0 +1,143 @@
+"""The fixed-buffer decoder (the path a CUDA graph captures) against transformers' own ``generate`` with the dynamic
+SWAA cache, which test_generate_modes checks against a teacher-forced float reference: same tokens for padded batches,
+FA-decode layers, hybrid models, end of sequence and sampling; no step reads a device value; the buffers keep sinks + W
+slots per evicting layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import DynamicCache
+
+from swaa_core import SWAAConfig, apply_swaa, remove_swaa
+from swaa_core.engine.fast_decode import fast_generate
+from swaa_core.engine.static_cache import StaticSWAACache
+
+W, K = 6, 2
+CONFIGS = {
+    "full": None,
+    "evicting": SWAAConfig(sliding_window_size=W, keep_first=K),
+    "fa-decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
+    "fa-layer + evicting": SWAAConfig(sliding_window_size=W, keep_first=K, non_sliding_layers=[1]),
+}
+
+
+def padded_batch(n: int = 30, pads=(0, 9, 3)):
+    ids = torch.randint(3, 97, (len(pads), n), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, p in enumerate(pads):
+        mask[row, :p] = 0
+        ids[row, :p] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_padded_batch_equals_generate(family, config):
+    model = build_tiny_model(family, eos_token_id=None)  # gemma3: its own local / global layer pattern
+    ids, mask = padded_batch()
+    apply_swaa(model, CONFIGS[config])
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+    got = fast_generate(model, ids, attention_mask=mask, max_new_tokens=24)
+    assert torch.equal(got.sequences, expected)
+    assert got.decode_steps == 23 and not got.cuda_graph
+
+
+def test_short_prompt_fills_the_ring_while_decoding():
+    """A prompt shorter than sinks + W: the ring is filled by decode steps, then wraps."""
+    model = build_tiny_model("llama", eos_token_id=None)
+    apply_swaa(model, CONFIGS["evicting"])
+    ids = torch.randint(3, 97, (1, 4), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    assert torch.equal(fast_generate(model, ids, max_new_tokens=30).sequences, expected)
+
+
+def test_end_of_sequence_and_min_new_tokens_as_generate():
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, mask = padded_batch(pads=(0, 5))
+    apply_swaa(model, CONFIGS["evicting"])
+    with torch.no_grad():
+        free = model.generate(ids, attention_mask=mask, max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    eos = int(free[0, ids.shape[1] + 3])  # a token row 0 produces early: both rows must stop by its rule
+    for min_new in (0, 8):
+        kw = dict(attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=1, min_new_tokens=min_new)
+        with torch.no_grad():
+            expected = model.generate(ids, do_sample=False, **kw)
+        assert torch.equal(fast_generate(model, ids, **kw).sequences, expected)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy():
+    model = build_tiny_model("llama", eos_token_id=None)
+    apply_swaa(model, CONFIGS["evicting"])
+    ids, _ = padded_batch(pads=(0,))
+
+    def sample(seed, **kw):
+        gen = torch.Generator().manual_seed(seed)
+        return fast_generate(model, ids, max_new_tokens=20, do_sample=True, generator=gen, **kw).sequences
+
+    assert torch.equal(sample(0, temperature=0.7, top_p=0.9), sample(0, temperature=0.7, top_p=0.9))
+    assert not torch.equal(sample(0, temperature=5.0), sample(1, temperature=5.0))
+    assert torch.equal(sample(3, top_k=1), fast_generate(model, ids, max_new_tokens=20).sequences)
+
+
+class HostReads(TorchDispatchMode):
+    """Records every op that copies a device value to the host (what a CUDA graph cannot capture)."""
+
+    READS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "equal", "tolist"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.READS:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("config", ["evicting", "fa-decode", "full"])
+def test_a_decode_step_reads_nothing_back_from_the_device(config):
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, mask = padded_batch()
+    state = apply_swaa(model, CONFIGS[config] or SWAAConfig(sliding_window_size=64))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+        static = StaticSWAACache.from_dynamic(cache, state.plans, mask, ids.shape[1] + 8)
+        token = torch.zeros(3, 1, dtype=torch.long)
+        with HostReads() as reads:
+            model(input_ids=token, position_ids=static.clock.positions, past_key_values=static)
+            static.clock.advance()
+    assert reads.seen == []
+
+
+def test_evicting_layers_hold_sinks_plus_window_slots():
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, mask = padded_batch(pads=(0, 4))
+    state = apply_swaa(model, CONFIGS["fa-layer + evicting"])
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+    static = StaticSWAACache.from_dynamic(cache, state.plans, mask, 1000)
+    # layer 1 keeps full attention (1000 slots); the others keep sinks + W, sinks covering both rows' first K tokens
+    assert [layer.keys.shape[-2] for layer in static.layers] == [4 + K + W, 1000, 4 + K + W, 4 + K + W]
+
+
+def test_refusals_name_the_problem():
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, mask = padded_batch(pads=(0,))
+    with pytest.raises(ValueError, match="max_new_tokens >= 1"):
+        fast_generate(model, ids, max_new_tokens=0)
+    right = torch.ones_like(ids)
+    right[0, -3:] = 0
+    with pytest.raises(ValueError, match="Pad prompts on the left"):
+        fast_generate(model, ids, attention_mask=right, max_new_tokens=4)
+    apply_swaa(model, CONFIGS["evicting"])
+    with pytest.raises(ValueError, match="does not take: streamer"):
+        model.generate(ids, max_new_tokens=4, cache_implementation="static", streamer=object())
+    remove_swaa(model)
+    assert not hasattr(model, "_swaa_state")
