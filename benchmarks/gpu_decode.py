@@ -126,7 +126,7 @@ def run_graph(out: dict, model):
                 rows[n][label]["tok_s"].append(round(r.tokens_per_s, 1))
                 rows[n][label]["setup_s"].append(round(r.setup_s, 2))
                 rows[n][label]["prefill_s"] = round(r.prefill_s, 3)
-                if rep == 0:
+                if rep == 0 and n <= ARGS.check_up_to:
                     with swaa(model, cfg):
                         eager = fast_generate(model, ids, max_new_tokens=24, eos_token_id=[], cuda_graph=False)
                     k = eager.sequences.shape[1]
@@ -239,21 +239,26 @@ def run_end_to_end(out: dict, model):
     ids = prompt(n, seed=8)
     rows = out["rows"] = {}
     for label, cfg in configs(model.config.num_hidden_layers).items():
+        rows[label] = {}
         with swaa(model, cfg):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-            torch.cuda.synchronize()
-            eager = time.perf_counter() - start
-            start = time.perf_counter()
-            fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
-            graph = time.perf_counter() - start
-        rows[label] = dict(eager_s=round(eager, 2), graph_s=round(graph, 2))
+            if "eager" in ARGS.e2e_modes:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                torch.cuda.synchronize()
+                rows[label]["eager_s"] = round(time.perf_counter() - start, 2)
+            if "graph" in ARGS.e2e_modes:
+                start = time.perf_counter()
+                r = fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
+                rows[label]["graph_s"] = round(time.perf_counter() - start, 2)
+                rows[label]["graph_parts_s"] = dict(
+                    prefill=round(r.prefill_s, 2), setup=round(r.setup_s, 2), decode=round(r.decode_s, 2)
+                )
         torch.cuda.empty_cache()
     full = rows["full"]
     for r in rows.values():
-        r["eager_speedup"] = round(full["eager_s"] / r["eager_s"], 2)
-        r["graph_speedup"] = round(full["graph_s"] / r["graph_s"], 2)
+        for mode in ARGS.e2e_modes:
+            r[f"{mode}_speedup"] = round(full[f"{mode}_s"] / r[f"{mode}_s"], 2)
     SUMMARY.append((f"end to end {n // 1024}K + {new}", json.dumps(rows)))
     print(rows, flush=True)
 
@@ -269,6 +274,8 @@ def parse(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--e2e-tokens", type=int, default=512)
+    p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
+    p.add_argument("--check-up-to", type=int, default=32768, help="longest prompt whose graph tokens are compared")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
