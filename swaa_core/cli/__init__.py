@@ -424,7 +424,7 @@ def _prompt_text(args) -> str:
 
 
 def cmd_eval(args) -> int:
-    from ..runtime.distributed import evaluate_shared
+    from ..eval.runner import evaluate_shared
 
     if (code := relaunch(args)) is not None:
         return code
@@ -461,7 +461,7 @@ def cmd_eval(args) -> int:
         for row in rows:
             _print_json(row)
     elif not _shared_error(results):
-        from ..eval.runner import accuracy_table
+        from ..eval.results import accuracy_table
 
         _frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
     return _report_errors(results)
@@ -535,7 +535,7 @@ def _task_kwargs(pairs: list[str] | None) -> dict:
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:
-    from ..eval.sweep import export, to_frame
+    from ..eval.results import export, to_frame
 
     export(to_frame(rows), path)
 
@@ -544,7 +544,8 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from ..eval.sweep import SweepSpec, export, run_sweep, summarize
+    from ..eval.results import export, summarize
+    from ..eval.sweep import SweepSpec, run_sweep
 
     if (code := relaunch(args)) is not None:
         return code

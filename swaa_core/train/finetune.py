@@ -26,6 +26,7 @@ import torch
 from ..engine.config import SWAAConfig, SWAAConfigError
 from ..engine.patch import attention_modules, swaa
 from ..runtime.distributed import current, map_shared
+from ..runtime.jsonl import save_jsonl
 from .distill import (
     DistillDataError,
     Progress,
@@ -35,7 +36,6 @@ from .distill import (
     filter_records,
     load_jsonl,
     normalize_record,
-    save_jsonl,
 )
 
 SWAA_FILE = "swaa_config.json"
