@@ -25,6 +25,7 @@ import torch
 
 from ..engine.config import SWAAConfig, SWAAConfigError
 from ..engine.patch import attention_modules, swaa
+from ..eval.tasks import make_samples
 from ..runtime.distributed import current, map_shared
 from ..runtime.jsonl import save_jsonl
 from .distill import (
@@ -495,18 +496,6 @@ class EvalSummary:
         return f"{self.label}: accuracy {acc}{lp}{err}"
 
 
-def make_samples(kind: str, tokenizer, n: int, length_tokens: int, *, seed: int = 0, **kw) -> list:
-    """``n`` task samples with the needle depth spread evenly over the context and seeds seed, seed+1, ..."""
-    from ..eval.tasks import make_task
-
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"The number of samples must be a whole number >= 1, got {n!r}.")
-    return [
-        make_task(kind, tokenizer, length_tokens=length_tokens, depth=(i + 0.5) / n, seed=seed + i, **kw)
-        for i in range(n)
-    ]
-
-
 def evaluate_accuracy(
     loaded, samples, config: SWAAConfig | None, *, label: str, max_new_tokens: int = 24, cot: bool = False,
     on_progress: ProgressFn | None = None, cancel: threading.Event | None = None, progress: bool = True,
@@ -618,7 +607,8 @@ def finetune_pipeline(
     progress = progress and launch.is_main
     held_out = []
     if eval_samples:
-        held_out = make_samples(task, tokenizer, eval_samples, eval_length or length_tokens, seed=seed + 100_000)
+        seeds = range(seed + 100_000, seed + 100_000 + eval_samples)
+        held_out = make_samples(task, tokenizer, length_tokens=eval_length or length_tokens, seeds=seeds)
 
     def score(label):
         return evaluate_accuracy(loaded, held_out, swaa_config, label=label, max_new_tokens=max_new_tokens, cot=cot,
@@ -627,7 +617,7 @@ def finetune_pipeline(
     # One run at a time on this model: SWAA state and the LoRA layers live on it (the runner takes the same lock).
     with getattr(loaded, "lock", None) or contextlib.nullcontext():
         if records is None:
-            prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
+            prompts = make_samples(task, tokenizer, length_tokens=length_tokens, seeds=range(seed, seed + samples))
             records = distill_shared(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot,
                                      on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
             distill_path = None if out is None else out / "distill.jsonl"
@@ -798,7 +788,9 @@ def _prompts(args, tokenizer) -> list:
         from ..eval.tasks import load_dataset_records
 
         return load_dataset_records(args.dataset, split=args.split, limit=args.samples, tokenizer=tokenizer)
-    return make_samples(args.task, tokenizer, args.samples, args.length, seed=args.seed)
+    return make_samples(
+        args.task, tokenizer, length_tokens=args.length, seeds=range(args.seed, args.seed + args.samples)
+    )
 
 
 def _cmd_distill(args) -> int:

@@ -76,7 +76,7 @@ def make_samples(
     Other keywords go to :func:`make_task`. Raises :class:`ValueError` when there are no seeds."""
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("The number of samples must be a whole number >= 1, got 0.")
+        raise ValueError("No samples asked for: the number of samples (seeds) must be a whole number >= 1.")
     if depths is None:
         pairs = [(seed, (i + 0.5) / len(seeds)) for i, seed in enumerate(seeds)]
     else:
