@@ -180,6 +180,8 @@ def _proc_status(pattern: re.Pattern) -> int:
 
 
 def context_length(model, info=None) -> int | None:
+    """Tokens the model reads at most (prompt plus generated): from ``info`` (a ModelInfo) when it says, else the
+    text config's ``max_position_embeddings``; None when neither does."""
     for name in ("context_length", "max_context", "max_position_embeddings"):
         value = getattr(info, name, None)
         if isinstance(value, int) and value > 0:
@@ -196,6 +198,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def error_text(exc: BaseException, device: torch.device) -> str:
+    """A failed run's message for the user: out of memory with what to try, bad configs named as such, a
+    ``ValueError``'s own message, the exception type before any other message."""
     if _is_oom(exc):
         return (
             f"Out of memory on {device.type}: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}. "
