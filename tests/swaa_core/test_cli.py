@@ -238,7 +238,8 @@ def test_bad_numbers_and_configs_stop_at_parse_time_with_a_specific_message(argv
 def test_every_numeric_option_of_every_subcommand_has_a_range():
     """Walks the real parser (plug-in subcommands included): each int/float option rejects a value below its
     range and, where it has one, above it, naming the option; a new option without a range fails here."""
-    from swaa_core.cli import NUMERIC_OPTIONS, Bound, build_parser, numeric_actions
+    from swaa_core.cli import build_parser
+    from swaa_core.cli.bounds import NUMERIC_OPTIONS, Bound, numeric_actions
 
     seen = 0
     for prog, action in numeric_actions(build_parser()):

@@ -12,21 +12,17 @@ from test_distill import tiny_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
 from swaa_core.engine.patch import attention_modules, current_config
+from swaa_core.train.adapters import AdapterError, find_adapters, load_adapter, read_adapter_info, save_adapter
 from swaa_core.train.distill import DistillDataError
-from swaa_core.train.finetune import (
+from swaa_core.train.finetune import finetune_pipeline
+from swaa_core.train.lora import (
     IGNORE,
-    AdapterError,
     TrainSettings,
     _training_mode,
     build_examples,
     collate,
-    find_adapters,
-    finetune_pipeline,
-    load_adapter,
     lora_config,
     make_example,
-    read_adapter_info,
-    save_adapter,
     train_lora,
 )
 
