@@ -123,7 +123,8 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     export(to_frame(rows), path)
 
 
-def add_task_args(p, *, depths_flag: str) -> None:
+def add_task_args(p) -> None:
+    """The task, its options and seeds, shared by `swaa eval` and `swaa sweep`."""
     g = p.add_argument_group("task")
     g.add_argument("--task", "-t", default="passkey", choices=TASK_KINDS, help="built-in task (default: passkey)")
     g.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, e.g. digits=4, num_keys=4")
@@ -156,7 +157,7 @@ def add_parser(sub) -> None:
               swaa eval --task doc_qa --document notes.txt --question "Who signed?" --answer "Ada" """
         ),
     )
-    add_task_args(p, depths_flag="--depth")
+    add_task_args(p)
     g = p.add_argument_group("task size")
     g.add_argument("--length", "-l", type=int, default=1024, help="prompt length in tokens (default: 1024)")
     g.add_argument("--depth", "-d", type=float, action="append", help="needle depth 0..1 (repeatable; default: 0.5)")

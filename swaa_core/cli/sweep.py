@@ -82,7 +82,7 @@ def add_parser(sub) -> None:
               swaa sweep --task multi_key --task-arg num_keys=4 --lengths 1024 --out mk.jsonl --group-by label"""
         ),
     )
-    add_task_args(p, depths_flag="--depths")
+    add_task_args(p)
     g = p.add_argument_group("grid")
     g.add_argument("--lengths", "-l", type=int, nargs="+", default=[1024], help="prompt lengths in tokens")
     g.add_argument("--depths", "-d", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths 0..1")
