@@ -8,8 +8,8 @@ training API; the ``swaa distill`` / ``swaa finetune`` subcommands live in :mod:
 """
 
 from .adapters import SWAA_FILE, AdapterError, AdapterInfo, find_adapters, load_adapter, read_adapter_info, save_adapter
-from .distill import DistillDataError, Progress, distill, load_jsonl, save_jsonl
-from .evaluate import EvalSummary, evaluate_accuracy, make_samples
+from .distill import DistillDataError, Progress, distill, load_jsonl
+from .evaluate import EvalSummary, evaluate_accuracy
 from .finetune import FinetuneReport, finetune_pipeline
 from .lora import FinetuneResult, TrainSettings, build_examples, make_example, train_lora
 
@@ -31,9 +31,7 @@ __all__ = [
     "load_adapter",
     "load_jsonl",
     "make_example",
-    "make_samples",
     "read_adapter_info",
     "save_adapter",
-    "save_jsonl",
     "train_lora",
 ]

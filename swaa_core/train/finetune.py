@@ -1,6 +1,6 @@
 """The paper's fine-tuning recipe end to end: self-distil, score before, LoRA-train under SWA, score after, save.
 
-The one entry point the app and ``swaa finetune`` call; the steps live in :mod:`.distill` (data), :mod:`.lora`
+What ``swaa finetune`` runs, callable from Python the same way; the steps live in :mod:`.distill` (data), :mod:`.lora`
 (training), :mod:`.evaluate` (before/after scores) and :mod:`.adapters` (the saved folder). Under torchrun /
 accelerate launch, distillation and evaluation are shared out between the processes and training runs as DDP.
 """

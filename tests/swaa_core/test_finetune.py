@@ -339,7 +339,6 @@ def test_cli_finetune_takes_dtype_and_backend_like_the_other_commands(tmp_path, 
     import swaa_core
     import swaa_core.train.lora as lora
     from swaa_core.cli import main
-    from swaa_core.train.distill import save_jsonl
 
     loaded, loads, backends = tiny_loaded(), [], []
     monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loads.append(k) or loaded)
@@ -350,7 +349,8 @@ def test_cli_finetune_takes_dtype_and_backend_like_the_other_commands(tmp_path, 
         return real_swaa(model, config, backend=backend)
 
     monkeypatch.setattr(lora, "swaa", spy)
-    data = save_jsonl([{"prompt": "w1 w2 w3 w4 w5 w6", "response": "w7 w8"}] * 2, tmp_path / "d.jsonl")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2 w3 w4 w5 w6", "response": "w7 w8"}) + "\n", encoding="utf-8")
     argv = ["finetune", "--data", str(data), "--recipe", "swa", "--window", "4", "--steps", "1", "--keep", "all",
             "--dtype", "float32", "--backend", "reference", "--out", str(tmp_path / "a"), "-q"]  # fmt: skip
     assert main(argv) == 0
