@@ -288,7 +288,8 @@ def recipe_sweep(active_model, recipes, samples, length, seed, window, sinks, co
     """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure.
     Returns the plot's points, the summary table (one row per recipe) and what the time axis measures."""
     from swaa_core.eval.recipes import list_recipes
-    from swaa_core.eval.sweep import SweepSpec, summarize
+    from swaa_core.eval.results import summarize
+    from swaa_core.eval.sweep import SweepSpec
 
     if not recipes:
         raise ValueError("Tick at least one recipe to sweep.")
@@ -359,7 +360,8 @@ def run_needle_sweep(
 def needle_sweep(active_model, strategy, lengths, depths, samples, seed, task, request, progress):
     """Full attention vs ``strategy`` over prompt length x needle depth. Returns one (label, lengths, depths,
     accuracy grid [depth, length]) per config and the CSV file of every run."""
-    from swaa_core.eval.sweep import SweepSpec, export, summarize
+    from swaa_core.eval.results import export, summarize
+    from swaa_core.eval.sweep import SweepSpec
 
     if not lengths:
         raise ValueError("Tick at least one prompt length.")

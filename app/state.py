@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from urllib.parse import urlencode
 
-from swaa_core.engine.config import SWAAConfig, SWAAConfigError
+from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError
 from swaa_core.models.registry import DEFAULT_MODEL
 
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
-FA_LAYER_MODES = ("none", "1/4", "1/2", "custom")
+FA_LAYER_MODES = ("none", *FA_LAYER_PATTERNS, "custom")
 FA_DECODE_MODES = ("off", "all", "layers")
 SOURCES = ("task", "text")
 
@@ -77,7 +77,7 @@ class Strategy:
 def layer_pattern_name(layers: list[int], num_layers: int) -> str:
     """The pattern name ("none", "1/4", "1/2") when ``layers`` is exactly that pattern for this model, else "custom"."""
     chosen = sorted(set(layers))
-    for mode in ("none", "1/4", "1/2"):
+    for mode in ("none", *FA_LAYER_PATTERNS):
         if chosen == SWAAConfig.fa_layers(mode, num_layers):
             return mode
     return "custom"

@@ -14,7 +14,6 @@ Run on an otherwise idle machine; say which machine in anything you publish.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from swaa_core import SWAAConfig, load_model
 from swaa_core.eval.latency import decode_speed_curve
 from swaa_core.models.memory import format_bytes
+from swaa_core.runtime.jsonl import save_jsonl
 
 
 def configs(window: int, sinks: int) -> dict[str, SWAAConfig | None]:
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     )  # fmt: skip
     print("\n".join(table(points, list(cfgs))))
     if args.out:
-        args.out.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in points))
+        save_jsonl((p.to_dict() for p in points), args.out)
 
 
 if __name__ == "__main__":

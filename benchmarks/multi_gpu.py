@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from swaa_core.runtime.jsonl import read_jsonl  # noqa: E402 - after the path set-up above
+
 START = time.monotonic()
 RESULTS: dict = {"sections": {}}
 MARKDOWN: list[str] = []
@@ -292,7 +294,7 @@ def section_sweep(args, tmp: Path) -> None:
         if result.returncode not in (0, 1):
             print(result.stderr[-4000:], flush=True)
             raise RuntimeError(f"sweep on {procs} process(es) exited with {result.returncode}")
-        outs[procs] = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        outs[procs] = read_jsonl(out, strict=True)
         say(f"{procs} process(es): {walls[procs]:.1f} s, {len(outs[procs])} rows")
     strip = [{k: v for k, v in r.items() if not measured(k)} for r in outs[1]]
     same = strip == [{k: v for k, v in r.items() if not measured(k)} for r in outs[n_gpu]]

@@ -6,8 +6,9 @@ when it is not given ``--data``.
 
 from __future__ import annotations
 
-from ..train.distill import KEEP_CHOICES, distill_shared, filter_records, save_jsonl
-from ..train.evaluate import make_samples
+from ..eval.tasks import make_samples
+from ..runtime.jsonl import save_jsonl
+from ..train.distill import KEEP_CHOICES, distill_shared, filter_records
 from .common import add_launch_args, add_model_args, formatter, launch_from_args, load_from_args, relaunch
 
 DISTILL_HELP = """\
@@ -60,7 +61,9 @@ def prompts(args, tokenizer) -> list:
         from ..eval.tasks import load_dataset_records
 
         return load_dataset_records(args.dataset, split=args.split, limit=args.samples, tokenizer=tokenizer)
-    return make_samples(args.task, tokenizer, args.samples, args.length, seed=args.seed)
+    return make_samples(
+        args.task, tokenizer, length_tokens=args.length, seeds=range(args.seed, args.seed + args.samples)
+    )
 
 
 def cmd_distill(args) -> int:

@@ -29,7 +29,7 @@ from .output import frame_table, note, print_json, report_errors, shared_error
 
 
 def cmd_eval(args) -> int:
-    from ..runtime.distributed import evaluate_shared
+    from ..eval.runner import evaluate_shared
 
     if (code := relaunch(args)) is not None:
         return code
@@ -66,14 +66,14 @@ def cmd_eval(args) -> int:
         for row in rows:
             print_json(row)
     elif not shared_error(results):
-        from ..eval.runner import accuracy_table
+        from ..eval.results import accuracy_table
 
         frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
     return report_errors(results)
 
 
 def _eval_samples(args, tokenizer):
-    from ..eval.tasks import load_dataset_records, make_task
+    from ..eval.tasks import load_dataset_records, make_samples
 
     if args.dataset:
         return load_dataset_records(args.dataset, split=args.split, limit=args.limit, tokenizer=tokenizer)
@@ -83,17 +83,15 @@ def _eval_samples(args, tokenizer):
             raise CLIError("--task doc_qa needs --document PATH and --question TEXT (and --answer to score).")
         kwargs.update(document=read_text_file(args.document, what="Document"), question=args.question,
                       answer=args.answer or "", answer_prefix=args.answer_prefix or "")  # fmt: skip
-    depths = args.depth or [0.5]
-    return [
-        make_task(args.task, tokenizer, length_tokens=args.length, depth=d, seed=seed, **kwargs)
-        for seed in range(args.seed, args.seed + args.samples)
-        for d in depths
-    ]
+    seeds = range(args.seed, args.seed + args.samples)
+    return make_samples(
+        args.task, tokenizer, length_tokens=args.length, seeds=seeds, depths=args.depth or [0.5], **kwargs
+    )
 
 
 def check_context(loaded, length: int, max_new_tokens: int, flag: str) -> None:
     """Refuse a task length the model cannot read before any prompt is built (one message, not one per run)."""
-    from ..eval.runner import context_length
+    from ..eval.harness import context_length
 
     limit = context_length(loaded.model, loaded.info)
     if limit is not None and length + max_new_tokens > limit:
@@ -118,7 +116,7 @@ def task_kwargs(pairs: list[str] | None) -> dict:
 
 
 def _write_rows(rows: list[dict], path: Path) -> None:
-    from ..eval.sweep import export, to_frame
+    from ..eval.results import export, to_frame
 
     export(to_frame(rows), path)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..engine.config import SWAAConfigError
 from ..eval.recipes import load_user_recipes, resolve_recipe
+from ..runtime.jsonl import save_jsonl
 from ..train.adapters import SWAA_FILE
-from ..train.distill import KEEP_CHOICES, distill_shared, load_jsonl, save_jsonl
+from ..train.distill import KEEP_CHOICES, distill_shared, load_jsonl
 from ..train.finetune import FinetuneReport, finetune_pipeline
 from ..train.lora import TrainSettings
 from .common import (

@@ -23,7 +23,8 @@ from .output import frame_table, note, print_json
 
 
 def cmd_sweep(args) -> int:
-    from ..eval.sweep import SweepSpec, export, run_sweep, summarize
+    from ..eval.results import export, summarize
+    from ..eval.sweep import SweepSpec, run_sweep
 
     if (code := relaunch(args)) is not None:
         return code

@@ -27,6 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..engine.config import SWAAConfig
+from .harness import CancelCriteria, context_length, error_text
 
 DEFAULT_TIMING_TOKENS = 32  # generated tokens every compared run is timed over (the first one included)
 MIN_DECODE_TOKENS = 16  # fewer decode steps than this: the figure is noise, shown but never ranked
@@ -197,7 +198,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
     gen = greedy_generation_config(model, new_tokens + 1)
     without_eos(gen)  # a fixed token count: the decode speed of every config comes from the same work
     clock = TokenClock()
-    criteria = StoppingCriteriaList([_Cancel(cancel)] if cancel is not None else [])
+    criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
     with swaa(model, config, backend=backend):
         start = time.perf_counter()
         out = model.generate(
@@ -209,14 +210,6 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
         )
     held = int(sum(kv_cache_bytes(getattr(out, "past_key_values", None))))
     return DecodeTiming.from_times(start, clock.times, new_tokens + 1), held
-
-
-class _Cancel(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def decode_speed_curve(
@@ -241,7 +234,6 @@ def decode_speed_curve(
     the points finished so far. Returns one :class:`DecodePoint` per (length, config), lengths in the given order.
     """
     from ..models.memory import check_run_fits
-    from .runner import _error_text, context_length
 
     model = getattr(loaded, "model", loaded)
     lock = getattr(loaded, "lock", None) or contextlib.nullcontext()
@@ -273,7 +265,7 @@ def decode_speed_curve(
                         time_decode(model, ids[:, : min(n, 320)], cfg, 2, backend=backend)
                     warm.add(label)
             except Exception as exc:  # noqa: BLE001 - one failing point must not hide the others
-                row[label].error = _error_text(exc, device)
+                row[label].error = error_text(exc, device)
         for _ in range(repeats):
             for label, cfg in configs.items():
                 if row[label].error is not None or (cancel is not None and cancel.is_set()):
@@ -284,7 +276,7 @@ def decode_speed_curve(
                             model, ids, cfg, new_tokens, backend=backend, cancel=cancel
                         )
                 except Exception as exc:  # noqa: BLE001
-                    row[label].error = _error_text(exc, device)
+                    row[label].error = error_text(exc, device)
                     continue
                 if timing.decode_tokens == new_tokens:  # a cancelled run is not a measurement
                     runs[label].append(timing)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,19 +23,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteriaList
 
-from ..engine.config import SWAAConfig, SWAAConfigError
+from ..engine.config import SWAAConfig
 from ..engine.patch import attention_modules, kv_cache_bytes, native_windows, swaa
 from ..models.memory import check_run_fits
+from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning
-from .latency import (
-    DEFAULT_TIMING_TOKENS,
-    AnswerThenBudget,
-    DecodeTiming,
-    greedy_generation_config,
-    without_eos,
+from .harness import (
+    AnswerStreamer,
+    CancelCriteria,
+    ForwardTimer,
+    PeakMemory,
+    RunCancelled,
+    cancel_between_layers,
+    context_length,
+    error_text,
 )
+from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming, greedy_generation_config, without_eos
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens
 
@@ -97,232 +100,79 @@ class RunResult:
         return out
 
 
-class RunCancelled(Exception):
-    """Raised inside the model's forward pass to stop a prefill that the user cancelled."""
+@dataclass(frozen=True)
+class RunSpec:
+    """How one prompt is run: every setting of :func:`run_one` besides the model, the prompt, the config and the
+    label (meanings there). Build it from keywords; :meth:`check` refuses settings no run can take."""
 
+    max_new_tokens: int = 32
+    cot: bool = False
+    system: str | None = None
+    backend: str = "auto"
+    warmup: bool = True
+    score_logprob: bool = True
+    timing_tokens: int = DEFAULT_TIMING_TOKENS
+    on_token: Callable[[str], None] | None = None
+    cancel: threading.Event | None = None
 
-# ---------------------------------------------------------------------- measuring helpers
-
-
-class _Streamer(TextStreamer):
-    """Decodes the answer's tokens into text pieces for ``on_token``, notes when each generated token arrived, and
-    stays silent for tokens generated past the answer (EOS or ``max_new_tokens``) that only serve the timing."""
-
-    def __init__(self, tokenizer, on_token: Callable[[str], None] | None, *, eos: set[int], max_new_tokens: int):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_token, self.eos, self.max_new_tokens = on_token, eos, max_new_tokens
-        self.times: list[float] = []
-        self.answer_tokens = 0
-        self.answer_ended = False
-
-    @property
-    def first_token_at(self) -> float | None:
-        return self.times[0] if self.times else None
-
-    def put(self, value):
-        if self.next_tokens_are_prompt:
-            super().put(value)
-            return
-        self.times.append(time.perf_counter())
-        if self.answer_ended:
-            return
-        self.answer_tokens += 1
-        self.answer_ended = self.answer_tokens >= self.max_new_tokens or int(value.reshape(-1)[0]) in self.eos
-        super().put(value)
-
-    def on_finalized_text(self, text: str, stream_end: bool = False):
-        if text and self.on_token is not None:
-            self.on_token(text)
-
-
-class _CancelCriteria(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _ForwardTimer:
-    """Times each top-level forward pass of the model (the first one during generate is the prefill)."""
-
-    def __init__(self, model, device: torch.device):
-        self.model, self.cuda = model, device.type == "cuda"
-        self.durations: list[float] = []
-        self._start = 0.0
-        self._handles = []
-
-    def _sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def __enter__(self):
-        def pre(module, args):
-            self._sync()
-            self._start = time.perf_counter()
-
-        def post(module, args, output):
-            self._sync()
-            self.durations.append(time.perf_counter() - self._start)
-
-        self._handles = [self.model.register_forward_pre_hook(pre), self.model.register_forward_hook(post)]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _cancel_between_layers(model, event: threading.Event | None):
-    """Stop a long prefill within one layer's time: each attention module checks the event before it runs."""
-    if event is None:
-        yield
-        return
-
-    def check(module, args):
-        if event.is_set():
-            raise RunCancelled
-
-    handles = [m.register_forward_pre_hook(check) for m in attention_modules(model)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-_HWM = re.compile(r"VmHWM:\s+(\d+)\s+kB")
-_RSS = re.compile(r"VmRSS:\s+(\d+)\s+kB")
-
-
-class PeakMemory:
-    """Peak memory during a block: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the kernel's RSS high-water
-    mark (reset through /proc/self/clear_refs), or psutil RSS sampled every millisecond where that is unavailable."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.start = self.peak = 0
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        elif _reset_hwm():
-            self.start = _proc_status(_RSS)
-        else:
-            self._start_sampler()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self._thread is None:
-            self.peak = _proc_status(_HWM)
-        else:
-            self._stop.set()
-            self._thread.join()
+    def check(self) -> None:
+        """Raise :class:`ValueError` for a ``max_new_tokens`` below 1 or a negative ``timing_tokens``."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}.")
+        if not isinstance(self.timing_tokens, int) or self.timing_tokens < 0:
+            raise ValueError(f"timing_tokens must be a whole number >= 0, got {self.timing_tokens!r}.")
 
     @property
-    def delta(self) -> int:
-        return max(0, self.peak - self.start)
-
-    def _start_sampler(self):
-        import psutil
-
-        proc = psutil.Process()
-        self.start = self.peak = proc.memory_info().rss
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(0.001):
-                self.peak = max(self.peak, proc.memory_info().rss)
-            self.peak = max(self.peak, proc.memory_info().rss)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status(_HWM) > 0
-    except OSError:
-        return False
-
-
-def _proc_status(pattern: re.Pattern) -> int:
-    with open("/proc/self/status") as f:
-        m = pattern.search(f.read())
-    return int(m.group(1)) * 1024 if m else 0
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 # ---------------------------------------------------------------------- the model side
 
 
-def _parts(loaded):
-    model = getattr(loaded, "model", None)
-    tokenizer = getattr(loaded, "tokenizer", None)
-    if model is None and isinstance(loaded, (tuple, list)) and len(loaded) == 2:
-        model, tokenizer = loaded
-    if model is None or tokenizer is None:
-        raise TypeError("Pass the object returned by swaa_core.load_model() (it has .model and .tokenizer).")
-    return model, tokenizer, getattr(loaded, "info", None), getattr(loaded, "lock", None)
+@dataclass(frozen=True)
+class _Model:
+    """What a run needs of a loaded model: the model, its tokenizer, its info (context length), the lock that keeps
+    one run at a time on it, and the device its parameters live on."""
+
+    model: Any
+    tokenizer: Any
+    info: Any
+    lock: Any
+    device: torch.device
+
+    @classmethod
+    def of(cls, loaded) -> _Model:
+        model = getattr(loaded, "model", None)
+        tokenizer = getattr(loaded, "tokenizer", None)
+        if model is None and isinstance(loaded, (tuple, list)) and len(loaded) == 2:
+            model, tokenizer = loaded
+        if model is None or tokenizer is None:
+            raise TypeError("Pass the object returned by swaa_core.load_model() (it has .model and .tokenizer).")
+        device = next(model.parameters()).device
+        return cls(model, tokenizer, getattr(loaded, "info", None), getattr(loaded, "lock", None), device)
+
+    def generation_config(self, max_new_tokens: int):
+        return greedy_generation_config(self.model, max_new_tokens, self.tokenizer.pad_token_id)
 
 
-def context_length(model, info=None) -> int | None:
-    for name in ("context_length", "max_context", "max_position_embeddings"):
-        value = getattr(info, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    value = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _generation_config(model, tokenizer, max_new_tokens: int):
-    return greedy_generation_config(model, max_new_tokens, tokenizer.pad_token_id)
-
-
-def _warm_up(model, tokenizer, config: SWAAConfig | None, backend: str, device: torch.device) -> None:
+def _warm_up(m: _Model, config: SWAAConfig | None, backend: str) -> None:
     """One short untimed generation per (config, backend): first calls pay for allocator growth, thread pools and,
     on CUDA, kernel compilation. The prompt is longer than the window so the sliding path itself is exercised."""
+    model = m.model
     key = (None if config is None else config.to_json(), backend)
     done = model.__dict__.setdefault("_swaa_runner_warm", set())
     if key in done:
         return
     window = config.sliding_window_size if config is not None and config.sliding_window_size else 0
-    n = min(window + 64, 1024 if device.type == "cuda" else 320)
-    ids = torch.arange(n, device=device)[None] % max(2, model.config.get_text_config(decoder=True).vocab_size - 1)
+    n = min(window + 64, 1024 if m.device.type == "cuda" else 320)
+    ids = torch.arange(n, device=m.device)[None] % max(2, model.config.get_text_config(decoder=True).vocab_size - 1)
     ids = ids + 1
-    gen = _generation_config(model, tokenizer, 2)
+    gen = m.generation_config(2)
     without_eos(gen)
     with swaa(model, config, backend=backend):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
     done.add(key)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
-
-
-def _error_text(exc: BaseException, device: torch.device) -> str:
-    if _is_oom(exc):
-        return (
-            f"Out of memory on {device.type}: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}. "
-            "Try a shorter prompt, a smaller window, fewer full-attention layers, or a smaller model."
-        )
-    if isinstance(exc, SWAAConfigError):
-        return f"Bad SWAA config: {exc}"
-    message = str(exc).strip() or type(exc).__name__
-    return message if isinstance(exc, ValueError) else f"{type(exc).__name__}: {message}"
 
 
 # ---------------------------------------------------------------------- public API
@@ -353,6 +203,8 @@ def run_one(
     never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the
     model's context ends first; 0 times the answer's own tokens only (then runs of unequal lengths differ).
     """
+    spec = RunSpec(max_new_tokens=max_new_tokens, cot=cot, system=system, backend=backend, warmup=warmup,
+                   score_logprob=score_logprob, timing_tokens=timing_tokens, on_token=on_token, cancel=cancel)  # fmt: skip
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
@@ -366,67 +218,84 @@ def run_one(
         meta=_sample_meta(sample),
     )
     try:
-        model, tokenizer, info, lock = _parts(loaded)
-        device = next(model.parameters()).device
-        result.device = str(device)
-        with lock if lock is not None else contextlib.nullcontext():
-            _run(model, tokenizer, info, sample_or_prompt, sample, config, result, max_new_tokens, cot, on_token,
-                 cancel, system, backend, warmup, score_logprob, device, timing_tokens=timing_tokens)  # fmt: skip
+        m = _Model.of(loaded)
+        result.device = str(m.device)
+        with m.lock if m.lock is not None else contextlib.nullcontext():
+            _run(m, sample_or_prompt, config, spec, result)
     except RunCancelled:
         result.cancelled = True
         result.error = "Cancelled before the first token."
     except Exception as exc:  # every failure becomes a readable result: the app shows it in the run's column
         log.debug("run %r failed", result.label, exc_info=True)
-        result.error = _error_text(exc, torch.device(result.device or "cpu"))
+        result.error = error_text(exc, torch.device(result.device or "cpu"))
     return result
 
 
-def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_tokens, cot, on_token, cancel, system,
-         backend, warmup, score_logprob, device, *, timing_tokens):  # fmt: skip
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
-    if not isinstance(timing_tokens, int) or timing_tokens < 0:
-        raise ValueError(f"timing_tokens must be a whole number >= 0, got {timing_tokens!r}.")
-    user_text = sample.prompt if sample is not None else prompt_in
+def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: RunSpec, result: RunResult) -> None:
+    spec.check()
+    sample = target if isinstance(target, TaskSample) else None
+    user_text = sample.prompt if sample is not None else target
     if not isinstance(user_text, str):
-        raise TypeError(f"Expected a TaskSample or prompt text, got {type(prompt_in).__name__}.")
-    if cancel is not None and cancel.is_set():
+        raise TypeError(f"Expected a TaskSample or prompt text, got {type(target).__name__}.")
+    if spec.cancelled:
         raise RunCancelled
     if config is not None:
-        config.validate(len(attention_modules(model)))
-    if warmup:
-        _warm_up(model, tokenizer, config, backend, device)
+        config.validate(len(attention_modules(m.model)))
+    if spec.warmup:
+        _warm_up(m, config, spec.backend)
     prefix = sample.answer_prefix if sample is not None else ""
 
     t0 = time.perf_counter()
-    rendered = render_prompt(tokenizer, user_text, cot=cot, answer_prefix=prefix, system=system)
-    ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-    result.prompt_tokens = n_prompt = ids.shape[1]
-    limit = context_length(model, info)
-    if limit is not None and n_prompt + max_new_tokens > limit:
-        raise ValueError(
-            f"The prompt has {n_prompt} tokens and {max_new_tokens} new tokens were asked for, but the model's context "
-            f"is {limit} tokens. Shorten the prompt or lower max_new_tokens."
-        )
-    budget = timing_tokens if limit is None else min(timing_tokens, limit - n_prompt)
-    to_generate = max(max_new_tokens, budget)
-    check_run_fits(model, n_prompt + to_generate, config)  # refuse now rather than run out of memory mid-way
-    if config is not None:
-        result.notes = config.notes(n_prompt, native_windows=native_windows(model))
+    rendered = render_prompt(m.tokenizer, user_text, cot=spec.cot, answer_prefix=prefix, system=spec.system)
+    ids = m.tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"].to(m.device)
+    budget = _plan(m, ids.shape[1], config, spec, result)
     if sample is not None:
-        distance = needle_distance(tokenizer, rendered, sample)
+        distance = needle_distance(m.tokenizer, rendered, sample)
         if distance is not None:
             result.meta["needle_distance"] = distance
-    gen = _generation_config(model, tokenizer, to_generate)
+    _generate(m, ids, config, spec, result, t0=t0, budget=budget)
+    result.reasoning_text, result.answer_text = split_reasoning(result.output_text, marker=spec.cot)
+    if result.reasoning_text:
+        result.reasoning_tokens = count_tokens(m.tokenizer, result.reasoning_text)
+        if result.decode_tokens_per_s:
+            result.reasoning_s = result.reasoning_tokens / result.decode_tokens_per_s
+    if sample is not None:
+        result.correct = score_sample(result.answer_text, sample)
+        if spec.score_logprob and sample.references and not result.cancelled:
+            plain = render_prompt(m.tokenizer, user_text, cot=False, answer_prefix=prefix, system=spec.system)
+            lik = answer_loglik(m.model, m.tokenizer, plain, reference_text(sample), config)
+            result.answer_logprob, result.answer_logprob_tokens = lik.logprob, lik.tokens
+
+
+def _plan(m: _Model, n_prompt: int, config: SWAAConfig | None, spec: RunSpec, result: RunResult) -> int:
+    """Check that the run fits the context and the memory before it starts; return its timing budget in tokens."""
+    result.prompt_tokens = n_prompt
+    limit = context_length(m.model, m.info)
+    if limit is not None and n_prompt + spec.max_new_tokens > limit:
+        raise ValueError(
+            f"The prompt has {n_prompt} tokens and {spec.max_new_tokens} new tokens were asked for, but the model's "
+            f"context is {limit} tokens. Shorten the prompt or lower max_new_tokens."
+        )
+    budget = spec.timing_tokens if limit is None else min(spec.timing_tokens, limit - n_prompt)
+    check_run_fits(m.model, n_prompt + max(spec.max_new_tokens, budget), config)  # refuse now, not mid-way
+    if config is not None:
+        result.notes = config.notes(n_prompt, native_windows=native_windows(m.model))
+    return budget
+
+
+def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: RunResult, *, t0: float, budget: int):
+    """The timed ``generate`` call: streams the answer, measures it into ``result`` and decodes its text."""
+    n_prompt, model = ids.shape[1], m.model
+    gen = m.generation_config(max(spec.max_new_tokens, budget))
     eos = without_eos(gen)  # AnswerThenBudget finds the answer's end and lets the timing run on
-    streamer = _Streamer(tokenizer, on_token, eos=eos, max_new_tokens=max_new_tokens)
-    criteria = [AnswerThenBudget(n_prompt, max_new_tokens, budget, eos)]
-    criteria = StoppingCriteriaList(criteria + ([_CancelCriteria(cancel)] if cancel is not None else []))
+    streamer = AnswerStreamer(m.tokenizer, spec.on_token, eos=eos, max_new_tokens=spec.max_new_tokens)
+    criteria = [AnswerThenBudget(n_prompt, spec.max_new_tokens, budget, eos)]
+    criteria = StoppingCriteriaList(criteria + ([CancelCriteria(spec.cancel)] if spec.cancel is not None else []))
     with (
-        PeakMemory(device) as memory,
-        _ForwardTimer(model, device) as timer,
-        _cancel_between_layers(model, cancel),
-        swaa(model, config, backend=backend) as state,
+        PeakMemory(m.device) as memory,
+        ForwardTimer(model, m.device) as timer,
+        cancel_between_layers(model, spec.cancel),
+        swaa(model, config, backend=spec.backend) as state,
     ):
         result.backend = state.backend if state is not None else str(model.config._attn_implementation)
         out = model.generate(
@@ -441,28 +310,16 @@ def _run(model, tokenizer, info, prompt_in, sample, config, result, max_new_toke
     new_ids = out.sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
     result.generated_tokens = int(new_ids.numel())
     result.timing_extra_tokens = int(out.sequences.shape[1] - n_prompt) - result.generated_tokens
-    result.output_text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    result.output_text = m.tokenizer.decode(new_ids, skip_special_tokens=True)
     per_layer = kv_cache_bytes(getattr(out, "past_key_values", None))
     result.kv_cache_bytes_per_layer, result.kv_cache_bytes = per_layer, int(sum(per_layer))
     result.peak_memory_bytes, result.memory_delta_bytes = int(memory.peak), int(memory.delta)
     _set_times(result, t0, streamer.times, budget or result.generated_tokens)
     result.prefill_s = timer.durations[0] if timer.durations else result.ttft_s
     result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
-    if cancel is not None and cancel.is_set():
+    if spec.cancelled:
         result.cancelled = True
         result.error = f"Cancelled after {result.generated_tokens} generated tokens."
-
-    result.reasoning_text, result.answer_text = split_reasoning(result.output_text, marker=cot)
-    if result.reasoning_text:
-        result.reasoning_tokens = count_tokens(tokenizer, result.reasoning_text)
-        if result.decode_tokens_per_s:
-            result.reasoning_s = result.reasoning_tokens / result.decode_tokens_per_s
-    if sample is not None:
-        result.correct = score_sample(result.answer_text, sample)
-        if score_logprob and sample.references and not result.cancelled:
-            plain = render_prompt(tokenizer, user_text, cot=False, answer_prefix=prefix, system=system)
-            lik = answer_loglik(model, tokenizer, plain, reference_text(sample), config)
-            result.answer_logprob, result.answer_logprob_tokens = lik.logprob, lik.tokens
 
 
 def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) -> None:
@@ -542,7 +399,7 @@ def compare(
 
 def _failed(label: str, cfg, exc: BaseException | None) -> RunResult:
     config = cfg.to_dict() if isinstance(cfg, SWAAConfig) else (cfg if isinstance(cfg, dict) else None)
-    return RunResult(label=label, config=config, error=None if exc is None else _error_text(exc, torch.device("cpu")))
+    return RunResult(label=label, config=config, error=None if exc is None else error_text(exc, torch.device("cpu")))
 
 
 def evaluate(
@@ -570,28 +427,14 @@ def evaluate(
     return out
 
 
-def accuracy_table(results: Iterable[RunResult]):
-    """Per config: runs, accuracy, mean answer log-likelihood per token, mean prefill time, decode speed (and the
-    fewest decode steps it came from), time to the first ``timed_tokens`` tokens, answer time (pandas)."""
-    import pandas as pd
-
-    rows = [r.to_dict() for r in results]
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    df["correct_num"] = df["correct"].map(lambda v: math.nan if v is None else float(v))
-    grouped = df.groupby("label", sort=False)
-    return pd.DataFrame(
-        {
-            "runs": grouped.size(),
-            "errors": grouped["error"].apply(lambda s: int(s.notna().sum())),
-            "accuracy": grouped["correct_num"].mean(),
-            "logprob_per_token": grouped["answer_logprob_per_token"].mean(),
-            "prefill_s": grouped["prefill_s"].mean(),
-            "decode_tokens_per_s": grouped["decode_tokens_per_s"].mean(),
-            "decode_tokens": grouped["decode_tokens"].min(),  # fewer than MIN_DECODE_TOKENS: do not rank
-            "timed_total_s": grouped["timed_total_s"].mean(),
-            "total_s": grouped["total_s"].mean(),
-            "kv_cache_bytes": grouped["kv_cache_bytes"].mean(),
-        }
-    ).reset_index()
+def evaluate_shared(launch: Launch, loaded, samples: list[TaskSample], configs: dict, **kw) -> list[RunResult]:
+    """:func:`evaluate` with the samples shared out between the processes of ``launch``
+    (:func:`swaa_core.runtime.distributed.current`); every process gets all results, in the order one process would
+    produce them (``meta["sample_index"]`` indexes ``samples``). Keywords go to :func:`evaluate`."""
+    mine = launch.share(list(range(len(samples))))
+    results = evaluate(loaded, [samples[i] for i in mine], configs, **kw)
+    for result in results:
+        result.meta["sample_index"] = mine[result.meta["sample_index"]]
+    merged = [r for part in launch.gather(results) for r in part]
+    merged.sort(key=lambda r: r.meta["sample_index"])  # stable: each sample's runs keep their config order
+    return merged

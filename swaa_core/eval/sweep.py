@@ -18,24 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..engine.config import SWAAConfig
 from ..runtime.distributed import Launch
+from ..runtime.jsonl import jsonl_line, read_jsonl
 from .latency import DEFAULT_TIMING_TOKENS
+from .results import to_frame
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
 
 log = logging.getLogger(__name__)
-
-# Per-run columns of the tidy table, in this order (the JSONL holds them and a few more).
-COLUMNS = (
-    "cell_id", "model", "task", "label", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
-    "length_target", "prompt_tokens", "depth", "actual_depth", "needle_distance", "seed", "reference", "output_text", "answer_text",
-    "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
-    "decode_tokens", "timed_tokens", "timed_total_s", "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
-    "backend", "cot", "error", "config",
-)  # fmt: skip
 
 
 @dataclass
@@ -102,15 +95,26 @@ def model_name(loaded) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "model")
 
 
-def iter_cells(spec: SweepSpec, model: str) -> Iterator[tuple[str, str, SWAAConfig | None, int, Any, int]]:
-    """(cell id, label, config, length, depth, seed), grouped so that one sample serves all configs in a row."""
+class Cell(NamedTuple):
+    """One config on one sample of a sweep."""
+
+    id: str
+    label: str
+    config: SWAAConfig | None
+    length: int
+    depth: float | None
+    seed: int
+
+
+def iter_cells(spec: SweepSpec, model: str) -> Iterator[Cell]:
+    """Every cell of ``spec``, grouped so that one sample serves all configs in a row."""
     for length in spec.lengths:
         for seed in spec.seeds:
             for depth in spec.depths:
                 for label, cfg in spec.configs.items():
                     cid = cell_id(model, spec.task, spec.task_kwargs, cfg, length, depth, seed, spec.max_new_tokens,
                                   spec.cot, spec.timing_tokens)  # fmt: skip
-                    yield cid, label, cfg, length, depth, seed
+                    yield Cell(cid, label, cfg, length, depth, seed)
 
 
 def finished_cells(path: str | Path, *, retry_errors: bool = False) -> set[str]:
@@ -122,23 +126,6 @@ def finished_cells(path: str | Path, *, retry_errors: bool = False) -> set[str]:
         if row.get("cell_id"):
             done.add(row["cell_id"])
     return done
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a results file; a line cut short by a crash is skipped with a warning, not fatal."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s line %d is not valid JSON (an interrupted write?); skipped.", path, n)
-    return rows
 
 
 def run_sweep(
@@ -167,13 +154,13 @@ def run_sweep(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model_name(loaded)
     cells = list(iter_cells(spec, model))
-    order = {c[0]: i for i, c in enumerate(cells)}
+    order = {c.id: i for i, c in enumerate(cells)}
     if launch.is_main:
         _end_with_newline(out_path)
         merge_parts(out_path, order)
     launch.wait()  # nobody reads the file before leftover parts are in it
     done = finished_cells(out_path, retry_errors=retry_errors)
-    todo = launch.share([c for c in cells if c[0] not in done])
+    todo = launch.share([c for c in cells if c.id not in done])
     target = part_path(out_path, launch.rank) if launch.distributed else out_path
     desc = f"sweep [{launch.rank + 1}/{launch.world}]" if launch.distributed else "sweep"
     total = len(todo) if launch.distributed else len(cells)
@@ -181,16 +168,16 @@ def run_sweep(
     samples: dict[tuple, Any] = {}
     try:
         with target.open("a", encoding="utf-8") as f:
-            for cid, label, cfg, length, depth, seed in todo:
+            for cell in todo:
                 if cancel is not None and cancel.is_set():
                     break
-                row = _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model, cancel, backend)
+                row = _run_cell(loaded, spec, cell, samples, model=model, cancel=cancel, backend=backend)
                 if row.get("cancelled"):
                     break
-                f.write(json.dumps(row, default=str) + "\n")
+                f.write(jsonl_line(row))
                 f.flush()
                 bar.update()
-                bar.set_postfix_str(f"{label[:24]} L={length} d={depth}: {_verdict(row)}")
+                bar.set_postfix_str(f"{cell.label[:24]} L={cell.length} d={cell.depth}: {_verdict(row)}")
                 if on_result is not None:
                     on_result(row)
     finally:
@@ -237,7 +224,7 @@ def merge_parts(out_path: str | Path, order: dict[str, int] | None = None) -> in
         with staged.open("wb") as f:
             if out_path.exists():
                 f.write(out_path.read_bytes())
-            f.write("".join(json.dumps(r, default=str) + "\n" for r in new).encode("utf-8"))
+            f.write("".join(jsonl_line(r) for r in new).encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(staged, out_path)
@@ -259,25 +246,32 @@ def _end_with_newline(path: Path) -> None:
                 f.write(b"\n")
 
 
-def _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model, cancel, backend) -> dict:
-    key = (length, depth, seed)
+def _run_cell(loaded, spec: SweepSpec, cell: Cell, samples: dict, *, model: str, cancel, backend: str) -> dict:
+    """Run ``cell`` (building its sample unless ``samples`` holds it) and return its row."""
+    key = (cell.length, cell.depth, cell.seed)
     if key not in samples:
         samples.clear()  # cells come grouped by sample: only the current one is worth keeping
         try:
             samples[key] = make_task(
-                spec.task, loaded.tokenizer, length_tokens=length, depth=depth, seed=seed, **spec.task_kwargs
+                spec.task,
+                loaded.tokenizer,
+                length_tokens=cell.length,
+                depth=cell.depth,
+                seed=cell.seed,
+                **spec.task_kwargs,
             )
         except TaskError as e:
             samples[key] = e
     sample = samples[key]
     if isinstance(sample, Exception):
-        result = RunResult(label=label, config=None if cfg is None else cfg.to_dict(), error=str(sample))
+        result = RunResult(label=cell.label, config=None if cell.config is None else cell.config.to_dict(),
+                           error=str(sample))  # fmt: skip
     else:
         result = run_one(
             loaded,
             sample,
-            cfg,
-            label=label,
+            cell.config,
+            label=cell.label,
             max_new_tokens=spec.max_new_tokens,
             cot=spec.cot,
             cancel=cancel,
@@ -285,21 +279,21 @@ def _run_cell(loaded, spec, samples, cid, label, cfg, length, depth, seed, model
             score_logprob=spec.score_logprob,
             timing_tokens=spec.timing_tokens,
         )
-    return _row(result, cid, model, spec.task, length, depth, seed)
+    return _row(result, cell, model=model, task=spec.task)
 
 
-def _row(result: RunResult, cid: str, model: str, task: str, length: int, depth, seed: int) -> dict:
+def _row(result: RunResult, cell: Cell, *, model: str, task: str) -> dict:
     row = result.to_dict()
     cfg = result.config or {}
     row.update(
-        cell_id=cid,
+        cell_id=cell.id,
         model=model,
         task=task,
-        length_target=length,
-        depth=depth,
+        length_target=cell.length,
+        depth=cell.depth,
         actual_depth=result.meta.get("actual_depth"),
         needle_distance=result.meta.get("needle_distance"),
-        seed=seed,
+        seed=cell.seed,
         window=cfg.get("sliding_window_size"),
         keep_first=cfg.get("keep_first", 0),
         force_fa_decode=cfg.get("force_fa_decode", False),
@@ -314,85 +308,3 @@ def _verdict(row: dict) -> str:
     if row.get("error"):
         return "error"
     return {True: "correct", False: "wrong", None: "unscored"}[row.get("correct")]
-
-
-# ---------------------------------------------------------------------- tables
-
-
-def to_frame(rows: list[dict]):
-    """A tidy DataFrame: one row per run, the :data:`COLUMNS` first."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return pd.DataFrame(columns=list(COLUMNS))
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = None
-    extra = [c for c in df.columns if c not in COLUMNS]
-    return df[list(COLUMNS) + extra]
-
-
-def load_results(path: str | Path):
-    """The tidy table of a results JSONL file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Results file not found: {path}")
-    return to_frame(read_jsonl(path))
-
-
-def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
-    """Accuracy and costs per group: runs, errors, accuracy, mean log-likelihood per answer token, timings.
-
-    ``decode_tokens`` is the fewest decode steps any run of the group was timed over: below
-    :data:`~swaa_core.eval.latency.MIN_DECODE_TOKENS` its ``decode_tokens_per_s`` is noise, not a ranking.
-    ``timed_total_s`` (prompt to the ``timed_tokens``-th token) compares groups like for like; ``total_s`` is the
-    time of each run's own answer, which differs in length between configs."""
-    import pandas as pd
-
-    if df.empty:
-        return pd.DataFrame()
-    ok = df[df["error"].isna()].copy()
-    ok["correct_num"] = pd.to_numeric(ok["correct"].map(lambda v: None if v is None else float(v)), errors="coerce")
-    keys = [k for k in by if k in ok.columns]
-    order = list(dict.fromkeys(df["label"])) if "label" in keys else None
-    grouped = ok.groupby(keys, dropna=False, sort=False)
-    table = grouped.agg(
-        runs=("cell_id", "size"),
-        accuracy=("correct_num", "mean"),
-        logprob_per_token=("answer_logprob_per_token", "mean"),
-        ttft_s=("ttft_s", "mean"),
-        prefill_s=("prefill_s", "mean"),
-        decode_tokens_per_s=("decode_tokens_per_s", "mean"),
-        decode_tokens=("decode_tokens", "min"),
-        timed_total_s=("timed_total_s", "mean"),
-        total_s=("total_s", "mean"),
-        kv_cache_bytes=("kv_cache_bytes", "mean"),
-    ).reset_index()
-    errors = df[df["error"].notna()].groupby(keys, dropna=False, sort=False).size().rename("errors").reset_index()
-    table = table.merge(errors, on=keys, how="outer") if not errors.empty else table.assign(errors=0)
-    table["errors"] = table["errors"].fillna(0).astype(int)
-    table["runs"] = table["runs"].fillna(0).astype(int)
-    if order:
-        table["_order"] = table["label"].map({name: i for i, name in enumerate(order)})
-        table = table.sort_values(["_order", *[k for k in keys if k != "label"]]).drop(columns="_order")
-    return table.reset_index(drop=True)
-
-
-def export(df, path: str | Path) -> Path:
-    """Save a table as .csv or .jsonl (by the file's suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        # Lists and dicts (configs, layer lists, multi-answer references) as JSON, not Python reprs.
-        flat = df.copy()
-        for col in flat.columns:
-            if flat[col].map(lambda v: isinstance(v, (list, dict, tuple))).any():
-                flat[col] = flat[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v)
-        flat.to_csv(path, index=False)
-    elif suffix in (".jsonl", ".ndjson"):
-        df.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        raise ValueError(f"Cannot export to {path.name}: use a .csv or .jsonl file name.")
-    return path

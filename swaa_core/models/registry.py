@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.config import SWAAConfig
-
-# The two recipes of the paper that interleave full-attention layers (SWAA.md: "1/2" = odd layers, "1/4").
-FA_LAYER_PATTERNS = ("1/2", "1/4")
+from ..engine.config import FA_LAYER_PATTERNS, SWAAConfig
 
 
 @dataclass(frozen=True)

@@ -130,20 +130,6 @@ def launch_env(processes: int) -> dict[str, str]:
     return env
 
 
-def evaluate_shared(launch: Launch, loaded, samples: list, configs: dict, **kw) -> list:
-    """:func:`swaa_core.eval.runner.evaluate` with the samples shared out between processes; every process gets all
-    results, in the order one process would produce them (``meta["sample_index"]`` indexes ``samples``)."""
-    from ..eval.runner import evaluate
-
-    mine = launch.share(list(range(len(samples))))
-    results = evaluate(loaded, [samples[i] for i in mine], configs, **kw)
-    for result in results:
-        result.meta["sample_index"] = mine[result.meta["sample_index"]]
-    merged = [r for part in launch.gather(results) for r in part]
-    merged.sort(key=lambda r: r.meta["sample_index"])  # stable: each sample's runs keep their config order
-    return merged
-
-
 def map_shared(launch: Launch, fn, items: list) -> list:
     """``fn(list) -> list`` (one result per item, in order; fewer when cancelled) applied to this process's share
     of ``items``; every process gets all results in the order of ``items``."""

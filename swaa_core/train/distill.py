@@ -28,6 +28,7 @@ from ..engine.patch import swaa
 from ..eval.cot import render_prompt, split_reasoning
 from ..eval.scoring import contains_match, normalize
 from ..runtime.distributed import current, map_shared
+from ..runtime.jsonl import JsonlError, iter_jsonl
 
 KEEP_CHOICES = ("correct", "judged-correct", "all")
 
@@ -196,15 +197,6 @@ def _record(model, tokenizer, sample, max_new_tokens: int, cot: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- files
-def save_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
-
-
 def load_jsonl(path: str | Path) -> list[dict]:
     """Training records from a file: JSONL (this tool's ``swaa distill`` output), a JSON list, or a Parquet table as
     upstream's self-distillation writes it (columns prompt, response, question, answer, judge). Each record has
@@ -245,13 +237,11 @@ def _raw_records(path: Path):
         for n, record in enumerate(data, 1):
             yield f"{path.name} record {n}", record
         return
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path.name} line {n}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DistillDataError(f"{path.name} line {n} is not valid JSON: {e}") from None
+    try:
+        for n, record in iter_jsonl(path, strict=True):
+            yield f"{path.name} line {n}", record
+    except JsonlError as e:
+        raise DistillDataError(str(e)) from None
 
 
 def _plain(value):

@@ -41,18 +41,6 @@ class EvalSummary:
         return f"{self.label}: accuracy {acc}{lp}{err}"
 
 
-def make_samples(kind: str, tokenizer, n: int, length_tokens: int, *, seed: int = 0, **kw) -> list:
-    """``n`` task samples with the needle depth spread evenly over the context and seeds seed, seed+1, ..."""
-    from ..eval.tasks import make_task
-
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"The number of samples must be a whole number >= 1, got {n!r}.")
-    return [
-        make_task(kind, tokenizer, length_tokens=length_tokens, depth=(i + 0.5) / n, seed=seed + i, **kw)
-        for i in range(n)
-    ]
-
-
 def evaluate_accuracy(
     loaded, samples, config: SWAAConfig | None, *, label: str, max_new_tokens: int = 24, cot: bool = False,
     on_progress: ProgressFn | None = None, cancel: threading.Event | None = None, progress: bool = True,

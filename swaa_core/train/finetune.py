@@ -17,10 +17,12 @@ import torch
 
 from ..engine.config import SWAAConfig, SWAAConfigError
 from ..engine.patch import attention_modules
+from ..eval.tasks import make_samples
 from ..runtime.distributed import current
+from ..runtime.jsonl import save_jsonl
 from .adapters import save_adapter
-from .distill import DistillDataError, ProgressFn, distill_shared, filter_records, save_jsonl
-from .evaluate import EvalSummary, evaluate_accuracy, make_samples
+from .distill import DistillDataError, ProgressFn, distill_shared, filter_records
+from .evaluate import EvalSummary, evaluate_accuracy
 from .lora import FinetuneResult, TrainSettings, build_examples, train_lora
 
 
@@ -100,7 +102,8 @@ def finetune_pipeline(
     progress = progress and launch.is_main
     held_out = []
     if eval_samples:
-        held_out = make_samples(task, tokenizer, eval_samples, eval_length or length_tokens, seed=seed + 100_000)
+        seeds = range(seed + 100_000, seed + 100_000 + eval_samples)
+        held_out = make_samples(task, tokenizer, length_tokens=eval_length or length_tokens, seeds=seeds)
 
     def score(label):
         return evaluate_accuracy(loaded, held_out, swaa_config, label=label, max_new_tokens=max_new_tokens, cot=cot,
@@ -110,7 +113,7 @@ def finetune_pipeline(
     # One run at a time on this model: SWAA state and the LoRA layers live on it (the runner takes the same lock).
     with getattr(loaded, "lock", None) or contextlib.nullcontext():
         if records is None:
-            prompts = make_samples(task, tokenizer, samples, length_tokens, seed=seed)
+            prompts = make_samples(task, tokenizer, length_tokens=length_tokens, seeds=range(seed, seed + samples))
             records = distill_shared(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cot=cot,
                                      on_progress=on_progress, cancel=cancel, progress=progress)  # fmt: skip
             distill_path = None if out is None else out / "distill.jsonl"

@@ -10,6 +10,7 @@ from conftest import build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa
 from swaa_core.engine.patch import current_config
+from swaa_core.runtime.jsonl import save_jsonl
 from swaa_core.train.distill import (
     DistillDataError,
     distill,
@@ -18,7 +19,6 @@ from swaa_core.train.distill import (
     generate_answer,
     judge,
     load_jsonl,
-    save_jsonl,
 )
 
 

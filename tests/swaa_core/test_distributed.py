@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
-from swaa_core.eval.sweep import merge_parts, part_path, read_jsonl
+from swaa_core.eval.sweep import merge_parts, part_path
 from swaa_core.runtime.distributed import Launch
+from swaa_core.runtime.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

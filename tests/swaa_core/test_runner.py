@@ -131,7 +131,7 @@ def test_decode_speed_from_too_few_tokens_is_labelled(loaded, sample):
 
 PEAK_PROBE = """
 import torch
-from swaa_core.eval.runner import PeakMemory
+from swaa_core.eval.harness import PeakMemory
 size = 256 * 2**20
 with PeakMemory(torch.device("cpu")) as m:
     block = torch.ones(size // 4)

@@ -11,16 +11,9 @@ import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig
-from swaa_core.eval.sweep import (
-    SweepSpec,
-    cell_id,
-    export,
-    finished_cells,
-    load_results,
-    read_jsonl,
-    run_sweep,
-    summarize,
-)
+from swaa_core.eval.results import export, load_results, summarize
+from swaa_core.eval.sweep import SweepSpec, cell_id, finished_cells, run_sweep
+from swaa_core.runtime.jsonl import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""What every task builds: a :class:`TaskSample` (prompt, question, reference answer, where the needle sits), the
+:class:`TaskError` a task raises when it cannot be built as asked, and token counting in the model's own tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class TaskError(ValueError):
+    """A task that cannot be built or loaded as asked, with a message that says why."""
+
+
+@dataclass
+class TaskSample:
+    task: str
+    prompt: str
+    question: str
+    answer: str | list[str]
+    answer_prefix: str = ""
+    context_tokens: int = 0  # tokens of `prompt` in the tokenizer it was built for (0: not counted)
+    depth: float | None = None
+    needle_char_span: tuple[int, int] | None = None  # where the (first) needle sits in `prompt`
+    seed: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def references(self) -> list[str]:
+        """The reference answers as a list (empty when the answer is unknown)."""
+        if isinstance(self.answer, (list, tuple)):
+            return [str(a) for a in self.answer if str(a).strip()]
+        return [self.answer] if str(self.answer or "").strip() else []
+
+    @property
+    def match_mode(self) -> str:
+        """ "all": every reference must appear (multi-value, variable tracking); "any": one of them suffices."""
+        return self.meta.get("match", "any")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSample:
+        data = dict(data)
+        if data.get("needle_char_span") is not None:
+            data["needle_char_span"] = tuple(data["needle_char_span"])
+        return cls(**data)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def finish_sample(
+    tokenizer, kind, *, prompt, question, answer, answer_prefix, depth, seed, context_span, spans, **meta
+):
+    start, end = context_span
+    context = prompt[start:end]
+    actual = None
+    if spans:
+        # Depth counts haystack tokens only: the needle's own tokens and those of other inserts are left out.
+        sizes = [count_tokens(tokenizer, " " + prompt[a:b]) for a, b in spans]
+        before = count_tokens(tokenizer, prompt[start : spans[0][0]].rstrip())
+        before -= sum(n for (a, _), n in zip(spans, sizes, strict=True) if a < spans[0][0])
+        actual = before / max(1, count_tokens(tokenizer, context) - sum(sizes))
+    meta.update(context_char_span=context_span, actual_depth=actual, insert_char_spans=spans)
+    return TaskSample(
+        task=kind,
+        prompt=prompt,
+        question=question,
+        answer=answer,
+        answer_prefix=answer_prefix,
+        context_tokens=count_tokens(tokenizer, prompt),
+        depth=None if depth is None else float(depth),
+        needle_char_span=spans[0] if spans else None,
+        seed=seed,
+        meta=meta,
+    )

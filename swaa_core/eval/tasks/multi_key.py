@@ -1,0 +1,12 @@
+"""RULER's multi-key needle: one key asked for among ``num_keys - 1`` distractor keys at seeded random depths."""
+
+from __future__ import annotations
+
+from .base import TaskError
+from .needle import niah
+
+
+def multi_key(tokenizer, *, num_keys=4, **kw):
+    if not isinstance(num_keys, int) or num_keys < 2:
+        raise TaskError(f"multi_key needs num_keys >= 2 (one asked for, the rest distractors), got {num_keys!r}.")
+    return niah(tokenizer, num_keys=num_keys, kind="multi_key", **kw)

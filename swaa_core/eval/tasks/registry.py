@@ -1,0 +1,85 @@
+"""The task kinds by name: one builder per file of this package, their aliases, and the two ways to build samples
+(:func:`make_task` for one, :func:`make_samples` for a set over seeds and depths).
+
+A new kind is one file with a builder ``(tokenizer, *, length_tokens, depth, seed, **kw) -> TaskSample`` plus its
+entry in :data:`BUILDERS`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .base import TaskError, TaskSample
+from .common_words import common_words
+from .doc_qa import doc_qa
+from .multi_key import multi_key
+from .multi_value import multi_value
+from .needle import needle
+from .passkey import passkey
+from .variable_tracking import variable_tracking
+
+BUILDERS: dict[str, Callable[..., TaskSample]] = {
+    "passkey": passkey,
+    "needle": needle,
+    "multi_key": multi_key,
+    "multi_value": multi_value,
+    "variable_tracking": variable_tracking,
+    "common_words": common_words,
+    "doc_qa": doc_qa,
+}
+TASK_KINDS = tuple(BUILDERS)
+_KIND_ALIASES = {
+    "niah": "needle",
+    "niah_single": "needle",
+    "multikey": "multi_key",
+    "niah_multikey": "multi_key",
+    "multivalue": "multi_value",
+    "niah_multivalue": "multi_value",
+    "vt": "variable_tracking",
+    "variables": "variable_tracking",
+    "cwe": "common_words",
+    "common_word_frequency": "common_words",
+    "qa": "doc_qa",
+    "document_qa": "doc_qa",
+}
+
+
+def make_task(kind: str, tokenizer, *, length_tokens: int | None, depth: float | None = 0.5, seed: int = 0, **kw):
+    """Build one sample of ``kind`` (see :data:`TASK_KINDS`) with ``length_tokens`` prompt tokens.
+
+    Extra keywords per kind: passkey/needle ``digits``; multi_key ``num_keys``; multi_value ``num_values``;
+    variable_tracking ``num_hops``; common_words ``num_common``; every haystack kind ``haystack`` (your own filler
+    text instead of the built-in sentences); doc_qa ``document``, ``question``, ``answer``, ``answer_prefix``.
+    """
+    key = kind.strip().lower().replace("-", "_") if isinstance(kind, str) else kind
+    key = _KIND_ALIASES.get(key, key)
+    if key not in BUILDERS:
+        raise TaskError(f"Unknown task {kind!r}. Choose one of: {', '.join(TASK_KINDS)}.")
+    if key != "doc_qa":
+        if not isinstance(length_tokens, int) or length_tokens < 1:
+            raise TaskError(f"length_tokens must be a positive whole number for {key}, got {length_tokens!r}.")
+        if depth is not None and not 0.0 <= float(depth) <= 1.0:
+            raise TaskError(f"depth must be between 0 (start of the context) and 1 (end), got {depth!r}.")
+    return BUILDERS[key](tokenizer, length_tokens=length_tokens, depth=depth, seed=int(seed), **kw)
+
+
+def make_samples(
+    kind: str,
+    tokenizer,
+    *,
+    length_tokens: int | None,
+    seeds: Iterable[int],
+    depths: Iterable[float | None] | None = None,
+    **kw,
+) -> list[TaskSample]:
+    """Samples of ``kind`` for every seed (in order), each at every depth of ``depths``; ``depths=None`` gives one
+    sample per seed with the depths spread evenly over the context, ``(i + 0.5) / n`` for the i-th of n seeds.
+    Other keywords go to :func:`make_task`. Raises :class:`ValueError` when there are no seeds."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("No samples asked for: the number of samples (seeds) must be a whole number >= 1.")
+    if depths is None:
+        pairs = [(seed, (i + 0.5) / len(seeds)) for i, seed in enumerate(seeds)]
+    else:
+        depths = list(depths)
+        pairs = [(seed, depth) for seed in seeds for depth in depths]
+    return [make_task(kind, tokenizer, length_tokens=length_tokens, depth=d, seed=s, **kw) for s, d in pairs]
