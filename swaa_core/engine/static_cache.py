@@ -29,48 +29,60 @@ from .cache import KeyView, SWAACacheLayer
 from .masks import visible
 
 
-class StaticSlots(CacheLayerMixin):
-    """One layer's fixed (B, H, L, D) key and value buffers and the real position held at each index.
+class SlotTable:
+    """Where each buffer index sits, shared by every layer of one buffer geometry (their slots are the same):
+    the real position held at each index (B, L), -1 where none, and per step the write index and the (B, 1, 1, L)
+    mask. The first layer of the group (``owner``) refreshes them; the others read them, so a step pays for them
+    once, not once per layer.
 
     ``ring``: (sinks, W) for a ring buffer of ``sinks + W`` indices, else None (index = slot).
-    ``window``/``keep_first``: the rule decode queries follow in this layer (window None: they see every key)."""
+    ``window``/``keep_first``: the rule decode queries follow (window None: they see every key)."""
+
+    def __init__(self, positions, clock, *, ring, window, keep_first, owner: int):
+        self.positions, self.clock = positions, clock
+        self.ring, self.window, self.keep_first, self.owner = ring, window, keep_first, owner
+        self.index = self.mask = None
+
+    def refresh(self, layer_idx: int) -> None:
+        if layer_idx != self.owner and self.index is not None:
+            return
+        slot = self.clock.slot
+        if self.ring is None:
+            self.index = slot
+        else:
+            sinks, window = self.ring
+            self.index = torch.where(slot < sinks, slot, sinks + (slot - sinks) % window)
+        self.positions.index_copy_(1, self.index, self.clock.positions)
+        held = self.positions
+        self.mask = visible(self.clock.positions, held, held >= 0, False, self.window, self.keep_first)[:, None, None]
+
+
+class StaticSlots(CacheLayerMixin):
+    """One layer's fixed (B, H, L, D) key and value buffers, and the :class:`SlotTable` of its geometry."""
 
     is_compileable = True
     is_sliding = False
 
-    def __init__(self, keys, values, positions, clock, *, ring, window, keep_first):
+    def __init__(self, keys, values, table: SlotTable, layer_idx: int):
         super().__init__()
-        self.keys, self.values = keys, values
-        self.positions = positions  # (B, L) int64: real position at each index, -1 where none
-        self.clock = clock  # the shared DecodeClock: slot and real positions of the token being decoded
-        self.ring, self.window, self.keep_first = ring, window, keep_first
+        self.keys, self.values, self.table, self.layer_idx = keys, values, table, layer_idx
+        self.clock = table.clock
         self.is_initialized = True
-        self.mask = None  # (B, 1, 1, L) bool of the current step, read by the attention right after update
 
     def lazy_initialization(self, key_states, value_states) -> None:  # buffers exist from the start
         pass
 
-    def _index(self) -> torch.Tensor:
-        slot = self.clock.slot
-        if self.ring is None:
-            return slot
-        sinks, window = self.ring
-        return torch.where(slot < sinks, slot, sinks + (slot - sinks) % window)
-
     def update(self, key_states, value_states, *args, **kwargs):
         if key_states.shape[-2] != 1:
             raise ValueError("A static SWAA cache takes one token per step; prefill with the dynamic cache first.")
-        index = self._index()
-        self.keys.index_copy_(2, index, key_states)
-        self.values.index_copy_(2, index, value_states)
-        self.positions.index_copy_(1, index, self.clock.positions)
-        held = self.positions
-        self.mask = visible(self.clock.positions, held, held >= 0, False, self.window, self.keep_first)[:, None, None]
+        self.table.refresh(self.layer_idx)
+        self.keys.index_copy_(2, self.table.index, key_states)
+        self.values.index_copy_(2, self.table.index, value_states)
         return self.keys, self.values
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
         """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D)."""
-        return _decode_sdpa(query, key, value, self.mask, scaling)
+        return _decode_sdpa(query, key, value, self.table.mask, scaling)
 
     def get_seq_length(self) -> int:
         return self.clock.seen
@@ -127,15 +139,16 @@ class StaticSWAACache(Cache):
             real = torch.where(mask2d, mask2d.long().cumsum(-1) - 1, -1)
             next_positions = mask2d.long().sum(-1)
         clock = DecodeClock(total, next_positions)
-        static = []
-        for plan, layer in zip(plans, layers, strict=True):
-            static.append(_static_layer(layer, plan, real, max_slots, clock))
+        static, tables = [], []
+        for i, (plan, layer) in enumerate(zip(plans, layers, strict=True)):
+            static.append(_static_layer(layer, plan, real, max_slots, clock, tables, i))
             layer.keys = layer.values = None
         return cls(static, clock)
 
 
-def _static_layer(layer, plan, real: torch.Tensor, max_slots: int, clock: DecodeClock) -> StaticSlots:
-    """Copy one dynamic layer into its fixed buffers; ``real`` (B, total): real position of each slot, -1 padding."""
+def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables: list, i: int) -> StaticSlots:
+    """Copy dynamic layer ``i`` into its fixed buffers; ``real`` (B, total): real position of each slot, -1 padding.
+    Its SlotTable is the one in ``tables`` with the same geometry and positions, else a new one appended there."""
     keys, values = layer.keys, layer.values
     B, H, _, D = keys.shape
     if isinstance(layer, SWAACacheLayer):  # the stored layout (``view`` describes the last call's return value)
@@ -161,4 +174,9 @@ def _static_layer(layer, plan, real: torch.Tensor, max_slots: int, clock: Decode
     out_k.index_copy_(2, index, keys)
     out_v.index_copy_(2, index, values)
     positions.index_copy_(1, index, held)
-    return StaticSlots(out_k, out_v, positions, clock, ring=ring, window=window, keep_first=plan.keep_first)
+    for table in tables:  # one host read per layer, at setup only
+        same_rule = (table.ring, table.window, table.keep_first) == (ring, window, plan.keep_first)
+        if same_rule and table.positions.shape == positions.shape and torch.equal(table.positions, positions):
+            return StaticSlots(out_k, out_v, table, i)
+    tables.append(SlotTable(positions, clock, ring=ring, window=window, keep_first=plan.keep_first, owner=i))
+    return StaticSlots(out_k, out_v, tables[-1], i)

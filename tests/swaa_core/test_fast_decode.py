@@ -125,6 +125,8 @@ def test_evicting_layers_hold_sinks_plus_window_slots():
     static = StaticSWAACache.from_dynamic(cache, state.plans, mask, 1000)
     # layer 1 keeps full attention (1000 slots); the others keep sinks + W, sinks covering both rows' first K tokens
     assert [layer.keys.shape[-2] for layer in static.layers] == [4 + K + W, 1000, 4 + K + W, 4 + K + W]
+    # one table of positions per buffer geometry, refreshed once per step by its first layer
+    assert len({id(layer.table) for layer in static.layers}) == 2
 
 
 def test_refusals_name_the_problem():
