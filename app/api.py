@@ -127,7 +127,7 @@ def parse_config(config: str, model: str) -> dict:
 @ui_errors
 def adapter_config(adapter: str, model: str) -> dict:
     """The SWAA config a LoRA adapter (folder or Hub id) was trained with, as compare inputs."""
-    from swaa_core.train.finetune import read_adapter_info
+    from swaa_core.train import read_adapter_info
 
     from .engine import check_source_allowed
 

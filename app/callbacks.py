@@ -67,7 +67,7 @@ def recipe_note(name: str) -> str:
 
 def adapter_choices() -> list[tuple[str, str]]:
     """LoRA adapters found locally (SWAA_ADAPTERS_DIR, adapters/ and runs/), labelled with their training config."""
-    from swaa_core.train.finetune import find_adapters
+    from swaa_core.train import find_adapters
 
     roots = [os.environ.get("SWAA_ADAPTERS_DIR", ""), *ADAPTER_DIRS]
     found = [pair for root in dict.fromkeys(r for r in roots if r) for pair in find_adapters(root)]
@@ -298,7 +298,7 @@ def apply_config_json(text, active_model):
 @ui_errors
 def adapter_selected(adapter, active_model):
     """An adapter carries the config it was trained with: put it into the controls."""
-    from swaa_core.train.finetune import read_adapter_info
+    from swaa_core.train import read_adapter_info
 
     if not adapter:
         return [gr.skip()] * 6

@@ -188,7 +188,7 @@ class AdapterModels:
 
     @staticmethod
     def _build(loaded, adapter: str):
-        from swaa_core.train.finetune import load_adapter
+        from swaa_core.train import load_adapter
 
         with loaded.lock:
             private = copy.deepcopy(loaded.model)

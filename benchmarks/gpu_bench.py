@@ -785,11 +785,11 @@ def train_step(peft_model, opt, ids, labels, prompt_tokens, cfg):
 def run_train(out: dict):
     """LoRA r=16 on q/k/v (swaa_core's defaults), gradient checkpointing, batch 1, one example of --train-prompts
     tokens + 64 answer tokens with labels on the answer; configurations in turns; seconds per optimizer step (median
-    after warm-up) and peak GPU memory. Same attention path as swaa_core.train.finetune.train_lora (which wraps it in a
+    after warm-up) and peak GPU memory. Same attention path as swaa_core.train.lora.train_lora (which wraps it in a
     transformers Trainer)."""
     from peft import get_peft_model
 
-    from swaa_core.train.finetune import TrainSettings, _training_mode, lora_config
+    from swaa_core.train.lora import TrainSettings, _training_mode, lora_config
 
     model = qwen3_4b()
     peft_model = get_peft_model(model, lora_config(TrainSettings()))

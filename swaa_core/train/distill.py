@@ -27,6 +27,7 @@ import torch
 from ..engine.patch import swaa
 from ..eval.cot import render_prompt, split_reasoning
 from ..eval.scoring import contains_match, normalize
+from ..runtime.distributed import current, map_shared
 from ..runtime.jsonl import JsonlError, iter_jsonl
 
 KEEP_CHOICES = ("correct", "judged-correct", "all")
@@ -280,3 +281,9 @@ def normalize_record(record: Any, where: str = "record") -> dict:
     if not record["response"].strip():
         raise DistillDataError(f"{where}: 'response' is empty; there is nothing to train on.")
     return record
+
+
+def distill_shared(model, tokenizer, prompts: list, **kw) -> list[dict]:
+    """:func:`distill` (every answer kept) with the prompts shared out between the processes of a
+    launch; every process gets all records, in prompt order."""
+    return map_shared(current(), lambda share: distill(model, tokenizer, share, keep="all", **kw), prompts)

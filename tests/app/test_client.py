@@ -217,7 +217,8 @@ def adapter_dir(loaded, tmp_path_factory):
     from peft import get_peft_model
 
     from swaa_core.engine.config import SWAAConfig
-    from swaa_core.train.finetune import TrainSettings, lora_config, save_adapter
+    from swaa_core.train.adapters import save_adapter
+    from swaa_core.train.lora import TrainSettings, lora_config
 
     with loaded.lock:
         private = copy.deepcopy(loaded.model)

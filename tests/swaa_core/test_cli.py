@@ -238,7 +238,8 @@ def test_bad_numbers_and_configs_stop_at_parse_time_with_a_specific_message(argv
 def test_every_numeric_option_of_every_subcommand_has_a_range():
     """Walks the real parser (plug-in subcommands included): each int/float option rejects a value below its
     range and, where it has one, above it, naming the option; a new option without a range fails here."""
-    from swaa_core.cli import NUMERIC_OPTIONS, Bound, build_parser, numeric_actions
+    from swaa_core.cli import build_parser
+    from swaa_core.cli.bounds import NUMERIC_OPTIONS, Bound, numeric_actions
 
     seen = 0
     for prog, action in numeric_actions(build_parser()):
@@ -444,3 +445,53 @@ def test_unreachable_hub_gives_one_message_quickly(monkeypatch, tmp_path, capsys
         "connection (or the proxy settings and HF_ENDPOINT), or pass a local folder."
     ]
     assert elapsed < 10  # huggingface_hub's own retries took 30 s
+
+
+# --------------------------------------------------------------------------- one set of shared options
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    from swaa_core.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def model_options(parser: argparse.ArgumentParser) -> dict[str, tuple]:
+    shown = ("model", "device", "dtype", "backend")
+    return {a.dest: (tuple(a.option_strings), a.help, a.default, a.choices) for a in parser._actions if a.dest in shown}
+
+
+def test_every_command_that_loads_a_model_takes_the_same_model_options():
+    """Same flags, help, defaults and choices everywhere; distill runs full attention only, so it has no --backend."""
+    subs = subcommands()
+    reference = model_options(subs["run"])
+    assert set(reference) == {"model", "device", "dtype", "backend"}
+    for name in ("eval", "sweep", "finetune"):
+        assert model_options(subs[name]) == reference, name
+    assert model_options(subs["distill"]) == {k: v for k, v in reference.items() if k != "backend"}
+
+
+SINK_COMMANDS = [["run", "Hi"], ["eval"], ["sweep", "--out", "x.jsonl"], ["finetune", "--out", "x"],
+                 ["recipes", "show", "swa"], ["recipes", "save", "n", "--from", "swa", "--file", "f.json"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", SINK_COMMANDS, ids=[" ".join(a[:2]) for a in SINK_COMMANDS])
+def test_sinks_and_keep_first_are_one_option_in_every_command(argv):
+    from swaa_core.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(argv).keep_first is None
+    assert parser.parse_args([*argv, "--keep-first", "3"]).keep_first == 3
+    assert parser.parse_args([*argv, "--sinks", "4"]).keep_first == 4
+
+
+def test_recipes_show_resolves_a_model_folder_as_run_does(tiny_folder, capsys):
+    """The same recipe for the same --model gives the same config in `recipes show` (layer count read without the
+    weights) and in `run` (the model loaded)."""
+    recipe = ["--recipe", "recommended", "--window", "16", "--sinks", "2"]
+    assert main(["run", "Hi", "--model", tiny_folder, "-n", "1", "--timing-tokens", "0", "--json", *recipe]) == 0
+    ran = json_lines(capsys.readouterr().out)[-1]["config"]
+    assert (
+        main(["recipes", "show", "recommended", "--model", tiny_folder, "--window", "16", "--sinks", "2", "--json"])
+        == 0
+    )
+    assert json_lines(capsys.readouterr().out)[0] == ran
+    assert ran["keep_first"] == 2 and ran["non_sliding_layers"] == [1, 3]  # 4 layers, every other one full

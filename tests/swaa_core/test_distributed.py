@@ -161,7 +161,7 @@ def test_two_process_ddp_finetune_equals_one_process_with_the_whole_batch(tiny_f
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from swaa_core.train.finetune import load_adapter, read_adapter_info
+    from swaa_core.train.adapters import load_adapter, read_adapter_info
 
     records = [{"prompt": "The grass is green. " * 20 + f"The code is {i}{i}{i}. What is the code?",
                 "response": f"The code is {i}{i}{i}."} for i in (1, 2)]  # fmt: skip

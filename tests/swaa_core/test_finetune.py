@@ -12,21 +12,17 @@ from test_distill import tiny_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
 from swaa_core.engine.patch import attention_modules, current_config
+from swaa_core.train.adapters import AdapterError, find_adapters, load_adapter, read_adapter_info, save_adapter
 from swaa_core.train.distill import DistillDataError
-from swaa_core.train.finetune import (
+from swaa_core.train.finetune import finetune_pipeline
+from swaa_core.train.lora import (
     IGNORE,
-    AdapterError,
     TrainSettings,
     _training_mode,
     build_examples,
     collate,
-    find_adapters,
-    finetune_pipeline,
-    load_adapter,
     lora_config,
     make_example,
-    read_adapter_info,
-    save_adapter,
     train_lora,
 )
 
@@ -336,3 +332,46 @@ def test_cli_distill_then_finetune(tmp_path, monkeypatch, capsys):
     assert read_adapter_info(out).swaa_config == SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)
     assert main(["finetune", "--data", str(data), "--recipe", "full", "--out", str(out), "-q"]) == 1
     assert "full attention" in capsys.readouterr().err
+
+
+def test_cli_finetune_takes_dtype_and_backend_like_the_other_commands(tmp_path, monkeypatch):
+    """--dtype reaches the loader and --backend the attention the adapter is trained under."""
+    import swaa_core
+    import swaa_core.train.lora as lora
+    from swaa_core.cli import main
+
+    loaded, loads, backends = tiny_loaded(), [], []
+    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loads.append(k) or loaded)
+    real_swaa = lora.swaa
+
+    def spy(model, config, *, backend="auto"):
+        backends.append(backend)
+        return real_swaa(model, config, backend=backend)
+
+    monkeypatch.setattr(lora, "swaa", spy)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2 w3 w4 w5 w6", "response": "w7 w8"}) + "\n", encoding="utf-8")
+    argv = ["finetune", "--data", str(data), "--recipe", "swa", "--window", "4", "--steps", "1", "--keep", "all",
+            "--dtype", "float32", "--backend", "reference", "--out", str(tmp_path / "a"), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    assert loads[0]["dtype"] == "float32" and backends == ["reference"]
+
+
+def test_train_never_imports_the_cli():
+    """Imports go downward: the CLI calls training, never the other way round (lazy imports included)."""
+    import ast
+    from pathlib import Path
+
+    import swaa_core.train
+
+    for path in Path(swaa_core.train.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                targets = ["." * node.level + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                assert not target.startswith(("..cli", "swaa_core.cli")), f"{path.name} imports {target}"

@@ -1,0 +1,147 @@
+"""What the ``swaa`` command prints: results on stdout (rich tables, or JSON lines with ``--json``), progress and
+messages on stderr, so ``swaa run --json ... | jq`` works; run errors reported once each, with the exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..eval.latency import MIN_DECODE_TOKENS
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_json(obj) -> None:
+    # Non-ASCII text goes out as is on a UTF-8 stdout and as \\u escapes elsewhere: the JSON stays lossless either way.
+    print(json.dumps(obj, default=str, ensure_ascii=not _is_utf8(sys.stdout)), flush=True)
+
+
+def _is_utf8(stream) -> bool:
+    return (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+
+
+def never_fail_on_encoding() -> None:
+    """On a stdout/stderr that is not UTF-8 (e.g. PYTHONIOENCODING=latin-1), characters it cannot hold are
+    written as \\u escapes rather than ending the command with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if not _is_utf8(stream) and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def shared_error(results) -> str | None:
+    """The error every run ended with, when they all ended with the same one (a problem of the prompt, not of a
+    recipe): it is printed once instead of a table with one failed row per config."""
+    errors = {r.error for r in results}
+    return next(iter(errors)) if len(errors) == 1 and results else None
+
+
+def report_errors(results) -> int:
+    """Each distinct run error once on stderr, with the runs it hit; the exit code (1 when any run failed)."""
+    by_error: dict[str, list[str]] = {}
+    for r in results:
+        if r.error:
+            by_error.setdefault(r.error, []).append(r.label)
+    for error, labels in by_error.items():
+        if len(labels) == len(results):
+            where = "every run" if len(results) > 1 else "the run"
+        else:
+            where = ", ".join(dict.fromkeys(labels))
+        print(f"swaa: error ({where}): {error}", file=sys.stderr)
+    return 1 if by_error else 0
+
+
+# ---------------------------------------------------------------------- tables
+
+
+def _fmt_bytes(n) -> str:
+    from ..models.memory import format_bytes
+
+    return "–" if n is None or n != n else format_bytes(int(n))
+
+
+PIPED_WIDTH = 200  # columns for tables written to a pipe or file, where no terminal width exists
+
+
+def console():
+    """A rich Console; when stdout is not a terminal it is PIPED_WIDTH wide (rich would assume 80, folding a
+    ten-column table into 4-letter cells) unless COLUMNS says otherwise. Tables still take only the width they need."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPED_WIDTH)
+    return console
+
+
+def results_table(results, title: str) -> None:
+    from rich.table import Table
+
+    timed = {r.timed_tokens for r in results if not r.error}
+    timed_head = f"to token {timed.pop()}" if len(timed) == 1 else "to token N"
+    table = Table(title=title, caption=_timing_caption(results))
+    table.add_column("config", overflow="fold", min_width=16, max_width=48)
+    table.add_column("output", overflow="fold", min_width=24, max_width=72)
+    for col in ("ok", "TTFT", "prefill", "decode", timed_head, "answer", "peak mem", "KV cache", "kernel"):
+        table.add_column(col, no_wrap=True)
+    for r in results:
+        if r.error:
+            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 7, r.backend or "–")
+            continue
+        table.add_row(
+            r.label,
+            r.output_text.strip(),
+            {True: "✓", False: "✗", None: "–"}[r.correct],
+            f"{r.ttft_s:.2f} s",
+            f"{r.prefill_s:.2f} s",
+            _decode_cell(r.decode_tokens_per_s, r.decode_tokens),
+            f"{r.timed_total_s:.2f} s",
+            f"{r.total_s:.2f} s / {r.generated_tokens} tok",
+            _fmt_bytes(r.peak_memory_bytes),
+            _fmt_bytes(r.kv_cache_bytes),
+            r.backend,
+        )
+    console().print(table)
+
+
+def _decode_cell(tokens_per_s, decode_tokens) -> str:
+    steps = int(decode_tokens) if decode_tokens == decode_tokens and decode_tokens is not None else 0
+    if steps < MIN_DECODE_TOKENS:
+        return f"too few tokens ({steps})"
+    return f"{tokens_per_s:.1f} tok/s"
+
+
+def _timing_caption(results) -> str:
+    """Says what the timing columns cover, so nobody ranks runs by their answers' unequal lengths."""
+    timed = {r.timed_tokens for r in results if not r.error}
+    if len(timed) > 1:
+        return "decode speeds come from different token counts: do not compare them"
+    n = timed.pop() if timed else 0
+    return (
+        f"decode and 'to token {n}': every run timed over its first {n} generated tokens (past the answer where it is "
+        "shorter); 'answer': the time and length of each run's own answer"
+    )
+
+
+def frame_table(df, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in df.columns:
+        text = df[col].dtype == object
+        table.add_column(str(col), overflow="fold", no_wrap=not text, min_width=12 if text else None)
+    for row in df.to_dict(orient="records"):
+        cells = []
+        for col, value in row.items():
+            if "bytes" in str(col):
+                cells.append(_fmt_bytes(value))
+            elif col == "decode_tokens_per_s" and "decode_tokens" in row:
+                cells.append(_decode_cell(value, row["decode_tokens"]))
+            elif isinstance(value, float):
+                cells.append("–" if value != value else f"{value:.3g}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console().print(table)

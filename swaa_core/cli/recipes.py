@@ -1,0 +1,124 @@
+"""``swaa recipes list | show | save``: the paper's presets, one resolved for a model, your own saved as JSON.
+
+``show`` and ``save`` read the layer count of ``--model`` the way every other subcommand names a model
+(:func:`.common.model_layers`), without loading its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from ..engine.config import SWAAConfig
+from ..eval.recipes import list_recipes, load_user_recipes, resolve_recipe, save_user_recipes
+from .common import MODEL_HELP, add_window_args, formatter, model_layers
+from .output import console, note, print_json
+
+
+def cmd_recipes_list(args) -> int:
+    recipes = list_recipes()
+    user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    if args.json:
+        for r in recipes:
+            print_json(
+                {"name": r.name, "title": r.title, "description": r.description, "paper_accuracy": r.paper_accuracy}
+            )
+        for name, cfg in user.items():
+            print_json({"name": name, "title": name, "description": cfg.describe(), "config": cfg.to_dict()})
+        return 0
+    from rich.table import Table
+
+    table = Table(title="SWAA recipes (paper presets; accuracy: Qwen3-4B, LongMemEval 24k, W=2k, no SFT / SFT)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does", overflow="fold", max_width=100)
+    table.add_column("paper acc. %", no_wrap=True)
+    for r in recipes:
+        table.add_row(r.name, f"[bold]{r.title}[/bold]\n{r.description}", r.paper_accuracy or "–")
+    for name, cfg in user.items():
+        table.add_row(name, f"[bold]your recipe[/bold]\n{cfg.describe()}", "–")
+    console().print(table)
+    print("Show one resolved for a model: swaa recipes show NAME [--model M | --layers N] [--window W]")
+    return 0
+
+
+def cmd_recipes_show(args) -> int:
+    user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    layers = model_layers(args)
+    cfg = resolve_recipe(args.name, layers, window=args.window, keep_first=args.keep_first,
+                         context_tokens=args.context, user_recipes=user)  # fmt: skip
+    if args.json:
+        print_json(None if cfg is None else cfg.to_dict())
+        return 0
+    print(f"{args.name} for a {layers}-layer model: {'full attention' if cfg is None else cfg.describe()}")
+    print(json.dumps(SWAAConfig().to_dict() if cfg is None else cfg.to_dict()))
+    if cfg is not None and args.window is None:
+        scaled = f"a {args.context:,}-token prompt" if args.context else "the paper's 24K-token prompts (no --context)"
+        print(
+            f"The window is scaled to {scaled}; `swaa run` / `eval` / `sweep` scale it to each prompt's length "
+            "(about 1/8 of it, 256 to 2048 tokens) unless --window fixes it."
+        )
+    for text in [] if cfg is None else cfg.notes():
+        print(f"note: {text}")
+    return 0
+
+
+def cmd_recipes_save(args) -> int:
+    layers = model_layers(args)
+    existing = load_user_recipes(args.file) if args.file.exists() else {}
+    cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
+                         context_tokens=args.context, user_recipes=existing)  # fmt: skip
+    existing[args.name] = cfg or SWAAConfig()
+    save_user_recipes(args.file, existing)
+    note(f"saved {args.name!r} ({(cfg or SWAAConfig()).describe()}) to {args.file}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "recipes",
+        help="list, show and save SWAA recipes",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            The paper's recipes combine a sliding window with remedies: FA decode (generated tokens see the whole
+            cache), sink tokens (the first tokens stay visible), interleaved full-attention layers (1/4 or 1/2 of
+            them). `show` resolves one for a model: its window, sinks and the exact layer indices.
+
+            examples:
+              swaa recipes list
+              swaa recipes show recommended --layers 36 --window 2048
+              swaa recipes save my-mix --from swa-half-fa-fa-decode --window 512 --file my_recipes.json
+              swaa run "..." --recipes-file my_recipes.json --recipe my-mix"""
+        ),
+    )
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    rsub = p.add_subparsers(dest="recipes_command", metavar="ACTION")
+
+    def common(q, *, layers=True):
+        q.add_argument("--recipes-file", type=Path, default=None, help="your saved recipes (JSON)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        if layers:
+            q.add_argument("--model", "-m", default=None, help=f"read the layer count of this model: {MODEL_HELP}")
+            q.add_argument("--layers", type=int, default=None, help="the model's layer count (instead of --model)")
+            add_window_args(q, scaled_to="--context")
+            q.add_argument(
+                "--context",
+                type=int,
+                default=None,
+                help="prompt length the window is scaled to (default: none, the paper's 2048-token window)",
+            )
+
+    q = rsub.add_parser("list", help="the presets, full attention first", formatter_class=formatter)
+    common(q, layers=False)
+    q.set_defaults(func=cmd_recipes_list)
+    q = rsub.add_parser("show", help="one recipe resolved for a model", formatter_class=formatter)
+    q.add_argument("name", help="preset or saved recipe name")
+    common(q)
+    q.set_defaults(func=cmd_recipes_show)
+    q = rsub.add_parser("save", help="save a resolved recipe under your own name", formatter_class=formatter)
+    q.add_argument("name", help="the new recipe's name")
+    q.add_argument("--from", dest="source", required=True, help="preset name or inline JSON config")
+    q.add_argument("--file", type=Path, required=True, help="recipes JSON file (created or updated)")
+    common(q)
+    q.set_defaults(func=cmd_recipes_save)
