@@ -26,7 +26,8 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
-from ..engine.patch import attention_modules, kv_cache_bytes, native_windows, swaa
+from ..engine.families import native_windows
+from ..engine.patch import attention_modules, kv_cache_bytes, swaa
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning
