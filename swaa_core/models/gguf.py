@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.units import format_bytes
 from .loaded import ModelLoadError, first_line
-from .memory import format_bytes, model_shape
+from .memory import model_shape
 from .registry import DEFAULT_MODEL, get_model_entry
 from .request import SUPPORTED_TEXT, LoadRequest, Source, check_architecture, plan_placement
 

@@ -17,8 +17,7 @@ import torch
 
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
-
-GiB = 1024**3
+from ..runtime.units import format_bytes
 
 
 class InsufficientMemoryError(ValueError):
@@ -86,13 +85,6 @@ class MemoryEstimate:
         out = asdict(self)
         out.update(kv_full_bytes=self.kv_full_bytes, kv_swaa_bytes=self.kv_swaa_bytes, kv_saving=self.kv_saving)
         return out
-
-
-def format_bytes(n: int | float) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def to_dtype(dtype) -> torch.dtype:
