@@ -91,6 +91,7 @@ class LoadedModel:
 
 
 def refuse_as_load_error(check: Callable[[], Any]) -> Any:
+    """``check()``'s result; a memory refusal comes out as ModelTooLargeError, so a caller catches one error class."""
     try:
         return check()
     except InsufficientMemoryError as e:
@@ -98,5 +99,6 @@ def refuse_as_load_error(check: Callable[[], Any]) -> Any:
 
 
 def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when empty), for messages that quote a cause."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
