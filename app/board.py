@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swaa_core.eval.latency import comparable, decode_note, ratio_text
+from swaa_core.runtime.units import format_bytes
 
 WAITING, RUNNING, DONE, ERROR, CANCELLED = "waiting", "running", "done", "error", "cancelled"
 
@@ -25,17 +26,6 @@ class ColumnView:
     text: str = ""
     result: Any = None  # a swaa_core.eval.runner.RunResult once the column finished
     error: str = ""
-
-
-def format_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "–"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def format_seconds(s: float | None) -> str:
@@ -124,7 +114,7 @@ def _metrics(col: ColumnView) -> str:
         ("decode speed", decode_speed(r)),
         (f"time to token {r.timed_tokens}", format_seconds(r.timed_total_s) if r.timed_tokens else "–"),
         ("answer time", format_seconds(r.total_s)),
-        ("KV cache", format_bytes(r.kv_cache_bytes)),
+        ("KV cache", format_bytes(r.kv_cache_bytes, digits=1)),
         (ANSWER_PROBABILITY, answer_probability(r.answer_logprob)),
         ("tokens", f"{r.prompt_tokens} in / {r.generated_tokens} out{extra}"),
     ]
@@ -206,7 +196,7 @@ def _saving(base: int, new: int) -> str:
         return "–"
     saved = 1 - new / base
     if saved > 0.005:
-        return f"{saved:.0%} smaller ({format_bytes(base - new)} saved)"
+        return f"{saved:.0%} smaller ({format_bytes(base - new, digits=1)} saved)"
     if saved < -0.005:
         return f"{-saved:.0%} larger"
     return "same"

@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 
 from swaa_core.engine.config import SWAAConfig
+from swaa_core.eval.harness import ContextOverflowError, check_context
 from swaa_core.eval.recipes import get_recipe, recipe_label, resolve_recipe
 
 from . import plots
@@ -163,12 +164,14 @@ def _first_sliding_layer(cfg: SWAAConfig, current: int) -> int:
 
 
 def _check_length(loaded, sample, max_new: int, cot: bool) -> None:
-    n, limit = model_input_tokens(loaded.tokenizer, sample, cot=cot), loaded.info.context_length
-    if limit and n + max_new > limit:
+    n = model_input_tokens(loaded.tokenizer, sample, cot=cot)
+    try:
+        check_context(loaded.model, n, max_new, info=loaded.info)
+    except ContextOverflowError as e:  # the same rule as every run; the page's own words
         raise ValueError(
             f"The prompt is too long for {loaded.name}: {n:,} prompt tokens + {max_new} new tokens exceed its "
-            f"{limit:,}-token context. Shorten the text or lower the length slider."
-        )
+            f"{e.limit:,}-token context. Shorten the text or lower the length slider."
+        ) from None
 
 
 def result_rows(views: list[ColumnView], meta: dict) -> list[dict]:

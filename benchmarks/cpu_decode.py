@@ -21,8 +21,8 @@ import torch
 
 from swaa_core import SWAAConfig, load_model
 from swaa_core.eval.latency import decode_speed_curve
-from swaa_core.models.memory import format_bytes
 from swaa_core.runtime.jsonl import save_jsonl
+from swaa_core.runtime.units import format_bytes
 
 
 def configs(window: int, sinks: int) -> dict[str, SWAAConfig | None]:

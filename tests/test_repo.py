@@ -292,6 +292,24 @@ def test_swaa_core_imports_without_gradio():
     assert result.returncode == 0, f"swaa_core needs gradio somewhere:\n{result.stderr[-3000:]}"
 
 
+def test_the_engine_imports_nothing_from_the_layers_above_it():
+    """engine/ is the bottom layer: no import of models/eval/train/runtime/cli, not even inside a function."""
+    upward = []
+    for path in sorted((ROOT / "swaa_core" / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                leaves_engine = name.startswith("..") or (name.startswith("swaa_core") and name != "swaa_core.engine")
+                if leaves_engine and not name.startswith("swaa_core.engine."):
+                    upward.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not upward, upward
+
+
 def test_tests_mirror_the_packages():
     folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}

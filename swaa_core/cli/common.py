@@ -181,7 +181,7 @@ def model_layers(args) -> int:
         return entry.num_layers
     from transformers import AutoConfig
 
-    from ..models.loading import hub_offline_reason
+    from ..models.hub import hub_offline_reason
 
     offline = None if Path(args.model).exists() else hub_offline_reason()
     try:

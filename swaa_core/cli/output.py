@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..eval.latency import MIN_DECODE_TOKENS
+from ..runtime.units import format_bytes
 
 
 def note(text: str) -> None:
@@ -56,11 +57,6 @@ def report_errors(results) -> int:
 # ---------------------------------------------------------------------- tables
 
 
-def _fmt_bytes(n) -> str:
-    from ..models.memory import format_bytes
-
-    return "–" if n is None or n != n else format_bytes(int(n))
-
 
 PIPED_WIDTH = 200  # columns for tables written to a pipe or file, where no terminal width exists
 
@@ -99,8 +95,8 @@ def results_table(results, title: str) -> None:
             _decode_cell(r.decode_tokens_per_s, r.decode_tokens),
             f"{r.timed_total_s:.2f} s",
             f"{r.total_s:.2f} s / {r.generated_tokens} tok",
-            _fmt_bytes(r.peak_memory_bytes),
-            _fmt_bytes(r.kv_cache_bytes),
+            format_bytes(r.peak_memory_bytes),
+            format_bytes(r.kv_cache_bytes),
             r.backend,
         )
     console().print(table)
@@ -136,7 +132,7 @@ def frame_table(df, title: str) -> None:
         cells = []
         for col, value in row.items():
             if "bytes" in str(col):
-                cells.append(_fmt_bytes(value))
+                cells.append(format_bytes(value))
             elif col == "decode_tokens_per_s" and "decode_tokens" in row:
                 cells.append(_decode_cell(value, row["decode_tokens"]))
             elif isinstance(value, float):

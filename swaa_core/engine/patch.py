@@ -24,9 +24,8 @@ from .attention import NAME, LayerPlan, RunContext, swaa_attention_forward, swaa
 from .backends import explain_backend
 from .cache import SWAACacheLayer, kv_cache_bytes, swaa_layer
 from .config import SWAAConfig, SWAAConfigError
+from .families import check_supported, native_windows, text_config
 from .static_cache import StaticSWAACache
-
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gemma3", "gemma3_text")
 
 __all__ = ["apply_swaa", "remove_swaa", "swaa", "capture_attention", "kv_cache_bytes", "SWAAState"]
 
@@ -60,19 +59,6 @@ def attention_modules(model) -> list[torch.nn.Module]:
     return [found[i] for i in sorted(found)]
 
 
-def _text_config(model):
-    return model.config.get_text_config(decoder=True)
-
-
-def check_supported(model) -> None:
-    model_type = getattr(_text_config(model), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise SWAAConfigError(
-            f"SWAA does not support model type {model_type!r} yet; supported: Llama, Qwen2, Qwen3 (dense and MoE), Mistral, Gemma 3 "
-            f"({', '.join(SUPPORTED_MODEL_TYPES)})."
-        )
-
-
 def _cache_hook(module, args, kwargs):
     cache = kwargs.get("past_key_values")
     if cache is None or isinstance(cache, StaticSWAACache):
@@ -83,13 +69,6 @@ def _cache_hook(module, args, kwargs):
         layer.activate_past_recording()
     layer.bind(module._swaa_plan, kwargs.get("attention_mask"), module.layer_idx)
     module._swaa_cache_layer = layer
-
-
-def native_windows(model) -> tuple[int | None, ...]:
-    """Per layer, the model's own sliding window (None: full attention), as transformers' cache reads the config."""
-    from ..models.memory import native_windows as from_config
-
-    return from_config(_text_config(model))
 
 
 def _plans(config: SWAAConfig, model, n_layers: int, backend: str, all_full: bool = False) -> list[LayerPlan]:
@@ -168,7 +147,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
     _register()
     state: SWAAState | None = getattr(model, "_swaa_state", None)
     if state is None:
-        original = _text_config(model)._attn_implementation or "sdpa"
+        original = text_config(model)._attn_implementation or "sdpa"
         state = SWAAState(config, chosen, original)
         state.hooks = [m.register_forward_pre_hook(_cache_hook, with_kwargs=True) for m in modules]
         model.set_attn_implementation(NAME)

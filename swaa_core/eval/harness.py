@@ -1,6 +1,7 @@
 """The pieces around one ``generate`` call that the runner and the latency curves share: a streamer that notes when
 each token arrived, a timer of the forward passes (the first is the prefill), peak memory, cancellation (between
-decode steps and between layers of a long prefill), the model's context length, and failures as readable text."""
+decode steps and between layers of a long prefill), the model's context length and the one check of a prompt
+against it, and failures as readable text."""
 
 from __future__ import annotations
 
@@ -188,6 +189,27 @@ def context_length(model, info=None) -> int | None:
             return value
     value = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None
+
+
+class ContextOverflowError(ValueError):
+    """A prompt plus the tokens asked for that the model's context cannot hold; ``limit`` is that context."""
+
+    limit: int
+
+
+def check_context(model, prompt_tokens: int, new_tokens: int, *, info=None) -> int | None:
+    """Refuse a run whose prompt plus ``new_tokens`` exceeds the model's context (ContextOverflowError, before any
+    forward); returns that context (None: unknown, nothing to check). One rule for every caller (the runner, the
+    app); a caller that words it its own way catches the error and reads ``limit``."""
+    limit = context_length(model, info)
+    if limit is not None and prompt_tokens + new_tokens > limit:
+        error = ContextOverflowError(
+            f"The prompt has {prompt_tokens} tokens and {new_tokens} new tokens were asked for, but the model's "
+            f"context is {limit} tokens. Shorten the prompt or lower max_new_tokens."
+        )
+        error.limit = limit
+        raise error
+    return limit
 
 
 def _is_oom(exc: BaseException) -> bool:

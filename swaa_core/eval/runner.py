@@ -26,7 +26,8 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
-from ..engine.patch import attention_modules, kv_cache_bytes, native_windows, swaa
+from ..engine.families import native_windows
+from ..engine.patch import attention_modules, kv_cache_bytes, swaa
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning
@@ -37,7 +38,7 @@ from .harness import (
     PeakMemory,
     RunCancelled,
     cancel_between_layers,
-    context_length,
+    check_context,
     error_text,
 )
 from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming, greedy_generation_config, without_eos
@@ -270,12 +271,7 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
 def _plan(m: _Model, n_prompt: int, config: SWAAConfig | None, spec: RunSpec, result: RunResult) -> int:
     """Check that the run fits the context and the memory before it starts; return its timing budget in tokens."""
     result.prompt_tokens = n_prompt
-    limit = context_length(m.model, m.info)
-    if limit is not None and n_prompt + spec.max_new_tokens > limit:
-        raise ValueError(
-            f"The prompt has {n_prompt} tokens and {spec.max_new_tokens} new tokens were asked for, but the model's "
-            f"context is {limit} tokens. Shorten the prompt or lower max_new_tokens."
-        )
+    limit = check_context(m.model, n_prompt, spec.max_new_tokens, info=m.info)
     budget = spec.timing_tokens if limit is None else min(spec.timing_tokens, limit - n_prompt)
     check_run_fits(m.model, n_prompt + max(spec.max_new_tokens, budget), config)  # refuse now, not mid-way
     if config is not None:

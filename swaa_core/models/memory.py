@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..engine.config import SWAAConfig
-
-GiB = 1024**3
+from ..engine.families import native_windows
+from ..runtime.units import format_bytes
 
 
 class InsufficientMemoryError(ValueError):
@@ -85,13 +85,6 @@ class MemoryEstimate:
         out = asdict(self)
         out.update(kv_full_bytes=self.kv_full_bytes, kv_swaa_bytes=self.kv_swaa_bytes, kv_saving=self.kv_saving)
         return out
-
-
-def format_bytes(n: int | float) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def to_dtype(dtype) -> torch.dtype:
@@ -166,23 +159,6 @@ def _shape_from_config(config, count: bool = True) -> ModelShape:
         vocab_size=text.vocab_size,
         num_parameters=count_parameters(config) if count else 0,
         native_windows=native_windows(text),
-    )
-
-
-def native_windows(text_config) -> tuple[int | None, ...]:
-    """Per layer, the sliding window transformers' DynamicCache gives the layer (None: it keeps every token)."""
-    try:
-        from transformers.cache_utils import get_layer_types_and_kwargs
-
-        types, kwargs = get_layer_types_and_kwargs(text_config)
-    except ImportError:  # older transformers 5.x: read the config's own layer types
-        types, kwargs = [], []
-    if len(types) != len(kwargs) or len(types) != text_config.num_hidden_layers:  # its return shape varies by version
-        types = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
-        window = getattr(text_config, "sliding_window", None)
-        kwargs = [{"sliding_window": window}] * len(types)
-    return tuple(
-        kw.get("sliding_window") if t == "sliding_attention" else None for t, kw in zip(types, kwargs, strict=True)
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
+from .units import format_bytes
+
 MAX_TEXT_BYTES = 8 << 20  # 8 MiB, about 2M tokens: more text than any model here reads in one prompt
 
 # Byte-order marks that name an encoding; UTF-32 before UTF-16 (a UTF-32-LE mark starts with the UTF-16-LE one).
@@ -38,7 +40,7 @@ def read_text_file(path: str | Path, *, what: str = "File", max_bytes: int = MAX
         size = path.stat().st_size
         if size > max_bytes:
             raise TextFileError(
-                f"{what} {path} is {_mib(size)}; the limit is {_mib(max_bytes)} (about {max_bytes // 4:,} tokens, "
+                f"{what} {path} is {format_bytes(size, digits=1)}; the limit is {format_bytes(max_bytes, digits=1)} (about {max_bytes // 4:,} tokens, "
                 "more than a model here reads). Use a shorter excerpt."
             )
         data = path.read_bytes()
@@ -74,7 +76,3 @@ def _binary_kind(data: bytes) -> str:
                   b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GGUF": "a GGUF model"}  # fmt: skip
     found = next((kind for sig, kind in signatures.items() if data.startswith(sig)), None)
     return f"; it looks like {found}" if found else ""
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"

@@ -100,6 +100,33 @@ def test_model_hub_keeps_no_reference_so_the_core_cache_can_free_a_model():
     assert hub.get("m") is loader.cache["m"] and loader.loads == ["m", "m"]  # a later request loads it again
 
 
+def test_a_model_the_core_cache_evicts_is_freed_although_the_app_loaded_it(monkeypatch, tmp_path):
+    """The real chain: the app's hub over swaa_core.load_model over the core LRU. Once the LRU evicts a model, no
+    reference is left anywhere in the app, so its memory goes."""
+    import gc
+    import weakref
+
+    from conftest import build_tiny_model, build_tiny_tokenizer
+
+    from swaa_core.models import model_cache
+
+    tok = build_tiny_tokenizer()
+    for name in ("one", "two"):
+        build_tiny_model("llama", layers=2, vocab_size=len(tok)).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    cache = model_cache.ModelCache(max_bytes=1)  # room for one model: each load evicts the one before
+    monkeypatch.setattr(model_cache, "_MODEL_CACHE", cache)
+    hub = ModelHub()  # the app's default loader: swaa_core.load_model
+    first = hub.get(str(tmp_path / "one"))
+    model_ref, loaded_ref = weakref.ref(first.model), weakref.ref(first)
+    assert hub.get(str(tmp_path / "one")) is first and len(cache) == 1  # a hit: the core cache holds it
+    del first
+    second = hub.get(str(tmp_path / "two"))
+    gc.collect()
+    assert len(cache) == 1 and hub.get(str(tmp_path / "two")) is second  # the core cache now holds only "two"
+    assert model_ref() is None and loaded_ref() is None
+
+
 def test_space_refuses_local_paths_outside_the_allowed_folders(monkeypatch, tmp_path):
     allowed = tmp_path / "adapters"
     (allowed / "mine").mkdir(parents=True)

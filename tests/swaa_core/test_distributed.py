@@ -195,7 +195,8 @@ def test_device_map_auto_loads_and_runs_where_it_can(tiny_folder):
     """Without CUDA, device_map='auto' means the CPU: the model loads and runs exactly as with device='cpu'."""
     from swaa_core import SWAAConfig
     from swaa_core.eval.runner import run_one
-    from swaa_core.models.loading import ModelLoadError, load_model
+    from swaa_core.models.loaded import ModelLoadError
+    from swaa_core.models.loading import load_model
 
     spread = load_model(tiny_folder, device_map="auto", reuse=False)
     plain = load_model(tiny_folder, device="cpu", reuse=False)
@@ -265,7 +266,8 @@ def test_launch_refuses_device_choices_that_fight_one_process_per_device(monkeyp
 
 
 def test_swaa_device_sets_the_default_device(monkeypatch):
-    from swaa_core.models.loading import ModelLoadError, resolve_device
+    from swaa_core.models.loaded import ModelLoadError
+    from swaa_core.models.loading import resolve_device
 
     monkeypatch.setenv("SWAA_DEVICE", "auto")
     assert resolve_device(None) == "cpu"  # "auto" without CUDA: the CPU

@@ -9,8 +9,9 @@ from transformers import DynamicCache
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes
 from swaa_core.engine.config import SWAAConfigError
-from swaa_core.models.memory import InsufficientMemoryError, check_fits, estimate_memory, format_bytes, model_shape
+from swaa_core.models.memory import InsufficientMemoryError, check_fits, estimate_memory, model_shape
 from swaa_core.models.registry import get_model_entry
+from swaa_core.runtime.units import format_bytes
 
 SWAA_CONFIGS = {
     "swa-only": SWAAConfig(sliding_window_size=8),

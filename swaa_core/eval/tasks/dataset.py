@@ -72,7 +72,7 @@ def _hub_files(repo_id: str, split: str | None) -> list[Path]:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    from ...models.loading import hub_offline_reason
+    from ...models.hub import hub_offline_reason
 
     offline = hub_offline_reason()  # one short check instead of huggingface_hub's ~30 s of retries
     if offline:
