@@ -57,7 +57,6 @@ def report_errors(results) -> int:
 # ---------------------------------------------------------------------- tables
 
 
-
 PIPED_WIDTH = 200  # columns for tables written to a pipe or file, where no terminal width exists
 
 
