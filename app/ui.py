@@ -21,6 +21,7 @@ from .wiring import Group, flatten, group
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HEAVY = "model"  # concurrency group of everything that runs the model
+SIDEBAR_PX = 440  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
 
@@ -40,7 +41,7 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"# {texts.TITLE}\n{texts.INTRO}", elem_id="swaa-title")
         ui.device_note = gr.Markdown(elem_id="swaa-device")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=360, elem_id="swaa-sidebar"):
+            with gr.Column(scale=1, min_width=SIDEBAR_PX, elem_id="swaa-sidebar"):
                 _model_panel(ui, defaults)
                 _strategy_panel(ui, defaults)
             with gr.Column(scale=3, min_width=520), gr.Tabs(elem_id="swaa-tabs") as ui.tabs:
@@ -218,13 +219,14 @@ def _run_panel(ui, d: Settings) -> None:
 
 def _why_panel(ui) -> None:
     gr.Markdown(texts.ATTENTION_HELP)
-    with gr.Row():
-        entry = get_model_entry(DEFAULT_MODEL)
-        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer")
+    entry = get_model_entry(DEFAULT_MODEL)
+    with gr.Row():  # the column names are long ("Recommended: ... (W=256, 10 sinks)"): their dropdown gets the room
+        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.", scale=3)
         heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(entry.num_heads)]
-        ui.head = gr.Dropdown(heads, value=-1, label="Head")
-        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.")
-        ui.draw = gr.Button("Draw attention", size="sm")
+        ui.head = gr.Dropdown(heads, value=-1, label="Head", scale=1)
+    with gr.Row(equal_height=True):
+        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer", scale=3)
+        ui.draw = gr.Button("Draw attention", size="sm", scale=1)
     ui.attention = gr.Plot(
         _placeholder("Run a comparison: the maps use its prompt."), label="Attention maps", elem_id="swaa-attention"
     )
