@@ -21,7 +21,7 @@ from .wiring import Group, flatten, group
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HEAVY = "model"  # concurrency group of everything that runs the model
-SIDEBAR_PX = 440  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
+SIDEBAR_PX = 460  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
 
