@@ -117,13 +117,10 @@ def _model_updates(loaded, s: Strategy, opened: Settings | None = None) -> list:
         SWAAConfig.fa_layers(s.fa_layers_mode, n) if s.fa_layers_mode != "custom" else [i for i in s.fa_layers if i < n]
     )
     fad = [i for i in s.fa_decode_layers if i < n]
-    values = (
-        {} if opened is None else dict(sinks=s.sinks, fa_layers_mode=s.fa_layers_mode, fa_decode_mode=s.fa_decode_mode)
-    )
-
-    def slider(value):  # the model's limit; the link's value on page open
-        return gr.Slider(maximum=limit) if opened is None else gr.Slider(maximum=limit, value=value)
-
+    window, length, values = gr.Slider(maximum=limit), gr.Slider(maximum=limit), {}
+    if opened is not None:
+        window, length = gr.Slider(maximum=limit, value=s.window), gr.Slider(maximum=limit, value=opened.length)
+        values = dict(sinks=s.sinks, fa_layers_mode=s.fa_layers_mode, fa_decode_mode=s.fa_decode_mode)
     return updates(
         MODEL_OUTPUTS,
         **values,
@@ -131,8 +128,8 @@ def _model_updates(loaded, s: Strategy, opened: Settings | None = None) -> list:
         model_facts=model_facts(loaded),
         layer=gr.Slider(maximum=n - 1),
         head=gr.Dropdown(choices=heads, value=-1),
-        length=slider(opened and opened.length),
-        window=slider(s.window),
+        length=length,
+        window=window,
         fa_layers=gr.CheckboxGroup(choices=layers, value=fa),
         fa_decode_layers=gr.CheckboxGroup(choices=layers, value=fad, visible=s.fa_decode_mode == "layers"),
     )
