@@ -158,9 +158,9 @@ def needle_sweep(
 ):  # fmt: skip
     """Full attention vs the config over prompt lengths x evenly spaced needle depths: per config the accuracy
     grid (rows: depths, columns: lengths; null where nothing ran) and a CSV of every run."""
-    grid = sweeps.NeedleSweepSettings(tuple(int(x) for x in lengths or []), depths, samples, seed, task)
+    sweep = sweeps.NeedleSweepSettings(tuple(int(x) for x in lengths or []), depths, samples, seed, task)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
-    grids, path = sweeps.needle_sweep(model or DEFAULT_MODEL, strategy, grid, request, _no_progress)
+    grids, path = sweeps.needle_sweep(model or DEFAULT_MODEL, strategy, sweep, request, _no_progress)
     cells = [
         {"label": label, "lengths": list(ls), "depths": list(ds), "accuracy": [[_num(v) for v in row] for row in grid]}
         for label, ls, ds, grid in grids
