@@ -17,9 +17,10 @@ from swaa_core.eval.recipes import list_recipes
 from swaa_core.models.registry import DEFAULT_MODEL
 
 from . import run_handlers as rh
+from . import sweeps
 from .board import render_board, summary_markdown
-from .common import HUB, loaded_model, num_layers, ui_errors
-from .prompts import TASK_CHOICES
+from .common import CANCELS, HUB, loaded_model, num_layers, session_id, ui_errors
+from .prompts import TASK_CHOICES, Prompt
 from .prompts import read_upload as _read_upload
 from .state import DEFAULT_PINNED, FA_DECODE_MODES, FA_LAYER_MODES, Settings, Strategy, parse_pinned
 
@@ -64,6 +65,8 @@ def _controls(cfg, n_layers: int) -> dict:
 
 
 # ---------------------------------------------------------------- endpoint functions
+# Each endpoint's parameters are its public schema (gradio_client names them): they go straight into the values
+# the page's handlers take (Strategy, Prompt, RunOptions, the sweeps' settings), which check them.
 @ui_errors
 def load_model(model: str) -> dict:
     """Load a model (embedded name, Hugging Face Hub id or local folder) and return its facts: name, architecture,
@@ -85,12 +88,12 @@ def compare(
     """Run full attention, the pinned configs and the current config on one prompt, as the page's Compare tab does.
     Streams the board while tokens arrive; the last message adds the summary, one result row per column (the
     Results JSON) and the CSV and JSON files. Stop it with /stop_run from the same client."""
-    pinned = parse_pinned(pinned if pinned is not None else [])
-    prompt = rh.prompt_args(source, task, length, depth, seed, document, question, answer, answer_prefix)
+    options = rh.RunOptions(cot, adapter, max_new_tokens, parse_pinned(pinned if pinned is not None else []))
+    prompt = Prompt(source, task, length, depth, seed, document, question, answer, answer_prefix)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
-    run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, adapter, pinned, prompt, max_new_tokens, cot)
+    run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, prompt, options)
     views = []
-    for views in run.stream(rh._session(request)):
+    for views in run.stream(session_id(request)):
         yield render_board(views), "", [], None, None
     rows = run.rows(views)
     yield (render_board(views), summary_markdown(views), rows, *rh.export_files(rows))
@@ -98,7 +101,7 @@ def compare(
 
 def stop_run(request: gr.Request = None) -> bool:
     """Stop this client's running comparison or sweep; finished columns are kept. True if one was running."""
-    return rh.CANCELS.cancel(rh._session(request))
+    return CANCELS.cancel(session_id(request))
 
 
 @ui_errors
@@ -145,10 +148,8 @@ def adapter_config(adapter: str, model: str) -> dict:
 def recipe_sweep(model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None) -> list:
     """Every chosen recipe on the same seeded needle samples: one summary row per recipe (runs, accuracy %,
     prefill and total seconds, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency plot."""
-    sweep = rh.recipe_sweep(
-        model or DEFAULT_MODEL, recipes, samples, length, seed, window, sinks, cot, request, _no_progress
-    )
-    return sweep.table.to_dict(orient="records")
+    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot)
+    return sweeps.recipe_sweep(model or DEFAULT_MODEL, settings, request, _no_progress).table.to_dict(orient="records")
 
 
 @ui_errors
@@ -157,11 +158,9 @@ def needle_sweep(
 ):  # fmt: skip
     """Full attention vs the config over prompt lengths x evenly spaced needle depths: per config the accuracy
     grid (rows: depths, columns: lengths; null where nothing ran) and a CSV of every run."""
+    sweep = sweeps.NeedleSweepSettings(tuple(int(x) for x in lengths or []), depths, samples, seed, task)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
-    grids, path = rh.needle_sweep(
-        model or DEFAULT_MODEL, strategy, [int(x) for x in lengths or []], depths, samples, seed, task, request,
-        _no_progress,
-    )  # fmt: skip
+    grids, path = sweeps.needle_sweep(model or DEFAULT_MODEL, strategy, sweep, request, _no_progress)
     cells = [
         {"label": label, "lengths": list(ls), "depths": list(ds), "accuracy": [[_num(v) for v in row] for row in grid]}
         for label, ls, ds, grid in grids
@@ -174,9 +173,8 @@ def decode_speed(model, recipes, lengths, window, sinks, request: gr.Request = N
     """Decode speed of each recipe at each prompt length (random tokens): one row per point with ms_per_token,
     tokens_per_s, prefill_s and kv_cache_bytes (error set where a point could not be measured), and a note on the
     method."""
-    return rh.decode_curve(
-        model or DEFAULT_MODEL, recipes, [int(x) for x in lengths or []], window, sinks, request, _no_progress
-    )
+    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), tuple(int(x) for x in lengths or []), window, sinks)
+    return sweeps.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
 
 
 def _num(value: float) -> float | None:

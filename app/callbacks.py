@@ -19,6 +19,7 @@ from . import plots, texts
 from .board import render_board
 from .common import (
     HUB,
+    STRATEGY,
     ColumnSpec,
     columns_for,
     config_label,
@@ -28,12 +29,13 @@ from .common import (
     mask_figure,
     matching_recipe,
     num_layers,
-    strategy_from,
+    strategy_values,
     ui_errors,
+    updates,
     write_temp,
 )
 from .engine import device_summary, friendly_error
-from .prompts import examples, model_input_tokens, task_sample, text_sample
+from .prompts import Prompt, examples, model_input_tokens
 from .prompts import read_upload as _read_upload
 from .state import MAX_PINNED, Settings, Strategy, from_query, layer_pattern_name, parse_pinned, to_query
 
@@ -99,27 +101,41 @@ def model_facts(loaded) -> str:
     return f"**{html.escape(loaded.name)}** · {info.architecture}\n\n{items}"
 
 
-def _model_updates(loaded, fa_mode: str, fa_layers, fad_mode: str, fad_layers) -> list:
-    """Everything that depends on the model; the layer strips keep their meaning on a model with other layers."""
+# What a model changes on the page (app.ui's names, after the Model dropdown itself).
+MODEL_OUTPUTS = ("active_model", "model_facts", "layer", "head", "length", *STRATEGY)
+
+
+def _model_updates(loaded, s: Strategy, opened: Settings | None = None) -> list:
+    """Everything that depends on the model, in MODEL_OUTPUTS order: the layer strips keep their meaning on a model
+    with other layers (a pattern is re-applied, chosen layers beyond the model are dropped). When the page is
+    ``opened`` with settings (``s`` is theirs), the length slider and every strategy widget take their values too."""
     n = num_layers(loaded)
     layers = [(str(i), i) for i in range(n)]
     heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(loaded.info.num_heads)]
     limit = loaded.info.context_length or 8192
-    fa = SWAAConfig.fa_layers(fa_mode, n) if fa_mode != "custom" else [int(i) for i in fa_layers or [] if int(i) < n]
-    fad = [int(i) for i in fad_layers or [] if int(i) < n]
-    return [
-        loaded.name,
-        model_facts(loaded),
-        gr.CheckboxGroup(choices=layers, value=fa),
-        gr.CheckboxGroup(choices=layers, value=fad, visible=fad_mode == "layers"),
-        gr.Slider(maximum=n - 1),
-        gr.Dropdown(choices=heads, value=-1),
-        gr.Slider(maximum=limit),
-        gr.Slider(maximum=limit),
-    ]
+    fa = (
+        SWAAConfig.fa_layers(s.fa_layers_mode, n) if s.fa_layers_mode != "custom" else [i for i in s.fa_layers if i < n]
+    )
+    fad = [i for i in s.fa_decode_layers if i < n]
+    window, length, values = gr.Slider(maximum=limit), gr.Slider(maximum=limit), {}
+    if opened is not None:
+        window, length = gr.Slider(maximum=limit, value=s.window), gr.Slider(maximum=limit, value=opened.length)
+        values = dict(sinks=s.sinks, fa_layers_mode=s.fa_layers_mode, fa_decode_mode=s.fa_decode_mode)
+    return updates(
+        MODEL_OUTPUTS,
+        **values,
+        active_model=loaded.name,
+        model_facts=model_facts(loaded),
+        layer=gr.Slider(maximum=n - 1),
+        head=gr.Dropdown(choices=heads, value=-1),
+        length=length,
+        window=window,
+        fa_layers=gr.CheckboxGroup(choices=layers, value=fa),
+        fa_decode_layers=gr.CheckboxGroup(choices=layers, value=fad, visible=s.fa_decode_mode == "layers"),
+    )
 
 
-def load_model(name: str, active_model, fa_mode, fa_layers, fad_mode, fad_layers):
+def load_model(name: str, active_model, strategy: Strategy):
     """The Load button: the new model's facts and controls, or on failure a toast, the dropdown back on the model
     still in use and every other control as it was."""
     name = (name or "").strip()
@@ -130,22 +146,16 @@ def load_model(name: str, active_model, fa_mode, fa_layers, fad_mode, fad_layers
     except Exception as e:  # noqa: BLE001 - the page stays on the model it had
         keep = active_model or DEFAULT_MODEL
         gr.Warning(f"{error_message(e).rstrip('.')}. Still using {keep}.")
-        return [keep, *[gr.skip()] * (len(MODEL_OUTPUTS))]
+        return [keep, *updates(MODEL_OUTPUTS)]
     gr.Info(f"{loaded.name} is ready.")
-    return [name, *_model_updates(loaded, fa_mode, fa_layers, fad_mode, fad_layers)]
-
-
-MODEL_OUTPUTS = ("active_model", "model_facts", "fa_layers", "fa_decode_layers", "layer", "head", "window", "length")
+    return [name, *_model_updates(loaded, strategy)]
 
 
 # ---------------------------------------------------------------- page open and shareable links
-def _settings_updates(s: Settings) -> list:
-    """Control values in the order of ui's settings outputs (the layer strips come with the model's updates)."""
-    st = s.strategy
-    return [
-        s.model, st.window, st.sinks, st.fa_layers_mode, st.fa_decode_mode, s.cot, s.adapter or None, s.source, s.task,
-        s.length, s.depth, s.seed, s.max_new_tokens, s.example,
-    ]  # fmt: skip
+# What opening the page sets (app.ui's names): the link's settings, then the model's outputs, then the user's text.
+SETTINGS_OUTPUTS = ("model", "cot", "adapter", "source", "task", "depth", "seed", "max_new_tokens", "example", "pinned")
+TEXT_OUTPUTS = ("document", "question", "answer", "answer_prefix")
+OPEN_OUTPUTS = (*SETTINGS_OUTPUTS, "device_note", *MODEL_OUTPUTS, *TEXT_OUTPUTS)
 
 
 @ui_errors
@@ -167,53 +177,51 @@ def open_page(saved_text: dict | None, request: gr.Request):
     example = examples().get(settings.example)
     saved = saved_text if isinstance(saved_text, dict) else {}
     if example:
-        text = [example.document, example.question, example.answer, example.answer_prefix]
+        text = {k: getattr(example, k) for k in TEXT_OUTPUTS}
     elif saved.get("document"):
-        text = [str(saved.get(k, "")) for k in ("document", "question", "answer", "answer_prefix")]
+        text = {k: str(saved.get(k, "")) for k in TEXT_OUTPUTS}
         if "src" not in params and saved.get("source") in ("task", "text"):
             settings.source = saved["source"]
     else:
-        text = [gr.skip()] * 4
+        text = {}
     device = device_summary()
     note = f"Running on **{device}**." + (f" {texts.CPU_NOTE}" if device.startswith("CPU") else "")
-    st = settings.strategy
-    model = _model_updates(loaded, st.fa_layers_mode, st.fa_layers, st.fa_decode_mode, st.fa_decode_layers)
-    return [*_settings_updates(settings), settings.pinned, note, *model, *text]
+    shown = {k: getattr(settings, k) for k in SETTINGS_OUTPUTS}
+    model = _model_updates(loaded, settings.strategy, opened=settings)
+    return [
+        *updates(SETTINGS_OUTPUTS, **{**shown, "adapter": settings.adapter or None}),
+        note,
+        *model,
+        *updates(TEXT_OUTPUTS, **text),
+    ]
+
+
+CONFIG_OUTPUTS = ("recipe", "recipe_note", "config_json", "share_query", "config_file", "layer_plan", "masks")
 
 
 @ui_errors
-def describe_config(
-    active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, cot, adapter,
-    source, task, length, depth, seed, max_new_tokens, example, pinned, prompt_tokens, layer,
-):  # fmt: skip
-    """Config JSON, share query, config download, layer plan and mask pictures for the current controls."""
-    loaded = loaded_model(active_model)
+def describe_config(settings: Settings, prompt_tokens, layer):
+    """Config JSON, share query, config download, layer plan and mask pictures for the current controls
+    (CONFIG_OUTPUTS)."""
+    loaded = loaded_model(settings.model)
+    settings.model = loaded.name
     n = num_layers(loaded)
-    strategy = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers)
-    try:
-        cfg = strategy.to_config(n)
-    except ValueError as e:
-        gr.Warning(str(e))
-        return [gr.skip()] * 7
-    settings = Settings(
-        model=loaded.name, strategy=strategy, cot=bool(cot), adapter=adapter or "", source=source, task=task,
-        length=int(length), depth=float(depth), seed=int(seed or 0), max_new_tokens=int(max_new_tokens),
-        example=example or "", pinned=pinned or [],
-    )  # fmt: skip
+    cfg = settings.strategy.to_config(n)
     text = config_json(cfg)
-    columns = columns_for(cfg, pinned, n, adapter or "")
-    n_prompt = int(prompt_tokens or length)
+    columns = columns_for(cfg, settings.pinned, n, settings.adapter)
+    n_prompt = int(prompt_tokens or settings.length)
     recipe = matching_recipe(cfg, n)
     recipe_name = recipe.name if recipe else CUSTOM
-    return [
-        recipe_name,
-        recipe_note(recipe_name),
-        text,
-        to_query(settings),
-        write_temp(text, "swaa_config.json"),
-        plots.plot_data(layer_plan_figure(columns, n), "swaa-layer-plan"),
-        plots.plot_data(mask_figure(columns, n_prompt, int(max_new_tokens), int(layer or 0)), "swaa-masks"),
-    ]
+    return updates(
+        CONFIG_OUTPUTS,
+        recipe=recipe_name,
+        recipe_note=recipe_note(recipe_name),
+        config_json=text,
+        share_query=to_query(settings),
+        config_file=write_temp(text, "swaa_config.json"),
+        layer_plan=plots.plot_data(layer_plan_figure(columns, n), "swaa-layer-plan"),
+        masks=plots.plot_data(mask_figure(columns, n_prompt, settings.max_new_tokens, int(layer or 0)), "swaa-masks"),
+    )
 
 
 def config_json(cfg: SWAAConfig, width: int = 34) -> str:
@@ -238,25 +246,18 @@ def config_json(cfg: SWAAConfig, width: int = 34) -> str:
 
 
 # ---------------------------------------------------------------- strategy controls
-@ui_errors
-def apply_recipe(name, active_model, prompt_tokens):
+def recipe_strategy(name: str, active_model, prompt_tokens) -> Strategy | None:
+    """The controls for a preset, its window scaled to the prompt (None for "custom": the controls stay)."""
     if name == CUSTOM:
-        return [gr.skip()] * 6 + [recipe_note(name)]
+        return None
     n = num_layers(loaded_model(active_model))
     cfg = resolve_recipe(name, n, context_tokens=int(prompt_tokens) if prompt_tokens else None)
-    return [*_strategy_updates(cfg, n), recipe_note(name)]
+    return Strategy.from_config(cfg, n)
 
 
-def _strategy_updates(cfg: SWAAConfig, n_layers: int) -> list:
-    s = Strategy.from_config(cfg, n_layers)
-    return [
-        s.window,
-        s.sinks,
-        s.fa_layers_mode,
-        list(cfg.non_sliding_layers),
-        s.fa_decode_mode,
-        gr.CheckboxGroup(value=s.fa_decode_layers, visible=s.fa_decode_mode == "layers"),
-    ]
+@ui_errors
+def apply_recipe(name, active_model, prompt_tokens):
+    return [*strategy_values(recipe_strategy(name, active_model, prompt_tokens)), recipe_note(name)]
 
 
 @ui_errors
@@ -292,7 +293,7 @@ def parse_config_text(text: str, n_layers: int) -> SWAAConfig:
 @ui_errors
 def apply_config_json(text, active_model):
     n = num_layers(loaded_model(active_model))
-    return _strategy_updates(parse_config_text(text, n), n)
+    return strategy_values(Strategy.from_config(parse_config_text(text, n), n))
 
 
 @ui_errors
@@ -301,23 +302,23 @@ def adapter_selected(adapter, active_model):
     from swaa_core.train import read_adapter_info
 
     if not adapter:
-        return [gr.skip()] * 6
+        return strategy_values(None)
     info = read_adapter_info(adapter)
     if info.swaa_config is None or info.swaa_config.is_full_attention:
         gr.Info("This adapter does not say which SWAA config it was trained for; the controls stay as they are.")
-        return [gr.skip()] * 6
+        return strategy_values(None)
     n = num_layers(loaded_model(active_model))
     gr.Info(f"The adapter was trained with {info.swaa_config.describe()}; the controls now match it.")
-    return _strategy_updates(info.swaa_config.validate(n), n)
+    return strategy_values(Strategy.from_config(info.swaa_config.validate(n), n))
 
 
 @ui_errors
-def pin_column(active_model, window, sinks, fa_mode, fa_layers, fad_mode, fad_layers, adapter, pinned):
+def pin_column(active_model, strategy: Strategy, adapter, pinned):
     pinned = list(pinned or [])
     if len(pinned) >= MAX_PINNED:
         raise ValueError(f"At most {MAX_PINNED} pinned columns; remove them to pin others.")
     n = num_layers(loaded_model(active_model))
-    cfg = strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers).to_config(n)
+    cfg = strategy.to_config(n)
     entry = {"label": config_label(cfg, n, adapter or ""), "config": cfg.to_dict(), "adapter": adapter or ""}
     if any(item["config"] == entry["config"] and item.get("adapter", "") == entry["adapter"] for item in pinned):
         gr.Info("This config is already pinned.")
@@ -367,22 +368,16 @@ def read_upload(file, current):
     return text, None
 
 
-def build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix):
-    if source == "task":
-        return task_sample(loaded.tokenizer, task, length=length, depth=depth, seed=seed or 0)
-    return text_sample(loaded.tokenizer, document, question, answer, prefix, seed=seed or 0)
-
-
-def prompt_info(active_model, source, task, length, depth, seed, document, question, answer, prefix, window, cot):
+def prompt_info(active_model, prompt: Prompt, window, cot):
     """Prompt tokens (what the model reads, chat template included: the number the columns show) against the model
     limit and the window, and a preview of a built-in task."""
     if not HUB.is_ready(active_model or DEFAULT_MODEL):
         return "Loading the model…", "", gr.skip()
     loaded = loaded_model(active_model)
-    if source == "text" and not (document or "").strip():
+    if prompt.source == "text" and not (prompt.document or "").strip():
         return "Paste a document, upload a file or pick an example.", "", gr.skip()
     try:
-        sample = build_sample(loaded, source, task, length, depth, seed, document, question, answer, prefix)
+        sample = prompt.sample(loaded.tokenizer)
     except ValueError as e:
         return f"⚠️ {html.escape(str(e))}", "", gr.skip()
     n = model_input_tokens(loaded.tokenizer, sample, cot=bool(cot))
@@ -397,7 +392,7 @@ def prompt_info(active_model, source, task, length, depth, seed, document, quest
         f"**{n:,}** prompt tokens (what the model reads, chat template included) · model limit **{limit_text}** · "
         f"a window of {int(window)} tokens sees {status}."
     )
-    return info, _preview(sample) if source == "task" else "", n
+    return info, _preview(sample) if prompt.source == "task" else "", n
 
 
 def _preview(sample) -> str:
@@ -450,7 +445,8 @@ def _only_layer(cfg: SWAAConfig, sliding_layer: int | None) -> SWAAConfig:
 
 @ui_errors
 def tour_apply(index, active_model, prompt_tokens):
+    """The step's recipe and CoT into the controls (the strategy widgets, then cot, recipe and recipe_note)."""
     step = texts.TOUR[int(index)]
     name = step.settings["recipe"]
-    updates = apply_recipe(name, active_model, prompt_tokens)
-    return [*updates[:6], bool(step.settings.get("cot")), name, updates[6]]
+    strategy = recipe_strategy(name, active_model, prompt_tokens)
+    return [*strategy_values(strategy), bool(step.settings.get("cot")), name, recipe_note(name)]

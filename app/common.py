@@ -8,12 +8,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
 
 from swaa_core.engine.config import SWAAConfig
-from swaa_core.eval.recipes import list_recipes, recipe_label
+from swaa_core.eval.recipes import Recipe, list_recipes, recipe_label
 from swaa_core.models.registry import DEFAULT_MODEL
 
 from . import plots
@@ -23,6 +24,11 @@ from .state import Strategy
 HUB = ModelHub()  # base models, shared by every session
 ADAPTERS = AdapterModels()  # base models with a LoRA adapter merged in
 CANCELS = CancelRegistry()  # Stop buttons -> the run of the same session
+
+
+def session_id(request: gr.Request | None) -> str:
+    """The browser session (or API client) a request comes from: its Stop button cancels that session's run."""
+    return request.session_hash if request is not None and request.session_hash else "local"
 
 
 def ui_errors(fn):
@@ -99,25 +105,50 @@ def num_layers(loaded) -> int:
     return loaded.info.num_layers
 
 
-def strategy_from(window, sinks, fa_mode, fa_layers, fad_mode, fad_layers) -> Strategy:
-    return Strategy(
-        window=window,
-        sinks=sinks,
-        fa_layers_mode=fa_mode,
-        fa_layers=[int(i) for i in fa_layers or []],
-        fa_decode_mode=fad_mode,
-        fa_decode_layers=[int(i) for i in fad_layers or []],
+STRATEGY = Strategy.widget_names()  # the strategy widgets' names in app.ui, in the order they travel
+
+
+def updates(names: Sequence[str], **values) -> list:
+    """Output values in the order of ``names`` (widget names in app.ui); a widget not given stays as it is."""
+    unknown = set(values) - set(names)
+    if unknown:
+        raise KeyError(f"not among the outputs: {sorted(unknown)}")
+    return [values.get(name, gr.skip()) for name in names]
+
+
+def strategy_values(s: Strategy | None) -> list:
+    """Updates that set the strategy widgets to ``s`` (None: leave them as they are)."""
+    if s is None:
+        return updates(STRATEGY)
+    return updates(
+        STRATEGY,
+        window=s.window,
+        sinks=s.sinks,
+        fa_layers_mode=s.fa_layers_mode,
+        fa_layers=list(s.fa_layers),
+        fa_decode_mode=s.fa_decode_mode,
+        fa_decode_layers=gr.CheckboxGroup(value=list(s.fa_decode_layers), visible=s.fa_decode_mode == "layers"),
     )
 
 
-def matching_recipe(cfg: SWAAConfig, n_layers: int):
+@functools.lru_cache(maxsize=32)
+def _preset_configs(n_layers: int) -> tuple[tuple[Recipe, dict], ...]:
+    """Every sliding preset built once for ``n_layers`` layers, at window 1 with 1 sink: Recipe.build passes the
+    window through and keeps the sinks only in sink recipes, so :func:`_shape` of any built config equals this."""
+    presets = [r for r in list_recipes() if r.sliding and r.config is None]
+    return tuple((r, r.build(n_layers, window=1, keep_first=1).to_dict()) for r in presets)
+
+
+def _shape(cfg: SWAAConfig) -> dict:
+    return {**cfg.to_dict(), "sliding_window_size": 1, "keep_first": min(cfg.keep_first, 1)}
+
+
+def matching_recipe(cfg: SWAAConfig, n_layers: int) -> Recipe | None:
     """The paper recipe that builds exactly ``cfg`` at its window and sinks, or None."""
-    for recipe in list_recipes():
-        if recipe.sliding and recipe.config is None:
-            built = recipe.build(n_layers, window=cfg.sliding_window_size, keep_first=cfg.keep_first or 1)
-            if built is not None and built.to_dict() == cfg.to_dict():
-                return recipe
-    return None
+    if cfg.is_full_attention:
+        return None
+    shape = _shape(cfg)
+    return next((recipe for recipe, built in _preset_configs(n_layers) if built == shape), None)
 
 
 def config_label(cfg: SWAAConfig, n_layers: int, adapter: str = "") -> str:

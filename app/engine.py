@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -221,13 +222,20 @@ def stream_columns(
     ]
     finished = threading.Event()
 
+    def _generate(spec: ColumnSpec, on_token: Callable[[str], None]):
+        return run_one(
+            model_for(spec.adapter), sample, spec.config, label=spec.label, max_new_tokens=max_new_tokens, cot=cot,
+            on_token=on_token, cancel=cancel,
+        )  # fmt: skip
+
     def work() -> None:
         try:
             for view, spec in zip(views, columns, strict=True):
                 if cancel.is_set():
                     view.status = CANCELLED
                     continue
-                _run_column(model_for, sample, spec, view, run_one, max_new_tokens, cot, seed, cancel)
+                torch.manual_seed(seed)  # greedy decoding is deterministic; this also pins anything sampled downstream
+                _run_column(view, cancel, functools.partial(_generate, spec))
         finally:
             finished.set()
             if registry is not None:
@@ -242,24 +250,15 @@ def stream_columns(
     yield views
 
 
-def _run_column(model_for, sample, spec, view, run_one, max_new_tokens, cot, seed, cancel) -> None:
+def _run_column(view: ColumnView, cancel: threading.Event, generate: Callable) -> None:
+    """Run one column: ``generate(on_token)`` is swaa_core's run_one for it; its tokens and result go to ``view``."""
     view.status = RUNNING
 
     def on_token(piece: str) -> None:
         view.text += piece
 
-    torch.manual_seed(seed)  # greedy decoding is deterministic; this also pins anything sampled downstream
     try:
-        result = run_one(
-            model_for(spec.adapter),
-            sample,
-            spec.config,
-            label=spec.label,
-            max_new_tokens=max_new_tokens,
-            cot=cot,
-            on_token=on_token,
-            cancel=cancel,
-        )
+        result = generate(on_token)
     except Exception as e:  # noqa: BLE001 - one failing column must not hide the others
         view.status, view.error = ERROR, friendly_error(e)
         return

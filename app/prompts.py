@@ -125,6 +125,31 @@ def _pdf_text(path: Path, name: str) -> str:
     return "\n\n".join(p.strip() for p in pages if p.strip())
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """The prompt widgets: a built-in task (source "task") or the user's own text (source "text").
+
+    Field names are the page's widget names (``app.ui``)."""
+
+    source: str = "task"
+    task: str = "needle"
+    length: int = 512
+    depth: float = 0.25
+    seed: int = 0
+    document: str = ""
+    question: str = ""
+    answer: str = ""
+    answer_prefix: str = ""
+
+    def sample(self, tokenizer) -> TaskSample:
+        """The sample every column answers (ValueError with a message for the user when it cannot be built)."""
+        if self.source == "task":
+            return task_sample(tokenizer, self.task, length=self.length, depth=self.depth, seed=self.seed or 0)
+        return text_sample(
+            tokenizer, self.document, self.question, self.answer, self.answer_prefix, seed=self.seed or 0
+        )
+
+
 def task_sample(tokenizer, kind: str, *, length: int, depth: float, seed: int) -> TaskSample:
     return make_task(kind, tokenizer, length_tokens=int(length), depth=float(depth), seed=int(seed))
 

@@ -6,9 +6,10 @@ Everything here is free of Gradio and of models so it can be tested on its own a
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlencode
 
 from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError
@@ -20,33 +21,57 @@ FA_DECODE_MODES = ("off", "all", "layers")
 SOURCES = ("task", "text")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Strategy:
-    """The strategy controls as the UI holds them."""
+    """The six strategy controls, checked once where they enter the app (widgets, API, link, config).
+
+    Field names are the names of the page's widgets (``app.ui``); :meth:`from_widgets` and
+    ``app.common.strategy_values`` are the one place that maps between the two. Construction raises
+    SWAAConfigError with a message for the user (see :func:`window_and_sinks`)."""
 
     window: int = 256
     sinks: int = 10
     fa_layers_mode: str = "1/2"
-    fa_layers: list[int] = field(default_factory=list)  # used when the mode is "custom"
+    fa_layers: tuple[int, ...] = ()  # used when the mode is "custom"
     fa_decode_mode: str = "all"
-    fa_decode_layers: list[int] = field(default_factory=list)  # used when the mode is "layers"
+    fa_decode_layers: tuple[int, ...] = ()  # used when the mode is "layers"
 
-    def to_config(self, num_layers: int) -> SWAAConfig:
-        """The SWAAConfig these controls mean for a model with ``num_layers`` layers (ValueError if impossible)."""
+    def __post_init__(self) -> None:
         if self.fa_layers_mode not in FA_LAYER_MODES:
             raise SWAAConfigError(f"FA layers must be one of {', '.join(FA_LAYER_MODES)}; got {self.fa_layers_mode!r}.")
         if self.fa_decode_mode not in FA_DECODE_MODES:
             raise SWAAConfigError(
                 f"FA decode must be one of {', '.join(FA_DECODE_MODES)}; got {self.fa_decode_mode!r}."
             )
+        window, sinks = window_and_sinks(self.window, self.sinks)
+        checked = SWAAConfig(  # swaa_core's own checks (and messages) for layer indices
+            non_sliding_layers=list(self.fa_layers or []), force_fa_decode=list(self.fa_decode_layers or [])
+        )
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "sinks", sinks)
+        object.__setattr__(self, "fa_layers", tuple(checked.non_sliding_layers))
+        object.__setattr__(self, "fa_decode_layers", tuple(checked.force_fa_decode))
+
+    @classmethod
+    def widget_names(cls) -> tuple[str, ...]:
+        """The page's strategy widgets, in the order their values and updates travel."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_widgets(cls, **values) -> Strategy:
+        """The strategy the widgets show (``values`` keyed by :meth:`widget_names`)."""
+        return cls(**values)
+
+    def to_config(self, num_layers: int) -> SWAAConfig:
+        """The SWAAConfig these controls mean for a model with ``num_layers`` layers (SWAAConfigError naming the
+        layer when one is beyond the model)."""
         layers = (
             self.fa_layers if self.fa_layers_mode == "custom" else SWAAConfig.fa_layers(self.fa_layers_mode, num_layers)
         )
         decode: bool | list[int] = {"off": False, "all": True}.get(self.fa_decode_mode, list(self.fa_decode_layers))
-        window = _whole(self.window, "window size")
         cfg = SWAAConfig(
-            sliding_window_size=window,
-            keep_first=_whole(self.sinks, "sink tokens"),
+            sliding_window_size=self.window,
+            keep_first=self.sinks,
             force_fa_decode=decode,
             non_sliding_layers=list(layers),
         )
@@ -68,7 +93,7 @@ class Strategy:
             window=cfg.sliding_window_size,
             sinks=cfg.keep_first,
             fa_layers_mode=fa_mode,
-            fa_layers=list(cfg.non_sliding_layers),
+            fa_layers=cfg.non_sliding_layers,
             fa_decode_mode=decode_mode,
             fa_decode_layers=decode_layers,
         )
@@ -83,12 +108,32 @@ def layer_pattern_name(layers: list[int], num_layers: int) -> str:
     return "custom"
 
 
+def window_and_sinks(window, sinks) -> tuple[int, int]:
+    """The window and sink widgets' values (sliders send floats such as 256.0) as whole numbers in range.
+
+    The app's one check of both, used by every path that takes them: whole numbers here (SWAAConfigError "The
+    window size must be a whole number, got 12.5."), their ranges in SWAAConfig's own check and words."""
+    cfg = SWAAConfig(sliding_window_size=_whole(window, "window size"), keep_first=_whole(sinks, "sink tokens"))
+    return cfg.sliding_window_size, cfg.keep_first
+
+
+def whole_in_range(value, what: str, low: int, high: int) -> int:
+    """``value`` as an int, or ValueError "{what} must be a whole number from {low} to {high}, got ..."."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a whole number, got {value!r}.") from None
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(number)
+
+
 def _whole(value, what: str) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.")
     return int(number)
 
@@ -111,6 +156,17 @@ class Settings:
     # [{"label": str, "config": upstream dict, "adapter": str}]. By default plain SWA sits beside the current
     # config, so the first run shows both the collapse and the remedy.
     pinned: list[dict] = field(default_factory=lambda: [dict(DEFAULT_PINNED)])
+
+    @classmethod
+    def from_widgets(cls, **values) -> Settings:
+        """Settings from the page's widgets (keyword names = field names; sliders send floats, empty boxes None)."""
+        v = values
+        return cls(
+            model=v["model"] or DEFAULT_MODEL, strategy=v["strategy"], cot=bool(v["cot"]), adapter=v["adapter"] or "",
+            source=v["source"], task=v["task"], length=int(v["length"]), depth=float(v["depth"]),
+            seed=int(v["seed"] or 0), max_new_tokens=int(v["max_new_tokens"]), example=v["example"] or "",
+            pinned=v["pinned"] or [],
+        )  # fmt: skip
 
 
 DEFAULT_PINNED = {
@@ -190,20 +246,17 @@ def from_query(params: Mapping[str, str]) -> tuple[Settings, list[str]]:
 def _apply_param(settings: Settings, attr: str, value: str) -> None:
     s = settings.strategy
     if attr in ("window", "sinks"):
-        number = _whole(value, "window size" if attr == "window" else "sink tokens")
-        if number < (1 if attr == "window" else 0):
-            raise ValueError(f"must be at least {1 if attr == 'window' else 0}.")
-        setattr(s, attr, number)
+        settings.strategy = replace(s, **{attr: value})
     elif attr == "fa_layers":
         if value in FA_LAYER_MODES[:3]:
-            s.fa_layers_mode = value
+            settings.strategy = replace(s, fa_layers_mode=value)
         else:
-            s.fa_layers_mode, s.fa_layers = "custom", _layer_indices(value)
+            settings.strategy = replace(s, fa_layers_mode="custom", fa_layers=_layer_indices(value))
     elif attr == "fa_decode":
         if value in FA_DECODE_MODES[:2]:
-            s.fa_decode_mode = value
+            settings.strategy = replace(s, fa_decode_mode=value)
         else:
-            s.fa_decode_mode, s.fa_decode_layers = "layers", _layer_indices(value)
+            settings.strategy = replace(s, fa_decode_mode="layers", fa_decode_layers=_layer_indices(value))
     elif attr == "cot":
         settings.cot = value.lower() in ("1", "true", "yes", "on")
     elif attr == "source":
@@ -257,15 +310,3 @@ def _layer_indices(text: str) -> list[int]:
 
 def _layers_text(layers: list[int]) -> str:
     return ",".join(str(i) for i in layers) or "none"
-
-
-def settings_dict(settings: Settings) -> dict:
-    return asdict(settings)
-
-
-def settings_from_dict(data: dict) -> Settings:
-    names = {f.name for f in fields(Settings)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    if isinstance(kwargs.get("strategy"), dict):
-        kwargs["strategy"] = Strategy(**kwargs["strategy"])
-    return Settings(**kwargs)

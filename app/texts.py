@@ -30,12 +30,12 @@ FA_LAYERS_INFO = (
     "Some layers keep full attention and can still reach distant facts. The paper's \u201c1/2\u201d uses odd "
     "layers 1, 3, 5, \u2026; \u201c1/4\u201d uses layers 3, 7, 11, \u2026"
 )
-FA_LAYERS_STRIP_INFO = "Click layers to toggle them. Ticked = full attention (FA), unticked = sliding window (SWA)."
+FA_LAYERS_STRIP_INFO = "Click layers to toggle them: orange = full attention (FA), blue = sliding window (SWA)."
 FA_DECODE_INFO = (
     "SWA only while reading the prompt; every generated token attends to the whole cache. Costs decode "
     "time and memory, recovers much accuracy."
 )
-FA_DECODE_STRIP_INFO = "Layers whose generated tokens see the whole cache (ticked)."
+FA_DECODE_STRIP_INFO = "Layers whose generated tokens see the whole cache (orange); in blue ones they keep the window."
 COT_INFO = (
     "Think before answering: the model's thinking template where it has one, otherwise a \u201cthink step by "
     "step\u201d instruction. Reasoning tokens are decode tokens, so with FA decode they see everything."

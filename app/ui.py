@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,15 +11,17 @@ import gradio as gr
 
 from swaa_core.models.registry import DEFAULT_MODEL, get_model_entry
 
-from . import api, plots, texts
+from . import api, plots, sweeps, texts
 from . import callbacks as cb
 from . import run_handlers as rh
-from .common import toast_errors
-from .prompts import TASK_CHOICES, examples
-from .state import FA_LAYER_MODES, MAX_PINNED, Settings
+from .common import STRATEGY, toast_errors
+from .prompts import TASK_CHOICES, Prompt, examples
+from .state import FA_LAYER_MODES, MAX_PINNED, Settings, Strategy
+from .wiring import Group, flatten, group
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HEAVY = "model"  # concurrency group of everything that runs the model
+SIDEBAR_PX = 460  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
 
@@ -38,7 +41,7 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"# {texts.TITLE}\n{texts.INTRO}", elem_id="swaa-title")
         ui.device_note = gr.Markdown(elem_id="swaa-device")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=360, elem_id="swaa-sidebar"):
+            with gr.Column(scale=1, min_width=SIDEBAR_PX, elem_id="swaa-sidebar"):
                 _model_panel(ui, defaults)
                 _strategy_panel(ui, defaults)
             with gr.Column(scale=3, min_width=520), gr.Tabs(elem_id="swaa-tabs") as ui.tabs:
@@ -216,13 +219,14 @@ def _run_panel(ui, d: Settings) -> None:
 
 def _why_panel(ui) -> None:
     gr.Markdown(texts.ATTENTION_HELP)
-    with gr.Row():
-        entry = get_model_entry(DEFAULT_MODEL)
-        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer")
+    entry = get_model_entry(DEFAULT_MODEL)
+    with gr.Row():  # the column names are long ("Recommended: ... (W=256, 10 sinks)"): their dropdown gets the room
+        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.", scale=3)
         heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(entry.num_heads)]
-        ui.head = gr.Dropdown(heads, value=-1, label="Head")
-        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.")
-        ui.draw = gr.Button("Draw attention", size="sm")
+        ui.head = gr.Dropdown(heads, value=-1, label="Head", scale=1)
+    with gr.Row(equal_height=True):
+        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer", scale=3)
+        ui.draw = gr.Button("Draw attention", size="sm", scale=1)
     ui.attention = gr.Plot(
         _placeholder("Run a comparison: the maps use its prompt."), label="Attention maps", elem_id="swaa-attention"
     )
@@ -280,14 +284,6 @@ def _decode_speed_panel(ui) -> None:
     ui.decode_speed_note = gr.Markdown(elem_classes="swaa-muted")
 
 
-def _wire_decode_speed(ui) -> None:
-    _on(
-        ui.run_decode_speed.click, rh.run_decode_curve,
-        [ui.active_model, ui.sweep_recipes, ui.decode_lengths, ui.window, ui.sinks],
-        [ui.decode_speed, ui.decode_speed_note], concurrency_id=HEAVY,
-    )  # fmt: skip
-
-
 def _tour_panel(ui) -> None:
     ui.tour_text = gr.Markdown(texts.tour_markdown(0))
     ui.tour_masks = gr.Plot(label="What the strategy lets a token see (toy scale)")
@@ -300,9 +296,12 @@ def _tour_panel(ui) -> None:
 # ---------------------------------------------------------------- events
 def _on(trigger, fn, inputs, outputs, **kwargs):
     """A page event: hidden from the API (the public API is app.api's), failures shown as a toast that leaves every
-    output as it was."""
+    output as it was. ``inputs`` may hold app.wiring Groups: the handler gets each as one value."""
     n = len(outputs) if isinstance(outputs, list | tuple) else (0 if outputs is None else 1)
-    return trigger(toast_errors(fn, n) if fn is not None else None, inputs, outputs, api_visibility="private", **kwargs)
+    if fn is not None:
+        fn, inputs = flatten(fn, inputs)
+        fn = toast_errors(fn, n)
+    return trigger(fn, inputs, outputs, api_visibility="private", **kwargs)
 
 
 def _light(trigger, fn, inputs, outputs, **kwargs):
@@ -310,20 +309,44 @@ def _light(trigger, fn, inputs, outputs, **kwargs):
     return _on(trigger, fn, inputs, outputs, concurrency_limit=None, show_progress="hidden", **kwargs)
 
 
+def _widgets(ui, names) -> list:
+    return [getattr(ui, name) for name in names]
+
+
+def _groups(ui) -> SimpleNamespace:
+    """The widget groups handlers take as one value each (app.wiring): the one place widgets map to values."""
+    g = SimpleNamespace()
+    g.strategy = group(Strategy.from_widgets, ui, STRATEGY)
+    g.prompt = group(Prompt, ui, [f.name for f in fields(Prompt)])
+    settings = {"model": ui.active_model, "strategy": g.strategy}
+    settings |= {f.name: getattr(ui, f.name) for f in fields(Settings) if f.name not in settings}
+    g.settings = Group(Settings.from_widgets, settings)
+    g.options = group(rh.RunOptions, ui, [f.name for f in fields(rh.RunOptions)])
+    g.recipe_sweep = Group(
+        sweeps.RecipeSweepSettings,
+        dict(recipes=ui.sweep_recipes, samples=ui.sweep_samples, length=ui.sweep_length, seed=ui.seed,
+             window=ui.window, sinks=ui.sinks, cot=ui.cot),
+    )  # fmt: skip
+    g.needle_sweep = Group(
+        sweeps.NeedleSweepSettings,
+        dict(lengths=ui.heat_lengths, depths=ui.heat_depths, samples=ui.heat_samples, seed=ui.seed, task=ui.task),
+    )
+    g.decode_speed = Group(
+        sweeps.DecodeSpeedSettings,
+        dict(recipes=ui.sweep_recipes, lengths=ui.decode_lengths, window=ui.window, sinks=ui.sinks),
+    )
+    return g
+
+
 def _wire(demo: gr.Blocks, ui) -> None:
-    settings_out = [
-        ui.model, ui.window, ui.sinks, ui.fa_layers_mode, ui.fa_decode_mode, ui.cot, ui.adapter, ui.source, ui.task,
-        ui.length, ui.depth, ui.seed, ui.max_new_tokens, ui.example,
-    ]  # fmt: skip
-    strategy = [ui.window, ui.sinks, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers]
-    prompt = [ui.source, ui.task, ui.length, ui.depth, ui.seed, ui.document, ui.question, ui.answer, ui.answer_prefix]
-    model_out = [ui.active_model, ui.model_facts, ui.fa_layers, ui.fa_decode_layers, ui.layer, ui.head, ui.window]
-    model_out.append(ui.length)
-    share_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt[:5], ui.max_new_tokens, ui.example, ui.pinned]
-    share_in += [ui.prompt_tokens, ui.layer]
-    config_out = [ui.recipe, ui.recipe_note, ui.config_json, ui.share_query, ui.config_file, ui.layer_plan, ui.masks]
+    g = _groups(ui)
+    strategy = _widgets(ui, STRATEGY)
+    prompt = g.prompt.components()
+    model_out = _widgets(ui, cb.MODEL_OUTPUTS)
+    share_in = [g.settings, ui.prompt_tokens, ui.layer]
+    config_out = _widgets(ui, cb.CONFIG_OUTPUTS)
     info_in, info_out = (
-        [ui.active_model, *prompt, ui.window, ui.cot],
+        [ui.active_model, g.prompt, ui.window, ui.cot],
         [ui.token_info, ui.task_preview, ui.prompt_tokens],
     )
 
@@ -332,8 +355,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
 
     # Page open: restore a shared link, wait for the model, fill everything that depends on it.
     opened = _on(
-        demo.load, cb.open_page, [ui.saved_text],
-        [*settings_out, ui.pinned, ui.device_note, *model_out, ui.document, ui.question, ui.answer, ui.answer_prefix],
+        demo.load, cb.open_page, [ui.saved_text], _widgets(ui, cb.OPEN_OUTPUTS),
         concurrency_limit=None,  # only waits for the model: must not queue behind other visitors' runs
     )  # fmt: skip
     described = _light(opened.then, cb.describe_config, share_in, config_out)
@@ -343,9 +365,8 @@ def _wire(demo: gr.Blocks, ui) -> None:
 
     # A failed load leaves the active model, the dropdown back on it and every control as it was.
     loading = _on(
-        ui.load_model.click, cb.load_model,
-        [ui.model, ui.active_model, ui.fa_layers_mode, ui.fa_layers, ui.fa_decode_mode, ui.fa_decode_layers],
-        [ui.model, *model_out], concurrency_id="load", concurrency_limit=1, show_progress="minimal",
+        ui.load_model.click, cb.load_model, [ui.model, ui.active_model, g.strategy], [ui.model, *model_out],
+        concurrency_id="load", concurrency_limit=1, show_progress="minimal",
     )  # fmt: skip
     _light(_light(loading.then, cb.describe_config, share_in, config_out).then, cb.prompt_info, info_in, info_out)
 
@@ -361,7 +382,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     _light(ui.adapter.input, cb.adapter_selected, [ui.adapter, ui.active_model], strategy)
     for component in [*strategy, ui.cot, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
         share_link(_light(component.change, cb.describe_config, share_in, config_out))
-    pinned = _light(ui.pin.click, cb.pin_column, [ui.active_model, *strategy, ui.adapter, ui.pinned], [ui.pinned])
+    pinned = _light(ui.pin.click, cb.pin_column, [ui.active_model, g.strategy, ui.adapter, ui.pinned], [ui.pinned])
     pinned = _light(pinned.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
     share_link(_light(pinned.then, cb.describe_config, share_in, config_out))
     cleared = _light(ui.clear_pins.click, lambda: [], None, [ui.pinned])
@@ -370,8 +391,8 @@ def _wire(demo: gr.Blocks, ui) -> None:
 
     # Prompt source.
     _light(ui.source.change, cb.source_visibility, [ui.source], [ui.task_group, ui.text_group])
-    _light(ui.example.input, cb.pick_example, [ui.example], [ui.document, ui.question, ui.answer, ui.answer_prefix])
-    user_text = [ui.source, ui.document, ui.question, ui.answer, ui.answer_prefix]
+    _light(ui.example.input, cb.pick_example, [ui.example], _widgets(ui, cb.TEXT_OUTPUTS))
+    user_text = [ui.source, *_widgets(ui, cb.TEXT_OUTPUTS)]
     for component in user_text:
         _light(component.change, cb.remember_text, user_text, [ui.saved_text], trigger_mode="always_last")
     _light(ui.upload.upload, cb.read_upload, [ui.upload, ui.document], [ui.document, ui.upload])
@@ -380,7 +401,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         _light(info.then, cb.describe_config, share_in, config_out)
 
     # The comparison.
-    run_in = [ui.active_model, *strategy, ui.cot, ui.adapter, *prompt, ui.max_new_tokens, ui.pinned, ui.layer]
+    run_in = [ui.active_model, g.strategy, g.prompt, g.options, ui.layer]
     run_out = [ui.board, ui.summary, ui.latency, ui.masks, ui.last_run, ui.results_csv, ui.results_json, ui.column]
     run_out.append(ui.layer)
     attention_in = [ui.active_model, ui.last_run, ui.column, ui.layer, ui.head]
@@ -392,18 +413,18 @@ def _wire(demo: gr.Blocks, ui) -> None:
 
     # Sweeps.
     _on(
-        ui.run_sweep.click, rh.run_recipe_sweep,
-        [ui.active_model, ui.sweep_recipes, ui.sweep_samples, ui.sweep_length, ui.seed, ui.window, ui.sinks, ui.cot],
-        [ui.tradeoff, ui.sweep_table], concurrency_id=HEAVY,
+        ui.run_sweep.click, sweeps.run_recipe_sweep, [ui.active_model, g.recipe_sweep], [ui.tradeoff, ui.sweep_table],
+        concurrency_id=HEAVY,
     )  # fmt: skip
     _on(ui.stop_sweep.click, rh.stop_run, None, None, concurrency_limit=None, queue=False)
     _on(
-        ui.run_heat.click, rh.run_needle_sweep,
-        [ui.active_model, *strategy, ui.heat_lengths, ui.heat_depths, ui.heat_samples, ui.seed, ui.task],
+        ui.run_heat.click, sweeps.run_needle_sweep, [ui.active_model, g.strategy, g.needle_sweep],
         [ui.heatmap, ui.heat_results], concurrency_id=HEAVY,
     )  # fmt: skip
-
-    _wire_decode_speed(ui)
+    _on(
+        ui.run_decode_speed.click, sweeps.run_decode_curve, [ui.active_model, g.decode_speed],
+        [ui.decode_speed, ui.decode_speed_note], concurrency_id=HEAVY,
+    )  # fmt: skip
 
     # Guided tour.
     for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):

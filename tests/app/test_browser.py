@@ -186,3 +186,46 @@ def test_a_binary_upload_keeps_the_text(page, app_url, artifacts, tmp_path):
     page.locator("input[type=file]").first.set_input_files(str(good))
     expect(page.locator("#swaa-document textarea")).to_have_value("Dear Ana, the key is under the blue pot. 🔑")
     assert not page.errors, page.errors
+
+
+# The width a dropdown's text may take before it runs under the arrow, and the given texts wider than that, each
+# measured in the box's own font.
+_TOO_WIDE_JS = """([input, texts]) => {
+  const icon = input.parentElement.querySelector('.icon-wrap');
+  const box = input.getBoundingClientRect();
+  const room = (icon ? icon.getBoundingClientRect().left : box.right) - box.left - 4;
+  const ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = getComputedStyle(input).font;
+  return texts.filter(text => ctx.measureText(text).width > room);
+}"""
+
+
+def _too_wide(page, box, texts: list[str]) -> list[str]:
+    return page.evaluate(_TOO_WIDE_JS, [box.element_handle(), texts])
+
+
+def test_dropdown_choices_fit_their_boxes(page, app_url, artifacts):
+    """On a 1400 px screen every choice of the page's dropdowns shows whole, and so do the column names the
+    attention tab offers after a run (every paper recipe at the default window, with sinks)."""
+    from playwright.sync_api import expect
+
+    from swaa_core.eval.recipes import list_recipes, recipe_label, resolve_recipe
+
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(app_url)
+    _wait_until_ready(page)
+    for label in ("Model", "Recipe preset", "Task"):
+        box = page.get_by_label(label, exact=True)
+        box.click()
+        options = page.locator(f"#{box.get_attribute('aria-controls')} [role=option]")
+        expect(options.first).to_be_visible()
+        choices = [options.nth(i).get_attribute("aria-label") for i in range(options.count())]
+        assert len(choices) > 2 and _too_wide(page, box, choices) == [], label
+        page.keyboard.press("Escape")
+    page.screenshot(path=str(artifacts / "08-sidebar-1400.png"), full_page=True)
+    page.get_by_role("tab", name="Why: attention & masks").click()
+    column = page.get_by_label("SWAA column", exact=True)
+    expect(column).to_be_visible()
+    names = [recipe_label(r, resolve_recipe(r.name, 30, window=256)) for r in list_recipes() if r.sliding]
+    assert _too_wide(page, column, names) == []
+    assert not page.errors, page.errors

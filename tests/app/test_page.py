@@ -11,6 +11,7 @@ import pytest
 from app import callbacks as cb
 from app.common import toast_errors
 from app.engine import ModelHub
+from app.state import Strategy
 
 
 def _warnings(fn, *args):
@@ -42,7 +43,8 @@ def test_a_failed_load_keeps_the_model_in_use_and_every_control(monkeypatch):
         raise ValueError(f"{name!r} is not an embedded model, an existing folder, nor a Hub id")
 
     monkeypatch.setattr(cb, "HUB", ModelHub(load))
-    result, toasts = _warnings(cb.load_model, "does-not-exist/nope-model", "smollm2-135m", "1/2", [1, 3], "all", [])
+    strategy = Strategy(fa_layers_mode="1/2", fa_layers=[1, 3], fa_decode_mode="all")
+    result, toasts = _warnings(cb.load_model, "does-not-exist/nope-model", "smollm2-135m", strategy)
     assert result[0] == "smollm2-135m"  # the dropdown goes back to the model in use
     assert len(result) == 1 + len(cb.MODEL_OUTPUTS) and all(_is_skip(v) for v in result[1:])
     assert toasts == [
@@ -53,7 +55,9 @@ def test_a_failed_load_keeps_the_model_in_use_and_every_control(monkeypatch):
 
 def test_an_empty_model_name_is_a_toast(monkeypatch):
     monkeypatch.setattr(cb, "HUB", ModelHub(lambda name: pytest.fail("nothing should load")))
-    result, toasts = _warnings(cb.load_model, "  ", "smollm2-135m", "1/2", [], "all", [])
+    result, toasts = _warnings(
+        cb.load_model, "  ", "smollm2-135m", Strategy(fa_layers_mode="1/2", fa_decode_mode="all")
+    )
     assert result[0] == "smollm2-135m" and "Choose a model" in toasts[0]
 
 

@@ -1,0 +1,294 @@
+"""Handlers of the sweeps tab: recipes (accuracy vs time), needle depth x length, and decode speed vs context.
+
+Each takes its widgets as one checked value (RecipeSweepSettings, NeedleSweepSettings, DecodeSpeedSettings) built
+where they enter the app, by the page (app.wiring groups) or the API; the work is swaa_core's (sweep.run_sweep,
+latency.decode_speed_curve), streamed as progress and cancellable through the session's Stop button.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resolve_recipe
+
+from . import plots
+from .common import CANCELS, config_label, loaded_model, num_layers, session_id, temp_folder
+from .engine import on_gpu
+from .state import Strategy, whole_in_range, window_and_sinks
+
+MAX_LENGTH = 131072  # tokens: beyond any supported context
+
+
+def _freeze(obj, **values) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def _recipe_names(recipes) -> tuple[str, ...]:
+    if not recipes:
+        raise ValueError("Tick at least one recipe to sweep.")
+    known = {r.name for r in list_recipes()}
+    unknown = [r for r in recipes if r not in known]
+    if unknown:
+        raise ValueError(f"Unknown recipe(s) {', '.join(map(repr, unknown))}; choose from {', '.join(sorted(known))}.")
+    return tuple(recipes)
+
+
+def _recipe_configs(loaded, recipes, window: int, sinks: int) -> dict:
+    """{column label: config} of each recipe at this window (sinks: 0 means the recipes' default)."""
+    n = num_layers(loaded)
+    configs = {}
+    for name in recipes:
+        cfg = resolve_recipe(name, n, window=window, keep_first=sinks or None)
+        configs[recipe_label(get_recipe(name), cfg)] = cfg
+    return configs
+
+
+# ---------------------------------------------------------------- recipe sweep
+@dataclass(frozen=True)
+class RecipeSweepSettings:
+    """The recipe sweep's widgets, checked on construction (ValueError with a message for the user)."""
+
+    recipes: tuple[str, ...]  # preset names
+    samples: int = 3  # per recipe, seeds seed, seed+1, ...
+    length: int = 768  # prompt tokens
+    seed: int = 0
+    window: int = 256
+    sinks: int = 10  # sink recipes only; 0: their default
+    cot: bool = False
+
+    def __post_init__(self) -> None:
+        recipes = _recipe_names(self.recipes)
+        samples = whole_in_range(self.samples, "Samples per recipe", 1, 20)
+        length = whole_in_range(self.length, "Length", 64, MAX_LENGTH)
+        window, sinks = window_and_sinks(self.window, self.sinks)
+        _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
+        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot))
+
+
+@on_gpu(duration=600)
+def run_recipe_sweep(active_model, sweep: RecipeSweepSettings, request: gr.Request = None, progress=gr.Progress()):
+    """The page's recipe sweep: the trade-off plot and the table (shown once there is something in it)."""
+    result = recipe_sweep(active_model, sweep, request, progress)
+    figure = plots.tradeoff_figure(result.points, time_label=result.time_label)
+    return plots.plot_data(figure, "swaa-tradeoff"), gr.Dataframe(value=result.table, visible=True)
+
+
+@dataclass
+class RecipeSweep:
+    points: list[dict]  # one per recipe: label, accuracy 0..1, time_s, samples, is_full
+    table: object  # pandas DataFrame, one row per recipe, as the page shows it
+    time_label: str  # what time_s measures
+
+
+def recipe_sweep(active_model, sweep: RecipeSweepSettings, request, progress) -> RecipeSweep:
+    """Every chosen recipe on the same seeded samples (random depths): accuracy vs time, the paper's main figure.
+    Returns the plot's points, the summary table (one row per recipe) and what the time axis measures."""
+    from swaa_core.eval.results import summarize
+    from swaa_core.eval.sweep import SweepSpec
+
+    loaded = loaded_model(active_model)
+    configs = _recipe_configs(loaded, sweep.recipes, sweep.window, sweep.sinks)
+    seeds = [sweep.seed + i for i in range(sweep.samples)]
+    spec = SweepSpec(configs, [sweep.length], depths=[None], seeds=seeds, task="needle", cot=sweep.cot,
+                     score_logprob=False)  # fmt: skip
+    df = _sweep(loaded, spec, request, progress, "recipe sweep")
+    table = summarize(df, by=("label",))
+    # time per sample = prompt + the same number of generated tokens for every recipe (answers differ in length)
+    points = [
+        {
+            "label": row["label"],
+            "accuracy": float(row["accuracy"]) if row["accuracy"] == row["accuracy"] else 0.0,
+            "time_s": float(row["timed_total_s"]),
+            "samples": int(row["runs"]),
+            "is_full": configs.get(row["label"]) is None,
+        }
+        for _, row in table.iterrows()
+    ]
+    time_label = f"time for the prompt + {spec.timing_tokens} tokens"
+    return RecipeSweep(points, _recipe_table(table, spec.timing_tokens), time_label)
+
+
+def _recipe_table(table, timing_tokens: int):
+    from swaa_core.eval.latency import decode_note
+
+    shown = table[["label", "runs", "accuracy", "prefill_s", "timed_total_s", "kv_cache_bytes", "errors"]].copy()
+    shown["accuracy"] = (100 * shown["accuracy"]).round(0)
+    shown["kv_cache_bytes"] = (shown["kv_cache_bytes"] / 2**20).round(1)
+    shown.insert(
+        4,
+        "decode tok/s",
+        [decode_note(row) or f"{row['decode_tokens_per_s']:.1f}" for _, row in table.iterrows()],
+    )
+    return shown.round({"prefill_s": 2, "timed_total_s": 2}).rename(
+        columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s",
+                 "timed_total_s": f"s to token {timing_tokens}", "kv_cache_bytes": "KV cache MiB"}
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- needle sweep
+NEEDLE_TASKS = ("needle", "passkey", "multi_key")
+
+
+@dataclass(frozen=True)
+class NeedleSweepSettings:
+    """The needle sweep's grid widgets, checked on construction (ValueError with a message for the user)."""
+
+    lengths: tuple[int, ...]  # prompt tokens, one heatmap column each
+    depths: int = 5  # evenly spaced from 0 to 1, one heatmap row each
+    samples: int = 1  # per cell
+    seed: int = 0
+    task: str = "needle"  # another task than NEEDLE_TASKS sweeps the needle
+
+    def __post_init__(self) -> None:
+        if not self.lengths:
+            raise ValueError("Tick at least one prompt length.")
+        lengths = tuple(sorted({whole_in_range(x, "Each length", 64, MAX_LENGTH) for x in self.lengths}))
+        depths = whole_in_range(self.depths, "Depths", 2, 11)
+        samples = whole_in_range(self.samples, "Samples per cell", 1, 10)
+        task = self.task if self.task in NEEDLE_TASKS else "needle"
+        _freeze(self, lengths=lengths, depths=depths, samples=samples, seed=int(self.seed or 0), task=task)
+
+
+@on_gpu(duration=600)
+def run_needle_sweep(
+    active_model, strategy: Strategy, sweep: NeedleSweepSettings, request: gr.Request = None, progress=gr.Progress()
+):
+    """The page's needle sweep: the heatmap and the CSV download."""
+    grids, path = needle_sweep(active_model, strategy, sweep, request, progress)
+    return (
+        plots.plot_data(plots.needle_heatmap_figure(grids), "swaa-needle-heatmap"),
+        gr.DownloadButton(value=str(path), interactive=True),
+    )
+
+
+def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, request, progress):
+    """Full attention vs ``strategy`` over prompt length x needle depth. Returns one (label, lengths, depths,
+    accuracy grid [depth, length]) per config and the CSV file of every run."""
+    from swaa_core.eval.results import export, summarize
+    from swaa_core.eval.sweep import SweepSpec
+
+    loaded = loaded_model(active_model)
+    n = num_layers(loaded)
+    cfg = strategy.to_config(n)
+    label = config_label(cfg, n)
+    depth_values = [round(float(d), 3) for d in np.linspace(0.0, 1.0, sweep.depths)]
+    seeds = [sweep.seed + i for i in range(sweep.samples)]
+    spec = SweepSpec({"Full attention": None, label: cfg}, list(sweep.lengths), depth_values, seeds, sweep.task)
+    df = _sweep(loaded, spec, request, progress, "needle sweep")
+    table = summarize(df, by=("label", "length_target", "depth"))
+    grids = []
+    for name in spec.configs:
+        part = table[table["label"] == name]
+        grid = np.full((len(depth_values), len(spec.lengths)), np.nan)
+        for _, row in part.iterrows():
+            grid[depth_values.index(round(float(row["depth"]), 3)), spec.lengths.index(int(row["length_target"]))] = (
+                row["accuracy"]
+            )
+        grids.append((name, spec.lengths, depth_values, grid))
+    path = export(df, temp_folder("needle-") / "swaa-needle-sweep.csv")
+    return grids, path
+
+
+# ---------------------------------------------------------------- running a sweep
+def _sweep_file() -> Path:
+    return temp_folder("sweep-") / "sweep.jsonl"
+
+
+def _progress_callback(progress, total: int, what: str):
+    done = [0]
+
+    def on_result(row: dict) -> None:
+        done[0] += 1
+        verdict = "error" if row.get("error") else {True: "correct", False: "wrong"}.get(row.get("correct"), "unscored")
+        progress(done[0] / total, desc=f"{what}: {done[0]}/{total} runs · {row.get('label')}: {verdict}")
+
+    return on_result
+
+
+def _sweep(loaded, spec, request, progress, what: str):
+    """run_sweep with a progress bar and the session's Stop button; what finished before a stop is kept."""
+    from swaa_core.eval.sweep import run_sweep
+
+    session = session_id(request)
+    cancel = CANCELS.start(session)
+    CANCELS.track(threading.current_thread())
+    progress(0, desc=f"{what}: {spec.total_cells} runs")
+    try:
+        df = run_sweep(
+            loaded, spec, _sweep_file(), progress=False, cancel=cancel,
+            on_result=_progress_callback(progress, spec.total_cells, what),
+        )  # fmt: skip
+    finally:
+        stopped = cancel.is_set()
+        CANCELS.finish(session, cancel)
+        CANCELS.untrack(threading.current_thread())
+    if stopped:
+        gr.Warning(f"{what} stopped after {len(df)} of {spec.total_cells} runs; the plot shows those.")
+    if df.empty:
+        raise ValueError(f"The {what} finished no run; nothing to draw.")
+    return df
+
+
+# ---------------------------------------------------------------- decode speed vs context
+DECODE_CURVE_TOKENS = 32  # decode steps timed per point: enough to mean something, cheap on a CPU
+
+
+@dataclass(frozen=True)
+class DecodeSpeedSettings:
+    """The decode-speed widgets, checked on construction (ValueError with a message for the user)."""
+
+    recipes: tuple[str, ...]  # preset names
+    lengths: tuple[int, ...]  # prompt tokens
+    window: int = 256
+    sinks: int = 10  # sink recipes only; 0: their default
+
+    def __post_init__(self) -> None:
+        if not self.recipes or not self.lengths:
+            raise ValueError("Tick at least one recipe and one prompt length.")
+        lengths = tuple(sorted({whole_in_range(x, "Each prompt length", 16, MAX_LENGTH) for x in self.lengths}))
+        window, sinks = window_and_sinks(self.window, self.sinks)
+        _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks)
+
+
+@on_gpu(duration=600)
+def run_decode_curve(active_model, speed: DecodeSpeedSettings, request: gr.Request = None, progress=gr.Progress()):
+    """The page's decode-speed plot and its note."""
+    rows, note = decode_curve(active_model, speed, request, progress)
+    return plots.plot_data(plots.decode_speed_figure(rows), "swaa-decode-speed"), note
+
+
+def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) -> tuple[list[dict], str]:
+    """Decode tokens/s of the ticked recipes at each chosen prompt length (random tokens, one run per point).
+    Returns one row per (recipe, length) (swaa_core.eval.latency.DecodePoint.to_dict()) and a note on the method."""
+    from swaa_core.eval.latency import decode_speed_curve
+
+    loaded = loaded_model(active_model)
+    configs = _recipe_configs(loaded, speed.recipes, speed.window, speed.sinks)
+    lengths = list(speed.lengths)
+    total, done = len(configs) * len(lengths), [0]
+
+    def on_point(point) -> None:
+        done[0] += 1
+        progress(done[0] / total, desc=f"decode speed: {done[0]}/{total} · {point.label} at {point.prompt_tokens:,}")
+
+    session = session_id(request)
+    cancel = CANCELS.start(session)
+    CANCELS.track(threading.current_thread())
+    progress(0, desc=f"decode speed: {total} points")
+    try:
+        points = decode_speed_curve(
+            loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point
+        )
+    finally:
+        CANCELS.finish(session, cancel)
+        CANCELS.untrack(threading.current_thread())
+    rows = [p.to_dict() for p in points]
+    failed = "".join(f"\n- {p['label']} at {p['prompt_tokens']:,} tokens: {p['error']}" for p in rows if p["error"])
+    note = f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps timed (ms per token)."
+    return rows, note + (f"\n\nNot measured:{failed}" if failed else "")
