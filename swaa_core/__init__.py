@@ -1,6 +1,7 @@
 """Sliding Window Attention Adaptation (SWAA) for Hugging Face causal LMs."""
 
 from .engine.config import SWAAConfig, load_upstream_settings
+from .engine.fast_decode import DecodeResult, fast_generate
 from .engine.patch import apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 
 
@@ -12,9 +13,11 @@ def load_model(name_or_path=None, *, device=None, dtype=None, **kwargs):
 
 
 __all__ = [
+    "DecodeResult",
     "SWAAConfig",
     "apply_swaa",
     "capture_attention",
+    "fast_generate",
     "kv_cache_bytes",
     "load_model",
     "load_upstream_settings",
