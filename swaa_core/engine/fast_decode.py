@@ -65,19 +65,26 @@ def fast_generate(
     pad_token_id: int | None = None,
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
+    streamer=None,
+    stopping_criteria=None,
     cuda_graph: bool | None = None,
 ) -> DecodeResult:
     """Generate ``max_new_tokens`` tokens after ``input_ids`` (B, T) under the model's SWAA configuration (or full
     attention when none is applied), greedy or sampled with temperature / top-k / top-p.
 
     ``attention_mask``: (B, T) with left padding, as for ``generate``. ``cuda_graph``: None captures on CUDA only.
-    Stops early once every row produced an end-of-sequence token (and ``min_new_tokens`` are out). Raises ValueError
-    for an empty prompt, a non-positive ``max_new_tokens`` or right padding."""
+    ``streamer`` (transformers' streamer protocol: the prompt, then each token, then ``end()``) and
+    ``stopping_criteria`` (called with the sequences so far; a row stops where it returns True) behave as in
+    ``generate``; each costs one host read per token. Stops early once every row produced an end-of-sequence token
+    (and ``min_new_tokens`` are out) or was stopped. Raises ValueError for an empty prompt, a non-positive
+    ``max_new_tokens``, right padding, or a streamer with more than one row."""
     B, T = input_ids.shape
     if T == 0 or max_new_tokens < 1:
         raise ValueError("fast_generate needs a non-empty prompt and max_new_tokens >= 1.")
     if attention_mask is not None and not bool(attention_mask[:, -1].all()):
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
+    if streamer is not None and B != 1:
+        raise ValueError("A streamer follows one sequence: pass a batch of one row.")
     eos = _token_set(eos_token_id, model, input_ids.device)
     pad = pad_token_id if pad_token_id is not None else _default_pad(model, eos)
     warpers = _warpers(do_sample, temperature, top_k, top_p)
@@ -86,6 +93,7 @@ def fast_generate(
     state = (
         _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True) if temporary else model._swaa_state
     )
+    watch = _Watch(streamer, stopping_criteria, input_ids)
     try:
         return _generate(
             model,
@@ -99,13 +107,37 @@ def fast_generate(
             eos,
             pad,
             use_graph,
+            watch,
         )
     finally:
         if temporary:
             remove_swaa(model)
 
 
-def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generator, eos, pad, use_graph):
+class _Watch:
+    """The caller's streamer and stopping criteria, fed after each token (host reads; nothing when neither is given)."""
+
+    def __init__(self, streamer, criteria, input_ids):
+        self.streamer, self.criteria, self.input_ids = streamer, criteria, input_ids
+        self.active = streamer is not None or bool(criteria)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+    def after(self, token: torch.Tensor, out: torch.Tensor, i: int, finished: torch.Tensor) -> bool:
+        """Called with token i (B,): whether every row is now finished."""
+        if self.streamer is not None:
+            self.streamer.put(token.cpu())
+        if self.criteria:
+            sequences = torch.cat([self.input_ids, out[:, : i + 1]], 1)
+            finished.logical_or_(self.criteria(sequences, None))
+        return bool(finished.all())
+
+    def end(self) -> None:
+        if self.streamer is not None:
+            self.streamer.end()
+
+
+def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generator, eos, pad, use_graph, watch):
     B, T = input_ids.shape
     device = input_ids.device
     out = torch.full((B, max_new), pad, dtype=torch.long, device=device)
@@ -123,9 +155,8 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
         logits = logits.float()
         if eos is not None and i < min_new:
             logits = logits.masked_fill(no_eos[: logits.shape[-1]], -torch.inf)
-        token = _pick(logits, warpers, generator)
+        token = torch.where(finished, pad, _pick(logits, warpers, generator))
         if eos is not None:
-            token = torch.where(finished, pad, token)
             finished.logical_or_(torch.isin(token, eos))
         out[:, i] = token
         return token
@@ -142,9 +173,13 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
         logits_to_keep=1,
     ).logits[:, -1]
     ids = choose(logits, 0).view(B, 1).clone()
+    stopped = watch.active and watch.after(ids[:, 0], out, 0, finished)
     prefill = _now(device) - start
-    if max_new == 1:
-        return DecodeResult(torch.cat([input_ids, out], 1), prefill, 0.0, 0.0, 0, False)
+    if max_new == 1 or stopped:
+        watch.end()
+        return DecodeResult(
+            _trim(torch.cat([input_ids, out[:, :1]], 1), T, finished, eos, pad), prefill, 0, 0, 0, False
+        )
 
     start = _now(device)
     static = StaticSWAACache.from_dynamic(cache, plans, mask, T + max_new)
@@ -157,7 +192,7 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
         return logits[:, -1]
 
     i = 1
-    graph = None
+    graph, stopped = None, False
     if use_graph and max_new > WARMUP_STEPS + 2:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -165,16 +200,20 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
             for _ in range(WARMUP_STEPS):
                 ids.copy_(choose(step(), i).view(B, 1))
                 clock.seen += 1
+                stopped = watch.active and watch.after(ids[:, 0], out, i, finished)
                 i += 1
+                if stopped:
+                    break
         torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            graph_logits = step()
+        if not stopped:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                graph_logits = step()
     setup = _now(device) - start
 
     start = _now(device)
     steps = 0
-    while i < max_new:
+    while i < max_new and not stopped:
         if graph is not None:
             graph.replay()
             logits = graph_logits
@@ -182,21 +221,26 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
             logits = step()
         ids.copy_(choose(logits, i).view(B, 1))
         clock.seen += 1
+        stopped = watch.active and watch.after(ids[:, 0], out, i, finished)
         i, steps = i + 1, steps + 1
         if eos is not None and i >= min_new and i % CHECK_EVERY == 0 and bool(finished.all()):
             break
     decode = _now(device) - start
+    watch.end()
     sequences = torch.cat([input_ids, out[:, :i]], 1)
     return DecodeResult(_trim(sequences, T, finished, eos, pad), prefill, setup, decode, steps, graph is not None)
 
 
 def _trim(sequences, T, finished, eos, pad):
-    """Drop the trailing columns in which every row had already finished (what ``generate`` returns)."""
+    """Drop the trailing columns in which every row had already finished by its end-of-sequence token (what
+    ``generate`` returns); a loop stopped by the caller's criteria ends where it stopped."""
     if eos is None or not bool(finished.all()):
         return sequences
     new = sequences[:, T:]
-    ended = torch.isin(new, eos).long().cumsum(1)
-    done_after = (ended > 0).long().argmax(1)  # index of each row's first end-of-sequence token
+    ended = torch.isin(new, eos)
+    if not bool(ended.any(1).all()):  # some row was stopped by a criterion, not by its end of sequence
+        return sequences
+    done_after = ended.long().argmax(1)  # index of each row's first end-of-sequence token
     return sequences[:, : T + int(done_after.max()) + 1]
 
 
@@ -244,7 +288,7 @@ def _now(device) -> float:
 SUPPORTED_KWARGS = {
     "input_ids", "inputs", "attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
     "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "generation_config", "return_dict_in_generate",
-    "use_cache",
+    "use_cache", "streamer", "stopping_criteria",
 }  # fmt: skip
 
 
@@ -288,6 +332,8 @@ def generate_static(model, args: tuple, kwargs: dict):
         eos_token_id=get("eos_token_id"),
         pad_token_id=get("pad_token_id"),
         min_new_tokens=get("min_new_tokens", 0) or 0,
+        streamer=kwargs.get("streamer"),
+        stopping_criteria=kwargs.get("stopping_criteria"),
     )
     if get("return_dict_in_generate", False):
         return GenerateDecoderOnlyOutput(sequences=result.sequences)

@@ -139,7 +139,44 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="Pad prompts on the left"):
         fast_generate(model, ids, attention_mask=right, max_new_tokens=4)
     apply_swaa(model, CONFIGS["evicting"])
-    with pytest.raises(ValueError, match="does not take: streamer"):
-        model.generate(ids, max_new_tokens=4, cache_implementation="static", streamer=object())
+    with pytest.raises(ValueError, match="does not take: output_scores=True"):
+        model.generate(ids, max_new_tokens=4, cache_implementation="static", output_scores=True)
+    with pytest.raises(ValueError, match="A streamer follows one sequence"):
+        fast_generate(model, torch.cat([ids, ids]), max_new_tokens=4, streamer=Collect())
     remove_swaa(model)
     assert not hasattr(model, "_swaa_state")
+
+
+class Collect:
+    """A streamer that keeps what it is given (the prompt first, then one tensor per token)."""
+
+    def __init__(self):
+        self.values, self.ended = [], False
+
+    def put(self, value):
+        self.values.append(value.reshape(-1).tolist())
+
+    def end(self):
+        self.ended = True
+
+
+def test_streamer_and_stopping_criteria_as_generate():
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopAfterRepeat(StoppingCriteria):  # stops a row once its last two tokens are equal, or at 25 new tokens
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids[:, -1] == input_ids[:, -2]) | (input_ids.shape[1] >= 25 + 30)
+
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, _ = padded_batch(pads=(0,))
+    apply_swaa(model, CONFIGS["evicting"])
+    runs = {}
+    for name, run in (("generate", model.generate), ("static", fast_generate)):
+        streamer = Collect()
+        kw = dict(max_new_tokens=40, streamer=streamer, stopping_criteria=StoppingCriteriaList([StopAfterRepeat()]))
+        with torch.no_grad():
+            out = run(ids, do_sample=False, **kw) if name == "generate" else run(model, ids, **kw).sequences
+        runs[name] = (out, streamer)
+    (expected, ref_stream), (got, stream) = runs["generate"], runs["static"]
+    assert torch.equal(got, expected) and expected.shape[1] < ids.shape[1] + 40
+    assert stream.values == ref_stream.values and stream.ended
