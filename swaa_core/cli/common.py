@@ -157,6 +157,12 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
         f"shorter, so decode speeds compare like for like (default: {DEFAULT_TIMING_TOKENS}; 0: the answer only)",
     )
     g.add_argument("--system", default=None, help="a system message (default: the model's own template default)")
+    g.add_argument(
+        "--static-cache",
+        action="store_true",
+        help="decode from fixed KV buffers: on a GPU one CUDA graph is replayed per token (what SWA's decode saves "
+        "shows), on a CPU the same steps run eagerly; every config of the run uses it",
+    )
 
 
 def load_from_args(args, launch=None):

@@ -50,6 +50,7 @@ def cmd_eval(args) -> int:
         configs,
         max_new_tokens=args.max_new_tokens,
         timing_tokens=args.timing_tokens,
+        static_cache=args.static_cache,
         cot=args.cot,
         system=args.system,
         backend=args.backend,

@@ -45,6 +45,7 @@ def cmd_sweep(args) -> int:
         cot=args.cot,
         score_logprob=not args.no_logprob,
         timing_tokens=args.timing_tokens,
+        static_cache=args.static_cache,
     )
     if launch.is_main:
         where = f" on {launch.world} processes" if launch.distributed else ""

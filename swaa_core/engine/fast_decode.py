@@ -21,6 +21,7 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from .cache import kv_cache_bytes
 from .config import SWAAConfig
 from .patch import _install, remove_swaa
 from .static_cache import StaticSWAACache
@@ -43,6 +44,7 @@ class DecodeResult:
     decode_s: float
     decode_steps: int
     cuda_graph: bool
+    kv_cache_bytes_per_layer: tuple[int, ...] = ()  # bytes of keys and values each layer's fixed buffers hold
 
     @property
     def tokens_per_s(self) -> float:
@@ -184,6 +186,7 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
     start = _now(device)
     static = StaticSWAACache.from_dynamic(cache, plans, mask, T + max_new)
     del cache
+    held = tuple(kv_cache_bytes(static))
     clock = static.clock
 
     def step() -> torch.Tensor:
@@ -228,7 +231,7 @@ def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generato
     decode = _now(device) - start
     watch.end()
     sequences = torch.cat([input_ids, out[:, :i]], 1)
-    return DecodeResult(_trim(sequences, T, finished, eos, pad), prefill, setup, decode, steps, graph is not None)
+    return DecodeResult(_trim(sequences, T, finished, eos, pad), prefill, setup, decode, steps, graph is not None, held)
 
 
 def _trim(sequences, T, finished, eos, pad):

@@ -27,6 +27,7 @@ from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
+from ..engine.fast_decode import WARMUP_STEPS, fast_generate
 from ..engine.patch import attention_modules, kv_cache_bytes, swaa
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
@@ -115,6 +116,7 @@ class RunSpec:
     timing_tokens: int = DEFAULT_TIMING_TOKENS
     on_token: Callable[[str], None] | None = None
     cancel: threading.Event | None = None
+    static_cache: bool = False
 
     def check(self) -> None:
         """Raise :class:`ValueError` for a ``max_new_tokens`` below 1 or a negative ``timing_tokens``."""
@@ -157,11 +159,11 @@ class _Model:
         return greedy_generation_config(self.model, max_new_tokens, self.tokenizer.pad_token_id)
 
 
-def _warm_up(m: _Model, config: SWAAConfig | None, backend: str) -> None:
+def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: bool = False) -> None:
     """One short untimed generation per (config, backend): first calls pay for allocator growth, thread pools and,
     on CUDA, kernel compilation. The prompt is longer than the window so the sliding path itself is exercised."""
     model = m.model
-    key = (None if config is None else config.to_json(), backend)
+    key = (None if config is None else config.to_json(), backend, static_cache)
     done = model.__dict__.setdefault("_swaa_runner_warm", set())
     if key in done:
         return
@@ -172,7 +174,10 @@ def _warm_up(m: _Model, config: SWAAConfig | None, backend: str) -> None:
     gen = m.generation_config(2)
     without_eos(gen)
     with swaa(model, config, backend=backend):
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+        if static_cache:  # enough steps to capture and replay the decode step once
+            fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
+        else:
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
     done.add(key)
 
 
@@ -194,6 +199,7 @@ def run_one(
     warmup: bool = True,
     score_logprob: bool = True,
     timing_tokens: int = DEFAULT_TIMING_TOKENS,
+    static_cache: bool = False,
 ) -> RunResult:
     """Generate greedily for one prompt under ``config`` (None: full attention) and measure the run.
 
@@ -203,9 +209,12 @@ def run_one(
     ``timing_tokens``: the run generates at least this many tokens (past the answer's end if need be, EOS ignored,
     never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the
     model's context ends first; 0 times the answer's own tokens only (then runs of unequal lengths differ).
+    ``static_cache`` decodes from fixed buffers (:func:`swaa_core.fast_generate`: one CUDA graph replayed per token
+    on a GPU, the same steps eagerly on a CPU); every configuration of a comparison should use the same setting.
     """
     spec = RunSpec(max_new_tokens=max_new_tokens, cot=cot, system=system, backend=backend, warmup=warmup,
-                   score_logprob=score_logprob, timing_tokens=timing_tokens, on_token=on_token, cancel=cancel)  # fmt: skip
+                   score_logprob=score_logprob, timing_tokens=timing_tokens, on_token=on_token, cancel=cancel,
+                   static_cache=static_cache)  # fmt: skip
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
@@ -243,7 +252,7 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
     if config is not None:
         config.validate(len(attention_modules(m.model)))
     if spec.warmup:
-        _warm_up(m, config, spec.backend)
+        _warm_up(m, config, spec.backend, spec.static_cache)
     prefix = sample.answer_prefix if sample is not None else ""
 
     t0 = time.perf_counter()
@@ -287,35 +296,55 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
     streamer = AnswerStreamer(m.tokenizer, spec.on_token, eos=eos, max_new_tokens=spec.max_new_tokens)
     criteria = [AnswerThenBudget(n_prompt, spec.max_new_tokens, budget, eos)]
     criteria = StoppingCriteriaList(criteria + ([CancelCriteria(spec.cancel)] if spec.cancel is not None else []))
-    with (
-        PeakMemory(m.device) as memory,
-        ForwardTimer(model, m.device) as timer,
-        cancel_between_layers(model, spec.cancel),
-        swaa(model, config, backend=spec.backend) as state,
-    ):
-        result.backend = state.backend if state is not None else str(model.config._attn_implementation)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=gen,
-            streamer=streamer,
-            stopping_criteria=criteria,
-        )
+    if spec.static_cache:
+        decoded = _decode_static(m, ids, config, spec, result, gen.max_new_tokens, streamer, criteria)
+        sequences, per_layer, memory, prefill_s = decoded
+    else:
+        with (
+            PeakMemory(m.device) as memory,
+            ForwardTimer(model, m.device) as timer,
+            cancel_between_layers(model, spec.cancel),
+            swaa(model, config, backend=spec.backend) as state,
+        ):
+            result.backend = state.backend if state is not None else str(model.config._attn_implementation)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=gen,
+                streamer=streamer,
+                stopping_criteria=criteria,
+            )
+        sequences, per_layer = out.sequences, kv_cache_bytes(getattr(out, "past_key_values", None))
+        prefill_s = timer.durations[0] if timer.durations else None
     t_end = time.perf_counter()
 
-    new_ids = out.sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
+    new_ids = sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
     result.generated_tokens = int(new_ids.numel())
-    result.timing_extra_tokens = int(out.sequences.shape[1] - n_prompt) - result.generated_tokens
+    result.timing_extra_tokens = int(sequences.shape[1] - n_prompt) - result.generated_tokens
     result.output_text = m.tokenizer.decode(new_ids, skip_special_tokens=True)
-    per_layer = kv_cache_bytes(getattr(out, "past_key_values", None))
     result.kv_cache_bytes_per_layer, result.kv_cache_bytes = per_layer, int(sum(per_layer))
     result.peak_memory_bytes, result.memory_delta_bytes = int(memory.peak), int(memory.delta)
     _set_times(result, t0, streamer.times, budget or result.generated_tokens)
-    result.prefill_s = timer.durations[0] if timer.durations else result.ttft_s
+    result.prefill_s = prefill_s if prefill_s is not None else result.ttft_s
     result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
     if spec.cancelled:
         result.cancelled = True
         result.error = f"Cancelled after {result.generated_tokens} generated tokens."
+
+
+def _decode_static(m: _Model, ids, config, spec: RunSpec, result: RunResult, max_new: int, streamer, criteria):
+    """The timed generation through the fixed-buffer decoder: (sequences, KV bytes per layer, memory, prefill s).
+    No forward timer: a captured step must not synchronise, and the decoder times its own prefill."""
+    with (
+        PeakMemory(m.device) as memory,
+        cancel_between_layers(m.model, spec.cancel),
+        swaa(m.model, config, backend=spec.backend) as state,
+    ):
+        backend = state.backend if state is not None else str(m.model.config._attn_implementation)
+        out = fast_generate(m.model, ids, max_new_tokens=max_new, eos_token_id=[], streamer=streamer,
+                            stopping_criteria=criteria)  # fmt: skip
+    result.backend = f"{backend}, static cache" + (" + CUDA graph" if out.cuda_graph else "")
+    return out.sequences, list(out.kv_cache_bytes_per_layer), memory, out.prefill_s
 
 
 def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) -> None:

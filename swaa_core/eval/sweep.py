@@ -45,6 +45,7 @@ class SweepSpec:
     cot: bool = False
     score_logprob: bool = True
     timing_tokens: int = DEFAULT_TIMING_TOKENS  # every cell is timed over this many generated tokens
+    static_cache: bool = False  # decode from fixed buffers (a CUDA graph on a GPU): timings only, same answers
 
     def __post_init__(self):
         if not isinstance(self.configs, dict):
@@ -278,6 +279,7 @@ def _run_cell(loaded, spec: SweepSpec, cell: Cell, samples: dict, *, model: str,
             backend=backend,
             score_logprob=spec.score_logprob,
             timing_tokens=spec.timing_tokens,
+            static_cache=spec.static_cache,
         )
     return _row(result, cell, model=model, task=spec.task)
 

@@ -67,6 +67,19 @@ def test_run_prints_one_json_object_per_run(tiny_folder, capsys):
     assert runs[1]["kv_cache_bytes"] < runs[0]["kv_cache_bytes"]
 
 
+def test_run_with_static_cache_gives_the_same_answers(tiny_folder, capsys):
+    """--static-cache only changes how decode steps run (fixed buffers; a CUDA graph on a GPU), not what they give."""
+    args = ["run", "--model", tiny_folder, "--prompt", "The grass is green. " * 30 + "What colour is the grass?",
+            "--recipe", "swa", "--max-new-tokens", "5", "--window", "16", "--json"]  # fmt: skip
+    runs = {}
+    for extra in ([], ["--static-cache"]):
+        assert main(args + extra) == 0
+        runs[bool(extra)] = json_lines(capsys.readouterr().out)
+    assert [r["output_text"] for r in runs[True]] == [r["output_text"] for r in runs[False]]
+    assert all("static cache" in r["backend"] for r in runs[True])
+    assert not any("static cache" in r["backend"] for r in runs[False])
+
+
 @pytest.mark.parametrize(("timing", "expected"), [("20", "to token 20"), ("4", "too few tokens (3)")])
 def test_run_table_times_every_run_over_the_same_tokens(tiny_folder, capsys, monkeypatch, timing, expected):
     monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal's width

@@ -72,6 +72,26 @@ def test_kv_bytes_match_the_cache_tensors(loaded, sample):
     assert mixed.kv_cache_bytes_per_layer == [window * per_token, held * per_token] + [window * per_token] * 2
 
 
+@pytest.mark.parametrize(
+    "config",
+    [None, SWAAConfig(sliding_window_size=32, keep_first=4), SWAAConfig(sliding_window_size=32, force_fa_decode=True)],
+    ids=["full", "swa+sinks", "swa+fa-decode"],
+)
+def test_static_cache_runs_as_plain_generation(loaded, sample, config):
+    """The fixed-buffer decoder (a CUDA graph on a GPU) gives the same answer, streams it, times the same tokens and
+    reports the KV bytes its buffers hold: sinks + W per evicting layer, prompt + new tokens per full one."""
+    pieces = []
+    result = run_one(loaded, sample, config, max_new_tokens=6, static_cache=True, on_token=pieces.append)
+    assert result.error is None, result.error
+    expected_ids, n_prompt = greedy_reference(loaded, sample.prompt, config, 6, sample.answer_prefix)
+    assert result.output_text == loaded.tokenizer.decode(expected_ids, skip_special_tokens=True) == "".join(pieces)
+    assert result.generated_tokens + result.timing_extra_tokens == DEFAULT_TIMING_TOKENS
+    assert "static cache" in result.backend and result.prefill_s > 0 and result.decode_tokens_per_s > 0
+    per_token = 2 * KV_HEADS * HEAD_DIM * 4
+    slots = (4 + 32) if config is not None and not config.force_fa_decode else n_prompt + DEFAULT_TIMING_TOKENS
+    assert result.kv_cache_bytes_per_layer == [slots * per_token] * LAYERS
+
+
 def test_prefill_time_grows_with_the_prompt(loaded):
     def best_prefill(length):  # the fastest of three: other processes on the machine only ever add time
         s = make_task("needle", loaded.tokenizer, length_tokens=length, seed=0)
