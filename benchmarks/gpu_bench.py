@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine import backends  # noqa: E402
+from swaa_core.engine.kernels import flex as flex_kernels  # noqa: E402
 from swaa_core.engine.masks import NO_FULL, MaskGeometry  # noqa: E402
 
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
@@ -242,13 +243,13 @@ def run_correctness(out: dict):
             outputs["flex"] = backends.flex(q, k, v, g, scale)
         outputs["blocked"] = backends.blocked(q, k, v, g, scale)
         if 16 <= q.shape[2] < 128:  # where inductor may choose its flex-decoding kernel: try it too
-            backends.FLEX_AVOID_DECODE_KERNEL = False
+            flex_kernels.FLEX_AVOID_DECODE_KERNEL = False
             try:
                 outputs["flex, decode kernel allowed"] = backends.flex(q, k, v, g, scale)
             except Exception as e:  # recorded: this is the variant the backend avoids
                 decode_errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
             finally:
-                backends.FLEX_AVOID_DECODE_KERNEL = True
+                flex_kernels.FLEX_AVOID_DECODE_KERNEL = True
         row = {name: rel_err(o, expected) for name, o in outputs.items()}
         if case.get("pads"):  # padding queries see no key: tell wrong real rows from non-zero padding rows
             real = g.kv_valid[:, g.kv_valid.shape[1] - q.shape[2] :]
@@ -402,7 +403,7 @@ def padded_generation_check() -> dict:
 def spy_block_masks():
     """Record every block mask the flex backend builds: shape, time, extra GPU memory (vs an n x n bool)."""
     records: list[dict] = []
-    real = backends._create_block_mask
+    real = flex_kernels._create_block_mask
 
     def spy(g, B, Q, KV, device, *a, **kw):
         torch.cuda.synchronize()
@@ -422,11 +423,11 @@ def spy_block_masks():
         )
         return bm
 
-    backends._create_block_mask = spy
+    flex_kernels._create_block_mask = spy
     try:
         yield records
     finally:
-        backends._create_block_mask = real
+        flex_kernels._create_block_mask = real
 
 
 def same_tiles(a, b) -> bool:
@@ -451,7 +452,7 @@ def run_kernels(out: dict):
     kernel_rows(out)
     n = min(ARGS.lengths)  # torch's (uncompiled) builder holds the n x n bool: affordable at the shortest length
     g = make_case(n=n, window=ARGS.window, keep_first=ARGS.sinks, H=1, Hkv=1, D=16, seed=1)[3]
-    ours = backends._create_block_mask(g, 1, n, n, g.q_pos.device)
+    ours = flex_kernels._create_block_mask(g, 1, n, n, g.q_pos.device)
     out["same_tiles_as_torch_builder"] = same_tiles(
         ours, create_block_mask(swaa_mask_mod(g), 1, None, n, n, device=g.q_pos.device)
     )
@@ -489,12 +490,12 @@ def kernel_row(n: int) -> dict:
     # what the engine knows for an unpadded prefill (without these hints each call would wait on the GPU)
     g.offsets, g.full_from, g.keys_all_valid, g.reach, g.queries_all_full = (0, 0), NO_FULL, True, n - 1, False
     scale = D**-0.5
-    bm = backends._prefill_block_mask(n, W, K, str(q.device))  # constants-only predicate: what FLASH accepts
+    bm = flex_kernels._prefill_block_mask(n, W, K, str(q.device))  # constants-only predicate: what FLASH accepts
     compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
     def plain_flex(backend):
         def run():
-            with torch._dynamo.config.patch(recompile_limit=backends.FLEX_RECOMPILE_LIMIT):
+            with torch._dynamo.config.patch(recompile_limit=flex_kernels.FLEX_RECOMPILE_LIMIT):
                 return compiled(
                     q, k, v, block_mask=bm, scale=scale, enable_gqa=True, kernel_options={"BACKEND": backend}
                 )
@@ -543,7 +544,7 @@ def kernel_row(n: int) -> dict:
     ideal = causal_pairs / swaa_pairs
     med = {name: statistics.median(t) for name, t in times.items()}
     row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
-    row["flash_failures"] = {str(k): e for k, e in backends._FLASH_FAILED.items()}
+    row["flash_failures"] = {str(k): e for k, e in flex_kernels._FLASH_FAILED.items()}
     for name in [name for name in med if name.startswith("part_")]:
         row[name] = med.pop(name)
     for name, ms in med.items():

@@ -142,7 +142,7 @@ def test_blocked_never_builds_a_quadratic_mask(monkeypatch):
         sizes.append(attn_mask.numel())
         return real_sdpa(query, key, value, attn_mask=attn_mask, **kw)
 
-    monkeypatch.setattr(backends.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     backends.blocked(q, k, v, g, 0.3, block=block, group=group)
     assert max(sizes) <= group * block * (keep_first + window + block)
     assert len(sizes) == n // (block * group)

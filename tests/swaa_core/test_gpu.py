@@ -14,6 +14,7 @@ from conftest import FAMILIES, build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes, swaa
 from swaa_core.engine import backends
+from swaa_core.engine.kernels import flex as flex_kernels
 from swaa_core.engine.masks import NO_FULL, MaskGeometry
 
 CUDA = "cuda"
@@ -144,7 +145,7 @@ def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
     """At 32K x 32K: building the block mask costs far less than the 1 GiB of an n x n bool (its evaluation chunks
     are bounded), it is cached and visits only sink and window tiles; the attention call does not hold n x n scores
     either (dynamo's eager fallback would: 16 GiB)."""
-    backends._simple_block_mask.cache_clear()
+    flex_kernels._simple_block_mask.cache_clear()
     n = 32768
     q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
     torch.cuda.synchronize()
@@ -191,7 +192,7 @@ def test_block_mask_equals_torchs_builder(case):
     g = make_case(**case, dtype=torch.float32, seed=1, device=device)[3]
     B, Q = g.q_pos.shape
     KV = g.kv_pos.shape[1]
-    ours = backends._create_block_mask(g, B, Q, KV, device)
+    ours = flex_kernels._create_block_mask(g, B, Q, KV, device)
     ref = create_block_mask(swaa_mask_mod(g), B, None, Q, KV, device=device)
     n_kv, n_q = -(-KV // 128), -(-Q // 128)
     assert torch.equal(
@@ -252,13 +253,13 @@ def ids(n, seed=0, batch=1):
 def flex_calls(monkeypatch):
     """Counts flex calls, so a model test cannot pass by silently running another backend."""
     calls = []
-    real = backends._run_flex
+    real = flex_kernels._run_flex
 
     def spy(*a, **kw):
         calls.append(a[0].shape[2])
         return real(*a, **kw)
 
-    monkeypatch.setattr(backends, "_run_flex", spy)
+    monkeypatch.setattr(flex_kernels, "_run_flex", spy)  # looked up there by flex() and flex_simple()
     return calls
 
 
@@ -306,10 +307,14 @@ def test_bf16_model_matches_float64_reference_model(backend, monkeypatch):
     if not has(backend):
         pytest.skip(f"{backend} cannot run here: {backends.backend_status(CUDA)[backend]}")
     flex_calls = []
-    # fa4: FlexAttention's FLASH single pass where it applies, else FA4's window kernel + the sink pass
-    for spied in ["_run_flex"] if backend == "flex" else ["flex_flash", "window_sink"]:
-        real = getattr(backends, spied)
-        monkeypatch.setattr(backends, spied, lambda *a, _real=real, **kw: flex_calls.append(1) or _real(*a, **kw))
+    # fa4: FlexAttention's FLASH single pass where it applies, else FA4's window kernel + the sink pass; each name is
+    # patched in the module whose code calls it (flex_flash and window_sink: backends.simple_attention)
+    spied = (
+        [(flex_kernels, "_run_flex")] if backend == "flex" else [(backends, "flex_flash"), (backends, "window_sink")]
+    )
+    for module, name in spied:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **kw: flex_calls.append(1) or _real(*a, **kw))
     cfg = SWAAConfig(sliding_window_size=29, keep_first=3)
     model = gpu_model("qwen3")
     x = ids(260, seed=2).to(CUDA)
@@ -414,8 +419,8 @@ def test_cuda_graph_decode_equals_eager_static_and_generate(fa_decode):
 def test_compile_limit_falls_back_to_blocked_not_to_dense_flex(monkeypatch):
     """Past the allowed number of compiled flex variants, SWAA switches to the blocked path with a warning, never to
     the eager flex_attention that materialises n x n scores. (Last in this file: it exhausts a lowered limit.)"""
-    monkeypatch.setattr(backends, "FLEX_RECOMPILE_LIMIT", 1)
-    backends._warn_flex_limit.cache_clear()
+    monkeypatch.setattr(flex_kernels, "FLEX_RECOMPILE_LIMIT", 1)  # read by flex_kernels._flex_scope
+    flex_kernels._warn_flex_limit.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for D in (32, 64):  # float16 with two head sizes: variants no other test compiles, so the 2nd is over
