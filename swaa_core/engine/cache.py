@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
+from .kinds.sink_window import SinkWindow
+
 NEEDS_SWAA = (
     "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
     "can only continue under a SWAA configuration whose window and sinks are no wider. Start a new cache "
@@ -59,12 +61,13 @@ class KeyView:
 
     def in_window(self, window: int | None, keep_first: int) -> bool:
         """Whether the newest token (slot total - 1, no padding) sees every held key under (window, keep_first)."""
-        if window is None:
+        rule = SinkWindow(window, keep_first)
+        if rule.window is None:
             return True
-        start = self.total - window
+        newest = self.total - 1
         if self.contiguous:
-            return start <= keep_first
-        return self.sinks <= keep_first and self.lo >= start and self.all_valid()
+            return rule.sees_prefix(newest)
+        return rule.sees_held(newest, self.sinks, self.lo) and self.all_valid()
 
     def slots(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(slot of each key index, validity or None when every index holds a live slot) on ``device``."""
@@ -83,7 +86,9 @@ class SWAACacheLayer(DynamicLayer):
     """A DynamicLayer that counts slots and, once bound to an evicting plan, keeps only sinks + a ring of W slots.
 
     Host state: ``total`` slots seen; ``sinks`` leading slots kept; held slots ``[0, sinks)`` and ``[lo, total)``;
-    ``ring``: keys/values are the fixed (B, H, sinks + W, D) buffer. ``window`` is W while the layer evicts."""
+    ``ring``: keys/values are the fixed (B, H, sinks + W, D) buffer. ``rule``: the mask kind, whose ``window`` is W
+    while the layer evicts (None otherwise); it says how many slots the layer keeps and which ones the next query
+    needs."""
 
     is_croppable = True
 
@@ -94,13 +99,21 @@ class SWAACacheLayer(DynamicLayer):
         self.sinks = 0
         self.lo = 0
         self.ring = False
-        self.window: int | None = None  # W while this layer evicts
-        self.keep_first = 0
+        self.rule = SinkWindow(None, 0)
         self.settled = True  # False while the sink slots of an evicting layer are not known yet (left padding)
         self.record_past = False
         self.bound = None  # the plan this layer was last configured for
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
         self.view = KeyView(False, 0, 0, 0, None)
+
+    @property
+    def window(self) -> int | None:
+        """W while this layer evicts."""
+        return self.rule.window
+
+    @property
+    def keep_first(self) -> int:
+        return self.rule.keep_first
 
     @classmethod
     def from_layer(cls, layer, layer_idx: int) -> SWAACacheLayer:
@@ -127,7 +140,7 @@ class SWAACacheLayer(DynamicLayer):
             if self.ring:
                 self.keys, self.values = self._flat()
                 self.ring = False
-            self.window, self.keep_first = window, plan.keep_first
+            self.rule = SinkWindow(window, plan.keep_first)
             self.settled = window is None
         self.bound = plan
         if not self.settled:
@@ -140,9 +153,9 @@ class SWAACacheLayer(DynamicLayer):
     def _dropped(self) -> bool:
         return self.ring or self.lo > self.sinks
 
-    def _holds_window(self, total: int, window: int) -> bool:
+    def _holds_window(self, total: int, rule: SinkWindow) -> bool:
         """Whether the held slots include the W - 1 before ``total`` (all the next query needs besides sinks)."""
-        need_from = max(self.sinks, total - window + 1)
+        need_from = max(self.sinks, rule.window_start(total))
         return need_from >= total or self.lo <= need_from
 
     def _check_serves(self, window: int | None, keep_first: int, layer_idx: int) -> None:
@@ -150,7 +163,7 @@ class SWAACacheLayer(DynamicLayer):
         if not self._dropped():
             return
         wider = window is None or window > self.window or keep_first > self.keep_first
-        if wider or not self._holds_window(self.total, window):
+        if wider or not self._holds_window(self.total, SinkWindow(window, keep_first)):
             raise ValueError(NEEDS_SWAA.format(layer=layer_idx, window=self.window, sinks=self.sinks))
 
     # ------------------------------------------------------------------ writing
@@ -159,7 +172,7 @@ class SWAACacheLayer(DynamicLayer):
         if plan is None:  # driven without SWAA (after remove_swaa): exact only while nothing was dropped
             if self._dropped():
                 raise ValueError(NEEDS_SWAA.format(layer=self.layer_idx, window=self.window, sinks=self.sinks))
-            self.window, self.bound, self.settled = None, None, True
+            self.rule, self.bound, self.settled = SinkWindow(None, self.keep_first), None, True
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
@@ -186,14 +199,16 @@ class SWAACacheLayer(DynamicLayer):
         self.keys.narrow(2, i, 1).copy_(key_states)
         self.values.narrow(2, i, 1).copy_(value_states)
         self.total += 1
-        if self.total - self.lo > W:
-            self.lo = self.total - W
+        self.lo = max(self.lo, self.rule.window_start(self.total - 1))  # the ring just dropped the slot left behind
         self.view = KeyView(True, S, self.lo, self.total, W)
         return self.keys, self.values
 
     def _may_ring(self) -> bool:
         return (
-            self.window is not None and self.settled and not self.record_past and self.total > self.sinks + self.window
+            self.window is not None
+            and self.settled
+            and not self.record_past
+            and self.total > self.rule.kept_slots(self.sinks)
         )
 
     def _flat_index(self, slot: int) -> int:
@@ -203,12 +218,14 @@ class SWAACacheLayer(DynamicLayer):
     def _to_ring(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the sinks and the last W slots of flat ``keys``/``values`` in a new sinks + W buffer."""
         S, W = self.sinks, self.window
-        lo = max(self.lo, self.total - W)
+        lo = max(self.lo, self.rule.window_start(self.total - 1))
         where = S + (torch.arange(lo, self.total, device=keys.device) - S) % W
         start, n = self._flat_index(lo), self.total - lo
         out = []
         for t in (keys, values):
-            buf = t.new_zeros(*t.shape[:2], S + W, t.shape[-1])  # zeros: a stale slot must never be NaN
+            buf = t.new_zeros(
+                *t.shape[:2], self.rule.kept_slots(S), t.shape[-1]
+            )  # zeros: a stale slot must never be NaN
             buf[:, :, :S] = t[:, :, :S]
             buf.index_copy_(2, where, t.narrow(2, start, n))
             out.append(buf)
@@ -239,7 +256,7 @@ class SWAACacheLayer(DynamicLayer):
         if not self.is_initialized or new_total > self.total:
             return
         if new_total < self.total:
-            if self._dropped() and not self._holds_window(new_total, self.window):
+            if self._dropped() and not self._holds_window(new_total, self.rule):
                 raise ValueError("Cannot roll back a SWAA cache past tokens its sliding window already dropped.")
             if self.ring:
                 self.keys, self.values = self._flat()
@@ -252,7 +269,7 @@ class SWAACacheLayer(DynamicLayer):
         self.view = KeyView(self.ring, self.sinks, self.lo, self.total, self.window if self.ring else None)
 
     def _may_ring_after_crop(self) -> bool:
-        return self.window is not None and self.settled and self.total > self.sinks + self.window
+        return self.window is not None and self.settled and self.total > self.rule.kept_slots(self.sinks)
 
     def reset(self) -> None:
         super().reset()

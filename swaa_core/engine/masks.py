@@ -1,4 +1,4 @@
-"""The SWAA mask, defined once.
+"""The SWAA mask on the tensors of one attention call; its rule is :mod:`swaa_core.engine.kinds.sink_window`.
 
 Every backend derives from :func:`swaa_mask_mod`, a predicate ``(batch, head, q_idx, kv_idx) -> bool`` in the style of
 transformers' ``masking_utils`` and PyTorch FlexAttention: the reference backend evaluates it on broadcast index
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import SWAAConfig
+from .kinds.sink_window import SinkWindow, visible
 
 NO_FULL = 2**62  # a ``full_from`` beyond every position: no query is full
 
@@ -46,6 +47,11 @@ class MaskGeometry:
     full_from: int | None = None  # q_full is exactly q_pos >= full_from in every row (NO_FULL: no query is full)
 
     @property
+    def rule(self) -> SinkWindow:
+        """The mask kind this call follows; it owns every fact derived from window and keep_first."""
+        return SinkWindow(self.window, self.keep_first)
+
+    @property
     def simple(self) -> bool:
         """A sliding layer whose whole mask follows from host-known integers (offsets, window, sinks, full_from)."""
         return self.window is not None and self.offsets is not None and self.full_from is not None
@@ -64,7 +70,7 @@ class MaskGeometry:
     def window_covers_all(self) -> bool:
         """Every key lies inside every query's window (short prompts), so sliding attention is plain causal."""
         reach = self.reach if self.reach is not None else int(self.q_pos.max()) - int(self.kv_pos.min())
-        return self.window is None or reach < self.window
+        return self.rule.covers(reach)
 
     @property
     def plain_causal(self) -> bool:
@@ -81,14 +87,6 @@ def swaa_mask_mod(g: MaskGeometry):
         return visible(q_pos[b, q_idx], kv_pos[b, kv_idx], kv_valid[b, kv_idx], q_full[b, q_idx], window, keep_first)
 
     return mask_mod
-
-
-def visible(qp, kp, kv_valid, q_full, window: int | None, keep_first: int):
-    """The rule itself, on real positions (broadcastable tensors)."""
-    seen = kv_valid & (kp <= qp)
-    if window is None:
-        return seen
-    return seen & ((qp - kp < window) | (kp < keep_first) | q_full)
 
 
 def materialize(g: MaskGeometry, q_index: torch.Tensor | None = None, kv_index: torch.Tensor | None = None):

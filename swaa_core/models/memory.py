@@ -17,6 +17,7 @@ import torch
 
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
+from ..engine.kinds import SinkWindow
 from ..runtime.units import format_bytes
 
 
@@ -219,7 +220,7 @@ def _held_native(n: int, window: int | None) -> int:
 def _held_swaa(n: int, rule: tuple[int | None, int, bool]) -> int:
     window, keep_first, fa_decode = rule
     if window is not None and not fa_decode:
-        return min(n, keep_first + window)
+        return min(n, SinkWindow(window, keep_first).kept_slots())
     return n
 
 

@@ -84,16 +84,17 @@ def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
     are the newest keys. A second pass over the sink keys is merged by log-sum-exp into the queries whose window no
     longer holds them; queries whose window still reaches the sinks see plain causal attention (sinks and window
     overlap into one run). Differentiable: both kernels take the gradient of their LSE."""
-    W, K = g.window, g.keep_first
+    rule = g.rule
+    W = rule.window
     Q, KV = q.shape[2], k.shape[2]
     q_first, kv_first = g.offsets if g.offsets is not None else (int(g.q_pos[0, 0]), int(g.kv_pos[0, 0]))
-    sinks = min(max(K - kv_first, 0), KV)  # key indices holding sink positions
+    sinks = rule.sink_count(kv_first, KV)  # key indices holding sink positions
     if sinks == 0:
-        return fn(q, k, v, causal=True, window_left=W - 1, scale=scaling)[0]
-    head = min(max(K + W - 1 - q_first, 0), Q)  # queries at positions < K + W - 1 see [first key, themselves]
+        return fn(q, k, v, causal=True, window_left=rule.window_left, scale=scaling)[0]
+    head = min(max(rule.single_run_below - q_first, 0), Q)  # these queries see [first key, themselves]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return _window_sink_out_of_place(q, k, v, W, sinks, head, scaling, fn)
-    out, lse = fn(q, k, v, causal=True, window_left=W - 1, scale=scaling)
+        return _window_sink_out_of_place(q, k, v, rule.window_left, sinks, head, scaling, fn)
+    out, lse = fn(q, k, v, causal=True, window_left=rule.window_left, scale=scaling)
     if head < Q:
         sink_out, sink_lse = fn(
             q[:, :, head:], k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling
@@ -108,7 +109,7 @@ def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
     return out
 
 
-def _window_sink_out_of_place(q, k, v, W: int, sinks: int, head: int, scaling: float, fn):
+def _window_sink_out_of_place(q, k, v, window_left: int, sinks: int, head: int, scaling: float, fn):
     """The same composition without writing into kernel outputs, which autograd saved for the backward pass."""
     Q, KV = q.shape[2], k.shape[2]
     parts = []
@@ -119,7 +120,7 @@ def _window_sink_out_of_place(q, k, v, W: int, sinks: int, head: int, scaling: f
         )
     if head < Q:
         tail = q[:, :, head:]
-        out, lse = fn(tail, k, v, causal=True, window_left=W - 1, scale=scaling)
+        out, lse = fn(tail, k, v, causal=True, window_left=window_left, scale=scaling)
         sink_out, sink_lse = fn(tail, k[:, :, :sinks], v[:, :, :sinks], causal=False, window_left=None, scale=scaling)
         parts.append(merge_lse(out, lse, sink_out, sink_lse))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

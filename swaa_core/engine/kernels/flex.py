@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..kinds.sink_window import SinkWindow
 from ..masks import MaskGeometry, materialize, swaa_mask_mod
 from .sdpa import BLOCK, blocked
 
@@ -147,23 +148,14 @@ def _warn_flex_limit() -> None:
 
 def window_mask_mod(offsets: torch.Tensor, window: int, keep_first: int):
     """The SWAA rule for consecutive positions: query index i is at position offsets[0] + i, key index j at
-    offsets[1] + j. Same predicate as :func:`swaa_core.engine.masks.visible` with every key valid and no full query."""
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        q_pos, kv_pos = q_idx + offsets[0], kv_idx + offsets[1]
-        return (kv_pos <= q_pos) & ((q_pos - kv_pos < window) | (kv_pos < keep_first))
-
-    return mask_mod
+    offsets[1] + j. Same predicate as :func:`swaa_core.engine.kinds.sink_window.visible` with every key valid and no full query."""
+    return SinkWindow(window, keep_first).offsets_mask_mod(offsets)
 
 
 def prefill_mask_mod(window: int, keep_first: int):
     """The SWAA rule for a whole unpadded prefill (index = position), in constants only: the form FlexAttention's
     FLASH backend translates into FlashAttention-4's mask (it rejected a predicate reading a captured tensor)."""
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & ((q_idx - kv_idx < window) | (kv_idx < keep_first))
-
-    return mask_mod
+    return SinkWindow(window, keep_first).prefill_mask_mod()
 
 
 @functools.lru_cache(maxsize=64)
@@ -247,16 +239,16 @@ def _candidate_tiles(g: MaskGeometry, Q: int, block: int) -> torch.Tensor:
     if g.window is None:
         lo = torch.zeros_like(hi)
     else:
-        lo = torch.searchsorted(kv_pos, (g.q_pos[:, first] - g.window + 1).contiguous()).amin(0)
+        lo = torch.searchsorted(kv_pos, g.rule.window_start(g.q_pos[:, first]).contiguous()).amin(0)
         any_full = F.pad(g.q_full, (0, nq * block - Q)).view(-1, nq, block).any(-1).any(0)
         lo = torch.where(any_full, 0, lo)
     lo_tile = lo // block
     count = torch.where(hi > lo, (hi - 1) // block - lo_tile + 1, 0)
     span = lo_tile[:, None] + torch.arange(int(count.max()), device=device)
     span = torch.where(span < (lo_tile + count)[:, None], span, -1)
-    sink_end = 0
-    if g.window is not None and g.keep_first > 0:
-        sink_end = int(torch.searchsorted(kv_pos, torch.full_like(kv_pos[:, :1], g.keep_first)).max())
+    sink_end, sinks_below = 0, g.rule.sinks_below
+    if sinks_below > 0:
+        sink_end = int(torch.searchsorted(kv_pos, torch.full_like(kv_pos[:, :1], sinks_below)).max())
     sinks = torch.arange(-(-sink_end // block), device=device).expand(nq, -1)
     in_span = (sinks >= lo_tile[:, None]) & (sinks < (lo_tile + count)[:, None])
     return torch.cat([torch.where(in_span, -1, sinks), span], dim=1)

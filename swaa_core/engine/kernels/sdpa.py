@@ -64,9 +64,9 @@ def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, bloc
     B, H, Q, D = q.shape
     out = q.new_empty(B, Q, H, D)
     kv_pos = g.kv_pos.contiguous()
-    sink_end = 0
-    if g.window is not None and g.keep_first > 0:
-        limit = torch.full_like(kv_pos[:, :1], g.keep_first)
+    sink_end, sinks_below = 0, g.rule.sinks_below
+    if sinks_below > 0:
+        limit = torch.full_like(kv_pos[:, :1], sinks_below)
         sink_end = int(torch.searchsorted(kv_pos, limit).max())
     n_full = Q // block
     for first in range(0, n_full, group):
@@ -89,7 +89,7 @@ def _attend_blocks(q, k, v, g, scaling, dropout, q_start, blocks, size, sink_end
     if g.window is None:
         lo = torch.zeros_like(hi)
     else:
-        lo = torch.searchsorted(kv_pos, q_pos.amin(-1) - g.window + 1).amin(0)
+        lo = torch.searchsorted(kv_pos, g.rule.window_start(q_pos.amin(-1))).amin(0)
         lo = torch.where(g.q_full[:, q_index].any(-1).any(0), 0, lo)
     span = int((hi - lo).max())
     start = (hi - span).clamp(min=0)
