@@ -15,11 +15,13 @@ passes to a forward (per row, in real token positions). Without either, every qu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from .backends import _decode_sdpa, attend, reference
 from .cache import KeyView
+from .kinds.sink_window import SinkWindow
 from .masks import NO_FULL, MaskGeometry
 from .static_cache import StaticSlots
 
@@ -35,6 +37,11 @@ class LayerPlan:
     backend: str
 
     native_window: int | None = None  # the model's own sliding window in this layer (SWAA never widens it)
+
+    @cached_property
+    def rule(self) -> SinkWindow:
+        """The mask kind of this layer's sliding queries, built once (a decode step asks it in every layer)."""
+        return SinkWindow(self.window, self.keep_first)
 
     @property
     def evicts(self) -> bool:
@@ -80,7 +87,7 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     recorder = getattr(module, "_swaa_recorder", None)
     fast = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
-    if fast and (full is True or view.in_window(plan.window, plan.keep_first)):
+    if fast and (full is True or view.in_window(plan.rule)):
         return _decode_sdpa(query, key, value, None, scaling), None
     g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
@@ -144,7 +151,7 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
         hints["queries_all_full"] = full
         hints["full_from"] = total - Q if full else NO_FULL
         if mask2d is None and Q == 1:
-            hints["sees_all_keys"] = full or view.in_window(plan.window, plan.keep_first)
+            hints["sees_all_keys"] = full or view.in_window(plan.rule)
     elif isinstance(full, int):
         q_full = (torch.arange(total - Q, total, device=device) >= full)[None].expand(B, Q)
         hints["full_from"] = full if mask2d is None else None  # a slot; equal to a position only without padding

@@ -59,9 +59,8 @@ class KeyView:
     def all_valid(self) -> bool:
         return not self.ring or self.total - self.lo >= self.window
 
-    def in_window(self, window: int | None, keep_first: int) -> bool:
-        """Whether the newest token (slot total - 1, no padding) sees every held key under (window, keep_first)."""
-        rule = SinkWindow(window, keep_first)
+    def in_window(self, rule: SinkWindow) -> bool:
+        """Whether the newest token (slot total - 1, no padding) sees every held key under ``rule``."""
         if rule.window is None:
             return True
         newest = self.total - 1

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from swaa_core.engine.attention import LayerPlan
 from swaa_core.engine.cache import SWAACacheLayer
+from swaa_core.engine.kinds import SinkWindow
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
 crop = st.tuples(st.just("crop"), st.integers(0, 5))
@@ -99,4 +100,4 @@ def test_decode_steps_write_in_place_without_reading_the_device():
         keys, _ = layer.update(rows(t, 1), -rows(t, 1))
         assert keys is buffer and keys.shape[2] == 6
         assert sorted(keys[0, 0, :, 0].tolist()) == [0, 1, *range(t - 3, t + 1)]
-        assert layer.view.in_window(4, 2)
+        assert layer.view.in_window(SinkWindow(4, 2))
