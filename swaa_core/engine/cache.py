@@ -198,7 +198,7 @@ class SWAACacheLayer(DynamicLayer):
         self.keys.narrow(2, i, 1).copy_(key_states)
         self.values.narrow(2, i, 1).copy_(value_states)
         self.total += 1
-        self.lo = max(self.lo, self.rule.window_start(self.total - 1))  # the ring just dropped the slot left behind
+        self.lo = max(self.lo, self.rule.window_start(self.total - 1))  # the slot just overwritten left the window
         self.view = KeyView(True, S, self.lo, self.total, W)
         return self.keys, self.values
 
@@ -222,9 +222,8 @@ class SWAACacheLayer(DynamicLayer):
         start, n = self._flat_index(lo), self.total - lo
         out = []
         for t in (keys, values):
-            buf = t.new_zeros(
-                *t.shape[:2], self.rule.kept_slots(S), t.shape[-1]
-            )  # zeros: a stale slot must never be NaN
+            # zeros: a stale slot must never be NaN
+            buf = t.new_zeros(*t.shape[:2], self.rule.kept_slots(S), t.shape[-1])
             buf[:, :, :S] = t[:, :, :S]
             buf.index_copy_(2, where, t.narrow(2, start, n))
             out.append(buf)
