@@ -3,7 +3,7 @@
 Every per-step fact lives on the device: the slot being written (one int64), each row's real position (B, 1), and
 per layer the real position held at each buffer index (-1: empty or padding). A step writes its key and value with
 ``index_copy_`` at an index computed on the device, derives the layer's visibility mask from those positions with the
-engine's one predicate (:func:`swaa_core.engine.masks.visible`), and attends to the whole buffer. Nothing is read back
+engine's one rule (:class:`swaa_core.engine.kinds.sink_window.SinkWindow`), and attends to the whole buffer. Nothing is read back
 to the host, no shape changes, so the kernels of a step are the same from one token to the next.
 
 Two buffer kinds, chosen per layer from its :class:`~swaa_core.engine.attention.LayerPlan`:
@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .backends import _decode_sdpa
 from .cache import KeyView, SWAACacheLayer
-from .masks import visible
+from .kinds.sink_window import SinkWindow
 
 
 class SlotTable:
@@ -36,11 +36,11 @@ class SlotTable:
     once, not once per layer.
 
     ``ring``: (sinks, W) for a ring buffer of ``sinks + W`` indices, else None (index = slot).
-    ``window``/``keep_first``: the rule decode queries follow (window None: they see every key)."""
+    ``rule``: what decode queries see (window None under FA decode and in full layers: every key)."""
 
-    def __init__(self, positions, clock, *, ring, window, keep_first, owner: int):
+    def __init__(self, positions, clock, *, ring, rule: SinkWindow, owner: int):
         self.positions, self.clock = positions, clock
-        self.ring, self.window, self.keep_first, self.owner = ring, window, keep_first, owner
+        self.ring, self.rule, self.owner = ring, rule, owner
         self.index = self.mask = None
 
     def refresh(self, layer_idx: int) -> None:
@@ -54,7 +54,7 @@ class SlotTable:
             self.index = torch.where(slot < sinks, slot, sinks + (slot - sinks) % window)
         self.positions.index_copy_(1, self.index, self.clock.positions)
         held = self.positions
-        self.mask = visible(self.clock.positions, held, held >= 0, False, self.window, self.keep_first)[:, None, None]
+        self.mask = self.rule.visible(self.clock.positions, held, held >= 0, False)[:, None, None]
 
 
 class StaticSlots(CacheLayerMixin):
@@ -160,11 +160,11 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
     if live is not None:
         held = torch.where(live, held, -1)
     slides_in_decode = plan.window is not None and not plan.fa_decode
-    window = plan.window if slides_in_decode else None
+    rule = plan.rule if slides_in_decode else SinkWindow(None, plan.keep_first)
     ring = None
     if slides_in_decode and isinstance(layer, SWAACacheLayer) and layer.settled:
         ring = (layer.sinks, plan.window)
-    size = ring[0] + ring[1] if ring is not None else max_slots
+    size = rule.kept_slots(layer.sinks) if ring is not None else max_slots
     index = slots if ring is None else torch.where(slots < ring[0], slots, ring[0] + (slots - ring[0]) % ring[1])
     if stored is not None and stored.ring:
         index = torch.arange(keys.shape[-2], device=keys.device)  # already in ring layout
@@ -175,8 +175,8 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
     out_v.index_copy_(2, index, values)
     positions.index_copy_(1, index, held)
     for table in tables:  # one host read per layer, at setup only
-        same_rule = (table.ring, table.window, table.keep_first) == (ring, window, plan.keep_first)
+        same_rule = (table.ring, table.rule) == (ring, rule)
         if same_rule and table.positions.shape == positions.shape and torch.equal(table.positions, positions):
             return StaticSlots(out_k, out_v, table, i)
-    tables.append(SlotTable(positions, clock, ring=ring, window=window, keep_first=plan.keep_first, owner=i))
+    tables.append(SlotTable(positions, clock, ring=ring, rule=rule, owner=i))
     return StaticSlots(out_k, out_v, tables[-1], i)
