@@ -1,6 +1,6 @@
-"""GPU check and benchmark of the SWAA engine: correctness first, then kernel, prefill and decode timings.
+"""GPU check of the SWAA engine: environment, correctness against float64, a small whole model, attention kernels.
 
-    PYTHONUNBUFFERED=1 python benchmarks/gpu_bench.py --sections env correctness model kernels prefill decode
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_bench.py --sections env correctness model kernels
 
 Sections (each one guarded: a failure is recorded with its traceback and the next section still runs):
 - env:         GPU, driver, torch / transformers / triton versions, measured matmul rate and copy bandwidth.
@@ -9,138 +9,51 @@ Sections (each one guarded: a failure is recorded with its traceback and the nex
 - model:       a small random-weight Llama in bf16 on the GPU: SWAA logits (flex) vs the reference backend, and
                greedy generation with FA decode (fp32) vs a teacher-forced run of the reference backend.
 - kernels:     SDPA full causal vs SWAA flex (W=2048, 128 sinks) at --lengths; bf16, head dim 128, 32/8 heads.
-               Block masks: same tiles as torch's builder, build time, extra memory (never n x n); compile time.
-- prefill:     Llama-3.1-8B-shaped random model (bf16, no download): sdpa vs SWAA vs SWAA + 1/2 FA layers.
-- decode:      tokens/s and KV-cache bytes after generating --new-tokens, with and without FA decode.
+               Block masks: same tiles as torch's builder.
+The 8B-shaped prefill and decode are in gpu_prefill.py, the LoRA training step in gpu_train.py, the CUDA-graph
+decode in gpu_decode.py.
 
 A short Markdown table is printed last; full results go to $OUT/gpu_bench.json (or --json).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import faulthandler
-import functools
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
+import gpu_common as common  # noqa: E402
+from gpu_common import (  # noqa: E402
+    BF16_TOL,
+    DEVICE,
+    SUMMARY,
+    first_call_seconds,
+    float64_attention,
+    gib,
+    kernel_ms,
+    make_case,
+    pairs_visited,
+    rel_err,
+    rule_mask,
+    versions,
+)
+
+from swaa_core import SWAAConfig, swaa  # noqa: E402
 from swaa_core.engine import backends  # noqa: E402
 from swaa_core.engine.kernels import flex as flex_kernels  # noqa: E402
-from swaa_core.engine.masks import NO_FULL, MaskGeometry  # noqa: E402
+from swaa_core.engine.masks import NO_FULL  # noqa: E402
 
-BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
-RESULTS: dict = {"sections": {}, "failures": []}
-SUMMARY: list[tuple[str, str]] = []
-
-
-# --------------------------------------------------------------------------- helpers
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, reps: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall seconds of ``reps`` synchronised calls after ``warmup`` calls (for long, whole-model runs)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def kernel_ms(fn) -> float:
-    """Median milliseconds of a GPU call, timed with CUDA events by triton.testing.do_bench (warm-up excluded).
-
-    The time budget scales with the call, so a 270 ms kernel still gets about ten timed repeats."""
-    from triton.testing import do_bench
-
-    estimate_ms = 1000 * first_call_seconds(fn)
-    return float(
-        do_bench(fn, warmup=max(25.0, 2 * estimate_ms), rep=max(300.0, 10 * estimate_ms), return_mode="median")
-    )
-
-
-def first_call_seconds(fn) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    if not bool(torch.isfinite(out).all()):
-        return float("nan")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def pairs_visited(n: int, window: int, sinks: int) -> int:
-    """(query, key) pairs SWAA computes for an n-token prefill: window keys plus the sinks outside it."""
-    i = torch.arange(n, dtype=torch.float64)
-    in_window = torch.clamp(i + 1, max=window)
-    extra_sinks = torch.clamp(torch.clamp(i + 1 - window, min=0), max=sinks)
-    return int((in_window + extra_sinks).sum())
-
-
-def gib(x: float) -> float:
-    return round(x / 2**30, 3)
-
-
-@contextlib.contextmanager
-def section(name: str):
-    start = time.perf_counter()
-    print(f"\n=== {name} ===", flush=True)
-    RESULTS["sections"][name] = out = {}
-    try:
-        yield out
-    except Exception as e:  # every section runs even if one breaks; the failure is kept with its traceback
-        tb = traceback.format_exc()
-        print(tb, flush=True)
-        out["error"] = f"{type(e).__name__}: {e}"
-        RESULTS["failures"].append({"section": name, "error": out["error"], "traceback": tb})
-        SUMMARY.append((name, f"FAILED: {out['error'][:200]}"))
-    finally:
-        out["seconds"] = round(time.perf_counter() - start, 1)
-        write_json()
-
-
-def write_json():
-    path = ARGS.json or (Path(os.environ["OUT"]) / "gpu_bench.json" if os.environ.get("OUT") else None)
-    if path:
-        Path(path).write_text(json.dumps(RESULTS, indent=1, default=str))
-
-
-def versions() -> dict:
-    import transformers
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-    with contextlib.suppress(ImportError):
-        import triton
-
-        out["triton"] = triton.__version__
-    out["kernels"] = backends.backend_status(DEVICE) if DEVICE == "cuda" else {}
-    return out
+ARGS = None
 
 
 # --------------------------------------------------------------------------- env
@@ -162,50 +75,6 @@ def run_env(out: dict):
         del a, b, src, dst
     print(json.dumps(out, indent=1), flush=True)
     SUMMARY.append(("device", f"{out['device']}; torch {out['torch']}, transformers {out['transformers']}"))
-
-
-# --------------------------------------------------------------------------- correctness
-def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """SWAA.md's rule, written here independently of swaa_core.engine.masks: (B, Q, KV) bool."""
-    i, j = q_pos[:, :, None], kv_pos[:, None, :]
-    seen = kv_valid[:, None, :] & (j <= i)
-    if window is None:
-        return seen
-    return seen & ((i - j < window) | (j < keep_first) | q_full[:, :, None])
-
-
-def float64_attention(q, k, v, mask, scale):
-    """softmax(q k^T) v in float64 with GQA by repetition; rows that see no key give zeros. Returns (B, Q, H, D)."""
-    groups = q.shape[1] // k.shape[1]
-    kk = k.double().repeat_interleave(groups, 1)
-    vv = v.double().repeat_interleave(groups, 1)
-    scores = (q.double() @ kk.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    probs = torch.softmax(scores, -1).nan_to_num(0.0)
-    return (probs @ vv).transpose(1, 2)
-
-
-def make_case(*, n, window, keep_first=0, B=1, H=32, Hkv=8, D=128, pads=(), q_len=None, full_tail=0, seed=0):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator(device=device).manual_seed(seed)
-    q_len = n if q_len is None else q_len
-
-    def rand(*shape):
-        return torch.randn(*shape, device=device, generator=gen, dtype=torch.float32).to(ARGS.dtype)
-
-    q, k, v = rand(B, H, q_len, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
-    valid = torch.ones(B, n, dtype=torch.bool, device=device)
-    for b, pad in enumerate(pads):
-        valid[b, :pad] = False
-    real = valid.long().cumsum(-1) - 1
-    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
-    if full_tail:
-        q_full[:, -full_tail:] = True
-    g = MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
-    if not pads:  # the host-known facts the engine sets for an unpadded call (they route to the fast paths)
-        g.keys_all_valid, g.offsets = True, (n - q_len, 0)
-        g.full_from = n - full_tail if full_tail else NO_FULL
-    return q, k, v, g
 
 
 ATTENTION_CASES = {
@@ -231,7 +100,7 @@ ATTENTION_CASES = {
 def run_correctness(out: dict):
     decode_errors = out["decode kernel errors"] = {}
     for seed, (name, case) in enumerate(ATTENTION_CASES.items()):
-        q, k, v, g = make_case(**case, seed=seed)
+        q, k, v, g = make_case(**case, seed=seed, dtype=ARGS.dtype)
         scale = q.shape[-1] ** -0.5
         expected = float64_attention(
             q, k, v, rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first), scale
@@ -399,37 +268,6 @@ def padded_generation_check() -> dict:
 
 
 # --------------------------------------------------------------------------- kernels
-@contextlib.contextmanager
-def spy_block_masks():
-    """Record every block mask the flex backend builds: shape, time, extra GPU memory (vs an n x n bool)."""
-    records: list[dict] = []
-    real = flex_kernels._create_block_mask
-
-    def spy(g, B, Q, KV, device, *a, **kw):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        bm = real(g, B, Q, KV, device, *a, **kw)
-        torch.cuda.synchronize()
-        records.append(
-            dict(
-                Q=Q,
-                KV=KV,
-                seconds=round(time.perf_counter() - start, 3),
-                extra_gib=gib(torch.cuda.max_memory_allocated() - base),
-                n_x_n_bool_gib=gib(Q * KV),
-            )
-        )
-        return bm
-
-    flex_kernels._create_block_mask = spy
-    try:
-        yield records
-    finally:
-        flex_kernels._create_block_mask = real
-
-
 def same_tiles(a, b) -> bool:
     """Two BlockMasks list the same partial and full tiles (the order inside a row is free)."""
 
@@ -451,7 +289,7 @@ def run_kernels(out: dict):
 
     kernel_rows(out)
     n = min(ARGS.lengths)  # torch's (uncompiled) builder holds the n x n bool: affordable at the shortest length
-    g = make_case(n=n, window=ARGS.window, keep_first=ARGS.sinks, H=1, Hkv=1, D=16, seed=1)[3]
+    g = make_case(n=n, window=ARGS.window, keep_first=ARGS.sinks, H=1, Hkv=1, D=16, seed=1, dtype=ARGS.dtype)[3]
     ours = flex_kernels._create_block_mask(g, 1, n, n, g.q_pos.device)
     out["same_tiles_as_torch_builder"] = same_tiles(
         ours, create_block_mask(swaa_mask_mod(g), 1, None, n, n, device=g.q_pos.device)
@@ -486,7 +324,7 @@ def kernel_row(n: int) -> dict:
     from torch.nn.attention.flex_attention import flex_attention
 
     W, K, H, Hkv, D = ARGS.window, ARGS.sinks, 32, 8, 128
-    q, k, v, g = make_case(n=n, window=W, keep_first=K, H=H, Hkv=Hkv, D=D, seed=n)
+    q, k, v, g = make_case(n=n, window=W, keep_first=K, H=H, Hkv=Hkv, D=D, seed=n, dtype=ARGS.dtype)
     # what the engine knows for an unpadded prefill (without these hints each call would wait on the GPU)
     g.offsets, g.full_from, g.keys_all_valid, g.reach, g.queries_all_full = (0, 0), NO_FULL, True, n - 1, False
     scale = D**-0.5
@@ -562,368 +400,25 @@ def tflops(pairs: int, head_width: int, ms: float) -> float:
     return 4 * head_width * pairs / (ms * 1e-3) / 1e12
 
 
-# --------------------------------------------------------------------------- 8B-shaped model
-def llama8b(layers: int):
-    import transformers as tf
-
-    cfg = tf.LlamaConfig(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=131072,
-        attn_implementation="sdpa",
-        bos_token_id=128000,
-        eos_token_id=128001,
-        pad_token_id=None,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
-
-
-def prefill_configs(layers: int) -> dict:
-    W, K = ARGS.window, ARGS.sinks
-    return {
-        "full (sdpa)": None,
-        f"SWAA W{W} K{K}": SWAAConfig(sliding_window_size=W, keep_first=K),
-        f"SWAA W{W} K{K} + 1/2 FA layers": SWAAConfig(
-            sliding_window_size=W, keep_first=K, non_sliding_layers=SWAAConfig.fa_layers("1/2", layers)
-        ),
-    }
-
-
-@torch.no_grad()
-def run_prefill(out: dict, model):
-    rows = out["rows"] = []
-    for n in ARGS.model_lengths:
-        ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(n))
-        row = {"n": n}
-        for label, cfg in prefill_configs(model.config.num_hidden_layers).items():
-            torch.cuda.empty_cache()
-            row[label] = prefill_one(model, ids, cfg)
-            print(n, label, row[label], flush=True)
-        rows.append(row)
-    summarise_prefill(rows, model.config.num_hidden_layers)
-
-
-def prefill_one(model, ids, cfg) -> dict:
-    def forward():
-        return model(ids, use_cache=False, logits_to_keep=1)
-
-    try:
-        with swaa(model, cfg):
-            first = first_call_seconds(forward)
-            torch.cuda.reset_peak_memory_stats()
-            median, times = timed(forward, reps=ARGS.reps, warmup=0)
-    except torch.OutOfMemoryError as e:
-        return dict(error=f"OOM: {str(e)[:200]}")
-    return dict(
-        seconds=round(median, 3),
-        times=[round(t, 3) for t in times],
-        first_call_s=round(first, 2),
-        peak_gib=gib(torch.cuda.max_memory_allocated()),
-    )
-
-
-def prefill_flops(n: int, cfg: SWAAConfig | None, layers: int) -> float:
-    """FLOP model of the 8B-shaped prefill: 2 flops per weight per token in the linear layers, 4 * heads * head dim
-    per visible (query, key) pair in attention (lm_head only for the last token)."""
-    hidden, kv_width, mlp = 4096, 1024, 14336
-    linear = 2 * n * layers * (2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * mlp)
-    causal = n * (n + 1) // 2
-    pairs = 0
-    for i in range(layers):
-        slides = cfg is not None and cfg.layer_slides(i)
-        pairs += pairs_visited(n, cfg.sliding_window_size, cfg.keep_first) if slides else causal
-    return linear + 4 * hidden * pairs
-
-
-def summarise_prefill(rows, layers: int):
-    for r in rows:
-        full = r["full (sdpa)"].get("seconds")
-        cells = []
-        configs = prefill_configs(layers)
-        for label in list(r)[1:]:
-            s = r[label].get("seconds")
-            if not s:
-                cells.append(f"{label} {r[label].get('error', '?')[:40]}")
-                continue
-            cell = f"{label} {s} s"
-            if full and label != "full (sdpa)":
-                ideal = prefill_flops(r["n"], None, layers) / prefill_flops(r["n"], configs[label], layers)
-                r[label]["flop_model_ideal"] = round(ideal, 2)
-                r[label]["pct_of_ideal"] = round(100 * full / s / ideal, 1)
-                cell += f" ({full / s:.2f}x; FLOP-model ideal {ideal:.2f}x: {100 * full / s / ideal:.0f}%)"
-            cells.append(cell)
-        SUMMARY.append((f"8B prefill {r['n'] // 1024}K", "; ".join(cells)))
-
-
-def decode_configs(layers: int) -> dict:
-    W, K = ARGS.window, ARGS.sinks
-    return {
-        "full (sdpa)": None,
-        f"SWAA W{W} K{K}, SWA decode (evicting cache)": SWAAConfig(sliding_window_size=W, keep_first=K),
-        f"SWAA W{W} K{K} + FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
-        f"SWAA W{W} K{K} + 1/2 FA layers + FA decode": SWAAConfig(
-            sliding_window_size=W,
-            keep_first=K,
-            force_fa_decode=True,
-            non_sliding_layers=SWAAConfig.fa_layers("1/2", layers),
-        ),
-    }
-
-
-def generate(model, ids, tokens):
-    return model.generate(
-        ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, return_dict_in_generate=True
-    )
-
-
-@torch.no_grad()
-def run_decode(out: dict, model):
-    """Decode speed is launch-bound at batch 1, so it drifts with the host: configs take turns within each repeat and
-    the per-token time is (prefill + new tokens) - (prefill + 1 token), median and best over repeats. Then one
-    end-to-end run per config: a long prompt plus --e2e-tokens new tokens, total seconds."""
-    configs = decode_configs(model.config.num_hidden_layers)
-    new = ARGS.new_tokens
-    rows = out["rows"] = {}
-    for n in ARGS.decode_prompts:
-        ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
-        for cfg in configs.values():
-            with swaa(model, cfg):
-                generate(model, ids, 2)  # warm-up: compile, block masks
-        samples = {label: {"first": [], "all": []} for label in configs}
-        for _ in range(ARGS.reps):
-            for label, cfg in configs.items():
-                with swaa(model, cfg):
-                    for key, tokens in (("first", 1), ("all", new + 1)):
-                        run = functools.partial(generate, model, ids, tokens)
-                        samples[label][key].append(timed(run, reps=1, warmup=0)[0])
-        rows[n] = {}
-        for label, cfg in configs.items():
-            with swaa(model, cfg):
-                result = generate(model, ids, new + 1)
-            per_layer = kv_cache_bytes(result.past_key_values)
-            per_token = [(a - f) / new for f, a in zip(samples[label]["first"], samples[label]["all"], strict=True)]
-            rows[n][label] = dict(
-                ms_per_token_median=round(statistics.median(per_token) * 1e3, 2),
-                ms_per_token_best=round(min(per_token) * 1e3, 2),
-                ms_per_token=[round(t * 1e3, 2) for t in per_token],
-                tokens_per_s=round(1 / statistics.median(per_token), 1),
-                kv_total_gib=gib(sum(per_layer)),
-                generated=result.sequences.shape[1] - n,
-            )
-            del result
-        full = rows[n]["full (sdpa)"]["ms_per_token_median"]
-        for label, r in rows[n].items():
-            r["vs_full"] = round(r["ms_per_token_median"] / full, 3)
-            print(n, label, r, flush=True)
-            SUMMARY.append(
-                (
-                    f"decode {n // 1024}K +{new}",
-                    f"{label}: {r['ms_per_token_median']} ms/token (best {r['ms_per_token_best']}; {r['vs_full']}x "
-                    f"full's time), {r['tokens_per_s']} tok/s, KV {r['kv_total_gib']} GiB",
-                )
-            )
-        del ids
-        torch.cuda.empty_cache()
-    if ARGS.e2e_tokens:
-        run_end_to_end(out, model, configs)
-
-
-def run_end_to_end(out: dict, model, configs: dict):
-    n, new = max(ARGS.decode_prompts), ARGS.e2e_tokens
-    ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(8))
-    e2e = out["end_to_end"] = {}
-    for label, cfg in configs.items():
-        with swaa(model, cfg):
-            e2e[label] = round(timed(functools.partial(generate, model, ids, new), reps=1, warmup=0)[0], 2)
-        torch.cuda.empty_cache()
-    full = e2e["full (sdpa)"]
-    SUMMARY.append(
-        (
-            f"end to end {n // 1024}K + {new} tokens",
-            "; ".join(f"{label} {t} s ({full / t:.2f}x)" for label, t in e2e.items()),
-        )
-    )
-    print(e2e, flush=True)
-
-
-# --------------------------------------------------------------------------- LoRA training step (issue: fine-tuning)
-def qwen3_4b(layers: int = 36):
-    import transformers as tf
-
-    cfg = tf.Qwen3Config(
-        vocab_size=151936,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=131072,
-        attn_implementation="sdpa",
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-
-
-def train_step(peft_model, opt, ids, labels, prompt_tokens, cfg):
-    kwargs = dict(input_ids=ids, labels=labels)
-    if cfg is not None and cfg.force_fa_decode:
-        kwargs["swaa_prompt_lengths"] = torch.tensor([prompt_tokens])
-    peft_model(**kwargs).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def run_train(out: dict):
-    """LoRA r=16 on q/k/v (swaa_core's defaults), gradient checkpointing, batch 1, one example of --train-prompts
-    tokens + 64 answer tokens with labels on the answer; configurations in turns; seconds per optimizer step (median
-    after warm-up) and peak GPU memory. Same attention path as swaa_core.train.lora.train_lora (which wraps it in a
-    transformers Trainer)."""
-    from peft import get_peft_model
-
-    from swaa_core.train.lora import TrainSettings, _training_mode, lora_config
-
-    model = qwen3_4b()
-    peft_model = get_peft_model(model, lora_config(TrainSettings()))
-    base = peft_model.get_base_model()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    W, K, answer = ARGS.window, ARGS.sinks, 64
-    configs = {
-        "full (sdpa)": None,
-        f"SWA W{W} K{K} + FA decode (mixed mask)": SWAAConfig(
-            sliding_window_size=W, keep_first=K, force_fa_decode=True
-        ),
-        f"SWA W{W} K{K}": SWAAConfig(sliding_window_size=W, keep_first=K),
-    }
-    rows = out["rows"] = {}
-    with _training_mode(base, True):
-        peft_model.train()
-        for n in ARGS.train_prompts:
-            ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
-            labels = ids.clone()
-            labels[:, :n] = -100
-
-            step = functools.partial(train_step, peft_model, opt, ids, labels, n)
-
-            samples = {label: [] for label in configs}
-            peaks = {label: 0.0 for label in configs}
-            for label, cfg in configs.items():
-                with swaa(base, cfg):
-                    first = first_call_seconds(functools.partial(step, cfg))
-                    step(cfg)
-                print(n, label, "first step", round(first, 1), "s", flush=True)
-            for _ in range(ARGS.reps):
-                for label, cfg in configs.items():
-                    with swaa(base, cfg):
-                        torch.cuda.empty_cache()
-                        torch.cuda.reset_peak_memory_stats()
-                        samples[label].append(timed(functools.partial(step, cfg), reps=1, warmup=0)[0])
-                        peaks[label] = max(peaks[label], gib(torch.cuda.max_memory_allocated()))
-            full = statistics.median(samples["full (sdpa)"])
-            rows[n] = {
-                label: dict(
-                    s_per_step=round(statistics.median(t), 3),
-                    times=[round(x, 3) for x in t],
-                    speedup_vs_full=round(full / statistics.median(t), 2),
-                    peak_gib=peaks[label],
-                )
-                for label, t in samples.items()
-            }
-            print(n, json.dumps(rows[n]), flush=True)
-            for label, r in rows[n].items():
-                SUMMARY.append(
-                    (
-                        f"LoRA step {n // 1024}K+{answer}",
-                        f"{label}: {r['s_per_step']} s ({r['speedup_vs_full']}x), peak {r['peak_gib']} GiB",
-                    )
-                )
-        if ARGS.profile_train:
-            n = ARGS.train_prompts[0]
-            ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
-            labels = ids.clone()
-            labels[:, :n] = -100
-            cfg = list(configs.values())[1]
-            with swaa(base, cfg), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                peft_model(input_ids=ids, labels=labels, swaa_prompt_lengths=torch.tensor([n])).loss.backward()
-                sync()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
-            print(table, flush=True)
-            out["profile_mixed"] = table
-    del peft_model, base, model, opt
-    torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------- main
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="+", default=["env", "correctness", "model", "kernels", "prefill", "decode"])
+    p = common.base_parser(__doc__, ["env", "correctness", "model", "kernels"])
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
-    p.add_argument("--model-lengths", type=int, nargs="+", default=[32768, 65536, 131072])
-    p.add_argument("--layers", type=int, default=32, help="layers of the 8B-shaped model (32 as in Llama-3.1-8B)")
-    p.add_argument("--window", type=int, default=2048)
-    p.add_argument("--sinks", type=int, default=128)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--decode-prompts", type=int, nargs="+", default=[8192, 32768, 131072])
-    p.add_argument("--e2e-tokens", type=int, default=512, help="new tokens of the end-to-end run (0: skip it)")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--train-prompts", type=int, nargs="+", default=[16384, 32768])
-    p.add_argument("--profile-train", action="store_true")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--json", default=None)
-    p.add_argument("--watchdog", type=float, default=0, help="print all stacks every N seconds (0: off)")
     args = p.parse_args(argv)
     args.dtype = getattr(torch, args.dtype)
     return args
 
 
 def main(argv=None):
-    global ARGS, DEVICE
+    global ARGS
     ARGS = parse(argv)
-    if ARGS.watchdog:
-        faulthandler.dump_traceback_later(ARGS.watchdog, repeat=True)
-    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    RESULTS["args"] = {k: str(v) for k, v in vars(ARGS).items()}
-    RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    RESULTS["versions"] = versions()
-    plain = {"env": run_env, "correctness": run_correctness, "model": run_model_check, "kernels": run_kernels}
-    plain["train"] = run_train
+    common.start(ARGS, "gpu_bench")
+    runs = {"env": run_env, "correctness": run_correctness, "model": run_model_check, "kernels": run_kernels}
     for name in ARGS.sections:
-        if name in plain:
-            with section(name) as out:
-                plain[name](out)
-    big = [s for s in ARGS.sections if s in ("prefill", "decode")]
-    if big:
-        model = None
-        with section("build 8B-shaped model") as out:
-            start = time.perf_counter()
-            model = llama8b(ARGS.layers)
-            sync()
-            out.update(
-                seconds_to_build=round(time.perf_counter() - start, 1),
-                params_b=round(model.num_parameters() / 1e9, 2),
-                weights_gib=gib(torch.cuda.memory_allocated()),
-            )
-            print(out, flush=True)
-        for name in big:
-            if model is not None:
-                with section(name) as out:
-                    (run_prefill if name == "prefill" else run_decode)(out, model)
-        if model is not None:
-            remove_swaa(model)
-    print("\n| check | result |\n|---|---|")
-    for name, text in SUMMARY:
-        print(f"| {name} | {text} |")
-    print(f"\nfailures: {len(RESULTS['failures'])}")
-    return 1 if RESULTS["failures"] else 0
+        with common.section(name) as out:
+            runs[name](out)
+    return common.finish()
 
 
 if __name__ == "__main__":

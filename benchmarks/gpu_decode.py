@@ -35,8 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gpu_bench  # noqa: E402
-from gpu_bench import gib, llama8b, versions  # noqa: E402
+import gpu_common  # noqa: E402
+from gpu_common import gib, llama8b, versions  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
@@ -285,7 +285,7 @@ def main(argv=None):
     ARGS = parse(argv)
     RESULTS["args"] = vars(ARGS)
     RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    gpu_bench.DEVICE = "cuda"
+    gpu_common.DEVICE = "cuda"
     RESULTS["versions"] = versions()
     if "kernels" in ARGS.sections:
         with section("kernels") as out:
