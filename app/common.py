@@ -17,7 +17,7 @@ from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.recipes import Recipe, list_recipes, recipe_label
 from swaa_core.models.registry import DEFAULT_MODEL
 
-from . import plots
+from . import maps, plots
 from .engine import AdapterModels, CancelRegistry, ColumnSpec, ModelHub, friendly_error
 from .state import Strategy
 
@@ -178,7 +178,7 @@ def layer_plan_figure(columns: list[ColumnSpec], n_layers: int):
         prefill_fa = [not c.layer_slides(i) for i in range(n_layers)]
         decode_fa = [not c.layer_slides(i) or c.layer_fa_decode(i) for i in range(n_layers)]
         rows.append((col.label, prefill_fa, decode_fa))
-    return plots.layer_plan_figure(rows) if rows else plots.message_figure("Only full attention.")
+    return maps.layer_plan_figure(rows) if rows else plots.message_figure("Only full attention.")
 
 
 MASK_PICTURE_TOKENS = 1024  # longer prompts are drawn at a reduced scale (window and sinks shrink alike)
@@ -194,9 +194,9 @@ def mask_figure(columns: list[ColumnSpec], prompt_tokens: int, new_tokens: int, 
     panels = []
     for col in columns:
         picture = mask_picture(_scaled(col.config, scale), n, layer_idx=layer, prompt_tokens=p)
-        visible, cell = plots.pool_mask(picture)
-        panels.append(plots.MaskPanel(col.label, visible, cell * scale, prompt_tokens, total))
-    return plots.mask_figure(panels, layer=layer)
+        visible, cell = maps.pool_mask(picture)
+        panels.append(maps.MaskPanel(col.label, visible, cell * scale, prompt_tokens, total))
+    return maps.mask_figure(panels, layer=layer)
 
 
 def _scaled(cfg: SWAAConfig | None, scale: float) -> SWAAConfig | None:

@@ -15,7 +15,7 @@ import gradio as gr
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.harness import ContextOverflowError, check_context
 
-from . import plots
+from . import maps, plots
 from .board import ColumnView, render_board, summary_markdown
 from .common import (
     ADAPTERS,
@@ -198,9 +198,9 @@ def draw_attention(active_model, last_run, column, layer, head):
         return plots.plot_data(plots.message_figure(text), "attention")
     ids, layer = ids.to(loaded.model.device), int(layer)
     with loaded.lock:
-        fa = plots.pool_attention(capture_attention(loaded.model, ids, layer, None).cpu())
-        sw = plots.pool_attention(capture_attention(loaded.model, ids, layer, cfg).cpu())
-    fig = plots.attention_figure(
+        fa = maps.pool_attention(capture_attention(loaded.model, ids, layer, None).cpu())
+        sw = maps.pool_attention(capture_attention(loaded.model, ids, layer, cfg).cpu())
+    fig = maps.attention_figure(
         fa,
         sw,
         head=None if head is None or int(head) < 0 else int(head),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from app import plots
+from app import maps, plots
 from app.common import mask_figure
 from app.engine import ColumnSpec
 from swaa_core.engine.config import SWAAConfig
@@ -17,7 +17,7 @@ from swaa_core.engine.config import SWAAConfig
 def test_attention_pooling_keeps_the_block_maximum():
     rng = np.random.default_rng(0)
     probs = rng.random((3, 12, 12)).astype(np.float32)
-    pooled = plots.pool_attention(torch.from_numpy(probs), max_cells=4)
+    pooled = maps.pool_attention(torch.from_numpy(probs), max_cells=4)
     expected = probs.reshape(3, 4, 3, 4, 3).max(axis=(2, 4))
     np.testing.assert_allclose(pooled.values, expected)
     assert pooled.scale == 3 and pooled.tokens == 12
@@ -25,7 +25,7 @@ def test_attention_pooling_keeps_the_block_maximum():
 
 def test_short_prompts_are_not_pooled():
     probs = torch.rand(2, 7, 7)
-    pooled = plots.pool_attention(probs, max_cells=192)
+    pooled = maps.pool_attention(probs, max_cells=192)
     np.testing.assert_array_equal(pooled.values, probs.numpy())
     assert pooled.scale == 1
 
@@ -34,7 +34,7 @@ def test_mask_pooling_is_the_share_of_visible_pairs():
     n, w = 16, 4
     i, j = np.indices((n, n))
     mask = (j <= i) & (i - j < w)
-    visible, scale = plots.pool_mask(torch.from_numpy(mask), max_cells=4)
+    visible, scale = maps.pool_mask(torch.from_numpy(mask), max_cells=4)
     np.testing.assert_allclose(visible, mask.reshape(4, 4, 4, 4).mean(axis=(1, 3)))
     assert scale == 4
 
@@ -111,8 +111,8 @@ def test_needle_heatmap_labels_cells_in_percent():
 
 def test_attention_figure_marks_window_sinks_and_fact():
     probs = torch.softmax(torch.randn(2, 40, 40), -1)
-    pooled = plots.pool_attention(probs)
-    fig = plots.attention_figure(
+    pooled = maps.pool_attention(probs)
+    fig = maps.attention_figure(
         pooled, pooled, head=None, layer=3, window=8, sinks=2, swaa_label="SWA 8", layer_slides=True,
         needle_tokens=(10, 14),
     )  # fmt: skip
