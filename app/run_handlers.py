@@ -34,6 +34,9 @@ from .prompts import Prompt, model_input_tokens, token_count
 from .state import Strategy, whole_in_range
 
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
+# The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
+# the sweep's coordinates (cell id, window, length target, depth, ...), and without the reasoning text and the
+# padding tokens of the timing that a visitor's export keeps.
 RESULT_FIELDS = (
     "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
     "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "decode_tokens", "timed_tokens",

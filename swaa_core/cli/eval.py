@@ -92,15 +92,16 @@ def _eval_samples(args, tokenizer):
 
 def check_context(loaded, length: int, max_new_tokens: int, flag: str) -> None:
     """Refuse a task length the model cannot read before any prompt is built (one message, not one per run)."""
-    from ..eval.harness import context_length
+    from ..eval import harness
 
-    limit = context_length(loaded.model, loaded.info)
-    if limit is not None and length + max_new_tokens > limit:
+    try:
+        harness.check_context(loaded.model, length, max_new_tokens, info=loaded.info)
+    except harness.ContextOverflowError as e:  # the runner's rule, in the words of the command's options
         raise CLIError(
             f"{flag} {length} plus --max-new-tokens {max_new_tokens} is more than {loaded.info.name} can read: its "
-            f"context is {limit} tokens. Use a length of at most {limit - max_new_tokens} minus the few tokens of "
+            f"context is {e.limit} tokens. Use a length of at most {e.limit - max_new_tokens} minus the few tokens of "
             "the chat template."
-        )
+        ) from None
 
 
 def task_kwargs(pairs: list[str] | None) -> dict:

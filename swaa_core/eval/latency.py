@@ -27,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..engine.config import SWAAConfig
-from .harness import CancelCriteria, context_length, error_text
+from .harness import CancelCriteria, ContextOverflowError, check_context, error_text
 
 DEFAULT_TIMING_TOKENS = 32  # generated tokens every compared run is timed over (the first one included)
 MIN_DECODE_TOKENS = 16  # fewer decode steps than this: the figure is noise, shown but never ranked
@@ -246,7 +246,7 @@ def decode_speed_curve(
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths must be positive token counts, got {lengths!r}.")
     device = next(model.parameters()).device
-    limit = context_length(model, getattr(loaded, "info", None))
+    info = getattr(loaded, "info", None)
     vocab = model.config.get_text_config(decoder=True).vocab_size
     gen = torch.Generator().manual_seed(seed)
     points: list[DecodePoint] = []
@@ -257,8 +257,12 @@ def decode_speed_curve(
         runs: dict[str, list[DecodeTiming]] = {label: [] for label in configs}
         for label, cfg in configs.items():
             try:
-                if limit is not None and n + new_tokens + 1 > limit:
-                    raise ValueError(f"{n:,} + {new_tokens + 1} tokens exceed the model's {limit:,}-token context.")
+                try:
+                    check_context(model, n, new_tokens + 1, info=info)
+                except ContextOverflowError as e:  # the runner's rule, worded for one point of the curve
+                    raise ValueError(
+                        f"{n:,} + {new_tokens + 1} tokens exceed the model's {e.limit:,}-token context."
+                    ) from None
                 check_run_fits(model, n + new_tokens + 1, cfg)
                 if label not in warm and not (cancel is not None and cancel.is_set()):
                     with lock:

@@ -67,8 +67,19 @@ class SweepSpec:
         return len(self.configs) * len(self.lengths) * len(self.depths) * len(self.seeds)
 
 
-def cell_id(model: str, task: str, task_kwargs: dict, config: SWAAConfig | None, length: int, depth, seed: int,
-            max_new_tokens: int, cot: bool, timing_tokens: int = DEFAULT_TIMING_TOKENS) -> str:  # fmt: skip
+def cell_id(
+    *,
+    model: str,
+    task: str,
+    task_kwargs: dict,
+    config: SWAAConfig | None,
+    length: int,
+    depth: float | None,
+    seed: int,
+    max_new_tokens: int,
+    cot: bool,
+    timing_tokens: int = DEFAULT_TIMING_TOKENS,
+) -> str:
     """A stable id: the same cell gets the same id in any process, whatever the label it runs under. The timing
     budget is part of it: rows timed over different token counts must not meet in one table."""
     key = {
@@ -113,8 +124,11 @@ def iter_cells(spec: SweepSpec, model: str) -> Iterator[Cell]:
         for seed in spec.seeds:
             for depth in spec.depths:
                 for label, cfg in spec.configs.items():
-                    cid = cell_id(model, spec.task, spec.task_kwargs, cfg, length, depth, seed, spec.max_new_tokens,
-                                  spec.cot, spec.timing_tokens)  # fmt: skip
+                    cid = cell_id(
+                        model=model, task=spec.task, task_kwargs=spec.task_kwargs, config=cfg, length=length,
+                        depth=depth, seed=seed, max_new_tokens=spec.max_new_tokens, cot=spec.cot,
+                        timing_tokens=spec.timing_tokens,
+                    )  # fmt: skip
                     yield Cell(cid, label, cfg, length, depth, seed)
 
 

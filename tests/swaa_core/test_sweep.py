@@ -90,18 +90,19 @@ def test_growing_the_grid_runs_only_the_new_cells(loaded, tmp_path):
 
 def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
     cfg = SWAAConfig(sliding_window_size=16)
-    base = ("m", "needle", {}, cfg, 100, 0.5, 0, 4, False)
-    assert cell_id(*base) == cell_id(*base)
-    assert cell_id(*base) == cell_id("m", "needle", {}, SWAAConfig(sliding_window_size=16), 100, 0.5, 0, 4, False)
+    base = dict(model="m", task="needle", task_kwargs={}, config=cfg, length=100, depth=0.5, seed=0, max_new_tokens=4,
+                cot=False)  # fmt: skip
+    assert cell_id(**base) == cell_id(**base)
+    assert cell_id(**base) == cell_id(**{**base, "config": SWAAConfig(sliding_window_size=16)})
     changed = [
-        ("other", "needle", {}, cfg, 100, 0.5, 0, 4, False),
-        ("m", "needle", {}, SWAAConfig(sliding_window_size=32), 100, 0.5, 0, 4, False),
-        ("m", "needle", {}, cfg, 100, 0.5, 1, 4, False),
-        ("m", "needle", {}, cfg, 100, 0.5, 0, 4, True),
-        ("m", "needle", {"digits": 3}, cfg, 100, 0.5, 0, 4, False),
-        ("m", "needle", {}, cfg, 100, 0.5, 0, 4, False, 8),  # another timing budget
+        {**base, "model": "other"},
+        {**base, "config": SWAAConfig(sliding_window_size=32)},
+        {**base, "seed": 1},
+        {**base, "cot": True},
+        {**base, "task_kwargs": {"digits": 3}},
+        {**base, "timing_tokens": 8},  # another timing budget
     ]
-    assert len({cell_id(*base), *(cell_id(*c) for c in changed)}) == 1 + len(changed)
+    assert len({cell_id(**base), *(cell_id(**c) for c in changed)}) == 1 + len(changed)
 
 
 def test_cancelled_and_failed_cells(loaded, tmp_path):
