@@ -177,7 +177,7 @@ def load_from_args(args, launch=None):
 
 def model_layers(args) -> int:
     """The layer count of ``--layers`` or ``--model`` without loading weights: the curated list knows its models
-    (the embedded default included); other Hub ids and folders are read from their config.json."""
+    (the embedded default included); other names resolve as ``--model`` does everywhere (models.model_config)."""
     if args.layers is not None:
         return args.layers
     from ..models.registry import find_model_entry
@@ -185,15 +185,13 @@ def model_layers(args) -> int:
     entry = find_model_entry(args.model)
     if entry is not None:
         return entry.num_layers
-    from transformers import AutoConfig
+    from ..models.loaded import ModelLoadError
+    from ..models.loading import model_config
 
-    from ..models.hub import hub_offline_reason
-
-    offline = None if Path(args.model).exists() else hub_offline_reason()
     try:
-        config = AutoConfig.from_pretrained(args.model, local_files_only=offline is not None)
-    except (OSError, ValueError) as e:
-        why = f"{offline} and it is not in the local cache" if offline else first_line(e)
+        config = model_config(args.model)
+    except ModelLoadError as e:
+        why = str(e).rstrip(". ")
         raise CLIError(f"Cannot read the layer count of {args.model!r}: {why}. Pass --layers N instead.") from None
     return config.get_text_config(decoder=True).num_hidden_layers
 
@@ -263,10 +261,6 @@ def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
     if name in user or name.lstrip().startswith("{"):
         return name if name in user else cfg.describe()
     return recipe_label(get_recipe(name), cfg)
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def num_layers(loaded) -> int:

@@ -36,7 +36,9 @@ from .request import SUPPORTED_TEXT, LoadRequest, Source, check_architecture, pl
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GGUFSource", "cache_dir", "ensure_embedded_package", "entry_problem", "file_sha256", "load_gguf"]
+__all__ = [
+    "GGUFSource", "cache_dir", "ensure_embedded_package", "entry_problem", "file_sha256", "gguf_config", "load_gguf",
+]  # fmt: skip
 
 CACHE_ENV = "SWAA_CACHE_DIR"
 MANIFEST = "manifest.json"
@@ -124,6 +126,30 @@ def load_gguf(req: LoadRequest):
     if loaded is None:
         raise ModelLoadError(f"The converted model in {entry} could not be read back right after writing it.")
     return (*loaded, entry, False)
+
+
+def gguf_config(source: Source):
+    """The config of an embedded model or a .gguf file without converting it: its converted copy's config when one
+    is cached, else the GGUF file's metadata (a model shipped in chunks is assembled in a temporary folder first).
+    Its family is checked as a load checks it."""
+    from transformers import AutoConfig
+
+    gguf = _gguf_source(source)
+    entry = cache_dir() / "converted" / f"gguf-{gguf.digest[:24]}"
+    if entry_problem(entry, gguf.digest, verify_hashes=False) is None:
+        config = AutoConfig.from_pretrained(entry)
+    else:
+        with tempfile.TemporaryDirectory(prefix="swaa-gguf-") as work:
+            path = gguf.materialize(Path(work))
+            try:
+                config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
+                raise ModelLoadError(
+                    f"transformers cannot read the config of {gguf.file_name} ({first_line(e)}). "
+                    f"SWAA supports {SUPPORTED_TEXT}."
+                ) from None
+    check_architecture(config, gguf.file_name)
+    return config
 
 
 def _read_entry(entry: Path, digest: str, req: LoadRequest):

@@ -12,7 +12,7 @@ from .loaded import ModelLoadError, first_line
 from .memory import model_shape
 from .request import LoadRequest, check_weights, plan_placement, read_config
 
-__all__ = ["hub_cache_dir", "hub_endpoint", "hub_folder", "hub_offline_reason"]
+__all__ = ["hub_cache_dir", "hub_config", "hub_endpoint", "hub_folder", "hub_offline_reason"]
 
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 HUB_BIN_FILES = ["*.json", "pytorch_model*.bin", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -69,20 +69,12 @@ def hub_cache_dir() -> Path:
 
 def hub_folder(req: LoadRequest) -> tuple[Path, bool]:
     """Download (or find in the cache) a Hub model's config, check it, then fetch the rest with a progress bar."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import snapshot_download
 
     repo = req.source.name
     offline = hub_offline_reason()  # without network, the cache alone is used: no retries, one message
-    common = dict(
-        revision=req.revision,
-        cache_dir=hub_cache_dir(),
-        token=req.token,
-        local_files_only=offline is not None,
-        endpoint=os.environ.get("HF_ENDPOINT") or None,
-    )
-    config_file = _hub_call(lambda: hf_hub_download(repo, "config.json", **common), req, offline)
-    folder = Path(config_file).parent
-    config = read_config(folder, repo)
+    common = _download_options(req, offline)
+    config = _checked_config(req, common, offline)
     plan_placement(req, model_shape(config), f"Loading {repo}")
     cached = _cached_snapshot(repo, common)
     if offline:
@@ -96,6 +88,30 @@ def hub_folder(req: LoadRequest) -> tuple[Path, bool]:
         folder = Path(_hub_call(lambda: snapshot_download(repo, allow_patterns=HUB_BIN_FILES, **common), req, offline))
     check_weights(folder)
     return folder, cached is not None and cached == folder
+
+
+def hub_config(req: LoadRequest):
+    """A Hub model's config, its family checked: config.json alone, from the Hub or (offline) from the cache."""
+    offline = hub_offline_reason()
+    return _checked_config(req, _download_options(req, offline), offline)
+
+
+def _download_options(req: LoadRequest, offline: str | None) -> dict:
+    return dict(
+        revision=req.revision,
+        cache_dir=hub_cache_dir(),
+        token=req.token,
+        local_files_only=offline is not None,
+        endpoint=os.environ.get("HF_ENDPOINT") or None,
+    )
+
+
+def _checked_config(req: LoadRequest, common: dict, offline: str | None):
+    from huggingface_hub import hf_hub_download
+
+    repo = req.source.name
+    config_file = _hub_call(lambda: hf_hub_download(repo, "config.json", **common), req, offline)
+    return read_config(Path(config_file).parent, repo)
 
 
 def _cached_snapshot(repo: str, common: dict) -> Path | None:

@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 
 from ..engine.config import SWAAConfig
-from .gguf import load_gguf
-from .hub import hub_folder
+from .gguf import gguf_config, load_gguf
+from .hub import hub_config, hub_folder
 from .loaded import LoadedModel, ModelInfo, ModelLoadError, refuse_as_load_error
 from .memory import check_run_fits, dtype_name, model_shape, spans_devices, to_dtype
 from .model_cache import model_cache
 from .registry import DEFAULT_MODEL, find_model_entry, list_models
-from .request import LoadRequest, Source, load_folder
+from .request import LoadRequest, Source, load_folder, read_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["load_model", "model_config", "resolve_device", "resolve_dtype"]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -86,6 +86,25 @@ def load_model(
     if context_tokens is not None and check_memory:
         refuse_as_load_error(lambda: check_run_fits(loaded, context_tokens, swaa_config))
     return loaded
+
+
+def model_config(
+    name_or_path: str | os.PathLike | None = None, *, token: str | None = None, revision: str | None = None
+):
+    """A model's transformers config without loading its weights, for sizing it (layers, heads, context).
+
+    Takes the names load_model takes, resolved the same way and refused with the same ModelLoadError messages (a
+    missing folder, an unknown name, an unreachable Hub, an unsupported family). A folder's config.json; a Hub model's
+    config.json alone (the cache when offline); an embedded model or a .gguf file: the converted copy's config, else
+    the GGUF metadata.
+    """
+    source = _resolve(name_or_path)
+    if source.kind == "local":
+        return read_config(source.path, source.name)
+    if source.kind == "hub":
+        token = token or os.environ.get("HF_TOKEN") or None
+        return hub_config(LoadRequest(source=source, token=token, revision=revision))
+    return gguf_config(source)
 
 
 def resolve_device(device: str | torch.device | None) -> str:

@@ -49,14 +49,14 @@ class LoadRequest:
     """One call of load_model, resolved: where the weights come from and where they go."""
 
     source: Source
-    device: str
-    dtype: torch.dtype
-    attn: str
-    token: str | None = field(repr=False)
-    revision: str | None
-    context_tokens: int | None
-    swaa_config: SWAAConfig | dict | None
-    check_memory: bool
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    attn: str = "sdpa"
+    token: str | None = field(default=None, repr=False)
+    revision: str | None = None
+    context_tokens: int | None = None
+    swaa_config: SWAAConfig | dict | None = None
+    check_memory: bool = True
 
 
 def plan_placement(req: LoadRequest, shape: ModelShape, what: str) -> dict[str, Any]:

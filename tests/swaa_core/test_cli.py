@@ -496,6 +496,11 @@ def test_sinks_and_keep_first_are_one_option_in_every_command(argv):
     assert parser.parse_args([*argv, "--sinks", "4"]).keep_first == 4
 
 
+def test_recipes_show_names_a_missing_model_folder_as_run_does(capsys):
+    assert main(["recipes", "show", "swa", "--model", "./nope"]) == 1
+    assert "Folder not found: ./nope" in capsys.readouterr().err
+
+
 def test_recipes_show_resolves_a_model_folder_as_run_does(tiny_folder, capsys):
     """The same recipe for the same --model gives the same config in `recipes show` (layer count read without the
     weights) and in `run` (the model loaded)."""

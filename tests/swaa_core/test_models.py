@@ -26,7 +26,7 @@ from swaa_core.models import gguf
 from swaa_core.models.gguf import ensure_embedded_package, entry_problem
 from swaa_core.models.hub import hub_offline_reason
 from swaa_core.models.loaded import LoadedModel, ModelLoadError, ModelTooLargeError
-from swaa_core.models.loading import resolve_device, resolve_dtype
+from swaa_core.models.loading import model_config, resolve_device, resolve_dtype
 from swaa_core.models.memory import InsufficientMemoryError
 from swaa_core.models.model_cache import ModelCache, model_cache
 from swaa_core.models.registry import get_model_entry
@@ -279,6 +279,36 @@ def test_folder_problems_get_specific_messages(tmp_path):
 def test_names_that_are_neither_folder_nor_id(name, message):
     with pytest.raises(ModelLoadError, match=message):
         load_model(name, reuse=False)
+
+
+def test_model_config_reads_without_weights_and_refuses_as_load_model_does(tmp_path):
+    save_tiny(tmp_path / "tiny", layers=6)
+    for f in (tmp_path / "tiny").glob("*.safetensors"):  # loading would fail: the config alone must be read
+        f.rename(f.with_suffix(".moved"))
+    assert model_config(tmp_path / "tiny").num_hidden_layers == 6
+    for f in (tmp_path / "tiny").glob("*.moved"):
+        f.rename(f.with_suffix(".safetensors"))
+    assert load_model(tmp_path / "tiny", reuse=False).info.num_layers == 6
+    GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    bad = ["./no/such/folder", "a/b/c", "smollm3", tmp_path / "gpt2", tmp_path / "empty", tmp_path / "file.txt"]
+    for name in bad:
+        with pytest.raises(ModelLoadError) as loading:
+            load_model(name, reuse=False)
+        with pytest.raises(ModelLoadError) as reading:
+            model_config(name)
+        assert str(reading.value) == str(loading.value)
+
+
+def test_model_config_of_an_embedded_model_from_its_gguf_metadata(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWAA_CACHE_DIR", str(tmp_path))  # nothing converted: the GGUF file's metadata is read
+    config = model_config("smollm2-135m")
+    entry = get_model_entry("smollm2-135m")
+    assert (config.model_type, config.num_hidden_layers) == ("llama", entry.num_layers)
+    assert not any(tmp_path.iterdir())  # and nothing was converted or cached
 
 
 def test_model_that_does_not_fit_is_refused_before_loading(tmp_path):
