@@ -6,7 +6,7 @@ when it is not given ``--data``.
 
 from __future__ import annotations
 
-from ..eval.tasks import make_samples
+from ..eval.tasks import TASK_KINDS, make_samples
 from ..runtime.jsonl import save_jsonl
 from ..train.distill import KEEP_CHOICES, distill_shared, filter_records
 from .common import add_launch_args, add_model_args, formatter, launch_from_args, load_from_args, relaunch
@@ -43,7 +43,9 @@ def add_parser(sub) -> None:
 
 def add_data_args(p) -> None:
     """Where the prompts come from (a built-in task or a dataset) and how they are answered."""
-    p.add_argument("--task", default="needle", help="built-in task kind for prompts (default: needle)")
+    p.add_argument(
+        "--task", default="needle", choices=TASK_KINDS, help="built-in task kind for prompts (default: needle)"
+    )
     p.add_argument(
         "--dataset", help="your dataset (upstream format .jsonl/.json/.parquet or a Hub id) instead of --task"
     )

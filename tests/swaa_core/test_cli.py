@@ -235,6 +235,8 @@ PARSE_ERRORS = [  # (argv, the specific message argparse prints); every one exit
     (["finetune", "--out", "a", "--batch-size", "-2"], "argument --batch-size: must be a whole number from 1"),
     (["finetune", "--out", "a", "--eval-samples", "-1"], "argument --eval-samples: must be a whole number from 0"),
     (["distill", "--out", "a", "--samples", "0"], "argument --samples: must be a whole number from 1 to 100,000"),
+    (["distill", "--out", "a", "--task", "neddle"], "argument --task: invalid choice: 'neddle'"),
+    (["finetune", "--out", "a", "--task", "neddle"], "argument --task: invalid choice: 'neddle'"),
 ]
 
 
