@@ -14,19 +14,15 @@ Sections (each guarded: a failure is recorded and the next one runs):
 - eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded).
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager and graph.
-Results go to $OUT/gpu_decode.json (or --json).
+Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import os
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -35,36 +31,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gpu_common  # noqa: E402
-from gpu_common import gib, llama8b, versions  # noqa: E402
+import gpu_common as common  # noqa: E402
+from gpu_common import SUMMARY, gib, llama8b  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
 
-RESULTS: dict = {"sections": {}, "failures": []}
-SUMMARY: list[tuple[str, str]] = []
 ARGS = None
-
-
-@contextlib.contextmanager
-def section(name: str):
-    start = time.perf_counter()
-    print(f"\n=== {name} ===", flush=True)
-    RESULTS["sections"][name] = out = {}
-    try:
-        yield out
-    except Exception as e:
-        tb = traceback.format_exc()
-        print(tb, flush=True)
-        out["error"] = f"{type(e).__name__}: {e}"
-        RESULTS["failures"].append({"section": name, "error": out["error"], "traceback": tb})
-        SUMMARY.append((name, f"FAILED: {out['error'][:200]}"))
-    finally:
-        out["seconds"] = round(time.perf_counter() - start, 1)
-        path = ARGS.json or (Path(os.environ["OUT"]) / "gpu_decode.json" if os.environ.get("OUT") else None)
-        if path:
-            Path(path).write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
 def configs(layers: int) -> dict:
@@ -264,44 +238,33 @@ def run_end_to_end(out: dict, model):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="+", default=["kernels", "graph", "eager", "hf_static", "end_to_end"])
+    p = common.base_parser(__doc__, ["kernels", "graph", "eager", "hf_static", "end_to_end"])
+    p.set_defaults(reps=5)
     p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
     p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
     p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--window", type=int, default=2048)
-    p.add_argument("--sinks", type=int, default=128)
-    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--e2e-tokens", type=int, default=512)
     p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
     p.add_argument("--check-up-to", type=int, default=32768, help="longest prompt whose graph tokens are compared")
-    p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     global ARGS
     ARGS = parse(argv)
-    RESULTS["args"] = vars(ARGS)
-    RESULTS["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    gpu_common.DEVICE = "cuda"
-    RESULTS["versions"] = versions()
+    common.start(ARGS, "gpu_decode")
     if "kernels" in ARGS.sections:
-        with section("kernels") as out:
+        with common.section("kernels") as out:
             run_kernels(out)
     runs = {"graph": run_graph, "eager": run_eager, "hf_static": run_hf_static, "end_to_end": run_end_to_end}
     wanted = [s for s in ARGS.sections if s in runs]
     if wanted:
         model = llama8b(ARGS.layers)
         for name in wanted:
-            with section(name) as out:
+            with common.section(name) as out:
                 runs[name](out, model)
-    print("\n| check | result |\n|---|---|")
-    for name, text in SUMMARY:
-        print(f"| {name} | {text} |")
-    print(f"\nfailures: {len(RESULTS['failures'])}")
-    return 1 if RESULTS["failures"] else 0
+    return common.finish()
 
 
 if __name__ == "__main__":
