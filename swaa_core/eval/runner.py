@@ -44,7 +44,7 @@ from .harness import (
 )
 from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming, greedy_generation_config, without_eos
 from .scoring import answer_loglik, reference_text, score_sample
-from .tasks import TaskSample, count_tokens
+from .tasks import TaskSample, count_tokens, needle_distance, run_meta
 
 log = logging.getLogger(__name__)
 BASELINE_LABEL = "Full attention"
@@ -225,7 +225,7 @@ def run_one(
         config=None if config is None else config.to_dict(),
         cot=bool(cot),
         reference=sample.answer if sample is not None and sample.references else None,
-        meta=_sample_meta(sample),
+        meta=run_meta(sample),
     )
     try:
         m = _Model.of(loaded)
@@ -353,27 +353,6 @@ def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) ->
     result.ttft_s = timing.ttft_s
     result.timed_tokens, result.decode_tokens = timing.tokens, timing.decode_tokens
     result.timed_total_s, result.decode_tokens_per_s = timing.total_s, timing.tokens_per_s
-
-
-def needle_distance(tokenizer, rendered: str, sample: TaskSample) -> int | None:
-    """Tokens from the needle's first token to the end of the rendered prompt: with a window of W, the last prompt
-    token (and an answer decoded without FA decode) can see the needle only when this is at most W."""
-    if sample.needle_char_span is None:
-        return None
-    offset = rendered.rfind(sample.prompt)
-    if offset < 0:
-        return None
-    return count_tokens(tokenizer, rendered[offset + sample.needle_char_span[0] :])
-
-
-def _sample_meta(sample: TaskSample | None) -> dict[str, Any]:
-    if sample is None:
-        return {"task": "prompt"}
-    meta = {"task": sample.task, "depth": sample.depth, "seed": sample.seed, "context_tokens": sample.context_tokens}
-    for key in ("length_target", "actual_depth", "source", "index"):
-        if key in sample.meta:
-            meta[key] = sample.meta[key]
-    return meta
 
 
 def _is_full(config) -> bool:

@@ -13,7 +13,7 @@ a token budget, needles placed by depth), ``base`` (:class:`TaskSample`, :class:
 ``dataset`` (upstream-format files and Hub datasets).
 """
 
-from .base import TaskError, TaskSample, count_tokens
+from .base import TaskError, TaskSample, count_tokens, needle_distance, run_meta
 from .dataset import load_dataset_records
 from .haystack import FILLER
 from .registry import TASK_KINDS, make_samples, make_task
@@ -24,6 +24,8 @@ __all__ = [
     "TaskError",
     "TaskSample",
     "count_tokens",
+    "needle_distance",
+    "run_meta",
     "load_dataset_records",
     "make_samples",
     "make_task",

@@ -76,3 +76,25 @@ def finish_sample(
         seed=seed,
         meta=meta,
     )
+
+
+def needle_distance(tokenizer, rendered: str, sample: TaskSample) -> int | None:
+    """Tokens from the needle's first token to the end of the rendered prompt: with a window of W, the last prompt
+    token (and an answer decoded without FA decode) can see the needle only when this is at most W."""
+    if sample.needle_char_span is None:
+        return None
+    offset = rendered.rfind(sample.prompt)
+    if offset < 0:
+        return None
+    return count_tokens(tokenizer, rendered[offset + sample.needle_char_span[0] :])
+
+
+def run_meta(sample: TaskSample | None) -> dict[str, Any]:
+    """The sample facts a run result carries (task, depth, seed, lengths; {'task': 'prompt'} for plain text)."""
+    if sample is None:
+        return {"task": "prompt"}
+    meta = {"task": sample.task, "depth": sample.depth, "seed": sample.seed, "context_tokens": sample.context_tokens}
+    for key in ("length_target", "actual_depth", "source", "index"):
+        if key in sample.meta:
+            meta[key] = sample.meta[key]
+    return meta
