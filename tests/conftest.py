@@ -1,53 +1,14 @@
-"""Shared fixtures: tiny random models of every supported family, built in memory (no downloads)."""
+"""Shared fixtures over the tiny random models and tokenizers of helpers/tiny_models.py (no downloads)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-import torch
+from helpers.tiny_models import FAMILIES, build_tiny_model, build_tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
-
-
-def build_tiny_model(family: str = "llama", *, layers: int = 4, seed: int = 0, dtype=torch.float32, **overrides):
-    """A randomly initialised causal LM of ``family`` small enough for CPU tests (GQA: 4 query / 2 KV heads)."""
-    import transformers as tf
-
-    common = dict(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    cls = {
-        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
-        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
-        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
-        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
-    }[family]
-    if family == "mistral":
-        common["sliding_window"] = None
-    if family == "gemma3":
-        common.update(sliding_window=8, query_pre_attn_scalar=8)
-    common.update(overrides)
-    config = cls[0](**common)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = cls[1](config).to(dtype).eval()
-    return model
 
 
 @pytest.fixture(params=FAMILIES)
@@ -60,35 +21,11 @@ def tiny_llama():
     return build_tiny_model("llama")
 
 
-CHATML_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def build_tiny_tokenizer(*, vocab_size: int = 400, chat_template: str | None = CHATML_TEMPLATE):
-    """A byte-level BPE tokenizer trained in milliseconds on English filler, with ChatML special tokens; pair it
-    with ``build_tiny_model(vocab_size=len(tokenizer))``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from swaa_core.eval.tasks import FILLER
-
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    corpus = list(FILLER) * 20 + ["The pass key is 12345. What is the special magic number? Answer: 0123456789"] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
-    )
-    if chat_template:
-        tok.chat_template = chat_template
-    return tok
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> str:
+    """A tiny Llama and its BPE tokenizer saved as a model folder, as the CLI and load_model read one."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_tiny_tokenizer()
+    build_tiny_model("llama", layers=4, vocab_size=len(tok), seed=5).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

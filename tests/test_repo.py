@@ -311,10 +311,27 @@ def test_the_engine_imports_nothing_from_the_layers_above_it():
 
 
 def test_tests_mirror_the_packages():
-    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    """Test folders name what they test: tests/app/ the app, tests/swaa_core/<layer>/ one layer of swaa_core (as
+    tests/swaa_core/engine/ tests swaa_core/engine/); tests/helpers/ holds the helpers they share, and no test file
+    sits directly in tests/swaa_core/."""
+    tests = ROOT / "tests"
+    folders = {
+        p.relative_to(tests).as_posix()
+        for p in tests.rglob("*")
+        if p.is_dir() and not any(part.startswith((".", "__")) for part in p.relative_to(tests).parts)
+    }
+    folders.discard("helpers")
+    packages = {
+        p.parent.relative_to(ROOT).as_posix()
+        for top in ROOT.glob("*/__init__.py")
+        for p in top.parent.rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
     assert folders <= packages, f"tests/ folders without a package of that name: {sorted(folders - packages)}"
-    assert {"swaa_core", "app"} <= folders
+    layers = {p for p in packages if p.count("/") == 1 and p.startswith("swaa_core/")}
+    assert {"swaa_core", "app"} | layers <= folders, f"packages without tests: {sorted(layers - folders)}"
+    assert not list((tests / "swaa_core").glob("test_*.py")), "swaa_core tests belong in the folder of their layer"
+    assert not list((tests / "helpers").glob("test_*.py")), "tests/helpers/ holds helpers, not tests"
 
 
 def architecture_blocks() -> tuple[str, str]:

@@ -138,7 +138,7 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
     aligned = q_first - kv_first == KV - Q  # the queries are the newest keys: bottom-right causal alignment holds
     if split == Q:
         # FLASH's backward through a block mask was not verified on the H200 (torch 2.11): training takes the two-pass
-        # composition, whose FA4 backward was (tests/swaa_core/test_gpu.py)
+        # composition, whose FA4 backward was (tests/swaa_core/engine/test_gpu.py)
         inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
         if fn is _fa4_window and inference and (q_first, kv_first) == (0, 0) and g.rule.sinks_below > 0:
             out = flex_flash(q, k, v, g, scaling)  # one pass over sinks + window

@@ -106,7 +106,7 @@ def test_a_model_the_core_cache_evicts_is_freed_although_the_app_loaded_it(monke
     import gc
     import weakref
 
-    from conftest import build_tiny_model, build_tiny_tokenizer
+    from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
     from swaa_core.models import model_cache
 

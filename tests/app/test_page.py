@@ -101,9 +101,10 @@ def test_toasts_leave_every_output_unchanged():
 
 
 def test_the_question_help_matches_what_happens():
+    from helpers.tiny_models import build_tiny_tokenizer
+
     from app import texts
     from app.prompts import PromptError, text_sample
-    from tests.conftest import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     assert "Leave it empty when the text ends with its question" in texts.QUESTION_INFO

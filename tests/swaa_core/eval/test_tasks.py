@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_tokenizer
 
 from swaa_core.eval.tasks import TASK_KINDS, TaskError, TaskSample, load_dataset_records, make_task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_model
+from helpers.tiny_models import FAMILIES, build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 from swaa_core.engine.config import SWAAConfigError

@@ -1,4 +1,5 @@
-"""Every backend against a naive float64 attention whose mask is written out rule by rule, not via swaa_core.engine.masks."""
+"""Every backend against float64 attention whose mask is SWAA.md's rule written out (helpers/attention.py), not via
+swaa_core.engine.masks."""
 
 from __future__ import annotations
 
@@ -7,56 +8,12 @@ import sys
 
 import pytest
 import torch
+from helpers.attention import case_id, float64_attention, make_case, with_engine_hints
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swaa_core.engine import backends
-from swaa_core.engine.masks import MaskGeometry, materialize
-
-
-def naive_attention(q, k, v, q_pos, kv_pos, kv_valid, q_full, window, keep_first, scale):
-    """float64 loops over (batch, head, query): the mask rule of SWAA.md spelled out in plain Python."""
-    B, H, Q, D = q.shape
-    groups = H // k.shape[1]
-    out = torch.zeros(B, Q, H, D, dtype=torch.float64)
-    for b in range(B):
-        for h in range(H):
-            for i in range(Q):
-                qi = int(q_pos[b, i])
-                keys = []
-                for j in range(k.shape[2]):
-                    kj = int(kv_pos[b, j])
-                    if not kv_valid[b, j] or kj > qi:
-                        continue
-                    if window is None or q_full[b, i] or qi - kj < window or kj < keep_first:
-                        keys.append(j)
-                if not keys:
-                    continue
-                kk = k[b, h // groups, keys].double()
-                vv = v[b, h // groups, keys].double()
-                w = torch.softmax(kk @ q[b, h, i].double() * scale, dim=0)
-                out[b, i, h] = w @ vv
-    return out
-
-
-def make_case(*, B=1, H=4, Hkv=2, n=37, D=8, padding=(), window=5, keep_first=0, q_len=None, full_tail=0, seed=0):
-    """Random q/k/v for n slots; rows of the batch may be left-padded; the last q_len slots are the queries."""
-    g = torch.Generator().manual_seed(seed)
-    q_len = n if q_len is None else q_len
-    q = torch.randn(B, H, q_len, D, generator=g)
-    k = torch.randn(B, Hkv, n, D, generator=g)
-    v = torch.randn(B, Hkv, n, D, generator=g)
-    valid = torch.ones(B, n, dtype=torch.bool)
-    for b, pad in enumerate(padding):
-        valid[b, :pad] = False
-    real = valid.long().cumsum(-1) - 1
-    q_pos = real[:, n - q_len :]
-    q_full = torch.zeros(B, q_len, dtype=torch.bool)
-    if full_tail:
-        q_full[:, -full_tail:] = True
-    geom = MaskGeometry(q_pos, real, valid, q_full, window, keep_first)
-    return q, k, v, geom
-
+from swaa_core.engine.masks import materialize
 
 CASES = [
     dict(window=5),
@@ -66,7 +23,7 @@ CASES = [
     dict(window=5, keep_first=9),  # keep_first > W
     dict(window=5, keep_first=50),  # keep_first > n
     dict(window=None),
-    dict(window=4, keep_first=2, n=31, B=3, padding=(0, 5, 11)),  # left padding, rows of different length
+    dict(window=4, keep_first=2, n=31, B=3, pads=(0, 5, 11)),  # left padding, rows of different length
     dict(window=6, keep_first=2, n=23, q_len=1),  # one decode step against a cache
     dict(window=6, keep_first=2, n=23, q_len=1, full_tail=1),  # FA decode step
     dict(window=4, keep_first=1, n=29, full_tail=7),  # training-style mixed mask: answer tokens full
@@ -74,12 +31,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("backend", ["reference", "blocked", "blocked-small"])
 def test_backend_matches_naive_float64(case, backend):
     q, k, v, g = make_case(**case)
     scale = 1 / math.sqrt(q.shape[-1])
-    expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    expected = float64_attention(q, k, v, g, scale)
     if backend == "blocked-small":  # many blocks, so block edges, sink gathering and window spans are exercised
         out = backends.blocked(q, k, v, g, scale, block=4, group=3)
     else:
@@ -88,15 +45,15 @@ def test_backend_matches_naive_float64(case, backend):
     assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
 
 
-FLASH_CASES = [c for c in CASES if c.get("window") and not c.get("padding") and not c.get("full_tail")]
+FLASH_CASES = [c for c in CASES if c.get("window") and not c.get("pads") and not c.get("full_tail")]
 
 
-@pytest.mark.parametrize("case", FLASH_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("case", FLASH_CASES, ids=case_id)
 def test_flash_composition_matches_naive_float64(case):
     """The flash path (window pass + sink pass merged by LSE) with flash-attn's contract emulated in float64."""
     q, k, v, g = make_case(**case)
     scale = 1 / math.sqrt(q.shape[-1])
-    expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    expected = float64_attention(q, k, v, g, scale)
     out = backends.window_sink(q, k, v, g, scale, emulated_window_fn)
     assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
 
@@ -151,7 +108,7 @@ def test_blocked_never_builds_a_quadratic_mask(monkeypatch):
 PREFILL_32K = """
 import resource, sys
 import torch
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model
 from swaa_core import SWAAConfig, apply_swaa
 model = build_tiny_model("llama", layers=2)
 apply_swaa(model, SWAAConfig(sliding_window_size=512, keep_first=4), backend=sys.argv[1])
@@ -174,7 +131,7 @@ def test_32k_prefill_fits_where_a_quadratic_mask_cannot(backend, fits, tmp_path)
 
     script = tmp_path / "prefill.py"
     script.write_text(PREFILL_32K)
-    tests_dir = pathlib.Path(__file__).resolve().parents[1]
+    tests_dir = pathlib.Path(__file__).resolve().parents[2]
     root = tests_dir.parent
     env = {"PYTHONPATH": f"{root}:{tests_dir}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, env=env, timeout=600)
@@ -186,17 +143,10 @@ def test_32k_prefill_fits_where_a_quadratic_mask_cannot(backend, fits, tmp_path)
 emulated_window_fn = backends.flash_attn_2_window(emulated_flash_attn)
 
 
-def simple_case(*, n, window, keep_first, q_len=None, full_from=None, H=4, Hkv=2, D=8, B=1, seed=0):
+def simple_case(*, full_from=None, **case):
     """Unpadded consecutive positions with the host-known hints the engine sets (offsets, full_from)."""
-    from swaa_core.engine.masks import NO_FULL
-
-    q, k, v, g = make_case(n=n, window=window, keep_first=keep_first, q_len=q_len, H=H, Hkv=Hkv, D=D, B=B, seed=seed)
-    full_from = NO_FULL if full_from is None else full_from
-    g.q_full = g.q_pos >= full_from
-    g.offsets = (int(g.q_pos[0, 0]), 0)
-    g.full_from = full_from
-    g.keys_all_valid = True
-    return q, k, v, g
+    q, k, v, g = make_case(**case)
+    return q, k, v, with_engine_hints(g, full_from)
 
 
 SIMPLE_CASES = [
@@ -214,13 +164,13 @@ SIMPLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", SIMPLE_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=case_id)
 def test_window_kernel_composition_matches_naive_float64(case):
     """simple_attention with a window kernel (what fa4 / flash run): head rows causal, tail window + sinks merged by
     LSE, full rows split off; against the loop-by-loop float64 rule."""
     q, k, v, g = simple_case(**case)
     scale = 1 / math.sqrt(q.shape[-1])
-    expected = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    expected = float64_attention(q, k, v, g, scale)
     out = backends.simple_attention(q, k, v, g, scale, emulated_window_fn)
     assert out.shape == expected.shape
     assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
@@ -236,7 +186,7 @@ def test_window_kernel_composition_gradients_match_naive_float64():
     got = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    naive = naive_attention(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first, scale)
+    naive = float64_attention(q, k, v, g, scale)
     (naive * weights).sum().backward()
     for a, b in zip(got, (q.grad, k.grad, v.grad), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()  # the LSE merge runs in float32

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model, build_word_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa
 from swaa_core.engine.patch import current_config
@@ -20,24 +20,6 @@ from swaa_core.train.distill import (
     judge,
     load_jsonl,
 )
-
-
-def tiny_tokenizer():
-    """A real word-level fast tokenizer with a chat template, sized for the tiny models' 97-token vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(80)]
-    words += ["the", "code", "is", "what", "?", "."]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    tok.chat_template = (
-        "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    return tok
 
 
 # --------------------------------------------------------------------------- judging and filtering
@@ -121,7 +103,7 @@ def test_load_jsonl_missing_or_empty(tmp_path):
 def test_distill_uses_full_attention_and_filters_wrong_answers():
     """Targets come from the full-attention model even while SWA is applied (which is restored afterwards); a sample
     whose reference the answer contains is kept, a wrong one is dropped, an unjudged one is kept."""
-    tok = tiny_tokenizer()
+    tok = build_word_tokenizer()
     model = build_tiny_model("llama")
     prompt = " ".join(f"w{i % 80}" for i in range(7, 67))  # 60 tokens: far more than the window below
     model.generation_config.eos_token_id = 2
@@ -149,7 +131,7 @@ def test_distill_uses_full_attention_and_filters_wrong_answers():
 
 
 def test_generate_answer_stops_at_eos_and_reports_it():
-    tok = tiny_tokenizer()
+    tok = build_word_tokenizer()
     model = build_tiny_model("llama")
     ids = torch.tensor([encode_prompt(tok, "w1 w2 w3")])
     model.generation_config.eos_token_id = 96  # a token this greedy run never produces
@@ -163,7 +145,7 @@ def test_generate_answer_stops_at_eos_and_reports_it():
 
 
 def test_distill_rejects_empty_input():
-    tok, model = tiny_tokenizer(), build_tiny_model("llama")
+    tok, model = build_word_tokenizer(), build_tiny_model("llama")
     with pytest.raises(DistillDataError, match="No samples"):
         distill(model, tok, [], progress=False)
     with pytest.raises(DistillDataError, match="no prompt text"):

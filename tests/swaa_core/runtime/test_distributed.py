@@ -13,27 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_model, build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_model
 
 from swaa_core.eval.sweep import merge_parts, part_path
 from swaa_core.runtime.distributed import Launch
 from swaa_core.runtime.jsonl import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def measured(column: str) -> bool:
     """Columns a run measures rather than computes (times, memory): they differ between any two runs."""
     return column.endswith("_s") or "memory" in column or column == "finished_at"
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tiny_tokenizer()
-    build_tiny_model("llama", layers=4, vocab_size=len(tok), seed=5).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
 
 
 def env() -> dict:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import build_tiny_model, build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig
 from swaa_core.eval.results import export, load_results, summarize

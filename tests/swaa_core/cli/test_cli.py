@@ -10,19 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core.cli import main
 from swaa_core.engine.config import load_upstream_settings
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_tiny_tokenizer()
-    build_tiny_model("llama", layers=4, vocab_size=len(tok), seed=5).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
 
 
 def json_lines(text: str) -> list[dict]:

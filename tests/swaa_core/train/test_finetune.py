@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_model
-from test_distill import tiny_tokenizer
+from helpers.tiny_models import build_tiny_model, build_word_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
 from swaa_core.engine.patch import attention_modules, current_config
@@ -177,7 +176,7 @@ def test_settings_and_data_errors_are_clear():
 
 
 def test_build_examples_labels_only_the_answer():
-    tok = tiny_tokenizer()
+    tok = build_word_tokenizer()
     records = [
         {"prompt": "w1 w2 w3 what is the code ?", "response": "w7 w8 .", "answer_prefix": "the code is"},
         {"prompt": "w4 w5", "response": "w6", "finished": False},
@@ -267,7 +266,7 @@ def tiny_loaded():
 
     model = build_tiny_model("llama")
     model.generation_config.eos_token_id = 2
-    return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
+    return SimpleNamespace(model=model, tokenizer=build_word_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
 
 
 def test_pipeline_distils_evaluates_trains_and_saves(tmp_path):

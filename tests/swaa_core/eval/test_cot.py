@@ -4,7 +4,7 @@ reasoning and answer."""
 from __future__ import annotations
 
 import pytest
-from conftest import build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_tokenizer
 
 from swaa_core.eval.cot import COT_INSTRUCTION, has_thinking_mode, render_prompt, split_reasoning
 

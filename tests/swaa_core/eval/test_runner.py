@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import build_tiny_model, build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
 from swaa_core.eval.cot import COT_INSTRUCTION, render_prompt, split_reasoning

@@ -1,7 +1,7 @@
 """CUDA backends (FlexAttention; FlashAttention-4 / flash-attn when installed) against float64 attention and CPU runs.
 
 Tests marked ``gpu`` skip where torch sees no CUDA device; run them on a GPU machine with
-``python -m pytest tests/swaa_core/test_gpu.py -m gpu``. The block-mask builder test also runs on the CPU.
+``python -m pytest tests/swaa_core/engine/test_gpu.py -m gpu``. The block-mask builder test also runs on the CPU.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_model
+from helpers.attention import case_id, float64_attention, make_case, with_engine_hints
+from helpers.tiny_models import FAMILIES, build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes, swaa
 from swaa_core.engine import backends
 from swaa_core.engine.kernels import flex as flex_kernels
-from swaa_core.engine.masks import NO_FULL, MaskGeometry
 
 CUDA = "cuda"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (FlexAttention backend)")
@@ -28,53 +28,12 @@ def gpu_test(fn):
 TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}  # relative error: bf16 operands / fp32 (tf32 allowed)
 
 
-def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """SWAA.md's rule spelled out independently of swaa_core.engine.masks: (B, Q, KV) bool."""
-    i, j = q_pos[:, :, None], kv_pos[:, None, :]
-    seen = kv_valid[:, None, :] & (j <= i)
-    if window is None:
-        return seen
-    return seen & ((i - j < window) | (j < keep_first) | q_full[:, :, None])
+# 8 query heads of 64 channels as in real models (test_backends.py runs the same builder at 4 heads of 8 on the CPU)
+GPU_SIZES = dict(H=8, D=64, device=CUDA)
 
 
-def float64_attention(q, k, v, g: MaskGeometry, scale):
-    """Masked softmax attention in float64 with GQA by repetition; a query that sees nothing gives zeros."""
-    groups = q.shape[1] // k.shape[1]
-    kk = k.double().repeat_interleave(groups, 1)
-    vv = v.double().repeat_interleave(groups, 1)
-    scores = (q.double() @ kk.transpose(-1, -2)) * scale
-    mask = rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first)
-    probs = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), -1).nan_to_num(0.0)
-    return (probs @ vv).transpose(1, 2)
-
-
-def make_case(
-    *, n, window, keep_first=0, B=1, H=8, Hkv=2, D=64, pads=(), q_len=None, full_tail=0, dtype, seed, device=CUDA
-):
-    gen = torch.Generator(device).manual_seed(seed)
-    q_len = n if q_len is None else q_len
-
-    def rand(*shape):
-        return torch.randn(*shape, device=device, generator=gen).to(dtype)
-
-    q, k, v = rand(B, H, q_len, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
-    valid = torch.ones(B, n, dtype=torch.bool, device=device)
-    for b, pad in enumerate(pads):
-        valid[b, :pad] = False
-    real = valid.long().cumsum(-1) - 1
-    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
-    if full_tail:
-        q_full[:, -full_tail:] = True
-    return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
-
-
-def with_engine_hints(g: MaskGeometry, case) -> MaskGeometry:
-    """The host-known facts the engine sets for an unpadded call, which route it to the fast paths."""
-    if not case.get("pads"):
-        n, q_len = case["n"], case.get("q_len") or case["n"]
-        g.keys_all_valid, g.offsets = True, (n - q_len, 0)
-        g.full_from = n - case["full_tail"] if case.get("full_tail") else NO_FULL
-    return g
+def gpu_case(**case):
+    return make_case(**{**GPU_SIZES, **case})
 
 
 def has(backend):
@@ -101,18 +60,14 @@ CASES = [
 ]
 
 
-def _case_id(case):
-    return ",".join(f"{k}={v}" for k, v in case.items())
-
-
 # every case in bf16; fp32 for a few (each dtype / head size is one more compiled kernel, ~10 s on an H100)
 DTYPE_CASES = [(c, torch.bfloat16) for c in CASES] + [(CASES[i], torch.float32) for i in (3, 6, 9)]
 
 
 @gpu_test
-@pytest.mark.parametrize("case, dtype", DTYPE_CASES, ids=[f"{_case_id(c)}-{str(d)[6:]}" for c, d in DTYPE_CASES])
+@pytest.mark.parametrize("case, dtype", DTYPE_CASES, ids=[f"{case_id(c)}-{str(d)[6:]}" for c, d in DTYPE_CASES])
 def test_flex_matches_float64(case, dtype):
-    q, k, v, g = make_case(**case, dtype=dtype, seed=len(_case_id(case)))
+    q, k, v, g = gpu_case(**case, dtype=dtype, seed=len(case_id(case)))
     scale = q.shape[-1] ** -0.5
     expected = float64_attention(q, k, v, g, scale)
     out = backends.flex(q, k, v, g, scale)
@@ -126,7 +81,7 @@ def test_flex_matches_float64(case, dtype):
 @gpu_test
 def test_decode_queries_through_the_flex_dispatcher(case):
     """One-token queries leave flex for SDPA (FA decode) or the blocked path; the result must still be SWAA."""
-    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=7)
+    q, k, v, g = gpu_case(**case, dtype=torch.bfloat16, seed=7)
     expected = float64_attention(q, k, v, g, 0.125)
     assert rel_err(backends.attend("flex", q, k, v, g, 0.125), expected) < TOL[torch.bfloat16]
 
@@ -134,7 +89,7 @@ def test_decode_queries_through_the_flex_dispatcher(case):
 @gpu_test
 def test_padding_queries_stay_finite_and_zero():
     """A padded query sees no key; NaN there would leak into real rows through the next layer's values."""
-    q, k, v, g = make_case(n=200, window=16, keep_first=2, B=2, pads=(0, 90), dtype=torch.bfloat16, seed=3)
+    q, k, v, g = gpu_case(n=200, window=16, keep_first=2, B=2, pads=(0, 90), dtype=torch.bfloat16, seed=3)
     out = backends.flex(q, k, v, g, 0.125)
     assert torch.isfinite(out).all()
     assert out[1, :90].abs().max() == 0
@@ -147,11 +102,11 @@ def test_long_prefill_block_mask_is_sparse_cached_and_never_n_by_n():
     either (dynamo's eager fallback would: 16 GiB)."""
     flex_kernels._simple_block_mask.cache_clear()
     n = 32768
-    q, k, v, g = make_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
+    q, k, v, g = gpu_case(n=n, window=512, keep_first=16, H=4, Hkv=1, dtype=torch.bfloat16, seed=11)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    with_engine_hints(g, dict(n=n))
+    with_engine_hints(g)
     mask = backends.block_mask_for(g, 1, n, n, q.device)
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < n * n // 8
@@ -180,7 +135,7 @@ BUILDER_CASES = CASES + [
 ]
 
 
-@pytest.mark.parametrize("case", BUILDER_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", BUILDER_CASES, ids=case_id)
 def test_block_mask_equals_torchs_builder(case):
     """Our tile-wise builder lists exactly the partial and full tiles torch's create_block_mask finds on the whole
     grid (small sizes, where the whole grid is affordable). Runs on the CPU too."""
@@ -189,7 +144,7 @@ def test_block_mask_equals_torchs_builder(case):
     from swaa_core.engine.masks import swaa_mask_mod
 
     device = CUDA if torch.cuda.is_available() else "cpu"
-    g = make_case(**case, dtype=torch.float32, seed=1, device=device)[3]
+    g = gpu_case(**case, dtype=torch.float32, seed=1, device=device)[3]
     B, Q = g.q_pos.shape
     KV = g.kv_pos.shape[1]
     ours = flex_kernels._create_block_mask(g, B, Q, KV, device)
@@ -210,14 +165,14 @@ SIMPLE_CASES = [c for c in CASES if not c.get("pads")]
 
 @gpu_test
 @pytest.mark.parametrize("backend", ["flex", "fa4", "flash"])
-@pytest.mark.parametrize("case", SIMPLE_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", SIMPLE_CASES, ids=case_id)
 def test_fast_paths_match_float64(case, backend):
     """Unpadded calls with the engine's hints: flex's arithmetic predicate, FA4 (FLASH one pass or window + sink
     pass) and flash-attn 2 (window + sink pass), with FA-decode rows split off, against float64."""
     if not has(backend):
         pytest.skip(f"{backend} cannot run here: {backends.backend_status(CUDA)[backend]}")
-    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=5)
-    with_engine_hints(g, case)
+    q, k, v, g = gpu_case(**case, dtype=torch.bfloat16, seed=5)
+    with_engine_hints(g)
     scale = q.shape[-1] ** -0.5
     assert rel_err(backends.attend(backend, q, k, v, g, scale), float64_attention(q, k, v, g, scale)) < 1e-2
 
@@ -227,8 +182,8 @@ def test_fast_paths_match_float64(case, backend):
 def test_fa4_gradients_match_float64():
     """The backward of the window + sink composition (FA4's backward takes the LSE gradient of the merge)."""
     case = dict(n=700, window=96, keep_first=8, full_tail=40, H=8, Hkv=2, D=128)
-    q, k, v, g = make_case(**case, dtype=torch.bfloat16, seed=6)
-    with_engine_hints(g, case)
+    q, k, v, g = gpu_case(**case, dtype=torch.bfloat16, seed=6)
+    with_engine_hints(g)
     weights = torch.randn(1, 700, 8, 128, device=CUDA, dtype=torch.float64)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     (backends.attend("fa4", q, k, v, g, 0.088).double() * weights).sum().backward()
@@ -424,7 +379,7 @@ def test_compile_limit_falls_back_to_blocked_not_to_dense_flex(monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for D in (32, 64):  # float16 with two head sizes: variants no other test compiles, so the 2nd is over
-            q, k, v, g = make_case(n=300, window=20, keep_first=2, D=D, dtype=torch.float16, seed=D)
+            q, k, v, g = gpu_case(n=300, window=20, keep_first=2, D=D, dtype=torch.float16, seed=D)
             out = backends.flex(q, k, v, g, 0.125)
             assert rel_err(out, float64_attention(q, k, v, g, 0.125)) < 1e-2
     assert any("compiled variants" in str(w.message) for w in caught)

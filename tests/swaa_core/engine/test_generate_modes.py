@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_model
+from helpers.tiny_models import FAMILIES, build_tiny_model
 from transformers import DynamicCache, StaticCache
 from transformers.generation.streamers import BaseStreamer
 

@@ -8,7 +8,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig
 from swaa_core.eval.latency import DecodeTiming, comparable, decode_note, decode_speed_curve, ratio_text

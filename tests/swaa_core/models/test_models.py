@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tok_models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model, build_tiny_tokenizer
+from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig, swaa
 from swaa_core.eval.scoring import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model
 from transformers import DynamicCache
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes

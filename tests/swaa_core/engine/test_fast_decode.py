@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from helpers.tiny_models import build_tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 
