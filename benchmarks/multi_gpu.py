@@ -95,7 +95,7 @@ def save_small_model(folder: Path, *, layers: int, hidden: int, inter: int, head
                      family: str = "llama") -> Path:  # fmt: skip
     """A random model with the tests' tiny BPE tokenizer (vocabulary 400), saved as a model folder."""
     import transformers as tf
-    from conftest import build_tiny_tokenizer
+    from helpers.tiny_models import build_tiny_tokenizer  # the tests' tokenizer builder: no download needed
 
     tok = build_tiny_tokenizer()
     kind = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM)}[family]
