@@ -96,24 +96,24 @@ def fast_generate(
         _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True) if temporary else model._swaa_state
     )
     watch = _Watch(streamer, stopping_criteria, input_ids)
+    choice = _Choice(max_new_tokens, min_new_tokens, warpers, generator, eos, pad)
     try:
-        return _generate(
-            model,
-            state.plans,
-            input_ids,
-            attention_mask,
-            max_new_tokens,
-            min_new_tokens,
-            warpers,
-            generator,
-            eos,
-            pad,
-            use_graph,
-            watch,
-        )
+        return _generate(model, state.plans, input_ids, attention_mask, choice, use_graph=use_graph, watch=watch)
     finally:
         if temporary:
             remove_swaa(model)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """How tokens are chosen and when a row ends (the settings of :func:`fast_generate`, checked)."""
+
+    max_new: int
+    min_new: int
+    warpers: list
+    generator: torch.Generator | None
+    eos: torch.Tensor | None  # end-of-sequence ids on the device, None: never ends
+    pad: int
 
 
 class _Watch:
@@ -139,7 +139,15 @@ class _Watch:
             self.streamer.end()
 
 
-def _generate(model, plans, input_ids, mask, max_new, min_new, warpers, generator, eos, pad, use_graph, watch):
+def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool, watch: _Watch):
+    max_new, min_new, warpers, generator, eos, pad = (
+        choice.max_new,
+        choice.min_new,
+        choice.warpers,
+        choice.generator,
+        choice.eos,
+        choice.pad,
+    )
     B, T = input_ids.shape
     device = input_ids.device
     out = torch.full((B, max_new), pad, dtype=torch.long, device=device)

@@ -297,8 +297,10 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
     criteria = [AnswerThenBudget(n_prompt, spec.max_new_tokens, budget, eos)]
     criteria = StoppingCriteriaList(criteria + ([CancelCriteria(spec.cancel)] if spec.cancel is not None else []))
     if spec.static_cache:
-        decoded = _decode_static(m, ids, config, spec, result, gen.max_new_tokens, streamer, criteria)
-        sequences, per_layer, memory, prefill_s = decoded
+        with PeakMemory(m.device) as memory:
+            out, backend = _decode_static(m, ids, config, spec, gen.max_new_tokens, hooks=(streamer, criteria))
+        result.backend = f"{backend}, static cache" + (" + CUDA graph" if out.cuda_graph else "")
+        sequences, per_layer, prefill_s = out.sequences, list(out.kv_cache_bytes_per_layer), out.prefill_s
     else:
         with (
             PeakMemory(m.device) as memory,
@@ -332,19 +334,16 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
         result.error = f"Cancelled after {result.generated_tokens} generated tokens."
 
 
-def _decode_static(m: _Model, ids, config, spec: RunSpec, result: RunResult, max_new: int, streamer, criteria):
-    """The timed generation through the fixed-buffer decoder: (sequences, KV bytes per layer, memory, prefill s).
-    No forward timer: a captured step must not synchronise, and the decoder times its own prefill."""
-    with (
-        PeakMemory(m.device) as memory,
-        cancel_between_layers(m.model, spec.cancel),
-        swaa(m.model, config, backend=spec.backend) as state,
-    ):
+def _decode_static(m: _Model, ids, config, spec: RunSpec, max_new: int, *, hooks):
+    """The timed generation through the fixed-buffer decoder, with ``hooks`` = (streamer, stopping criteria):
+    (DecodeResult, backend name). No forward timer: a captured step must not synchronise, and the decoder times its
+    own prefill."""
+    streamer, criteria = hooks
+    with cancel_between_layers(m.model, spec.cancel), swaa(m.model, config, backend=spec.backend) as state:
         backend = state.backend if state is not None else str(m.model.config._attn_implementation)
         out = fast_generate(m.model, ids, max_new_tokens=max_new, eos_token_id=[], streamer=streamer,
                             stopping_criteria=criteria)  # fmt: skip
-    result.backend = f"{backend}, static cache" + (" + CUDA graph" if out.cuda_graph else "")
-    return out.sequences, list(out.kv_cache_bytes_per_layer), memory, out.prefill_s
+    return out, backend
 
 
 def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) -> None:
