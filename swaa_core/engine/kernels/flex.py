@@ -160,7 +160,7 @@ def prefill_mask_mod(window: int, keep_first: int):
 
 @functools.lru_cache(maxsize=64)
 def _prefill_block_mask(n: int, window: int, keep_first: int, device: str):
-    from .masks import geometry_from_positions
+    from ..masks import geometry_from_positions
 
     pos = torch.arange(n, device=device)[None]
     g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
@@ -169,7 +169,7 @@ def _prefill_block_mask(n: int, window: int, keep_first: int, device: str):
 
 @functools.lru_cache(maxsize=64)
 def _simple_block_mask(Q: int, KV: int, q_first: int, kv_first: int, window: int, keep_first: int, device: str):
-    from .masks import geometry_from_positions
+    from ..masks import geometry_from_positions
 
     q_pos = torch.arange(q_first, q_first + Q, device=device)[None]
     kv_pos = torch.arange(kv_first, kv_first + KV, device=device)[None]
