@@ -265,3 +265,34 @@ def test_prefill_mask_mod_equals_the_general_predicate(window, keep_first):
     g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
     got = backends.prefill_mask_mod(window, keep_first)(0, 0, torch.arange(50)[:, None], torch.arange(50)[None, :])
     assert torch.equal(got, materialize(g)[0, 0])
+
+
+def _tiles(block_mask, full: bool) -> torch.Tensor:
+    """(query tiles, key tiles) bool: which tiles the block mask lists as full (or as partial)."""
+    num, idx = (block_mask.full_kv_num_blocks, block_mask.full_kv_indices) if full else (
+        block_mask.kv_num_blocks, block_mask.kv_indices)  # fmt: skip
+    out = torch.zeros(idx.shape[-2], idx.shape[-1], dtype=torch.bool)
+    for row in range(idx.shape[-2]):
+        out[row, idx[0, 0, row, : num[0, 0, row]]] = True
+    return out
+
+
+@pytest.mark.parametrize(("Q", "KV", "q_first", "kv_first"), [(300, 300, 0, 0), (77, 400, 323, 0), (64, 190, 500, 374)])
+def test_cached_flex_block_masks_equal_torchs_builder_on_the_rule(Q, KV, q_first, kv_first):
+    """The block masks the fast paths cache (a whole prefill, a chunk at offsets) list the same full and partial
+    tiles as torch's own create_block_mask over the rule's predicate (built on the CPU here, used on the GPU)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from swaa_core.engine.kernels import flex as flex_kernels
+    from swaa_core.engine.kinds.sink_window import SinkWindow
+
+    rule = SinkWindow(32, 4)
+    if q_first == kv_first == 0:
+        ours = flex_kernels._prefill_block_mask(Q, rule.window, rule.keep_first, "cpu")
+        mask_mod = rule.prefill_mask_mod()
+    else:
+        ours = flex_kernels._simple_block_mask(Q, KV, q_first, kv_first, rule.window, rule.keep_first, "cpu")
+        mask_mod = rule.offsets_mask_mod(torch.tensor([q_first, kv_first]))
+    ref = create_block_mask(mask_mod, 1, 1, Q, KV, device="cpu")
+    assert torch.equal(_tiles(ours, full=True), _tiles(ref, full=True))
+    assert torch.equal(_tiles(ours, full=False), _tiles(ref, full=False))
