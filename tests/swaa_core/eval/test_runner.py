@@ -97,8 +97,9 @@ def test_prefill_time_grows_with_the_prompt(loaded):
         s = make_task("needle", loaded.tokenizer, length_tokens=length, seed=0)
         return min(run_one(loaded, s, None, max_new_tokens=2, score_logprob=False).prefill_s for _ in range(3))
 
-    times = [best_prefill(n) for n in (256, 2048, 8192)]
-    assert times[0] < times[1] < times[2], times
+    # 32x the tokens: a wide enough gap that load on a shared machine cannot invert it (256 vs 2048 once did)
+    times = [best_prefill(n) for n in (256, 8192)]
+    assert times[0] < times[1], times
 
 
 def test_timings_are_consistent(loaded, sample):
