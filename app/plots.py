@@ -17,7 +17,6 @@ from plotly.subplots import make_subplots
 FA_COLOR = "#e8833a"  # full attention: warm
 SWA_COLOR = "#3a78c2"  # sliding window: cool
 LIVE_COLORS = ["#3a78c2", "#7b4fb8", "#2a9d8f", "#c2455a", "#5e8c31", "#b8860b", "#1f4e79", "#8c564b"]
-GRID_COLOR = "#d8dde6"
 FONT = dict(family="Inter, system-ui, sans-serif", size=13)
 
 # The paper's headline numbers (Qwen3-4B non-thinking, LongMemEval 24k, window 2k, no SFT / SFT, seconds per sample
