@@ -82,7 +82,10 @@ def fast_generate(
     ``max_new_tokens``, right padding, or a streamer with more than one row."""
     B, T = input_ids.shape
     if T == 0 or max_new_tokens < 1:
-        raise ValueError("fast_generate needs a non-empty prompt and max_new_tokens >= 1.")
+        raise ValueError(
+            "Generation needs a non-empty prompt and max_new_tokens >= 1 "
+            f"(got a prompt of {T} tokens, max_new_tokens={max_new_tokens})."
+        )
     if attention_mask is not None and not bool(attention_mask[:, -1].all()):
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
     if streamer is not None and B != 1:
@@ -297,23 +300,36 @@ def _now(device) -> float:
 
 
 SUPPORTED_KWARGS = {
-    "input_ids", "inputs", "attention_mask", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k",
-    "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "generation_config", "return_dict_in_generate",
-    "use_cache", "streamer", "stopping_criteria",
+    "input_ids", "inputs", "attention_mask", "max_new_tokens", "max_length", "min_new_tokens", "do_sample",
+    "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "generation_config",
+    "return_dict_in_generate", "use_cache", "streamer", "stopping_criteria",
 }  # fmt: skip
+# Values of other generate options that ask for nothing this path lacks, so callers passing defaults explicitly pass.
+NEUTRAL_KWARGS = {
+    "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "output_scores": False,
+    "output_logits": False, "output_attentions": False, "output_hidden_states": False,
+}  # fmt: skip
+DEFAULT_NEW_TOKENS = 20  # generate's own default when neither max_new_tokens nor max_length is set
+
+
+def _neutral(name: str, value) -> bool:
+    if value is None or (isinstance(value, (list, tuple)) and not value):  # e.g. logits_processor=[]
+        return True
+    return name in NEUTRAL_KWARGS and value == NEUTRAL_KWARGS[name]
 
 
 def generate_static(model, args: tuple, kwargs: dict):
     """``model.generate(..., cache_implementation="static")`` under SWAA: the same call served by
     :func:`fast_generate` (fixed buffers, CUDA-graph decode). Returns what ``generate`` would: the sequences, or an
     output object with ``sequences`` when ``return_dict_in_generate``. Raises ValueError naming any argument this
-    path does not implement (beam search, streamers, custom logits processors, ...)."""
+    path does not implement (beam search, custom logits processors, scores, ...), and as ``generate`` does for a
+    ``max_length`` no longer than the prompt or a non-positive ``max_new_tokens`` or temperature."""
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
     config = kwargs.get("generation_config") or model.generation_config
-    given = {k: v for k, v in kwargs.items() if k not in SUPPORTED_KWARGS and v is not None}
-    for name, neutral in (("num_beams", 1), ("repetition_penalty", 1.0), ("num_return_sequences", 1)):
-        if getattr(config, name, neutral) not in (None, neutral):
+    given = {k: v for k, v in kwargs.items() if k not in SUPPORTED_KWARGS and not _neutral(k, v)}
+    for name in ("num_beams", "repetition_penalty", "num_return_sequences", "output_scores", "output_logits"):
+        if not _neutral(name, getattr(config, name, None)):
             given.setdefault(name, getattr(config, name))
     unsupported = [f"{k}={v}" if isinstance(v, (bool, int, float, str)) else k for k, v in sorted(given.items())]
     if unsupported:
@@ -328,16 +344,22 @@ def generate_static(model, args: tuple, kwargs: dict):
         return getattr(config, name, default) if value is None else value
 
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    max_new = get("max_new_tokens")
-    if max_new is None:
-        max_new = max(1, (get("max_length") or 20) - input_ids.shape[1])
+    max_new, T = get("max_new_tokens"), input_ids.shape[1]
+    if max_new is None and get("max_length") is not None:
+        max_new = get("max_length") - T
+        if max_new < 1:
+            raise ValueError(
+                f"max_length ({get('max_length')}) must exceed the prompt's {T} tokens; set max_new_tokens."
+            )
+    elif max_new is None:
+        max_new = DEFAULT_NEW_TOKENS
     result = fast_generate(
         model,
         input_ids,
         max_new_tokens=max_new,
         attention_mask=kwargs.get("attention_mask"),
         do_sample=bool(get("do_sample", False)),
-        temperature=get("temperature", 1.0) or 1.0,
+        temperature=1.0 if get("temperature") is None else get("temperature"),
         top_k=get("top_k"),
         top_p=get("top_p"),
         eos_token_id=get("eos_token_id"),

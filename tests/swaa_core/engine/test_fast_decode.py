@@ -147,6 +147,28 @@ def test_refusals_name_the_problem():
     assert not hasattr(model, "_swaa_state")
 
 
+def test_generate_options_at_their_defaults_and_lengths_as_generate():
+    """Options spelled out at generate's neutral values pass; max_length and the 20-token default give the lengths
+    plain generate gives; the length and temperature generate refuses are refused."""
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, _ = padded_batch(pads=(0,))
+    apply_swaa(model, CONFIGS["evicting"])
+    neutral = dict(num_beams=1, output_scores=False, repetition_penalty=1.0, logits_processor=[])
+    for kwargs in (dict(max_new_tokens=5, **neutral), dict(max_length=ids.shape[1] + 7), {}):
+        expected = model.generate(ids, **kwargs)
+        assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), expected), kwargs
+    for kwargs, message in (
+        (dict(max_length=ids.shape[1]), "max_length"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=3, do_sample=True, temperature=0.0), "temperature"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.generate(ids, **kwargs)
+        with pytest.raises(ValueError, match=message):
+            model.generate(ids, cache_implementation="static", **kwargs)
+    remove_swaa(model)
+
+
 class Collect:
     """A streamer that keeps what it is given (the prompt first, then one tensor per token)."""
 
