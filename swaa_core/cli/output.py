@@ -121,22 +121,28 @@ def _timing_caption(results) -> str:
 
 
 def frame_table(df, title: str) -> None:
+    """Print a DataFrame: numbers never fold (each column is at least as wide as its widest value), headers wrap
+    at their underscores and text columns fold, so the table reads in an 80-100 column terminal too."""
+    import pandas as pd
     from rich.table import Table
 
+    rows = [[_frame_cell(col, value, row) for col, value in row.items()] for row in df.to_dict(orient="records")]
     table = Table(title=title)
-    for col in df.columns:
-        text = df[col].dtype == object
-        table.add_column(str(col), overflow="fold", no_wrap=not text, min_width=12 if text else None)
-    for row in df.to_dict(orient="records"):
-        cells = []
-        for col, value in row.items():
-            if "bytes" in str(col):
-                cells.append(format_bytes(value))
-            elif col == "decode_tokens_per_s" and "decode_tokens" in row:
-                cells.append(_decode_cell(value, row["decode_tokens"]))
-            elif isinstance(value, float):
-                cells.append("–" if value != value else f"{value:.3g}")
-            else:
-                cells.append(str(value))
+    for i, col in enumerate(df.columns):
+        text = not pd.api.types.is_numeric_dtype(df[col])  # pandas 3 holds text as "str", not object
+        widest = max((len(cells[i]) for cells in rows), default=0)
+        width = dict(min_width=12, max_width=32) if text else dict(min_width=widest)
+        table.add_column(str(col).replace("_", " "), overflow="fold", **width)
+    for cells in rows:
         table.add_row(*cells)
     console().print(table)
+
+
+def _frame_cell(col, value, row: dict) -> str:
+    if "bytes" in str(col):
+        return format_bytes(value)
+    if col == "decode_tokens_per_s" and "decode_tokens" in row:
+        return _decode_cell(value, row["decode_tokens"])
+    if isinstance(value, float):
+        return "–" if value != value else f"{value:.3g}"
+    return str(value)
