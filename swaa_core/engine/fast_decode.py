@@ -302,12 +302,12 @@ def _now(device) -> float:
 SUPPORTED_KWARGS = {
     "input_ids", "inputs", "attention_mask", "max_new_tokens", "max_length", "min_new_tokens", "do_sample",
     "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "generation_config",
-    "return_dict_in_generate", "use_cache", "streamer", "stopping_criteria",
+    "return_dict_in_generate", "streamer", "stopping_criteria",
 }  # fmt: skip
 # Values of other generate options that ask for nothing this path lacks, so callers passing defaults explicitly pass.
 NEUTRAL_KWARGS = {
     "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "output_scores": False,
-    "output_logits": False, "output_attentions": False, "output_hidden_states": False,
+    "output_logits": False, "output_attentions": False, "output_hidden_states": False, "use_cache": True,
 }  # fmt: skip
 DEFAULT_NEW_TOKENS = 20  # generate's own default when neither max_new_tokens nor max_length is set
 

@@ -139,6 +139,8 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="Pad prompts on the left"):
         fast_generate(model, ids, attention_mask=right, max_new_tokens=4)
     apply_swaa(model, CONFIGS["evicting"])
+    with pytest.raises(ValueError, match="does not take: use_cache=False"):
+        model.generate(ids, max_new_tokens=4, cache_implementation="static", use_cache=False)
     with pytest.raises(ValueError, match="does not take: output_scores=True"):
         model.generate(ids, max_new_tokens=4, cache_implementation="static", output_scores=True)
     with pytest.raises(ValueError, match="A streamer follows one sequence"):
