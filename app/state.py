@@ -111,9 +111,17 @@ def layer_pattern_name(layers: list[int], num_layers: int) -> str:
 def window_and_sinks(window, sinks) -> tuple[int, int]:
     """The window and sink widgets' values (sliders send floats such as 256.0) as whole numbers in range.
 
-    The app's one check of both, used by every path that takes them: whole numbers here (SWAAConfigError "The
-    window size must be a whole number, got 12.5."), their ranges in SWAAConfig's own check and words."""
-    cfg = SWAAConfig(sliding_window_size=_whole(window, "window size"), keep_first=_whole(sinks, "sink tokens"))
+    The app's one check of both, used by every path that takes them, in the page's words (SWAAConfigError "The
+    window size must be a whole number, got 12.5."); SWAAConfig then checks the config as a whole."""
+    window, sinks = _whole(window, "window size"), _whole(sinks, "sink tokens")
+    if window < 1:
+        raise SWAAConfigError(
+            f"The window size must be at least 1 token (the query's own), got {window}; full attention always runs "
+            "as the first column."
+        )
+    if sinks < 0:
+        raise SWAAConfigError(f"The number of sink tokens must be 0 or more, got {sinks}.")
+    cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks)
     return cfg.sliding_window_size, cfg.keep_first
 
 

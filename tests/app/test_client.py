@@ -302,8 +302,8 @@ def _state(client) -> tuple:
 
 BAD_COMPARE = [
     ({"window": 12.5}, "The window size must be a whole number, got 12.5"),
-    ({"window": 0}, "sliding_window_size"),
-    ({"sinks": -1}, "keep_first (sink tokens) must be a whole number >= 0"),
+    ({"window": 0}, "The window size must be at least 1 token (the query's own), got 0"),
+    ({"sinks": -1}, "The number of sink tokens must be 0 or more, got -1"),
     ({"fa_layers": "every other"}, "fa_layers must be one of 'none', '1/4', '1/2' or comma-separated layer indices"),
     ({"fa_layers": "1,99"}, "this model has 30 layers"),
     ({"fa_decode": "sometimes"}, "fa_decode must be one of 'off', 'all' or comma-separated layer indices"),

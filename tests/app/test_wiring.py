@@ -80,8 +80,8 @@ def test_without_groups_the_handler_is_left_alone():
     [
         ({"window": 12.5}, "The window size must be a whole number, got 12.5"),
         ({"window": "abc"}, "The window size must be a whole number, got 'abc'"),
-        ({"window": 0}, "sliding_window_size must be at least 1"),
-        ({"sinks": -1}, "keep_first (sink tokens) must be a whole number >= 0"),
+        ({"window": 0}, "The window size must be at least 1 token (the query's own), got 0"),
+        ({"sinks": -1}, "The number of sink tokens must be 0 or more, got -1"),
         ({"fa_layers_mode": "most"}, "FA layers must be one of none, 1/4, 1/2, custom"),
         ({"fa_decode_mode": "sometimes"}, "FA decode must be one of off, all, layers"),
         ({"fa_layers": [-1]}, "negative layer index"),
