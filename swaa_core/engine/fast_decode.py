@@ -190,9 +190,8 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
     prefill = _now(device) - start
     if max_new == 1 or stopped:
         watch.end()
-        return DecodeResult(
-            _trim(torch.cat([input_ids, out[:, :1]], 1), T, finished, eos, pad), prefill, 0, 0, 0, False
-        )
+        sequences = _trim(torch.cat([input_ids, out[:, :1]], 1), T, finished, eos, pad)
+        return DecodeResult(sequences, prefill, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache)))
 
     start = _now(device)
     static = StaticSWAACache.from_dynamic(cache, plans, mask, T + max_new)

@@ -204,3 +204,16 @@ def test_streamer_and_stopping_criteria_as_generate():
     (expected, ref_stream), (got, stream) = runs["generate"], runs["static"]
     assert torch.equal(got, expected) and expected.shape[1] < ids.shape[1] + 40
     assert stream.values == ref_stream.values and stream.ended
+
+
+def test_a_one_token_run_reports_the_kv_bytes_its_prefill_holds():
+    """Stopping after the prefill's token still reports the cache it built (the prompt's keys and values)."""
+    from swaa_core import kv_cache_bytes
+
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, _ = padded_batch(pads=(0,))
+    apply_swaa(model, CONFIGS["evicting"])
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache)
+    assert fast_generate(model, ids, max_new_tokens=1).kv_cache_bytes_per_layer == tuple(kv_cache_bytes(cache))
