@@ -81,6 +81,15 @@ class KeyView:
         return torch.cat([sinks, ring]), valid
 
 
+def ring_index(slots, sinks: int, window: int):
+    """Buffer index of slot(s) in the sinks + W ring layout: a sink slot keeps its own index, a later slot s goes to
+    ``sinks + (s - sinks) % W``. ``slots``: an int, or a tensor (then computed on its device, as a captured decode
+    step needs)."""
+    if isinstance(slots, torch.Tensor):
+        return torch.where(slots < sinks, slots, sinks + (slots - sinks) % window)
+    return slots if slots < sinks else sinks + (slots - sinks) % window
+
+
 class SWAACacheLayer(DynamicLayer):
     """A DynamicLayer that counts slots and, once bound to an evicting plan, keeps only sinks + a ring of W slots.
 
@@ -194,7 +203,7 @@ class SWAACacheLayer(DynamicLayer):
 
     def _write_one(self, key_states, value_states):
         S, W = self.sinks, self.window
-        i = S + (self.total - S) % W
+        i = ring_index(self.total, S, W)
         self.keys.narrow(2, i, 1).copy_(key_states)
         self.values.narrow(2, i, 1).copy_(value_states)
         self.total += 1
@@ -218,7 +227,7 @@ class SWAACacheLayer(DynamicLayer):
         """Keep the sinks and the last W slots of flat ``keys``/``values`` in a new sinks + W buffer."""
         S, W = self.sinks, self.window
         lo = max(self.lo, self.rule.window_start(self.total - 1))
-        where = S + (torch.arange(lo, self.total, device=keys.device) - S) % W
+        where = ring_index(torch.arange(lo, self.total, device=keys.device), S, W)
         start, n = self._flat_index(lo), self.total - lo
         out = []
         for t in (keys, values):
@@ -233,7 +242,7 @@ class SWAACacheLayer(DynamicLayer):
     def _flat(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ring's held keys and values in slot order: sinks, then [lo, total)."""
         S, W = self.sinks, self.window
-        where = S + (torch.arange(self.lo, self.total, device=self.keys.device) - S) % W
+        where = ring_index(torch.arange(self.lo, self.total, device=self.keys.device), S, W)
         return tuple(torch.cat([t[:, :, :S], t.index_select(2, where)], dim=2) for t in (self.keys, self.values))
 
     # ------------------------------------------------------------------ transformers' Cache API

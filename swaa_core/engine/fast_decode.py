@@ -204,6 +204,12 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
         clock.advance()
         return logits[:, -1]
 
+    def take(logits: torch.Tensor, i: int) -> bool:
+        """Choose token i, feed it back for the next step; whether every row is now stopped by the caller's watch."""
+        ids.copy_(choose(logits, i).view(B, 1))
+        clock.seen += 1
+        return watch.active and watch.after(ids[:, 0], out, i, finished)
+
     i = 1
     graph, stopped = None, False
     if use_graph and max_new > WARMUP_STEPS + 2:
@@ -211,9 +217,7 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                ids.copy_(choose(step(), i).view(B, 1))
-                clock.seen += 1
-                stopped = watch.active and watch.after(ids[:, 0], out, i, finished)
+                stopped = take(step(), i)
                 i += 1
                 if stopped:
                     break
@@ -232,9 +236,7 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
             logits = graph_logits
         else:
             logits = step()
-        ids.copy_(choose(logits, i).view(B, 1))
-        clock.seen += 1
-        stopped = watch.active and watch.after(ids[:, 0], out, i, finished)
+        stopped = take(logits, i)
         i, steps = i + 1, steps + 1
         if eos is not None and i >= min_new and i % CHECK_EVERY == 0 and bool(finished.all()):
             break

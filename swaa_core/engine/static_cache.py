@@ -25,7 +25,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .backends import _decode_sdpa
-from .cache import KeyView, SWAACacheLayer
+from .cache import KeyView, SWAACacheLayer, ring_index
 from .kinds.sink_window import SinkWindow
 
 
@@ -50,8 +50,7 @@ class SlotTable:
         if self.ring is None:
             self.index = slot
         else:
-            sinks, window = self.ring
-            self.index = torch.where(slot < sinks, slot, sinks + (slot - sinks) % window)
+            self.index = ring_index(slot, *self.ring)
         self.positions.index_copy_(1, self.index, self.clock.positions)
         held = self.positions
         self.mask = self.rule.visible(self.clock.positions, held, held >= 0, False)[:, None, None]
@@ -165,7 +164,7 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
     if slides_in_decode and isinstance(layer, SWAACacheLayer) and layer.settled:
         ring = (layer.sinks, plan.window)
     size = rule.kept_slots(layer.sinks) if ring is not None else max_slots
-    index = slots if ring is None else torch.where(slots < ring[0], slots, ring[0] + (slots - ring[0]) % ring[1])
+    index = slots if ring is None else ring_index(slots, *ring)
     if stored is not None and stored.ring:
         index = torch.arange(keys.shape[-2], device=keys.device)  # already in ring layout
     out_k = keys.new_zeros(B, H, size, D)  # zeros: an unwritten index must never be NaN
