@@ -165,6 +165,18 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     )
 
 
+def generation_kwargs(args) -> dict:
+    """The options of :func:`add_generation_args` (and --backend) as the keywords ``run_one`` takes."""
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        timing_tokens=args.timing_tokens,
+        static_cache=args.static_cache,
+        cot=args.cot,
+        system=args.system,
+        backend=args.backend,
+    )
+
+
 def load_from_args(args, launch=None):
     """The model of ``--model`` on ``--device``; under a multi-process launch, on this process's own device."""
     from .. import load_model
