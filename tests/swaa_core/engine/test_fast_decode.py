@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.streamers import Collect
 from helpers.tiny_models import build_tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
@@ -171,19 +172,6 @@ def test_generate_options_at_their_defaults_and_lengths_as_generate():
     remove_swaa(model)
 
 
-class Collect:
-    """A streamer that keeps what it is given (the prompt first, then one tensor per token)."""
-
-    def __init__(self):
-        self.values, self.ended = [], False
-
-    def put(self, value):
-        self.values.append(value.reshape(-1).tolist())
-
-    def end(self):
-        self.ended = True
-
-
 def test_streamer_and_stopping_criteria_as_generate():
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -203,7 +191,7 @@ def test_streamer_and_stopping_criteria_as_generate():
         runs[name] = (out, streamer)
     (expected, ref_stream), (got, stream) = runs["generate"], runs["static"]
     assert torch.equal(got, expected) and expected.shape[1] < ids.shape[1] + 40
-    assert stream.values == ref_stream.values and stream.ended
+    assert stream.tokens == ref_stream.tokens and stream.ended
 
 
 def test_a_one_token_run_reports_the_kv_bytes_its_prefill_holds():

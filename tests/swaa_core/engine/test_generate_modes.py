@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.streamers import Collect
 from helpers.tiny_models import FAMILIES, build_tiny_model
 from transformers import DynamicCache, StaticCache
-from transformers.generation.streamers import BaseStreamer
 
 from swaa_core import SWAAConfig, apply_swaa, remove_swaa
 
@@ -158,17 +158,6 @@ def mode_sampling_several_sequences(model, x, fa):
     got = torch.stack(out.logits, 1)
     expected = teacher(model, out.sequences, swaa_rows(PROMPT, fa_decode=fa))[:, PROMPT - 1 : -1]
     assert torch.allclose(got, expected, atol=1e-5)
-
-
-class Collect(BaseStreamer):
-    def __init__(self):
-        self.tokens = []
-
-    def put(self, value):
-        self.tokens.append(value.flatten().tolist())
-
-    def end(self):
-        pass
 
 
 def mode_streamer(model, x, fa):
