@@ -65,7 +65,6 @@ class StaticSlots(CacheLayerMixin):
     def __init__(self, keys, values, table: SlotTable, layer_idx: int):
         super().__init__()
         self.keys, self.values, self.table, self.layer_idx = keys, values, table, layer_idx
-        self.clock = table.clock
         self.is_initialized = True
 
     def lazy_initialization(self, key_states, value_states) -> None:  # buffers exist from the start
@@ -84,7 +83,7 @@ class StaticSlots(CacheLayerMixin):
         return _decode_sdpa(query, key, value, self.table.mask, scaling)
 
     def get_seq_length(self) -> int:
-        return self.clock.seen
+        return self.table.clock.seen
 
     def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
         return self.keys.shape[-2], 0
