@@ -14,6 +14,10 @@ Sections (each guarded: a failure is recorded and the next one runs):
 - eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded).
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager and graph.
+- profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
+              and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
+              between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
+              debug mode).
 Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 """
 
@@ -237,8 +241,65 @@ def run_end_to_end(out: dict, model):
     print(rows, flush=True)
 
 
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cudaMemcpyAsync")
+
+
+def _sync_sites(model, ids) -> dict:
+    """Python lines (innermost frame in swaa_core or transformers) of every call that synchronises with the device."""
+    import traceback
+    import warnings
+
+    sites: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack() if "swaa_core" in f.filename or "transformers" in f.filename]
+        where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}" if frames else filename
+        sites[where] = sites.get(where, 0) + 1
+
+    shown = warnings.showwarning
+    warnings.showwarning = record
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            model.generate(ids, max_new_tokens=9, min_new_tokens=9, do_sample=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = shown
+    return {k: round(v / 9, 2) for k, v in sorted(sites.items(), key=lambda kv: -kv[1])}  # per step (prefill incl.)
+
+
+@torch.no_grad()
+def run_profile(out: dict, model):
+    from torch.profiler import ProfilerActivity, profile
+
+    n, steps = ARGS.prompts[0], 16
+    ids = prompt(n)
+    rows = out["rows"] = {}
+    for label, cfg in configs(model.config.num_hidden_layers).items():
+        with swaa(model, cfg):
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+            stamps = Stamps()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, streamer=stamps)
+            events = prof.key_averages()
+            device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+            syncs = {e.key: e.count for e in events if e.key in SYNC_CALLS}
+            top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+            rows[label] = dict(
+                ms_per_token_profiled=round(stamps.per_token() * 1e3, 2),
+                device_ms_per_step_incl_prefill=round(device_us / 1e3 / steps, 2),
+                blocking_calls_per_step=syncs and {k: round(v / steps, 1) for k, v in syncs.items()},
+                top_host_ops_ms=[(e.key, round(e.self_cpu_time_total / 1e3, 1), e.count) for e in top],
+                sync_sites_per_step=_sync_sites(model, ids),
+            )
+        print(label, json.dumps(rows[label]), flush=True)
+        torch.cuda.empty_cache()
+
+
 def parse(argv=None):
-    p = common.base_parser(__doc__, ["kernels", "graph", "eager", "hf_static", "end_to_end"])
+    p = common.base_parser(__doc__, ["kernels", "graph", "eager", "hf_static", "end_to_end", "profile"])
     p.set_defaults(reps=5)
     p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
     p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
@@ -257,7 +318,13 @@ def main(argv=None):
     if "kernels" in ARGS.sections:
         with common.section("kernels") as out:
             run_kernels(out)
-    runs = {"graph": run_graph, "eager": run_eager, "hf_static": run_hf_static, "end_to_end": run_end_to_end}
+    runs = {
+        "graph": run_graph,
+        "eager": run_eager,
+        "hf_static": run_hf_static,
+        "end_to_end": run_end_to_end,
+        "profile": run_profile,
+    }
     wanted = [s for s in ARGS.sections if s in runs]
     if wanted:
         model = llama8b(ARGS.layers)
