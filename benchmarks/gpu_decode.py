@@ -270,28 +270,49 @@ def _sync_sites(model, ids) -> dict:
     return {k: round(v / 9, 2) for k, v in sorted(sites.items(), key=lambda kv: -kv[1])}  # per step (prefill incl.)
 
 
+class ProfiledSteps(Stamps):
+    """Stamps that run ``profiler`` over the decode steps only (from the first generated token to the end)."""
+
+    def __init__(self, profiler):
+        super().__init__()
+        self.profiler = profiler
+
+    def put(self, value):
+        super().put(value)
+        if len(self.times) == 2:
+            torch.cuda.synchronize()
+            self.profiler.start()
+
+    def end(self):
+        torch.cuda.synchronize()
+        self.profiler.stop()
+
+
 @torch.no_grad()
 def run_profile(out: dict, model):
     from torch.profiler import ProfilerActivity, profile
 
-    n, steps = ARGS.prompts[0], 16
+    n, steps = ARGS.prompts[0], 17
     ids = prompt(n)
     rows = out["rows"] = {}
     for label, cfg in configs(model.config.num_hidden_layers).items():
         with swaa(model, cfg):
             model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
-            stamps = Stamps()
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, streamer=stamps)
+            prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            stamps = ProfiledSteps(prof)
+            model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, streamer=stamps)
+            decode_steps = steps - 1
             events = prof.key_averages()
             device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
             syncs = {e.key: e.count for e in events if e.key in SYNC_CALLS}
-            top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+            top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:16]
             rows[label] = dict(
                 ms_per_token_profiled=round(stamps.per_token() * 1e3, 2),
-                device_ms_per_step_incl_prefill=round(device_us / 1e3 / steps, 2),
-                blocking_calls_per_step=syncs and {k: round(v / steps, 1) for k, v in syncs.items()},
-                top_host_ops_ms=[(e.key, round(e.self_cpu_time_total / 1e3, 1), e.count) for e in top],
+                device_ms_per_step=round(device_us / 1e3 / decode_steps, 2),
+                blocking_calls_per_step={k: round(v / decode_steps, 1) for k, v in syncs.items()},
+                top_host_ops_us_per_step=[
+                    (e.key, round(e.self_cpu_time_total / decode_steps), round(e.count / decode_steps, 1)) for e in top
+                ],
                 sync_sites_per_step=_sync_sites(model, ids),
             )
         print(label, json.dumps(rows[label]), flush=True)

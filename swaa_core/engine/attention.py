@@ -84,11 +84,19 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
         return cache_layer.attend(query, key, value, scaling), None
     view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
     Q = query.shape[2]
-    full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     recorder = getattr(module, "_swaa_recorder", None)
-    fast = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
-    if fast and (full is True or view.in_window(plan.rule)):
-        return _decode_sdpa(query, key, value, None, scaling), None
+    full = None
+    if Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference":
+        # a decode step without padding: decide with as little host work as possible (it runs in every layer)
+        if plan.evicts:
+            if view.in_window(plan.rule):
+                return _decode_sdpa(query, key, value, None, scaling), None
+        else:
+            full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
+            if full is True or view.in_window(plan.rule):
+                return _decode_sdpa(query, key, value, None, scaling), None
+    if full is None:
+        full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)

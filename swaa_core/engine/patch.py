@@ -61,6 +61,13 @@ def attention_modules(model) -> list[torch.nn.Module]:
 
 def _cache_hook(module, args, kwargs):
     cache = kwargs.get("past_key_values")
+    last = module._swaa_cache_layer
+    if type(last) is SWAACacheLayer and last.bound is module._swaa_plan and last.settled:
+        # the common decode step: this module's layer of this cache, already configured for its plan
+        layers = getattr(cache, "layers", None)
+        if layers is not None and module.layer_idx < len(layers) and layers[module.layer_idx] is last:
+            last.plan = last.bound
+            return
     if cache is None or isinstance(cache, StaticSWAACache):
         module._swaa_cache_layer = None if cache is None else cache.layers[module.layer_idx]
         return
