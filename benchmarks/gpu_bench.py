@@ -375,13 +375,14 @@ def kernel_row(n: int) -> dict:
     for name in dead:
         kernels.pop(name)
     times = {name: [] for name in kernels}
-    for _ in range(2):  # alternate, so drift shows up as spread rather than as a difference
+    for _ in range(ARGS.reps):  # alternate, so drift shows up as spread rather than as a difference
         for name, fn in kernels.items():
             times[name].append(kernel_ms(fn))
     causal_pairs, swaa_pairs = n * (n + 1) // 2, pairs_visited(n, W, K)
     ideal = causal_pairs / swaa_pairs
     med = {name: statistics.median(t) for name, t in times.items()}
     row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
+    row["spread_pct"] = {name: round(100 * (max(t) - min(t)) / min(t), 1) for name, t in times.items()}
     row["flash_failures"] = {str(k): e for k, e in flex_kernels._FLASH_FAILED.items()}
     for name in [name for name in med if name.startswith("part_")]:
         row[name] = med.pop(name)

@@ -1,6 +1,6 @@
 """Several GPUs of one machine: one model spread over them, and a sweep with one process per GPU (issue 17).
 
-    python benchmarks/multi_gpu.py                  # everything, about 8 minutes on 2 H200s; tables on stdout
+    python benchmarks/multi_gpu.py                  # everything, about 10 minutes on 2 H200s (check + sweep ~6, spread ~4)
     python benchmarks/multi_gpu.py --shape 8b       # a smaller spread model (faster; for a first look)
     python benchmarks/multi_gpu.py --sections check sweep    # skip the big model
 
@@ -14,8 +14,8 @@ Sections (each guarded: a failure prints its traceback and the next section runs
           layers + FA decode) at 32K and 128K prompts: TTFT, decode tokens/s, peak memory per GPU, KV bytes per GPU.
           Runs last; cases start only until --spread-deadline (the 128K ones come last).
   sweep   a Qwen3-4B-shaped random model (tokenizer vocabulary 400) saved to disk; `swaa sweep` of the paper's
-          recipes on one process, then under torchrun with one process per GPU: wall times, and whether the merged
-          JSONL holds exactly the one-process rows (timings and device names aside).
+          recipes on one process (twice: does it repeat itself?), then under torchrun with one process per GPU: wall
+          times, and whether the merged JSONL holds exactly the one-process rows (timings and device names aside).
 
 Results: tables on stdout; JSON and Markdown in $OUT (or --out) when set.
 """
@@ -283,32 +283,40 @@ def section_sweep(args, tmp: Path) -> None:
             "-n", "16", "--quiet", "--backend", args.backend]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     walls, outs = {}, {}
-    for procs in (1, n_gpu):
-        out = tmp / f"sweep-{procs}.jsonl"
+    # the one-process sweep runs twice: whether it repeats itself is the baseline the merged rows are judged by
+    for run, procs in (("one", 1), ("one again", 1), ("many", n_gpu)):
+        out = tmp / f"sweep-{run.replace(' ', '-')}.jsonl"
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else []
         device = ["--device", "cuda:0"] if procs == 1 else []
         command = [sys.executable, *launcher, "-m", "swaa_core", *grid, *device, "--out", str(out)]
         say(" ".join(command[1:]))
         t0 = time.perf_counter()
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.sweep_timeout)
-        walls[procs] = time.perf_counter() - t0
+        walls[run] = time.perf_counter() - t0
         if result.returncode not in (0, 1):
             print(result.stderr[-4000:], flush=True)
             raise RuntimeError(f"sweep on {procs} process(es) exited with {result.returncode}")
-        outs[procs] = read_jsonl(out, strict=True)
-        say(f"{procs} process(es): {walls[procs]:.1f} s, {len(outs[procs])} rows")
-    same, differences = compare_rows(outs[1], outs[n_gpu])
+        outs[run] = read_jsonl(out, strict=True)
+        say(f"{run}: {procs} process(es), {walls[run]:.1f} s, {len(outs[run])} rows")
+    repeats, repeat_diffs = compare_rows(outs["one"], outs["one again"])
+    same, differences = compare_rows(outs["one"], outs["many"])
+    for line in repeat_diffs[:6]:
+        say("one-process runs differ:", line)
     for line in differences[:12]:
-        say("differs:", line)
-    devices = sorted({r.get("device") for r in outs[n_gpu]})
+        say("merged rows differ:", line)
+    devices = sorted({r.get("device") for r in outs["many"]})
     table(f"`swaa sweep` of the paper's recipes, Qwen3-4B-shaped random model (lengths {args.sweep_lengths}, "
           f"{args.sweep_samples} samples, W 2048, 128 sinks)",
-          ["processes", "rows", "wall (s, loads included)", "speedup", "devices used", "rows identical to 1 process"],
-          [[1, len(outs[1]), f"{walls[1]:.1f}", "1.00x", "cuda:0", "–"],
-           [n_gpu, len(outs[n_gpu]), f"{walls[n_gpu]:.1f}", f"{walls[1] / walls[n_gpu]:.2f}x", ", ".join(devices),
-            "yes" if same else "NO"]])  # fmt: skip
-    RESULTS["sections"]["sweep"] = {"walls": walls, "rows": len(outs[1]), "identical": same, "devices": devices,
-                                    "differences": differences[:50]}  # fmt: skip
+          ["run", "processes", "rows", "wall (s, loads included)", "speedup", "devices used",
+           "rows equal to the first run (measured columns aside)"],
+          [["one", 1, len(outs["one"]), f"{walls['one']:.1f}", "1.00x", "cuda:0", "–"],
+           ["one again", 1, len(outs["one again"]), f"{walls['one again']:.1f}", "–", "cuda:0",
+            "yes" if repeats else f"NO ({len(repeat_diffs)} differences)"],
+           ["many", n_gpu, len(outs["many"]), f"{walls['many']:.1f}", f"{walls['one'] / walls['many']:.2f}x",
+            ", ".join(devices), "yes" if same else f"NO ({len(differences)} differences)"]])  # fmt: skip
+    RESULTS["sections"]["sweep"] = {"walls": walls, "rows": len(outs["one"]), "identical": same,
+                                    "one_process_repeats": repeats, "devices": devices,
+                                    "differences": differences[:50], "repeat_differences": repeat_diffs[:50]}  # fmt: skip
 
 
 def compare_rows(one: list[dict], many: list[dict]) -> tuple[bool, list[str]]:
@@ -323,6 +331,18 @@ def compare_rows(one: list[dict], many: list[dict]) -> tuple[bool, list[str]]:
             if not measured(col) and a[k].get(col) != b[k].get(col):
                 lines.append(f"{k} {col}: {str(a[k].get(col))[:60]!r} vs {str(b[k].get(col))[:60]!r}")
     return not lines and len(one) == len(many), lines
+
+
+def save(args, failed: list[str]) -> None:
+    """Write multi_gpu.json and multi_gpu.md to --out (nothing without one)."""
+    RESULTS["failed_sections"], RESULTS["seconds"] = failed, round(elapsed(), 1)
+    if not args.out:
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "multi_gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+    header = f"{RESULTS['date']}, {len(RESULTS['gpus'])} x {RESULTS['gpus'][0]}\n\n"
+    (out / "multi_gpu.md").write_text(header + "\n".join(MARKDOWN))
 
 
 def main(argv=None) -> int:
@@ -369,14 +389,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 RESULTS["sections"][name] = {"error": traceback.format_exc()[-3000:]}
             torch.cuda.empty_cache()
-    RESULTS["failed_sections"], RESULTS["seconds"] = failed, round(elapsed(), 1)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "multi_gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
-        (out / "multi_gpu.md").write_text(
-            f"{RESULTS['date']}, {n_gpu} x {RESULTS['gpus'][0]}\n\n" + "\n".join(MARKDOWN)
-        )
+            save(args, failed)  # after every section: a run stopped by its time limit keeps what it measured
     say(f"done; failed sections: {failed or 'none'}")
     return 1 if failed else 0
 
