@@ -22,6 +22,7 @@ from ..eval.recipes import (
     load_user_recipes,
     recipe_label,
     resolve_recipe,
+    unused_settings,
 )
 from ..runtime.textfile import read_text_file
 from .output import note
@@ -255,6 +256,9 @@ def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[s
             cfg = resolve_recipe(name, num_layers, window=window, keep_first=args.keep_first, user_recipes=user)
         except SWAAConfigError as e:  # name the recipe, since several may be on the line or in the file
             raise SWAAConfigError(str(e) if repr(name) in str(e) else f"Recipe {_short(name)}: {e}") from None
+        if args.recipe:  # recipes named on the line: say what of the line they do not use
+            for text in unused_settings(name, window=args.window, keep_first=args.keep_first, user_recipes=user):
+                note(text)
         if cfg is None:
             continue
         label = _label_for(name, cfg, user)

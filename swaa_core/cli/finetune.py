@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engine.config import SWAAConfigError
-from ..eval.recipes import load_user_recipes, resolve_recipe
+from ..eval.recipes import load_user_recipes, resolve_recipe, unused_settings
 from ..runtime.jsonl import save_jsonl
 from ..train.adapters import SWAA_FILE
 from ..train.distill import KEEP_CHOICES, distill_shared, load_jsonl
@@ -26,6 +26,7 @@ from .common import (
     relaunch,
 )
 from .distill import add_data_args, prompts
+from .output import note
 
 FINETUNE_HELP = """\
 LoRA fine-tuning under sliding window attention (the paper's fifth strategy).
@@ -121,6 +122,11 @@ def cmd_finetune(args) -> int:
                          context_tokens=args.length, user_recipes=user_recipes)  # fmt: skip
     if cfg is None:
         raise SWAAConfigError(f"Recipe {args.recipe!r} is full attention; fine-tuning under SWA needs a sliding one.")
+    if launch.is_main:
+        for text in unused_settings(
+            args.recipe, window=args.window, keep_first=args.keep_first, user_recipes=user_recipes
+        ):
+            note(text)
     settings = _settings(args)
     records = load_jsonl(args.data) if args.data else None
     if records is None and args.dataset:  # built-in tasks are distilled inside the pipeline

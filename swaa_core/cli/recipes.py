@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from ..engine.config import SWAAConfig
-from ..eval.recipes import list_recipes, load_user_recipes, resolve_recipe, save_user_recipes
+from ..eval.recipes import list_recipes, load_user_recipes, resolve_recipe, save_user_recipes, unused_settings
 from .common import MODEL_HELP, add_window_args, formatter, model_layers
 from .output import console, note, print_json
 
@@ -47,6 +47,8 @@ def cmd_recipes_show(args) -> int:
     layers = model_layers(args)
     cfg = resolve_recipe(args.name, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=user)  # fmt: skip
+    for text in unused_settings(args.name, window=args.window, keep_first=args.keep_first, user_recipes=user):
+        note(text)
     if args.json:
         print_json(None if cfg is None else cfg.to_dict())
         return 0
@@ -68,6 +70,8 @@ def cmd_recipes_save(args) -> int:
     existing = load_user_recipes(args.file) if args.file.exists() else {}
     cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=existing)  # fmt: skip
+    for text in unused_settings(args.source, window=args.window, keep_first=args.keep_first, user_recipes=existing):
+        note(text)
     existing[args.name] = cfg or SWAAConfig()
     save_user_recipes(args.file, existing)
     note(f"saved {args.name!r} ({(cfg or SWAAConfig()).describe()}) to {args.file}")

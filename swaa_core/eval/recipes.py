@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.config import SWAAConfig, SWAAConfigError, load_upstream_settings
+from ..engine.config import UPSTREAM_KEYS, SWAAConfig, SWAAConfigError, load_upstream_settings
 
 PAPER_WINDOW = 2048  # the paper's main setting (2k window on 24k-token LongMemEval prompts)
 MIN_DEFAULT_WINDOW = 256  # small contexts: below this a window hides nearly everything from a small model
@@ -240,15 +240,61 @@ def load_user_recipes(path: str | Path) -> dict[str, SWAAConfig]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SWAAConfigError(f"Recipe file {path} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and _is_bare_config(data):
+        data = [data]
     if isinstance(data, dict) and "swaa_config" not in data:
         return {str(name): _config_from(value, name) for name, value in data.items()}
     entries = data if isinstance(data, list) else [data]
+    if entries and all(isinstance(e, dict) and _is_bare_config(e) for e in entries):
+        return _bare_configs(entries)
     configs = load_upstream_settings(entries)
     out: dict[str, SWAAConfig] = {}
     for entry, (cfg, _models) in zip(entries, configs, strict=True):
         name = entry.get("name") or cfg.describe()
         out[_unique(name, out)] = cfg
     return out
+
+
+def _is_bare_config(entry: dict) -> bool:
+    """A config written out directly ({"sliding_window_size": 512, ...}), not wrapped in upstream's swaa_config."""
+    return "swaa_config" not in entry and any(k in UPSTREAM_KEYS for k in entry)
+
+
+def _bare_configs(entries: list[dict]) -> dict[str, SWAAConfig]:
+    """A list of bare configs, each optionally carrying a "name"."""
+    out: dict[str, SWAAConfig] = {}
+    for i, entry in enumerate(entries):
+        fields = {k: v for k, v in entry.items() if k != "name"}
+        cfg = _config_from(fields, entry.get("name") or f"entry {i}")
+        out[_unique(str(entry.get("name") or cfg.describe()), out)] = cfg
+    return out
+
+
+def unused_settings(
+    name_or_recipe: str | Recipe,
+    *,
+    window: int | None = None,
+    keep_first: int | None = None,
+    user_recipes: dict[str, SWAAConfig] | None = None,
+) -> list[str]:
+    """Why a window or sink count the caller chose does not reach this recipe's config (empty when both apply), so
+    a front end can say so instead of silently running something else than asked."""
+    recipe = name_or_recipe if isinstance(name_or_recipe, Recipe) else _lookup(name_or_recipe, user_recipes)
+    given = [f"window {window}" if window is not None else "", f"{keep_first} sinks" if keep_first else ""]
+    given = [g for g in given if g]
+    if not given:
+        return []
+    unused = f"the {' and '.join(given)} you chose {'are' if len(given) > 1 else 'is'} not used"
+    if recipe.config is not None:
+        return [f"{recipe.name!r} is a saved config and runs as saved ({recipe.config.describe()}): {unused}."]
+    if not recipe.sliding:
+        return [f"{recipe.name!r} is full attention: {unused}."]
+    if keep_first and not recipe.sinks:
+        with_sinks = ", ".join(r.name for r in PRESETS if r.sinks)
+        return [
+            f"{recipe.name!r} keeps no sink tokens, so {keep_first} sinks are not used (recipes with sinks: {with_sinks})."
+        ]
+    return []
 
 
 def _config_from(value, name) -> SWAAConfig:

@@ -493,6 +493,40 @@ def test_recipes_show_names_a_missing_model_folder_as_run_does(capsys):
     assert "Folder not found: ./nope" in capsys.readouterr().err
 
 
+def test_recipes_show_says_when_a_recipe_ignores_the_sinks_asked_for(capsys):
+    assert main(["recipes", "show", "swa-fa-decode", "--layers", "8", "--sinks", "4", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json_lines(out)[0]["keep_first"] == 0  # the recipe has no sinks: they are not added...
+    assert "'swa-fa-decode' keeps no sink tokens, so 4 sinks are not used" in err  # ...and the user is told
+    assert main(["recipes", "show", "swa-sinks", "--layers", "8", "--sinks", "4", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json_lines(out)[0]["keep_first"] == 4 and "not used" not in err
+
+
+def test_recipes_file_of_bare_configs_runs_each(tiny_folder, tmp_path, capsys):
+    path = tmp_path / "mine.json"
+    path.write_text(
+        json.dumps([{"sliding_window_size": 16}, {"name": "fad", "sliding_window_size": 8, "force_fa_decode": True}])
+    )
+    args = [
+        "run",
+        "Hi",
+        "--model",
+        tiny_folder,
+        "-n",
+        "1",
+        "--timing-tokens",
+        "0",
+        "--json",
+        "--recipes-file",
+        str(path),
+    ]
+    assert main(args) == 0
+    configs = [row["config"] for row in json_lines(capsys.readouterr().out)]
+    assert {"sliding_window_size": 16, "keep_first": 0, "force_fa_decode": False, "non_sliding_layers": []} in configs
+    assert {"sliding_window_size": 8, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []} in configs
+
+
 def test_recipes_show_resolves_a_model_folder_as_run_does(tiny_folder, capsys):
     """The same recipe for the same --model gives the same config in `recipes show` (layer count read without the
     weights) and in `run` (the model loaded)."""

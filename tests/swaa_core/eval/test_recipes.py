@@ -15,6 +15,7 @@ from swaa_core.eval.recipes import (
     load_user_recipes,
     resolve_recipe,
     save_user_recipes,
+    unused_settings,
 )
 
 ODD = list(range(1, 30, 2))  # the paper's "1/2": odd layers of a 30-layer model
@@ -112,6 +113,67 @@ def test_upstream_settings_file_loads_with_descriptive_names(tmp_path):
     loaded = load_user_recipes(path)
     assert list(loaded) == ["SWA 2000 + 10 sinks + FA decode", "full attention", "SWA 2000 + 10 sinks + FA decode (2)"]
     assert loaded["full attention"].is_full_attention
+
+
+def test_bare_config_lists_and_objects_load_with_their_names(tmp_path):
+    """A file holding the configs themselves (no upstream "swaa_config" wrapper): a list, named or not, or one."""
+    listed = tmp_path / "list.json"
+    listed.write_text(
+        json.dumps(
+            [
+                {"sliding_window_size": 512, "keep_first": 4},
+                {"name": "fad", "sliding_window_size": 256, "force_fa_decode": True},
+            ]
+        )
+    )
+    loaded = load_user_recipes(listed)
+    assert {k: v.to_dict() for k, v in loaded.items()} == {
+        "SWA 512 + 4 sinks": SWAAConfig(sliding_window_size=512, keep_first=4).to_dict(),
+        "fad": SWAAConfig(sliding_window_size=256, force_fa_decode=True).to_dict(),
+    }
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps({"sliding_window_size": 64, "non_sliding_layers": [1]}))
+    assert [v.to_dict() for v in load_user_recipes(single).values()] == [
+        SWAAConfig(sliding_window_size=64, non_sliding_layers=[1]).to_dict()
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"sliding_window_size": 64, "sinks": 4}]))
+    with pytest.raises(SWAAConfigError, match="Unknown SWAA config field"):
+        load_user_recipes(bad)
+
+
+@pytest.mark.parametrize(
+    "name, window, keep_first, says",
+    [
+        ("swa", None, 4, "'swa' keeps no sink tokens, so 4 sinks are not used"),
+        ("swa-half-fa-fa-decode", 512, 4, "keeps no sink tokens"),
+        ("swa-sinks", 512, 4, None),
+        ("recommended", None, 4, None),
+        ("swa", 512, None, None),
+        ("full", 512, 4, "'full' is full attention: the window 512 and 4 sinks you chose are not used"),
+        (
+            "mine",
+            512,
+            None,
+            "'mine' is a saved config and runs as saved (SWA 64): the window 512 you chose is not used",
+        ),
+        ("mine", None, None, None),
+    ],
+)
+def test_unused_settings_name_what_a_recipe_ignores(name, window, keep_first, says):
+    """Every (recipe, setting) pair where resolve_recipe drops the setting gets a note, and only those: checked
+    against the config resolve_recipe actually builds."""
+    user = {"mine": SWAAConfig(sliding_window_size=64)}
+    notes = unused_settings(name, window=window, keep_first=keep_first, user_recipes=user)
+    cfg = resolve_recipe(name, 30, window=window, keep_first=keep_first, user_recipes=user)
+    dropped = (window is not None and (cfg is None or cfg.sliding_window_size != window)) or (
+        bool(keep_first) and (cfg is None or cfg.keep_first != keep_first)
+    )
+    assert bool(notes) == dropped
+    if says:
+        assert len(notes) == 1 and says in notes[0]
+    if notes and "sink tokens" in notes[0]:
+        assert "swa-sinks, swa-sinks-fa-decode, recommended" in notes[0]
 
 
 def test_name_to_config_objects_load_too(tmp_path):
