@@ -122,20 +122,45 @@ def _timing_caption(results) -> str:
 
 def frame_table(df, title: str) -> None:
     """Print a DataFrame: numbers never fold (each column is at least as wide as its widest value), headers wrap
-    at their underscores and text columns fold, so the table reads in an 80-100 column terminal too."""
+    at their underscores and text columns fold. When the columns do not fit the terminal, the table continues in
+    further tables that repeat the first column, rather than losing its right-hand columns or breaking words."""
     import pandas as pd
     from rich.table import Table
 
     rows = [[_frame_cell(col, value, row) for col, value in row.items()] for row in df.to_dict(orient="records")]
-    table = Table(title=title)
+    heads = [str(col).replace("_", " ") for col in df.columns]
+    roomy, compact = [], []  # headers on one line / wrapped at their spaces
     for i, col in enumerate(df.columns):
         text = not pd.api.types.is_numeric_dtype(df[col])  # pandas 3 holds text as "str", not object
         widest = max((len(cells[i]) for cells in rows), default=0)
-        width = dict(min_width=12, max_width=32) if text else dict(min_width=widest)
-        table.add_column(str(col).replace("_", " "), overflow="fold", **width)
-    for cells in rows:
-        table.add_row(*cells)
-    console().print(table)
+        word = max((len(w) for w in heads[i].split()), default=1)
+        roomy.append(min(32, max(12, len(heads[i]), widest)) if text else max(widest, len(heads[i])))
+        compact.append(min(32, max(12, word, widest)) if text else max(widest, word))
+    out = console()
+    # fixed widths: rich would otherwise widen columns to unwrapped headers and then crop the right-hand ones
+    widths = roomy if len(_column_groups(roomy, out.width)) == 1 else compact
+    for k, group in enumerate(_column_groups(widths, out.width)):
+        table = Table(title=title if k == 0 else f"{title} (continued)")
+        for i in group:
+            table.add_column(heads[i], overflow="fold", width=widths[i])
+        for cells in rows:
+            table.add_row(*(cells[i] for i in group))
+        out.print(table)
+
+
+def _column_groups(min_widths: list[int], total: int) -> list[list[int]]:
+    """Column indices per printed table: as many columns as fit in ``total`` characters, each table starting with
+    column 0 (the row's name). A rich cell costs its width plus 3 (padding and border)."""
+    first = min_widths[0] + 4
+    groups, current, used = [], [0], first
+    for i, w in enumerate(min_widths[1:], start=1):
+        if used + w + 3 > total and len(current) > 1:
+            groups.append(current)
+            current, used = [0], first
+        current.append(i)
+        used += w + 3
+    groups.append(current)
+    return groups
 
 
 def _frame_cell(col, value, row: dict) -> str:
