@@ -5,6 +5,8 @@ span only). Shapes as in :mod:`swaa_core.engine.backends`: q (B, H, Q, D), k/v (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -62,34 +64,51 @@ def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, bloc
     """Query blocks of ``block`` tokens, each against its sinks + window span only; ``group`` blocks share one SDPA
     call (batched), which keeps the kernel busy while bounding extra memory to group * block * (K + W + block)."""
     B, H, Q, D = q.shape
-    out = q.new_empty(B, Q, H, D)
-    kv_pos = g.kv_pos.contiguous()
-    sink_end, sinks_below = 0, g.rule.sinks_below
+    call = _BlockedCall(q, k, v, g, scaling, dropout, out=q.new_empty(B, Q, H, D), kv_pos=g.kv_pos.contiguous())
+    sinks_below = g.rule.sinks_below
     if sinks_below > 0:
-        limit = torch.full_like(kv_pos[:, :1], sinks_below)
-        sink_end = int(torch.searchsorted(kv_pos, limit).max())
+        limit = torch.full_like(call.kv_pos[:, :1], sinks_below)
+        call.sink_end = int(torch.searchsorted(call.kv_pos, limit).max())
     n_full = Q // block
     for first in range(0, n_full, group):
-        blocks = min(group, n_full - first)
-        _attend_blocks(q, k, v, g, scaling, dropout, first * block, blocks, block, sink_end, kv_pos, out)
+        _attend_blocks(call, first * block, min(group, n_full - first), block)
     if Q % block:
-        _attend_blocks(q, k, v, g, scaling, dropout, n_full * block, 1, Q % block, sink_end, kv_pos, out)
+        _attend_blocks(call, n_full * block, 1, Q % block)
+    out = call.out
     if not g.all_valid:  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
         out = torch.where((g.q_pos >= 0)[:, :, None, None], out.nan_to_num(0.0), 0.0)
     return out
 
 
-def _attend_blocks(q, k, v, g, scaling, dropout, q_start, blocks, size, sink_end, kv_pos, out):
+@dataclass
+class _BlockedCall:
+    """What every group of query blocks of one :func:`blocked` call shares; ``out`` (B, Q, H, D) is filled in."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: MaskGeometry
+    scaling: float
+    dropout: float
+    out: torch.Tensor
+    kv_pos: torch.Tensor  # contiguous, for searchsorted
+    sink_end: int = 0  # keys [0, sink_end) hold every sink
+
+
+def _attend_blocks(call: _BlockedCall, q_start: int, blocks: int, size: int) -> None:
+    """``blocks`` query blocks of ``size`` tokens from ``q_start``, each against its sinks + window span, in one
+    SDPA call."""
+    q, k, v, g, sink_end = call.q, call.k, call.v, call.g, call.sink_end
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     device = q.device
     q_index = q_start + torch.arange(blocks * size, device=device).view(blocks, size)
     q_pos = g.q_pos[:, q_index]  # (B, blocks, size)
-    hi = torch.searchsorted(kv_pos, q_pos.amax(-1), right=True).amax(0)
+    hi = torch.searchsorted(call.kv_pos, q_pos.amax(-1), right=True).amax(0)
     if g.window is None:
         lo = torch.zeros_like(hi)
     else:
-        lo = torch.searchsorted(kv_pos, g.rule.window_start(q_pos.amin(-1))).amin(0)
+        lo = torch.searchsorted(call.kv_pos, g.rule.window_start(q_pos.amin(-1))).amin(0)
         lo = torch.where(g.q_full[:, q_index].any(-1).any(0), 0, lo)
     span = int((hi - lo).max())
     start = (hi - span).clamp(min=0)
@@ -111,10 +130,10 @@ def _attend_blocks(q, k, v, g, scaling, dropout, q_start, blocks, size, sink_end
         gather(k),
         gather(v),
         attn_mask=mask.reshape(-1, 1, size, L),
-        scale=scaling,
-        dropout_p=dropout,
+        scale=call.scaling,
+        dropout_p=call.dropout,
         enable_gqa=Hkv != H,
     )
-    out[:, q_start : q_start + blocks * size] = (
+    call.out[:, q_start : q_start + blocks * size] = (
         o.view(B, blocks, H, size, D).permute(0, 1, 3, 2, 4).reshape(B, blocks * size, H, D)
     )
