@@ -24,6 +24,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -378,10 +379,12 @@ def kernel_row(n: int) -> dict:
     for _ in range(ARGS.reps):  # alternate, so drift shows up as spread rather than as a difference
         for name, fn in kernels.items():
             times[name].append(kernel_ms(fn))
+    row_host = {name: round(host_ms(fn), 3) for name, fn in kernels.items()}
     causal_pairs, swaa_pairs = n * (n + 1) // 2, pairs_visited(n, W, K)
     ideal = causal_pairs / swaa_pairs
     med = {name: statistics.median(t) for name, t in times.items()}
     row = dict(n=n, ideal=round(ideal, 2), ms=times, first_call_s=first, rel_err_vs_blocked=errors)
+    row["host_ms"] = row_host  # a kernel whose host time reaches its GPU time is launch-bound at this size
     row["spread_pct"] = {name: round(100 * (max(t) - min(t)) / min(t), 1) for name, t in times.items()}
     row["flash_failures"] = {str(k): e for k, e in flex_kernels._FLASH_FAILED.items()}
     for name in [name for name in med if name.startswith("part_")]:
@@ -394,6 +397,18 @@ def kernel_row(n: int) -> dict:
             if "fa4_causal" in med:
                 row.setdefault("pct_ideal_vs_fa4", {})[name] = round(100 * med["fa4_causal"] / ms / ideal, 1)
     return row
+
+
+def host_ms(fn, calls: int = 20) -> float:
+    """Milliseconds of host time to issue one call (no synchronisation inside the loop; 20 calls stay far below the
+    launch queue's depth, so the host is never held back by the GPU)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return 1e3 * elapsed / calls
 
 
 def tflops(pairs: int, head_width: int, ms: float) -> float:
