@@ -136,7 +136,11 @@ class Stamps:
         pass
 
     def per_token(self) -> float:
-        return (self.times[-1] - self.times[1]) / (len(self.times) - 2)  # times[0]: the prompt, times[1]: token 1
+        """Seconds per decode step: the median gap between consecutive tokens, so that a hiccup of the host
+        (a page fault, another process) moves it less than a mean would. times[0] is the prompt, times[1] token 1
+        (the prefill's)."""
+        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:], strict=False)]
+        return statistics.median(gaps)
 
 
 @torch.no_grad()
@@ -168,6 +172,7 @@ def run_eager(out: dict, model):
         rows[n] = {
             label: dict(
                 ms_median=round(statistics.median(s), 2),
+                ms_min=round(min(s), 2),
                 ms=[round(x, 2) for x in s],
                 vs_full=round(statistics.median(s) / full, 3),
                 kv_gib=kv[label],
