@@ -83,12 +83,14 @@ def load_model(model: str) -> dict:
 @ui_errors
 def compare(
     model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document, question,
-    answer, answer_prefix, max_new_tokens, pinned, request: gr.Request = None,
+    answer, answer_prefix, max_new_tokens, pinned, static_cache=False, request: gr.Request = None,
 ):  # fmt: skip
     """Run full attention, the pinned configs and the current config on one prompt, as the page's Compare tab does.
     Streams the board while tokens arrive; the last message adds the summary, one result row per column (the
-    Results JSON) and the CSV and JSON files. Stop it with /stop_run from the same client."""
-    options = rh.RunOptions(cot, adapter, max_new_tokens, parse_pinned(pinned if pinned is not None else []))
+    Results JSON, with each column's decode_path and setup_s) and the CSV and JSON files. ``static_cache``: every
+    column decodes from fixed buffers (a CUDA graph on a GPU). Stop it with /stop_run from the same client."""
+    pinned = parse_pinned(pinned if pinned is not None else [])
+    options = rh.RunOptions(cot, adapter, max_new_tokens, pinned, static_cache)
     prompt = Prompt(source, task, length, depth, seed, document, question, answer, answer_prefix)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
     run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, prompt, options)
@@ -145,10 +147,13 @@ def adapter_config(adapter: str, model: str) -> dict:
 
 
 @ui_errors
-def recipe_sweep(model, recipes, samples, length, seed, window, sinks, cot, request: gr.Request = None) -> list:
+def recipe_sweep(
+    model, recipes, samples, length, seed, window, sinks, cot, static_cache=False, request: gr.Request = None
+) -> list:  # fmt: skip
     """Every chosen recipe on the same seeded needle samples: one summary row per recipe (runs, accuracy %,
-    prefill and total seconds, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency plot."""
-    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot)
+    prefill and total seconds, decode path, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency
+    plot. ``static_cache``: every recipe decodes from fixed buffers."""
+    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot, static_cache)
     return sweeps.recipe_sweep(model or DEFAULT_MODEL, settings, request, _no_progress).table.to_dict(orient="records")
 
 
@@ -169,11 +174,15 @@ def needle_sweep(
 
 
 @ui_errors
-def decode_speed(model, recipes, lengths, window, sinks, request: gr.Request = None) -> tuple[list, str]:
+def decode_speed(
+    model, recipes, lengths, window, sinks, static_cache=False, request: gr.Request = None
+) -> tuple[list, str]:  # fmt: skip
     """Decode speed of each recipe at each prompt length (random tokens): one row per point with ms_per_token,
-    tokens_per_s, prefill_s and kv_cache_bytes (error set where a point could not be measured), and a note on the
-    method."""
-    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), tuple(int(x) for x in lengths or []), window, sinks)
+    tokens_per_s, prefill_s, kv_cache_bytes, decode_path and setup_s (error set where a point could not be
+    measured), and a note on the method. ``static_cache``: every point through the fixed-buffer decoder (a CUDA
+    graph on a GPU; its setup is reported, not counted in the speed)."""
+    lengths = tuple(int(x) for x in lengths or [])
+    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), lengths, window, sinks, static_cache)
     return sweeps.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
 
 
@@ -211,6 +220,7 @@ def build() -> None:
         answer_prefix = gr.Textbox("", label="answer_prefix")
         max_new_tokens = gr.Number(d.max_new_tokens, label="max_new_tokens")
         pinned = gr.JSON([DEFAULT_PINNED], label="pinned")
+        static_cache = gr.Checkbox(d.static_cache, label="static_cache")
         file = gr.File(label="file", type="filepath")
         config = gr.Textbox('{"swaa_config": {"sliding_window_size": 256}}', label="config")
         recipes = gr.CheckboxGroup([r.name for r in list_recipes()], value=["full", "swa"], label="recipes")
@@ -237,7 +247,7 @@ def build() -> None:
     endpoint(
         compare,
         [model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document,
-         question, answer, answer_prefix, max_new_tokens, pinned],
+         question, answer, answer_prefix, max_new_tokens, pinned, static_cache],
         ["board", "summary", "results", "results_csv", "results_json"], concurrency_id=HEAVY,
     )  # fmt: skip
     endpoint(stop_run, [], ["stopped"], concurrency_limit=None, queue=False)
@@ -245,11 +255,14 @@ def build() -> None:
     endpoint(parse_config, [config, model], ["controls"], concurrency_limit=None)
     endpoint(adapter_config, [adapter, model], ["controls"], concurrency_limit=None)
     endpoint(
-        recipe_sweep, [model, recipes, samples, sweep_length, seed, window, sinks, cot], ["table"],
+        recipe_sweep, [model, recipes, samples, sweep_length, seed, window, sinks, cot, static_cache], ["table"],
         concurrency_id=HEAVY,
     )  # fmt: skip
     endpoint(
         needle_sweep, [model, window, sinks, fa_layers, fa_decode, lengths, depths, samples, seed, sweep_task],
         ["grids", "sweep_csv"], concurrency_id=HEAVY,
     )  # fmt: skip
-    endpoint(decode_speed, [model, recipes, decode_lengths, window, sinks], ["points", "note"], concurrency_id=HEAVY)
+    endpoint(
+        decode_speed, [model, recipes, decode_lengths, window, sinks, static_cache], ["points", "note"],
+        concurrency_id=HEAVY,
+    )  # fmt: skip

@@ -113,6 +113,7 @@ def _metrics(col: ColumnView) -> str:
         ("time to first token", format_seconds(r.ttft_s)),
         ("decode speed", decode_speed(r)),
         (f"time to token {r.timed_tokens}", format_seconds(r.timed_total_s) if r.timed_tokens else "–"),
+        ("decode path", decode_path_text(r)),
         ("answer time", format_seconds(r.total_s)),
         ("KV cache", format_bytes(r.kv_cache_bytes, digits=1)),
         (ANSWER_PROBABILITY, answer_probability(r.answer_logprob)),
@@ -134,6 +135,30 @@ def decode_speed(r) -> str:
     if note is not None:
         return f"{r.decode_tokens_per_s:.1f} tok/s, {note}"
     return f"{r.decode_tokens_per_s:.1f} tok/s over {r.decode_tokens} steps"
+
+
+def decode_path_text(r) -> str:
+    """The decode path a run's timings come from, with the fixed buffers' setup (included in those timings)."""
+    path = getattr(r, "decode_path", "") or "–"
+    setup = getattr(r, "setup_s", 0.0)
+    return f"{path}, setup {format_seconds(setup)} (in the times above)" if setup else path
+
+
+def path_note(results: list) -> str:
+    """One sentence on the decode path of a comparison's runs: the same for every column, or a warning."""
+    paths = sorted({r.decode_path for r in results if getattr(r, "decode_path", "")})
+    if len(paths) > 1:
+        return f"Decode paths differ between columns ({', '.join(paths)}): their timings do not compare."
+    if not paths:
+        return ""
+    setups = [r.setup_s for r in results if getattr(r, "setup_s", 0.0)]
+    setup = (
+        f"; its setup (fixed buffers, warm-up steps, graph capture) took {format_seconds(min(setups))}"
+        f"–{format_seconds(max(setups))} per column, inside the decode speed and the time to token"
+        if setups
+        else ""
+    )
+    return f"Decode path: {paths[0]} in every column{setup}."
 
 
 def summary_markdown(columns: list[ColumnView]) -> str:
@@ -166,8 +191,9 @@ def summary_markdown(columns: list[ColumnView]) -> str:
         f"Decode speed and time to token {n}: every column timed over its first {n} generated tokens (a column "
         "whose answer is shorter goes on generating, unseen, for the timing); prefill timed on its own."
     )
+    notes.append(path_note([c.result for c in columns if c.result is not None and not c.result.error]))
     text = "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
-    return text + "".join(f"\n\n<small>{note}</small>" for note in notes)
+    return text + "".join(f"\n\n<small>{note}</small>" for note in notes if note)
 
 
 def _notes(base, swaa_columns: list[ColumnView]) -> list[str]:

@@ -10,7 +10,7 @@ from swaa_core.models.registry import DEFAULT_MODEL, get_model_entry
 from . import callbacks as cb
 from . import plots, texts
 from .prompts import TASK_CHOICES, examples
-from .state import FA_LAYER_MODES, MAX_PINNED, Settings
+from .state import FA_LAYER_MODES, MAX_PINNED, STATIC_CACHE_LABEL, Settings
 
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
@@ -73,6 +73,9 @@ def strategy_panel(ui, d: Settings) -> None:
             visible=s.fa_decode_mode == "layers",
         )
         ui.cot = gr.Checkbox(value=d.cot, label="Chain of thought", info=texts.COT_INFO)
+        ui.static_cache = gr.Checkbox(
+            value=d.static_cache, label=STATIC_CACHE_LABEL, info=texts.STATIC_CACHE_INFO, elem_id="swaa-static-cache"
+        )
         ui.adapter = gr.Dropdown(
             choices=cb.adapter_choices(),
             value=d.adapter or None,

@@ -92,6 +92,8 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     ]
     counts = {r["timed_tokens"] for r in rows}
     what = f"the first {counts.pop()} generated tokens" if len(counts) == 1 else "UNEQUAL token counts: do not compare"
+    paths = sorted({r.get("decode_path") or "" for r in rows} - {""})
+    path = paths[0] if len(paths) == 1 else "MIXED decode paths: do not compare" if paths else ""
     fig = go.Figure()
     fig.add_bar(y=labels, x=prefill, name="prefill (reading the prompt)", orientation="h", marker_color=SWA_COLOR)
     fig.add_bar(
@@ -105,7 +107,7 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
         cliponaxis=False,
     )
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(title_text="seconds")
+    fig.update_xaxes(title_text="seconds" + (f" · decode path: {path}" if path else ""))
     fig.update_yaxes(autorange="reversed")
     fig = style_figure(fig, height=140 + 46 * len(rows), title=f"Where the time goes: the prompt, then {what}")
     fig.update_layout(margin=dict(r=90))  # room for the tok/s labels beyond the longest bar
@@ -219,6 +221,8 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
             hovertemplate=f"{label}<br>%{{x}} prompt tokens: %{{y:.1f}} tok/s"
             " (%{customdata[0]:.1f} ms per token over %{customdata[1]} tokens)<extra></extra>",
         )
-    fig.update_xaxes(title_text="prompt tokens (cache size when decoding starts)", type="log")
+    paths = " / ".join(sorted({p.get("decode_path") or "" for p in good} - {""}))
+    axis = "prompt tokens (cache size when decoding starts)" + (f" · decode path: {paths}" if paths else "")
+    fig.update_xaxes(title_text=axis, type="log")
     fig.update_yaxes(title_text="decode tokens/s", rangemode="tozero")
     return style_figure(fig, height=420, title="Decode speed vs context length")

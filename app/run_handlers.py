@@ -31,7 +31,7 @@ from .common import (
 )
 from .engine import on_gpu, stream_columns
 from .prompts import Prompt, model_input_tokens, token_count
-from .state import Strategy, whole_in_range
+from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range
 
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 # The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
@@ -40,7 +40,7 @@ MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabil
 RESULT_FIELDS = (
     "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
     "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "decode_tokens", "timed_tokens",
-    "timed_total_s", "timing_extra_tokens", "total_s", "kv_cache_bytes",
+    "timed_total_s", "timing_extra_tokens", "decode_path", "setup_s", "total_s", "kv_cache_bytes",
     "peak_memory_bytes", "backend", "error", "config",
 )  # fmt: skip
 
@@ -59,6 +59,7 @@ class RunOptions:
     adapter: str | None = ""
     max_new_tokens: int = 12
     pinned: list[dict] | None = None  # [{"label", "config", "adapter"}], checked by state.parse_pinned
+    static_cache: bool = False  # decode every column from fixed buffers (swaa_core.fast_generate)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Comparison:
     max_new_tokens: int
     cot: bool
     seed: int
+    static_cache: bool = False
 
     @classmethod
     def build(cls, active_model, strategy: Strategy, prompt: Prompt, options: RunOptions) -> Comparison:
@@ -83,7 +85,8 @@ class Comparison:
         columns = columns_for(cfg, options.pinned, n, options.adapter or "")
         sample = prompt.sample(loaded.tokenizer)
         max_new = whole_in_range(options.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
-        request = cls(loaded, cfg, columns, sample, max_new, bool(options.cot), int(prompt.seed or 0))
+        request = cls(loaded, cfg, columns, sample, max_new, bool(options.cot), int(prompt.seed or 0),
+                      static_cache=checked_flag(options.static_cache, STATIC_CACHE_LABEL))  # fmt: skip
         _check_length(loaded, sample, max_new, request.cot)
         return request
 
@@ -94,6 +97,7 @@ class Comparison:
             yield from stream_columns(
                 lambda name: ADAPTERS.get(self.loaded, name), self.sample, self.columns,
                 max_new_tokens=self.max_new_tokens, cot=self.cot, seed=self.seed, cancel=cancel, registry=CANCELS,
+                static_cache=self.static_cache,
             )  # fmt: skip
         finally:
             cancel.set()  # also stops the worker when the page closes mid-run
@@ -101,7 +105,7 @@ class Comparison:
 
     def rows(self, views: list[ColumnView]) -> list[dict]:
         meta = {"model": self.loaded.name, "task": self.sample.task, "seed": self.seed, "cot": self.cot,
-                "max_new_tokens": self.max_new_tokens}  # fmt: skip
+                "max_new_tokens": self.max_new_tokens, "static_cache": self.static_cache}  # fmt: skip
         return result_rows(views, meta)
 
 

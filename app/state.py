@@ -125,6 +125,21 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
     return cfg.sliding_window_size, cfg.keep_first
 
 
+STATIC_CACHE_LABEL = "Fixed-buffer decode"  # the checkbox's label, named in messages about its value
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def checked_flag(value, what: str) -> bool:
+    """A checkbox's value as a bool: a bool, None (unset: off), or a link's word ("1", "0", "true", "off", ...).
+    Anything else is a ValueError naming ``what``."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _ON or text in _OFF:
+        return text in _ON
+    raise ValueError(f"{what} must be on or off (1 or 0), got {value!r}.")
+
+
 def whole_in_range(value, what: str, low: int, high: int) -> int:
     """``value`` as an int, or ValueError "{what} must be a whole number from {low} to {high}, got ..."."""
     try:
@@ -160,6 +175,7 @@ class Settings:
     depth: float = 0.25
     seed: int = 0
     max_new_tokens: int = 12
+    static_cache: bool = False  # fixed-buffer decode (swaa_core.fast_generate) in every run that is timed
     example: str = ""
     # [{"label": str, "config": upstream dict, "adapter": str}]. By default plain SWA sits beside the current
     # config, so the first run shows both the collapse and the remedy.
@@ -173,7 +189,7 @@ class Settings:
             model=v["model"] or DEFAULT_MODEL, strategy=v["strategy"], cot=bool(v["cot"]), adapter=v["adapter"] or "",
             source=v["source"], task=v["task"], length=int(v["length"]), depth=float(v["depth"]),
             seed=int(v["seed"] or 0), max_new_tokens=int(v["max_new_tokens"]), example=v["example"] or "",
-            pinned=v["pinned"] or [],
+            pinned=v["pinned"] or [], static_cache=checked_flag(v["static_cache"], STATIC_CACHE_LABEL),
         )  # fmt: skip
 
 
@@ -199,6 +215,7 @@ _QUERY_KEYS = {
     "depth": "depth",
     "seed": "seed",
     "new": "max_new_tokens",
+    "fixed": "static_cache",
     "ex": "example",
     "pin": "pinned",
 }
@@ -221,7 +238,8 @@ def to_query(settings: Settings) -> str:
     fad = _layers_text(s.fa_decode_layers) if s.fa_decode_mode == "layers" else s.fa_decode_mode
     if fad != d.fa_decode_mode:
         values["fad"] = fad
-    for key in ("cot", "adapter", "source", "task", "length", "depth", "seed", "max_new_tokens", "example"):
+    for key in ("cot", "adapter", "source", "task", "length", "depth", "seed", "max_new_tokens", "static_cache",
+                "example"):  # fmt: skip
         value = getattr(settings, key)
         if value != getattr(default, key):
             short = next(q for q, attr in _QUERY_KEYS.items() if attr == key)
@@ -267,6 +285,8 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
             settings.strategy = replace(s, fa_decode_mode="layers", fa_decode_layers=_layer_indices(value))
     elif attr == "cot":
         settings.cot = value.lower() in ("1", "true", "yes", "on")
+    elif attr == "static_cache":
+        settings.static_cache = checked_flag(value, STATIC_CACHE_LABEL)
     elif attr == "source":
         if value not in SOURCES:
             raise ValueError(f"expected one of {', '.join(SOURCES)}.")

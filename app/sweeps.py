@@ -14,12 +14,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from swaa_core.eval.latency import DYNAMIC_CACHE
 from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resolve_recipe
 
 from . import plots
 from .common import CANCELS, config_label, loaded_model, num_layers, session_id, temp_folder
 from .engine import on_gpu
-from .state import Strategy, whole_in_range, window_and_sinks
+from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range, window_and_sinks
 
 MAX_LENGTH = 131072  # tokens: beyond any supported context
 
@@ -61,6 +62,7 @@ class RecipeSweepSettings:
     window: int = 256
     sinks: int = 10  # sink recipes only; 0: their default
     cot: bool = False
+    static_cache: bool = False  # every recipe decodes from fixed buffers (swaa_core.fast_generate)
 
     def __post_init__(self) -> None:
         recipes = _recipe_names(self.recipes)
@@ -68,7 +70,8 @@ class RecipeSweepSettings:
         length = whole_in_range(self.length, "Length", 64, MAX_LENGTH)
         window, sinks = window_and_sinks(self.window, self.sinks)
         _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
-        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot))
+        static = checked_flag(self.static_cache, STATIC_CACHE_LABEL)
+        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot), static_cache=static)
 
 
 @on_gpu(duration=600)
@@ -96,7 +99,7 @@ def recipe_sweep(active_model, sweep: RecipeSweepSettings, request, progress) ->
     configs = _recipe_configs(loaded, sweep.recipes, sweep.window, sweep.sinks)
     seeds = [sweep.seed + i for i in range(sweep.samples)]
     spec = SweepSpec(configs, [sweep.length], depths=[None], seeds=seeds, task="needle", cot=sweep.cot,
-                     score_logprob=False)  # fmt: skip
+                     score_logprob=False, static_cache=sweep.static_cache)  # fmt: skip
     df = _sweep(loaded, spec, request, progress, "recipe sweep")
     table = summarize(df, by=("label",))
     # time per sample = prompt + the same number of generated tokens for every recipe (answers differ in length)
@@ -110,11 +113,18 @@ def recipe_sweep(active_model, sweep: RecipeSweepSettings, request, progress) ->
         }
         for _, row in table.iterrows()
     ]
-    time_label = f"time for the prompt + {spec.timing_tokens} tokens"
-    return RecipeSweep(points, _recipe_table(table, spec.timing_tokens), time_label)
+    path = _paths(df)
+    time_label = f"time for the prompt + {spec.timing_tokens} tokens ({path})"
+    return RecipeSweep(points, _recipe_table(table, spec.timing_tokens, path), time_label)
 
 
-def _recipe_table(table, timing_tokens: int):
+def _paths(df) -> str:
+    """The decode path(s) the sweep's runs took, in words (one unless a run failed before choosing one)."""
+    paths = sorted({p for p in df.get("decode_path", []) if isinstance(p, str) and p})
+    return " / ".join(paths) or "no decode timed"
+
+
+def _recipe_table(table, timing_tokens: int, path: str):
     from swaa_core.eval.latency import decode_note
 
     shown = table[["label", "runs", "accuracy", "prefill_s", "timed_total_s", "kv_cache_bytes", "errors"]].copy()
@@ -125,6 +135,7 @@ def _recipe_table(table, timing_tokens: int):
         "decode tok/s",
         [decode_note(row) or f"{row['decode_tokens_per_s']:.1f}" for _, row in table.iterrows()],
     )
+    shown.insert(5, "decode path", path)
     return shown.round({"prefill_s": 2, "timed_total_s": 2}).rename(
         columns={"label": "recipe", "accuracy": "accuracy %", "prefill_s": "prefill s",
                  "timed_total_s": f"s to token {timing_tokens}", "kv_cache_bytes": "KV cache MiB"}
@@ -247,13 +258,15 @@ class DecodeSpeedSettings:
     lengths: tuple[int, ...]  # prompt tokens
     window: int = 256
     sinks: int = 10  # sink recipes only; 0: their default
+    static_cache: bool = False  # time every point through the fixed-buffer decoder
 
     def __post_init__(self) -> None:
         if not self.recipes or not self.lengths:
             raise ValueError("Tick at least one recipe and one prompt length.")
         lengths = tuple(sorted({whole_in_range(x, "Each prompt length", 16, MAX_LENGTH) for x in self.lengths}))
         window, sinks = window_and_sinks(self.window, self.sinks)
-        _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks)
+        static = checked_flag(self.static_cache, STATIC_CACHE_LABEL)
+        _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks, static_cache=static)
 
 
 @on_gpu(duration=600)
@@ -283,12 +296,25 @@ def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) ->
     progress(0, desc=f"decode speed: {total} points")
     try:
         points = decode_speed_curve(
-            loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point
-        )
+            loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point,
+            static_cache=speed.static_cache,
+        )  # fmt: skip
     finally:
         CANCELS.finish(session, cancel)
         CANCELS.untrack(threading.current_thread())
     rows = [p.to_dict() for p in points]
     failed = "".join(f"\n- {p['label']} at {p['prompt_tokens']:,} tokens: {p['error']}" for p in rows if p["error"])
-    note = f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps timed (ms per token)."
+    note = f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps timed (ms per token). {_path_note(rows)}"
     return rows, note + (f"\n\nNot measured:{failed}" if failed else "")
+
+
+def _path_note(rows: list[dict]) -> str:
+    """Which decode path produced the points, and the fixed buffers' first-call cost (not in the speeds)."""
+    paths = " / ".join(sorted({r["decode_path"] for r in rows})) or "none"
+    setups = [r["setup_s"] for r in rows if not r["error"] and r["decode_path"] != DYNAMIC_CACHE]
+    if not setups:
+        return f"Decode path: {paths}."
+    return (
+        f"Decode path: {paths}; setup per run (moving the cache into fixed buffers, warm-up steps, graph capture) "
+        f"{1000 * min(setups):.0f}–{1000 * max(setups):.0f} ms, not counted in the speeds."
+    )

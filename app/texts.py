@@ -40,6 +40,12 @@ COT_INFO = (
     "Think before answering: the model's thinking template where it has one, otherwise a \u201cthink step by "
     "step\u201d instruction. Reasoning tokens are decode tokens, so with FA decode they see everything."
 )
+STATIC_CACHE_INFO = (
+    "Decode from fixed buffers (sinks + W slots per sliding layer): on a GPU one decode step is captured in a CUDA "
+    "graph and replayed per token (the first call pays for the capture, reported as setup); on a CPU the same "
+    "buffers run step by step. Same answers as the default path. Every column of a comparison, the recipe sweep "
+    "and the decode-speed curve use the same path, so their timings stay like for like."
+)
 ADAPTER_INFO = (
     "A LoRA adapter fine-tuned with SWA switched on (the paper's fifth remedy). An adapter remembers the "
     "SWAA config it was trained for."

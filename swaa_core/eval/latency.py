@@ -32,6 +32,15 @@ from .harness import CancelCriteria, ContextOverflowError, check_context, error_
 DEFAULT_TIMING_TOKENS = 32  # generated tokens every compared run is timed over (the first one included)
 MIN_DECODE_TOKENS = 16  # fewer decode steps than this: the figure is noise, shown but never ranked
 TOO_FEW = "too few tokens to compare"
+DYNAMIC_CACHE = "dynamic cache"  # transformers' generate with a growing cache (the default decode path)
+FIXED_BUFFERS = "fixed buffers"  # swaa_core.fast_generate: static buffers, eager steps
+
+
+def decode_path(static_cache: bool, cuda_graph: bool = False) -> str:
+    """The words tables and plots use for the decode path that produced a timing."""
+    if not static_cache:
+        return DYNAMIC_CACHE
+    return FIXED_BUFFERS + (" + CUDA graph" if cuda_graph else "")
 
 
 def greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | None = None):
@@ -180,6 +189,8 @@ class DecodePoint:
     kv_cache_bytes: int = 0  # held after the last repeat
     repeats: int = 0
     error: str | None = None
+    decode_path: str = DYNAMIC_CACHE  # see decode_path()
+    setup_s: float = 0.0  # fixed buffers only: median first-call cost (buffers, warm-up steps, graph capture)
 
     @property
     def tokens_per_s(self) -> float:
@@ -212,6 +223,35 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
     return DecodeTiming.from_times(start, clock.times, new_tokens + 1), held
 
 
+@dataclass(frozen=True)
+class StaticTiming:
+    """One generation through the fixed-buffer decoder: ``timing`` covers the steady decode steps only (the setup
+    between the first token and them is ``setup_s``), ``kv_cache_bytes`` what its buffers hold."""
+
+    timing: DecodeTiming
+    kv_cache_bytes: int
+    setup_s: float
+    cuda_graph: bool
+
+
+def time_static_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *, backend: str = "auto",
+                       cancel: threading.Event | None = None) -> StaticTiming:  # fmt: skip
+    """:func:`time_decode` through :func:`swaa_core.fast_generate` (a CUDA graph on a GPU, eager fixed-buffer
+    steps on a CPU). On a GPU the decoder's warm-up steps before the capture are added, so ``new_tokens`` steps
+    are still timed (``decode_tokens == new_tokens`` unless cancelled). Times come from the decoder's own device
+    synchronisations (no host read per token unless ``cancel`` is given)."""
+    from ..engine.fast_decode import WARMUP_STEPS, fast_generate
+    from ..engine.patch import swaa
+
+    warm = WARMUP_STEPS if input_ids.is_cuda and new_tokens > 1 else 0  # fast_generate captures only then
+    criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
+    with swaa(model, config, backend=backend):
+        out = fast_generate(model, input_ids, max_new_tokens=new_tokens + 1 + warm, eos_token_id=[],
+                            stopping_criteria=criteria)  # fmt: skip
+    timing = DecodeTiming(out.decode_steps + 1, out.prefill_s, out.prefill_s + out.decode_s)
+    return StaticTiming(timing, int(sum(out.kv_cache_bytes_per_layer)), out.setup_s, out.cuda_graph)
+
+
 def decode_speed_curve(
     loaded,
     configs: Mapping[str, SWAAConfig | dict | None],
@@ -223,6 +263,7 @@ def decode_speed_curve(
     cancel: threading.Event | None = None,
     on_point: Callable[[DecodePoint], None] | None = None,
     seed: int = 0,
+    static_cache: bool = False,
 ) -> list[DecodePoint]:
     """Decode speed (ms per token over ``new_tokens`` steps) of every config at every prompt length.
 
@@ -231,7 +272,9 @@ def decode_speed_curve(
     not depend on the text); each length is measured ``repeats`` times with the configs taking turns, so drift
     of a busy machine spreads over all of them. One untimed warm-up generation per config comes first. A length
     the model's context cannot hold, or that runs out of memory, becomes that point's ``error``; a cancel returns
-    the points finished so far. Returns one :class:`DecodePoint` per (length, config), lengths in the given order.
+    the points finished so far. ``static_cache`` times every config through the fixed-buffer decoder
+    (:func:`time_static_decode`; each point's ``decode_path`` and ``setup_s`` say so) instead of ``generate``.
+    Returns one :class:`DecodePoint` per (length, config), lengths in the given order.
     """
     from ..models.memory import check_run_fits
 
@@ -251,10 +294,20 @@ def decode_speed_curve(
     gen = torch.Generator().manual_seed(seed)
     points: list[DecodePoint] = []
     warm: set[str] = set()
+
+    def measure(ids, cfg, steps, stop) -> tuple[DecodeTiming, int, tuple[float, str]]:
+        """(timing, KV bytes held, (setup seconds, decode path)) of one generation on the chosen path."""
+        if not static_cache:
+            timing, held = time_decode(model, ids, cfg, steps, backend=backend, cancel=stop)
+            return timing, held, (0.0, DYNAMIC_CACHE)
+        out = time_static_decode(model, ids, cfg, steps, backend=backend, cancel=stop)
+        return out.timing, out.kv_cache_bytes, (out.setup_s, decode_path(True, out.cuda_graph))
+
     for n in lengths:
         ids = torch.randint(min(10, vocab - 1), vocab, (1, n), generator=gen).to(device)
-        row = {label: DecodePoint(label, n, new_tokens) for label in configs}
+        row = {label: DecodePoint(label, n, new_tokens, decode_path=decode_path(static_cache)) for label in configs}
         runs: dict[str, list[DecodeTiming]] = {label: [] for label in configs}
+        setups: dict[str, list[tuple[float, str]]] = {label: [] for label in configs}
         for label, cfg in configs.items():
             try:
                 try:
@@ -266,7 +319,7 @@ def decode_speed_curve(
                 check_run_fits(model, n + new_tokens + 1, cfg)
                 if label not in warm and not (cancel is not None and cancel.is_set()):
                     with lock:
-                        time_decode(model, ids[:, : min(n, 320)], cfg, 2, backend=backend)
+                        measure(ids[:, : min(n, 320)], cfg, 4 if static_cache else 2, None)
                     warm.add(label)
             except Exception as exc:  # noqa: BLE001 - one failing point must not hide the others
                 row[label].error = error_text(exc, device)
@@ -276,20 +329,21 @@ def decode_speed_curve(
                     continue
                 try:
                     with lock:
-                        timing, row[label].kv_cache_bytes = time_decode(
-                            model, ids, cfg, new_tokens, backend=backend, cancel=cancel
-                        )
+                        timing, row[label].kv_cache_bytes, setup = measure(ids, cfg, new_tokens, cancel)
                 except Exception as exc:  # noqa: BLE001
                     row[label].error = error_text(exc, device)
                     continue
                 if timing.decode_tokens == new_tokens:  # a cancelled run is not a measurement
                     runs[label].append(timing)
+                    setups[label].append(setup)
         for label, point in row.items():
             per_token = [1000.0 * t.decode_s / t.decode_tokens for t in runs[label]]
             if per_token:
                 point.ms_per_token, point.best_ms_per_token = statistics.median(per_token), min(per_token)
                 point.prefill_s = statistics.median(t.ttft_s for t in runs[label])
                 point.repeats = len(per_token)
+                point.setup_s = statistics.median(s for s, _ in setups[label])
+                point.decode_path = setups[label][-1][1]
             elif point.error is None:
                 point.error = "Cancelled."
             points.append(point)

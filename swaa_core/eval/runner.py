@@ -42,7 +42,14 @@ from .harness import (
     check_context,
     error_text,
 )
-from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming, greedy_generation_config, without_eos
+from .latency import (
+    DEFAULT_TIMING_TOKENS,
+    AnswerThenBudget,
+    DecodeTiming,
+    decode_path,
+    greedy_generation_config,
+    without_eos,
+)
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens, needle_distance, run_meta
 
@@ -74,6 +81,9 @@ class RunResult:
     decode_tokens: int = 0  # decode steps the decode speed comes from (timed_tokens - 1)
     timed_total_s: float = 0.0  # prompt handed over -> token number `timed_tokens`: comparable across runs
     timing_extra_tokens: int = 0  # tokens generated past the answer only to reach `timed_tokens` (not shown)
+    decode_path: str = ""  # latency.decode_path(): "dynamic cache" or "fixed buffers" (+ " + CUDA graph")
+    setup_s: float = 0.0  # fixed buffers only: their first-call cost (buffers, warm-up steps, graph capture),
+    # spent between the first generated token and the steady steps, so inside decode speed and timed_total_s
     memory_delta_bytes: int = 0  # peak minus what was held when the run started (activations + KV cache)
     kv_cache_bytes_per_layer: list[int] = field(default_factory=list)
     answer_logprob_tokens: int = 0
@@ -300,6 +310,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
         with PeakMemory(m.device) as memory:
             out, backend = _decode_static(m, ids, config, spec, gen.max_new_tokens, hooks=(streamer, criteria))
         result.backend = f"{backend}, static cache" + (" + CUDA graph" if out.cuda_graph else "")
+        result.decode_path, result.setup_s = decode_path(True, out.cuda_graph), out.setup_s
         sequences, per_layer, prefill_s = out.sequences, list(out.kv_cache_bytes_per_layer), out.prefill_s
     else:
         with (
@@ -309,6 +320,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
             swaa(model, config, backend=spec.backend) as state,
         ):
             result.backend = state.backend if state is not None else str(model.config._attn_implementation)
+            result.decode_path = decode_path(False)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

@@ -194,6 +194,22 @@ def test_decode_speed_is_measured_per_recipe_and_length(client):
     assert "32 decode steps" in note and "Not measured" not in note
 
 
+def test_fixed_buffer_decode_gives_the_same_answers_and_says_so(client, comparison):
+    """static_cache=True: every column through swaa_core's fast_generate (its setup time and path in each row)."""
+    _board, summary, rows, _csv, _json = client.predict(**SWA_ONLY, static_cache=True, api_name="/compare")
+    assert [r["output_text"] for r in rows] == [r["output_text"] for r in comparison[2]]
+    assert [r["decode_path"] for r in comparison[2]] == ["dynamic cache"] * 2
+    assert [r["decode_path"] for r in rows] == ["fixed buffers"] * 2 and all(r["setup_s"] > 0 for r in rows)
+    assert all((r["timed_tokens"], r["static_cache"]) == (32, True) for r in rows)
+    assert "Decode path: fixed buffers in every column" in summary
+    points, note = client.predict(
+        recipes=["full", "swa"], lengths=["256"], window=128, sinks=0, static_cache=True, api_name="/decode_speed"
+    )
+    assert [(p["decode_path"], p["error"]) for p in points] == [("fixed buffers", None)] * 2
+    assert all(p["ms_per_token"] > 0 and p["setup_s"] > 0 for p in points)
+    assert "Decode path: fixed buffers; setup per run" in note
+
+
 def test_summary_states_the_kv_saving(comparison):
     _board, summary, (full, swa) = comparison
     saved = 1 - swa["kv_cache_bytes"] / full["kv_cache_bytes"]

@@ -77,6 +77,7 @@ link_settings = st.builds(
     depth=st.floats(0, 1).map(lambda d: round(d, 2)),
     seed=st.integers(0, 10**6),
     max_new_tokens=st.integers(1, 512),
+    static_cache=st.booleans(),
     example=st.sampled_from(["", "lighthouse"]),
     pinned=st.lists(configs, max_size=3).map(
         lambda cs: [{"label": c.describe(), "config": c.to_dict(), "adapter": ""} for c in cs]
@@ -96,8 +97,9 @@ def _restored(settings_: Settings) -> Settings:
 @given(link_settings)
 def test_link_restores_what_matters(s):
     r = _restored(s)
-    assert (r.model, r.cot, r.source, r.task, r.length, r.depth, r.seed, r.max_new_tokens, r.example) == (
-        s.model, s.cot, s.source, s.task, s.length, s.depth, s.seed, s.max_new_tokens, s.example,
+    assert (r.model, r.cot, r.source, r.task, r.length, r.depth, r.seed, r.max_new_tokens, r.example,
+            r.static_cache) == (
+        s.model, s.cot, s.source, s.task, s.length, s.depth, s.seed, s.max_new_tokens, s.example, s.static_cache,
     )  # fmt: skip
     assert r.strategy.to_config(64).to_dict() == s.strategy.to_config(64).to_dict()
     assert [(p["config"], p["adapter"]) for p in r.pinned] == [(p["config"], p["adapter"]) for p in s.pinned]
@@ -118,9 +120,23 @@ def test_default_settings_make_an_empty_query():
         ({"src": "video"}, "expected one of task, text"),
         ({"pin": "[{]"}, "was not used"),
         ({"bogus": "1"}, "Ignored unknown link parameter(s): bogus"),
+        ({"fixed": "maybe"}, "Fixed-buffer decode must be on or off (1 or 0), got 'maybe'"),
     ],
 )
 def test_bad_link_parameters_become_notes_and_keep_defaults(params, fragment):
     restored, notes = from_query(params)
     assert any(fragment in note for note in notes), notes
     assert restored.strategy.to_config(N_LAYERS).to_dict() == Settings().strategy.to_config(N_LAYERS).to_dict()
+
+
+def test_fixed_buffer_decode_travels_in_links_and_widgets():
+    assert to_query(Settings(static_cache=True)) == "?fixed=1"
+    for word, value in (("1", True), ("on", True), ("true", True), ("0", False), ("off", False)):
+        restored, notes = from_query({"fixed": word})
+        assert (restored.static_cache, notes) == (value, [])
+    restored, _notes = from_query({"fixed": "2", "w": "64"})
+    assert restored.static_cache is False and restored.strategy.window == 64  # a bad value blocks nothing else
+    widgets = dict(model="", strategy=Strategy(), cot=False, adapter=None, source="task", task="needle", length=512.0,
+                   depth=0.25, seed=None, max_new_tokens=12.0, example=None, pinned=None)  # fmt: skip
+    assert Settings.from_widgets(**widgets, static_cache=True).static_cache is True
+    assert Settings.from_widgets(**widgets, static_cache=None).static_cache is False

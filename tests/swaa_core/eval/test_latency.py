@@ -42,6 +42,22 @@ def test_one_point_per_length_and_config_with_the_cache_each_one_holds(loaded):
         assert held["SWA", n] == LAYERS * W * PER_TOKEN  # a ring of sinks (none) + W slots at every length
 
 
+def test_the_fixed_buffer_path_reports_itself_and_holds_its_buffers(loaded):
+    """static_cache=True times fast_generate: each point says so, has a setup time, and holds what the fixed
+    buffers hold (prompt + new + 1 slots per full or FA-decode layer, a ring of W per evicting one)."""
+    new = 6
+    points = decode_speed_curve(loaded, CONFIGS, [64, 256], new_tokens=new, static_cache=True)
+    held = {(p.label, p.prompt_tokens): p.kv_cache_bytes for p in points}
+    for p in points:
+        assert p.error is None and p.repeats == 1 and p.ms_per_token > 0 and p.prefill_s > 0
+        assert p.decode_path == "fixed buffers" and p.setup_s > 0
+    for n in (64, 256):
+        assert held["Full attention", n] == held["SWA + FA decode", n] == LAYERS * (n + new + 1) * PER_TOKEN
+        assert held["SWA", n] == LAYERS * W * PER_TOKEN
+    dynamic = decode_speed_curve(loaded, {"SWA": CONFIGS["SWA"]}, [64], new_tokens=2)
+    assert (dynamic[0].decode_path, dynamic[0].setup_s) == ("dynamic cache", 0.0)
+
+
 def test_a_length_beyond_the_context_fails_alone(loaded):
     short = SimpleNamespace(**{**vars(loaded), "info": SimpleNamespace(context_length=200)})
     points = decode_speed_curve(short, {"SWA": CONFIGS["SWA"]}, [64, 256], new_tokens=4)
