@@ -4,6 +4,7 @@ cache tensors, prefill time grows with the prompt), streaming, cancellation, err
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -90,6 +91,26 @@ def test_static_cache_runs_as_plain_generation(loaded, sample, config):
     per_token = 2 * KV_HEADS * HEAD_DIM * 4
     slots = (4 + 32) if config is not None and not config.force_fa_decode else n_prompt + DEFAULT_TIMING_TOKENS
     assert result.kv_cache_bytes_per_layer == [slots * per_token] * LAYERS
+
+
+def test_static_cache_setup_stays_out_of_the_decode_speed(loaded, sample, monkeypatch):
+    """Moving the cache into fixed buffers (and capturing a graph on a GPU) happens once, between two generated
+    tokens: it is reported as setup_s and must not slow the decode speed. A 0.4 s delay injected there shows where
+    it lands."""
+    from swaa_core.engine import fast_decode
+
+    real = fast_decode.StaticSWAACache.from_dynamic
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast_decode.StaticSWAACache, "from_dynamic", slow)
+    result = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=6, static_cache=True)
+    assert result.error is None, result.error
+    assert result.setup_s >= 0.4
+    assert result.decode_tokens / result.decode_tokens_per_s < 0.4  # the timed steps exclude the delay
+    assert result.timed_total_s >= 0.4  # time to token N still counts it: the user waited for it
 
 
 def test_prefill_time_grows_with_the_prompt(loaded):
