@@ -138,10 +138,11 @@ def decode_speed(r) -> str:
 
 
 def decode_path_text(r) -> str:
-    """The decode path a run's timings come from, with the fixed buffers' setup (included in those timings)."""
+    """The decode path a run's timings come from, with the fixed buffers' one-off setup (counted in the time to
+    token N, not in the decode speed)."""
     path = getattr(r, "decode_path", "") or "–"
     setup = getattr(r, "setup_s", 0.0)
-    return f"{path}, setup {format_seconds(setup)} (in the times above)" if setup else path
+    return f"{path}, setup {format_seconds(setup)} (in the time to token, not the decode speed)" if setup else path
 
 
 def path_note(results: list) -> str:
@@ -154,7 +155,7 @@ def path_note(results: list) -> str:
     setups = [r.setup_s for r in results if getattr(r, "setup_s", 0.0)]
     setup = (
         f"; its setup (fixed buffers, warm-up steps, graph capture) took {format_seconds(min(setups))}"
-        f"–{format_seconds(max(setups))} per column, inside the decode speed and the time to token"
+        f"–{format_seconds(max(setups))} per column, counted in the time to token, not in the decode speed"
         if setups
         else ""
     )
