@@ -20,6 +20,7 @@ from . import plots, texts
 from .board import render_board
 from .common import (
     HUB,
+    LENGTH_HEADROOM,
     STRATEGY,
     columns_for,
     config_label,
@@ -117,9 +118,11 @@ def _model_updates(loaded, s: Strategy, opened: Settings | None = None) -> list:
         SWAAConfig.fa_layers(s.fa_layers_mode, n) if s.fa_layers_mode != "custom" else [i for i in s.fa_layers if i < n]
     )
     fad = [i for i in s.fa_decode_layers if i < n]
-    window, length, values = gr.Slider(maximum=limit), gr.Slider(maximum=limit), {}
+    longest = limit - LENGTH_HEADROOM
+    window, length, values = gr.Slider(maximum=limit), gr.Slider(maximum=longest), {}
     if opened is not None:
-        window, length = gr.Slider(maximum=limit, value=s.window), gr.Slider(maximum=limit, value=opened.length)
+        window = gr.Slider(maximum=limit, value=s.window)
+        length = gr.Slider(maximum=longest, value=min(int(opened.length), longest))
         values = dict(sinks=s.sinks, fa_layers_mode=s.fa_layers_mode, fa_decode_mode=s.fa_decode_mode)
     return updates(
         MODEL_OUTPUTS,
@@ -370,9 +373,9 @@ def read_upload(file, current):
     return text, None
 
 
-def prompt_info(active_model, prompt: Prompt, window, cot):
+def prompt_info(active_model, prompt: Prompt, window, cot, max_new_tokens=None):
     """Prompt tokens (what the model reads, chat template included: the number the columns show) against the model
-    limit and the window, and a preview of a built-in task."""
+    limit (which must also hold the ``max_new_tokens`` to generate) and the window, and a preview of a built-in task."""
     if not HUB.is_ready(active_model or DEFAULT_MODEL):
         return "Loading the model…", "", gr.skip()
     loaded = loaded_model(active_model)
@@ -383,18 +386,28 @@ def prompt_info(active_model, prompt: Prompt, window, cot):
     except ValueError as e:
         return f"⚠️ {html.escape(str(e))}", "", gr.skip()
     n = model_input_tokens(loaded.tokenizer, sample, cot=bool(cot))
+    new = _whole_or_zero(max_new_tokens)
     limit = loaded.info.context_length
-    seen = min(int(window), n)
-    if limit and n > limit:
-        status = f"<span class='over'>**over the limit**: shorten it by {n - limit:,} tokens</span>"
-    else:
-        status = f"{seen / max(n, 1):.0%} of it at a time"
     limit_text = f"{limit:,}" if limit else "unknown"
-    info = (
-        f"**{n:,}** prompt tokens (what the model reads, chat template included) · model limit **{limit_text}** · "
-        f"a window of {int(window)} tokens sees {status}."
-    )
+    info = f"**{n:,}** prompt tokens (what the model reads, chat template included) · model limit **{limit_text}**"
+    if limit and n + new > limit:
+        with_new = f" and {new:,} new tokens" if new else ""
+        info += (
+            f" · <span class='over'>**over the limit**: the prompt{with_new} {'need' if new else 'needs'} "
+            f"{n + new:,} tokens; "
+            f"shorten the prompt by {n + new - limit:,} tokens</span>."
+        )
+    else:
+        info += f" · a window of {int(window)} tokens sees {min(int(window), n) / max(n, 1):.0%} of it at a time."
     return info, _preview(sample) if prompt.source == "task" else "", n
+
+
+def _whole_or_zero(value) -> int:
+    """A slider's value as a whole number; 0 for anything else (the run itself refuses a bad value with a message)."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _preview(sample) -> str:

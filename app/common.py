@@ -181,6 +181,9 @@ def layer_plan_figure(columns: list[ColumnSpec], n_layers: int):
     return maps.layer_plan_figure(rows) if rows else plots.message_figure("Only full attention.")
 
 
+# The task Length slider stops this far below the model's context: the chat template and the default new tokens must
+# fit beside the task text, or the slider's last values would always be refused.
+LENGTH_HEADROOM = 128
 MASK_PICTURE_TOKENS = 1024  # longer prompts are drawn at a reduced scale (window and sinks shrink alike)
 
 

@@ -9,6 +9,7 @@ from swaa_core.models.registry import DEFAULT_MODEL, get_model_entry
 
 from . import callbacks as cb
 from . import plots, texts
+from .common import LENGTH_HEADROOM
 from .prompts import TASK_CHOICES, examples
 from .state import FA_LAYER_MODES, MAX_PINNED, STATIC_CACHE_LABEL, Settings
 
@@ -127,7 +128,12 @@ def prompt_panel(ui, d: Settings) -> None:
                 ui.seed = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed", info=texts.SEED_INFO)
             with gr.Row():
                 ui.length = gr.Slider(
-                    128, 8192, value=d.length, step=64, label="Length (tokens)", info=texts.LENGTH_INFO
+                    128,
+                    8192 - LENGTH_HEADROOM,
+                    value=d.length,
+                    step=64,
+                    label="Length (tokens)",
+                    info=texts.LENGTH_INFO,
                 )
                 ui.depth = gr.Slider(0, 1, value=d.depth, step=0.05, label="Fact depth", info=texts.DEPTH_INFO)
             ui.task_preview = gr.Markdown()

@@ -194,13 +194,17 @@ def split_trailing_question(text: str) -> tuple[str, str]:
     return match.group(1).strip(), match.group(2).strip()
 
 
-def model_input_tokens(tokenizer, sample: TaskSample, *, cot: bool) -> int:
-    """Prompt tokens as the app counts them everywhere: what the model reads (chat template, CoT instruction and
-    answer prefix included), rendered by swaa_core exactly as runner.run_one renders it (RunResult.prompt_tokens)."""
+def model_input(tokenizer, sample: TaskSample, *, cot: bool) -> str:
+    """What the model reads (chat template, CoT instruction and answer prefix included), rendered by swaa_core
+    exactly as runner.run_one renders it."""
     from swaa_core.eval.cot import render_prompt
 
-    rendered = render_prompt(tokenizer, sample.prompt, cot=bool(cot), answer_prefix=sample.answer_prefix)
-    return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    return render_prompt(tokenizer, sample.prompt, cot=bool(cot), answer_prefix=sample.answer_prefix)
+
+
+def model_input_tokens(tokenizer, sample: TaskSample, *, cot: bool) -> int:
+    """Prompt tokens as the app counts them everywhere (RunResult.prompt_tokens): the tokens of :func:`model_input`."""
+    return len(tokenizer(model_input(tokenizer, sample, cot=cot), add_special_tokens=False)["input_ids"])
 
 
 def token_count(tokenizer, text: str) -> int:

@@ -30,7 +30,7 @@ from .common import (
     write_temp,
 )
 from .engine import on_gpu, stream_columns
-from .prompts import Prompt, model_input_tokens, token_count
+from .prompts import Prompt, model_input, model_input_tokens, token_count
 from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range
 
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
@@ -87,7 +87,7 @@ class Comparison:
         max_new = whole_in_range(options.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
         request = cls(loaded, cfg, columns, sample, max_new, bool(options.cot), int(prompt.seed or 0),
                       static_cache=checked_flag(options.static_cache, STATIC_CACHE_LABEL))  # fmt: skip
-        _check_length(loaded, sample, max_new, request.cot)
+        _check_length(loaded, sample, max_new, request.cot, from_task=prompt.source == "task")
         return request
 
     def stream(self, session: str) -> Iterator[list[ColumnView]]:
@@ -128,6 +128,7 @@ def run_comparison(
         "sample": run.sample.to_dict(),
         "columns": [(c.label, c.config.to_dict() if c.config else None) for c in run.columns],
         "prompt_tokens": prompt_tokens or model_input_tokens(run.loaded.tokenizer, run.sample, cot=run.cot),
+        "cot": bool(run.cot),  # the maps read what the run's model read
     }
     masks = mask_figure(run.columns, last_run["prompt_tokens"], run.max_new_tokens, int(layer or 0))
     csv, data = export_files(rows)
@@ -151,14 +152,16 @@ def _first_sliding_layer(cfg: SWAAConfig, current: int) -> int:
     return next((i for i in range(current, current + 1000) if cfg.layer_slides(i)), current)
 
 
-def _check_length(loaded, sample, max_new: int, cot: bool) -> None:
+def _check_length(loaded, sample, max_new: int, cot: bool, *, from_task: bool) -> None:
     n = model_input_tokens(loaded.tokenizer, sample, cot=cot)
     try:
         check_context(loaded.model, n, max_new, info=loaded.info)
-    except ContextOverflowError as e:  # the same rule as every run; the page's own words
+    except ContextOverflowError as e:  # the same rule as every run; the page's own words and controls
+        shorter = "Lower the task's Length" if from_task else "Shorten the text"
         raise ValueError(
             f"The prompt is too long for {loaded.name}: {n:,} prompt tokens + {max_new} new tokens exceed its "
-            f"{e.limit:,}-token context. Shorten the text or lower the length slider."
+            f"{e.limit:,}-token context by {n + max_new - e.limit:,} tokens. {shorter} or lower Max new "
+            "tokens."
         ) from None
 
 
@@ -199,7 +202,8 @@ def draw_attention(active_model, last_run, column, layer, head):
     index = int(column) if column is not None else len(last_run["columns"]) - 1
     label, cfg_dict = last_run["columns"][index]
     cfg = SWAAConfig.from_dict(cfg_dict)
-    ids = loaded.tokenizer(sample.prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    rendered = model_input(loaded.tokenizer, sample, cot=bool(last_run.get("cot")))
+    ids = loaded.tokenizer(rendered, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] > MAX_ATTENTION_TOKENS:
         text = f"The prompt has {ids.shape[1]:,} tokens; attention maps are drawn up to {MAX_ATTENTION_TOKENS:,}."
         return plots.plot_data(plots.message_figure(text), "attention")
@@ -216,18 +220,19 @@ def draw_attention(active_model, last_run, column, layer, head):
         sinks=cfg.keep_first,
         swaa_label=label,
         layer_slides=cfg.layer_slides(layer),
-        needle_tokens=_needle_tokens(loaded.tokenizer, sample),
+        needle_tokens=_needle_tokens(loaded.tokenizer, sample, rendered),
     )
     return plots.plot_data(fig, f"swaa-attention-layer{layer}")
 
 
-def _needle_tokens(tokenizer, sample) -> tuple[int, int] | None:
-    """Token span of the fact in the user prompt (the maps are drawn on the prompt without the chat template)."""
-    if not sample.needle_char_span:
+def _needle_tokens(tokenizer, sample, rendered: str) -> tuple[int, int] | None:
+    """Token span of the fact in ``rendered``, the text the model read (chat template included), as the maps are."""
+    offset = rendered.rfind(sample.prompt)
+    if not sample.needle_char_span or offset < 0:
         return None
-    a, b = sample.needle_char_span
-    start = token_count(tokenizer, sample.prompt[:a])
-    return start, start + max(1, token_count(tokenizer, sample.prompt[a:b]))
+    a, b = (offset + i for i in sample.needle_char_span)
+    start = token_count(tokenizer, rendered[:a])
+    return start, start + max(1, token_count(tokenizer, rendered[a:b]))
 
 
 @ui_errors

@@ -58,7 +58,10 @@ MAX_NEW_TOKENS_INFO = (
 SEED_INFO = "Same seed = same task text and same results, so a class sees the same thing."
 MODEL_INFO = "Pick a recommended model, or type a Hugging Face Hub id (org/name) or a local folder path."
 TASK_INFO = "Long-context tasks with a known answer, so each column is scored correct or incorrect."
-LENGTH_INFO = "Prompt length in tokens. Longer than the window means SWA hides part of it."
+LENGTH_INFO = (
+    "Task length in tokens. Longer than the window means SWA hides part of it. The chat template and the new tokens "
+    "must fit in the model's context beside it."
+)
 DEPTH_INFO = "Where the fact sits: 0 = at the start of the prompt, 1 = at the end (near the question)."
 QUESTION_INFO = (
     "Asked after the document. Leave it empty when the text ends with its question: that last sentence is then "

@@ -117,7 +117,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     share_in = [g.settings, ui.prompt_tokens, ui.layer]
     config_out = _widgets(ui, cb.CONFIG_OUTPUTS)
     info_in, info_out = (
-        [ui.active_model, g.prompt, ui.window, ui.cot],
+        [ui.active_model, g.prompt, ui.window, ui.cot, ui.max_new_tokens],
         [ui.token_info, ui.task_preview, ui.prompt_tokens],
     )
 
@@ -167,7 +167,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     for component in user_text:
         _light(component.change, cb.remember_text, user_text, [ui.saved_text], trigger_mode="always_last")
     _light(ui.upload.upload, cb.read_upload, [ui.upload, ui.document], [ui.document, ui.upload])
-    for component in [*prompt, ui.window, ui.cot]:
+    for component in [*prompt, ui.window, ui.cot, ui.max_new_tokens]:
         info = _light(component.change, cb.prompt_info, info_in, info_out, trigger_mode="always_last")
         _light(info.then, cb.describe_config, share_in, config_out)
 
