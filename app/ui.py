@@ -129,9 +129,10 @@ def _wire(demo: gr.Blocks, ui) -> None:
         demo.load, cb.open_page, [ui.saved_text], _widgets(ui, cb.OPEN_OUTPUTS),
         concurrency_limit=None,  # only waits for the model: must not queue behind other visitors' runs
     )  # fmt: skip
-    described = _light(opened.then, cb.describe_config, share_in, config_out)
-    informed = _light(described.then, cb.prompt_info, info_in, info_out)
-    noted = _light(informed.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
+    # the prompt's token count first: the mask pictures are drawn at it
+    informed = _light(opened.then, cb.prompt_info, info_in, info_out)
+    described = _light(informed.then, cb.describe_config, share_in, config_out)
+    noted = _light(described.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])
     _light(share_link(noted).then, tour.tour_figure, [ui.tour_index], [ui.tour_masks])
 
     # A failed load leaves the active model, the dropdown back on it and every control as it was.
@@ -139,7 +140,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
         ui.load_model.click, cb.load_model, [ui.model, ui.active_model, g.strategy], [ui.model, *model_out],
         concurrency_id="load", concurrency_limit=1, show_progress="minimal",
     )  # fmt: skip
-    _light(_light(loading.then, cb.describe_config, share_in, config_out).then, cb.prompt_info, info_in, info_out)
+    _light(_light(loading.then, cb.prompt_info, info_in, info_out).then, cb.describe_config, share_in, config_out)
 
     # Strategy controls.
     _light(
