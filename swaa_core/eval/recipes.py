@@ -7,6 +7,7 @@ User recipes are concrete configs saved in a JSON file that upstream's settings 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -193,7 +194,15 @@ def _lookup(name: str, user_recipes: dict[str, SWAAConfig] | None) -> Recipe:
         return user_recipe(name, user_recipes[name])
     if name.lstrip().startswith("{"):
         return user_recipe("inline", SWAAConfig.from_json(name))
-    return get_recipe(name)
+    try:
+        return get_recipe(name)
+    except SWAAConfigError as e:
+        if not user_recipes:
+            raise
+        close = difflib.get_close_matches(name, list(user_recipes), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        yours = ", ".join(repr(n) for n in user_recipes)
+        raise SWAAConfigError(f"{e} Your recipes file has: {yours}.{hint}") from None
 
 
 def user_recipe(name: str, config: SWAAConfig | dict) -> Recipe:
@@ -243,11 +252,17 @@ def load_user_recipes(path: str | Path) -> dict[str, SWAAConfig]:
     if isinstance(data, dict) and _is_bare_config(data):
         data = [data]
     if isinstance(data, dict) and "swaa_config" not in data:
-        return {str(name): _config_from(value, name) for name, value in data.items()}
+        try:
+            return {str(name): _config_from(value, name) for name, value in data.items()}
+        except SWAAConfigError as e:
+            raise SWAAConfigError(f"Recipe file {path}: {e}") from None
     entries = data if isinstance(data, list) else [data]
     if entries and all(isinstance(e, dict) and _is_bare_config(e) for e in entries):
-        return _bare_configs(entries)
-    configs = load_upstream_settings(entries)
+        return _bare_configs(entries, path)
+    try:
+        configs = load_upstream_settings(entries)
+    except SWAAConfigError as e:
+        raise SWAAConfigError(f"Recipe file {path}: {_with_entry_name(str(e), entries)}") from None
     out: dict[str, SWAAConfig] = {}
     for entry, (cfg, _models) in zip(entries, configs, strict=True):
         name = entry.get("name") or cfg.describe()
@@ -260,12 +275,25 @@ def _is_bare_config(entry: dict) -> bool:
     return "swaa_config" not in entry and any(k in UPSTREAM_KEYS for k in entry)
 
 
-def _bare_configs(entries: list[dict]) -> dict[str, SWAAConfig]:
+def _with_entry_name(message: str, entries: list) -> str:
+    """Upstream's "Entry i: ..." with the entry's name added where it has one."""
+    found = re.match(r"Entry (\d+)", message)
+    if found and int(found.group(1)) < len(entries) and isinstance(entries[int(found.group(1))], dict):
+        name = entries[int(found.group(1))].get("name")
+        if name:
+            return message.replace(found.group(0), f"{found.group(0)} ({name!r})", 1)
+    return message
+
+
+def _bare_configs(entries: list[dict], path: Path) -> dict[str, SWAAConfig]:
     """A list of bare configs, each optionally carrying a "name"."""
     out: dict[str, SWAAConfig] = {}
     for i, entry in enumerate(entries):
         fields = {k: v for k, v in entry.items() if k != "name"}
-        cfg = _config_from(fields, entry.get("name") or f"entry {i}")
+        try:
+            cfg = _config_from(fields, entry.get("name") or f"entry {i}")
+        except SWAAConfigError as e:
+            raise SWAAConfigError(f"Recipe file {path}: {e}") from None
         out[_unique(str(entry.get("name") or cfg.describe()), out)] = cfg
     return out
 

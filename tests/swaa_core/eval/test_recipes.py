@@ -4,6 +4,7 @@ upstream settings files are accepted."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -174,6 +175,30 @@ def test_unused_settings_name_what_a_recipe_ignores(name, window, keep_first, sa
         assert len(notes) == 1 and says in notes[0]
     if notes and "sink tokens" in notes[0]:
         assert "swa-sinks, swa-sinks-fa-decode, recommended" in notes[0]
+
+
+def test_recipe_file_errors_name_the_file_and_the_recipe(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps([{"name": "my-mix", "swaa_config": {"sliding_window_size": 512, "keep_frist": 4}}]))
+    with pytest.raises(SWAAConfigError) as caught:
+        load_user_recipes(path)
+    assert str(caught.value).startswith(f"Recipe file {path}: Entry 0 ('my-mix'): Unknown SWAA config field(s)")
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps([{"name": "tight", "sliding_window_size": 64, "keep_frist": 4}]))
+    with pytest.raises(SWAAConfigError, match=rf"^Recipe file {re.escape(str(bare))}: Recipe 'tight': Unknown"):
+        load_user_recipes(bare)
+
+
+def test_an_unknown_name_lists_the_files_recipes_and_the_closest_one():
+    mine = {"my-mix": SWAAConfig(sliding_window_size=64), "other": SWAAConfig(sliding_window_size=32)}
+    with pytest.raises(SWAAConfigError) as caught:
+        resolve_recipe("my-mx", 8, user_recipes=mine)
+    message = str(caught.value)
+    assert "Known recipes: full, swa" in message and "Your recipes file has: 'my-mix', 'other'." in message
+    assert message.endswith("Did you mean 'my-mix'?")
+    with pytest.raises(SWAAConfigError) as caught:
+        resolve_recipe("zzz", 8)
+    assert "recipes file" not in str(caught.value)  # no file, no mention of one
 
 
 def test_name_to_config_objects_load_too(tmp_path):
