@@ -163,7 +163,7 @@ def versions() -> dict:
 
 # --------------------------------------------------------------------------- float64 oracle and random cases
 def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """SWAA.md's rule, written here independently of swaa_core.engine.masks: (B, Q, KV) bool."""
+    """docs/paper.md's rule, written here independently of swaa_core.engine.masks: (B, Q, KV) bool."""
     i, j = q_pos[:, :, None], kv_pos[:, None, :]
     seen = kv_valid[:, None, :] & (j <= i)
     if window is None:

@@ -147,7 +147,13 @@ def read_config_file(path: str) -> str:
 
 def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens, help=f"(default: {max_new_tokens})")
+    g.add_argument(
+        "--max-new-tokens",
+        "-n",
+        type=int,
+        default=max_new_tokens,
+        help=f"most tokens of the answer (default: {max_new_tokens})",
+    )
     g.add_argument("--cot", action="store_true", help="chain of thought: thinking mode, or a step-by-step instruction")
     g.add_argument(
         "--timing-tokens",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 UPSTREAM_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
-# The paper's interleaving recipes by name, fewest full-attention layers first (SWAA.md: "1/2" = odd layers, "1/4" =
+# The paper's interleaving recipes by name, fewest full-attention layers first (docs/paper.md: "1/2" = odd layers, "1/4" =
 # layers 3, 7, 11, ...); SWAAConfig.fa_layers resolves them and the rest of its grammar.
 FA_LAYER_PATTERNS = ("1/4", "1/2")
 
@@ -46,7 +46,7 @@ class SWAAConfig:
             if w < 1:
                 raise SWAAConfigError(
                     f"sliding_window_size must be at least 1 (the query's own token), got {w}. "
-                    "Use None for full attention."
+                    "Use None (null in JSON) for full attention."
                 )
         k = self.keep_first
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:

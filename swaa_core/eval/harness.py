@@ -205,7 +205,8 @@ def check_context(model, prompt_tokens: int, new_tokens: int, *, info=None) -> i
     if limit is not None and prompt_tokens + new_tokens > limit:
         error = ContextOverflowError(
             f"The prompt has {prompt_tokens} tokens and {new_tokens} new tokens were asked for, but the model's "
-            f"context is {limit} tokens. Shorten the prompt or lower max_new_tokens."
+            f"context is {limit} tokens. Shorten the prompt or ask for fewer new tokens (max_new_tokens; "
+            "--max-new-tokens / -n in the swaa command)."
         )
         error.limit = limit
         raise error

@@ -29,7 +29,7 @@ class Recipe:
     fa_decode: bool = False
     sinks: bool = False
     fa_layers: str | None = None  # a SWAAConfig.fa_layers pattern such as "1/2"
-    paper_accuracy: str = ""  # Qwen3-4B, LongMemEval_24k, window 2k, no SFT / SFT (see shared SWAA.md)
+    paper_accuracy: str = ""  # Qwen3-4B, LongMemEval_24k, window 2k, no SFT / SFT (see docs/paper.md)
     config: SWAAConfig | None = None  # user recipes: a fixed config, used as is
 
     def build(self, num_layers: int, *, window: int, keep_first: int) -> SWAAConfig | None:

@@ -66,7 +66,10 @@ def test_under_the_limit_tells_what_the_window_sees(page):
 
 @pytest.mark.parametrize(
     "prompt, control",
-    [(TEXT, "Shorten the text"), (Prompt(source="task", task="passkey", length=380, seed=1), "Lower the task's Length")],
+    [
+        (TEXT, "Shorten the text"),
+        (Prompt(source="task", task="passkey", length=380, seed=1), "Lower the task's Length"),
+    ],
 )
 def test_the_refusal_names_a_control_the_prompt_has(page, prompt, control):
     options = rh.RunOptions(cot=False, adapter="", max_new_tokens=12, pinned=[], static_cache=False)
@@ -74,6 +77,8 @@ def test_the_refusal_names_a_control_the_prompt_has(page, prompt, control):
         rh.Comparison.build("tiny", Strategy(window=64), prompt, options)
     message = str(caught.value)
     n = _tokens(page.tokenizer, prompt)
-    assert f"{n:,} prompt tokens + 12 new tokens exceed its {CONTEXT:,}-token context by {n + 12 - CONTEXT:,}" in message
+    assert (
+        f"{n:,} prompt tokens + 12 new tokens exceed its {CONTEXT:,}-token context by {n + 12 - CONTEXT:,}" in message
+    )
     assert control in message and "or lower Max new tokens." in message
     assert not re.search(r"length slider", message)

@@ -340,7 +340,7 @@ def test_bad_config_in_a_recipes_file_names_the_recipe(tiny_folder, tmp_path, ca
 
 
 def test_recipes_file_alone_runs_every_config_of_an_upstream_settings_file(tiny_folder, tmp_path, capsys):
-    # Upstream format (SWAA.md): a list of {"swaa_config": ..., "model_list": [...]}, full attention first.
+    # Upstream format (docs/paper.md): a list of {"swaa_config": ..., "model_list": [...]}, full attention first.
     configs = [
         {"sliding_window_size": None, "keep_first": 0, "force_fa_decode": False, "non_sliding_layers": []},
         {"sliding_window_size": 8, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []},

@@ -1,4 +1,4 @@
-"""Every backend against float64 attention whose mask is SWAA.md's rule written out (helpers/attention.py), not via
+"""Every backend against float64 attention whose mask is docs/paper.md's rule written out (helpers/attention.py), not via
 swaa_core.engine.masks."""
 
 from __future__ import annotations

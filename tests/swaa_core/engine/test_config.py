@@ -99,7 +99,7 @@ def test_upstream_settings_file(tmp_path):
     fa_decode=st.booleans(),
 )
 def test_mask_picture_is_the_rule(n, window, keep_first, prompt, fa_decode):
-    """The predicate every backend derives from, checked cell by cell against SWAA.md's rule."""
+    """The predicate every backend derives from, checked cell by cell against docs/paper.md's rule."""
     cfg = SWAAConfig(sliding_window_size=window, keep_first=keep_first, force_fa_decode=fa_decode)
     pic = mask_picture(cfg, n, prompt_tokens=prompt)
     expected = torch.tensor(

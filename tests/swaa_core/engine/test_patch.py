@@ -17,7 +17,7 @@ def ids(n, seed=0, batch=1):
 
 
 def hand_mask(n, window, keep_first, prompt_len=None, fa_decode=False):
-    """Additive (1, 1, n, n) mask from the rule in SWAA.md, written independently of swaa_core."""
+    """Additive (1, 1, n, n) mask from the rule in docs/paper.md, written independently of swaa_core."""
     mask = torch.full((n, n), float("-inf"))
     for i in range(n):
         for j in range(i + 1):

@@ -1,4 +1,4 @@
-"""The SinkWindow mask kind against the rule of SWAA.md spelled out as plain Python loops over positions: its
+"""The SinkWindow mask kind against the rule of docs/paper.md spelled out as plain Python loops over positions: its
 predicate, the key span a query needs, the slots an evicting layer keeps, the shortcuts the engine takes on its word,
 the window-kernel parameters, the FlexAttention mask_mods and its picture."""
 

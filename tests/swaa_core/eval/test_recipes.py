@@ -1,4 +1,4 @@
-"""Recipes: the paper presets resolve to the configs SWAA.md describes; user recipes round-trip through JSON and
+"""Recipes: the paper presets resolve to the configs docs/paper.md describes; user recipes round-trip through JSON and
 upstream settings files are accepted."""
 
 from __future__ import annotations

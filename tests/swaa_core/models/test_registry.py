@@ -1,4 +1,4 @@
-"""The curated model list: facts checked against transformers' own model construction, recipes against SWAA.md."""
+"""The curated model list: facts checked against transformers' own model construction, recipes against docs/paper.md."""
 
 from __future__ import annotations
 
