@@ -19,6 +19,8 @@ from swaa_core.models.registry import DEFAULT_MODEL
 
 logging.basicConfig(level=os.environ.get("SWAA_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
 log = logging.getLogger("swaa_app")
+for chatty in ("httpx", "pypdf"):  # a line per HTTP request of Gradio's own client, a warning per odd PDF object
+    logging.getLogger(chatty).setLevel(logging.ERROR if chatty == "pypdf" else logging.WARNING)
 SHUTDOWN_WAIT_S = 20  # a cancelled column stops at its next layer; a model still loading is not waited for
 
 if os.environ.get("SWAA_PRELOAD", "1") != "0":

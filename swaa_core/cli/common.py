@@ -188,10 +188,22 @@ def load_from_args(args, launch=None):
     """The model of ``--model`` on ``--device``; under a multi-process launch, on this process's own device."""
     from .. import load_model
 
+    _check_files_first(args)
     if launch is None or launch.is_main:
         note(f"loading {args.model or 'the embedded model'} ...")
     device = args.device if launch is None else launch.device
     return load_model(args.model, device=device, dtype=args.dtype)
+
+
+def _check_files_first(args) -> None:
+    """Read the files a command was given before its model loads, so a typo costs seconds, not a model download."""
+    if getattr(args, "recipes_file", None):
+        load_user_recipes(args.recipes_file)
+    for option in ("data", "dataset"):
+        value = getattr(args, option, None)
+        is_file_name = isinstance(value, (str, Path)) and str(value).endswith((".json", ".jsonl", ".parquet", ".csv"))
+        if is_file_name and not Path(value).is_file():
+            raise SWAAConfigError(f"--{option}: file not found: {value}")
 
 
 def model_layers(args) -> int:

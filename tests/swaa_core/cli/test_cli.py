@@ -503,6 +503,23 @@ def test_recipes_show_says_when_a_recipe_ignores_the_sinks_asked_for(capsys):
     assert json_lines(out)[0]["keep_first"] == 4 and "not used" not in err
 
 
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--recipes-file", "BAD"], "Unknown SWAA config field(s) ['keep_frist']"),
+        (["--recipes-file", "MISSING"], "Recipe file not found"),
+    ],
+)
+def test_a_broken_file_is_reported_before_the_model_loads(tmp_path, capsys, extra, says):
+    """The model folder does not exist: had the command loaded it first, the error would be about the folder."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"name": "mix", "swaa_config": {"sliding_window_size": 64, "keep_frist": 4}}]))
+    files = {"BAD": str(bad), "MISSING": str(tmp_path / "missing.json")}
+    assert main(["run", "Hi", "--model", str(tmp_path / "no-model"), *[files.get(a, a) for a in extra]]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "loading" not in err and "Folder not found" not in err
+
+
 def test_recipes_file_of_bare_configs_runs_each(tiny_folder, tmp_path, capsys):
     path = tmp_path / "mine.json"
     path.write_text(
