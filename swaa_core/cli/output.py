@@ -120,6 +120,20 @@ def _timing_caption(results) -> str:
     )
 
 
+# Summary columns as a reader names them (the JSON keeps the column names); others print with spaces for underscores.
+HEADERS = {
+    "length_target": "length",
+    "logprob_per_token": "log-lik. per token",
+    "ttft_s": "TTFT s",
+    "prefill_s": "prefill s",
+    "decode_tokens_per_s": "decode",
+    "decode_tokens": "decode steps",
+    "timed_total_s": "timed total s",
+    "total_s": "answer s",
+    "kv_cache_bytes": "KV cache",
+}
+
+
 def frame_table(df, title: str) -> None:
     """Print a DataFrame: numbers never fold (each column is at least as wide as its widest value), headers wrap
     at their underscores and text columns fold. When the columns do not fit the terminal, the table continues in
@@ -128,7 +142,7 @@ def frame_table(df, title: str) -> None:
     from rich.table import Table
 
     rows = [[_frame_cell(col, value, row) for col, value in row.items()] for row in df.to_dict(orient="records")]
-    heads = [str(col).replace("_", " ") for col in df.columns]
+    heads = [HEADERS.get(str(col), str(col).replace("_", " ")) for col in df.columns]
     roomy, compact = [], []  # headers on one line / wrapped at their spaces
     for i, col in enumerate(df.columns):
         text = not pd.api.types.is_numeric_dtype(df[col])  # pandas 3 holds text as "str", not object
@@ -166,6 +180,8 @@ def _column_groups(min_widths: list[int], total: int) -> list[list[int]]:
 def _frame_cell(col, value, row: dict) -> str:
     if "bytes" in str(col):
         return format_bytes(value)
+    if col == "accuracy" and isinstance(value, float) and value == value:
+        return f"{value:.0%}"
     if col == "decode_tokens_per_s" and "decode_tokens" in row:
         return _decode_cell(value, row["decode_tokens"])
     if isinstance(value, float):
