@@ -170,7 +170,7 @@ def summary_markdown(columns: list[ColumnView]) -> str:
         return ""
     n = base.timed_tokens
     lines = [
-        f"| config | prefill | decode speed | time to token {n} | KV cache | answer |",
+        f"| config | time to first token | decode speed | time to token {n} | KV cache | answer |",
         "|---|---|---|---|---|---|",
     ]
     for col in columns:
@@ -182,15 +182,16 @@ def summary_markdown(columns: list[ColumnView]) -> str:
         )
         timed = comparable(base, r, what="timed") or ratio_text(base.timed_total_s, r.timed_total_s)
         lines.append(
-            f"| {_md(col.label)} | {ratio_text(base.prefill_s, r.prefill_s)} | {decode} | {timed} | "
+            f"| {_md(col.label)} | {ratio_text(base.ttft_s, r.ttft_s)} | {decode} | {timed} | "
             f"{_saving(base.kv_cache_bytes, r.kv_cache_bytes)} | {_answer_change(base, r)} |"
         )
     if len(lines) == 2:
         return ""
     notes = _notes(base, [c for c in columns if not c.is_full and c.result is not None and not c.result.error])
     notes.append(
-        f"Decode speed and time to token {n}: every column timed over its first {n} generated tokens (a column "
-        "whose answer is shorter goes on generating, unseen, for the timing); prefill timed on its own."
+        f"Every column is timed over its first {n} generated tokens (a column whose answer is shorter goes on "
+        f"generating, unseen, for the timing): time to first token = reading the prompt; decode speed = the "
+        f"{max(n - 1, 0)} steps from token 1 to token {n}; time to token {n} = both."
     )
     notes.append(path_note([c.result for c in columns if c.result is not None and not c.result.error]))
     text = "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
@@ -200,7 +201,7 @@ def summary_markdown(columns: list[ColumnView]) -> str:
 def _notes(base, swaa_columns: list[ColumnView]) -> list[str]:
     """Explain results that surprise people who expect SWA to be faster and smaller at every setting."""
     notes = []
-    if any(c.result.prefill_s > base.prefill_s * 1.05 for c in swaa_columns):
+    if any(c.result.ttft_s > base.ttft_s * 1.05 for c in swaa_columns):
         notes.append(
             f"At {base.prompt_tokens:,} tokens the sliding-window kernel's overhead can outweigh what it skips; "
             "its O(n·W) cost wins on long prompts (try a few thousand tokens)."

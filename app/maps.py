@@ -15,6 +15,8 @@ from plotly.subplots import make_subplots
 from .plots import FA_COLOR, SWA_COLOR, style_figure, wrap_label
 
 NEEDLE_COLOR = "#2ca25f"
+# The window-edge label's width as a share of a map's width (two short lines at 12 px in a ~300 px map, with slack).
+EDGE_LABEL_SHARE = 0.3
 # Labels inside the attention maps sit over dark weights and over the blank (masked) area alike: dark text on a
 # light box stays readable on both.
 LABEL_BOX = dict(font=dict(color="#1f2d3d", size=12), bgcolor="rgba(255,255,255,0.85)", borderpad=2)
@@ -125,9 +127,12 @@ def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: i
             row=1,
             col=col,
         )
+        # At the edge's midpoint, on the masked side when its room to the left holds the label, else on the
+        # band's side: a label reaching left past key 0 ran into the full-attention map beside this one.
+        masked_side = (n - window) / 2 >= EDGE_LABEL_SHARE * n
         fig.add_annotation(
-            x=(n - window) / 2, y=(window + n) / 2, text=f"window edge (W={window})", showarrow=False,
-            xanchor="right", **LABEL_BOX, row=1, col=col,
+            x=(n - window) / 2, y=(window + n) / 2, text=f"window edge<br>(W={window})", showarrow=False,
+            xanchor="right" if masked_side else "left", xshift=-3 if masked_side else 3, **LABEL_BOX, row=1, col=col,
         )  # fmt: skip
     if sinks and window is not None:
         fig.add_shape(
@@ -261,6 +266,6 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
         tickangle=0,
     )
     fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=labels)
-    fig = style_figure(fig, height=80 + 30 * len(z))
-    fig.update_layout(margin=dict(t=12, b=44))
+    fig = style_figure(fig, height=110 + 30 * len(z))
+    fig.update_layout(margin=dict(t=40, b=44))  # t: the toolbar's band, so it does not sit on the top row
     return fig

@@ -225,6 +225,7 @@ def sweep_panel(ui) -> None:
         ui.heat_samples = gr.Slider(1, 10, value=1, step=1, label="Samples per cell", scale=1)
     with gr.Row():
         ui.run_heat = gr.Button("Run needle sweep", variant="primary")
+        ui.stop_heat = gr.Button("Stop", variant="stop")
         ui.heat_results = gr.DownloadButton("Sweep CSV", size="sm", interactive=False)
     ui.heatmap = gr.Plot(
         _placeholder("Run the needle sweep to fill the heatmap."), label="Needle heatmap", elem_id="swaa-heatmap"
@@ -240,7 +241,9 @@ def decode_speed_panel(ui) -> None:
             label="Prompt lengths (tokens)",
             scale=3,
         )
-        ui.run_decode_speed = gr.Button("Measure decode speed", variant="primary", scale=1)
+        with gr.Column(scale=1):
+            ui.run_decode_speed = gr.Button("Measure decode speed", variant="primary")
+            ui.stop_decode_speed = gr.Button("Stop", variant="stop")
     ui.decode_speed = gr.Plot(
         _placeholder("Measure decode speed to draw it."), label="Decode speed", elem_id="swaa-decode-speed"
     )

@@ -67,9 +67,11 @@ def wrap_label(text: str, width: int = 34) -> str:
 
 
 def message_figure(text: str, *, height: int = 260) -> go.Figure:
-    """A blank figure that says why there is nothing to draw yet."""
+    """A blank figure that says why there is nothing to draw yet (in short lines: one long line runs off a phone)."""
     fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
+    fig.add_annotation(
+        text=wrap_label(text, 30), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14)
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return style_figure(fig, height=height)
@@ -77,25 +79,28 @@ def message_figure(text: str, *, height: int = 260) -> go.Figure:
 
 # ---------------------------------------------------------------- results
 def latency_figure(rows: Sequence[dict]) -> go.Figure:
-    """Stacked prefill + decode seconds per column, both over the same work in every column: the prompt, then the
-    first ``timed_tokens`` generated tokens. Rows carry label, prefill_s, timed_total_s, timed_tokens,
-    decode_tokens, decode_tokens_per_s (RunResult fields)."""
+    """Stacked seconds per column over the same work in every column: time to the first generated token (reading
+    the prompt), then from it to token ``timed_tokens`` (the decode steps the decode speed comes from, plus the
+    fixed buffers' setup on that path). Rows carry label, ttft_s, timed_total_s, timed_tokens, decode_tokens,
+    decode_tokens_per_s (RunResult fields); the bars' names are the board's ("time to first token")."""
     from swaa_core.eval.latency import decode_note
 
     if not rows:
-        return message_figure("Run a comparison to see latencies.")
+        return message_figure("Run a comparison to see where the time goes.")
     labels = [wrap_label(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone
-    prefill = [r["prefill_s"] for r in rows]
-    decode = [max(r["timed_total_s"] - r["prefill_s"], 0.0) for r in rows]
+    first = [r["ttft_s"] for r in rows]
+    decode = [max(r["timed_total_s"] - r["ttft_s"], 0.0) for r in rows]
     speed = [
         "" if not r["decode_tokens_per_s"] else decode_note(r) or f"{r['decode_tokens_per_s']:.1f} tok/s" for r in rows
     ]
     counts = {r["timed_tokens"] for r in rows}
-    what = f"the first {counts.pop()} generated tokens" if len(counts) == 1 else "UNEQUAL token counts: do not compare"
+    n = counts.pop() if len(counts) == 1 else None
+    what = f"tokens 2–{n}" if n else "UNEQUAL token counts: do not compare"
     paths = sorted({r.get("decode_path") or "" for r in rows} - {""})
     path = paths[0] if len(paths) == 1 else "MIXED decode paths: do not compare" if paths else ""
     fig = go.Figure()
-    fig.add_bar(y=labels, x=prefill, name="prefill (reading the prompt)", orientation="h", marker_color=SWA_COLOR)
+    fig.add_bar(y=labels, x=first, name="time to first token (reading the prompt)", orientation="h",
+                marker_color=SWA_COLOR)  # fmt: skip
     fig.add_bar(
         y=labels,
         x=decode,
@@ -109,8 +114,10 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="seconds" + (f" · decode path: {path}" if path else ""))
     fig.update_yaxes(autorange="reversed")
-    fig = style_figure(fig, height=140 + 46 * len(rows), title=f"Where the time goes: the prompt, then {what}")
-    fig.update_layout(margin=dict(r=90))  # room for the tok/s labels beyond the longest bar
+    title = f"Where the time goes: the prompt (to the first token), then {what}"
+    fig = style_figure(fig, height=140 + 46 * len(rows), title=title)
+    # Stacked bars list their legend last-first by default; each bar reads first token, then decode.
+    fig.update_layout(margin=dict(r=90), legend_traceorder="normal")  # r: room for the tok/s labels
     return fig
 
 
@@ -208,7 +215,8 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
         return message_figure("Measure decode speed to draw it." if not points else "Every point failed; see below.")
     fig = go.Figure()
     palette = iter(LIVE_COLORS * 3)
-    for label in dict.fromkeys(p["label"] for p in good):
+    labels = list(dict.fromkeys(p["label"] for p in good))
+    for label in labels:
         line = sorted((p for p in good if p["label"] == label), key=lambda p: p["prompt_tokens"])
         full = label.lower().startswith("full attention")
         fig.add_scatter(
@@ -219,10 +227,21 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
             line=dict(color=FA_COLOR if full else next(palette), width=3 if full else 2),
             customdata=[[1000 / p["tokens_per_s"], p.get("new_tokens", 0)] for p in line],
             hovertemplate=f"{label}<br>%{{x}} prompt tokens: %{{y:.1f}} tok/s"
-            " (%{customdata[0]:.1f} ms per token over %{customdata[1]} tokens)<extra></extra>",
+            " (%{customdata[0]:.1f} ms per token over %{customdata[1]} decode steps)<extra></extra>",
         )
     paths = " / ".join(sorted({p.get("decode_path") or "" for p in good} - {""}))
     axis = "prompt tokens (cache size when decoding starts)" + (f" · decode path: {paths}" if paths else "")
-    fig.update_xaxes(title_text=axis, type="log")
+    # Ticks only at the measured lengths: a log axis's own ticks crowd in minor labels ("6 7 8 9 100 2 3 …").
+    lengths = sorted({p["prompt_tokens"] for p in good})
+    fig.update_xaxes(title_text=axis, type="log", tickmode="array", tickvals=lengths,
+                     ticktext=[f"{n:,}" for n in lengths], minor=dict(showgrid=False))  # fmt: skip
     fig.update_yaxes(title_text="decode tokens/s", rangemode="tozero")
-    return style_figure(fig, height=420, title="Decode speed vs context length")
+    # One recipe per legend row at the bottom, under the axis title, in a margin sized for it: above the plot,
+    # six long names ran over the title and under Gradio's label badge.
+    rows = 22 * len(labels)
+    fig = style_figure(fig, height=420 + rows, title="Decode speed vs context length")
+    fig.update_layout(
+        legend=dict(orientation="v", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"),
+        margin=dict(b=76 + rows),
+    )
+    return fig

@@ -207,6 +207,12 @@ def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, r
 
 
 # ---------------------------------------------------------------- running a sweep
+def stop_sweep(request: gr.Request = None) -> None:
+    """The sweeps' Stop buttons: the session's running sweep ends at its next step and keeps what finished."""
+    if CANCELS.cancel(session_id(request)):
+        gr.Info("Stopping: the run in progress ends at its next step; the finished points stay.")
+
+
 def _sweep_file() -> Path:
     return temp_folder("sweep-") / "sweep.jsonl"
 
@@ -304,7 +310,10 @@ def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) ->
         CANCELS.untrack(threading.current_thread())
     rows = [p.to_dict() for p in points]
     failed = "".join(f"\n- {p['label']} at {p['prompt_tokens']:,} tokens: {p['error']}" for p in rows if p["error"])
-    note = f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps timed (ms per token). {_path_note(rows)}"
+    note = (
+        f"Each point: one prefill, then {DECODE_CURVE_TOKENS} decode steps, timed; drawn as decode tokens/s "
+        f"(hover a point for its ms per token). {_path_note(rows)}"
+    )
     return rows, note + (f"\n\nNot measured:{failed}" if failed else "")
 
 

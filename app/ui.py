@@ -20,6 +20,7 @@ from .wiring import Group, flatten, group
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 HEAVY = "model"  # concurrency group of everything that runs the model
+SWEEP_STOPS = ("stop_sweep", "stop_heat", "stop_decode_speed")  # the Stop beside each sweep's run button
 SIDEBAR_PX = 460  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
 
 
@@ -188,7 +189,6 @@ def _wire(demo: gr.Blocks, ui) -> None:
         ui.run_sweep.click, sweeps.run_recipe_sweep, [ui.active_model, g.recipe_sweep], [ui.tradeoff, ui.sweep_table],
         concurrency_id=HEAVY,
     )  # fmt: skip
-    _on(ui.stop_sweep.click, rh.stop_run, None, None, concurrency_limit=None, queue=False)
     _on(
         ui.run_heat.click, sweeps.run_needle_sweep, [ui.active_model, g.strategy, g.needle_sweep],
         [ui.heatmap, ui.heat_results], concurrency_id=HEAVY,
@@ -197,6 +197,9 @@ def _wire(demo: gr.Blocks, ui) -> None:
         ui.run_decode_speed.click, sweeps.run_decode_curve, [ui.active_model, g.decode_speed],
         [ui.decode_speed, ui.decode_speed_note], concurrency_id=HEAVY,
     )  # fmt: skip
+    # Each run's own Stop, next to it (one cancel flag per session: any of them stops the session's run).
+    for stop in SWEEP_STOPS:
+        _on(getattr(ui, stop).click, sweeps.stop_sweep, None, None, concurrency_limit=None, queue=False)
 
     # Guided tour.
     for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):
@@ -215,6 +218,11 @@ def _wire(demo: gr.Blocks, ui) -> None:
 _SHARE_JS = "(q) => window.location.origin + window.location.pathname + (q || '')"
 
 
+# Gradio 6.31's status tracker announces a finished event (in a screen-reader region) with the key "common.complete",
+# which its English texts lack (they have "chatbot.complete"): without this the page says "common.complete".
+GRADIO_MISSING_TEXTS = gr.I18n(en={"common.complete": "Complete"})
+
+
 def launch_kwargs() -> dict:
     """Arguments for demo.launch shared by app.py and the tests (theme, CSS, error display)."""
     return dict(
@@ -223,4 +231,5 @@ def launch_kwargs() -> dict:
         show_error=True,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         allowed_paths=[],
+        i18n=GRADIO_MISSING_TEXTS,
     )

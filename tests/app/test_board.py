@@ -32,18 +32,21 @@ def test_finished_columns_show_metrics_and_verdict():
 
 
 def test_summary_reports_speedups_savings_and_losses():
-    full = _result("Full attention", prefill_s=4.0, timed_total_s=8.0, kv_cache_bytes=4 * 2**20)
+    full = _result("Full attention", ttft_s=4.0, timed_total_s=8.0, kv_cache_bytes=4 * 2**20)
     # a longer answer (more total time) must not count against SWA: speeds come from the same 32 tokens
-    swa = _result("SWA", prefill_s=2.0, decode_tokens_per_s=15.0, timed_total_s=4.0, total_s=30.0, generated_tokens=32,
+    swa = _result("SWA", ttft_s=2.0, decode_tokens_per_s=15.0, timed_total_s=4.0, total_s=30.0, generated_tokens=32,
                   timing_extra_tokens=0, kv_cache_bytes=2**20, correct=False, answer_text="7")  # fmt: skip
     views = [
         ColumnView("Full attention", "", True, status=DONE, result=full),
         ColumnView("SWA", "", False, status=DONE, result=swa),
     ]
     text = summary_markdown(views)
-    assert "| config | prefill | decode speed | time to token 32 | KV cache | answer |" in text
+    # the first column is the cards' "time to first token" row, under the same name
+    assert "| config | time to first token | decode speed | time to token 32 | KV cache | answer |" in text
     row = "| SWA | 2.00× faster | 1.50× faster | 2.00× faster | 75% smaller (3.0 MiB saved) | **lost** the answer |"
     assert row in text and "first 32 generated tokens" in text
+    assert "the 31 steps from token 1 to token 32" in text  # the cards' "over 31 steps"
+    assert "time to first token" in render_board(views)
 
 
 def test_speeds_from_too_few_or_unequal_tokens_are_not_ranked():
@@ -61,8 +64,8 @@ def test_speeds_from_too_few_or_unequal_tokens_are_not_ranked():
 
 
 def test_summary_explains_a_slower_short_prompt_and_fa_decode_memory():
-    full = _result("Full attention", prefill_s=1.0, timed_total_s=1.2)
-    slow = _result("SWA + FA decode", prefill_s=1.5, timed_total_s=1.8)
+    full = _result("Full attention", ttft_s=1.0, timed_total_s=1.2)
+    slow = _result("SWA + FA decode", ttft_s=1.5, timed_total_s=1.8)
     slow.config = {"sliding_window_size": 64, "keep_first": 0, "force_fa_decode": True, "non_sliding_layers": []}
     views = [
         ColumnView("Full attention", "", True, status=DONE, result=full),

@@ -55,19 +55,22 @@ def test_png_export_is_plotly_client_side():
     assert spec["config"]["displayModeBar"] is True
 
 
-def _timed(label, prefill, timed_total, speed, tokens=32, total=99.0):
-    return {"label": label, "prefill_s": prefill, "timed_total_s": timed_total, "total_s": total,
-            "decode_tokens_per_s": speed, "timed_tokens": tokens, "decode_tokens": tokens - 1}  # fmt: skip
+def _timed(label, ttft, timed_total, speed, tokens=32, total=99.0):
+    # prefill_s (the prompt's forward alone) differs from the time to first token: the bars must use the latter
+    return {"label": label, "ttft_s": ttft, "prefill_s": ttft * 0.9, "timed_total_s": timed_total,
+            "total_s": total, "decode_tokens_per_s": speed, "timed_tokens": tokens, "decode_tokens": tokens - 1}  # fmt: skip
 
 
-def test_latency_bars_split_prefill_and_decode_of_the_same_tokens():
+def test_latency_bars_split_first_token_and_decode_of_the_same_tokens():
     # total_s (each run's own answer) differs wildly; the bars use the time to the same 32nd token
     rows = [_timed("Full attention", 2.0, 3.0, 9.0, total=50.0), _timed("SWA", 1.0, 1.5, 12.0, total=2.0)]
     fig = plots.latency_figure(rows)
-    prefill, decode = fig.data
-    assert list(prefill.x) == [2.0, 1.0]
-    assert list(decode.x) == pytest.approx([1.0, 0.5])
-    assert list(decode.text) == ["9.0 tok/s", "12.0 tok/s"] and "first 32 generated tokens" in decode.name
+    first, decode = fig.data
+    assert list(first.x) == [2.0, 1.0] and first.name.startswith("time to first token")  # the cards' name
+    assert list(decode.x) == pytest.approx([1.0, 0.5])  # token 1 to token 32, as the decode speed is timed
+    assert list(decode.text) == ["9.0 tok/s", "12.0 tok/s"] and "tokens 2–32" in decode.name
+    # Each bar reads first token, then decode: the legend lists them in that order (stacked bars default to reversed)
+    assert fig.layout.legend.traceorder == "normal"
 
 
 def test_latency_bars_do_not_rank_too_few_or_unequal_tokens():
@@ -90,6 +93,30 @@ def test_decode_speed_plot_has_one_line_per_recipe_over_prompt_length():
     assert list(by_name["SWA"].x) == [1024, 8192]  # sorted by length, the failed point left out
     assert list(by_name["Full attention"].y) == [20.0, 10.0]
     assert plots.decode_speed_figure([]).data == ()
+
+
+def test_decode_speed_axis_ticks_only_the_measured_lengths_and_the_legend_stays_off_the_title():
+    points = [
+        {"label": f"recipe {i}", "prompt_tokens": n, "tokens_per_s": 10.0 + i, "new_tokens": 32, "error": None}
+        for i in range(6)
+        for n in (512, 2048)
+    ]
+    points.append({"label": "recipe 0", "prompt_tokens": 8192, "tokens_per_s": 0.0, "new_tokens": 32, "error": "x"})
+    fig = plots.decode_speed_figure(points)
+    axis = fig.layout.xaxis
+    assert axis.tickmode == "array" and list(axis.tickvals) == [512, 2048]  # not the failed 8192
+    assert list(axis.ticktext) == ["512", "2,048"]
+    single = plots.decode_speed_figure([p for p in points if p["prompt_tokens"] == 512]).layout.xaxis
+    assert list(single.tickvals) == [512]
+    # The legend sits at the bottom of the figure, in a bottom margin with a row per recipe; the title at the top.
+    legend, margin = fig.layout.legend, fig.layout.margin
+    assert (legend.yref, legend.y, legend.yanchor, legend.orientation) == ("container", 0, "bottom", "v")
+    assert margin.b >= 6 * 20 + 60 and fig.layout.height - margin.b - margin.t >= 250
+
+
+def test_placeholders_wrap_for_a_phone():
+    (note,) = plots.message_figure("Run a comparison to see where the time goes.").layout.annotations
+    assert max(len(line) for line in note.text.split("<br>")) <= 30
 
 
 def test_tradeoff_times_are_relative_to_full_attention():
@@ -120,3 +147,21 @@ def test_attention_figure_marks_window_sinks_and_fact():
     assert edge.x[1] - edge.x[0] == pytest.approx(40 - 8 + 1)  # the band's edge runs parallel to the diagonal
     texts = [a.text for a in fig.layout.annotations]
     assert any("2 sinks" in t for t in texts) and any("fact" in t for t in texts)
+
+
+@pytest.mark.parametrize("n, window", [(512, 256), (512, 400), (4096, 256), (40, 8)])
+def test_the_window_edge_label_stays_inside_its_own_map(n, window):
+    """The label grows away from its anchor; it must not reach left past key 0 into the full-attention map."""
+    pooled = maps.pool_attention(torch.softmax(torch.randn(1, n, n), -1), max_cells=64)
+    fig = maps.attention_figure(
+        pooled, pooled, head=None, layer=0, window=window, sinks=0, swaa_label="SWA", layer_slides=True
+    )
+    (label,) = [a for a in fig.layout.annotations if a.text.startswith("window edge")]
+    assert label.xref == "x2"  # the right map
+    room_left = label.x + 0.5 if label.xanchor == "right" else n - label.x
+    assert room_left >= maps.EDGE_LABEL_SHARE * n  # the side it grows into holds the label's width
+
+
+def test_the_layer_plan_leaves_the_toolbar_its_band():
+    fig = maps.layer_plan_figure([("SWA", [False] * 4, [False] * 4)])
+    assert fig.layout.margin.t >= 36  # Plotly's toolbar is about 30 px tall, at the figure's top right
