@@ -154,3 +154,32 @@ def test_the_cached_preset_match_agrees_with_rebuilding_every_preset(n, window, 
     for cfg in (built, other):
         assert matching_recipe(cfg, n) == _rebuilt_match(cfg, n)
     assert matching_recipe(built, n) is not None
+
+
+def test_every_sweep_has_a_stop_that_cancels_the_sessions_run_without_queueing():
+    """Each sweep's Run button has a Stop beside it that reaches the run's cancel flag at once (a queued Stop would
+    wait behind the very run it should end)."""
+    from types import SimpleNamespace
+
+    from app.common import CANCELS
+    from app.ui import SWEEP_STOPS, build_demo
+
+    demo = build_demo()
+    ui = demo.ui
+    events = {target: f for f in demo.fns.values() for target, _ in f.targets}
+    runs = {"stop_sweep": ui.run_sweep, "stop_heat": ui.run_heat, "stop_decode_speed": ui.run_decode_speed}
+    assert set(SWEEP_STOPS) == set(runs)
+    for name, run in runs.items():
+        stop = getattr(ui, name)
+        assert stop.variant == "stop" and stop.visible is not False
+        assert run._id in events and events[run._id].queue  # the run itself goes through the queue
+        event = events[stop._id]
+        assert event.queue is False and event.concurrency_limit is None
+        cancel = CANCELS.start("session-a")
+        other = CANCELS.start("session-b")
+        try:
+            event.fn(request=SimpleNamespace(session_hash="session-a"))
+            assert cancel.is_set() and not other.is_set(), name  # only the clicking session's run
+        finally:
+            CANCELS.finish("session-a", cancel)
+            CANCELS.finish("session-b", other)
