@@ -247,7 +247,7 @@ def decode_speed_panel(ui) -> None:
     ui.decode_speed = gr.Plot(
         _placeholder("Measure decode speed to draw it."), label="Decode speed", elem_id="swaa-decode-speed"
     )
-    ui.decode_speed_note = gr.Markdown(elem_classes="swaa-muted")
+    ui.decode_speed_note = gr.Markdown(elem_classes="swaa-muted", elem_id="swaa-decode-speed-note")
 
 
 def tour_panel(ui) -> None:

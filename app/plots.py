@@ -67,11 +67,13 @@ def wrap_label(text: str, width: int = 34) -> str:
 
 
 def message_figure(text: str, *, height: int = 260) -> go.Figure:
-    """A blank figure that says why there is nothing to draw yet (in short lines: one long line runs off a phone)."""
+    """A blank figure that says why there is nothing to draw yet: in short lines from the left edge, since on a phone
+    figures keep 760 px and scroll sideways (assets/style.css), so a centred line started out of sight."""
     fig = go.Figure()
     fig.add_annotation(
-        text=wrap_label(text, 30), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14)
-    )
+        text=wrap_label(text, 30), showarrow=False, x=0, xanchor="left", align="left", y=0.5, xref="paper",
+        yref="paper", font=dict(size=14),
+    )  # fmt: skip
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return style_figure(fig, height=height)

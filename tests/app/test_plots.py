@@ -117,6 +117,7 @@ def test_decode_speed_axis_ticks_only_the_measured_lengths_and_the_legend_stays_
 def test_placeholders_wrap_for_a_phone():
     (note,) = plots.message_figure("Run a comparison to see where the time goes.").layout.annotations
     assert max(len(line) for line in note.text.split("<br>")) <= 30
+    assert (note.x, note.xanchor) == (0, "left")  # in view before a phone scrolls the 760 px figure sideways
 
 
 def test_tradeoff_times_are_relative_to_full_attention():
