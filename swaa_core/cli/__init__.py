@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "quiet", False) or getattr(args, "json", False):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar in output meant for a pipe or a log
         if getattr(args, "recipe", None) and isinstance(args.recipe, list):
             args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
         code = int(args.func(args) or 0)

@@ -520,6 +520,17 @@ def test_a_broken_file_is_reported_before_the_model_loads(tmp_path, capsys, extr
     assert says in err and "loading" not in err and "Folder not found" not in err
 
 
+def test_json_output_comes_without_loading_bars(tiny_folder, capsys):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    try:
+        assert main(["run", "Hi", "--model", tiny_folder, "-n", "1", "--timing-tokens", "0", "--json"]) == 0
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def test_recipes_file_of_bare_configs_runs_each(tiny_folder, tmp_path, capsys):
     path = tmp_path / "mine.json"
     path.write_text(
