@@ -1,8 +1,41 @@
 """Sliding Window Attention Adaptation (SWAA) for Hugging Face causal LMs."""
 
-from .engine.config import SWAAConfig, load_upstream_settings
-from .engine.fast_decode import DecodeResult, fast_generate
-from .engine.patch import apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+# Public names and the modules that define them, imported on first use: `import swaa_core` (and the `swaa` command's
+# --help and argument errors) then costs no torch / transformers import.
+_EXPORTS = {
+    "SWAAConfig": ".engine.config",
+    "load_upstream_settings": ".engine.config",
+    "DecodeResult": ".engine.fast_decode",
+    "fast_generate": ".engine.fast_decode",
+    "apply_swaa": ".engine.patch",
+    "capture_attention": ".engine.patch",
+    "kv_cache_bytes": ".engine.patch",
+    "remove_swaa": ".engine.patch",
+    "swaa": ".engine.patch",
+}
+
+if TYPE_CHECKING:
+    from .engine.config import SWAAConfig, load_upstream_settings
+    from .engine.fast_decode import DecodeResult, fast_generate
+    from .engine.patch import apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swaa_core' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 def load_model(name_or_path=None, *, device=None, dtype=None, **kwargs):

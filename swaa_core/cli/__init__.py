@@ -12,6 +12,7 @@ Every subcommand parser sets ``func``: a handler ``(args) -> exit code``. Result
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -51,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _no_loading_bars(quiet: bool):
+    """No "Loading weights" bar in output meant for a pipe or a log; the setting is transformers' global one, so it
+    is put back afterwards (main also runs inside other programs and tests)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     never_fail_on_encoding()
     parser = build_parser()
@@ -60,13 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if getattr(args, "quiet", False) or getattr(args, "json", False):
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # no "Loading weights" bar in output meant for a pipe or a log
         if getattr(args, "recipe", None) and isinstance(args.recipe, list):
             args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
-        code = int(args.func(args) or 0)
+        with _no_loading_bars(getattr(args, "quiet", False) or getattr(args, "json", False)):
+            code = int(args.func(args) or 0)
         from ..runtime.distributed import finish
 
         finish()  # under a launcher: every process done, process group closed

@@ -11,10 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..engine.backends import BACKENDS
-from ..engine.config import SWAAConfig, SWAAConfigError
-from ..engine.patch import attention_modules
-from ..eval.latency import DEFAULT_TIMING_TOKENS
+from ..engine.config import BACKENDS, SWAAConfig, SWAAConfigError
 from ..eval.recipes import (
     DEFAULT_SINKS,
     default_window,
@@ -24,6 +21,7 @@ from ..eval.recipes import (
     resolve_recipe,
     unused_settings,
 )
+from ..eval.timing import DEFAULT_TIMING_TOKENS
 from ..runtime.textfile import read_text_file
 from .output import note
 
@@ -298,4 +296,6 @@ def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
 
 
 def num_layers(loaded) -> int:
+    from ..engine.patch import attention_modules
+
     return len(attention_modules(loaded.model))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..eval.tasks import TASK_KINDS, make_samples
 from ..runtime.jsonl import save_jsonl
-from ..train.distill import KEEP_CHOICES, distill_shared, filter_records
+from ..train.settings import KEEP_CHOICES
 from .common import add_launch_args, add_model_args, formatter, launch_from_args, load_from_args, relaunch
 
 DISTILL_HELP = """\
@@ -69,6 +69,8 @@ def prompts(args, tokenizer) -> list:
 
 
 def cmd_distill(args) -> int:
+    from ..train.distill import distill_shared, filter_records  # the model stack loads with the command, not its help
+
     if (code := relaunch(args)) is not None:
         return code
     launch = launch_from_args(args)

@@ -7,14 +7,12 @@ pipeline's arguments, and the report is printed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.config import SWAAConfigError
 from ..eval.recipes import load_user_recipes, resolve_recipe, unused_settings
 from ..runtime.jsonl import save_jsonl
-from ..train.adapters import SWAA_FILE
-from ..train.distill import KEEP_CHOICES, distill_shared, load_jsonl
-from ..train.finetune import FinetuneReport, finetune_pipeline
-from ..train.lora import TrainSettings
+from ..train.settings import KEEP_CHOICES, SWAA_FILE, TrainSettings
 from .common import (
     add_launch_args,
     add_model_args,
@@ -27,6 +25,9 @@ from .common import (
 )
 from .distill import add_data_args, prompts
 from .output import note
+
+if TYPE_CHECKING:
+    from ..train.finetune import FinetuneReport
 
 FINETUNE_HELP = """\
 LoRA fine-tuning under sliding window attention (the paper's fifth strategy).
@@ -112,6 +113,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_finetune(args) -> int:
+    from ..train.distill import distill_shared, load_jsonl  # the training stack loads with the command, not its help
+    from ..train.finetune import finetune_pipeline
+
     if (code := relaunch(args)) is not None:
         return code
     user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ..eval.latency import MIN_DECODE_TOKENS
+from ..eval.timing import MIN_DECODE_TOKENS
 from ..runtime.units import format_bytes
 
 

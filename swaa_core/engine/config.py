@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 UPSTREAM_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
+# apply_swaa(..., backend=): the names it takes, and the order "auto" tries them in (detection: engine.backends)
+BACKENDS = ("auto", "reference", "blocked", "flex", "fa4", "flash")
+AUTO_ORDER = ("fa4", "flash", "flex", "blocked")
 # The paper's interleaving recipes by name, fewest full-attention layers first (docs/paper.md: "1/2" = odd layers, "1/4" =
 # layers 3, 7, 11, ...); SWAAConfig.fa_layers resolves them and the rest of its grammar.
 FA_LAYER_PATTERNS = ("1/4", "1/2")

@@ -28,9 +28,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..engine.config import SWAAConfig
 from .harness import CancelCriteria, ContextOverflowError, check_context, error_text
+from .timing import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS
 
-DEFAULT_TIMING_TOKENS = 32  # generated tokens every compared run is timed over (the first one included)
-MIN_DECODE_TOKENS = 16  # fewer decode steps than this: the figure is noise, shown but never ranked
 TOO_FEW = "too few tokens to compare"
 DYNAMIC_CACHE = "dynamic cache"  # transformers' generate with a growing cache (the default decode path)
 FIXED_BUFFERS = "fixed buffers"  # swaa_core.fast_generate: static buffers, eager steps

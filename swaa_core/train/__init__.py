@@ -7,11 +7,38 @@ config), ``evaluate`` (before/after scores) and ``finetune`` (the whole recipe).
 training API; the ``swaa distill`` / ``swaa finetune`` subcommands live in :mod:`swaa_core.cli`.
 """
 
-from .adapters import SWAA_FILE, AdapterError, AdapterInfo, find_adapters, load_adapter, read_adapter_info, save_adapter
-from .distill import DistillDataError, Progress, distill, load_jsonl
-from .evaluate import EvalSummary, evaluate_accuracy
-from .finetune import FinetuneReport, finetune_pipeline
-from .lora import FinetuneResult, TrainSettings, build_examples, make_example, train_lora
+from importlib import import_module
+
+# Imported on first use: the training stack (torch, peft) loads when training runs, not when the `swaa` command
+# builds its parser.
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "SWAA_FILE",
+            "AdapterError",
+            "AdapterInfo",
+            "find_adapters",
+            "load_adapter",
+            "read_adapter_info",
+            "save_adapter",
+        ),
+        ".adapters",
+    ),
+    **dict.fromkeys(("DistillDataError", "Progress", "distill", "load_jsonl"), ".distill"),
+    **dict.fromkeys(("EvalSummary", "evaluate_accuracy"), ".evaluate"),
+    **dict.fromkeys(("FinetuneReport", "finetune_pipeline"), ".finetune"),
+    **dict.fromkeys(("FinetuneResult", "TrainSettings", "build_examples", "make_example", "train_lora"), ".lora"),
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swaa_core.train' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = [
     "SWAA_FILE",

@@ -16,8 +16,7 @@ from pathlib import Path
 from ..engine.config import SWAAConfig, SWAAConfigError
 from ..engine.patch import attention_modules
 from .lora import quiet_peft
-
-SWAA_FILE = "swaa_config.json"
+from .settings import SWAA_FILE
 
 
 class AdapterError(ValueError):

@@ -29,8 +29,7 @@ from ..eval.cot import render_prompt, split_reasoning
 from ..eval.scoring import contains_match, normalize
 from ..runtime.distributed import current, map_shared
 from ..runtime.jsonl import JsonlError, iter_jsonl
-
-KEEP_CHOICES = ("correct", "judged-correct", "all")
+from .settings import KEEP_CHOICES
 
 
 class DistillDataError(ValueError):

@@ -19,6 +19,17 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def test_the_command_and_the_package_import_without_the_model_stack():
+    """`swaa --help` and argument errors answer at once: building the parser imports neither torch nor transformers
+    (they load with the command that needs them), and neither does `import swaa_core`."""
+    code = (
+        "import sys, swaa_core, swaa_core.cli; swaa_core.cli.build_parser(); "
+        "print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("command", [[], ["run"], ["eval"], ["sweep"], ["recipes"], ["recipes", "show"]])
 def test_help_teaches_with_examples(capsys, command):
     with pytest.raises(SystemExit) as exit_:
@@ -524,11 +535,9 @@ def test_json_output_comes_without_loading_bars(tiny_folder, capsys):
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()
-    try:
-        assert main(["run", "Hi", "--model", tiny_folder, "-n", "1", "--timing-tokens", "0", "--json"]) == 0
-        assert "Loading weights" not in capsys.readouterr().err
-    finally:
-        hf_logging.enable_progress_bar()
+    assert main(["run", "Hi", "--model", tiny_folder, "-n", "1", "--timing-tokens", "0", "--json"]) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # transformers' global setting is back for whoever runs next
 
 
 def test_recipes_file_of_bare_configs_runs_each(tiny_folder, tmp_path, capsys):
