@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from .runtime.lazy import lazy_exports
 
 # Public names and the modules that define them, imported on first use: `import swaa_core` (and the `swaa` command's
 # --help and argument errors) then costs no torch / transformers import.
@@ -25,13 +26,7 @@ if TYPE_CHECKING:
     from .engine.patch import apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'swaa_core' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

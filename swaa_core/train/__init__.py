@@ -4,10 +4,12 @@ Kept apart because training is the one optional, heavy step (peft, long runs) th
 the engine, the models and the eval layer, never the CLI. ``distill`` (the full-attention model answers prompts; the
 answers become training data), ``lora`` (LoRA SFT under SWA), ``adapters`` (adapter folders that carry their SWAA
 config), ``evaluate`` (before/after scores) and ``finetune`` (the whole recipe). The names below are the public
-training API; the ``swaa distill`` / ``swaa finetune`` subcommands live in :mod:`swaa_core.cli`.
+training API; the ``swaa distill`` / ``swaa finetune`` subcommands live in :mod:`swaa_core.cli`. The distillation
+function is ``swaa_core.train.distill.distill``: in this package the name ``distill`` is its module, which a lazily
+exported function of the same name could not shadow reliably.
 """
 
-from importlib import import_module
+from ..runtime.lazy import lazy_exports
 
 # Imported on first use: the training stack (torch, peft) loads when training runs, not when the `swaa` command
 # builds its parser.
@@ -24,20 +26,14 @@ _EXPORTS = {
         ),
         ".adapters",
     ),
-    **dict.fromkeys(("DistillDataError", "Progress", "distill", "load_jsonl"), ".distill"),
+    **dict.fromkeys(("DistillDataError", "Progress", "load_jsonl"), ".distill"),
     **dict.fromkeys(("EvalSummary", "evaluate_accuracy"), ".evaluate"),
     **dict.fromkeys(("FinetuneReport", "finetune_pipeline"), ".finetune"),
     **dict.fromkeys(("FinetuneResult", "TrainSettings", "build_examples", "make_example", "train_lora"), ".lora"),
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'swaa_core.train' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
@@ -51,7 +47,6 @@ __all__ = [
     "Progress",
     "TrainSettings",
     "build_examples",
-    "distill",
     "evaluate_accuracy",
     "find_adapters",
     "finetune_pipeline",
