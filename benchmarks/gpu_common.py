@@ -23,8 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers.attention import float64_attention, with_engine_hints  # noqa: E402, F401 - the tests' float64 oracle
+from helpers.attention import make_case as _test_case  # noqa: E402
+
 from swaa_core.engine import backends  # noqa: E402
-from swaa_core.engine.masks import NO_FULL, MaskGeometry  # noqa: E402
 
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,49 +166,12 @@ def versions() -> dict:
 
 
 # --------------------------------------------------------------------------- float64 oracle and random cases
-def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
-    """docs/paper.md's rule, written here independently of swaa_core.engine.masks: (B, Q, KV) bool."""
-    i, j = q_pos[:, :, None], kv_pos[:, None, :]
-    seen = kv_valid[:, None, :] & (j <= i)
-    if window is None:
-        return seen
-    return seen & ((i - j < window) | (j < keep_first) | q_full[:, :, None])
-
-
-def float64_attention(q, k, v, mask, scale):
-    """softmax(q k^T) v in float64 with GQA by repetition; rows that see no key give zeros. Returns (B, Q, H, D)."""
-    groups = q.shape[1] // k.shape[1]
-    kk = k.double().repeat_interleave(groups, 1)
-    vv = v.double().repeat_interleave(groups, 1)
-    scores = (q.double() @ kk.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    probs = torch.softmax(scores, -1).nan_to_num(0.0)
-    return (probs @ vv).transpose(1, 2)
-
-
-def make_case(*, n, window, dtype, keep_first=0, B=1, H=32, Hkv=8, D=128, pads=(), q_len=None, full_tail=0, seed=0):
-    """Random q (B, H, q_len, D), k and v (B, Hkv, n, D) in ``dtype`` and their MaskGeometry: ``pads`` left-pads
-    each row, ``full_tail`` marks the last queries full (FA decode)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = torch.Generator(device=device).manual_seed(seed)
-    q_len = n if q_len is None else q_len
-
-    def rand(*shape):
-        return torch.randn(*shape, device=device, generator=gen, dtype=torch.float32).to(dtype)
-
-    q, k, v = rand(B, H, q_len, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
-    valid = torch.ones(B, n, dtype=torch.bool, device=device)
-    for b, pad in enumerate(pads):
-        valid[b, :pad] = False
-    real = valid.long().cumsum(-1) - 1
-    q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
-    if full_tail:
-        q_full[:, -full_tail:] = True
-    g = MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
-    if not pads:  # the host-known facts the engine sets for an unpadded call (they route to the fast paths)
-        g.keys_all_valid, g.offsets = True, (n - q_len, 0)
-        g.full_from = n - full_tail if full_tail else NO_FULL
-    return q, k, v, g
+def make_case(*, dtype, B=1, H=32, Hkv=8, D=128, pads=(), **case):
+    """The tests' random case (``helpers.attention.make_case``: q, k, v and their MaskGeometry) at benchmark head
+    sizes on this machine's device; an unpadded case carries the host-known facts the engine sets for it (they route
+    it to the fast paths)."""
+    q, k, v, g = _test_case(dtype=dtype, B=B, H=H, Hkv=Hkv, D=D, pads=pads, device=DEVICE, **case)
+    return q, k, v, (g if pads else with_engine_hints(g))
 
 
 # --------------------------------------------------------------------------- random-weight model shapes

@@ -1,8 +1,8 @@
 """The independent reference every attention backend is tested against, and the random cases it is run on.
 
 ``float64_attention`` spells out docs/paper.md's mask rule in plain tensor comparisons (not via swaa_core.engine.masks) and
-computes masked softmax attention in float64. benchmarks/ keeps its own copy: tests and benchmarks import nothing
-from each other.
+computes masked softmax attention in float64. benchmarks/gpu_common.py uses these too (the GPU benchmarks' correctness
+checks run against the same oracle and cases).
 """
 
 from __future__ import annotations
