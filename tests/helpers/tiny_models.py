@@ -45,6 +45,17 @@ def build_tiny_model(family: str = "llama", *, layers: int = 4, seed: int = 0, d
     return model
 
 
+def left_padded(*rows: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of shape (len(rows), longest row): each 1-D row of token ids right-aligned after
+    ``pad_id`` padding, as generate expects a batch of prompts."""
+    width = max(len(r) for r in rows)
+    batch = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
+    return batch, mask
+
+
 CHATML_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

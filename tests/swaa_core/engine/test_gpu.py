@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from helpers.attention import case_id, float64_attention, make_case, with_engine_hints
-from helpers.tiny_models import FAMILIES, build_tiny_model
+from helpers.tiny_models import FAMILIES, build_tiny_model, left_padded
 
 from swaa_core import SWAAConfig, apply_swaa, kv_cache_bytes, swaa
 from swaa_core.engine import backends
@@ -302,10 +302,7 @@ def test_left_padded_batch_generation_matches_single_sequences(flex_calls):
     model = gpu_model()
     model.generation_config.pad_token_id = 0
     a, b = ids(300, seed=6)[0], ids(171, seed=7)[0]
-    batch = torch.zeros(2, 300, dtype=torch.long)
-    mask = torch.zeros(2, 300, dtype=torch.long)
-    batch[0], mask[0] = a, 1
-    batch[1, 129:], mask[1, 129:] = b, 1
+    batch, mask = left_padded(a, b)
     with swaa(model, SWAAConfig(sliding_window_size=33, keep_first=2)), torch.no_grad():
         both = model.generate(batch.to(CUDA), attention_mask=mask.to(CUDA), max_new_tokens=10, do_sample=False)
         alone_a = model.generate(a[None].to(CUDA), max_new_tokens=10, do_sample=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny_models import FAMILIES, build_tiny_model
+from helpers.tiny_models import FAMILIES, build_tiny_model, left_padded
 
 from swaa_core import SWAAConfig, apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 from swaa_core.engine.config import SWAAConfigError
@@ -163,10 +163,7 @@ def test_left_padded_batch_matches_single_sequences(keep_first):
     model = build_tiny_model("llama")
     model.generation_config.pad_token_id = 0
     a, b = ids(30, seed=6)[0], ids(21, seed=7)[0]
-    batch = torch.zeros(2, 30, dtype=torch.long)
-    mask = torch.zeros(2, 30, dtype=torch.long)
-    batch[0], mask[0] = a, 1
-    batch[1, 9:], mask[1, 9:] = b, 1
+    batch, mask = left_padded(a, b)
     cfg = SWAAConfig(sliding_window_size=5, keep_first=keep_first)
     with swaa(model, cfg):
         out = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
@@ -289,10 +286,7 @@ def test_padded_batch_matches_single_sequences_after_wrapping():
     model = build_tiny_model("qwen3", eos_token_id=None)
     model.generation_config.pad_token_id = 0
     a, b = ids(19, seed=10)[0], ids(11, seed=11)[0]
-    batch = torch.zeros(2, 19, dtype=torch.long)
-    mask = torch.zeros(2, 19, dtype=torch.long)
-    batch[0], mask[0] = a, 1
-    batch[1, 8:], mask[1, 8:] = b, 1
+    batch, mask = left_padded(a, b)
     cfg = SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=[1], non_sliding_layers=[2])
     kw = dict(max_new_tokens=20, do_sample=False)
     with swaa(model, cfg):
