@@ -85,18 +85,12 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
     Q = query.shape[2]
     recorder = getattr(module, "_swaa_recorder", None)
-    full = None
-    if Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference":
-        # a decode step without padding: decide with as little host work as possible (it runs in every layer)
-        if plan.evicts:
-            if view.in_window(plan.rule):
-                return _decode_sdpa(query, key, value, None, scaling), None
-        else:
-            full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
-            if full is True or view.in_window(plan.rule):
-                return _decode_sdpa(query, key, value, None, scaling), None
-    if full is None:
-        full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
+    decode = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
+    if decode and plan.evicts and view.in_window(plan.rule):  # the common SWA step, before any FA-decode bookkeeping
+        return _decode_sdpa(query, key, value, None, scaling), None
+    full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
+    if decode and (full is True or view.in_window(plan.rule)):
+        return _decode_sdpa(query, key, value, None, scaling), None
     g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)
