@@ -83,7 +83,7 @@ class RunResult:
     timing_extra_tokens: int = 0  # tokens generated past the answer only to reach `timed_tokens` (not shown)
     decode_path: str = ""  # latency.decode_path(): "dynamic cache" or "fixed buffers" (+ " + CUDA graph")
     setup_s: float = 0.0  # fixed buffers only: their first-call cost (buffers, warm-up steps, graph capture),
-    # spent between the first generated token and the steady steps, so inside decode speed and timed_total_s
+    # spent between the first generated token and the steady steps: inside timed_total_s, not the decode speed
     memory_delta_bytes: int = 0  # peak minus what was held when the run started (activations + KV cache)
     kv_cache_bytes_per_layer: list[int] = field(default_factory=list)
     answer_logprob_tokens: int = 0
