@@ -249,20 +249,25 @@ def load_user_recipes(path: str | Path) -> dict[str, SWAAConfig]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SWAAConfigError(f"Recipe file {path} is not valid JSON: {e}") from None
+    try:
+        return _recipes_from(data)
+    except SWAAConfigError as e:  # every problem inside the file names the file
+        raise SWAAConfigError(f"Recipe file {path}: {e}") from None
+
+
+def _recipes_from(data) -> dict[str, SWAAConfig]:
+    """{name: config} from a recipe file's parsed JSON (the layouts :func:`load_user_recipes` lists)."""
     if isinstance(data, dict) and _is_bare_config(data):
         data = [data]
     if isinstance(data, dict) and "swaa_config" not in data:
-        try:
-            return {str(name): _config_from(value, name) for name, value in data.items()}
-        except SWAAConfigError as e:
-            raise SWAAConfigError(f"Recipe file {path}: {e}") from None
+        return {str(name): _config_from(value, name) for name, value in data.items()}
     entries = data if isinstance(data, list) else [data]
     if entries and all(isinstance(e, dict) and _is_bare_config(e) for e in entries):
-        return _bare_configs(entries, path)
+        return _bare_configs(entries)
     try:
         configs = load_upstream_settings(entries)
     except SWAAConfigError as e:
-        raise SWAAConfigError(f"Recipe file {path}: {_with_entry_name(str(e), entries)}") from None
+        raise SWAAConfigError(_with_entry_name(str(e), entries)) from None
     out: dict[str, SWAAConfig] = {}
     for entry, (cfg, _models) in zip(entries, configs, strict=True):
         name = entry.get("name") or cfg.describe()
@@ -285,15 +290,12 @@ def _with_entry_name(message: str, entries: list) -> str:
     return message
 
 
-def _bare_configs(entries: list[dict], path: Path) -> dict[str, SWAAConfig]:
+def _bare_configs(entries: list[dict]) -> dict[str, SWAAConfig]:
     """A list of bare configs, each optionally carrying a "name"."""
     out: dict[str, SWAAConfig] = {}
     for i, entry in enumerate(entries):
         fields = {k: v for k, v in entry.items() if k != "name"}
-        try:
-            cfg = _config_from(fields, entry.get("name") or f"entry {i}")
-        except SWAAConfigError as e:
-            raise SWAAConfigError(f"Recipe file {path}: {e}") from None
+        cfg = _config_from(fields, entry.get("name") or f"entry {i}")
         out[_unique(str(entry.get("name") or cfg.describe()), out)] = cfg
     return out
 
