@@ -25,10 +25,16 @@ from swaa_core.runtime.jsonl import save_jsonl
 from swaa_core.runtime.units import format_bytes
 
 
-def configs(window: int, sinks: int) -> dict[str, SWAAConfig | None]:
+def configs(window: int, sinks: int, layers: int) -> dict[str, SWAAConfig | None]:
+    """Full attention (transformers' own cache), SWAAConfigs, and a control: full attention in every layer through
+    SWAA's cache, which grows in place where transformers' concatenates. The control separates what the cache
+    engineering buys (every SWAA layer that keeps its keys has it) from what the window buys."""
     tag = f"W={window}" + (f", {sinks} sinks" if sinks else "")
     return {
         "full attention": None,
+        "full, SWAA cache (control)": SWAAConfig(
+            sliding_window_size=window, keep_first=sinks, non_sliding_layers=list(range(layers))
+        ),
         f"SWA only ({tag})": SWAAConfig(sliding_window_size=window, keep_first=sinks),
         f"SWA + FA decode ({tag})": SWAAConfig(sliding_window_size=window, keep_first=sinks, force_fa_decode=True),
     }
@@ -68,7 +74,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     loaded = load_model(args.model, device="cpu", dtype=torch.float32)
-    cfgs = configs(args.window, args.sinks)
+    cfgs = configs(args.window, args.sinks, loaded.model.config.num_hidden_layers)
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}; model {loaded.info.name}; {args.new_tokens} decode steps per point, "

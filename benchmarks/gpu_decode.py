@@ -45,10 +45,14 @@ from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
 ARGS = None
 
 
-def configs(layers: int) -> dict:
+def configs(layers: int, control: bool = False) -> dict:
+    """The compared configurations; ``control`` adds full attention in every layer through SWAA's cache (which grows
+    in place where transformers' concatenates), to separate what the cache buys from what the window buys."""
     W, K = ARGS.window, ARGS.sinks
+    extra = {"full, SWAA cache (control)": SWAAConfig(W, K, non_sliding_layers=list(range(layers)))}
     return {
         "full": None,
+        **(extra if control else {}),
         "SWA decode": SWAAConfig(sliding_window_size=W, keep_first=K),
         "FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
         "1/2 FA layers + FA decode": SWAAConfig(
@@ -145,7 +149,7 @@ class Stamps:
 
 @torch.no_grad()
 def run_eager(out: dict, model):
-    cfgs = configs(model.config.num_hidden_layers)
+    cfgs = configs(model.config.num_hidden_layers, control=True)
     rows = out["rows"] = {}
     for n in ARGS.prompts:
         ids = prompt(n)

@@ -6,8 +6,10 @@ without FA decode needs only the sink slots and the last W slots (the window, th
 future query. Its buffer is allocated once, when the layer first holds more than sinks + W slots; from then on a decode
 step writes its key at ring index ``(slot - sinks) % W`` over the slot that just left the window and attends to the
 whole buffer with no mask and no gather: keys keep the rotary position they were written with, so their order in the
-buffer does not matter to attention. Before that point, and for every other layer, keys grow by concatenation exactly
-as in transformers' ``DynamicLayer``. All bookkeeping is host-side integers: no step reads a GPU value.
+buffer does not matter to attention. Before that point, and for every other layer (full, FA decode), keys grow into
+the room of a buffer allocated with ``SPARE_SLOTS`` slots to spare, written in place: transformers' ``DynamicLayer``
+concatenates, which reads and writes the whole cache at every decode step (34 GB per token at 128K tokens of an 8B
+model). All bookkeeping is host-side integers: no step reads a GPU value.
 
 Multi-token forwards against a wrapped ring (chunked prefill, a second turn, assisted decoding) first lay the held keys
 out in slot order ("flat"), which costs one gather; they are rare. ``activate_past_recording`` (called by transformers'
@@ -25,6 +27,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
 from .kinds.sink_window import SinkWindow
+
+SPARE_SLOTS = 256  # room a growing layer allocates: one copy of its cache per 256 decode steps instead of per step
 
 NEEDS_SWAA = (
     "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
@@ -113,6 +117,7 @@ class SWAACacheLayer(DynamicLayer):
         self.bound = None  # the plan this layer was last configured for
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
         self.view = KeyView(False, 0, 0, 0, None)
+        self.grown = None  # address of the storage whose room ``_append`` may write into
 
     @property
     def window(self) -> int | None:
@@ -188,8 +193,7 @@ class SWAACacheLayer(DynamicLayer):
             return self._write_one(key_states, value_states)
         base_k, base_v = self._flat() if self.ring else (self.keys, self.values)
         self.ring = False
-        keys = torch.cat([base_k, key_states], dim=-2)
-        values = torch.cat([base_v, value_states], dim=-2)
+        keys, values = self._append(base_k, base_v, key_states, value_states)
         self.total += n
         view = KeyView(False, self.sinks, self.lo, self.total, None)
         self.keys, self.values = keys, values
@@ -200,6 +204,42 @@ class SWAACacheLayer(DynamicLayer):
                 return self.keys, self.values
         self.view = view
         return keys, values
+
+    def _append(self, base_k, base_v, key_states, value_states):
+        """``base`` followed by the new keys / values. ``base`` that is the front of a buffer this layer allocated,
+        with room for the new tokens, is extended in place; anything else is copied into a new buffer with
+        ``SPARE_SLOTS`` slots of room. The room is known from the view's strides alone, so a layer whose keys were
+        replaced (reordered for beam search, offloaded, cropped) simply grows a new buffer, and nothing else keeps the
+        old one alive. Writes land only past every view handed out before (after a ``crop``, in a new buffer). Tensors
+        that take part in autograd are concatenated, as in ``DynamicLayer``."""
+        if any(t.requires_grad for t in (base_k, base_v, key_states, value_states)):
+            return torch.cat([base_k, key_states], dim=-2), torch.cat([base_v, value_states], dim=-2)
+        end = (base_k.shape[-2] if base_k.dim() == 4 else 0) + key_states.shape[-2]  # fresh: a 1-D empty tensor
+        if self._has_room(base_k, end) and self._has_room(base_v, end):
+            out = [torch.as_strided(t, (*t.shape[:2], end, t.shape[-1]), t.stride()) for t in (base_k, base_v)]
+        else:
+            out = [t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1]) for t in (key_states, value_states)]
+            self.grown = {t.untyped_storage().data_ptr() for t in out}
+            for buf, base in zip(out, (base_k, base_v)):
+                if base.dim() == 4 and base.shape[-2]:
+                    buf[:, :, : base.shape[-2]].copy_(base)
+            out = [t[:, :, :end] for t in out]
+        held = end - key_states.shape[-2]
+        out[0][:, :, held:].copy_(key_states)
+        out[1][:, :, held:].copy_(value_states)
+        return out[0], out[1]
+
+    def _has_room(self, t: torch.Tensor, end: int) -> bool:
+        """Whether ``t`` is ``buffer[:, :, :n]`` of a (B, H, capacity, D) buffer from ``_append`` with capacity >= end."""
+        if t.dim() != 4 or not self.grown or t.untyped_storage().data_ptr() not in self.grown:
+            return False
+        B, H, _, D = t.shape
+        capacity = t.stride(1) // D
+        return (
+            t.storage_offset() == 0
+            and t.stride() == (H * capacity * D, capacity * D, D, 1)
+            and end <= capacity
+        )
 
     def _write_one(self, key_states, value_states):
         S, W = self.sinks, self.window
@@ -270,6 +310,7 @@ class SWAACacheLayer(DynamicLayer):
                 self.ring = False
             keep = min(self.sinks, new_total) + max(0, new_total - self.lo) if self._dropped() else new_total
             self.keys, self.values = self.keys[:, :, :keep], self.values[:, :, :keep]
+            self.grown = None  # views handed out before still read the rows past ``keep``: grow into a new buffer
             self.total, self.lo = new_total, min(self.lo, new_total)
         if not self.ring and self._may_ring_after_crop():
             self._to_ring(self.keys, self.values)
@@ -321,7 +362,8 @@ def swaa_layer(cache: Cache, layer_idx: int) -> SWAACacheLayer:
 
 
 def kv_cache_bytes(cache: Cache | None) -> list[int]:
-    """Bytes of keys and values each layer of ``cache`` actually holds (a ring layer: its whole buffer)."""
+    """Bytes of keys and values each layer of ``cache`` actually holds (a ring layer: its whole buffer; the room of a
+    growing SWAA layer, at most ``SPARE_SLOTS`` slots, is not counted)."""
     if cache is None:
         return []
     out = []

@@ -4,12 +4,15 @@ the new queries need, and that its buffer never exceeds sinks + W slots once it 
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swaa_core.engine.attention import LayerPlan
+from swaa_core.engine import cache as cache_module
 from swaa_core.engine.cache import SWAACacheLayer
 from swaa_core.engine.kinds import SinkWindow
 
@@ -18,9 +21,12 @@ crop = st.tuples(st.just("crop"), st.integers(0, 5))
 record = st.tuples(st.just("record"), st.booleans())
 
 
-def rows(first: int, n: int) -> torch.Tensor:
-    """(1, 2, n, 3) keys whose every entry is the token's slot number, so a held row names itself."""
-    return torch.arange(first, first + n, dtype=torch.float32).view(1, 1, n, 1).expand(1, 2, n, 3).clone()
+def rows(first: int, n: int, stamp: int = 0) -> torch.Tensor:
+    """(1, 2, n, 3) keys whose every entry is the token's slot number, so a held row names itself; head 0's middle
+    feature is ``stamp`` (which write it came from: a slot written again after a roll-back gets another)."""
+    out = torch.arange(first, first + n, dtype=torch.float32).view(1, 1, n, 1).expand(1, 2, n, 3).clone()
+    out[0, 0, :, 1] = stamp
+    return out
 
 
 def live_slots(layer: SWAACacheLayer, keys: torch.Tensor) -> list[int]:
@@ -37,23 +43,37 @@ def live_slots(layer: SWAACacheLayer, keys: torch.Tensor) -> list[int]:
     st.integers(1, 6),
     st.integers(0, 4),
     st.lists(st.one_of(append, crop, record), min_size=1, max_size=30),
+    st.sampled_from(["evicting", "FA decode", "full"]),
+    st.sampled_from([1, 3, 256]),
 )
-def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops):
-    plan = LayerPlan(0, window, sinks, False, "reference")
+def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, spare):
+    """Also for the layers that never evict (FA decode, full), which grow in place into spare room: a handed-out
+    view must keep its rows whatever the layer does next (appends, roll-backs), with any amount of room."""
+    with mock.patch.object(cache_module, "SPARE_SLOTS", spare):
+        check_cache_against_slots(window, sinks, ops, kind)
+
+
+def check_cache_against_slots(window, sinks, ops, kind):
+    plan = LayerPlan(0, None if kind == "full" else window, sinks, kind == "FA decode", "reference")
     layer, held, total, recording = SWAACacheLayer(0), set(), 0, False
+    handed_out = []  # (keys returned by a non-evicting layer, a copy taken then)
 
     def compact(slots, total):
-        if recording or total <= sinks + window:
+        if recording or total <= sinks + window or not plan.evicts:
             return slots
         return {s for s in slots if s < sinks or s >= total - window}
 
-    for op, arg in ops:
+    for step, (op, arg) in enumerate(ops):
         if op == "append":
             layer.bind(plan, None, 0)
-            keys, _ = layer.update(rows(total, arg), -rows(total, arg))
+            keys, _ = layer.update(rows(total, arg, step), -rows(total, arg, step))
             seen = held | set(range(total, total + arg))
             total += arg
             got = live_slots(layer, keys)
+            if not plan.evicts:
+                handed_out.append((keys, keys.clone()))
+            for view, then in handed_out:
+                assert torch.equal(view, then), "a later step overwrote rows of a view handed out before"
             needed = {s for q in range(total - arg, total) for s in range(q + 1) if s < sinks or q - s < window}
             assert needed <= set(got) <= seen
             held = compact(seen, total)
@@ -67,7 +87,7 @@ def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops):
             layer.crop(-arg)
             total = new_total
             held = {s for s in held if s < total}
-            if total > sinks + window:  # crop also shrinks a recording layer back to sinks + W
+            if plan.evicts and total > sinks + window:  # crop also shrinks a recording layer to sinks + W
                 held = {s for s in held if s < sinks or s >= total - window}
         elif op == "record":
             recording = arg
@@ -101,3 +121,22 @@ def test_decode_steps_write_in_place_without_reading_the_device():
         assert keys is buffer and keys.shape[2] == 6
         assert sorted(keys[0, 0, :, 0].tolist()) == [0, 1, *range(t - 3, t + 1)]
         assert layer.view.in_window(SinkWindow(4, 2))
+
+
+@pytest.mark.parametrize("kind", ["FA decode", "full"])
+def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch):
+    """A non-evicting layer's decode step writes one row into spare room; the cache is copied only when the room runs
+    out (transformers' DynamicLayer copies all of it at every step)."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 8)
+    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    layer = SWAACacheLayer(0)
+    layer.bind(plan, None, 0)
+    layer.update(rows(0, 10), -rows(0, 10))
+    storages = [layer.keys.untyped_storage().data_ptr()]
+    for t in range(10, 40):
+        layer.bind(plan, None, 0)
+        keys, values = layer.update(rows(t, 1), -rows(t, 1))
+        assert keys[0, 1, :, 0].tolist() == list(range(t + 1)) and torch.equal(values, -keys)
+        storages.append(keys.untyped_storage().data_ptr())
+    moves = [t for t, (a, b) in enumerate(zip(storages, storages[1:]), 10) if a != b]
+    assert moves == [18, 27, 36]  # 10 + 8 slots fit; then 9 more (the step that grows adds itself), and so on
