@@ -220,7 +220,7 @@ class SWAACacheLayer(DynamicLayer):
         else:
             out = [t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1]) for t in (key_states, value_states)]
             self.grown = {t.untyped_storage().data_ptr() for t in out}
-            for buf, base in zip(out, (base_k, base_v)):
+            for buf, base in zip(out, (base_k, base_v), strict=True):
                 if base.dim() == 4 and base.shape[-2]:
                     buf[:, :, : base.shape[-2]].copy_(base)
             out = [t[:, :, :end] for t in out]
@@ -235,11 +235,7 @@ class SWAACacheLayer(DynamicLayer):
             return False
         B, H, _, D = t.shape
         capacity = t.stride(1) // D
-        return (
-            t.storage_offset() == 0
-            and t.stride() == (H * capacity * D, capacity * D, D, 1)
-            and end <= capacity
-        )
+        return t.storage_offset() == 0 and t.stride() == (H * capacity * D, capacity * D, D, 1) and end <= capacity
 
     def _write_one(self, key_states, value_states):
         S, W = self.sinks, self.window

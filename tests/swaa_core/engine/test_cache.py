@@ -4,6 +4,7 @@ the new queries need, and that its buffer never exceeds sinks + W slots once it 
 
 from __future__ import annotations
 
+import itertools
 from unittest import mock
 
 import pytest
@@ -11,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swaa_core.engine.attention import LayerPlan
 from swaa_core.engine import cache as cache_module
+from swaa_core.engine.attention import LayerPlan
 from swaa_core.engine.cache import SWAACacheLayer
 from swaa_core.engine.kinds import SinkWindow
 
@@ -138,5 +139,5 @@ def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch)
         keys, values = layer.update(rows(t, 1), -rows(t, 1))
         assert keys[0, 1, :, 0].tolist() == list(range(t + 1)) and torch.equal(values, -keys)
         storages.append(keys.untyped_storage().data_ptr())
-    moves = [t for t, (a, b) in enumerate(zip(storages, storages[1:]), 10) if a != b]
+    moves = [t for t, (a, b) in enumerate(itertools.pairwise(storages), 10) if a != b]
     assert moves == [18, 27, 36]  # 10 + 8 slots fit; then 9 more (the step that grows adds itself), and so on
