@@ -21,6 +21,7 @@ cache after the prefill for that (``model.generate(..., cache_implementation="st
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -117,7 +118,7 @@ class SWAACacheLayer(DynamicLayer):
         self.bound = None  # the plan this layer was last configured for
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
         self.view = KeyView(False, 0, 0, 0, None)
-        self.grown = None  # address of the storage whose room ``_append`` may write into
+        self.handed_out = None  # weak references to the (keys, values) views ``_append`` returned last
 
     @property
     def window(self) -> int | None:
@@ -206,36 +207,31 @@ class SWAACacheLayer(DynamicLayer):
         return keys, values
 
     def _append(self, base_k, base_v, key_states, value_states):
-        """``base`` followed by the new keys / values. ``base`` that is the front of a buffer this layer allocated,
-        with room for the new tokens, is extended in place; anything else is copied into a new buffer with
-        ``SPARE_SLOTS`` slots of room. The room is known from the view's strides alone, so a layer whose keys were
-        replaced (reordered for beam search, offloaded, cropped) simply grows a new buffer, and nothing else keeps the
-        old one alive. Writes land only past every view handed out before (after a ``crop``, in a new buffer). Tensors
-        that take part in autograd are concatenated, as in ``DynamicLayer``."""
-        if any(t.requires_grad for t in (base_k, base_v, key_states, value_states)):
+        """``base`` followed by the new keys / values. When ``base`` is the pair of views this layer handed out last
+        and their buffers have room for the new tokens, they are extended in place; anything else is copied into new
+        buffers with ``SPARE_SLOTS`` slots of room. The layer refers to its views only weakly: keys replaced from
+        outside (cropped, reordered for beam search, offloaded) free the old buffers, and the next step grows new
+        ones. Writes land only past every view handed out before. Tensors that take part in autograd are
+        concatenated, as in ``DynamicLayer``."""
+        if key_states.requires_grad or value_states.requires_grad or base_k.requires_grad or base_v.requires_grad:
             return torch.cat([base_k, key_states], dim=-2), torch.cat([base_v, value_states], dim=-2)
-        end = (base_k.shape[-2] if base_k.dim() == 4 else 0) + key_states.shape[-2]  # fresh: a 1-D empty tensor
-        if self._has_room(base_k, end) and self._has_room(base_v, end):
-            out = [torch.as_strided(t, (*t.shape[:2], end, t.shape[-1]), t.stride()) for t in (base_k, base_v)]
+        held = base_k.shape[-2] if base_k.dim() == 4 else 0  # a fresh layer holds a 1-D empty tensor
+        end = held + key_states.shape[-2]
+        mine = self.handed_out
+        if mine is not None and mine[0]() is base_k and mine[1]() is base_v and end <= base_k._base.shape[2]:
+            k_buf, v_buf = base_k._base, base_v._base
         else:
-            out = [t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1]) for t in (key_states, value_states)]
-            self.grown = {t.untyped_storage().data_ptr() for t in out}
-            for buf, base in zip(out, (base_k, base_v), strict=True):
-                if base.dim() == 4 and base.shape[-2]:
-                    buf[:, :, : base.shape[-2]].copy_(base)
-            out = [t[:, :, :end] for t in out]
-        held = end - key_states.shape[-2]
-        out[0][:, :, held:].copy_(key_states)
-        out[1][:, :, held:].copy_(value_states)
-        return out[0], out[1]
-
-    def _has_room(self, t: torch.Tensor, end: int) -> bool:
-        """Whether ``t`` is ``buffer[:, :, :n]`` of a (B, H, capacity, D) buffer from ``_append`` with capacity >= end."""
-        if t.dim() != 4 or not self.grown or t.untyped_storage().data_ptr() not in self.grown:
-            return False
-        B, H, _, D = t.shape
-        capacity = t.stride(1) // D
-        return t.storage_offset() == 0 and t.stride() == (H * capacity * D, capacity * D, D, 1) and end <= capacity
+            k_buf, v_buf = (
+                t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1]) for t in (key_states, value_states)
+            )
+            if held:
+                k_buf.narrow(2, 0, held).copy_(base_k)
+                v_buf.narrow(2, 0, held).copy_(base_v)
+        k_buf.narrow(2, held, end - held).copy_(key_states)
+        v_buf.narrow(2, held, end - held).copy_(value_states)
+        keys, values = k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
+        self.handed_out = (weakref.ref(keys), weakref.ref(values))
+        return keys, values
 
     def _write_one(self, key_states, value_states):
         S, W = self.sinks, self.window
@@ -305,8 +301,8 @@ class SWAACacheLayer(DynamicLayer):
                 self.keys, self.values = self._flat()
                 self.ring = False
             keep = min(self.sinks, new_total) + max(0, new_total - self.lo) if self._dropped() else new_total
-            self.keys, self.values = self.keys[:, :, :keep], self.values[:, :, :keep]
-            self.grown = None  # views handed out before still read the rows past ``keep``: grow into a new buffer
+            self.keys, self.values = self.keys[:, :, :keep], self.values[:, :, :keep]  # new views: the next step
+            # copies them into new buffers, since views handed out before may still read the rows past ``keep``
             self.total, self.lo = new_total, min(self.lo, new_total)
         if not self.ring and self._may_ring_after_crop():
             self._to_ring(self.keys, self.values)
