@@ -6,15 +6,23 @@ log-sum-exp.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
 from ..masks import MaskGeometry
 
+# FA4 compiles its kernels on first use (CuTe DSL JIT): about 10 s for the window and sink kernels of one head size,
+# in every new process. Its own on-disk cache (flash_attn/cute/cache_utils.py, read once at import) makes that a
+# one-off per machine; it stays off unless asked for, so SWAA asks, unless the user already chose (=0 keeps it off).
+FA4_CACHE_SWITCH = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+
 
 @functools.cache
 def _fa4_func():
-    """``flash_attn.cute.flash_attn_func`` (FlashAttention-4), or the reason it cannot be imported."""
+    """``flash_attn.cute.flash_attn_func`` (FlashAttention-4), or the reason it cannot be imported. Turns FA4's
+    persistent compile cache on first, unless ``FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED`` is already set."""
+    os.environ.setdefault(FA4_CACHE_SWITCH, "1")
     try:
         from flash_attn.cute import flash_attn_func
     except Exception as e:  # ImportError, or a CUDA / CuTe DSL install that fails while importing

@@ -243,6 +243,34 @@ def test_a_flash_attn_package_without_flash_attn_func_is_not_flash_attn_2(tmp_pa
         backends._fa4_func.cache_clear()
 
 
+@pytest.mark.parametrize("preset", [None, "0", "1"])
+def test_fa4_is_imported_with_its_persistent_compile_cache_on_unless_the_user_chose(preset, tmp_path, monkeypatch):
+    """FA4 reads FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED once, when ``flash_attn.cute`` is imported: the fake package
+    records what it saw then."""
+    package = tmp_path / "flash_attn" / "cute"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import os\nSEEN = os.environ.get('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED')\n"
+        "def flash_attn_func(*args, **kwargs):\n    raise NotImplementedError\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "-")  # teardown restores the variable as it was
+    if preset is None:
+        monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED")
+    else:
+        monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", preset)
+    backends._fa4_func.cache_clear()
+    try:
+        assert callable(backends._fa4_func())
+        assert (preset or "1") == sys.modules["flash_attn.cute"].SEEN
+    finally:
+        backends._fa4_func.cache_clear()
+        for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
+            del sys.modules[name]
+
+
 def test_fa4_needs_hopper_or_blackwell(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(backends, "_has_flex", lambda: True)
