@@ -25,7 +25,7 @@ import weakref
 from typing import NamedTuple
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from .kinds.sink_window import SinkWindow
 
@@ -351,6 +351,16 @@ def swaa_layer(cache: Cache, layer_idx: int) -> SWAACacheLayer:
         )
     layers[layer_idx] = swaa = SWAACacheLayer.from_layer(layer, layer_idx)
     return swaa
+
+
+def growing_cache(model) -> DynamicCache:
+    """A ``DynamicCache`` for ``model`` whose full-attention layers are SWAA's growing layers (new tokens written in
+    place), for runs with or without SWAA: when every compared run stores its keys the same way, a difference in
+    decode time comes from attention, not from transformers' per-step concatenation. Without SWAA the layers hold
+    exactly what ``DynamicLayer`` holds; layers the model slides natively keep transformers' sliding layer."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [SWAACacheLayer(i) if type(layer) is DynamicLayer else layer for i, layer in enumerate(cache.layers)]
+    return cache
 
 
 def kv_cache_bytes(cache: Cache | None) -> list[int]:

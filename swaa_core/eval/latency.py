@@ -203,6 +203,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
                 cancel: threading.Event | None = None) -> tuple[DecodeTiming, int]:  # fmt: skip
     """Generate ``new_tokens + 1`` greedy tokens after ``input_ids`` (EOS ignored) under ``config``; return the timing
     (``decode_tokens == new_tokens`` unless cancelled) and the KV cache bytes held at the end."""
+    from ..engine.cache import growing_cache
     from ..engine.patch import kv_cache_bytes, swaa
 
     gen = greedy_generation_config(model, new_tokens + 1)
@@ -214,6 +215,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
+            past_key_values=growing_cache(model),  # full attention stores its keys as SWAA's layers do
             generation_config=gen,
             streamer=clock,
             stopping_criteria=criteria,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList
 
+from ..engine.cache import growing_cache
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
 from ..engine.fast_decode import WARMUP_STEPS, fast_generate
@@ -324,6 +325,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
+                past_key_values=growing_cache(model),  # full attention stores its keys as SWAA's layers do
                 generation_config=gen,
                 streamer=streamer,
                 stopping_criteria=criteria,

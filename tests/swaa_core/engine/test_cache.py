@@ -9,12 +9,14 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers.tiny_models import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
 from swaa_core.engine.attention import LayerPlan
-from swaa_core.engine.cache import SWAACacheLayer
+from swaa_core.engine.cache import SWAACacheLayer, growing_cache
 from swaa_core.engine.kinds import SinkWindow
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
@@ -141,3 +143,25 @@ def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch)
         storages.append(keys.untyped_storage().data_ptr())
     moves = [t for t, (a, b) in enumerate(itertools.pairwise(storages), 10) if a != b]
     assert moves == [18, 27, 36]  # 10 + 8 slots fit; then 9 more (the step that grows adds itself), and so on
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("config", [None, SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=True)])
+def test_growing_cache_generates_exactly_what_transformers_cache_does(family, config, monkeypatch):
+    """The cache every timed column runs on: with or without SWAA, greedy tokens, their scores and the KV bytes equal
+    those of transformers' own cache over many room refills; layers the model slides natively stay transformers'."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 5)
+    model = build_tiny_model(family, layers=6)  # Gemma 3: five local layers, then a global one
+    ids = torch.randint(3, 97, (1, 23), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=30, min_new_tokens=30, do_sample=False)
+    kwargs.update(return_dict_in_generate=True, output_scores=True, pad_token_id=0)
+    with swaa(model, config):
+        plain = model.generate(ids, **kwargs)
+        cache = growing_cache(model)
+        grown = model.generate(ids, past_key_values=cache, **kwargs)
+    assert torch.equal(grown.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(grown.scores, plain.scores, strict=True))
+    assert kv_cache_bytes(grown.past_key_values) == kv_cache_bytes(plain.past_key_values)
+    kinds = {type(layer).__name__ for layer in cache.layers}
+    native_sliding_kept = family == "gemma3" and config is None  # under SWAA its own layers replace them all
+    assert kinds == ({"SWAACacheLayer", "DynamicSlidingWindowLayer"} if native_sliding_kept else {"SWAACacheLayer"})

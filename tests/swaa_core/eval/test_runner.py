@@ -58,6 +58,29 @@ def test_output_and_counts_match_plain_generation(loaded, sample, config):
     assert result.backend == ("sdpa" if config is None else "blocked")
 
 
+def test_every_column_and_the_decode_curve_store_keys_alike(loaded, sample, monkeypatch):
+    """Full attention and SWAA runs hand generate the same kind of cache (SWAA's in-place growing layers), so their
+    decode times differ by attention only, not by transformers' per-step concatenation of the full column's cache."""
+    from swaa_core.engine.cache import SWAACacheLayer
+    from swaa_core.eval.latency import time_decode
+
+    model, caches = loaded.model, []
+    original = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        caches.append(kwargs.get("past_key_values"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    configs = [None, SWAAConfig(sliding_window_size=32, keep_first=4, force_fa_decode=True)]
+    for config in configs:
+        assert run_one(loaded, sample, config, max_new_tokens=4).error is None
+        time_decode(model, torch.randint(3, 90, (1, 64)), config, new_tokens=4)
+    assert len(caches) == 2 * len(configs)
+    for cache in caches:
+        assert cache is not None and {type(layer) for layer in cache.layers} == {SWAACacheLayer}
+
+
 def test_kv_bytes_match_the_cache_tensors(loaded, sample):
     per_token = 2 * KV_HEADS * HEAD_DIM * 4  # keys and values, float32, per layer
     full = run_one(loaded, sample, None, max_new_tokens=5)
