@@ -184,7 +184,9 @@ def why_panel(ui) -> None:
     gr.Markdown(texts.ATTENTION_HELP)
     entry = get_model_entry(DEFAULT_MODEL)
     with gr.Row():  # the column names are long ("Recommended: ... (W=256, 10 sinks)"): their dropdown gets the room
-        ui.column = gr.Dropdown([], label="SWAA column", info="Which config to compare with full attention.", scale=3)
+        ui.column = gr.Dropdown(
+            [], label="SWAA column", info="The SWAA columns of the last comparison (listed once one has run).", scale=3
+        )
         heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(entry.num_heads)]
         ui.head = gr.Dropdown(heads, value=-1, label="Head", scale=1)
     with gr.Row(equal_height=True):
