@@ -30,11 +30,19 @@ from swaa_core import SWAAConfig, swaa  # noqa: E402
 ARGS = None
 
 
-def train_step(peft_model, opt, ids, labels, prompt_tokens, cfg):
-    kwargs = dict(input_ids=ids, labels=labels)
+def training_batch(ids: torch.Tensor, prompt_tokens: int, cfg) -> dict:
+    """One example (1, prompt + answer) with labels on the answer only; FA decode also needs where the prompt ends
+    (its answer queries attend to everything)."""
+    labels = ids.clone()
+    labels[:, :prompt_tokens] = -100
+    batch = dict(input_ids=ids, labels=labels)
     if cfg is not None and cfg.force_fa_decode:
-        kwargs["swaa_prompt_lengths"] = torch.tensor([prompt_tokens])
-    peft_model(**kwargs).loss.backward()
+        batch["swaa_prompt_lengths"] = torch.tensor([prompt_tokens])
+    return batch
+
+
+def train_step(peft_model, opt, batch: dict) -> None:
+    peft_model(**batch).loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -65,24 +73,22 @@ def run_train(out: dict):
         peft_model.train()
         for n in ARGS.train_prompts:
             ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
-            labels = ids.clone()
-            labels[:, :n] = -100
-
-            step = functools.partial(train_step, peft_model, opt, ids, labels, n)
-
+            batches = {label: training_batch(ids, n, cfg) for label, cfg in configs.items()}
             samples = {label: [] for label in configs}
             peaks = {label: 0.0 for label in configs}
             for label, cfg in configs.items():
+                step = functools.partial(train_step, peft_model, opt, batches[label])
                 with swaa(base, cfg):
-                    first = first_call_seconds(functools.partial(step, cfg))
-                    step(cfg)
+                    first = first_call_seconds(step)
+                    step()
                 print(n, label, "first step", round(first, 1), "s", flush=True)
             for _ in range(ARGS.reps):
                 for label, cfg in configs.items():
                     with swaa(base, cfg):
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats()
-                        samples[label].append(timed(functools.partial(step, cfg), reps=1, warmup=0)[0])
+                        step = functools.partial(train_step, peft_model, opt, batches[label])
+                        samples[label].append(timed(step, reps=1, warmup=0)[0])
                         peaks[label] = max(peaks[label], gib(torch.cuda.max_memory_allocated()))
             full = statistics.median(samples["full (sdpa)"])
             rows[n] = {
@@ -103,13 +109,11 @@ def run_train(out: dict):
                     )
                 )
         if ARGS.profile_train:
-            n = ARGS.train_prompts[0]
-            ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
-            labels = ids.clone()
-            labels[:, :n] = -100
             cfg = list(configs.values())[1]
+            n = ARGS.train_prompts[0]
+            batch = training_batch(torch.randint(0, 150000, (1, n + answer), device="cuda"), n, cfg)
             with swaa(base, cfg), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                peft_model(input_ids=ids, labels=labels, swaa_prompt_lengths=torch.tensor([n])).loss.backward()
+                peft_model(**batch).loss.backward()
                 sync()
             table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
             print(table, flush=True)
