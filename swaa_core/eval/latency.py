@@ -56,6 +56,16 @@ def greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | Non
     return gen
 
 
+def shared_cache(model) -> dict:
+    """``generate`` keyword arguments that give every timed run, full attention included, the same kind of cache
+    (:func:`swaa_core.engine.cache.growing_cache`), so decode times differ by attention only. They also override a
+    checkpoint's ``cache_implementation``, which transformers refuses beside a cache object and which ("static")
+    would send SWAA runs down the fixed-buffer path unasked: that path is chosen explicitly (``static_cache``)."""
+    from ..engine.cache import growing_cache
+
+    return dict(past_key_values=growing_cache(model), cache_implementation=None)
+
+
 def without_eos(gen) -> set[int]:
     """Make ``gen`` generate past EOS tokens; return the EOS ids it had. (generate fills an eos_token_id of None
     from the model's own generation config; an empty list means none.)"""
@@ -203,7 +213,6 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
                 cancel: threading.Event | None = None) -> tuple[DecodeTiming, int]:  # fmt: skip
     """Generate ``new_tokens + 1`` greedy tokens after ``input_ids`` (EOS ignored) under ``config``; return the timing
     (``decode_tokens == new_tokens`` unless cancelled) and the KV cache bytes held at the end."""
-    from ..engine.cache import growing_cache
     from ..engine.patch import kv_cache_bytes, swaa
 
     gen = greedy_generation_config(model, new_tokens + 1)
@@ -215,9 +224,9 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            past_key_values=growing_cache(model),  # full attention stores its keys as SWAA's layers do
             generation_config=gen,
             streamer=clock,
+            **shared_cache(model),
             stopping_criteria=criteria,
         )
     held = int(sum(kv_cache_bytes(getattr(out, "past_key_values", None))))

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList
 
-from ..engine.cache import growing_cache
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
 from ..engine.fast_decode import WARMUP_STEPS, fast_generate
@@ -49,6 +48,7 @@ from .latency import (
     DecodeTiming,
     decode_path,
     greedy_generation_config,
+    shared_cache,
     without_eos,
 )
 from .scoring import answer_loglik, reference_text, score_sample
@@ -188,7 +188,9 @@ def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: b
         if static_cache:  # enough steps to capture and replay the decode step once
             fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
         else:
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+            model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen, **shared_cache(model)
+            )
     done.add(key)
 
 
@@ -325,10 +327,10 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=growing_cache(model),  # full attention stores its keys as SWAA's layers do
                 generation_config=gen,
                 streamer=streamer,
                 stopping_criteria=criteria,
+                **shared_cache(model),
             )
         sequences, per_layer = out.sequences, kv_cache_bytes(getattr(out, "past_key_values", None))
         prefill_s = timer.durations[0] if timer.durations else None
