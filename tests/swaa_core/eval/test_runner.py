@@ -85,13 +85,19 @@ def test_every_column_and_the_decode_curve_store_keys_alike(loaded, sample, monk
 def test_a_checkpoints_cache_implementation_does_not_change_the_timed_runs(loaded, sample, shipped, monkeypatch):
     """A checkpoint may ship generation_config.cache_implementation; transformers refuses it beside a cache object,
     and "static" would send SWAA columns down the fixed-buffer path unasked. The runs stay plain generation."""
+    import swaa_core.engine.fast_decode as fast_decode
+
+    def unasked(*args, **kwargs):
+        raise AssertionError("the fixed-buffer path ran without static_cache=True")
+
+    configs = (None, SWAAConfig(sliding_window_size=32, keep_first=4))
+    expected = [greedy_reference(loaded, sample.prompt, c, 6, sample.answer_prefix)[0] for c in configs]
+    monkeypatch.setattr(fast_decode, "generate_static", unasked)
     monkeypatch.setattr(loaded.model.generation_config, "cache_implementation", shipped)
-    for config in (None, SWAAConfig(sliding_window_size=32, keep_first=4)):
+    for config, expected_ids in zip(configs, expected, strict=True):
         result = run_one(loaded, sample, config, max_new_tokens=6)
         assert result.error is None, result.error
-        expected_ids, _ = greedy_reference(loaded, sample.prompt, config, 6, sample.answer_prefix)
         assert result.output_text == loaded.tokenizer.decode(expected_ids, skip_special_tokens=True)
-        assert "static" not in result.decode_path
 
 
 def test_kv_bytes_match_the_cache_tensors(loaded, sample):
