@@ -211,9 +211,10 @@ class SWAACacheLayer(DynamicLayer):
         and their buffers have room for the new tokens, they are extended in place; anything else is copied into new
         buffers with ``SPARE_SLOTS`` slots of room. The layer refers to its views only weakly: keys replaced from
         outside (cropped, reordered for beam search, offloaded) free the old buffers, and the next step grows new
-        ones. Writes land only past every view handed out before. Tensors that take part in autograd are
-        concatenated, as in ``DynamicLayer``."""
-        if key_states.requires_grad or value_states.requires_grad or base_k.requires_grad or base_v.requires_grad:
+        ones. Writes land only past every view handed out before. With gradients on, keys are concatenated, as in
+        ``DynamicLayer``: attention may have saved an earlier view for the backward pass (queries that need a gradient
+        against keys that need none), and any write into its buffer would invalidate it."""
+        if torch.is_grad_enabled():
             return torch.cat([base_k, key_states], dim=-2), torch.cat([base_v, value_states], dim=-2)
         held = base_k.shape[-2] if base_k.dim() == 4 else 0  # a fresh layer holds a 1-D empty tensor
         end = held + key_states.shape[-2]
@@ -310,6 +311,9 @@ class SWAACacheLayer(DynamicLayer):
 
     def _may_ring_after_crop(self) -> bool:
         return self.window is not None and self.settled and self.total > self.rule.kept_slots(self.sinks)
+
+    def __getstate__(self):
+        return {**self.__dict__, "handed_out": None}  # weak references cannot be pickled; the next step copies
 
     def reset(self) -> None:
         super().reset()

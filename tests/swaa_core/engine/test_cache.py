@@ -5,6 +5,7 @@ the new queries need, and that its buffer never exceeds sinks + W slots once it 
 from __future__ import annotations
 
 import itertools
+import pickle
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from helpers.tiny_models import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import DynamicCache
 
 from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
@@ -52,7 +54,7 @@ def live_slots(layer: SWAACacheLayer, keys: torch.Tensor) -> list[int]:
 def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, spare):
     """Also for the layers that never evict (FA decode, full), which grow in place into spare room: a handed-out
     view must keep its rows whatever the layer does next (appends, roll-backs), with any amount of room."""
-    with mock.patch.object(cache_module, "SPARE_SLOTS", spare):
+    with mock.patch.object(cache_module, "SPARE_SLOTS", spare), torch.no_grad():  # as generate runs
         check_cache_against_slots(window, sinks, ops, kind)
 
 
@@ -127,6 +129,7 @@ def test_decode_steps_write_in_place_without_reading_the_device():
 
 
 @pytest.mark.parametrize("kind", ["FA decode", "full"])
+@torch.no_grad()  # as generate runs: with gradients on, keys are concatenated (tested below)
 def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch):
     """A non-evicting layer's decode step writes one row into spare room; the cache is copied only when the room runs
     out (transformers' DynamicLayer copies all of it at every step)."""
@@ -165,3 +168,44 @@ def test_growing_cache_generates_exactly_what_transformers_cache_does(family, co
     kinds = {type(layer).__name__ for layer in cache.layers}
     native_sliding_kept = family == "gemma3" and config is None  # under SWAA its own layers replace them all
     assert kinds == ({"SWAACacheLayer", "DynamicSlidingWindowLayer"} if native_sliding_kept else {"SWAACacheLayer"})
+
+
+def decode_with_loss(model, ids: torch.Tensor, cache) -> list[torch.Tensor]:
+    """Prefill then one-token steps on ``cache`` with gradients on, one loss over every step: q_proj's gradients."""
+    model.zero_grad()
+    out = model(ids[:, :7], past_key_values=cache, use_cache=True)
+    loss = out.logits.sum()
+    for t in range(7, ids.shape[1]):
+        out = model(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+        loss = loss + out.logits.sum()
+    loss.backward()
+    return [layer.self_attn.q_proj.weight.grad.clone() for layer in model.model.layers]
+
+
+def test_growing_cache_backpropagates_through_decode_steps_like_transformers_cache(monkeypatch):
+    """Training only the queries (keys and values need no gradient): attention saved the keys of every step for the
+    backward pass, so a later step must not write into their buffer."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 4)
+    model = build_tiny_model("llama", layers=2)
+    model.requires_grad_(False)
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight.requires_grad_(True)
+    ids = torch.randint(3, 97, (1, 11), generator=torch.Generator().manual_seed(0))
+    expected = decode_with_loss(model, ids, DynamicCache(config=model.config))
+    got = decode_with_loss(model, ids, growing_cache(model))
+    assert all(torch.allclose(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_growing_cache_pickles_and_continues_like_transformers_cache():
+    """torch.save / pickle of a filled cache (a weak reference cannot be pickled); the loaded copy continues exactly
+    as transformers' cache does."""
+    model = build_tiny_model("llama", layers=2)
+    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(0))
+    logits = []
+    with torch.no_grad():
+        for cache in (growing_cache(model), DynamicCache(config=model.config)):
+            model(ids[:, :-1], past_key_values=cache, use_cache=True)
+            loaded = pickle.loads(pickle.dumps(cache))
+            assert kv_cache_bytes(loaded) == kv_cache_bytes(cache)
+            logits.append(model(ids[:, -1:], past_key_values=loaded, use_cache=True).logits)
+    assert torch.equal(logits[0], logits[1])
