@@ -222,8 +222,11 @@ class SWAACacheLayer(DynamicLayer):
         if mine is not None and mine[0]() is base_k and mine[1]() is base_v and end <= base_k._base.shape[2]:
             k_buf, v_buf = base_k._base, base_v._base
         else:
+            # the dtype torch.cat gives: a fresh layer's empty tensor has the keys' dtype (float32 under autocast,
+            # where values arrive in bfloat16)
             k_buf, v_buf = (
-                t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1]) for t in (key_states, value_states)
+                t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1], dtype=torch.promote_types(b.dtype, t.dtype))
+                for b, t in ((base_k, key_states), (base_v, value_states))
             )
             if held:
                 k_buf.narrow(2, 0, held).copy_(base_k)

@@ -209,3 +209,22 @@ def test_growing_cache_pickles_and_continues_like_transformers_cache():
             assert kv_cache_bytes(loaded) == kv_cache_bytes(cache)
             logits.append(model(ids[:, -1:], past_key_values=loaded, use_cache=True).logits)
     assert torch.equal(logits[0], logits[1])
+
+
+def test_growing_cache_under_autocast_holds_the_dtypes_transformers_cache_holds(monkeypatch):
+    """Under autocast keys arrive in float32 (rotary) and values in bfloat16: transformers' cache concatenates both
+    onto an empty tensor of the keys' dtype, so it holds float32 values; the growing cache must hold the same."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 3)
+    model = build_tiny_model("llama", layers=2, eos_token_id=None)
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grown = model.generate(ids, past_key_values=growing_cache(model), **kwargs)
+        plain = model.generate(ids, **kwargs)
+    assert torch.equal(grown.sequences, plain.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(grown.scores, plain.scores, strict=True))
+    dtypes = [
+        [(layer.keys.dtype, layer.values.dtype) for layer in out.past_key_values.layers] for out in (grown, plain)
+    ]
+    assert dtypes[0] == dtypes[1]
+    assert kv_cache_bytes(grown.past_key_values) == kv_cache_bytes(plain.past_key_values)
