@@ -190,8 +190,8 @@ class SWAACacheLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
-        if self.ring and n == 1 and not self.record_past:
-            return self._write_one(key_states, value_states)
+        if self.ring and n == 1 and not self.record_past and not torch.is_grad_enabled():
+            return self._write_one(key_states, value_states)  # in place: no key saved for backward may be written
         base_k, base_v = self._flat() if self.ring else (self.keys, self.values)
         self.ring = False
         keys, values = self._append(base_k, base_v, key_states, value_states)

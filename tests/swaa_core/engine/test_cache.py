@@ -113,6 +113,7 @@ def check_cache_against_slots(window, sinks, ops, kind):
             assert set(layer.keys[0, 1, :, 2].tolist()) == held
 
 
+@torch.no_grad()  # as generate runs: with gradients on, a step copies (tested below)
 def test_decode_steps_write_in_place_without_reading_the_device():
     """Once the ring exists, a one-token step writes into the same buffer and returns all of it."""
     plan = LayerPlan(0, 4, 2, False, "reference")
@@ -194,6 +195,24 @@ def test_growing_cache_backpropagates_through_decode_steps_like_transformers_cac
     expected = decode_with_loss(model, ids, DynamicCache(config=model.config))
     got = decode_with_loss(model, ids, growing_cache(model))
     assert all(torch.allclose(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_ring_backpropagates_through_decode_steps_like_one_forward():
+    """Evicting layers without FA decode: a decode step sees what the same token sees in one forward over the whole
+    sequence, so both give the same gradients; the ring's one-row writes must not touch keys saved for backward."""
+    model = build_tiny_model("llama", layers=2)
+    model.requires_grad_(False)
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight.requires_grad_(True)
+    ids = torch.randint(3, 97, (1, 16), generator=torch.Generator().manual_seed(0))
+    with swaa(model, SWAAConfig(sliding_window_size=4, keep_first=1)):
+        model.zero_grad()
+        model(ids, use_cache=False).logits.sum().backward()
+        expected = [layer.self_attn.q_proj.weight.grad.clone() for layer in model.model.layers]
+        cache = DynamicCache(config=model.config)
+        got = decode_with_loss(model, ids, cache)
+    assert cache.layers[0].ring, "the decode steps did not reach the ring"
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected, strict=True))
 
 
 def test_growing_cache_pickles_and_continues_like_transformers_cache():
