@@ -247,3 +247,33 @@ def test_growing_cache_under_autocast_holds_the_dtypes_transformers_cache_holds(
     ]
     assert dtypes[0] == dtypes[1]
     assert kv_cache_bytes(grown.past_key_values) == kv_cache_bytes(plain.past_key_values)
+
+
+REORDERING_MODES = {  # generate kwargs whose cache is reordered (beams), repeated (several sequences) or cropped
+    "beams": dict(num_beams=3, num_return_sequences=2, do_sample=False),
+    "sampled sequences": dict(do_sample=True, num_return_sequences=3, top_k=0),
+    "prompt lookup": dict(do_sample=False, prompt_lookup_num_tokens=3),
+    "assistant": dict(do_sample=False),
+}
+
+
+@pytest.mark.parametrize("mode", REORDERING_MODES)
+@pytest.mark.parametrize("config", [None, SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)])
+def test_growing_cache_follows_transformers_cache_through_reorders_and_rollbacks(mode, config, monkeypatch):
+    """Room refilled every other step while generate reorders, repeats or crops the keys from outside: tokens,
+    scores and KV bytes equal those of transformers' cache."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 2)
+    model = build_tiny_model("llama", layers=3, eos_token_id=None)
+    ids = torch.randint(3, 97, (1, 13), generator=torch.Generator().manual_seed(1))
+    kwargs = dict(max_new_tokens=16, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    if mode == "assistant":
+        kwargs["assistant_model"] = build_tiny_model("llama", layers=1, seed=5, eos_token_id=None)
+    outs = []
+    with swaa(model, config):
+        for cache in (growing_cache(model), None):
+            torch.manual_seed(0)
+            outs.append(model.generate(ids, past_key_values=cache, **REORDERING_MODES[mode], **kwargs))
+    grown, plain = outs
+    assert torch.equal(grown.sequences, plain.sequences)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grown.scores, plain.scores, strict=True))
+    assert kv_cache_bytes(grown.past_key_values) == kv_cache_bytes(plain.past_key_values)
