@@ -9,7 +9,8 @@ whole buffer with no mask and no gather: keys keep the rotary position they were
 buffer does not matter to attention. Before that point, and for every other layer (full, FA decode), keys grow into
 the room of a buffer allocated with ``SPARE_SLOTS`` slots to spare, written in place: transformers' ``DynamicLayer``
 concatenates, which reads and writes the whole cache at every decode step (34 GB per token at 128K tokens of an 8B
-model). All bookkeeping is host-side integers: no step reads a GPU value.
+model). All bookkeeping is host-side integers: no step reads a GPU value. With gradients on, every step copies instead,
+as ``DynamicLayer`` does: attention may have saved the keys for the backward pass, and no write may touch them.
 
 Multi-token forwards against a wrapped ring (chunked prefill, a second turn, assisted decoding) first lay the held keys
 out in slot order ("flat"), which costs one gather; they are rare. ``activate_past_recording`` (called by transformers'
