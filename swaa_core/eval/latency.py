@@ -63,7 +63,11 @@ def shared_cache(model) -> dict:
     would send SWAA runs down the fixed-buffer path unasked: that path is chosen explicitly (``static_cache``)."""
     from ..engine.cache import growing_cache
 
-    return dict(past_key_values=growing_cache(model), cache_implementation=None)
+    kwargs = dict(past_key_values=growing_cache(model))
+    if getattr(model.generation_config, "cache_implementation", None) is not None:
+        # only then: generate fills every unset option from the model's config, and warns about this keyword
+        kwargs["cache_implementation"] = None
+    return kwargs
 
 
 def without_eos(gen) -> set[int]:
