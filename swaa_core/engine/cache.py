@@ -190,6 +190,12 @@ class SWAACacheLayer(DynamicLayer):
             self.rule, self.bound, self.settled = SinkWindow(None, self.keep_first), None, True
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        elif self.keys.dim() == 4 and key_states.shape[0] != self.keys.shape[0]:
+            # an in-place write would broadcast one row into every held row (transformers' concatenation refuses)
+            raise ValueError(
+                f"This KV cache holds {self.keys.shape[0]} sequences in layer {self.layer_idx}, but the forward "
+                f"feeds {key_states.shape[0]}; pass a cache built for this batch (or past_key_values=None)."
+            )
         n = key_states.shape[-2]
         if self.ring and n == 1 and not self.record_past and not torch.is_grad_enabled():
             return self._write_one(key_states, value_states)  # in place: no key saved for backward may be written

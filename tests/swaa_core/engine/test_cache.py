@@ -14,6 +14,7 @@ from helpers.tiny_models import build_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
@@ -277,3 +278,20 @@ def test_growing_cache_follows_transformers_cache_through_reorders_and_rollbacks
     assert torch.equal(grown.sequences, plain.sequences)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grown.scores, plain.scores, strict=True))
     assert kv_cache_bytes(grown.past_key_values) == kv_cache_bytes(plain.past_key_values)
+
+
+@pytest.mark.parametrize("kind", ["evicting", "FA decode", "full"])
+def test_a_batch_the_cache_does_not_hold_is_refused_as_transformers_cache_refuses_it(kind):
+    """Writing in place, one row would be broadcast into every held row without a word; concatenation fails."""
+    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    ours, theirs = SWAACacheLayer(0), DynamicLayer()
+    two = torch.cat([rows(0, 10), rows(0, 10)])
+    ours.bind(plan, None, 0)
+    with torch.no_grad():
+        ours.update(two, -two)
+        theirs.update(two, -two)
+    with pytest.raises(RuntimeError):
+        theirs.update(rows(10, 1), -rows(10, 1))
+    ours.bind(plan, None, 0)
+    with torch.no_grad(), pytest.raises(ValueError, match="holds 2 sequences in layer 0, but the forward feeds 1"):
+        ours.update(rows(10, 1), -rows(10, 1))
