@@ -41,18 +41,15 @@ from gpu_common import SUMMARY, gib, llama8b  # noqa: E402
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
+from swaa_core.eval.latency import shared_cache  # noqa: E402
 
 ARGS = None
 
 
-def configs(layers: int, control: bool = False) -> dict:
-    """The compared configurations; ``control`` adds full attention in every layer through SWAA's cache (which grows
-    in place where transformers' concatenates), to separate what the cache buys from what the window buys."""
+def configs(layers: int) -> dict:
     W, K = ARGS.window, ARGS.sinks
-    extra = {"full, SWAA cache (control)": SWAAConfig(W, K, non_sliding_layers=list(range(layers)))}
     return {
         "full": None,
-        **(extra if control else {}),
         "SWA decode": SWAAConfig(sliding_window_size=W, keep_first=K),
         "FA decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
         "1/2 FA layers + FA decode": SWAAConfig(
@@ -149,7 +146,9 @@ class Stamps:
 
 @torch.no_grad()
 def run_eager(out: dict, model):
-    cfgs = configs(model.config.num_hidden_layers, control=True)
+    # "full" runs on transformers' own cache; every other row, and "full, shared cache", on the cache the app and the
+    # CLI give every column (SWAA's growing layers): the pair shows what the cache alone changes
+    cfgs = {"full, shared cache": None, **configs(model.config.num_hidden_layers)}
     rows = out["rows"] = {}
     for n in ARGS.prompts:
         ids = prompt(n)
@@ -166,6 +165,7 @@ def run_eager(out: dict, model):
                         do_sample=False,
                         streamer=stamps,
                         return_dict_in_generate=True,
+                        **({} if label == "full" else shared_cache(model)),
                     )
                 if rep:  # the first round is warm-up
                     samples[label].append(stamps.per_token() * 1e3)
