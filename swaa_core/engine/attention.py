@@ -80,11 +80,11 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     cache_layer = module._swaa_cache_layer
-    if isinstance(cache_layer, StaticSlots):  # a captured decode step: the layer holds this step's mask
+    if type(cache_layer) is StaticSlots:  # a captured decode step; a type test, as isinstance on an ABC is slow
         return cache_layer.attend(query, key, value, scaling), None
     view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
     Q = query.shape[2]
-    recorder = getattr(module, "_swaa_recorder", None)
+    recorder = module._swaa_recorder
     decode = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
     if decode and plan.evicts and view.in_window(plan.rule):  # the common SWA step, before any FA-decode bookkeeping
         return _decode_sdpa(query, key, value, None, scaling), None

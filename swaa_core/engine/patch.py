@@ -166,6 +166,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         module._swaa_plan = plan
         module._swaa_ctx = state.context
         module._swaa_cache_layer = None
+        module._swaa_recorder = None  # present: a missing attribute costs nn.Module.__getattr__'s miss in every step
     return state
 
 
@@ -235,7 +236,6 @@ def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | Non
         pass
     finally:
         stop.remove()
-        del modules[layer_idx]._swaa_recorder
         remove_swaa(model)
         if prev is not None:
             apply_swaa(model, prev[0], backend=prev[1])
