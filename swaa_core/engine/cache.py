@@ -184,7 +184,8 @@ class SWAACacheLayer(DynamicLayer):
     # ------------------------------------------------------------------ writing
     def update(self, key_states, value_states, *args, **kwargs):
         plan, self.plan = self.plan, None
-        if plan is None:  # driven without SWAA (after remove_swaa): exact only while nothing was dropped
+        if plan is None and (self.bound is not None or self.rule.window is not None):
+            # driven without SWAA after SWAA (remove_swaa): exact only while nothing was dropped
             if self._dropped():
                 raise ValueError(NEEDS_SWAA.format(layer=self.layer_idx, window=self.window, sinks=self.sinks))
             self.rule, self.bound, self.settled = SinkWindow(None, self.keep_first), None, True
@@ -205,7 +206,7 @@ class SWAACacheLayer(DynamicLayer):
         self.total += n
         view = KeyView(False, self.sinks, self.lo, self.total, None)
         self.keys, self.values = keys, values
-        if self._may_ring():
+        if self.rule.window is not None and self._may_ring():
             self._to_ring(keys, values)
             if n == 1:
                 self.view = KeyView(True, self.sinks, self.lo, self.total, self.window)
@@ -240,7 +241,7 @@ class SWAACacheLayer(DynamicLayer):
                 v_buf.narrow(2, 0, held).copy_(base_v)
         k_buf.narrow(2, held, end - held).copy_(key_states)
         v_buf.narrow(2, held, end - held).copy_(value_states)
-        keys, values = k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
+        keys, values = k_buf[:, :, :end], v_buf[:, :, :end]
         self.handed_out = (weakref.ref(keys), weakref.ref(values))
         return keys, values
 

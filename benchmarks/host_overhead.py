@@ -1,0 +1,109 @@
+"""Host cost of an eager decode step: full attention vs SWAA, on a model too small for its kernels to matter.
+
+    python benchmarks/host_overhead.py                       # 32 layers, 512-token prompt, 64 steps, 6 repeats
+    python benchmarks/host_overhead.py --layers 4 --repeats 1 --new-tokens 8    # a quick check that it runs
+
+At batch 1 an 8B model's eager decode step on an H200 is bound by the host launching about 1080 kernels, not by the
+GPU (docs/benchmarks.md), so SWAA's eager speed there is set by the Python it adds per layer. This measures that on
+the CPU, without a GPU: a Llama with 32 layers of hidden size 64 runs each op in microseconds, so a step's time is
+mostly Python and dispatch. One thread; the configurations take turns inside every repeat; per-token time is the
+median gap between generated tokens. "full" is transformers' own path and cache; "full, shared cache" the cache every
+timed run of the runner gets (`swaa_core.eval.latency.shared_cache`). Ratios are against "full" (< 1: cheaper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+
+from swaa_core import SWAAConfig, swaa
+from swaa_core.eval.latency import shared_cache
+
+
+class Stamps(LogitsProcessor):
+    """Records when each decode step reaches the logits processors (once per generated token)."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def tiny_llama(layers: int):
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=8192,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def ms_per_token(model, ids, new_tokens: int, extra: dict) -> float:
+    stamps = Stamps()
+    with torch.no_grad():
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            logits_processor=LogitsProcessorList([stamps]),
+            **extra,
+        )
+    return statistics.median(b - a for a, b in zip(stamps.times, stamps.times[1:], strict=False)) * 1e3
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens (longer than the window)")
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--sinks", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    model = tiny_llama(args.layers)
+    ids = torch.randint(0, 256, (1, args.prompt), generator=torch.Generator().manual_seed(1))
+    W, K = args.window, args.sinks
+    runs = {
+        "full": (None, False),
+        "full, shared cache": (None, True),
+        "SWA decode": (SWAAConfig(sliding_window_size=W, keep_first=K), True),
+        "FA decode": (SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True), True),
+    }
+    samples = {label: [] for label in runs}
+    for rep in range(args.repeats + 1):  # the first round warms up
+        for label, (config, shared) in runs.items():
+            with swaa(model, config):
+                ms = ms_per_token(model, ids, args.new_tokens, shared_cache(model) if shared else {})
+            if rep:
+                samples[label].append(ms)
+    full = statistics.median(samples["full"])
+    print(
+        f"{args.layers} layers, hidden 64, {args.prompt}-token prompt, W={W}, {K} sinks, {args.new_tokens} steps, "
+        f"{args.repeats} repeats in turns, 1 thread, torch {torch.__version__}"
+    )
+    print("| run | ms per token, median [best] | vs full |")
+    print("|---|---|---|")
+    for label, values in samples.items():
+        median = statistics.median(values)
+        print(f"| {label} | {median:.2f} [{min(values):.2f}] | {median / full:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
