@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from swaa_core import SWAAConfig, swaa
 from swaa_core.eval.latency import shared_cache
+
+# only now: with tests/ on the path first, its swaa_core/ folder would shadow the package
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.tiny_models import build_tiny_model  # noqa: E402 - the tests' tiny models
 
 
 class Stamps(LogitsProcessor):
@@ -36,18 +42,8 @@ class Stamps(LogitsProcessor):
 
 
 def tiny_llama(layers: int):
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=8192,
-        attn_implementation="sdpa",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    """Hidden size 64 (4 query / 2 KV heads of 16): every op runs in microseconds."""
+    return build_tiny_model("llama", layers=layers, hidden_size=64, intermediate_size=128, head_dim=16, vocab_size=256)
 
 
 def ms_per_token(model, ids, new_tokens: int, extra: dict) -> float:
