@@ -7,38 +7,26 @@ At batch 1 an 8B model's eager decode step on an H200 is bound by the host launc
 GPU (docs/benchmarks.md), so SWAA's eager speed there is set by the Python it adds per layer. This measures that on
 the CPU, without a GPU: a Llama with 32 layers of hidden size 64 runs each op in microseconds, so a step's time is
 mostly Python and dispatch. One thread; the configurations take turns inside every repeat; per-token time is the
-median gap between generated tokens. "full" is transformers' own path and cache; "full, shared cache" the cache every
+median gap between generated tokens (the runner's token clock). "full" is transformers' own path and cache; "full, shared cache" the cache every
 timed run of the runner gets (`swaa_core.eval.latency.shared_cache`). Ratios are against "full" (< 1: cheaper).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from swaa_core import SWAAConfig, swaa
-from swaa_core.eval.latency import shared_cache
+from swaa_core.eval.latency import TokenClock, shared_cache
 
 # only now: with tests/ on the path first, its swaa_core/ folder would shadow the package
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.tiny_models import build_tiny_model  # noqa: E402 - the tests' tiny models
-
-
-class Stamps(LogitsProcessor):
-    """Records when each decode step reaches the logits processors (once per generated token)."""
-
-    def __init__(self):
-        self.times = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
 
 
 def tiny_llama(layers: int):
@@ -47,7 +35,7 @@ def tiny_llama(layers: int):
 
 
 def ms_per_token(model, ids, new_tokens: int, extra: dict) -> float:
-    stamps = Stamps()
+    clock = TokenClock()
     with torch.no_grad():
         model.generate(
             ids,
@@ -56,10 +44,10 @@ def ms_per_token(model, ids, new_tokens: int, extra: dict) -> float:
             min_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=0,
-            logits_processor=LogitsProcessorList([stamps]),
+            streamer=clock,
             **extra,
         )
-    return statistics.median(b - a for a, b in zip(stamps.times, stamps.times[1:], strict=False)) * 1e3
+    return statistics.median(b - a for a, b in itertools.pairwise(clock.times)) * 1e3
 
 
 def main(argv=None) -> None:
