@@ -7,8 +7,9 @@ At batch 1 an 8B model's eager decode step on an H200 is bound by the host launc
 GPU (docs/benchmarks.md), so SWAA's eager speed there is set by the Python it adds per layer. This measures that on
 the CPU, without a GPU: a Llama with 32 layers of hidden size 64 runs each op in microseconds, so a step's time is
 mostly Python and dispatch. One thread; the configurations take turns inside every repeat; per-token time is the
-median gap between generated tokens (the runner's token clock). "full" is transformers' own path and cache; "full, shared cache" the cache every
-timed run of the runner gets (`swaa_core.eval.latency.shared_cache`). Ratios are against "full" (< 1: cheaper).
+median gap between generated tokens (the runner's token clock). "full" is transformers' own path and cache; "full,
+shared cache" the cache every timed run of the runner gets (`swaa_core.eval.latency.shared_cache`). Ratios are
+against "full" (< 1: cheaper).
 """
 
 from __future__ import annotations
