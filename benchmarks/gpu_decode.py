@@ -314,12 +314,14 @@ def run_profile(out: dict, model):
     n, steps = ARGS.prompts[0], 17
     ids = prompt(n)
     rows = out["rows"] = {}
-    for label, cfg in configs(model.config.num_hidden_layers).items():
+    cfgs = {"full, shared cache": None, **configs(model.config.num_hidden_layers)}
+    for label, cfg in cfgs.items():
+        cache = (lambda: {}) if label == "full" else (lambda: shared_cache(model))  # as in the eager section
         with swaa(model, cfg):
-            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, **cache())  # warm-up
             prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             stamps = ProfiledSteps(prof)
-            model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, streamer=stamps)
+            model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, streamer=stamps, **cache())
             decode_steps = steps - 1
             events = prof.key_averages()
             device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
@@ -329,6 +331,9 @@ def run_profile(out: dict, model):
                 ms_per_token_profiled=round(stamps.per_token() * 1e3, 2),
                 device_ms_per_step=round(device_us / 1e3 / decode_steps, 2),
                 blocking_calls_per_step={k: round(v / decode_steps, 1) for k, v in syncs.items()},
+                launches_per_step=round(
+                    sum(e.count for e in events if e.key.startswith(("cudaLaunch", "cuLaunch"))) / decode_steps, 1
+                ),
                 top_host_ops_us_per_step=[
                     (e.key, round(e.self_cpu_time_total / decode_steps), round(e.count / decode_steps, 1)) for e in top
                 ],

@@ -241,7 +241,7 @@ class SWAACacheLayer(DynamicLayer):
                 v_buf.narrow(2, 0, held).copy_(base_v)
         k_buf.narrow(2, held, end - held).copy_(key_states)
         v_buf.narrow(2, held, end - held).copy_(value_states)
-        keys, values = k_buf[:, :, :end], v_buf[:, :, :end]
+        keys, values = k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
         self.handed_out = (weakref.ref(keys), weakref.ref(values))
         return keys, values
 
