@@ -11,7 +11,11 @@ Sections (each guarded: a failure is recorded and the next one runs):
 - graph:      ``fast_generate`` (fixed buffers, one decode step captured in a CUDA graph): tokens/s at each prompt
               length, first-call cost (cache move + warm-up + capture), and whether its tokens equal the eager
               static path's.
-- eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded).
+- eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded). Beside
+              the SWAA configurations: full attention as transformers runs it, the same without SDPA's cuDNN kernel,
+              and as SWAA's runner runs every column (its growing cache, SDPA without cuDNN; SWAA's decode step
+              calls the flash kernel itself).
+              --shapes fresh (default) starts every run at key lengths no earlier run met, as real use does.
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager and graph.
 - profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
@@ -23,6 +27,7 @@ Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -41,7 +46,7 @@ from gpu_common import SUMMARY, gib, llama8b  # noqa: E402
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
-from swaa_core.eval.latency import shared_cache  # noqa: E402
+from swaa_core.eval.latency import decode_kernels, shared_cache  # noqa: E402
 
 ARGS = None
 
@@ -154,15 +159,21 @@ def paired_ratio(times: list[float], base: list[float]) -> float:
 def run_eager(out: dict, model):
     # "full" runs on transformers' own cache; every other row, and "full, shared cache", on the cache the app and the
     # CLI give every column (SWAA's growing layers): the pair shows what the cache alone changes
-    cfgs = {"full, shared cache": None, **configs(model.config.num_hidden_layers)}
+    # "full": transformers' stock path; "full, flash SDPA": the same without SDPA's cuDNN kernel (which builds a graph
+    # per new key length); "full, shared cache": the runner's full column (SWAA's growing cache, no cuDNN)
+    cfgs = {"full, shared cache": None, "full, flash SDPA": None, **configs(model.config.num_hidden_layers)}
     rows = out["rows"] = {}
+    out["shapes"] = ARGS.shapes
     for n in ARGS.prompts:
-        ids = prompt(n)
         samples = {label: [] for label in cfgs}
         kv = {}
         for rep in range(ARGS.reps + 1):
-            for label, cfg in cfgs.items():
-                with swaa(model, cfg):
+            for i, label in enumerate(cfgs):
+                # fresh: every run meets key lengths no earlier run met, as a user's next prompt does; cuDNN's graph
+                # cache would otherwise hide what a new length costs
+                fresh = (rep * len(cfgs) + i) * (ARGS.new_tokens + 1) if ARGS.shapes == "fresh" else 0
+                ids = prompt(n + fresh)
+                with swaa(model, cfgs[label]), _sdpa_policy(label):
                     stamps = Stamps()
                     result = model.generate(
                         ids,
@@ -171,7 +182,7 @@ def run_eager(out: dict, model):
                         do_sample=False,
                         streamer=stamps,
                         return_dict_in_generate=True,
-                        **({} if label == "full" else shared_cache(model)),
+                        **({} if label in ("full", "full, flash SDPA") else shared_cache(model)),
                     )
                 if rep:  # the first round is warm-up
                     samples[label].append(stamps.per_token() * 1e3)
@@ -198,6 +209,11 @@ def run_eager(out: dict, model):
                 )
             )
         print(n, rows[n], flush=True)
+
+
+def _sdpa_policy(label: str):
+    """Every row but transformers' stock "full" runs as the runner runs its columns: SDPA without its cuDNN kernel."""
+    return contextlib.nullcontext() if label == "full" else decode_kernels("cuda")
 
 
 @torch.no_grad()
@@ -350,6 +366,12 @@ def parse(argv=None):
     p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument(
+        "--shapes",
+        choices=["fresh", "repeated"],
+        default="fresh",
+        help="eager: every run at new key lengths (prompt + 65 tokens per earlier run), or every run at the same ones",
+    )
     p.add_argument("--e2e-tokens", type=int, default=512)
     p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
     p.add_argument("--check-up-to", type=int, default=32768, help="longest prompt whose graph tokens are compared")

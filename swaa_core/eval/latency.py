@@ -70,6 +70,20 @@ def shared_cache(model) -> dict:
     return kwargs
 
 
+def decode_kernels(device: torch.device | str):
+    """A context for every timed ``generate`` of a comparison: on CUDA, SDPA may choose any kernel but cuDNN's.
+    cuDNN (SDPA's first choice on Hopper) builds an execution graph for every new key length: 52 ms of host time per
+    decode step of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which would make full attention look
+    2.6x slower than a sliding window for a reason that has nothing to do with attention. SWAA's own decode step
+    calls the flash kernel directly (:func:`swaa_core.engine.kernels.sdpa._flash_decode`); under this context so does
+    transformers' attention in the full-attention column. A no-op elsewhere."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def without_eos(gen) -> set[int]:
     """Make ``gen`` generate past EOS tokens; return the EOS ids it had. (generate fills an eos_token_id of None
     from the model's own generation config; an empty list means none.)"""
@@ -223,7 +237,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
     without_eos(gen)  # a fixed token count: the decode speed of every config comes from the same work
     clock = TokenClock()
     criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
-    with swaa(model, config, backend=backend):
+    with swaa(model, config, backend=backend), decode_kernels(input_ids.device):
         start = time.perf_counter()
         out = model.generate(
             input_ids=input_ids,

@@ -46,6 +46,7 @@ from .latency import (
     DEFAULT_TIMING_TOKENS,
     AnswerThenBudget,
     DecodeTiming,
+    decode_kernels,
     decode_path,
     greedy_generation_config,
     shared_cache,
@@ -184,7 +185,7 @@ def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: b
     ids = ids + 1
     gen = m.generation_config(2)
     without_eos(gen)
-    with swaa(model, config, backend=backend):
+    with swaa(model, config, backend=backend), decode_kernels(m.device):
         if static_cache:  # enough steps to capture and replay the decode step once
             fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
         else:
@@ -321,6 +322,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
             ForwardTimer(model, m.device) as timer,
             cancel_between_layers(model, spec.cancel),
             swaa(model, config, backend=spec.backend) as state,
+            decode_kernels(m.device),
         ):
             result.backend = state.backend if state is not None else str(model.config._attn_implementation)
             result.decode_path = decode_path(False)

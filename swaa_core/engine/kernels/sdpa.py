@@ -5,6 +5,7 @@ span only). Shapes as in :mod:`swaa_core.engine.backends`: q (B, H, Q, D), k/v (
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +43,37 @@ def _causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
 def _decode_sdpa(q, k, v, mask, scaling: float):
     """One query token. On CPU, fold the query heads of each KV group into the query axis so SDPA reads every key
     once (enable_gqa measured ~25x slower there, torch 2.13). On CUDA the fold leaves most SMs idle: enable_gqa was
-    7-10x faster at 32K keys on an H100 (53 vs 375 us, torch 2.11)."""
+    7-10x faster at 32K keys on an H100 (53 vs 375 us, torch 2.11). An unmasked CUDA step goes straight to the flash
+    kernel (:func:`_flash_decode`)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     if q.is_cuda:
+        if mask is None and _flash_decodes(q.device, q.dtype, D):
+            return _flash_decode(q, k, v, scaling)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
         return out.transpose(1, 2)
     out = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=mask, scale=scaling)
     return out.reshape(B, 1, H, D)
+
+
+def _flash_decode(q, k, v, scaling: float):
+    """SDPA's flash kernel, called directly (it takes fewer key heads than query heads). SDPA's own choice on Hopper
+    is cuDNN, which builds an execution graph for every new key length: about 40 ms of host time per new length on an
+    H200 (torch 2.11, benchmarks/gpu_decode.py), paid once per step by a cache that grows, where the flash kernel
+    costs the same 30 us of host time at any length."""
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scaling)[0].transpose(1, 2)
+
+
+@functools.cache
+def _flash_decodes(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether :func:`_flash_decode` takes these inputs: half precision, a head size flash-attn 2 builds (multiple of
+    8, at most 256), an Ampere or newer GPU."""
+    return (
+        dtype in (torch.float16, torch.bfloat16)
+        and head_dim % 8 == 0
+        and head_dim <= 256
+        and torch.cuda.get_device_capability(device) >= (8, 0)
+    )
 
 
 def _is_aligned(g: MaskGeometry) -> bool:

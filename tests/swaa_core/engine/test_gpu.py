@@ -87,6 +87,33 @@ def test_decode_queries_through_the_flex_dispatcher(case):
 
 
 @gpu_test
+@pytest.mark.parametrize(
+    "H, Hkv, D, L, dtype",
+    [
+        (32, 8, 128, 5000, torch.bfloat16),  # GQA, an 8B model's heads
+        (8, 1, 64, 777, torch.float16),  # MQA
+        (12, 12, 80, 1500, torch.bfloat16),  # MHA, a head size that is not a power of two
+        (4, 2, 256, 333, torch.bfloat16),  # the largest head size the flash kernel takes
+        (8, 2, 64, 300, torch.float32),  # no flash kernel: SDPA chooses
+    ],
+)
+def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype):
+    """The unmasked decode step (straight to SDPA's flash kernel in half precision) over keys that are a view into a
+    larger buffer, as a growing cache hands them out, against float64 softmax attention."""
+    from swaa_core.engine.kernels.sdpa import _decode_sdpa
+
+    gen = torch.Generator(CUDA).manual_seed(L)
+    q = torch.randn(2, H, 1, D, device=CUDA, dtype=dtype, generator=gen)
+    buf = torch.randn(2, 2 * Hkv, L + 256, D, device=CUDA, dtype=dtype, generator=gen)
+    k, v = buf[:, :Hkv, :L], buf[:, Hkv:, 7 : L + 7]
+    out = _decode_sdpa(q, k, v, None, D**-0.5)
+    k64, v64 = (t.double().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    expected = torch.softmax(q.double() @ k64.transpose(-1, -2) * D**-0.5, dim=-1) @ v64
+    assert out.shape == (2, 1, H, D)
+    assert rel_err(out, expected.transpose(1, 2)) < TOL.get(dtype, 1e-2)
+
+
+@gpu_test
 def test_padding_queries_stay_finite_and_zero():
     """A padded query sees no key; NaN there would leak into real rows through the next layer's values."""
     q, k, v, g = gpu_case(n=200, window=16, keep_first=2, B=2, pads=(0, 90), dtype=torch.bfloat16, seed=3)

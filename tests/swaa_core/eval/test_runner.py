@@ -81,6 +81,35 @@ def test_every_column_and_the_decode_curve_store_keys_alike(loaded, sample, monk
         assert cache is not None and {type(layer) for layer in cache.layers} == {SWAACacheLayer}
 
 
+def test_every_timed_generate_leaves_out_cudnn_sdpa_on_cuda(loaded, sample, monkeypatch):
+    """On a GPU, SDPA's default cuDNN kernel builds a graph for every new key length (52 ms of host time per decode
+    step on an H200): every timed column, full attention included, runs with SDPA's other kernels, as SWAA's own
+    decode step does. The model here is on the CPU, so the CUDA case is forced; the flags are what torch reads."""
+    import swaa_core.eval.latency as latency
+    import swaa_core.eval.runner as runner
+    from swaa_core.eval.latency import time_decode
+
+    as_if_cuda = latency.decode_kernels
+    monkeypatch.setattr(latency, "decode_kernels", lambda device: as_if_cuda("cuda"))
+    monkeypatch.setattr(runner, "decode_kernels", lambda device: as_if_cuda("cuda"))
+    model, seen = loaded.model, []
+    original = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    for config in [None, SWAAConfig(sliding_window_size=32, keep_first=4)]:
+        assert run_one(loaded, sample, config, max_new_tokens=4).error is None
+        time_decode(model, torch.randint(3, 90, (1, 64)), config, new_tokens=4)
+    assert seen and set(seen) == {(False, True)}
+    assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before  # restored after each run
+    with as_if_cuda("cpu"):  # and nothing changes for a model on the CPU
+        assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before
+
+
 @pytest.mark.parametrize("shipped", ["dynamic", "static"])
 def test_a_checkpoints_cache_implementation_does_not_change_the_timed_runs(loaded, sample, shipped, monkeypatch):
     """A checkpoint may ship generation_config.cache_implementation; transformers refuses it beside a cache object,
