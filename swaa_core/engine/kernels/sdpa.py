@@ -40,20 +40,39 @@ def _causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
     return blocked(q, k, v, g, scaling, dropout)
 
 
-def _decode_sdpa(q, k, v, mask, scaling: float):
-    """One query token. On CPU, fold the query heads of each KV group into the query axis so SDPA reads every key
-    once (enable_gqa measured ~25x slower there, torch 2.13). On CUDA the fold leaves most SMs idle: enable_gqa was
-    7-10x faster at 32K keys on an H100 (53 vs 375 us, torch 2.11). An unmasked CUDA step goes straight to the flash
-    kernel (:func:`_flash_decode`)."""
+def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
+    """One query token: q (B, H, 1, D), k/v (B, Hkv, KV, D), mask None or broadcastable to (B, 1, 1, KV) ->
+    (B, 1, H, D). On CPU, fold the query heads of each KV group into the query axis so SDPA reads every key once
+    (enable_gqa measured ~25x slower there, torch 2.13). On CUDA the fold leaves most SMs idle: enable_gqa was 7-10x
+    faster at 32K keys on an H100 (53 vs 375 us, torch 2.11), so an unmasked step goes straight to the flash kernel
+    (:func:`_flash_decode`), and a masked one with ``fixed_shape`` (the fixed-buffer path: one shape for every step)
+    to SDPA's own choice. A masked step whose key length changes from step to step (eager decode of a padded batch)
+    must not reach cuDNN, SDPA's first choice on Hopper, which builds a graph per new length (52 ms of host time on an
+    H200): the fold lets the memory-efficient kernel take it (it takes a mask, but not fewer key heads)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     if q.is_cuda:
         if mask is None and _flash_decodes(q.device, q.dtype, D):
             return _flash_decode(q, k, v, scaling)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
-        return out.transpose(1, 2)
+        if mask is None or fixed_shape:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
+            return out.transpose(1, 2)
+        with _without_cudnn():
+            return _folded_decode(q, k, v, mask, scaling)
+    return _folded_decode(q, k, v, mask, scaling)
+
+
+def _folded_decode(q, k, v, mask, scaling: float):
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
     out = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=mask, scale=scaling)
     return out.reshape(B, 1, H, D)
+
+
+def _without_cudnn():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _flash_decode(q, k, v, scaling: float):
