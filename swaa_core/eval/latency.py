@@ -71,17 +71,19 @@ def shared_cache(model) -> dict:
 
 
 def decode_kernels(device: torch.device | str):
-    """A context for every timed ``generate`` of a comparison: on CUDA, SDPA may choose any kernel but cuDNN's.
-    cuDNN (SDPA's first choice on Hopper) builds an execution graph for every new key length: 52 ms of host time per
-    decode step of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which would make full attention look
-    2.6x slower than a sliding window for a reason that has nothing to do with attention. SWAA's own decode step
+    """A context for every timed ``generate`` on the growing cache: on CUDA, SDPA may choose any kernel but cuDNN's.
+    cuDNN (SDPA's first choice on Hopper) builds an execution graph for every new key length: 41-52 ms of host time
+    per decode step of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which made full attention look
+    2.9x slower than a sliding window for a reason that has nothing to do with attention. SWAA's own decode step
     calls the flash kernel directly (:func:`swaa_core.engine.kernels.sdpa._flash_decode`); under this context so does
-    transformers' attention in the full-attention column. A no-op elsewhere."""
+    transformers' attention in the full-attention column. Not for the fixed-buffer path, whose shapes never change
+    (cuDNN builds one graph there, and without it a masked step with fewer key heads falls to SDPA's math kernel).
+    A no-op elsewhere."""
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from ..engine.kernels.sdpa import without_cudnn_sdpa
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return without_cudnn_sdpa()
 
 
 def without_eos(gen) -> set[int]:

@@ -185,7 +185,8 @@ def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: b
     ids = ids + 1
     gen = m.generation_config(2)
     without_eos(gen)
-    with swaa(model, config, backend=backend), decode_kernels(m.device):
+    kernels = contextlib.nullcontext() if static_cache else decode_kernels(m.device)  # fixed shapes: SDPA's choice
+    with swaa(model, config, backend=backend), kernels:
         if static_cache:  # enough steps to capture and replay the decode step once
             fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
         else:

@@ -47,8 +47,8 @@ def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
     faster at 32K keys on an H100 (53 vs 375 us, torch 2.11), so an unmasked step goes straight to the flash kernel
     (:func:`_flash_decode`), and a masked one with ``fixed_shape`` (the fixed-buffer path: one shape for every step)
     to SDPA's own choice. A masked step whose key length changes from step to step (eager decode of a padded batch)
-    must not reach cuDNN, SDPA's first choice on Hopper, which builds a graph per new length (52 ms of host time on an
-    H200): the fold lets the memory-efficient kernel take it (it takes a mask, but not fewer key heads)."""
+    must not reach cuDNN, SDPA's first choice on Hopper, which builds a graph per new length (54-805 ms of host time
+    on an H200 with a mask): the fold lets the memory-efficient kernel take it (it takes a mask, but not fewer key heads)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     if q.is_cuda:
@@ -57,7 +57,7 @@ def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
         if mask is None or fixed_shape:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
             return out.transpose(1, 2)
-        with _without_cudnn():
+        with without_cudnn_sdpa():
             return _folded_decode(q, k, v, mask, scaling)
     return _folded_decode(q, k, v, mask, scaling)
 
@@ -69,7 +69,9 @@ def _folded_decode(q, k, v, mask, scaling: float):
     return out.reshape(B, 1, H, D)
 
 
-def _without_cudnn():
+def without_cudnn_sdpa():
+    """A context in which SDPA may choose any kernel but cuDNN's (whose per-shape graphs cost 41-52 ms of host time
+    for each new key length on an H200, torch 2.11)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
@@ -77,9 +79,9 @@ def _without_cudnn():
 
 def _flash_decode(q, k, v, scaling: float):
     """SDPA's flash kernel, called directly (it takes fewer key heads than query heads). SDPA's own choice on Hopper
-    is cuDNN, which builds an execution graph for every new key length: about 40 ms of host time per new length on an
-    H200 (torch 2.11, benchmarks/gpu_decode.py), paid once per step by a cache that grows, where the flash kernel
-    costs the same 30 us of host time at any length."""
+    is cuDNN, which builds an execution graph for every new key length: 41-52 ms of host time per new length on an
+    H200 (torch 2.11, docs/benchmarks.md), paid once per step by a cache that grows, where the flash kernel costs
+    30-60 us of host time at any length."""
     return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scaling)[0].transpose(1, 2)
 
 
