@@ -81,7 +81,7 @@ def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
         "folded query heads, masked": lambda: F.scaled_dot_product_attention(
             q.view(1, Hkv, H // Hkv, D), k, v, attn_mask=mask
         ),
-        "static path: sdpa gqa, masked": lambda: _decode_sdpa(q, k, v, mask, D**-0.5),
+        "static path: sdpa gqa, masked": lambda: _decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
     }
 
 
@@ -159,8 +159,8 @@ def paired_ratio(times: list[float], base: list[float]) -> float:
 def run_eager(out: dict, model):
     # "full" runs on transformers' own cache; every other row, and "full, shared cache", on the cache the app and the
     # CLI give every column (SWAA's growing layers): the pair shows what the cache alone changes
-    # "full": transformers' stock path; "full, flash SDPA": the same without SDPA's cuDNN kernel (which builds a graph
-    # per new key length); "full, shared cache": the runner's full column (SWAA's growing cache, no cuDNN)
+    # "full": transformers' stock path; "full, flash SDPA": the same with decode steps off SDPA's cuDNN kernel (which
+    # builds a graph per new key length); "full, shared cache": the runner's full column (SWAA's growing cache, too)
     cfgs = {"full, shared cache": None, "full, flash SDPA": None, **configs(model.config.num_hidden_layers)}
     rows = out["rows"] = {}
     out["shapes"] = ARGS.shapes
@@ -173,7 +173,7 @@ def run_eager(out: dict, model):
                 # cache would otherwise hide what a new length costs
                 fresh = (rep * len(cfgs) + i) * (ARGS.new_tokens + 1) if ARGS.shapes == "fresh" else 0
                 ids = prompt(n + fresh)
-                with swaa(model, cfgs[label]), _sdpa_policy(label):
+                with swaa(model, cfgs[label]), _sdpa_policy(label, model):
                     stamps = Stamps()
                     result = model.generate(
                         ids,
@@ -211,9 +211,10 @@ def run_eager(out: dict, model):
         print(n, rows[n], flush=True)
 
 
-def _sdpa_policy(label: str):
-    """Every row but transformers' stock "full" runs as the runner runs its columns: SDPA without its cuDNN kernel."""
-    return contextlib.nullcontext() if label == "full" else decode_kernels("cuda")
+def _sdpa_policy(label: str, model):
+    """Every row but transformers' stock "full" runs as the runner runs its columns: decode steps without SDPA's
+    cuDNN kernel."""
+    return contextlib.nullcontext() if label == "full" else decode_kernels(model)
 
 
 @torch.no_grad()
@@ -333,7 +334,7 @@ def run_profile(out: dict, model):
     cfgs = {"full, shared cache": None, **configs(model.config.num_hidden_layers)}
     for label, cfg in cfgs.items():
         cache = (lambda: {}) if label == "full" else (lambda: shared_cache(model))  # as in the eager section
-        with swaa(model, cfg):
+        with swaa(model, cfg), _sdpa_policy(label, model):
             model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, **cache())  # warm-up
             prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             stamps = ProfiledSteps(prof)
@@ -370,7 +371,7 @@ def parse(argv=None):
         "--shapes",
         choices=["fresh", "repeated"],
         default="fresh",
-        help="eager: every run at new key lengths (prompt + 65 tokens per earlier run), or every run at the same ones",
+        help="eager: every run at new key lengths (prompt + new tokens + 1 per earlier run), or all at the same ones",
     )
     p.add_argument("--e2e-tokens", type=int, default=512)
     p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])

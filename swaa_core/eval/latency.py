@@ -70,20 +70,43 @@ def shared_cache(model) -> dict:
     return kwargs
 
 
-def decode_kernels(device: torch.device | str):
-    """A context for every timed ``generate`` on the growing cache: on CUDA, SDPA may choose any kernel but cuDNN's.
-    cuDNN (SDPA's first choice on Hopper) builds an execution graph for every new key length: 41-52 ms of host time
-    per decode step of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which made full attention look
-    2.9x slower than a sliding window for a reason that has nothing to do with attention. SWAA's own decode step
-    calls the flash kernel directly (:func:`swaa_core.engine.kernels.sdpa._flash_decode`); under this context so does
-    transformers' attention in the full-attention column. Not for the fixed-buffer path, whose shapes never change
-    (cuDNN builds one graph there, and without it a masked step with fewer key heads falls to SDPA's math kernel).
-    A no-op elsewhere."""
-    if torch.device(device).type != "cuda":
-        return contextlib.nullcontext()
-    from ..engine.kernels.sdpa import without_cudnn_sdpa
+@contextlib.contextmanager
+def decode_kernels(model, device: torch.device | str | None = None):
+    """A context for every timed ``generate`` on the growing cache: on CUDA, decode steps (forwards of one token per
+    row) run with cuDNN left out of SDPA's choice; prefill keeps it. cuDNN (SDPA's first choice on Hopper) builds an
+    execution graph for every new key length: 41-55 ms of host time per decode step of a growing cache on an H200
+    (torch 2.11, docs/benchmarks.md), which made transformers' full attention 2.9x slower per token than a sliding
+    window for a reason that has nothing to do with attention. SWAA's own decode step calls the flash kernel directly
+    (:func:`swaa_core.engine.kernels.sdpa._flash_decode`); under this context so does transformers' attention in the
+    full-attention column. A prefill meets one new shape per prompt, and cuDNN's kernel is the fastest there, so
+    prefill times stay those of SDPA's own choice. Not for the fixed-buffer path, whose shapes never change. A no-op
+    off CUDA (``device``: where the model runs, by default ``model.device``)."""
+    if torch.device(device if device is not None else model.device).type != "cuda":
+        yield
+        return
+    from ..engine.kernels.sdpa import CudnnSdpaOff
 
-    return without_cudnn_sdpa()
+    held = False
+
+    def per_forward(module, args, kwargs):
+        nonlocal held
+        tokens = kwargs.get("input_ids")
+        tokens = kwargs.get("inputs_embeds") if tokens is None else tokens
+        tokens = args[0] if tokens is None and args else tokens
+        decode = tokens is not None and tokens.shape[1] == 1
+        if decode and not held:
+            CudnnSdpaOff.acquire()
+        elif held and not decode:
+            CudnnSdpaOff.release()
+        held = decode
+
+    handle = model.register_forward_pre_hook(per_forward, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        if held:
+            CudnnSdpaOff.release()
 
 
 def without_eos(gen) -> set[int]:
@@ -239,7 +262,7 @@ def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *,
     without_eos(gen)  # a fixed token count: the decode speed of every config comes from the same work
     clock = TokenClock()
     criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
-    with swaa(model, config, backend=backend), decode_kernels(input_ids.device):
+    with swaa(model, config, backend=backend), decode_kernels(model):
         start = time.perf_counter()
         out = model.generate(
             input_ids=input_ids,

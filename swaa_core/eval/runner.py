@@ -185,7 +185,7 @@ def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: b
     ids = ids + 1
     gen = m.generation_config(2)
     without_eos(gen)
-    kernels = contextlib.nullcontext() if static_cache else decode_kernels(m.device)  # fixed shapes: SDPA's choice
+    kernels = contextlib.nullcontext() if static_cache else decode_kernels(model)  # fixed shapes: SDPA's choice
     with swaa(model, config, backend=backend), kernels:
         if static_cache:  # enough steps to capture and replay the decode step once
             fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
@@ -323,7 +323,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
             ForwardTimer(model, m.device) as timer,
             cancel_between_layers(model, spec.cancel),
             swaa(model, config, backend=spec.backend) as state,
-            decode_kernels(m.device),
+            decode_kernels(model),
         ):
             result.backend = state.backend if state is not None else str(model.config._attn_implementation)
             result.decode_path = decode_path(False)

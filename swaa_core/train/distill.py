@@ -26,6 +26,7 @@ import torch
 
 from ..engine.patch import swaa
 from ..eval.cot import render_prompt, split_reasoning
+from ..eval.latency import decode_kernels
 from ..eval.scoring import contains_match, normalize
 from ..runtime.distributed import current, map_shared
 from ..runtime.jsonl import JsonlError, iter_jsonl
@@ -118,7 +119,7 @@ def generate_answer(model, tokenizer, prompt: str, answer_prefix: str = "", max_
     """Greedy answer of ``model`` with full attention: (text, finished) where finished means it reached EOS."""
     ids = torch.tensor([encode_prompt(tokenizer, prompt, answer_prefix, cot)], device=model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with swaa(model, None):
+    with swaa(model, None), decode_kernels(model):  # no cuDNN graph per decode step on a GPU
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),

@@ -5,7 +5,9 @@ span only). Shapes as in :mod:`swaa_core.engine.backends`: q (B, H, Q, D), k/v (
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -69,17 +71,45 @@ def _folded_decode(q, k, v, mask, scaling: float):
     return out.reshape(B, 1, H, D)
 
 
-def without_cudnn_sdpa():
-    """A context in which SDPA may choose any kernel but cuDNN's (whose per-shape graphs cost 41-52 ms of host time
-    for each new key length on an H200, torch 2.11)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+class CudnnSdpaOff:
+    """Leaves cuDNN out of SDPA's choice while anyone holds it (cuDNN builds a graph per new shape: 41-55 ms of host
+    time for each new key length on an H200, torch 2.11). Only cuDNN's switch is touched, so backends a caller
+    turned off stay off. torch's switches are process-wide: holders are counted under a lock, and the switch goes
+    back to what it was when the last one lets go, whatever the order in which threads or nested contexts leave."""
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    _lock = threading.Lock()
+    _holders = 0
+    _was_on = True
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            if cls._holders == 0:
+                cls._was_on = torch.backends.cuda.cudnn_sdp_enabled()
+                torch.backends.cuda.enable_cudnn_sdp(False)
+            cls._holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._holders -= 1
+            if cls._holders == 0:
+                torch.backends.cuda.enable_cudnn_sdp(cls._was_on)
+
+
+@contextlib.contextmanager
+def without_cudnn_sdpa():
+    """A context in which SDPA may choose any kernel but cuDNN's (:class:`CudnnSdpaOff`)."""
+    CudnnSdpaOff.acquire()
+    try:
+        yield
+    finally:
+        CudnnSdpaOff.release()
 
 
 def _flash_decode(q, k, v, scaling: float):
     """SDPA's flash kernel, called directly (it takes fewer key heads than query heads). SDPA's own choice on Hopper
-    is cuDNN, which builds an execution graph for every new key length: 41-52 ms of host time per new length on an
+    is cuDNN, which builds an execution graph for every new key length: 41-55 ms of host time per new length on an
     H200 (torch 2.11, docs/benchmarks.md), paid once per step by a cache that grows, where the flash kernel costs
     30-60 us of host time at any length."""
     return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scaling)[0].transpose(1, 2)

@@ -324,3 +324,57 @@ def test_cached_flex_block_masks_equal_torchs_builder_on_the_rule(Q, KV, q_first
     ref = create_block_mask(mask_mod, 1, 1, Q, KV, device="cpu")
     assert torch.equal(_tiles(ours, full=True), _tiles(ref, full=True))
     assert torch.equal(_tiles(ours, full=False), _tiles(ref, full=False))
+
+
+def test_cudnn_sdpa_switch_is_restored_across_nesting_threads_and_user_settings():
+    """Only cuDNN's SDPA switch is touched, held by a count: nested and interleaved holders (threads leaving in any
+    order) leave it as it was, and backends a caller turned off stay off."""
+    import threading
+
+    from swaa_core.engine.kernels.sdpa import CudnnSdpaOff, without_cudnn_sdpa
+
+    cuda = torch.backends.cuda
+    flags = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    try:
+        cuda.enable_flash_sdp(False)  # a caller's own choice
+        with without_cudnn_sdpa():
+            assert not cuda.cudnn_sdp_enabled() and not cuda.flash_sdp_enabled()
+            with without_cudnn_sdpa():
+                assert not cuda.cudnn_sdp_enabled()
+            assert not cuda.cudnn_sdp_enabled()  # the outer holder still holds it
+        assert cuda.cudnn_sdp_enabled() and not cuda.flash_sdp_enabled()
+
+        # two threads: A takes it, B takes it, A lets go first, then B
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        during = []
+
+        def a():
+            CudnnSdpaOff.acquire()
+            a_in.set()
+            b_in.wait()
+            CudnnSdpaOff.release()
+            a_out.set()
+
+        def b():
+            a_in.wait()
+            CudnnSdpaOff.acquire()
+            b_in.set()
+            a_out.wait()
+            during.append(cuda.cudnn_sdp_enabled())  # A has gone, B still holds it
+            CudnnSdpaOff.release()
+
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert during == [False] and cuda.cudnn_sdp_enabled()
+
+        cuda.enable_cudnn_sdp(False)  # a caller who turned cuDNN off keeps it off
+        with without_cudnn_sdpa():
+            pass
+        assert not cuda.cudnn_sdp_enabled()
+    finally:
+        cuda.enable_cudnn_sdp(flags[0])
+        cuda.enable_flash_sdp(flags[1])
+        cuda.enable_mem_efficient_sdp(flags[2])

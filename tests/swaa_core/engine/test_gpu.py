@@ -97,11 +97,15 @@ def test_decode_queries_through_the_flex_dispatcher(case):
         (8, 2, 64, 300, torch.float32),  # no flash kernel: SDPA chooses
     ],
 )
-def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype):
+def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype, monkeypatch):
     """The unmasked decode step (straight to SDPA's flash kernel in half precision) over keys that are a view into a
     larger buffer, as a growing cache hands them out, against float64 softmax attention."""
+    from swaa_core.engine.kernels import sdpa
     from swaa_core.engine.kernels.sdpa import _decode_sdpa
 
+    flash_calls = []
+    real_flash = sdpa._flash_decode
+    monkeypatch.setattr(sdpa, "_flash_decode", lambda *a: flash_calls.append(1) or real_flash(*a))
     gen = torch.Generator(CUDA).manual_seed(L)
     q = torch.randn(2, H, 1, D, device=CUDA, dtype=dtype, generator=gen)
     buf = torch.randn(2, 2 * Hkv, L + 256, D, device=CUDA, dtype=dtype, generator=gen)
@@ -111,6 +115,7 @@ def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype):
     expected = torch.softmax(q.double() @ k64.transpose(-1, -2) * D**-0.5, dim=-1) @ v64
     assert out.shape == (2, 1, H, D)
     assert rel_err(out, expected.transpose(1, 2)) < TOL.get(dtype, 1e-2)
+    assert len(flash_calls) == (dtype != torch.float32)  # half precision takes the flash kernel, float32 SDPA's choice
 
 
 @gpu_test
