@@ -100,7 +100,9 @@ def decode_kernels(model, device: torch.device | str | None = None):
             CudnnSdpaOff.release()
         held = decode
 
-    handle = model.register_forward_pre_hook(per_forward, with_kwargs=True)
+    # a peft wrapper's generate calls the wrapped model's forward, never its own: the hook goes on the model that runs
+    runs = model.get_base_model() if hasattr(model, "get_base_model") else model
+    handle = runs.register_forward_pre_hook(per_forward, with_kwargs=True)
     try:
         yield
     finally:

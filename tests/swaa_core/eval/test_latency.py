@@ -8,6 +8,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+import torch
 from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig
@@ -115,3 +116,27 @@ def test_ratio_words():
     assert ratio_text(2.0, 1.0) == "2.00× faster" and ratio_text(1.0, 1.5) == "1.50× slower"
     assert ratio_text(10.0, 15.0, higher_is_faster=True) == "1.50× faster"
     assert ratio_text(1.0, 1.02) == "about the same" and ratio_text(0.0, 1.0) == "–"
+
+
+def test_decode_kernels_reaches_the_model_inside_a_peft_wrapper(monkeypatch):
+    """A LoRA model that is not merged runs its wrapped model's forward: decode steps there leave cuDNN's SDPA out
+    too (forced CUDA case on a CPU model), and the switch is back afterwards."""
+    from peft import LoraConfig, get_peft_model
+
+    from swaa_core.eval.latency import decode_kernels
+
+    base = build_tiny_model("llama", layers=2)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    inner = peft_model.get_base_model()
+    seen, original = [], type(inner).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["input_ids"].shape[1], torch.backends.cuda.cudnn_sdp_enabled()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(inner), "forward", spy)
+    ids = torch.randint(3, 90, (1, 12))
+    with torch.no_grad(), decode_kernels(peft_model, device="cuda"):
+        peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    assert seen[0] == (12, True) and seen[1:] and all(step == (1, False) for step in seen[1:])
+    assert torch.backends.cuda.cudnn_sdp_enabled()
