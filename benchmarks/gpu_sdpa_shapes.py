@@ -12,7 +12,7 @@ lengths, so neither meets a graph the other built.
 
 Sites (8B attention shape: 32 query / 8 KV heads, head dim 128, bf16; W=2048, 128 sinks):
 - decode: one query against L keys, transformers' SDPA call (GQA) and SWAA's decode step, unmasked and masked
-  (a left-padded batch of 2);
+  (a left-padded batch of 2), and masked SDPA over keys padded to a multiple of 256 (one cuDNN graph per bucket);
 - blocked: SWAA's O(n W) path for 4 and 8 queries against L keys (assisted decoding's verification, short chunks);
 - prefill: a full layer's causal SDPA (``_causal_sdpa``) at the --prefill lengths;
 - training: the same, forward and backward.
@@ -60,14 +60,16 @@ def sites(s: dict) -> dict:
     def rand(*shape, grad=False):
         return torch.randn(*shape, device=DEVICE, dtype=dt).requires_grad_(grad)
 
-    def decode(masked: bool, swaa_step: bool):
+    def decode(masked: bool, swaa_step: bool, bucket: int = 1):
         def make(n):
             B = 2 if masked else 1
-            q, k, v = rand(B, H, 1, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
+            width = -(-n // bucket) * bucket  # keys padded to a multiple of ``bucket``, the tail masked out
+            q, k, v = rand(B, H, 1, D), rand(B, Hkv, width, D), rand(B, Hkv, width, D)
             mask = None
             if masked:
-                mask = torch.ones(B, 1, 1, n, dtype=torch.bool, device=DEVICE)
+                mask = torch.ones(B, 1, 1, width, dtype=torch.bool, device=DEVICE)
                 mask[1, ..., : n // 3] = False  # row 1 is left-padded
+                mask[..., n:] = False
             if swaa_step:
                 return lambda: _decode_sdpa(q, k, v, mask, scale)
             return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
@@ -103,6 +105,8 @@ def sites(s: dict) -> dict:
         "decode, SWAA's step": (decode(False, True), "keys"),
         "decode masked, SDPA (GQA + mask)": (decode(True, False), "keys"),
         "decode masked, SWAA's step": (decode(True, True), "keys"),
+        # cuDNN would build one graph per bucket of 256 key lengths, not one per length: an option, measured here
+        "decode masked, SDPA, keys padded to 256": (decode(True, False, bucket=256), "keys"),
         "blocked, 4 queries": (blocked(4), "keys"),
         "blocked, 8 queries": (blocked(8), "keys"),
         "prefill, causal SDPA": (causal(False), "prefill"),
