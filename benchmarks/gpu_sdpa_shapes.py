@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_common as common  # noqa: E402
-from gpu_common import DEVICE, SUMMARY, sync  # noqa: E402
+from gpu_common import DEVICE, SUMMARY  # noqa: E402
 
 from swaa_core.engine import backends  # noqa: E402
 from swaa_core.engine.kernels.sdpa import _causal_sdpa, _decode_sdpa, without_cudnn_sdpa  # noqa: E402
@@ -78,21 +77,15 @@ def sites(s: dict) -> dict:
 
     def blocked(queries: int):
         def make(n):
-            from helpers.attention import make_case
-
-            q, k, v, g = make_case(
-                n=n, window=s["window"], keep_first=s["sinks"], H=H, Hkv=Hkv, D=D, q_len=queries, dtype=dt,
-                device=DEVICE,
-            )  # fmt: skip
+            case = dict(n=n, window=s["window"], keep_first=s["sinks"], q_len=queries)
+            q, k, v, g = common.make_case(H=H, Hkv=Hkv, D=D, dtype=dt, **case)
             return lambda: backends.blocked(q, k, v, g, scale)
 
         return make
 
     def causal(train: bool):
         def make(n):
-            from helpers.attention import make_case
-
-            q, k, v, g = make_case(n=n, window=None, H=H, Hkv=Hkv, D=D, dtype=dt, device=DEVICE)
+            q, k, v, g = common.make_case(n=n, window=None, H=H, Hkv=Hkv, D=D, dtype=dt)
             if not train:
                 return lambda: _causal_sdpa(q, k, v, g, scale, 0.0)
             q, k, v = (t.requires_grad_(True) for t in (q, k, v))
@@ -115,24 +108,13 @@ def sites(s: dict) -> dict:
 
 
 def wall_ms(fn) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return 1e3 * (time.perf_counter() - start)
+    return 1e3 * common.first_call_seconds(fn)  # synchronised: a graph built on the host shows
 
 
-def repeated_ms(fn, reps: int = 10) -> float:
+def repeated_ms(fn) -> float:
+    """GPU time of a call at a shape already met (CUDA events); wall time on a CPU, for --small."""
     fn()
-    if DEVICE != "cuda":
-        return statistics.median(wall_ms(fn) for _ in range(reps))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return common.kernel_ms(fn) if DEVICE == "cuda" else statistics.median(wall_ms(fn) for _ in range(5))
 
 
 def run(out: dict):

@@ -73,22 +73,23 @@ def run_train(out: dict):
         peft_model.train()
         for n in ARGS.train_prompts:
             ids = torch.randint(0, 150000, (1, n + answer), device="cuda")
-            batches = {label: training_batch(ids, n, cfg) for label, cfg in configs.items()}
+            steps = {
+                label: functools.partial(train_step, peft_model, opt, training_batch(ids, n, cfg))
+                for label, cfg in configs.items()
+            }
             samples = {label: [] for label in configs}
             peaks = {label: 0.0 for label in configs}
             for label, cfg in configs.items():
-                step = functools.partial(train_step, peft_model, opt, batches[label])
                 with swaa(base, cfg):
-                    first = first_call_seconds(step)
-                    step()
+                    first = first_call_seconds(steps[label])
+                    steps[label]()
                 print(n, label, "first step", round(first, 1), "s", flush=True)
             for _ in range(ARGS.reps):
                 for label, cfg in configs.items():
                     with swaa(base, cfg):
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats()
-                        step = functools.partial(train_step, peft_model, opt, batches[label])
-                        samples[label].append(timed(step, reps=1, warmup=0)[0])
+                        samples[label].append(timed(steps[label], reps=1, warmup=0)[0])
                         peaks[label] = max(peaks[label], gib(torch.cuda.max_memory_allocated()))
             full = statistics.median(samples["full (sdpa)"])
             rows[n] = {
