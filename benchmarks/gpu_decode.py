@@ -16,6 +16,7 @@ Sections (each guarded: a failure is recorded and the next one runs):
               and as SWAA's runner runs every column (its growing cache, SDPA without cuDNN; SWAA's decode step
               calls the flash kernel itself).
               --shapes fresh (default) starts every run at key lengths no earlier run met, as real use does.
+              --batch N generates N rows, the later ones shorter and left-padded, so every decode step is masked.
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (decode steps off cuDNN's SDPA, as
               the runner runs them) and graph.
@@ -69,6 +70,17 @@ def configs(layers: int) -> dict:
 
 def prompt(n: int, seed: int = 7) -> torch.Tensor:
     return torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+
+
+def batch(n: int, rows: int) -> dict:
+    """``rows`` prompts, the first of n tokens, each later one a third shorter than the one before, left-padded to n
+    (as a tokenizer pads a batch for generation): generate's input_ids and attention_mask."""
+    ids = prompt(n).expand(rows, n).clone()
+    mask = torch.ones_like(ids)
+    for r in range(1, rows):
+        mask[r, : n - round(n * (2 / 3) ** r)] = 0
+    ids[mask == 0] = 0
+    return dict(inputs=ids, attention_mask=mask) if rows > 1 else dict(inputs=ids)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -164,7 +176,7 @@ def run_eager(out: dict, model):
     # builds a graph per new key length); "full, shared cache": the runner's full column (SWAA's growing cache, too)
     cfgs = {"full, shared cache": None, "full, flash SDPA": None, **configs(model.config.num_hidden_layers)}
     rows = out["rows"] = {}
-    out["shapes"] = ARGS.shapes
+    out["shapes"], out["batch"] = ARGS.shapes, ARGS.batch
     for n in ARGS.prompts:
         samples = {label: [] for label in cfgs}
         kv = {}
@@ -173,11 +185,11 @@ def run_eager(out: dict, model):
                 # fresh: every run meets key lengths no earlier run met, as a user's next prompt does; cuDNN's graph
                 # cache would otherwise hide what a new length costs
                 fresh = (rep * len(cfgs) + i) * (ARGS.new_tokens + 1) if ARGS.shapes == "fresh" else 0
-                ids = prompt(n + fresh)
                 with swaa(model, cfgs[label]), _sdpa_policy(label, model):
                     stamps = Stamps()
                     result = model.generate(
-                        ids,
+                        **batch(n + fresh, ARGS.batch),
+                        pad_token_id=0,
                         max_new_tokens=ARGS.new_tokens,
                         min_new_tokens=ARGS.new_tokens,
                         do_sample=False,
@@ -205,7 +217,7 @@ def run_eager(out: dict, model):
         for label, r in rows[n].items():
             SUMMARY.append(
                 (
-                    f"eager decode {n // 1024}K",
+                    f"eager decode {n // 1024}K" + (f", {ARGS.batch} left-padded rows" if ARGS.batch > 1 else ""),
                     f"{label}: {r['ms_median']} ms/token ({r['vs_full_paired']}x full's, paired by round)",
                 )
             )
@@ -374,6 +386,12 @@ def parse(argv=None):
         choices=["fresh", "repeated"],
         default="fresh",
         help="eager: every run at new key lengths (prompt + new tokens + 1 per earlier run), or all at the same ones",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="eager: rows per generate; the later ones shorter and left-padded (masked decode steps)",
     )
     p.add_argument("--e2e-tokens", type=int, default=512)
     p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])

@@ -11,8 +11,9 @@ choice; "no cuDNN": ``CudnnSdpaOff`` held), this times --calls calls, each at a 
 lengths, so neither meets a graph the other built.
 
 Sites (8B attention shape: 32 query / 8 KV heads, head dim 128, bf16; W=2048, 128 sinks):
-- decode: one query against L keys, transformers' SDPA call (GQA) and SWAA's decode step, unmasked and masked
-  (a left-padded batch of 2), and masked SDPA over keys padded to a multiple of 256 (one cuDNN graph per bucket);
+- decode: one query against L keys, transformers' SDPA call (GQA) and SWAA's decode step (over keys its growing cache
+  made), unmasked and masked (a left-padded batch of 2), and masked SDPA over keys padded to a multiple of 256 (one
+  cuDNN graph per bucket);
 - blocked: SWAA's O(n W) path for 4 and 8 queries against L keys (assisted decoding's verification, short chunks);
 - prefill: a full layer's causal SDPA (``_causal_sdpa``) at the --prefill lengths;
 - training: the same, forward and backward.
@@ -36,6 +37,7 @@ import gpu_common as common  # noqa: E402
 from gpu_common import DEVICE, SUMMARY  # noqa: E402
 
 from swaa_core.engine import backends  # noqa: E402
+from swaa_core.engine.cache import SWAACacheLayer  # noqa: E402
 from swaa_core.engine.kernels.sdpa import _causal_sdpa, _decode_sdpa, without_cudnn_sdpa  # noqa: E402
 
 ARGS = None
@@ -64,6 +66,9 @@ def sites(s: dict) -> dict:
             B = 2 if masked else 1
             width = -(-n // bucket) * bucket  # keys padded to a multiple of ``bucket``, the tail masked out
             q, k, v = rand(B, H, 1, D), rand(B, Hkv, width, D), rand(B, Hkv, width, D)
+            if swaa_step:  # keys as SWAA's growing cache hands them out: views into a buffer with room
+                with torch.no_grad():
+                    k, v = SWAACacheLayer(0).update(k, v)
             mask = None
             if masked:
                 mask = torch.ones(B, 1, 1, width, dtype=torch.bool, device=DEVICE)

@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from .kinds.sink_window import SinkWindow
 
 SPARE_SLOTS = 256  # room a growing layer allocates: one copy of its cache per 256 decode steps instead of per step
+KEY_BUCKET = 256  # a growing layer's buffer holds a multiple of this many slots, its room zero-filled (see ``room``)
 
 NEEDS_SWAA = (
     "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
@@ -85,6 +86,25 @@ class KeyView(NamedTuple):
         ring = (torch.arange(W, device=device) - p) % W + (self.total - W)
         valid = None if self.all_valid() else torch.cat([torch.ones_like(sinks, dtype=torch.bool), ring >= self.lo])
         return torch.cat([sinks, ring]), valid
+
+
+def room(t: torch.Tensor, slots: int) -> torch.Tensor | None:
+    """``t`` (B, H, L, D), keys or values a growing SWAA layer handed out, extended in place to ``slots`` >= L slots of
+    its buffer, or None when ``t`` is not such a view or its buffer is shorter. The slots past L hold finite values
+    (zeros, or keys written later or rolled back), so a masked kernel may read them: a masked decode step reads up to
+    a multiple of ``KEY_BUCKET`` slots and SDPA's cuDNN kernel meets one key length per bucket instead of a new one
+    at every step (it builds an execution graph per new shape)."""
+    base = t._base
+    if (
+        base is None
+        or not getattr(base, "_swaa_finite_room", False)
+        or base.shape[2] < slots
+        or t.stride() != base.stride()
+        or t.storage_offset() != base.storage_offset()
+        or (t.shape[:2], t.shape[3:]) != (base.shape[:2], base.shape[3:])
+    ):
+        return None
+    return base.narrow(2, 0, slots)
 
 
 def ring_index(slots, sinks: int, window: int):
@@ -232,13 +252,16 @@ class SWAACacheLayer(DynamicLayer):
         else:
             # the dtype torch.cat gives: a fresh layer's empty tensor has the keys' dtype (float32 under autocast,
             # where values arrive in bfloat16)
+            slots = -(-(end + SPARE_SLOTS) // KEY_BUCKET) * KEY_BUCKET
             k_buf, v_buf = (
-                t.new_empty(*t.shape[:2], end + SPARE_SLOTS, t.shape[-1], dtype=torch.promote_types(b.dtype, t.dtype))
+                t.new_empty(*t.shape[:2], slots, t.shape[-1], dtype=torch.promote_types(b.dtype, t.dtype))
                 for b, t in ((base_k, key_states), (base_v, value_states))
             )
-            if held:
-                k_buf.narrow(2, 0, held).copy_(base_k)
-                v_buf.narrow(2, 0, held).copy_(base_v)
+            for buf, base in ((k_buf, base_k), (v_buf, base_v)):
+                if held:
+                    buf.narrow(2, 0, held).copy_(base)
+                buf.narrow(2, end, slots - end).zero_()
+                buf._swaa_finite_room = True
         k_buf.narrow(2, held, end - held).copy_(key_states)
         v_buf.narrow(2, held, end - held).copy_(value_states)
         keys, values = k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)

@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicLayer
 from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
 from swaa_core.engine.attention import LayerPlan
-from swaa_core.engine.cache import SWAACacheLayer, growing_cache
+from swaa_core.engine.cache import SWAACacheLayer, growing_cache, room
 from swaa_core.engine.kinds import SinkWindow
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
@@ -136,6 +136,7 @@ def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch)
     """A non-evicting layer's decode step writes one row into spare room; the cache is copied only when the room runs
     out (transformers' DynamicLayer copies all of it at every step)."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 8)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 4)
     plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
     layer = SWAACacheLayer(0)
     layer.bind(plan, None, 0)
@@ -147,7 +148,60 @@ def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch)
         assert keys[0, 1, :, 0].tolist() == list(range(t + 1)) and torch.equal(values, -keys)
         storages.append(keys.untyped_storage().data_ptr())
     moves = [t for t, (a, b) in enumerate(itertools.pairwise(storages), 10) if a != b]
-    assert moves == [18, 27, 36]  # 10 + 8 slots fit; then 9 more (the step that grows adds itself), and so on
+    # 10 + 8 slots rounded up to a multiple of 4: 20 fit; the step at slot 20 moves to 21 + 8 -> 32, and so on
+    assert moves == [20, 32]
+
+
+@pytest.fixture
+def fresh_memory_is_nan():
+    """Uninitialised tensors filled with NaN (torch's deterministic mode), so room nobody filled shows."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    assert torch.empty(4).isnan().all(), "this torch does not fill uninitialised memory: the test would prove nothing"
+    yield
+    torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.parametrize("kind", ["FA decode", "full"])
+@torch.no_grad()
+def test_growing_layers_hand_out_keys_with_finite_room_to_the_next_bucket(kind, monkeypatch, fresh_memory_is_nan):
+    """A masked decode step on CUDA reads a growing layer's keys and values up to the next multiple of KEY_BUCKET
+    slots, masked out past the real ones (cuDNN then builds one graph per bucket): every slot it reads must be
+    finite, since a masked-out NaN value still poisons probabilities @ values. Through room refills and roll-backs."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 3)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 4)
+    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    layer = SWAACacheLayer(0)
+    total, refills, buffer = 0, 0, None
+    for n in [10, *[1] * 12, "crop", 1, 1, 5, *[1] * 6]:
+        if n == "crop":
+            layer.crop(-4)
+            total -= 4
+            continue
+        layer.bind(plan, None, 0)
+        keys, values = layer.update(rows(total, n), -rows(total, n))
+        total += n
+        slots = -(-total // 4) * 4
+        k_room, v_room = room(keys, slots), room(values, slots)
+        assert k_room is not None and v_room is not None
+        assert torch.equal(k_room[:, :, :total], keys) and torch.equal(v_room[:, :, :total], values)
+        assert torch.isfinite(k_room).all() and torch.isfinite(v_room).all()
+        assert k_room._base.shape[2] % 4 == 0 and room(keys, k_room._base.shape[2] + 1) is None
+        refills += k_room._base is not buffer
+        buffer = k_room._base
+    assert refills >= 4  # the room ran out and was refilled, the roll-back copied: each new buffer was checked
+
+
+def test_room_refuses_keys_a_growing_layer_did_not_hand_out():
+    buffer = torch.zeros(1, 4, 16, 8)
+    buffer._swaa_finite_room = True
+    assert torch.equal(room(buffer.narrow(2, 0, 5), 8), buffer[:, :, :8])
+    assert room(torch.zeros(1, 4, 5, 8), 8) is None  # not a view of a buffer
+    assert room(buffer[:, :, 3:8], 8) is None  # does not start at the buffer's first slot
+    assert room(buffer[:, :2, :5], 8) is None  # some heads only
+    assert room(buffer[..., :4].narrow(2, 0, 5), 8) is None  # part of each head
+    assert room(buffer.narrow(2, 0, 5), 17) is None  # past the buffer's end
+    assert room(torch.zeros(1, 4, 16, 8).narrow(2, 0, 5), 8) is None  # a buffer whose room nobody made finite
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -156,6 +210,7 @@ def test_growing_cache_generates_exactly_what_transformers_cache_does(family, co
     """The cache every timed column runs on: with or without SWAA, greedy tokens, their scores and the KV bytes equal
     those of transformers' own cache over many room refills; layers the model slides natively stay transformers'."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 5)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 2)  # buffers rounded up too, their room zeroed
     model = build_tiny_model(family, layers=6)  # Gemma 3: five local layers, then a global one
     ids = torch.randint(3, 97, (1, 23), generator=torch.Generator().manual_seed(1))
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=30, min_new_tokens=30, do_sample=False)
@@ -188,6 +243,7 @@ def test_growing_cache_backpropagates_through_decode_steps_like_transformers_cac
     """Training only the queries (keys and values need no gradient): attention saved the keys of every step for the
     backward pass, so a later step must not write into their buffer."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 4)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 2)  # buffers rounded up too, their room zeroed
     model = build_tiny_model("llama", layers=2)
     model.requires_grad_(False)
     for layer in model.model.layers:
@@ -235,6 +291,7 @@ def test_growing_cache_under_autocast_holds_the_dtypes_transformers_cache_holds(
     """Under autocast keys arrive in float32 (rotary) and values in bfloat16: transformers' cache concatenates both
     onto an empty tensor of the keys' dtype, so it holds float32 values; the growing cache must hold the same."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 3)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 2)  # buffers rounded up too, their room zeroed
     model = build_tiny_model("llama", layers=2, eos_token_id=None)
     ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(1))
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
@@ -264,6 +321,7 @@ def test_growing_cache_follows_transformers_cache_through_reorders_and_rollbacks
     """Room refilled every other step while generate reorders, repeats or crops the keys from outside: tokens,
     scores and KV bytes equal those of transformers' cache."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 2)
+    monkeypatch.setattr(cache_module, "KEY_BUCKET", 2)  # buffers rounded up too, their room zeroed
     model = build_tiny_model("llama", layers=3, eos_token_id=None)
     ids = torch.randint(3, 97, (1, 13), generator=torch.Generator().manual_seed(1))
     kwargs = dict(max_new_tokens=16, pad_token_id=0, return_dict_in_generate=True, output_scores=True)

@@ -6,6 +6,7 @@ Tests marked ``gpu`` skip where torch sees no CUDA device; run them on a GPU mac
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -116,6 +117,49 @@ def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype, monkeypatch):
     assert out.shape == (2, 1, H, D)
     assert rel_err(out, expected.transpose(1, 2)) < TOL.get(dtype, 1e-2)
     assert len(flash_calls) == (dtype != torch.float32)  # half precision takes the flash kernel, float32 SDPA's choice
+
+
+@gpu_test
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_masked_decode_step_on_cuda_matches_float64(cudnn, monkeypatch):
+    """A left-padded batch's decode step over a growing layer's keys, as eager generation of a padded batch runs it.
+    Where SDPA runs cuDNN (Hopper, Blackwell), the keys are read to the next multiple of KEY_BUCKET slots, the extra
+    ones masked out, so that cuDNN builds one graph per bucket; with cuDNN off, the folded step runs. Both against
+    float64 attention over the real keys only."""
+    from swaa_core.engine.cache import KEY_BUCKET, SWAACacheLayer
+    from swaa_core.engine.kernels import sdpa
+
+    H, Hkv, D, L, pad = 32, 8, 128, 5000, 1234
+    key_lengths = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda q, k, *a, **kw: key_lengths.append(k.shape[2]) or real_sdpa(q, k, *a, **kw),
+    )
+    gen = torch.Generator(CUDA).manual_seed(5)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=CUDA, dtype=torch.bfloat16, generator=gen)
+
+    layer = SWAACacheLayer(0)
+    with torch.no_grad():
+        layer.update(randn(2, Hkv, L - 1, D), randn(2, Hkv, L - 1, D))  # the prompt
+        k, v = layer.update(randn(2, Hkv, 1, D), randn(2, Hkv, 1, D))  # the step's own key
+    q = randn(2, H, 1, D)
+    mask = torch.ones(2, 1, 1, L, dtype=torch.bool, device=CUDA)
+    mask[1, ..., :pad] = False  # row 1 is left-padded
+    with contextlib.nullcontext() if cudnn else sdpa.without_cudnn_sdpa():
+        out = sdpa._decode_sdpa(q, k, v, mask, D**-0.5)
+    k64, v64 = (t.double().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    scores = (q.double() @ k64.transpose(-1, -2) * D**-0.5).masked_fill(~mask, -torch.inf)
+    expected = (torch.softmax(scores, dim=-1) @ v64).transpose(1, 2)
+    assert out.shape == (2, 1, H, D) and torch.isfinite(out).all()
+    assert rel_err(out, expected) < TOL[torch.bfloat16]
+    cudnn_here = torch.cuda.get_device_capability(CUDA)[0] in (9, 10)
+    bucket = -(-L // KEY_BUCKET) * KEY_BUCKET
+    assert key_lengths == ([bucket] if cudnn and cudnn_here else [L])
+    assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @gpu_test
