@@ -13,13 +13,13 @@ Sections (each guarded: a failure is recorded and the next one runs):
               static path's.
 - eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded). Beside
               the SWAA configurations: full attention as transformers runs it, the same without SDPA's cuDNN kernel,
-              and as SWAA's runner runs every column (its growing cache, SDPA without cuDNN; SWAA's decode step
-              calls the flash kernel itself).
+              and as SWAA's runner runs every column (its growing cache; transformers' decode steps without cuDNN;
+              SWAA's dispatcher picks its own kernels: the flash kernel, or cuDNN over bucketed keys when masked).
               --shapes fresh (default) starts every run at key lengths no earlier run met, as real use does.
               --batch N generates N rows, the later ones shorter and left-padded, so every decode step is masked.
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
-- end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (decode steps off cuDNN's SDPA, as
-              the runner runs them) and graph.
+- end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (as the runner runs them:
+              ``decode_kernels``) and graph.
 - profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
               and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
               between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
@@ -225,8 +225,8 @@ def run_eager(out: dict, model):
 
 
 def _sdpa_policy(label: str, model):
-    """Every row but transformers' stock "full" runs as the runner runs its columns: decode steps without SDPA's
-    cuDNN kernel."""
+    """Every row but transformers' stock "full" runs as the runner runs its columns (``decode_kernels``: transformers'
+    own decode steps without SDPA's cuDNN kernel; SWAA's dispatcher chooses its own)."""
     return contextlib.nullcontext() if label == "full" else decode_kernels(model)
 
 
@@ -271,7 +271,7 @@ def run_end_to_end(out: dict, model):
             if "eager" in ARGS.e2e_modes:
                 torch.cuda.synchronize()
                 start = time.perf_counter()
-                with decode_kernels(model):  # as the runner runs every column: no cuDNN graph per decode step
+                with decode_kernels(model):  # as the runner runs every column
                     model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
                 torch.cuda.synchronize()
                 rows[label]["eager_s"] = round(time.perf_counter() - start, 2)

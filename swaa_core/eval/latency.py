@@ -72,18 +72,22 @@ def shared_cache(model) -> dict:
 
 @contextlib.contextmanager
 def decode_kernels(model, device: torch.device | str | None = None):
-    """A context for every timed ``generate`` on the growing cache: on CUDA, decode steps (forwards of one token per
-    row) run with cuDNN left out of SDPA's choice; prefill keeps it. cuDNN (SDPA's first choice on Hopper) builds an
-    execution graph for every new key length: 41-55 ms of host time per decode step of a growing cache on an H200
-    (torch 2.11, docs/benchmarks.md), which made transformers' full attention 2.9x slower per token than a sliding
-    window for a reason that has nothing to do with attention. SWAA's own decode step calls the flash kernel directly
-    (:func:`swaa_core.engine.kernels.sdpa._flash_decode`); under this context so does transformers' attention in the
-    full-attention column. A prefill meets one new shape per prompt, and cuDNN's kernel is the fastest there, so
-    prefill times stay those of SDPA's own choice. Not for the fixed-buffer path, whose shapes never change. A no-op
-    off CUDA (``device``: where the model runs, by default ``model.device``)."""
+    """A context for every timed ``generate`` on the growing cache: on CUDA, the decode steps (forwards of one token
+    per row) of transformers' own attention run with cuDNN left out of SDPA's choice; prefill keeps it. cuDNN (SDPA's
+    first choice on Hopper) builds an execution graph for every new key length: 41-55 ms of host time per decode step
+    of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which made transformers' full attention 2.9x
+    slower per token than a sliding window for a reason that has nothing to do with attention. Under this context
+    the full-attention column's steps take the flash kernel, as SWAA's own decode step does
+    (:func:`swaa_core.engine.kernels.sdpa._flash_decode`). A model running SWAA's attention is left alone: its
+    dispatcher avoids new cuDNN shapes itself, and a masked step needs cuDNN for its bucketed keys. A prefill meets
+    one new shape per prompt, and cuDNN's kernel is the fastest there, so prefill times stay those of SDPA's own
+    choice. Not for the fixed-buffer path, whose shapes never change. A no-op off CUDA (``device``: where the model
+    runs, by default ``model.device``)."""
     if torch.device(device if device is not None else model.device).type != "cuda":
         yield
         return
+    from ..engine.attention import NAME
+    from ..engine.families import text_config
     from ..engine.kernels.sdpa import CudnnSdpaOff
 
     held = False
@@ -94,6 +98,7 @@ def decode_kernels(model, device: torch.device | str | None = None):
         tokens = kwargs.get("inputs_embeds") if tokens is None else tokens
         tokens = args[0] if tokens is None and args else tokens
         decode = tokens is not None and tokens.shape[1] == 1
+        decode = decode and text_config(module)._attn_implementation != NAME
         if decode and not held:
             CudnnSdpaOff.acquire()
         elif held and not decode:

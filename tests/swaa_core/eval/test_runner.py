@@ -81,11 +81,12 @@ def test_every_column_and_the_decode_curve_store_keys_alike(loaded, sample, monk
         assert cache is not None and {type(layer) for layer in cache.layers} == {SWAACacheLayer}
 
 
-def test_every_timed_decode_step_leaves_out_cudnn_sdpa_on_cuda(loaded, sample, monkeypatch):
+def test_full_attentions_timed_decode_steps_leave_out_cudnn_sdpa_on_cuda(loaded, sample, monkeypatch):
     """On a GPU, SDPA's default cuDNN kernel builds a graph for every new key length (41-55 ms of host time per decode
-    step on an H200): every timed column's decode steps, full attention's included, run with SDPA's other kernels,
-    as SWAA's own decode step does; prefill keeps SDPA's choice. The model here is on the CPU, so the CUDA case is
-    forced; the switches are what torch reads."""
+    step on an H200): the full-attention column's decode steps run with SDPA's other kernels, as SWAA's own decode
+    step does; prefill keeps SDPA's choice, and so do SWAA's columns, whose dispatcher picks its kernels itself (a
+    masked step reads bucketed keys on cuDNN). The model here is on the CPU, so the CUDA case is forced; the switches
+    are what torch reads."""
     import swaa_core.eval.latency as latency
     import swaa_core.eval.runner as runner
     from swaa_core.eval.latency import time_decode
@@ -97,7 +98,8 @@ def test_every_timed_decode_step_leaves_out_cudnn_sdpa_on_cuda(loaded, sample, m
     original = type(model).forward
 
     def spy(self, *args, **kwargs):
-        seen.append((kwargs["input_ids"].shape[1], torch.backends.cuda.cudnn_sdp_enabled()))
+        swaa_on = getattr(self, "_swaa_state", None) is not None
+        seen.append((swaa_on, kwargs["input_ids"].shape[1], torch.backends.cuda.cudnn_sdp_enabled()))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "forward", spy)
@@ -106,15 +108,17 @@ def test_every_timed_decode_step_leaves_out_cudnn_sdpa_on_cuda(loaded, sample, m
     for config in [None, SWAAConfig(sliding_window_size=32, keep_first=4)]:
         assert run_one(loaded, sample, config, max_new_tokens=4).error is None
         time_decode(model, torch.randint(3, 90, (1, 64)), config, new_tokens=4)
-    decode_steps = [on for tokens, on in seen if tokens == 1]
-    prefills = [on for tokens, on in seen if tokens > 1]
-    assert len(decode_steps) >= 12 and not any(decode_steps)
+    full_steps = [on for swaa_on, tokens, on in seen if tokens == 1 and not swaa_on]
+    swaa_steps = [on for swaa_on, tokens, on in seen if tokens == 1 and swaa_on]
+    prefills = [on for _, tokens, on in seen if tokens > 1]
+    assert len(full_steps) >= 6 and not any(full_steps)
+    assert len(swaa_steps) >= 6 and all(swaa_steps)
     assert len(prefills) >= 4 and all(prefills)
     assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before  # restored after each run
     assert torch.backends.cuda.flash_sdp_enabled() == flash_before
     with as_if_cuda(model, device="cpu"):  # and nothing changes for a model on the CPU
         model(input_ids=torch.tensor([[5]]))
-    assert seen[-1] == (1, True)
+    assert seen[-1] == (False, 1, True)
 
 
 @pytest.mark.parametrize("shipped", ["dynamic", "static"])
