@@ -4,7 +4,8 @@ Each attention module carries a small :class:`LayerPlan` and a shared :class:`Ru
 :func:`swaa_core.apply_swaa`) and, during a call, the cache layer it writes to (set by a forward pre-hook). From the
 plan, the 2-D padding mask and the slots the cache layer returned, the function builds the mask geometry and hands it
 to a backend. A one-token step without padding whose every key is visible (a full layer, an FA-decode step, a sliding
-ring) skips all of that: one SDPA call over the keys, no mask.
+ring) skips all of that: one SDPA call over the keys, no mask. A one-token step of a padded batch builds its mask once
+per forward for all layers of one kind.
 
 Which queries are *generated* (full attention under FA decode) comes from what the caller asked for, never from the
 shape of one forward: inside ``generate`` every slot at or after the prompt's end (``RunContext.prompt_end``, set by
@@ -14,7 +15,7 @@ passes to a forward (per row, in real token positions). Without either, every qu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from .backends import _decode_sdpa, attend, reference
 from .cache import KeyView
 from .kinds.sink_window import SinkWindow
-from .masks import NO_FULL, MaskGeometry
+from .masks import NO_FULL, MaskGeometry, materialize
 from .static_cache import StaticSlots
 
 NAME = "swaa"
@@ -60,6 +61,10 @@ class RunContext:
     # (and its recomputation under gradient checkpointing) gets the same tensor, so it is read once, not per layer.
     lengths_seen: object = None
     lengths_shared: int | None = None
+    # The decode masks of a padded batch built in the running forward, by kind of layer (see _padded_decode_step),
+    # and the 2-D padding mask they were built from.
+    masks_for: object = None
+    decode_masks: dict = field(default_factory=dict)
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):
@@ -91,6 +96,8 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     if decode and (full is True or view.in_window(plan.rule)):
         return _decode_sdpa(query, key, value, None, scaling), None
+    if Q == 1 and attention_mask is not None and recorder is None and plan.backend != "reference":
+        return _padded_decode_step(plan, module._swaa_ctx, query, key, value, attention_mask, view, full, scaling), None
     g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)
@@ -98,6 +105,23 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     else:
         out = attend(plan.backend, query, key, value, g, scaling, dropout if module.training else 0.0)
     return out, None
+
+
+def _padded_decode_step(plan: LayerPlan, ctx: RunContext | None, query, key, value, mask2d, view, full, scaling):
+    """One token per row of a padded batch. Its mask follows from the padding mask, the slots the layer holds, its rule
+    and which queries are full, so every layer of one kind in a forward shares it: it is built once per forward and
+    kind instead of in every layer (a dozen small launches each, on the host's critical path of a batch decode step),
+    and no layer asks the device whether the mask could be skipped (each question would wait for the GPU)."""
+    memo = {}
+    if ctx is not None:
+        if plan.layer_idx == 0 or ctx.masks_for is not mask2d:  # a new forward
+            ctx.masks_for, ctx.decode_masks = mask2d, {}
+        memo = ctx.decode_masks
+    kind = (view, plan.window, plan.keep_first, full if isinstance(full, (bool, int)) else id(full))
+    mask = memo.get(kind)
+    if mask is None:
+        mask = memo[kind] = materialize(geometry(plan, query, key, mask2d, view, full, ctx))
+    return _decode_sdpa(query, key, value, mask, scaling).nan_to_num(0.0)
 
 
 def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total: int, Q: int):
