@@ -2,6 +2,7 @@
 
     python benchmarks/host_overhead.py                       # 32 layers, 512-token prompt, 64 steps, 6 repeats
     python benchmarks/host_overhead.py --layers 4 --repeats 1 --new-tokens 8    # a quick check that it runs
+    python benchmarks/host_overhead.py --batch 2     # a left-padded batch: every decode step carries a mask
 
 At batch 1 an 8B model's eager decode step on an H200 is bound by the host launching about 1080 kernels, not by the
 GPU (docs/benchmarks.md), so SWAA's eager speed there is set by the Python it adds per layer. This measures that on
@@ -35,12 +36,12 @@ def tiny_llama(layers: int):
     return build_tiny_model("llama", layers=layers, hidden_size=64, intermediate_size=128, head_dim=16, vocab_size=256)
 
 
-def ms_per_token(model, ids, new_tokens: int, extra: dict) -> float:
+def ms_per_token(model, ids, mask, new_tokens: int, extra: dict) -> float:
     clock = TokenClock()
     with torch.no_grad():
         model.generate(
             ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
@@ -59,11 +60,16 @@ def main(argv=None) -> None:
     parser.add_argument("--sinks", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=1, help="rows; each later one a third shorter, left-padded")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
     model = tiny_llama(args.layers)
-    ids = torch.randint(0, 256, (1, args.prompt), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(3, 256, (args.batch, args.prompt), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row in range(1, args.batch):
+        mask[row, : args.prompt - round(args.prompt * (2 / 3) ** row)] = 0
+    ids = ids.masked_fill(mask == 0, 0)
     W, K = args.window, args.sinks
     runs = {
         "full": (None, False),
@@ -75,12 +81,13 @@ def main(argv=None) -> None:
     for rep in range(args.repeats + 1):  # the first round warms up
         for label, (config, shared) in runs.items():
             with swaa(model, config):
-                ms = ms_per_token(model, ids, args.new_tokens, shared_cache(model) if shared else {})
+                ms = ms_per_token(model, ids, mask, args.new_tokens, shared_cache(model) if shared else {})
             if rep:
                 samples[label].append(ms)
     full = statistics.median(samples["full"])
     print(
-        f"{args.layers} layers, hidden 64, {args.prompt}-token prompt, W={W}, {K} sinks, {args.new_tokens} steps, "
+        f"{args.layers} layers, hidden 64, {args.prompt}-token prompt ({args.batch} rows, the later ones left-padded), "
+        f"W={W}, {K} sinks, {args.new_tokens} steps, "
         f"{args.repeats} repeats in turns, 1 thread, torch {torch.__version__}"
     )
     print("| run | ms per token, median [best] | vs full |")
