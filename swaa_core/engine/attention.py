@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
+from . import cache as kv_cache
 from .backends import _decode_sdpa, attend, reference
-from .cache import KeyView
+from .cache import KeyView, SWAACacheLayer
+from .kernels.sdpa import bucketed_decode
 from .kinds.sink_window import SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
 from .static_cache import StaticSlots
@@ -97,7 +100,9 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     if decode and (full is True or view.in_window(plan.rule)):
         return _decode_sdpa(query, key, value, None, scaling), None
     if Q == 1 and attention_mask is not None and recorder is None and plan.backend != "reference":
-        return _padded_decode_step(plan, module._swaa_ctx, query, key, value, attention_mask, view, full, scaling), None
+        ctx = module._swaa_ctx
+        step = _padded_decode_step(plan, ctx, cache_layer, query, key, value, attention_mask, view, full, scaling)
+        return step.nan_to_num(0.0), None
     g = geometry(plan, query, key, attention_mask, view, full, module._swaa_ctx)
     if recorder is not None:
         out, probs = reference(query, key, value, g, scaling)
@@ -107,11 +112,15 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     return out, None
 
 
-def _padded_decode_step(plan: LayerPlan, ctx: RunContext | None, query, key, value, mask2d, view, full, scaling):
-    """One token per row of a padded batch. Its mask follows from the padding mask, the slots the layer holds, its rule
-    and which queries are full, so every layer of one kind in a forward shares it: it is built once per forward and
-    kind instead of in every layer (a dozen small launches each, on the host's critical path of a batch decode step),
-    and no layer asks the device whether the mask could be skipped (each question would wait for the GPU)."""
+def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, mask2d, view: KeyView, full, scaling):
+    """One token per row of a padded batch: q (B, H, 1, D) -> (B, 1, H, D).
+
+    Its mask follows from the padding mask, the slots the layer holds, its rule and which queries are full, so every
+    layer of one kind in a forward shares it: built once per forward and kind instead of in every layer (a dozen small
+    launches each, on the host's critical path of a batch decode step), and no layer asks the device whether the mask
+    could be skipped (each question would wait for the GPU). On CUDA, keys a growing cache layer holds are read to the
+    next multiple of ``KEY_BUCKET`` slots of its buffer (``SWAACacheLayer.room``, no copy), masked out past the real
+    ones, so that SDPA's cuDNN kernel meets one key length per bucket (:func:`bucketed_decode`)."""
     memo = {}
     if ctx is not None:
         if plan.layer_idx == 0 or ctx.masks_for is not mask2d:  # a new forward
@@ -121,7 +130,17 @@ def _padded_decode_step(plan: LayerPlan, ctx: RunContext | None, query, key, val
     mask = memo.get(kind)
     if mask is None:
         mask = memo[kind] = materialize(geometry(plan, query, key, mask2d, view, full, ctx))
-    return _decode_sdpa(query, key, value, mask, scaling).nan_to_num(0.0)
+    KV = key.shape[2]
+    slots = -(-KV // kv_cache.KEY_BUCKET) * kv_cache.KEY_BUCKET
+    room = cache_layer.room(key, value, slots) if query.is_cuda and type(cache_layer) is SWAACacheLayer else None
+    if room is not None:
+        padded = memo.get((kind, slots))
+        if padded is None:
+            padded = memo[(kind, slots)] = F.pad(mask.expand(query.shape[0], 1, 1, KV), (0, slots - KV), value=False)
+        out = bucketed_decode(query, *room, padded, scaling)
+        if out is not None:
+            return out
+    return _decode_sdpa(query, key, value, mask, scaling)
 
 
 def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total: int, Q: int):

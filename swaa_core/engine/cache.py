@@ -10,7 +10,10 @@ buffer does not matter to attention. Before that point, and for every other laye
 the room of a buffer allocated with ``SPARE_SLOTS`` slots to spare, written in place: transformers' ``DynamicLayer``
 concatenates, which reads and writes the whole cache at every decode step (34 GB per token at 128K tokens of an 8B
 model). All bookkeeping is host-side integers: no step reads a GPU value. With gradients on, every step copies instead,
-as ``DynamicLayer`` does: attention may have saved the keys for the backward pass, and no write may touch them.
+as ``DynamicLayer`` does: attention may have saved the keys for the backward pass, and no write may touch them. A
+buffer made under ``torch.inference_mode`` is copied, not written, by the first step outside it (torch forbids that
+write). A growing layer's buffer holds a multiple of ``KEY_BUCKET`` slots, its room zero-filled, so that a masked
+decode step may read to the bucket's end (``SWAACacheLayer.room``).
 
 Multi-token forwards against a wrapped ring (chunked prefill, a second turn, assisted decoding) first lay the held keys
 out in slot order ("flat"), which costs one gather; they are rare. ``activate_past_recording`` (called by transformers'
@@ -31,7 +34,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from .kinds.sink_window import SinkWindow
 
 SPARE_SLOTS = 256  # room a growing layer allocates: one copy of its cache per 256 decode steps instead of per step
-KEY_BUCKET = 256  # a growing layer's buffer holds a multiple of this many slots, its room zero-filled (see ``room``)
+KEY_BUCKET = 256  # a growing layer's buffer holds a multiple of this many slots, its room zero-filled (``room``)
 
 NEEDS_SWAA = (
     "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
@@ -88,25 +91,6 @@ class KeyView(NamedTuple):
         return torch.cat([sinks, ring]), valid
 
 
-def room(t: torch.Tensor, slots: int) -> torch.Tensor | None:
-    """``t`` (B, H, L, D), keys or values a growing SWAA layer handed out, extended in place to ``slots`` >= L slots of
-    its buffer, or None when ``t`` is not such a view or its buffer is shorter. The slots past L hold finite values
-    (zeros, or keys written later or rolled back), so a masked kernel may read them: a masked decode step reads up to
-    a multiple of ``KEY_BUCKET`` slots and SDPA's cuDNN kernel meets one key length per bucket instead of a new one
-    at every step (it builds an execution graph per new shape)."""
-    base = t._base
-    if (
-        base is None
-        or not getattr(base, "_swaa_finite_room", False)
-        or base.shape[2] < slots
-        or t.stride() != base.stride()
-        or t.storage_offset() != base.storage_offset()
-        or (t.shape[:2], t.shape[3:]) != (base.shape[:2], base.shape[3:])
-    ):
-        return None
-    return base.narrow(2, 0, slots)
-
-
 def ring_index(slots, sinks: int, window: int):
     """Buffer index of slot(s) in the sinks + W ring layout: a sink slot keeps its own index, a later slot s goes to
     ``sinks + (s - sinks) % W``. ``slots``: an int, or a tensor (then computed on its device, as a captured decode
@@ -140,6 +124,7 @@ class SWAACacheLayer(DynamicLayer):
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
         self.view = KeyView(False, 0, 0, 0, None)
         self.handed_out = None  # weak references to the (keys, values) views ``_append`` returned last
+        self.capacity = 0  # slots of the buffers those views are the start of
 
     @property
     def window(self) -> int | None:
@@ -218,7 +203,7 @@ class SWAACacheLayer(DynamicLayer):
                 f"feeds {key_states.shape[0]}; pass a cache built for this batch (or past_key_values=None)."
             )
         n = key_states.shape[-2]
-        if self.ring and n == 1 and not self.record_past and not torch.is_grad_enabled():
+        if self.ring and n == 1 and not self.record_past and not torch.is_grad_enabled() and _writable(self.keys):
             return self._write_one(key_states, value_states)  # in place: no key saved for backward may be written
         base_k, base_v = self._flat() if self.ring else (self.keys, self.values)
         self.ring = False
@@ -246,9 +231,8 @@ class SWAACacheLayer(DynamicLayer):
             return torch.cat([base_k, key_states], dim=-2), torch.cat([base_v, value_states], dim=-2)
         held = base_k.shape[-2] if base_k.dim() == 4 else 0  # a fresh layer holds a 1-D empty tensor
         end = held + key_states.shape[-2]
-        mine = self.handed_out
-        if mine is not None and mine[0]() is base_k and mine[1]() is base_v and end <= base_k._base.shape[2]:
-            k_buf, v_buf = base_k._base, base_v._base
+        if self._handed_out(base_k, base_v) and end <= self.capacity and _writable(base_k):
+            k_buf, v_buf = _whole_buffer(base_k, self.capacity), _whole_buffer(base_v, self.capacity)
         else:
             # the dtype torch.cat gives: a fresh layer's empty tensor has the keys' dtype (float32 under autocast,
             # where values arrive in bfloat16)
@@ -260,13 +244,28 @@ class SWAACacheLayer(DynamicLayer):
             for buf, base in ((k_buf, base_k), (v_buf, base_v)):
                 if held:
                     buf.narrow(2, 0, held).copy_(base)
-                buf.narrow(2, end, slots - end).zero_()
-                buf._swaa_finite_room = True
+                buf.narrow(2, end, slots - end).zero_()  # ``room`` lets masked kernels read it: never NaN
+            self.capacity = slots
         k_buf.narrow(2, held, end - held).copy_(key_states)
         v_buf.narrow(2, held, end - held).copy_(value_states)
         keys, values = k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
         self.handed_out = (weakref.ref(keys), weakref.ref(values))
         return keys, values
+
+    def _handed_out(self, keys, values) -> bool:
+        """Whether ``keys`` / ``values`` are the views ``_append`` returned last (the start of this layer's buffers)."""
+        mine = self.handed_out
+        return mine is not None and mine[0]() is keys and mine[1]() is values
+
+    def room(self, keys, values, slots: int):
+        """(keys, values) this layer handed out last, extended in place to ``slots`` slots of their buffers, or None
+        (other tensors, or buffers shorter than ``slots``). Slots past the real ones hold finite values (zeros, keys
+        written later, or rolled back), so a kernel may read them under a mask: a masked decode step reads to a
+        multiple of ``KEY_BUCKET`` slots, and SDPA's cuDNN kernel, which builds an execution graph per new shape,
+        meets one key length per bucket instead of a new one at every step."""
+        if slots > self.capacity or not self._handed_out(keys, values):
+            return None
+        return _whole_buffer(keys, slots), _whole_buffer(values, slots)
 
     def _write_one(self, key_states, value_states):
         S, W = self.sinks, self.window
@@ -354,6 +353,19 @@ class SWAACacheLayer(DynamicLayer):
         self.__init__(layer_idx=self.layer_idx)
 
 
+def _writable(buffer: torch.Tensor) -> bool:
+    """Whether ``buffer`` may be written in place now: a tensor made under ``torch.inference_mode`` (a prompt
+    prefilled there) may not be written outside it, so the next step outside copies into ordinary buffers, as
+    transformers' concatenating cache effectively does."""
+    return torch.is_inference_mode_enabled() or not buffer.is_inference()
+
+
+def _whole_buffer(view: torch.Tensor, slots: int) -> torch.Tensor:
+    """The first ``slots`` slots of the buffer whose start ``view`` (B, H, n, D) is. Rebuilt from the view's strides,
+    not from ``view._base``: views made under ``torch.inference_mode`` do not record their base."""
+    return view.as_strided((*view.shape[:2], slots, view.shape[3]), view.stride(), view.storage_offset())
+
+
 def _sink_slots(mask2d: torch.Tensor | None, keep_first: int) -> int | None:
     """Leading slots that hold every row's first keep_first real tokens (rows differ by left padding); None while
     some row has fewer real tokens (a later token may still be a sink). One device read, until settled."""
@@ -403,7 +415,7 @@ def growing_cache(model) -> DynamicCache:
 
 def kv_cache_bytes(cache: Cache | None) -> list[int]:
     """Bytes of keys and values each layer of ``cache`` actually holds (a ring layer: its whole buffer; the room of a
-    growing SWAA layer, at most ``SPARE_SLOTS`` slots, is not counted)."""
+    growing SWAA layer, ``SPARE_SLOTS`` to ``SPARE_SLOTS + KEY_BUCKET - 1`` slots, is not counted)."""
     if cache is None:
         return []
     out = []

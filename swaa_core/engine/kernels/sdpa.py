@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..cache import KEY_BUCKET, room
 from ..masks import MaskGeometry, materialize
 
 BLOCK = 128
@@ -52,13 +51,10 @@ def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
 
     - an unmasked step goes straight to the flash kernel (:func:`_flash_decode`);
     - a masked one with ``fixed_shape`` (the fixed-buffer path: one shape for every step) to SDPA's own choice;
-    - a masked step whose key length changes from step to step (eager decode of a padded batch) must not meet cuDNN,
-      SDPA's first choice on Hopper, at a new length each time: it builds a graph per new shape (54-805 ms of host
-      time on an H200 with a mask). Keys a growing cache handed out are read to the next multiple of ``KEY_BUCKET``
-      slots (:func:`~swaa_core.engine.cache.room`, no copy), the extra slots masked out, so cuDNN meets one length
-      per bucket: 0.09 ms of GPU time at 32K keys and batch 2 on an H200, against 1.4 ms for the fold. Other keys,
-      or cuDNN switched off, take the fold without cuDNN, where the memory-efficient kernel runs it (it takes a
-      mask, but not fewer key heads)."""
+    - a masked step whose key length changes from step to step must not meet cuDNN, SDPA's first choice on Hopper,
+      at a new length each time: it builds a graph per new shape (54-805 ms of host time on an H200 with a mask). The
+      fold with cuDNN left out lets the memory-efficient kernel take it (it takes a mask, but not fewer key heads).
+      Keys with room in their buffer take :func:`bucketed_decode` first (see ``attention._padded_decode_step``)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     if q.is_cuda:
@@ -67,44 +63,28 @@ def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
         if mask is None or fixed_shape:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
             return out.transpose(1, 2)
-        bucketed = _bucketed(q, k, v, mask)
-        if bucketed is not None:
-            k, v, mask = bucketed
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=Hkv != H)
-            return out.transpose(1, 2)
         with without_cudnn_sdpa():
             return _folded_decode(q, k, v, mask, scaling)
     return _folded_decode(q, k, v, mask, scaling)
 
 
-def _bucketed(q, k, v, mask):
-    """(k, v, mask) read to the next multiple of ``KEY_BUCKET`` key slots, the new ones masked out, when the keys have
-    that room in their buffer and SDPA would run the call on cuDNN; else None."""
-    if not torch.backends.cuda.cudnn_sdp_enabled():  # held off by the caller or by a runner's decode steps
+def bucketed_decode(q, k, v, mask, scaling: float):
+    """A masked decode step over keys read past their real length to a fixed bucket of slots (a multiple of
+    ``cache.KEY_BUCKET``; ``mask`` False past the real keys, whose values must be finite): q (B, H, 1, D), k/v
+    (B, Hkv, S, D), mask bool (B, 1, 1, S) -> (B, 1, H, D), run by SDPA when it would choose cuDNN for it, else None.
+    cuDNN then builds one graph per bucket instead of one per step: 0.19 ms per call at new lengths and 0.09 ms of GPU
+    time at 32K keys and batch 2 on an H200, against 1.4 ms for the fold (docs/benchmarks.md). The choice is SDPA's
+    own (``torch._fused_sdp_choice``), asked at every call: it follows the backend switches, deterministic mode and
+    the GPU (cuDNN comes first only on some architectures; elsewhere the padded call would reach the math kernel)."""
+    if mask.dtype != torch.bool or not q.is_cuda:
         return None
-    KV = k.shape[2]
-    slots = -(-KV // KEY_BUCKET) * KEY_BUCKET
-    k_room, v_room = room(k, slots), room(v, slots)
-    if k_room is None or v_room is None:
+    gqa = q.shape[1] != k.shape[1]
+    if torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=scaling, enable_gqa=gqa) != _CUDNN:
         return None
-    mask = F.pad(mask.expand(q.shape[0], 1, 1, KV), (0, slots - KV), value=False)
-    if not _cudnn_takes(q, k_room, v_room, mask):
-        return None
-    return k_room, v_room, mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa).transpose(1, 2)
 
 
-_CUDNN_TAKES: dict = {}
-
-
-def _cudnn_takes(q, k, v, mask) -> bool:
-    """Whether SDPA may run this masked GQA call on cuDNN (asked once per device, dtype and head layout: torch's own
-    check, ``torch.backends.cuda.can_use_cudnn_attention``). Elsewhere (older GPUs, float32) the padded call could
-    fall to the math kernel, which copies every key once per query head."""
-    key = (q.device, q.dtype, q.shape[0], q.shape[1], k.shape[1], q.shape[-1], mask.dtype)
-    if key not in _CUDNN_TAKES:
-        params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, False, q.shape[1] != k.shape[1])
-        _CUDNN_TAKES[key] = bool(torch.backends.cuda.can_use_cudnn_attention(params))
-    return _CUDNN_TAKES[key]
+_CUDNN = torch.nn.attention.SDPBackend.CUDNN_ATTENTION.value
 
 
 def _folded_decode(q, k, v, mask, scaling: float):

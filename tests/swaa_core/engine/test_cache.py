@@ -19,7 +19,7 @@ from transformers.cache_utils import DynamicLayer
 from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
 from swaa_core.engine.attention import LayerPlan
-from swaa_core.engine.cache import SWAACacheLayer, growing_cache, room
+from swaa_core.engine.cache import SWAACacheLayer, growing_cache
 from swaa_core.engine.kinds import SinkWindow
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
@@ -50,12 +50,18 @@ def live_slots(layer: SWAACacheLayer, keys: torch.Tensor) -> list[int]:
     st.integers(0, 4),
     st.lists(st.one_of(append, crop, record), min_size=1, max_size=30),
     st.sampled_from(["evicting", "FA decode", "full"]),
-    st.sampled_from([1, 3, 256]),
+    st.sampled_from([(1, 1), (3, 4), (256, 256)]),
 )
-def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, spare):
+def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, room):
     """Also for the layers that never evict (FA decode, full), which grow in place into spare room: a handed-out
-    view must keep its rows whatever the layer does next (appends, roll-backs), with any amount of room."""
-    with mock.patch.object(cache_module, "SPARE_SLOTS", spare), torch.no_grad():  # as generate runs
+    view must keep its rows whatever the layer does next (appends, roll-backs), with any amount of room (spare slots,
+    buffers rounded up to a multiple of the bucket)."""
+    spare, bucket = room
+    with (
+        mock.patch.object(cache_module, "SPARE_SLOTS", spare),
+        mock.patch.object(cache_module, "KEY_BUCKET", bucket),
+        torch.no_grad(),  # as generate runs
+    ):
         check_cache_against_slots(window, sinks, ops, kind)
 
 
@@ -163,45 +169,93 @@ def fresh_memory_is_nan():
 
 
 @pytest.mark.parametrize("kind", ["FA decode", "full"])
-@torch.no_grad()
-def test_growing_layers_hand_out_keys_with_finite_room_to_the_next_bucket(kind, monkeypatch, fresh_memory_is_nan):
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_growing_layers_hand_out_keys_with_finite_room_to_the_next_bucket(kind, mode, monkeypatch, fresh_memory_is_nan):
     """A masked decode step on CUDA reads a growing layer's keys and values up to the next multiple of KEY_BUCKET
     slots, masked out past the real ones (cuDNN then builds one graph per bucket): every slot it reads must be
-    finite, since a masked-out NaN value still poisons probabilities @ values. Through room refills and roll-backs."""
+    finite, since a masked-out NaN value still poisons probabilities @ values. Through room refills and roll-backs,
+    and under inference mode, whose views do not record their base."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 3)
     monkeypatch.setattr(cache_module, "KEY_BUCKET", 4)
     plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
     layer = SWAACacheLayer(0)
-    total, refills, buffer = 0, 0, None
-    for n in [10, *[1] * 12, "crop", 1, 1, 5, *[1] * 6]:
-        if n == "crop":
-            layer.crop(-4)
-            total -= 4
-            continue
-        layer.bind(plan, None, 0)
-        keys, values = layer.update(rows(total, n), -rows(total, n))
-        total += n
-        slots = -(-total // 4) * 4
-        k_room, v_room = room(keys, slots), room(values, slots)
-        assert k_room is not None and v_room is not None
-        assert torch.equal(k_room[:, :, :total], keys) and torch.equal(v_room[:, :, :total], values)
-        assert torch.isfinite(k_room).all() and torch.isfinite(v_room).all()
-        assert k_room._base.shape[2] % 4 == 0 and room(keys, k_room._base.shape[2] + 1) is None
-        refills += k_room._base is not buffer
-        buffer = k_room._base
-    assert refills >= 4  # the room ran out and was refilled, the roll-back copied: each new buffer was checked
+    total, buffers = 0, set()
+    with mode():
+        for n in [10, *[1] * 12, "crop", 1, 1, 5, *[1] * 6]:
+            if n == "crop":
+                layer.crop(-4)
+                total -= 4
+                continue
+            layer.bind(plan, None, 0)
+            keys, values = layer.update(rows(total, n), -rows(total, n))
+            total += n
+            slots = -(-total // 4) * 4
+            room = layer.room(keys, values, slots)
+            assert room is not None
+            k_room, v_room = room
+            assert torch.equal(k_room[:, :, :total], keys) and torch.equal(v_room[:, :, :total], values)
+            assert torch.isfinite(k_room).all() and torch.isfinite(v_room).all()
+            assert layer.capacity % 4 == 0 and layer.room(keys, values, layer.capacity + 1) is None
+            buffers.add(k_room.untyped_storage().data_ptr())
+    assert len(buffers) >= 4  # the room ran out and was refilled, the roll-back copied: each new buffer was checked
 
 
-def test_room_refuses_keys_a_growing_layer_did_not_hand_out():
-    buffer = torch.zeros(1, 4, 16, 8)
-    buffer._swaa_finite_room = True
-    assert torch.equal(room(buffer.narrow(2, 0, 5), 8), buffer[:, :, :8])
-    assert room(torch.zeros(1, 4, 5, 8), 8) is None  # not a view of a buffer
-    assert room(buffer[:, :, 3:8], 8) is None  # does not start at the buffer's first slot
-    assert room(buffer[:, :2, :5], 8) is None  # some heads only
-    assert room(buffer[..., :4].narrow(2, 0, 5), 8) is None  # part of each head
-    assert room(buffer.narrow(2, 0, 5), 17) is None  # past the buffer's end
-    assert room(torch.zeros(1, 4, 16, 8).narrow(2, 0, 5), 8) is None  # a buffer whose room nobody made finite
+@torch.no_grad()
+def test_room_is_only_for_the_keys_the_layer_handed_out_last():
+    layer = SWAACacheLayer(0)
+    keys, values = layer.update(rows(0, 5), -rows(0, 5))
+    assert layer.room(keys, values, layer.capacity) is not None
+    assert layer.room(keys.clone(), values, 8) is None  # a copy (reordered for beams, offloaded, ...)
+    assert layer.room(keys[:, :, :3], values[:, :, :3], 8) is None  # a cropped view
+    later_keys, later_values = layer.update(rows(5, 1), -rows(5, 1))
+    assert layer.room(keys, values, 8) is None  # an earlier step's views
+    assert layer.room(later_keys, later_values, 8) is not None
+
+
+@pytest.mark.parametrize("config", [None, SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=True)])
+def test_growing_cache_generates_under_inference_mode_as_transformers_cache_does(config, monkeypatch):
+    """Under ``torch.inference_mode`` views do not record their base: a layer that found its buffer through
+    ``view._base`` failed at the second decode step. Room refills every other step."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 2)
+    model = build_tiny_model("llama", layers=2, eos_token_id=None)
+    ids = torch.randint(3, 97, (2, 11), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # a padded row: the masked decode step too
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with swaa(model, config), torch.inference_mode():
+        grown = model.generate(ids, past_key_values=growing_cache(model), **kwargs)
+        plain = model.generate(ids, **kwargs)
+    assert torch.equal(grown, plain)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        SWAAConfig(sliding_window_size=6, keep_first=2),
+        SWAAConfig(sliding_window_size=6, keep_first=2, force_fa_decode=True),
+    ],
+)
+def test_a_prompt_prefilled_under_inference_mode_decodes_outside_it(config, monkeypatch):
+    """Tensors made under ``torch.inference_mode`` may not be written in place outside it, which transformers'
+    concatenating cache never does: a prompt prefilled there, then decoded under ``no_grad``, must give the logits of
+    a run under ``no_grad`` throughout (the ring, the growing layers' room, without SWAA too)."""
+    monkeypatch.setattr(cache_module, "SPARE_SLOTS", 2)
+    model = build_tiny_model("llama", layers=2, eos_token_id=None)
+    ids = torch.randint(3, 97, (1, 40), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for prefill_mode in (torch.inference_mode, torch.no_grad):
+        with swaa(model, config):
+            cache = growing_cache(model)
+            with prefill_mode():
+                out = model(ids, past_key_values=cache, use_cache=True)
+            logits = [out.logits[:, -1]]
+            with torch.no_grad():
+                for _ in range(8):
+                    out = model(logits[-1].argmax(-1, keepdim=True), past_key_values=cache, use_cache=True)
+                    logits.append(out.logits[:, -1])
+        runs.append(torch.stack(logits))
+    assert torch.allclose(runs[0], runs[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

@@ -121,22 +121,20 @@ def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype, monkeypatch):
 
 @gpu_test
 @pytest.mark.parametrize("cudnn", [True, False])
-def test_masked_decode_step_on_cuda_matches_float64(cudnn, monkeypatch):
-    """A left-padded batch's decode step over a growing layer's keys, as eager generation of a padded batch runs it.
-    Where SDPA runs cuDNN (Hopper, Blackwell), the keys are read to the next multiple of KEY_BUCKET slots, the extra
-    ones masked out, so that cuDNN builds one graph per bucket; with cuDNN off, the folded step runs. Both against
-    float64 attention over the real keys only."""
-    from swaa_core.engine.cache import KEY_BUCKET, SWAACacheLayer
-    from swaa_core.engine.kernels import sdpa
+def test_padded_decode_step_on_cuda_matches_float64(cudnn, monkeypatch):
+    """A left-padded batch's decode step over a growing layer's keys, as eager generation of a padded batch runs it
+    (``attention._padded_decode_step``). Where SDPA would run it on cuDNN (H100, H200, B200), the keys are read to the
+    next multiple of KEY_BUCKET slots of the layer's buffer, the extra ones masked out, so that cuDNN builds one graph
+    per bucket; with cuDNN off, the folded step runs. Both against float64 attention over the real keys only."""
+    from swaa_core.engine import attention
+    from swaa_core.engine.attention import LayerPlan, _padded_decode_step
+    from swaa_core.engine.cache import SWAACacheLayer
+    from swaa_core.engine.kernels.sdpa import without_cudnn_sdpa
 
     H, Hkv, D, L, pad = 32, 8, 128, 5000, 1234
-    key_lengths = []
-    real_sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(
-        torch.nn.functional,
-        "scaled_dot_product_attention",
-        lambda q, k, *a, **kw: key_lengths.append(k.shape[2]) or real_sdpa(q, k, *a, **kw),
-    )
+    bucketed = []
+    real = attention.bucketed_decode
+    monkeypatch.setattr(attention, "bucketed_decode", lambda *a: bucketed.append(real(*a)) or bucketed[-1])
     gen = torch.Generator(CUDA).manual_seed(5)
 
     def randn(*shape):
@@ -147,18 +145,19 @@ def test_masked_decode_step_on_cuda_matches_float64(cudnn, monkeypatch):
         layer.update(randn(2, Hkv, L - 1, D), randn(2, Hkv, L - 1, D))  # the prompt
         k, v = layer.update(randn(2, Hkv, 1, D), randn(2, Hkv, 1, D))  # the step's own key
     q = randn(2, H, 1, D)
-    mask = torch.ones(2, 1, 1, L, dtype=torch.bool, device=CUDA)
-    mask[1, ..., :pad] = False  # row 1 is left-padded
-    with contextlib.nullcontext() if cudnn else sdpa.without_cudnn_sdpa():
-        out = sdpa._decode_sdpa(q, k, v, mask, D**-0.5)
+    mask2d = torch.ones(2, L, dtype=torch.long, device=CUDA)
+    mask2d[1, :pad] = 0  # row 1 is left-padded
+    plan = LayerPlan(0, None, 0, False, "flex")  # a full layer: only padding is masked
+    with contextlib.nullcontext() if cudnn else without_cudnn_sdpa():
+        out = _padded_decode_step(plan, None, layer, q, k, v, mask2d, layer.view, True, D**-0.5)
     k64, v64 = (t.double().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
-    scores = (q.double() @ k64.transpose(-1, -2) * D**-0.5).masked_fill(~mask, -torch.inf)
+    scores = q.double() @ k64.transpose(-1, -2) * D**-0.5
+    scores = scores.masked_fill(~mask2d.bool()[:, None, None, :], -torch.inf)
     expected = (torch.softmax(scores, dim=-1) @ v64).transpose(1, 2)
     assert out.shape == (2, 1, H, D) and torch.isfinite(out).all()
     assert rel_err(out, expected) < TOL[torch.bfloat16]
-    cudnn_here = torch.cuda.get_device_capability(CUDA)[0] in (9, 10)
-    bucket = -(-L // KEY_BUCKET) * KEY_BUCKET
-    assert key_lengths == ([bucket] if cudnn and cudnn_here else [L])
+    cudnn_first = torch.cuda.get_device_capability(CUDA) in ((9, 0), (10, 0))  # where SDPA tries cuDNN first
+    assert [result is not None for result in bucketed] == [cudnn and cudnn_first]
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
