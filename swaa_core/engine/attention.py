@@ -65,9 +65,14 @@ class RunContext:
     lengths_seen: object = None
     lengths_shared: int | None = None
     # The decode masks of a padded batch built in the running forward, by kind of layer (see _padded_decode_step),
-    # and the 2-D padding mask they were built from.
-    masks_for: object = None
+    # and the 2-D padding masks they were built from (Gemma 3 hands its sliding and its full layers a copy each).
+    masks_for: tuple = ()
     decode_masks: dict = field(default_factory=dict)
+
+    def forget_forward(self) -> None:
+        """Drop what the last forward kept for its layers (tensors that would otherwise live until the next one)."""
+        self.lengths_seen, self.lengths_shared = None, None
+        self.masks_for, self.decode_masks = (), {}
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):
@@ -121,12 +126,15 @@ def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, ma
     could be skipped (each question would wait for the GPU). On CUDA, keys a growing cache layer holds are read to the
     next multiple of ``KEY_BUCKET`` slots of its buffer (``SWAACacheLayer.room``, no copy), masked out past the real
     ones, so that SDPA's cuDNN kernel meets one key length per bucket (:func:`bucketed_decode`)."""
-    memo = {}
+    memo, source = {}, 0
     if ctx is not None:
-        if plan.layer_idx == 0 or ctx.masks_for is not mask2d:  # a new forward
-            ctx.masks_for, ctx.decode_masks = mask2d, {}
+        if plan.layer_idx == 0 or len(ctx.masks_for) > 4:  # a new forward (or a caller's forwards that skip layer 0)
+            ctx.forget_forward()
+        source = next((i for i, seen in enumerate(ctx.masks_for) if seen is mask2d), len(ctx.masks_for))
+        if source == len(ctx.masks_for):
+            ctx.masks_for += (mask2d,)  # held, so that no other tensor takes its identity during the forward
         memo = ctx.decode_masks
-    kind = (view, plan.window, plan.keep_first, full if isinstance(full, (bool, int)) else id(full))
+    kind = (source, view, plan.window, plan.keep_first, full if isinstance(full, (bool, int)) else id(full))
     mask = memo.get(kind)
     if mask is None:
         mask = memo[kind] = materialize(geometry(plan, query, key, mask2d, view, full, ctx))

@@ -123,6 +123,7 @@ def _wrap_generate(model, context: RunContext) -> None:
             out = original(*args, **kwargs)
         finally:
             context.prompt_end, context.assisted = previous
+            context.forget_forward()  # what the last forward kept for its layers must not outlive the call
         cache = kwargs.get("past_key_values", getattr(out, "past_key_values", None))
         for layer in getattr(cache, "layers", ()):
             if isinstance(layer, SWAACacheLayer) and layer.record_past:  # assisted decoding leaves it on

@@ -282,23 +282,35 @@ def test_ring_wrapped_many_times_matches_teacher_forced_mask(keep_first):
     assert kv_cache_bytes(out.past_key_values) == [(keep_first + window) * per_token] * 4
 
 
-def test_a_padded_decode_step_builds_each_kind_of_layer_mask_once(monkeypatch):
+MIXED = SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=[1], non_sliding_layers=[2])
+GEMMA_LAYERS = dict(layer_types=["sliding_attention", "full_attention"] * 3)
+
+
+@pytest.mark.parametrize(
+    "family, overrides, config, per_step",
+    [
+        ("qwen3", {}, MIXED, 3),  # evicting layers 0 and 3, an FA-decode layer, a full layer
+        # one kind of layer, but transformers hands Gemma 3's sliding and full layers a mask each: two builds, not six
+        ("gemma3", GEMMA_LAYERS, SWAAConfig(sliding_window_size=4, keep_first=2), 2),
+    ],
+)
+def test_a_padded_decode_step_builds_each_kind_of_layer_mask_once(family, overrides, config, per_step, monkeypatch):
     """A padded batch's decode step needs a mask; layers of one kind (same held slots, rule and full queries) share it
-    within a forward, so it is built once per kind: here an evicting kind (layers 0 and 3), an FA-decode layer and a
-    full layer. The tokens stay those of the single sequences (test above)."""
+    within a forward, so it is built once per kind, and nothing of it outlives generate. The tokens stay those of the
+    single sequences (test below)."""
     import swaa_core.engine.attention as attention
 
     built = []
     real = attention.materialize
     monkeypatch.setattr(attention, "materialize", lambda g: built.append(g.window) or real(g))
-    model = build_tiny_model("qwen3", layers=4, eos_token_id=None)
+    model = build_tiny_model(family, layers=len(overrides.get("layer_types", "1234")), eos_token_id=None, **overrides)
     a, b = ids(19, seed=10)[0], ids(11, seed=11)[0]
     batch, mask = left_padded(a, b)
-    cfg = SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=[1], non_sliding_layers=[2])
-    with swaa(model, cfg):
+    with swaa(model, config):
         model.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert len(built) == 5 * 3  # 5 decode steps after the prefill, 3 kinds
-    assert sorted(built[:3], key=str) == sorted([4, 4, None], key=str)
+        context = model._swaa_state.context
+        assert context.masks_for == () and context.decode_masks == {}
+    assert len(built) == 5 * per_step  # 5 decode steps after the prefill
 
 
 def test_padded_batch_matches_single_sequences_after_wrapping():
