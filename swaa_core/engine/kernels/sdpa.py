@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
 from ..masks import MaskGeometry, materialize
 
@@ -84,7 +85,7 @@ def bucketed_decode(q, k, v, mask, scaling: float):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa).transpose(1, 2)
 
 
-_CUDNN = torch.nn.attention.SDPBackend.CUDNN_ATTENTION.value
+_CUDNN = SDPBackend.CUDNN_ATTENTION.value
 
 
 def _folded_decode(q, k, v, mask, scaling: float):
