@@ -21,9 +21,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from . import cache as kv_cache
 from .backends import _decode_sdpa, attend, reference
-from .cache import KeyView, SWAACacheLayer
+from .cache import KeyView, SWAACacheLayer, bucket_end
 from .kernels.sdpa import bucketed_decode
 from .kinds.sink_window import SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
@@ -139,7 +138,7 @@ def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, ma
     if mask is None:
         mask = memo[kind] = materialize(geometry(plan, query, key, mask2d, view, full, ctx))
     KV = key.shape[2]
-    slots = -(-KV // kv_cache.KEY_BUCKET) * kv_cache.KEY_BUCKET
+    slots = bucket_end(KV)
     room = cache_layer.room(key, value, slots) if query.is_cuda and type(cache_layer) is SWAACacheLayer else None
     if room is not None:
         padded = memo.get((kind, slots))

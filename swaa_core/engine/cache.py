@@ -236,7 +236,7 @@ class SWAACacheLayer(DynamicLayer):
         else:
             # the dtype torch.cat gives: a fresh layer's empty tensor has the keys' dtype (float32 under autocast,
             # where values arrive in bfloat16)
-            slots = -(-(end + SPARE_SLOTS) // KEY_BUCKET) * KEY_BUCKET
+            slots = bucket_end(end + SPARE_SLOTS)
             k_buf, v_buf = (
                 t.new_empty(*t.shape[:2], slots, t.shape[-1], dtype=torch.promote_types(b.dtype, t.dtype))
                 for b, t in ((base_k, key_states), (base_v, value_states))
@@ -351,6 +351,12 @@ class SWAACacheLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.__init__(layer_idx=self.layer_idx)
+
+
+def bucket_end(slots: int) -> int:
+    """``slots`` rounded up to a multiple of ``KEY_BUCKET``: where a growing layer's buffer, or a masked decode step's
+    read of it, ends."""
+    return -(-slots // KEY_BUCKET) * KEY_BUCKET
 
 
 def _writable(buffer: torch.Tensor) -> bool:
