@@ -12,8 +12,8 @@ lengths, so neither meets a graph the other built.
 
 Sites (8B attention shape: 32 query / 8 KV heads, head dim 128, bf16; W=2048, 128 sinks):
 - decode: one query against L keys, transformers' SDPA call (GQA) and SWAA's decode step (over keys its growing cache
-  made), unmasked and masked (a left-padded batch of 2), and masked SDPA over keys padded to a multiple of 256 (one
-  cuDNN graph per bucket);
+  made; masked, the padded-batch step, which reads keys to a multiple of 256 slots where SDPA runs it on cuDNN),
+  unmasked and masked (a left-padded batch of 2);
 - blocked: SWAA's O(n W) path for 4 and 8 queries against L keys (assisted decoding's verification, short chunks);
 - prefill: a full layer's causal SDPA (``_causal_sdpa``) at the --prefill lengths;
 - training: the same, forward and backward.
@@ -37,6 +37,7 @@ import gpu_common as common  # noqa: E402
 from gpu_common import DEVICE, SUMMARY  # noqa: E402
 
 from swaa_core.engine import backends  # noqa: E402
+from swaa_core.engine.attention import LayerPlan, _padded_decode_step  # noqa: E402
 from swaa_core.engine.cache import SWAACacheLayer  # noqa: E402
 from swaa_core.engine.kernels.sdpa import _causal_sdpa, _decode_sdpa, without_cudnn_sdpa  # noqa: E402
 
@@ -61,22 +62,24 @@ def sites(s: dict) -> dict:
     def rand(*shape, grad=False):
         return torch.randn(*shape, device=DEVICE, dtype=dt).requires_grad_(grad)
 
-    def decode(masked: bool, swaa_step: bool, bucket: int = 1):
+    def decode(masked: bool, swaa_step: bool):
         def make(n):
             B = 2 if masked else 1
-            width = -(-n // bucket) * bucket  # keys padded to a multiple of ``bucket``, the tail masked out
-            q, k, v = rand(B, H, 1, D), rand(B, Hkv, width, D), rand(B, Hkv, width, D)
-            if swaa_step:  # keys as SWAA's growing cache hands them out: views into a buffer with room
-                with torch.no_grad():
-                    k, v = SWAACacheLayer(0).update(k, v)
-            mask = None
-            if masked:
-                mask = torch.ones(B, 1, 1, width, dtype=torch.bool, device=DEVICE)
-                mask[1, ..., : n // 3] = False  # row 1 is left-padded
-                mask[..., n:] = False
-            if swaa_step:
-                return lambda: _decode_sdpa(q, k, v, mask, scale)
-            return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+            q, k, v = rand(B, H, 1, D), rand(B, Hkv, n, D), rand(B, Hkv, n, D)
+            padding = torch.ones(B, n, dtype=torch.long, device=DEVICE)
+            padding[1:, : n // 3] = 0  # row 1 is left-padded
+            if not swaa_step:
+                mask = padding.bool()[:, None, None, :] if masked else None
+                return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+            layer = SWAACacheLayer(0)
+            with torch.no_grad():  # keys as SWAA's growing cache hands them out: views into a buffer with room
+                k, v = layer.update(k, v)
+            if not masked:
+                return lambda: _decode_sdpa(q, k, v, None, scale)
+            # a full layer (only padding is masked), without a forward's context: each call builds its mask, as the
+            # first layer of a decode step does
+            plan = LayerPlan(0, None, 0, False, "flex")
+            return lambda: _padded_decode_step(plan, None, layer, q, k, v, padding, layer.view, True, scale)
 
         return make
 
@@ -103,8 +106,6 @@ def sites(s: dict) -> dict:
         "decode, SWAA's step": (decode(False, True), "keys"),
         "decode masked, SDPA (GQA + mask)": (decode(True, False), "keys"),
         "decode masked, SWAA's step": (decode(True, True), "keys"),
-        # cuDNN would build one graph per bucket of 256 key lengths, not one per length: an option, measured here
-        "decode masked, SDPA, keys padded to 256": (decode(True, False, bucket=256), "keys"),
         "blocked, 4 queries": (blocked(4), "keys"),
         "blocked, 8 queries": (blocked(8), "keys"),
         "prefill, causal SDPA": (causal(False), "prefill"),
