@@ -6,6 +6,7 @@ span only). Shapes as in :mod:`swaa_core.engine.backends`: q (B, H, Q, D), k/v (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass
@@ -161,22 +162,87 @@ def _is_aligned(g: MaskGeometry) -> bool:
 # --------------------------------------------------------------------------- blocked (CPU / portable)
 def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, block: int = BLOCK, group: int = GROUP):
     """Query blocks of ``block`` tokens, each against its sinks + window span only; ``group`` blocks share one SDPA
-    call (batched), which keeps the kernel busy while bounding extra memory to group * block * (K + W + block)."""
-    B, H, Q, D = q.shape
-    call = _BlockedCall(q, k, v, g, scaling, dropout, out=q.new_empty(B, Q, H, D), kv_pos=g.kv_pos.contiguous())
-    sinks_below = g.rule.sinks_below
+    call (batched), which keeps the kernel busy while bounding extra memory to group * block * (K + W + block).
+
+    With gradients on, :class:`_BlockedAttention` keeps only q, k, v and the positions for the backward pass."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        out = _BlockedAttention.apply(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g, scaling, dropout, block, group)
+    else:
+        out = _blocked_forward(_BlockedCall(q, k, v, g, scaling, dropout), block, group)
+    if not g.all_valid:  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
+        out = torch.where((g.q_pos >= 0)[:, :, None, None], out.nan_to_num(0.0), 0.0)
+    return out
+
+
+def _blocked_forward(call: _BlockedCall, block: int, group: int) -> torch.Tensor:
+    B, H, Q, D = call.q.shape
+    call.out = call.q.new_empty(B, Q, H, D)
+    for q_start, blocks, size in _block_groups(call, block, group):
+        call.out[:, q_start : q_start + blocks * size] = _blocks_out(call, q_start, blocks, size)
+    return call.out
+
+
+def _block_groups(call: _BlockedCall, block: int, group: int):
+    """(first query, blocks, block size) of each SDPA call, in order (dropout draws its masks in this order)."""
+    Q = call.q.shape[2]
+    sinks_below = call.g.rule.sinks_below
     if sinks_below > 0:
         limit = torch.full_like(call.kv_pos[:, :1], sinks_below)
         call.sink_end = int(torch.searchsorted(call.kv_pos, limit).max())
     n_full = Q // block
-    for first in range(0, n_full, group):
-        _attend_blocks(call, first * block, min(group, n_full - first), block)
-    if Q % block:
-        _attend_blocks(call, n_full * block, 1, Q % block)
-    out = call.out
-    if not g.all_valid:  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
-        out = torch.where((g.q_pos >= 0)[:, :, None, None], out.nan_to_num(0.0), 0.0)
-    return out
+    groups = [(first * block, min(group, n_full - first), block) for first in range(0, n_full, group)]
+    return groups + ([(n_full * block, 1, Q % block)] if Q % block else [])
+
+
+class _BlockedAttention(torch.autograd.Function):
+    """The blocked attention with a backward that rebuilds each group's gathered keys, values and mask.
+
+    Autograd would otherwise hold, per query, its (W + K + block) gathered keys and values and a float mask of as many
+    columns (SDPA's own copy of the boolean one) until the backward pass, several times what full attention keeps
+    (q, k, v, out). Tensors go through ``save_for_backward`` only, so gradient checkpointing around the layer still
+    frees them (a nested ``torch.utils.checkpoint`` would hold its inputs past the outer one)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_pos, kv_pos, kv_valid, q_full, g, scaling, dropout, block, group):
+        ctx.save_for_backward(q, k, v, q_pos, kv_pos, kv_valid, q_full)
+        ctx.settings = (dataclasses.replace(g, q_pos=None, kv_pos=None, kv_valid=None, q_full=None), scaling, dropout)
+        ctx.blocks = (block, group)
+        ctx.rng = _rng_state(q.device) if dropout > 0 else None
+        return _blocked_forward(_BlockedCall(q, k, v, g, scaling, dropout), block, group)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, q_pos, kv_pos, kv_valid, q_full = ctx.saved_tensors
+        shell, scaling, dropout = ctx.settings
+        g = dataclasses.replace(shell, q_pos=q_pos, kv_pos=kv_pos, kv_valid=kv_valid, q_full=q_full)
+        inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3], strict=True)]
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = [torch.zeros_like(t) for t in wanted]
+        call = _BlockedCall(*inputs, g, scaling, dropout)
+        with torch.enable_grad(), torch.random.fork_rng(_rng_devices(q.device), enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                _set_rng_state(q.device, ctx.rng)
+            for q_start, blocks, size in _block_groups(call, *ctx.blocks):
+                out = _blocks_out(call, q_start, blocks, size)
+                part = torch.autograd.grad(out, wanted, grad_out[:, q_start : q_start + blocks * size])
+                for total, p in zip(grads, part, strict=True):
+                    total += p
+        found = iter(grads)
+        return (*(next(found) if t.requires_grad else None for t in inputs), *([None] * 9))
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 @dataclass
@@ -189,14 +255,16 @@ class _BlockedCall:
     g: MaskGeometry
     scaling: float
     dropout: float
-    out: torch.Tensor
-    kv_pos: torch.Tensor  # contiguous, for searchsorted
+    out: torch.Tensor | None = None
     sink_end: int = 0  # keys [0, sink_end) hold every sink
 
+    def __post_init__(self):
+        self.kv_pos = self.g.kv_pos.contiguous()  # for searchsorted
 
-def _attend_blocks(call: _BlockedCall, q_start: int, blocks: int, size: int) -> None:
+
+def _blocks_out(call: _BlockedCall, q_start: int, blocks: int, size: int) -> torch.Tensor:
     """``blocks`` query blocks of ``size`` tokens from ``q_start``, each against its sinks + window span, in one
-    SDPA call."""
+    SDPA call: their output (B, blocks * size, H, D)."""
     q, k, v, g, sink_end = call.q, call.k, call.v, call.g, call.sink_end
     B, H, _, D = q.shape
     Hkv = k.shape[1]
@@ -233,6 +301,4 @@ def _attend_blocks(call: _BlockedCall, q_start: int, blocks: int, size: int) -> 
         dropout_p=call.dropout,
         enable_gqa=Hkv != H,
     )
-    call.out[:, q_start : q_start + blocks * size] = (
-        o.view(B, blocks, H, size, D).permute(0, 1, 3, 2, 4).reshape(B, blocks * size, H, D)
-    )
+    return o.view(B, blocks, H, size, D).permute(0, 1, 3, 2, 4).reshape(B, blocks * size, H, D)
