@@ -166,7 +166,9 @@ def blocked(q, k, v, g: MaskGeometry, scaling: float, dropout: float = 0.0, bloc
 
     With gradients on, :class:`_BlockedAttention` keeps only q, k, v and the positions for the backward pass."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        out = _BlockedAttention.apply(q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g, scaling, dropout, block, group)
+        out = _BlockedAttention.apply(
+            q, k, v, g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g, scaling, dropout, block, group
+        )
     else:
         out = _blocked_forward(_BlockedCall(q, k, v, g, scaling, dropout), block, group)
     if not g.all_valid:  # left-padding queries see no key: NaN on CPU, arbitrary on CUDA; make them 0
