@@ -57,3 +57,43 @@ def test_checkpointing_keeps_only_each_layers_input():
     for layer in range(LAYERS):
         assert hidden <= kept[layer] <= 1.1 * hidden
         assert plain[layer] > 5 * hidden
+
+
+# --------------------------------------------------------------------------- on the GPU (the issue's own setting)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_backend(name: str):
+    from swaa_core.engine.backends import backend_status
+
+    problem = backend_status("cuda")[name] if torch.cuda.is_available() else "needs a CUDA GPU"
+    return pytest.param(name, marks=pytest.mark.skipif(problem is not None, reason=str(problem)))
+
+
+def forward_keeps_on_cuda(cfg, backend: str) -> int:
+    """GPU bytes allocated when the model's forward ends minus when it starts, in the second of two train_lora steps
+    (the first compiles kernels and fills block-mask caches); bf16 Qwen3 with head size 128 as the fast kernels need."""
+    model = build_tiny_model(
+        "qwen3", layers=4, hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=128
+    )
+    model = model.to("cuda", torch.bfloat16)
+    ids = torch.randint(3, 97, (4096 + 64,), generator=torch.Generator().manual_seed(0)).tolist()
+    example = make_example(ids[:4096], ids[4096:])
+    kept, start = [], [0]
+    model.register_forward_pre_hook(lambda *_: start.__setitem__(0, torch.cuda.memory_allocated()))
+    model.register_forward_hook(lambda *_: kept.append(torch.cuda.memory_allocated() - start[0]))
+    train_lora(model, [example], cfg, TrainSettings(max_steps=2), progress=False, backend=backend)
+    return kept[-1]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", [cuda_backend("flex"), cuda_backend("fa4")])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_swaa_training_forward_keeps_no_more_than_full_attention_on_cuda(name, backend):
+    """Issue 32 on the GPU: through train_lora (gradient checkpointing on), a forward under SWAA leaves no more memory
+    for the backward than full attention's (one query-sized tensor kept per layer would be 8 MiB in each of the 4)."""
+    cfg = SWAAConfig(sliding_window_size=512, keep_first=16, force_fa_decode=CONFIGS[name].force_fa_decode)
+    full = forward_keeps_on_cuda(None, backend)
+    swaa = forward_keeps_on_cuda(cfg, backend)
+    assert swaa <= full + 2**18, f"{name} ({backend}): forward keeps {swaa / 2**20:.1f} MiB, full {full / 2**20:.1f}"
