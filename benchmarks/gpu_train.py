@@ -24,6 +24,7 @@ A short Markdown table is printed last; full results go to $OUT/gpu_train.json (
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import statistics
@@ -119,28 +120,31 @@ def configs() -> dict:
 
 
 def own_steps(peft_model, opt, base, n: int, ids, keeps: ForwardKeeps) -> dict:
-    """The benchmark's own step, configurations in turns: one warm-up (first call timed apart), then --reps."""
+    """The benchmark's own step, configurations in turns: one warm-up (first call timed apart), then --reps. A
+    configuration that runs out of memory gets an error row and leaves the turns."""
     steps = {
         label: functools.partial(train_step, peft_model, opt, training_batch(ids, n, cfg))
         for label, cfg in configs().items()
     }
-    samples, peaks, kept = {label: [] for label in steps}, {}, {}
+    samples, peaks, kept, failed = {label: [] for label in steps}, {}, {}, {}
     with _training_mode(base, True):
         peft_model.train()
         for label, cfg in configs().items():
-            with swaa(base, cfg):
+            with swaa(base, cfg), out_of_memory(failed, label, peft_model):
                 first = first_call_seconds(steps[label])
                 steps[label]()
-            print(n, "step", label, "first call", round(first, 1), "s", flush=True)
+                print(n, "step", label, "first call", round(first, 1), "s", flush=True)
         for _ in range(ARGS.reps):
             for label, cfg in configs().items():
-                with swaa(base, cfg):
+                if label in failed:
+                    continue
+                with swaa(base, cfg), out_of_memory(failed, label, peft_model):
                     reset_peak()
                     keeps.most = 0
                     samples[label].append(timed(steps[label], reps=1, warmup=0)[0])
                     peaks[label] = max(peaks.get(label) or 0, peak_gib()) if ON_CUDA else None
                     kept[label] = max(kept.get(label, 0), keeps.most)
-    return {label: row(samples[label], peaks[label], kept[label]) for label in samples}
+    return {label: failed.get(label) or row(samples[label], peaks[label], kept[label]) for label in samples}
 
 
 def public_path(peft_model, n: int, ids, keeps: ForwardKeeps) -> dict:
@@ -157,12 +161,32 @@ def public_path(peft_model, n: int, ids, keeps: ForwardKeeps) -> dict:
                 reset_peak()
                 keeps.most = 0
 
-        settings = TrainSettings(max_steps=warm + ARGS.reps)
-        train_lora(peft_model, [example], cfg, settings, on_progress=report, progress=False)
-        times = [b - a for a, b in zip(marks[warm - 1 : -1], marks[warm:], strict=True)]
-        rows[label] = row(times, peak_gib(), keeps.most)
+        with out_of_memory(rows, label, peft_model):
+            train_lora(
+                peft_model,
+                [example],
+                cfg,
+                TrainSettings(max_steps=warm + ARGS.reps),
+                on_progress=report,
+                progress=False,
+            )
+            times = [b - a for a, b in zip(marks[warm - 1 : -1], marks[warm:], strict=True)]
+            rows[label] = row(times, peak_gib(), keeps.most)
         print(n, "train_lora", label, json.dumps(rows[label]), flush=True)
     return rows
+
+
+@contextlib.contextmanager
+def out_of_memory(rows: dict, label: str, peft_model):
+    """Records a configuration that runs out of GPU memory as ``rows[label]`` (with the peak it reached) and frees
+    what its step left, so that the other configurations still run."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        rows[label] = dict(error=f"out of memory: {str(e)[:160]}", peak_gib=peak_gib())
+        print(label, rows[label]["error"], flush=True)
+        peft_model.zero_grad(set_to_none=True)
+        reset_peak()
 
 
 def row(times: list[float], peak, kept: int) -> dict:
@@ -205,8 +229,11 @@ def run_train(out: dict):
 def summarize(n: int, by_path: dict) -> None:
     print(n, json.dumps(by_path), flush=True)
     for path, rows in by_path.items():
-        full = rows["full (sdpa)"]["s_per_step"]
+        full = rows["full (sdpa)"].get("s_per_step")
         for label, r in rows.items():
+            if "error" in r or full is None:
+                SUMMARY.append((f"{path} {n // 1024}K+{ANSWER}", f"{label}: {r.get('error', 'full attention failed')}"))
+                continue
             r["speedup_vs_full"] = round(full / r["s_per_step"], 2)
             text = f"{label}: {r['s_per_step']} s ({r['speedup_vs_full']}x), peak {r['peak_gib']} GiB"
             SUMMARY.append((f"{path} {n // 1024}K+{ANSWER}", f"{text}, forward keeps {r['forward_keeps_gib']} GiB"))
