@@ -16,7 +16,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
   ``prefill="batch"`` is what ``fast_generate`` does: one forward of every row, activations times the batch.
   ``prefill="row"`` is what a server does that prefills one request at a time into the batch's buffers: one row's
   activations next to the whole batch's buffers (``fast_generate`` has no such mode today).
-* **decode**: per row the step's logits and one layer's temporaries (the CUDA graph's pool keeps them).
+* **decode**: per row the step's logits and one layer's temporaries (the CUDA graph's pool keeps them), and the
+  tokens generated so far.
 * **reserve**: ``RESERVE_FRACTION`` of the card for the CUDA context, library workspaces and allocator fragmentation.
 
 Decode tokens/s is a roofline: a step reads every weight once and every row's whole KV buffers once (the fixed-buffer
@@ -221,10 +222,10 @@ def capacity(
     prefill_row += per_slot * transient
     moving = max(sum(static[: i + 1]) + sum(dynamic[i:]) for i in range(len(static)))
     elem = torch.empty((), dtype=dt).element_size()
-    # the step's temporaries, its logits kept by the graph and their float32 copy, and the slot tables (int64
-    # positions and a bool mask per slot of each buffer geometry)
+    # the step's temporaries, its logits kept by the graph and their float32 copy, the slot tables (int64
+    # positions and a bool mask per slot of each buffer geometry) and the int64 tokens generated so far
     decode_row = sum(static) + estimate_memory(shape, 1, dtype=dt).activation_bytes + shape.vocab_size * (elem + 4)
-    decode_row += 9 * sum(set(static_kv_slots(shape, config, prompt_tokens, new_tokens)))
+    decode_row += 9 * sum(set(static_kv_slots(shape, config, prompt_tokens, new_tokens))) + 8 * new_tokens
     if prefill == "batch":
         phases = {"prefill": (0, prefill_row), "move to fixed buffers": (0, moving)}
     else:  # the batch's buffers exist while one more row is prefilled and moved in
