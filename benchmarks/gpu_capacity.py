@@ -3,7 +3,7 @@ checked by running ``fast_generate`` at that batch, and the time to serve N requ
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_capacity.py --out $OUT/gpu_capacity.json
 
-Llama-3.1-8B-shaped model with random weights (bf16), W=2048, 128 sinks for every sliding recipe, the paper's recipes
+Llama-3.1-8B-shaped model with random weights (bf16), W=2048 (--sinks only in sink recipes: none here), the paper's recipes
 (full, SWA, SWA + FA decode, 1/4 FA layers + FA decode, 1/2 FA layers, 1/2 FA layers + FA decode), prompts of
 --contexts tokens plus --new-tokens new ones. Recipes take turns inside every repeat. Sections (each guarded):
 - decode:  the serving capacity, ``capacity(prefill="row")`` (one request prefilled at a time; the batch's fixed
@@ -192,6 +192,39 @@ def _summary(out: dict, section: str):
             SUMMARY.append((f"{section} {_k(r['context'])} {r['recipe']} x{r['batch']}", text))
 
 
+def model_table() -> str:
+    """The capacity model's table for the 8B shape on an H100 and an H200 (docs/benchmarks.md): no GPU needed."""
+    from swaa_core.models.capacity import GPUS
+    from swaa_core.models.registry import get_model_entry
+
+    shape, n, new = model_shape(get_model_entry("meta-llama/Llama-3.1-8B-Instruct")), ARGS.requests, ARGS.new_tokens
+    lines = []
+    for gpu in GPUS.values():
+        head = [
+            f"{_k(c)}: {m}"
+            for c in ARGS.contexts
+            for m in ("seqs (row / batch prefill)", "tok/s", f"serve {n} s", f"serve {n} s at batch 1")
+        ]
+        lines += [f"\n{gpu.name} ({gpu.memory_bytes / 2**30:.1f} GiB, {gpu.bandwidth / 1e12:.1f} TB/s), +{new} tokens\n",
+                  "| recipe | " + " | ".join(head) + " |", "|---" * (1 + len(head)) + "|"]  # fmt: skip
+        for name, cfg in recipes(shape.num_layers).items():
+            cells = []
+            for c in ARGS.contexts:
+                row, batch = (
+                    capacity(shape, cfg, gpu, prompt_tokens=c, new_tokens=new, prefill=m) for m in ("row", "batch")
+                )
+                cells += _cells(row, batch, n)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cells(row, batch, n: int) -> list[str]:
+    """Sequences, tokens/s and serve seconds with row / batch prefill, then the serve seconds at batch 1."""
+    pair = [(c.max_batch, c.tokens_per_s(), c.serve_seconds(n, min(n, c.max_batch))) for c in (row, batch)]
+    (rb, rt, rs), (bb, bt, bs) = pair
+    return [f"{rb} / {bb}", f"{rt:,.0f} / {bt:,.0f}", f"{rs:.0f} / {bs:.0f}", f"{row.serve_seconds(n, 1):.0f}"]
+
+
 def parse(argv=None):
     p = common.base_parser(__doc__, ["decode", "batched"])
     p.set_defaults(reps=1)
@@ -203,6 +236,7 @@ def parse(argv=None):
     p.add_argument("--short-prompt", type=int, default=512, help="decode section: prompt tokens per row")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, made-up 10 MiB card")
+    p.add_argument("--model-table", action="store_true", help="print the capacity model's tables and exit (no GPU)")
     args = p.parse_args(argv)
     if args.smoke:
         args.contexts, args.short_prompt, args.window, args.sinks = [256], 64, 32, 4
@@ -214,6 +248,9 @@ def parse(argv=None):
 def main(argv=None):
     global ARGS
     ARGS = parse(argv)
+    if ARGS.model_table:
+        print(model_table())
+        return 0
     common.start(ARGS, "gpu_capacity")
     model = build_model()
     shape, gpu = model_shape(model), card(ARGS.smoke)
