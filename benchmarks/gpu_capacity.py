@@ -14,10 +14,10 @@ Llama-3.1-8B-shaped model with random weights (bf16), W=2048 (--sinks only in si
            one serving --requests requests (at most the largest) and 1. Reports: fits, peak allocated against the
            model's prediction for that run, decode tokens/s against the bandwidth roofline.
 - batched: ``fast_generate`` as it is: real prompts of the context, prefilled in one forward of every row, at
-           min(--requests, ``capacity(prefill="batch")``) rows and at 1 row, stopped after --steps decode steps
-           (buffers for prompt + new tokens). Reports fits, peak against prediction, prefill, setup (cache move,
-           warm-up, capture) and step times, and the time to serve --requests requests of prompt + new tokens,
-           extrapolated from those parts: waves x (prefill + setup + (new - 1) steps).
+           min(--requests, ``capacity(prefill="batch")``) rows and at 1 row, generating all --new-tokens tokens
+           (--batched-steps N: stopped after N decode steps instead). Reports fits, peak against prediction,
+           prefill, setup (cache move, warm-up, capture) and step times, and the time to serve --requests requests
+           of prompt + new tokens: waves x (prefill + setup + (new - 1) steps), every wave timed as the measured one.
 Results go to --out (the app's capacity view reads docs/results/gpu_capacity*.json). ``--smoke`` runs a tiny model
 on the CPU against a made-up 10 MiB card (no peak memory there): a check that the script runs, not a measurement.
 """
@@ -74,9 +74,10 @@ def recipes(layers: int) -> dict:
     return {name: resolve_recipe(name, layers, window=ARGS.window, keep_first=ARGS.sinks) for name in RECIPES}
 
 
-def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int) -> dict:
+def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) -> dict:
     """fast_generate on ``rows`` prompts of ``prompt`` random tokens with buffers for ``prompt + new`` slots, stopped
-    after ``steps`` decode steps; what it measured, or why it did not fit."""
+    after ``steps`` decode steps (None: all ``new`` tokens, no host read per step); what it measured, or why it did
+    not fit."""
     device = next(model.parameters()).device
     gc.collect()
     if device.type == "cuda":
@@ -84,7 +85,7 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device).manual_seed(rows * 7919 + prompt)
     ids = torch.randint(0, model.config.vocab_size - 1, (rows, prompt), device=device, generator=gen)
-    stop = StoppingCriteriaList([MaxLengthCriteria(prompt + 3 + steps)])  # prefill token, warm-up, steps
+    stop = None if steps is None else StoppingCriteriaList([MaxLengthCriteria(prompt + 3 + steps)])  # + warm-up
     start = time.perf_counter()
     try:
         with swaa(model, cfg):
@@ -110,7 +111,7 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int) -> dict:
     return out
 
 
-def check(model, name, cfg, rows, prompt, new, *, predicted_from, steps: int) -> dict:
+def check(model, name, cfg, rows, prompt, new, *, predicted_from, steps: int | None) -> dict:
     """One run and the model's figures for it: ``predicted_from`` is the Capacity whose buffers the run allocates."""
     result = {"recipe": name, "config": cfg.to_dict() if cfg else None, "batch": rows, "prompt": prompt, "new": new}
     result |= run_once(model, cfg, rows, prompt, new, steps)
@@ -148,18 +149,18 @@ def run_batched(out: dict, model, shape, gpu):
     rows_out, n = out.setdefault("rows", []), ARGS.requests
     for context in ARGS.contexts:
         for name, cfg in recipes(shape.num_layers).items():
-            rows = serve(model, cfg, context, ARGS.new_tokens, n, gpu=gpu, label=name, steps=ARGS.steps)
+            rows = serve(model, cfg, context, ARGS.new_tokens, n, gpu=gpu, label=name, steps=ARGS.batched_steps or None)
             out.setdefault("model", []).append(rows.pop("model"))
             rows_out.extend(rows["runs"])
             if rows.get("serve_s"):
                 SUMMARY.append((f"serve {n} x {_k(context)}+{ARGS.new_tokens} {name}", _serve_text(rows)))
 
 
-def serve(model, cfg, prompt: int, new: int, requests: int, *, gpu: GPU, label: str, steps: int = 24) -> dict:
+def serve(model, cfg, prompt: int, new: int, requests: int, *, gpu: GPU, label: str, steps: int | None = None) -> dict:
     """``requests`` requests of ``prompt`` + ``new`` tokens through ``fast_generate`` as it is (every row of a wave
-    prefilled in one forward), at the model's largest batch for that (at most ``requests``) and at batch 1: each
-    run stopped after ``steps`` decode steps, the serve time extrapolated from its measured parts as waves x (prefill
-    + setup + (new - 1) steps). Returns {"model": the model's row, "runs": the two runs, "serve_s": {batch: s}}."""
+    prefilled in one forward), at the model's largest batch for that (at most ``requests``) and at batch 1, each run
+    generating all ``new`` tokens (``steps``: stopped after that many decode steps); the serve time is waves x
+    (prefill + setup + (new - 1) steps) of the measured wave. Returns {"model": the model's row, "runs": the two runs, "serve_s": {batch: s}}."""
     shape = model_shape(model)
     cap = capacity(shape, cfg, gpu, prompt_tokens=prompt, new_tokens=new, prefill="batch", label=label)
     out = {"model": {"context": prompt, **cap.row(requests)}, "runs": [], "serve_s": {}}
@@ -232,7 +233,8 @@ def parse(argv=None):
     p.add_argument("--contexts", type=int, nargs="+", default=[32768, 131072], help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=512)
     p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--steps", type=int, default=24, help="timed decode steps per run")
+    p.add_argument("--steps", type=int, default=24, help="decode section: timed decode steps per run")
+    p.add_argument("--batched-steps", type=int, default=0, help="batched section: stop after N steps (0: all)")
     p.add_argument("--short-prompt", type=int, default=512, help="decode section: prompt tokens per row")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, made-up 10 MiB card")

@@ -20,8 +20,8 @@ Sections (each guarded: a failure is recorded and the next one runs):
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (as the runner runs them:
               ``decode_kernels``) and graph; then --e2e-requests requests of --e2e-batch-prompt + --e2e-tokens
-              tokens through the graph path at the capacity model's largest batch and at batch 1 (each run stopped
-              after a few decode steps, the serve time extrapolated: gpu_capacity.serve).
+              tokens through the graph path at the capacity model's largest batch and at batch 1 (each run generates
+              every token; the serve time is waves x the measured wave: gpu_capacity.serve).
 - profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
               and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
               between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
