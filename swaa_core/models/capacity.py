@@ -21,7 +21,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
 * **reserve**: ``RESERVE_FRACTION`` of the card for the CUDA context, library workspaces and allocator fragmentation.
 
 Decode tokens/s is a roofline: a step reads every weight once and every row's whole KV buffers once (the fixed-buffer
-step attends to the whole buffer under a mask, filled or not), at the card's bandwidth. Prefill seconds are a FLOP
+step attends to the whole buffer under a mask, filled or not), at the card's bandwidth, unless the rows' FLOPs at the
+matmul rate take longer. Prefill seconds are a FLOP
 roofline at the card's matmul rate. Both are lower bounds on time; ``benchmarks/gpu_capacity.py`` measures them.
 """
 
@@ -126,7 +127,8 @@ class Capacity:
     reserve_bytes: int
     max_batch: int
     phase: str
-    flops_per_seq: float
+    flops_per_seq: float  # one prompt's prefill
+    step_flops_per_seq: float  # one decode step of one row
     # phase name -> (bytes independent of the batch, bytes per row)
     phases: dict[str, tuple[int, int]] = field(repr=False, default_factory=dict)
 
@@ -141,9 +143,11 @@ class Capacity:
         return self.weight_bytes + max(fixed + b * per for fixed, per in self.phases.values())
 
     def step_seconds(self, batch: int | None = None) -> float:
-        """Roofline seconds of one decode step: weights + ``batch`` rows' KV buffers read once at the bandwidth."""
+        """Roofline seconds of one decode step: the weights and ``batch`` rows' KV buffers read once at the
+        bandwidth, or the rows' FLOPs at the matmul rate where those take longer (large batches)."""
         b = self.max_batch if batch is None else batch
-        return (self.weight_bytes + b * self.kv_bytes_per_seq) / self.gpu.bandwidth
+        read = (self.weight_bytes + b * self.kv_bytes_per_seq) / self.gpu.bandwidth
+        return max(read, b * self.step_flops_per_seq / self.gpu.matmul_flops)
 
     def tokens_per_s(self, batch: int | None = None) -> float:
         """Roofline decode tokens/s of all rows together (0 when nothing fits)."""
@@ -252,6 +256,7 @@ def capacity(
         max_batch=int(fits[phase]),
         phase=phase,
         flops_per_seq=prefill_flops(shape, config, prompt_tokens),
+        step_flops_per_seq=step_flops(shape, config, prompt_tokens, new_tokens),
         phases=phases,
     )
 
@@ -261,13 +266,29 @@ def prefill_flops(shape, config: SWAAConfig | None, prompt_tokens: int) -> float
     MLP's three) for each token, plus attention's 4 * query heads * head_dim per (query, key) pair the layer's prefill
     visits (a full causal triangle, or W keys plus the sinks outside the window). Logits of one token are left out."""
     shape = model_shape(shape)
-    h, d, n = shape.hidden_size, shape.head_dim, prompt_tokens
-    heads = shape.num_heads or h // d
-    linear = 2 * h * heads * d + 2 * h * shape.num_kv_heads * d + 3 * h * shape.intermediate_size
-    total = 2.0 * shape.num_layers * linear * n
+    d, n = shape.head_dim, prompt_tokens
+    heads = shape.num_heads or shape.hidden_size // d
+    total = 2.0 * shape.num_layers * _linear_params(shape) * n
     for w, k, _ in _rules(shape, config):
         total += 4.0 * heads * d * _pairs(n, w, k)
     return total
+
+
+def step_flops(shape, config: SWAAConfig | None, prompt_tokens: int, new_tokens: int) -> float:
+    """FLOPs of one row's decode step on the fixed buffers: the linear maps for one token, the logits, and attention
+    over every slot of every buffer (the step reads the whole buffer under a mask)."""
+    shape = model_shape(shape)
+    h, d = shape.hidden_size, shape.head_dim
+    heads = shape.num_heads or h // d
+    slots = sum(static_kv_slots(shape, config, prompt_tokens, new_tokens))
+    return 2.0 * shape.num_layers * _linear_params(shape) + 2.0 * shape.vocab_size * h + 4.0 * heads * d * slots
+
+
+def _linear_params(shape: ModelShape) -> int:
+    """Weights of one layer's q, k, v, o and gated-MLP maps (a dense layer; biases and norms left out)."""
+    h, d = shape.hidden_size, shape.head_dim
+    heads = shape.num_heads or h // d
+    return 2 * h * heads * d + 2 * h * shape.num_kv_heads * d + 3 * h * shape.intermediate_size
 
 
 def _pairs(n: int, window: int | None, sinks: int) -> float:

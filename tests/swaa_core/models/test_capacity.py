@@ -96,6 +96,17 @@ def test_roofline_arithmetic_by_hand():
         cap.serve_seconds(7, batch=cap.max_batch + 1)
 
 
+def test_a_large_batch_is_bound_by_compute():
+    entry = get_model_entry(LLAMA)
+    slow = custom_gpu(141, bandwidth_tb_s=4.0, matmul_tflops=1)  # 1 TFLOP/s: compute binds at any real batch
+    cap = capacity(entry, SWA, slow, prompt_tokens=4096, new_tokens=100)
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    per_row = 2 * linear + 2 * 128256 * 4096 + 4 * 32 * 128 * 32 * 2176  # one token's maps, logits, the rings
+    assert cap.step_seconds(50) == pytest.approx(50 * per_row / 1e12)
+    fast = capacity(entry, SWA, custom_gpu(141, bandwidth_tb_s=4.0), prompt_tokens=4096, new_tokens=100)
+    assert fast.step_seconds(50) == pytest.approx((2 * 8_030_261_248 + 50 * 32 * 4096 * 2176) / 4e12)
+
+
 def test_sliding_prefill_visits_window_and_sinks():
     entry = get_model_entry(SMOL)
     cfg = SWAAConfig(sliding_window_size=4, keep_first=2)
