@@ -37,8 +37,17 @@ HELP = (
     "the card's measured copy rate). Diamonds: batches measured with `benchmarks/gpu_capacity.py`, labelled with "
     "their card."
 )
-COLUMNS = ["recipe", "sequences per GPU", "limited by", "KV GiB per sequence", "decode tok/s (all rows)",
-           "tok/s at batch 1", "serve N requests (s)", "serve N at batch 1 (s)", "measured"]  # fmt: skip
+COLUMNS = {  # row key -> table header
+    "recipe": "recipe",
+    "sequences per GPU": "seqs / GPU",
+    "limited by": "limited by",
+    "KV GiB per sequence": "KV GiB / seq",
+    "decode tok/s (all rows)": "tok/s, all rows",
+    "tok/s at batch 1": "tok/s, batch 1",
+    "serve N requests (s)": "serve N (s)",
+    "serve N at batch 1 (s)": "serve N, batch 1 (s)",
+    "measured": "measured",
+}
 
 
 @dataclass(frozen=True)
@@ -146,14 +155,19 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
 
 
 def capacity_figure(rows: list[dict], title: str) -> go.Figure:
-    """Sequences per GPU and decode tokens/s per recipe: bars from the model, diamonds where measured."""
+    """Sequences per GPU and decode tokens/s per recipe: bars from the model (full attention orange), diamonds where
+    measured (their card in the legend)."""
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("sequences per GPU", "decode tokens/s (all rows)"))  # fmt: skip
     names = [r["recipe"] for r in rows]
     colors = [plots.FA_COLOR if r["name"] == "full" else plots.SWA_COLOR for r in rows]
     for col, key in ((1, "sequences per GPU"), (2, "decode tok/s (all rows)")):
-        fig.add_bar(y=names, x=[r[key] for r in rows], orientation="h", marker_color=colors, name="model",
-                    showlegend=col == 1, row=1, col=col, hovertemplate="%{y}: %{x:,} (model)<extra></extra>")  # fmt: skip
+        values = [r[key] for r in rows]
+        # the value beside each bar: 1 sequence next to 400 is a bar too short to see
+        fig.add_bar(y=names, x=values, orientation="h", marker_color=colors, name="model", showlegend=False,
+                    text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False, row=1, col=col,
+                    hovertemplate="%{y}: %{x:,} (model)<extra></extra>")  # fmt: skip
+        fig.update_xaxes(range=[0, 1.25 * max(values + [1])], row=1, col=col)  # room for the labels
     points = [(r["recipe"], p) for r in rows for p in r["measured"]]
     for machine in dict.fromkeys(p["machine"] for _, p in points):
         mine = [(name, p) for name, p in points if p["machine"] == machine and p["fits"]]
@@ -162,8 +176,10 @@ def capacity_figure(rows: list[dict], title: str) -> go.Figure:
                             marker=dict(symbol="diamond", size=11, color="#222"), name=f"measured: {machine}",
                             showlegend=col == 1, hovertemplate=f"%{{y}}: %{{x:,}} measured on {machine}<extra></extra>")  # fmt: skip
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(rangemode="tozero")
-    return plots.style_figure(fig, height=120 + 34 * len(rows), title=title)
+    fig = plots.style_figure(fig, height=150 + 34 * len(rows), title=title)
+    # the legend under the plot: above it, it ran into the subplot titles
+    fig.update_layout(legend=dict(orientation="h", x=0, yref="container", y=0, yanchor="bottom"), margin=dict(b=70))
+    return fig
 
 
 def show(s: CapacitySettings):
@@ -171,7 +187,7 @@ def show(s: CapacitySettings):
     rows = capacity_rows(s)
     card = s.card
     title = f"{s.model.split('/')[-1]} on {card.name}: {s.prompt:,} + {s.new_tokens} tokens"
-    table = [[_cell(r, c) for c in COLUMNS] for r in rows]
+    table = [[_cell(r, key) for key in COLUMNS] for r in rows]
     note = (
         f"Card: {card.name}, {card.memory_bytes / 2**30:.1f} GiB, {card.bandwidth / 1e12:.1f} TB/s "
         f"({card.source or 'given'}). Serve times: {s.requests} requests in waves of the largest batch (at most "
@@ -189,6 +205,8 @@ def show(s: CapacitySettings):
 def _cell(row: dict, column: str):
     if column != "measured":
         return row[column]
+    if not row["measured"]:
+        return "—"
     return "; ".join(
         f"{p['machine']}: {p['batch']} rows " + (f"fit, {p['tokens_per_s']:,} tok/s" if p["fits"] else "did not fit")
         for p in row["measured"]
@@ -215,7 +233,8 @@ def panel(ui) -> None:
         ui.cap_sinks = gr.Number(10, label="Sinks (sink recipes)", precision=0, minimum=0, scale=1)
     figure, table, note = show(settings(*(w.value for w in widgets(ui))))
     ui.cap_plot = gr.Plot(figure, label="Capacity", elem_id="swaa-capacity")
-    ui.cap_table = gr.Dataframe(table, headers=COLUMNS, label="Per recipe", wrap=True, interactive=False)
+    ui.cap_table = gr.Dataframe(table, headers=list(COLUMNS.values()), label="Per recipe", wrap=True,
+                                interactive=False, column_widths=["24%"] + ["9.5%"] * (len(COLUMNS) - 1))  # fmt: skip
     ui.cap_note = gr.Markdown(note, elem_classes="swaa-muted")
 
 
