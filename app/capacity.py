@@ -33,8 +33,8 @@ HELP = (
     "How many sequences of one context length fit on one GPU next to the model's weights, and how fast they decode "
     "together. **Model, not measured**: the fixed-buffer decoder's KV buffers (sinks + W slots per evicting sliding "
     "layer; prompt + new slots per full or FA-decode layer), the prefill's activations and cache, the logits and a 5% "
-    "reserve; decode tokens/s from a bandwidth roofline (every weight and every row's KV buffers read once per step, at "
-    "the card's measured copy rate). Diamonds: batches measured with `benchmarks/gpu_capacity.py`, labelled with "
+    "reserve; decode tokens/s from a bandwidth roofline (every weight and every row's KV buffers read once per step, "
+    "at the card's measured copy rate). Diamonds: batches measured with `benchmarks/gpu_capacity.py`, labelled with "
     "their card."
 )
 COLUMNS = {  # row key -> table header
@@ -78,12 +78,12 @@ class CapacitySettings:
             if self.gpu == CUSTOM and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{what} must be a positive number, got {value!r}.")
         window, sinks = window_and_sinks(self.window, self.sinks)
-        prompt = whole_in_range(self.prompt_tokens, "Prompt tokens", 1, 10_000_000)
-        new = whole_in_range(self.new_tokens, "New tokens", 1, 1_000_000)
-        requests = whole_in_range(self.requests, "Requests", 1, 1_000_000)
-        for name, value in dict(window=window, sinks=sinks, prompt_tokens=prompt, new_tokens=new).items():
+        prompt = CONTEXTS.get(self.context) or whole_in_range(self.prompt_tokens, "Prompt tokens", 1, 10_000_000)
+        checked = dict(window=window, sinks=sinks, prompt_tokens=prompt,
+                       new_tokens=whole_in_range(self.new_tokens, "New tokens", 1, 1_000_000),
+                       requests=whole_in_range(self.requests, "Requests", 1, 1_000_000))  # fmt: skip
+        for name, value in checked.items():
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "requests", requests)
 
     @property
     def card(self):
@@ -93,7 +93,8 @@ class CapacitySettings:
 
     @property
     def prompt(self) -> int:
-        return self.prompt_tokens if self.context == CUSTOM else CONTEXTS[self.context]
+        """Prompt tokens: the chosen context's, or the custom field's."""
+        return self.prompt_tokens
 
 
 def capacity_rows(s: CapacitySettings) -> list[dict]:
@@ -126,9 +127,9 @@ def capacity_rows(s: CapacitySettings) -> list[dict]:
 
 def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, folder: Path | None = None) -> dict:
     """{recipe name: [{"machine", "batch", "fits", "tokens_per_s", "model_max_batch"}]} from every
-    gpu_capacity*.json in ``folder`` (default docs/results) measured on this shape, prompt and new tokens, with the same config as
-    ``configs`` ({name: SWAAConfig or None}): per file and recipe, the run at the largest batch of the "decode"
-    section (the serving capacity) for ``mode`` "row", of the "batched" section for "batch"."""
+    gpu_capacity*.json in ``folder`` (default docs/results) measured on this shape, prompt and new tokens, with the
+    same config as ``configs`` ({name: SWAAConfig or None}): per file and recipe, the run at the largest batch of the
+    "decode" section (the serving capacity) for ``mode`` "row", of the "batched" section for "batch"."""
     section = "decode" if mode == "row" else "batched"
     keys = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size", "vocab_size")
     wanted = {name: cfg.to_dict() if cfg is not None else None for name, cfg in configs.items()}
@@ -161,20 +162,25 @@ def capacity_figure(rows: list[dict], title: str) -> go.Figure:
                         subplot_titles=("sequences per GPU", "decode tokens/s (all rows)"))  # fmt: skip
     names = [r["recipe"] for r in rows]
     colors = [plots.FA_COLOR if r["name"] == "full" else plots.SWA_COLOR for r in rows]
+    tops = {1: 1.0, 2: 1.0}  # the longest bar or diamond of each subplot
     for col, key in ((1, "sequences per GPU"), (2, "decode tok/s (all rows)")):
         values = [r[key] for r in rows]
+        tops[col] = max([tops[col], *values])
         # the value beside each bar: 1 sequence next to 400 is a bar too short to see
         fig.add_bar(y=names, x=values, orientation="h", marker_color=colors, name="model", showlegend=False,
                     text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False, row=1, col=col,
                     hovertemplate="%{y}: %{x:,} (model)<extra></extra>")  # fmt: skip
-        fig.update_xaxes(range=[0, 1.25 * max(values + [1])], row=1, col=col)  # room for the labels
-    points = [(r["recipe"], p) for r in rows for p in r["measured"]]
+    points = [(r["recipe"], p) for r in rows for p in r["measured"] if p["fits"]]
     for machine in dict.fromkeys(p["machine"] for _, p in points):
-        mine = [(name, p) for name, p in points if p["machine"] == machine and p["fits"]]
+        mine = [(name, p) for name, p in points if p["machine"] == machine]
         for col, key in ((1, "batch"), (2, "tokens_per_s")):
+            tops[col] = max([tops[col], *(p[key] for _, p in mine)])
+            hover = f"%{{y}}: %{{x:,}} measured on {machine}<extra></extra>"
             fig.add_scatter(y=[n for n, _ in mine], x=[p[key] for _, p in mine], mode="markers", row=1, col=col,
                             marker=dict(symbol="diamond", size=11, color="#222"), name=f"measured: {machine}",
-                            showlegend=col == 1, hovertemplate=f"%{{y}}: %{{x:,}} measured on {machine}<extra></extra>")  # fmt: skip
+                            showlegend=col == 1, hovertemplate=hover)  # fmt: skip
+    for col, top in tops.items():
+        fig.update_xaxes(range=[0, 1.25 * top], row=1, col=col)  # room for the labels
     fig.update_yaxes(autorange="reversed")
     fig = plots.style_figure(fig, height=150 + 34 * len(rows), title=title)
     # the legend under the plot: above it, it ran into the subplot titles

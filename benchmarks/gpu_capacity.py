@@ -3,8 +3,8 @@ checked by running ``fast_generate`` at that batch, and the time to serve N requ
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_capacity.py --out $OUT/gpu_capacity.json
 
-Llama-3.1-8B-shaped model with random weights (bf16), W=2048 (--sinks only in sink recipes: none here), the paper's recipes
-(full, SWA, SWA + FA decode, 1/4 FA layers + FA decode, 1/2 FA layers, 1/2 FA layers + FA decode), prompts of
+Llama-3.1-8B-shaped model with random weights (bf16), W=2048 (--sinks: sink recipes only, none here), the paper's
+recipes (full, SWA, SWA + FA decode, 1/4 FA layers + FA decode, 1/2 FA layers, 1/2 FA layers + FA decode), prompts of
 --contexts tokens plus --new-tokens new ones. Recipes take turns inside every repeat. Sections (each guarded):
 - decode:  the serving capacity, ``capacity(prefill="row")`` (one request prefilled at a time; the batch's fixed
            buffers beside it). ``fast_generate`` has no row-by-row prefill, so the buffers are filled synthetically:
@@ -64,8 +64,8 @@ def build_model():
         return common.llama8b(ARGS.layers)
     import transformers as tf
 
-    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=224, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, attn_implementation="sdpa")  # fmt: skip
+    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=224, num_hidden_layers=4, head_dim=16,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
     torch.manual_seed(0)
     return tf.AutoModelForCausalLM.from_config(cfg).eval()
 
@@ -160,7 +160,8 @@ def serve(model, cfg, prompt: int, new: int, requests: int, *, gpu: GPU, label: 
     """``requests`` requests of ``prompt`` + ``new`` tokens through ``fast_generate`` as it is (every row of a wave
     prefilled in one forward), at the model's largest batch for that (at most ``requests``) and at batch 1, each run
     generating all ``new`` tokens (``steps``: stopped after that many decode steps); the serve time is waves x
-    (prefill + setup + (new - 1) steps) of the measured wave. Returns {"model": the model's row, "runs": the two runs, "serve_s": {batch: s}}."""
+    (prefill + setup + (new - 1) steps) of the measured wave. Returns {"model": the model's row, "runs": the two
+    runs, "serve_s": {batch: s}}."""
     shape = model_shape(model)
     cap = capacity(shape, cfg, gpu, prompt_tokens=prompt, new_tokens=new, prefill="batch", label=label)
     out = {"model": {"context": prompt, **cap.row(requests)}, "runs": [], "serve_s": {}}
@@ -206,7 +207,8 @@ def model_table() -> str:
             for c in ARGS.contexts
             for m in ("seqs (row / batch prefill)", "tok/s", f"serve {n} s", f"serve {n} s at batch 1")
         ]
-        lines += [f"\n{gpu.name} ({gpu.memory_bytes / 2**30:.1f} GiB, {gpu.bandwidth / 1e12:.1f} TB/s), +{new} tokens\n",
+        card = f"{gpu.name} ({gpu.memory_bytes / 2**30:.1f} GiB, {gpu.bandwidth / 1e12:.1f} TB/s)"
+        lines += [f"\n{card}, +{new} tokens\n",
                   "| recipe | " + " | ".join(head) + " |", "|---" * (1 + len(head)) + "|"]  # fmt: skip
         for name, cfg in recipes(shape.num_layers).items():
             cells = []

@@ -115,6 +115,7 @@ def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
         (dict(prefill="chunked"), "prefilled"),
         (dict(gpu=CUSTOM, memory_gib=0), "GPU memory"),
         (dict(gpu=CUSTOM, bandwidth_tb_s=None), "Bandwidth"),
+        (dict(context=CUSTOM, prompt_tokens=None), "Prompt tokens"),
         (dict(new_tokens=0), "New tokens"),
         (dict(requests=2.5), "Requests"),
         (dict(window=0), "window size"),
@@ -124,3 +125,8 @@ def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
 def test_bad_values_are_refused_by_name(change, message):
     with pytest.raises(ValueError, match=message):
         settings(**change)
+
+
+def test_fields_of_unchosen_options_are_not_checked():
+    s = settings(prompt_tokens=None, memory_gib=None, bandwidth_tb_s=None)  # 128K on an H200: no custom fields
+    assert s.prompt == 131072 and s.card == GPUS["H200 141GB"]

@@ -197,7 +197,8 @@ def test_peak_of_a_cpu_run_matches_the_prediction(config):
     """bf16, I / h = 3.5 as in Llama 8B: what fast_generate allocates at its peak (the batched prefill here) is what
     the model predicts on top of the weights, within a few percent."""
     model = build_tiny_model(hidden_size=256, intermediate_size=896, num_attention_heads=4, num_key_value_heads=2,
-                             head_dim=64, vocab_size=4000, layers=2, eos_token_id=None, dtype=torch.bfloat16)  # fmt: skip
+                             head_dim=64, vocab_size=4000, layers=2, eos_token_id=None,
+                             dtype=torch.bfloat16)  # fmt: skip
     ids = torch.randint(3, 3900, (2, 768), generator=torch.Generator().manual_seed(0))
     if config is not None:
         apply_swaa(model, config)

@@ -51,7 +51,8 @@ def test_peak_memory_of_a_batch_is_within_the_prediction(name):
     (weights included) is at most the model's prediction plus 5% and at least 60% of it. (On the CPU, allocations
     counted with torch.profiler gave 1.007x / 0.93x / 1.007x of the prediction for these configs at 2 x 1024 tokens.)"""
     model = build_tiny_model(hidden_size=1024, intermediate_size=3584, num_attention_heads=8, num_key_value_heads=2,
-                             head_dim=128, vocab_size=32000, layers=4, eos_token_id=None, dtype=torch.bfloat16)  # fmt: skip
+                             head_dim=128, vocab_size=32000, layers=4, eos_token_id=None,
+                             dtype=torch.bfloat16)  # fmt: skip
     model = model.to(CUDA)
     rows, prompt, new = 4, 4096, 64
     cfg = CONFIGS[name]
