@@ -22,8 +22,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
 
 Decode tokens/s is a roofline: a step reads every weight once and every row's whole KV buffers once (the fixed-buffer
 step attends to the whole buffer under a mask, filled or not), at the card's bandwidth, unless the rows' FLOPs at the
-matmul rate take longer. Prefill seconds are a FLOP
-roofline at the card's matmul rate. Both are lower bounds on time; ``benchmarks/gpu_capacity.py`` measures them.
+matmul rate take longer. Prefill seconds are a FLOP roofline at the card's matmul rate. Both are lower bounds on
+time; ``benchmarks/gpu_capacity.py`` measures them. MoE models count every expert (a large batch touches nearly all).
 """
 
 from __future__ import annotations
@@ -209,35 +209,16 @@ def capacity(
     full attention), for a model ``shape`` (anything :func:`~swaa_core.models.memory.model_shape` takes).
 
     ``prefill``: "batch" (one forward of every row, as ``fast_generate`` does) or "row" (one request at a time).
-    ``reserve_bytes``: default ``RESERVE_FRACTION`` of the card. Raises ValueError for a bad mode or token count."""
+    ``reserve_bytes``: default ``RESERVE_FRACTION`` of the card. ``dtype``: of weights and KV. Returns a
+    :class:`Capacity` (``max_batch`` 0 when not one sequence fits). Raises ValueError for a bad mode or token count."""
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
     if prompt_tokens < 1 or new_tokens < 1:
         raise ValueError(f"prompt_tokens and new_tokens must be >= 1, got {prompt_tokens} and {new_tokens}.")
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
-    shape = model_shape(shape)
-    dt = to_dtype(dtype)
-    per_slot = 2 * shape.num_kv_heads * shape.head_dim * torch.empty((), dtype=dt).element_size()
-    static = [per_slot * s for s in static_kv_slots(shape, config, prompt_tokens, new_tokens)]
-    held, transient = prefill_kv_slots(shape, config, prompt_tokens)
-    dynamic = [per_slot * s for s in held]
-    prefill_row = estimate_memory(shape, prompt_tokens, dtype=dt).activation_bytes + sum(dynamic)
-    prefill_row += per_slot * transient
-    moving = max(sum(static[: i + 1]) + sum(dynamic[i:]) for i in range(len(static)))
-    elem = torch.empty((), dtype=dt).element_size()
-    # the step's temporaries, its logits kept by the graph and their float32 copy, the slot tables (int64
-    # positions and a bool mask per slot of each buffer geometry) and the int64 tokens generated so far
-    decode_row = sum(static) + estimate_memory(shape, 1, dtype=dt).activation_bytes + shape.vocab_size * (elem + 4)
-    decode_row += 9 * sum(set(static_kv_slots(shape, config, prompt_tokens, new_tokens))) + 8 * new_tokens
-    if prefill == "batch":
-        phases = {"prefill": (0, prefill_row), "move to fixed buffers": (0, moving)}
-    else:  # the batch's buffers exist while one more row is prefilled and moved in
-        phases = {
-            "prefill": (prefill_row, sum(static)),
-            "move to fixed buffers": (moving, sum(static)),
-        }
-    phases["decode"] = (0, decode_row)
+    shape, dt = model_shape(shape), to_dtype(dtype)
+    phases, kv_per_seq = _phases(shape, config, prompt_tokens, new_tokens, dt, prefill)
     weights = estimate_memory(shape, 0, dtype=dt).weight_bytes
     reserve = int(RESERVE_FRACTION * gpu.memory_bytes) if reserve_bytes is None else reserve_bytes
     room = gpu.memory_bytes - reserve - weights
@@ -251,7 +232,7 @@ def capacity(
         new_tokens=new_tokens,
         prefill=prefill,
         weight_bytes=weights,
-        kv_bytes_per_seq=sum(static),
+        kv_bytes_per_seq=kv_per_seq,
         reserve_bytes=reserve,
         max_batch=int(fits[phase]),
         phase=phase,
@@ -259,6 +240,29 @@ def capacity(
         step_flops_per_seq=step_flops(shape, config, prompt_tokens, new_tokens),
         phases=phases,
     )
+
+
+def _phases(shape: ModelShape, config, prompt: int, new: int, dt: torch.dtype, prefill: str):
+    """({phase: (bytes independent of the batch, bytes per row)}, fixed KV buffer bytes per row) beside the weights."""
+    elem = torch.empty((), dtype=dt).element_size()
+    per_slot = 2 * shape.num_kv_heads * shape.head_dim * elem
+    slots = static_kv_slots(shape, config, prompt, new)
+    static = [per_slot * s for s in slots]
+    held, transient = prefill_kv_slots(shape, config, prompt)
+    dynamic = [per_slot * s for s in held]
+    prefill_row = estimate_memory(shape, prompt, dtype=dt).activation_bytes + sum(dynamic) + per_slot * transient
+    # layers move one at a time: layer i's fixed buffers exist before its dynamic ones are dropped
+    moving = max(sum(static[: i + 1]) + sum(dynamic[i:]) for i in range(len(static)))
+    # the step's temporaries, its logits kept by the graph and their float32 copy, the slot tables (int64
+    # positions and a bool mask per slot of each buffer geometry) and the int64 tokens generated so far
+    decode_row = sum(static) + estimate_memory(shape, 1, dtype=dt).activation_bytes + shape.vocab_size * (elem + 4)
+    decode_row += 9 * sum(set(slots)) + 8 * new
+    if prefill == "batch":
+        phases = {"prefill": (0, prefill_row), "move to fixed buffers": (0, moving)}
+    else:  # the batch's buffers exist while one more row is prefilled and moved in
+        phases = {"prefill": (prefill_row, sum(static)), "move to fixed buffers": (moving, sum(static))}
+    phases["decode"] = (0, decode_row)
+    return phases, sum(static)
 
 
 def prefill_flops(shape, config: SWAAConfig | None, prompt_tokens: int) -> float:
