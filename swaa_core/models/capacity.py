@@ -23,7 +23,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
 Decode tokens/s is a roofline: a step reads every weight once and every row's whole KV buffers once (the fixed-buffer
 step attends to the whole buffer under a mask, filled or not), at the card's bandwidth, unless the rows' FLOPs at the
 matmul rate take longer. Prefill seconds are a FLOP roofline at the card's matmul rate. Both are lower bounds on
-time; ``benchmarks/gpu_capacity.py`` measures them. MoE models count every expert (a large batch touches nearly all).
+time; ``benchmarks/gpu_capacity.py`` measures them. A MoE model's step reads every expert (a large batch touches
+nearly all).
 """
 
 from __future__ import annotations
