@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import api, panels, sweeps, texts, tour
+from . import api, capacity, panels, sweeps, texts, tour
 from . import callbacks as cb
 from . import run_handlers as rh
 from .common import STRATEGY, toast_errors
@@ -52,6 +52,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Tab("Recipes & needles", id="sweeps"):
                     panels.sweep_panel(ui)
                     panels.decode_speed_panel(ui)
+                with gr.Tab("Capacity", id="capacity"):
+                    capacity.panel(ui)
                 with gr.Tab("Guided tour", id="tour"):
                     panels.tour_panel(ui)
         _wire(demo, ui)
@@ -200,6 +202,8 @@ def _wire(demo: gr.Blocks, ui) -> None:
     # Each run's own Stop, next to it (one cancel flag per session: any of them stops the session's run).
     for stop in SWEEP_STOPS:
         _on(getattr(ui, stop).click, sweeps.stop_sweep, None, None, concurrency_limit=None, queue=False)
+
+    capacity.wire(ui, _light)
 
     # Guided tour.
     for button, step in ((ui.tour_back, -1), (ui.tour_next, 1)):

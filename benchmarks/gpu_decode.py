@@ -19,7 +19,9 @@ Sections (each guarded: a failure is recorded and the next one runs):
               --batch N generates N rows, the later ones shorter and left-padded, so every decode step is masked.
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
 - end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (as the runner runs them:
-              ``decode_kernels``) and graph.
+              ``decode_kernels``) and graph; then --e2e-requests requests of --e2e-batch-prompt + --e2e-tokens
+              tokens through the graph path at the capacity model's largest batch and at batch 1 (each run generates
+              every token; the serve time is waves x the measured wave: gpu_capacity.serve).
 - profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
               and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
               between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
@@ -287,6 +289,14 @@ def run_end_to_end(out: dict, model):
     for r in rows.values():
         for mode in ARGS.e2e_modes:
             r[f"{mode}_speedup"] = round(full[f"{mode}_s"] / r[f"{mode}_s"], 2)
+    if ARGS.e2e_requests:  # many requests at the largest batch that fits (gpu_capacity.py: the model, the runs)
+        import gpu_capacity
+
+        for label, cfg in configs(model.config.num_hidden_layers).items():
+            served = gpu_capacity.serve(model, cfg, ARGS.e2e_batch_prompt, new, ARGS.e2e_requests,
+                                        gpu=gpu_capacity.card(), label=label)  # fmt: skip
+            rows[label]["batched"] = {"requests": ARGS.e2e_requests, "prompt": ARGS.e2e_batch_prompt,
+                                      "serve_s_by_batch": served["serve_s"], "runs": served["runs"]}  # fmt: skip
     SUMMARY.append((f"end to end {n // 1024}K + {new}", json.dumps(rows)))
     print(rows, flush=True)
 
@@ -395,6 +405,8 @@ def parse(argv=None):
     )
     p.add_argument("--e2e-tokens", type=int, default=512)
     p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
+    p.add_argument("--e2e-requests", type=int, default=16, help="end_to_end: requests served batched (0: none)")
+    p.add_argument("--e2e-batch-prompt", type=int, default=32768, help="end_to_end: prompt tokens of each request")
     p.add_argument("--check-up-to", type=int, default=32768, help="longest prompt whose graph tokens are compared")
     return p.parse_args(argv)
 
