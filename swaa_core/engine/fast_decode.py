@@ -5,8 +5,13 @@ Python per token), which hides what a sliding window saves. Here the prompt is p
 kernels, its cache is moved into a :class:`~swaa_core.engine.static_cache.StaticSWAACache` (sinks + W slots per
 evicting layer, prompt + new slots per full or FA-decode layer), and one decode step, the model's own forward, is
 captured with ``torch.cuda.graph`` after two eager warm-up steps. Each further token costs one graph replay plus the
-sampling kernels: the GPU's time, not the host's. On a CPU (or with ``cuda_graph=False``) the same static steps run
+token choice: the GPU's time, not the host's. On a CPU (or with ``cuda_graph=False``) the same static steps run
 eagerly, which is what the CPU tests check against ``generate``.
+
+Every generation option is transformers' own: the loop here is the decoding loop of transformers' ``generate``
+(``custom_generate``), which builds the logits processors, warpers and stopping criteria from the merged generation
+config; the loop applies them as ``GenerationMixin._sample`` does, so the same seed gives the same tokens.
+:mod:`swaa_core.engine.generation_options` refuses by name what this loop cannot honour.
 
 A model without SWAA decodes through the same machinery with every layer full (the like-for-like baseline).
 Source: gpt-fast's CUDA-graph decode and transformers' static-cache generation, with SWAA's ring buffers.
@@ -14,29 +19,37 @@ Source: gpt-fast's CUDA-graph decode and transformers' static-cache generation, 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.configuration_utils import GenerationMode
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .cache import kv_cache_bytes
 from .config import SWAAConfig
+from .generation_options import MODEL_KWARGS, prepare, refuse
 from .patch import _install, remove_swaa
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
 CHECK_EVERY = 16  # decode steps between host reads of "every row finished" (each read waits for the GPU)
+LOOPS = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)  # the decoding modes this loop is
+DEVICE_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)  # stopping rules that never read the host's state
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """sequences: (B, T + new) prompt then generated tokens (``pad_token_id`` after a row's end of sequence).
+    """sequences: (B, T + new) prompt then generated tokens (``pad_token_id`` after a row's end of sequence), the
+    same tokens transformers' ``generate`` returns for the same options and seed.
 
     Times in seconds, each measured between device synchronisations: ``prefill_s`` the prompt forward and first
     token; ``setup_s`` moving the cache into fixed buffers, the warm-up steps and the graph capture (the first-call
-    cost); ``decode_s`` the ``decode_steps`` steps after that."""
+    cost); ``decode_s`` the ``decode_steps`` steps after that. ``scores`` / ``logits``: one (B, V) float32 tensor per
+    new token (processed scores / raw logits), as ``generate`` returns them, when ``return_dict_in_generate`` and
+    ``output_scores`` / ``output_logits`` are set; else None."""
 
     sequences: torch.Tensor
     prefill_s: float
@@ -45,6 +58,8 @@ class DecodeResult:
     decode_steps: int
     cuda_graph: bool
     kv_cache_bytes_per_layer: tuple[int, ...] = ()  # bytes of keys and values each layer's fixed buffers hold
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -57,141 +72,183 @@ def fast_generate(
     model,
     input_ids: torch.Tensor,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     attention_mask: torch.Tensor | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
-    min_new_tokens: int = 0,
+    min_new_tokens: int | None = None,
     generator: torch.Generator | None = None,
     streamer=None,
     stopping_criteria=None,
     cuda_graph: bool | None = None,
+    generation_config=None,
+    logits_processor=None,
+    **options,
 ) -> DecodeResult:
-    """Generate ``max_new_tokens`` tokens after ``input_ids`` (B, T) under the model's SWAA configuration (or full
-    attention when none is applied), greedy or sampled with temperature / top-k / top-p.
+    """Generate after ``input_ids`` (B, T) under the model's SWAA configuration (or full attention when none is
+    applied), with the tokens transformers' ``generate`` gives for the same options and seed.
 
-    ``attention_mask``: (B, T) with left padding, as for ``generate``. ``cuda_graph``: None captures on CUDA only.
-    ``streamer`` (transformers' streamer protocol: the prompt, then each token, then ``end()``) and
-    ``stopping_criteria`` (called with the sequences so far; a row stops where it returns True) behave as in
-    ``generate``; each costs one host read per token. Stops early once every row produced an end-of-sequence token
-    (and ``min_new_tokens`` are out) or was stopped. Raises ValueError for an empty prompt, a non-positive
-    ``max_new_tokens``, right padding, or a streamer with more than one row."""
+    Every keyword is a ``generate`` option with its meaning there; None means "as ``generation_config``, else
+    ``model.generation_config``, else transformers' default says" (so greedy unless one of them samples, and 20 new
+    tokens unless a length is set). ``options``: any other ``generate`` option (``min_p``, ``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``num_return_sequences``, ``return_dict_in_generate`` with ``output_scores``, a
+    ``tokenizer`` for ``stop_strings``, ...). ``eos_token_id=[]``: never end a row early.
+    ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``generator``: when
+    given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
+    seed, but not the tokens ``generate`` gives). ``streamer`` / ``stopping_criteria`` behave as in ``generate``;
+    each costs one host read per token. Stopping is read from the device every ``CHECK_EVERY`` steps otherwise, so
+    after every row has stopped the global RNG may have advanced by up to that many more draws than in ``generate``.
+
+    Raises ValueError for an empty prompt, a non-positive ``max_new_tokens``, right padding, a streamer with more
+    than one row, and, naming it, every option this path cannot honour (beam search, assisted decoding, attention
+    outputs, a passed cache, ...: :mod:`swaa_core.engine.generation_options`)."""
     B, T = input_ids.shape
-    if T == 0 or max_new_tokens < 1:
+    if T == 0 or (max_new_tokens is not None and max_new_tokens < 1):
         raise ValueError(
             "Generation needs a non-empty prompt and max_new_tokens >= 1 "
             f"(got a prompt of {T} tokens, max_new_tokens={max_new_tokens})."
         )
-    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+    if isinstance(eos_token_id, (list, tuple)) and not eos_token_id and pad_token_id is None:
+        config = generation_config or model.generation_config
+        pad_token_id = 0 if config.pad_token_id is None else None  # generate takes eos[0] as the pad: there is none
+    given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                 top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+                 attention_mask=attention_mask, streamer=streamer, stopping_criteria=stopping_criteria,
+                 logits_processor=logits_processor)  # fmt: skip
+    kwargs = {**{k: v for k, v in given.items() if v is not None}, **options}
+    result, _ = run(model, input_ids, generation_config, kwargs, cuda_graph=cuda_graph, generator=generator)
+    return result
+
+
+def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None):
+    """One ``generate(input_ids, generation_config=..., **kwargs)`` call served by the fixed-buffer loop:
+    (DecodeResult, the generation config ``generate`` prepared). Raises ValueError as :func:`fast_generate`."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool(mask[:, -1].all()):
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
-    if streamer is not None and B != 1:
-        raise ValueError("A streamer follows one sequence: pass a batch of one row.")
-    eos = _token_set(eos_token_id, model, input_ids.device)
-    pad = pad_token_id if pad_token_id is not None else _default_pad(model, eos)
-    warpers = _warpers(do_sample, temperature, top_k, top_p)
-    use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
+    config, kwargs = prepare(model, generation_config, kwargs)
+    seen = {}
+    loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
+                             seen=seen)  # fmt: skip
     temporary = getattr(model, "_swaa_state", None) is None
-    state = (
-        _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True) if temporary else model._swaa_state
-    )
-    watch = _Watch(streamer, stopping_criteria, input_ids)
-    choice = _Choice(max_new_tokens, min_new_tokens, warpers, generator, eos, pad)
+    if temporary:
+        _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
     try:
-        return _generate(model, state.plans, input_ids, attention_mask, choice, use_graph=use_graph, watch=watch)
+        # the class's generate: the instance's is SWAA's wrapper, which would route this call back here
+        result = type(model).generate(model, input_ids, generation_config=config, custom_generate=loop, **kwargs)
     finally:
         if temporary:
             remove_swaa(model)
+    return result, seen["config"]
 
 
-@dataclass(frozen=True)
-class _Choice:
-    """How tokens are chosen and when a row ends (the settings of :func:`fast_generate`, checked)."""
-
-    max_new: int
-    min_new: int
-    warpers: list
-    generator: torch.Generator | None
-    eos: torch.Tensor | None  # end-of-sequence ids on the device, None: never ends
-    pad: int
-
-
-class _Watch:
-    """The caller's streamer and stopping criteria, fed after each token (host reads; nothing when neither is given)."""
-
-    def __init__(self, streamer, criteria, input_ids):
-        self.streamer, self.criteria, self.input_ids = streamer, criteria, input_ids
-        self.active = streamer is not None or bool(criteria)
+def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
+            streamer, seen: dict, **model_kwargs) -> DecodeResult:  # fmt: skip
+    """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
+    seen["config"] = generation_config
+    mode = generation_config.get_generation_mode()
+    extra = [f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS]
+    refuse(extra + ([] if mode in LOOPS else [f"generation mode {mode.value}"]))
+    if streamer is not None and input_ids.shape[0] != 1:
+        raise ValueError("A streamer follows one sequence: pass a batch of one row.")
+    chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer)
+    use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
+    plans = model._swaa_state.plans
+    max_new = generation_config.max_length - input_ids.shape[1]
+    mask = model_kwargs.get("attention_mask")
+    try:
+        return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph)
+    finally:
         if streamer is not None:
-            streamer.put(input_ids.cpu())
+            streamer.end()
 
-    def after(self, token: torch.Tensor, out: torch.Tensor, i: int, finished: torch.Tensor) -> bool:
-        """Called with token i (B,): whether every row is now finished."""
+
+class _Chooser:
+    """Token choice and stopping after each forward, step for step as ``GenerationMixin._sample`` does them: the
+    processors on the float32 copy of the last logits and the sequences so far, ``torch.multinomial(softmax(...), 1)``
+    on the global RNG (or argmax), finished rows padded, ``unfinished & ~stopping_criteria(sequences, scores)``."""
+
+    def __init__(self, input_ids, processors, criteria, config, generator, streamer):
+        self.sequences, self.processors, self.criteria = input_ids, processors, criteria
+        self.prompt_length = input_ids.shape[1]
+        self.sample, self.pad = bool(config.do_sample), config._pad_token_tensor
+        self.generator, self.streamer = generator, streamer
+        self.has_eos = any(hasattr(c, "eos_token_id") for c in criteria)
+        self.unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        keep = bool(config.return_dict_in_generate)
+        self.scores = () if keep and config.output_scores else None
+        self.logits = () if keep and config.output_logits else None
+        self.done_at = torch.zeros((), dtype=torch.long, device=input_ids.device)  # length once every row stopped
+        host = streamer is not None or any(not isinstance(c, DEVICE_CRITERIA) for c in criteria)
+        self.check_every = 1 if host else CHECK_EVERY
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of the last position -> (B,) chosen tokens, appended to ``sequences``."""
+        raw = logits.to(copy=True, dtype=torch.float32)
+        scores = self.processors(self.sequences, raw)
+        if self.scores is not None:
+            self.scores += (scores,)
+        if self.logits is not None:
+            self.logits += (raw,)
+        if self.sample:
+            probs = torch.nn.functional.softmax(scores, dim=-1)
+            token = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
+        else:
+            token = torch.argmax(scores, dim=-1)
+        if self.has_eos:
+            token = token * self.unfinished + self.pad * (1 - self.unfinished)
+        self.sequences = torch.cat([self.sequences, token[:, None]], dim=-1)
+        self.unfinished = self.unfinished & ~self.criteria(self.sequences, self.scores)
         if self.streamer is not None:
             self.streamer.put(token.cpu())
-        if self.criteria:
-            sequences = torch.cat([self.input_ids, out[:, : i + 1]], 1)
-            finished.logical_or_(self.criteria(sequences, None))
-        return bool(finished.all())
-
-    def end(self) -> None:
-        if self.streamer is not None:
-            self.streamer.end()
-
-
-def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool, watch: _Watch):
-    max_new, min_new, warpers, generator, eos, pad = (
-        choice.max_new,
-        choice.min_new,
-        choice.warpers,
-        choice.generator,
-        choice.eos,
-        choice.pad,
-    )
-    B, T = input_ids.shape
-    device = input_ids.device
-    out = torch.full((B, max_new), pad, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-
-    no_eos = (
-        None
-        if eos is None
-        else torch.zeros(model.config.get_text_config().vocab_size, dtype=torch.bool, device=device).index_fill_(
-            0, eos, True
-        )
-    )
-
-    def choose(logits: torch.Tensor, i: int) -> torch.Tensor:
-        logits = logits.float()
-        if eos is not None and i < min_new:
-            logits = logits.masked_fill(no_eos[: logits.shape[-1]], -torch.inf)
-        token = torch.where(finished, pad, _pick(logits, warpers, generator))
-        if eos is not None:
-            finished.logical_or_(torch.isin(token, eos))
-        out[:, i] = token
+        stopped_now = (self.done_at == 0) & (self.unfinished.max() == 0)
+        self.done_at = torch.where(stopped_now, self.sequences.shape[1], self.done_at)
         return token
 
+    def stopped(self, produced: int) -> bool:
+        """Whether every row has stopped (read from the device every ``check_every`` tokens only)."""
+        return produced % self.check_every == 0 and bool(self.unfinished.max() == 0)
+
+    def result(self) -> tuple:
+        """(sequences, scores, logits) up to where ``generate`` stops: the step at which every row had stopped."""
+        end = int(self.done_at) or self.sequences.shape[1]
+        n = end - self.prompt_length
+        return self.sequences[:, :end], *(None if kept is None else kept[:n] for kept in (self.scores, self.logits))
+
+
+def _prefill(model, input_ids, mask, cache, chunk: int | None) -> torch.Tensor:
+    """The prompt through the SWAA kernels into ``cache``, in chunks of ``chunk`` tokens when set (as ``generate``'s
+    ``prefill_chunk_size``): the last position's logits (B, V)."""
+    positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+    T = input_ids.shape[1]
+    step = chunk or T
+    for start in range(0, T, step):
+        end = min(T, start + step)
+        logits = model(
+            input_ids=input_ids[:, start:end],
+            attention_mask=None if mask is None else mask[:, :end],
+            position_ids=None if positions is None else positions[:, start:end],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+    return logits[:, -1]
+
+
+def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, config, *, use_graph: bool):
+    B, T = input_ids.shape
+    device = input_ids.device
     start = _now(device)
     cache = DynamicCache(config=model.config)
-    positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
-    ids = choose(logits, 0).view(B, 1).clone()
-    stopped = watch.active and watch.after(ids[:, 0], out, 0, finished)
+    ids = choose(_prefill(model, input_ids, mask, cache, config.prefill_chunk_size)).view(B, 1).clone()
+    stopped = choose.stopped(1)
     prefill = _now(device) - start
     if max_new == 1 or stopped:
-        watch.end()
-        sequences = _trim(torch.cat([input_ids, out[:, :1]], 1), T, finished, eos, pad)
-        return DecodeResult(sequences, prefill, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache)))
+        return DecodeResult(*_finish(choose, prefill, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
 
     start = _now(device)
     static = StaticSWAACache.from_dynamic(cache, plans, mask, T + max_new)
@@ -205,13 +262,13 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
         return logits[:, -1]
 
     def take(logits: torch.Tensor, i: int) -> bool:
-        """Choose token i, feed it back for the next step; whether every row is now stopped by the caller's watch."""
-        ids.copy_(choose(logits, i).view(B, 1))
+        """Choose token i, feed it back for the next step; whether every row has stopped (checked now and then)."""
+        ids.copy_(choose(logits).view(B, 1))
         clock.seen += 1
-        return watch.active and watch.after(ids[:, 0], out, i, finished)
+        return choose.stopped(i + 1)
 
     i = 1
-    graph, stopped = None, False
+    graph = None
     if use_graph and max_new > WARMUP_STEPS + 2:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -238,60 +295,13 @@ def _generate(model, plans, input_ids, mask, choice: _Choice, *, use_graph: bool
             logits = step()
         stopped = take(logits, i)
         i, steps = i + 1, steps + 1
-        if eos is not None and i >= min_new and i % CHECK_EVERY == 0 and bool(finished.all()):
-            break
     decode = _now(device) - start
-    watch.end()
-    sequences = torch.cat([input_ids, out[:, :i]], 1)
-    return DecodeResult(_trim(sequences, T, finished, eos, pad), prefill, setup, decode, steps, graph is not None, held)
+    return DecodeResult(*_finish(choose, prefill, setup, decode, steps, graph is not None, held))
 
 
-def _trim(sequences, T, finished, eos, pad):
-    """Drop the trailing columns in which every row had already finished by its end-of-sequence token (what
-    ``generate`` returns); a loop stopped by the caller's criteria ends where it stopped."""
-    if eos is None or not bool(finished.all()):
-        return sequences
-    new = sequences[:, T:]
-    ended = torch.isin(new, eos)
-    if not bool(ended.any(1).all()):  # some row was stopped by a criterion, not by its end of sequence
-        return sequences
-    done_after = ended.long().argmax(1)  # index of each row's first end-of-sequence token
-    return sequences[:, : T + int(done_after.max()) + 1]
-
-
-def _pick(logits: torch.Tensor, warpers, generator) -> torch.Tensor:
-    if not warpers:
-        return logits.argmax(-1)
-    for warp in warpers:
-        logits = warp(None, logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
-
-
-def _warpers(do_sample: bool, temperature: float, top_k, top_p) -> list:
-    if not do_sample:
-        return []
-    warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-    if top_k:
-        warpers.append(TopKLogitsWarper(top_k))
-    if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-    return warpers
-
-
-def _token_set(eos_token_id, model, device) -> torch.Tensor | None:
-    if eos_token_id is None:
-        eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos_token_id is None:
-        return None
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
-
-
-def _default_pad(model, eos) -> int:
-    pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
-    if pad is None and eos is not None:
-        pad = int(eos[0])
-    return 0 if pad is None else int(pad)
+def _finish(choose: _Chooser, *timings) -> tuple:
+    sequences, scores, logits = choose.result()
+    return (sequences, *timings, scores, logits)
 
 
 def _now(device) -> float:
@@ -300,75 +310,25 @@ def _now(device) -> float:
     return time.perf_counter()
 
 
-SUPPORTED_KWARGS = {
-    "input_ids", "inputs", "attention_mask", "max_new_tokens", "max_length", "min_new_tokens", "do_sample",
-    "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "cache_implementation", "generation_config",
-    "return_dict_in_generate", "streamer", "stopping_criteria",
-}  # fmt: skip
-# Values of other generate options that ask for nothing this path lacks, so callers passing defaults explicitly pass.
-NEUTRAL_KWARGS = {
-    "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "output_scores": False,
-    "output_logits": False, "output_attentions": False, "output_hidden_states": False, "use_cache": True,
-}  # fmt: skip
-DEFAULT_NEW_TOKENS = 20  # generate's own default when neither max_new_tokens nor max_length is set
-
-
-def _neutral(name: str, value) -> bool:
-    if value is None or (isinstance(value, (list, tuple)) and not value):  # e.g. logits_processor=[]
-        return True
-    return name in NEUTRAL_KWARGS and value == NEUTRAL_KWARGS[name]
+GENERATE_POSITIONAL = ("inputs", "generation_config", "logits_processor", "stopping_criteria",
+                       "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
+                       "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate")  # fmt: skip
 
 
 def generate_static(model, args: tuple, kwargs: dict):
-    """``model.generate(..., cache_implementation="static")`` under SWAA: the same call served by
-    :func:`fast_generate` (fixed buffers, CUDA-graph decode). Returns what ``generate`` would: the sequences, or an
-    output object with ``sequences`` when ``return_dict_in_generate``. Raises ValueError naming any argument this
-    path does not implement (beam search, custom logits processors, scores, ...), and as ``generate`` does for a
-    ``max_length`` no longer than the prompt or a non-positive ``max_new_tokens`` or temperature."""
+    """``model.generate(..., cache_implementation="static")`` under SWAA: the same call served by the fixed-buffer
+    loop (:func:`run`). Returns what ``generate`` would: the sequences, or a ``GenerateDecoderOnlyOutput`` with
+    ``sequences`` (and ``scores`` / ``logits`` when asked; ``past_key_values`` None: the fixed buffers cannot be
+    continued) when ``return_dict_in_generate``. Raises ValueError naming any option this path cannot honour, and
+    as ``generate`` does for invalid lengths or options."""
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-    config = kwargs.get("generation_config") or model.generation_config
-    given = {k: v for k, v in kwargs.items() if k not in SUPPORTED_KWARGS and not _neutral(k, v)}
-    for name in ("num_beams", "repetition_penalty", "num_return_sequences", "output_scores", "output_logits"):
-        if not _neutral(name, getattr(config, name, None)):
-            given.setdefault(name, getattr(config, name))
-    unsupported = [f"{k}={v}" if isinstance(v, (bool, int, float, str)) else k for k, v in sorted(given.items())]
-    if unsupported:
-        raise ValueError(
-            "SWAA's static-cache generation (cache_implementation='static') supports greedy and sampled decoding "
-            f"with temperature / top-k / top-p only; it does not take: {', '.join(unsupported)}. Drop "
-            "cache_implementation='static' to use transformers' generate with the dynamic SWAA cache."
-        )
-
-    def get(name, default=None):
-        value = kwargs.get(name)
-        return getattr(config, name, default) if value is None else value
-
-    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    max_new, T = get("max_new_tokens"), input_ids.shape[1]
-    if max_new is None and get("max_length") is not None:
-        max_new = get("max_length") - T
-        if max_new < 1:
-            raise ValueError(
-                f"max_length ({get('max_length')}) must exceed the prompt's {T} tokens; set max_new_tokens."
-            )
-    elif max_new is None:
-        max_new = DEFAULT_NEW_TOKENS
-    result = fast_generate(
-        model,
-        input_ids,
-        max_new_tokens=max_new,
-        attention_mask=kwargs.get("attention_mask"),
-        do_sample=bool(get("do_sample", False)),
-        temperature=1.0 if get("temperature") is None else get("temperature"),
-        top_k=get("top_k"),
-        top_p=get("top_p"),
-        eos_token_id=get("eos_token_id"),
-        pad_token_id=get("pad_token_id"),
-        min_new_tokens=get("min_new_tokens", 0) or 0,
-        streamer=kwargs.get("streamer"),
-        stopping_criteria=kwargs.get("stopping_criteria"),
-    )
-    if get("return_dict_in_generate", False):
-        return GenerateDecoderOnlyOutput(sequences=result.sequences)
+    kwargs = {**dict(zip(GENERATE_POSITIONAL, args, strict=False)), **kwargs}
+    input_ids = kwargs.pop("inputs", None)
+    input_ids = kwargs.pop("input_ids", None) if input_ids is None else input_ids
+    if input_ids is None:
+        raise ValueError("SWAA's fixed-buffer decoder needs the prompt's token ids (inputs or input_ids).")
+    result, config = run(model, input_ids, kwargs.pop("generation_config", None), kwargs)
+    if config.return_dict_in_generate:
+        return GenerateDecoderOnlyOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
     return result.sequences

@@ -142,8 +142,8 @@ def test_refusals_name_the_problem():
     apply_swaa(model, CONFIGS["evicting"])
     with pytest.raises(ValueError, match="does not take: use_cache=False"):
         model.generate(ids, max_new_tokens=4, cache_implementation="static", use_cache=False)
-    with pytest.raises(ValueError, match="does not take: output_scores=True"):
-        model.generate(ids, max_new_tokens=4, cache_implementation="static", output_scores=True)
+    with pytest.raises(ValueError, match="does not take: output_attentions=True"):
+        model.generate(ids, max_new_tokens=4, cache_implementation="static", output_attentions=True)
     with pytest.raises(ValueError, match="A streamer follows one sequence"):
         fast_generate(model, torch.cat([ids, ids]), max_new_tokens=4, streamer=Collect())
     remove_swaa(model)
