@@ -142,7 +142,9 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
     and ``stop_strings`` (generate does not hand a custom loop the tokenizer they need, so the same
     ``StopStringCriteria`` goes with the caller's stopping criteria instead)."""
     kwargs = dict(kwargs)
-    found = [f"{k} ({why})" for k, why in REFUSED_ARGUMENTS.items() if kwargs.get(k) not in (None, False)]
+    found = [
+        f"{k} ({why})" for k, why in REFUSED_ARGUMENTS.items() if kwargs.get(k) is not None and kwargs[k] is not False
+    ]
     options = {k: v for k, v in kwargs.items() if k not in GENERATE_ARGUMENTS}
     merged, model_kwargs = model._prepare_generation_config(copy.deepcopy(generation_config), **options)
     found += refused_fields(merged)
