@@ -1,0 +1,77 @@
+"""The fixed-buffer decoder on CUDA (a captured decode step replayed per token): sampled tokens as the eager SWAA
+path gives them under the same seeds, and the sampled distribution of a replayed step. Marked ``gpu``: skipped where
+torch sees no CUDA device; run with ``python -m pytest tests/swaa_core/engine/test_gpu_decode.py -m gpu``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.sampling import ForceTokens, assert_drawn_from
+from helpers.tiny_models import build_tiny_model
+from transformers import LogitsProcessorList
+
+from swaa_core import SWAAConfig, swaa
+from swaa_core.engine.fast_decode import fast_generate
+
+CUDA = "cuda"
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (captured decode steps)"),
+]
+CONFIG = SWAAConfig(sliding_window_size=40, keep_first=3, non_sliding_layers=[2])
+
+
+def gpu_model(seed: int = 5):
+    """float32, head_dim 32 (FlexAttention's Triton kernels need at least 16 channels), no end-of-sequence token."""
+    return build_tiny_model("llama", hidden_size=128, head_dim=32, seed=seed, eos_token_id=None).to(CUDA)
+
+
+def ids(n: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    return torch.randint(3, 97, (batch, n), generator=torch.Generator().manual_seed(seed)).to(CUDA)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(do_sample=True), dict(do_sample=True, temperature=0.8, top_p=0.9, repetition_penalty=1.2)],
+    ids=["sampling", "temperature+top_p+repetition_penalty"],
+)
+def test_sampled_tokens_equal_the_eager_swaa_path_for_seeds_0_to_9(options):
+    """generate with the dynamic SWAA cache against generate(cache_implementation='static') (CUDA graph), 40 new
+    tokens, seeds 0-9; the raw logits of every step agree (fp32 kernels), so a token can only differ by a bug."""
+    model = gpu_model()
+    x = ids(300, seed=8, batch=2)
+    kw = dict(max_new_tokens=40, return_dict_in_generate=True, output_logits=True, **options)
+    with swaa(model, CONFIG), torch.no_grad():
+        for seed in range(10):
+            torch.manual_seed(seed)
+            expected = model.generate(x, **kw)
+            torch.manual_seed(seed)
+            got = model.generate(x, cache_implementation="static", **kw)
+            assert torch.equal(got.sequences, expected.sequences), f"seed {seed}"
+            worst = max(float((a - b).abs().max()) for a, b in zip(got.logits, expected.logits, strict=True))
+            assert worst < 1e-3, f"seed {seed}: logits differ by {worst}"
+    with swaa(model, CONFIG), torch.no_grad():
+        assert fast_generate(model, x, max_new_tokens=8, do_sample=True).cuda_graph  # the path really captured
+
+
+def test_replayed_step_samples_from_the_softmax():
+    """1,000 rows of one prompt: 6 pinned tokens, then the first free token comes from a replayed CUDA graph (two
+    eager warm-up steps precede the capture); its draws against softmax(logits) of the model's own forward without
+    SWAA over the same context (W=40 exceeds it). The first token (prefill) is checked the same way."""
+    model = gpu_model(seed=6)
+    n, pinned = 1000, [11, 12, 13, 14, 15, 16]
+    x = ids(30, seed=3)
+    with torch.no_grad():
+        first = model(x).logits[0, -1].float().softmax(-1)
+        p = model(torch.cat([x, torch.tensor([pinned], device=CUDA)], 1)).logits[0, -1].float().softmax(-1)
+    force = LogitsProcessorList([ForceTokens(x.shape[1], pinned)])
+    with swaa(model, SWAAConfig(sliding_window_size=40, keep_first=2)), torch.no_grad():
+        torch.manual_seed(0)
+        free = fast_generate(model, x.expand(n, -1), max_new_tokens=1, do_sample=True, top_k=0)
+        torch.manual_seed(1)
+        out = fast_generate(model, x.expand(n, -1), max_new_tokens=len(pinned) + 1, do_sample=True, top_k=0,
+                            logits_processor=force, eos_token_id=[])  # fmt: skip
+    assert out.cuda_graph and out.decode_steps >= 1
+    assert bool((out.sequences[:, x.shape[1] : -1] == torch.tensor(pinned, device=CUDA)).all())
+    assert_drawn_from(free.sequences[:, -1], first)
+    assert_drawn_from(out.sequences[:, -1], p)
