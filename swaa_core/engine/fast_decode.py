@@ -19,6 +19,7 @@ Source: gpt-fast's CUDA-graph decode and transformers' static-cache generation, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .cache import kv_cache_bytes
+from .compiled_step import bind, bucket_slots, compiled_forward
 from .config import SWAAConfig
 from .generation_options import MODEL_KWARGS, prepare, refuse
 from .patch import _install, remove_swaa
@@ -60,6 +62,7 @@ class DecodeResult:
     kv_cache_bytes_per_layer: tuple[int, ...] = ()  # bytes of keys and values each layer's fixed buffers hold
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
+    compiled: bool = False  # the decode step ran through torch.compile (its first-call compilation is in setup_s)
 
     @property
     def tokens_per_s(self) -> float:
@@ -87,6 +90,7 @@ def fast_generate(
     cuda_graph: bool | None = None,
     generation_config=None,
     logits_processor=None,
+    compile: bool | str = False,
     **options,
 ) -> DecodeResult:
     """Generate after ``input_ids`` (B, T) under the model's SWAA configuration (or full attention when none is
@@ -97,7 +101,10 @@ def fast_generate(
     tokens unless a length is set). ``options``: any other ``generate`` option (``min_p``, ``repetition_penalty``,
     ``no_repeat_ngram_size``, ``num_return_sequences``, ``return_dict_in_generate`` with ``output_scores``, a
     ``tokenizer`` for ``stop_strings``, ...). ``eos_token_id=[]``: never end a row early.
-    ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``generator``: when
+    ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``compile``: True (or
+    a ``torch.compile`` backend name) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
+    bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
+    config turns it off). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
     seed, but not the tokens ``generate`` gives). ``streamer`` / ``stopping_criteria`` behave as in ``generate``;
     each costs one host read per token. Stopping is read from the device every ``CHECK_EVERY`` steps otherwise, so
@@ -120,11 +127,12 @@ def fast_generate(
                  attention_mask=attention_mask, streamer=streamer, stopping_criteria=stopping_criteria,
                  logits_processor=logits_processor)  # fmt: skip
     kwargs = {**{k: v for k, v in given.items() if v is not None}, **options}
-    result, _ = run(model, input_ids, generation_config, kwargs, cuda_graph=cuda_graph, generator=generator)
+    result, _ = run(model, input_ids, generation_config, kwargs, cuda_graph=cuda_graph, generator=generator,
+                    compile=compile)  # fmt: skip
     return result
 
 
-def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None):
+def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None, compile=False):
     """One ``generate(input_ids, generation_config=..., **kwargs)`` call served by the fixed-buffer loop:
     (DecodeResult, the generation config ``generate`` prepared). Raises ValueError as :func:`fast_generate`."""
     mask = kwargs.get("attention_mask")
@@ -132,8 +140,9 @@ def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, g
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
     config, kwargs = prepare(model, generation_config, kwargs)
     seen = {}
+    backend = "inductor" if compile is True else (compile or None)
     loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
-                             seen=seen)  # fmt: skip
+                             seen=seen, backend=backend)  # fmt: skip
     temporary = getattr(model, "_swaa_state", None) is None
     if temporary:
         _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
@@ -147,7 +156,7 @@ def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, g
 
 
 def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
-            streamer, seen: dict, **model_kwargs) -> DecodeResult:  # fmt: skip
+            streamer, seen: dict, backend: str | None, **model_kwargs) -> DecodeResult:  # fmt: skip
     """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
     seen["config"] = generation_config
     mode = generation_config.get_generation_mode()
@@ -160,8 +169,10 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     plans = model._swaa_state.plans
     max_new = generation_config.max_length - input_ids.shape[1]
     mask = model_kwargs.get("attention_mask")
+    backend = None if generation_config.disable_compile else backend
     try:
-        return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph)
+        return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph,
+                         backend=backend)  # fmt: skip
     finally:
         if streamer is not None:
             streamer.end()
@@ -239,7 +250,7 @@ def _prefill(model, input_ids, mask, cache, chunk: int | None) -> torch.Tensor:
     return logits[:, -1]
 
 
-def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, config, *, use_graph: bool):
+def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, config, *, use_graph: bool, backend):
     B, T = input_ids.shape
     device = input_ids.device
     start = _now(device)
@@ -251,13 +262,17 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
         return DecodeResult(*_finish(choose, prefill, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
 
     start = _now(device)
-    static = StaticSWAACache.from_dynamic(cache, plans, mask, T + max_new)
+    static = StaticSWAACache.from_dynamic(cache, plans, mask, bucket_slots(T + max_new) if backend else T + max_new)
     del cache
     held = tuple(kv_cache_bytes(static))
     clock = static.clock
+    forward = model
+    if backend:
+        forward = compiled_forward(model, backend)
+        bind(model, static)
 
     def step() -> torch.Tensor:
-        logits = model(input_ids=ids, position_ids=clock.positions, past_key_values=static, use_cache=True).logits
+        logits = forward(input_ids=ids, position_ids=clock.positions, past_key_values=static, use_cache=True).logits
         clock.advance()
         return logits[:, -1]
 
@@ -269,17 +284,19 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
 
     i = 1
     graph = None
-    if use_graph and max_new > WARMUP_STEPS + 2:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+    if (use_graph or backend) and max_new > WARMUP_STEPS + 2:  # compiling happens here, in setup_s
+        side = torch.cuda.Stream(device) if use_graph else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             for _ in range(WARMUP_STEPS):
                 stopped = take(step(), i)
                 i += 1
                 if stopped:
                     break
-        torch.cuda.current_stream(device).wait_stream(side)
-        if not stopped:
+        if side is not None:
+            torch.cuda.current_stream(device).wait_stream(side)
+        if use_graph and not stopped:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 graph_logits = step()
@@ -296,7 +313,7 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
         stopped = take(logits, i)
         i, steps = i + 1, steps + 1
     decode = _now(device) - start
-    return DecodeResult(*_finish(choose, prefill, setup, decode, steps, graph is not None, held))
+    return DecodeResult(*_finish(choose, prefill, setup, decode, steps, graph is not None, held), bool(backend))
 
 
 def _finish(choose: _Chooser, *timings) -> tuple:

@@ -116,6 +116,13 @@ class StaticSWAACache(Cache):
         super().__init__(layers=layers)
         self.clock = clock
 
+    def get_query_offset(self, layer_idx: int = 0):
+        """Slots before the query: the host's count, or under torch.compile the device's (a host int would be a
+        guard on its value, one recompilation per step; transformers' masking takes either)."""
+        if torch.compiler.is_compiling():
+            return self.clock.slot[0]
+        return self.clock.seen
+
     @classmethod
     def from_dynamic(cls, cache: Cache, plans, mask2d: torch.Tensor | None, max_slots: int) -> StaticSWAACache:
         """Move a prefilled SWAA dynamic cache into fixed buffers that hold up to ``max_slots`` slots.

@@ -1,0 +1,43 @@
+"""The fixed-buffer decode step compiled with ``torch.compile`` (inductor by default), for
+:func:`swaa_core.engine.fast_decode.fast_generate` (``compile=True``).
+
+Shapes stay static: the flat buffers of full and FA-decode layers are sized to the prompt plus the new tokens rounded
+up to a multiple of :data:`COMPILE_BUCKET` (:func:`bucket_slots`), the ring buffers of sliding layers to sinks + W,
+so a new prompt in the same bucket, at the same batch size, reuses the compiled step. One compiled forward is kept per
+model and backend (:func:`compiled_forward`); ``torch.compile`` keeps one compiled graph per set of shapes and
+constants behind it (up to ``torch._dynamo.config.recompile_limit`` of them; past that it runs the forward eagerly).
+The step it compiles is the same forward the eager fixed-buffer step runs, and a CUDA graph then captures the
+compiled kernels as it captures the eager ones. Source: gpt-fast and transformers' static-cache ``torch.compile``."""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import KEY_BUCKET
+from .patch import attention_modules
+
+COMPILE_BUCKET = KEY_BUCKET  # slots: flat buffers under compile hold a multiple of this many
+
+
+def bucket_slots(slots: int, bucket: int = COMPILE_BUCKET) -> int:
+    """``slots`` (prompt + new tokens, >= 1) rounded up to a multiple of ``bucket``: a flat buffer's size under
+    compile, so prompts whose totals fall in one bucket share one compiled step."""
+    if slots < 1 or bucket < 1:
+        raise ValueError(f"slots and bucket must be positive (got {slots}, {bucket}).")
+    return -(-slots // bucket) * bucket
+
+
+def compiled_forward(model, backend: str = "inductor"):
+    """``torch.compile(model.forward, backend=backend, dynamic=False)``, made once per model and backend and kept on
+    the model (static shapes: one graph per bucket, never a dynamic-shape kernel)."""
+    kept = model.__dict__.setdefault("_swaa_compiled_forward", {})
+    if backend not in kept:
+        kept[backend] = torch.compile(model.forward, backend=backend, dynamic=False, fullgraph=False)
+    return kept[backend]
+
+
+def bind(model, static) -> None:
+    """Point every attention module at its fixed-buffer layer before the first compiled step, so that the first step
+    sees what every later one sees (otherwise the prefill's cache layer there costs one more compilation)."""
+    for module in attention_modules(model):
+        module._swaa_cache_layer = static.layers[module.layer_idx]

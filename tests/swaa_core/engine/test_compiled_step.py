@@ -1,0 +1,60 @@
+"""The compiled fixed-buffer decode step (``fast_generate(compile=...)``): bucketed buffer sizes, the same tokens as
+the eager fixed-buffer step and as ``generate``, one compilation per bucket kept across calls. On the CPU the
+compiler runs with dynamo's ``eager`` backend (tracing, guards and caching as under inductor, without code generation,
+which takes minutes here); test_gpu_decode.py runs inductor on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.tiny_models import build_tiny_model
+from torch._dynamo.utils import counters
+from transformers import GenerationConfig
+
+from swaa_core import SWAAConfig, apply_swaa, remove_swaa
+from swaa_core.engine.compiled_step import COMPILE_BUCKET, bucket_slots
+from swaa_core.engine.fast_decode import fast_generate
+
+W, K = 6, 2
+CONFIG = SWAAConfig(sliding_window_size=W, keep_first=K, non_sliding_layers=[1])
+
+
+def test_bucket_slots_rounds_up_to_the_bucket():
+    assert COMPILE_BUCKET == 256
+    assert [bucket_slots(n) for n in (1, 255, 256, 257, 512, 513)] == [256, 256, 256, 512, 512, 768]
+    assert bucket_slots(1000, 300) == 1200
+    for bad in ((0, 256), (5, 0)):
+        with pytest.raises(ValueError, match="positive"):
+            bucket_slots(*bad)
+
+
+def graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_compiled_step_equals_the_eager_step_and_compiles_once_per_bucket():
+    model = build_tiny_model("llama", eos_token_id=None)
+    apply_swaa(model, CONFIG)
+    per_slot = 2 * 2 * 8 * 4  # keys + values x KV heads x head dim x float32 bytes
+    try:
+        before = graphs()
+        for T in (20, 41):  # 20 + 24 and 41 + 24 slots: one bucket of 256
+            x = torch.randint(3, 97, (1, T), generator=torch.Generator().manual_seed(T))
+            compiled = fast_generate(model, x, max_new_tokens=24, compile="eager")
+            eager = fast_generate(model, x, max_new_tokens=24)
+            with torch.no_grad():
+                expected = model.generate(x, max_new_tokens=24, do_sample=False)
+            assert compiled.compiled and not eager.compiled
+            assert torch.equal(compiled.sequences, eager.sequences) and torch.equal(compiled.sequences, expected)
+            # layer 1 keeps full attention in a buffer of a whole bucket, the sliding layers sinks + W slots
+            assert [b // per_slot for b in compiled.kv_cache_bytes_per_layer] == [K + W, 256, K + W, K + W]
+            assert [b // per_slot for b in eager.kv_cache_bytes_per_layer] == [K + W, T + 24, K + W, K + W]
+        assert graphs() - before == 1  # the second prompt reused the first one's compiled step
+        x = torch.randint(3, 97, (1, 250), generator=torch.Generator().manual_seed(3))
+        fast_generate(model, x, max_new_tokens=24, compile="eager")  # 274 slots: the next bucket
+        assert graphs() - before == 2
+        off = fast_generate(model, x, max_new_tokens=8, compile="eager", generation_config=GenerationConfig(
+            disable_compile=True))  # fmt: skip
+        assert not off.compiled
+    finally:
+        remove_swaa(model)
