@@ -11,6 +11,8 @@ Sections (each guarded: a failure is recorded and the next one runs):
 - graph:      ``fast_generate`` (fixed buffers, one decode step captured in a CUDA graph): tokens/s at each prompt
               length, first-call cost (cache move + warm-up + capture), and whether its tokens equal the eager
               static path's.
+- compiled:   the CUDA-graph step eager against compiled by inductor (``fast_generate(compile=True)``), full and SWA
+              decode: ms per token, first-call cost, a second prompt in the same bucket, greedy tokens compared.
 - eager:      plain ``model.generate``; per-token time from a streamer's timestamps (prefill excluded). Beside
               the SWAA configurations: full attention as transformers runs it, the same without SDPA's cuDNN kernel,
               and as SWAA's runner runs every column (its growing cache; transformers' decode steps without cuDNN;
@@ -384,8 +386,40 @@ def run_profile(out: dict, model):
         torch.cuda.empty_cache()
 
 
+# --------------------------------------------------------------------------- compiled step (issue 29)
+@torch.no_grad()
+def run_compiled(out: dict, model):
+    """ms per token of the CUDA-graph step, eager (``compile=False``) against inductor-compiled, full attention and SWA
+    decode in turns; first-call cost (setup_s: cache move, warm-up steps with compilation, capture) of the first
+    compiled call and of another prompt in the same 256-slot bucket; whether the greedy tokens agree."""
+    torch._dynamo.config.recompile_limit = 64  # one compilation per (config, bucket): more than dynamo's default 8
+    cfgs = {k: v for k, v in configs(model.config.num_hidden_layers).items() if k in ("full", "SWA decode")}
+    rows = out["rows"] = {}
+    kw = dict(max_new_tokens=ARGS.new_tokens, eos_token_id=[], do_sample=False)
+    for n in ARGS.prompts:
+        ids, other = prompt(n), prompt(n - 5, seed=8)
+        rows[n] = {}
+        for label, cfg in cfgs.items():
+            row = rows[n][label] = {"graph_ms": [], "compiled_ms": []}
+            with swaa(model, cfg):
+                first, again = (fast_generate(model, x, compile=True, **kw) for x in (ids, other))
+                row["first_call_setup_s"], row["same_bucket_setup_s"] = round(first.setup_s, 2), round(again.setup_s, 2)
+                for _ in range(ARGS.reps):
+                    for mode in ("graph", "compiled"):
+                        r = fast_generate(model, ids, compile=mode == "compiled", **kw)
+                        row[f"{mode}_ms"].append(round(1e3 / r.tokens_per_s, 3))
+                        row[f"{mode}_tokens"] = r.sequences[0, n:].tolist()
+            row["greedy_tokens_equal"] = row.pop("graph_tokens") == row.pop("compiled_tokens")
+            for mode in ("graph", "compiled"):
+                row[f"{mode}_ms_median"] = statistics.median(row[f"{mode}_ms"])
+            SUMMARY.append((f"compiled decode {n // 1024}K", f"{label}: graph {row['graph_ms_median']} ms, compiled "
+                            f"{row['compiled_ms_median']} ms, first call {row['first_call_setup_s']} s"))  # fmt: skip
+            torch.cuda.empty_cache()
+        print(n, rows[n], flush=True)
+
+
 def parse(argv=None):
-    p = common.base_parser(__doc__, ["kernels", "graph", "eager", "hf_static", "end_to_end", "profile"])
+    p = common.base_parser(__doc__, ["kernels", "graph", "compiled", "eager", "hf_static", "end_to_end", "profile"])
     p.set_defaults(reps=5)
     p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
     p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
@@ -420,6 +454,7 @@ def main(argv=None):
             run_kernels(out)
     runs = {
         "graph": run_graph,
+        "compiled": run_compiled,
         "eager": run_eager,
         "hf_static": run_hf_static,
         "end_to_end": run_end_to_end,
