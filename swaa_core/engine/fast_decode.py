@@ -120,8 +120,9 @@ def fast_generate(
             f"(got a prompt of {T} tokens, max_new_tokens={max_new_tokens})."
         )
     if isinstance(eos_token_id, (list, tuple)) and not eos_token_id and pad_token_id is None:
-        config = generation_config or model.generation_config
-        pad_token_id = 0 if config.pad_token_id is None else None  # generate takes eos[0] as the pad: there is none
+        configs = (generation_config, model.generation_config)
+        if all(c is None or c.pad_token_id is None for c in configs):
+            pad_token_id = 0  # generate would take eos[0] as the pad: there is none
     given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
                  attention_mask=attention_mask, streamer=streamer, stopping_criteria=stopping_criteria,
