@@ -205,3 +205,14 @@ def test_a_one_token_run_reports_the_kv_bytes_its_prefill_holds():
     with torch.no_grad():
         model(input_ids=ids, past_key_values=cache)
     assert fast_generate(model, ids, max_new_tokens=1).kv_cache_bytes_per_layer == tuple(kv_cache_bytes(cache))
+
+
+def test_no_end_of_sequence_without_a_pad_token():
+    """eos_token_id=[] (never end early, as the runner and the timing code ask) on a model with no pad token: generate
+    would take the first end-of-sequence id as the pad and has none; the tokens are those of a model without one."""
+    model = build_tiny_model("llama", eos_token_id=None, pad_token_id=None)
+    model.generation_config.pad_token_id = None
+    ids, _ = padded_batch(pads=(0,))
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(fast_generate(model, ids, max_new_tokens=12, eos_token_id=[]).sequences, expected)
