@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_common as common  # noqa: E402
 from gpu_common import SUMMARY, gib  # noqa: E402
-from transformers import MaxLengthCriteria, StoppingCriteriaList  # noqa: E402
+from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
 from swaa_core import swaa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
@@ -74,6 +74,18 @@ def recipes(layers: int) -> dict:
     return {name: resolve_recipe(name, layers, window=ARGS.window, keep_first=ARGS.sinks) for name in RECIPES}
 
 
+class StopAt(StoppingCriteria):
+    """Every row stops once the sequences hold ``length`` tokens. Not MaxLengthCriteria: fast_generate runs inside
+    transformers' generate, which refuses a second criterion of a type it builds itself (from max_new_tokens)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = input_ids.shape[1] >= self.length
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
 def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) -> dict:
     """fast_generate on ``rows`` prompts of ``prompt`` random tokens with buffers for ``prompt + new`` slots, stopped
     after ``steps`` decode steps (None: all ``new`` tokens, no host read per step); what it measured, or why it did
@@ -85,7 +97,7 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) ->
         torch.cuda.reset_peak_memory_stats()
     gen = torch.Generator(device).manual_seed(rows * 7919 + prompt)
     ids = torch.randint(0, model.config.vocab_size - 1, (rows, prompt), device=device, generator=gen)
-    stop = None if steps is None else StoppingCriteriaList([MaxLengthCriteria(prompt + 3 + steps)])  # + warm-up
+    stop = None if steps is None else StoppingCriteriaList([StopAt(prompt + 3 + steps)])  # + warm-up
     start = time.perf_counter()
     try:
         with swaa(model, cfg):
