@@ -75,7 +75,9 @@ def add_parser(sub) -> None:
             """\
             Run every combination of recipe, prompt length, needle depth and sample, appending one JSON line per
             run to --out as it finishes. Rerun the same command to resume: finished runs are skipped (matched by a
-            stable id of model, task, config, length, depth, seed and generation settings). The same window is used
+            stable id of model, config, length, depth, seed and every setting that changes a row: task, generation,
+            timing, log-likelihood, decode path, backend, dtype); rows run under other settings stay in the file but
+            are run again. The same window is used
             for every length (default: scaled to the shortest), so lengths are comparable.
 
             examples:

@@ -1,7 +1,8 @@
 """Sweeps: configs x lengths x depths x samples, appended to a JSONL file as they finish, resumable.
 
 Each cell (one config on one sample) has a stable id built from everything that determines its outcome: the model,
-the task and its parameters, the config, the generation settings. A rerun reads the file and skips the cells already
+the config, the sample (length, depth, seed) and every setting of the spec (task, generation, timing, scoring,
+decode path), the backend and the weights' dtype and device. A rerun reads the file and skips the cells already
 there, so an interrupted sweep continues where it stopped; results load as a tidy pandas table (one row per run).
 """
 
@@ -16,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,32 +68,42 @@ class SweepSpec:
         return len(self.configs) * len(self.lengths) * len(self.depths) * len(self.seeds)
 
 
+# SweepSpec fields that are a cell's coordinates (each cell's own config, length, depth and seed go into its id one
+# by one) rather than settings every row is run under; every other field is a setting and goes into every id, so a
+# field added to SweepSpec later changes the ids without anyone remembering to add it here.
+GRID_FIELDS = frozenset({"configs", "lengths", "depths", "seeds"})
+
+
+def run_settings(spec: SweepSpec, *, backend: str = "auto", loaded=None) -> dict:
+    """Every setting a sweep's rows are run under: the spec's fields but its grid, the attention backend and, when
+    ``loaded`` is given, the weights' dtype and device type (numbers and timings differ across them)."""
+    settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS}
+    settings["backend"] = backend
+    param = next(iter(getattr(getattr(loaded, "model", None), "parameters", list)()), None)
+    if param is not None:
+        settings.update(dtype=str(param.dtype), device=param.device.type)
+    return settings
+
+
 def cell_id(
     *,
     model: str,
-    task: str,
-    task_kwargs: dict,
     config: SWAAConfig | None,
     length: int,
     depth: float | None,
     seed: int,
-    max_new_tokens: int,
-    cot: bool,
-    timing_tokens: int = DEFAULT_TIMING_TOKENS,
+    settings: dict,
 ) -> str:
-    """A stable id: the same cell gets the same id in any process, whatever the label it runs under. The timing
-    budget is part of it: rows timed over different token counts must not meet in one table."""
+    """A stable id: the same cell gets the same id in any process, whatever the label it runs under. ``settings``
+    (:func:`run_settings`) holds everything else that changes a row (task, generation and timing settings, the
+    decode path, the backend): a row run under other settings never counts as this cell."""
     key = {
         "model": model,
-        "task": task,
-        "task_kwargs": task_kwargs,
         "config": None if config is None or config.is_full_attention else config.to_dict(),
         "length": length,
         "depth": None if depth is None else round(float(depth), 6),
         "seed": seed,
-        "max_new_tokens": max_new_tokens,
-        "cot": bool(cot),
-        "timing_tokens": timing_tokens,
+        "settings": settings,
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -118,17 +129,15 @@ class Cell(NamedTuple):
     seed: int
 
 
-def iter_cells(spec: SweepSpec, model: str) -> Iterator[Cell]:
-    """Every cell of ``spec``, grouped so that one sample serves all configs in a row."""
+def iter_cells(spec: SweepSpec, model: str, settings: dict | None = None) -> Iterator[Cell]:
+    """Every cell of ``spec``, grouped so that one sample serves all configs in a row (``settings``: from
+    :func:`run_settings`, by default the spec's own with the auto backend)."""
+    settings = run_settings(spec) if settings is None else settings
     for length in spec.lengths:
         for seed in spec.seeds:
             for depth in spec.depths:
                 for label, cfg in spec.configs.items():
-                    cid = cell_id(
-                        model=model, task=spec.task, task_kwargs=spec.task_kwargs, config=cfg, length=length,
-                        depth=depth, seed=seed, max_new_tokens=spec.max_new_tokens, cot=spec.cot,
-                        timing_tokens=spec.timing_tokens,
-                    )  # fmt: skip
+                    cid = cell_id(model=model, config=cfg, length=length, depth=depth, seed=seed, settings=settings)
                     yield Cell(cid, label, cfg, length, depth, seed)
 
 
@@ -168,7 +177,7 @@ def run_sweep(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model_name(loaded)
-    cells = list(iter_cells(spec, model))
+    cells = list(iter_cells(spec, model, run_settings(spec, backend=backend, loaded=loaded)))
     order = {c.id: i for i, c in enumerate(cells)}
     if launch.is_main:
         _end_with_newline(out_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import fields
 from types import SimpleNamespace
 
 import pandas as pd
@@ -12,7 +13,7 @@ from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig
 from swaa_core.eval.results import export, load_results, summarize
-from swaa_core.eval.sweep import SweepSpec, cell_id, finished_cells, run_sweep
+from swaa_core.eval.sweep import SweepSpec, cell_id, finished_cells, run_settings, run_sweep
 from swaa_core.runtime.jsonl import read_jsonl
 
 
@@ -90,19 +91,44 @@ def test_growing_the_grid_runs_only_the_new_cells(loaded, tmp_path):
 
 def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
     cfg = SWAAConfig(sliding_window_size=16)
-    base = dict(model="m", task="needle", task_kwargs={}, config=cfg, length=100, depth=0.5, seed=0, max_new_tokens=4,
-                cot=False)  # fmt: skip
+    settings = run_settings(spec())
+    base = dict(model="m", config=cfg, length=100, depth=0.5, seed=0, settings=settings)
     assert cell_id(**base) == cell_id(**base)
     assert cell_id(**base) == cell_id(**{**base, "config": SWAAConfig(sliding_window_size=16)})
     changed = [
         {**base, "model": "other"},
         {**base, "config": SWAAConfig(sliding_window_size=32)},
         {**base, "seed": 1},
-        {**base, "cot": True},
-        {**base, "task_kwargs": {"digits": 3}},
-        {**base, "timing_tokens": 8},  # another timing budget
     ]
+    # every setting a row is run under, one at a time
+    changed += [{**base, "settings": run_settings(spec(**{k: v}))} for k, v in [
+        ("cot", True), ("task_kwargs", {"digits": 4}), ("timing_tokens", 8), ("max_new_tokens", 3),
+        ("score_logprob", True), ("static_cache", True), ("task", "passkey"),
+    ]]  # fmt: skip
+    changed.append({**base, "settings": run_settings(spec(), backend="blocked")})
     assert len({cell_id(**base), *(cell_id(**c) for c in changed)}) == 1 + len(changed)
+
+
+def test_every_spec_field_but_the_grid_is_a_setting_of_the_rows():
+    # a field added to SweepSpec later (a decode path, a sampling option) is in the ids without a list to update
+    names = {f.name for f in fields(SweepSpec)}
+    assert set(run_settings(spec())) == (names - {"configs", "lengths", "depths", "seeds"}) | {"backend"}
+
+
+@pytest.mark.parametrize("changed", [{"score_logprob": True}, {"static_cache": True}, {"max_new_tokens": 3}])
+def test_a_rerun_under_other_settings_runs_again_as_into_a_fresh_file(loaded, tmp_path, changed):
+    """Reference: the same sweep into a new file. The old rows stay in the file but never stand in for the new."""
+    grid = dict(lengths=[200], depths=[0.5])
+    out = tmp_path / "sweep.jsonl"
+    first = run_sweep(loaded, spec(**grid), out, progress=False)
+    again = run_sweep(loaded, spec(**grid, **changed), out, progress=False)
+    fresh = run_sweep(loaded, spec(**grid, **changed), tmp_path / "fresh.jsonl", progress=False)
+    assert len(lines(out)) == 2 * len(first) and set(again["cell_id"]).isdisjoint(first["cell_id"])
+    assert list(again["cell_id"]) == list(fresh["cell_id"])
+    for column in ("answer_logprob", "decode_path", "output_text", "generated_tokens"):
+        assert again[column].tolist() == fresh[column].tolist()
+    if "score_logprob" in changed:
+        assert again["answer_logprob"].notna().all() and first["answer_logprob"].isna().all()
 
 
 def test_cancelled_and_failed_cells(loaded, tmp_path):
