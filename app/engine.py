@@ -20,6 +20,7 @@ import torch
 
 import swaa_core
 from swaa_core.engine.config import SWAAConfig
+from swaa_core.runtime.stamp import path_stamp
 
 from .board import CANCELLED, DONE, ERROR, RUNNING, ColumnView
 
@@ -164,14 +165,16 @@ class ColumnSpec:
 
 
 class AdapterModels:
-    """Base models with a LoRA adapter merged in, one private copy per (model, adapter).
+    """Base models with a LoRA adapter merged in, one private copy per (base model, adapter, adapter's content).
 
     load_adapter changes the model it is given, and the base model is shared by every session and by the
-    full-attention column, so each adapter gets its own copy (memory: one more set of weights per adapter).
+    full-attention column, so each adapter gets its own copy (memory: one more set of weights per adapter). The key
+    holds the content stamps of a local base folder and of a local adapter folder: an adapter trained again into
+    the same folder is merged again, never served stale.
     """
 
     def __init__(self, max_models: int = 2):
-        self._models: dict[tuple[str, str], object] = {}
+        self._models: dict[tuple, object] = {}
         self._lock = threading.Lock()
         self.max_models = max_models
 
@@ -179,8 +182,10 @@ class AdapterModels:
         if not adapter:
             return loaded
         check_source_allowed(adapter, "LoRA adapter")
-        key = (loaded.name, adapter)
+        key = (loaded.name, path_stamp(loaded.name), adapter, path_stamp(adapter))
         with self._lock:
+            for stale in [k for k in self._models if k[0] == key[0] and k[2] == adapter and k != key]:
+                del self._models[stale]  # the base reloaded or the folder rewritten: this copy is out of date
             if key not in self._models:
                 self._models[key] = self._build(loaded, adapter)
                 while len(self._models) > self.max_models:

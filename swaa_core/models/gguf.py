@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.stamp import content_stamp
 from ..runtime.units import format_bytes
 from .loaded import ModelLoadError, first_line
 from .memory import model_shape
@@ -57,15 +58,14 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, str], str] = {}
 _HASHES_LOCK = threading.Lock()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in this process."""
+    """sha256 of a file, computed once per (path, content stamp) in this process (a rewrite is hashed again)."""
     path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), content_stamp(path))
     with _HASHES_LOCK:
         if key in _HASHES:
             return _HASHES[key]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..engine.config import SWAAConfig
+from ..runtime.stamp import path_stamp
 from .gguf import gguf_config, load_gguf
 from .hub import hub_config, hub_folder
 from .loaded import LoadedModel, ModelInfo, ModelLoadError, refuse_as_load_error
@@ -51,7 +52,8 @@ def load_model(
     device: "cpu", "cuda", "cuda:1", "auto" (spread over all GPUs); default CUDA when present, else CPU.
     dtype: default bfloat16 on CUDA, float32 on CPU. token: for gated/private Hub models (else HF_TOKEN); never
     logged. context_tokens / swaa_config: also refuse when the KV cache for that context would not fit.
-    reuse: share one loaded copy per (model, device, dtype, attention) in this process.
+    reuse: share one loaded copy per (model, device, dtype, attention) in this process; a local folder or file
+    written to since it was loaded is loaded again.
     device_map: "auto" is the same as device="auto": accelerate places whole decoder layers on the GPUs (filling
     them in order), and SWAA runs each layer where it sits, its KV cache on that layer's GPU. Without CUDA it means
     the CPU. Other maps are not accepted: give a device instead.
@@ -81,7 +83,10 @@ def load_model(
     if not reuse:
         loaded = _load(request)
     else:
-        key = (source.key, revision, dev, dtype_name(dt), attn)
+        # a folder or file saved over since its load is another model: its stamp is in the key, and the copy
+        # of what the path held before is dropped rather than left to the LRU
+        key = (source.key, revision, dev, dtype_name(dt), attn, path_stamp(source.path))
+        model_cache().evict_stale(key)
         loaded = model_cache().get_or_load(key, lambda: _load(request))
     if context_tokens is not None and check_memory:
         refuse_as_load_error(lambda: check_run_fits(loaded, context_tokens, swaa_config))

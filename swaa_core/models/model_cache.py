@@ -92,6 +92,18 @@ class ModelCache:
             self._entries.pop(idle[0])
             return True
 
+    def evict_stale(self, key: tuple) -> int:
+        """Drop the entries whose key equals ``key`` but in its last item (the content stamp of a local path): the
+        path has been written to since they loaded. Returns how many went."""
+        with self._lock:
+            stale = [k for k in self._entries if k[:-1] == key[:-1] and k[-1] != key[-1]]
+            for k in stale:
+                log.info("%s changed on disk since it was loaded; dropping the old copy", self._entries[k].name)
+                del self._entries[k]
+        if stale:
+            release_memory()
+        return len(stale)
+
     def evict(self, key: tuple) -> bool:
         with self._lock:
             return self._entries.pop(key, None) is not None

@@ -198,3 +198,62 @@ def test_a_failing_column_shows_its_message_and_the_others_run():
 def test_out_of_memory_reads_as_advice():
     text = engine.friendly_error(MemoryError())
     assert text.startswith("Out of memory") and "shorter prompt" in text
+
+
+# ---------------------------------------------------------------- adapters trained again into the same folder
+def _save_random_adapter(base, folder, seed: int):
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from swaa_core.train.adapters import save_adapter
+
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    save_adapter(peft_model, folder, SWAAConfig(sliding_window_size=16))
+
+
+def _peft_merged_logits(base, folder, ids):
+    """Reference: peft's own load and merge of the folder's current adapter onto a fresh copy of the base."""
+    import copy
+
+    import torch
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(copy.deepcopy(base), str(folder)).merge_and_unload()
+    with torch.no_grad():
+        return merged(ids).logits
+
+
+def test_an_adapter_trained_again_into_its_folder_is_merged_again(tmp_path):
+    import torch
+    from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
+
+    from swaa_core import load_model
+
+    tok = build_tiny_tokenizer()
+    build_tiny_model("llama", layers=2, seed=3, vocab_size=len(tok)).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    loaded = load_model(tmp_path / "base", reuse=False)
+    ids = torch.tensor([[5, 9, 17, 30, 41]])
+    adapters = engine.AdapterModels()
+    folder = tmp_path / "adapter"
+
+    def served():
+        with torch.no_grad():
+            return adapters.get(loaded, str(folder)).model(ids).logits
+
+    _save_random_adapter(loaded.model, folder, seed=1)
+    first = served()
+    assert torch.allclose(first, _peft_merged_logits(loaded.model, folder, ids), atol=1e-5)
+    assert adapters.get(loaded, str(folder)) is adapters.get(loaded, str(folder))  # unchanged: merged once
+    _save_random_adapter(loaded.model, folder, seed=2)  # `swaa finetune --out adapter/` run again
+    again = served()
+    assert not torch.allclose(first, again, atol=1e-3)
+    assert torch.allclose(again, _peft_merged_logits(loaded.model, folder, ids), atol=1e-5)
+    assert len(adapters._models) == 1  # the stale merge is gone, not kept beside the new one

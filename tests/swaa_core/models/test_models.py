@@ -232,6 +232,32 @@ def test_local_folder_loads_the_saved_model(tmp_path):
     assert torch.equal(logits(original, ids), logits(loaded.model, ids))
 
 
+def test_a_folder_saved_over_is_loaded_again_not_served_from_the_cache(tmp_path, fresh_model_cache):
+    """Reference: the model now in the folder. The cache keys a path by its content stamp; the old copy goes."""
+    ids = torch.tensor([[5, 9, 17, 30]])
+    first = save_tiny(tmp_path / "tiny", "llama", layers=2, seed=1)
+    assert torch.equal(logits(load_model(tmp_path / "tiny").model, ids), logits(first, ids))
+    assert load_model(tmp_path / "tiny") is load_model(tmp_path / "tiny")  # unchanged: one shared copy
+    second = save_tiny(tmp_path / "tiny", "llama", layers=2, seed=2)  # `swaa finetune --out` run again, say
+    assert not torch.equal(logits(first, ids), logits(second, ids))
+    assert torch.equal(logits(load_model(tmp_path / "tiny").model, ids), logits(second, ids))
+    assert len(fresh_model_cache) == 1
+
+
+def test_content_stamps_change_with_any_file_under_a_folder(tmp_path):
+    from swaa_core.runtime.stamp import content_stamp, path_stamp
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.json").write_text("{}")
+    before = content_stamp(tmp_path)
+    assert content_stamp(tmp_path) == before
+    (tmp_path / "sub" / "a.json").write_text("[]")  # same size, rewritten
+    rewritten = content_stamp(tmp_path)
+    (tmp_path / "b.bin").write_bytes(b"")
+    assert len({before, rewritten, content_stamp(tmp_path)}) == 3
+    assert path_stamp("Qwen/Qwen3-0.6B") == path_stamp(None) == "" and path_stamp(tmp_path) == content_stamp(tmp_path)
+
+
 def test_local_gemma3_folder_reports_native_sliding_layers(tmp_path):
     save_tiny(tmp_path / "g", "gemma3", layers=6)
     info = load_model(str(tmp_path / "g"), reuse=False).info
