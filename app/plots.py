@@ -87,6 +87,7 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     decode_tokens_per_s (RunResult fields); the bars' names are the board's ("time to first token")."""
     from swaa_core.eval.latency import decode_note
 
+    rows = [r for r in rows if r["ttft_s"] is not None and r["timed_total_s"] is not None]  # stopped unmeasured
     if not rows:
         return message_figure("Run a comparison to see where the time goes.")
     labels = [wrap_label(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone

@@ -89,16 +89,21 @@ def results_table(results, title: str) -> None:
             r.label,
             r.output_text.strip(),
             {True: "✓", False: "✗", None: "–"}[r.correct],
-            f"{r.ttft_s:.2f} s",
-            f"{r.prefill_s:.2f} s",
+            _seconds(r.ttft_s),
+            _seconds(r.prefill_s),
             _decode_cell(r.decode_tokens_per_s, r.decode_tokens),
-            f"{r.timed_total_s:.2f} s",
-            f"{r.total_s:.2f} s / {r.generated_tokens} tok",
+            _seconds(r.timed_total_s),
+            f"{_seconds(r.total_s)} / {r.generated_tokens} tok",
             format_bytes(r.peak_memory_bytes),
             format_bytes(r.kv_cache_bytes),
             r.backend,
         )
     console().print(table)
+
+
+def _seconds(value: float | None) -> str:
+    """Seconds with two decimals; "–" for a figure the run did not measure (None)."""
+    return "–" if value is None else f"{value:.2f} s"
 
 
 def _decode_cell(tokens_per_s, decode_tokens) -> str:

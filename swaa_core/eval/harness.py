@@ -92,14 +92,17 @@ class ForwardTimer:
 
 
 @contextlib.contextmanager
-def cancel_between_layers(model, event: threading.Event | None):
-    """Stop a long prefill within one layer's time: each attention module checks the event before it runs."""
+def cancel_between_layers(model, event: threading.Event | None, *, until: Callable[[], object] | None = None):
+    """Stop a long prefill within one layer's time: each attention module checks the event before it runs and
+    raises :class:`RunCancelled`. ``until``: once it returns a value that is not None (the streamer's first token
+    time), the layers stop checking: a stop then ends the run between decode steps (the stopping criteria), so
+    the tokens already streamed and their counts come back instead of an exception."""
     if event is None:
         yield
         return
 
     def check(module, args):
-        if event.is_set():
+        if event.is_set() and (until is None or until() is None):
             raise RunCancelled
 
     handles = [m.register_forward_pre_hook(check) for m in attention_modules(model)]

@@ -70,23 +70,24 @@ class RunResult:
     answer_logprob: float | None = None  # log P(reference | prompt), teacher-forced under this config
     prompt_tokens: int = 0  # tokens the model read (chat template and answer prefix included)
     generated_tokens: int = 0
-    ttft_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_tokens_per_s: float = 0.0  # over the first `timed_tokens` generated tokens (decode_tokens steps)
-    total_s: float = 0.0  # prompt handed over -> last token of the answer (runs of unequal lengths differ here)
-    peak_memory_bytes: int = 0  # process RSS high-water on CPU, max allocated on CUDA, during the run
-    kv_cache_bytes: int = 0
+    # figures a stopped run did not measure are None (shown as "–", never as 0)
+    ttft_s: float | None = 0.0
+    prefill_s: float | None = 0.0
+    decode_tokens_per_s: float | None = 0.0  # over the first `timed_tokens` generated tokens (decode_tokens steps)
+    total_s: float | None = 0.0  # prompt handed over -> last token of the answer (runs of unequal lengths differ)
+    peak_memory_bytes: int | None = 0  # process RSS high-water on CPU, max allocated on CUDA, during the run
+    kv_cache_bytes: int | None = 0
     backend: str = ""
     error: str | None = None
     # beyond the contract
     timed_tokens: int = 0  # generated tokens the timing covers, the first included: equal for every compared run
     decode_tokens: int = 0  # decode steps the decode speed comes from (timed_tokens - 1)
-    timed_total_s: float = 0.0  # prompt handed over -> token number `timed_tokens`: comparable across runs
+    timed_total_s: float | None = 0.0  # prompt handed over -> token number `timed_tokens`: comparable across runs
     timing_extra_tokens: int = 0  # tokens generated past the answer only to reach `timed_tokens` (not shown)
     decode_path: str = ""  # latency.decode_path(): "dynamic cache" or "fixed buffers" (+ " + CUDA graph")
-    setup_s: float = 0.0  # fixed buffers only: their first-call cost (buffers, warm-up steps, graph capture),
+    setup_s: float | None = 0.0  # fixed buffers only: their first-call cost (buffers, warm-up steps, graph capture),
     # spent between the first generated token and the steady steps: inside timed_total_s, not the decode speed
-    memory_delta_bytes: int = 0  # peak minus what was held when the run started (activations + KV cache)
+    memory_delta_bytes: int | None = 0  # peak minus what was held when the run started (activations + KV cache)
     kv_cache_bytes_per_layer: list[int] = field(default_factory=list)
     answer_logprob_tokens: int = 0
     reasoning_tokens: int = 0  # the extra tokens CoT costs
@@ -247,9 +248,10 @@ def run_one(
         result.device = str(m.device)
         with m.lock if m.lock is not None else contextlib.nullcontext():
             _run(m, sample_or_prompt, config, spec, result)
-    except RunCancelled:
+    except RunCancelled:  # raised only before the first token: once tokens stream, a stop ends between steps
         result.cancelled = True
         result.error = "Cancelled before the first token."
+        _not_measured(result, *UNMEASURED_BEFORE_FIRST_TOKEN)
     except Exception as exc:  # every failure becomes a readable result: the app shows it in the run's column
         log.debug("run %r failed", result.label, exc_info=True)
         result.error = error_text(exc, torch.device(result.device or "cpu"))
@@ -321,7 +323,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
         with (
             PeakMemory(m.device) as memory,
             ForwardTimer(model, m.device) as timer,
-            cancel_between_layers(model, spec.cancel),
+            cancel_between_layers(model, spec.cancel, until=lambda: streamer.first_token_at),
             swaa(model, config, backend=spec.backend) as state,
             decode_kernels(model),
         ):
@@ -355,6 +357,23 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
     if spec.cancelled:
         result.cancelled = True
         result.error = f"Cancelled after {result.generated_tokens} generated tokens."
+        if not result.decode_tokens:
+            _not_measured(result, "decode_tokens_per_s")
+        if not result.generated_tokens:
+            _not_measured(result, "ttft_s", "timed_total_s", "total_s")
+
+
+# what a run stopped inside its prefill has not measured: no token came, no cache came back
+UNMEASURED_BEFORE_FIRST_TOKEN = (
+    "ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "timed_total_s", "setup_s", "kv_cache_bytes",
+    "peak_memory_bytes", "memory_delta_bytes",
+)  # fmt: skip
+
+
+def _not_measured(result: RunResult, *names: str) -> None:
+    """Mark figures of a stopped run as not measured (None), so no page, table or file shows them as 0."""
+    for name in names:
+        setattr(result, name, None)
 
 
 def _decode_static(m: _Model, ids, config, spec: RunSpec, max_new: int, *, hooks):
@@ -362,7 +381,8 @@ def _decode_static(m: _Model, ids, config, spec: RunSpec, max_new: int, *, hooks
     (DecodeResult, backend name). No forward timer: a captured step must not synchronise, and the decoder times its
     own prefill."""
     streamer, criteria = hooks
-    with cancel_between_layers(m.model, spec.cancel), swaa(m.model, config, backend=spec.backend) as state:
+    stop = cancel_between_layers(m.model, spec.cancel, until=lambda: streamer.first_token_at)
+    with stop, swaa(m.model, config, backend=spec.backend) as state:
         backend = state.backend if state is not None else str(m.model.config._attn_implementation)
         out = fast_generate(m.model, ids, max_new_tokens=max_new, eos_token_id=[], streamer=streamer,
                             stopping_criteria=criteria)  # fmt: skip

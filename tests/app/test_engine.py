@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,66 @@ def test_an_adapter_trained_again_into_its_folder_is_merged_again(tmp_path):
     assert not torch.allclose(first, again, atol=1e-3)
     assert torch.allclose(again, _peft_merged_logits(loaded.model, folder, ids), atol=1e-5)
     assert len(adapters._models) == 1  # the stale merge is gone, not kept beside the new one
+
+
+# ---------------------------------------------------------------- a stopped column on the page and in the files
+@pytest.fixture(scope="module")
+def tiny_loaded():
+    from types import SimpleNamespace
+
+    from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("llama", layers=2, vocab_size=len(tok), seed=1)
+    return SimpleNamespace(model=model, tokenizer=tok, lock=threading.Lock(), info=None, name="tiny")
+
+
+@pytest.mark.parametrize("stop_after", [3, 0], ids=["mid-stream", "before-the-first-token"])
+def test_a_stopped_column_keeps_its_answer_on_the_page_and_in_the_exports(tiny_loaded, stop_after):
+    """Reference: the text that streamed into the column. What was not measured reads "–" on the page, null in the
+    JSON and empty in the CSV: never 0 ms."""
+    import json
+
+    import pandas as pd
+
+    from app.board import render_board
+    from app.run_handlers import export_files, result_rows
+    from swaa_core.engine.patch import attention_modules
+    from swaa_core.eval.runner import run_one
+
+    cancel, pieces = threading.Event(), []
+
+    def stopping_run_one(*args, on_token, **kw):
+        def counted(piece):
+            pieces.append(piece)
+            on_token(piece)
+            if len(pieces) == stop_after:
+                cancel.set()
+
+        return run_one(*args, on_token=counted, **kw)
+
+    hook = None
+    if not stop_after:  # Stop pressed while the prompt is read
+        hook = attention_modules(tiny_loaded.model)[1].register_forward_pre_hook(lambda *_: cancel.set())
+    columns = [ColumnSpec("Full attention", None), ColumnSpec("SWA", SWAAConfig(sliding_window_size=8))]
+    try:
+        *_, views = stream_columns(lambda _a: tiny_loaded, "w5 w9 w17 w30 " * 20, columns, max_new_tokens=40,
+                                   cot=False, seed=0, cancel=cancel, run_one=stopping_run_one, interval=0.05)  # fmt: skip
+    finally:
+        if hook is not None:
+            hook.remove()
+    first = views[0]
+    assert [v.status for v in views] == [CANCELLED, CANCELLED] and views[1].result is None
+    assert first.result.output_text == first.text == "".join(pieces)
+    assert (first.result.generated_tokens > 0) == bool(stop_after)
+    board = render_board(views)
+    assert "stopped" in board and " 0 ms" not in board
+    rows = result_rows(views, {"model": "tiny"})
+    csv, data = export_files(rows)
+    back_json, back_csv = json.loads(Path(data).read_text(encoding="utf-8")), pd.read_csv(csv)
+    assert back_json[0]["cancelled"] is True and bool(back_csv["cancelled"][0])
+    assert back_json[0]["output_text"] == first.text
+    assert back_json[0]["generated_tokens"] == first.result.generated_tokens
+    if not stop_after:
+        assert back_json[0]["ttft_s"] is None and pd.isna(back_csv["ttft_s"][0])
+        assert "time to first token</dt><dd>–</dd>" in board

@@ -320,6 +320,29 @@ def test_cancel_during_prefill_stops_inside_the_forward(loaded, sample):
     finally:
         hook.remove()
     assert r.cancelled and r.error == "Cancelled before the first token." and r.generated_tokens == 0
+    # nothing was timed: not measured (None, shown as "–"), never 0 seconds
+    assert r.ttft_s is None and r.decode_tokens_per_s is None and r.timed_total_s is None and r.kv_cache_bytes is None
+
+
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic-cache", "fixed-buffers"])
+def test_a_stop_mid_stream_keeps_the_streamed_answer_and_its_counts(loaded, sample, static_cache):
+    """Stopped after three streamed pieces: the text that streamed and its token count come back on every decode
+    path. Reference: plain greedy generation, decoded to the same number of tokens."""
+    cancel, pieces = threading.Event(), []
+
+    def on_token(piece):
+        pieces.append(piece)
+        if len(pieces) == 3:
+            cancel.set()  # the page's Stop, pressed while the answer streams
+
+    r = run_one(loaded, sample, SWAAConfig(sliding_window_size=32), max_new_tokens=40, cancel=cancel,
+                on_token=on_token, static_cache=static_cache)  # fmt: skip
+    assert r.cancelled and r.error == f"Cancelled after {r.generated_tokens} generated tokens."
+    expected, _ = greedy_reference(loaded, sample.prompt, SWAAConfig(sliding_window_size=32), 40, sample.answer_prefix)
+    assert 3 <= r.generated_tokens < 40
+    assert r.output_text == loaded.tokenizer.decode(expected[: r.generated_tokens], skip_special_tokens=True)
+    assert r.output_text.startswith("".join(pieces[:3]))
+    assert r.ttft_s > 0 and r.timed_tokens == min(r.generated_tokens, DEFAULT_TIMING_TOKENS) and r.kv_cache_bytes > 0
 
 
 def test_compare_runs_the_baseline_first_and_never_raises(loaded, sample):
