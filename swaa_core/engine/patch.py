@@ -78,6 +78,22 @@ def _cache_hook(module, args, kwargs):
     module._swaa_cache_layer = layer
 
 
+def _refuse_checkpointed_prefix(decoder, args, kwargs):
+    """transformers' checkpointed decoder layers run without ``past_key_values`` in train mode (Gradient
+    CheckpointingLayer drops it, under no_grad too): the cache is neither filled nor read, so a chunk that
+    continues a cached prefix would be trained on alone, silently. Refused by name instead."""
+    if not decoder.training or kwargs.get("past_key_values") is None:
+        return
+    if any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
+        raise ValueError(
+            "A KV cache (past_key_values) was passed to a model in train mode with gradient checkpointing on; "
+            "transformers runs checkpointed layers without the cache, so a cached prefix would be neither stored "
+            "nor read, and the chunk trained as if the prefix were not there. Turn checkpointing off "
+            "(model.gradient_checkpointing_disable()), feed the prefix and the chunk as one sequence, or call "
+            "model.eval() to fill the cache."
+        )
+
+
 def _plans(config: SWAAConfig, model, n_layers: int, backend: str, all_full: bool = False) -> list[LayerPlan]:
     native = native_windows(model)
     plans = []
@@ -158,6 +174,8 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         original = text_config(model)._attn_implementation or "sdpa"
         state = SWAAState(config, chosen, original)
         state.hooks = [m.register_forward_pre_hook(_cache_hook, with_kwargs=True) for m in modules]
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        state.hooks.append(decoder.register_forward_pre_hook(_refuse_checkpointed_prefix, with_kwargs=True))
         model.set_attn_implementation(NAME)
         model._swaa_state = state
         _wrap_generate(model, state.context)

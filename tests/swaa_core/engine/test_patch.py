@@ -326,3 +326,43 @@ def test_padded_batch_matches_single_sequences_after_wrapping():
         alone_b = model.generate(b[None], **kw)
     assert torch.equal(out[0, 19:], alone_a[0, 19:])
     assert torch.equal(out[1, 19:], alone_b[0, 11:])
+
+
+# ---------------------------------------------------------------- training on a cached prefix
+def _chunk_loss_and_grads(model, tokens, split, *, cache: bool):
+    """Loss of the tokens after ``split`` and the gradients of every weight: with the prefix in a DynamicCache
+    (filled without gradients), or as one sequence whose prefix labels are ignored."""
+    from transformers import DynamicCache
+
+    model.zero_grad()
+    if cache:
+        past = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(tokens[:, :split], past_key_values=past, use_cache=True)
+        loss = model(tokens[:, split:], labels=tokens[:, split:], past_key_values=past, use_cache=True).loss
+    else:
+        labels = tokens.clone()
+        labels[:, : split + 1] = -100  # the chunk's first token has nothing before it inside the chunk
+        loss = model(tokens, labels=labels).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_a_cached_prefix_counts_in_training_and_checkpointing_refuses_it():
+    """Reference: the same model over the whole sequence (loss), the same computation without checkpointing
+    (gradients). transformers' checkpointed layers drop the cache in train mode: that is refused by name."""
+    model = build_tiny_model("llama", layers=2, seed=3).train()
+    tokens = ids(40, seed=5)
+    with swaa(model, SWAAConfig(sliding_window_size=8, keep_first=2)):
+        loss, _grads = _chunk_loss_and_grads(model, tokens, 24, cache=True)
+        whole, _ = _chunk_loss_and_grads(model, tokens, 24, cache=False)
+        assert torch.allclose(loss, whole, atol=1e-5)  # the prefix is there
+        plain_loss, plain_grads = _chunk_loss_and_grads(model, tokens, 24, cache=False)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        with pytest.raises(ValueError, match="gradient checkpointing on"):
+            _chunk_loss_and_grads(model, tokens, 24, cache=True)
+        ckpt_loss, ckpt_grads = _chunk_loss_and_grads(model, tokens, 24, cache=False)  # no cache: trains as before
+        assert torch.allclose(ckpt_loss, plain_loss, atol=1e-6) and ckpt_grads.keys() == plain_grads.keys()
+        assert all(torch.allclose(ckpt_grads[n], plain_grads[n], atol=1e-6) for n in plain_grads)
+        model.gradient_checkpointing_disable()
+        assert torch.allclose(_chunk_loss_and_grads(model, tokens, 24, cache=True)[0], whole, atol=1e-5)
