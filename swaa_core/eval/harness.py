@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, TextStreamer
 
 from ..engine.config import SWAAConfigError
 from ..engine.patch import attention_modules
+from .tasks.base import decode_whole
 
 
 class RunCancelled(Exception):
@@ -47,6 +48,18 @@ class AnswerStreamer(TextStreamer):
         self.answer_tokens += 1
         self.answer_ended = self.answer_tokens >= self.max_new_tokens or int(value.reshape(-1)[0]) in self.eos
         super().put(value)
+
+    def end(self):
+        """The last piece, without a character left unfinished by the token limit (TextStreamer's own end would
+        send its U+FFFD): the pieces add up to the run's answer, whole characters only."""
+        if self.token_cache:
+            skip = self.decode_kwargs.get("skip_special_tokens", False)
+            text = decode_whole(self.tokenizer, self.token_cache, skip_special_tokens=skip)
+            self.token_cache, piece, self.print_len = [], text[self.print_len :], 0
+        else:
+            piece = ""
+        self.next_tokens_are_prompt = True
+        self.on_finalized_text(piece, stream_end=True)
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
         if text and self.on_token is not None:

@@ -54,6 +54,7 @@ from .latency import (
 )
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens, needle_distance, run_meta
+from .tasks.base import decode_whole
 
 log = logging.getLogger(__name__)
 BASELINE_LABEL = "Full attention"
@@ -344,7 +345,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
     new_ids = sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
     result.generated_tokens = int(new_ids.numel())
     result.timing_extra_tokens = int(sequences.shape[1] - n_prompt) - result.generated_tokens
-    result.output_text = m.tokenizer.decode(new_ids, skip_special_tokens=True)
+    result.output_text = decode_whole(m.tokenizer, new_ids)  # a token limit may stop inside a character
     result.kv_cache_bytes_per_layer, result.kv_cache_bytes = per_layer, int(sum(per_layer))
     result.peak_memory_bytes, result.memory_delta_bytes = int(memory.peak), int(memory.delta)
     _set_times(result, t0, streamer.times, budget or result.generated_tokens)

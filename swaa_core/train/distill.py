@@ -28,6 +28,7 @@ from ..engine.patch import swaa
 from ..eval.cot import render_prompt, split_reasoning
 from ..eval.latency import decode_kernels
 from ..eval.scoring import contains_match, normalize
+from ..eval.tasks.base import decode_whole
 from ..runtime.distributed import current, map_shared
 from ..runtime.jsonl import JsonlError, iter_jsonl
 from .settings import KEEP_CHOICES
@@ -132,7 +133,7 @@ def generate_answer(model, tokenizer, prompt: str, answer_prefix: str = "", max_
     finished = any(t in eos for t in new)
     if finished:
         new = new[: next(i for i, t in enumerate(new) if t in eos)]
-    return tokenizer.decode(new, skip_special_tokens=True), finished
+    return decode_whole(tokenizer, new), finished  # the token limit may stop inside a character
 
 
 def distill(

@@ -51,6 +51,46 @@ def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that do not (yet) form a character
+MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens share one
+
+
+def decode_whole(tokenizer, ids, *, skip_special_tokens: bool = True) -> str:
+    """``tokenizer.decode(ids)`` without a character cut at the end: byte-level tokenizers split a character (an
+    emoji, a CJK character) over several tokens, and a sequence that stops among them decodes to a trailing U+FFFD.
+    The tokens of that unfinished character are left out, so a person only ever sees whole characters."""
+    ids = list(ids.tolist() if hasattr(ids, "tolist") else ids)
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not text.endswith(REPLACEMENT):
+        return text
+    for k in range(1, min(MAX_CHAR_TOKENS, len(ids)) + 1):
+        shorter = tokenizer.decode(ids[:-k], skip_special_tokens=skip_special_tokens)
+        if not shorter.endswith(REPLACEMENT):
+            return shorter
+    return text.rstrip(REPLACEMENT)
+
+
+def cut_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
+    """The longest beginning of ``text`` that the tokenizer encodes (alone) in at most ``max_tokens`` tokens, cut
+    between whole characters: a slice of ``text`` itself (by the fast tokenizers' offsets), else the decoded
+    tokens without an unfinished character at the end."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
+    ids = enc["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    if max_tokens <= 0:
+        return ""
+    offsets = enc.get("offset_mapping")
+    if not offsets:
+        return decode_whole(tokenizer, ids[:max_tokens])
+    # the tokens of one split character all map to that character: cut after the last token whose successor
+    # starts a new character
+    k = max_tokens
+    while k > 0 and offsets[k][0] < offsets[k - 1][1]:
+        k -= 1
+    return text[: offsets[k - 1][1]] if k else ""
+
+
 def finish_sample(
     tokenizer, kind, *, prompt, question, answer, answer_prefix, depth, seed, context_span, spans, **meta
 ):

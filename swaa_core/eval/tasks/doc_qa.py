@@ -3,7 +3,7 @@ asked, keeping its beginning."""
 
 from __future__ import annotations
 
-from .base import TaskError, count_tokens, finish_sample
+from .base import TaskError, count_tokens, cut_to_tokens, finish_sample
 
 
 def doc_qa(
@@ -16,12 +16,7 @@ def doc_qa(
     document, truncated = document.strip(), False
     head, tail = "Read the document below and answer the question.\n\nDocument:\n", f"\n\nQuestion: {question.strip()}"
     if length_tokens is not None:
-        budget = length_tokens - count_tokens(tokenizer, head + tail)
-        if budget < 16:
-            raise TaskError(f"length_tokens={length_tokens} leaves no room for the document; ask for more tokens.")
-        ids = tokenizer(document, add_special_tokens=False)["input_ids"]
-        if len(ids) > budget:  # keep the beginning; the user sees meta["truncated"]
-            document, truncated = tokenizer.decode(ids[:budget], skip_special_tokens=True).strip(), True
+        document, truncated = _cut(tokenizer, document, head, tail, length_tokens)
     prompt = head + document + tail
     start = len(head)
     refs = [a for a in (answer if isinstance(answer, (list, tuple)) else [answer]) if str(a or "").strip()]
@@ -47,3 +42,19 @@ def doc_qa(
         actual_depth = sample.meta["actual_depth"]
         sample.depth = actual_depth
     return sample
+
+
+def _cut(tokenizer, document: str, head: str, tail: str, length_tokens: int) -> tuple[str, bool]:
+    """(document, truncated): its beginning, between whole characters, such that the whole prompt has at most
+    ``length_tokens`` tokens (tokens can merge across the joins, so the prompt itself is counted)."""
+    budget = length_tokens - count_tokens(tokenizer, head + tail)
+    if budget < 16:
+        raise TaskError(f"length_tokens={length_tokens} leaves no room for the document; ask for more tokens.")
+    if count_tokens(tokenizer, head + document + tail) <= length_tokens:
+        return document, False
+    while budget > 0:  # keep the beginning; the user sees meta["truncated"]
+        cut = cut_to_tokens(tokenizer, document, budget).strip()
+        if count_tokens(tokenizer, head + cut + tail) <= length_tokens:
+            return cut, True
+        budget -= 1
+    raise TaskError(f"length_tokens={length_tokens} leaves no room for the document; ask for more tokens.")
