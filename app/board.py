@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from swaa_core.eval.latency import comparable, decode_note, ratio_text
+from swaa_core.eval.latency import comparable, decode_note
+from swaa_core.eval.timing import spread_verdict
 from swaa_core.runtime.units import format_bytes
 
 WAITING, RUNNING, DONE, ERROR, CANCELLED = "waiting", "running", "done", "error", "cancelled"
@@ -177,12 +178,10 @@ def summary_markdown(columns: list[ColumnView]) -> str:
         r = col.result
         if col.is_full or r is None or r.error:
             continue
-        decode = comparable(base, r) or ratio_text(
-            base.decode_tokens_per_s, r.decode_tokens_per_s, higher_is_faster=True
-        )
-        timed = comparable(base, r, what="timed") or ratio_text(base.timed_total_s, r.timed_total_s)
+        decode = comparable(base, r) or _versus(base.decode_tokens_per_s, r.decode_tokens_per_s, speed=True)
+        timed = comparable(base, r, what="timed") or _versus(base.timed_total_s, r.timed_total_s)
         lines.append(
-            f"| {_md(col.label)} | {ratio_text(base.ttft_s, r.ttft_s)} | {decode} | {timed} | "
+            f"| {_md(col.label)} | {_versus(base.ttft_s, r.ttft_s)} | {decode} | {timed} | "
             f"{_saving(base.kv_cache_bytes, r.kv_cache_bytes)} | {_answer_change(base, r)} |"
         )
     if len(lines) == 2:
@@ -196,6 +195,11 @@ def summary_markdown(columns: list[ColumnView]) -> str:
     notes.append(path_note([c.result for c in columns if c.result is not None and not c.result.error]))
     text = "**What SWAA saved and what it lost** (against full attention)\n\n" + "\n".join(lines)
     return text + "".join(f"\n\n<small>{note}</small>" for note in notes if note)
+
+
+def _versus(base: float, new: float, *, speed: bool = False) -> str:
+    """One run of each column: the ratio, said to have no spread (the Decode speed tab repeats runs in turns)."""
+    return spread_verdict([base], [new], higher_is_faster=speed)
 
 
 def _notes(base, swaa_columns: list[ColumnView]) -> list[str]:

@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +28,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..engine.config import SWAAConfig
 from .harness import CancelCriteria, ContextOverflowError, check_context, error_text
-from .timing import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS
+from .timing import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS, pin_threads, remember_start_threads
+
+remember_start_threads()  # before a library or a worker thread changes it: every timed path pins this count
 
 TOO_FEW = "too few tokens to compare"
 DYNAMIC_CACHE = "dynamic cache"  # transformers' generate with a growing cache (the default decode path)
@@ -218,19 +220,6 @@ def comparable(base, run, *, what: str = "decode") -> str | None:
     return None
 
 
-def ratio_text(base: float, new: float, *, higher_is_faster: bool = False) -> str:
-    """Words for a time (or a speed if ``higher_is_faster``) against the baseline's: "1.50× faster",
-    "1.50× slower", or "about the same" within 5%."""
-    if not base or not new:
-        return "–"
-    factor = new / base if higher_is_faster else base / new
-    if factor >= 1.05:
-        return f"{factor:.2f}× faster"
-    if factor <= 0.95:
-        return f"{1 / factor:.2f}× slower"
-    return "about the same"
-
-
 # ---------------------------------------------------------------------- decode speed against prompt length
 
 
@@ -249,6 +238,8 @@ class DecodePoint:
     repeats: int = 0
     error: str | None = None
     decode_path: str = DYNAMIC_CACHE  # see decode_path()
+    runs_ms_per_token: list[float] = field(default_factory=list)  # every repeat, in turn order: the spread
+    threads: int = 0  # torch intra-op threads it was timed with (timing.pin_threads)
     setup_s: float = 0.0  # fixed buffers only: median first-call cost (buffers, warm-up steps, graph capture)
 
     @property
@@ -351,6 +342,7 @@ def decode_speed_curve(
     device = next(model.parameters()).device
     info = getattr(loaded, "info", None)
     vocab = model.config.get_text_config(decoder=True).vocab_size
+    threads = pin_threads()
     gen = torch.Generator().manual_seed(seed)
     points: list[DecodePoint] = []
     warm: set[str] = set()
@@ -365,7 +357,8 @@ def decode_speed_curve(
 
     for n in lengths:
         ids = torch.randint(min(10, vocab - 1), vocab, (1, n), generator=gen).to(device)
-        row = {label: DecodePoint(label, n, new_tokens, decode_path=decode_path(static_cache)) for label in configs}
+        row = {label: DecodePoint(label, n, new_tokens, decode_path=decode_path(static_cache), threads=threads)
+               for label in configs}  # fmt: skip
         runs: dict[str, list[DecodeTiming]] = {label: [] for label in configs}
         setups: dict[str, list[tuple[float, str]]] = {label: [] for label in configs}
         for label, cfg in configs.items():
@@ -401,7 +394,7 @@ def decode_speed_curve(
             if per_token:
                 point.ms_per_token, point.best_ms_per_token = statistics.median(per_token), min(per_token)
                 point.prefill_s = statistics.median(t.ttft_s for t in runs[label])
-                point.repeats = len(per_token)
+                point.repeats, point.runs_ms_per_token = len(per_token), per_token
                 point.setup_s = statistics.median(s for s, _ in setups[label])
                 point.decode_path = setups[label][-1][1]
             elif point.error is None:

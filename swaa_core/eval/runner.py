@@ -55,6 +55,7 @@ from .latency import (
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens, needle_distance, run_meta
 from .tasks.base import decode_whole
+from .timing import pin_threads
 
 log = logging.getLogger(__name__)
 BASELINE_LABEL = "Full attention"
@@ -98,6 +99,7 @@ class RunResult:
     reference: str | list[str] | None = None
     notes: list[str] = field(default_factory=list)
     device: str = ""
+    threads: int = 0  # torch intra-op threads the run was timed with (timing.pin_threads)
     meta: dict[str, Any] = field(default_factory=dict)  # task, depth, seed, ... of the sample
 
     @property
@@ -269,6 +271,7 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
         raise RunCancelled
     if config is not None:
         config.validate(len(attention_modules(m.model)))
+    result.threads = pin_threads()  # the same threads in the main thread, a Gradio worker or a run's own thread
     if spec.warmup:
         _warm_up(m, config, spec.backend, spec.static_cache)
     prefix = sample.answer_prefix if sample is not None else ""

@@ -28,6 +28,7 @@ from .latency import DEFAULT_TIMING_TOKENS
 from .results import to_frame
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
+from .timing import timing_threads
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run_settings(spec: SweepSpec, *, backend: str = "auto", loaded=None) -> dict
     ``loaded`` is given, the weights' dtype and device type (numbers and timings differ across them)."""
     settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS}
     settings["backend"] = backend
+    settings["threads"] = timing_threads()  # timings taken with other thread counts are other rows
     param = next(iter(getattr(getattr(loaded, "model", None), "parameters", list)()), None)
     if param is not None:
         settings.update(dtype=str(param.dtype), device=param.device.type)

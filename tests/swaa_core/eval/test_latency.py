@@ -12,7 +12,7 @@ import torch
 from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig
-from swaa_core.eval.latency import DecodeTiming, comparable, decode_note, decode_speed_curve, ratio_text
+from swaa_core.eval.latency import DecodeTiming, comparable, decode_note, decode_speed_curve
 
 LAYERS, KV_HEADS, HEAD_DIM, W = 2, 2, 8, 16
 PER_TOKEN = 2 * KV_HEADS * HEAD_DIM * 4  # keys and values, float32, per layer
@@ -112,10 +112,18 @@ def test_comparisons_need_equal_and_enough_tokens():
     assert "(1 decode step)" in decode_note(_run(1))
 
 
-def test_ratio_words():
-    assert ratio_text(2.0, 1.0) == "2.00× faster" and ratio_text(1.0, 1.5) == "1.50× slower"
-    assert ratio_text(10.0, 15.0, higher_is_faster=True) == "1.50× faster"
-    assert ratio_text(1.0, 1.02) == "about the same" and ratio_text(0.0, 1.0) == "–"
+def test_verdicts_carry_their_spread_and_do_not_rank_noise():
+    from swaa_core.eval.timing import spread_verdict
+
+    # seconds of one config against the baseline's, turn by turn (hand-computed ratios: base / new)
+    assert spread_verdict([2.0, 2.2, 1.8], [1.0, 1.0, 1.0]) == "2.00× faster (1.80–2.20× over 3 turns)"
+    assert spread_verdict([1.0, 1.0], [1.5, 2.0]) == "1.71× slower (0.50–0.67× over 2 turns)"  # median 0.583
+    # the flip: 1.40x faster in one turn, 2.48x slower in another, identical configs
+    assert spread_verdict([1.4, 1.0], [1.0, 2.48]).startswith("within noise (0.40–1.40× over 2 turns)")
+    assert spread_verdict([1.0, 1.0, 1.0], [0.98, 0.99, 0.97]).startswith("within noise")  # all within 5%
+    assert spread_verdict([10.0, 10.0], [15.0, 14.0], higher_is_faster=True) == "1.45× faster (1.40–1.50× over 2 turns)"
+    assert spread_verdict([2.0], [1.0]) == "2.00× faster (one run each: no spread)"
+    assert spread_verdict([0.0], [1.0]) == "–" and spread_verdict([], []) == "–"
 
 
 def test_decode_kernels_reaches_the_model_inside_a_peft_wrapper(monkeypatch):

@@ -454,3 +454,32 @@ def test_run_that_would_not_fit_is_refused_before_generating(tmp_path, monkeypat
     assert calls == [] and refused.output_text == ""
     allowed = run_one(real, long, swa, max_new_tokens=2, warmup=False, score_logprob=False)
     assert allowed.error is None and calls == [1] and allowed.output_text == probe.output_text
+
+
+def test_every_timed_path_runs_with_the_same_threads_in_any_thread(loaded, sample, monkeypatch):
+    """The page runs columns in worker threads and the sweeps in Gradio's; anything may have changed torch's thread
+    count meanwhile. Reference: the count asked for ($SWAA_NUM_THREADS), seen inside every forward pass."""
+    from swaa_core.eval.latency import decode_speed_curve
+
+    monkeypatch.setenv("SWAA_NUM_THREADS", "1")
+    seen, out, before = [], {}, torch.get_num_threads()
+    hook = loaded.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    quick = dict(max_new_tokens=2, warmup=False, score_logprob=False, timing_tokens=2)
+
+    def worker():
+        torch.set_num_threads(2)  # a library, or another session, changed it
+        out["run"] = run_one(loaded, sample, None, **quick)
+        torch.set_num_threads(2)
+        out["curve"] = decode_speed_curve(loaded, {"full": None}, [64], new_tokens=2)
+
+    try:
+        torch.set_num_threads(2)
+        out["main"] = run_one(loaded, sample, None, **quick)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    assert out["main"].threads == out["run"].threads == out["curve"][0].threads == 1
+    assert seen and set(seen) == {1}
