@@ -19,12 +19,11 @@ from swaa_core.models.registry import DEFAULT_MODEL
 from . import run_handlers as rh
 from . import sweeps
 from .board import render_board, summary_markdown
-from .common import CANCELS, HUB, loaded_model, num_layers, session_id, ui_errors
+from .common import HEAVY, HUB, loaded_model, num_layers, session_id, stop_session, ui_errors
 from .prompts import TASK_CHOICES, Prompt
 from .prompts import read_upload as _read_upload
 from .state import DEFAULT_PINNED, FA_DECODE_MODES, FA_LAYER_MODES, Settings, Strategy, parse_pinned
 
-HEAVY = "model"  # the page's concurrency group of everything that runs the model
 ENDPOINTS = (
     "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
     "needle_sweep", "decode_speed",
@@ -101,9 +100,11 @@ def compare(
     yield (render_board(views), summary_markdown(views), rows, *rh.export_files(rows))
 
 
-def stop_run(request: gr.Request = None) -> bool:
-    """Stop this client's running comparison or sweep; finished columns are kept. True if one was running."""
-    return CANCELS.cancel(session_id(request))
+async def stop_run(request: gr.Request = None) -> bool:
+    """Stop this client's running comparison or sweep (finished columns are kept) and take its runs still waiting in
+    the queue out of it (they end with an error saying they were stopped before they started). True if anything
+    was stopped."""
+    return await stop_session(request)
 
 
 @ui_errors

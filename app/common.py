@@ -24,6 +24,35 @@ from .state import Strategy
 HUB = ModelHub()  # base models, shared by every session
 ADAPTERS = AdapterModels()  # base models with a LoRA adapter merged in
 CANCELS = CancelRegistry()  # Stop buttons -> the run of the same session
+HEAVY = "model"  # the concurrency group (and Gradio queue) of everything that runs the model
+STOPPED_BEFORE_START = "Stopped before it started: this run was still waiting for the model."
+
+
+async def stop_session(request: gr.Request | None) -> bool:
+    """Stop this session's runs: the running one ends at its next step (finished results stay), and the ones still
+    waiting in Gradio's queue for the model are taken out of it, so they never run; each ends for its page or
+    client with STOPPED_BEFORE_START. True if anything was stopped."""
+    session = session_id(request)
+    running = CANCELS.cancel(session)
+    return await _drop_waiting(request, session) > 0 or running
+
+
+async def _drop_waiting(request: gr.Request | None, session: str) -> int:
+    """Take ``session``'s events out of the model's queue, as Gradio's own cancel route does (Gradio 6 keeps the
+    waiting events per concurrency id); 0 when the queue cannot be reached."""
+    from gradio.server_messages import ProcessCompletedMessage
+
+    try:
+        queue = request.request.app.get_blocks()._queue
+        waiting = list(queue.event_queue_per_concurrency_id[HEAVY].queue)
+    except (AttributeError, KeyError):  # no queue (a direct call) or another Gradio: nothing waits here
+        return 0
+    mine = [event for event in waiting if event.session_hash == session]
+    for event in mine:
+        await queue.remove_from_queue(event._id)
+        message = ProcessCompletedMessage(output={"error": STOPPED_BEFORE_START}, title="Stopped", success=False)
+        queue.send_message(event, message)
+    return len(mine)
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -84,6 +113,19 @@ def toast_errors(fn, n_outputs: int):
 
         gen_wrapper.toasts_errors = True
         return gen_wrapper
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                gr.Warning(error_message(e))
+                return unchanged()
+
+        async_wrapper.toasts_errors = True
+        return async_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

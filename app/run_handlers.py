@@ -26,6 +26,7 @@ from .common import (
     mask_figure,
     num_layers,
     session_id,
+    stop_session,
     ui_errors,
     write_temp,
 )
@@ -65,9 +66,10 @@ RESULT_FIELDS = (
 )  # fmt: skip  (a figure a stopped column did not measure is null in the JSON, empty in the CSV, "–" on the page)
 
 
-def stop_run(request: gr.Request):
-    if CANCELS.cancel(session_id(request)):
-        gr.Info("Stopping: the running column ends at its next step; finished results stay.")
+async def stop_run(request: gr.Request):
+    if await stop_session(request):
+        gr.Info("Stopping: the running column ends at its next step; finished results stay; a run still waiting "
+                "for the model does not start.")  # fmt: skip
 
 
 # ---------------------------------------------------------------- the comparison

@@ -18,7 +18,7 @@ from swaa_core.eval.latency import DYNAMIC_CACHE
 from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resolve_recipe
 
 from . import plots
-from .common import CANCELS, config_label, loaded_model, num_layers, session_id, temp_folder
+from .common import CANCELS, config_label, loaded_model, num_layers, session_id, stop_session, temp_folder
 from .engine import on_gpu
 from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range, window_and_sinks
 
@@ -207,9 +207,10 @@ def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, r
 
 
 # ---------------------------------------------------------------- running a sweep
-def stop_sweep(request: gr.Request = None) -> None:
-    """The sweeps' Stop buttons: the session's running sweep ends at its next step and keeps what finished."""
-    if CANCELS.cancel(session_id(request)):
+async def stop_sweep(request: gr.Request = None) -> None:
+    """The sweeps' Stop buttons: the session's running sweep ends at its next step and keeps what finished; one
+    still waiting for the model never starts."""
+    if await stop_session(request):
         gr.Info("Stopping: the run in progress ends at its next step; the finished points stay.")
 
 

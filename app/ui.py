@@ -13,13 +13,12 @@ import gradio as gr
 from . import api, capacity, panels, sweeps, texts, tour
 from . import callbacks as cb
 from . import run_handlers as rh
-from .common import STRATEGY, toast_errors
+from .common import HEAVY, STRATEGY, toast_errors
 from .prompts import Prompt
 from .state import Settings, Strategy
 from .wiring import Group, flatten, group
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-HEAVY = "model"  # concurrency group of everything that runs the model
 SWEEP_STOPS = ("stop_sweep", "stop_heat", "stop_decode_speed")  # the Stop beside each sweep's run button
 SIDEBAR_PX = 460  # the longest preset and model names fit their dropdowns whole (tests/app/test_browser.py)
 

@@ -405,3 +405,27 @@ def test_stop_ends_a_long_run_and_keeps_what_finished(client):
     assert rows[0]["error"].startswith("Cancelled") and rows[0]["generated_tokens"] < 400
     assert len(rows) == 1  # the SWA column never started
     assert board.count("is-cancelled") == 2  # both columns show as stopped
+
+
+def test_stop_on_a_queued_run_takes_it_out_of_the_queue(client, app_url):
+    """Reference: a second client. Its /compare waits behind ours; its /stop_run ends it before it starts, and
+    ours (another session) runs on untouched."""
+    import time
+
+    ours = client.submit(**{**SWA_ONLY, "length": 1024, "max_new_tokens": 400}, api_name="/compare")
+    deadline = time.monotonic() + 600
+    while "generating…" not in (ours.outputs()[-1][0] if ours.outputs() else ""):
+        assert time.monotonic() < deadline and not ours.done(), "the first run never started streaming"
+        time.sleep(0.5)
+    other = Client(app_url, verbose=False)
+    waiting = other.submit(**SWA_ONLY, api_name="/compare")
+    while waiting.status().code.name not in ("IN_QUEUE", "QUEUE_FULL"):
+        assert time.monotonic() < deadline and not waiting.done()
+        time.sleep(0.2)
+    assert other.predict(api_name="/stop_run") is True
+    with pytest.raises(AppError, match="Stopped before it started"):
+        waiting.result(timeout=60)
+    assert not ours.done()  # the running run of the first client was not stopped by the second
+    assert client.predict(api_name="/stop_run") is True
+    _board, _summary, rows, _csv, _json = ours.result(timeout=300)
+    assert rows and rows[0]["cancelled"]
