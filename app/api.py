@@ -113,11 +113,9 @@ def read_upload(file) -> str:
     and oversized files are refused with a message naming the file."""
     if file is None:
         raise ValueError("No file was sent.")
-    path = Path(file)
-    try:
-        return _read_upload(path)
-    finally:
-        path.unlink(missing_ok=True)  # the uploaded copy in Gradio's cache is not needed any more
+    # only read: Gradio stores uploads by content hash, so clients sending the same file share this path (its
+    # cache removes it later)
+    return _read_upload(Path(file))
 
 
 @ui_errors

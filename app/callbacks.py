@@ -359,7 +359,9 @@ def pick_example(key):
 
 def read_upload(file, current):
     """An upload replaces the document only when it is readable text; otherwise a toast names the file and why,
-    and the document keeps what was there. The uploaded copy is deleted and the upload box cleared either way."""
+    and the document keeps what was there. The upload box is cleared either way; the uploaded copy is only read:
+    Gradio keeps one copy per content hash, shared by every visitor who sends the same file at the same time, and
+    its cache (delete_cache) removes it later."""
     if file is None:
         return gr.skip(), gr.skip()
     path = Path(file if isinstance(file, str) else file.name)
@@ -368,8 +370,6 @@ def read_upload(file, current):
     except Exception as e:  # noqa: BLE001 - the user's text stays
         gr.Warning(error_message(e))
         text = gr.skip()
-    finally:
-        path.unlink(missing_ok=True)
     return text, None
 
 

@@ -299,6 +299,19 @@ def test_uploaded_pdf_text_comes_back(client, tmp_path):
     )
 
 
+def test_identical_uploads_at_the_same_time_all_come_back(app_url, tmp_path):
+    """Six clients send the same file at once: Gradio stores it once, by content hash, and every client reads it.
+    Reference: the file's own text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    note = tmp_path / "same.txt"
+    note.write_text("The same note, sent by six visitors at once: 東京 🐈", encoding="utf-8")
+    clients = [Client(app_url, verbose=False) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        texts = list(pool.map(lambda c: c.predict(handle_file(str(note)), api_name="/read_upload"), clients))
+    assert texts == [note.read_text(encoding="utf-8")] * 6
+
+
 GOOD_CONFIG = '{"swaa_config": {"sliding_window_size": 128, "keep_first": 4, "force_fa_decode": [0, 2], "non_sliding_layers": [3, 7, 11, 15, 19, 23, 27]}}'
 
 
