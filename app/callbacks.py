@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -422,3 +423,18 @@ def _preview(sample) -> str:
         f"**Question:** {html.escape(sample.question)} · **expected:** `{html.escape(answer)}`.{where}\n\n"
         f"<details><summary>Show the whole prompt</summary><div class='swaa-prompt'>{prompt}</div></details>"
     )
+
+
+def keep_in_range(value, last, *, label: str, low: float, high: float | None):
+    """The guard of a typed-in number (app.panels.Slider / Number): outside [low, high] (or not a number) it is
+    refused by name and the widget goes back to ``last``, the last valid value; a valid one becomes ``last``.
+    Returns (widget value, last)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isfinite(number) and number >= low and (high is None or number <= high):
+        return gr.skip(), value
+    top = "" if high is None else f" to {high:g}"
+    gr.Warning(f"{label} takes {low:g}{top}; {value!r} was not taken and it stays {last!r}.")
+    return last, last

@@ -16,6 +16,36 @@ from .state import FA_LAYER_MODES, MAX_PINNED, STATIC_CACHE_LABEL, Settings
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
 
+class Slider(gr.Slider):
+    """A slider whose typed-in number reaches the handlers as typed. Gradio's own range check raises inside every
+    event that reads it (a traceback in the log each time) while the browser clamps the number to the range's end,
+    which the next run then uses; instead app.ui's guard refuses it by name and puts the last valid value back, and
+    the handlers' own checks refuse it if a run reads it first. ``guarded`` False: a range that follows the model
+    (the layer), checked by its handlers only."""
+
+    guarded = True
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "slider"  # the browser draws it as Gradio's slider
+
+    def preprocess(self, payload):
+        return payload
+
+
+class Number(gr.Number):
+    """A number box checked like :class:`Slider`: rounded to its precision, refused by the guard when out of range."""
+
+    guarded = True
+
+    @classmethod
+    def get_block_name(cls) -> str:
+        return "number"
+
+    def preprocess(self, payload):
+        return None if payload is None else self.round_to_precision(payload, self.precision)
+
+
 def _placeholder(text: str):
     return plots.plot_data(plots.message_figure(text), "swaa-plot")
 
@@ -49,8 +79,8 @@ def strategy_panel(ui, d: Settings) -> None:
             info=texts.RECIPE_INFO,
         )
         ui.recipe_note = gr.Markdown(cb.recipe_note("recommended"))
-        ui.window = gr.Slider(8, 8192, value=s.window, step=8, label="Window size W", info=texts.WINDOW_INFO)
-        ui.sinks = gr.Slider(0, 256, value=s.sinks, step=1, label="Sink tokens K", info=texts.SINKS_INFO)
+        ui.window = Slider(8, 8192, value=s.window, step=8, label="Window size W", info=texts.WINDOW_INFO)
+        ui.sinks = Slider(0, 256, value=s.sinks, step=1, label="Sink tokens K", info=texts.SINKS_INFO)
         ui.fa_layers_mode = gr.Radio(
             list(FA_LAYER_MODES), value=s.fa_layers_mode, label="Full-attention layers", info=texts.FA_LAYERS_INFO
         )
@@ -125,9 +155,9 @@ def prompt_panel(ui, d: Settings) -> None:
                 ui.task = gr.Dropdown(
                     [(label, kind) for kind, label in TASK_CHOICES], value=d.task, label="Task", info=texts.TASK_INFO
                 )
-                ui.seed = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed", info=texts.SEED_INFO)
+                ui.seed = Number(value=d.seed, precision=0, minimum=0, label="Seed", info=texts.SEED_INFO)
             with gr.Row():
-                ui.length = gr.Slider(
+                ui.length = Slider(
                     128,
                     8192 - LENGTH_HEADROOM,
                     value=d.length,
@@ -135,7 +165,7 @@ def prompt_panel(ui, d: Settings) -> None:
                     label="Length (tokens)",
                     info=texts.LENGTH_INFO,
                 )
-                ui.depth = gr.Slider(0, 1, value=d.depth, step=0.05, label="Fact depth", info=texts.DEPTH_INFO)
+                ui.depth = Slider(0, 1, value=d.depth, step=0.05, label="Fact depth", info=texts.DEPTH_INFO)
             ui.task_preview = gr.Markdown()
         with gr.Group(visible=d.source == "text") as ui.text_group:
             with gr.Row():
@@ -163,7 +193,7 @@ def prompt_panel(ui, d: Settings) -> None:
 
 def run_panel(ui, d: Settings) -> None:
     with gr.Row(equal_height=True):
-        ui.max_new_tokens = gr.Slider(
+        ui.max_new_tokens = Slider(
             1, 512, value=d.max_new_tokens, step=1, label="Max new tokens", info=texts.MAX_NEW_TOKENS_INFO, scale=3
         )
         ui.run = gr.Button("Run comparison", variant="primary", scale=1, elem_id="swaa-run")
@@ -190,7 +220,8 @@ def why_panel(ui) -> None:
         heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(entry.num_heads)]
         ui.head = gr.Dropdown(heads, value=-1, label="Head", scale=1)
     with gr.Row(equal_height=True):
-        ui.layer = gr.Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer", scale=3)
+        ui.layer = Slider(0, entry.num_layers - 1, value=0, step=1, label="Layer", scale=3)
+        ui.layer.guarded = False
         ui.draw = gr.Button("Draw attention", size="sm", scale=1)
     ui.attention = gr.Plot(
         _placeholder("Run a comparison: the maps use its prompt."), label="Attention maps", elem_id="swaa-attention"
@@ -207,8 +238,8 @@ def sweep_panel(ui) -> None:
             choices=cb.recipe_choices(), value=DEFAULT_SWEEP_RECIPES, label="Recipes", scale=3
         )
         with gr.Column(scale=1):
-            ui.sweep_samples = gr.Slider(1, 20, value=3, step=1, label="Samples per recipe")
-            ui.sweep_length = gr.Slider(256, 8192, value=768, step=128, label="Length (tokens)")
+            ui.sweep_samples = Slider(1, 20, value=3, step=1, label="Samples per recipe")
+            ui.sweep_length = Slider(256, 8192, value=768, step=128, label="Length (tokens)")
     with gr.Row():
         ui.run_sweep = gr.Button("Run recipe sweep", variant="primary")
         ui.stop_sweep = gr.Button("Stop", variant="stop")
@@ -223,8 +254,8 @@ def sweep_panel(ui) -> None:
         ui.heat_lengths = gr.CheckboxGroup(
             choices=[256, 512, 1024, 2048, 4096, 8192], value=[256, 512, 1024], label="Lengths (tokens)", scale=2
         )
-        ui.heat_depths = gr.Slider(2, 11, value=5, step=1, label="Depths (evenly from 0 to 1)", scale=1)
-        ui.heat_samples = gr.Slider(1, 10, value=1, step=1, label="Samples per cell", scale=1)
+        ui.heat_depths = Slider(2, 11, value=5, step=1, label="Depths (evenly from 0 to 1)", scale=1)
+        ui.heat_samples = Slider(1, 10, value=1, step=1, label="Samples per cell", scale=1)
     with gr.Row():
         ui.run_heat = gr.Button("Run needle sweep", variant="primary")
         ui.stop_heat = gr.Button("Stop", variant="stop")

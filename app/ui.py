@@ -3,6 +3,8 @@ app.sweeps and app.tour; words in app.texts; figures in app.plots and app.maps."
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -111,7 +113,18 @@ def _groups(ui) -> SimpleNamespace:
     return g
 
 
+def _guard_numbers(ui) -> None:
+    """Every guarded number widget refuses a typed value outside its range and keeps its last valid value."""
+    for widget in vars(ui).values():
+        if isinstance(widget, (panels.Slider, panels.Number)) and widget.guarded:
+            last = gr.State(widget.value)
+            low = widget.minimum if widget.minimum is not None else -math.inf
+            guard = functools.partial(cb.keep_in_range, label=widget.label, low=low, high=widget.maximum)
+            _light(widget.change, guard, [widget, last], [widget, last])
+
+
 def _wire(demo: gr.Blocks, ui) -> None:
+    _guard_numbers(ui)
     g = _groups(ui)
     strategy = _widgets(ui, STRATEGY)
     prompt = g.prompt.components()

@@ -229,3 +229,26 @@ def test_dropdown_choices_fit_their_boxes(page, app_url, artifacts):
     names = [recipe_label(r, resolve_recipe(r.name, 30, window=256)) for r in list_recipes() if r.sliding]
     assert _too_wide(page, column, names) == []
     assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("typed", ["-5", "0", "99999"])
+def test_a_refused_window_never_runs_and_the_last_valid_value_stays(page, app_url, capfd, typed):
+    """Reference: the value the page had before (256, the default). Gradio's own check raised in every event (two
+    tracebacks) and the browser then clamped the number, so the run went ahead with W=8."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    _wait_until_ready(page)
+    capfd.readouterr()
+    box = page.locator("input[aria-label='number input for Window size W']")
+    box.fill(typed)
+    box.press("Enter")
+    expect(page.locator(".toast-body").filter(has_text="Window size W takes 8 to 8192")).to_have_count(
+        1, timeout=30_000
+    )
+    expect(box).to_have_value("256", timeout=30_000)
+    page.click("#swaa-run")
+    expect(page.locator("#swaa-board")).to_contain_text("W=256", timeout=60_000)
+    page.click("#swaa-stop")
+    assert "W=8)" not in page.locator("#swaa-board").inner_text()
+    assert "Traceback" not in capfd.readouterr().err
