@@ -16,34 +16,32 @@ from .state import FA_LAYER_MODES, MAX_PINNED, STATIC_CACHE_LABEL, Settings
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
 
-class Slider(gr.Slider):
-    """A slider whose typed-in number reaches the handlers as typed. Gradio's own range check raises inside every
-    event that reads it (a traceback in the log each time) while the browser clamps the number to the range's end,
-    which the next run then uses; instead app.ui's guard refuses it by name and puts the last valid value back, and
-    the handlers' own checks refuse it if a run reads it first. ``guarded`` False: a range that follows the model
-    (the layer), checked by its handlers only."""
-
-    guarded = True
-
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "slider"  # the browser draws it as Gradio's slider
+def _typed_as_is(cls):
+    """A subclass of a Gradio number widget whose value reaches the handlers unchecked (rounded to its precision).
+    Gradio's own range check raises inside every event that reads it (a traceback in the log each time) while the
+    browser clamps the number to the range's end, which the next run then uses; instead app.ui's guard refuses it
+    by name and puts the last valid value back, and the handlers' own checks refuse it if a run reads it first.
+    A subclass, as sessions rebuild a widget from its class when an event updates it; Gradio would write a .pyi
+    stub beside this module for it, which is switched off while the class is made."""
+    import gradio.component_meta as meta
 
     def preprocess(self, payload):
-        return payload
+        try:
+            return gr.Number.round_to_precision(payload, getattr(self, "precision", None))
+        except (TypeError, ValueError):  # not a number: the guard and the handlers name it
+            return payload
+
+    write_stub, meta.create_or_modify_pyi = meta.create_or_modify_pyi, lambda *_args, **_kwargs: None
+    try:
+        name = cls.__name__.lower()  # the browser draws Gradio's own widget of that name
+        return type(cls.__name__, (cls,), {"preprocess": preprocess, "guarded": True,
+                                            "get_block_name": lambda _self: name})  # fmt: skip
+    finally:
+        meta.create_or_modify_pyi = write_stub
 
 
-class Number(gr.Number):
-    """A number box checked like :class:`Slider`: rounded to its precision, refused by the guard when out of range."""
-
-    guarded = True
-
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "number"
-
-    def preprocess(self, payload):
-        return None if payload is None else self.round_to_precision(payload, self.precision)
+Slider = _typed_as_is(gr.Slider)  # ``guarded`` False on an instance: a range that follows the model (the layer)
+Number = _typed_as_is(gr.Number)
 
 
 def _placeholder(text: str):

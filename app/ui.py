@@ -116,7 +116,7 @@ def _groups(ui) -> SimpleNamespace:
 def _guard_numbers(ui) -> None:
     """Every guarded number widget refuses a typed value outside its range and keeps its last valid value."""
     for widget in vars(ui).values():
-        if isinstance(widget, (panels.Slider, panels.Number)) and widget.guarded:
+        if getattr(widget, "guarded", False):
             last = gr.State(widget.value)
             low = widget.minimum if widget.minimum is not None else -math.inf
             guard = functools.partial(cb.keep_in_range, label=widget.label, low=low, high=widget.maximum)
