@@ -18,6 +18,7 @@ from ..eval.recipes import (
     get_recipe,
     load_user_recipes,
     recipe_label,
+    recipe_named,
     resolve_recipe,
     unused_settings,
 )
@@ -194,9 +195,11 @@ def load_from_args(args, launch=None):
 
 
 def _check_files_first(args) -> None:
-    """Read the files a command was given before its model loads, so a typo costs seconds, not a model download."""
-    if getattr(args, "recipes_file", None):
-        load_user_recipes(args.recipes_file)
+    """Read the files and recipe names a command was given before its model loads, so a typo costs seconds, not a
+    model load or download."""
+    user = load_user_recipes(args.recipes_file) if getattr(args, "recipes_file", None) else {}
+    for name in getattr(args, "recipe", None) or []:
+        recipe_named(name, user)
     for option in ("data", "dataset"):
         value = getattr(args, option, None)
         is_file_name = isinstance(value, (str, Path)) and str(value).endswith((".json", ".jsonl", ".parquet", ".csv"))

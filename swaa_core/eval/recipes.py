@@ -187,6 +187,12 @@ def resolve_recipe(
     return recipe.build(num_layers, window=window, keep_first=keep_first)
 
 
+def recipe_named(name: str, user_recipes: dict[str, SWAAConfig] | None = None) -> Recipe:
+    """The recipe a name means (a preset, a name in ``user_recipes``, or inline JSON) without building it for a
+    model: the check a command makes before it loads one. SWAAConfigError naming the unknown name."""
+    return _lookup(name, user_recipes)
+
+
 def _lookup(name: str, user_recipes: dict[str, SWAAConfig] | None) -> Recipe:
     if not isinstance(name, str) or not name.strip():
         raise SWAAConfigError("A recipe name is empty; use a preset name such as 'swa-fa-decode'.")

@@ -519,6 +519,8 @@ def test_recipes_show_says_when_a_recipe_ignores_the_sinks_asked_for(capsys):
     [
         (["--recipes-file", "BAD"], "Unknown SWAA config field(s) ['keep_frist']"),
         (["--recipes-file", "MISSING"], "Recipe file not found"),
+        (["-r", "no-such-recipe"], "Unknown recipe 'no-such-recipe'"),  # as fast as `swaa recipes show` says it
+        (["-r", "swa", "--recipes-file", "BAD"], "Unknown SWAA config field(s) ['keep_frist']"),
     ],
 )
 def test_a_broken_file_is_reported_before_the_model_loads(tmp_path, capsys, extra, says):
