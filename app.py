@@ -7,11 +7,18 @@ SWAA_ALLOWED_DIRS (on a Space: the only local folders models and adapters load f
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
+import socket
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch and Gradio import (seconds): stop quietly, not with a traceback
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+import logging
 import threading
+
+from gradio.route_utils import delete_files_created_by_app
 
 from app.common import CANCELS, HUB, remove_temp_root
 from app.ui import build_demo, launch_kwargs
@@ -41,6 +48,33 @@ def _can_open_browser() -> bool:
     return True
 
 
+def _port() -> int | None:
+    """The port to serve on. One asked for (GRADIO_SERVER_PORT) must be free, or the app stops and says so; else the
+    first free one from Gradio's 7860, said out loud when it is not 7860 (a second app may be running)."""
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    asked = os.environ.get("GRADIO_SERVER_PORT", "").strip()
+    if asked:
+        if not asked.isdigit() or not _free(host, int(asked)):
+            log.error(
+                "Port %s (GRADIO_SERVER_PORT) is not free on %s: stop what uses it or choose another.", asked, host
+            )
+            os._exit(1)
+        return int(asked)
+    port = next((p for p in range(7860, 7960) if _free(host, p)), None)
+    if port is not None and port != 7860:
+        log.warning("Port 7860 is taken (another app?); serving on port %d instead. GRADIO_SERVER_PORT chooses.", port)
+    return port
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 _stopping = threading.Lock()
 
 
@@ -59,6 +93,9 @@ def _shutdown(signum, _frame) -> None:
         if not CANCELS.shutdown(SHUTDOWN_WAIT_S):
             log.warning("A model run did not stop within %d s; exiting anyway.", SHUTDOWN_WAIT_S)
         demo.close()
+        # Gradio empties its cache of this app's files (uploads, results downloads) in its server's shutdown,
+        # which os._exit below does not wait for: the same function, called here
+        delete_files_created_by_app(demo, age=None)
         remove_temp_root()
     finally:
         logging.shutdown()
@@ -70,4 +107,4 @@ def _shutdown(signum, _frame) -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, _shutdown)
     signal.signal(signal.SIGTERM, _shutdown)
-    demo.launch(inbrowser=_can_open_browser(), **launch_kwargs())
+    demo.launch(inbrowser=_can_open_browser(), **{**launch_kwargs(), "server_port": _port()})

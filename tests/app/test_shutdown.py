@@ -23,11 +23,16 @@ START_S = 120  # until the server answers
 EXIT_S = 60  # from Ctrl-C to exit: a cancelled column stops at its next layer
 
 
-def _start_app(port: int) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+def _launch(port: int, **env) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "PYTHONPATH": str(ROOT),
+           **env}  # fmt: skip
+    return subprocess.Popen(
         [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+def _start_app(port: int, **env) -> subprocess.Popen:
+    proc = _launch(port, **env)
     deadline = time.monotonic() + START_S
     while not _port_open(port):
         assert proc.poll() is None, f"app.py exited early:\n{proc.stdout.read()}"
@@ -79,3 +84,43 @@ def test_ctrl_c_while_a_comparison_streams():
         proc.kill()
         raise
     _interrupt_and_wait(proc, port)
+
+
+def test_ctrl_c_during_the_start_up_imports_ends_without_a_traceback():
+    proc = _launch(free_port())
+    time.sleep(1.0)  # torch, transformers and Gradio take seconds to import
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=EXIT_S)
+    assert proc.returncode == 130 and "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
+def test_a_port_asked_for_that_is_taken_is_refused_by_name():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _launch(port, SWAA_PRELOAD="0")
+        output, _ = proc.communicate(timeout=START_S)
+    assert proc.returncode == 1, output
+    assert f"Port {port} (GRADIO_SERVER_PORT) is not free" in output
+
+
+def test_the_apps_files_are_deleted_when_it_stops(tmp_path):
+    """README: uploads and downloads are deleted when the app stops. Reference: the folders' contents."""
+    from gradio_client import Client, handle_file
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    port = free_port()
+    proc = _start_app(port, SWAA_PRELOAD="0", GRADIO_TEMP_DIR=str(temp / "gradio"), TMPDIR=str(temp))
+    try:
+        note = tmp_path / "note.txt"
+        note.write_text("kept only while the app runs", encoding="utf-8")
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        assert client.predict(handle_file(str(note)), api_name="/read_upload") == note.read_text(encoding="utf-8")
+        assert [p for p in temp.rglob("*") if p.is_file()]  # the upload sits in Gradio's cache
+    except BaseException:
+        proc.kill()
+        raise
+    _interrupt_and_wait(proc, port)
+    assert not list(temp.rglob("note.txt")) and not list(temp.glob("swaa-app-*"))
