@@ -38,32 +38,13 @@ MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabil
 # The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
 # the sweep's coordinates (cell id, window, length target, depth, ...), and without the reasoning text and the
 # padding tokens of the timing that a visitor's export keeps.
+# A figure a stopped column did not measure is null in the JSON, empty in the CSV, "–" on the page.
 RESULT_FIELDS = (
-    "label",
-    "correct",
-    "answer_text",
-    "output_text",
-    "reasoning_text",
-    "answer_logprob",
-    "prompt_tokens",
-    "generated_tokens",
-    "ttft_s",
-    "prefill_s",
-    "decode_tokens_per_s",
-    "decode_tokens",
-    "timed_tokens",
-    "timed_total_s",
-    "timing_extra_tokens",
-    "decode_path",
-    "setup_s",
-    "total_s",
-    "kv_cache_bytes",
-    "peak_memory_bytes",
-    "backend",
-    "cancelled",
-    "error",
-    "config",
-)  # fmt: skip  (a figure a stopped column did not measure is null in the JSON, empty in the CSV, "–" on the page)
+    "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
+    "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "decode_tokens", "timed_tokens",
+    "timed_total_s", "timing_extra_tokens", "decode_path", "setup_s", "total_s", "kv_cache_bytes",
+    "peak_memory_bytes", "backend", "cancelled", "error", "notes", "config",
+)  # fmt: skip
 
 
 async def stop_run(request: gr.Request):

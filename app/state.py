@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlencode
 
+from swaa_core.cli.bounds import NUMERIC_OPTIONS
 from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError
 from swaa_core.models.registry import DEFAULT_MODEL
 
@@ -114,6 +115,11 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
     The app's one check of both, used by every path that takes them, in the page's words (SWAAConfigError "The
     window size must be a whole number, got 12.5."); SWAAConfig then checks the config as a whole."""
     window, sinks = _whole(window, "window size"), _whole(sinks, "sink tokens")
+    try:  # the command line's ranges (--window, --keep-first), in its words
+        NUMERIC_OPTIONS["window"].check(window, "window")
+        NUMERIC_OPTIONS["keep_first"].check(sinks, "sinks")
+    except ValueError as e:
+        raise SWAAConfigError(str(e)) from None
     if window < 1:
         raise SWAAConfigError(
             f"The window size must be at least 1 token (the query's own), got {window}; full attention always runs "

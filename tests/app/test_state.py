@@ -140,3 +140,34 @@ def test_fixed_buffer_decode_travels_in_links_and_widgets():
                    depth=0.25, seed=None, max_new_tokens=12.0, example=None, pinned=None)  # fmt: skip
     assert Settings.from_widgets(**widgets, static_cache=True).static_cache is True
     assert Settings.from_widgets(**widgets, static_cache=None).static_cache is False
+
+
+@pytest.mark.parametrize(
+    "window, sinks, option", [(1e9, 0, "--window"), (256, 2**25, "--keep-first"), (0, 0, "--window")]
+)
+def test_the_page_and_the_api_take_the_command_lines_ranges(window, sinks, option, capsys):
+    """One set of bounds for every surface. Reference: the `swaa` command's own refusal of the same value."""
+    from app.state import window_and_sinks
+    from swaa_core.cli import main
+
+    value = window if option == "--window" else sinks
+    with pytest.raises(SystemExit):
+        main(["recipes", "show", "swa", "--layers", "4", option, str(int(value))])
+    cli = capsys.readouterr().err
+    with pytest.raises(ValueError) as refused:
+        window_and_sinks(window, sinks)
+    assert "must be a whole number from" in str(refused.value)
+    assert str(refused.value).split("must be ", 1)[1] in cli  # the same range, in the same words
+
+
+def test_the_api_results_carry_the_configs_notes():
+    """sinks=100000 at window 256 is legal but surprising: the command line notes it, and so do the API's rows."""
+    from app.board import ColumnView
+    from app.run_handlers import result_rows
+    from swaa_core import SWAAConfig
+    from swaa_core.eval.runner import RunResult
+
+    cfg = SWAAConfig(sliding_window_size=256, keep_first=100_000)
+    result = RunResult(label="swa", config=cfg.to_dict(), notes=cfg.notes(512))
+    rows = result_rows([ColumnView("swa", "", False, result=result)], {})
+    assert rows[0]["notes"] == cfg.notes(512) and any("keep_first=100000" in n for n in rows[0]["notes"])
