@@ -115,11 +115,6 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
     The app's one check of both, used by every path that takes them, in the page's words (SWAAConfigError "The
     window size must be a whole number, got 12.5."); SWAAConfig then checks the config as a whole."""
     window, sinks = _whole(window, "window size"), _whole(sinks, "sink tokens")
-    try:  # the command line's ranges (--window, --keep-first), in its words
-        NUMERIC_OPTIONS["window"].check(window, "window")
-        NUMERIC_OPTIONS["keep_first"].check(sinks, "sinks")
-    except ValueError as e:
-        raise SWAAConfigError(str(e)) from None
     if window < 1:
         raise SWAAConfigError(
             f"The window size must be at least 1 token (the query's own), got {window}; full attention always runs "
@@ -127,6 +122,11 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
         )
     if sinks < 0:
         raise SWAAConfigError(f"The number of sink tokens must be 0 or more, got {sinks}.")
+    try:  # and the command line's ranges (--window, --keep-first), in its words
+        NUMERIC_OPTIONS["window"].check(window, "window")
+        NUMERIC_OPTIONS["keep_first"].check(sinks, "sinks")
+    except ValueError as e:
+        raise SWAAConfigError(str(e)) from None
     cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks)
     return cfg.sliding_window_size, cfg.keep_first
 

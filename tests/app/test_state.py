@@ -142,9 +142,7 @@ def test_fixed_buffer_decode_travels_in_links_and_widgets():
     assert Settings.from_widgets(**widgets, static_cache=None).static_cache is False
 
 
-@pytest.mark.parametrize(
-    "window, sinks, option", [(1e9, 0, "--window"), (256, 2**25, "--keep-first"), (0, 0, "--window")]
-)
+@pytest.mark.parametrize("window, sinks, option", [(1e9, 0, "--window"), (256, 2**25, "--keep-first")])
 def test_the_page_and_the_api_take_the_command_lines_ranges(window, sinks, option, capsys):
     """One set of bounds for every surface. Reference: the `swaa` command's own refusal of the same value."""
     from app.state import window_and_sinks
