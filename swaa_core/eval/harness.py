@@ -23,6 +23,29 @@ class RunCancelled(Exception):
     """Raised inside the model's forward pass to stop a prefill that the user cancelled."""
 
 
+# what a run stopped inside its prefill has not measured: no token came, no cache came back
+UNMEASURED_BEFORE_FIRST_TOKEN = (
+    "ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "timed_total_s", "setup_s", "kv_cache_bytes",
+    "peak_memory_bytes", "memory_delta_bytes",
+)  # fmt: skip
+
+
+def not_measured(result, *names: str) -> None:
+    """Mark figures of a stopped run (a RunResult) as not measured (None): no page, table or file shows them as 0."""
+    for name in names:
+        setattr(result, name, None)
+
+
+def stopped_after_tokens(result) -> None:
+    """A run (a RunResult) stopped between decode steps: what streamed stays; too few tokens leave figures unmeasured."""
+    result.cancelled = True
+    result.error = f"Cancelled after {result.generated_tokens} generated tokens."
+    if not result.decode_tokens:
+        not_measured(result, "decode_tokens_per_s")
+    if not result.generated_tokens:
+        not_measured(result, "ttft_s", "timed_total_s", "total_s")
+
+
 class AnswerStreamer(TextStreamer):
     """Decodes the answer's tokens into text pieces for ``on_token``, notes when each generated token arrived, and
     stays silent for tokens generated past the answer (EOS or ``max_new_tokens``) that only serve the timing."""

@@ -33,6 +33,7 @@ from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning
 from .harness import (
+    UNMEASURED_BEFORE_FIRST_TOKEN,
     AnswerStreamer,
     CancelCriteria,
     ForwardTimer,
@@ -41,6 +42,8 @@ from .harness import (
     cancel_between_layers,
     check_context,
     error_text,
+    not_measured,
+    stopped_after_tokens,
 )
 from .latency import (
     DEFAULT_TIMING_TOKENS,
@@ -254,7 +257,7 @@ def run_one(
     except RunCancelled:  # raised only before the first token: once tokens stream, a stop ends between steps
         result.cancelled = True
         result.error = "Cancelled before the first token."
-        _not_measured(result, *UNMEASURED_BEFORE_FIRST_TOKEN)
+        not_measured(result, *UNMEASURED_BEFORE_FIRST_TOKEN)
     except Exception as exc:  # every failure becomes a readable result: the app shows it in the run's column
         log.debug("run %r failed", result.label, exc_info=True)
         result.error = error_text(exc, torch.device(result.device or "cpu"))
@@ -359,25 +362,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
     result.prefill_s = prefill_s if prefill_s is not None else result.ttft_s
     result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
     if spec.cancelled:
-        result.cancelled = True
-        result.error = f"Cancelled after {result.generated_tokens} generated tokens."
-        if not result.decode_tokens:
-            _not_measured(result, "decode_tokens_per_s")
-        if not result.generated_tokens:
-            _not_measured(result, "ttft_s", "timed_total_s", "total_s")
-
-
-# what a run stopped inside its prefill has not measured: no token came, no cache came back
-UNMEASURED_BEFORE_FIRST_TOKEN = (
-    "ttft_s", "prefill_s", "decode_tokens_per_s", "total_s", "timed_total_s", "setup_s", "kv_cache_bytes",
-    "peak_memory_bytes", "memory_delta_bytes",
-)  # fmt: skip
-
-
-def _not_measured(result: RunResult, *names: str) -> None:
-    """Mark figures of a stopped run as not measured (None), so no page, table or file shows them as 0."""
-    for name in names:
-        setattr(result, name, None)
+        stopped_after_tokens(result)
 
 
 def _decode_static(m: _Model, ids, config, spec: RunSpec, max_new: int, *, hooks):
