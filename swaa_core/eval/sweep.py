@@ -28,7 +28,6 @@ from .latency import DEFAULT_TIMING_TOKENS
 from .results import to_frame
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
-from .timing import timing_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,11 @@ GRID_FIELDS = frozenset({"configs", "lengths", "depths", "seeds"})
 
 def run_settings(spec: SweepSpec, *, backend: str = "auto", loaded=None) -> dict:
     """Every setting a sweep's rows are run under: the spec's fields but its grid, the attention backend and, when
-    ``loaded`` is given, the weights' dtype and device type (numbers and timings differ across them)."""
+    ``loaded`` is given, the weights' dtype and device type (numbers and timings differ across them). The CPU thread
+    count is recorded in each row ("threads") but left out here: it follows the number of processes, and a sweep
+    resumes under any number of them."""
     settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS}
     settings["backend"] = backend
-    settings["threads"] = timing_threads()  # timings taken with other thread counts are other rows
     param = next(iter(getattr(getattr(loaded, "model", None), "parameters", list)()), None)
     if param is not None:
         settings.update(dtype=str(param.dtype), device=param.device.type)

@@ -112,7 +112,7 @@ def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
 def test_every_spec_field_but_the_grid_is_a_setting_of_the_rows():
     # a field added to SweepSpec later (a decode path, a sampling option) is in the ids without a list to update
     names = {f.name for f in fields(SweepSpec)}
-    assert set(run_settings(spec())) == (names - {"configs", "lengths", "depths", "seeds"}) | {"backend", "threads"}
+    assert set(run_settings(spec())) == (names - {"configs", "lengths", "depths", "seeds"}) | {"backend"}
 
 
 @pytest.mark.parametrize("changed", [{"score_logprob": True}, {"static_cache": True}, {"max_new_tokens": 3}])
