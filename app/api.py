@@ -22,7 +22,15 @@ from .board import render_board, summary_markdown
 from .common import HEAVY, HUB, loaded_model, num_layers, session_id, stop_session, ui_errors
 from .prompts import TASK_CHOICES, Prompt
 from .prompts import read_upload as _read_upload
-from .state import DEFAULT_PINNED, FA_DECODE_MODES, FA_LAYER_MODES, Settings, Strategy, parse_pinned
+from .state import (
+    DEFAULT_PINNED,
+    FA_DECODE_MODES,
+    FA_LAYER_MODES,
+    Settings,
+    Strategy,
+    decode_path_choice,
+    parse_pinned,
+)
 
 ENDPOINTS = (
     "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
@@ -82,14 +90,16 @@ def load_model(model: str) -> dict:
 @ui_errors
 def compare(
     model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document, question,
-    answer, answer_prefix, max_new_tokens, pinned, static_cache=False, request: gr.Request = None,
+    answer, answer_prefix, max_new_tokens, pinned, static_cache=False, decode_path="auto",
+    request: gr.Request = None,
 ):  # fmt: skip
     """Run full attention, the pinned configs and the current config on one prompt, as the page's Compare tab does.
     Streams the board while tokens arrive; the last message adds the summary, one result row per column (the
-    Results JSON, with each column's decode_path and setup_s) and the CSV and JSON files. ``static_cache``: every
-    column decodes from fixed buffers (a CUDA graph on a GPU). Stop it with /stop_run from the same client."""
+    Results JSON, with each column's decode_path, decode_reason and setup_s) and the CSV and JSON files.
+    ``decode_path``: every column's, "auto" (fixed buffers and a CUDA graph on a GPU), "fixed" or "eager";
+    ``static_cache`` on is the older spelling of "fixed". Stop it with /stop_run from the same client."""
     pinned = parse_pinned(pinned if pinned is not None else [])
-    options = rh.RunOptions(cot, adapter, max_new_tokens, pinned, static_cache)
+    options = rh.RunOptions(cot, adapter, max_new_tokens, pinned, decode_path_choice(decode_path, static_cache))
     prompt = Prompt(source, task, length, depth, seed, document, question, answer, answer_prefix)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
     run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, prompt, options)
@@ -147,12 +157,14 @@ def adapter_config(adapter: str, model: str) -> dict:
 
 @ui_errors
 def recipe_sweep(
-    model, recipes, samples, length, seed, window, sinks, cot, static_cache=False, request: gr.Request = None
+    model, recipes, samples, length, seed, window, sinks, cot, static_cache=False, decode_path="auto",
+    request: gr.Request = None,
 ) -> list:  # fmt: skip
     """Every chosen recipe on the same seeded needle samples: one summary row per recipe (runs, accuracy %,
     prefill and total seconds, decode path, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency
-    plot. ``static_cache``: every recipe decodes from fixed buffers."""
-    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot, static_cache)
+    plot. ``decode_path``: every recipe's, as for /compare (``static_cache`` on: "fixed")."""
+    path = decode_path_choice(decode_path, static_cache)
+    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot, path)
     return sweeps.recipe_sweep(model or DEFAULT_MODEL, settings, request, _no_progress).table.to_dict(orient="records")
 
 
@@ -174,14 +186,15 @@ def needle_sweep(
 
 @ui_errors
 def decode_speed(
-    model, recipes, lengths, window, sinks, static_cache=False, request: gr.Request = None
+    model, recipes, lengths, window, sinks, static_cache=False, decode_path="auto", request: gr.Request = None
 ) -> tuple[list, str]:  # fmt: skip
     """Decode speed of each recipe at each prompt length (random tokens): one row per point with ms_per_token,
-    tokens_per_s, prefill_s, kv_cache_bytes, decode_path and setup_s (error set where a point could not be
-    measured), and a note on the method. ``static_cache``: every point through the fixed-buffer decoder (a CUDA
-    graph on a GPU; its setup is reported, not counted in the speed)."""
+    tokens_per_s, prefill_s, kv_cache_bytes, decode_path, decode_reason and setup_s (error set where a point could
+    not be measured), and a note on the method. ``decode_path``: the path of every point, as for /compare (the
+    fixed-buffer decoder's setup is reported, not counted in the speed; ``static_cache`` on: "fixed")."""
     lengths = tuple(int(x) for x in lengths or [])
-    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), lengths, window, sinks, static_cache)
+    path = decode_path_choice(decode_path, static_cache)
+    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), lengths, window, sinks, path)
     return sweeps.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
 
 
@@ -219,7 +232,8 @@ def build() -> None:
         answer_prefix = gr.Textbox("", label="answer_prefix")
         max_new_tokens = gr.Number(d.max_new_tokens, label="max_new_tokens")
         pinned = gr.JSON([DEFAULT_PINNED], label="pinned")
-        static_cache = gr.Checkbox(d.static_cache, label="static_cache")
+        static_cache = gr.Checkbox(False, label="static_cache")
+        decode_path = gr.Textbox(d.decode_path, label="decode_path")  # checked by the app, which names the values
         file = gr.File(label="file", type="filepath")
         config = gr.Textbox('{"swaa_config": {"sliding_window_size": 256}}', label="config")
         recipes = gr.CheckboxGroup([r.name for r in list_recipes()], value=["full", "swa"], label="recipes")
@@ -246,7 +260,7 @@ def build() -> None:
     endpoint(
         compare,
         [model, window, sinks, fa_layers, fa_decode, cot, adapter, source, task, length, depth, seed, document,
-         question, answer, answer_prefix, max_new_tokens, pinned, static_cache],
+         question, answer, answer_prefix, max_new_tokens, pinned, static_cache, decode_path],
         ["board", "summary", "results", "results_csv", "results_json"], concurrency_id=HEAVY,
     )  # fmt: skip
     endpoint(stop_run, [], ["stopped"], concurrency_limit=None, queue=False)
@@ -254,7 +268,8 @@ def build() -> None:
     endpoint(parse_config, [config, model], ["controls"], concurrency_limit=None)
     endpoint(adapter_config, [adapter, model], ["controls"], concurrency_limit=None)
     endpoint(
-        recipe_sweep, [model, recipes, samples, sweep_length, seed, window, sinks, cot, static_cache], ["table"],
+        recipe_sweep, [model, recipes, samples, sweep_length, seed, window, sinks, cot, static_cache, decode_path],
+        ["table"],
         concurrency_id=HEAVY,
     )  # fmt: skip
     endpoint(
@@ -262,6 +277,6 @@ def build() -> None:
         ["grids", "sweep_csv"], concurrency_id=HEAVY,
     )  # fmt: skip
     endpoint(
-        decode_speed, [model, recipes, decode_lengths, window, sinks, static_cache], ["points", "note"],
+        decode_speed, [model, recipes, decode_lengths, window, sinks, static_cache, decode_path], ["points", "note"],
         concurrency_id=HEAVY,
     )  # fmt: skip

@@ -160,7 +160,9 @@ def path_note(results: list) -> str:
         if setups
         else ""
     )
-    return f"Decode path: {paths[0]} in every column{setup}."
+    reasons = sorted({r.decode_reason for r in results if getattr(r, "decode_reason", "")})
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return f"Decode path: {paths[0]}{why} in every column{setup}."
 
 
 def summary_markdown(columns: list[ColumnView]) -> str:

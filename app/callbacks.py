@@ -158,7 +158,7 @@ def load_model(name: str, active_model, strategy: Strategy):
 # ---------------------------------------------------------------- page open and shareable links
 # What opening the page sets (app.ui's names): the link's settings, then the model's outputs, then the user's text.
 SETTINGS_OUTPUTS = (
-    "model", "cot", "static_cache", "adapter", "source", "task", "depth", "seed", "max_new_tokens", "example", "pinned",
+    "model", "cot", "decode_path", "adapter", "source", "task", "depth", "seed", "max_new_tokens", "example", "pinned",
 )  # fmt: skip
 TEXT_OUTPUTS = ("document", "question", "answer", "answer_prefix")
 OPEN_OUTPUTS = (*SETTINGS_OUTPUTS, "device_note", *MODEL_OUTPUTS, *TEXT_OUTPUTS)

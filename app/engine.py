@@ -215,13 +215,13 @@ def stream_columns(
     run_one: Callable | None = None,
     interval: float = 0.25,
     registry: CancelRegistry | None = None,
-    static_cache: bool = False,
+    decode_path: str = "auto",
 ) -> Iterator[list[ColumnView]]:
     """Run the columns one after the other in a worker thread; yield the board every ``interval`` seconds while
     tokens stream, and once more at the end. Setting ``cancel`` stops the running column and skips the rest.
     ``model_for(adapter)`` gives the loaded model a column runs on (the base model for ""). ``registry`` tracks
-    the worker thread so a shutdown can wait for it. ``static_cache``: every column decodes from fixed buffers
-    (run_one's option), so their timings stay comparable."""
+    the worker thread so a shutdown can wait for it. ``decode_path``: every column's (run_one's option: auto, fixed
+    or eager), so their timings stay comparable."""
     if run_one is None:
         from swaa_core.eval.runner import run_one
     views = [
@@ -232,7 +232,7 @@ def stream_columns(
     def _generate(spec: ColumnSpec, on_token: Callable[[str], None]):
         return run_one(
             model_for(spec.adapter), sample, spec.config, label=spec.label, max_new_tokens=max_new_tokens, cot=cot,
-            on_token=on_token, cancel=cancel, static_cache=static_cache,
+            on_token=on_token, cancel=cancel, decode_path=decode_path,
         )  # fmt: skip
 
     def work() -> None:

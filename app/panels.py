@@ -11,7 +11,7 @@ from . import callbacks as cb
 from . import plots, texts
 from .common import LENGTH_HEADROOM
 from .prompts import TASK_CHOICES, examples
-from .state import FA_LAYER_MODES, MAX_PINNED, STATIC_CACHE_LABEL, Settings
+from .state import DECODE_PATH_CHOICES, DECODE_PATH_LABEL, FA_LAYER_MODES, MAX_PINNED, Settings
 
 DEFAULT_SWEEP_RECIPES = ["full", "swa", "swa-fa-decode", "swa-half-fa", "swa-half-fa-fa-decode", "recommended"]
 
@@ -102,9 +102,10 @@ def strategy_panel(ui, d: Settings) -> None:
             visible=s.fa_decode_mode == "layers",
         )
         ui.cot = gr.Checkbox(value=d.cot, label="Chain of thought", info=texts.COT_INFO)
-        ui.static_cache = gr.Checkbox(
-            value=d.static_cache, label=STATIC_CACHE_LABEL, info=texts.STATIC_CACHE_INFO, elem_id="swaa-static-cache"
-        )
+        ui.decode_path = gr.Radio(
+            DECODE_PATH_CHOICES, value=d.decode_path, label=DECODE_PATH_LABEL, info=texts.DECODE_PATH_INFO,
+            elem_id="swaa-decode-path",
+        )  # fmt: skip
         ui.adapter = gr.Dropdown(
             choices=cb.adapter_choices(),
             value=d.adapter or None,

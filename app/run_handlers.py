@@ -32,7 +32,7 @@ from .common import (
 )
 from .engine import on_gpu, stream_columns
 from .prompts import Prompt, model_input, model_input_tokens, token_count
-from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range
+from .state import Strategy, decode_path_choice, whole_in_range
 
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 # The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
@@ -42,7 +42,7 @@ MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabil
 RESULT_FIELDS = (
     "label", "correct", "answer_text", "output_text", "reasoning_text", "answer_logprob", "prompt_tokens",
     "generated_tokens", "ttft_s", "prefill_s", "decode_tokens_per_s", "decode_tokens", "timed_tokens",
-    "timed_total_s", "timing_extra_tokens", "decode_path", "setup_s", "total_s", "kv_cache_bytes",
+    "timed_total_s", "timing_extra_tokens", "decode_path", "decode_reason", "setup_s", "total_s", "kv_cache_bytes",
     "peak_memory_bytes", "backend", "cancelled", "error", "notes", "config",
 )  # fmt: skip
 
@@ -62,7 +62,7 @@ class RunOptions:
     adapter: str | None = ""
     max_new_tokens: int = 12
     pinned: list[dict] | None = None  # [{"label", "config", "adapter"}], checked by state.parse_pinned
-    static_cache: bool = False  # decode every column from fixed buffers (swaa_core.fast_generate)
+    decode_path: str = "auto"  # every column's decode path: auto / fixed / eager (state.decode_path_choice)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Comparison:
     max_new_tokens: int
     cot: bool
     seed: int
-    static_cache: bool = False
+    decode_path: str = "auto"
 
     @classmethod
     def build(cls, active_model, strategy: Strategy, prompt: Prompt, options: RunOptions) -> Comparison:
@@ -89,7 +89,7 @@ class Comparison:
         sample = prompt.sample(loaded.tokenizer)
         max_new = whole_in_range(options.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
         request = cls(loaded, cfg, columns, sample, max_new, bool(options.cot), int(prompt.seed or 0),
-                      static_cache=checked_flag(options.static_cache, STATIC_CACHE_LABEL))  # fmt: skip
+                      decode_path=decode_path_choice(options.decode_path))  # fmt: skip
         _check_length(loaded, sample, max_new, request.cot, from_task=prompt.source == "task")
         return request
 
@@ -100,7 +100,7 @@ class Comparison:
             yield from stream_columns(
                 lambda name: ADAPTERS.get(self.loaded, name), self.sample, self.columns,
                 max_new_tokens=self.max_new_tokens, cot=self.cot, seed=self.seed, cancel=cancel, registry=CANCELS,
-                static_cache=self.static_cache,
+                decode_path=self.decode_path,
             )  # fmt: skip
         finally:
             cancel.set()  # also stops the worker when the page closes mid-run
@@ -108,7 +108,7 @@ class Comparison:
 
     def rows(self, views: list[ColumnView]) -> list[dict]:
         meta = {"model": self.loaded.name, "task": self.sample.task, "seed": self.seed, "cot": self.cot,
-                "max_new_tokens": self.max_new_tokens, "static_cache": self.static_cache}  # fmt: skip
+                "max_new_tokens": self.max_new_tokens, "decode_path_asked": self.decode_path}  # fmt: skip
         return result_rows(views, meta)
 
 

@@ -131,8 +131,28 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
     return cfg.sliding_window_size, cfg.keep_first
 
 
-STATIC_CACHE_LABEL = "Fixed-buffer decode"  # the checkbox's label, named in messages about its value
+STATIC_CACHE_LABEL = "Fixed-buffer decode"  # the older on/off option (API's static_cache, links' fixed=), by name
+DECODE_PATH_LABEL = "Decode path"  # the choice's label, named in messages about its value
+# (shown, value) pairs of the choice; the values are swaa_core.engine.decode_path.DecodePath's
+DECODE_PATH_CHOICES = [("Auto", "auto"), ("Fixed-buffer", "fixed"), ("Eager", "eager")]
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def decode_path_choice(value, static_cache=None) -> str:
+    """The decode-path choice as "auto", "fixed" or "eager": a value or a shown name (any case), None for auto.
+    ``static_cache``, the older on/off option (:func:`checked_flag`), on asks for "fixed". ValueError naming the
+    option for anything else, or for the two contradicting each other."""
+    names = {v: v for _, v in DECODE_PATH_CHOICES} | {shown.lower(): v for shown, v in DECODE_PATH_CHOICES}
+    text = "auto" if value is None or value == "" else str(value).strip().lower()
+    if text not in names:
+        shown = ", ".join(f"{v} ({s})" for s, v in DECODE_PATH_CHOICES)
+        raise ValueError(f"{DECODE_PATH_LABEL} must be one of {shown}, got {value!r}.")
+    path = names[text]
+    if checked_flag(static_cache, STATIC_CACHE_LABEL):
+        if path == "eager":
+            raise ValueError(f"{STATIC_CACHE_LABEL} is on, but {DECODE_PATH_LABEL} asks for eager: give one of them.")
+        path = "fixed"
+    return path
 
 
 def checked_flag(value, what: str) -> bool:
@@ -181,7 +201,7 @@ class Settings:
     depth: float = 0.25
     seed: int = 0
     max_new_tokens: int = 12
-    static_cache: bool = False  # fixed-buffer decode (swaa_core.fast_generate) in every run that is timed
+    decode_path: str = "auto"  # every timed run: "auto" (fixed buffers on CUDA), "fixed" or "eager"
     example: str = ""
     # [{"label": str, "config": upstream dict, "adapter": str}]. By default plain SWA sits beside the current
     # config, so the first run shows both the collapse and the remedy.
@@ -195,7 +215,7 @@ class Settings:
             model=v["model"] or DEFAULT_MODEL, strategy=v["strategy"], cot=bool(v["cot"]), adapter=v["adapter"] or "",
             source=v["source"], task=v["task"], length=int(v["length"]), depth=float(v["depth"]),
             seed=int(v["seed"] or 0), max_new_tokens=int(v["max_new_tokens"]), example=v["example"] or "",
-            pinned=v["pinned"] or [], static_cache=checked_flag(v["static_cache"], STATIC_CACHE_LABEL),
+            pinned=v["pinned"] or [], decode_path=decode_path_choice(v["decode_path"]),
         )  # fmt: skip
 
 
@@ -221,7 +241,8 @@ _QUERY_KEYS = {
     "depth": "depth",
     "seed": "seed",
     "new": "max_new_tokens",
-    "fixed": "static_cache",
+    "path": "decode_path",
+    "fixed": "static_cache",  # older links: fixed=1 is path=fixed, fixed=0 path=eager
     "ex": "example",
     "pin": "pinned",
 }
@@ -244,7 +265,7 @@ def to_query(settings: Settings) -> str:
     fad = _layers_text(s.fa_decode_layers) if s.fa_decode_mode == "layers" else s.fa_decode_mode
     if fad != d.fa_decode_mode:
         values["fad"] = fad
-    for key in ("cot", "adapter", "source", "task", "length", "depth", "seed", "max_new_tokens", "static_cache",
+    for key in ("cot", "adapter", "source", "task", "length", "depth", "seed", "max_new_tokens", "decode_path",
                 "example"):  # fmt: skip
         value = getattr(settings, key)
         if value != getattr(default, key):
@@ -291,8 +312,10 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
             settings.strategy = replace(s, fa_decode_mode="layers", fa_decode_layers=_layer_indices(value))
     elif attr == "cot":
         settings.cot = value.lower() in ("1", "true", "yes", "on")
+    elif attr == "decode_path":
+        settings.decode_path = decode_path_choice(value)
     elif attr == "static_cache":
-        settings.static_cache = checked_flag(value, STATIC_CACHE_LABEL)
+        settings.decode_path = "fixed" if checked_flag(value, STATIC_CACHE_LABEL) else "eager"
     elif attr == "source":
         if value not in SOURCES:
             raise ValueError(f"expected one of {', '.join(SOURCES)}.")

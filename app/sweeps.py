@@ -20,7 +20,7 @@ from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resol
 from . import plots
 from .common import CANCELS, config_label, loaded_model, num_layers, session_id, stop_session, temp_folder
 from .engine import on_gpu
-from .state import STATIC_CACHE_LABEL, Strategy, checked_flag, whole_in_range, window_and_sinks
+from .state import Strategy, decode_path_choice, whole_in_range, window_and_sinks
 
 MAX_LENGTH = 131072  # tokens: beyond any supported context
 
@@ -62,7 +62,7 @@ class RecipeSweepSettings:
     window: int = 256
     sinks: int = 10  # sink recipes only; 0: their default
     cot: bool = False
-    static_cache: bool = False  # every recipe decodes from fixed buffers (swaa_core.fast_generate)
+    decode_path: str = "auto"  # every recipe's decode path: auto / fixed / eager (state.decode_path_choice)
 
     def __post_init__(self) -> None:
         recipes = _recipe_names(self.recipes)
@@ -70,8 +70,8 @@ class RecipeSweepSettings:
         length = whole_in_range(self.length, "Length", 64, MAX_LENGTH)
         window, sinks = window_and_sinks(self.window, self.sinks)
         _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
-        static = checked_flag(self.static_cache, STATIC_CACHE_LABEL)
-        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot), static_cache=static)
+        path = decode_path_choice(self.decode_path)
+        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot), decode_path=path)
 
 
 @on_gpu(duration=600)
@@ -99,7 +99,7 @@ def recipe_sweep(active_model, sweep: RecipeSweepSettings, request, progress) ->
     configs = _recipe_configs(loaded, sweep.recipes, sweep.window, sweep.sinks)
     seeds = [sweep.seed + i for i in range(sweep.samples)]
     spec = SweepSpec(configs, [sweep.length], depths=[None], seeds=seeds, task="needle", cot=sweep.cot,
-                     score_logprob=False, static_cache=sweep.static_cache)  # fmt: skip
+                     score_logprob=False, decode_path=sweep.decode_path)  # fmt: skip
     df = _sweep(loaded, spec, request, progress, "recipe sweep")
     table = summarize(df, by=("label",))
     # time per sample = prompt + the same number of generated tokens for every recipe (answers differ in length)
@@ -265,15 +265,15 @@ class DecodeSpeedSettings:
     lengths: tuple[int, ...]  # prompt tokens
     window: int = 256
     sinks: int = 10  # sink recipes only; 0: their default
-    static_cache: bool = False  # time every point through the fixed-buffer decoder
+    decode_path: str = "auto"  # the path every point is timed on: auto / fixed / eager
 
     def __post_init__(self) -> None:
         if not self.recipes or not self.lengths:
             raise ValueError("Tick at least one recipe and one prompt length.")
         lengths = tuple(sorted({whole_in_range(x, "Each prompt length", 16, MAX_LENGTH) for x in self.lengths}))
         window, sinks = window_and_sinks(self.window, self.sinks)
-        static = checked_flag(self.static_cache, STATIC_CACHE_LABEL)
-        _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks, static_cache=static)
+        path = decode_path_choice(self.decode_path)
+        _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks, decode_path=path)
 
 
 @on_gpu(duration=600)
@@ -304,7 +304,7 @@ def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) ->
     try:
         points = decode_speed_curve(
             loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point,
-            static_cache=speed.static_cache,
+            decode_path=speed.decode_path,
         )  # fmt: skip
     finally:
         CANCELS.finish(session, cancel)
@@ -321,6 +321,8 @@ def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) ->
 def _path_note(rows: list[dict]) -> str:
     """Which decode path produced the points, and the fixed buffers' first-call cost (not in the speeds)."""
     paths = " / ".join(sorted({r["decode_path"] for r in rows})) or "none"
+    reasons = sorted({r.get("decode_reason") or "" for r in rows} - {""})
+    paths += f" ({'; '.join(reasons)})" if reasons else ""
     setups = [r["setup_s"] for r in rows if not r["error"] and r["decode_path"] != DYNAMIC_CACHE]
     if not setups:
         return f"Decode path: {paths}."

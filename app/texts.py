@@ -40,11 +40,13 @@ COT_INFO = (
     "Think before answering: the model's thinking template where it has one, otherwise a \u201cthink step by "
     "step\u201d instruction. Reasoning tokens are decode tokens, so with FA decode they see everything."
 )
-STATIC_CACHE_INFO = (
-    "Decode from fixed buffers (sinks + W slots per sliding layer): on a GPU one decode step is captured in a CUDA "
-    "graph and replayed per token (the first call pays for the capture, reported as setup); on a CPU the same "
-    "buffers run step by step. Same answers as the default path. Every column of a comparison, the recipe sweep "
-    "and the decode-speed curve use the same path, so their timings stay like for like."
+DECODE_PATH_INFO = (
+    "How every timed run decodes. Fixed-buffer: the cache moves into fixed buffers (sinks + W slots per sliding "
+    "layer) and on a GPU one decode step is captured in a CUDA graph and replayed per token (the first call pays "
+    "for the capture, reported as setup); on a CPU the same buffers run step by step. Eager: transformers' generate "
+    "with the growing SWAA cache. Auto: fixed-buffer on a GPU, the path measured faster on a CPU. Same answers on "
+    "every path. Every column of a comparison, the recipe sweep and the decode-speed curve use the same path, so "
+    "their timings stay like for like; each result says which path ran and why."
 )
 ADAPTER_INFO = (
     "A LoRA adapter fine-tuned with SWA switched on (the paper's fifth remedy). An adapter remembers the "

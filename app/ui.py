@@ -94,7 +94,7 @@ def _groups(ui) -> SimpleNamespace:
     g.recipe_sweep = Group(
         sweeps.RecipeSweepSettings,
         dict(recipes=ui.sweep_recipes, samples=ui.sweep_samples, length=ui.sweep_length, seed=ui.seed,
-             window=ui.window, sinks=ui.sinks, cot=ui.cot, static_cache=ui.static_cache),
+             window=ui.window, sinks=ui.sinks, cot=ui.cot, decode_path=ui.decode_path),
     )  # fmt: skip
     g.needle_sweep = Group(
         sweeps.NeedleSweepSettings,
@@ -107,7 +107,7 @@ def _groups(ui) -> SimpleNamespace:
             lengths=ui.decode_lengths,
             window=ui.window,
             sinks=ui.sinks,
-            static_cache=ui.static_cache,
+            decode_path=ui.decode_path,
         ),
     )
     return g
@@ -167,7 +167,7 @@ def _wire(demo: gr.Blocks, ui) -> None:
     _light(ui.fa_decode_mode.change, cb.fa_decode_visibility, [ui.fa_decode_mode], [ui.fa_decode_layers])
     _light(ui.apply_json.click, cb.apply_config_json, [ui.config_json, ui.active_model], strategy)
     _light(ui.adapter.input, cb.adapter_selected, [ui.adapter, ui.active_model], strategy)
-    for component in [*strategy, ui.cot, ui.static_cache, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
+    for component in [*strategy, ui.cot, ui.decode_path, ui.adapter, ui.max_new_tokens, *prompt[:5], ui.example]:
         share_link(_light(component.change, cb.describe_config, share_in, config_out))
     pinned = _light(ui.pin.click, cb.pin_column, [ui.active_model, g.strategy, ui.adapter, ui.pinned], [ui.pinned])
     pinned = _light(pinned.then, cb.columns_note, [ui.pinned], [ui.columns_note, ui.clear_pins])

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..engine.config import BACKENDS, SWAAConfig, SWAAConfigError
+from ..engine.decode_path import DecodePath
 from ..eval.recipes import (
     DEFAULT_SINKS,
     default_window,
@@ -164,10 +165,20 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     )
     g.add_argument("--system", default=None, help="a system message (default: the model's own template default)")
     g.add_argument(
+        "--decode-path",
+        choices=[p.value for p in DecodePath],
+        default=DecodePath.AUTO.value,
+        help="how every config of the run, full attention included, decodes: 'fixed' from fixed KV buffers (on a GPU "
+        "one CUDA graph replayed per token, where SWA's decode saving shows; on a CPU the same steps eagerly), "
+        "'eager' transformers' generate with the dynamic SWAA cache, 'auto' fixed on CUDA and the measured faster "
+        "path on a CPU (default: auto; the tables say which ran and why)",
+    )
+    g.add_argument(
         "--static-cache",
-        action="store_true",
-        help="decode from fixed KV buffers: on a GPU one CUDA graph is replayed per token (what SWA's decode saves "
-        "shows), on a CPU the same steps run eagerly; every config of the run uses it",
+        dest="decode_path",
+        action="store_const",
+        const=DecodePath.FIXED.value,
+        help="the same as --decode-path fixed (the older spelling)",
     )
 
 
@@ -176,7 +187,7 @@ def generation_kwargs(args) -> dict:
     return dict(
         max_new_tokens=args.max_new_tokens,
         timing_tokens=args.timing_tokens,
-        static_cache=args.static_cache,
+        decode_path=args.decode_path,
         cot=args.cot,
         system=args.system,
         backend=args.backend,

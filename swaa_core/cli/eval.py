@@ -26,7 +26,7 @@ from .common import (
     relaunch,
     resolve_configs,
 )
-from .output import frame_table, note, print_json, report_errors, shared_error
+from .output import frame_table, note, path_caption, print_json, report_errors, shared_error
 
 
 def cmd_eval(args) -> int:
@@ -65,7 +65,8 @@ def cmd_eval(args) -> int:
     elif not shared_error(results):
         from ..eval.results import accuracy_table
 
-        frame_table(accuracy_table(results), title=f"{loaded.info.name}: {args.dataset or args.task}")
+        title = f"{loaded.info.name}: {args.dataset or args.task}"
+        frame_table(accuracy_table(results), title=title, caption=path_caption(results))
     return report_errors(results)
 
 

@@ -76,14 +76,14 @@ def results_table(results, title: str) -> None:
 
     timed = {r.timed_tokens for r in results if not r.error}
     timed_head = f"to token {timed.pop()}" if len(timed) == 1 else "to token N"
-    table = Table(title=title, caption=_timing_caption(results))
+    table = Table(title=title, caption=f"{_timing_caption(results)}\n{path_caption(results)}")
     table.add_column("config", overflow="fold", min_width=16, max_width=48)
     table.add_column("output", overflow="fold", min_width=24, max_width=72)
-    for col in ("ok", "TTFT", "prefill", "decode", timed_head, "answer", "peak mem", "KV cache", "kernel"):
+    for col in ("ok", "TTFT", "prefill", "decode", "path", timed_head, "answer", "peak mem", "KV cache", "kernel"):
         table.add_column(col, no_wrap=True)
     for r in results:
         if r.error:
-            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 7, r.backend or "–")
+            table.add_row(r.label, "(failed: the error is printed below)", "error", *["–"] * 8, r.backend or "–")
             continue
         table.add_row(
             r.label,
@@ -92,6 +92,7 @@ def results_table(results, title: str) -> None:
             _seconds(r.ttft_s),
             _seconds(r.prefill_s),
             _decode_cell(r.decode_tokens_per_s, r.decode_tokens),
+            r.decode_path or "–",
             _seconds(r.timed_total_s),
             f"{_seconds(r.total_s)} / {r.generated_tokens} tok",
             format_bytes(r.peak_memory_bytes),
@@ -111,6 +112,23 @@ def _decode_cell(tokens_per_s, decode_tokens) -> str:
     if steps < MIN_DECODE_TOKENS:
         return f"too few tokens ({steps})"
     return f"{tokens_per_s:.1f} tok/s"
+
+
+def path_caption(runs) -> str:
+    """The decode path(s) that ran and why, one clause per distinct path: "decode path: fixed buffers + CUDA graph
+    (fixed-buffer: CUDA, batch 1, greedy)". ``runs``: RunResults or result rows (dicts)."""
+    seen = {}
+    for r in runs:
+        path, reason = (_value(r, "decode_path"), _value(r, "decode_reason"))
+        if isinstance(path, str) and path:
+            seen.setdefault(path, reason if isinstance(reason, str) else "")
+    if not seen:
+        return "decode path: none ran"
+    return "decode path: " + "; ".join(f"{p} ({why})" if why else p for p, why in seen.items())
+
+
+def _value(run, name: str):
+    return run.get(name) if isinstance(run, dict) else getattr(run, name, None)
 
 
 def _timing_caption(results) -> str:
@@ -139,10 +157,11 @@ HEADERS = {
 }
 
 
-def frame_table(df, title: str) -> None:
+def frame_table(df, title: str, caption: str | None = None) -> None:
     """Print a DataFrame: numbers never fold (each column is at least as wide as its widest value), headers wrap
     at their underscores and text columns fold. When the columns do not fit the terminal, the table continues in
-    further tables that repeat the first column, rather than losing its right-hand columns or breaking words."""
+    further tables that repeat the first column, rather than losing its right-hand columns or breaking words.
+    ``caption`` goes under each printed table."""
     import pandas as pd
     from rich.table import Table
 
@@ -159,7 +178,7 @@ def frame_table(df, title: str) -> None:
     # fixed widths: rich would otherwise widen columns to unwrapped headers and then crop the right-hand ones
     widths = roomy if len(_column_groups(roomy, out.width)) == 1 else compact
     for k, group in enumerate(_column_groups(widths, out.width)):
-        table = Table(title=title if k == 0 else f"{title} (continued)")
+        table = Table(title=title if k == 0 else f"{title} (continued)", caption=caption)
         for i in group:
             table.add_column(heads[i], overflow="fold", width=widths[i])
         for cells in rows:

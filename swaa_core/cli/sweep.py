@@ -19,7 +19,7 @@ from .common import (
     resolve_configs,
 )
 from .eval import add_task_args, check_context, task_kwargs
-from .output import frame_table, note, print_json
+from .output import frame_table, note, path_caption, print_json
 
 
 def cmd_sweep(args) -> int:
@@ -45,7 +45,7 @@ def cmd_sweep(args) -> int:
         cot=args.cot,
         score_logprob=not args.no_logprob,
         timing_tokens=args.timing_tokens,
-        static_cache=args.static_cache,
+        decode_path=args.decode_path,
     )
     if launch.is_main:
         where = f" on {launch.world} processes" if launch.distributed else ""
@@ -62,7 +62,8 @@ def cmd_sweep(args) -> int:
         for row in table.to_dict(orient="records"):
             print_json(row)
     else:
-        frame_table(table, title=f"{loaded.info.name}: {args.task} sweep ({len(df)} runs)")
+        caption = path_caption(df.to_dict(orient="records"))
+        frame_table(table, title=f"{loaded.info.name}: {args.task} sweep ({len(df)} runs)", caption=caption)
     return 1 if df["error"].notna().any() else 0
 
 

@@ -4,7 +4,9 @@ The model keeps its classes and methods. SWAA enters through transformers' exten
 functions are registered in ``AttentionInterface`` / ``AttentionMaskInterface`` under "swaa" and selected with
 ``set_attn_implementation``; each attention module gets a :class:`LayerPlan` attribute and a forward pre-hook that
 turns the dynamic KV cache into SWAA cache layers; ``model.generate`` is wrapped (on the instance) so that the
-attention knows where the prompt ends. ``remove_swaa`` undoes all of it.
+attention knows where the prompt ends, and so that each call takes the decode path :mod:`.decode_path` resolves for
+it (fixed buffers and a CUDA graph on CUDA where the call allows it; the path and why in ``state.last_route``).
+``remove_swaa`` undoes all of it.
 
 The per-call state lives on the modules, so one model must not run two forwards at the same time (the app and the
 runner serialise runs per model with a lock).
@@ -24,6 +26,7 @@ from .attention import NAME, LayerPlan, RunContext, swaa_attention_forward, swaa
 from .backends import explain_backend
 from .cache import SWAACacheLayer, kv_cache_bytes, swaa_layer
 from .config import SWAAConfig, SWAAConfigError
+from .decode_path import Route, route_generate
 from .families import check_supported, native_windows, text_config
 from .static_cache import StaticSWAACache
 
@@ -39,6 +42,7 @@ class SWAAState:
     hooks: list = field(default_factory=list, repr=False)
     backend_notes: list[str] = field(default_factory=list)  # faster kernels "auto" passed over, and why
     context: RunContext = field(default_factory=RunContext, repr=False)
+    last_route: Route | None = None  # the decode path the last model.generate call took, and why
 
     def summary(self) -> str:
         return f"{self.config.describe()} [backend: {self.backend}]"
@@ -123,13 +127,13 @@ def _assisted(model, kwargs) -> bool:
     return any(kwargs.get(k, getattr(config, k, None)) is not None for k in keys)
 
 
-def _wrap_generate(model, context: RunContext) -> None:
-    original = model.generate
+def _wrap_generate(model, state: SWAAState) -> None:
+    original, context = model.generate, state.context
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        config = kwargs.get("generation_config") or model.generation_config
-        if kwargs.get("cache_implementation", getattr(config, "cache_implementation", None)) == "static":
+        route = state.last_route = route_generate(model, args, kwargs)
+        if route.fixed:
             from .fast_decode import generate_static  # it builds on this module
 
             return generate_static(model, args, kwargs)
@@ -178,7 +182,7 @@ def _install(model, config: SWAAConfig, backend: str, all_full: bool = False) ->
         state.hooks.append(decoder.register_forward_pre_hook(_refuse_checkpointed_prefix, with_kwargs=True))
         model.set_attn_implementation(NAME)
         model._swaa_state = state
-        _wrap_generate(model, state.context)
+        _wrap_generate(model, state)
     state.config, state.backend, state.backend_notes = config, chosen, notes
     state.plans = _plans(config, model, len(modules), chosen, all_full)
     for module, plan in zip(modules, state.plans, strict=True):

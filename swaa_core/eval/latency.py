@@ -13,7 +13,6 @@ down as its cache grows; a sliding cache stays the same size). The app and ``ben
 from __future__ import annotations
 
 import contextlib
-import copy
 import numbers
 import statistics
 import threading
@@ -27,105 +26,21 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..engine.config import SWAAConfig
+from ..engine.decode_path import EAGER_WORDS, FIXED_WORDS, DecodePath
+from .decoding import (  # noqa: F401 - the names callers know from here
+    Decoder,
+    decode_kernels,
+    greedy_generation_config,
+    shared_cache,
+    without_eos,
+)
 from .harness import CancelCriteria, ContextOverflowError, check_context, error_text
 from .timing import DEFAULT_TIMING_TOKENS, MIN_DECODE_TOKENS, pin_threads, remember_start_threads
 
 remember_start_threads()  # before a library or a worker thread changes it: every timed path pins this count
 
 TOO_FEW = "too few tokens to compare"
-DYNAMIC_CACHE = "dynamic cache"  # transformers' generate with a growing cache (the default decode path)
-FIXED_BUFFERS = "fixed buffers"  # swaa_core.fast_generate: static buffers, eager steps
-
-
-def decode_path(static_cache: bool, cuda_graph: bool = False) -> str:
-    """The words tables and plots use for the decode path that produced a timing."""
-    if not static_cache:
-        return DYNAMIC_CACHE
-    return FIXED_BUFFERS + (" + CUDA graph" if cuda_graph else "")
-
-
-def greedy_generation_config(model, max_new_tokens: int, pad_token_id: int | None = None):
-    """The model's generation config, greedy and nothing else (sampling knobs a checkpoint ships with would only
-    raise warnings), returning a dict, with a pad token."""
-    gen = copy.deepcopy(model.generation_config)
-    gen.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None)
-    gen.max_new_tokens = max_new_tokens
-    gen.return_dict_in_generate = True
-    if gen.pad_token_id is None:
-        gen.pad_token_id = pad_token_id if pad_token_id is not None else gen.eos_token_id
-    if gen.pad_token_id is None:
-        gen.pad_token_id = 0  # only read for finished rows of a batch; batch 1 never has any
-    return gen
-
-
-def shared_cache(model) -> dict:
-    """``generate`` keyword arguments that give every timed run, full attention included, the same kind of cache
-    (:func:`swaa_core.engine.cache.growing_cache`), so decode times differ by attention only. They also override a
-    checkpoint's ``cache_implementation``, which transformers refuses beside a cache object and which ("static")
-    would send SWAA runs down the fixed-buffer path unasked: that path is chosen explicitly (``static_cache``)."""
-    from ..engine.cache import growing_cache
-
-    kwargs = dict(past_key_values=growing_cache(model))
-    if getattr(model.generation_config, "cache_implementation", None) is not None:
-        # only then: generate fills every unset option from the model's config, and warns about this keyword
-        kwargs["cache_implementation"] = None
-    return kwargs
-
-
-@contextlib.contextmanager
-def decode_kernels(model, device: torch.device | str | None = None):
-    """A context for every timed ``generate`` on the growing cache: on CUDA, the decode steps (forwards of one token
-    per row) of transformers' own attention run with cuDNN left out of SDPA's choice; prefill keeps it. cuDNN (SDPA's
-    first choice on Hopper) builds an execution graph for every new key length: 41-55 ms of host time per decode step
-    of a growing cache on an H200 (torch 2.11, docs/benchmarks.md), which made transformers' full attention 2.9x
-    slower per token than a sliding window for a reason that has nothing to do with attention. Under this context
-    the full-attention column's steps take the flash kernel, as SWAA's own decode step does
-    (:func:`swaa_core.engine.kernels.sdpa._flash_decode`). A model running SWAA's attention is left alone: its
-    dispatcher avoids new cuDNN shapes itself, and a masked step needs cuDNN for its bucketed keys. A prefill meets
-    one new shape per prompt, and cuDNN's kernel is the fastest there, so prefill times stay those of SDPA's own
-    choice. Not for the fixed-buffer path, whose shapes never change. A no-op off CUDA (``device``: where the model
-    runs, by default ``model.device``)."""
-    if torch.device(device if device is not None else model.device).type != "cuda":
-        yield
-        return
-    from ..engine.attention import NAME
-    from ..engine.families import text_config
-    from ..engine.kernels.sdpa import CudnnSdpaOff
-
-    held = False
-
-    def per_forward(module, args, kwargs):
-        nonlocal held
-        tokens = kwargs.get("input_ids")
-        tokens = kwargs.get("inputs_embeds") if tokens is None else tokens
-        tokens = args[0] if tokens is None and args else tokens
-        decode = tokens is not None and tokens.shape[1] == 1
-        decode = decode and text_config(module)._attn_implementation != NAME
-        if decode and not held:
-            CudnnSdpaOff.acquire()
-        elif held and not decode:
-            CudnnSdpaOff.release()
-        held = decode
-
-    # a peft wrapper's generate calls the wrapped model's forward, never its own: the hook goes on the model that runs
-    runs = model.get_base_model() if hasattr(model, "get_base_model") else model
-    handle = runs.register_forward_pre_hook(per_forward, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-        if held:
-            CudnnSdpaOff.release()
-
-
-def without_eos(gen) -> set[int]:
-    """Make ``gen`` generate past EOS tokens; return the EOS ids it had. (generate fills an eos_token_id of None
-    from the model's own generation config; an empty list means none.)"""
-    eos = gen.eos_token_id
-    gen.eos_token_id = []
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+DYNAMIC_CACHE, FIXED_BUFFERS = EAGER_WORDS, FIXED_WORDS  # the decode paths in the words of tables and plots
 
 
 class TokenClock(BaseStreamer):
@@ -237,10 +152,11 @@ class DecodePoint:
     kv_cache_bytes: int = 0  # held after the last repeat
     repeats: int = 0
     error: str | None = None
-    decode_path: str = DYNAMIC_CACHE  # see decode_path()
+    decode_path: str = EAGER_WORDS  # the path that ran, in words (Route.words())
     runs_ms_per_token: list[float] = field(default_factory=list)  # every repeat, in turn order: the spread
     threads: int = 0  # torch intra-op threads it was timed with (timing.pin_threads)
     setup_s: float = 0.0  # fixed buffers only: median first-call cost (buffers, warm-up steps, graph capture)
+    decode_reason: str = ""  # why that path ran (Route.reason)
 
     @property
     def tokens_per_s(self) -> float:
@@ -250,57 +166,41 @@ class DecodePoint:
         return {**asdict(self), "tokens_per_s": self.tokens_per_s}
 
 
-def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *, backend: str = "auto",
-                cancel: threading.Event | None = None) -> tuple[DecodeTiming, int]:  # fmt: skip
-    """Generate ``new_tokens + 1`` greedy tokens after ``input_ids`` (EOS ignored) under ``config``; return the timing
-    (``decode_tokens == new_tokens`` unless cancelled) and the KV cache bytes held at the end."""
-    from ..engine.patch import kv_cache_bytes, swaa
-
-    gen = greedy_generation_config(model, new_tokens + 1)
-    without_eos(gen)  # a fixed token count: the decode speed of every config comes from the same work
-    clock = TokenClock()
-    criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
-    with swaa(model, config, backend=backend), decode_kernels(model):
-        start = time.perf_counter()
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            generation_config=gen,
-            streamer=clock,
-            **shared_cache(model),
-            stopping_criteria=criteria,
-        )
-    held = int(sum(kv_cache_bytes(getattr(out, "past_key_values", None))))
-    return DecodeTiming.from_times(start, clock.times, new_tokens + 1), held
-
-
 @dataclass(frozen=True)
-class StaticTiming:
-    """One generation through the fixed-buffer decoder: ``timing`` covers the steady decode steps only (the setup
-    between the first token and them is ``setup_s``), ``kv_cache_bytes`` what its buffers hold."""
+class PathTiming:
+    """One timed generation: ``timing`` covers the first token and the steady decode steps after it; on the fixed
+    path the setup between them (buffers, warm-up steps, graph capture) is ``setup_s``, outside the steps' time.
+    ``kv_cache_bytes``: held at the end; ``decode_path``: the path in words (:meth:`Route.words`)."""
 
     timing: DecodeTiming
     kv_cache_bytes: int
     setup_s: float
-    cuda_graph: bool
+    decode_path: str
 
 
-def time_static_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *, backend: str = "auto",
-                       cancel: threading.Event | None = None) -> StaticTiming:  # fmt: skip
-    """:func:`time_decode` through :func:`swaa_core.fast_generate` (a CUDA graph on a GPU, eager fixed-buffer
-    steps on a CPU). On a GPU the decoder's warm-up steps before the capture are added, so ``new_tokens`` steps
-    are still timed (``decode_tokens == new_tokens`` unless cancelled). Times come from the decoder's own device
-    synchronisations (no host read per token unless ``cancel`` is given)."""
-    from ..engine.fast_decode import WARMUP_STEPS, fast_generate
-    from ..engine.patch import swaa
-
-    warm = WARMUP_STEPS if input_ids.is_cuda and new_tokens > 1 else 0  # fast_generate captures only then
+def time_decode(model, input_ids, config: SWAAConfig | None, new_tokens: int, *, backend: str = "auto",
+                cancel: threading.Event | None = None, decoder: Decoder | None = None) -> PathTiming:  # fmt: skip
+    """Generate greedily after ``input_ids`` (1, T) (EOS ignored) under ``config`` on ``decoder``'s path (None: the
+    eager path) and time ``new_tokens`` decode steps after the first token (``timing.decode_tokens == new_tokens``
+    unless cancelled). The eager path is timed from a streamer's token times; the fixed path by its own device
+    synchronisations (no host read per token unless ``cancel`` is given), with its capture warm-up steps added on
+    CUDA so that ``new_tokens`` steady steps are still timed."""
+    decoder = decoder or Decoder.for_device(DecodePath.EAGER, input_ids.device)
     criteria = StoppingCriteriaList([CancelCriteria(cancel)] if cancel is not None else [])
-    with swaa(model, config, backend=backend):
-        out = fast_generate(model, input_ids, max_new_tokens=new_tokens + 1 + warm, eos_token_id=[],
-                            stopping_criteria=criteria)  # fmt: skip
-    timing = DecodeTiming(out.decode_steps + 1, out.prefill_s, out.prefill_s + out.decode_s)
-    return StaticTiming(timing, int(sum(out.kv_cache_bytes_per_layer)), out.setup_s, out.cuda_graph)
+    if decoder.fixed:
+        from ..engine.fast_decode import WARMUP_STEPS
+
+        warm = WARMUP_STEPS if input_ids.is_cuda and new_tokens > 1 else 0  # fast_generate captures only then
+        out = decoder.generate(model, input_ids, config, max_new_tokens=new_tokens + 1 + warm, backend=backend,
+                               criteria=criteria)  # fmt: skip
+        timing = DecodeTiming(out.decode_steps + 1, out.prefill_s, out.prefill_s + out.decode_s)
+    else:
+        clock = TokenClock()
+        start = time.perf_counter()
+        out = decoder.generate(model, input_ids, config, max_new_tokens=new_tokens + 1, backend=backend,
+                               streamer=clock, criteria=criteria)  # fmt: skip
+        timing = DecodeTiming.from_times(start, clock.times, new_tokens + 1)
+    return PathTiming(timing, int(sum(out.kv_cache_bytes_per_layer)), out.setup_s, out.words)
 
 
 def decode_speed_curve(
@@ -314,7 +214,8 @@ def decode_speed_curve(
     cancel: threading.Event | None = None,
     on_point: Callable[[DecodePoint], None] | None = None,
     seed: int = 0,
-    static_cache: bool = False,
+    decode_path: DecodePath | str | None = None,
+    static_cache: bool | None = None,
 ) -> list[DecodePoint]:
     """Decode speed (ms per token over ``new_tokens`` steps) of every config at every prompt length.
 
@@ -323,8 +224,11 @@ def decode_speed_curve(
     not depend on the text); each length is measured ``repeats`` times with the configs taking turns, so drift
     of a busy machine spreads over all of them. One untimed warm-up generation per config comes first. A length
     the model's context cannot hold, or that runs out of memory, becomes that point's ``error``; a cancel returns
-    the points finished so far. ``static_cache`` times every config through the fixed-buffer decoder
-    (:func:`time_static_decode`; each point's ``decode_path`` and ``setup_s`` say so) instead of ``generate``.
+    the points finished so far. ``decode_path`` (:class:`~swaa_core.engine.decode_path.DecodePath` or its name;
+    None: auto, the fixed-buffer decoder on CUDA) is the path every config, full attention included, is timed on
+    (each point's ``decode_path``, ``decode_reason`` and ``setup_s`` say which and why); ``static_cache``, the older
+    spelling, True: fixed, False: eager. Raises ValueError for bad settings, or for the fixed path where it cannot
+    run.
     Returns one :class:`DecodePoint` per (length, config), lengths in the given order.
     """
     from ..models.memory import check_run_fits
@@ -340,6 +244,7 @@ def decode_speed_curve(
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths must be positive token counts, got {lengths!r}.")
     device = next(model.parameters()).device
+    decoder = Decoder.for_device(DecodePath.of(decode_path, static_cache=static_cache), device)
     info = getattr(loaded, "info", None)
     vocab = model.config.get_text_config(decoder=True).vocab_size
     threads = pin_threads()
@@ -347,17 +252,10 @@ def decode_speed_curve(
     points: list[DecodePoint] = []
     warm: set[str] = set()
 
-    def measure(ids, cfg, steps, stop) -> tuple[DecodeTiming, int, tuple[float, str]]:
-        """(timing, KV bytes held, (setup seconds, decode path)) of one generation on the chosen path."""
-        if not static_cache:
-            timing, held = time_decode(model, ids, cfg, steps, backend=backend, cancel=stop)
-            return timing, held, (0.0, DYNAMIC_CACHE)
-        out = time_static_decode(model, ids, cfg, steps, backend=backend, cancel=stop)
-        return out.timing, out.kv_cache_bytes, (out.setup_s, decode_path(True, out.cuda_graph))
-
     for n in lengths:
         ids = torch.randint(min(10, vocab - 1), vocab, (1, n), generator=gen).to(device)
-        row = {label: DecodePoint(label, n, new_tokens, decode_path=decode_path(static_cache), threads=threads)
+        row = {label: DecodePoint(label, n, new_tokens, decode_path=decoder.route.words(), threads=threads,
+                                  decode_reason=decoder.route.reason)
                for label in configs}  # fmt: skip
         runs: dict[str, list[DecodeTiming]] = {label: [] for label in configs}
         setups: dict[str, list[tuple[float, str]]] = {label: [] for label in configs}
@@ -372,7 +270,7 @@ def decode_speed_curve(
                 check_run_fits(model, n + new_tokens + 1, cfg)
                 if label not in warm and not (cancel is not None and cancel.is_set()):
                     with lock:
-                        measure(ids[:, : min(n, 320)], cfg, 4 if static_cache else 2, None)
+                        decoder.warm_up(model, cfg, backend=backend)
                     warm.add(label)
             except Exception as exc:  # noqa: BLE001 - one failing point must not hide the others
                 row[label].error = error_text(exc, device)
@@ -382,13 +280,14 @@ def decode_speed_curve(
                     continue
                 try:
                     with lock:
-                        timing, row[label].kv_cache_bytes, setup = measure(ids, cfg, new_tokens, cancel)
+                        out = time_decode(model, ids, cfg, new_tokens, backend=backend, cancel=cancel, decoder=decoder)
                 except Exception as exc:  # noqa: BLE001
                     row[label].error = error_text(exc, device)
                     continue
-                if timing.decode_tokens == new_tokens:  # a cancelled run is not a measurement
-                    runs[label].append(timing)
-                    setups[label].append(setup)
+                row[label].kv_cache_bytes = out.kv_cache_bytes
+                if out.timing.decode_tokens == new_tokens:  # a cancelled run is not a measurement
+                    runs[label].append(out.timing)
+                    setups[label].append((out.setup_s, out.decode_path))
         for label, point in row.items():
             per_token = [1000.0 * t.decode_s / t.decode_tokens for t in runs[label]]
             if per_token:

@@ -15,7 +15,7 @@ COLUMNS = (
     "length_target", "prompt_tokens", "depth", "actual_depth", "needle_distance", "seed", "reference", "output_text", "answer_text",
     "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
     "decode_tokens", "timed_tokens", "timed_total_s", "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",
-    "backend", "cot", "error", "config",
+    "backend", "decode_path", "decode_reason", "setup_s", "cot", "error", "config",
 )  # fmt: skip
 
 

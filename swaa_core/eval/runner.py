@@ -26,35 +26,25 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
+from ..engine.decode_path import DecodePath
 from ..engine.families import native_windows
-from ..engine.fast_decode import WARMUP_STEPS, fast_generate
-from ..engine.patch import attention_modules, kv_cache_bytes, swaa
+from ..engine.patch import attention_modules
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning
+from .decoding import Decoder, greedy_generation_config, without_eos
 from .harness import (
     UNMEASURED_BEFORE_FIRST_TOKEN,
     AnswerStreamer,
     CancelCriteria,
-    ForwardTimer,
     PeakMemory,
     RunCancelled,
-    cancel_between_layers,
     check_context,
     error_text,
     not_measured,
     stopped_after_tokens,
 )
-from .latency import (
-    DEFAULT_TIMING_TOKENS,
-    AnswerThenBudget,
-    DecodeTiming,
-    decode_kernels,
-    decode_path,
-    greedy_generation_config,
-    shared_cache,
-    without_eos,
-)
+from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens, needle_distance, run_meta
 from .tasks.base import decode_whole
@@ -89,7 +79,8 @@ class RunResult:
     decode_tokens: int = 0  # decode steps the decode speed comes from (timed_tokens - 1)
     timed_total_s: float | None = 0.0  # prompt handed over -> token number `timed_tokens`: comparable across runs
     timing_extra_tokens: int = 0  # tokens generated past the answer only to reach `timed_tokens` (not shown)
-    decode_path: str = ""  # latency.decode_path(): "dynamic cache" or "fixed buffers" (+ " + CUDA graph")
+    decode_path: str = ""  # the path that ran, in words: "dynamic cache" (eager) or "fixed buffers" (+ " + CUDA graph")
+    decode_reason: str = ""  # why it ran (engine.decode_path.resolve), e.g. "fixed-buffer: CUDA, batch 1, greedy"
     setup_s: float | None = 0.0  # fixed buffers only: their first-call cost (buffers, warm-up steps, graph capture),
     # spent between the first generated token and the steady steps: inside timed_total_s, not the decode speed
     memory_delta_bytes: int | None = 0  # peak minus what was held when the run started (activations + KV cache)
@@ -135,10 +126,18 @@ class RunSpec:
     timing_tokens: int = DEFAULT_TIMING_TOKENS
     on_token: Callable[[str], None] | None = None
     cancel: threading.Event | None = None
-    static_cache: bool = False
+    decode_path: DecodePath | str | None = None  # None: auto
+    static_cache: bool | None = None  # the older spelling: True = decode_path "fixed", False = "eager"
+
+    @property
+    def path(self) -> DecodePath:
+        """The decode path asked for (``decode_path`` and its alias ``static_cache`` merged)."""
+        return DecodePath.of(self.decode_path, static_cache=self.static_cache)
 
     def check(self) -> None:
-        """Raise :class:`ValueError` for a ``max_new_tokens`` below 1 or a negative ``timing_tokens``."""
+        """Raise :class:`ValueError` for a ``max_new_tokens`` below 1, a negative ``timing_tokens``, or a decode path
+        that is not one of auto / fixed / eager (or contradicts ``static_cache``)."""
+        self.path  # noqa: B018 - raises for a bad name
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}.")
         if not isinstance(self.timing_tokens, int) or self.timing_tokens < 0:
@@ -178,29 +177,13 @@ class _Model:
         return greedy_generation_config(self.model, max_new_tokens, self.tokenizer.pad_token_id)
 
 
-def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, static_cache: bool = False) -> None:
-    """One short untimed generation per (config, backend): first calls pay for allocator growth, thread pools and,
-    on CUDA, kernel compilation. The prompt is longer than the window so the sliding path itself is exercised."""
-    model = m.model
-    key = (None if config is None else config.to_json(), backend, static_cache)
-    done = model.__dict__.setdefault("_swaa_runner_warm", set())
-    if key in done:
-        return
-    window = config.sliding_window_size if config is not None and config.sliding_window_size else 0
-    n = min(window + 64, 1024 if m.device.type == "cuda" else 320)
-    ids = torch.arange(n, device=m.device)[None] % max(2, model.config.get_text_config(decoder=True).vocab_size - 1)
-    ids = ids + 1
-    gen = m.generation_config(2)
-    without_eos(gen)
-    kernels = contextlib.nullcontext() if static_cache else decode_kernels(model)  # fixed shapes: SDPA's choice
-    with swaa(model, config, backend=backend), kernels:
-        if static_cache:  # enough steps to capture and replay the decode step once
-            fast_generate(model, ids, max_new_tokens=WARMUP_STEPS + 4, eos_token_id=[])
-        else:
-            model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen, **shared_cache(model)
-            )
-    done.add(key)
+def _warm_up(m: _Model, config: SWAAConfig | None, backend: str, decoder: Decoder) -> None:
+    """One short untimed generation per (config, backend, decode path) (:meth:`Decoder.warm_up`)."""
+    key = (None if config is None else config.to_json(), backend, decoder.route.path)
+    done = m.model.__dict__.setdefault("_swaa_runner_warm", set())
+    if key not in done:
+        decoder.warm_up(m.model, config, backend=backend)
+        done.add(key)
 
 
 # ---------------------------------------------------------------------- public API
@@ -221,7 +204,8 @@ def run_one(
     warmup: bool = True,
     score_logprob: bool = True,
     timing_tokens: int = DEFAULT_TIMING_TOKENS,
-    static_cache: bool = False,
+    decode_path: DecodePath | str | None = None,
+    static_cache: bool | None = None,
 ) -> RunResult:
     """Generate greedily for one prompt under ``config`` (None: full attention) and measure the run.
 
@@ -231,12 +215,15 @@ def run_one(
     ``timing_tokens``: the run generates at least this many tokens (past the answer's end if need be, EOS ignored,
     never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the
     model's context ends first; 0 times the answer's own tokens only (then runs of unequal lengths differ).
-    ``static_cache`` decodes from fixed buffers (:func:`swaa_core.fast_generate`: one CUDA graph replayed per token
-    on a GPU, the same steps eagerly on a CPU); every configuration of a comparison should use the same setting.
+    ``decode_path``: "auto" (None; the fixed-buffer decoder on CUDA, :data:`~swaa_core.engine.decode_path.CPU_DEFAULT`
+    on a CPU), "fixed" (:func:`swaa_core.fast_generate`: one CUDA graph replayed per token on a GPU, the same steps
+    eagerly on a CPU) or "eager" (transformers' ``generate`` with the dynamic SWAA cache); the result's
+    ``decode_path`` and ``decode_reason`` say which ran and why. ``static_cache``: the older spelling (True: fixed,
+    False: eager). Full attention and every SWAA configuration resolve the same path on the same device.
     """
     spec = RunSpec(max_new_tokens=max_new_tokens, cot=cot, system=system, backend=backend, warmup=warmup,
                    score_logprob=score_logprob, timing_tokens=timing_tokens, on_token=on_token, cancel=cancel,
-                   static_cache=static_cache)  # fmt: skip
+                   decode_path=decode_path, static_cache=static_cache)  # fmt: skip
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
@@ -275,8 +262,10 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
     if config is not None:
         config.validate(len(attention_modules(m.model)))
     result.threads = pin_threads()  # the same threads in the main thread, a Gradio worker or a run's own thread
+    decoder = Decoder.for_device(spec.path, m.device)
+    result.decode_path, result.decode_reason = decoder.route.words(), decoder.route.reason
     if spec.warmup:
-        _warm_up(m, config, spec.backend, spec.static_cache)
+        _warm_up(m, config, spec.backend, decoder)
     prefix = sample.answer_prefix if sample is not None else ""
 
     t0 = time.perf_counter()
@@ -287,7 +276,7 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
         distance = needle_distance(m.tokenizer, rendered, sample)
         if distance is not None:
             result.meta["needle_distance"] = distance
-    _generate(m, ids, config, spec, result, t0=t0, budget=budget)
+    _generate(m, ids, config, spec, result, t0=t0, budget=budget, decoder=decoder)
     result.reasoning_text, result.answer_text = split_reasoning(result.output_text, marker=spec.cot)
     if result.reasoning_text:
         result.reasoning_tokens = count_tokens(m.tokenizer, result.reasoning_text)
@@ -312,70 +301,41 @@ def _plan(m: _Model, n_prompt: int, config: SWAAConfig | None, spec: RunSpec, re
     return budget
 
 
-def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: RunResult, *, t0: float, budget: int):
-    """The timed ``generate`` call: streams the answer, measures it into ``result`` and decodes its text."""
-    n_prompt, model = ids.shape[1], m.model
-    gen = m.generation_config(max(spec.max_new_tokens, budget))
-    eos = without_eos(gen)  # AnswerThenBudget finds the answer's end and lets the timing run on
+def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: RunResult, *, t0: float, budget: int,
+              decoder: Decoder):  # fmt: skip
+    """The timed generation on ``decoder``'s path: streams the answer, measures it into ``result`` and decodes its
+    text."""
+    n_prompt = ids.shape[1]
+    eos = without_eos(m.generation_config(1))  # AnswerThenBudget finds the answer's end and lets the timing run on
     streamer = AnswerStreamer(m.tokenizer, spec.on_token, eos=eos, max_new_tokens=spec.max_new_tokens)
     criteria = [AnswerThenBudget(n_prompt, spec.max_new_tokens, budget, eos)]
     criteria = StoppingCriteriaList(criteria + ([CancelCriteria(spec.cancel)] if spec.cancel is not None else []))
-    if spec.static_cache:
-        with PeakMemory(m.device) as memory:
-            out, backend = _decode_static(m, ids, config, spec, gen.max_new_tokens, hooks=(streamer, criteria))
-        result.backend = f"{backend}, static cache" + (" + CUDA graph" if out.cuda_graph else "")
-        result.decode_path, result.setup_s = decode_path(True, out.cuda_graph), out.setup_s
-        sequences, per_layer, prefill_s = out.sequences, list(out.kv_cache_bytes_per_layer), out.prefill_s
-    else:
-        with (
-            PeakMemory(m.device) as memory,
-            ForwardTimer(model, m.device) as timer,
-            cancel_between_layers(model, spec.cancel, until=lambda: streamer.first_token_at),
-            swaa(model, config, backend=spec.backend) as state,
-            decode_kernels(model),
-        ):
-            result.backend = state.backend if state is not None else str(model.config._attn_implementation)
-            result.decode_path = decode_path(False)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                generation_config=gen,
-                streamer=streamer,
-                stopping_criteria=criteria,
-                **shared_cache(model),
-            )
-        sequences, per_layer = out.sequences, kv_cache_bytes(getattr(out, "past_key_values", None))
-        prefill_s = timer.durations[0] if timer.durations else None
+    with PeakMemory(m.device) as memory:
+        # the fixed path times its own prefill (a captured step must not synchronise), the eager one by a timer; a
+        # stop ends the prefill between layers until the first token, then between steps (the stopping criteria)
+        out = decoder.generate(m.model, ids, config, max_new_tokens=max(spec.max_new_tokens, budget),
+                               backend=spec.backend, streamer=streamer, criteria=criteria, cancel=spec.cancel,
+                               until=lambda: streamer.first_token_at, time_prefill=True)  # fmt: skip
     t_end = time.perf_counter()
+    result.backend, result.decode_path, result.setup_s = out.backend, out.words, out.setup_s
 
+    sequences = out.sequences
     new_ids = sequences[0, n_prompt : n_prompt + streamer.answer_tokens]
     result.generated_tokens = int(new_ids.numel())
     result.timing_extra_tokens = int(sequences.shape[1] - n_prompt) - result.generated_tokens
     result.output_text = decode_whole(m.tokenizer, new_ids)  # a token limit may stop inside a character
+    per_layer = list(out.kv_cache_bytes_per_layer)
     result.kv_cache_bytes_per_layer, result.kv_cache_bytes = per_layer, int(sum(per_layer))
     result.peak_memory_bytes, result.memory_delta_bytes = int(memory.peak), int(memory.delta)
     _set_times(result, t0, streamer.times, budget or result.generated_tokens)
-    if spec.static_cache and out.decode_steps:
+    if decoder.fixed and out.decode_steps:
         # the fixed-buffer decoder moves the cache and captures its graph between two tokens: its own replay
         # timing keeps that one-off setup (reported as setup_s) out of the decode speed
         result.decode_tokens, result.decode_tokens_per_s = out.decode_steps, out.tokens_per_s
-    result.prefill_s = prefill_s if prefill_s is not None else result.ttft_s
+    result.prefill_s = out.prefill_s if out.prefill_s is not None else result.ttft_s
     result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
     if spec.cancelled:
         stopped_after_tokens(result)
-
-
-def _decode_static(m: _Model, ids, config, spec: RunSpec, max_new: int, *, hooks):
-    """The timed generation through the fixed-buffer decoder, with ``hooks`` = (streamer, stopping criteria):
-    (DecodeResult, backend name). No forward timer: a captured step must not synchronise, and the decoder times its
-    own prefill."""
-    streamer, criteria = hooks
-    stop = cancel_between_layers(m.model, spec.cancel, until=lambda: streamer.first_token_at)
-    with stop, swaa(m.model, config, backend=spec.backend) as state:
-        backend = state.backend if state is not None else str(m.model.config._attn_implementation)
-        out = fast_generate(m.model, ids, max_new_tokens=max_new, eos_token_id=[], streamer=streamer,
-                            stopping_criteria=criteria)  # fmt: skip
-    return out, backend
 
 
 def _set_times(result: RunResult, t0: float, times: list[float], tokens: int) -> None:

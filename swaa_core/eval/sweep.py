@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..engine.config import SWAAConfig
+from ..engine.decode_path import DecodePath
 from ..runtime.distributed import Launch
 from ..runtime.jsonl import jsonl_line, read_jsonl
 from .latency import DEFAULT_TIMING_TOKENS
@@ -46,7 +47,8 @@ class SweepSpec:
     cot: bool = False
     score_logprob: bool = True
     timing_tokens: int = DEFAULT_TIMING_TOKENS  # every cell is timed over this many generated tokens
-    static_cache: bool = False  # decode from fixed buffers (a CUDA graph on a GPU): timings only, same answers
+    decode_path: str | None = None  # auto / fixed / eager (engine.decode_path.DecodePath): timings only, same answers
+    static_cache: bool | None = None  # the older spelling: True = "fixed", False = "eager"
 
     def __post_init__(self):
         if not isinstance(self.configs, dict):
@@ -60,6 +62,8 @@ class SweepSpec:
                 raise ValueError(f"depths must lie between 0 and 1, got {d!r}.")
         if not self.seeds:
             raise ValueError("seeds is empty: give at least one sample seed.")
+        self.decode_path = DecodePath.of(self.decode_path, static_cache=self.static_cache)  # ValueError if bad
+        self.static_cache = None
         if not any(cfg is None or cfg.is_full_attention for cfg in self.configs.values()):
             self.configs = {BASELINE_LABEL: None, **self.configs}
 
@@ -304,7 +308,7 @@ def _run_cell(loaded, spec: SweepSpec, cell: Cell, samples: dict, *, model: str,
             backend=backend,
             score_logprob=spec.score_logprob,
             timing_tokens=spec.timing_tokens,
-            static_cache=spec.static_cache,
+            decode_path=spec.decode_path,
         )
     return _row(result, cell, model=model, task=spec.task)
 

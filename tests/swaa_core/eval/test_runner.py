@@ -87,13 +87,11 @@ def test_full_attentions_timed_decode_steps_leave_out_cudnn_sdpa_on_cuda(loaded,
     step does; prefill keeps SDPA's choice, and so do SWAA's columns, whose dispatcher picks its kernels itself (a
     masked step reads bucketed keys on cuDNN). The model here is on the CPU, so the CUDA case is forced; the switches
     are what torch reads."""
-    import swaa_core.eval.latency as latency
-    import swaa_core.eval.runner as runner
+    import swaa_core.eval.decoding as decoding
     from swaa_core.eval.latency import time_decode
 
-    as_if_cuda = latency.decode_kernels
-    monkeypatch.setattr(latency, "decode_kernels", lambda model: as_if_cuda(model, device="cuda"))
-    monkeypatch.setattr(runner, "decode_kernels", lambda model: as_if_cuda(model, device="cuda"))
+    as_if_cuda = decoding.decode_kernels  # the one place every eager timed generation enters
+    monkeypatch.setattr(decoding, "decode_kernels", lambda model: as_if_cuda(model, device="cuda"))
     model, seen = loaded.model, []
     original = type(model).forward
 

@@ -1,0 +1,216 @@
+"""Which decode path a generation takes, and why: one value shared by ``model.generate`` after ``apply_swaa``, the
+eval runner, the decode-speed curve, the CLI and the app.
+
+Two paths produce the same tokens: ``fixed`` (:func:`~swaa_core.engine.fast_decode.fast_generate`: the cache moved
+into fixed buffers after the prefill, one decode step captured in a CUDA graph and replayed per token on CUDA, the
+same steps eagerly elsewhere) and ``eager`` (transformers' ``generate`` over SWAA's dynamic cache, one Python forward
+per token). ``auto`` picks the fixed path on CUDA whenever the request is one it serves (at batch 1 an eager step is
+bound by the host launching kernels: 23-28 tokens/s where the graph gives 137 on an H200, docs/benchmarks.md) and
+on a CPU the path measured faster there (:data:`CPU_DEFAULT`). :func:`resolve` says which path runs and why;
+:func:`fixed_refusals` lists what of a ``generate`` call the fixed path does not serve, without running anything.
+Importing this module imports no torch (the CLI's parser offers the path names).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class DecodePath(StrEnum):
+    """What a caller asks for: ``auto`` (the default), ``fixed`` (fixed buffers; a CUDA graph on CUDA) or ``eager``
+    (transformers' ``generate`` with the dynamic SWAA cache)."""
+
+    AUTO = "auto"
+    FIXED = "fixed"
+    EAGER = "eager"
+
+    @classmethod
+    def of(cls, value=None, *, static_cache: bool | None = None) -> DecodePath:
+        """``value`` (a DecodePath, its name, or None for auto) merged with the older ``static_cache`` spelling
+        (True: fixed, False: eager, None: not given). Raises ValueError for another name, or when the two
+        contradict each other."""
+        if isinstance(value, cls):
+            path = value
+        elif value is None:
+            path = cls.AUTO
+        elif isinstance(value, str) and value.strip().lower() in {p.value for p in cls}:
+            path = cls(value.strip().lower())
+        else:
+            names = ", ".join(repr(p.value) for p in cls)
+            raise ValueError(f"decode_path must be one of {names}, got {value!r}.")
+        if static_cache is None:
+            return path
+        if not isinstance(static_cache, bool):
+            raise ValueError(f"static_cache must be True or False, got {static_cache!r}.")
+        alias = cls.FIXED if static_cache else cls.EAGER
+        if path not in (cls.AUTO, alias):
+            raise ValueError(
+                f"static_cache={static_cache} asks for the {alias.value} decode path, but decode_path asks for "
+                f"{path.value!r}: give one of them."
+            )
+        return alias
+
+
+# The CPU's choice under "auto", from timing both paths on the embedded SmolLM2-135M (docs/benchmarks.md, "Decode
+# path on the CPU"): see there for the numbers this rests on.
+CPU_DEFAULT = DecodePath.EAGER
+CPU_REASON = "the CPU default (both paths timed on this kind of machine: docs/benchmarks.md)"
+
+FIXED_WORDS = "fixed buffers"  # what tables and plots call the paths (results files keep these words)
+EAGER_WORDS = "dynamic cache"
+
+
+@dataclass(frozen=True)
+class Route:
+    """The decode path that runs (``fixed`` or ``eager``, never ``auto``), what was asked for, and why in words."""
+
+    path: DecodePath
+    requested: DecodePath
+    reason: str
+
+    @property
+    def fixed(self) -> bool:
+        return self.path is DecodePath.FIXED
+
+    def words(self, cuda_graph: bool = False) -> str:
+        """The path as tables and plots name it: "dynamic cache", "fixed buffers" or "fixed buffers + CUDA graph"."""
+        if not self.fixed:
+            return EAGER_WORDS
+        return FIXED_WORDS + (" + CUDA graph" if cuda_graph else "")
+
+
+def resolve(requested=None, device=None, *, refusals=(), request: str = "batch 1, greedy") -> Route:
+    """Which path a generation on ``device`` takes when ``requested`` (a :class:`DecodePath` or its name; None:
+    auto) is asked for. ``refusals``: what of the request the fixed path does not serve (:func:`fixed_refusals`;
+    none for the runner's greedy single-row generation); ``request``: the request in a few words, for the reason.
+
+    Raises ValueError naming the refusals when the fixed path is asked for and cannot serve the request; under
+    auto such a request takes the eager path and the reason names them."""
+    import torch
+
+    requested = DecodePath.of(requested)
+    kind = torch.device(device if device is not None else "cpu").type
+    if requested is DecodePath.FIXED:
+        if refusals:
+            raise ValueError(
+                "The fixed-buffer decode path (decode path 'fixed', --decode-path fixed, --static-cache or "
+                f"cache_implementation='static') does not take: {', '.join(refusals)}. Ask for the eager path "
+                "(decode path 'eager', or cache_implementation='dynamic') to run transformers' generate with the "
+                "dynamic SWAA cache."
+            )
+        return Route(DecodePath.FIXED, requested, f"fixed-buffer: asked for ({kind}, {request})")
+    if requested is DecodePath.EAGER:
+        return Route(DecodePath.EAGER, requested, "eager: asked for")
+    if refusals:
+        return Route(DecodePath.EAGER, requested, f"eager: the fixed-buffer path does not take {', '.join(refusals)}")
+    if kind == "cuda":
+        return Route(DecodePath.FIXED, requested, f"fixed-buffer: CUDA, {request}")
+    if kind == "cpu":
+        return Route(CPU_DEFAULT, requested, f"{_short(CPU_DEFAULT)}: {CPU_REASON}")
+    return Route(DecodePath.EAGER, requested, f"eager: the fixed-buffer path is the default on CUDA only, not {kind}")
+
+
+def _short(path: DecodePath) -> str:
+    return "fixed-buffer" if path is DecodePath.FIXED else "eager"
+
+
+# ---------------------------------------------------------------------- model.generate's calls
+
+
+# generate's options the fixed path applies, read from the call's keywords and the merged generation config
+SERVED = {
+    "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+    "eos_token_id", "pad_token_id", "bos_token_id", "cache_implementation", "return_dict_in_generate", "use_cache",
+}  # fmt: skip
+# generate keywords that are not generation-config fields and that the fixed path takes
+SERVED_KEYWORDS = {"input_ids", "inputs", "attention_mask", "generation_config", "streamer", "stopping_criteria"}
+# generation-config fields that change nothing about the tokens (bookkeeping, compile settings of the eager loop)
+INERT = {"transformers_version", "_from_model_config", "decoder_start_token_id", "compile_config", "disable_compile"}
+NEVER_FIXED = {"use_cache": False}  # served values of SERVED fields that the fixed path cannot honour
+
+
+def merged_generation_config(model, kwargs: dict):
+    """The generation config a ``generate`` call runs with, as far as the choice of path goes: the passed
+    ``generation_config`` (else the model's), with the call's keywords that name config fields on top."""
+    config = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
+    for name, value in kwargs.items():
+        if name != "generation_config" and hasattr(config, name) and value is not None:
+            setattr(config, name, value)
+    return config
+
+
+def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
+    """What of ``model.generate(*args, **kwargs)`` the fixed path does not serve, by name (``name=value`` for plain
+    values), sorted; empty when it serves the call. Reads the call's keywords, its ``generation_config`` and the
+    model's, and the inputs' shapes (one host read of the mask's last column); runs nothing."""
+    import torch
+    from transformers import GenerationConfig
+
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    config = merged_generation_config(model, kwargs).to_dict()
+    found = {}
+    for name, value in kwargs.items():
+        if name not in SERVED_KEYWORDS and name not in config and not _unset(value):
+            found[name] = value
+    for name, value in config.items():
+        if name in INERT or _unset(value) or (name in defaults and value == defaults[name]):
+            continue
+        if name not in SERVED or NEVER_FIXED.get(name, object()) == value:
+            found[name] = value
+    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    mask = kwargs.get("attention_mask")
+    if inputs is None or not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+        found["inputs"] = "token ids of shape (batch, length)"
+    elif kwargs.get("streamer") is not None and inputs.shape[0] != 1:
+        found["streamer"] = f"a streamer with {inputs.shape[0]} rows"
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
+        found["attention_mask"] = "right padding"
+    return [_named(k, v) for k, v in sorted(found.items())]
+
+
+def _unset(value) -> bool:
+    return value is None or (isinstance(value, (list, tuple, dict)) and not value)
+
+
+def _named(name: str, value) -> str:
+    if isinstance(value, str) and name in ("inputs", "streamer", "attention_mask"):
+        return f"{name} ({value})"
+    return f"{name}={value}" if isinstance(value, (bool, int, float, str)) else name
+
+
+def requested_by_call(model, kwargs: dict) -> DecodePath:
+    """The path a ``generate`` call asks for: ``cache_implementation="static"`` (in the call, its config or the
+    model's) the fixed path; another cache implementation named in the call or its config the eager path (a
+    checkpoint's own choice, e.g. Gemma's "hybrid", asks for nothing); otherwise auto."""
+    passed = kwargs.get("generation_config")
+    if "cache_implementation" in kwargs:  # None there overrides the configs' choice (eval.latency.shared_cache)
+        named = kwargs["cache_implementation"]
+    else:
+        named = getattr(passed, "cache_implementation", None)
+        if named is None:
+            own = getattr(model.generation_config, "cache_implementation", None)
+            named = own if own in ("static", "dynamic") else None
+    if named is None:
+        return DecodePath.AUTO
+    return DecodePath.FIXED if named == "static" else DecodePath.EAGER
+
+
+def route_generate(model, args: tuple, kwargs: dict) -> Route:
+    """The path ``model.generate(*args, **kwargs)`` takes after ``apply_swaa`` (:func:`resolve` with the call's
+    refusals); raises ValueError where the call asks for the fixed path and it cannot serve it."""
+    import torch
+
+    requested = requested_by_call(model, kwargs)
+    if requested is DecodePath.EAGER:
+        return resolve(requested)
+    device = next(model.parameters()).device
+    if requested is DecodePath.AUTO and device.type != "cuda" and CPU_DEFAULT is DecodePath.EAGER:
+        return resolve(requested, device)  # nothing to check: the default there is eager anyway
+    refusals = fixed_refusals(model, args, kwargs)
+    config = merged_generation_config(model, kwargs)
+    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    rows = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 else "?"
+    request = f"batch {rows}, {'sampled' if config.do_sample else 'greedy'}"
+    return resolve(requested, device, refusals=refusals, request=request)
