@@ -129,6 +129,9 @@ SERVED_KEYWORDS = {"input_ids", "inputs", "attention_mask", "generation_config",
 # generation-config fields that change nothing about the tokens (bookkeeping, compile settings of the eager loop)
 INERT = {"transformers_version", "_from_model_config", "decoder_start_token_id", "compile_config", "disable_compile"}
 NEVER_FIXED = {"use_cache": False}  # served values of SERVED fields that the fixed path cannot honour
+# values that ask for nothing, for fields transformers' own defaults (GenerationConfig._get_default_generation_params)
+# leave out; a value equal to those defaults asks for nothing either
+NEUTRAL = {"output_attentions": False, "output_hidden_states": False, "output_logits": False, "min_p": None}
 
 
 def merged_generation_config(model, kwargs: dict):
@@ -148,7 +151,7 @@ def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
     import torch
     from transformers import GenerationConfig
 
-    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()
+    defaults = {**NEUTRAL, **getattr(GenerationConfig, "_get_default_generation_params", dict)()}
     config = merged_generation_config(model, kwargs).to_dict()
     found = {}
     for name, value in kwargs.items():
@@ -197,6 +200,11 @@ def requested_by_call(model, kwargs: dict) -> DecodePath:
     return DecodePath.FIXED if named == "static" else DecodePath.EAGER
 
 
+def model_device(model):
+    """Where the model's parameters live (the device its generation runs on)."""
+    return next(model.parameters()).device
+
+
 def route_generate(model, args: tuple, kwargs: dict) -> Route:
     """The path ``model.generate(*args, **kwargs)`` takes after ``apply_swaa`` (:func:`resolve` with the call's
     refusals); raises ValueError where the call asks for the fixed path and it cannot serve it."""
@@ -205,7 +213,7 @@ def route_generate(model, args: tuple, kwargs: dict) -> Route:
     requested = requested_by_call(model, kwargs)
     if requested is DecodePath.EAGER:
         return resolve(requested)
-    device = next(model.parameters()).device
+    device = model_device(model)
     if requested is DecodePath.AUTO and device.type != "cuda" and CPU_DEFAULT is DecodePath.EAGER:
         return resolve(requested, device)  # nothing to check: the default there is eager anyway
     refusals = fixed_refusals(model, args, kwargs)

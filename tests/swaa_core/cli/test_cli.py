@@ -68,17 +68,32 @@ def test_run_prints_one_json_object_per_run(tiny_folder, capsys):
     assert runs[1]["kv_cache_bytes"] < runs[0]["kv_cache_bytes"]
 
 
-def test_run_with_static_cache_gives_the_same_answers(tiny_folder, capsys):
-    """--static-cache only changes how decode steps run (fixed buffers; a CUDA graph on a GPU), not what they give."""
+def test_decode_path_is_forced_from_the_command_line_and_reported(tiny_folder, capsys, monkeypatch):
+    """--decode-path fixed / eager and --static-cache (fixed) only change how decode steps run (fixed buffers; a CUDA
+    graph on a GPU), not what they give; every run (full attention included) reports the path and why, in JSON and in
+    the table."""
+    monkeypatch.setenv("COLUMNS", "400")  # rich folds cells to the terminal's width
     args = ["run", "--model", tiny_folder, "--prompt", "The grass is green. " * 30 + "What colour is the grass?",
-            "--recipe", "swa", "--max-new-tokens", "5", "--window", "16", "--json"]  # fmt: skip
+            "--recipe", "swa", "--max-new-tokens", "5", "--window", "16"]  # fmt: skip
+    fixed = ("fixed buffers", "fixed-buffer: asked for (cpu, batch 1, greedy)")
+    expected = {
+        "--decode-path fixed": fixed,
+        "--static-cache": fixed,
+        "--decode-path eager": ("dynamic cache", "eager: asked for"),
+    }
     runs = {}
-    for extra in ([], ["--static-cache"]):
-        assert main(args + extra) == 0
-        runs[bool(extra)] = json_lines(capsys.readouterr().out)
-    assert [r["output_text"] for r in runs[True]] == [r["output_text"] for r in runs[False]]
-    assert all("static cache" in r["backend"] for r in runs[True])
-    assert not any("static cache" in r["backend"] for r in runs[False])
+    for flag, (path, reason) in expected.items():
+        assert main(args + flag.split() + ["--json"]) == 0
+        runs[flag] = json_lines(capsys.readouterr().out)
+        assert [(r["decode_path"], r["decode_reason"]) for r in runs[flag]] == [(path, reason)] * 2
+        assert all(("static cache" in r["backend"]) == (path == "fixed buffers") for r in runs[flag])
+        assert main(args + flag.split()) == 0
+        table = capsys.readouterr().out
+        assert f"decode path: {path} ({reason})" in " ".join(table.split()) and "┃ path " in table
+    assert len({tuple(r["output_text"] for r in rows) for rows in runs.values()}) == 1
+    with pytest.raises(SystemExit):
+        main(args + ["--decode-path", "graph"])
+    assert "invalid choice: 'graph' (choose from 'auto', 'fixed', 'eager')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("timing", "expected"), [("20", "to token 20"), ("4", "too few tokens (3)")])
