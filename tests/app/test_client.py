@@ -22,6 +22,7 @@ from swaa_core.eval.tasks import make_task
 pytestmark = pytest.mark.embedded
 
 # Plain SWA with window 256 beside full attention (no pinned column), on a 512-token needle task at depth 0.25.
+DEFAULT_REASON = "eager: the CPU default (both paths timed on this kind of machine: docs/benchmarks.md)"
 SWA_ONLY = dict(
     window=256, sinks=0, fa_layers="none", fa_decode="off", cot=False, adapter="", source="task", task="needle",
     length=512, depth=0.25, seed=0, max_new_tokens=10, pinned=[],
@@ -194,20 +195,32 @@ def test_decode_speed_is_measured_per_recipe_and_length(client):
     assert "32 decode steps" in note and "Not measured" not in note
 
 
-def test_fixed_buffer_decode_gives_the_same_answers_and_says_so(client, comparison):
-    """static_cache=True: every column through swaa_core's fast_generate (its setup time and path in each row)."""
-    _board, summary, rows, _csv, _json = client.predict(**SWA_ONLY, static_cache=True, api_name="/compare")
+@pytest.mark.parametrize(
+    "asked", [{"decode_path": "fixed"}, {"static_cache": True}], ids=["decode_path", "static_cache"]
+)
+def test_fixed_buffer_decode_gives_the_same_answers_and_says_so(client, comparison, asked):
+    """decode_path="fixed" (or the older static_cache=True): every column through swaa_core's fast_generate (its
+    setup time, path and reason in each row); the default on this CPU is the eager path."""
+    fixed = "fixed-buffer: asked for (cpu, batch 1, greedy)"
+    _board, summary, rows, _csv, _json = client.predict(**SWA_ONLY, **asked, api_name="/compare")
     assert [r["output_text"] for r in rows] == [r["output_text"] for r in comparison[2]]
     assert [r["decode_path"] for r in comparison[2]] == ["dynamic cache"] * 2
-    assert [r["decode_path"] for r in rows] == ["fixed buffers"] * 2 and all(r["setup_s"] > 0 for r in rows)
-    assert all((r["timed_tokens"], r["static_cache"]) == (32, True) for r in rows)
-    assert "Decode path: fixed buffers in every column" in summary
+    assert [r["decode_reason"] for r in comparison[2]] == [DEFAULT_REASON] * 2
+    assert [(r["decode_path"], r["decode_reason"]) for r in rows] == [("fixed buffers", fixed)] * 2
+    assert all(r["setup_s"] > 0 for r in rows)
+    assert all((r["timed_tokens"], r["decode_path_asked"]) == (32, "fixed") for r in rows)
+    assert f"Decode path: fixed buffers ({fixed}) in every column" in summary
     points, note = client.predict(
-        recipes=["full", "swa"], lengths=["256"], window=128, sinks=0, static_cache=True, api_name="/decode_speed"
+        recipes=["full", "swa"], lengths=["256"], window=128, sinks=0, **asked, api_name="/decode_speed"
     )
-    assert [(p["decode_path"], p["error"]) for p in points] == [("fixed buffers", None)] * 2
+    assert [(p["decode_path"], p["decode_reason"], p["error"]) for p in points] == [("fixed buffers", fixed, None)] * 2
     assert all(p["ms_per_token"] > 0 and p["setup_s"] > 0 for p in points)
-    assert "Decode path: fixed buffers; setup per run" in note
+    assert f"Decode path: fixed buffers ({fixed}); setup per run" in note
+
+
+def test_a_bad_decode_path_is_refused_by_name(client):
+    with pytest.raises(Exception, match="Decode path must be one of auto"):
+        client.predict(**SWA_ONLY, decode_path="graph", api_name="/compare")
 
 
 def test_summary_states_the_kv_saving(comparison):

@@ -152,7 +152,7 @@ def test_tokens_never_reach_a_message(monkeypatch):
 def _fake_run_one(tokens: int, delay: float):
     """Streams ``tokens`` pieces through on_token like swaa_core.eval.runner.run_one and honours cancel."""
 
-    def run_one(loaded, sample, config, *, label, max_new_tokens, cot, on_token, cancel, static_cache):
+    def run_one(loaded, sample, config, *, label, max_new_tokens, cot, on_token, cancel, decode_path):
         for i in range(tokens):
             if cancel.is_set():
                 return RunResult(label=label, config=None, generated_tokens=i, error="Cancelled after some tokens.")

@@ -72,7 +72,7 @@ def test_under_the_limit_tells_what_the_window_sees(page):
     ],
 )
 def test_the_refusal_names_a_control_the_prompt_has(page, prompt, control):
-    options = rh.RunOptions(cot=False, adapter="", max_new_tokens=12, pinned=[], static_cache=False)
+    options = rh.RunOptions(cot=False, adapter="", max_new_tokens=12, pinned=[], decode_path="auto")
     with pytest.raises(ValueError) as caught:
         rh.Comparison.build("tiny", Strategy(window=64), prompt, options)
     message = str(caught.value)

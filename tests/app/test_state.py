@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.state import DEFAULT_PINNED, Settings, Strategy, from_query, layer_pattern_name, to_query
+from app.state import (
+    DEFAULT_PINNED,
+    Settings,
+    Strategy,
+    decode_path_choice,
+    from_query,
+    layer_pattern_name,
+    to_query,
+)
 from swaa_core.engine.config import SWAAConfig, SWAAConfigError
 
 N_LAYERS = 30
@@ -77,7 +85,7 @@ link_settings = st.builds(
     depth=st.floats(0, 1).map(lambda d: round(d, 2)),
     seed=st.integers(0, 10**6),
     max_new_tokens=st.integers(1, 512),
-    static_cache=st.booleans(),
+    decode_path=st.sampled_from(["auto", "fixed", "eager"]),
     example=st.sampled_from(["", "lighthouse"]),
     pinned=st.lists(configs, max_size=3).map(
         lambda cs: [{"label": c.describe(), "config": c.to_dict(), "adapter": ""} for c in cs]
@@ -98,8 +106,8 @@ def _restored(settings_: Settings) -> Settings:
 def test_link_restores_what_matters(s):
     r = _restored(s)
     assert (r.model, r.cot, r.source, r.task, r.length, r.depth, r.seed, r.max_new_tokens, r.example,
-            r.static_cache) == (
-        s.model, s.cot, s.source, s.task, s.length, s.depth, s.seed, s.max_new_tokens, s.example, s.static_cache,
+            r.decode_path) == (
+        s.model, s.cot, s.source, s.task, s.length, s.depth, s.seed, s.max_new_tokens, s.example, s.decode_path,
     )  # fmt: skip
     assert r.strategy.to_config(64).to_dict() == s.strategy.to_config(64).to_dict()
     assert [(p["config"], p["adapter"]) for p in r.pinned] == [(p["config"], p["adapter"]) for p in s.pinned]
@@ -121,6 +129,7 @@ def test_default_settings_make_an_empty_query():
         ({"pin": "[{]"}, "was not used"),
         ({"bogus": "1"}, "Ignored unknown link parameter(s): bogus"),
         ({"fixed": "maybe"}, "Fixed-buffer decode must be on or off (1 or 0), got 'maybe'"),
+        ({"path": "graph"}, "Decode path must be one of auto (Auto), fixed (Fixed-buffer), eager (Eager), got 'graph'"),
     ],
 )
 def test_bad_link_parameters_become_notes_and_keep_defaults(params, fragment):
@@ -129,17 +138,21 @@ def test_bad_link_parameters_become_notes_and_keep_defaults(params, fragment):
     assert restored.strategy.to_config(N_LAYERS).to_dict() == Settings().strategy.to_config(N_LAYERS).to_dict()
 
 
-def test_fixed_buffer_decode_travels_in_links_and_widgets():
-    assert to_query(Settings(static_cache=True)) == "?fixed=1"
-    for word, value in (("1", True), ("on", True), ("true", True), ("0", False), ("off", False)):
+def test_the_decode_path_travels_in_links_and_widgets():
+    assert to_query(Settings(decode_path="fixed")) == "?path=fixed" and to_query(Settings(decode_path="auto")) == ""
+    for word, value in (("eager", "eager"), ("Fixed-buffer", "fixed"), ("AUTO", "auto")):
+        restored, notes = from_query({"path": word})
+        assert (restored.decode_path, notes) == (value, [])
+    # older links: the on/off "Fixed-buffer decode" box
+    for word, value in (("1", "fixed"), ("on", "fixed"), ("true", "fixed"), ("0", "eager"), ("off", "eager")):
         restored, notes = from_query({"fixed": word})
-        assert (restored.static_cache, notes) == (value, [])
+        assert (restored.decode_path, notes) == (value, [])
     restored, _notes = from_query({"fixed": "2", "w": "64"})
-    assert restored.static_cache is False and restored.strategy.window == 64  # a bad value blocks nothing else
+    assert restored.decode_path == "auto" and restored.strategy.window == 64  # a bad value blocks nothing else
     widgets = dict(model="", strategy=Strategy(), cot=False, adapter=None, source="task", task="needle", length=512.0,
                    depth=0.25, seed=None, max_new_tokens=12.0, example=None, pinned=None)  # fmt: skip
-    assert Settings.from_widgets(**widgets, static_cache=True).static_cache is True
-    assert Settings.from_widgets(**widgets, static_cache=None).static_cache is False
+    assert Settings.from_widgets(**widgets, decode_path="eager").decode_path == "eager"
+    assert Settings.from_widgets(**widgets, decode_path=None).decode_path == "auto"
 
 
 @pytest.mark.parametrize("window, sinks, option", [(1e9, 0, "--window"), (256, 2**25, "--keep-first")])
@@ -169,3 +182,19 @@ def test_the_api_results_carry_the_configs_notes():
     result = RunResult(label="swa", config=cfg.to_dict(), notes=cfg.notes(512))
     rows = result_rows([ColumnView("swa", "", False, result=result)], {})
     assert rows[0]["notes"] == cfg.notes(512) and any("keep_first=100000" in n for n in rows[0]["notes"])
+
+
+@pytest.mark.parametrize(
+    ("value", "static_cache", "expected"),
+    [(None, None, "auto"), ("Eager", None, "eager"), ("fixed", None, "fixed"), ("auto", True, "fixed"),
+     ("auto", "1", "fixed"), ("eager", False, "eager")],
+)  # fmt: skip
+def test_decode_path_choice(value, static_cache, expected):
+    assert decode_path_choice(value, static_cache) == expected
+
+
+def test_decode_path_choice_refuses_by_name():
+    with pytest.raises(ValueError, match=r"Fixed-buffer decode is on, but Decode path asks for eager"):
+        decode_path_choice("eager", True)
+    with pytest.raises(ValueError, match=r"Decode path must be one of auto \(Auto\), fixed \(Fixed-buffer\)"):
+        decode_path_choice("static")
