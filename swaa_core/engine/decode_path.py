@@ -206,19 +206,26 @@ def model_device(model):
 
 
 def route_generate(model, args: tuple, kwargs: dict) -> Route:
-    """The path ``model.generate(*args, **kwargs)`` takes after ``apply_swaa`` (:func:`resolve` with the call's
-    refusals); raises ValueError where the call asks for the fixed path and it cannot serve it."""
-    import torch
-
+    """The path ``model.generate(*args, **kwargs)`` takes after ``apply_swaa``: :func:`resolve` with the call's
+    refusals under auto. A call that asks for the fixed path takes it, and the fixed path
+    (:func:`~swaa_core.engine.fast_decode.generate_static`) refuses by name, before running anything, what it cannot
+    serve: its own check is the authority on what it applies, :func:`fixed_refusals` only keeps auto from routing a
+    call there that it might refuse."""
     requested = requested_by_call(model, kwargs)
     if requested is DecodePath.EAGER:
         return resolve(requested)
     device = model_device(model)
+    if requested is DecodePath.FIXED:  # the fixed path itself refuses by name what it cannot serve, before it runs
+        return resolve(requested, device, request=_request_words(model, args, kwargs))
     if requested is DecodePath.AUTO and device.type != "cuda" and CPU_DEFAULT is DecodePath.EAGER:
         return resolve(requested, device)  # nothing to check: the default there is eager anyway
     refusals = fixed_refusals(model, args, kwargs)
-    config = merged_generation_config(model, kwargs)
+    return resolve(requested, device, refusals=refusals, request=_request_words(model, args, kwargs))
+
+
+def _request_words(model, args: tuple, kwargs: dict) -> str:
+    import torch
+
     inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     rows = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 else "?"
-    request = f"batch {rows}, {'sampled' if config.do_sample else 'greedy'}"
-    return resolve(requested, device, refusals=refusals, request=request)
+    return f"batch {rows}, {'sampled' if merged_generation_config(model, kwargs).do_sample else 'greedy'}"

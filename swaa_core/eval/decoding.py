@@ -163,7 +163,8 @@ class Decoder:
             return self._eager(model, ids, max_new_tokens, kernel, streamer, criteria, time_prefill)
 
     def _fixed(self, model, ids, max_new, kernel, streamer, criteria) -> Decoded:
-        out = fast_generate(model, ids, max_new_tokens=max_new, eos_token_id=[], streamer=streamer,
+        # greedy whatever the checkpoint's generation config samples with, as the eager path's greedy config
+        out = fast_generate(model, ids, max_new_tokens=max_new, do_sample=False, eos_token_id=[], streamer=streamer,
                             stopping_criteria=criteria)  # fmt: skip
         graph = " + CUDA graph" if out.cuda_graph else ""
         return Decoded(out.sequences, tuple(out.kv_cache_bytes_per_layer), f"{kernel}, static cache{graph}",

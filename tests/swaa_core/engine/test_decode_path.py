@@ -169,6 +169,6 @@ def test_static_cache_implementation_forces_the_fixed_path_and_refuses_by_name(m
     out = model.generate(X, max_new_tokens=8, cache_implementation="static")
     assert model._swaa_state.last_route.reason == "fixed-buffer: asked for (cpu, batch 1, greedy)"
     assert len(static_calls) == 1 and torch.equal(out, eager_reference(model, max_new_tokens=8))
-    with pytest.raises(ValueError, match="does not take: no_repeat_ngram_size=2"):
-        model.generate(X, generation_config=GenerationConfig(no_repeat_ngram_size=2, cache_implementation="static"))
-    assert len(static_calls) == 1  # refused before anything ran
+    with pytest.raises(ValueError, match="does not take: num_beams=2"):
+        model.generate(X, max_new_tokens=8, num_beams=2, cache_implementation="static")
+    assert model._swaa_state.last_route.path is DecodePath.FIXED  # asked for, and refused by the path itself
