@@ -24,6 +24,8 @@ Sections (each guarded: a failure is recorded and the next one runs):
               ``decode_kernels``) and graph; then --e2e-requests requests of --e2e-batch-prompt + --e2e-tokens
               tokens through the graph path at the capacity model's largest batch and at batch 1 (each run generates
               every token; the serve time is waves x the measured wave: gpu_capacity.serve).
+- public:     what a user gets from ``model.generate`` after ``apply_swaa`` (default-routed to the fixed-buffer path on
+              CUDA), greedy and sampled, beside the forced eager path and ``fast_generate`` (gpu_decode_public.py).
 - profile:    where an eager step's time goes, per configuration at the first prompt length: torch.profiler's host
               and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
               between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
@@ -48,11 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_common as common  # noqa: E402
 from gpu_common import SUMMARY, gib, llama8b  # noqa: E402
+from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
-from swaa_core.eval.latency import decode_kernels, shared_cache  # noqa: E402
+from swaa_core.eval.decoding import decode_kernels, shared_cache  # noqa: E402
 
 ARGS = None
 
@@ -275,8 +278,9 @@ def run_end_to_end(out: dict, model):
             if "eager" in ARGS.e2e_modes:
                 torch.cuda.synchronize()
                 start = time.perf_counter()
-                with decode_kernels(model):  # as the runner runs every column
-                    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+                with decode_kernels(model):  # as the runner runs every column on the eager path
+                    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                   cache_implementation="dynamic")  # fmt: skip
                 torch.cuda.synchronize()
                 rows[label]["eager_s"] = round(time.perf_counter() - start, 2)
             if "graph" in ARGS.e2e_modes:
@@ -325,7 +329,7 @@ def _sync_sites(model, ids) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = record
-            model.generate(ids, max_new_tokens=9, min_new_tokens=9, do_sample=False)
+            model.generate(ids, max_new_tokens=9, min_new_tokens=9, do_sample=False, cache_implementation="dynamic")
     finally:
         torch.cuda.set_sync_debug_mode("default")
         warnings.showwarning = shown
@@ -419,7 +423,9 @@ def run_compiled(out: dict, model):
 
 
 def parse(argv=None):
-    p = common.base_parser(__doc__, ["kernels", "graph", "compiled", "eager", "hf_static", "end_to_end", "profile"])
+    p = common.base_parser(
+        __doc__, ["kernels", "graph", "compiled", "eager", "hf_static", "end_to_end", "public", "profile"]
+    )
     p.set_defaults(reps=5)
     p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
     p.add_argument("--hf-prompts", type=int, nargs="+", default=[32768])
@@ -458,6 +464,7 @@ def main(argv=None):
         "eager": run_eager,
         "hf_static": run_hf_static,
         "end_to_end": run_end_to_end,
+        "public": lambda out, model: run_public(out, model, ARGS, SUMMARY),
         "profile": run_profile,
     }
     wanted = [s for s in ARGS.sections if s in runs]

@@ -379,9 +379,10 @@ def test_left_padded_batch_generation_matches_single_sequences(flex_calls):
     a, b = ids(300, seed=6)[0], ids(171, seed=7)[0]
     batch, mask = left_padded(a, b)
     with swaa(model, SWAAConfig(sliding_window_size=33, keep_first=2)), torch.no_grad():
-        both = model.generate(batch.to(CUDA), attention_mask=mask.to(CUDA), max_new_tokens=10, do_sample=False)
-        alone_a = model.generate(a[None].to(CUDA), max_new_tokens=10, do_sample=False)
-        alone_b = model.generate(b[None].to(CUDA), max_new_tokens=10, do_sample=False)
+        eager = dict(max_new_tokens=10, do_sample=False, cache_implementation="dynamic")  # the eager loop under test
+        both = model.generate(batch.to(CUDA), attention_mask=mask.to(CUDA), **eager)
+        alone_a = model.generate(a[None].to(CUDA), **eager)
+        alone_b = model.generate(b[None].to(CUDA), **eager)
     assert flex_calls
     assert torch.equal(both[0, 300:], alone_a[0, 300:])
     assert torch.equal(both[1, 300:], alone_b[0, 171:])
@@ -396,7 +397,9 @@ def test_fa_decode_generation_matches_teacher_forcing_and_cpu(flex_calls):
     x = ids(prompt_len, seed=4)
     cfg = SWAAConfig(sliding_window_size=24, keep_first=3, force_fa_decode=True)
     with swaa(model, cfg), torch.no_grad():
-        out = model.generate(x.to(CUDA), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        out = model.generate(
+            x.to(CUDA), max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="dynamic"
+        )
     assert flex_calls
     with swaa(model, cfg, backend="reference"), torch.no_grad():
         logits = model(out, swaa_prompt_lengths=torch.tensor([prompt_len], device=CUDA)).logits
@@ -414,7 +417,12 @@ def test_sliding_layers_keep_bounded_kv_cache_on_gpu():
     cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks, non_sliding_layers=[1], force_fa_decode=[2])
     with swaa(model, cfg), torch.no_grad():
         out = model.generate(
-            ids(200).to(CUDA), max_new_tokens=40, min_new_tokens=40, do_sample=False, return_dict_in_generate=True
+            ids(200).to(CUDA),
+            max_new_tokens=40,
+            min_new_tokens=40,
+            do_sample=False,
+            return_dict_in_generate=True,
+            cache_implementation="dynamic",  # the dynamic SWAA cache, whose layers are under test
         )
     per_token = 2 * 2 * 32 * 4  # keys+values x kv heads x head dim x float32 bytes
     seen = out.sequences.shape[1] - 1
@@ -436,10 +444,47 @@ def test_cuda_graph_decode_equals_eager_static_and_generate(fa_decode):
     with swaa(model, cfg), torch.no_grad():
         graph = fast_generate(model, batch, attention_mask=mask, max_new_tokens=120, cuda_graph=True)
         eager = fast_generate(model, batch, attention_mask=mask, max_new_tokens=120, cuda_graph=False)
-        expected = model.generate(batch, attention_mask=mask, max_new_tokens=120, min_new_tokens=120, do_sample=False)
+        expected = model.generate(batch, attention_mask=mask, max_new_tokens=120, min_new_tokens=120, do_sample=False,
+                                  cache_implementation="dynamic")  # fmt: skip
     assert graph.cuda_graph and not eager.cuda_graph
     assert torch.equal(graph.sequences, eager.sequences)
     assert torch.equal(graph.sequences, expected)
+
+
+@gpu_test
+@pytest.mark.parametrize("fa_decode", [False, True])
+def test_generate_after_apply_swaa_takes_the_fixed_buffer_path_by_default(fa_decode, monkeypatch):
+    """On CUDA, plain ``model.generate`` after ``apply_swaa`` decodes from fixed buffers with one CUDA graph per token
+    (issue 26: 23-28 tok/s eager vs >= 120 on an H200 for the 8B shape), with the greedy tokens of transformers' own
+    loop over the dynamic SWAA cache; a call the path does not serve (beams) falls back to that loop and says why."""
+    import swaa_core.engine.fast_decode as fast_decode
+    from swaa_core.engine.decode_path import DecodePath
+
+    graphs = []
+    real_graph = torch.cuda.CUDAGraph
+
+    def counting_graph(*args, **kwargs):
+        graphs.append(1)
+        return real_graph(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", counting_graph)
+    served = []
+    real = fast_decode.generate_static
+    monkeypatch.setattr(fast_decode, "generate_static", lambda m, a, k: served.append(1) or real(m, a, k))
+    model = gpu_model(layers=4, seed=6, eos_token_id=None)
+    x = ids(300, seed=9).to(CUDA)
+    cfg = SWAAConfig(sliding_window_size=40, keep_first=3, force_fa_decode=fa_decode, non_sliding_layers=[1])
+    with swaa(model, cfg) as state, torch.no_grad():
+        out = model.generate(x, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+        route = state.last_route
+        assert (route.path, route.reason) == (DecodePath.FIXED, "fixed-buffer: CUDA, batch 1, greedy")
+        assert served == [1] and graphs  # generate_static served it, through a captured graph
+        expected = model.generate(x, max_new_tokens=64, min_new_tokens=64, do_sample=False,
+                                  cache_implementation="dynamic")  # fmt: skip
+        assert state.last_route.reason == "eager: asked for"
+        beams = model.generate(x, max_new_tokens=4, num_beams=2, do_sample=False)
+        assert state.last_route.reason == "eager: the fixed-buffer path does not take num_beams=2"
+    assert torch.equal(out, expected) and served == [1] and beams.shape == (1, 304)
 
 
 @gpu_test
