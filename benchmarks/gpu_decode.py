@@ -464,7 +464,7 @@ def main(argv=None):
         "eager": run_eager,
         "hf_static": run_hf_static,
         "end_to_end": run_end_to_end,
-        "public": lambda out, model: run_public(out, model, ARGS, SUMMARY),
+        "public": lambda out, model: run_public(out, model, ARGS, SUMMARY, prompt),
         "profile": run_profile,
     }
     wanted = [s for s in ARGS.sections if s in runs]

@@ -78,14 +78,15 @@ def one_call(model, ids, mode: str, new_tokens: int, seed: int) -> dict:
     )
 
 
-def run_public(out: dict, model, args, summary: list) -> None:
-    """Fill ``out["rows"]`` {prompt tokens: {mode: first call, rounds, best, median}}; append the summary lines."""
+def run_public(out: dict, model, args, summary: list, prompt) -> None:
+    """Fill ``out["rows"]`` {prompt tokens: {mode: first call, rounds, best, median}}; append the summary lines.
+    ``prompt(n)``: the (1, n) token ids of a prompt on the model's device."""
     cfg = SWAAConfig(sliding_window_size=args.window, keep_first=args.sinks)
     apply_swaa(model, cfg)
     rows = out["rows"] = {}
     try:
         for n in args.prompts:
-            ids = torch.randint(0, 128000, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
+            ids = prompt(n)
             row = rows[n] = {mode: {"first_call": one_call(model, ids, mode, args.new_tokens, 0)} for mode in MODES}
             for rep in range(args.reps):
                 for mode in MODES:
@@ -97,7 +98,7 @@ def run_public(out: dict, model, args, summary: list) -> None:
                 r["best_tok_s"] = round(1e3 / r["best_ms"], 1)
                 first = r["first_call"]
                 summary.append((
-                    f"public API decode {n // 1024}K (SWA W={args.window}, {args.sinks} sinks)",
+                    f"public API decode, {n:,}-token prompt (SWA W={args.window}, {args.sinks} sinks)",
                     f"{mode}: {r['best_tok_s']} tok/s (best; median {r['median_ms']} ms/token, "
                     f"{len(ms)} rounds); first call {first['ms_per_token']} ms/token, setup gap "
                     f"{first['setup_gap_ms']} ms, {first['wall_s']} s; path {r['rounds'][-1]['path']}",
