@@ -131,7 +131,7 @@ INERT = {"transformers_version", "_from_model_config", "decoder_start_token_id",
 NEVER_FIXED = {"use_cache": False}  # served values of SERVED fields that the fixed path cannot honour
 # values that ask for nothing, for fields transformers' own defaults (GenerationConfig._get_default_generation_params)
 # leave out; a value equal to those defaults asks for nothing either
-NEUTRAL = {"output_attentions": False, "output_hidden_states": False, "output_logits": False, "min_p": None}
+NEUTRAL = {"output_attentions": False, "output_hidden_states": False, "output_logits": False}
 
 
 def merged_generation_config(model, kwargs: dict):
