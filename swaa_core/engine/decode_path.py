@@ -119,21 +119,6 @@ def _short(path: DecodePath) -> str:
 # ---------------------------------------------------------------------- model.generate's calls
 
 
-# generate's options the fixed path applies, read from the call's keywords and the merged generation config
-SERVED = {
-    "max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-    "eos_token_id", "pad_token_id", "bos_token_id", "cache_implementation", "return_dict_in_generate", "use_cache",
-}  # fmt: skip
-# generate keywords that are not generation-config fields and that the fixed path takes
-SERVED_KEYWORDS = {"input_ids", "inputs", "attention_mask", "generation_config", "streamer", "stopping_criteria"}
-# generation-config fields that change nothing about the tokens (bookkeeping, compile settings of the eager loop)
-INERT = {"transformers_version", "_from_model_config", "decoder_start_token_id", "compile_config", "disable_compile"}
-NEVER_FIXED = {"use_cache": False}  # served values of SERVED fields that the fixed path cannot honour
-# values that ask for nothing, for fields transformers' own defaults (GenerationConfig._get_default_generation_params)
-# leave out; a value equal to those defaults asks for nothing either
-NEUTRAL = {"output_attentions": False, "output_hidden_states": False, "output_logits": False}
-
-
 def merged_generation_config(model, kwargs: dict):
     """The generation config a ``generate`` call runs with, as far as the choice of path goes: the passed
     ``generation_config`` (else the model's), with the call's keywords that name config fields on top."""
@@ -145,42 +130,31 @@ def merged_generation_config(model, kwargs: dict):
 
 
 def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
-    """What of ``model.generate(*args, **kwargs)`` the fixed path does not serve, by name (``name=value`` for plain
-    values), sorted; empty when it serves the call. Reads the call's keywords, its ``generation_config`` and the
-    model's, and the inputs' shapes (one host read of the mask's last column); runs nothing."""
+    """What of ``model.generate(*args, **kwargs)`` the fixed path does not serve, by name, with why; empty when it
+    serves the call. The options (keywords, a passed ``generation_config``, the model's) are checked by the fixed
+    path's own classification (:func:`swaa_core.engine.generation_options.prepare`); beside them the inputs' shapes
+    (one host read of the mask's last column). Runs no forward."""
     import torch
-    from transformers import GenerationConfig
 
-    defaults = {**NEUTRAL, **getattr(GenerationConfig, "_get_default_generation_params", dict)()}
-    config = merged_generation_config(model, kwargs).to_dict()
-    found = {}
-    for name, value in kwargs.items():
-        if name not in SERVED_KEYWORDS and name not in config and not _unset(value):
-            found[name] = value
-    for name, value in config.items():
-        if name in INERT or _unset(value) or (name in defaults and value == defaults[name]):
-            continue
-        if name not in SERVED or NEVER_FIXED.get(name, object()) == value:
-            found[name] = value
+    from .generation_options import prepare
+
+    found = []
+    options = {k: v for k, v in kwargs.items() if k not in ("inputs", "input_ids", "generation_config")}
+    try:
+        prepare(model, kwargs.get("generation_config"), options)
+    except ValueError as e:
+        text = str(e)
+        _, _, rest = text.partition("does not take: ")
+        found.append(rest.rsplit(". Drop ", 1)[0] if rest else text)  # the refused options, each with why
     inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     mask = kwargs.get("attention_mask")
-    if inputs is None or not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
-        found["inputs"] = "token ids of shape (batch, length)"
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+        found.append("inputs (token ids of shape (batch, length))")
     elif kwargs.get("streamer") is not None and inputs.shape[0] != 1:
-        found["streamer"] = f"a streamer with {inputs.shape[0]} rows"
+        found.append(f"streamer (a streamer with {inputs.shape[0]} rows)")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
-        found["attention_mask"] = "right padding"
-    return [_named(k, v) for k, v in sorted(found.items())]
-
-
-def _unset(value) -> bool:
-    return value is None or (isinstance(value, (list, tuple, dict)) and not value)
-
-
-def _named(name: str, value) -> str:
-    if isinstance(value, str) and name in ("inputs", "streamer", "attention_mask"):
-        return f"{name} ({value})"
-    return f"{name}={value}" if isinstance(value, (bool, int, float, str)) else name
+        found.append("attention_mask (right padding)")
+    return found
 
 
 def requested_by_call(model, kwargs: dict) -> DecodePath:

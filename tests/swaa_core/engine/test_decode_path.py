@@ -77,32 +77,32 @@ def model():
 X = torch.tensor([[5, 9, 11, 30, 7, 64, 12, 3, 40, 41, 42, 8]])
 
 
+BEAMS = "num_beams=2 (beam search needs another decoding loop than greedy / sampled decoding)"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
         (dict(max_new_tokens=5), []),
         (dict(max_new_tokens=5, do_sample=True, temperature=0.7, top_k=5, top_p=0.9), []),
         (dict(max_new_tokens=5, output_attentions=False, num_beams=1, repetition_penalty=1.0), []),  # defaults
-        (dict(max_new_tokens=5, num_beams=2), ["num_beams=2"]),
-        (dict(max_new_tokens=5, use_cache=False), ["use_cache=False"]),
-        (
-            dict(generation_config=GenerationConfig(no_repeat_ngram_size=2, max_new_tokens=5)),
-            ["no_repeat_ngram_size=2"],
-        ),
-        (dict(max_new_tokens=5, past_key_values=DynamicCache()), ["past_key_values"]),
-        (dict(max_new_tokens=5, output_scores=True, return_dict_in_generate=True), ["output_scores=True"]),
+        (dict(generation_config=GenerationConfig(no_repeat_ngram_size=2, max_new_tokens=5)), []),  # applied there
+        (dict(max_new_tokens=5, num_beams=2), [BEAMS]),
+        (dict(generation_config=GenerationConfig(num_beams=2, max_new_tokens=5)), [BEAMS]),
+        (dict(max_new_tokens=5, past_key_values=DynamicCache()),
+         ["past_key_values (this path prefills the prompt into a cache of its own)"]),
         (dict(max_new_tokens=5, attention_mask=torch.tensor([[1] * 11 + [0]])), ["attention_mask (right padding)"]),
     ],
-    ids=["greedy", "sampled", "defaults", "beams", "no-cache", "config-ngram", "cache", "scores", "right-pad"],
-)
+    ids=["greedy", "sampled", "defaults", "config-ngram", "beams", "config-beams", "cache", "right-pad"],
+)  # fmt: skip
 def test_fixed_refusals_of_a_call(model, kwargs, expected):
     assert fixed_refusals(model, (X,), kwargs) == expected
 
 
 def test_the_models_own_config_and_a_multi_row_streamer_are_read(model):
-    model.generation_config.repetition_penalty = 1.3
-    assert fixed_refusals(model, (X,), {"max_new_tokens": 4}) == ["repetition_penalty=1.3"]
-    model.generation_config.repetition_penalty = None
+    model.generation_config.num_beams = 2
+    assert fixed_refusals(model, (X,), {"max_new_tokens": 4}) == [BEAMS]
+    model.generation_config.num_beams = None
     streamer = TextStreamer(tokenizer=None)
     assert fixed_refusals(model, (X.repeat(2, 1),), {"streamer": streamer}) == ["streamer (a streamer with 2 rows)"]
 
@@ -160,7 +160,7 @@ def test_generate_on_cuda_falls_back_with_the_reason(model, as_if_cuda, static_c
     apply_swaa(model, CFG)
     out = model.generate(X, max_new_tokens=6, num_beams=2, do_sample=False)
     route = model._swaa_state.last_route
-    assert (route.path, route.reason) == (DecodePath.EAGER, "eager: the fixed-buffer path does not take num_beams=2")
+    assert (route.path, route.reason) == (DecodePath.EAGER, f"eager: the fixed-buffer path does not take {BEAMS}")
     assert static_calls == [] and torch.equal(out, eager_reference(model, max_new_tokens=6, num_beams=2))
 
 
