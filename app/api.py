@@ -16,8 +16,8 @@ import gradio as gr
 from swaa_core.eval.recipes import list_recipes
 from swaa_core.models.registry import DEFAULT_MODEL
 
+from . import advisor_tab, sweeps
 from . import run_handlers as rh
-from . import sweeps
 from .board import render_board, summary_markdown
 from .common import HEAVY, HUB, loaded_model, num_layers, session_id, stop_session, ui_errors
 from .prompts import TASK_CHOICES, Prompt
@@ -34,7 +34,7 @@ from .state import (
 
 ENDPOINTS = (
     "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
-    "needle_sweep", "decode_speed",
+    "needle_sweep", "decode_speed", "advise",
 )  # fmt: skip
 DECODE_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192", "16384", "32768")
 SWEEP_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192")
@@ -198,6 +198,27 @@ def decode_speed(
     return sweeps.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
 
 
+@ui_errors
+def advise(
+    model, length, window, sinks, budget_kind, budget, samples, held_out, task, request: gr.Request = None
+) -> dict:  # fmt: skip
+    """Which layers keep full attention for the model at ``length`` tokens under a budget (``budget_kind``: "full
+    layers", "prefill share" of full attention's FLOPs, or "KV GiB"): per-layer scores with their spread, the
+    recommended swaa_config (also as compare inputs, "controls"), FA decode / sinks decisions and the held-out
+    candidates (accuracy, NLL, forward seconds, prefill share, KV bytes) beside the periodic patterns. Stop it with
+    /stop_run from the same client."""
+    settings = advisor_tab.AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
+    session = session_id(request)
+    cancel = CANCELS.start(session)
+    try:
+        advice = advisor_tab.run_advice(model or DEFAULT_MODEL, settings, cancel)
+    finally:
+        CANCELS.finish(session, cancel)
+    out = advice.to_dict()
+    out["controls"] = _controls(advice.config, len(advice.scores.mean))
+    return out
+
+
 def _num(value: float) -> float | None:
     return None if value != value else float(value)
 
@@ -243,6 +264,10 @@ def build() -> None:
         depths = gr.Number(2, label="depths")
         sweep_task = gr.Dropdown(["needle", "passkey", "multi_key"], value="needle", label="task")
         decode_lengths = gr.CheckboxGroup(list(DECODE_LENGTHS), value=["256", "512"], label="lengths")
+        budget_kind = gr.Radio(list(advisor_tab.BUDGET_KINDS), value="full layers", label="budget_kind")
+        budget = gr.Number(8, label="budget")
+        held_out = gr.Number(2, label="held_out")
+        advice_task = gr.Dropdown(list(advisor_tab.TASKS), value="needle", label="task")
         trigger = gr.Button()
         out = dict(
             facts=gr.JSON(label="facts"), board=gr.HTML(label="board"), summary=gr.Markdown(label="summary"),
@@ -250,7 +275,7 @@ def build() -> None:
             results_json=gr.File(label="results_json"), stopped=gr.Checkbox(label="stopped"),
             text=gr.Textbox(label="text"), controls=gr.JSON(label="controls"), table=gr.JSON(label="table"),
             grids=gr.JSON(label="grids"), sweep_csv=gr.File(label="sweep_csv"), points=gr.JSON(label="points"),
-            note=gr.Markdown(label="note"),
+            note=gr.Markdown(label="note"), advice=gr.JSON(label="advice"),
         )  # fmt: skip
 
     def endpoint(fn, inputs, outputs, **kwargs):
@@ -278,5 +303,9 @@ def build() -> None:
     )  # fmt: skip
     endpoint(
         decode_speed, [model, recipes, decode_lengths, window, sinks, static_cache, decode_path], ["points", "note"],
+        concurrency_id=HEAVY,
+    )  # fmt: skip
+    endpoint(
+        advise, [model, sweep_length, window, sinks, budget_kind, budget, samples, held_out, advice_task], ["advice"],
         concurrency_id=HEAVY,
     )  # fmt: skip

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import api, capacity, panels, sweeps, texts, tour
+from . import advisor_tab, api, capacity, panels, sweeps, texts, tour
 from . import callbacks as cb
 from . import run_handlers as rh
 from .common import HEAVY, STRATEGY, toast_errors
@@ -55,6 +55,8 @@ def build_demo() -> gr.Blocks:
                     panels.decode_speed_panel(ui)
                 with gr.Tab("Capacity", id="capacity"):
                     capacity.panel(ui)
+                with gr.Tab("Advisor", id="advisor"):
+                    advisor_tab.build(ui)
                 with gr.Tab("Guided tour", id="tour"):
                     panels.tour_panel(ui)
         _wire(demo, ui)

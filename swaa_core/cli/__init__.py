@@ -1,4 +1,4 @@
-"""The ``swaa`` command (also ``python -m swaa_core``): run, eval, sweep, recipes, distill, finetune.
+"""The ``swaa`` command (also ``python -m swaa_core``): run, eval, sweep, advise, recipes, distill, finetune.
 
 The top layer: it only parses arguments, calls the eval, train and models layers, and prints; nothing in swaa_core
 imports it except ``__main__``. One module per subcommand (``add_parser(subparsers)`` plus its handler); the options
@@ -20,7 +20,7 @@ import textwrap
 from .. import __version__
 from ..engine.config import SWAAConfigError
 from ..eval.tasks import TaskError
-from . import distill, eval, finetune, recipes, run, sweep
+from . import advise, distill, eval, finetune, recipes, run, sweep
 from .bounds import bound_numbers
 from .common import CLIError, ConfigFile, formatter, read_config_file
 from .output import never_fail_on_encoding
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"swaa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, eval, sweep, recipes, distill, finetune):
+    for command in (run, eval, sweep, advise, recipes, distill, finetune):
         command.add_parser(sub)
     bound_numbers(parser)
     return parser

@@ -88,6 +88,10 @@ NUMERIC_OPTIONS: dict[str, Bound] = {
     "lr": Bound(float, 0, 1, open_low=True),
     "dropout": Bound(float, 0, 1, open_high=True),
     "processes": Bound(int, 1, 4096),
+    "full_layers": Bound(int, 1, 10_000),  # 0 is plain SWA: nothing to choose; more than the model has: eval.budget
+    "prefill_budget": Bound(float, 0, 1, open_low=True, open_high=True),  # a fraction of full attention's FLOPs
+    "kv_budget": Bound(float, 0, None, open_low=True),  # GiB
+    "held_out": Bound(int, 1, MAX_COUNT),
 }
 
 

@@ -1,0 +1,157 @@
+"""What a number of full-attention layers costs, and how many a budget allows: prefill FLOPs and KV-cache bytes.
+
+Prefill cost model (the one benchmarks/gpu_prefill.py checks against H200 timings, where SWA reached about 93% of
+its ideal): 2 FLOPs per weight per token in the attention projections and the MLP, plus 4 * query width FLOPs per
+(query, key) pair attention visits (scores and the weighted sum); the LM head is left out (a prefill keeps one
+token's logits). A full layer visits n(n+1)/2 pairs, a sliding one ``pairs_visited(n, W, sinks)``. On a CPU, where
+the window kernel is less efficient than one big SDPA call, measured times fall short of this model; the advisor
+reports both.
+
+KV bytes come from :func:`swaa_core.models.memory.estimate_memory`: a sliding layer without FA decode keeps sinks + W
+slots, every other layer every token, so with FA decode a KV cap cannot be met by sliding layers at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.config import SWAAConfig
+from ..models.memory import estimate_memory, model_shape
+from ..runtime.units import format_bytes
+
+GIB = 2**30
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be met or makes no sense for this model and length, with what would work."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of: ``full_layers`` (how many layers keep full attention), ``prefill`` (prefill FLOPs as a
+    fraction of full attention's, e.g. 0.7) or ``kv_gib`` (KV cache at the context length, GiB)."""
+
+    full_layers: int | None = None
+    prefill: float | None = None
+    kv_gib: float | None = None
+
+    def __post_init__(self):
+        given = [k for k in ("full_layers", "prefill", "kv_gib") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise BudgetError(
+                "Give exactly one budget: a number of full layers, a prefill share or a KV-cache cap"
+                + (f" (got {', '.join(given)})." if given else ".")
+            )
+
+    def describe(self) -> str:
+        if self.full_layers is not None:
+            return f"{self.full_layers} full-attention layers"
+        if self.prefill is not None:
+            return f"prefill at most {self.prefill:.0%} of full attention's FLOPs"
+        return f"KV cache at most {self.kv_gib:g} GiB"
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-model constants of the prefill FLOP model and the KV estimate (see the module docstring)."""
+
+    num_layers: int
+    hidden: int
+    q_width: int
+    kv_width: int
+    intermediate: int
+    native_windows: tuple
+    shape: object  # ModelShape, for estimate_memory
+
+    @classmethod
+    def of(cls, model_or_config) -> CostModel:
+        """From a transformers model (or its config); the query width is heads x head dim."""
+        config = getattr(model_or_config, "config", model_or_config)
+        shape = model_shape(model_or_config)
+        text = config.get_text_config(decoder=True)
+        q_width = text.num_attention_heads * shape.head_dim
+        return cls(shape.num_layers, shape.hidden_size, q_width, shape.num_kv_heads * shape.head_dim,
+                   shape.intermediate_size, shape.native_windows, shape)  # fmt: skip
+
+    def linear_flops(self, n: int) -> int:
+        per_token = 2 * self.hidden * (2 * self.q_width + 2 * self.kv_width) + 6 * self.hidden * self.intermediate
+        return n * self.num_layers * per_token
+
+    def prefill_flops(self, n: int, cfg: SWAAConfig | None) -> int:
+        """FLOPs of an ``n``-token prefill under ``cfg`` (None: full attention)."""
+        pairs = 0
+        for i, native in enumerate(self.native_windows):
+            if cfg is None or cfg.is_full_attention:
+                window, sinks = native, 0
+            else:
+                window, sinks, _ = cfg.layer_rule(i, native)
+            pairs += causal_pairs(n) if window is None else pairs_visited(n, window, sinks)
+        return self.linear_flops(n) + 4 * self.q_width * pairs
+
+    def prefill_share(self, n: int, cfg: SWAAConfig | None) -> float:
+        """Prefill FLOPs under ``cfg`` as a fraction of full attention's."""
+        return self.prefill_flops(n, cfg) / self.prefill_flops(n, None)
+
+    def kv_bytes(self, n: int, cfg: SWAAConfig | None, dtype=None) -> int:
+        return estimate_memory(self.shape, n, cfg, dtype=dtype).kv_swaa_bytes
+
+
+def causal_pairs(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def pairs_visited(n: int, window: int, sinks: int) -> int:
+    """(query, key) pairs a sliding layer computes for an ``n``-token prefill: for the query at i, min(i+1, W) window
+    keys plus the sinks that lie before its window, min(max(i+1-W, 0), sinks)."""
+    w = min(window, n)
+    window_pairs = causal_pairs(w) + (n - w) * window
+    over = max(n - window, 0)  # queries whose window starts after position 0
+    s = min(sinks, over)
+    sink_pairs = causal_pairs(s) + (over - s) * sinks  # query n-1-j (j < over) has min(over - j, sinks) sinks
+    return window_pairs + sink_pairs
+
+
+def layered(num_layers: int, window: int, sinks: int, fa_decode: bool, layers) -> SWAAConfig:
+    return SWAAConfig(sliding_window_size=window, keep_first=sinks, force_fa_decode=fa_decode,
+                      non_sliding_layers=sorted(layers)).validate(num_layers)  # fmt: skip
+
+
+def full_layer_count(budget: Budget, cost: CostModel, n: int, *, window: int, sinks: int, fa_decode: bool,
+                     dtype=None) -> int:  # fmt: skip
+    """How many layers may keep full attention under ``budget`` at ``n`` tokens (every such layer costs the same,
+    so the count does not depend on which). Raises :class:`BudgetError` with the reachable range."""
+    L = cost.num_layers
+    if budget.full_layers is not None:
+        k = budget.full_layers
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise BudgetError(
+                f"The number of full layers must be at least 1 (0 is plain SWA, nothing to choose); got {k!r}."
+            )
+        if k >= L:
+            raise BudgetError(
+                f"This model has {L} layers: {k} full layers "
+                + ("is full attention" if k == L else "is more than it has")
+                + f". Ask for 1 to {L - 1}."
+            )
+        return k
+    shares = [_cost(budget, cost, n, layered(L, window, sinks, fa_decode, range(k)), dtype) for k in range(L + 1)]
+    limit = budget.prefill if budget.prefill is not None else budget.kv_gib * GIB
+    fits = [k for k in range(L + 1) if shares[k] <= limit]
+    what = _what(budget, shares, n, window)
+    if not fits or max(fits) < 1:
+        raise BudgetError(f"{budget.describe()} is out of reach: {what}.")
+    if max(fits) >= L:
+        raise BudgetError(f"{budget.describe()} allows full attention in every layer at {n} tokens ({what}).")
+    return max(fits)
+
+
+def _cost(budget: Budget, cost: CostModel, n: int, cfg: SWAAConfig, dtype) -> float:
+    return cost.prefill_share(n, cfg) if budget.prefill is not None else cost.kv_bytes(n, cfg, dtype)
+
+
+def _what(budget: Budget, shares: list[float], n: int, window: int) -> str:
+    if budget.prefill is not None:
+        return (f"with window {window} at {n} tokens, every layer sliding costs {shares[0]:.1%} of full attention's "
+                f"prefill, one full layer {shares[1]:.1%}, each further one {shares[2] - shares[1]:.1%}")  # fmt: skip
+    return (f"with window {window} at {n} tokens, the KV cache holds {format_bytes(int(shares[0]))} with every layer "
+            f"sliding, {format_bytes(int(shares[1]))} with one full layer, {format_bytes(int(shares[-1]))} with all")  # fmt: skip
