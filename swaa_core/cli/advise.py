@@ -150,8 +150,8 @@ def add_parser(sub) -> None:
     add_window_args(g, scaled_to="--length")
     g.add_argument("--task", "-t", default="needle", choices=TASK_KINDS, help="calibration task (default: needle)")
     g.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, e.g. digits=4")
-    g.add_argument("--samples", "-s", type=int, default=3, help="calibration samples (default: 3)")
-    g.add_argument("--held-out", type=int, default=3, help="held-out samples for the check (default: 3)")
+    g.add_argument("--samples", "-s", type=int, default=2, help="calibration samples (default: 2)")
+    g.add_argument("--held-out", type=int, default=2, help="held-out samples for the check (default: 2)")
     g.add_argument("--method", default="gain", choices=METHODS,
                    help="gain: NLL fall with one layer full (default); mass: attention outside the window under full "
                         "attention (one forward per sample); greedy: forward selection (slowest)")  # fmt: skip

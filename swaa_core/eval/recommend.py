@@ -204,7 +204,7 @@ def _nll_and_hit(runner: LayerRunner, cal: Calibration, cfg) -> tuple[float, boo
 
 
 def advise(model, tokenizer, *, length: int, budget: Budget, window: int = 256, sinks: int = 16,
-           samples: int = 3, held_out: int = 3, task: str = "needle", method: str = "gain", fa_decode: bool = True,
+           samples: int = 2, held_out: int = 2, task: str = "needle", method: str = "gain", fa_decode: bool = True,
            backend: str = "auto", progress: Progress | None = None, cancel=None, model_name: str = "",
            **task_kw) -> Advice:  # fmt: skip
     """Recommend which layers keep full attention for ``model`` at ``length`` tokens under ``budget``.

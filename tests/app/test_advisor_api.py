@@ -36,7 +36,7 @@ def test_advise_returns_the_recommendation_and_its_check(client, tiny_folder):
         (dict(budget=0), "at least 1"),
         (dict(budget=4), "full attention"),
         (dict(budget_kind="prefill share", budget=0.01), "out of reach"),
-        (dict(budget_kind="watts"), "budget_kind must be one of"),
+        (dict(budget_kind="watts"), "not in the list of choices"),
         (dict(samples=0), "samples must be a whole number >= 1"),
     ],
 )
@@ -45,3 +45,32 @@ def test_advise_refuses_bad_budgets_by_name(client, tiny_folder, change, says):
                 held_out=1, task="needle")  # fmt: skip
     with pytest.raises(AppError, match=says):
         client.predict(**{**args, **change}, api_name="/advise")
+
+
+def test_apply_sets_the_strategy_controls_to_the_recommendation(tiny_folder):
+    from app.advisor_tab import apply_advice
+    from app.common import STRATEGY
+
+    cfg = {"sliding_window_size": 16, "keep_first": 2, "force_fa_decode": True, "non_sliding_layers": [0, 3]}
+    values = dict(zip(STRATEGY, apply_advice(cfg, tiny_folder), strict=True))
+    assert (values["window"], values["sinks"], values["fa_layers_mode"]) == (16, 2, "custom")
+    assert values["fa_layers"] == [0, 3] and values["fa_decode_mode"] == "all"
+    with pytest.raises(ValueError, match="Run the advisor first"):
+        apply_advice(None, tiny_folder)
+    with pytest.raises(ValueError, match="this model has 4 layers"):
+        apply_advice({**cfg, "non_sliding_layers": [7]}, tiny_folder)
+
+
+def test_the_score_bars_sit_on_the_layer_axis_and_mark_the_chosen_layers():
+    from app.advisor_tab import scores_figure
+    from app.plots import FA_COLOR, SWA_COLOR
+    from swaa_core.eval.advisor import LayerScores
+    from swaa_core.eval.recommend import Advice
+
+    scores = LayerScores("gain", {}, [[0.1, 0.5, -0.2, 0.3], [0.3, 0.7, 0.0, 0.1]])
+    advice = Advice("m", 300, 16, "2 full-attention layers", 2, scores,
+                    SWAAConfig(sliding_window_size=16, non_sliding_layers=[1, 3]), {})  # fmt: skip
+    bars = scores_figure(advice).data[0]
+    assert list(bars.x) == [0, 1, 2, 3] and list(bars.y) == pytest.approx([0.2, 0.6, -0.1, 0.2])
+    assert list(bars.marker.color) == [SWA_COLOR, FA_COLOR, SWA_COLOR, FA_COLOR]
+    assert list(bars.error_y.array) == pytest.approx([0.1414, 0.1414, 0.1414, 0.1414], abs=1e-4)

@@ -30,7 +30,7 @@ def test_the_command_and_the_package_import_without_the_model_stack():
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["eval"], ["sweep"], ["recipes"], ["recipes", "show"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["eval"], ["sweep"], ["advise"], ["recipes"], ["recipes", "show"]])
 def test_help_teaches_with_examples(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
