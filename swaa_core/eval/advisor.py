@@ -1,23 +1,27 @@
 """Which layers need full attention: per-layer sensitivity scores measured on calibration samples.
 
-Two measurements, both on samples whose answer is known (built-in tasks, or a user's document + question + answer):
+Three measurements, all on samples whose answer is known (built-in tasks, or a user's document + question + answer):
 
 - ``"gain"`` (the default): the fall in the answer's teacher-forced negative log-likelihood (nats per answer token)
   when that one layer keeps full attention and every other layer slides under the base config (window, sinks, FA
-  decode). It measures what a layer's full attention does to the answer, through every layer above it, which is what
-  the choice is about. Answer tokens are passed as generated queries (``swaa_prompt_lengths``), so FA decode applies
-  to them exactly as in generation; the first answer token is predicted by the last *prompt* token, which slides, and
-  that is where a retrieval layer's full attention counts. Cost: one forward per sample for the base, then one forward
-  per layer and sample that starts at that layer (:class:`LayerRunner`: the layers below it see the same inputs, so
-  their outputs are recorded once), about ``samples * (1 + layers / 2)`` full forwards.
+  decode). It measures what a layer's full attention does to the answer through every layer above it, which is what
+  the choice is about, and it can be negative: on the embedded SmolLM2 some layers made retrieval worse when full
+  (docs/results.md), which attention mass cannot see. Answer tokens are passed as generated queries
+  (``swaa_prompt_lengths``), so FA decode applies to them exactly as in generation; the first answer token is
+  predicted by the last *prompt* token, which slides, and that is where a retrieval layer's full attention counts.
+  Cost: one forward per sample for the base, then one forward per layer and sample that starts at that layer
+  (:class:`LayerRunner`: the layers below it see the same inputs, so their outputs are recorded once), about
+  ``samples * (1 + layers / 2)`` full forwards.
 - ``"mass"``: the attention probability that the answer-predicting queries (the last prompt token and the answer
-  tokens) put on keys outside the window and the sinks under full attention, the largest over heads. One forward per
-  sample, but it sees only direct attention: a layer whose far reach is not needed downstream scores high too.
+  tokens but the last) put on keys outside the window and the sinks under full attention, the largest over heads.
+  One forward per sample (every layer on the eager kernel), but it sees only direct attention: a layer whose far
+  reach changes nothing downstream scores as high, and on a model built so that one layer carries the retrieval,
+  every layer with near-uniform attention scores alike (tests/swaa_core/eval/test_advisor.py).
 - ``"greedy"``: forward selection on held-in NLL (start from the base, add the layer whose going full lowers the mean
   NLL most, repeat up to the budget), for layers that only help together. Cost: about ``budget * samples * layers /
-  2`` forwards; see docs/results.md for what it bought on the embedded model.
+  2`` forwards, ``budget`` times "gain"; not yet measured on the embedded model (too slow for the shared 2-core CPU).
 
-Scores are in nats per answer token; ``spread`` is the standard deviation over samples.
+Scores are in nats per answer token (mass: a probability); ``spread`` is the standard deviation over samples.
 """
 
 from __future__ import annotations
