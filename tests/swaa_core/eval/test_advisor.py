@@ -236,7 +236,7 @@ def test_advise_recommends_and_checks_on_other_seeds(tiny_folder):
 
     loaded = load_model(tiny_folder)
     advice = advise(loaded.model, loaded.tokenizer, length=300, budget=Budget(full_layers=1), window=16, sinks=2,
-                    samples=2, held_out=2)  # fmt: skip
+                    samples=1, held_out=1)  # fmt: skip
     assert set(advice.calibration_seeds).isdisjoint(advice.held_out_seeds)
     assert len(advice.config.non_sliding_layers) == 1
     assert advice.config.non_sliding_layers[0] == advice.scores.ranking()[0]
