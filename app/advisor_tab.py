@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.models.registry import DEFAULT_MODEL
 
-from .common import CANCELS, loaded_model, num_layers, session_id, strategy_values, toast_errors
+from .common import CANCELS, HEAVY, loaded_model, num_layers, session_id, strategy_values, toast_errors
 from .plots import FA_COLOR, SWA_COLOR, message_figure, style_figure, tradeoff_figure
 from .state import Strategy
 
@@ -73,6 +73,19 @@ def run_advice(model: str | None, settings: AdvisorSettings, cancel: threading.E
                       window=settings.window, sinks=settings.sinks, samples=settings.samples,
                       held_out=settings.held_out, task=settings.task, cancel=cancel, progress=progress,
                       model_name=loaded.info.name)  # fmt: skip
+
+
+def run_for_session(model, settings: AdvisorSettings, request: gr.Request | None, progress=None):
+    """:func:`run_advice` under the session's cancel flag, so its Stop (or the API's /stop_run) ends it between two
+    forwards."""
+    session = session_id(request)
+    cancel = CANCELS.start(session)
+    CANCELS.track(threading.current_thread())
+    try:
+        return run_advice(model, settings, cancel, progress)
+    finally:
+        CANCELS.finish(session, cancel)
+        CANCELS.untrack(threading.current_thread())
 
 
 def scores_figure(advice) -> go.Figure:
@@ -133,14 +146,7 @@ def advise_page(model, length, window, sinks, budget_kind, budget, samples, held
                 progress=gr.Progress()):  # fmt: skip
     """The page's Advise button: the figures, the table, the summary and the advice kept for Apply."""
     settings = AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
-    session = session_id(request)
-    cancel = CANCELS.start(session)
-    CANCELS.track(threading.current_thread())
-    try:
-        advice = run_advice(model, settings, cancel, lambda d, t, w: progress((d, max(t, 1)), desc=w))
-    finally:
-        CANCELS.finish(session, cancel)
-        CANCELS.untrack(threading.current_thread())
+    advice = run_for_session(model, settings, request, lambda d, t, w: progress((d, max(t, 1)), desc=w))
     return (scores_figure(advice), candidates_figure(advice), candidates_rows(advice), summary_text(advice),
             advice.config.to_dict())  # fmt: skip
 
@@ -182,7 +188,7 @@ def build(ui) -> None:
     outputs = [ui.advice_scores, ui.advice_tradeoff, ui.advice_table, ui.advice_summary, ui.advice_config]
     ui.advise.click(toast_errors(advise_page, len(outputs)),
                     [ui.active_model, length, window, sinks, kind, budget, samples, held_out, task], outputs,
-                    api_visibility="private", concurrency_id="model")  # fmt: skip
+                    api_visibility="private", concurrency_id=HEAVY)  # fmt: skip
     strategy = [getattr(ui, name) for name in STRATEGY]
     ui.advise_apply.click(toast_errors(apply_advice, len(strategy)), [ui.advice_config, ui.active_model], strategy,
                           api_visibility="private", concurrency_limit=None)  # fmt: skip

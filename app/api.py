@@ -208,12 +208,7 @@ def advise(
     candidates (accuracy, NLL, forward seconds, prefill share, KV bytes) beside the periodic patterns. Stop it with
     /stop_run from the same client."""
     settings = advisor_tab.AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
-    session = session_id(request)
-    cancel = CANCELS.start(session)
-    try:
-        advice = advisor_tab.run_advice(model or DEFAULT_MODEL, settings, cancel)
-    finally:
-        CANCELS.finish(session, cancel)
+    advice = advisor_tab.run_for_session(model or DEFAULT_MODEL, settings, request)
     out = advice.to_dict()
     out["controls"] = _controls(advice.config, len(advice.scores.mean))
     return out
