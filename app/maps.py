@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .plots import FA_COLOR, SWA_COLOR, style_figure, wrap_label
+from .plots import FA_COLOR, SWA_COLOR, style_figure, subplot_label
 
 NEEDLE_COLOR = "#2ca25f"
 # The window-edge label's width as a share of a map's width (two short lines at 12 px in a ~300 px map, with slack).
@@ -71,7 +71,7 @@ def attention_figure(
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Full attention", wrap_label(swaa_label)),
+        subplot_titles=(subplot_label("Full attention", 2), subplot_label(swaa_label, 2)),
         horizontal_spacing=0.08,
         shared_yaxes=True,
     )
@@ -107,7 +107,8 @@ def attention_figure(
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     head_text = "mean of heads" if head is None else f"head {head}"
     pooled_text = f", pooled {fa.scale:.1f}×{fa.scale:.1f} tokens per cell" if fa.scale > 1 else ""
-    return style_figure(fig, height=470, title=f"Layer {layer}, {head_text}{pooled_text}")
+    title = f"Attention weights (log scale), layer {layer}, {head_text}{pooled_text}"
+    return style_figure(fig, height=490, title=title)
 
 
 def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: int) -> None:
@@ -193,7 +194,7 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=cols,
-        subplot_titles=[wrap_label(p.label) for p in panels],
+        subplot_titles=[subplot_label(p.label, cols) for p in panels],
         horizontal_spacing=0.04,
         shared_yaxes=True,
     )
@@ -222,10 +223,9 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
         fig.update_xaxes(title_text="key", range=[-0.5, panel.total_tokens - 0.5], row=1, col=i)
         fig.update_yaxes(autorange="reversed", row=1, col=i)
     fig.update_yaxes(title_text="query (prompt, then generated)", row=1, col=1)
-    height = 330 if cols > 2 else 380
-    return style_figure(
-        fig, height=height, title=f"What each token may see in layer {layer} (dotted: generation starts)"
-    )
+    height = 360 if cols > 2 else 400
+    title = f"What each token may see in layer {layer}, in tokens (dotted: generation starts)"
+    return style_figure(fig, height=height, title=title)
 
 
 def _short_label(label: str, limit: int = 44) -> str:
@@ -234,19 +234,25 @@ def _short_label(label: str, limit: int = 44) -> str:
 
 
 def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.Figure:
-    """One pair of strips per config: which layers slide in prefill and in decode (True = full attention)."""
-    z, labels, text, full_labels = [], [], [], []
+    """One pair of strips per config: which layers slide in prefill and in decode (True = full attention). Each
+    config's name is written above its pair, across the figure: as tick labels beside the strips, long recipe names
+    left a phone's strips a sliver of the width."""
+    z, ticks, text, full_labels = [], [], [], []
+    n_layers = len(rows[0][1]) if rows else 0
     for label, prefill_fa, decode_fa in rows:
+        z.append([None] * n_layers)  # an empty row: the config's name goes there
+        ticks.append("")
+        text.append([""] * n_layers)
+        full_labels.append([label] * n_layers)
         for stage, flags in (("prefill", prefill_fa), ("decode", decode_fa)):
-            full_labels.append(f"{label} · {stage}")
+            full_labels.append([f"{label} · {stage}"] * n_layers)
             z.append([1 if f else 0 for f in flags])
-            labels.append(f"{_short_label(label)} · {stage}")
+            ticks.append(stage)
             text.append(["FA" if f else "SWA" for f in flags])
-    n_layers = len(z[0]) if z else 0
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            y=list(range(len(z))),  # positions, not labels: two shortened labels may read alike
+            y=list(range(len(z))),
             x=list(range(n_layers)),
             text=text,
             zmin=0,
@@ -255,17 +261,21 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
             showscale=False,
             xgap=2,
             ygap=3,
-            customdata=[[full] * n_layers for full in full_labels],
+            customdata=full_labels,
             hovertemplate="%{customdata}, layer %{x}: %{text}<extra></extra>",
+            hoverongaps=False,
         )
     )
+    for i, (label, _, _) in enumerate(rows):
+        fig.add_annotation(text=_short_label(label), x=0, xref="paper", xanchor="left", y=3 * i, yref="y",
+                           showarrow=False, font=dict(size=12))  # fmt: skip
     # Every layer ticked up to 16 layers, every 5th beyond (30 vertical numbers in 600 px were unreadable).
     fig.update_xaxes(
-        title_text="layer (orange = full attention, blue = sliding window)",
+        title_text="layer (orange = full attention FA, blue = SWA)",
         dtick=1 if n_layers <= 16 else 5,
         tickangle=0,
     )
-    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=labels)
-    fig = style_figure(fig, height=110 + 30 * len(z))
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=ticks)
+    fig = style_figure(fig, height=110 + 26 * len(z))
     fig.update_layout(margin=dict(t=40, b=44))  # t: the toolbar's band, so it does not sit on the top row
     return fig
