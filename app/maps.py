@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .plots import FA_COLOR, SWA_COLOR, style_figure, subplot_label
+from .plots import FA_COLOR, SWA_COLOR, style_figure, subplot_titles, wrap_label
 
 NEEDLE_COLOR = "#2ca25f"
 # The window-edge label's width as a share of a map's width (two short lines at 12 px in a ~300 px map, with slack).
@@ -68,10 +68,11 @@ def attention_figure(
     needle_tokens: tuple[int, int] | None = None,
 ) -> go.Figure:
     """FA vs SWAA attention of one layer side by side; head None averages the heads (after pooling)."""
+    titles, above = subplot_titles(["Full attention", swaa_label])
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=(subplot_label("Full attention", 2), subplot_label(swaa_label, 2)),
+        subplot_titles=titles,
         horizontal_spacing=0.08,
         shared_yaxes=True,
     )
@@ -89,7 +90,10 @@ def attention_figure(
                 colorscale="Viridis",
                 showscale=col == 2,
                 colorbar=dict(
-                    title="weight", tickvals=[-4, -3, -2, -1, 0], ticktext=["≤1e-4", "1e-3", "0.01", "0.1", "1"]
+                    title="weight",
+                    tickvals=[-4, -3, -2, -1, 0],
+                    ticktext=["≤1e-4", "1e-3", "0.01", "0.1", "1"],
+                    thickness=12,
                 ),
                 hovertemplate="query %{y:.0f} → key %{x:.0f}<br>log10 weight %{z:.2f}<extra></extra>",
             ),
@@ -102,13 +106,13 @@ def attention_figure(
         if needle_tokens:
             _mark_needle(fig, col, needle_tokens, pooled.tokens)
     for col in (1, 2):
-        fig.update_xaxes(title_text="key position (token)", range=[-0.5, fa.tokens - 0.5], row=1, col=col)
-    fig.update_yaxes(title_text="query position", autorange="reversed", row=1, col=1)
+        fig.update_xaxes(title_text="key (token)", range=[-0.5, fa.tokens - 0.5], row=1, col=col)
+    fig.update_yaxes(title_text="query (token)", autorange="reversed", row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     head_text = "mean of heads" if head is None else f"head {head}"
     pooled_text = f", pooled {fa.scale:.1f}×{fa.scale:.1f} tokens per cell" if fa.scale > 1 else ""
     title = f"Attention weights (log scale), layer {layer}, {head_text}{pooled_text}"
-    return style_figure(fig, height=490, title=title)
+    return style_figure(fig, height=380, title=title, above_plot=above)
 
 
 def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: int) -> None:
@@ -191,10 +195,11 @@ def pool_mask(mask: torch.Tensor, max_cells: int = 160) -> tuple[np.ndarray, flo
 
 def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     cols = max(1, len(panels))
+    titles, above = subplot_titles([p.label for p in panels])
     fig = make_subplots(
         rows=1,
         cols=cols,
-        subplot_titles=[subplot_label(p.label, cols) for p in panels],
+        subplot_titles=titles,
         horizontal_spacing=0.04,
         shared_yaxes=True,
     )
@@ -222,10 +227,10 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
             fig.add_hline(y=panel.prompt_tokens - 0.5, line=dict(color=FA_COLOR, width=1.5, dash="dot"), row=1, col=i)
         fig.update_xaxes(title_text="key", range=[-0.5, panel.total_tokens - 0.5], row=1, col=i)
         fig.update_yaxes(autorange="reversed", row=1, col=i)
-    fig.update_yaxes(title_text="query (prompt, then generated)", row=1, col=1)
-    height = 360 if cols > 2 else 400
+    fig.update_yaxes(title_text="query (token)", row=1, col=1)
+    height = 260 if cols > 2 else 300
     title = f"What each token may see in layer {layer}, in tokens (dotted: generation starts)"
-    return style_figure(fig, height=height, title=title)
+    return style_figure(fig, height=height, title=title, above_plot=above)
 
 
 def _short_label(label: str, limit: int = 44) -> str:
@@ -266,16 +271,16 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
             hoverongaps=False,
         )
     )
-    for i, (label, _, _) in enumerate(rows):
-        fig.add_annotation(text=_short_label(label), x=0, xref="paper", xanchor="left", y=3 * i, yref="y",
-                           showarrow=False, font=dict(size=12))  # fmt: skip
+    for i, (label, _, _) in enumerate(rows):  # up to two lines, growing up from just above the config's strips
+        fig.add_annotation(text=wrap_label(_short_label(label, 72), 36), x=0, xref="paper", xanchor="left",
+                           y=3 * i + 0.45, yanchor="bottom", align="left", showarrow=False, font=dict(size=12))  # fmt: skip
     # Every layer ticked up to 16 layers, every 5th beyond (30 vertical numbers in 600 px were unreadable).
     fig.update_xaxes(
-        title_text="layer (orange = full attention FA, blue = SWA)",
+        title_text="layer (orange: FA, blue: SWA)",
         dtick=1 if n_layers <= 16 else 5,
         tickangle=0,
     )
     fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=ticks)
-    fig = style_figure(fig, height=110 + 26 * len(z))
-    fig.update_layout(margin=dict(t=40, b=44))  # t: the toolbar's band, so it does not sit on the top row
+    fig = style_figure(fig, height=80 + 26 * len(z))
+    fig.update_layout(margin=dict(t=48, b=44))  # t: the toolbar's band, so it does not sit on the top row
     return fig

@@ -273,7 +273,7 @@ def sweep_panel(ui) -> None:
 
 def decode_speed_panel(ui) -> None:
     gr.Markdown(texts.DECODE_SPEED_HELP)
-    details(texts.DECODE_SPEED_DETAILS, "\u24d8 How it is measured")
+    details(texts.DECODE_SPEED_DETAILS, "How it is measured")
     with gr.Row():
         ui.decode_lengths = gr.CheckboxGroup(
             choices=[256, 512, 1024, 2048, 4096, 8192, 16384, 32768],

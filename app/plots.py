@@ -31,7 +31,7 @@ PAPER_POINTS = (
 )
 # The labels drawn beside the paper's points (the full names are on hover): short enough not to collide on a phone.
 PAPER_TAGS = ("full", "SWA", "+FA dec", "+¼ FA +FA dec", "+½ FA", "+½ FA +FA dec")
-PAPER_TAG_POSITIONS = ("middle left", "middle right", "bottom center", "bottom center", "top left", "top center")
+PAPER_TAG_POSITIONS = ("top center", "middle right", "bottom center", "bottom center", "top left", "top center")
 
 
 def plot_data(fig: go.Figure, filename: str) -> PlotData:
@@ -50,28 +50,50 @@ def plot_data(fig: go.Figure, filename: str) -> PlotData:
     return PlotData(type="plotly", plot=json.dumps(spec))
 
 
-TITLE_CHARS = 44  # a title line that fits a phone's plot (about 340 px at 15 px)
+TITLE_CHARS = 34  # a title line that fits a phone's plot (about 300 px at 15 px)
+LABEL_BAND = 50  # px at the figure's top left under Gradio's label badge (and beside Plotly's toolbar)
 
 
-def style_figure(fig: go.Figure, *, height: int, title: str | None = None, subtitle: str | None = None) -> go.Figure:
+def style_figure(
+    fig: go.Figure, *, height: int, title: str | None = None, subtitle: str | None = None, above_plot: int = 0
+) -> go.Figure:
     """The look every figure shares, at any width from a phone to a projector (Gradio draws it at its box's width):
-    the title in short lines, a one-row legend at the bottom of the figure that wraps into more rows when narrow,
-    with Plotly reserving its room (container-anchored), and margins that grow to fit the axis titles and tick
-    labels (automargin) instead of cutting them."""
+    the title in short lines under Gradio's label badge, a legend at the bottom of the figure that wraps into more
+    rows when narrow, with Plotly reserving its room (container-anchored), and margins that grow to fit the axis
+    titles and tick labels (automargin) instead of cutting them. ``above_plot``: px of labels between the title and
+    the plot (subplot titles), kept clear of the title."""
     text = wrap_label(title, TITLE_CHARS) if title else None
-    if text and subtitle:
-        text += f"<br><span style='font-size:12px'>{wrap_label(subtitle, TITLE_CHARS + 12)}</span>"
+    top = 30 + above_plot  # the toolbar's band
+    if text:
+        top = LABEL_BAND + 20 * (text.count("<br>") + 1) + above_plot + 8
+        if subtitle:
+            sub = wrap_label(subtitle, TITLE_CHARS + 8)
+            text += f"<br><span style='font-size:12px'>{sub}</span>"
+            top += 16 * (sub.count("<br>") + 1)
     fig.update_layout(
         template="plotly_white",
-        height=height,
+        height=height + top,
         font=FONT,
-        title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)) if text else None,
-        margin=dict(l=56, r=20, t=56 + 18 * text.count("<br>") if text else 30, b=48),
+        title=dict(
+            text=text, x=0.01, xanchor="left", yref="container", y=1, yanchor="top", pad=dict(t=LABEL_BAND),
+            font=dict(size=15),
+        ) if text else None,
+        margin=dict(l=56, r=20, t=top, b=48),
         legend=LEGEND,
-    )
+    )  # fmt: skip
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
     return fig
+
+
+def subplot_titles(labels: Sequence[str]) -> tuple[list[str], int]:
+    """Titles for subplots side by side, short enough per line that they stay apart on a phone (each subplot gets
+    about 200 / columns px there beside the axes and colour bar, at 12 px a character is about 6.5 px), and the px they take above the plots
+    (style_figure's ``above_plot``)."""
+    width = max(10, 32 // max(len(labels), 1))
+    lines = [wrap_label(label, width) for label in labels]
+    titles = [f"<span style='font-size:12px'>{line}</span>" for line in lines]
+    return titles, 15 * max((line.count("<br>") + 1 for line in lines), default=0) + 6
 
 
 # Below the plot, from its left edge, in rows: a legend beside the plot took half of it (issue 30).
@@ -84,12 +106,6 @@ def wrap_label(text: str, width: int = 34) -> str:
     import textwrap
 
     return "<br>".join(textwrap.wrap(text, width, break_long_words=False)) or text
-
-
-def subplot_label(text: str, columns: int) -> str:
-    """A subplot title short enough per line that ``columns`` of them side by side stay apart on a phone (each
-    gets about 300 / columns px at 12 px)."""
-    return f"<span style='font-size:12px'>{wrap_label(text, max(12, 48 // max(columns, 1)))}</span>"
 
 
 def message_figure(text: str, *, height: int = 260) -> go.Figure:
@@ -116,7 +132,9 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     rows = [r for r in rows if r["ttft_s"] is not None and r["timed_total_s"] is not None]  # stopped unmeasured
     if not rows:
         return message_figure("Run a comparison to see where the time goes.")
-    labels = [wrap_label(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone
+    # Each column's name is written above its bar, across the plot: as tick labels beside the bars, long recipe
+    # names left a phone's bars a sliver of the width.
+    at = list(range(len(rows)))
     first = [r["ttft_s"] for r in rows]
     decode = [max(r["timed_total_s"] - r["ttft_s"], 0.0) for r in rows]
     speed = [
@@ -128,13 +146,14 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     paths = sorted({r.get("decode_path") or "" for r in rows} - {""})
     path = paths[0] if len(paths) == 1 else "MIXED decode paths: do not compare" if paths else ""
     fig = go.Figure()
-    fig.add_bar(y=labels, x=first, name="time to first token (reading the prompt)", orientation="h",
-                marker_color=SWA_COLOR)  # fmt: skip
+    bar = dict(y=at, orientation="h", width=0.45, customdata=[r["label"] for r in rows])
+    fig.add_bar(x=first, name="time to first token (reading the prompt)", marker_color=SWA_COLOR,
+                hovertemplate="%{customdata}: %{x:.2f} s to the first token<extra></extra>", **bar)  # fmt: skip
     fig.add_bar(
-        y=labels,
         x=decode,
+        hovertemplate=f"%{{customdata}}: %{{x:.2f}} s for {what}<extra></extra>",
+        **bar,
         name=f"decode ({what})",
-        orientation="h",
         marker_color=FA_COLOR,
         text=speed,
         textposition="outside",
@@ -142,11 +161,15 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     )
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="seconds" + (f"<br>decode path: {path}" if path else ""))
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", showticklabels=False, range=[len(rows) - 0.5, -0.75])
+    for i, row in enumerate(rows):
+        fig.add_annotation(text=wrap_label(row["label"], 44), x=0, xref="paper", xanchor="left", y=i - 0.25,
+                           yanchor="bottom", align="left", showarrow=False, font=dict(size=12))  # fmt: skip
     title = f"Where the time goes (s): the prompt to the first token, then {what}"
-    fig = style_figure(fig, height=170 + 46 * len(rows), title=title)
+    fig = style_figure(fig, height=130 + 60 * len(rows), title=title)
     # Stacked bars list their legend last-first by default; each bar reads first token, then decode.
-    fig.update_layout(margin=dict(r=90), legend_traceorder="normal")  # r: room for the tok/s labels
+    # l: no tick labels on the left; r: room for the tok/s labels.
+    fig.update_layout(margin=dict(l=16, r=90), legend_traceorder="normal")
     return fig
 
 
@@ -200,7 +223,7 @@ def tradeoff_figure(
     # The axis says what is compared; how the time was measured (time_label) goes under the title.
     fig.update_xaxes(title_text="time (full attention = 1)", rangemode="tozero")
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
-    return style_figure(fig, height=500, title="Accuracy (%) vs time per sample, across recipes",
+    return style_figure(fig, height=420, title="Accuracy (%) vs time per sample, across recipes",
                         subtitle=f"time = {time_label}, relative to full attention")  # fmt: skip
 
 
@@ -208,9 +231,8 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
     """grids: (label, lengths, depths, accuracy[depth, length]) per config, drawn side by side."""
     if not grids:
         return message_figure("Run the needle sweep to fill the heatmap.")
-    fig = make_subplots(
-        rows=1, cols=len(grids), subplot_titles=[subplot_label(g[0], len(grids)) for g in grids], shared_yaxes=True
-    )
+    titles, above = subplot_titles([g[0] for g in grids])
+    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=titles, shared_yaxes=True)
     for i, (_label, lengths, depths, acc) in enumerate(grids, start=1):
         text = [["" if math.isnan(v) else f"{100 * v:.0f}%" for v in row] for row in acc]
         fig.add_trace(
@@ -232,9 +254,10 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
             row=1,
             col=i,
         )
-        fig.update_xaxes(title_text="prompt tokens", type="category", row=1, col=i)
+        fig.update_xaxes(title_text="tokens", type="category", row=1, col=i)
     fig.update_yaxes(title_text="fact depth (0 = start)", autorange="reversed", row=1, col=1)
-    return style_figure(fig, height=420, title="Needle retrieval (% correct) by prompt length (tokens) × fact depth")
+    title = "Needle retrieval (% correct) by prompt length (tokens) × fact depth"
+    return style_figure(fig, height=330, title=title, above_plot=above)
 
 
 def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
@@ -261,7 +284,7 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
             " (%{customdata[0]:.1f} ms per token over %{customdata[1]} decode steps)<extra></extra>",
         )
     paths = " / ".join(sorted({p.get("decode_path") or "" for p in good} - {""}))
-    axis = "prompt tokens (the cache when decoding starts)" + (f"<br>decode path: {paths}" if paths else "")
+    axis = "prompt tokens" + (f"<br>decode path: {paths}" if paths else "")
     # Ticks only at the measured lengths: a log axis's own ticks crowd in minor labels ("6 7 8 9 100 2 3 …").
     lengths = sorted({p["prompt_tokens"] for p in good})
     fig.update_xaxes(title_text=axis, type="log", tickmode="array", tickvals=lengths,
@@ -269,4 +292,4 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
     fig.update_yaxes(title_text="decode tokens/s", rangemode="tozero")
     # The legend (style_figure's, at the bottom) wraps into rows on a phone: the figure grows by a row per recipe
     # so the plot keeps its height.
-    return style_figure(fig, height=440 + 20 * len(labels), title="Decode speed (tokens/s) vs prompt length (tokens)")
+    return style_figure(fig, height=380 + 20 * len(labels), title="Decode speed (tokens/s) vs prompt length (tokens)")

@@ -39,7 +39,7 @@ DEPTH_INFO = "Where the fact sits: 0 = start of the prompt, 1 = end."
 QUESTION_INFO = "Asked after the document. Empty: the text's last sentence is the question."
 ANSWER_INFO = "Optional: a column is correct when its answer contains it."
 
-DETAILS_LABEL = "\u24d8 More about these controls"
+DETAILS_LABEL = "More about these controls"
 STRATEGY_DETAILS = """\
 - **Window size W**: how many recent tokens each prompt token can see, itself included. Smaller means faster and
   less memory, but facts further back become invisible.
@@ -77,7 +77,7 @@ METRICS_HELP = """\
 - To save a plot as PNG, use the camera button in its toolbar (Plotly draws the PNG in your browser, nothing is
   sent to the server).
 """
-METRICS_LABEL = "\u24d8 About these numbers and plots"
+METRICS_LABEL = "About these numbers and plots"
 SHARE_HELP = "This link opens the app with the same model, strategy and prompt settings."
 COLUMNS_HELP = (
     "Full attention always runs first as the baseline. The current config runs next; pin it to keep it as a column "

@@ -254,7 +254,6 @@ def theme() -> gr.themes.Base:
         body_text_color_subdued="*neutral_600",
         block_label_text_color="*primary_700",
         block_title_text_color="*primary_700",
-        color_accent="*primary_600",
         button_primary_background_fill="*primary_700",
         button_primary_background_fill_hover="*primary_600",
         checkbox_label_background_fill_selected="*primary_700",

@@ -131,7 +131,9 @@ _WIDER_THAN_VIEWPORT_JS = """() => {
   for (const el of document.querySelectorAll('body *')) {
     if (!el.checkVisibility({visibilityProperty: true})) continue;
     const r = el.getBoundingClientRect();
-    if (r.width < 2 || r.height < 2 || (r.right <= vw + 1 && r.left >= -1) || inScrollBox(el)) continue;
+    // wholly left of or above the page: out of reach of scrolling, so out of sight (Plotly's text-measuring SVG)
+    if (r.width < 2 || r.height < 2 || r.right <= 0 || r.bottom <= 0) continue;
+    if ((r.right <= vw + 1 && r.left >= -1) || inScrollBox(el)) continue;
     wide.add(el);
     if (!wide.has(el.parentElement)) out.push(`${name(el)} spans ${Math.round(r.left)}..${Math.round(r.right)} px`);
   }
@@ -164,8 +166,8 @@ _PLOTS_JS = """() => {
     const box = block.getBoundingClientRect();
     if (svg.left < box.left - 1 || svg.right > box.right + 1)
       out.push(where + `SVG ${Math.round(svg.width)} px wide in a ${Math.round(box.width)} px box`);
-    const texts = [...plot.querySelectorAll('.gtitle, .g-xtitle text, .g-ytitle text, [class^="g-x"][class$="title"] text, ' +
-      '[class^="g-y"][class$="title"] text, .annotation-text, .legendtext')]
+    const texts = [...new Set(plot.querySelectorAll('text[class*="gtitle"], [class^="g-x"][class$="title"] text, ' +
+      '[class^="g-y"][class$="title"] text, .annotation-text, .legendtext, .cbtitle text'))]
       .filter(t => t.textContent.trim()).map(t => [t.textContent.trim(), t.getBoundingClientRect()]);
     for (const [text, r] of texts)
       if (!inside(r, svg)) out.push(where + `"${text}" is cut off by the figure's edge`);
@@ -273,18 +275,20 @@ _CONTRAST_JS = """([body, large]) => {
     return 0.2126 * r + 0.7152 * g + 0.0722 * b;
   };
   const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  // What may lie behind an element's text: its background colour over what lies behind it, and a gradient's every
+  // stop over that (a stop that is transparent shows what is below).
+  const behind = new Map();
   const backgrounds = el => {
-    const layers = [];
-    for (let a = el; a; a = a.parentElement) {
-      const style = getComputedStyle(a);
-      const stops = (style.backgroundImage.match(/(rgba?|color|oklch|oklab|lab|lch|hsla?)\\([^)]*\\)/g) || [])
-        .map(rgba).filter(c => c[3] > 0);
-      if (stops.length) return stops.map(stop => layers.reduceRight((under, top) => over(top, under), over(stop, [255, 255, 255, 1])));
+    if (!el) return [[255, 255, 255, 1]];
+    if (!behind.has(el)) {
+      const style = getComputedStyle(el);
       const color = rgba(style.backgroundColor);
-      if (color[3] >= 1) return [layers.reduceRight((under, top) => over(top, under), color)];
-      if (color[3] > 0) layers.push(color);
+      let below = color[3] >= 1 ? [color] : backgrounds(el.parentElement).map(b => over(color, b));
+      const stops = (style.backgroundImage.match(/(rgba?|color|oklch|oklab|lab|lch|hsla?)\\([^)]*\\)/g) || []).map(rgba);
+      if (stops.length) below = below.flatMap(b => stops.map(stop => over(stop, b)));
+      behind.set(el, below);
     }
-    return [layers.reduceRight((under, top) => over(top, under), [255, 255, 255, 1])];
+    return behind.get(el);
   };
   const out = [], seen = new Set();
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
