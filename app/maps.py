@@ -233,22 +233,25 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     return style_figure(fig, height=height, title=title, above_plot=above)
 
 
-def _short_label(label: str, limit: int = 44) -> str:
-    """Row labels left of a strip: long recipe names would squeeze the strip itself (the full name is on hover)."""
+def _short_label(label: str, limit: int = 72) -> str:
+    """A config's name over its strips, cut short past ``limit`` characters (the full name is on hover)."""
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.Figure:
     """One pair of strips per config: which layers slide in prefill and in decode (True = full attention). Each
-    config's name is written above its pair, across the figure: as tick labels beside the strips, long recipe names
-    left a phone's strips a sliver of the width."""
+    config's name is written above its pair, across the figure, in empty rows that hold its lines: as tick labels
+    beside the strips, long recipe names left a phone's strips a sliver of the width."""
+    names = [wrap_label(_short_label(label), 36) for label, _, _ in rows]
+    room = max((name.count("<br>") + 1 for name in names), default=1)  # empty rows above each pair
     z, ticks, text, full_labels = [], [], [], []
     n_layers = len(rows[0][1]) if rows else 0
     for label, prefill_fa, decode_fa in rows:
-        z.append([None] * n_layers)  # an empty row: the config's name goes there
-        ticks.append("")
-        text.append([""] * n_layers)
-        full_labels.append([label] * n_layers)
+        for _ in range(room):
+            z.append([None] * n_layers)
+            ticks.append("")
+            text.append([""] * n_layers)
+            full_labels.append([label] * n_layers)
         for stage, flags in (("prefill", prefill_fa), ("decode", decode_fa)):
             full_labels.append([f"{label} · {stage}"] * n_layers)
             z.append([1 if f else 0 for f in flags])
@@ -271,9 +274,9 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
             hoverongaps=False,
         )
     )
-    for i, (label, _, _) in enumerate(rows):  # up to two lines, growing up from just above the config's strips
-        fig.add_annotation(text=wrap_label(_short_label(label, 72), 36), x=0, xref="paper", xanchor="left",
-                           y=3 * i + 0.45, yanchor="bottom", align="left", showarrow=False, font=dict(size=12))  # fmt: skip
+    for i, name in enumerate(names):  # centred in the empty rows above the config's strips
+        fig.add_annotation(text=name, x=0, xref="paper", xanchor="left", y=i * (room + 2) + (room - 1) / 2,
+                           align="left", showarrow=False, font=dict(size=12))  # fmt: skip
     # Every layer ticked up to 16 layers, every 5th beyond (30 vertical numbers in 600 px were unreadable).
     fig.update_xaxes(
         title_text="layer (orange: FA, blue: SWA)",
@@ -281,6 +284,6 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
         tickangle=0,
     )
     fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=ticks)
-    fig = style_figure(fig, height=80 + 26 * len(z))
-    fig.update_layout(margin=dict(t=48, b=44))  # t: the toolbar's band, so it does not sit on the top row
+    fig = style_figure(fig, height=80 + 22 * len(z))
+    fig.update_layout(margin=dict(t=40, b=44))  # t: the toolbar's band, so it does not sit on the top row
     return fig

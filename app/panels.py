@@ -292,7 +292,7 @@ def decode_speed_panel(ui) -> None:
 
 def tour_panel(ui) -> None:
     ui.tour_text = gr.Markdown(texts.tour_markdown(0))
-    ui.tour_masks = gr.Plot(label="What the strategy lets a token see (toy scale)")
+    ui.tour_masks = gr.Plot(label="Masks at toy scale")
     with gr.Row():
         ui.tour_back = gr.Button("◀ Back", size="sm")
         ui.tour_try = gr.Button("Try it: set the controls and run", variant="primary", size="sm")

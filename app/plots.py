@@ -88,12 +88,12 @@ def style_figure(
 
 def subplot_titles(labels: Sequence[str]) -> tuple[list[str], int]:
     """Titles for subplots side by side, short enough per line that they stay apart on a phone (each subplot gets
-    about 200 / columns px there beside the axes and colour bar, at 12 px a character is about 6.5 px), and the px they take above the plots
+    about 200 / columns px there beside the axes and colour bar, at 12 px a character is about 7 px), and the px they take above the plots
     (style_figure's ``above_plot``)."""
-    width = max(10, 32 // max(len(labels), 1))
+    width = max(10, 28 // max(len(labels), 1))
     lines = [wrap_label(label, width) for label in labels]
     titles = [f"<span style='font-size:12px'>{line}</span>" for line in lines]
-    return titles, 15 * max((line.count("<br>") + 1 for line in lines), default=0) + 6
+    return titles, 17 * max((line.count("<br>") + 1 for line in lines), default=0) + 8
 
 
 # Below the plot, from its left edge, in rows: a legend beside the plot took half of it (issue 30).
