@@ -111,7 +111,7 @@ def attention_figure(
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     head_text = "mean of heads" if head is None else f"head {head}"
     pooled_text = f", pooled {fa.scale:.1f}×{fa.scale:.1f} tokens per cell" if fa.scale > 1 else ""
-    title = f"Attention weights (log scale), layer {layer}, {head_text}{pooled_text}"
+    title = f"Layer {layer}: attention weights (log scale), {head_text}{pooled_text}"
     return style_figure(fig, height=380, title=title, above_plot=above)
 
 
