@@ -18,12 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 WIDTHS = (390, 768, 1400)
 PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 screen in CSS pixels
-TABS = {
-    "compare": "Compare",
-    "why": "Why: attention & masks",
-    "sweeps": "Recipes & needles",
-    "tour": "Guided tour",
-}
+TABS = {"why": "Why: attention & masks", "sweeps": "Recipes & needles"}  # the tabs fill() drives
 SWEEP_RECIPES = ("full", "swa")  # the smallest sweeps: two recipes, one sample, the shortest length
 RUN_S = 600  # every run below on a busy 2-core CPU
 AA_BODY, AA_LARGE = 4.5, 3.0  # WCAG 2.x 1.4.3 contrast minimums: body text, large text (24 px, or 18.66 px bold)
@@ -91,10 +86,15 @@ def filled(browser, app_url):
     context.close()
 
 
+def _tabs(page) -> list[str]:
+    """The names of the page's tabs, whatever tabs it has (one added later is checked too)."""
+    return page.locator('#swaa-tabs button[role="tab"]').all_inner_texts()
+
+
 def _show(page, width: int, tab: str) -> None:
-    """The page at ``width`` on ``tab``, scrolled to the top, after Plotly has followed the resize."""
+    """The page at ``width`` on the tab named ``tab``, scrolled to the top, after Plotly has followed the resize."""
     page.set_viewport_size({"width": width, "height": 900})
-    page.get_by_role("tab", name=TABS[tab]).click()
+    page.get_by_role("tab", name=tab, exact=True).click()
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_timeout(400)  # Plotly's responsive resize runs on the window's resize event
 
@@ -103,11 +103,12 @@ def _each_tab(page, width: int, js: str, shots=None) -> dict[str, list]:
     """``js`` evaluated on every tab at ``width``: {tab: what it found}, tabs where it found nothing left out.
     With ``shots`` (a folder), a whole-page screenshot of each tab lands there as <tab>-<width>.png."""
     found = {}
-    for tab in TABS:
+    for tab in _tabs(page):
         _show(page, width, tab)
         if shots:
             shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / f"{tab}-{width}.png"), full_page=True)
+            name = tab.split(":")[0].lower().replace(" ", "-")
+            page.screenshot(path=str(shots / f"{name}-{width}.png"), full_page=True)
         result = page.evaluate(js)
         if result:
             found[tab] = result
@@ -222,9 +223,9 @@ def test_table_headers_break_only_between_words(filled, width):
     found = _each_tab(filled, width, _HEADER_WORDS_JS)
     assert found == {}
     # the check saw the tables it is about: the comparison's summary and the sweep's results
-    _show(filled, width, "compare")
+    _show(filled, width, "Compare")
     assert filled.locator("#swaa-summary th").count() > 3
-    _show(filled, width, "sweeps")
+    _show(filled, width, TABS["sweeps"])
     assert filled.locator("th").filter(has_text="accuracy").count() >= 1
 
 
@@ -339,7 +340,7 @@ def test_body_text_contrast_meets_wcag_aa(filled, width, theme):
 
 def test_contrast_check_sees_faint_text(filled):
     """The contrast check can fail: a paragraph of #aaa on white (2.3:1) is reported, #595959 (7:1) is not."""
-    _show(filled, 1400, "compare")
+    _show(filled, 1400, "Compare")
     filled.evaluate("""() => {
       for (const [id, color] of [['swaa-faint', '#aaa'], ['swaa-dark', '#595959']]) {
         const p = document.createElement('p');
