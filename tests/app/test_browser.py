@@ -206,7 +206,7 @@ def test_a_refused_window_never_runs_and_the_last_valid_value_stays(page, app_ur
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     capfd.readouterr()
     box = page.locator("input[aria-label='number input for Window size W']")
     box.fill(typed)
