@@ -11,6 +11,8 @@ holds for panels, plots and tables added later. Screenshots of every tab at ever
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from helpers.browser import wait_until_ready
 
@@ -107,7 +109,7 @@ def _each_tab(page, width: int, js: str, shots=None) -> dict[str, list]:
         _show(page, width, tab)
         if shots:
             shots.mkdir(parents=True, exist_ok=True)
-            name = tab.split(":")[0].lower().replace(" ", "-")
+            name = re.sub(r"[^a-z0-9]+", "-", tab.split(":")[0].lower()).strip("-")
             page.screenshot(path=str(shots / f"{name}-{width}.png"), full_page=True)
         result = page.evaluate(js)
         if result:
