@@ -158,9 +158,9 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
 def capacity_figure(rows: list[dict], title: str) -> go.Figure:
     """Sequences per GPU and decode tokens/s per recipe: bars from the model (full attention orange), diamonds where
     measured (their card in the legend)."""
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=("sequences per GPU", "decode tokens/s (all rows)"))  # fmt: skip
-    names = [r["recipe"] for r in rows]
+    titles, above = plots.subplot_titles(["sequences per GPU", "decode tokens/s (all rows)"])
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06, subplot_titles=titles)
+    names = [plots.wrap_label(r["recipe"], 16) for r in rows]  # short lines: long names left a phone no plot
     colors = [plots.FA_COLOR if r["name"] == "full" else plots.SWA_COLOR for r in rows]
     tops = {1: 1.0, 2: 1.0}  # the longest bar or diamond of each subplot
     for col, key in ((1, "sequences per GPU"), (2, "decode tok/s (all rows)")):
@@ -170,7 +170,7 @@ def capacity_figure(rows: list[dict], title: str) -> go.Figure:
         fig.add_bar(y=names, x=values, orientation="h", marker_color=colors, name="model", showlegend=False,
                     text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False, row=1, col=col,
                     hovertemplate="%{y}: %{x:,} (model)<extra></extra>")  # fmt: skip
-    points = [(r["recipe"], p) for r in rows for p in r["measured"] if p["fits"]]
+    points = [(name, p) for name, r in zip(names, rows, strict=True) for p in r["measured"] if p["fits"]]
     for machine in dict.fromkeys(p["machine"] for _, p in points):
         mine = [(name, p) for name, p in points if p["machine"] == machine]
         for col, key in ((1, "batch"), (2, "tokens_per_s")):
@@ -182,10 +182,7 @@ def capacity_figure(rows: list[dict], title: str) -> go.Figure:
     for col, top in tops.items():
         fig.update_xaxes(range=[0, 1.25 * top], row=1, col=col)  # room for the labels
     fig.update_yaxes(autorange="reversed")
-    fig = plots.style_figure(fig, height=150 + 34 * len(rows), title=title)
-    # the legend under the plot: above it, it ran into the subplot titles
-    fig.update_layout(legend=dict(orientation="h", x=0, yref="container", y=0, yanchor="bottom"), margin=dict(b=70))
-    return fig
+    return plots.style_figure(fig, height=120 + 40 * len(rows), title=title, above_plot=above)
 
 
 def show(s: CapacitySettings):
@@ -239,8 +236,9 @@ def panel(ui) -> None:
         ui.cap_sinks = gr.Number(10, label="Sinks (sink recipes)", precision=0, minimum=0, scale=1)
     figure, table, note = show(settings(*(w.value for w in widgets(ui))))
     ui.cap_plot = gr.Plot(figure, label="Capacity", elem_id="swaa-capacity")
+    # no fixed column widths: headers keep whole words and the table scrolls in its box on a phone
     ui.cap_table = gr.Dataframe(table, headers=list(COLUMNS.values()), label="Per recipe", wrap=True,
-                                interactive=False, column_widths=["24%"] + ["9.5%"] * (len(COLUMNS) - 1))  # fmt: skip
+                                interactive=False)  # fmt: skip
     ui.cap_note = gr.Markdown(note, elem_classes="swaa-muted")
 
 

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .plots import FA_COLOR, SWA_COLOR, style_figure, wrap_label
+from .plots import FA_COLOR, SWA_COLOR, style_figure, subplot_titles, wrap_label
 
 NEEDLE_COLOR = "#2ca25f"
 # The window-edge label's width as a share of a map's width (two short lines at 12 px in a ~300 px map, with slack).
@@ -68,10 +68,11 @@ def attention_figure(
     needle_tokens: tuple[int, int] | None = None,
 ) -> go.Figure:
     """FA vs SWAA attention of one layer side by side; head None averages the heads (after pooling)."""
+    titles, above = subplot_titles(["Full attention", swaa_label])
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Full attention", wrap_label(swaa_label)),
+        subplot_titles=titles,
         horizontal_spacing=0.08,
         shared_yaxes=True,
     )
@@ -89,7 +90,10 @@ def attention_figure(
                 colorscale="Viridis",
                 showscale=col == 2,
                 colorbar=dict(
-                    title="weight", tickvals=[-4, -3, -2, -1, 0], ticktext=["≤1e-4", "1e-3", "0.01", "0.1", "1"]
+                    title="weight",
+                    tickvals=[-4, -3, -2, -1, 0],
+                    ticktext=["≤1e-4", "1e-3", "0.01", "0.1", "1"],
+                    thickness=12,
                 ),
                 hovertemplate="query %{y:.0f} → key %{x:.0f}<br>log10 weight %{z:.2f}<extra></extra>",
             ),
@@ -102,12 +106,13 @@ def attention_figure(
         if needle_tokens:
             _mark_needle(fig, col, needle_tokens, pooled.tokens)
     for col in (1, 2):
-        fig.update_xaxes(title_text="key position (token)", range=[-0.5, fa.tokens - 0.5], row=1, col=col)
-    fig.update_yaxes(title_text="query position", autorange="reversed", row=1, col=1)
+        fig.update_xaxes(title_text="key (token)", range=[-0.5, fa.tokens - 0.5], row=1, col=col)
+    fig.update_yaxes(title_text="query (token)", autorange="reversed", row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     head_text = "mean of heads" if head is None else f"head {head}"
     pooled_text = f", pooled {fa.scale:.1f}×{fa.scale:.1f} tokens per cell" if fa.scale > 1 else ""
-    return style_figure(fig, height=470, title=f"Layer {layer}, {head_text}{pooled_text}")
+    title = f"Layer {layer}: attention weights (log scale), {head_text}{pooled_text}"
+    return style_figure(fig, height=380, title=title, above_plot=above)
 
 
 def _mark_regions(fig: go.Figure, col: int, n: int, window: int | None, sinks: int) -> None:
@@ -190,10 +195,11 @@ def pool_mask(mask: torch.Tensor, max_cells: int = 160) -> tuple[np.ndarray, flo
 
 def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
     cols = max(1, len(panels))
+    titles, above = subplot_titles([p.label for p in panels])
     fig = make_subplots(
         rows=1,
         cols=cols,
-        subplot_titles=[wrap_label(p.label) for p in panels],
+        subplot_titles=titles,
         horizontal_spacing=0.04,
         shared_yaxes=True,
     )
@@ -221,32 +227,40 @@ def mask_figure(panels: Sequence[MaskPanel], *, layer: int) -> go.Figure:
             fig.add_hline(y=panel.prompt_tokens - 0.5, line=dict(color=FA_COLOR, width=1.5, dash="dot"), row=1, col=i)
         fig.update_xaxes(title_text="key", range=[-0.5, panel.total_tokens - 0.5], row=1, col=i)
         fig.update_yaxes(autorange="reversed", row=1, col=i)
-    fig.update_yaxes(title_text="query (prompt, then generated)", row=1, col=1)
-    height = 330 if cols > 2 else 380
-    return style_figure(
-        fig, height=height, title=f"What each token may see in layer {layer} (dotted: generation starts)"
-    )
+    fig.update_yaxes(title_text="query (token)", row=1, col=1)
+    height = 260 if cols > 2 else 300
+    title = f"What each token may see in layer {layer}, in tokens (dotted: generation starts)"
+    return style_figure(fig, height=height, title=title, above_plot=above)
 
 
-def _short_label(label: str, limit: int = 44) -> str:
-    """Row labels left of a strip: long recipe names would squeeze the strip itself (the full name is on hover)."""
+def _short_label(label: str, limit: int = 72) -> str:
+    """A config's name over its strips, cut short past ``limit`` characters (the full name is on hover)."""
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.Figure:
-    """One pair of strips per config: which layers slide in prefill and in decode (True = full attention)."""
-    z, labels, text, full_labels = [], [], [], []
+    """One pair of strips per config: which layers slide in prefill and in decode (True = full attention). Each
+    config's name is written above its pair, across the figure, in empty rows that hold its lines: as tick labels
+    beside the strips, long recipe names left a phone's strips a sliver of the width."""
+    names = [wrap_label(_short_label(label), 36) for label, _, _ in rows]
+    room = max((name.count("<br>") + 1 for name in names), default=1)  # empty rows above each pair
+    z, ticks, text, full_labels = [], [], [], []
+    n_layers = len(rows[0][1]) if rows else 0
     for label, prefill_fa, decode_fa in rows:
+        for _ in range(room):
+            z.append([None] * n_layers)
+            ticks.append("")
+            text.append([""] * n_layers)
+            full_labels.append([label] * n_layers)
         for stage, flags in (("prefill", prefill_fa), ("decode", decode_fa)):
-            full_labels.append(f"{label} · {stage}")
+            full_labels.append([f"{label} · {stage}"] * n_layers)
             z.append([1 if f else 0 for f in flags])
-            labels.append(f"{_short_label(label)} · {stage}")
+            ticks.append(stage)
             text.append(["FA" if f else "SWA" for f in flags])
-    n_layers = len(z[0]) if z else 0
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            y=list(range(len(z))),  # positions, not labels: two shortened labels may read alike
+            y=list(range(len(z))),
             x=list(range(n_layers)),
             text=text,
             zmin=0,
@@ -255,17 +269,21 @@ def layer_plan_figure(rows: Sequence[tuple[str, list[bool], list[bool]]]) -> go.
             showscale=False,
             xgap=2,
             ygap=3,
-            customdata=[[full] * n_layers for full in full_labels],
+            customdata=full_labels,
             hovertemplate="%{customdata}, layer %{x}: %{text}<extra></extra>",
+            hoverongaps=False,
         )
     )
+    for i, name in enumerate(names):  # centred in the empty rows above the config's strips
+        fig.add_annotation(text=name, x=0, xref="paper", xanchor="left", y=i * (room + 2) + (room - 1) / 2,
+                           align="left", showarrow=False, font=dict(size=12))  # fmt: skip
     # Every layer ticked up to 16 layers, every 5th beyond (30 vertical numbers in 600 px were unreadable).
     fig.update_xaxes(
-        title_text="layer (orange = full attention, blue = sliding window)",
+        title_text="layer (orange: FA, blue: SWA)",
         dtick=1 if n_layers <= 16 else 5,
         tickangle=0,
     )
-    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=labels)
-    fig = style_figure(fig, height=110 + 30 * len(z))
+    fig.update_yaxes(autorange="reversed", tickvals=list(range(len(z))), ticktext=ticks)
+    fig = style_figure(fig, height=80 + 22 * len(z))
     fig.update_layout(margin=dict(t=40, b=44))  # t: the toolbar's band, so it does not sit on the top row
     return fig

@@ -48,6 +48,12 @@ def _placeholder(text: str):
     return plots.plot_data(plots.message_figure(text), "swaa-plot")
 
 
+def details(text: str, label: str = texts.DETAILS_LABEL) -> None:
+    """What there is to say beyond a control's one line, behind an info toggle (closed)."""
+    with gr.Accordion(label, open=False, elem_classes="swaa-details"):
+        gr.Markdown(text)
+
+
 def _layer_choices() -> list[tuple[str, int]]:
     # The default model's layers from the registry (no load needed); a loaded model replaces them.
     return [(str(i), i) for i in range(get_model_entry(DEFAULT_MODEL).num_layers)]
@@ -130,6 +136,7 @@ def strategy_panel(ui, d: Settings) -> None:
             ui.pin = gr.Button(f"Pin as extra column (max {MAX_PINNED})", size="sm")
         ui.columns_note = gr.Markdown()
         ui.clear_pins = gr.Button("Remove pinned columns", size="sm", visible=False)
+        details(texts.STRATEGY_DETAILS)
         with gr.Accordion("Share & export", open=False, elem_id="swaa-share"):
             ui.share_query = gr.Textbox(visible=False)
             ui.share_link = gr.Textbox(
@@ -188,25 +195,25 @@ def prompt_panel(ui, d: Settings) -> None:
                 info="Small models answer better when the reply's first words are given.",
             )
         ui.token_info = gr.Markdown(elem_id="swaa-token-count")
+        details(texts.PROMPT_DETAILS)
 
 
 def run_panel(ui, d: Settings) -> None:
-    with gr.Row(equal_height=True):
-        ui.max_new_tokens = Slider(
-            1, 512, value=d.max_new_tokens, step=1, label="Max new tokens", info=texts.MAX_NEW_TOKENS_INFO, scale=3
-        )
-        ui.run = gr.Button("Run comparison", variant="primary", scale=1, elem_id="swaa-run")
+    ui.max_new_tokens = Slider(
+        1, 512, value=d.max_new_tokens, step=1, label="Max new tokens", info=texts.MAX_NEW_TOKENS_INFO
+    )
+    with gr.Row(elem_classes="swaa-runbar"):  # sticks to the screen's bottom edge until scrolled past (style.css)
+        ui.run = gr.Button("Run comparison", variant="primary", scale=2, elem_id="swaa-run")
         ui.stop = gr.Button("Stop", variant="stop", scale=1, elem_id="swaa-stop")
     ui.board = gr.HTML(cb.empty_board(), elem_id="swaa-board")
-    gr.Markdown(texts.METRICS_HELP, elem_classes="swaa-muted")
     ui.summary = gr.Markdown(elem_id="swaa-summary")
     ui.latency = gr.Plot(
         _placeholder("Run a comparison to see where the time goes."), label="Latency", elem_id="swaa-latency"
     )
-    gr.Markdown(texts.PNG_HELP, elem_classes="swaa-muted")
     with gr.Row():
         ui.results_csv = gr.DownloadButton("Results CSV", size="sm", interactive=False)
         ui.results_json = gr.DownloadButton("Results JSON", size="sm", interactive=False)
+    details(texts.METRICS_HELP, texts.METRICS_LABEL)
 
 
 def why_panel(ui) -> None:
@@ -266,6 +273,7 @@ def sweep_panel(ui) -> None:
 
 def decode_speed_panel(ui) -> None:
     gr.Markdown(texts.DECODE_SPEED_HELP)
+    details(texts.DECODE_SPEED_DETAILS, "How it is measured")
     with gr.Row():
         ui.decode_lengths = gr.CheckboxGroup(
             choices=[256, 512, 1024, 2048, 4096, 8192, 16384, 32768],
@@ -284,7 +292,7 @@ def decode_speed_panel(ui) -> None:
 
 def tour_panel(ui) -> None:
     ui.tour_text = gr.Markdown(texts.tour_markdown(0))
-    ui.tour_masks = gr.Plot(label="What the strategy lets a token see (toy scale)")
+    ui.tour_masks = gr.Plot(label="Masks at toy scale")
     with gr.Row():
         ui.tour_back = gr.Button("◀ Back", size="sm")
         ui.tour_try = gr.Button("Try it: set the controls and run", variant="primary", size="sm")

@@ -29,6 +29,9 @@ PAPER_POINTS = (
     ("SWA + 1/2 FA layers", 36, 55, 1.9),
     ("SWA + 1/2 FA layers + FA decode", 54, 59, 2.7),
 )
+# The labels drawn beside the paper's points (the full names are on hover): short enough not to collide on a phone.
+PAPER_TAGS = ("full", "SWA", "+FA dec", "+¼ FA +FA dec", "+½ FA", "+½ FA +FA dec")
+PAPER_TAG_POSITIONS = ("top center", "middle right", "bottom center", "bottom center", "top left", "top center")
 
 
 def plot_data(fig: go.Figure, filename: str) -> PlotData:
@@ -47,28 +50,67 @@ def plot_data(fig: go.Figure, filename: str) -> PlotData:
     return PlotData(type="plotly", plot=json.dumps(spec))
 
 
-def style_figure(fig: go.Figure, *, height: int, title: str | None = None) -> go.Figure:
+TITLE_CHARS = 34  # a title line that fits a phone's plot (about 300 px at 15 px)
+LABEL_BAND = 50  # px at the figure's top left under Gradio's label badge (and beside Plotly's toolbar)
+
+
+def style_figure(
+    fig: go.Figure, *, height: int, title: str | None = None, subtitle: str | None = None, above_plot: int = 0
+) -> go.Figure:
+    """The look every figure shares, at any width from a phone to a projector (Gradio draws it at its box's width):
+    the title in short lines under Gradio's label badge, a legend at the bottom of the figure that wraps into more
+    rows when narrow, with Plotly reserving its room (container-anchored), and margins that grow to fit the axis
+    titles and tick labels (automargin) instead of cutting them. ``above_plot``: px of labels between the title and
+    the plot (subplot titles), kept clear of the title."""
+    text = wrap_label(title, TITLE_CHARS) if title else None
+    top = 30 + above_plot  # the toolbar's band
+    if text:
+        top = LABEL_BAND + 20 * (text.count("<br>") + 1) + above_plot + 8
+        if subtitle:
+            sub = wrap_label(subtitle, TITLE_CHARS + 8)
+            text += f"<br><span style='font-size:12px'>{sub}</span>"
+            top += 16 * (sub.count("<br>") + 1)
     fig.update_layout(
         template="plotly_white",
-        height=height,
+        height=height + top,
         font=FONT,
-        title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
-        margin=dict(l=56, r=20, t=56 if title else 30, b=48),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-    )
+        title=dict(
+            text=text, x=0.01, xanchor="left", yref="container", y=1, yanchor="top", pad=dict(t=LABEL_BAND),
+            font=dict(size=15),
+        ) if text else None,
+        margin=dict(l=56, r=20, t=top, b=48),
+        legend=LEGEND,
+    )  # fmt: skip
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
+def subplot_titles(labels: Sequence[str]) -> tuple[list[str], int]:
+    """Titles for subplots side by side, short enough per line that they stay apart on a phone (each subplot gets
+    about 200 / columns px there beside the axes and colour bar, at 12 px a character is about 7 px), and the px they take above the plots
+    (style_figure's ``above_plot``)."""
+    width = max(10, 28 // max(len(labels), 1))
+    lines = [wrap_label(label, width) for label in labels]
+    titles = [f"<span style='font-size:12px'>{line}</span>" for line in lines]
+    return titles, 17 * max((line.count("<br>") + 1 for line in lines), default=0) + 8
+
+
+# Below the plot, from its left edge, in rows: a legend beside the plot took half of it (issue 30).
+LEGEND = dict(orientation="h", x=0, xanchor="left", yref="container", y=0, yanchor="bottom", font=dict(size=12))
+
+
 def wrap_label(text: str, width: int = 34) -> str:
-    """Subplot titles side by side must not run into each other: break long labels into lines."""
+    """Labels side by side must not run into each other: break long labels into lines of at most ``width``
+    characters, between words."""
     import textwrap
 
-    return "<br>".join(textwrap.wrap(text, width)) or text
+    return "<br>".join(textwrap.wrap(text, width, break_long_words=False)) or text
 
 
 def message_figure(text: str, *, height: int = 260) -> go.Figure:
-    """A blank figure that says why there is nothing to draw yet: in short lines from the left edge, since on a phone
-    figures keep 760 px and scroll sideways (assets/style.css), so a centred line started out of sight."""
+    """A blank figure that says why there is nothing to draw yet: in short lines from the left edge, which read on a
+    phone's narrow plot as on a wide one."""
     fig = go.Figure()
     fig.add_annotation(
         text=wrap_label(text, 30), showarrow=False, x=0, xanchor="left", align="left", y=0.5, xref="paper",
@@ -90,7 +132,9 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     rows = [r for r in rows if r["ttft_s"] is not None and r["timed_total_s"] is not None]  # stopped unmeasured
     if not rows:
         return message_figure("Run a comparison to see where the time goes.")
-    labels = [wrap_label(r["label"], 30) for r in rows]  # long recipe names left no room for the bars on a phone
+    # Each column's name is written above its bar, across the plot: as tick labels beside the bars, long recipe
+    # names left a phone's bars a sliver of the width.
+    at = list(range(len(rows)))
     first = [r["ttft_s"] for r in rows]
     decode = [max(r["timed_total_s"] - r["ttft_s"], 0.0) for r in rows]
     speed = [
@@ -102,25 +146,30 @@ def latency_figure(rows: Sequence[dict]) -> go.Figure:
     paths = sorted({r.get("decode_path") or "" for r in rows} - {""})
     path = paths[0] if len(paths) == 1 else "MIXED decode paths: do not compare" if paths else ""
     fig = go.Figure()
-    fig.add_bar(y=labels, x=first, name="time to first token (reading the prompt)", orientation="h",
-                marker_color=SWA_COLOR)  # fmt: skip
+    bar = dict(y=at, orientation="h", width=0.45, customdata=[r["label"] for r in rows])
+    fig.add_bar(x=first, name="time to first token (reading the prompt)", marker_color=SWA_COLOR,
+                hovertemplate="%{customdata}: %{x:.2f} s to the first token<extra></extra>", **bar)  # fmt: skip
     fig.add_bar(
-        y=labels,
         x=decode,
+        hovertemplate=f"%{{customdata}}: %{{x:.2f}} s for {what}<extra></extra>",
+        **bar,
         name=f"decode ({what})",
-        orientation="h",
         marker_color=FA_COLOR,
         text=speed,
         textposition="outside",
         cliponaxis=False,
     )
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(title_text="seconds" + (f" · decode path: {path}" if path else ""))
-    fig.update_yaxes(autorange="reversed")
-    title = f"Where the time goes: the prompt (to the first token), then {what}"
-    fig = style_figure(fig, height=140 + 46 * len(rows), title=title)
+    fig.update_xaxes(title_text="seconds" + (f"<br>decode path: {path}" if path else ""))
+    fig.update_yaxes(autorange="reversed", showticklabels=False, range=[len(rows) - 0.5, -0.75])
+    for i, row in enumerate(rows):
+        fig.add_annotation(text=wrap_label(row["label"], 44), x=0, xref="paper", xanchor="left", y=i - 0.25,
+                           yanchor="bottom", align="left", showarrow=False, font=dict(size=12))  # fmt: skip
+    title = f"Where the time goes (s): the prompt to the first token, then {what}"
+    fig = style_figure(fig, height=130 + 60 * len(rows), title=title)
     # Stacked bars list their legend last-first by default; each bar reads first token, then decode.
-    fig.update_layout(margin=dict(r=90), legend_traceorder="normal")  # r: room for the tok/s labels
+    # l: no tick labels on the left; r: room for the tok/s labels.
+    fig.update_layout(margin=dict(l=16, r=90), legend_traceorder="normal")
     return fig
 
 
@@ -152,37 +201,38 @@ def tradeoff_figure(
         fig.add_scatter(
             x=[p[3] / fa_time for p in PAPER_POINTS],
             y=[p[1] for p in PAPER_POINTS],
-            # Labelled only before a sweep: then they are all there is, and nothing collides with them.
-            mode="markers" if points else "markers+text",
-            textposition=["middle left", "middle right", "bottom center", "bottom center", "middle left", "top center"],
-            textfont=dict(size=11, color="#666"),
-            text=[p[0] for p in PAPER_POINTS],
+            mode="markers+text",
+            textposition=list(PAPER_TAG_POSITIONS),
+            textfont=dict(size=11, color="#555"),  # 7:1 on white
+            text=list(PAPER_TAGS),
+            cliponaxis=False,
             marker=dict(size=11, symbol="circle-open", color="#888", line=dict(width=2)),
             name="paper (Qwen3-4B, LongMemEval 24k, no SFT)",
-            hovertemplate="paper: %{text}<br>accuracy %{y}%<extra></extra>",
+            customdata=[p[0] for p in PAPER_POINTS],
+            hovertemplate="paper: %{customdata}<br>accuracy %{y}%<extra></extra>",
         )
     if not points and not show_paper:
         return message_figure("Run the recipe sweep to draw the trade-off.")
     if not points:
         fig.add_annotation(
-            text="Run the recipe sweep: each recipe you tick appears here as a coloured point beside the paper's "
-            "(grey).",
-            showarrow=False, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom", font=dict(size=13),
+            text=wrap_label("Run the recipe sweep: each recipe you tick appears as a coloured point beside the "
+                            "paper's (grey).", 40),
+            showarrow=False, x=0, xanchor="left", align="left", y=1.0, xref="paper", yref="paper",
+            yanchor="bottom", font=dict(size=12),
         )  # fmt: skip
-    fig.update_xaxes(title_text=f"{time_label}, relative to full attention (1.0)", rangemode="tozero")
+    # The axis says what is compared; how the time was measured (time_label) goes under the title.
+    fig.update_xaxes(title_text="time (full attention = 1)", rangemode="tozero")
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105])
-    fig = style_figure(fig, height=460, title="Accuracy vs latency across recipes")
-    fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top", font=dict(size=11)))
-    return fig
+    return style_figure(fig, height=420, title="Accuracy (%) vs time per sample, across recipes",
+                        subtitle=f"time = {time_label}, relative to full attention")  # fmt: skip
 
 
 def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.ndarray]]) -> go.Figure:
     """grids: (label, lengths, depths, accuracy[depth, length]) per config, drawn side by side."""
     if not grids:
         return message_figure("Run the needle sweep to fill the heatmap.")
-    fig = make_subplots(
-        rows=1, cols=len(grids), subplot_titles=[wrap_label(g[0], 48) for g in grids], shared_yaxes=True
-    )
+    titles, above = subplot_titles([g[0] for g in grids])
+    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=titles, shared_yaxes=True)
     for i, (_label, lengths, depths, acc) in enumerate(grids, start=1):
         text = [["" if math.isnan(v) else f"{100 * v:.0f}%" for v in row] for row in acc]
         fig.add_trace(
@@ -196,7 +246,7 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
                 text=text,
                 texttemplate="%{text}",
                 showscale=i == len(grids),
-                colorbar=dict(title="correct", tickformat=".0%"),
+                colorbar=dict(title="correct", tickformat=".0%", thickness=12),
                 hovertemplate="length %{x} tokens, depth %{y}<br>correct %{z:.0%}<extra></extra>",
                 xgap=2,
                 ygap=2,
@@ -204,9 +254,10 @@ def needle_heatmap_figure(grids: Sequence[tuple[str, list[int], list[float], np.
             row=1,
             col=i,
         )
-        fig.update_xaxes(title_text="prompt tokens", type="category", row=1, col=i)
+        fig.update_xaxes(title_text="tokens", type="category", row=1, col=i)
     fig.update_yaxes(title_text="fact depth (0 = start)", autorange="reversed", row=1, col=1)
-    return style_figure(fig, height=400, title="Needle retrieval: length × depth")
+    title = "Needle retrieval (% correct) by prompt length (tokens) × fact depth"
+    return style_figure(fig, height=330, title=title, above_plot=above)
 
 
 def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
@@ -233,18 +284,12 @@ def decode_speed_figure(points: Sequence[dict]) -> go.Figure:
             " (%{customdata[0]:.1f} ms per token over %{customdata[1]} decode steps)<extra></extra>",
         )
     paths = " / ".join(sorted({p.get("decode_path") or "" for p in good} - {""}))
-    axis = "prompt tokens (cache size when decoding starts)" + (f" · decode path: {paths}" if paths else "")
+    axis = "prompt tokens" + (f"<br>decode path: {paths}" if paths else "")
     # Ticks only at the measured lengths: a log axis's own ticks crowd in minor labels ("6 7 8 9 100 2 3 …").
     lengths = sorted({p["prompt_tokens"] for p in good})
     fig.update_xaxes(title_text=axis, type="log", tickmode="array", tickvals=lengths,
                      ticktext=[f"{n:,}" for n in lengths], minor=dict(showgrid=False))  # fmt: skip
     fig.update_yaxes(title_text="decode tokens/s", rangemode="tozero")
-    # One recipe per legend row at the bottom, under the axis title, in a margin sized for it: above the plot,
-    # six long names ran over the title and under Gradio's label badge.
-    rows = 22 * len(labels)
-    fig = style_figure(fig, height=420 + rows, title="Decode speed vs context length")
-    fig.update_layout(
-        legend=dict(orientation="v", x=0, xanchor="left", yref="container", y=0, yanchor="bottom"),
-        margin=dict(b=76 + rows),
-    )
-    return fig
+    # The legend (style_figure's, at the bottom) wraps into rows on a phone: the figure grows by a row per recipe
+    # so the plot keeps its height.
+    return style_figure(fig, height=380 + 20 * len(labels), title="Decode speed (tokens/s) vs prompt length (tokens)")

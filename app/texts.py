@@ -17,74 +17,67 @@ long-context answers collapse. The paper
 that need no pretraining. Pick a model, toggle the remedies, and compare against full attention on the same prompt.
 """
 
-# ---------------------------------------------------------------- control explanations (shown as `info=`)
-WINDOW_INFO = (
-    "How many recent tokens each prompt token can see, itself included. Smaller = faster and less memory, "
-    "but facts further back become invisible."
-)
-SINKS_INFO = (
-    "The first K tokens stay visible to everyone (\u201cattention sinks\u201d). Models dump spare attention "
-    "there; keeping them stabilises SWA."
-)
-FA_LAYERS_INFO = (
-    "Some layers keep full attention and can still reach distant facts. The paper's \u201c1/2\u201d uses odd "
-    "layers 1, 3, 5, \u2026; \u201c1/4\u201d uses layers 3, 7, 11, \u2026"
-)
-FA_LAYERS_STRIP_INFO = "Click layers to toggle them: orange = full attention (FA), blue = sliding window (SWA)."
-FA_DECODE_INFO = (
-    "SWA only while reading the prompt; every generated token attends to the whole cache. Costs decode "
-    "time and memory, recovers much accuracy."
-)
-FA_DECODE_STRIP_INFO = "Layers whose generated tokens see the whole cache (orange); in blue ones they keep the window."
-COT_INFO = (
-    "Think before answering: the model's thinking template where it has one, otherwise a \u201cthink step by "
-    "step\u201d instruction. Reasoning tokens are decode tokens, so with FA decode they see everything."
-)
-DECODE_PATH_INFO = (
-    "How every timed run decodes. Fixed-buffer: the cache moves into fixed buffers (sinks + W slots per sliding "
-    "layer) and on a GPU one decode step is captured in a CUDA graph and replayed per token (the first call pays "
-    "for the capture, reported as setup); on a CPU the same buffers run step by step. Eager: transformers' generate "
-    "with the growing SWAA cache. Auto: fixed-buffer on a GPU, the path measured faster on a CPU. Same answers on "
-    "every path. Every column of a comparison, the recipe sweep and the decode-speed curve use the same path, so "
-    "their timings stay like for like; each result says which path ran and why."
-)
-ADAPTER_INFO = (
-    "A LoRA adapter fine-tuned with SWA switched on (the paper's fifth remedy). An adapter remembers the "
-    "SWAA config it was trained for."
-)
+# ---------------------------------------------------------------- control explanations
+# One short line under each control (shown as `info=`); what more there is to say is in the *_DETAILS texts, behind
+# an info toggle under the panel (app.panels), and in the guided tour.
+WINDOW_INFO = "Recent tokens each prompt token sees. Smaller is faster, but early facts drop out of sight."
+SINKS_INFO = "The first K tokens stay visible to every token (\u201cattention sinks\u201d)."
+FA_LAYERS_INFO = "Layers that keep full attention, so they still reach distant facts."
+FA_LAYERS_STRIP_INFO = "Click to toggle: orange = full attention (FA), blue = sliding window (SWA)."
+FA_DECODE_INFO = "Generated tokens see the whole cache; SWA only while reading the prompt."
+FA_DECODE_STRIP_INFO = "Orange: these layers' generated tokens see the whole cache."
+COT_INFO = "The model reasons before it answers."
+DECODE_PATH_INFO = "How timed runs decode: fixed buffers (a CUDA graph on a GPU), eager, or auto. Same answers."
+ADAPTER_INFO = "A LoRA adapter trained with SWA switched on (the paper's fifth remedy)."
 RECIPE_INFO = "The paper's presets: choosing one sets every control below at once."
-MAX_NEW_TOKENS_INFO = (
-    "Longest answer per column. For a fair speed comparison every column is timed over its first 32 tokens: a "
-    "shorter answer is followed by a few unseen tokens (about a second or two per column on a CPU)."
-)
-SEED_INFO = "Same seed = same task text and same results, so a class sees the same thing."
-MODEL_INFO = "Pick a recommended model, or type a Hugging Face Hub id (org/name) or a local folder path."
-TASK_INFO = "Long-context tasks with a known answer, so each column is scored correct or incorrect."
-LENGTH_INFO = (
-    "Task length in tokens. Longer than the window means SWA hides part of it. The chat template and the new tokens "
-    "must fit in the model's context beside it."
-)
-DEPTH_INFO = "Where the fact sits: 0 = at the start of the prompt, 1 = at the end (near the question)."
-QUESTION_INFO = (
-    "Asked after the document. Leave it empty when the text ends with its question: that last sentence is then "
-    "used as the question."
-)
-ANSWER_INFO = "Optional. When given, each column is marked correct if its answer contains it."
+MAX_NEW_TOKENS_INFO = "Longest answer per column. Speed is timed over the first 32 tokens in every column."
+SEED_INFO = "Same seed, same task text and results."
+MODEL_INFO = "A recommended model, a Hugging Face Hub id (org/name) or a local folder."
+TASK_INFO = "Long-context tasks with a known answer, scored correct or incorrect."
+LENGTH_INFO = "Longer than the window W means SWA hides part of the task."
+DEPTH_INFO = "Where the fact sits: 0 = start of the prompt, 1 = end."
+QUESTION_INFO = "Asked after the document. Empty: the text's last sentence is the question."
+ANSWER_INFO = "Optional: a column is correct when its answer contains it."
 
-CONFIG_JSON_HELP = (
-    "The current config in the upstream paper code's format (`swaa_config`): copy it into their scripts, or save it "
-    "(*Download config JSON* under *Share & export* below) and run it from the command line: "
-    '`swaa run --config swaa_config.json "your prompt"`'
-)
-METRICS_HELP = (
-    "*Prompt tokens* count what the model reads, chat template included. *P(expected answer)* is how likely the "
-    "model finds the expected answer when it is fed in after the prompt: a graded score beside the correct / "
-    "incorrect verdict, which only checks the generated text."
-)
-PNG_HELP = (
-    "To save a plot as PNG, hover over it and use the camera button in its toolbar (Plotly draws the PNG in your "
-    "browser, nothing is sent to the server)."
-)
+DETAILS_LABEL = "More about these controls"
+STRATEGY_DETAILS = """\
+- **Window size W**: how many recent tokens each prompt token can see, itself included. Smaller means faster and
+  less memory, but facts further back become invisible.
+- **Sink tokens K**: the first K tokens stay visible to everyone. Models dump spare attention there; keeping them
+  stabilises SWA.
+- **Full-attention layers**: the paper's \u201c1/2\u201d keeps full attention in the odd layers 1, 3, 5, \u2026;
+  \u201c1/4\u201d in layers 3, 7, 11, \u2026 Those layers can copy a distant fact forward.
+- **Full-attention decode**: SWA only while reading the prompt; every generated token attends to the whole cache.
+  It costs decode time and memory and recovers much accuracy.
+- **Chain of thought**: the model's thinking template where it has one, otherwise a \u201cthink step by step\u201d
+  instruction. Reasoning tokens are decode tokens, so with FA decode they see everything.
+- **Decode path**: fixed-buffer moves the cache into fixed buffers (sinks + W slots per sliding layer); on a GPU
+  one decode step is captured in a CUDA graph and replayed per token (the first call pays for the capture, reported
+  as setup); on a CPU the same buffers run step by step. Eager: transformers' generate with the growing SWAA cache.
+  Auto: fixed-buffer on a GPU, the path measured faster on a CPU. Same answers on every path. Every column of a
+  comparison, the recipe sweep and the decode-speed curve use the same path, so their timings stay like for like;
+  each result says which path ran and why.
+- **LoRA adapter**: an adapter remembers the SWAA config it was trained for.
+- **Config JSON**: the current config in the upstream paper code's format (`swaa_config`). Copy it into their
+  scripts, or save it (*Download config JSON* under *Share & export*) and run it from the command line:
+  `swaa run --config swaa_config.json "your prompt"`
+"""
+PROMPT_DETAILS = """\
+- **Length**: the task's length in tokens. The chat template and the new tokens must fit in the model's context
+  beside it.
+- **Question**: leave it empty when the text ends with its question: that last sentence is then used.
+- **Max new tokens**: for a fair speed comparison every column is timed over its first 32 tokens: a shorter answer
+  is followed by a few unseen tokens (about a second or two per column on a CPU).
+"""
+CONFIG_JSON_HELP = "The config in the upstream paper code's format: copy it, or save it under *Share & export*."
+METRICS_HELP = """\
+- *Prompt tokens* count what the model reads, chat template included.
+- *P(expected answer)* is how likely the model finds the expected answer when it is fed in after the prompt: a
+  graded score beside the correct / incorrect verdict, which only checks the generated text.
+- To save a plot as PNG, use the camera button in its toolbar (Plotly draws the PNG in your browser, nothing is
+  sent to the server).
+"""
+METRICS_LABEL = "About these numbers and plots"
 SHARE_HELP = "This link opens the app with the same model, strategy and prompt settings."
 COLUMNS_HELP = (
     "Full attention always runs first as the baseline. The current config runs next; pin it to keep it as a column "
@@ -110,9 +103,12 @@ HEATMAP_HELP = (
 )
 DECODE_SPEED_HELP = (
     "**Decode speed vs context.** How fast each ticked recipe generates once the prompt is read, at several prompt "
-    "lengths (random tokens; each point = one prefill, then 32 decode steps timed). Full attention reads its whole, "
-    "growing cache for every new token; a sliding layer without FA decode keeps only sinks + W keys, so its speed "
-    "should stay flat. Long lengths on a CPU take a while (the prefill dominates); Stop keeps finished points."
+    "lengths."
+)
+DECODE_SPEED_DETAILS = (
+    "Random tokens; each point is one prefill, then 32 decode steps timed. Full attention reads its whole, growing "
+    "cache for every new token; a sliding layer without FA decode keeps only sinks + W keys, so its speed should "
+    "stay flat. Long lengths on a CPU take a while (the prefill dominates); Stop keeps finished points."
 )
 CPU_NOTE = (
     "The default demo (a short prompt, a few new tokens) takes well under a minute. Long prompts "

@@ -5,39 +5,14 @@ Screenshots land in SWAA_ARTIFACTS (default test-artifacts/) for people to look 
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
+from helpers.browser import wait_until_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
-CHROMIUM = Path(os.environ.get("SWAA_CHROMIUM", "/usr/bin/chromium"))  # tests/run.sh exports it
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-MODEL_READY_S = 240  # a cold start converts the embedded GGUF first
 RUN_S = 600  # three columns on a busy 2-core CPU
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium).")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -50,18 +25,11 @@ def page(browser):
     context.close()
 
 
-def _wait_until_ready(page) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.locator("#swaa-facts")).to_contain_text("30 layers", timeout=MODEL_READY_S * 1000)
-    expect(page.locator("#swaa-config")).to_contain_text("sliding_window_size", timeout=60_000)
-
-
 def test_default_comparison_streams_columns_and_draws_plots(page, app_url, artifacts):
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     page.screenshot(path=str(artifacts / "01-open.png"), full_page=True)
 
     page.click("#swaa-run")
@@ -110,7 +78,7 @@ def test_shared_link_restores_the_settings(page, app_url, artifacts):
     from playwright.sync_api import expect
 
     page.goto(f"{app_url}/?w=128&k=4&fal=none&fad=off&len=640&depth=0.5&seed=3")
-    _wait_until_ready(page)
+    wait_until_ready(page)
     config = page.locator("#swaa-config")
     expect(config).to_contain_text('"sliding_window_size": 128')
     expect(config).to_contain_text('"keep_first": 4')
@@ -130,13 +98,13 @@ def test_typed_text_survives_a_reload(page, app_url):
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     page.get_by_label("Your text (paste, upload or example)").check()
     page.locator("#swaa-document textarea").fill("The harbour master's boat is painted teal.")
     page.locator("#swaa-question textarea").fill("What colour is the boat?")
     page.wait_for_timeout(1500)  # the browser stores the text after the change event
     page.reload()
-    _wait_until_ready(page)
+    wait_until_ready(page)
     expect(page.locator("#swaa-document textarea")).to_have_value("The harbour master's boat is painted teal.")
     expect(page.locator("#swaa-question textarea")).to_have_value("What colour is the boat?")
 
@@ -148,7 +116,7 @@ def test_a_failed_load_leaves_the_page_usable(page, app_url, artifacts):
     from swaa_core.models.registry import DEFAULT_MODEL
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     model = page.locator("#swaa-model input")
     model.fill("does-not-exist/nope-model")
     model.press("Enter")
@@ -169,7 +137,7 @@ def test_a_binary_upload_keeps_the_text(page, app_url, artifacts, tmp_path):
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     page.get_by_label("Your text (paste, upload or example)").check()
     mine = "My own notes: 東京の猫は三匹。 🐈 مرحبا"
     page.locator("#swaa-document textarea").fill(mine)
@@ -213,7 +181,7 @@ def test_dropdown_choices_fit_their_boxes(page, app_url, artifacts):
 
     page.set_viewport_size({"width": 1400, "height": 1000})
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     for label in ("Model", "Recipe preset", "Task"):
         box = page.get_by_label(label, exact=True)
         box.click()
@@ -238,7 +206,7 @@ def test_a_refused_window_never_runs_and_the_last_valid_value_stays(page, app_ur
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    _wait_until_ready(page)
+    wait_until_ready(page)
     capfd.readouterr()
     box = page.locator("input[aria-label='number input for Window size W']")
     box.fill(typed)

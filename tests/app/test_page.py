@@ -108,7 +108,8 @@ def test_the_question_help_matches_what_happens():
     from app.prompts import PromptError, text_sample
 
     tok = build_tiny_tokenizer()
-    assert "Leave it empty when the text ends with its question" in texts.QUESTION_INFO
+    assert "Empty: the text's last sentence is the question" in texts.QUESTION_INFO
+    assert "leave it empty when the text ends with its question" in texts.PROMPT_DETAILS
     sample = text_sample(tok, "Alice has three cats. Bob has two.\nHow many cats does Alice have?", "", "", "", seed=0)
     assert sample.question == "How many cats does Alice have?" and "How many" not in sample.prompt.split("Question:")[0]
     with pytest.raises(PromptError, match=r"Add a question about the text \(or end the text with one\)"):
@@ -128,7 +129,7 @@ def test_texts_name_real_commands_and_number_the_tour_from_one(tmp_path):
     )
     saved = tmp_path / "swaa_config.json"
     saved.write_text(config_json(cfg), encoding="utf-8")  # what "Download config JSON" saves
-    command = texts.CONFIG_JSON_HELP.split("`")[-2]
+    command = texts.STRATEGY_DETAILS.split("`")[-2]
     args = shlex.split(command.replace("swaa_config.json", str(saved)))
     assert args[0] == "swaa"
     parsed = build_parser().parse_args(args[1:])
