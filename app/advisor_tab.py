@@ -111,8 +111,8 @@ def scores_figure(advice) -> go.Figure:
 def candidates_figure(advice) -> go.Figure:
     """The held-out candidates on the accuracy-vs-latency plot (forward time relative to full attention), with
     the paper's points."""
-    if advice is None:
-        return tradeoff_figure([])
+    if advice is None:  # the sweep's empty plot would tell the user to run the sweep
+        return message_figure("Run the advisor: its candidates appear here beside the paper's points.")
     points = [dict(label=c.label, accuracy=c.accuracy, time_s=c.seconds, is_full=c.kind == "full",
                    samples=len(advice.held_out_seeds)) for c in advice.candidates]  # fmt: skip
     return tradeoff_figure(points, time_label="forward time per held-out sample")

@@ -177,7 +177,7 @@ def capacity_figure(rows: list[dict], title: str) -> go.Figure:
             tops[col] = max([tops[col], *(p[key] for _, p in mine)])
             hover = f"%{{y}}: %{{x:,}} measured on {machine}<extra></extra>"
             fig.add_scatter(y=[n for n, _ in mine], x=[p[key] for _, p in mine], mode="markers", row=1, col=col,
-                            marker=dict(symbol="diamond", size=11, color="#222"), name=f"measured: {machine}",
+                            marker=dict(symbol="diamond", size=11, color="#222"), name=plots.wrap_label(f"measured: {machine}", 22),
                             showlegend=col == 1, hovertemplate=hover)  # fmt: skip
     for col, top in tops.items():
         fig.update_xaxes(range=[0, 1.25 * top], row=1, col=col)  # room for the labels

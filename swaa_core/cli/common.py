@@ -209,7 +209,8 @@ def _check_files_first(args) -> None:
     """Read the files and recipe names a command was given before its model loads, so a typo costs seconds, not a
     model load or download."""
     user = load_user_recipes(args.recipes_file) if getattr(args, "recipes_file", None) else {}
-    for name in getattr(args, "recipe", None) or []:
+    names = getattr(args, "recipe", None) or []
+    for name in [names] if isinstance(names, str) else names:  # `finetune --recipe` takes one name, the others a list
         recipe_named(name, user)
     for option in ("data", "dataset"):
         value = getattr(args, option, None)

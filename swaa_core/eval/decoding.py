@@ -163,9 +163,11 @@ class Decoder:
             return self._eager(model, ids, max_new_tokens, kernel, streamer, criteria, time_prefill)
 
     def _fixed(self, model, ids, max_new, kernel, streamer, criteria) -> Decoded:
-        # greedy whatever the checkpoint's generation config samples with, as the eager path's greedy config
-        out = fast_generate(model, ids, max_new_tokens=max_new, do_sample=False, eos_token_id=[], streamer=streamer,
-                            stopping_criteria=criteria)  # fmt: skip
+        # greedy whatever the checkpoint's generation config samples with, as the eager path's greedy config; the
+        # mask as the eager path passes it: without one, generate infers padding wherever the pad id occurs, and with
+        # EOS cleared a pad id equal to the chat template's end-of-turn token would mask every turn's end
+        out = fast_generate(model, ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                            eos_token_id=[], streamer=streamer, stopping_criteria=criteria)  # fmt: skip
         graph = " + CUDA graph" if out.cuda_graph else ""
         return Decoded(out.sequences, tuple(out.kv_cache_bytes_per_layer), f"{kernel}, static cache{graph}",
                        self.route.words(out.cuda_graph), out.prefill_s, out.setup_s, out.decode_steps, out.decode_s)  # fmt: skip

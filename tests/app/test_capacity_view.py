@@ -102,7 +102,7 @@ def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
         [r["decode tok/s (all rows)"] for r in rows],
     ]
     assert [list(d.x) for d in diamonds] == [[169], [1690.0]] and list(diamonds[0].y) == ["SWA only"]
-    assert "measured: NVIDIA H100 80GB HBM3" in diamonds[0].name
+    assert "measured: NVIDIA H100 80GB HBM3" in diamonds[0].name.replace("<br>", " ")
     _, table, _ = show(settings(gpu="H100 80GB"))
     assert "169 rows fit, 1,690.0 tok/s" in table[1][-1]
 

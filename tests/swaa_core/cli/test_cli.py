@@ -593,3 +593,13 @@ def test_recipes_show_resolves_a_model_folder_as_run_does(tiny_folder, capsys):
     )
     assert json_lines(capsys.readouterr().out)[0] == ran
     assert ran["keep_first"] == 2 and ran["non_sliding_layers"] == [1, 3]  # 4 layers, every other one full
+
+
+@pytest.mark.parametrize("recipe, says", [("no-such-recipe", "Unknown recipe 'no-such-recipe'"), ("swa", "no-model")])
+def test_finetune_checks_its_one_recipe_name_before_the_model_loads(tmp_path, capsys, recipe, says):
+    """`finetune --recipe` takes one name, where the other commands take a list: the early check reads it whole (a
+    valid name gets as far as the missing model folder; it was once read letter by letter, 's', 'w', 'a')."""
+    args = ["finetune", "--model", str(tmp_path / "no-model"), "-r", recipe, "--out", str(tmp_path / "adapter")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Unknown recipe 's'" not in err

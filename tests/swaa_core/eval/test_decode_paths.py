@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 import swaa_core.eval.decoding as decoding
@@ -103,3 +104,21 @@ def test_a_sweep_passes_the_path_to_every_cell(loaded, tmp_path):
     assert list(zip(rows["decode_path"], rows["decode_reason"], strict=True)) == [FIXED_ASKED] * 2
     with pytest.raises(ValueError, match="decode_path must be one of"):
         SweepSpec({"swa": SWA}, [200], decode_path="static")
+
+
+def test_the_paths_agree_when_the_prompt_holds_the_pad_id(loaded):
+    """Chat templates end each turn with a token that is often also the pad id (SmolLM2's <|im_end|>). With EOS
+    cleared for timing, generate infers padding wherever the pad id occurs unless a mask is passed, and the fixed path
+    once answered a different question. Reference: the eager path (transformers' own generate loop)."""
+    model = loaded.model
+    pad = model.generation_config.pad_token_id if model.generation_config.pad_token_id is not None else 2
+    ids = torch.arange(3, 60)[None] % (model.config.vocab_size - 3) + 3
+    ids[0, ::7] = pad  # the pad id inside the prompt, as end-of-turn tokens are
+    old = model.generation_config.pad_token_id
+    model.generation_config.pad_token_id = pad
+    try:
+        runs = {path: decoding.Decoder.for_device(path, "cpu").generate(model, ids, SWA, max_new_tokens=8)
+                for path in ("eager", "fixed")}  # fmt: skip
+    finally:
+        model.generation_config.pad_token_id = old
+    assert torch.equal(runs["fixed"].sequences, runs["eager"].sequences)

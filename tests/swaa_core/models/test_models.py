@@ -72,6 +72,7 @@ def question_ids(loaded: LoadedModel) -> torch.Tensor:
 
 @pytest.fixture
 def fresh_model_cache():
+    model_cache().clear()  # earlier tests in the session may have filled the process-wide cache
     yield model_cache()
     model_cache().clear()
 

@@ -96,4 +96,9 @@ def test_swaa_training_forward_keeps_no_more_than_full_attention_on_cuda(name, b
     cfg = SWAAConfig(sliding_window_size=512, keep_first=16, force_fa_decode=CONFIGS[name].force_fa_decode)
     full = forward_keeps_on_cuda(None, backend)
     swaa = forward_keeps_on_cuda(cfg, backend)
-    assert swaa <= full + 2**18, f"{name} ({backend}): forward keeps {swaa / 2**20:.1f} MiB, full {full / 2**20:.1f}"
+    # Half of one layer's query-sized tensor, in all: any tensor of that kind kept per layer (8 MiB x 4) fails. The
+    # H100 of 2026-12-05 measured a constant 1.5 MiB more under flex here (18.1 vs 16.6 MiB), and no difference at
+    # the 36-layer, 16K/32K scale (docs/benchmarks.md), so it is not held per layer.
+    assert swaa <= full + 4 * 2**20, (
+        f"{name} ({backend}): forward keeps {swaa / 2**20:.1f} MiB, full {full / 2**20:.1f}"
+    )
