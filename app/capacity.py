@@ -157,32 +157,35 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
 
 def capacity_figure(rows: list[dict], title: str) -> go.Figure:
     """Sequences per GPU and decode tokens/s per recipe: bars from the model (full attention orange), diamonds where
-    measured (their card in the legend)."""
+    measured (their card in the legend). The two panels are stacked, each over the whole width: side by side, a
+    phone left each about 70 px of plot beside the recipe names."""
     titles, above = plots.subplot_titles(["sequences per GPU", "decode tokens/s (all rows)"])
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06, subplot_titles=titles)
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.12, subplot_titles=titles)
     names = [plots.wrap_label(r["recipe"], 16) for r in rows]  # short lines: long names left a phone no plot
     colors = [plots.FA_COLOR if r["name"] == "full" else plots.SWA_COLOR for r in rows]
-    tops = {1: 1.0, 2: 1.0}  # the longest bar or diamond of each subplot
-    for col, key in ((1, "sequences per GPU"), (2, "decode tok/s (all rows)")):
+    tops = {1: 1.0, 2: 1.0}  # the longest bar or diamond of each panel
+    for panel, key in ((1, "sequences per GPU"), (2, "decode tok/s (all rows)")):
         values = [r[key] for r in rows]
-        tops[col] = max([tops[col], *values])
+        tops[panel] = max([tops[panel], *values])
         # the value beside each bar: 1 sequence next to 400 is a bar too short to see
         fig.add_bar(y=names, x=values, orientation="h", marker_color=colors, name="model", showlegend=False,
-                    text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False, row=1, col=col,
+                    text=[f"{v:,.0f}" for v in values], textposition="outside", cliponaxis=False, row=panel, col=1,
                     hovertemplate="%{y}: %{x:,} (model)<extra></extra>")  # fmt: skip
     points = [(name, p) for name, r in zip(names, rows, strict=True) for p in r["measured"] if p["fits"]]
     for machine in dict.fromkeys(p["machine"] for _, p in points):
         mine = [(name, p) for name, p in points if p["machine"] == machine]
-        for col, key in ((1, "batch"), (2, "tokens_per_s")):
-            tops[col] = max([tops[col], *(p[key] for _, p in mine)])
+        for panel, key in ((1, "batch"), (2, "tokens_per_s")):
+            tops[panel] = max([tops[panel], *(p[key] for _, p in mine)])
             hover = f"%{{y}}: %{{x:,}} measured on {machine}<extra></extra>"
-            fig.add_scatter(y=[n for n, _ in mine], x=[p[key] for _, p in mine], mode="markers", row=1, col=col,
-                            marker=dict(symbol="diamond", size=11, color="#222"), name=plots.wrap_label(f"measured: {machine}", 22),
-                            showlegend=col == 1, hovertemplate=hover)  # fmt: skip
-    for col, top in tops.items():
-        fig.update_xaxes(range=[0, 1.25 * top], row=1, col=col)  # room for the labels
+            # open diamonds: the bar's value label stays readable through them
+            fig.add_scatter(y=[n for n, _ in mine], x=[p[key] for _, p in mine], mode="markers", row=panel, col=1,
+                            marker=dict(symbol="diamond-open", size=12, color="#222", line=dict(width=2)),
+                            name=plots.wrap_label(f"measured: {machine}", 22), showlegend=panel == 1,
+                            hovertemplate=hover)  # fmt: skip
+    for panel, top in tops.items():
+        fig.update_xaxes(range=[0, 1.3 * top], row=panel, col=1)  # room for the labels
     fig.update_yaxes(autorange="reversed")
-    return plots.style_figure(fig, height=120 + 40 * len(rows), title=title, above_plot=above)
+    return plots.style_figure(fig, height=160 + 80 * len(rows), title=title, above_plot=above)
 
 
 def show(s: CapacitySettings):
