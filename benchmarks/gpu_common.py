@@ -215,3 +215,26 @@ def qwen3_4b(layers: int = 36):
     torch.manual_seed(0)
     with torch.device("cuda"):
         return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+
+
+class Stamps:
+    """A streamer that records when each token arrives (generate reads a device flag every step, so the host
+    time of a put is the step's end). times[0] is the prompt, times[1] token 1 (the prefill's)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+    def gaps_ms(self) -> list[float]:
+        """Milliseconds between consecutive generated tokens."""
+        return [1e3 * (b - a) for a, b in zip(self.times[1:], self.times[2:], strict=False)]
+
+    def per_token(self) -> float:
+        """Seconds per decode step: the median gap between consecutive tokens, so that a hiccup of the host
+        (a page fault, another process) moves it less than a mean would."""
+        return statistics.median(self.gaps_ms()) / 1e3

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_common as common  # noqa: E402
-from gpu_common import SUMMARY, gib, llama8b  # noqa: E402
+from gpu_common import SUMMARY, Stamps, gib, llama8b  # noqa: E402
 from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
@@ -148,27 +148,6 @@ def run_graph(out: dict, model):
 
 
 # --------------------------------------------------------------------------- eager generate
-class Stamps:
-    """A streamer that records when each token arrives (generate reads a device flag every step, so the host
-    time of a put is the step's end)."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-    def per_token(self) -> float:
-        """Seconds per decode step: the median gap between consecutive tokens, so that a hiccup of the host
-        (a page fault, another process) moves it less than a mean would. times[0] is the prompt, times[1] token 1
-        (the prefill's)."""
-        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:], strict=False)]
-        return statistics.median(gaps)
-
-
 def paired_ratio(times: list[float], base: list[float]) -> float:
     """Median over rounds of time / base time in the same round. The host's slow spells last whole rounds (single
     runs range from 23 to 48 ms), so a ratio taken inside each round cancels them, where a ratio of medians does not."""

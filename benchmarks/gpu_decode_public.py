@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from gpu_common import Stamps  # gpu_decode.py, which runs this section, puts benchmarks/ on the path
 
 from swaa_core import SWAAConfig, apply_swaa, fast_generate, remove_swaa
 
@@ -33,23 +34,6 @@ MODES = {  # name -> (how the call is made, its options)
     "fast_generate, greedy": ("fast_generate", dict(do_sample=False)),
     "fast_generate, sampled": ("fast_generate", SAMPLING),
 }
-
-
-class Stamps:
-    """Host time of every token a streamer is handed (the prompt first)."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-    def gaps_ms(self) -> list[float]:
-        """Milliseconds between consecutive generated tokens (times[0] is the prompt, times[1] the first token)."""
-        return [1e3 * (b - a) for a, b in zip(self.times[1:], self.times[2:], strict=False)]
 
 
 @torch.no_grad()
