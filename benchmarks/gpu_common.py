@@ -29,6 +29,7 @@ from helpers.attention import float64_attention, with_engine_hints  # noqa: E402
 from helpers.attention import make_case as _test_case  # noqa: E402
 
 from swaa_core.engine import backends  # noqa: E402
+from swaa_core.models.capacity import pairs_visited  # noqa: E402, F401 (the prefill benchmarks' pair count)
 
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2 relative error
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,14 +83,6 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not bool(torch.isfinite(out).all()):
         return float("nan")
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
-def pairs_visited(n: int, window: int, sinks: int) -> int:
-    """(query, key) pairs SWAA computes for an n-token prefill: window keys plus the sinks outside it."""
-    i = torch.arange(n, dtype=torch.float64)
-    in_window = torch.clamp(i + 1, max=window)
-    extra_sinks = torch.clamp(torch.clamp(i + 1 - window, min=0), max=sinks)
-    return int((in_window + extra_sinks).sum())
 
 
 def gib(x: float) -> float:

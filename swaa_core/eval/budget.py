@@ -3,7 +3,8 @@
 Prefill cost model (the one benchmarks/gpu_prefill.py checks against H200 timings, where SWA reached about 93% of
 its ideal): 2 FLOPs per weight per token in the attention projections and the MLP, plus 4 * query width FLOPs per
 (query, key) pair attention visits (scores and the weighted sum); the LM head is left out (a prefill keeps one
-token's logits). A full layer visits n(n+1)/2 pairs, a sliding one ``pairs_visited(n, W, sinks)``. On a CPU, where
+token's logits). A full layer visits n(n+1)/2 pairs, a sliding one ``pairs_visited(n, W, sinks)``; both counts are
+:func:`swaa_core.models.capacity.prefill_flops`, which the capacity model shares. On a CPU, where
 the window kernel is less efficient than one big SDPA call, measured times fall short of this model; the advisor
 reports both.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.config import SWAAConfig
+from ..models.capacity import prefill_flops
 from ..models.memory import estimate_memory, model_shape
 from ..runtime.units import format_bytes
 
@@ -56,37 +58,17 @@ class CostModel:
     """Per-model constants of the prefill FLOP model and the KV estimate (see the module docstring)."""
 
     num_layers: int
-    hidden: int
-    q_width: int
-    kv_width: int
-    intermediate: int
-    native_windows: tuple
-    shape: object  # ModelShape, for estimate_memory
+    shape: object  # ModelShape, for prefill_flops and estimate_memory
 
     @classmethod
     def of(cls, model_or_config) -> CostModel:
-        """From a transformers model (or its config); the query width is heads x head dim."""
-        config = getattr(model_or_config, "config", model_or_config)
+        """From a transformers model (or its config)."""
         shape = model_shape(model_or_config)
-        text = config.get_text_config(decoder=True)
-        q_width = text.num_attention_heads * shape.head_dim
-        return cls(shape.num_layers, shape.hidden_size, q_width, shape.num_kv_heads * shape.head_dim,
-                   shape.intermediate_size, shape.native_windows, shape)  # fmt: skip
+        return cls(shape.num_layers, shape)
 
-    def linear_flops(self, n: int) -> int:
-        per_token = 2 * self.hidden * (2 * self.q_width + 2 * self.kv_width) + 6 * self.hidden * self.intermediate
-        return n * self.num_layers * per_token
-
-    def prefill_flops(self, n: int, cfg: SWAAConfig | None) -> int:
+    def prefill_flops(self, n: int, cfg: SWAAConfig | None) -> float:
         """FLOPs of an ``n``-token prefill under ``cfg`` (None: full attention)."""
-        pairs = 0
-        for i, native in enumerate(self.native_windows):
-            if cfg is None or cfg.is_full_attention:
-                window, sinks = native, 0
-            else:
-                window, sinks, _ = cfg.layer_rule(i, native)
-            pairs += causal_pairs(n) if window is None else pairs_visited(n, window, sinks)
-        return self.linear_flops(n) + 4 * self.q_width * pairs
+        return prefill_flops(self.shape, cfg, n)
 
     def prefill_share(self, n: int, cfg: SWAAConfig | None) -> float:
         """Prefill FLOPs under ``cfg`` as a fraction of full attention's."""
@@ -94,21 +76,6 @@ class CostModel:
 
     def kv_bytes(self, n: int, cfg: SWAAConfig | None, dtype=None) -> int:
         return estimate_memory(self.shape, n, cfg, dtype=dtype).kv_swaa_bytes
-
-
-def causal_pairs(n: int) -> int:
-    return n * (n + 1) // 2
-
-
-def pairs_visited(n: int, window: int, sinks: int) -> int:
-    """(query, key) pairs a sliding layer computes for an ``n``-token prefill: for the query at i, min(i+1, W) window
-    keys plus the sinks that lie before its window, min(max(i+1-W, 0), sinks)."""
-    w = min(window, n)
-    window_pairs = causal_pairs(w) + (n - w) * window
-    over = max(n - window, 0)  # queries whose window starts after position 0
-    s = min(sinks, over)
-    sink_pairs = causal_pairs(s) + (over - s) * sinks  # query n-1-j (j < over) has min(over - j, sinks) sinks
-    return window_pairs + sink_pairs
 
 
 def layered(num_layers: int, window: int, sinks: int, fa_decode: bool, layers) -> SWAAConfig:

@@ -275,7 +275,7 @@ def prefill_flops(shape, config: SWAAConfig | None, prompt_tokens: int) -> float
     heads = shape.num_heads or shape.hidden_size // d
     total = 2.0 * shape.num_layers * _linear_params(shape) * n
     for w, k, _ in _rules(shape, config):
-        total += 4.0 * heads * d * _pairs(n, w, k)
+        total += 4.0 * heads * d * pairs_visited(n, w, k)
     return total
 
 
@@ -296,14 +296,15 @@ def _linear_params(shape: ModelShape) -> int:
     return 2 * h * heads * d + 2 * h * shape.num_kv_heads * d + 3 * h * shape.intermediate_size
 
 
-def _pairs(n: int, window: int | None, sinks: int) -> float:
+def pairs_visited(n: int, window: int | None, sinks: int) -> int:
     """(query, key) pairs of an n-token causal prefill where query i sees key j iff ``i - j < window`` or
-    ``j < sinks``: i + 1 keys while i < window, then W, plus the ``min(sinks, i + 1 - window)`` sinks outside it."""
+    ``j < sinks`` (``window`` None: every earlier key): i + 1 keys while i < window, then W, plus the
+    ``min(sinks, i + 1 - window)`` sinks outside it."""
     if window is None or n <= window:
-        return n * (n + 1) / 2
+        return n * (n + 1) // 2
     m = n - window  # queries past the first window
-    outside = m * (m + 1) / 2 if m <= sinks else sinks * (sinks + 1) / 2 + (m - sinks) * sinks
-    return window * (window + 1) / 2 + m * window + outside
+    outside = m * (m + 1) // 2 if m <= sinks else sinks * (sinks + 1) // 2 + (m - sinks) * sinks
+    return window * (window + 1) // 2 + m * window + outside
 
 
 def capacity_table(

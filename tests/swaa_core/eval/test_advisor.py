@@ -21,8 +21,9 @@ from swaa_core.eval.advisor import (
     greedy_scores,
     mass_scores,
 )
-from swaa_core.eval.budget import Budget, BudgetError, CostModel, full_layer_count, pairs_visited
+from swaa_core.eval.budget import Budget, BudgetError, CostModel, full_layer_count
 from swaa_core.eval.recommend import _nll_and_hit, advise, decide, periodic_patterns
+from swaa_core.models.capacity import pairs_visited
 from tests.helpers.tiny_models import build_tiny_model
 
 VOCAB, NEEDLE, FILLER, CARRIER = 16, 5, 9, 2
