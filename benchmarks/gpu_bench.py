@@ -349,21 +349,21 @@ def kernel_row(n: int) -> dict:
     }
     first = {}
     if backends.backend_status(q.device)["fa4"] is None:
-        kernels["fa4_causal"] = lambda: backends._fa4_window(q, k, v, causal=True, window_left=None, scale=scale)[0]
-        kernels["fa4_window_no_sinks"] = lambda: backends._fa4_window(
+        kernels["fa4_causal"] = lambda: backends.fa4_window(q, k, v, causal=True, window_left=None, scale=scale)[0]
+        kernels["fa4_window_no_sinks"] = lambda: backends.fa4_window(
             q, k, v, causal=True, window_left=W - 1, scale=scale
         )[0]
         # FA4's own local kernel over a window as wide as SWAA's rows (W + sinks keys): the same work as ours
-        kernels["fa4_window_same_work"] = lambda: backends._fa4_window(
+        kernels["fa4_window_same_work"] = lambda: backends.fa4_window(
             q, k, v, causal=True, window_left=W + K - 1, scale=scale
         )[0]
         kernels["ours_fa4"] = lambda: backends.attend("fa4", q, k, v, g, scale)
-        kernels["ours_fa4_two_pass"] = lambda: backends.window_sink(q, k, v, g, scale, backends._fa4_window)
+        kernels["ours_fa4_two_pass"] = lambda: backends.window_sink(q, k, v, g, scale, backends.fa4_window)
         tail = q[:, :, W + K :]
-        kernels["part_sink_pass"] = lambda: backends._fa4_window(
+        kernels["part_sink_pass"] = lambda: backends.fa4_window(
             tail, k[:, :, :K], v[:, :, :K], causal=False, window_left=None, scale=scale
         )
-        a, la = backends._fa4_window(tail, k, v, causal=True, window_left=W - 1, scale=scale)
+        a, la = backends.fa4_window(tail, k, v, causal=True, window_left=W - 1, scale=scale)
         kernels["part_merge"] = lambda: backends.merge_lse(a, la, a, la)
     reference = backends.blocked(q, k, v, g, scale)  # an independent O(n*W) path: SDPA + masks
     errors, dead = {}, []

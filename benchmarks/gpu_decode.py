@@ -53,8 +53,8 @@ from gpu_common import SUMMARY, Stamps, gib, llama8b  # noqa: E402
 from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
-from swaa_core.engine.backends import _decode_sdpa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
+from swaa_core.engine.kernels.sdpa import decode_sdpa  # noqa: E402
 from swaa_core.eval.decoding import decode_kernels, shared_cache  # noqa: E402
 
 ARGS = None
@@ -101,7 +101,7 @@ def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
         "folded query heads, masked": lambda: F.scaled_dot_product_attention(
             q.view(1, Hkv, H // Hkv, D), k, v, attn_mask=mask
         ),
-        "static path: sdpa gqa, masked": lambda: _decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
+        "static path: sdpa gqa, masked": lambda: decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
     }
 
 

@@ -15,7 +15,7 @@ Sites (8B attention shape: 32 query / 8 KV heads, head dim 128, bf16; W=2048, 12
   made; masked, the padded-batch step, which reads keys to a multiple of 256 slots where SDPA runs it on cuDNN),
   unmasked and masked (a left-padded batch of 2);
 - blocked: SWAA's O(n W) path for 4 and 8 queries against L keys (assisted decoding's verification, short chunks);
-- prefill: a full layer's causal SDPA (``_causal_sdpa``) at the --prefill lengths;
+- prefill: a full layer's causal SDPA (``causal_sdpa``) at the --prefill lengths;
 - training: the same, forward and backward.
 Results go to $OUT/gpu_sdpa_shapes.json (or --json); the plumbing is gpu_common's.
 """
@@ -39,7 +39,7 @@ from gpu_common import DEVICE, SUMMARY  # noqa: E402
 from swaa_core.engine import backends  # noqa: E402
 from swaa_core.engine.attention import LayerPlan, _padded_decode_step  # noqa: E402
 from swaa_core.engine.cache import SWAACacheLayer  # noqa: E402
-from swaa_core.engine.kernels.sdpa import _causal_sdpa, _decode_sdpa, without_cudnn_sdpa  # noqa: E402
+from swaa_core.engine.kernels.sdpa import causal_sdpa, decode_sdpa, without_cudnn_sdpa  # noqa: E402
 
 ARGS = None
 POLICIES = {"default": contextlib.nullcontext, "no cuDNN": without_cudnn_sdpa}
@@ -75,7 +75,7 @@ def sites(s: dict) -> dict:
             with torch.no_grad():  # keys as SWAA's growing cache hands them out: views into a buffer with room
                 k, v = layer.update(k, v)
             if not masked:
-                return lambda: _decode_sdpa(q, k, v, None, scale)
+                return lambda: decode_sdpa(q, k, v, None, scale)
             # a full layer (only padding is masked), without a forward's context: each call builds its mask, as the
             # first layer of a decode step does
             plan = LayerPlan(0, None, 0, False, "flex")
@@ -95,9 +95,9 @@ def sites(s: dict) -> dict:
         def make(n):
             q, k, v, g = common.make_case(n=n, window=None, H=H, Hkv=Hkv, D=D, dtype=dt)
             if not train:
-                return lambda: _causal_sdpa(q, k, v, g, scale, 0.0)
+                return lambda: causal_sdpa(q, k, v, g, scale, 0.0)
             q, k, v = (t.requires_grad_(True) for t in (q, k, v))
-            return lambda: _causal_sdpa(q, k, v, g, scale, 0.0).float().sum().backward()
+            return lambda: causal_sdpa(q, k, v, g, scale, 0.0).float().sum().backward()
 
         return make
 

@@ -21,9 +21,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .backends import _decode_sdpa, attend, reference
+from .backends import attend, reference
 from .cache import KeyView, SWAACacheLayer, bucket_end
-from .kernels.sdpa import bucketed_decode
+from .kernels.sdpa import bucketed_decode, decode_sdpa
 from .kinds.sink_window import SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
 from .static_cache import StaticSlots
@@ -99,10 +99,10 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     recorder = module._swaa_recorder
     decode = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
     if decode and plan.evicts and view.in_window(plan.rule):  # the common SWA step, before any FA-decode bookkeeping
-        return _decode_sdpa(query, key, value, None, scaling), None
+        return decode_sdpa(query, key, value, None, scaling), None
     full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
     if decode and (full is True or view.in_window(plan.rule)):
-        return _decode_sdpa(query, key, value, None, scaling), None
+        return decode_sdpa(query, key, value, None, scaling), None
     if Q == 1 and attention_mask is not None and recorder is None and plan.backend != "reference":
         ctx = module._swaa_ctx
         step = _padded_decode_step(plan, ctx, cache_layer, query, key, value, attention_mask, view, full, scaling)
@@ -147,7 +147,7 @@ def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, ma
         out = bucketed_decode(query, *room, padded, scaling)
         if out is not None:
             return out
-    return _decode_sdpa(query, key, value, mask, scaling)
+    return decode_sdpa(query, key, value, mask, scaling)
 
 
 def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total: int, Q: int):

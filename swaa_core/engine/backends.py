@@ -24,9 +24,9 @@ from .config import AUTO_ORDER, BACKENDS
 
 # The kernel families live in .kernels; the names below are the ones this dispatcher calls (a test that spies on one
 # of them patches it here) and the public entry points other modules and benchmarks import from here.
-from .kernels.flash import _fa2_func, _fa4_func, _fa4_window, _window_fn, flash_attn_2_window, merge_lse, window_sink
-from .kernels.flex import _has_flex, block_mask_for, flex, flex_flash, flex_simple, prefill_mask_mod, window_mask_mod
-from .kernels.sdpa import _causal_sdpa, _decode_sdpa, blocked, reference
+from .kernels.flash import fa2_func, fa4_func, fa4_window, flash_attn_2_window, merge_lse, window_fn, window_sink
+from .kernels.flex import block_mask_for, flex, flex_flash, flex_simple, has_flex, prefill_mask_mod, window_mask_mod
+from .kernels.sdpa import blocked, causal_sdpa, decode_sdpa, reference
 from .masks import MaskGeometry, materialize
 
 __all__ = [
@@ -57,7 +57,7 @@ def backend_status(device: torch.device | str) -> dict[str, str | None]:
     device = torch.device(device)
     status: dict[str, str | None] = {"reference": None, "blocked": None}
     on_cuda = None if device.type == "cuda" else f"needs a CUDA GPU (this model is on {device.type})"
-    status["flex"] = on_cuda or (None if _has_flex() else "torch.nn.attention.flex_attention is missing")
+    status["flex"] = on_cuda or (None if has_flex() else "torch.nn.attention.flex_attention is missing")
     status["fa4"] = on_cuda or _fa4_problem(device)
     status["flash"] = on_cuda or _fa2_problem(device)
     return status
@@ -98,14 +98,14 @@ def _fa4_problem(device: torch.device) -> str | None:
     major = torch.cuda.get_device_capability(device)[0]
     if major not in FA4_ARCHS:
         return f"FlashAttention-4 needs compute capability 9.x or 10.x (this GPU: {major}.x)"
-    fn = _fa4_func()
+    fn = fa4_func()
     return fn if isinstance(fn, str) else None
 
 
 def _fa2_problem(device: torch.device) -> str | None:
     if torch.cuda.get_device_capability(device)[0] < 8:
         return "flash-attn 2 needs compute capability 8.0 or newer"
-    fn = _fa2_func()
+    fn = fa2_func()
     return fn if isinstance(fn, str) else None
 
 
@@ -116,12 +116,12 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
     if q.shape[2] == 1:  # a decode step: its whole mask is one short row, cheaper than any block machinery
         sees_all = g.sees_all_keys if g.sees_all_keys is not None else g.plain_causal
         if sees_all:
-            return _decode_sdpa(q, k, v, None, scaling)
-        return _decode_sdpa(q, k, v, materialize(g), scaling).nan_to_num(0.0)
+            return decode_sdpa(q, k, v, None, scaling)
+        return decode_sdpa(q, k, v, materialize(g), scaling).nan_to_num(0.0)
     if g.plain_causal:
-        return _causal_sdpa(q, k, v, g, scaling, dropout)
+        return causal_sdpa(q, k, v, g, scaling, dropout)
     if backend != "blocked" and q.is_cuda and dropout == 0.0 and g.simple:
-        return simple_attention(q, k, v, g, scaling, _window_fn(backend, q))
+        return simple_attention(q, k, v, g, scaling, window_fn(backend, q))
     if backend in ("flex", "fa4", "flash") and q.shape[2] >= 16:  # decode-sized calls: a masked SDPA beats a compile
         return flex(q, k, v, g, scaling)
     return blocked(q, k, v, g, scaling, dropout)
@@ -139,7 +139,7 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
         # FLASH's backward through a block mask was not verified on the H200 (torch 2.11): training takes the two-pass
         # composition, whose FA4 backward was (tests/swaa_core/engine/test_gpu.py)
         inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-        if fn is _fa4_window and inference and (q_first, kv_first) == (0, 0) and g.rule.sinks_below > 0:
+        if fn is fa4_window and inference and (q_first, kv_first) == (0, 0) and g.rule.sinks_below > 0:
             out = flex_flash(q, k, v, g, scaling)  # one pass over sinks + window
             if out is not None:
                 return out

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .backends import _decode_sdpa
 from .cache import KeyView, SWAACacheLayer, ring_index
+from .kernels.sdpa import decode_sdpa
 from .kinds.sink_window import SinkWindow
 
 
@@ -80,7 +80,7 @@ class StaticSlots(CacheLayerMixin):
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
         """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D)."""
-        return _decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)
+        return decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)
 
     def get_seq_length(self) -> int:
         return self.table.clock.seen

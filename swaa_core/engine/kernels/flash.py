@@ -19,7 +19,7 @@ FA4_CACHE_SWITCH = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
 
 
 @functools.cache
-def _fa4_func():
+def fa4_func():
     """``flash_attn.cute.flash_attn_func`` (FlashAttention-4), or the reason it cannot be imported. Turns FA4's
     persistent compile cache on first, unless ``FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED`` is already set."""
     os.environ.setdefault(FA4_CACHE_SWITCH, "1")
@@ -31,7 +31,7 @@ def _fa4_func():
 
 
 @functools.cache
-def _fa2_func():
+def fa2_func():
     """flash-attn 2's ``flash_attn.flash_attn_func``, or the reason it cannot be imported (flash-attn-4 alone
     installs a ``flash_attn`` namespace without it)."""
     try:
@@ -47,16 +47,19 @@ def _fa2_func():
 WINDOW_HEAD_DIMS = range(8, 257, 8)  # head sizes both FA4 (sm90) and flash-attn 2 build kernels for
 
 
-def _window_fn(backend: str, q):
+def window_fn(backend: str, q):
+    """The window function of ``backend`` ("fa4" or "flash") for queries like ``q``, or None where it has no kernel
+    (another backend, a dtype other than fp16/bf16, a head size outside ``WINDOW_HEAD_DIMS``)."""
     if backend not in ("fa4", "flash") or q.dtype not in (torch.float16, torch.bfloat16):
         return None
     if q.shape[-1] not in WINDOW_HEAD_DIMS:
         return None
-    return _fa4_window if backend == "fa4" else flash_attn_2_window(_fa2_func())
+    return fa4_window if backend == "fa4" else flash_attn_2_window(fa2_func())
 
 
-def _fa4_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
-    out, lse = _fa4_func()(
+def fa4_window(q, k, v, *, causal: bool, window_left: int | None, scale: float):
+    """FlashAttention-4's window function (the contract above): (out (B, Q, H, D), lse (B, H, Q) float32)."""
+    out, lse = fa4_func()(
         q.transpose(1, 2),
         k.transpose(1, 2),
         v.transpose(1, 2),

@@ -17,7 +17,8 @@ from ..masks import MaskGeometry, materialize, swaa_mask_mod
 from .sdpa import BLOCK, blocked
 
 
-def _has_flex() -> bool:
+def has_flex() -> bool:
+    """Whether this torch has ``torch.nn.attention.flex_attention`` (the name the flex backend calls)."""
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
     except ImportError:

@@ -34,7 +34,10 @@ def reference(q, k, v, g: MaskGeometry, scaling: float):
 
 
 # --------------------------------------------------------------------------- plain causal
-def _causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
+def causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
+    """A call whose mask is plain causal attention over valid keys (:attr:`MaskGeometry.plain_causal`): SDPA's own
+    causal kernel when the queries are exactly the keys' positions, else :func:`blocked`. Shapes as in the module's
+    docstring; ``dropout`` as SDPA's ``dropout_p``."""
     Q, KV = q.shape[2], k.shape[2]
     if Q == KV and _is_aligned(g):
         out = F.scaled_dot_product_attention(
@@ -44,7 +47,7 @@ def _causal_sdpa(q, k, v, g: MaskGeometry, scaling: float, dropout: float):
     return blocked(q, k, v, g, scaling, dropout)
 
 
-def _decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
+def decode_sdpa(q, k, v, mask, scaling: float, *, fixed_shape: bool = False):
     """One query token: q (B, H, 1, D), k/v (B, Hkv, KV, D), mask None or a bool (B, 1, 1, KV) -> (B, 1, H, D).
 
     On CPU, fold the query heads of each KV group into the query axis so SDPA reads every key once (enable_gqa

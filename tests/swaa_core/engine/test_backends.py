@@ -225,10 +225,10 @@ def test_a_flash_attn_package_without_flash_attn_func_is_not_flash_attn_2(tmp_pa
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
         monkeypatch.delitem(sys.modules, name)
-    backends._fa2_func.cache_clear()
-    backends._fa4_func.cache_clear()
+    backends.fa2_func.cache_clear()
+    backends.fa4_func.cache_clear()
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(backends, "_has_flex", lambda: True)
+    monkeypatch.setattr(backends, "has_flex", lambda: True)
     try:
         status = backends.backend_status("cuda")
         assert "flash_attn.flash_attn_func cannot be imported" in status["flash"]
@@ -239,8 +239,8 @@ def test_a_flash_attn_package_without_flash_attn_func_is_not_flash_attn_2(tmp_pa
         with pytest.raises(ValueError, match="'flash' cannot run here: flash_attn.flash_attn_func"):
             backends.choose_backend("flash", "cuda")
     finally:
-        backends._fa2_func.cache_clear()
-        backends._fa4_func.cache_clear()
+        backends.fa2_func.cache_clear()
+        backends.fa4_func.cache_clear()
 
 
 @pytest.mark.parametrize("preset", [None, "0", "1"])
@@ -261,19 +261,19 @@ def test_fa4_is_imported_with_its_persistent_compile_cache_on_unless_the_user_ch
         monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED")
     else:
         monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", preset)
-    backends._fa4_func.cache_clear()
+    backends.fa4_func.cache_clear()
     try:
-        assert callable(backends._fa4_func())
+        assert callable(backends.fa4_func())
         assert (preset or "1") == sys.modules["flash_attn.cute"].SEEN
     finally:
-        backends._fa4_func.cache_clear()
+        backends.fa4_func.cache_clear()
         for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
             del sys.modules[name]
 
 
 def test_fa4_needs_hopper_or_blackwell(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(backends, "_has_flex", lambda: True)
+    monkeypatch.setattr(backends, "has_flex", lambda: True)
     assert "compute capability 9.x or 10.x" in backends.backend_status("cuda")["fa4"]
 
 

@@ -102,7 +102,7 @@ def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype, monkeypatch):
     """The unmasked decode step (straight to SDPA's flash kernel in half precision) over keys that are a view into a
     larger buffer, as a growing cache hands them out, against float64 softmax attention."""
     from swaa_core.engine.kernels import sdpa
-    from swaa_core.engine.kernels.sdpa import _decode_sdpa
+    from swaa_core.engine.kernels.sdpa import decode_sdpa
 
     flash_calls = []
     real_flash = sdpa._flash_decode
@@ -111,7 +111,7 @@ def test_decode_step_on_cuda_matches_float64(H, Hkv, D, L, dtype, monkeypatch):
     q = torch.randn(2, H, 1, D, device=CUDA, dtype=dtype, generator=gen)
     buf = torch.randn(2, 2 * Hkv, L + 256, D, device=CUDA, dtype=dtype, generator=gen)
     k, v = buf[:, :Hkv, :L], buf[:, Hkv:, 7 : L + 7]
-    out = _decode_sdpa(q, k, v, None, D**-0.5)
+    out = decode_sdpa(q, k, v, None, D**-0.5)
     k64, v64 = (t.double().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
     expected = torch.softmax(q.double() @ k64.transpose(-1, -2) * D**-0.5, dim=-1) @ v64
     assert out.shape == (2, 1, H, D)
