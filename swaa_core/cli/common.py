@@ -311,6 +311,6 @@ def _label_for(name: str, cfg: SWAAConfig, user: dict) -> str:
 
 
 def num_layers(loaded) -> int:
-    from ..engine.patch import attention_modules
+    from ..engine.families import attention_modules
 
     return len(attention_modules(loaded.model))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .cache import KEY_BUCKET
-from .patch import attention_modules
+from .families import attention_modules
 
 COMPILE_BUCKET = KEY_BUCKET  # slots: flat buffers under compile hold a multiple of this many
 

@@ -1,7 +1,10 @@
-"""Which transformers models the engine runs, and what it reads from their configs before touching them.
+"""Which transformers models the engine runs, what it reads from their configs before touching them, and where their
+attention modules are.
 
 One owner for the supported-family check and for each layer's own sliding window: the loader (``models/``) asks
 the same questions before it downloads weights, so the answers live here, below both, and take a model or a config.
+The model introspection every layer above needs (:func:`attention_modules`) lives here too, not in the module that
+installs SWAA.
 """
 
 from __future__ import annotations
@@ -48,3 +51,14 @@ def native_windows(model_or_config) -> tuple[int | None, ...]:
     return tuple(
         kw.get("sliding_window") if t == "sliding_attention" else None for t, kw in zip(types, kwargs, strict=True)
     )
+
+
+def attention_modules(model) -> list:
+    """The self-attention modules (``torch.nn.Module``, one per decoder layer: those with an integer ``layer_idx``, a
+    ``q_proj`` and an ``o_proj``, the layout of every supported family), in layer order."""
+    found = {}
+    for module in model.modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and hasattr(module, "q_proj") and hasattr(module, "o_proj"):
+            found.setdefault(idx, module)
+    return [found[i] for i in sorted(found)]

@@ -33,7 +33,7 @@ from .cache import kv_cache_bytes
 from .compiled_step import bind, bucket_slots, compiled_forward
 from .config import SWAAConfig
 from .generation_options import MODEL_KWARGS, prepare, refuse
-from .patch import _install, remove_swaa
+from .install import install, remove_swaa
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
@@ -146,7 +146,7 @@ def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, g
                              seen=seen, backend=backend)  # fmt: skip
     temporary = getattr(model, "_swaa_state", None) is None
     if temporary:
-        _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
+        install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
     try:
         # the class's generate: the instance's is SWAA's wrapper, which would route this call back here
         result = type(model).generate(model, input_ids, generation_config=config, custom_generate=loop, **kwargs)

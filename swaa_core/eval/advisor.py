@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.config import SWAAConfig
-from ..engine.patch import _install, attention_modules, remove_swaa, swaa
+from ..engine.families import attention_modules
+from ..engine.install import install, remove_swaa
+from ..engine.patch import swaa
 from .cot import render_prompt
 from .scoring import answer_ids, reference_text
 from .tasks import TaskSample, make_samples, make_task
@@ -81,7 +83,9 @@ def task_samples(tokenizer, task: str, length: int, seeds: Sequence[int], **kw) 
     return make_samples(task, tokenizer, length_tokens=length, seeds=list(seeds), **kw)
 
 
-def _check(cancel) -> None:
+def check_cancel(cancel) -> None:
+    """Raise AdviceCancelled once ``cancel`` (a threading.Event, or a callable returning True to stop; None: never)
+    says stop: called between two forwards."""
     if cancel is None:
         return
     stopped = cancel.is_set() if isinstance(cancel, threading.Event) else cancel()
@@ -217,12 +221,12 @@ def gain_scores(model, cals, base: SWAAConfig, *, progress: Progress | None = No
     total, done = len(cals) * (n + 1), 0
     rows, bases = [], []
     for cal in cals:
-        _check(cancel)
+        check_cancel(cancel)
         base_nll, states = runner.record(cal, base)
         done += 1
         row = []
         for layer in range(n):
-            _check(cancel)
+            check_cancel(cancel)
             if progress:
                 progress(done, total, f"layer {layer} full, sample {len(rows) + 1}/{len(cals)}")
             row.append(base_nll - runner.nll_from(cal, _with_layers(base, [layer]), states, layer))
@@ -251,7 +255,7 @@ def greedy_scores(model, cals, base: SWAAConfig, budget: int, *, progress: Progr
         current = _with_layers(base, chosen)
         recorded = []
         for cal in cals:
-            _check(cancel)
+            check_cancel(cancel)
             recorded.append(runner.record(cal, current))
             done += 1
         if first is None:
@@ -260,7 +264,7 @@ def greedy_scores(model, cals, base: SWAAConfig, budget: int, *, progress: Progr
         for layer in (x for x in pool if x not in chosen):
             row = []
             for cal, (nll, states) in zip(cals, recorded, strict=True):
-                _check(cancel)
+                check_cancel(cancel)
                 if progress:
                     progress(done, total, f"round {len(chosen) + 1}: layer {layer}")
                 row.append(nll - runner.nll_from(cal, _with_layers(current, [layer]), states, layer))
@@ -301,11 +305,11 @@ def mass_scores(model, cals, base: SWAAConfig, *, progress: Progress | None = No
     modules = attention_modules(model)
     rows = []
     for k, cal in enumerate(cals):
-        _check(cancel)
+        check_cancel(cancel)
         if progress:
             progress(k, len(cals), f"attention of sample {k + 1}/{len(cals)}")
         row = [0.0] * len(modules)
-        _install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
+        install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
         try:
             for i, m in enumerate(modules):
                 m._swaa_recorder = _MassRecorder(base.sliding_window_size, base.keep_first, len(cal.target), row, i)
@@ -323,6 +327,6 @@ def nll_under(model, cals, config: SWAAConfig | None, *, backend: str = "auto", 
     runner = LayerRunner(model, backend)
     out = []
     for cal in cals:
-        _check(cancel)
+        check_cancel(cancel)
         out.append(runner.record(cal, config, keep_states=False)[0])
     return out

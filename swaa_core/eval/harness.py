@@ -15,7 +15,7 @@ import torch
 from transformers import StoppingCriteria, TextStreamer
 
 from ..engine.config import SWAAConfigError
-from ..engine.patch import attention_modules
+from ..engine.families import attention_modules
 from .tasks.base import decode_whole
 
 

@@ -23,9 +23,9 @@ from .advisor import (
     LayerRunner,
     LayerScores,
     Progress,
-    _check,
     answer_nll,
     calibrate,
+    check_cancel,
     gain_scores,
     greedy_scores,
     mass_scores,
@@ -109,7 +109,7 @@ def _phase(progress: Progress | None, name: str) -> Progress | None:
 def _nlls(runner: LayerRunner, cals, cfg, cancel) -> list[float]:
     out = []
     for cal in cals:
-        _check(cancel)
+        check_cancel(cancel)
         out.append(runner.record(cal, cfg, keep_states=False)[0])
     return out
 
@@ -159,7 +159,7 @@ def check(runner: LayerRunner, cals, cost: CostModel, length: int, configs: dict
     total, done = len(cals) * len(configs), 0
     for cal in cals:
         for label, cfg in configs.items():
-            _check(cancel)
+            check_cancel(cancel)
             if progress:
                 progress(done, total, label)
             t0 = time.perf_counter()

@@ -27,8 +27,7 @@ from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
 from ..engine.decode_path import DecodePath
-from ..engine.families import native_windows
-from ..engine.patch import attention_modules
+from ..engine.families import attention_modules, native_windows
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
 from .cot import render_prompt, split_reasoning

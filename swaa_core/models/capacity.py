@@ -74,8 +74,8 @@ def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: fl
 
 
 def _rules(shape: ModelShape, config: SWAAConfig | None):
-    """Per layer (window or None, sinks, fa_decode) as the engine plans it (``patch._plans``): full attention keeps
-    only the model's own windows."""
+    """Per layer (window or None, sinks, fa_decode) as the engine plans it (:mod:`swaa_core.engine.install`): full
+    attention keeps only the model's own windows."""
     if config is None or config.is_full_attention:
         return [(native, 0, False) for native in shape.native_windows]
     config.validate(shape.num_layers)

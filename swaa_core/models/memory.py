@@ -299,7 +299,7 @@ def check_run_fits(
 
 def layer_devices(model) -> list[str]:
     """The device each attention layer computes on (several for a model spread with ``device_map="auto"``)."""
-    from ..engine.patch import attention_modules
+    from ..engine.families import attention_modules
 
     placement = getattr(model, "hf_device_map", None) or {}
     out = []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.config import SWAAConfig, SWAAConfigError
-from ..engine.patch import attention_modules
+from ..engine.families import attention_modules
 from .lora import quiet_peft
 from .settings import SWAA_FILE
 

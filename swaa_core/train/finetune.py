@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..engine.config import SWAAConfig, SWAAConfigError
-from ..engine.patch import attention_modules
+from ..engine.families import attention_modules
 from ..eval.tasks import make_samples
 from ..runtime.distributed import current
 from ..runtime.jsonl import save_jsonl

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..engine.config import SWAAConfig
-from ..engine.patch import attention_modules, swaa
+from ..engine.families import attention_modules
+from ..engine.patch import swaa
 from .distill import DistillDataError, Progress, ProgressFn, encode_prompt, normalize_record
 from .settings import TrainSettings
 

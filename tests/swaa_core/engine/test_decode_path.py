@@ -12,6 +12,7 @@ from transformers import DynamicCache, GenerationConfig, TextStreamer
 
 import swaa_core.engine.decode_path as dp
 import swaa_core.engine.fast_decode as fast_decode
+import swaa_core.engine.patch as patch
 from swaa_core import SWAAConfig, apply_swaa
 from swaa_core.engine.decode_path import DecodePath, fixed_refusals, resolve
 
@@ -127,7 +128,7 @@ def static_calls(monkeypatch):
         calls.append(sorted(kwargs))
         return real(model, args, kwargs)
 
-    monkeypatch.setattr(fast_decode, "generate_static", spy)
+    monkeypatch.setattr(patch, "generate_static", spy)  # the name the generate wrapper calls
     return calls
 
 

@@ -9,7 +9,7 @@ from helpers.tiny_models import FAMILIES, build_tiny_model, left_padded
 
 from swaa_core import SWAAConfig, apply_swaa, capture_attention, kv_cache_bytes, remove_swaa, swaa
 from swaa_core.engine.config import SWAAConfigError
-from swaa_core.engine.patch import attention_modules as attention_modules_of
+from swaa_core.engine.families import attention_modules as attention_modules_of
 
 
 def ids(n, seed=0, batch=1):

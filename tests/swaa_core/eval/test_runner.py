@@ -312,7 +312,7 @@ def test_cancel_during_decode_stops_early(loaded, sample):
 
 def test_cancel_during_prefill_stops_inside_the_forward(loaded, sample):
     cancel = threading.Event()
-    from swaa_core.engine.patch import attention_modules
+    from swaa_core.engine.families import attention_modules
 
     first_layer = attention_modules(loaded.model)[0]
     hook = first_layer.register_forward_pre_hook(lambda *_: cancel.set())

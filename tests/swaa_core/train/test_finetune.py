@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from helpers.tiny_models import build_tiny_model, build_word_tokenizer
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
-from swaa_core.engine.patch import attention_modules, current_config
+from swaa_core.engine.families import attention_modules
+from swaa_core.engine.patch import current_config
 from swaa_core.train.adapters import AdapterError, find_adapters, load_adapter, read_adapter_info, save_adapter
 from swaa_core.train.distill import DistillDataError
 from swaa_core.train.finetune import finetune_pipeline
