@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 def visible(qp, kp, kv_valid, q_full, window: int | None, keep_first: int):
     """The predicate on real positions (broadcastable tensors): kept a plain function of ints so that mask_mods
@@ -123,8 +125,9 @@ class SinkWindow:
 
     # ------------------------------------------------------------------ picture
     def picture(self, n_tokens: int):
-        """(n, n) bool tensor of what each prompt token sees, drawn by :func:`swaa_core.engine.masks.mask_picture`."""
-        from ..config import SWAAConfig
-        from ..masks import mask_picture
-
-        return mask_picture(SWAAConfig(sliding_window_size=self.window, keep_first=self.keep_first), n_tokens)
+        """(n, n) bool tensor of what each of ``n_tokens`` prompt tokens sees (rows: queries, columns: keys), drawn by
+        :func:`visible` on consecutive positions with every key real and no full query."""
+        pos = torch.arange(n_tokens)
+        return visible(
+            pos[:, None], pos[None, :], torch.tensor(True), torch.tensor(False), self.window, self.keep_first
+        )
