@@ -16,6 +16,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+from helpers import import_graph
 from huggingface_hub import metadata_load
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -293,21 +294,35 @@ def test_swaa_core_imports_without_gradio():
 
 
 def test_the_engine_imports_nothing_from_the_layers_above_it():
-    """engine/ is the bottom layer: no import of models/eval/train/runtime/cli, not even inside a function."""
-    upward = []
-    for path in sorted((ROOT / "swaa_core" / "engine").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                leaves_engine = name.startswith("..") or (name.startswith("swaa_core") and name != "swaa_core.engine")
-                if leaves_engine and not name.startswith("swaa_core.engine."):
-                    upward.append(f"{path.name}:{node.lineno} imports {name}")
+    """engine/ is the bottom layer: no import of models/eval/train/runtime/cli, not even inside a function; and its
+    storage (the KV caches) sits below the dispatcher: cache.py and static_cache.py never reach backends.py."""
+    edges = import_graph.imports(ROOT, "swaa_core")
+    upward = [
+        f"{e.importer}:{e.line} imports {e.target}"
+        for e in edges
+        if e.importer.startswith("swaa_core.engine") and not e.target.startswith("swaa_core.engine")
+    ]
     assert not upward, upward
+    for storage in ("swaa_core.engine.cache", "swaa_core.engine.static_cache"):
+        assert "swaa_core.engine.backends" not in import_graph.reaches(edges, storage), (
+            f"{storage} (storage) imports the dispatcher swaa_core.engine.backends; import the kernel from kernels/"
+        )
+
+
+def test_swaa_core_has_no_import_cycle():
+    """Lazy (function-level) imports count: a cycle hidden inside a function still ties the modules together."""
+    found = import_graph.cycles(import_graph.imports(ROOT, "swaa_core"))
+    assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
+
+
+def test_no_private_name_crosses_a_module_boundary_in_swaa_core():
+    """A leading underscore means "this module's own": a name another module needs is made public (and documented)."""
+    crossing = [
+        f"{e.importer}:{e.line} takes {e.name} from {e.target}"
+        for e in import_graph.imports(ROOT, "swaa_core")
+        if e.name and e.name.startswith("_") and not e.name.startswith("__") and e.target != e.importer
+    ]
+    assert not crossing, crossing
 
 
 def test_tests_mirror_the_packages():
