@@ -7,14 +7,15 @@ Llama-3.1-8B-shaped model with random weights (bf16), W=2048 (--sinks: sink reci
 recipes (full, SWA, SWA + FA decode, 1/4 FA layers + FA decode, 1/2 FA layers, 1/2 FA layers + FA decode), prompts of
 --contexts tokens plus --new-tokens new ones. Recipes take turns inside every repeat. Sections (each guarded):
 - decode:  the serving capacity, ``capacity(prefill="row")`` (one request prefilled at a time; the batch's fixed
-           buffers beside it). ``fast_generate`` has no row-by-row prefill, so the buffers are filled synthetically:
-           a --short-prompt prompt per row with ``max_new_tokens`` = context - short prompt, which allocates the very
+           buffers beside it). Prefilling the largest batch of 128K prompts takes minutes, so the buffers are filled
+           synthetically: a --short-prompt prompt per row with ``max_new_tokens`` = context - short prompt, which allocates the very
            buffers of the full context (the fixed-buffer step reads every slot under a mask, filled or not), stopped
            after --steps decode steps by a stopping criterion (one host read per step). Batches: the largest, the
            one serving --requests requests (at most the largest) and 1. Reports: fits, peak allocated against the
            model's prediction for that run, decode tokens/s against the bandwidth roofline.
-- batched: ``fast_generate`` as it is: real prompts of the context, prefilled in one forward of every row, at
-           min(--requests, ``capacity(prefill="batch")``) rows and at 1 row, generating all --new-tokens tokens
+- batched: ``fast_generate`` on real prompts of the context, prefilled as --prefill says ("row": one request at a
+           time into the batch's buffers, a server's way; "batch": one forward of every row), at
+           min(--requests, ``capacity(prefill=...)``) rows and at 1 row, generating all --new-tokens tokens
            (--batched-steps N: stopped after N decode steps instead). Reports fits, peak against prediction,
            prefill, setup (cache move, warm-up, capture) and step times, and the time to serve --requests requests
            of prompt + new tokens: waves x (prefill + setup + (new - 1) steps), every wave timed as the measured one.
@@ -86,7 +87,7 @@ class StopAt(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
-def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) -> dict:
+def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None, prefill: str = "batch") -> dict:
     """fast_generate on ``rows`` prompts of ``prompt`` random tokens with buffers for ``prompt + new`` slots, stopped
     after ``steps`` decode steps (None: all ``new`` tokens, no host read per step); what it measured, or why it did
     not fit."""
@@ -101,7 +102,7 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) ->
     start = time.perf_counter()
     try:
         with swaa(model, cfg):
-            r = fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], stopping_criteria=stop)
+            r = fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], stopping_criteria=stop, prefill=prefill)
     except torch.OutOfMemoryError as e:
         return {"fits": False, "error": str(e).splitlines()[0]}
     finally:
@@ -126,7 +127,7 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None) ->
 def check(model, name, cfg, rows, prompt, new, *, predicted_from, steps: int | None) -> dict:
     """One run and the model's figures for it: ``predicted_from`` is the Capacity whose buffers the run allocates."""
     result = {"recipe": name, "config": cfg.to_dict() if cfg else None, "batch": rows, "prompt": prompt, "new": new}
-    result |= run_once(model, cfg, rows, prompt, new, steps)
+    result |= run_once(model, cfg, rows, prompt, new, steps, predicted_from.prefill)
     result["predicted_peak_gib"] = gib(predicted_from.peak_bytes(rows))
     result["roofline_tokens_per_s"] = round(predicted_from.tokens_per_s(rows), 1)
     if result.get("peak_gib"):
@@ -161,21 +162,23 @@ def run_batched(out: dict, model, shape, gpu):
     rows_out, n = out.setdefault("rows", []), ARGS.requests
     for context in ARGS.contexts:
         for name, cfg in recipes(shape.num_layers).items():
-            rows = serve(model, cfg, context, ARGS.new_tokens, n, gpu=gpu, label=name, steps=ARGS.batched_steps or None)
+            rows = serve(model, cfg, context, ARGS.new_tokens, n, gpu=gpu, label=name, steps=ARGS.batched_steps or None,
+                         prefill=ARGS.prefill)  # fmt: skip
             out.setdefault("model", []).append(rows.pop("model"))
             rows_out.extend(rows["runs"])
             if rows.get("serve_s"):
                 SUMMARY.append((f"serve {n} x {_k(context)}+{ARGS.new_tokens} {name}", _serve_text(rows)))
 
 
-def serve(model, cfg, prompt: int, new: int, requests: int, *, gpu: GPU, label: str, steps: int | None = None) -> dict:
-    """``requests`` requests of ``prompt`` + ``new`` tokens through ``fast_generate`` as it is (every row of a wave
-    prefilled in one forward), at the model's largest batch for that (at most ``requests``) and at batch 1, each run
+def serve(model, cfg, prompt: int, new: int, requests: int, *, gpu: GPU, label: str, steps: int | None = None,
+          prefill: str = "row") -> dict:  # fmt: skip
+    """``requests`` requests of ``prompt`` + ``new`` tokens through ``fast_generate`` (``prefill``: "row", each
+    request of a wave prefilled alone into the wave's buffers, or "batch", the wave in one forward), at the model's largest batch for that (at most ``requests``) and at batch 1, each run
     generating all ``new`` tokens (``steps``: stopped after that many decode steps); the serve time is waves x
     (prefill + setup + (new - 1) steps) of the measured wave. Returns {"model": the model's row, "runs": the two
     runs, "serve_s": {batch: s}}."""
     shape = model_shape(model)
-    cap = capacity(shape, cfg, gpu, prompt_tokens=prompt, new_tokens=new, prefill="batch", label=label)
+    cap = capacity(shape, cfg, gpu, prompt_tokens=prompt, new_tokens=new, prefill=prefill, label=label)
     out = {"model": {"context": prompt, **cap.row(requests)}, "runs": [], "serve_s": {}}
     for b in sorted({min(requests, cap.max_batch), 1} - {0}, reverse=True):
         r = check(model, label, cfg, b, prompt, new, predicted_from=cap, steps=steps)
@@ -249,6 +252,7 @@ def parse(argv=None):
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--steps", type=int, default=24, help="decode section: timed decode steps per run")
     p.add_argument("--batched-steps", type=int, default=0, help="batched section: stop after N steps (0: all)")
+    p.add_argument("--prefill", choices=["row", "batch"], default="row", help="batched section: how a wave prefills")
     p.add_argument("--short-prompt", type=int, default=512, help="decode section: prompt tokens per row")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, made-up 10 MiB card")

@@ -37,6 +37,7 @@ from .install import install, remove_swaa
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
+PREFILL_MODES = ("batch", "row")  # one forward of every row, or one request at a time into the batch's buffers
 CHECK_EVERY = 16  # decode steps between host reads of "every row finished" (each read waits for the GPU)
 LOOPS = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)  # the decoding modes this loop is
 DEVICE_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)  # stopping rules that never read the host's state
@@ -91,6 +92,7 @@ def fast_generate(
     generation_config=None,
     logits_processor=None,
     compile: bool | str = False,
+    prefill: str = "batch",
     **options,
 ) -> DecodeResult:
     """Generate after ``input_ids`` (B, T) under the model's SWAA configuration (or full attention when none is
@@ -104,7 +106,9 @@ def fast_generate(
     ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``compile``: True (or
     a ``torch.compile`` backend name) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
-    config turns it off). ``generator``: when
+    config turns it off). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
+    row at a time and moves each into the batch's fixed buffers before the next (a server's way: the activations of
+    one prompt at a time, not of the batch; ``prefill_s`` then includes the moves; same tokens). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
     seed, but not the tokens ``generate`` gives). ``streamer`` / ``stopping_criteria`` behave as in ``generate``;
     each costs one host read per token. Stopping is read from the device every ``CHECK_EVERY`` steps otherwise, so
@@ -129,21 +133,24 @@ def fast_generate(
                  logits_processor=logits_processor)  # fmt: skip
     kwargs = {**{k: v for k, v in given.items() if v is not None}, **options}
     result, _ = run(model, input_ids, generation_config, kwargs, cuda_graph=cuda_graph, generator=generator,
-                    compile=compile)  # fmt: skip
+                    compile=compile, prefill=prefill)  # fmt: skip
     return result
 
 
-def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None, compile=False):
+def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None, compile=False,
+        prefill: str = "batch"):
     """One ``generate(input_ids, generation_config=..., **kwargs)`` call served by the fixed-buffer loop:
     (DecodeResult, the generation config ``generate`` prepared). Raises ValueError as :func:`fast_generate`."""
     mask = kwargs.get("attention_mask")
     if mask is not None and not bool(mask[:, -1].all()):
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
     config, kwargs = prepare(model, generation_config, kwargs)
     seen = {}
     backend = "inductor" if compile is True else (compile or None)
     loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
-                             seen=seen, backend=backend)  # fmt: skip
+                             seen=seen, backend=backend, prefill=prefill)  # fmt: skip
     temporary = getattr(model, "_swaa_state", None) is None
     if temporary:
         install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
@@ -157,7 +164,7 @@ def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, g
 
 
 def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
-            streamer, seen: dict, backend: str | None, **model_kwargs) -> DecodeResult:  # fmt: skip
+            streamer, seen: dict, backend: str | None, prefill: str, **model_kwargs) -> DecodeResult:  # fmt: skip
     """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
     seen["config"] = generation_config
     mode = generation_config.get_generation_mode()
@@ -173,7 +180,7 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     backend = None if generation_config.disable_compile else backend
     try:
         return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph,
-                         backend=backend)  # fmt: skip
+                         backend=backend, prefill=prefill)  # fmt: skip
     finally:
         if streamer is not None:
             streamer.end()
@@ -251,20 +258,49 @@ def _prefill(model, input_ids, mask, cache, chunk: int | None) -> torch.Tensor:
     return logits[:, -1]
 
 
-def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, config, *, use_graph: bool, backend):
+def _prefill_rows(model, plans, input_ids, mask, chunk: int | None, max_slots: int):
+    """Each row's prompt through the SWAA kernels alone, moved into the batch's fixed buffers before the next row
+    runs, the most padded row first (its cache's geometry is the batch's: StaticSWAACache.for_rows): ((B, V)
+    last-position logits in row order, the filled StaticSWAACache)."""
+    B, T = input_ids.shape
+    pads = torch.zeros(B, dtype=torch.long) if mask is None else T - mask.long().sum(-1).cpu()
+    static, logits = None, [None] * B
+    for b in pads.argsort(descending=True, stable=True).tolist():
+        row_mask = None if mask is None else mask[b : b + 1]
+        cache = DynamicCache(config=model.config)
+        logits[b] = _prefill(model, input_ids[b : b + 1], row_mask, cache, chunk)
+        row = StaticSWAACache.from_dynamic(cache, plans, row_mask, max_slots)
+        del cache
+        static = row.for_rows(B) if static is None else static
+        static.put_row(b, row, int(pads[b]))
+        del row
+    return torch.cat(logits), static
+
+
+def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, config, *, use_graph: bool, backend,
+              prefill: str = "batch"):  # fmt: skip
     B, T = input_ids.shape
     device = input_ids.device
+    slots = bucket_slots(T + max_new) if backend else T + max_new
     start = _now(device)
-    cache = DynamicCache(config=model.config)
-    ids = choose(_prefill(model, input_ids, mask, cache, config.prefill_chunk_size)).view(B, 1).clone()
-    stopped = choose.stopped(1)
-    prefill = _now(device) - start
-    if max_new == 1 or stopped:
-        return DecodeResult(*_finish(choose, prefill, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
-
-    start = _now(device)
-    static = StaticSWAACache.from_dynamic(cache, plans, mask, bucket_slots(T + max_new) if backend else T + max_new)
-    del cache
+    if prefill == "row" and max_new > 1:
+        logits, static = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
+        ids = choose(logits).view(B, 1).clone()
+        stopped = choose.stopped(1)
+        prefill_s = _now(device) - start
+        if stopped:
+            return DecodeResult(*_finish(choose, prefill_s, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(static))))
+        start = _now(device)
+    else:
+        cache = DynamicCache(config=model.config)
+        ids = choose(_prefill(model, input_ids, mask, cache, config.prefill_chunk_size)).view(B, 1).clone()
+        stopped = choose.stopped(1)
+        prefill_s = _now(device) - start
+        if max_new == 1 or stopped:
+            return DecodeResult(*_finish(choose, prefill_s, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
+        start = _now(device)
+        static = StaticSWAACache.from_dynamic(cache, plans, mask, slots)
+        del cache
     held = tuple(kv_cache_bytes(static))
     clock = static.clock
     forward = model
@@ -314,7 +350,7 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
         stopped = take(logits, i)
         i, steps = i + 1, steps + 1
     decode = _now(device) - start
-    return DecodeResult(*_finish(choose, prefill, setup, decode, steps, graph is not None, held), bool(backend))
+    return DecodeResult(*_finish(choose, prefill_s, setup, decode, steps, graph is not None, held), bool(backend))
 
 
 def _finish(choose: _Chooser, *timings) -> tuple:

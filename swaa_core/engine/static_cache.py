@@ -151,6 +151,40 @@ class StaticSWAACache(Cache):
         return cls(static, clock)
 
 
+    def for_rows(self, rows: int) -> StaticSWAACache:
+        """Empty fixed buffers for ``rows`` rows with this one-row cache's geometry, for prefilling a batch one request
+        at a time (:meth:`put_row`). Make it from the most padded row: its sink slots cover every row's first
+        ``keep_first`` real tokens and its buffer kinds (a ring once those are all held, else flat) are what a batch
+        prefill would choose. Raises ValueError unless this cache has exactly one row."""
+        if self.clock.positions.shape[0] != 1:
+            raise ValueError(f"for_rows takes a one-row cache (this one has {self.clock.positions.shape[0]} rows).")
+        clock = DecodeClock(self.clock.seen, torch.full((rows, 1), -1, device=self.clock.positions.device))
+        tables, layers = {}, []
+        for layer in self.layers:
+            old = layer.table
+            if id(old) not in tables:
+                held = old.positions.new_full((rows, old.positions.shape[1]), -1)
+                tables[id(old)] = SlotTable(held, clock, ring=old.ring, rule=old.rule, owner=old.owner)
+            keys, values = (t.new_zeros(rows, *t.shape[1:]) for t in (layer.keys, layer.values))  # zeros: never NaN
+            layers.append(StaticSlots(keys, values, tables[id(old)], layer.layer_idx))
+        return StaticSWAACache(layers, clock)
+
+    def put_row(self, row: int, other: StaticSWAACache, pad: int) -> None:
+        """Copy the one-row cache ``other`` (same plans, prompt length and ``max_slots``; ``pad`` left-padding
+        slots) into row ``row`` of buffers made by :meth:`for_rows`. Each held key goes to the index of its slot
+        (real position + ``pad``) in this cache's layout."""
+        if other.clock.seen != self.clock.seen or len(other.layers) != len(self.layers):
+            raise ValueError("put_row needs a one-row cache of the same prompt length and layers.")
+        self.clock.positions[row] = other.clock.positions[0]
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            real = theirs.table.positions[0]
+            held = (real >= 0).nonzero().squeeze(1)
+            slots = real[held] + pad
+            index = slots if mine.table.ring is None else ring_index(slots, *mine.table.ring)
+            mine.keys[row].index_copy_(1, index, theirs.keys[0].index_select(1, held))
+            mine.values[row].index_copy_(1, index, theirs.values[0].index_select(1, held))
+            mine.table.positions[row].index_copy_(0, index, real[held])
+
 def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables: list, i: int) -> StaticSlots:
     """Copy dynamic layer ``i`` into its fixed buffers; ``real`` (B, total): real position of each slot, -1 padding.
     Its SlotTable is the one in ``tables`` with the same geometry and positions, else a new one appended there."""

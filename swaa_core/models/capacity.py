@@ -15,7 +15,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
   twice. The activations are :func:`~swaa_core.models.memory.estimate_memory`'s ``activation_bytes``.
   ``prefill="batch"`` is what ``fast_generate`` does: one forward of every row, activations times the batch.
   ``prefill="row"`` is what a server does that prefills one request at a time into the batch's buffers: one row's
-  activations next to the whole batch's buffers (``fast_generate`` has no such mode today).
+  activations next to the whole batch's buffers (``fast_generate(prefill="row")``: each row's dynamic cache moves
+  into the batch's buffers before the next row runs).
 * **decode**: per row the step's logits and one layer's temporaries (the CUDA graph's pool keeps them), and the
   tokens generated so far.
 * **reserve**: ``RESERVE_FRACTION`` of the card for the CUDA context, library workspaces and allocator fragmentation.
@@ -35,12 +36,12 @@ import torch
 
 from ..engine.cache import SPARE_SLOTS, bucket_end
 from ..engine.config import SWAAConfig
+from ..engine.fast_decode import PREFILL_MODES
 from ..engine.kinds import SinkWindow
 from .memory import ModelShape, estimate_memory, model_shape, to_dtype
 
 GiB = 2**30
 RESERVE_FRACTION = 0.05
-PREFILL_MODES = ("batch", "row")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,30 @@ def test_padded_batch_equals_generate(family, config):
     assert got.decode_steps == 23 and not got.cuda_graph
 
 
+
+@pytest.mark.parametrize("pads", [(0, 9, 3), (9, 0, 3), (0, 28, 5), (0, 29, 5)], ids=str)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_rows_prefilled_one_at_a_time_decode_as_generate(family, config, pads):
+    """prefill="row" (each request alone into the batch's buffers, a server's way) gives generate's tokens for the
+    padded batch: the most padded row first or later, and rows with fewer real tokens than sinks (29 pads)."""
+    model = build_tiny_model(family, eos_token_id=None)
+    ids, mask = padded_batch(pads=pads)
+    apply_swaa(model, CONFIGS[config])
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+    got = fast_generate(model, ids, attention_mask=mask, max_new_tokens=24, prefill="row")
+    assert torch.equal(got.sequences, expected)
+    batch = fast_generate(model, ids, attention_mask=mask, max_new_tokens=24)
+    assert got.kv_cache_bytes_per_layer == batch.kv_cache_bytes_per_layer
+
+
+def test_an_unknown_prefill_mode_is_refused_by_name():
+    model = build_tiny_model("llama", eos_token_id=None)
+    ids, _ = padded_batch(pads=(0,))
+    with pytest.raises(ValueError, match="prefill must be one of .*'rows'"):
+        fast_generate(model, ids, max_new_tokens=4, prefill="rows")
+
 def test_short_prompt_fills_the_ring_while_decoding():
     """A prompt shorter than sinks + W: the ring is filled by decode steps, then wraps."""
     model = build_tiny_model("llama", eos_token_id=None)
