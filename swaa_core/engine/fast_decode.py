@@ -137,8 +137,17 @@ def fast_generate(
     return result
 
 
-def run(model, input_ids, generation_config, kwargs: dict, *, cuda_graph=None, generator=None, compile=False,
-        prefill: str = "batch"):
+def run(
+    model,
+    input_ids,
+    generation_config,
+    kwargs: dict,
+    *,
+    cuda_graph=None,
+    generator=None,
+    compile=False,
+    prefill: str = "batch",
+):
     """One ``generate(input_ids, generation_config=..., **kwargs)`` call served by the fixed-buffer loop:
     (DecodeResult, the generation config ``generate`` prepared). Raises ValueError as :func:`fast_generate`."""
     mask = kwargs.get("attention_mask")

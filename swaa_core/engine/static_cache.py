@@ -150,7 +150,6 @@ class StaticSWAACache(Cache):
             layer.keys = layer.values = None
         return cls(static, clock)
 
-
     def for_rows(self, rows: int) -> StaticSWAACache:
         """Empty fixed buffers for ``rows`` rows with this one-row cache's geometry, for prefilling a batch one request
         at a time (:meth:`put_row`). Make it from the most padded row: its sink slots cover every row's first
@@ -184,6 +183,7 @@ class StaticSWAACache(Cache):
             mine.keys[row].index_copy_(1, index, theirs.keys[0].index_select(1, held))
             mine.values[row].index_copy_(1, index, theirs.values[0].index_select(1, held))
             mine.table.positions[row].index_copy_(0, index, real[held])
+
 
 def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables: list, i: int) -> StaticSlots:
     """Copy dynamic layer ``i`` into its fixed buffers; ``real`` (B, total): real position of each slot, -1 padding.

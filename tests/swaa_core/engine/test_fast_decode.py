@@ -47,7 +47,6 @@ def test_padded_batch_equals_generate(family, config):
     assert got.decode_steps == 23 and not got.cuda_graph
 
 
-
 @pytest.mark.parametrize("pads", [(0, 9, 3), (9, 0, 3), (0, 28, 5), (0, 29, 5)], ids=str)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -70,6 +69,7 @@ def test_an_unknown_prefill_mode_is_refused_by_name():
     ids, _ = padded_batch(pads=(0,))
     with pytest.raises(ValueError, match="prefill must be one of .*'rows'"):
         fast_generate(model, ids, max_new_tokens=4, prefill="rows")
+
 
 def test_short_prompt_fills_the_ring_while_decoding():
     """A prompt shorter than sinks + W: the ring is filled by decode steps, then wraps."""
