@@ -20,8 +20,11 @@ import threading
 
 from gradio.route_utils import delete_files_created_by_app
 
-from app.common import CANCELS, HUB, remove_temp_root
-from app.ui import build_demo, launch_kwargs
+from app.assets import launch_kwargs
+from app.model_service import HUB
+from app.page import build_demo
+from app.runs import CANCELS
+from app.temp_files import remove_temp_root
 from swaa_core.models.registry import DEFAULT_MODEL
 
 logging.basicConfig(level=os.environ.get("SWAA_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")

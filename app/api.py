@@ -1,6 +1,6 @@
 """The app's public API: a few named endpoints with typed, labelled inputs and outputs, for gradio_client and HTTP.
 
-Every page event is hidden from the API (app.ui marks them private); these endpoints are separate, stateless
+Every page event is hidden from the API (app.events marks them private); these endpoints are separate, stateless
 functions (the model is a parameter, not a session's state) that run the same code as the page. The components
 below exist only to give each endpoint its schema: they are never shown. Layer lists use the shareable link's
 grammar: "none", "1/4", "1/2" or comma-separated layer indices such as "1,5,9"; FA decode is "off", "all" or
@@ -16,12 +16,15 @@ import gradio as gr
 from swaa_core.eval.recipes import list_recipes
 from swaa_core.models.registry import DEFAULT_MODEL
 
-from . import advisor_tab, sweeps
-from . import run_handlers as rh
+from . import sweep_runs
 from .board import render_board, summary_markdown
-from .common import HEAVY, HUB, loaded_model, num_layers, session_id, stop_session, ui_errors
+from .comparison import Comparison, RunOptions, export_files
+from .errors import ui_errors
+from .model_service import HUB, check_source_allowed, loaded_model, num_layers
 from .prompts import TASK_CHOICES, Prompt
 from .prompts import read_upload as _read_upload
+from .runs import HEAVY, session_id, stop_session
+from .sidebar.strategy import parse_config_text
 from .state import (
     DEFAULT_PINNED,
     FA_DECODE_MODES,
@@ -31,6 +34,7 @@ from .state import (
     decode_path_choice,
     parse_pinned,
 )
+from .tabs import advisor
 
 ENDPOINTS = (
     "load_model", "compare", "stop_run", "read_upload", "parse_config", "adapter_config", "recipe_sweep",
@@ -99,15 +103,15 @@ def compare(
     ``decode_path``: every column's, "auto" (fixed buffers and a CUDA graph on a GPU), "fixed" or "eager";
     ``static_cache`` on is the older spelling of "fixed". Stop it with /stop_run from the same client."""
     pinned = parse_pinned(pinned if pinned is not None else [])
-    options = rh.RunOptions(cot, adapter, max_new_tokens, pinned, decode_path_choice(decode_path, static_cache))
+    options = RunOptions(cot, adapter, max_new_tokens, pinned, decode_path_choice(decode_path, static_cache))
     prompt = Prompt(source, task, length, depth, seed, document, question, answer, answer_prefix)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
-    run = rh.Comparison.build(model or DEFAULT_MODEL, strategy, prompt, options)
+    run = Comparison.build(model or DEFAULT_MODEL, strategy, prompt, options)
     views = []
     for views in run.stream(session_id(request)):
         yield render_board(views), "", [], None, None
     rows = run.rows(views)
-    yield (render_board(views), summary_markdown(views), rows, *rh.export_files(rows))
+    yield (render_board(views), summary_markdown(views), rows, *export_files(rows))
 
 
 async def stop_run(request: gr.Request = None) -> bool:
@@ -132,8 +136,6 @@ def read_upload(file) -> str:
 def parse_config(config: str, model: str) -> dict:
     """The compare inputs (window, sinks, fa_layers, fa_decode) for an upstream swaa_config JSON object, checked
     against the model's layer count; also the normalised config."""
-    from .callbacks import parse_config_text
-
     n = num_layers(loaded_model(model or DEFAULT_MODEL))
     return _controls(parse_config_text(config, n), n)
 
@@ -142,8 +144,6 @@ def parse_config(config: str, model: str) -> dict:
 def adapter_config(adapter: str, model: str) -> dict:
     """The SWAA config a LoRA adapter (folder or Hub id) was trained with, as compare inputs."""
     from swaa_core.train import read_adapter_info
-
-    from .engine import check_source_allowed
 
     if not (adapter or "").strip():
         raise ValueError("Name a LoRA adapter folder or Hub id.")
@@ -164,8 +164,10 @@ def recipe_sweep(
     prefill and total seconds, decode path, KV cache MiB, errors), the numbers of the page's accuracy-vs-latency
     plot. ``decode_path``: every recipe's, as for /compare (``static_cache`` on: "fixed")."""
     path = decode_path_choice(decode_path, static_cache)
-    settings = sweeps.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot, path)
-    return sweeps.recipe_sweep(model or DEFAULT_MODEL, settings, request, _no_progress).table.to_dict(orient="records")
+    settings = sweep_runs.RecipeSweepSettings(recipes, samples, length, seed, window, sinks, cot, path)
+    return sweep_runs.recipe_sweep(model or DEFAULT_MODEL, settings, request, _no_progress).table.to_dict(
+        orient="records"
+    )
 
 
 @ui_errors
@@ -174,9 +176,9 @@ def needle_sweep(
 ):  # fmt: skip
     """Full attention vs the config over prompt lengths x evenly spaced needle depths: per config the accuracy
     grid (rows: depths, columns: lengths; null where nothing ran) and a CSV of every run."""
-    sweep = sweeps.NeedleSweepSettings(tuple(int(x) for x in lengths or []), depths, samples, seed, task)
+    sweep = sweep_runs.NeedleSweepSettings(tuple(int(x) for x in lengths or []), depths, samples, seed, task)
     strategy = _strategy(window, sinks, fa_layers, fa_decode)
-    grids, path = sweeps.needle_sweep(model or DEFAULT_MODEL, strategy, sweep, request, _no_progress)
+    grids, path = sweep_runs.needle_sweep(model or DEFAULT_MODEL, strategy, sweep, request, _no_progress)
     cells = [
         {"label": label, "lengths": list(ls), "depths": list(ds), "accuracy": [[_num(v) for v in row] for row in grid]}
         for label, ls, ds, grid in grids
@@ -194,8 +196,8 @@ def decode_speed(
     fixed-buffer decoder's setup is reported, not counted in the speed; ``static_cache`` on: "fixed")."""
     lengths = tuple(int(x) for x in lengths or [])
     path = decode_path_choice(decode_path, static_cache)
-    speed = sweeps.DecodeSpeedSettings(tuple(recipes or ()), lengths, window, sinks, path)
-    return sweeps.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
+    speed = sweep_runs.DecodeSpeedSettings(tuple(recipes or ()), lengths, window, sinks, path)
+    return sweep_runs.decode_curve(model or DEFAULT_MODEL, speed, request, _no_progress)
 
 
 @ui_errors
@@ -207,8 +209,8 @@ def advise(
     recommended swaa_config (also as compare inputs, "controls"), FA decode / sinks decisions and the held-out
     candidates (accuracy, NLL, forward seconds, prefill share, KV bytes) beside the periodic patterns. Stop it with
     /stop_run from the same client."""
-    settings = advisor_tab.AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
-    advice = advisor_tab.run_for_session(model or DEFAULT_MODEL, settings, request)
+    settings = advisor.AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
+    advice = advisor.run_for_session(model or DEFAULT_MODEL, settings, request)
     out = advice.to_dict()
     out["controls"] = _controls(advice.config, len(advice.scores.mean))
     return out
@@ -259,10 +261,10 @@ def build() -> None:
         depths = gr.Number(2, label="depths")
         sweep_task = gr.Dropdown(["needle", "passkey", "multi_key"], value="needle", label="task")
         decode_lengths = gr.CheckboxGroup(list(DECODE_LENGTHS), value=["256", "512"], label="lengths")
-        budget_kind = gr.Radio(list(advisor_tab.BUDGET_KINDS), value="full layers", label="budget_kind")
+        budget_kind = gr.Radio(list(advisor.BUDGET_KINDS), value="full layers", label="budget_kind")
         budget = gr.Number(8, label="budget")
         held_out = gr.Number(2, label="held_out")
-        advice_task = gr.Dropdown(list(advisor_tab.TASKS), value="needle", label="task")
+        advice_task = gr.Dropdown(list(advisor.TASKS), value="needle", label="task")
         trigger = gr.Button()
         out = dict(
             facts=gr.JSON(label="facts"), board=gr.HTML(label="board"), summary=gr.Markdown(label="summary"),

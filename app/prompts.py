@@ -13,10 +13,14 @@ from pathlib import Path
 
 from swaa_core.eval.tasks import TaskSample, count_tokens, make_task
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .assets import ASSETS
+
 EXAMPLES_DIR = ASSETS / "examples"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 MAX_UPLOAD_CHARS = 2_000_000  # about 500K tokens: far beyond any supported context; bigger files are refused
+# The task Length slider stops this far below the model's context: the chat template and the default new tokens must
+# fit beside the task text, or the slider's last values would always be refused.
+LENGTH_HEADROOM = 128
 
 # Built-in tasks offered in the picker: (kind, label). doc_qa is the "your text" source instead.
 TASK_CHOICES = [
@@ -129,7 +133,7 @@ def _pdf_text(path: Path, name: str) -> str:
 class Prompt:
     """The prompt widgets: a built-in task (source "task") or the user's own text (source "text").
 
-    Field names are the page's widget names (``app.ui``)."""
+    Field names are the page's widget names (app.tabs.compare)."""
 
     source: str = "task"
     task: str = "needle"

@@ -26,8 +26,8 @@ SOURCES = ("task", "text")
 class Strategy:
     """The six strategy controls, checked once where they enter the app (widgets, API, link, config).
 
-    Field names are the names of the page's widgets (``app.ui``); :meth:`from_widgets` and
-    ``app.common.strategy_values`` are the one place that maps between the two. Construction raises
+    Field names are the names of the page's widgets (app.sidebar.strategy); :meth:`from_widgets` and
+    ``app.sidebar.strategy.strategy_updates`` are the one place that maps between the two. Construction raises
     SWAAConfigError with a message for the user (see :func:`window_and_sinks`)."""
 
     window: int = 256

@@ -19,7 +19,7 @@ that need no pretraining. Pick a model, toggle the remedies, and compare against
 
 # ---------------------------------------------------------------- control explanations
 # One short line under each control (shown as `info=`); what more there is to say is in the *_DETAILS texts, behind
-# an info toggle under the panel (app.panels), and in the guided tour.
+# an info toggle under the panel (app.widgets.details), and in the guided tour.
 WINDOW_INFO = "Recent tokens each prompt token sees. Smaller is faster, but early facts drop out of sight."
 SINKS_INFO = "The first K tokens stay visible to every token (\u201cattention sinks\u201d)."
 FA_LAYERS_INFO = "Layers that keep full attention, so they still reach distant facts."

@@ -386,6 +386,17 @@ def test_architecture_tree_names_every_swaa_core_module_and_nothing_else():
     )
 
 
+def test_architecture_tree_names_every_app_module_and_nothing_else():
+    named = {p for p in tree_paths(architecture_blocks()[1]) if p.startswith("app/")}
+    package = ROOT / "app"
+    modules = {p.relative_to(ROOT).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+    folders = {p.parent.relative_to(ROOT).as_posix() + "/" for p in package.rglob("__init__.py")}
+    assert {p for p in named if p.endswith(".py")} == modules, "docs/architecture.md's app tree and app/ differ"
+    assert {p for p in named if p.endswith("/")} == folders, (
+        "docs/architecture.md's app tree and app/'s packages differ"
+    )
+
+
 def test_architecture_layer_diagram_names_every_layer_folder():
     layers = {p.name + "/" for p in (ROOT / "swaa_core").iterdir() if (p / "__init__.py").is_file()}
     shown = set(re.findall(r"\b(\w+/)", architecture_blocks()[0])) - {"app/"}

@@ -29,7 +29,8 @@ def loaded():
 @pytest.fixture(scope="session")
 def app_url(loaded):
     """URL of the app, launched in this process's background threads exactly as app.py configures it."""
-    from app.ui import build_demo, launch_kwargs
+    from app.assets import launch_kwargs
+    from app.page import build_demo
 
     demo = build_demo()
     demo.queue(default_concurrency_limit=1)

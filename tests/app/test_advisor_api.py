@@ -48,22 +48,25 @@ def test_advise_refuses_bad_budgets_by_name(client, tiny_folder, change, says):
 
 
 def test_apply_sets_the_strategy_controls_to_the_recommendation(tiny_folder):
-    from app.advisor_tab import apply_advice
-    from app.common import STRATEGY
+    from helpers.components import Names
+
+    from app.sidebar.strategy import STRATEGY
+    from app.tabs.advisor import apply_advice
 
     cfg = {"sliding_window_size": 16, "keep_first": 2, "force_fa_decode": True, "non_sliding_layers": [0, 3]}
-    values = dict(zip(STRATEGY, apply_advice(cfg, tiny_folder), strict=True))
+    values = apply_advice(Names(), cfg, tiny_folder)
+    assert set(values) == set(STRATEGY)
     assert (values["window"], values["sinks"], values["fa_layers_mode"]) == (16, 2, "custom")
     assert values["fa_layers"] == [0, 3] and values["fa_decode_mode"] == "all"
     with pytest.raises(ValueError, match="Run the advisor first"):
-        apply_advice(None, tiny_folder)
+        apply_advice(Names(), None, tiny_folder)
     with pytest.raises(ValueError, match="this model has 4 layers"):
-        apply_advice({**cfg, "non_sliding_layers": [7]}, tiny_folder)
+        apply_advice(Names(), {**cfg, "non_sliding_layers": [7]}, tiny_folder)
 
 
 def test_the_score_bars_sit_on_the_layer_axis_and_mark_the_chosen_layers():
-    from app.advisor_tab import scores_figure
     from app.plots import FA_COLOR, SWA_COLOR
+    from app.tabs.advisor import scores_figure
     from swaa_core.eval.advisor import LayerScores
     from swaa_core.eval.recommend import Advice
 

@@ -10,8 +10,9 @@ import pytest
 from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 import swaa_core
-from app import run_handlers as rh
+from app import comparison
 from app.prompts import model_input_tokens
+from app.tabs import why
 from swaa_core import SWAAConfig
 from swaa_core.eval.cot import render_prompt
 from swaa_core.eval.tasks import make_task
@@ -36,7 +37,7 @@ def test_attention_maps_read_the_templated_prompt_the_run_read(tiny, monkeypatch
         seen.append(input_ids[0].tolist())
         return real(model, input_ids, layer_idx, config, attention_mask)
 
-    monkeypatch.setattr(rh, "loaded_model", lambda _name: tiny)
+    monkeypatch.setattr(why, "loaded_model", lambda _name: tiny)
     monkeypatch.setattr(swaa_core, "capture_attention", spy)
     last_run = {
         "sample": sample.to_dict(),
@@ -44,7 +45,7 @@ def test_attention_maps_read_the_templated_prompt_the_run_read(tiny, monkeypatch
         "prompt_tokens": model_input_tokens(tiny.tokenizer, sample, cot=cot),
         "cot": cot,
     }
-    rh.draw_attention("tiny", last_run, 1, 0, -1)
+    why.draw_attention("tiny", last_run, 1, 0, -1)
 
     rendered = render_prompt(tiny.tokenizer, sample.prompt, cot=cot, answer_prefix=sample.answer_prefix)
     expected = tiny.tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -52,7 +53,7 @@ def test_attention_maps_read_the_templated_prompt_the_run_read(tiny, monkeypatch
     assert seen == [expected, expected]  # full attention and the SWAA column, both on the model's input
     assert len(expected) == last_run["prompt_tokens"]
 
-    start, end = rh._needle_tokens(tiny.tokenizer, sample, rendered)
+    start, end = comparison._needle_tokens(tiny.tokenizer, sample, rendered)
     a, b = sample.needle_char_span
     fact = "".join(sample.prompt[a:b].split())
     assert fact in "".join(tiny.tokenizer.decode(expected[start - 1 : end + 1]).split())

@@ -112,7 +112,7 @@ def test_typed_text_survives_a_reload(page, app_url):
 def test_a_failed_load_leaves_the_page_usable(page, app_url, artifacts):
     from playwright.sync_api import expect
 
-    from app.callbacks import model_choices
+    from app.sidebar.model import model_choices
     from swaa_core.models.registry import DEFAULT_MODEL
 
     page.goto(app_url)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.capacity import CUSTOM, PREFILL, CapacitySettings, capacity_figure, capacity_rows, measured_points, show
+from app.tabs.capacity import CUSTOM, PREFILL, CapacitySettings, capacity_figure, capacity_rows, measured_points, show
 from swaa_core.eval.recipes import list_recipes, resolve_recipe
 from swaa_core.models.capacity import GPUS, capacity, custom_gpu
 from swaa_core.models.memory import model_shape
@@ -89,7 +89,7 @@ def test_measured_points_only_for_the_same_run(tmp_path):
 
 
 def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
-    import app.capacity as view
+    import app.tabs.capacity as view
 
     swa = resolve_recipe("swa", 32, window=2048)
     monkeypatch.setattr(view, "RESULTS", _results(tmp_path, config=swa.to_dict()))

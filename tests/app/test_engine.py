@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app import engine
+from app import errors, model_service
 from app.board import CANCELLED, DONE, ERROR
-from app.engine import ColumnSpec, ModelHub, stream_columns
+from app.columns import ColumnSpec
+from app.model_service import ModelHub
+from app.runs import stream_columns
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.runner import RunResult
 
@@ -26,9 +28,9 @@ def test_spaces_gpu_decorates_runs_when_zero_gpu_is_present(monkeypatch):
 
         return wrap
 
-    monkeypatch.setattr(engine, "spaces", types.SimpleNamespace(GPU=gpu))
+    monkeypatch.setattr(model_service, "spaces", types.SimpleNamespace(GPU=gpu))
 
-    @engine.on_gpu(duration=42)
+    @model_service.on_gpu(duration=42)
     def run():
         return "ran"
 
@@ -36,12 +38,12 @@ def test_spaces_gpu_decorates_runs_when_zero_gpu_is_present(monkeypatch):
 
 
 def test_without_spaces_the_decorator_changes_nothing():
-    assert engine.spaces is None  # the package is not installed here, and importing app.engine did not fail
+    assert model_service.spaces is None  # the package is not installed here, and importing the app did not fail
 
     def run():
         return 1
 
-    assert engine.on_gpu(10)(run) is run
+    assert model_service.on_gpu(10)(run) is run
 
 
 class FakeModel:
@@ -132,7 +134,7 @@ def test_space_refuses_local_paths_outside_the_allowed_folders(monkeypatch, tmp_
     allowed = tmp_path / "adapters"
     (allowed / "mine").mkdir(parents=True)
     monkeypatch.setenv("SPACE_ID", "someone/swaa")
-    monkeypatch.setenv(engine.ALLOWED_DIRS_ENV, str(allowed))
+    monkeypatch.setenv(model_service.ALLOWED_DIRS_ENV, str(allowed))
     hub = ModelHub(CachingLoader())
     for path in ("/etc", str(tmp_path), f"{allowed}/../../etc"):
         with pytest.raises(ValueError, match=r"This Space loads a model from the Hugging Face Hub or from its"):
@@ -145,7 +147,7 @@ def test_space_refuses_local_paths_outside_the_allowed_folders(monkeypatch, tmp_
 
 def test_tokens_never_reach_a_message(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_" + "a" * 34)
-    text = engine.friendly_error(OSError(f"401 for url https://x?token={'hf_' + 'a' * 34} and hf_{'B' * 30}"))
+    text = errors.friendly_error(OSError(f"401 for url https://x?token={'hf_' + 'a' * 34} and hf_{'B' * 30}"))
     assert "hf_" not in text and text.count("***") == 2
 
 
@@ -197,7 +199,7 @@ def test_a_failing_column_shows_its_message_and_the_others_run():
 
 
 def test_out_of_memory_reads_as_advice():
-    text = engine.friendly_error(MemoryError())
+    text = errors.friendly_error(MemoryError())
     assert text.startswith("Out of memory") and "shorter prompt" in text
 
 
@@ -242,7 +244,7 @@ def test_an_adapter_trained_again_into_its_folder_is_merged_again(tmp_path):
     tok.save_pretrained(tmp_path / "base")
     loaded = load_model(tmp_path / "base", reuse=False)
     ids = torch.tensor([[5, 9, 17, 30, 41]])
-    adapters = engine.AdapterModels()
+    adapters = model_service.AdapterModels()
     folder = tmp_path / "adapter"
 
     def served():
@@ -281,7 +283,7 @@ def test_a_stopped_column_keeps_its_answer_on_the_page_and_in_the_exports(tiny_l
     import pandas as pd
 
     from app.board import render_board
-    from app.run_handlers import export_files, result_rows
+    from app.comparison import export_files, result_rows
     from swaa_core.engine.patch import attention_modules
     from swaa_core.eval.runner import run_one
 

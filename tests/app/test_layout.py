@@ -48,9 +48,9 @@ def fill(page) -> None:
     sweep (plot and table), needle sweep (heatmap) and decode-speed curve: every plot and table the app draws."""
     from playwright.sync_api import expect
 
-    from app import callbacks as cb
+    from app.sidebar.strategy import recipe_choices
 
-    labels = {name: title for title, name in cb.recipe_choices()}
+    labels = {name: title for title, name in recipe_choices()}
     wait_until_ready(page)
     page.click("#swaa-run")
     expect(page.locator('#swaa-board [data-testid="verdict"]')).to_have_count(3, timeout=RUN_S * 1000)

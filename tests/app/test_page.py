@@ -7,11 +7,13 @@ import warnings
 
 import gradio as gr
 import pytest
+from helpers.components import Names
 
-from app import callbacks as cb
-from app.common import toast_errors
-from app.engine import ModelHub
+from app.errors import toast_errors
+from app.model_service import ModelHub
+from app.sidebar import model as model_panel
 from app.state import Strategy
+from app.tabs import compare
 
 
 def _warnings(fn, *args):
@@ -27,7 +29,7 @@ def _is_skip(value) -> bool:
 
 def test_every_page_event_is_private_and_turns_failures_into_toasts():
     from app.api import ENDPOINTS
-    from app.ui import build_demo
+    from app.page import build_demo
 
     demo = build_demo()
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility != "private"}
@@ -42,11 +44,11 @@ def test_a_failed_load_keeps_the_model_in_use_and_every_control(monkeypatch):
     def load(name):
         raise ValueError(f"{name!r} is not an embedded model, an existing folder, nor a Hub id")
 
-    monkeypatch.setattr(cb, "HUB", ModelHub(load))
+    monkeypatch.setattr(model_panel, "HUB", ModelHub(load))
     strategy = Strategy(fa_layers_mode="1/2", fa_layers=[1, 3], fa_decode_mode="all")
-    result, toasts = _warnings(cb.load_model, "does-not-exist/nope-model", "smollm2-135m", strategy)
-    assert result[0] == "smollm2-135m"  # the dropdown goes back to the model in use
-    assert len(result) == 1 + len(cb.MODEL_OUTPUTS) and all(_is_skip(v) for v in result[1:])
+    result, toasts = _warnings(model_panel.load_model, Names(), "does-not-exist/nope-model", "smollm2-135m", strategy)
+    # the dropdown goes back to the model in use; every other output is left out, so it stays as it was
+    assert result == {"model": "smollm2-135m"}
     assert toasts == [
         "'does-not-exist/nope-model' is not an embedded model, an existing folder, nor a Hub id. Still using "
         "smollm2-135m."
@@ -54,11 +56,11 @@ def test_a_failed_load_keeps_the_model_in_use_and_every_control(monkeypatch):
 
 
 def test_an_empty_model_name_is_a_toast(monkeypatch):
-    monkeypatch.setattr(cb, "HUB", ModelHub(lambda name: pytest.fail("nothing should load")))
+    monkeypatch.setattr(model_panel, "HUB", ModelHub(lambda name: pytest.fail("nothing should load")))
     result, toasts = _warnings(
-        cb.load_model, "  ", "smollm2-135m", Strategy(fa_layers_mode="1/2", fa_decode_mode="all")
+        model_panel.load_model, Names(), "  ", "smollm2-135m", Strategy(fa_layers_mode="1/2", fa_decode_mode="all")
     )
-    assert result[0] == "smollm2-135m" and "Choose a model" in toasts[0]
+    assert result == {"model": "smollm2-135m"} and "Choose a model" in toasts[0]
 
 
 @pytest.mark.parametrize(
@@ -72,8 +74,8 @@ def test_an_empty_model_name_is_a_toast(monkeypatch):
 def test_a_bad_upload_keeps_the_document_and_says_why(tmp_path, name, raw, message):
     path = tmp_path / name
     path.write_bytes(raw)
-    (document, upload), toasts = _warnings(cb.read_upload, str(path), "my own text")
-    assert _is_skip(document) and upload is None  # the text box keeps "my own text"; the upload box is cleared
+    result, toasts = _warnings(compare.read_upload, Names(), str(path), "my own text")
+    assert result == {"upload": None}  # the text box keeps "my own text"; the upload box is cleared
     assert len(toasts) == 1 and message in toasts[0]
     assert path.exists()  # only read: another visitor's identical upload may share the path
 
@@ -81,10 +83,12 @@ def test_a_bad_upload_keeps_the_document_and_says_why(tmp_path, name, raw, messa
 def test_a_good_upload_replaces_the_document_and_stays_for_others(tmp_path):
     path = tmp_path / "notes.md"
     path.write_text("東京の猫は三匹。 🐈 مرحبا", encoding="utf-8")
-    (document, upload), toasts = _warnings(cb.read_upload, str(path), "old text")
-    assert (document, upload, toasts) == ("東京の猫は三匹。 🐈 مرحبا", None, [])
+    result, toasts = _warnings(compare.read_upload, Names(), str(path), "old text")
+    assert (result, toasts) == ({"document": "東京の猫は三匹。 🐈 مرحبا", "upload": None}, [])
     # Gradio stores uploads by content hash: a second visitor's identical file is this path, read after ours
-    assert _warnings(cb.read_upload, str(path), "their text")[0][0] == "東京の猫は三匹。 🐈 مرحبا"
+    assert (
+        _warnings(compare.read_upload, Names(), str(path), "their text")[0]["document"] == "東京の猫は三匹。 🐈 مرحبا"
+    )
 
 
 def test_toasts_leave_every_output_unchanged():
@@ -96,7 +100,7 @@ def test_toasts_leave_every_output_unchanged():
         raise ValueError("Broke halfway.")
 
     result, toasts = _warnings(toast_errors(fails, 3))
-    assert len(result) == 3 and all(_is_skip(v) for v in result) and toasts == ["A specific message."]
+    assert _is_skip(result) and toasts == ["A specific message."]  # one skip: Gradio skips every output
     (outputs, toasts) = _warnings(lambda: list(toast_errors(fails_later, 1)()))
     assert outputs[0] == "partial" and _is_skip(outputs[1]) and toasts == ["Broke halfway."]
 
@@ -120,7 +124,7 @@ def test_texts_name_real_commands_and_number_the_tour_from_one(tmp_path):
     import shlex
 
     from app import texts
-    from app.callbacks import config_json
+    from app.sidebar.strategy import config_json
     from swaa_core.cli import build_parser, read_config_file
     from swaa_core.engine.config import SWAAConfig
 

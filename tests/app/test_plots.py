@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from app import maps, plots
-from app.common import mask_figure
-from app.engine import ColumnSpec
+from app.columns import ColumnSpec, mask_figure
 from swaa_core.engine.config import SWAAConfig
 
 

@@ -8,12 +8,13 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from helpers.components import Names
 from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
-from app import callbacks as cb
-from app import run_handlers as rh
+from app import comparison, model_service
 from app.prompts import Prompt
 from app.state import Strategy
+from app.tabs import compare
 from swaa_core.eval.cot import render_prompt
 
 CONTEXT = 400
@@ -29,9 +30,9 @@ def tiny():
 
 @pytest.fixture
 def page(tiny, monkeypatch):
-    monkeypatch.setattr(cb.HUB, "is_ready", lambda _name: True)
-    monkeypatch.setattr(cb, "loaded_model", lambda _name: tiny)
-    monkeypatch.setattr(rh, "loaded_model", lambda _name: tiny)
+    monkeypatch.setattr(model_service.HUB, "is_ready", lambda _name: True)
+    monkeypatch.setattr(compare, "loaded_model", lambda _name: tiny)
+    monkeypatch.setattr(comparison, "loaded_model", lambda _name: tiny)
     return tiny
 
 
@@ -49,8 +50,9 @@ TEXT = Prompt(source="text", document="The keeper of the lighthouse was Ada. " *
 def test_over_the_limit_counts_the_new_tokens_in_one_sentence(page, new):
     n = _tokens(page.tokenizer, TEXT)
     assert n + new > CONTEXT
-    info, _, shown = cb.prompt_info("tiny", TEXT, 64, False, new)
-    assert shown == n
+    shown = compare.prompt_info(Names(), "tiny", TEXT, 64, False, new)
+    info = shown["token_info"]
+    assert shown["prompt_tokens"] == n
     assert f"shorten the prompt by {n + new - CONTEXT:,} tokens" in info
     assert "sees" not in info  # no half sentence about the window glued to the warning
     assert (f"and {new} new tokens need {n + new:,} tokens" in info) if new else (f"needs {n:,} tokens" in info)
@@ -59,7 +61,7 @@ def test_over_the_limit_counts_the_new_tokens_in_one_sentence(page, new):
 def test_under_the_limit_tells_what_the_window_sees(page):
     short = Prompt(source="text", document="Ada kept the lighthouse.", question="Who kept it?")
     n = _tokens(page.tokenizer, short)
-    info, _, _ = cb.prompt_info("tiny", short, 8, False, 12)
+    info = compare.prompt_info(Names(), "tiny", short, 8, False, 12)["token_info"]
     assert "over the limit" not in info
     assert f"a window of 8 tokens sees {8 / n:.0%} of it at a time." in info
 
@@ -72,9 +74,9 @@ def test_under_the_limit_tells_what_the_window_sees(page):
     ],
 )
 def test_the_refusal_names_a_control_the_prompt_has(page, prompt, control):
-    options = rh.RunOptions(cot=False, adapter="", max_new_tokens=12, pinned=[], decode_path="auto")
+    options = comparison.RunOptions(cot=False, adapter="", max_new_tokens=12, pinned=[], decode_path="auto")
     with pytest.raises(ValueError) as caught:
-        rh.Comparison.build("tiny", Strategy(window=64), prompt, options)
+        comparison.Comparison.build("tiny", Strategy(window=64), prompt, options)
     message = str(caught.value)
     n = _tokens(page.tokenizer, prompt)
     assert (

@@ -174,7 +174,7 @@ def test_the_page_and_the_api_take_the_command_lines_ranges(window, sinks, optio
 def test_the_api_results_carry_the_configs_notes():
     """sinks=100000 at window 256 is legal but surprising: the command line notes it, and so do the API's rows."""
     from app.board import ColumnView
-    from app.run_handlers import result_rows
+    from app.comparison import result_rows
     from swaa_core import SWAAConfig
     from swaa_core.eval.runner import RunResult
 

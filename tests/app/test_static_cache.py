@@ -14,8 +14,7 @@ from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 import swaa_core.engine.fast_decode as fast_decode
 import swaa_core.eval.decoding as decoding
-from app import run_handlers as rh
-from app import sweeps
+from app import comparison, sweep_runs
 from app.board import render_board, summary_markdown
 from app.plots import decode_speed_figure, latency_figure
 from app.prompts import Prompt
@@ -57,10 +56,10 @@ def spy(monkeypatch):
 
 def _compare(tiny, monkeypatch, decode_path) -> list:
     """The page's comparison request, built from the same values the widgets send; the finished column views."""
-    monkeypatch.setattr(rh, "loaded_model", lambda _name: tiny)
+    monkeypatch.setattr(comparison, "loaded_model", lambda _name: tiny)
     prompt = Prompt(source="task", task="passkey", length=300, depth=0.4, seed=1)
-    options = rh.RunOptions(cot=False, adapter="", max_new_tokens=6, pinned=[], decode_path=decode_path)
-    run = rh.Comparison.build("tiny", STRATEGY, prompt, options)
+    options = comparison.RunOptions(cot=False, adapter="", max_new_tokens=6, pinned=[], decode_path=decode_path)
+    run = comparison.Comparison.build("tiny", STRATEGY, prompt, options)
     return list(run.stream(f"test-static-{decode_path}"))[-1]
 
 
@@ -84,17 +83,17 @@ def test_the_option_reaches_the_runner_and_keeps_the_answers(tiny, monkeypatch, 
     assert board.count(FIXED_BUFFERS) == 2 and "setup" in board
     assert f"Decode path: {FIXED_BUFFERS} ({FIXED}) in every column" in summary
     assert f"Decode path: {DYNAMIC_CACHE} ({EAGER}) in every column" in summary_markdown(dynamic)
-    rows = rh.result_rows(fixed, {"decode_path_asked": "fixed"})
+    rows = comparison.result_rows(fixed, {"decode_path_asked": "fixed"})
     assert [(r["decode_path"], r["decode_reason"]) for r in rows] == [(FIXED_BUFFERS, FIXED)] * 2
     assert all(r["setup_s"] > 0 for r in rows)
     assert FIXED_BUFFERS in latency_figure(rows).layout.xaxis.title.text
 
 
 def test_the_curve_goes_through_the_fixed_buffers_when_asked(tiny, monkeypatch, spy):
-    monkeypatch.setattr(sweeps, "loaded_model", lambda _name: tiny)
-    lengths, steps = (64, 128), sweeps.DECODE_CURVE_TOKENS
-    speed = sweeps.DecodeSpeedSettings(("full", "swa"), lengths, window=W, sinks=0, decode_path="fixed")
-    rows, note = sweeps.decode_curve("tiny", speed, None, _no_progress)
+    monkeypatch.setattr(sweep_runs, "loaded_model", lambda _name: tiny)
+    lengths, steps = (64, 128), sweep_runs.DECODE_CURVE_TOKENS
+    speed = sweep_runs.DecodeSpeedSettings(("full", "swa"), lengths, window=W, sinks=0, decode_path="fixed")
+    rows, note = sweep_runs.decode_curve("tiny", speed, None, _no_progress)
     # one warm-up per recipe, then one timed generation per point: first token + `steps` steps on a CPU
     assert sorted(spy) == sorted([WARM_UP_TOKENS] * 2 + [steps + 1] * 4)
     assert [(r["prompt_tokens"], r["decode_path"]) for r in rows] == [(n, FIXED_BUFFERS) for n in lengths for _ in "ab"]
@@ -108,8 +107,8 @@ def test_the_curve_goes_through_the_fixed_buffers_when_asked(tiny, monkeypatch, 
     assert FIXED_BUFFERS in decode_speed_figure(rows).layout.xaxis.title.text
 
     spy.clear()
-    plain = sweeps.DecodeSpeedSettings(("swa",), (64,), window=W, sinks=0)  # auto: this CPU's default
-    rows, note = sweeps.decode_curve("tiny", plain, None, _no_progress)
+    plain = sweep_runs.DecodeSpeedSettings(("swa",), (64,), window=W, sinks=0)  # auto: this CPU's default
+    rows, note = sweep_runs.decode_curve("tiny", plain, None, _no_progress)
     assert spy == [] and rows[0]["decode_path"] == DYNAMIC_CACHE and f"Decode path: {DYNAMIC_CACHE} ({CPU})." in note
 
 
@@ -118,12 +117,12 @@ def _no_progress(*_args, **_kwargs) -> None:
 
 
 @pytest.mark.parametrize("build", [
-    lambda v: rh.Comparison.build("tiny", STRATEGY, Prompt(length=200), rh.RunOptions(decode_path=v)),
-    lambda v: sweeps.DecodeSpeedSettings(("swa",), (64,), decode_path=v),
-    lambda v: sweeps.RecipeSweepSettings(("swa",), decode_path=v),
+    lambda v: comparison.Comparison.build("tiny", STRATEGY, Prompt(length=200), comparison.RunOptions(decode_path=v)),
+    lambda v: sweep_runs.DecodeSpeedSettings(("swa",), (64,), decode_path=v),
+    lambda v: sweep_runs.RecipeSweepSettings(("swa",), decode_path=v),
 ], ids=["comparison", "decode-speed", "recipe-sweep"])  # fmt: skip
 def test_a_bad_value_is_refused_with_a_message(tiny, monkeypatch, build):
-    monkeypatch.setattr(rh, "loaded_model", lambda _name: tiny)
+    monkeypatch.setattr(comparison, "loaded_model", lambda _name: tiny)
     with pytest.raises(ValueError, match=r"Decode path must be one of auto \(Auto\), fixed \(Fixed-buffer\), eager"):
         build("maybe")
     assert [build(v).decode_path for v in ("Fixed-buffer", "eager", None)] == ["fixed", "eager", "auto"]

@@ -8,12 +8,14 @@ import warnings
 
 import gradio as gr
 import pytest
+from helpers.components import Names
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.common import STRATEGY, matching_recipe, strategy_values
+from app.columns import matching_recipe
+from app.events import Group, flatten
+from app.sidebar.strategy import STRATEGY, strategy_updates
 from app.state import Strategy
-from app.wiring import Group, flatten
 from swaa_core.engine.config import SWAAConfig, SWAAConfigError
 from swaa_core.eval.recipes import list_recipes
 
@@ -94,7 +96,7 @@ def test_a_strategy_is_checked_once_when_it_is_built(change, message):
 
 
 def test_a_bad_widget_value_is_a_toast_that_leaves_every_output():
-    from app.common import toast_errors
+    from app.errors import toast_errors
 
     fn, _ = flatten(lambda strategy: pytest.fail("the handler must not run"), [Group(Strategy.from_widgets,
                                                                                     {n: Box(n) for n in STRATEGY})])  # fmt: skip
@@ -102,28 +104,47 @@ def test_a_bad_widget_value_is_a_toast_that_leaves_every_output():
         warnings.simplefilter("always")
         result = toast_errors(fn, 2)(12.5, 10, "1/2", [], "all", [])
     assert [str(w.message) for w in caught] == ["The window size must be a whole number, got 12.5."]
-    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in result)
+    assert result == {"__type__": "update"}  # one skip: Gradio leaves every output as it was
 
 
 def test_strategy_widgets_round_trip():
     s = Strategy(window=96, sinks=3, fa_layers_mode="custom", fa_layers=[2, 9], fa_decode_mode="layers",
                  fa_decode_layers=[0, 5])  # fmt: skip
-    values = strategy_values(s)
-    strip = values[-1]  # the decode strip is an update: its value and visibility
-    shown = [*values[:-1], strip.value]
-    assert Strategy.from_widgets(**dict(zip(STRATEGY, shown, strict=True))) == s
+    values = strategy_updates(Names(), s)
+    assert list(values) == list(STRATEGY)
+    strip = values["fa_decode_layers"]  # the decode strip is an update: its value and visibility
+    assert Strategy.from_widgets(**{**values, "fa_decode_layers": strip.value}) == s
     assert strip.visible is True
-    assert all(isinstance(v, dict) and len(v) == 1 for v in strategy_values(None))  # skips
 
 
-def test_every_output_name_is_a_widget_of_the_page():
-    from app import callbacks as cb
-    from app.ui import build_demo
+def test_the_quick_page_events_return_only_their_own_outputs(loaded):
+    """Every quick page event (those that never wait in the model's queue: opening the page, the controls, the
+    prompt count, the config and its pictures) called with the values a fresh page sends: Gradio takes what each
+    handler returns, whose dicts name only output components of that very event (Gradio's conversion refuses any
+    other component)."""
+    import asyncio
+    from types import SimpleNamespace
 
-    ui = build_demo().ui
-    for names in (STRATEGY, cb.MODEL_OUTPUTS, cb.OPEN_OUTPUTS, cb.CONFIG_OUTPUTS, cb.TEXT_OUTPUTS):
-        assert all(isinstance(getattr(ui, name, None), gr.components.Component) for name in names), names
-        assert len(set(names)) == len(names)
+    from gradio.blocks import Block
+
+    from app.page import build_demo
+
+    demo = build_demo()
+    request = SimpleNamespace(query_params={}, session_hash="test-quick-events", request=None)
+    by_component = 0
+    for event in demo.fns.values():
+        quick = event.api_visibility == "private" and event.concurrency_limit is None
+        if not quick or event.fn is None or inspect.iscoroutinefunction(event.fn):
+            continue  # an API endpoint, a model run, a script in the browser, a Stop
+        takes_request = "request" in inspect.signature(event.fn).parameters
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # toasts of values a fresh page never sends (an empty JSON to apply)
+            result = event.fn(*(c.value for c in event.inputs), **({"request": request} if takes_request else {}))
+            results = list(result) if inspect.isgenerator(result) else [result]
+        for value in results:
+            asyncio.run(demo.postprocess_data(event, value, None))
+            by_component += isinstance(value, dict) and bool(value) and all(isinstance(k, Block) for k in value)
+    assert by_component >= 10
 
 
 # ---------------------------------------------------------------- presets
@@ -163,8 +184,9 @@ def test_every_sweep_has_a_stop_that_cancels_the_sessions_run_without_queueing()
     import inspect
     from types import SimpleNamespace
 
-    from app.common import CANCELS
-    from app.ui import SWEEP_STOPS, build_demo
+    from app.page import build_demo
+    from app.runs import CANCELS
+    from app.tabs.sweeps import SWEEP_STOPS
 
     demo = build_demo()
     ui = demo.ui

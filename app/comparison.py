@@ -1,7 +1,7 @@
-"""Handlers that run the model side by side: the comparison, its attention maps and mask pictures.
+"""The side-by-side comparison as data, shared by the page's Compare tab and the API's /compare: the request checked
+once (RunOptions, Comparison.build), its columns streamed, its exports, and the attention its maps read.
 
-All model work is swaa_core's (runner.run_one, capture_attention); these functions stream and draw what comes back.
-Runs are cancellable through the session's Stop button and decorated for ZeroGPU. The sweeps are in app.sweeps.
+All model work is swaa_core's (runner.run_one, capture_attention); nothing here knows about widgets.
 """
 
 from __future__ import annotations
@@ -10,30 +10,19 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import gradio as gr
-
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.harness import ContextOverflowError, check_context
 
-from . import maps, plots
-from .board import ColumnView, render_board, summary_markdown
-from .common import (
-    ADAPTERS,
-    CANCELS,
-    ColumnSpec,
-    columns_for,
-    loaded_model,
-    mask_figure,
-    num_layers,
-    session_id,
-    stop_session,
-    ui_errors,
-    write_temp,
-)
-from .engine import on_gpu, stream_columns
+from . import maps
+from .board import ColumnView
+from .columns import ColumnSpec, columns_for
+from .model_service import ADAPTERS, loaded_model, num_layers
 from .prompts import Prompt, model_input, model_input_tokens, token_count
+from .runs import CANCELS, stream_columns
 from .state import Strategy, decode_path_choice, whole_in_range
+from .temp_files import write_temp
 
+MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 # The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
 # the sweep's coordinates (cell id, window, length target, depth, ...), and without the reasoning text and the
@@ -47,13 +36,6 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
-async def stop_run(request: gr.Request):
-    if await stop_session(request):
-        gr.Info("Stopping: the running column ends at its next step; finished results stay; a run still waiting "
-                "for the model does not start.")  # fmt: skip
-
-
-# ---------------------------------------------------------------- the comparison
 @dataclass(frozen=True)
 class RunOptions:
     """What a comparison runs with besides the strategy and the prompt (the widgets of the same names)."""
@@ -111,48 +93,23 @@ class Comparison:
                 "max_new_tokens": self.max_new_tokens, "decode_path_asked": self.decode_path}  # fmt: skip
         return result_rows(views, meta)
 
+    def last_run(self, views: list[ColumnView]) -> dict:
+        """What the attention maps and mask pictures need of this run once it finished (JSON, kept in the page's
+        state): the sample, the columns' configs and the prompt tokens the model read."""
+        tokens = next((v.result.prompt_tokens for v in views if v.result and v.result.prompt_tokens), 0)
+        return {
+            "sample": self.sample.to_dict(),
+            "columns": [(c.label, c.config.to_dict() if c.config else None) for c in self.columns],
+            "prompt_tokens": tokens or model_input_tokens(self.loaded.tokenizer, self.sample, cot=self.cot),
+            "cot": bool(self.cot),  # the maps read what the run's model read
+        }
 
-MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
-
-
-@on_gpu(duration=180)
-def run_comparison(
-    active_model, strategy: Strategy, prompt: Prompt, options: RunOptions, layer, request: gr.Request = None
-):
-    """Stream every column (full attention first) on the same prompt; end with metrics, summary and exports."""
-    run = Comparison.build(active_model, strategy, prompt, options)
-    views: list[ColumnView] = []
-    for views in run.stream(session_id(request)):
-        yield (render_board(views), *[gr.skip()] * 8)
-    rows = run.rows(views)
-    prompt_tokens = next((v.result.prompt_tokens for v in views if v.result and v.result.prompt_tokens), 0)
-    swaa_choices = [(c.label, i) for i, c in enumerate(run.columns) if c.config is not None]
-    last_run = {
-        "sample": run.sample.to_dict(),
-        "columns": [(c.label, c.config.to_dict() if c.config else None) for c in run.columns],
-        "prompt_tokens": prompt_tokens or model_input_tokens(run.loaded.tokenizer, run.sample, cot=run.cot),
-        "cot": bool(run.cot),  # the maps read what the run's model read
-    }
-    masks = mask_figure(run.columns, last_run["prompt_tokens"], run.max_new_tokens, int(layer or 0))
-    csv, data = export_files(rows)
-    yield (
-        render_board(views),
-        summary_markdown(views),
-        plots.plot_data(plots.latency_figure(rows), "swaa-latency"),
-        plots.plot_data(masks, "swaa-masks"),
-        last_run,
-        gr.DownloadButton(value=csv, interactive=bool(csv)),
-        gr.DownloadButton(value=data, interactive=bool(data)),
-        gr.Dropdown(choices=swaa_choices, value=swaa_choices[-1][1]),
-        gr.Slider(value=_first_sliding_layer(run.config, int(layer or 0))),
-    )
-
-
-def _first_sliding_layer(cfg: SWAAConfig, current: int) -> int:
-    """Keep the chosen layer if it slides (the interesting case), else show the first sliding layer."""
-    if cfg.layer_slides(current):
-        return current
-    return next((i for i in range(current, current + 1000) if cfg.layer_slides(i)), current)
+    def shown_layer(self, current: int) -> int:
+        """The layer the maps show after the run: the chosen one if it slides (the interesting case), else the first
+        sliding layer after it."""
+        if self.config.layer_slides(current):
+            return current
+        return next((i for i in range(current, current + 1000) if self.config.layer_slides(i)), current)
 
 
 def _check_length(loaded, sample, max_new: int, cot: bool, *, from_task: bool) -> None:
@@ -191,16 +148,30 @@ def export_files(rows: list[dict]) -> tuple[str | None, str | None]:
     return csv, data
 
 
-# ---------------------------------------------------------------- attention maps and masks
-@ui_errors
-@on_gpu(duration=60)
-def draw_attention(active_model, last_run, column, layer, head):
+# ---------------------------------------------------------------- what the attention maps read
+class PromptTooLongForMaps(ValueError):
+    """The run's prompt is longer than the maps are drawn for (MAX_ATTENTION_TOKENS)."""
+
+
+@dataclass
+class AttentionMaps:
+    """One layer's attention, full attention and one SWAA column, on the prompt the run's model read."""
+
+    label: str  # the SWAA column's
+    config: SWAAConfig
+    layer: int
+    full: maps.PooledAttention
+    swaa: maps.PooledAttention
+    needle_tokens: tuple[int, int] | None  # token span of the fact, where the task has one
+
+
+def attention_maps(loaded, last_run: dict, column: int | None, layer: int) -> AttentionMaps:
+    """Capture ``layer``'s attention probabilities under full attention and under the config of ``column`` (an index
+    into ``last_run["columns"]``; None: the last one), on the chat-templated prompt the run read, pooled for the
+    screen. PromptTooLongForMaps past MAX_ATTENTION_TOKENS."""
     from swaa_core import capture_attention
     from swaa_core.eval.tasks import TaskSample
 
-    if not last_run:
-        return plots.plot_data(plots.message_figure("Run a comparison first; the maps use its prompt."), "attention")
-    loaded = loaded_model(active_model)
     sample = TaskSample.from_dict(last_run["sample"])
     index = int(column) if column is not None else len(last_run["columns"]) - 1
     label, cfg_dict = last_run["columns"][index]
@@ -208,24 +179,14 @@ def draw_attention(active_model, last_run, column, layer, head):
     rendered = model_input(loaded.tokenizer, sample, cot=bool(last_run.get("cot")))
     ids = loaded.tokenizer(rendered, return_tensors="pt", add_special_tokens=False)["input_ids"]
     if ids.shape[1] > MAX_ATTENTION_TOKENS:
-        text = f"The prompt has {ids.shape[1]:,} tokens; attention maps are drawn up to {MAX_ATTENTION_TOKENS:,}."
-        return plots.plot_data(plots.message_figure(text), "attention")
-    ids, layer = ids.to(loaded.model.device), int(layer)
+        raise PromptTooLongForMaps(
+            f"The prompt has {ids.shape[1]:,} tokens; attention maps are drawn up to {MAX_ATTENTION_TOKENS:,}."
+        )
+    ids = ids.to(loaded.model.device)
     with loaded.lock:
         fa = maps.pool_attention(capture_attention(loaded.model, ids, layer, None).cpu())
         sw = maps.pool_attention(capture_attention(loaded.model, ids, layer, cfg).cpu())
-    fig = maps.attention_figure(
-        fa,
-        sw,
-        head=None if head is None or int(head) < 0 else int(head),
-        layer=layer,
-        window=cfg.sliding_window_size,
-        sinks=cfg.keep_first,
-        swaa_label=label,
-        layer_slides=cfg.layer_slides(layer),
-        needle_tokens=_needle_tokens(loaded.tokenizer, sample, rendered),
-    )
-    return plots.plot_data(fig, f"swaa-attention-layer{layer}")
+    return AttentionMaps(label, cfg, layer, fa, sw, _needle_tokens(loaded.tokenizer, sample, rendered))
 
 
 def _needle_tokens(tokenizer, sample, rendered: str) -> tuple[int, int] | None:
@@ -236,14 +197,3 @@ def _needle_tokens(tokenizer, sample, rendered: str) -> tuple[int, int] | None:
     a, b = (offset + i for i in sample.needle_char_span)
     start = token_count(tokenizer, rendered[:a])
     return start, start + max(1, token_count(tokenizer, rendered[a:b]))
-
-
-@ui_errors
-def masks_for_layer(active_model, last_run, layer):
-    if not last_run:
-        return gr.skip()
-    n = num_layers(loaded_model(active_model))
-    columns = [
-        ColumnSpec(label, SWAAConfig.from_dict(c).validate(n) if c else None) for label, c in last_run["columns"]
-    ]
-    return plots.plot_data(mask_figure(columns, last_run["prompt_tokens"], 0, int(layer)), "swaa-masks")

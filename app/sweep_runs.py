@@ -1,13 +1,14 @@
-"""Handlers of the sweeps tab: recipes (accuracy vs time), needle depth x length, and decode speed vs context.
+"""The sweeps the "Recipes & needles" tab and the API run: recipes (accuracy vs time), needle depth x length, and
+decode speed vs context.
 
-Each takes its widgets as one checked value (RecipeSweepSettings, NeedleSweepSettings, DecodeSpeedSettings) built
-where they enter the app, by the page (app.wiring groups) or the API; the work is swaa_core's (sweep.run_sweep,
-latency.decode_speed_curve), streamed as progress and cancellable through the session's Stop button.
+Each takes its settings as one checked value (RecipeSweepSettings, NeedleSweepSettings, DecodeSpeedSettings) built
+where they enter the app, by the page (app.events groups) or the API; the work is swaa_core's (sweep.run_sweep,
+latency.decode_speed_curve), reported as progress and cancellable through the session's Stop button. Nothing here
+knows about widgets: the tab (app.tabs.sweeps) draws what comes back.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import numpy as np
 from swaa_core.eval.latency import DYNAMIC_CACHE
 from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resolve_recipe
 
-from . import plots
-from .common import CANCELS, config_label, loaded_model, num_layers, session_id, stop_session, temp_folder
-from .engine import on_gpu
+from .columns import config_label
+from .model_service import loaded_model, num_layers
+from .runs import session_run
 from .state import Strategy, decode_path_choice, whole_in_range, window_and_sinks
+from .temp_files import temp_folder
 
 MAX_LENGTH = 131072  # tokens: beyond any supported context
 
@@ -72,14 +74,6 @@ class RecipeSweepSettings:
         _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
         path = decode_path_choice(self.decode_path)
         _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot), decode_path=path)
-
-
-@on_gpu(duration=600)
-def run_recipe_sweep(active_model, sweep: RecipeSweepSettings, request: gr.Request = None, progress=gr.Progress()):
-    """The page's recipe sweep: the trade-off plot and the table (shown once there is something in it)."""
-    result = recipe_sweep(active_model, sweep, request, progress)
-    figure = plots.tradeoff_figure(result.points, time_label=result.time_label)
-    return plots.plot_data(figure, "swaa-tradeoff"), gr.Dataframe(value=result.table, visible=True)
 
 
 @dataclass
@@ -166,18 +160,6 @@ class NeedleSweepSettings:
         _freeze(self, lengths=lengths, depths=depths, samples=samples, seed=int(self.seed or 0), task=task)
 
 
-@on_gpu(duration=600)
-def run_needle_sweep(
-    active_model, strategy: Strategy, sweep: NeedleSweepSettings, request: gr.Request = None, progress=gr.Progress()
-):
-    """The page's needle sweep: the heatmap and the CSV download."""
-    grids, path = needle_sweep(active_model, strategy, sweep, request, progress)
-    return (
-        plots.plot_data(plots.needle_heatmap_figure(grids), "swaa-needle-heatmap"),
-        gr.DownloadButton(value=str(path), interactive=True),
-    )
-
-
 def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, request, progress):
     """Full attention vs ``strategy`` over prompt length x needle depth. Returns one (label, lengths, depths,
     accuracy grid [depth, length]) per config and the CSV file of every run."""
@@ -207,13 +189,6 @@ def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, r
 
 
 # ---------------------------------------------------------------- running a sweep
-async def stop_sweep(request: gr.Request = None) -> None:
-    """The sweeps' Stop buttons: the session's running sweep ends at its next step and keeps what finished; one
-    still waiting for the model never starts."""
-    if await stop_session(request):
-        gr.Info("Stopping: the run in progress ends at its next step; the finished points stay.")
-
-
 def _sweep_file() -> Path:
     return temp_folder("sweep-") / "sweep.jsonl"
 
@@ -233,20 +208,13 @@ def _sweep(loaded, spec, request, progress, what: str):
     """run_sweep with a progress bar and the session's Stop button; what finished before a stop is kept."""
     from swaa_core.eval.sweep import run_sweep
 
-    session = session_id(request)
-    cancel = CANCELS.start(session)
-    CANCELS.track(threading.current_thread())
     progress(0, desc=f"{what}: {spec.total_cells} runs")
-    try:
+    with session_run(request) as cancel:
         df = run_sweep(
             loaded, spec, _sweep_file(), progress=False, cancel=cancel,
             on_result=_progress_callback(progress, spec.total_cells, what),
         )  # fmt: skip
-    finally:
-        stopped = cancel.is_set()
-        CANCELS.finish(session, cancel)
-        CANCELS.untrack(threading.current_thread())
-    if stopped:
+    if cancel.is_set():
         gr.Warning(f"{what} stopped after {len(df)} of {spec.total_cells} runs; the plot shows those.")
     if df.empty:
         raise ValueError(f"The {what} finished no run; nothing to draw.")
@@ -276,13 +244,6 @@ class DecodeSpeedSettings:
         _freeze(self, recipes=tuple(self.recipes), lengths=lengths, window=window, sinks=sinks, decode_path=path)
 
 
-@on_gpu(duration=600)
-def run_decode_curve(active_model, speed: DecodeSpeedSettings, request: gr.Request = None, progress=gr.Progress()):
-    """The page's decode-speed plot and its note."""
-    rows, note = decode_curve(active_model, speed, request, progress)
-    return plots.plot_data(plots.decode_speed_figure(rows), "swaa-decode-speed"), note
-
-
 def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) -> tuple[list[dict], str]:
     """Decode tokens/s of the ticked recipes at each chosen prompt length (random tokens, one run per point).
     Returns one row per (recipe, length) (swaa_core.eval.latency.DecodePoint.to_dict()) and a note on the method."""
@@ -297,18 +258,12 @@ def decode_curve(active_model, speed: DecodeSpeedSettings, request, progress) ->
         done[0] += 1
         progress(done[0] / total, desc=f"decode speed: {done[0]}/{total} · {point.label} at {point.prompt_tokens:,}")
 
-    session = session_id(request)
-    cancel = CANCELS.start(session)
-    CANCELS.track(threading.current_thread())
     progress(0, desc=f"decode speed: {total} points")
-    try:
+    with session_run(request) as cancel:
         points = decode_speed_curve(
             loaded, configs, lengths, new_tokens=DECODE_CURVE_TOKENS, cancel=cancel, on_point=on_point,
             decode_path=speed.decode_path,
         )  # fmt: skip
-    finally:
-        CANCELS.finish(session, cancel)
-        CANCELS.untrack(threading.current_thread())
     rows = [p.to_dict() for p in points]
     failed = "".join(f"\n- {p['label']} at {p['prompt_tokens']:,} tokens: {p['error']}" for p in rows if p["error"])
     note = (

@@ -18,10 +18,12 @@ from swaa_core.models.capacity import GPUS, capacity, custom_gpu
 from swaa_core.models.memory import model_shape
 from swaa_core.models.registry import get_model_entry, list_models
 
-from . import plots
-from .state import whole_in_range, window_and_sinks
+from .. import plots
+from ..events import Group
+from ..state import Settings, whole_in_range, window_and_sinks
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+TITLE, ID = "Capacity", "capacity"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 CUSTOM = "Custom"
 CONTEXTS = {"32K": 32768, "128K": 131072}
 PREFILL = {
@@ -219,7 +221,13 @@ def _cell(row: dict, column: str):
     )
 
 
-def panel(ui) -> None:
+# CapacitySettings' fields -> the tab's widgets on ``ui``
+WIDGETS = dict(model="cap_model", gpu="cap_gpu", memory_gib="cap_memory", bandwidth_tb_s="cap_bandwidth",
+               context="cap_context", prompt_tokens="cap_prompt", new_tokens="cap_new", prefill="cap_prefill",
+               window="cap_window", sinks="cap_sinks", requests="cap_requests")  # fmt: skip
+
+
+def layout(ui, d: Settings) -> None:
     """The tab's widgets (kept on ``ui`` as ``cap_*``) and its first picture."""
     gr.Markdown(HELP)
     names = [e.name for e in list_models()]
@@ -237,7 +245,7 @@ def panel(ui) -> None:
         ui.cap_prefill = gr.Radio(list(PREFILL), value=next(iter(PREFILL)), label="Prefill", scale=3)
         ui.cap_window = gr.Number(2048, label="Window W", precision=0, minimum=1, scale=1)
         ui.cap_sinks = gr.Number(10, label="Sinks (sink recipes)", precision=0, minimum=0, scale=1)
-    figure, table, note = show(settings(*(w.value for w in widgets(ui))))
+    figure, table, note = show(CapacitySettings(**{field: getattr(ui, name).value for field, name in WIDGETS.items()}))
     ui.cap_plot = gr.Plot(figure, label="Capacity", elem_id="swaa-capacity")
     # no fixed column widths: headers keep whole words and the table scrolls in its box on a phone
     ui.cap_table = gr.Dataframe(table, headers=list(COLUMNS.values()), label="Per recipe", wrap=True,
@@ -245,22 +253,15 @@ def panel(ui) -> None:
     ui.cap_note = gr.Markdown(note, elem_classes="swaa-muted")
 
 
-def widgets(ui) -> list:
-    return [ui.cap_model, ui.cap_gpu, ui.cap_memory, ui.cap_bandwidth, ui.cap_context, ui.cap_prompt, ui.cap_new,
-            ui.cap_prefill, ui.cap_window, ui.cap_sinks, ui.cap_requests]  # fmt: skip
+def update(ui, settings: CapacitySettings) -> dict:
+    """The figure, table and note for the widgets' values."""
+    figure, table, note = show(settings)
+    return {ui.cap_plot: figure, ui.cap_table: table, ui.cap_note: note}
 
 
-def settings(model, gpu, memory, bandwidth, context, prompt, new, prefill, window, sinks, requests):
-    return CapacitySettings(model, gpu, memory, bandwidth, context, prompt, new, prefill, window, sinks, requests)
-
-
-def update(*values):
-    """Page handler: the widgets' values in :func:`widgets` order -> figure, table, note."""
-    return show(settings(*values))
-
-
-def wire(ui, light) -> None:
-    """Redraw on any change (``light``: app.ui's quick private event)."""
-    for widget in widgets(ui):
-        light(widget.change, update, widgets(ui), [ui.cap_plot, ui.cap_table, ui.cap_note],
-              trigger_mode="always_last")  # fmt: skip
+def wire(ui, events) -> None:
+    """Redraw on any change."""
+    widgets = {field: getattr(ui, name) for field, name in WIDGETS.items()}
+    for widget in widgets.values():
+        events.light(widget.change, update, [Group(CapacitySettings, widgets)], [ui.cap_plot, ui.cap_table, ui.cap_note],
+                     trigger_mode="always_last")  # fmt: skip

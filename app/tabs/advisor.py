@@ -1,9 +1,9 @@
-"""The advisor panel: which layers keep full attention for the loaded model, a length and a budget, measured.
+"""The "Advisor" tab: which layers keep full attention for the loaded model, a length and a budget, measured.
 
 Per-layer scores as bars over the layer indices (the same 0..L-1 axis as the strategy's layer checkboxes), the
 recommendation one click from "Apply" (it sets the strategy controls), and the held-out candidates on the
 accuracy-vs-latency plot beside the paper's points. The measurement is swaa_core.eval.recommend.advise; the API
-endpoint app.api.advise runs the same :func:`run_advice`.
+endpoint app.api.advise runs the same :func:`run_for_session`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ import plotly.graph_objects as go
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.models.registry import DEFAULT_MODEL
 
-from .common import CANCELS, HEAVY, loaded_model, num_layers, session_id, strategy_values, toast_errors
-from .plots import FA_COLOR, SWA_COLOR, message_figure, style_figure, tradeoff_figure
-from .state import Strategy
+from ..events import Group
+from ..model_service import loaded_model, num_layers
+from ..plots import FA_COLOR, SWA_COLOR, message_figure, style_figure, tradeoff_figure
+from ..runs import HEAVY, session_run
+from ..sidebar.strategy import STRATEGY, strategy_updates
+from ..state import Settings, Strategy
 
+TITLE, ID = "Advisor", "advisor"
 BUDGET_KINDS = ("full layers", "prefill share", "KV GiB")
 TASKS = ("needle", "passkey", "multi_key")
 
@@ -78,14 +82,8 @@ def run_advice(model: str | None, settings: AdvisorSettings, cancel: threading.E
 def run_for_session(model, settings: AdvisorSettings, request: gr.Request | None, progress=None):
     """:func:`run_advice` under the session's cancel flag, so its Stop (or the API's /stop_run) ends it between two
     forwards."""
-    session = session_id(request)
-    cancel = CANCELS.start(session)
-    CANCELS.track(threading.current_thread())
-    try:
+    with session_run(request) as cancel:
         return run_advice(model, settings, cancel, progress)
-    finally:
-        CANCELS.finish(session, cancel)
-        CANCELS.untrack(threading.current_thread())
 
 
 def scores_figure(advice) -> go.Figure:
@@ -142,40 +140,40 @@ def summary_text(advice) -> str:
     return "\n\n".join(lines)
 
 
-def advise_page(model, length, window, sinks, budget_kind, budget, samples, held_out, task, request: gr.Request = None,
-                progress=gr.Progress()):  # fmt: skip
-    """The page's Advise button: the figures, the table, the summary and the advice kept for Apply."""
-    settings = AdvisorSettings(length, window, sinks, budget_kind, budget, samples, held_out, task)
+def advise_page(ui, model, settings: AdvisorSettings, request: gr.Request = None, progress=gr.Progress()) -> dict:
+    """The Advise button: the figures, the table, the summary and the advice kept for Apply."""
     advice = run_for_session(model, settings, request, lambda d, t, w: progress((d, max(t, 1)), desc=w))
-    return (scores_figure(advice), candidates_figure(advice), candidates_rows(advice), summary_text(advice),
-            advice.config.to_dict())  # fmt: skip
+    return {
+        ui.advice_scores: scores_figure(advice),
+        ui.advice_tradeoff: candidates_figure(advice),
+        ui.advice_table: candidates_rows(advice),
+        ui.advice_summary: summary_text(advice),
+        ui.advice_config: advice.config.to_dict(),
+    }
 
 
-def apply_advice(config: dict | None, model):
+def apply_advice(ui, config: dict | None, model) -> dict:
     """Apply: the strategy controls set to the recommendation."""
     if not config:
         raise ValueError("Run the advisor first: there is no recommendation to apply.")
     n = num_layers(loaded_model(model or DEFAULT_MODEL))
-    return strategy_values(Strategy.from_config(SWAAConfig.from_dict(config).validate(n), n))
+    return strategy_updates(ui, Strategy.from_config(SWAAConfig.from_dict(config).validate(n), n))
 
 
-def build(ui) -> None:
-    """The panel's widgets and its two private events; call inside the page's tab (strategy widgets exist)."""
-    from .common import STRATEGY
-
+def layout(ui, d: Settings) -> None:
     gr.Markdown("Measure which layers need full attention for this model at one length, keep the best ones a budget "
                 "allows, and check the choice on held-out samples beside the paper's periodic patterns. On a CPU "
                 "this takes minutes (one forward per layer and sample).")  # fmt: skip
     with gr.Row():
-        length = gr.Number(1536, label="Length (tokens)", precision=0)
-        window = gr.Number(256, label="Window W", precision=0)
-        sinks = gr.Number(16, label="Sinks", precision=0)
-        task = gr.Dropdown(list(TASKS), value="needle", label="Calibration task")
+        ui.advice_length = gr.Number(1536, label="Length (tokens)", precision=0)
+        ui.advice_window = gr.Number(256, label="Window W", precision=0)
+        ui.advice_sinks = gr.Number(16, label="Sinks", precision=0)
+        ui.advice_task = gr.Dropdown(list(TASKS), value="needle", label="Calibration task")
     with gr.Row():
-        kind = gr.Radio(list(BUDGET_KINDS), value="full layers", label="Budget")
-        budget = gr.Number(8, label="Budget value")
-        samples = gr.Number(2, label="Calibration samples", precision=0)
-        held_out = gr.Number(2, label="Held-out samples", precision=0)
+        ui.advice_budget_kind = gr.Radio(list(BUDGET_KINDS), value="full layers", label="Budget")
+        ui.advice_budget = gr.Number(8, label="Budget value")
+        ui.advice_samples = gr.Number(2, label="Calibration samples", precision=0)
+        ui.advice_held_out = gr.Number(2, label="Held-out samples", precision=0)
     with gr.Row():
         ui.advise = gr.Button("Advise", variant="primary")
         ui.advise_apply = gr.Button("Apply recommendation")
@@ -185,10 +183,12 @@ def build(ui) -> None:
     ui.advice_table = gr.Dataframe(headers=["candidate", "full layers", "accuracy %", "NLL/token", "forward s",
                                             "prefill % (FLOPs)", "KV"], interactive=False)  # fmt: skip
     ui.advice_config = gr.State(None)
+
+
+def wire(ui, events) -> None:
+    fields = ("length", "window", "sinks", "budget_kind", "budget", "samples", "held_out", "task")
+    settings = Group(AdvisorSettings, {name: getattr(ui, f"advice_{name}") for name in fields})
     outputs = [ui.advice_scores, ui.advice_tradeoff, ui.advice_table, ui.advice_summary, ui.advice_config]
-    ui.advise.click(toast_errors(advise_page, len(outputs)),
-                    [ui.active_model, length, window, sinks, kind, budget, samples, held_out, task], outputs,
-                    api_visibility="private", concurrency_id=HEAVY)  # fmt: skip
-    strategy = [getattr(ui, name) for name in STRATEGY]
-    ui.advise_apply.click(toast_errors(apply_advice, len(strategy)), [ui.advice_config, ui.active_model], strategy,
-                          api_visibility="private", concurrency_limit=None)  # fmt: skip
+    events.on(ui.advise.click, advise_page, [ui.active_model, settings], outputs, concurrency_id=HEAVY)
+    events.on(ui.advise_apply.click, apply_advice, [ui.advice_config, ui.active_model],
+              [getattr(ui, name) for name in STRATEGY], concurrency_limit=None)  # fmt: skip
