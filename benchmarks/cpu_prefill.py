@@ -19,6 +19,7 @@ import torch
 
 from swaa_core import SWAAConfig, load_model, swaa
 from swaa_core.engine.backends import blocked
+from swaa_core.engine.kinds import SinkWindow
 from swaa_core.engine.masks import geometry_from_positions
 
 
@@ -46,7 +47,7 @@ def kernel_table(lengths, window: int, sinks: int, repeats: int) -> None:
         q = torch.randn(1, 9, n, 64, generator=gen)
         k, v = torch.randn(1, 3, n, 64, generator=gen), torch.randn(1, 3, n, 64, generator=gen)
         pos = torch.arange(n)[None]
-        g = geometry_from_positions(pos, pos, window=window, keep_first=sinks)
+        g = geometry_from_positions(pos, pos, kind=SinkWindow(window, sinks))
         sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=True, enable_gqa=True)
         full = median_seconds(functools.partial(sdpa, q, k, v), repeats)
         swa = median_seconds(functools.partial(blocked, q, k, v, g, 0.125), repeats)

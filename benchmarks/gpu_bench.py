@@ -327,9 +327,9 @@ def kernel_row(n: int) -> dict:
     W, K, H, Hkv, D = ARGS.window, ARGS.sinks, 32, 8, 128
     q, k, v, g = make_case(n=n, window=W, keep_first=K, H=H, Hkv=Hkv, D=D, seed=n, dtype=ARGS.dtype)
     # what the engine knows for an unpadded prefill (without these hints each call would wait on the GPU)
-    g.offsets, g.full_from, g.keys_all_valid, g.reach, g.queries_all_full = (0, 0), NO_FULL, True, n - 1, False
+    g.offsets, g.full_from, g.keys_all_valid, g.extent, g.queries_all_full = (0, 0), NO_FULL, True, (0, n - 1), False
     scale = D**-0.5
-    bm = flex_kernels._prefill_block_mask(n, W, K, str(q.device))  # constants-only predicate: what FLASH accepts
+    bm = flex_kernels._prefill_block_mask(n, g.kind, str(q.device))  # constants-only predicate: what FLASH accepts
     compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
     def plain_flex(backend):

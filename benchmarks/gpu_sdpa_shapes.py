@@ -78,7 +78,7 @@ def sites(s: dict) -> dict:
                 return lambda: decode_sdpa(q, k, v, None, scale)
             # a full layer (only padding is masked), without a forward's context: each call builds its mask, as the
             # first layer of a decode step does
-            plan = LayerPlan(0, None, 0, False, "flex")
+            plan = LayerPlan(0, None, False, "flex")
             return lambda: _padded_decode_step(plan, None, layer, q, k, v, padding, layer.view, True, scale)
 
         return make

@@ -16,7 +16,6 @@ passes to a forward (per row, in real token positions). Without either, every qu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from .backends import attend, reference
 from .cache import KeyView, SWAACacheLayer, bucket_end
 from .kernels.sdpa import bucketed_decode, decode_sdpa
-from .kinds.sink_window import SinkWindow
+from .kinds import MaskKind
 from .masks import NO_FULL, MaskGeometry, materialize
 from .static_cache import StaticSlots
 
@@ -34,22 +33,16 @@ NAME = "swaa"
 @dataclass(frozen=True)
 class LayerPlan:
     layer_idx: int
-    window: int | None  # None: this layer keeps full attention
-    keep_first: int
+    kind: MaskKind | None  # what this layer's sliding queries see; None: this layer keeps full attention
     fa_decode: bool
     backend: str
 
     native_window: int | None = None  # the model's own sliding window in this layer (SWAA never widens it)
 
-    @cached_property
-    def rule(self) -> SinkWindow:
-        """The mask kind of this layer's sliding queries, built once (a decode step asks it in every layer)."""
-        return SinkWindow(self.window, self.keep_first)
-
     @property
     def evicts(self) -> bool:
         """Only a sliding layer whose decode steps also slide can forget old keys."""
-        return self.window is not None and not self.fa_decode
+        return self.kind is not None and not self.fa_decode
 
 
 @dataclass
@@ -98,10 +91,10 @@ def swaa_attention_forward(module, query, key, value, attention_mask, dropout: f
     Q = query.shape[2]
     recorder = module._swaa_recorder
     decode = Q == 1 and attention_mask is None and recorder is None and plan.backend != "reference"
-    if decode and plan.evicts and view.in_window(plan.rule):  # the common SWA step, before any FA-decode bookkeeping
+    if decode and plan.evicts and view.in_window(plan.kind):  # the common SWA step, before any FA-decode bookkeeping
         return decode_sdpa(query, key, value, None, scaling), None
     full = _queries_full(plan, module._swaa_ctx, kwargs.get("swaa_prompt_lengths"), view.total, Q)
-    if decode and (full is True or view.in_window(plan.rule)):
+    if decode and (full is True or view.in_window(plan.kind)):
         return decode_sdpa(query, key, value, None, scaling), None
     if Q == 1 and attention_mask is not None and recorder is None and plan.backend != "reference":
         ctx = module._swaa_ctx
@@ -133,7 +126,7 @@ def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, ma
         if source == len(ctx.masks_for):
             ctx.masks_for += (mask2d,)  # held, so that no other tensor takes its identity during the forward
         memo = ctx.decode_masks
-    kind = (source, view, plan.window, plan.keep_first, full if isinstance(full, (bool, int)) else id(full))
+    kind = (source, view, plan.kind, full if isinstance(full, (bool, int)) else id(full))
     mask = memo.get(kind)
     if mask is None:
         mask = memo[kind] = materialize(geometry(plan, query, key, mask2d, view, full, ctx))
@@ -153,7 +146,7 @@ def _padded_decode_step(plan: LayerPlan, ctx, cache_layer, query, key, value, ma
 def _queries_full(plan: LayerPlan, ctx: RunContext | None, prompt_lengths, total: int, Q: int):
     """Which queries attend to the whole past: True / False for all, a slot (queries at or after it), or the
     per-row ``prompt_lengths`` tensor (queries at real positions at or after it)."""
-    if plan.window is None:
+    if plan.kind is None:
         return True
     if not plan.fa_decode:
         return False
@@ -193,7 +186,7 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
         kv_pos = slots[None].expand(B, KV)
         kv_valid = torch.ones(B, KV, dtype=torch.bool, device=device)
         q_pos = torch.arange(total - Q, total, device=device)[None].expand(B, Q)
-        hints.update(keys_all_valid=live is None, reach=total - 1 - view.first)
+        hints.update(keys_all_valid=live is None, extent=(view.first, total - 1))
         if view.contiguous or (not view.ring and view.sinks == 0):  # keys are one run of consecutive positions
             hints["offsets"] = (total - Q, view.first)
     if live is not None:
@@ -203,7 +196,7 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
         hints["queries_all_full"] = full
         hints["full_from"] = total - Q if full else NO_FULL
         if mask2d is None and Q == 1:
-            hints["sees_all_keys"] = full or view.in_window(plan.rule)
+            hints["sees_all_keys"] = full or view.in_window(plan.kind)
     elif isinstance(full, int):
         q_full = (torch.arange(total - Q, total, device=device) >= full)[None].expand(B, Q)
         hints["full_from"] = full if mask2d is None else None  # a slot; equal to a position only without padding
@@ -211,7 +204,7 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
         q_full = q_pos >= torch.as_tensor(full, device=device).view(-1, 1)
         hints["full_from"] = _shared_prompt_length(full, ctx)
 
-    return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.window, plan.keep_first, **hints)
+    return MaskGeometry(q_pos, kv_pos, kv_valid, q_full, plan.kind, **hints)
 
 
 def _shared_prompt_length(prompt_lengths, ctx: RunContext | None) -> int | None:

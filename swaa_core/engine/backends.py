@@ -11,8 +11,9 @@ which (query, key) pairs they touch:
 Full-attention calls (non-sliding layers, FA decode steps) go to SDPA when nothing needs masking beyond causality.
 
 Where a fast kernel cannot express a call (left padding, evicted caches read by several queries, per-row prompt
-lengths), that call takes the next backend that can: fa4/flash -> flex -> blocked. Whether a kernel exists is
-decided by importing exactly the function that will be called, never by a package name.
+lengths), that call takes the next backend that can: fa4/flash -> flex -> blocked. A mask kind that no window kernel
+expresses (``MaskKind.window_kernel`` None) is refused by fa4 and flash when named, and passed over by "auto".
+Whether a kernel exists is decided by importing exactly the function that will be called, never by a package name.
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from .config import AUTO_ORDER, BACKENDS
 
 # The kernel families live in .kernels; the names below are the ones this dispatcher calls (a test that spies on one
 # of them patches it here) and the public entry points other modules and benchmarks import from here.
-from .kernels.flash import fa2_func, fa4_func, fa4_window, flash_attn_2_window, merge_lse, window_fn, window_sink
+from .kernels.flash import (
+    fa2_func,
+    fa4_func,
+    fa4_window,
+    flash_attn_2_window,
+    merge_lse,
+    unexpressible,
+    window_fn,
+    window_sink,
+)
 from .kernels.flex import block_mask_for, flex, flex_flash, flex_simple, has_flex, prefill_mask_mod, window_mask_mod
 from .kernels.sdpa import blocked, causal_sdpa, decode_sdpa, reference
+from .kinds import MaskKind
 from .masks import MaskGeometry, materialize
+
+WINDOW_BACKENDS = ("fa4", "flash")  # backends whose kernels are FlashAttention's window kernels
 
 __all__ = [
     "AUTO_ORDER",
@@ -67,17 +80,24 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name, problem in backend_status(device).items() if problem is None]
 
 
-def choose_backend(requested: str, device: torch.device | str) -> str:
-    return explain_backend(requested, device)[0]
+def choose_backend(requested: str, device: torch.device | str, kind: MaskKind | None = None) -> str:
+    return explain_backend(requested, device, kind)[0]
 
 
-def explain_backend(requested: str, device: torch.device | str) -> tuple[str, list[str]]:
-    """The backend to run for ``requested`` ("auto" or a name) and notes on faster ones that were passed over.
+def explain_backend(requested: str, device: torch.device | str, kind: MaskKind | None = None) -> tuple[str, list[str]]:
+    """The backend to run for ``requested`` ("auto" or a name) and notes on faster ones that were passed over, for
+    sliding layers of ``kind`` (None: any kind).
 
-    Raises ValueError for an unknown name or a backend that cannot run here (with the reason)."""
+    Raises ValueError for an unknown name, a backend that cannot run here (with the reason), or a window-kernel
+    backend named for a kind no window kernel expresses (naming both)."""
     if requested not in BACKENDS:
         raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
     status = backend_status(device)
+    if kind is not None and kind.window_kernel is None:
+        for name in WINDOW_BACKENDS:
+            status[name] = status[name] or f"its window kernel cannot express the {kind.name!r} mask kind"
+        if requested in WINDOW_BACKENDS:
+            raise ValueError(f"Attention backend {requested!r} refused: {unexpressible(kind)}")
     if requested != "auto":
         if status[requested] is not None:
             raise ValueError(f"Attention backend {requested!r} cannot run here: {status[requested]}.")
@@ -121,7 +141,8 @@ def attend(backend: str, q, k, v, g: MaskGeometry, scaling: float, dropout: floa
     if g.plain_causal:
         return causal_sdpa(q, k, v, g, scaling, dropout)
     if backend != "blocked" and q.is_cuda and dropout == 0.0 and g.simple:
-        return simple_attention(q, k, v, g, scaling, window_fn(backend, q))
+        fn = window_fn(backend, q) if g.kind.window_kernel is not None else None
+        return simple_attention(q, k, v, g, scaling, fn)
     if backend in ("flex", "fa4", "flash") and q.shape[2] >= 16:  # decode-sized calls: a masked SDPA beats a compile
         return flex(q, k, v, g, scaling)
     return blocked(q, k, v, g, scaling, dropout)
@@ -139,7 +160,7 @@ def simple_attention(q, k, v, g: MaskGeometry, scaling: float, fn=None):
         # FLASH's backward through a block mask was not verified on the H200 (torch 2.11): training takes the two-pass
         # composition, whose FA4 backward was (tests/swaa_core/engine/test_gpu.py)
         inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-        if fn is fa4_window and inference and (q_first, kv_first) == (0, 0) and g.rule.sinks_below > 0:
+        if fn is fa4_window and inference and (q_first, kv_first) == (0, 0) and g.kind.sinks_below > 0:
             out = flex_flash(q, k, v, g, scaling)  # one pass over sinks + window
             if out is not None:
                 return out
@@ -172,8 +193,7 @@ def _slice_queries(g: MaskGeometry, start: int, end: int) -> MaskGeometry:
         g.kv_pos,
         g.kv_valid,
         g.q_full[:, start:end],
-        g.window,
-        g.keep_first,
+        g.kind,
         keys_all_valid=g.keys_all_valid,
         offsets=offsets,
         full_from=g.full_from,

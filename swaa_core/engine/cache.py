@@ -31,14 +31,14 @@ from typing import NamedTuple
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from .kinds.sink_window import SinkWindow
+from .kinds import MaskKind
 
 SPARE_SLOTS = 256  # room a growing layer allocates: one copy of its cache per 256 decode steps instead of per step
 KEY_BUCKET = 256  # a growing layer's buffer holds a multiple of this many slots, its room zero-filled (``room``)
 
 NEEDS_SWAA = (
-    "This KV cache dropped keys outside the SWAA window of layer {layer} (window {window}, {sinks} sink slots); it "
-    "can only continue under a SWAA configuration whose window and sinks are no wider. Start a new cache "
+    "This KV cache dropped keys outside the SWAA window of layer {layer} ({kind}, {sinks} sink slots); it can only "
+    "continue under a SWAA configuration whose window (or chunk) and sinks are no wider. Start a new cache "
     "(past_key_values=None) to change the configuration or to remove SWAA."
 )
 
@@ -49,13 +49,14 @@ class KeyView(NamedTuple):
 
     flat: slots [0, sinks) then [lo, total), in slot order (all of [0, total) when lo <= sinks).
     ring: index i < sinks holds slot i; index sinks + r holds the slot s in [lo, total) with (s - sinks) % W == r;
-    indices of no such slot are stale (only possible right after a roll-back)."""
+    indices of no such slot are stale (only possible right after a roll-back). W: ``width``, the ring's slots after
+    the sinks (the kind's span; None unless ``ring``)."""
 
     ring: bool
     sinks: int
     lo: int
     total: int
-    window: int | None
+    width: int | None
 
     @property
     def contiguous(self) -> bool:
@@ -67,16 +68,17 @@ class KeyView(NamedTuple):
         return 0 if self.sinks or self.contiguous else self.lo
 
     def all_valid(self) -> bool:
-        return not self.ring or self.total - self.lo >= self.window
+        return not self.ring or self.total - self.lo >= self.width
 
-    def in_window(self, rule: SinkWindow) -> bool:
-        """Whether the newest token (slot total - 1, no padding) sees every held key under ``rule``."""
-        if rule.window is None:
+    def in_window(self, kind: MaskKind | None) -> bool:
+        """Whether the newest token (slot total - 1, no padding) sees every held key in a layer of ``kind`` (None:
+        full attention)."""
+        if kind is None:
             return True
         newest = self.total - 1
         if self.contiguous:
-            return rule.sees_prefix(newest)
-        return rule.sees_held(newest, self.sinks, self.lo) and self.all_valid()
+            return kind.sees_prefix(newest)
+        return kind.sees_held(newest, self.sinks, self.lo) and self.all_valid()
 
     def slots(self, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(slot of each key index, validity or None when every index holds a live slot) on ``device``."""
@@ -85,7 +87,7 @@ class KeyView(NamedTuple):
         sinks = torch.arange(self.sinks, device=device)
         if not self.ring:
             return torch.cat([sinks, torch.arange(self.lo, self.total, device=device)]), None
-        W, p = self.window, (self.total - self.sinks) % self.window
+        W, p = self.width, (self.total - self.sinks) % self.width
         ring = (torch.arange(W, device=device) - p) % W + (self.total - W)
         valid = None if self.all_valid() else torch.cat([torch.ones_like(sinks, dtype=torch.bool), ring >= self.lo])
         return torch.cat([sinks, ring]), valid
@@ -104,9 +106,8 @@ class SWAACacheLayer(DynamicLayer):
     """A DynamicLayer that counts slots and, once bound to an evicting plan, keeps only sinks + a ring of W slots.
 
     Host state: ``total`` slots seen; ``sinks`` leading slots kept; held slots ``[0, sinks)`` and ``[lo, total)``;
-    ``ring``: keys/values are the fixed (B, H, sinks + W, D) buffer. ``rule``: the mask kind, whose ``window`` is W
-    while the layer evicts (None otherwise); it says how many slots the layer keeps and which ones the next query
-    needs."""
+    ``ring``: keys/values are the fixed (B, H, sinks + W, D) buffer. ``kind``: the mask kind while the layer evicts
+    (None otherwise); its span is the ring's width W, and it says how many slots the layer keeps."""
 
     is_croppable = True
 
@@ -117,7 +118,7 @@ class SWAACacheLayer(DynamicLayer):
         self.sinks = 0
         self.lo = 0
         self.ring = False
-        self.rule = SinkWindow(None, 0)
+        self.kind: MaskKind | None = None
         self.settled = True  # False while the sink slots of an evicting layer are not known yet (left padding)
         self.record_past = False
         self.bound = None  # the plan this layer was last configured for
@@ -127,13 +128,9 @@ class SWAACacheLayer(DynamicLayer):
         self.capacity = 0  # slots of the buffers those views are the start of
 
     @property
-    def window(self) -> int | None:
-        """W while this layer evicts."""
-        return self.rule.window
-
-    @property
-    def keep_first(self) -> int:
-        return self.rule.keep_first
+    def width(self) -> int | None:
+        """W, the ring's slots after the sinks, while this layer evicts."""
+        return None if self.kind is None else self.kind.span
 
     @classmethod
     def from_layer(cls, layer, layer_idx: int) -> SWAACacheLayer:
@@ -154,17 +151,17 @@ class SWAACacheLayer(DynamicLayer):
         self.plan = plan
         if plan is self.bound and self.settled:
             return
-        window = plan.window if plan.evicts else None
-        if self.bound is None or window != self.window or plan.keep_first != self.keep_first:
-            self._check_serves(window, plan.keep_first, layer_idx)
+        kind = plan.kind if plan.evicts else None
+        if self.bound is None or kind != self.kind:
+            self._check_serves(kind, layer_idx)
             if self.ring:
                 self.keys, self.values = self._flat()
                 self.ring = False
-            self.rule = SinkWindow(window, plan.keep_first)
-            self.settled = window is None
+            self.kind = kind
+            self.settled = kind is None
         self.bound = plan
         if not self.settled:
-            slots = _sink_slots(mask2d, self.keep_first)
+            slots = _sink_slots(mask2d, self.kind.keep_first)
             if slots is not None and (self.total == 0 or not self._dropped()):
                 self.sinks, self.lo, self.settled = slots, slots, True
             elif slots is not None and slots <= self.sinks:
@@ -173,27 +170,31 @@ class SWAACacheLayer(DynamicLayer):
     def _dropped(self) -> bool:
         return self.ring or self.lo > self.sinks
 
-    def _holds_window(self, total: int, rule: SinkWindow) -> bool:
-        """Whether the held slots include the W - 1 before ``total`` (all the next query needs besides sinks)."""
-        need_from = max(self.sinks, rule.window_start(total))
+    def _holds_window(self, total: int, kind: MaskKind) -> bool:
+        """Whether the held slots include the span - 1 before ``total`` (all the next query needs besides sinks,
+        whatever its row's padding)."""
+        need_from = max(self.sinks, total - kind.span + 1)
         return need_from >= total or self.lo <= need_from
 
-    def _check_serves(self, window: int | None, keep_first: int, layer_idx: int) -> None:
+    def _check_serves(self, kind: MaskKind | None, layer_idx: int) -> None:
         """Refuse a configuration that needs keys this layer already dropped."""
         if not self._dropped():
             return
-        wider = window is None or window > self.window or keep_first > self.keep_first
-        if wider or not self._holds_window(self.total, SinkWindow(window, keep_first)):
-            raise ValueError(NEEDS_SWAA.format(layer=layer_idx, window=self.window, sinks=self.sinks))
+        wider = kind is None or kind.span > self.width or kind.keep_first > self.kind.keep_first
+        if wider or not self._holds_window(self.total, kind):
+            raise ValueError(self._needs_swaa(layer_idx))
+
+    def _needs_swaa(self, layer_idx) -> str:
+        return NEEDS_SWAA.format(layer=layer_idx, kind=self.kind.describe(), sinks=self.sinks)
 
     # ------------------------------------------------------------------ writing
     def update(self, key_states, value_states, *args, **kwargs):
         plan, self.plan = self.plan, None
-        if plan is None and (self.bound is not None or self.rule.window is not None):
+        if plan is None and (self.bound is not None or self.kind is not None):
             # driven without SWAA after SWAA (remove_swaa): exact only while nothing was dropped
             if self._dropped():
-                raise ValueError(NEEDS_SWAA.format(layer=self.layer_idx, window=self.window, sinks=self.sinks))
-            self.rule, self.bound, self.settled = SinkWindow(None, self.keep_first), None, True
+                raise ValueError(self._needs_swaa(self.layer_idx))
+            self.kind, self.bound, self.settled = None, None, True
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         elif self.keys.dim() == 4 and key_states.shape[0] != self.keys.shape[0]:
@@ -211,10 +212,10 @@ class SWAACacheLayer(DynamicLayer):
         self.total += n
         view = KeyView(False, self.sinks, self.lo, self.total, None)
         self.keys, self.values = keys, values
-        if self.rule.window is not None and self._may_ring():
+        if self._may_ring():
             self._to_ring(keys, values)
             if n == 1:
-                self.view = KeyView(True, self.sinks, self.lo, self.total, self.window)
+                self.view = KeyView(True, self.sinks, self.lo, self.total, self.width)
                 return self.keys, self.values
         self.view = view
         return keys, values
@@ -268,21 +269,21 @@ class SWAACacheLayer(DynamicLayer):
         return _whole_buffer(keys, slots), _whole_buffer(values, slots)
 
     def _write_one(self, key_states, value_states):
-        S, W = self.sinks, self.window
+        S, W = self.sinks, self.width
         i = ring_index(self.total, S, W)
         self.keys.narrow(2, i, 1).copy_(key_states)
         self.values.narrow(2, i, 1).copy_(value_states)
         self.total += 1
-        self.lo = max(self.lo, self.rule.window_start(self.total - 1))  # the slot just overwritten left the window
+        self.lo = max(self.lo, self.total - W)  # the slot just overwritten left the ring
         self.view = KeyView(True, S, self.lo, self.total, W)
         return self.keys, self.values
 
     def _may_ring(self) -> bool:
         return (
-            self.window is not None
+            self.kind is not None
             and self.settled
             and not self.record_past
-            and self.total > self.rule.kept_slots(self.sinks)
+            and self.total > self.kind.kept_slots(self.sinks)
         )
 
     def _flat_index(self, slot: int) -> int:
@@ -291,14 +292,14 @@ class SWAACacheLayer(DynamicLayer):
 
     def _to_ring(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the sinks and the last W slots of flat ``keys``/``values`` in a new sinks + W buffer."""
-        S, W = self.sinks, self.window
-        lo = max(self.lo, self.rule.window_start(self.total - 1))
+        S, W = self.sinks, self.width
+        lo = max(self.lo, self.total - W)
         where = ring_index(torch.arange(lo, self.total, device=keys.device), S, W)
         start, n = self._flat_index(lo), self.total - lo
         out = []
         for t in (keys, values):
             # zeros: a stale slot must never be NaN
-            buf = t.new_zeros(*t.shape[:2], self.rule.kept_slots(S), t.shape[-1])
+            buf = t.new_zeros(*t.shape[:2], self.kind.kept_slots(S), t.shape[-1])
             buf[:, :, :S] = t[:, :, :S]
             buf.index_copy_(2, where, t.narrow(2, start, n))
             out.append(buf)
@@ -307,7 +308,7 @@ class SWAACacheLayer(DynamicLayer):
 
     def _flat(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ring's held keys and values in slot order: sinks, then [lo, total)."""
-        S, W = self.sinks, self.window
+        S, W = self.sinks, self.width
         where = ring_index(torch.arange(self.lo, self.total, device=self.keys.device), S, W)
         return tuple(torch.cat([t[:, :, :S], t.index_select(2, where)], dim=2) for t in (self.keys, self.values))
 
@@ -329,7 +330,7 @@ class SWAACacheLayer(DynamicLayer):
         if not self.is_initialized or new_total > self.total:
             return
         if new_total < self.total:
-            if self._dropped() and not self._holds_window(new_total, self.rule):
+            if self._dropped() and not self._holds_window(new_total, self.kind):
                 raise ValueError("Cannot roll back a SWAA cache past tokens its sliding window already dropped.")
             if self.ring:
                 self.keys, self.values = self._flat()
@@ -340,10 +341,10 @@ class SWAACacheLayer(DynamicLayer):
             self.total, self.lo = new_total, min(self.lo, new_total)
         if not self.ring and self._may_ring_after_crop():
             self._to_ring(self.keys, self.values)
-        self.view = KeyView(self.ring, self.sinks, self.lo, self.total, self.window if self.ring else None)
+        self.view = KeyView(self.ring, self.sinks, self.lo, self.total, self.width if self.ring else None)
 
     def _may_ring_after_crop(self) -> bool:
-        return self.window is not None and self.settled and self.total > self.rule.kept_slots(self.sinks)
+        return self.kind is not None and self.settled and self.total > self.kind.kept_slots(self.sinks)
 
     def __getstate__(self):
         return {**self.__dict__, "handed_out": None}  # weak references cannot be pickled; the next step copies

@@ -1,4 +1,4 @@
-"""SWAAConfig: the four upstream fields, validated, plus helpers for the paper's layer patterns."""
+"""SWAAConfig: the four upstream fields, validated, plus the mask kind and helpers for the paper's layer patterns."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .kinds import KINDS, MaskKind, SinkWindow
+
 UPSTREAM_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
+KEYS = (*UPSTREAM_KEYS, "mask_kind")  # what from_dict reads: upstream's fields and ours
 # apply_swaa(..., backend=): the names it takes, and the order "auto" tries them in (detection: engine.backends)
 BACKENDS = ("auto", "reference", "blocked", "flex", "fa4", "flash")
 AUTO_ORDER = ("fa4", "flash", "flex", "blocked")
 # The paper's interleaving recipes by name, fewest full-attention layers first (docs/paper.md: "1/2" = odd layers, "1/4" =
 # layers 3, 7, 11, ...); SWAAConfig.fa_layers resolves them and the rest of its grammar.
 FA_LAYER_PATTERNS = ("1/4", "1/2")
+DEFAULT_KIND = next(iter(KINDS))  # sink_window: what upstream configs mean; to_dict leaves it out
 
 
 class SWAAConfigError(ValueError):
@@ -30,12 +34,16 @@ class SWAAConfig:
     keep_first: the first K tokens stay visible to every query ("sink" tokens).
     force_fa_decode: generated tokens attend to the whole cache (True: every layer; a list: those layers).
     non_sliding_layers: layers that keep full attention (interleaving FA/SWA layers).
+    mask_kind: what a query of a sliding layer sees besides the sinks, a name in :data:`swaa_core.engine.kinds.KINDS`
+        built as ``KINDS[mask_kind](sliding_window_size, keep_first)`` (its module says what the size means). Not an
+        upstream field: "sink_window", the default, is the window above and is left out of :meth:`to_dict`.
     """
 
     sliding_window_size: int | None = None
     keep_first: int = 0
     force_fa_decode: bool | list[int] = False
     non_sliding_layers: list[int] = field(default_factory=list)
+    mask_kind: str = DEFAULT_KIND
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -64,6 +72,8 @@ class SWAAConfig:
                 f"non_sliding_layers must be a list of layer indices, got {self.non_sliding_layers!r}."
             )
         self.non_sliding_layers = _layer_list(self.non_sliding_layers, "non_sliding_layers")
+        if not isinstance(self.mask_kind, str) or self.mask_kind not in KINDS:
+            raise SWAAConfigError(f"mask_kind must be one of {', '.join(map(repr, KINDS))}, got {self.mask_kind!r}.")
 
     def validate(self, num_layers: int) -> SWAAConfig:
         """Check layer indices against a model with ``num_layers`` layers; returns self for chaining."""
@@ -91,19 +101,25 @@ class SWAAConfig:
             return self.force_fa_decode
         return layer_idx in self.force_fa_decode
 
-    def layer_rule(self, layer_idx: int, native_window: int | None = None) -> tuple[int | None, int, bool]:
-        """(window, keep_first, fa_decode) that layer ``layer_idx`` runs under.
+    @property
+    def kind(self) -> MaskKind | None:
+        """The mask kind of the sliding layers, ``KINDS[mask_kind](sliding_window_size, keep_first)``; None for full
+        attention."""
+        if self.sliding_window_size is None:
+            return None
+        return KINDS[self.mask_kind](self.sliding_window_size, self.keep_first)
+
+    def layer_rule(self, layer_idx: int, native_window: int | None = None) -> tuple[MaskKind | None, bool]:
+        """(mask kind or None for full attention, fa_decode) that layer ``layer_idx`` runs under.
 
         A layer the model already slides in (``native_window``: Gemma 3's local layers, Mistral's ``sliding_window``,
-        Qwen2's ``use_sliding_window``) keeps at most its own window: SWAA may narrow it to
-        ``min(sliding_window_size, native_window)``, never widen it, so there it drops sinks and FA decode (both let a
-        query see keys outside the trained window) and ignores ``non_sliding_layers``."""
+        Qwen2's ``use_sliding_window``) keeps at most its own window: SWAA may narrow it (``MaskKind.within``: a
+        window of ``min(sliding_window_size, native_window)``), never widen it, so there it drops sinks and FA decode
+        (both let a query see keys outside the trained window) and ignores ``non_sliding_layers``."""
         if native_window is not None:
-            w = self.sliding_window_size
-            return (native_window if w is None else min(w, native_window)), 0, False
-        if not self.layer_slides(layer_idx):
-            return None, self.keep_first, self.layer_fa_decode(layer_idx)
-        return self.sliding_window_size, self.keep_first, self.layer_fa_decode(layer_idx)
+            kind = self.kind
+            return (SinkWindow(native_window) if kind is None else kind.within(native_window)), False
+        return (self.kind if self.layer_slides(layer_idx) else None), self.layer_fa_decode(layer_idx)
 
     def notes(self, prompt_tokens: int | None = None, native_windows=None) -> list[str]:
         """Plain-language remarks about settings that are legal but may surprise (shown by the app and CLI).
@@ -138,9 +154,7 @@ class SWAAConfig:
     def describe(self) -> str:
         if self.sliding_window_size is None:
             return "full attention"
-        parts = [f"SWA {self.sliding_window_size}"]
-        if self.keep_first:
-            parts.append(f"{self.keep_first} sinks")
+        parts = [self.kind.describe()]
         if self.non_sliding_layers:
             parts.append(f"FA layers {_compact(self.non_sliding_layers)}")
         if self.force_fa_decode is True:
@@ -195,7 +209,7 @@ class SWAAConfig:
             "keep_first": self.keep_first,
             "force_fa_decode": fa,
             "non_sliding_layers": list(self.non_sliding_layers),
-        }
+        } | ({} if self.mask_kind == DEFAULT_KIND else {"mask_kind": self.mask_kind})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SWAAConfig:
@@ -203,10 +217,10 @@ class SWAAConfig:
             raise SWAAConfigError(f"A SWAA config must be a JSON object, got {type(data).__name__}.")
         if "swaa_config" in data and isinstance(data["swaa_config"], dict):
             data = data["swaa_config"]
-        unknown = sorted(set(data) - set(UPSTREAM_KEYS))
+        unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            raise SWAAConfigError(f"Unknown SWAA config field(s) {unknown}; expected some of {list(UPSTREAM_KEYS)}.")
-        kwargs = {k: data[k] for k in UPSTREAM_KEYS if k in data}
+            raise SWAAConfigError(f"Unknown SWAA config field(s) {unknown}; expected some of {list(KEYS)}.")
+        kwargs = {k: data[k] for k in KEYS if k in data}
         if kwargs.get("keep_first") is None:
             kwargs.pop("keep_first", None)
         if kwargs.get("non_sliding_layers") is None:

@@ -22,6 +22,7 @@ from .cache import SWAACacheLayer, swaa_layer
 from .config import SWAAConfig
 from .decode_path import Route
 from .families import attention_modules, check_supported, native_windows, text_config
+from .kinds import SinkWindow
 from .static_cache import StaticSWAACache
 
 __all__ = ["SWAAState", "install", "remove_swaa"]
@@ -86,10 +87,10 @@ def _plans(config: SWAAConfig, model, n_layers: int, backend: str, all_full: boo
     native = native_windows(model)
     plans = []
     for i in range(n_layers):
-        window, keep_first, fa_decode = config.layer_rule(i, native[i])
+        kind, fa_decode = config.layer_rule(i, native[i])
         if all_full:
-            window, keep_first, fa_decode = native[i], 0, False
-        plans.append(LayerPlan(i, window, keep_first, fa_decode, backend, native[i]))
+            kind, fa_decode = (None if native[i] is None else SinkWindow(native[i])), False
+        plans.append(LayerPlan(i, kind, fa_decode, backend, native[i]))
     return plans
 
 
@@ -105,7 +106,7 @@ def install(model, config: SWAAConfig, backend: str, all_full: bool = False) -> 
     modules = attention_modules(model)
     config.validate(len(modules))
     device = next(model.parameters()).device
-    chosen, notes = explain_backend(backend, device)
+    chosen, notes = explain_backend(backend, device, None if all_full else config.kind)
     _register()
     state: SWAAState | None = getattr(model, "_swaa_state", None)
     if state is None:

@@ -3,14 +3,14 @@
 Every per-step fact lives on the device: the slot being written (one int64), each row's real position (B, 1), and
 per layer the real position held at each buffer index (-1: empty or padding). A step writes its key and value with
 ``index_copy_`` at an index computed on the device, derives the layer's visibility mask from those positions with the
-engine's one rule (:class:`swaa_core.engine.kinds.sink_window.SinkWindow`), and attends to the whole buffer. Nothing is read back
+layer's mask kind (:mod:`swaa_core.engine.kinds`), and attends to the whole buffer. Nothing is read back
 to the host, no shape changes, so the kernels of a step are the same from one token to the next.
 
 Two buffer kinds, chosen per layer from its :class:`~swaa_core.engine.attention.LayerPlan`:
 
 * **ring**: a sliding layer whose decode steps also slide keeps ``sinks + W`` slots, the layout of
   :class:`~swaa_core.engine.cache.SWAACacheLayer`'s ring: slot ``s`` lives at ``s`` while ``s < sinks``, else at
-  ``sinks + (s - sinks) % W``. The step costs the same at 8K and at 128K tokens of context.
+  ``sinks + (s - sinks) % W``, W the kind's span. The step costs the same at 8K and at 128K tokens of context.
 * **flat**: full layers and FA-decode layers keep every slot up to ``max_slots`` (prompt + new tokens), like
   transformers' ``StaticCache``.
 
@@ -26,7 +26,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cache import KeyView, SWAACacheLayer, ring_index
 from .kernels.sdpa import decode_sdpa
-from .kinds.sink_window import SinkWindow
+from .kinds import MaskKind
+from .masks import visible
 
 
 class SlotTable:
@@ -36,11 +37,11 @@ class SlotTable:
     once, not once per layer.
 
     ``ring``: (sinks, W) for a ring buffer of ``sinks + W`` indices, else None (index = slot).
-    ``rule``: what decode queries see (window None under FA decode and in full layers: every key)."""
+    ``kind``: what decode queries see (None under FA decode and in full layers: every key)."""
 
-    def __init__(self, positions, clock, *, ring, rule: SinkWindow, owner: int):
+    def __init__(self, positions, clock, *, ring, kind: MaskKind | None, owner: int):
         self.positions, self.clock = positions, clock
-        self.ring, self.rule, self.owner = ring, rule, owner
+        self.ring, self.kind, self.owner = ring, kind, owner
         self.index = self.mask = None
 
     def refresh(self, layer_idx: int) -> None:
@@ -53,7 +54,7 @@ class SlotTable:
             self.index = ring_index(slot, *self.ring)
         self.positions.index_copy_(1, self.index, self.clock.positions)
         held = self.positions
-        self.mask = self.rule.visible(self.clock.positions, held, held >= 0, False)[:, None, None]
+        self.mask = visible(self.kind, self.clock.positions, held, held >= 0, False)[:, None, None]
 
 
 class StaticSlots(CacheLayerMixin):
@@ -163,7 +164,7 @@ class StaticSWAACache(Cache):
             old = layer.table
             if id(old) not in tables:
                 held = old.positions.new_full((rows, old.positions.shape[1]), -1)
-                tables[id(old)] = SlotTable(held, clock, ring=old.ring, rule=old.rule, owner=old.owner)
+                tables[id(old)] = SlotTable(held, clock, ring=old.ring, kind=old.kind, owner=old.owner)
             keys, values = (t.new_zeros(rows, *t.shape[1:]) for t in (layer.keys, layer.values))  # zeros: never NaN
             layers.append(StaticSlots(keys, values, tables[id(old)], layer.layer_idx))
         return StaticSWAACache(layers, clock)
@@ -191,19 +192,18 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
     keys, values = layer.keys, layer.values
     B, H, _, D = keys.shape
     if isinstance(layer, SWAACacheLayer):  # the stored layout (``view`` describes the last call's return value)
-        stored = KeyView(layer.ring, layer.sinks, layer.lo, layer.total, layer.window if layer.ring else None)
+        stored = KeyView(layer.ring, layer.sinks, layer.lo, layer.total, layer.width if layer.ring else None)
         slots, live = stored.slots(keys.device)
     else:
         stored, slots, live = None, torch.arange(keys.shape[-2], device=keys.device), None
     held = real[:, slots]
     if live is not None:
         held = torch.where(live, held, -1)
-    slides_in_decode = plan.window is not None and not plan.fa_decode
-    rule = plan.rule if slides_in_decode else SinkWindow(None, plan.keep_first)
+    kind = plan.kind if plan.evicts else None
     ring = None
-    if slides_in_decode and isinstance(layer, SWAACacheLayer) and layer.settled:
-        ring = (layer.sinks, plan.window)
-    size = rule.kept_slots(layer.sinks) if ring is not None else max_slots
+    if kind is not None and isinstance(layer, SWAACacheLayer) and layer.settled:
+        ring = (layer.sinks, kind.span)
+    size = kind.kept_slots(layer.sinks) if ring is not None else max_slots
     index = slots if ring is None else ring_index(slots, *ring)
     if stored is not None and stored.ring:
         index = torch.arange(keys.shape[-2], device=keys.device)  # already in ring layout
@@ -214,8 +214,8 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
     out_v.index_copy_(2, index, values)
     positions.index_copy_(1, index, held)
     for table in tables:  # one host read per layer, at setup only
-        same_rule = (table.ring, table.rule) == (ring, rule)
+        same_rule = (table.ring, table.kind) == (ring, kind)
         if same_rule and table.positions.shape == positions.shape and torch.equal(table.positions, positions):
             return StaticSlots(out_k, out_v, table, i)
-    tables.append(SlotTable(positions, clock, ring=ring, rule=rule, owner=i))
+    tables.append(SlotTable(positions, clock, ring=ring, kind=kind, owner=i))
     return StaticSlots(out_k, out_v, tables[-1], i)

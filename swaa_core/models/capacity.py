@@ -75,10 +75,10 @@ def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: fl
 
 
 def _rules(shape: ModelShape, config: SWAAConfig | None):
-    """Per layer (window or None, sinks, fa_decode) as the engine plans it (:mod:`swaa_core.engine.install`): full
+    """Per layer (mask kind or None, fa_decode) as the engine plans it (:mod:`swaa_core.engine.install`): full
     attention keeps only the model's own windows."""
     if config is None or config.is_full_attention:
-        return [(native, 0, False) for native in shape.native_windows]
+        return [(None if native is None else SinkWindow(native), False) for native in shape.native_windows]
     config.validate(shape.num_layers)
     return [config.layer_rule(i, native) for i, native in enumerate(shape.native_windows)]
 
@@ -88,8 +88,8 @@ def static_kv_slots(shape, config: SWAAConfig | None, prompt_tokens: int, new_to
     layer whose decode steps slide, ``prompt_tokens + new_tokens`` for the others."""
     shape = model_shape(shape)
     return tuple(
-        SinkWindow(w, k).kept_slots() if w is not None and not fa else prompt_tokens + new_tokens
-        for w, k, fa in _rules(shape, config)
+        kind.kept_slots() if kind is not None and not fa else prompt_tokens + new_tokens
+        for kind, fa in _rules(shape, config)
     )
 
 
@@ -101,8 +101,8 @@ def prefill_kv_slots(shape, config: SWAAConfig | None, prompt_tokens: int) -> tu
     shape = model_shape(shape)
     grown = bucket_end(prompt_tokens + SPARE_SLOTS)
     held, transient = [], 0
-    for w, k, fa in _rules(shape, config):
-        ring = SinkWindow(w, k).kept_slots() if w is not None and not fa else None
+    for kind, fa in _rules(shape, config):
+        ring = kind.kept_slots() if kind is not None and not fa else None
         if ring is not None and prompt_tokens > ring:
             held.append(ring)
             transient = grown
@@ -270,13 +270,14 @@ def _phases(shape: ModelShape, config, prompt: int, new: int, dt: torch.dtype, p
 def prefill_flops(shape, config: SWAAConfig | None, prompt_tokens: int) -> float:
     """FLOPs of one prompt's forward: 2 per multiply-add of every layer's linear maps (q, k, v, o and the gated
     MLP's three) for each token, plus attention's 4 * query heads * head_dim per (query, key) pair the layer's prefill
-    visits (a full causal triangle, or W keys plus the sinks outside the window). Logits of one token are left out."""
+    visits (a full causal triangle, or what the layer's mask kind shows: ``MaskKind.pairs_visited``). Logits of one
+    token are left out."""
     shape = model_shape(shape)
     d, n = shape.head_dim, prompt_tokens
     heads = shape.num_heads or shape.hidden_size // d
     total = 2.0 * shape.num_layers * _linear_params(shape) * n
-    for w, k, _ in _rules(shape, config):
-        total += 4.0 * heads * d * pairs_visited(n, w, k)
+    for kind, _ in _rules(shape, config):
+        total += 4.0 * heads * d * (n * (n + 1) // 2 if kind is None else kind.pairs_visited(n))
     return total
 
 
@@ -301,11 +302,7 @@ def pairs_visited(n: int, window: int | None, sinks: int) -> int:
     """(query, key) pairs of an n-token causal prefill where query i sees key j iff ``i - j < window`` or
     ``j < sinks`` (``window`` None: every earlier key): i + 1 keys while i < window, then W, plus the
     ``min(sinks, i + 1 - window)`` sinks outside it."""
-    if window is None or n <= window:
-        return n * (n + 1) // 2
-    m = n - window  # queries past the first window
-    outside = m * (m + 1) // 2 if m <= sinks else sinks * (sinks + 1) // 2 + (m - sinks) * sinks
-    return window * (window + 1) // 2 + m * window + outside
+    return SinkWindow(window, sinks).pairs_visited(n)
 
 
 def capacity_table(

@@ -17,7 +17,7 @@ import torch
 
 from ..engine.config import SWAAConfig
 from ..engine.families import native_windows
-from ..engine.kinds import SinkWindow
+from ..engine.kinds import MaskKind
 from ..runtime.units import format_bytes
 
 
@@ -229,11 +229,9 @@ def _held_native(n: int, window: int | None) -> int:
     return n if window is None else min(n, window - 1)
 
 
-def _held_swaa(n: int, rule: tuple[int | None, int, bool]) -> int:
-    window, keep_first, fa_decode = rule
-    if window is not None and not fa_decode:
-        return min(n, SinkWindow(window, keep_first).kept_slots())
-    return n
+def _held_swaa(n: int, rule: tuple[MaskKind | None, bool]) -> int:
+    kind, fa_decode = rule
+    return n if kind is None or fa_decode else min(n, kind.kept_slots())
 
 
 # ---------------------------------------------------------------------------------------------- what is free

@@ -1,26 +1,31 @@
 """The independent reference every attention backend is tested against, and the random cases it is run on.
 
-``float64_attention`` spells out docs/paper.md's mask rule in plain tensor comparisons (not via swaa_core.engine.masks) and
-computes masked softmax attention in float64. benchmarks/gpu_common.py uses these too (the GPU benchmarks' correctness
-checks run against the same oracle and cases).
+``float64_attention`` spells out docs/paper.md's mask rule (each mask kind's own rule) in plain tensor comparisons from
+the kind's fields (not via its methods or swaa_core.engine.masks) and computes masked softmax attention in float64.
+benchmarks/gpu_common.py uses these too (the GPU benchmarks' correctness checks run against the same oracle and cases).
 """
 
 from __future__ import annotations
 
 import torch
 
+from swaa_core.engine.kinds import SinkWindow
 from swaa_core.engine.masks import NO_FULL, MaskGeometry
 
 
-def rule_mask(q_pos, kv_pos, kv_valid, q_full, window, keep_first):
+def rule_mask(q_pos, kv_pos, kv_valid, q_full, kind):
     """(B, Q, KV) bool from (B, Q) query and (B, KV) key positions: a key is seen when it is real and not in the
-    future, and (sliding layers only) within the window, one of the first ``keep_first`` positions, or the query is
-    full."""
+    future, and (sliding layers only, ``kind`` not None) within the query's window (SinkWindow: fewer than W positions
+    back), one of the first ``keep_first`` positions, or the query is full."""
     i, j = q_pos[:, :, None], kv_pos[:, None, :]
     seen = kv_valid[:, None, :] & (j <= i)
-    if window is None:
+    if kind is None:
         return seen
-    return seen & ((i - j < window) | (j < keep_first) | q_full[:, :, None])
+    if type(kind) is SinkWindow:
+        own = i - j < kind.window
+    else:
+        raise TypeError(f"no reference rule for {kind!r}: spell it out here")
+    return seen & (own | (j < kind.keep_first) | q_full[:, :, None])
 
 
 def float64_attention(q, k, v, g: MaskGeometry, scale):
@@ -30,7 +35,7 @@ def float64_attention(q, k, v, g: MaskGeometry, scale):
     kk = k.double().repeat_interleave(groups, 1)
     vv = v.double().repeat_interleave(groups, 1)
     scores = (q.double() @ kk.transpose(-1, -2)) * scale
-    mask = rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.window, g.keep_first)
+    mask = rule_mask(g.q_pos, g.kv_pos, g.kv_valid, g.q_full, g.kind)
     probs = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), -1).nan_to_num(0.0)
     return (probs @ vv).transpose(1, 2)
 
@@ -50,9 +55,12 @@ def make_case(
     dtype=torch.float32,
     seed=0,
     device="cpu",
+    kind=SinkWindow,
 ):
     """Random q, k, v of ``dtype`` for n slots and their MaskGeometry: row b of the batch is left-padded by
-    ``pads[b]`` slots; the last ``q_len`` slots (default all) are the queries, the last ``full_tail`` of them full."""
+    ``pads[b]`` slots; the last ``q_len`` slots (default all) are the queries, the last ``full_tail`` of them full.
+    The layer's mask kind is ``kind(window, keep_first)`` (``window``: the kind's size, W or C), or full attention
+    when ``window`` is None."""
     gen = torch.Generator(device).manual_seed(seed)
     q_len = n if q_len is None else q_len
 
@@ -67,7 +75,8 @@ def make_case(
     q_full = torch.zeros(B, q_len, dtype=torch.bool, device=device)
     if full_tail:
         q_full[:, -full_tail:] = True
-    return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, window, keep_first)
+    layer = None if window is None else kind(window, keep_first)
+    return q, k, v, MaskGeometry(real[:, n - q_len :], real, valid, q_full, layer)
 
 
 def with_engine_hints(g: MaskGeometry, full_from: int | None = None) -> MaskGeometry:

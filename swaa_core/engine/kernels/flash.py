@@ -94,8 +94,11 @@ def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
     """Sliding window + sinks from a window kernel (flash-attn's ``window_size=(W-1, 0)``), for unpadded queries that
     are the newest keys. A second pass over the sink keys is merged by log-sum-exp into the queries whose window no
     longer holds them; queries whose window still reaches the sinks see plain causal attention (sinks and window
-    overlap into one run). Differentiable: both kernels take the gradient of their LSE."""
-    rule = g.rule
+    overlap into one run). Differentiable: both kernels take the gradient of their LSE. Raises ValueError for a mask
+    kind that no window kernel expresses (``MaskKind.window_kernel`` None)."""
+    rule = g.kind.window_kernel
+    if rule is None:
+        raise ValueError(unexpressible(g.kind))
     W = rule.window
     Q, KV = q.shape[2], k.shape[2]
     q_first, kv_first = g.offsets if g.offsets is not None else (int(g.q_pos[0, 0]), int(g.kv_pos[0, 0]))
@@ -118,6 +121,15 @@ def window_sink(q, k, v, g: MaskGeometry, scaling: float, fn):
             q[:, :, fix_from:head], k[:, :, :keys], v[:, :, :keys], causal=True, window_left=None, scale=scaling
         )[0]
     return out
+
+
+def unexpressible(kind) -> str:
+    """Why the window kernels refuse ``kind``, naming it."""
+    return (
+        f"The {kind.name!r} mask kind ({kind.describe()}) cannot run on FlashAttention's window kernels (fa4, flash): "
+        "their window_size is one band of keys before each query. Use the 'flex', 'blocked' or 'reference' backend, "
+        "or 'auto', which picks one of them."
+    )
 
 
 def _window_sink_out_of_place(q, k, v, window_left: int, sinks: int, head: int, scaling: float, fn):

@@ -12,8 +12,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..kinds.sink_window import SinkWindow
-from ..masks import MaskGeometry, materialize, swaa_mask_mod
+from ..kinds import MaskKind, SinkWindow
+from ..masks import MaskGeometry, geometry_from_positions, materialize, swaa_mask_mod
 from .sdpa import BLOCK, blocked
 
 
@@ -78,7 +78,7 @@ def flex_simple(q, k, v, g: MaskGeometry, scaling: float):
     """Unpadded, consecutive positions, no full queries: an arithmetic predicate over two offsets held in a device
     tensor (one compiled graph serves every chunk offset) and a block mask cached on host-known facts."""
     q_first, kv_first = g.offsets
-    block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.window, g.keep_first, str(q.device))
+    block_mask = _simple_block_mask(q.shape[2], k.shape[2], q_first, kv_first, g.kind, str(q.device))
     return _run_flex(q, k, v, block_mask, scaling, lambda: blocked(q, k, v, g, scaling))
 
 
@@ -101,7 +101,7 @@ def flex_flash(q, k, v, g: MaskGeometry, scaling: float):
     kind = (q.shape[-1], q.dtype, q.shape[1] // k.shape[1])
     if kind in _FLASH_FAILED:
         return None
-    block_mask = _prefill_block_mask(q.shape[2], g.window, g.keep_first, str(q.device))
+    block_mask = _prefill_block_mask(q.shape[2], g.kind, str(q.device))
     try:
         out = _call_flex(_compiled_flex_static(), q, k, v, block_mask, scaling, {"BACKEND": "FLASH"})
     except torch.OutOfMemoryError:
@@ -160,30 +160,26 @@ def prefill_mask_mod(window: int, keep_first: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _prefill_block_mask(n: int, window: int, keep_first: int, device: str):
-    from ..masks import geometry_from_positions
-
+def _prefill_block_mask(n: int, kind: MaskKind, device: str):
     pos = torch.arange(n, device=device)[None]
-    g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
-    return _create_block_mask(g, 1, n, n, device, mask_mod=prefill_mask_mod(window, keep_first))
+    g = geometry_from_positions(pos, pos, kind=kind)
+    return _create_block_mask(g, 1, n, n, device, mask_mod=kind.prefill_mask_mod())
 
 
 @functools.lru_cache(maxsize=64)
-def _simple_block_mask(Q: int, KV: int, q_first: int, kv_first: int, window: int, keep_first: int, device: str):
-    from ..masks import geometry_from_positions
-
+def _simple_block_mask(Q: int, KV: int, q_first: int, kv_first: int, kind: MaskKind, device: str):
     q_pos = torch.arange(q_first, q_first + Q, device=device)[None]
     kv_pos = torch.arange(kv_first, kv_first + KV, device=device)[None]
-    g = geometry_from_positions(q_pos, kv_pos, window=window, keep_first=keep_first)
+    g = geometry_from_positions(q_pos, kv_pos, kind=kind)
     offsets = torch.tensor([q_first, kv_first], device=device)
-    return _create_block_mask(g, 1, Q, KV, device, mask_mod=window_mask_mod(offsets, window, keep_first))
+    return _create_block_mask(g, 1, Q, KV, device, mask_mod=kind.offsets_mask_mod(offsets))
 
 
 def block_mask_for(g: MaskGeometry, B: int, Q: int, KV: int, device):
     """The block mask a flex call uses for ``g`` (cached when the geometry is simple)."""
     if g.simple and g.full_from - g.offsets[0] >= Q:
         q_first, kv_first = g.offsets
-        return _simple_block_mask(Q, KV, q_first, kv_first, g.window, g.keep_first, str(device))
+        return _simple_block_mask(Q, KV, q_first, kv_first, g.kind, str(device))
     return _create_block_mask(g, B, Q, KV, device)
 
 
@@ -237,17 +233,17 @@ def _candidate_tiles(g: MaskGeometry, Q: int, block: int) -> torch.Tensor:
     first = torch.arange(nq, device=device) * block
     last = (first + block).clamp(max=Q) - 1
     hi = torch.searchsorted(kv_pos, g.q_pos[:, last].contiguous(), right=True).amax(0)
-    if g.window is None:
+    if g.kind is None:
         lo = torch.zeros_like(hi)
     else:
-        lo = torch.searchsorted(kv_pos, g.rule.window_start(g.q_pos[:, first]).contiguous()).amin(0)
+        lo = torch.searchsorted(kv_pos, g.kind.span_start(g.q_pos[:, first]).contiguous()).amin(0)
         any_full = F.pad(g.q_full, (0, nq * block - Q)).view(-1, nq, block).any(-1).any(0)
         lo = torch.where(any_full, 0, lo)
     lo_tile = lo // block
     count = torch.where(hi > lo, (hi - 1) // block - lo_tile + 1, 0)
     span = lo_tile[:, None] + torch.arange(int(count.max()), device=device)
     span = torch.where(span < (lo_tile + count)[:, None], span, -1)
-    sink_end, sinks_below = 0, g.rule.sinks_below
+    sink_end, sinks_below = 0, g.kind.sinks_below if g.kind is not None else 0
     if sinks_below > 0:
         sink_end = int(torch.searchsorted(kv_pos, torch.full_like(kv_pos[:, :1], sinks_below)).max())
     sinks = torch.arange(-(-sink_end // block), device=device).expand(nq, -1)

@@ -190,7 +190,7 @@ def _blocked_forward(call: _BlockedCall, block: int, group: int) -> torch.Tensor
 def _block_groups(call: _BlockedCall, block: int, group: int):
     """(first query, blocks, block size) of each SDPA call, in order (dropout draws its masks in this order)."""
     Q = call.q.shape[2]
-    sinks_below = call.g.rule.sinks_below
+    sinks_below = call.g.kind.sinks_below if call.g.kind is not None else 0
     if sinks_below > 0:
         limit = torch.full_like(call.kv_pos[:, :1], sinks_below)
         call.sink_end = int(torch.searchsorted(call.kv_pos, limit).max())
@@ -277,10 +277,10 @@ def _blocks_out(call: _BlockedCall, q_start: int, blocks: int, size: int) -> tor
     q_index = q_start + torch.arange(blocks * size, device=device).view(blocks, size)
     q_pos = g.q_pos[:, q_index]  # (B, blocks, size)
     hi = torch.searchsorted(call.kv_pos, q_pos.amax(-1), right=True).amax(0)
-    if g.window is None:
+    if g.kind is None:
         lo = torch.zeros_like(hi)
     else:
-        lo = torch.searchsorted(call.kv_pos, g.rule.window_start(q_pos.amin(-1))).amin(0)
+        lo = torch.searchsorted(call.kv_pos, g.kind.span_start(q_pos.amin(-1))).amin(0)
         lo = torch.where(g.q_full[:, q_index].any(-1).any(0), 0, lo)
     span = int((hi - lo).max())
     start = (hi - span).clamp(min=0)

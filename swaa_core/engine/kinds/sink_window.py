@@ -22,6 +22,7 @@ fast paths run the same kernels on the same arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -41,6 +42,7 @@ class SinkWindow:
 
     window: int | None
     keep_first: int = 0
+    name: ClassVar[str] = "sink_window"
 
     # ------------------------------------------------------------------ the predicate
     def visible(self, qp, kp, kv_valid, q_full):
@@ -59,6 +61,13 @@ class SinkWindow:
         window."""
         return q_pos - self.window + 1
 
+    span_start = window_start  # the mask-kind protocol's name (swaa_core.engine.kinds.MaskKind)
+
+    @property
+    def span(self) -> int | None:
+        """Keys the window holds, the query's own included: W (None without a window)."""
+        return self.window
+
     def sink_count(self, first_key: int, n_keys: int) -> int:
         """How many of ``n_keys`` keys at consecutive positions from ``first_key`` are sinks: they lead the run."""
         return min(max(self.keep_first - first_key, 0), n_keys)
@@ -69,11 +78,25 @@ class SinkWindow:
         padding) plus the W newest, the query's own token included. Needs a window."""
         return (self.keep_first if sink_slots is None else sink_slots) + self.window
 
+    def pairs_visited(self, n: int) -> int:
+        """(query, key) pairs an n-token prefill visits: i + 1 keys while i < W, then W, plus the
+        ``min(keep_first, i + 1 - W)`` sinks outside the window (no window: the causal triangle)."""
+        window, sinks = self.window, self.keep_first
+        if window is None or n <= window:
+            return n * (n + 1) // 2
+        m = n - window  # queries past the first window
+        outside = m * (m + 1) // 2 if m <= sinks else sinks * (sinks + 1) // 2 + (m - sinks) * sinks
+        return window * (window + 1) // 2 + m * window + outside
+
     # ------------------------------------------------------------------ when shortcuts apply
     def covers(self, reach: int) -> bool:
         """Whether the window holds every key at most ``reach`` positions before its query: sliding attention is then
         plain causal attention (short prompts), whatever the sinks."""
         return self.window is None or reach < self.window
+
+    def causal_between(self, first_key: int, last_query: int) -> bool:
+        """:meth:`covers` for the keys from ``first_key`` and the queries up to ``last_query``."""
+        return self.covers(last_query - first_key)
 
     def sees_prefix(self, newest: int) -> bool:
         """Whether a query at position ``newest`` sees every position 0..newest (window and sinks overlap)."""
@@ -90,6 +113,11 @@ class SinkWindow:
         return self.keep_first + self.window - 1
 
     # ------------------------------------------------------------------ window kernels
+    @property
+    def window_kernel(self) -> SinkWindow | None:
+        """The window kernels run this rule itself (None without a window: nothing to slide)."""
+        return self if self.window is not None else None
+
     @property
     def window_left(self) -> int:
         """The window kernels' left extent: W - 1 keys before the query."""
@@ -123,7 +151,16 @@ class SinkWindow:
 
         return mask_mod
 
-    # ------------------------------------------------------------------ picture
+    # ------------------------------------------------------------------ configuration and picture
+    def within(self, native_window: int) -> SinkWindow:
+        """In a layer the model slides itself: its window narrowed to ``native_window`` at most, without sinks."""
+        return SinkWindow(native_window if self.window is None else min(self.window, native_window), 0)
+
+    def describe(self) -> str:
+        if self.window is None:
+            return "full attention"
+        return f"SWA {self.window}" + (f" + {self.keep_first} sinks" if self.keep_first else "")
+
     def picture(self, n_tokens: int):
         """(n, n) bool tensor of what each of ``n_tokens`` prompt tokens sees (rows: queries, columns: keys), drawn by
         :func:`visible` on consecutive positions with every key real and no full query."""

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swaa_core.engine import backends
+from swaa_core.engine.kinds import KINDS, SinkWindow
 from swaa_core.engine.masks import materialize
 
 CASES = [
@@ -31,10 +32,15 @@ CASES = [
 ]
 
 
+every_kind = pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+
+
+@every_kind
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("backend", ["reference", "blocked", "blocked-small"])
-def test_backend_matches_naive_float64(case, backend):
-    q, k, v, g = make_case(**case)
+def test_backend_matches_naive_float64(case, backend, kind):
+    """Every mask kind (``window``: its size, W or C) on the backends that run anywhere."""
+    q, k, v, g = make_case(kind=kind, **case)
     scale = 1 / math.sqrt(q.shape[-1])
     expected = float64_attention(q, k, v, g, scale)
     if backend == "blocked-small":  # many blocks, so block edges, sink gathering and window spans are exercised
@@ -56,6 +62,28 @@ def test_flash_composition_matches_naive_float64(case):
     expected = float64_attention(q, k, v, g, scale)
     out = backends.window_sink(q, k, v, g, scale, emulated_window_fn)
     assert torch.allclose(out.double(), expected, atol=2e-5, rtol=1e-4), (out.double() - expected).abs().max()
+
+
+@every_kind
+def test_window_kernels_run_a_kind_or_refuse_it_by_name(kind, monkeypatch):
+    """A kind with a window kernel runs on the window-kernel composition; one without is refused by window_sink and,
+    named as a backend, by explain_backend, naming the kind and the backend; "auto" passes over fa4 and flash."""
+    q, k, v, g = make_case(n=30, window=5, keep_first=2, kind=kind)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(backends, "backend_status", lambda device: dict.fromkeys(backends.BACKENDS[1:]))
+    if g.kind.window_kernel is not None:
+        out = backends.window_sink(q, k, v, g, 0.3, emulated_window_fn)
+        assert torch.allclose(out.double(), float64_attention(q, k, v, g, 0.3), atol=2e-5, rtol=1e-4)
+        assert backends.explain_backend("fa4", "cuda", g.kind) == ("fa4", [])
+        return
+    with pytest.raises(ValueError, match=f"{kind.name!r} mask kind .* window kernels"):
+        backends.window_sink(q, k, v, g, 0.3, emulated_window_fn)
+    for name in ("fa4", "flash"):
+        with pytest.raises(ValueError, match=f"backend {name!r} refused: The {kind.name!r} mask kind"):
+            backends.explain_backend(name, "cuda", g.kind)
+    chosen, notes = backends.explain_backend("auto", "cuda", g.kind)
+    assert chosen == "flex" and notes == [f"{name}: its window kernel cannot express the {kind.name!r} mask kind"
+                                           for name in ("fa4", "flash")]  # fmt: skip
 
 
 def test_reference_probabilities_are_normalised_and_masked():
@@ -88,10 +116,11 @@ def emulated_flash_attn(q, k, v, softmax_scale, causal, window_size=(-1, -1), re
     return out.to(q.dtype), lse.float(), None
 
 
-def test_blocked_never_builds_a_quadratic_mask(monkeypatch):
-    """A long prefill must only ever hand SDPA group x block x (sinks + window + block) masks."""
+@every_kind
+def test_blocked_never_builds_a_quadratic_mask(monkeypatch, kind):
+    """A long prefill must only ever hand SDPA group x block x (sinks + span + block) masks."""
     n, window, keep_first, block, group = 4096, 128, 16, 128, 4
-    q, k, v, g = make_case(n=n, H=2, Hkv=1, D=8, window=window, keep_first=keep_first)
+    q, k, v, g = make_case(n=n, H=2, Hkv=1, D=8, window=window, keep_first=keep_first, kind=kind)
     sizes = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -208,7 +237,7 @@ def test_arithmetic_mask_mod_equals_the_general_predicate(q_len, extra_keys, kv_
     q_first = kv_first + extra_keys
     q_pos = torch.arange(q_first, q_first + q_len)[None]
     kv_pos = torch.arange(kv_first, kv_first + n)[None]
-    g = geometry_from_positions(q_pos, kv_pos, window=window, keep_first=keep_first)
+    g = geometry_from_positions(q_pos, kv_pos, kind=SinkWindow(window, keep_first))
     mod = backends.window_mask_mod(torch.tensor([q_first, kv_first]), window, keep_first)
     grid = torch.arange(q_len)[:, None], torch.arange(n)[None, :]
     assert torch.equal(mod(0, 0, *grid), materialize(g)[0, 0])
@@ -290,7 +319,7 @@ def test_prefill_mask_mod_equals_the_general_predicate(window, keep_first):
     from swaa_core.engine.masks import geometry_from_positions
 
     pos = torch.arange(50)[None]
-    g = geometry_from_positions(pos, pos, window=window, keep_first=keep_first)
+    g = geometry_from_positions(pos, pos, kind=SinkWindow(window, keep_first))
     got = backends.prefill_mask_mod(window, keep_first)(0, 0, torch.arange(50)[:, None], torch.arange(50)[None, :])
     assert torch.equal(got, materialize(g)[0, 0])
 
@@ -305,21 +334,21 @@ def _tiles(block_mask, full: bool) -> torch.Tensor:
     return out
 
 
+@every_kind
 @pytest.mark.parametrize(("Q", "KV", "q_first", "kv_first"), [(300, 300, 0, 0), (77, 400, 323, 0), (64, 190, 500, 374)])
-def test_cached_flex_block_masks_equal_torchs_builder_on_the_rule(Q, KV, q_first, kv_first):
+def test_cached_flex_block_masks_equal_torchs_builder_on_the_rule(Q, KV, q_first, kv_first, kind):
     """The block masks the fast paths cache (a whole prefill, a chunk at offsets) list the same full and partial
     tiles as torch's own create_block_mask over the rule's predicate (built on the CPU here, used on the GPU)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     from swaa_core.engine.kernels import flex as flex_kernels
-    from swaa_core.engine.kinds.sink_window import SinkWindow
 
-    rule = SinkWindow(32, 4)
+    rule = kind(32, 4)
     if q_first == kv_first == 0:
-        ours = flex_kernels._prefill_block_mask(Q, rule.window, rule.keep_first, "cpu")
+        ours = flex_kernels._prefill_block_mask(Q, rule, "cpu")
         mask_mod = rule.prefill_mask_mod()
     else:
-        ours = flex_kernels._simple_block_mask(Q, KV, q_first, kv_first, rule.window, rule.keep_first, "cpu")
+        ours = flex_kernels._simple_block_mask(Q, KV, q_first, kv_first, rule, "cpu")
         mask_mod = rule.offsets_mask_mod(torch.tensor([q_first, kv_first]))
     ref = create_block_mask(mask_mod, 1, 1, Q, KV, device="cpu")
     assert torch.equal(_tiles(ours, full=True), _tiles(ref, full=True))
@@ -380,11 +409,12 @@ def test_cudnn_sdpa_switch_is_restored_across_nesting_threads_and_user_settings(
         cuda.enable_mem_efficient_sdp(flags[2])
 
 
+@every_kind
 @pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[10]], ids=case_id)
-def test_blocked_gradients_match_naive_float64(case):
+def test_blocked_gradients_match_naive_float64(case, kind):
     """The blocked backend's backward (which rebuilds each group of query blocks instead of keeping its gathered keys)
     gives the gradients of the float64 rule, with sinks, left padding and a mixed mask; several groups of blocks."""
-    q, k, v, g = make_case(dtype=torch.float64, **case)
+    q, k, v, g = make_case(dtype=torch.float64, kind=kind, **case)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     weights = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], dtype=torch.float64)
     (backends.blocked(q, k, v, g, 0.3, block=4, group=2) * weights).sum().backward()

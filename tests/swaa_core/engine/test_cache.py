@@ -20,7 +20,7 @@ from swaa_core import SWAAConfig, kv_cache_bytes, swaa
 from swaa_core.engine import cache as cache_module
 from swaa_core.engine.attention import LayerPlan
 from swaa_core.engine.cache import SWAACacheLayer, growing_cache
-from swaa_core.engine.kinds import SinkWindow
+from swaa_core.engine.kinds import KINDS, SinkWindow
 
 append = st.tuples(st.just("append"), st.sampled_from([1, 1, 1, 2, 5, 9]))
 crop = st.tuples(st.just("crop"), st.integers(0, 5))
@@ -51,22 +51,30 @@ def live_slots(layer: SWAACacheLayer, keys: torch.Tensor) -> list[int]:
     st.lists(st.one_of(append, crop, record), min_size=1, max_size=30),
     st.sampled_from(["evicting", "FA decode", "full"]),
     st.sampled_from([(1, 1), (3, 4), (256, 256)]),
+    st.sampled_from(list(KINDS.values())),
 )
-def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, room):
+def test_cache_holds_exactly_what_the_rules_say(window, sinks, ops, kind, room, mask):
     """Also for the layers that never evict (FA decode, full), which grow in place into spare room: a handed-out
     view must keep its rows whatever the layer does next (appends, roll-backs), with any amount of room (spare slots,
-    buffers rounded up to a multiple of the bucket)."""
+    buffers rounded up to a multiple of the bucket). For every mask kind (``window``: its size, W or C): an evicting
+    layer keeps sinks + the newest ``window`` slots."""
     spare, bucket = room
     with (
         mock.patch.object(cache_module, "SPARE_SLOTS", spare),
         mock.patch.object(cache_module, "KEY_BUCKET", bucket),
         torch.no_grad(),  # as generate runs
     ):
-        check_cache_against_slots(window, sinks, ops, kind)
+        check_cache_against_slots(window, sinks, ops, kind, mask)
 
 
-def check_cache_against_slots(window, sinks, ops, kind):
-    plan = LayerPlan(0, None if kind == "full" else window, sinks, kind == "FA decode", "reference")
+def sees(q: int, s: int, mask, window: int, sinks: int) -> bool:
+    """Key slot s <= q seen by the query at slot q (no padding), spelled out per kind."""
+    own = q - s < window if mask is SinkWindow else s // window == q // window
+    return s < sinks or own
+
+
+def check_cache_against_slots(window, sinks, ops, kind, mask=SinkWindow):
+    plan = LayerPlan(0, None if kind == "full" else mask(window, sinks), kind == "FA decode", "reference")
     layer, held, total, recording = SWAACacheLayer(0), set(), 0, False
     handed_out = []  # (keys returned by a non-evicting layer, a copy taken then)
 
@@ -86,7 +94,7 @@ def check_cache_against_slots(window, sinks, ops, kind):
                 handed_out.append((keys, keys.clone()))
             for view, then in handed_out:
                 assert torch.equal(view, then), "a later step overwrote rows of a view handed out before"
-            needed = {s for q in range(total - arg, total) for s in range(q + 1) if s < sinks or q - s < window}
+            needed = {s for q in range(total - arg, total) for s in range(q + 1) if sees(q, s, mask, window, sinks)}
             assert needed <= set(got) <= seen
             held = compact(seen, total)
         elif op == "crop" and total:
@@ -123,7 +131,7 @@ def check_cache_against_slots(window, sinks, ops, kind):
 @torch.no_grad()  # as generate runs: with gradients on, a step copies (tested below)
 def test_decode_steps_write_in_place_without_reading_the_device():
     """Once the ring exists, a one-token step writes into the same buffer and returns all of it."""
-    plan = LayerPlan(0, 4, 2, False, "reference")
+    plan = LayerPlan(0, SinkWindow(4, 2), False, "reference")
     layer = SWAACacheLayer(0)
     layer.bind(plan, None, 0)
     layer.update(rows(0, 10), -rows(0, 10))
@@ -143,7 +151,7 @@ def test_growing_layers_copy_their_cache_once_per_spare_slots(kind, monkeypatch)
     out (transformers' DynamicLayer copies all of it at every step)."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 8)
     monkeypatch.setattr(cache_module, "KEY_BUCKET", 4)
-    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    plan = LayerPlan(0, None if kind == "full" else SinkWindow(4, 2), kind == "FA decode", "reference")
     layer = SWAACacheLayer(0)
     layer.bind(plan, None, 0)
     layer.update(rows(0, 10), -rows(0, 10))
@@ -177,7 +185,7 @@ def test_growing_layers_hand_out_keys_with_finite_room_to_the_next_bucket(kind, 
     and under inference mode, whose views do not record their base."""
     monkeypatch.setattr(cache_module, "SPARE_SLOTS", 3)
     monkeypatch.setattr(cache_module, "KEY_BUCKET", 4)
-    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    plan = LayerPlan(0, None if kind == "full" else SinkWindow(4, 2), kind == "FA decode", "reference")
     layer = SWAACacheLayer(0)
     total, buffers = 0, set()
     with mode():
@@ -395,7 +403,7 @@ def test_growing_cache_follows_transformers_cache_through_reorders_and_rollbacks
 @pytest.mark.parametrize("kind", ["evicting", "FA decode", "full"])
 def test_a_batch_the_cache_does_not_hold_is_refused_as_transformers_cache_refuses_it(kind):
     """Writing in place, one row would be broadcast into every held row without a word; concatenation fails."""
-    plan = LayerPlan(0, None if kind == "full" else 4, 2, kind == "FA decode", "reference")
+    plan = LayerPlan(0, None if kind == "full" else SinkWindow(4, 2), kind == "FA decode", "reference")
     ours, theirs = SWAACacheLayer(0), DynamicLayer()
     two = torch.cat([rows(0, 10), rows(0, 10)])
     ours.bind(plan, None, 0)

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swaa_core import SWAAConfig, load_upstream_settings
-from swaa_core.engine.config import SWAAConfigError
+from swaa_core.engine.config import UPSTREAM_KEYS, SWAAConfigError
+from swaa_core.engine.kinds import SinkWindow
 from swaa_core.engine.masks import mask_picture
 
 
@@ -16,8 +17,10 @@ def test_round_trip_upstream_fields():
     data = {"sliding_window_size": 2048, "keep_first": 100, "force_fa_decode": [0, 2], "non_sliding_layers": [5, 1]}
     cfg = SWAAConfig.from_dict(data)
     assert cfg.non_sliding_layers == [1, 5]
-    assert cfg.to_dict() == {**data, "non_sliding_layers": [1, 5]}
+    assert cfg.to_dict() == {**data, "non_sliding_layers": [1, 5]}  # mask_kind at its default is left out
+    assert cfg.kind == SinkWindow(2048, 100)  # what an upstream config means
     assert SWAAConfig.from_json(cfg.to_json()) == cfg
+    assert tuple(SWAAConfig().to_dict()) == UPSTREAM_KEYS
 
 
 @pytest.mark.parametrize(
@@ -30,6 +33,8 @@ def test_round_trip_upstream_fields():
         ({"sliding_window_size": 8, "non_sliding_layers": [-2]}, "negative layer index"),
         ({"sliding_window_size": 8, "force_fa_decode": "yes"}, "force_fa_decode"),
         ({"sliding_window_size": 8, "window": 3}, "Unknown SWAA config field"),
+        ({"sliding_window_size": 8, "mask_kind": "dilated"}, "mask_kind must be one of 'sink_window'.*got 'dilated'"),
+        ({"sliding_window_size": 8, "mask_kind": None}, "mask_kind must be one of 'sink_window'.*got None"),
     ],
 )
 def test_bad_configs_say_what_is_wrong(data, message):

@@ -147,7 +147,7 @@ def test_padded_decode_step_on_cuda_matches_float64(cudnn, monkeypatch):
     q = randn(2, H, 1, D)
     mask2d = torch.ones(2, L, dtype=torch.long, device=CUDA)
     mask2d[1, :pad] = 0  # row 1 is left-padded
-    plan = LayerPlan(0, None, 0, False, "flex")  # a full layer: only padding is masked
+    plan = LayerPlan(0, None, False, "flex")  # a full layer: only padding is masked
     with contextlib.nullcontext() if cudnn else without_cudnn_sdpa():
         out = _padded_decode_step(plan, None, layer, q, k, v, mask2d, layer.view, True, D**-0.5)
     k64, v64 = (t.double().repeat_interleave(H // Hkv, dim=1) for t in (k, v))

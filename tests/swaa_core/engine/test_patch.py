@@ -302,7 +302,7 @@ def test_a_padded_decode_step_builds_each_kind_of_layer_mask_once(family, overri
 
     built = []
     real = attention.materialize
-    monkeypatch.setattr(attention, "materialize", lambda g: built.append(g.window) or real(g))
+    monkeypatch.setattr(attention, "materialize", lambda g: built.append(g.kind) or real(g))
     model = build_tiny_model(family, layers=len(overrides.get("layer_types", "1234")), eos_token_id=None, **overrides)
     a, b = ids(19, seed=10)[0], ids(11, seed=11)[0]
     batch, mask = left_padded(a, b)
