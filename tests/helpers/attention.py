@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import torch
 
-from swaa_core.engine.kinds import SinkWindow
+from swaa_core.engine.kinds import ChunkedAttention, SinkWindow
 from swaa_core.engine.masks import NO_FULL, MaskGeometry
 
 
 def rule_mask(q_pos, kv_pos, kv_valid, q_full, kind):
     """(B, Q, KV) bool from (B, Q) query and (B, KV) key positions: a key is seen when it is real and not in the
     future, and (sliding layers only, ``kind`` not None) within the query's window (SinkWindow: fewer than W positions
-    back), one of the first ``keep_first`` positions, or the query is full."""
+    back; ChunkedAttention: in the query's chunk of C positions), one of the first ``keep_first`` positions, or the
+    query is full."""
     i, j = q_pos[:, :, None], kv_pos[:, None, :]
     seen = kv_valid[:, None, :] & (j <= i)
     if kind is None:
         return seen
     if type(kind) is SinkWindow:
         own = i - j < kind.window
+    elif type(kind) is ChunkedAttention:
+        own = j.div(kind.chunk_size, rounding_mode="floor") == i.div(kind.chunk_size, rounding_mode="floor")
     else:
         raise TypeError(f"no reference rule for {kind!r}: spell it out here")
     return seen & (own | (j < kind.keep_first) | q_full[:, :, None])

@@ -6,13 +6,15 @@ block-mask caches hold the kind object and key on it; a full-attention layer hol
 consumer asks the kind through :class:`MaskKind`, so a new kind is one module here, its entry in :data:`KINDS` and its
 tests (``tests/swaa_core/engine/test_kinds.py`` runs the contract over every kind in :data:`KINDS`).
 
-Kinds: :class:`~swaa_core.engine.kinds.sink_window.SinkWindow` (SWAA's sinks + sliding window).
+Kinds: :class:`~swaa_core.engine.kinds.sink_window.SinkWindow` (SWAA's sinks + sliding window) and
+:class:`~swaa_core.engine.kinds.chunked.ChunkedAttention` (Llama 4's chunked attention, plus sinks).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
+from .chunked import ChunkedAttention
 from .sink_window import SinkWindow
 
 
@@ -94,6 +96,6 @@ class MaskKind(Protocol):
 
 
 # SWAAConfig.mask_kind -> kind class; the first is the default
-KINDS: dict[str, type] = {SinkWindow.name: SinkWindow}
+KINDS: dict[str, type] = {SinkWindow.name: SinkWindow, ChunkedAttention.name: ChunkedAttention}
 
-__all__ = ["KINDS", "MaskKind", "SinkWindow"]
+__all__ = ["KINDS", "ChunkedAttention", "MaskKind", "SinkWindow"]
