@@ -109,19 +109,48 @@ def main() -> None:
 
 
 def summary(path: Path) -> None:
+    """One markdown row per candidate, the lengths side by side: hits / prompts with the Wilson 95% interval, and the
+    answer's NLL per token (mean ± sd); then the forward seconds and load per length (times under load are not the
+    machine's)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
+    lengths = sorted({r["length"] for r in rows})
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["label"], r["length"]), []).append(r)
-    print("| candidate | length | accuracy | NLL/token (mean ± sd) | forward s (min/median/max) | load |")
-    print("|---|---|---|---|---|---|")
-    for (label, n), rs in groups.items():
-        nll = [r["nll"] for r in rs]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    head = " | ".join(f"{n}: hits (95% CI) | {n}: NLL/token" for n in lengths)
+    print(f"| candidate | full layers | {head} |")
+    print("|---|---|" + "---|---|" * len(lengths))
+    for label in labels:
+        layers = next(r["layers"] for r in rows if r["label"] == label)
+        cells = []
+        for n in lengths:
+            rs = groups.get((label, n), [])
+            if not rs:
+                cells += ["–", "–"]
+                continue
+            hits, nll = sum(r["hit"] for r in rs), [r["nll"] for r in rs]
+            lo, hi = wilson(hits, len(rs))
+            sd = statistics.stdev(nll) if len(nll) > 1 else 0.0
+            cells += [f"{hits}/{len(rs)} ({lo:.0%}-{hi:.0%})", f"{statistics.fmean(nll):.3f} ± {sd:.3f}"]
+        shown = "all" if layers is None else (",".join(map(str, layers)) or "none")
+        print(f"| {label} | {shown} | " + " | ".join(cells) + " |")
+    for n in lengths:
+        rs = [r for r in rows if r["length"] == n]
         secs = sorted(r["seconds"] for r in rs)
-        sd = statistics.stdev(nll) if len(nll) > 1 else 0.0
-        print(f"| {label} | {n} | {sum(r['hit'] for r in rs)}/{len(rs)} | {statistics.fmean(nll):.2f} ± {sd:.2f} | "
-              f"{secs[0]:.1f} / {statistics.median(secs):.1f} / {secs[-1]:.1f} | "
-              f"{statistics.fmean(r['load'] for r in rs):.1f} |")  # fmt: skip
+        loads = sorted(r["load"] for r in rs)
+        print(f"{n} tokens: {len(rs)} rows, forward s min/median/max {secs[0]:.1f} / {statistics.median(secs):.1f} / "
+              f"{secs[-1]:.1f}, load min/max {loads[0]:.1f} / {loads[-1]:.1f}")  # fmt: skip
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 if __name__ == "__main__":
