@@ -166,40 +166,9 @@ class SWAAConfig:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def fa_layers(pattern: str | int | list[int] | None, num_layers: int) -> list[int]:
-        """Layer indices that keep full attention for a pattern.
-
-        "1/2" -> every 2nd layer from 1 ([1, 3, 5, ...], the paper's figure); "1/4" -> [3, 7, 11, ...];
-        "1/k" -> range(k-1, n, k); "none" -> []; "all" -> every layer; "every 3 from 0" -> [0, 3, 6, ...];
-        "1,5,9" or a list -> those layers.
-        """
-        if pattern is None or (isinstance(pattern, str) and pattern.strip().lower() in ("", "none", "0")):
-            return []
-        if isinstance(pattern, (list, tuple)):
-            return _layer_list(pattern, "FA layers")
-        if isinstance(pattern, int):
-            return list(range(pattern - 1, num_layers, pattern))
-        text = pattern.strip().lower()
-        if text == "all":
-            return list(range(num_layers))
-        m = re.fullmatch(r"1\s*/\s*(\d+)", text)
-        if m:
-            k = int(m.group(1))
-            if k < 1:
-                raise SWAAConfigError(f"FA layer pattern {pattern!r}: the denominator must be >= 1.")
-            return list(range(k - 1, num_layers, k))
-        m = re.fullmatch(r"every\s+(\d+)(?:\w*)?\s*(?:layers?)?\s*(?:from|starting at)\s+(\d+)", text)
-        if m:
-            step, start = int(m.group(1)), int(m.group(2))
-            if step < 1:
-                raise SWAAConfigError(f"FA layer pattern {pattern!r}: the step must be >= 1.")
-            return list(range(start, num_layers, step))
-        try:
-            return _layer_list([int(x) for x in re.split(r"[,\s]+", text) if x], "FA layers")
-        except ValueError:
-            raise SWAAConfigError(
-                f"Unknown FA layer pattern {pattern!r}. Use '1/2', '1/4', 'every 2 from 1', 'all', 'none' "
-                "or a list of layer indices such as '1,5,9'."
-            ) from None
+        """Layer indices that keep full attention for a layer list in the grammar of :func:`parse_layers`, resolved
+        for a model with ``num_layers`` layers: "1/2" -> [1, 3, 5, ...], "1/4" -> [3, 7, 11, ...]."""
+        return resolve_layers(parse_layers(pattern, "FA layers"), num_layers)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +242,48 @@ def load_upstream_settings(path_or_data) -> list[tuple[SWAAConfig, list[str]]]:
             raise SWAAConfigError(f"Entry {i}: {e}") from None
         out.append((cfg, [str(m) for m in models]))
     return out
+
+
+LAYER_LIST_GRAMMAR = "'none', 'all', '1/k' (such as '1/2'), 'every k from s' or layer indices such as '1,5,9'"
+
+
+def parse_layers(value: str | int | list[int] | None, name: str) -> str | list[int]:
+    """The one reading of a layer list, shared by configs, recipes, the app's links, widgets and API.
+
+    None, "", "none", "off" -> []; a list, or text such as "1,5,9" / "1 5 9" -> the indices, sorted, once each;
+    "all", "1/k" (every k-th layer, the paper's "1/2" = [1, 3, 5, ...]) and "every k from s" -> that pattern,
+    spelled canonically, for :func:`resolve_layers` once the layer count is known; an int k -> "1/k".
+    SWAAConfigError naming ``name`` for anything else, with the same words on every surface."""
+    if value is None or isinstance(value, (list, tuple)):
+        return _layer_list(value or [], name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"1/{value}"
+    text = " ".join(str(value).split()).lower()
+    if text in ("", "none", "off"):
+        return []
+    if re.fullmatch(r"-?\d+([,\s]+-?\d+)*,?", text):
+        return _layer_list([int(x) for x in re.split(r"[,\s]+", text) if x], name)
+    if text == "all":
+        return text
+    m = re.fullmatch(r"1\s*/\s*(\d+)", text) or re.fullmatch(
+        r"every\s+(\d+)(?:\w*)?\s*(?:layers?)?\s*(?:from|starting at)\s+(\d+)", text
+    )
+    if m is None:
+        raise SWAAConfigError(f"{name} must be {LAYER_LIST_GRAMMAR}; got {value!r}.")
+    if int(m.group(1)) < 1:
+        raise SWAAConfigError(f"{name} {value!r}: the step must be at least 1.")
+    return f"1/{m.group(1)}" if m.lastindex == 1 else f"every {m.group(1)} from {m.group(2)}"
+
+
+def resolve_layers(parsed: str | list[int], num_layers: int) -> list[int]:
+    """The indices a :func:`parse_layers` result names in a model with ``num_layers`` layers."""
+    if isinstance(parsed, list):
+        return parsed
+    if parsed == "all":
+        return list(range(num_layers))
+    numbers = [int(x) for x in re.findall(r"\d+", parsed)]  # "1/k" -> [1, k]; "every k from s" -> [k, s]
+    step, start = numbers if parsed.startswith("every") else (numbers[1], numbers[1] - 1)
+    return list(range(start, num_layers, step))
 
 
 def _layer_list(values, name: str) -> list[int]:

@@ -64,6 +64,8 @@ def test_notes_explain_legal_but_surprising_settings():
         ("all", 3, [0, 1, 2]),
         ("every 3 from 0", 8, [0, 3, 6]),
         ("5, 1,9", 12, [1, 5, 9]),
+        ("0", 4, [0]),  # an index list, as in the app's links (it once also meant "none")
+        ("every 2 layers starting at 1", 6, [1, 3, 5]),
         ([4, 2], 8, [2, 4]),
     ],
 )
@@ -72,7 +74,7 @@ def test_fa_layer_patterns(pattern, n, expected):
 
 
 def test_unknown_pattern_is_explained():
-    with pytest.raises(SWAAConfigError, match="Unknown FA layer pattern"):
+    with pytest.raises(SWAAConfigError, match="FA layers must be 'none', 'all', '1/k'"):
         SWAAConfig.fa_layers("half of them", 8)
 
 
