@@ -182,15 +182,19 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     )
 
 
-def generation_kwargs(args) -> dict:
-    """The options of :func:`add_generation_args` (and --backend) as the keywords ``run_one`` takes."""
-    return dict(
+def run_spec(args, *, score_logprob: bool):
+    """The run value of the options of :func:`add_generation_args` and --backend (``score_logprob``: what the
+    subcommand's own options say); ValueError naming the setting, before any model loads."""
+    from ..eval.run_spec import RunSpec
+
+    return RunSpec(
         max_new_tokens=args.max_new_tokens,
-        timing_tokens=args.timing_tokens,
-        decode_path=args.decode_path,
         cot=args.cot,
         system=args.system,
         backend=args.backend,
+        score_logprob=score_logprob,
+        timing_tokens=args.timing_tokens,
+        decode_path=args.decode_path,
     )
 
 

@@ -19,12 +19,12 @@ from .common import (
     add_model_args,
     add_recipe_args,
     formatter,
-    generation_kwargs,
     launch_from_args,
     load_from_args,
     num_layers,
     relaunch,
     resolve_configs,
+    run_spec,
 )
 from .output import frame_table, note, path_caption, print_json, report_errors, shared_error
 
@@ -34,6 +34,7 @@ def cmd_eval(args) -> int:
 
     if (code := relaunch(args)) is not None:
         return code
+    spec = run_spec(args, score_logprob=not args.no_logprob)
     launch = launch_from_args(args)
     loaded = load_from_args(args, launch)
     if not args.dataset and args.task != "doc_qa":
@@ -49,8 +50,7 @@ def cmd_eval(args) -> int:
         loaded,
         samples,
         configs,
-        **generation_kwargs(args),
-        score_logprob=not args.no_logprob,
+        spec=spec,
         progress=not args.quiet and launch.is_main,
     )
     if not launch.is_main:  # the main process reports for everyone

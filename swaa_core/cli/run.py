@@ -12,10 +12,10 @@ from .common import (
     add_model_args,
     add_recipe_args,
     formatter,
-    generation_kwargs,
     load_from_args,
     num_layers,
     resolve_configs,
+    run_spec,
 )
 from .output import print_json, report_errors, results_table, shared_error
 
@@ -25,6 +25,7 @@ def cmd_run(args) -> int:
     from ..eval.tasks import TaskSample, count_tokens
 
     text = _prompt_text(args)
+    spec = run_spec(args, score_logprob=bool(args.answer))
     loaded = load_from_args(args)
     prompt_tokens = count_tokens(loaded.tokenizer, text)
     configs = resolve_configs(args, num_layers(loaded), prompt_tokens)
@@ -47,16 +48,7 @@ def cmd_run(args) -> int:
         elif stream:
             print(flush=True)
 
-    results = compare(
-        loaded,
-        target,
-        configs,
-        **generation_kwargs(args),
-        on_start=on_start,
-        on_token=on_token,
-        on_result=on_result,
-        score_logprob=bool(args.answer),
-    )
+    results = compare(loaded, target, configs, spec=spec, on_start=on_start, on_token=on_token, on_result=on_result)
     if not args.json:
         if not shared_error(results):
             read = max(r.prompt_tokens for r in results)  # what the model read, chat template included

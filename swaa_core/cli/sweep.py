@@ -17,6 +17,7 @@ from .common import (
     num_layers,
     relaunch,
     resolve_configs,
+    run_spec,
 )
 from .eval import add_task_args, check_context, task_kwargs
 from .output import frame_table, note, path_caption, print_json
@@ -28,6 +29,7 @@ def cmd_sweep(args) -> int:
 
     if (code := relaunch(args)) is not None:
         return code
+    run = run_spec(args, score_logprob=not args.no_logprob)
     launch = launch_from_args(args)
     loaded = load_from_args(args, launch)
     check_context(loaded, max(args.lengths), args.max_new_tokens, "--lengths")
@@ -41,17 +43,13 @@ def cmd_sweep(args) -> int:
         seeds=list(range(args.seed, args.seed + args.samples)),
         task=args.task,
         task_kwargs=task_kwargs(args.task_arg),
-        max_new_tokens=args.max_new_tokens,
-        cot=args.cot,
-        score_logprob=not args.no_logprob,
-        timing_tokens=args.timing_tokens,
-        decode_path=args.decode_path,
+        run=run,
     )
     if launch.is_main:
         where = f" on {launch.world} processes" if launch.distributed else ""
         note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}){where} -> {args.out}")
     df = run_sweep(loaded, spec, args.out, progress=not args.quiet and launch.is_main,
-                   retry_errors=args.retry_errors, backend=args.backend, launch=launch)  # fmt: skip
+                   retry_errors=args.retry_errors, launch=launch)  # fmt: skip
     if not launch.is_main:  # the main process merged the rows and reports for everyone
         return 0
     if args.csv:

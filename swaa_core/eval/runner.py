@@ -26,7 +26,6 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..engine.config import SWAAConfig
-from ..engine.decode_path import DecodePath
 from ..engine.families import attention_modules, native_windows
 from ..models.memory import check_run_fits
 from ..runtime.distributed import Launch
@@ -43,7 +42,8 @@ from .harness import (
     not_measured,
     stopped_after_tokens,
 )
-from .latency import DEFAULT_TIMING_TOKENS, AnswerThenBudget, DecodeTiming
+from .latency import AnswerThenBudget, DecodeTiming
+from .run_spec import RunSpec, check_keywords
 from .scoring import answer_loglik, reference_text, score_sample
 from .tasks import TaskSample, count_tokens, needle_distance, run_meta
 from .tasks.base import decode_whole
@@ -111,42 +111,6 @@ class RunResult:
         return out
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """How one prompt is run: every setting of :func:`run_one` besides the model, the prompt, the config and the
-    label (meanings there). Build it from keywords; :meth:`check` refuses settings no run can take."""
-
-    max_new_tokens: int = 32
-    cot: bool = False
-    system: str | None = None
-    backend: str = "auto"
-    warmup: bool = True
-    score_logprob: bool = True
-    timing_tokens: int = DEFAULT_TIMING_TOKENS
-    on_token: Callable[[str], None] | None = None
-    cancel: threading.Event | None = None
-    decode_path: DecodePath | str | None = None  # None: auto
-    static_cache: bool | None = None  # the older spelling: True = decode_path "fixed", False = "eager"
-
-    @property
-    def path(self) -> DecodePath:
-        """The decode path asked for (``decode_path`` and its alias ``static_cache`` merged)."""
-        return DecodePath.of(self.decode_path, static_cache=self.static_cache)
-
-    def check(self) -> None:
-        """Raise :class:`ValueError` for a ``max_new_tokens`` below 1, a negative ``timing_tokens``, or a decode path
-        that is not one of auto / fixed / eager (or contradicts ``static_cache``)."""
-        self.path  # noqa: B018 - raises for a bad name
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}.")
-        if not isinstance(self.timing_tokens, int) or self.timing_tokens < 0:
-            raise ValueError(f"timing_tokens must be a whole number >= 0, got {self.timing_tokens!r}.")
-
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel is not None and self.cancel.is_set()
-
-
 # ---------------------------------------------------------------------- the model side
 
 
@@ -194,35 +158,26 @@ def run_one(
     config: SWAAConfig | dict | None,
     *,
     label: str | None = None,
-    max_new_tokens: int = 32,
-    cot: bool = False,
     on_token: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
-    system: str | None = None,
-    backend: str = "auto",
-    warmup: bool = True,
-    score_logprob: bool = True,
-    timing_tokens: int = DEFAULT_TIMING_TOKENS,
-    decode_path: DecodePath | str | None = None,
-    static_cache: bool | None = None,
+    spec: RunSpec | None = None,
+    **settings,
 ) -> RunResult:
     """Generate greedily for one prompt under ``config`` (None: full attention) and measure the run.
 
     ``sample_or_prompt``: a :class:`TaskSample` (scored against its answer, with its answer prefix pre-filled) or
-    plain user text (not scored). ``cot`` switches chain-of-thought on (see :mod:`swaa_core.eval.cot`).
-    ``score_logprob`` adds the teacher-forced log-likelihood of the reference answer (one more prefill, untimed).
-    ``timing_tokens``: the run generates at least this many tokens (past the answer's end if need be, EOS ignored,
-    never shown) so that decode speed and ``timed_total_s`` cover the same tokens in every run; fewer if the
-    model's context ends first; 0 times the answer's own tokens only (then runs of unequal lengths differ).
-    ``decode_path``: "auto" (None; the fixed-buffer decoder on CUDA, :data:`~swaa_core.engine.decode_path.CPU_DEFAULT`
-    on a CPU), "fixed" (:func:`swaa_core.fast_generate`: one CUDA graph replayed per token on a GPU, the same steps
-    eagerly on a CPU) or "eager" (transformers' ``generate`` with the dynamic SWAA cache); the result's
-    ``decode_path`` and ``decode_reason`` say which ran and why. ``static_cache``: the older spelling (True: fixed,
-    False: eager). Full attention and every SWAA configuration resolve the same path on the same device.
+    plain user text (not scored). How it runs is ``spec`` (:class:`~swaa_core.eval.run_spec.RunSpec`), or the same
+    settings as keywords: ``max_new_tokens`` (32), ``cot``, ``system``, ``backend`` ("auto"), ``warmup``,
+    ``score_logprob``, ``timing_tokens``, ``decode_path`` and its older spelling ``static_cache`` (meanings there).
+    ``decode_path`` "auto" takes the fixed-buffer decoder on CUDA and
+    :data:`~swaa_core.engine.decode_path.CPU_DEFAULT` on a CPU; the result's ``decode_path`` and ``decode_reason``
+    say which ran and why; full attention and every SWAA configuration resolve the same path on the same device.
+    Tokens stream through ``on_token``; ``cancel`` stops the run between layers or decode steps.
+
+    TypeError for a keyword that is no setting (or settings beside ``spec``); every other failure, a bad setting
+    value included, comes back as the result's ``error``.
     """
-    spec = RunSpec(max_new_tokens=max_new_tokens, cot=cot, system=system, backend=backend, warmup=warmup,
-                   score_logprob=score_logprob, timing_tokens=timing_tokens, on_token=on_token, cancel=cancel,
-                   decode_path=decode_path, static_cache=static_cache)  # fmt: skip
+    check_keywords(spec, settings)
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
@@ -231,15 +186,16 @@ def run_one(
     result = RunResult(
         label=label or (BASELINE_LABEL if config is None else config.describe()),
         config=None if config is None else config.to_dict(),
-        cot=bool(cot),
         reference=sample.answer if sample is not None and sample.references else None,
         meta=run_meta(sample),
     )
     try:
+        spec = RunSpec.of(spec, **settings)
+        result.cot = spec.cot
         m = _Model.of(loaded)
         result.device = str(m.device)
         with m.lock if m.lock is not None else contextlib.nullcontext():
-            _run(m, sample_or_prompt, config, spec, result)
+            _run(m, sample_or_prompt, config, spec, result, _Watch(on_token, cancel))
     except RunCancelled:  # raised only before the first token: once tokens stream, a stop ends between steps
         result.cancelled = True
         result.error = "Cancelled before the first token."
@@ -250,18 +206,30 @@ def run_one(
     return result
 
 
-def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: RunSpec, result: RunResult) -> None:
-    spec.check()
+@dataclass(frozen=True)
+class _Watch:
+    """What watches a run without shaping it: where its tokens stream, and the event that stops it."""
+
+    on_token: Callable[[str], None] | None = None
+    cancel: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+
+def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: RunSpec, result: RunResult,
+         watch: _Watch) -> None:  # fmt: skip
     sample = target if isinstance(target, TaskSample) else None
     user_text = sample.prompt if sample is not None else target
     if not isinstance(user_text, str):
         raise TypeError(f"Expected a TaskSample or prompt text, got {type(target).__name__}.")
-    if spec.cancelled:
+    if watch.cancelled:
         raise RunCancelled
     if config is not None:
         config.validate(len(attention_modules(m.model)))
     result.threads = pin_threads()  # the same threads in the main thread, a Gradio worker or a run's own thread
-    decoder = Decoder.for_device(spec.path, m.device)
+    decoder = Decoder.for_device(spec.decode_path, m.device)
     result.decode_path, result.decode_reason = decoder.route.words(), decoder.route.reason
     if spec.warmup:
         _warm_up(m, config, spec.backend, decoder)
@@ -275,7 +243,7 @@ def _run(m: _Model, target: TaskSample | str, config: SWAAConfig | None, spec: R
         distance = needle_distance(m.tokenizer, rendered, sample)
         if distance is not None:
             result.meta["needle_distance"] = distance
-    _generate(m, ids, config, spec, result, t0=t0, budget=budget, decoder=decoder)
+    _generate(m, ids, config, spec, result, watch, t0=t0, budget=budget, decoder=decoder)
     result.reasoning_text, result.answer_text = split_reasoning(result.output_text, marker=spec.cot)
     if result.reasoning_text:
         result.reasoning_tokens = count_tokens(m.tokenizer, result.reasoning_text)
@@ -300,20 +268,20 @@ def _plan(m: _Model, n_prompt: int, config: SWAAConfig | None, spec: RunSpec, re
     return budget
 
 
-def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: RunResult, *, t0: float, budget: int,
-              decoder: Decoder):  # fmt: skip
+def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: RunResult, watch: _Watch, *,
+              t0: float, budget: int, decoder: Decoder):  # fmt: skip
     """The timed generation on ``decoder``'s path: streams the answer, measures it into ``result`` and decodes its
     text."""
     n_prompt = ids.shape[1]
     eos = without_eos(m.generation_config(1))  # AnswerThenBudget finds the answer's end and lets the timing run on
-    streamer = AnswerStreamer(m.tokenizer, spec.on_token, eos=eos, max_new_tokens=spec.max_new_tokens)
+    streamer = AnswerStreamer(m.tokenizer, watch.on_token, eos=eos, max_new_tokens=spec.max_new_tokens)
     criteria = [AnswerThenBudget(n_prompt, spec.max_new_tokens, budget, eos)]
-    criteria = StoppingCriteriaList(criteria + ([CancelCriteria(spec.cancel)] if spec.cancel is not None else []))
+    criteria = StoppingCriteriaList(criteria + ([CancelCriteria(watch.cancel)] if watch.cancel is not None else []))
     with PeakMemory(m.device) as memory:
         # the fixed path times its own prefill (a captured step must not synchronise), the eager one by a timer; a
         # stop ends the prefill between layers until the first token, then between steps (the stopping criteria)
         out = decoder.generate(m.model, ids, config, max_new_tokens=max(spec.max_new_tokens, budget),
-                               backend=spec.backend, streamer=streamer, criteria=criteria, cancel=spec.cancel,
+                               backend=spec.backend, streamer=streamer, criteria=criteria, cancel=watch.cancel,
                                until=lambda: streamer.first_token_at, time_prefill=True)  # fmt: skip
     t_end = time.perf_counter()
     result.backend, result.decode_path, result.setup_s = out.backend, out.words, out.setup_s
@@ -333,7 +301,7 @@ def _generate(m: _Model, ids, config: SWAAConfig | None, spec: RunSpec, result: 
         result.decode_tokens, result.decode_tokens_per_s = out.decode_steps, out.tokens_per_s
     result.prefill_s = out.prefill_s if out.prefill_s is not None else result.ttft_s
     result.total_s = (streamer.times[result.generated_tokens - 1] if result.generated_tokens else t_end) - t0
-    if spec.cancelled:
+    if watch.cancelled:
         stopped_after_tokens(result)
 
 
@@ -360,15 +328,23 @@ def compare(
     *,
     on_start: Callable[[str], None] | None = None,
     on_result: Callable[[RunResult], None] | None = None,
+    on_token: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
-    **kw,
+    spec: RunSpec | None = None,
+    **settings,
 ) -> list[RunResult]:
     """Run the full-attention baseline ("Full attention", first) and every config of ``configs`` on one prompt.
 
     A full-attention entry in ``configs`` is not run twice. ``on_start`` gets each run's label before it starts,
-    ``on_result`` each result as it finishes. Nothing raises: failures and cancellations are in each result's
-    ``error``. Other keywords go to :func:`run_one`.
+    ``on_result`` each result as it finishes. Every run is made under one :class:`RunSpec`: ``spec``, or the
+    settings of :func:`run_one` as keywords. Nothing raises but a keyword that is no setting (TypeError): failures,
+    bad setting values included, and cancellations are in each result's ``error``.
     """
+    check_keywords(spec, settings)
+    try:
+        run: RunSpec | Exception = RunSpec.of(spec, **settings)
+    except ValueError as exc:  # every run would fail alike: each result says why
+        run = exc
     if not isinstance(configs, dict):
         return [_failed(BASELINE_LABEL, None, TypeError("configs must be a dict {label: SWAAConfig or None}."))]
     plan: list[tuple[str, Any]] = [(BASELINE_LABEL, None)]
@@ -381,10 +357,14 @@ def compare(
         else:
             if on_start is not None:
                 on_start(label)
-            try:
-                result = run_one(loaded, sample_or_prompt, cfg, label=label, cancel=cancel, **kw)
-            except Exception as exc:  # bad keywords or configs: reported per run, never raised
-                result = _failed(label, cfg, exc)
+            if isinstance(run, Exception):
+                result = _failed(label, cfg, run)
+            else:
+                try:
+                    result = run_one(loaded, sample_or_prompt, cfg, label=label, on_token=on_token, cancel=cancel,
+                                     spec=run)  # fmt: skip
+                except Exception as exc:  # bad configs: reported per run, never raised
+                    result = _failed(label, cfg, exc)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -17,74 +17,108 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..engine.config import SWAAConfig
-from ..engine.decode_path import DecodePath
 from ..runtime.distributed import Launch
 from ..runtime.jsonl import jsonl_line, read_jsonl
-from .latency import DEFAULT_TIMING_TOKENS
 from .results import to_frame
+from .run_spec import RunSpec
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(init=False)
 class SweepSpec:
-    """What to run. ``configs`` maps labels to configs (None: full attention, always added first if missing)."""
+    """What to run: the grid (``configs`` x ``lengths`` x ``depths`` x ``seeds``), the task, and the one
+    :class:`RunSpec` every cell runs under.
+
+    ``configs`` maps labels to configs (None: full attention, always added first if missing). ``run``: the run
+    value; or give its settings as keywords (``max_new_tokens=3, decode_path="fixed"``, ...; a sweep's
+    ``max_new_tokens`` defaults to 16), not both. The settings read through: ``spec.max_new_tokens`` is
+    ``spec.run.max_new_tokens``. ValueError naming what is wrong with the grid or a setting; TypeError for a keyword
+    that is no setting."""
 
     configs: dict[str, SWAAConfig | None]
     lengths: list[int]
-    depths: list[float | None] = field(default_factory=lambda: [0.5])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    task: str = "passkey"
-    task_kwargs: dict[str, Any] = field(default_factory=dict)
-    max_new_tokens: int = 16
-    cot: bool = False
-    score_logprob: bool = True
-    timing_tokens: int = DEFAULT_TIMING_TOKENS  # every cell is timed over this many generated tokens
-    decode_path: str | None = None  # auto / fixed / eager (engine.decode_path.DecodePath): timings only, same answers
-    static_cache: bool | None = None  # the older spelling: True = "fixed", False = "eager"
+    depths: list[float | None]
+    seeds: list[int]
+    task: str
+    task_kwargs: dict[str, Any]
+    run: RunSpec
 
-    def __post_init__(self):
-        if not isinstance(self.configs, dict):
+    def __init__(self, configs: dict[str, SWAAConfig | None], lengths: list[int],
+                 depths: list[float | None] | None = None, seeds: list[int] | None = None, task: str = "passkey",
+                 task_kwargs: dict[str, Any] | None = None, run: RunSpec | None = None, **settings):  # fmt: skip
+        if not isinstance(configs, dict):
             raise ValueError("configs must be a dict {label: SWAAConfig or None}.")
-        if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
-            raise ValueError(f"lengths must be positive whole numbers of tokens, got {self.lengths!r}.")
-        if not self.depths:
+        if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
+            raise ValueError(f"lengths must be positive whole numbers of tokens, got {lengths!r}.")
+        depths = [0.5] if depths is None else list(depths)
+        if not depths:
             raise ValueError("depths is empty; use [None] for tasks without a needle depth.")
-        for d in self.depths:
+        for d in depths:
             if d is not None and not 0.0 <= float(d) <= 1.0:
                 raise ValueError(f"depths must lie between 0 and 1, got {d!r}.")
-        if not self.seeds:
+        seeds = [0] if seeds is None else list(seeds)
+        if not seeds:
             raise ValueError("seeds is empty: give at least one sample seed.")
-        self.decode_path = DecodePath.of(self.decode_path, static_cache=self.static_cache)  # ValueError if bad
-        self.static_cache = None
-        if not any(cfg is None or cfg.is_full_attention for cfg in self.configs.values()):
-            self.configs = {BASELINE_LABEL: None, **self.configs}
+        if run is None:
+            settings = {**SWEEP_DEFAULTS, **settings}
+        self.run = RunSpec.of(run, **settings)
+        if not any(cfg is None or cfg.is_full_attention for cfg in configs.values()):
+            configs = {BASELINE_LABEL: None, **configs}
+        self.configs, self.lengths, self.depths, self.seeds = configs, list(lengths), depths, seeds
+        self.task, self.task_kwargs = task, dict(task_kwargs or {})
+
+    def __getattr__(self, name: str):
+        if name in RUN_FIELDS:  # only reached for names the instance does not hold itself
+            return getattr(self.run, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def total_cells(self) -> int:
         return len(self.configs) * len(self.lengths) * len(self.depths) * len(self.seeds)
 
+    def with_backend(self, backend: str | None) -> RunSpec:
+        """The run value with ``backend`` (run_sweep's own argument) in it: None or the run's own backend keeps it;
+        a run that asks for "auto" takes the given one; two different kernels are refused by name."""
+        if backend is None or backend == self.run.backend:
+            return self.run
+        if self.run.backend != "auto":
+            raise ValueError(f"backend={backend!r} was given beside a run value with backend={self.run.backend!r}: "
+                             "give one of them.")  # fmt: skip
+        return replace(self.run, backend=backend)
 
+
+SWEEP_DEFAULTS = {"max_new_tokens": 16}  # short answers: a sweep scores many cells, and every one is timed alike
+RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
 # SweepSpec fields that are a cell's coordinates (each cell's own config, length, depth and seed go into its id one
 # by one) rather than settings every row is run under; every other field is a setting and goes into every id, so a
-# field added to SweepSpec later changes the ids without anyone remembering to add it here.
+# field added to SweepSpec or RunSpec later changes the ids without anyone remembering to add it here.
 GRID_FIELDS = frozenset({"configs", "lengths", "depths", "seeds"})
+# The run settings sweep ids have held from the start. A RunSpec field beyond them (system, warmup) enters an id only
+# when it is set away from its default, and "static_cache" (now merged into decode_path) stays in as None, so ids in
+# results files written before stay valid and still change whenever a setting does.
+FIRST_KEYED = frozenset({"max_new_tokens", "cot", "score_logprob", "timing_tokens", "decode_path", "backend"})
 
 
-def run_settings(spec: SweepSpec, *, backend: str = "auto", loaded=None) -> dict:
-    """Every setting a sweep's rows are run under: the spec's fields but its grid, the attention backend and, when
-    ``loaded`` is given, the weights' dtype and device type (numbers and timings differ across them). The CPU thread
-    count is recorded in each row ("threads") but left out here: it follows the number of processes, and a sweep
-    resumes under any number of them."""
-    settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS}
-    settings["backend"] = backend
+def run_settings(spec: SweepSpec, *, backend: str | None = None, loaded=None) -> dict:
+    """Every setting a sweep's rows are run under: the spec's fields but its grid, its run value's fields (with
+    ``backend``, see :meth:`SweepSpec.with_backend`) and, when ``loaded`` is given, the weights' dtype and device
+    type (numbers and timings differ across them). The CPU thread count is recorded in each row ("threads") but left
+    out here: it follows the number of processes, and a sweep resumes under any number of them."""
+    settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS | {"run"}}
+    run, default = spec.with_backend(backend), RunSpec()
+    for name in sorted(RUN_FIELDS):
+        value = getattr(run, name)
+        if name in FIRST_KEYED or value != getattr(default, name):
+            settings[name] = value
+    settings["static_cache"] = None
     param = next(iter(getattr(getattr(loaded, "model", None), "parameters", list)()), None)
     if param is not None:
         settings.update(dtype=str(param.dtype), device=param.device.type)
@@ -167,7 +201,7 @@ def run_sweep(
     retry_errors: bool = False,
     cancel: threading.Event | None = None,
     on_result: Callable[[dict], None] | None = None,
-    backend: str = "auto",
+    backend: str | None = None,
     launch: Launch | None = None,
 ):
     """Run every unfinished cell of ``spec``, appending one JSON line per run to ``out_path``; returns the table of
@@ -176,13 +210,15 @@ def run_sweep(
     ``launch`` (:func:`swaa_core.runtime.distributed.current`): under a launcher with N processes each process runs every
     N-th unfinished cell into its own part file (``OUT.partR``); once all are done the main process merges the parts
     into ``out_path`` in the order one process would have written them. Parts left by a killed run count as
-    finished and are merged by the next run, whatever its number of processes."""
+    finished and are merged by the next run, whatever its number of processes. ``backend``: the SWA kernel, when
+    the spec's run value leaves it at "auto" (:meth:`SweepSpec.with_backend`)."""
     from tqdm.auto import tqdm
 
     launch = launch or Launch()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model_name(loaded)
+    run = spec.with_backend(backend)
     cells = list(iter_cells(spec, model, run_settings(spec, backend=backend, loaded=loaded)))
     order = {c.id: i for i, c in enumerate(cells)}
     if launch.is_main:
@@ -201,7 +237,7 @@ def run_sweep(
             for cell in todo:
                 if cancel is not None and cancel.is_set():
                     break
-                row = _run_cell(loaded, spec, cell, samples, model=model, cancel=cancel, backend=backend)
+                row = _run_cell(loaded, spec, run, cell, samples, model=model, cancel=cancel)
                 if row.get("cancelled"):
                     break
                 f.write(jsonl_line(row))
@@ -276,8 +312,8 @@ def _end_with_newline(path: Path) -> None:
                 f.write(b"\n")
 
 
-def _run_cell(loaded, spec: SweepSpec, cell: Cell, samples: dict, *, model: str, cancel, backend: str) -> dict:
-    """Run ``cell`` (building its sample unless ``samples`` holds it) and return its row."""
+def _run_cell(loaded, spec: SweepSpec, run: RunSpec, cell: Cell, samples: dict, *, model: str, cancel) -> dict:
+    """Run ``cell`` under ``run`` (building its sample unless ``samples`` holds it) and return its row."""
     key = (cell.length, cell.depth, cell.seed)
     if key not in samples:
         samples.clear()  # cells come grouped by sample: only the current one is worth keeping
@@ -297,19 +333,7 @@ def _run_cell(loaded, spec: SweepSpec, cell: Cell, samples: dict, *, model: str,
         result = RunResult(label=cell.label, config=None if cell.config is None else cell.config.to_dict(),
                            error=str(sample))  # fmt: skip
     else:
-        result = run_one(
-            loaded,
-            sample,
-            cell.config,
-            label=cell.label,
-            max_new_tokens=spec.max_new_tokens,
-            cot=spec.cot,
-            cancel=cancel,
-            backend=backend,
-            score_logprob=spec.score_logprob,
-            timing_tokens=spec.timing_tokens,
-            decode_path=spec.decode_path,
-        )
+        result = run_one(loaded, sample, cell.config, label=cell.label, cancel=cancel, spec=run)
     return _row(result, cell, model=model, task=spec.task)
 
 

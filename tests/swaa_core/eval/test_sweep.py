@@ -13,7 +13,10 @@ from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
 
 from swaa_core import SWAAConfig
 from swaa_core.eval.results import export, load_results, summarize
-from swaa_core.eval.sweep import SweepSpec, cell_id, finished_cells, run_settings, run_sweep
+from swaa_core.eval.run_spec import RunSpec
+from swaa_core.eval.runner import run_one
+from swaa_core.eval.sweep import GRID_FIELDS, SweepSpec, cell_id, finished_cells, run_settings, run_sweep
+from swaa_core.eval.tasks import make_task
 from swaa_core.runtime.jsonl import read_jsonl
 
 
@@ -38,6 +41,8 @@ def spec(**kw) -> SweepSpec:
         max_new_tokens=2,
         score_logprob=False,
     )
+    if "run" in kw:  # the run value carries every run setting itself
+        del base["max_new_tokens"], base["score_logprob"]
     base.update(kw)
     return SweepSpec(**base)
 
@@ -109,10 +114,53 @@ def test_cell_ids_depend_on_what_decides_the_outcome_not_on_labels():
     assert len({cell_id(**base), *(cell_id(**c) for c in changed)}) == 1 + len(changed)
 
 
-def test_every_spec_field_but_the_grid_is_a_setting_of_the_rows():
-    # a field added to SweepSpec later (a decode path, a sampling option) is in the ids without a list to update
-    names = {f.name for f in fields(SweepSpec)}
-    assert set(run_settings(spec())) == (names - {"configs", "lengths", "depths", "seeds"}) | {"backend"}
+# A value away from spec()'s for every RunSpec field: a field added to RunSpec without one here fails below.
+OTHER_RUN_VALUES = {"max_new_tokens": 3, "cot": True, "system": "Answer briefly.", "backend": "blocked",
+                    "warmup": False, "score_logprob": True, "timing_tokens": 8, "decode_path": "fixed"}  # fmt: skip
+
+
+def test_every_run_setting_and_spec_field_but_the_grid_changes_the_ids():
+    # a field added to SweepSpec or RunSpec later (a sampling option) is in the ids without a list to update
+    assert set(OTHER_RUN_VALUES) == {f.name for f in fields(RunSpec)}
+    assert {f.name for f in fields(SweepSpec)} - GRID_FIELDS == {"task", "task_kwargs", "run"}
+    cell = dict(model="m", config=None, length=100, depth=0.5, seed=0)
+    variants = [spec(), spec(task="passkey"), spec(task_kwargs={"digits": 4})]
+    variants += [spec(**{name: value}) for name, value in OTHER_RUN_VALUES.items()]
+    variants.append(spec(run=RunSpec(**{"max_new_tokens": 2, "score_logprob": False, "system": "Answer briefly."})))
+    ids = [cell_id(**cell, settings=run_settings(v)) for v in variants]
+    assert len(set(ids[:-1])) == len(ids) - 1 and ids[-1] == ids[3 + list(OTHER_RUN_VALUES).index("system")]
+
+
+def test_ids_written_before_the_run_value_stay_valid():
+    """Results files key their rows on these ids: the values below were computed by the SweepSpec that listed
+    the run settings itself, before it held a RunSpec."""
+    one = spec(configs={"swa": SWAAConfig(sliding_window_size=16)}, task_kwargs={"digits": 3})
+    cfg = SWAAConfig(sliding_window_size=16)
+    assert cell_id(model="tiny-llama", config=cfg, length=200, depth=0.5, seed=0,
+                   settings=run_settings(one)) == "053d38e8a3aeed68"  # fmt: skip
+    assert cell_id(model="tiny-llama", config=None, length=200, depth=0.5, seed=0,
+                   settings=run_settings(one, backend="blocked")) == "2e4e424b9f5b17d2"  # fmt: skip
+
+
+def test_the_run_value_is_given_once_and_reaches_every_cell(loaded, tmp_path):
+    run = RunSpec(max_new_tokens=2, score_logprob=False, timing_tokens=2, system="Reply with the number only.")
+    s = spec(lengths=[200], depths=[0.5], run=run)
+    assert s.run is run and s.max_new_tokens == 2 and s.system == run.system  # the settings read through
+    df = run_sweep(loaded, s, tmp_path / "s.jsonl", progress=False)
+    sample = make_task("needle", loaded.tokenizer, length_tokens=200, depth=0.5, seed=0, digits=3)
+    fresh = [run_one(loaded, sample, c, spec=run) for c in s.configs.values()]
+    assert df["output_text"].tolist() == [r.output_text for r in fresh]
+    assert df["prompt_tokens"].tolist() == [r.prompt_tokens for r in fresh]
+    plain = run_sweep(
+        loaded, spec(lengths=[200], depths=[0.5], timing_tokens=2), tmp_path / "plain.jsonl", progress=False
+    )
+    assert (df["prompt_tokens"] > plain["prompt_tokens"]).all()  # the system message was read, not dropped
+    with pytest.raises(TypeError, match="not both"):
+        SweepSpec({}, [200], run=run, cot=True)
+    with pytest.raises(TypeError, match=r"Unknown run setting\(s\) \['max_tokens'\]"):
+        spec(max_tokens=3)
+    with pytest.raises(ValueError, match="backend='flex' was given beside a run value with backend='blocked'"):
+        run_sweep(loaded, SweepSpec({}, [200], backend="blocked"), tmp_path / "x.jsonl", backend="flex")
 
 
 @pytest.mark.parametrize("changed", [{"score_logprob": True}, {"static_cache": True}, {"max_new_tokens": 3}])
