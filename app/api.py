@@ -2,9 +2,10 @@
 
 Every page event is hidden from the API (app.events marks them private); these endpoints are separate, stateless
 functions (the model is a parameter, not a session's state) that run the same code as the page. The components
-below exist only to give each endpoint its schema: they are never shown. Layer lists use the shareable link's
-grammar: "none", "1/4", "1/2" or comma-separated layer indices such as "1,5,9"; FA decode is "off", "all" or
-indices. Errors come back as gradio_client's AppError with the same message the page shows.
+below exist only to give each endpoint its schema: they are never shown. Layer lists are read by swaa_core's one
+grammar (engine.config.parse_layers), as the shareable link's are: FA layers "none", "1/4", "1/2" or comma-separated
+layer indices such as "1,5,9"; FA decode "off", "all" or indices. Errors come back as gradio_client's AppError with
+the same message the page shows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .state import (
     Settings,
     Strategy,
     decode_path_choice,
+    layer_choice,
     parse_pinned,
 )
 from .tabs import advisor
@@ -44,25 +46,9 @@ DECODE_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192", "16384", "32768"
 SWEEP_LENGTHS = ("256", "512", "1024", "2048", "4096", "8192")
 
 
-def _layers(text: str, modes: tuple[str, ...], what: str) -> tuple[str, list[int]]:
-    """("mode", []) for a mode name, ("custom"/"layers", indices) for "1,5,9"."""
-    from .state import _layer_indices
-
-    text = str(text or "").strip()
-    if text in modes[:-1]:
-        return text, []
-    try:
-        return modes[-1], _layer_indices(text)
-    except ValueError:
-        names = ", ".join(repr(m) for m in modes[:-1])
-        raise ValueError(
-            f"{what} must be one of {names} or comma-separated layer indices such as 1,5,9; got {text!r}."
-        ) from None
-
-
 def _strategy(window, sinks, fa_layers: str, fa_decode: str) -> Strategy:
-    fa_mode, fa = _layers(fa_layers, FA_LAYER_MODES, "fa_layers")
-    fad_mode, fad = _layers(fa_decode, FA_DECODE_MODES, "fa_decode")
+    fa_mode, fa = layer_choice(fa_layers, FA_LAYER_MODES, "fa_layers")
+    fad_mode, fad = layer_choice(fa_decode, FA_DECODE_MODES, "fa_decode")
     return Strategy(window=window, sinks=sinks, fa_layers_mode=fa_mode, fa_layers=fa, fa_decode_mode=fad_mode,
                     fa_decode_layers=fad)  # fmt: skip
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.harness import ContextOverflowError, check_context
+from swaa_core.eval.run_spec import RunSpec
 
 from . import maps
 from .board import ColumnView
@@ -38,7 +39,8 @@ RESULT_FIELDS = (
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What a comparison runs with besides the strategy and the prompt (the widgets of the same names)."""
+    """What a comparison runs with besides the strategy and the prompt (the widgets of the same names); :meth:`spec`
+    makes the run value of them."""
 
     cot: bool = False
     adapter: str | None = ""
@@ -46,33 +48,38 @@ class RunOptions:
     pinned: list[dict] | None = None  # [{"label", "config", "adapter"}], checked by state.parse_pinned
     decode_path: str = "auto"  # every column's decode path: auto / fixed / eager (state.decode_path_choice)
 
+    def spec(self) -> RunSpec:
+        """The run value of these widgets (ValueError in the page's words for Max new tokens beyond the slider, or a
+        decode path that is none of the choice's; RunSpec checks the rest). The other settings keep RunSpec's
+        defaults, as ``swaa run`` does without its options."""
+        max_new = whole_in_range(self.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
+        return RunSpec(max_new_tokens=max_new, cot=bool(self.cot), decode_path=decode_path_choice(self.decode_path))
+
 
 @dataclass
 class Comparison:
-    """One validated comparison request: the model, its columns (full attention first) and the sample."""
+    """One validated comparison request: the model, its columns (full attention first), the sample and the one run
+    value every column runs under."""
 
     loaded: object
     config: SWAAConfig
     columns: list[ColumnSpec]
     sample: object
-    max_new_tokens: int
-    cot: bool
+    spec: RunSpec
     seed: int
-    decode_path: str = "auto"
 
     @classmethod
     def build(cls, active_model, strategy: Strategy, prompt: Prompt, options: RunOptions) -> Comparison:
         """Raises ValueError with a message for the user when anything is out of range or the prompt does not fit
         the model."""
+        spec = options.spec()
         loaded = loaded_model(active_model)
         n = num_layers(loaded)
         cfg = strategy.to_config(n)
         columns = columns_for(cfg, options.pinned, n, options.adapter or "")
         sample = prompt.sample(loaded.tokenizer)
-        max_new = whole_in_range(options.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
-        request = cls(loaded, cfg, columns, sample, max_new, bool(options.cot), int(prompt.seed or 0),
-                      decode_path=decode_path_choice(options.decode_path))  # fmt: skip
-        _check_length(loaded, sample, max_new, request.cot, from_task=prompt.source == "task")
+        request = cls(loaded, cfg, columns, sample, spec, int(prompt.seed or 0))
+        _check_length(loaded, sample, spec.max_new_tokens, spec.cot, from_task=prompt.source == "task")
         return request
 
     def stream(self, session: str) -> Iterator[list[ColumnView]]:
@@ -80,17 +87,17 @@ class Comparison:
         cancel = CANCELS.start(session)
         try:
             yield from stream_columns(
-                lambda name: ADAPTERS.get(self.loaded, name), self.sample, self.columns,
-                max_new_tokens=self.max_new_tokens, cot=self.cot, seed=self.seed, cancel=cancel, registry=CANCELS,
-                decode_path=self.decode_path,
+                lambda name: ADAPTERS.get(self.loaded, name), self.sample, self.columns, spec=self.spec,
+                seed=self.seed, cancel=cancel, registry=CANCELS,
             )  # fmt: skip
         finally:
             cancel.set()  # also stops the worker when the page closes mid-run
             CANCELS.finish(session, cancel)
 
     def rows(self, views: list[ColumnView]) -> list[dict]:
-        meta = {"model": self.loaded.name, "task": self.sample.task, "seed": self.seed, "cot": self.cot,
-                "max_new_tokens": self.max_new_tokens, "decode_path_asked": self.decode_path}  # fmt: skip
+        spec = self.spec
+        meta = {"model": self.loaded.name, "task": self.sample.task, "seed": self.seed, "cot": spec.cot,
+                "max_new_tokens": spec.max_new_tokens, "decode_path_asked": spec.decode_path.value}  # fmt: skip
         return result_rows(views, meta)
 
     def last_run(self, views: list[ColumnView]) -> dict:
@@ -100,8 +107,8 @@ class Comparison:
         return {
             "sample": self.sample.to_dict(),
             "columns": [(c.label, c.config.to_dict() if c.config else None) for c in self.columns],
-            "prompt_tokens": tokens or model_input_tokens(self.loaded.tokenizer, self.sample, cot=self.cot),
-            "cot": bool(self.cot),  # the maps read what the run's model read
+            "prompt_tokens": tokens or model_input_tokens(self.loaded.tokenizer, self.sample, cot=self.spec.cot),
+            "cot": self.spec.cot,  # the maps read what the run's model read
         }
 
     def shown_layer(self, current: int) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import gradio as gr
 import torch
 
+from swaa_core.eval.run_spec import RunSpec
+
 from .board import CANCELLED, DONE, ERROR, RUNNING, ColumnView
 from .columns import ColumnSpec
 from .errors import friendly_error
@@ -124,20 +126,18 @@ def stream_columns(
     sample,
     columns: list[ColumnSpec],
     *,
-    max_new_tokens: int,
-    cot: bool,
+    spec: RunSpec,
     seed: int,
     cancel: threading.Event,
     run_one: Callable | None = None,
     interval: float = 0.25,
     registry: CancelRegistry | None = None,
-    decode_path: str = "auto",
 ) -> Iterator[list[ColumnView]]:
     """Run the columns one after the other in a worker thread; yield the board every ``interval`` seconds while
     tokens stream, and once more at the end. Setting ``cancel`` stops the running column and skips the rest.
     ``model_for(adapter)`` gives the loaded model a column runs on (the base model for ""). ``registry`` tracks
-    the worker thread so a shutdown can wait for it. ``decode_path``: every column's (run_one's option: auto, fixed
-    or eager), so their timings stay comparable."""
+    the worker thread so a shutdown can wait for it. ``spec``: the one run value every column runs under, so their
+    outputs and timings stay comparable."""
     if run_one is None:
         from swaa_core.eval.runner import run_one
     views = [
@@ -145,20 +145,18 @@ def stream_columns(
     ]
     finished = threading.Event()
 
-    def _generate(spec: ColumnSpec, on_token: Callable[[str], None]):
-        return run_one(
-            model_for(spec.adapter), sample, spec.config, label=spec.label, max_new_tokens=max_new_tokens, cot=cot,
-            on_token=on_token, cancel=cancel, decode_path=decode_path,
-        )  # fmt: skip
+    def _generate(column: ColumnSpec, on_token: Callable[[str], None]):
+        return run_one(model_for(column.adapter), sample, column.config, label=column.label, on_token=on_token,
+                       cancel=cancel, spec=spec)  # fmt: skip
 
     def work() -> None:
         try:
-            for view, spec in zip(views, columns, strict=True):
+            for view, column in zip(views, columns, strict=True):
                 if cancel.is_set():
                     view.status = CANCELLED
                     continue
                 torch.manual_seed(seed)  # greedy decoding is deterministic; this also pins anything sampled downstream
-                _run_column(view, cancel, functools.partial(_generate, spec))
+                _run_column(view, cancel, functools.partial(_generate, column))
         finally:
             finished.set()
             if registry is not None:

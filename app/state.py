@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlencode
 
 from swaa_core.cli.bounds import NUMERIC_OPTIONS
-from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError
+from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError, parse_layers
 from swaa_core.models.registry import DEFAULT_MODEL
 
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
@@ -45,13 +44,11 @@ class Strategy:
                 f"FA decode must be one of {', '.join(FA_DECODE_MODES)}; got {self.fa_decode_mode!r}."
             )
         window, sinks = window_and_sinks(self.window, self.sinks)
-        checked = SWAAConfig(  # swaa_core's own checks (and messages) for layer indices
-            non_sliding_layers=list(self.fa_layers or []), force_fa_decode=list(self.fa_decode_layers or [])
-        )
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "sinks", sinks)
-        object.__setattr__(self, "fa_layers", tuple(checked.non_sliding_layers))
-        object.__setattr__(self, "fa_decode_layers", tuple(checked.force_fa_decode))
+        for field_name, name in (("fa_layers", "fa_layers"), ("fa_decode_layers", "fa_decode")):  # the API's names
+            layers = parse_layers(list(getattr(self, field_name) or []), name)
+            object.__setattr__(self, field_name, tuple(layers))
 
     @classmethod
     def widget_names(cls) -> tuple[str, ...]:
@@ -112,23 +109,13 @@ def layer_pattern_name(layers: list[int], num_layers: int) -> str:
 def window_and_sinks(window, sinks) -> tuple[int, int]:
     """The window and sink widgets' values (sliders send floats such as 256.0) as whole numbers in range.
 
-    The app's one check of both, used by every path that takes them, in the page's words (SWAAConfigError "The
-    window size must be a whole number, got 12.5."); SWAAConfig then checks the config as a whole."""
-    window, sinks = _whole(window, "window size"), _whole(sinks, "sink tokens")
-    if window < 1:
-        raise SWAAConfigError(
-            f"The window size must be at least 1 token (the query's own), got {window}; full attention always runs "
-            "as the first column."
-        )
-    if sinks < 0:
-        raise SWAAConfigError(f"The number of sink tokens must be 0 or more, got {sinks}.")
-    try:  # and the command line's ranges (--window, --keep-first), in its words
-        NUMERIC_OPTIONS["window"].check(window, "window")
-        NUMERIC_OPTIONS["keep_first"].check(sinks, "sinks")
+    The one rule for both, the command line's (--window, --keep-first: cli.bounds), in the same words: SWAAConfigError
+    "window: must be a whole number from 1 to 16,777,216, got 0" where `swaa run -w 0` says "argument --window/-w:
+    must be ...". Strategy.to_config then makes the config of them once."""
+    try:
+        return NUMERIC_OPTIONS["window"].check(window, "window"), NUMERIC_OPTIONS["keep_first"].check(sinks, "sinks")
     except ValueError as e:
         raise SWAAConfigError(str(e)) from None
-    cfg = SWAAConfig(sliding_window_size=window, keep_first=sinks)
-    return cfg.sliding_window_size, cfg.keep_first
 
 
 STATIC_CACHE_LABEL = "Fixed-buffer decode"  # the older on/off option (API's static_cache, links' fixed=), by name
@@ -301,15 +288,11 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
     if attr in ("window", "sinks"):
         settings.strategy = replace(s, **{attr: value})
     elif attr == "fa_layers":
-        if value in FA_LAYER_MODES[:3]:
-            settings.strategy = replace(s, fa_layers_mode=value)
-        else:
-            settings.strategy = replace(s, fa_layers_mode="custom", fa_layers=_layer_indices(value))
+        mode, layers = layer_choice(value, FA_LAYER_MODES, "fa_layers")
+        settings.strategy = replace(s, fa_layers_mode=mode, fa_layers=layers)
     elif attr == "fa_decode":
-        if value in FA_DECODE_MODES[:2]:
-            settings.strategy = replace(s, fa_decode_mode=value)
-        else:
-            settings.strategy = replace(s, fa_decode_mode="layers", fa_decode_layers=_layer_indices(value))
+        mode, layers = layer_choice(value, FA_DECODE_MODES, "fa_decode")
+        settings.strategy = replace(s, fa_decode_mode=mode, fa_decode_layers=layers)
     elif attr == "cot":
         settings.cot = value.lower() in ("1", "true", "yes", "on")
     elif attr == "decode_path":
@@ -358,11 +341,21 @@ def _short(label: str, limit: int = 80) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
-def _layer_indices(text: str) -> list[int]:
-    # Links carry explicit indices only: a pattern would need the model's layer count, unknown before it loads.
-    if not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
-        raise ValueError("expected a mode name or comma-separated layer indices such as 1,5,9.")
-    return sorted({int(x) for x in text.split(",")})
+def layer_choice(value, modes: tuple[str, ...], name: str) -> tuple[str, tuple[int, ...]]:
+    """A layer list typed into a link or the API as a Strategy's (mode, indices), read by swaa_core's one grammar
+    (engine.config.parse_layers, whose message names ``name`` when it cannot be read): no layers is the first mode
+    ("none" / "off"), indices the last ("custom" / "layers"), a pattern the mode of that name. A pattern no mode holds
+    ("every 3 from 0"; "all" for FA layers) needs the model's layer count, which a link and the API's layer fields
+    are read without: SWAAConfigError naming ``name``."""
+    parsed = parse_layers(value, name)
+    if isinstance(parsed, list):
+        return (modes[-1], tuple(parsed)) if parsed else (modes[0], ())
+    if parsed in modes[:-1]:
+        return parsed, ()
+    named = ", ".join(repr(m) for m in modes[:-1])
+    raise SWAAConfigError(
+        f"{name} {value!r} depends on the model's layer count; here give {named} or layer indices such as 1,5,9."
+    )
 
 
 def _layers_text(layers: list[int]) -> str:

@@ -187,7 +187,7 @@ def run_comparison(
     rows = run.rows(views)
     last_run = run.last_run(views)
     swaa_choices = [(c.label, i) for i, c in enumerate(run.columns) if c.config is not None]
-    masks = mask_figure(run.columns, last_run["prompt_tokens"], run.max_new_tokens, int(layer or 0))
+    masks = mask_figure(run.columns, last_run["prompt_tokens"], run.spec.max_new_tokens, int(layer or 0))
     csv, data = export_files(rows)
     yield {
         ui.board: render_board(views),

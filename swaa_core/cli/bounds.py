@@ -36,13 +36,14 @@ class Bound:
         return value
 
     def check(self, value, name: str):
-        """``value`` (a number, or text as typed) as this option's kind when it is in range; ValueError "{name} must
-        be ..." otherwise: the same rule and words for the app, its API and the command line."""
+        """``value`` (a number, or text as typed) as this option's kind when it is in range; otherwise ValueError
+        "{name}: must be ..." / "{name}: expected ...", the words argparse prints after "argument --option:", so the
+        app, its API and the command line refuse a value by one rule in one message."""
         try:
             return self(str(int(value)) if self.kind is int and isinstance(value, float) and value.is_integer()
                         else str(value))  # fmt: skip
         except (argparse.ArgumentTypeError, OverflowError, ValueError) as e:
-            raise ValueError(f"{name} {e}") from None
+            raise ValueError(f"{name}: {e}") from None
 
     def _noun(self) -> str:
         return "a whole number" if self.kind is int else "a number"

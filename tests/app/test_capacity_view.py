@@ -118,7 +118,7 @@ def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
         (dict(context=CUSTOM, prompt_tokens=None), "Prompt tokens"),
         (dict(new_tokens=0), "New tokens"),
         (dict(requests=2.5), "Requests"),
-        (dict(window=0), "window size"),
+        (dict(window=0), "window: must be a whole number from 1"),
         (dict(model="my/model"), "curated"),
     ],
 )

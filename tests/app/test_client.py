@@ -343,12 +343,12 @@ def _state(client) -> tuple:
 
 
 BAD_COMPARE = [
-    ({"window": 12.5}, "The window size must be a whole number, got 12.5"),
-    ({"window": 0}, "The window size must be at least 1 token (the query's own), got 0"),
-    ({"sinks": -1}, "The number of sink tokens must be 0 or more, got -1"),
-    ({"fa_layers": "every other"}, "fa_layers must be one of 'none', '1/4', '1/2' or comma-separated layer indices"),
+    ({"window": 12.5}, "window: expected a whole number, got '12.5'"),
+    ({"window": 0}, "window: must be a whole number from 1 to 16,777,216, got 0"),
+    ({"sinks": -1}, "sinks: must be a whole number from 0 to 16,777,216, got -1"),
+    ({"fa_layers": "every other"}, "fa_layers must be 'none', 'all', '1/k' (such as '1/2'), 'every k from s'"),
     ({"fa_layers": "1,99"}, "this model has 30 layers"),
-    ({"fa_decode": "sometimes"}, "fa_decode must be one of 'off', 'all' or comma-separated layer indices"),
+    ({"fa_decode": "sometimes"}, "fa_decode must be 'none', 'all', '1/k' (such as '1/2'), 'every k from s'"),
     ({"source": "text", "document": "Some text."}, "Add a question about the text (or end the text with one)"),
     ({"source": "text", "document": "  "}, "The text box is empty"),
     ({"length": 8192, "max_new_tokens": 64}, "8,192-token context"),

@@ -15,6 +15,7 @@ from app.columns import ColumnSpec
 from app.model_service import ModelHub
 from app.runs import stream_columns
 from swaa_core.engine.config import SWAAConfig
+from swaa_core.eval.run_spec import RunSpec
 from swaa_core.eval.runner import RunResult
 
 
@@ -154,7 +155,7 @@ def test_tokens_never_reach_a_message(monkeypatch):
 def _fake_run_one(tokens: int, delay: float):
     """Streams ``tokens`` pieces through on_token like swaa_core.eval.runner.run_one and honours cancel."""
 
-    def run_one(loaded, sample, config, *, label, max_new_tokens, cot, on_token, cancel, decode_path):
+    def run_one(loaded, sample, config, *, label, on_token, cancel, spec):
         for i in range(tokens):
             if cancel.is_set():
                 return RunResult(label=label, config=None, generated_tokens=i, error="Cancelled after some tokens.")
@@ -168,7 +169,7 @@ def _fake_run_one(tokens: int, delay: float):
 def test_columns_stream_in_order_and_finish():
     columns = [ColumnSpec("Full attention", None), ColumnSpec("SWA", SWAAConfig(sliding_window_size=8))]
     snapshots = []
-    for views in stream_columns(lambda a: None, None, columns, max_new_tokens=5, cot=False, seed=0,
+    for views in stream_columns(lambda a: None, None, columns, spec=RunSpec(max_new_tokens=5), seed=0,
                                 cancel=threading.Event(), run_one=_fake_run_one(5, 0.05), interval=0.05):  # fmt: skip
         snapshots.append([(v.status, v.text) for v in views])
     assert any(s[0][1] and not s[1][1] for s in snapshots), "the first column streamed before the second started"
@@ -179,7 +180,7 @@ def test_cancel_stops_the_running_column_and_skips_the_rest():
     columns = [ColumnSpec("Full attention", None), ColumnSpec("SWA", SWAAConfig(sliding_window_size=8))]
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    *_, views = stream_columns(lambda a: None, None, columns, max_new_tokens=100, cot=False, seed=0, cancel=cancel,
+    *_, views = stream_columns(lambda a: None, None, columns, spec=RunSpec(max_new_tokens=100), seed=0, cancel=cancel,
                                run_one=_fake_run_one(100, 0.02), interval=0.05)  # fmt: skip
     assert [v.status for v in views] == [CANCELLED, CANCELLED]
     assert 0 < views[0].result.generated_tokens < 100 and views[1].result is None
@@ -192,7 +193,7 @@ def test_a_failing_column_shows_its_message_and_the_others_run():
         return RunResult(label=label, config=None, output_text="ok")
 
     columns = [ColumnSpec("Full attention", None), ColumnSpec("SWA", SWAAConfig(sliding_window_size=8))]
-    *_, views = stream_columns(lambda a: None, None, columns, max_new_tokens=1, cot=False, seed=0,
+    *_, views = stream_columns(lambda a: None, None, columns, spec=RunSpec(max_new_tokens=1), seed=0,
                                cancel=threading.Event(), run_one=run_one, interval=0.01)  # fmt: skip
     assert views[0].status == DONE
     assert (views[1].status, views[1].error) == (ERROR, "this model has 30 layers")
@@ -303,8 +304,8 @@ def test_a_stopped_column_keeps_its_answer_on_the_page_and_in_the_exports(tiny_l
         hook = attention_modules(tiny_loaded.model)[1].register_forward_pre_hook(lambda *_: cancel.set())
     columns = [ColumnSpec("Full attention", None), ColumnSpec("SWA", SWAAConfig(sliding_window_size=8))]
     try:
-        *_, views = stream_columns(lambda _a: tiny_loaded, "w5 w9 w17 w30 " * 20, columns, max_new_tokens=40,
-                                   cot=False, seed=0, cancel=cancel, run_one=stopping_run_one, interval=0.05)  # fmt: skip
+        *_, views = stream_columns(lambda _a: tiny_loaded, "w5 w9 w17 w30 " * 20, columns,
+                                   spec=RunSpec(max_new_tokens=40), seed=0, cancel=cancel, run_one=stopping_run_one, interval=0.05)  # fmt: skip
     finally:
         if hook is not None:
             hook.remove()

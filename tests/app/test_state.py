@@ -122,9 +122,10 @@ def test_default_settings_make_an_empty_query():
 @pytest.mark.parametrize(
     "params, fragment",
     [
-        ({"w": "abc"}, "window size must be a whole number"),
+        ({"w": "abc"}, "window: expected a whole number, got 'abc'"),
         ({"depth": "1.5"}, "depth must be between 0 and 1"),
-        ({"fal": "every 2 from 1"}, "comma-separated layer indices"),
+        ({"fal": "every 2 from 1"}, "depends on the model's layer count"),
+        ({"fal": "1,x"}, "fa_layers must be 'none', 'all', '1/k' (such as '1/2'), 'every k from s'"),
         ({"src": "video"}, "expected one of task, text"),
         ({"pin": "[{]"}, "was not used"),
         ({"bogus": "1"}, "Ignored unknown link parameter(s): bogus"),

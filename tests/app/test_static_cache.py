@@ -125,4 +125,5 @@ def test_a_bad_value_is_refused_with_a_message(tiny, monkeypatch, build):
     monkeypatch.setattr(comparison, "loaded_model", lambda _name: tiny)
     with pytest.raises(ValueError, match=r"Decode path must be one of auto \(Auto\), fixed \(Fixed-buffer\), eager"):
         build("maybe")
-    assert [build(v).decode_path for v in ("Fixed-buffer", "eager", None)] == ["fixed", "eager", "auto"]
+    made = [build(v) for v in ("Fixed-buffer", "eager", None)]
+    assert [getattr(m, "spec", m).decode_path for m in made] == ["fixed", "eager", "auto"]  # a comparison: its RunSpec

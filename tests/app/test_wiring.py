@@ -80,10 +80,10 @@ def test_without_groups_the_handler_is_left_alone():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"window": 12.5}, "The window size must be a whole number, got 12.5"),
-        ({"window": "abc"}, "The window size must be a whole number, got 'abc'"),
-        ({"window": 0}, "The window size must be at least 1 token (the query's own), got 0"),
-        ({"sinks": -1}, "The number of sink tokens must be 0 or more, got -1"),
+        ({"window": 12.5}, "window: expected a whole number, got '12.5'"),
+        ({"window": "abc"}, "window: expected a whole number, got 'abc'"),
+        ({"window": 0}, "window: must be a whole number from 1 to 16,777,216, got 0"),
+        ({"sinks": -1}, "sinks: must be a whole number from 0 to 16,777,216, got -1"),
         ({"fa_layers_mode": "most"}, "FA layers must be one of none, 1/4, 1/2, custom"),
         ({"fa_decode_mode": "sometimes"}, "FA decode must be one of off, all, layers"),
         ({"fa_layers": [-1]}, "negative layer index"),
@@ -103,7 +103,7 @@ def test_a_bad_widget_value_is_a_toast_that_leaves_every_output():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = toast_errors(fn, 2)(12.5, 10, "1/2", [], "all", [])
-    assert [str(w.message) for w in caught] == ["The window size must be a whole number, got 12.5."]
+    assert [str(w.message) for w in caught] == ["window: expected a whole number, got '12.5'"]
     assert result == {"__type__": "update"}  # one skip: Gradio leaves every output as it was
 
 
