@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from .sink_window import SinkWindow
 
 
@@ -111,5 +109,7 @@ class ChunkedAttention:
         return f"chunked {self.chunk_size}" + (f" + {self.keep_first} sinks" if self.keep_first else "")
 
     def picture(self, n_tokens: int):
+        import torch  # here, not at the top: SWAAConfig imports the kinds, and `swaa --help` must not load torch
+
         pos = torch.arange(n_tokens)
         return self.visible(pos[:, None], pos[None, :], torch.tensor(True), torch.tensor(False))

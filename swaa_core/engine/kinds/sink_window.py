@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 
 def visible(qp, kp, kv_valid, q_full, window: int | None, keep_first: int):
     """The predicate on real positions (broadcastable tensors): kept a plain function of ints so that mask_mods
@@ -164,6 +162,8 @@ class SinkWindow:
     def picture(self, n_tokens: int):
         """(n, n) bool tensor of what each of ``n_tokens`` prompt tokens sees (rows: queries, columns: keys), drawn by
         :func:`visible` on consecutive positions with every key real and no full query."""
+        import torch  # here, not at the top: SWAAConfig imports the kinds, and `swaa --help` must not load torch
+
         pos = torch.arange(n_tokens)
         return visible(
             pos[:, None], pos[None, :], torch.tensor(True), torch.tensor(False), self.window, self.keep_first
