@@ -349,60 +349,6 @@ def test_tests_mirror_the_packages():
     assert not list((tests / "helpers").glob("test_*.py")), "tests/helpers/ holds helpers, not tests"
 
 
-def architecture_blocks() -> tuple[str, str]:
-    """docs/architecture.md's layer diagram (the first code block) and its module tree (the block that starts with
-    ``swaa_core/``)."""
-    blocks = re.findall(
-        r"^```\n(.*?)^```", (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"), re.S | re.M
-    )
-    return blocks[0], next(block for block in blocks if block.startswith("swaa_core/"))
-
-
-def tree_paths(tree: str) -> set[str]:
-    """The paths a text tree names: a folder (``name/``) or module (``name.py``) at the start of a line, two spaces of
-    indentation per level; deeper-indented lines continue the description above them."""
-    paths, stack = set(), []
-    for line in tree.splitlines():
-        match = re.match(r"( *)([\w.]+/|[\w.]+\.py)(\s|$)", line)
-        if not match or len(match.group(1)) % 2 or len(match.group(1)) > 8:
-            continue
-        depth = len(match.group(1)) // 2
-        stack[depth:] = [match.group(2)]
-        paths.add("".join(stack))
-    return paths
-
-
-def test_architecture_tree_names_every_swaa_core_module_and_nothing_else():
-    named = {p for p in tree_paths(architecture_blocks()[1]) if p.startswith("swaa_core/")}
-    package = ROOT / "swaa_core"
-    modules = {p.relative_to(ROOT).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
-    folders = {p.parent.relative_to(ROOT).as_posix() + "/" for p in package.rglob("__init__.py")}
-    assert not modules - named, f"docs/architecture.md's tree misses {sorted(modules - named)}"
-    assert not {p for p in named if p.endswith(".py")} - modules, (
-        f"docs/architecture.md's tree names modules that do not exist: {sorted(p for p in named if p.endswith('.py') and p not in modules)}"
-    )
-    assert {p for p in named if p.endswith("/")} == folders, (
-        "docs/architecture.md's tree and swaa_core's packages differ"
-    )
-
-
-def test_architecture_tree_names_every_app_module_and_nothing_else():
-    named = {p for p in tree_paths(architecture_blocks()[1]) if p.startswith("app/")}
-    package = ROOT / "app"
-    modules = {p.relative_to(ROOT).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
-    folders = {p.parent.relative_to(ROOT).as_posix() + "/" for p in package.rglob("__init__.py")}
-    assert {p for p in named if p.endswith(".py")} == modules, "docs/architecture.md's app tree and app/ differ"
-    assert {p for p in named if p.endswith("/")} == folders, (
-        "docs/architecture.md's app tree and app/'s packages differ"
-    )
-
-
-def test_architecture_layer_diagram_names_every_layer_folder():
-    layers = {p.name + "/" for p in (ROOT / "swaa_core").iterdir() if (p / "__init__.py").is_file()}
-    shown = set(re.findall(r"\b(\w+/)", architecture_blocks()[0])) - {"app/"}
-    assert shown == layers, f"layer diagram shows {sorted(shown)}, swaa_core has {sorted(layers)}"
-
-
 def test_swaa_command_is_installed():
     swaa = shutil.which("swaa")
     assert swaa, (
