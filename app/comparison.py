@@ -20,7 +20,7 @@ from .columns import ColumnSpec, columns_for
 from .model_service import ADAPTERS, loaded_model, num_layers
 from .prompts import Prompt, model_input, model_input_tokens, token_count
 from .runs import CANCELS, stream_columns
-from .state import Strategy, decode_path_choice, whole_in_range
+from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, whole_in_range
 from .temp_files import write_temp
 
 MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
@@ -53,7 +53,8 @@ class RunOptions:
         decode path that is none of the choice's; RunSpec checks the rest). The other settings keep RunSpec's
         defaults, as ``swaa run`` does without its options."""
         max_new = whole_in_range(self.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
-        return RunSpec(max_new_tokens=max_new, cot=bool(self.cot), decode_path=decode_path_choice(self.decode_path))
+        return RunSpec(max_new_tokens=max_new, cot=checked_flag(self.cot, COT_LABEL),
+                       decode_path=decode_path_choice(self.decode_path))  # fmt: skip
 
 
 @dataclass

@@ -120,6 +120,7 @@ def window_and_sinks(window, sinks) -> tuple[int, int]:
 
 STATIC_CACHE_LABEL = "Fixed-buffer decode"  # the older on/off option (API's static_cache, links' fixed=), by name
 DECODE_PATH_LABEL = "Decode path"  # the choice's label, named in messages about its value
+COT_LABEL = "Chain of thought"  # the checkbox's label (API's cot, links' cot=), named in messages about its value
 # (shown, value) pairs of the choice; the values are swaa_core.engine.decode_path.DecodePath's
 DECODE_PATH_CHOICES = [("Auto", "auto"), ("Fixed-buffer", "fixed"), ("Eager", "eager")]
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -199,7 +200,7 @@ class Settings:
         """Settings from the page's widgets (keyword names = field names; sliders send floats, empty boxes None)."""
         v = values
         return cls(
-            model=v["model"] or DEFAULT_MODEL, strategy=v["strategy"], cot=bool(v["cot"]), adapter=v["adapter"] or "",
+            model=v["model"] or DEFAULT_MODEL, strategy=v["strategy"], cot=checked_flag(v["cot"], COT_LABEL), adapter=v["adapter"] or "",
             source=v["source"], task=v["task"], length=int(v["length"]), depth=float(v["depth"]),
             seed=int(v["seed"] or 0), max_new_tokens=int(v["max_new_tokens"]), example=v["example"] or "",
             pinned=v["pinned"] or [], decode_path=decode_path_choice(v["decode_path"]),
@@ -294,7 +295,7 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
         mode, layers = layer_choice(value, FA_DECODE_MODES, "fa_decode")
         settings.strategy = replace(s, fa_decode_mode=mode, fa_decode_layers=layers)
     elif attr == "cot":
-        settings.cot = value.lower() in ("1", "true", "yes", "on")
+        settings.cot = checked_flag(value, COT_LABEL)
     elif attr == "decode_path":
         settings.decode_path = decode_path_choice(value)
     elif attr == "static_cache":

@@ -21,7 +21,7 @@ from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resol
 from .columns import config_label
 from .model_service import loaded_model, num_layers
 from .runs import session_run
-from .state import Strategy, decode_path_choice, whole_in_range, window_and_sinks
+from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, whole_in_range, window_and_sinks
 from .temp_files import temp_folder
 
 MAX_LENGTH = 131072  # tokens: beyond any supported context
@@ -73,7 +73,7 @@ class RecipeSweepSettings:
         window, sinks = window_and_sinks(self.window, self.sinks)
         _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
         path = decode_path_choice(self.decode_path)
-        _freeze(self, seed=int(self.seed or 0), cot=bool(self.cot), decode_path=path)
+        _freeze(self, seed=int(self.seed or 0), cot=checked_flag(self.cot, COT_LABEL), decode_path=path)
 
 
 @dataclass

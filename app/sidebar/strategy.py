@@ -21,6 +21,7 @@ from ..errors import ui_errors
 from ..events import Group, group
 from ..model_service import loaded_model, num_layers
 from ..state import (
+    COT_LABEL,
     DECODE_PATH_CHOICES,
     DECODE_PATH_LABEL,
     FA_LAYER_MODES,
@@ -101,7 +102,7 @@ def layout(ui, d: Settings) -> None:
             choices=layer_choices(), label="FA decode layers", info=texts.FA_DECODE_STRIP_INFO,
             elem_classes="layer-strip", visible=s.fa_decode_mode == "layers",
         )  # fmt: skip
-        ui.cot = gr.Checkbox(value=d.cot, label="Chain of thought", info=texts.COT_INFO)
+        ui.cot = gr.Checkbox(value=d.cot, label=COT_LABEL, info=texts.COT_INFO)
         ui.decode_path = gr.Radio(
             DECODE_PATH_CHOICES, value=d.decode_path, label=DECODE_PATH_LABEL, info=texts.DECODE_PATH_INFO,
             elem_id="swaa-decode-path",

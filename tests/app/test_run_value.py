@@ -118,3 +118,28 @@ def test_a_bad_layer_list_gets_the_same_words_from_every_surface(capsys):
     assert _api_error(fa_layers="1,x") == f"fa_layers {UNREADABLE}; got '1,x'."
     assert _api_error(fa_decode="1,x") == f"fa_decode {UNREADABLE}; got '1,x'."
     assert f"fa_layers {UNREADABLE}; got '1,x'." in _link_note(fal="1,x")
+
+
+@pytest.mark.parametrize(("given", "on"), [("false", False), ("0", False), ("off", False), ("", False), (None, False),
+                                           (False, False), ("true", True), ("1", True), ("on", True), (True, True)])  # fmt: skip
+def test_chain_of_thought_reads_words_as_the_page_means_them(given, on):
+    """The API and links hand the checkbox a word ('false' is truthy as a Python string): every surface reads it by
+    the one rule, the page's sweeps too."""
+    from app.sweep_runs import RecipeSweepSettings
+
+    assert RunOptions(cot=given).spec().cot is on
+    assert RecipeSweepSettings(recipes=("swa",), cot=given).cot is on
+    if given is not None and not isinstance(given, bool):
+        settings, notes = from_query({"cot": given})
+        assert (settings.cot, notes) == (on, [])
+
+
+def test_a_word_that_is_no_answer_is_refused_by_the_checkbox_name():
+    from app.sweep_runs import RecipeSweepSettings
+
+    with pytest.raises(ValueError, match="Chain of thought must be on or off"):
+        RunOptions(cot="maybe").spec()
+    with pytest.raises(ValueError, match="Chain of thought must be on or off"):
+        RecipeSweepSettings(recipes=("swa",), cot="maybe")
+    settings, notes = from_query({"cot": "maybe"})
+    assert settings.cot is False and "Chain of thought must be on or off" in notes[0]
