@@ -175,10 +175,8 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> N
     )
     g.add_argument(
         "--static-cache",
-        dest="decode_path",
-        action="store_const",
-        const=DecodePath.FIXED.value,
-        help="the same as --decode-path fixed (the older spelling)",
+        action="store_true",
+        help="the same as --decode-path fixed (the older spelling; refused beside another --decode-path)",
     )
 
 
@@ -195,6 +193,7 @@ def run_spec(args, *, score_logprob: bool):
         score_logprob=score_logprob,
         timing_tokens=args.timing_tokens,
         decode_path=args.decode_path,
+        static_cache=args.static_cache or None,  # absent: not given (False would ask for eager)
     )
 
 

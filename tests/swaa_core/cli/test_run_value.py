@@ -56,3 +56,13 @@ def test_the_older_static_cache_option_is_the_fixed_path(handed, tiny_folder):
     with pytest.raises(Handed):
         main([*COMMANDS["run"], "--model", tiny_folder, "--static-cache", "--answer", "blue"])
     assert handed == [RunSpec(max_new_tokens=64, decode_path="fixed")]  # run's own default; --answer scores
+
+
+@pytest.mark.parametrize(
+    "order", [["--decode-path", "eager", "--static-cache"], ["--static-cache", "--decode-path", "eager"]]
+)
+def test_the_older_static_cache_option_beside_another_path_is_refused_by_name(order, handed, tiny_folder, capsys):
+    """Both orders: as one argparse destination, the last flag won and the other was dropped without a word."""
+    code = main([*COMMANDS["run"], "--model", tiny_folder, *order])
+    assert code != 0 and not handed
+    assert "static_cache=True asks for the fixed decode path, but decode_path asks for" in capsys.readouterr().err
