@@ -275,9 +275,15 @@ def parse_layers(value: str | int | list[int] | None, name: str) -> str | list[i
     return f"1/{m.group(1)}" if m.lastindex == 1 else f"every {m.group(1)} from {m.group(2)}"
 
 
-def resolve_layers(parsed: str | list[int], num_layers: int) -> list[int]:
-    """The indices a :func:`parse_layers` result names in a model with ``num_layers`` layers."""
+def resolve_layers(parsed: str | list[int], num_layers: int, name: str = "FA layers") -> list[int]:
+    """The indices a :func:`parse_layers` result names in a model with ``num_layers`` layers. Raises SWAAConfigError
+    naming ``name`` for an index the model does not have."""
     if isinstance(parsed, list):
+        beyond = [i for i in parsed if i >= num_layers]
+        if beyond:
+            raise SWAAConfigError(
+                f"{name} names layer(s) {beyond}, but the model has {num_layers} layers (0-{num_layers - 1})."
+            )
         return parsed
     if parsed == "all":
         return list(range(num_layers))

@@ -149,3 +149,10 @@ def _meaning(cfg: SWAAConfig) -> tuple:
 def test_describe_gives_different_configs_different_names(a, b):
     if _meaning(a) != _meaning(b):  # force_fa_decode=[] and False mean the same: no layer decodes with FA
         assert a.describe() != b.describe()
+
+
+def test_fa_layers_refuses_an_index_the_model_does_not_have():
+    """Given the layer count, a list naming a layer past it is refused, not handed on ([99] for a 12-layer model)."""
+    assert SWAAConfig.fa_layers("3,11", 12) == [3, 11]
+    with pytest.raises(SWAAConfigError, match=r"names layer\(s\) \[12, 99\], but the model has 12 layers \(0-11\)"):
+        SWAAConfig.fa_layers("99,12,3", 12)
