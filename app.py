@@ -14,6 +14,12 @@ import sys
 
 if __name__ == "__main__":  # Ctrl-C while torch and Gradio import (seconds): stop quietly, not with a traceback
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    import argparse
+
+    # no options: settings come from the environment (above); --help says so, anything else is refused, not ignored
+    argparse.ArgumentParser(
+        prog="python app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
 
 import logging
 import threading

@@ -43,3 +43,13 @@ def test_the_api_snippet_prints_one_line_per_column(tmp_path, app_url):
         "Full attention", "SWA only (W=256)", "Recommended",
     ]  # fmt: skip
     assert all(re.search(r"correct=(True|False) \d+\.\d s$", line) for line in lines), lines
+
+
+def test_app_py_says_how_it_is_configured_and_refuses_options_it_does_not_have():
+    """`python app.py --help` answers before Gradio loads (settings are environment variables); an option it does not
+    have stops it with a usage error instead of starting the server without it."""
+    shown = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "GRADIO_SERVER_PORT" in shown.stdout
+    refused = subprocess.run([sys.executable, "app.py", "--port", "1"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "unrecognized arguments: --port 1" in refused.stderr
