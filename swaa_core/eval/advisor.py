@@ -13,7 +13,8 @@ Three measurements, all on samples whose answer is known (built-in tasks, or a u
   (:class:`LayerRunner`: the layers below it see the same inputs, so their outputs are recorded once), about
   ``samples * (1 + layers / 2)`` full forwards.
 - ``"mass"``: the attention probability that the answer-predicting queries (the last prompt token and the answer
-  tokens but the last) put on keys outside the window and the sinks under full attention, the largest over heads.
+  tokens but the last) put under full attention on keys the base config's mask kind hides from them (outside the
+  window and the sinks, or the chunk and the sinks), the largest over heads.
   One forward per sample (every layer on the eager kernel), but it sees only direct attention: a layer whose far
   reach changes nothing downstream scores as high, and on a model built so that one layer carries the retrieval,
   every layer with near-uniform attention scores alike (tests/swaa_core/eval/test_advisor.py).
@@ -29,13 +30,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..engine.config import SWAAConfig
 from ..engine.families import attention_modules
 from ..engine.install import install, remove_swaa
+from ..engine.kinds import MaskKind
 from ..engine.patch import swaa
 from .cot import render_prompt
 from .scoring import answer_ids, reference_text
@@ -205,12 +207,7 @@ class LayerScores:
 
 
 def _with_layers(base: SWAAConfig, layers) -> SWAAConfig:
-    return SWAAConfig(
-        sliding_window_size=base.sliding_window_size,
-        keep_first=base.keep_first,
-        force_fa_decode=base.force_fa_decode,
-        non_sliding_layers=sorted(set(base.non_sliding_layers) | set(layers)),
-    )
+    return replace(base, non_sliding_layers=sorted(set(base.non_sliding_layers) | set(layers)))
 
 
 def gain_scores(model, cals, base: SWAAConfig, *, progress: Progress | None = None, cancel=None,
@@ -281,10 +278,10 @@ def greedy_scores(model, cals, base: SWAAConfig, budget: int, *, progress: Progr
 
 class _MassRecorder:
     """Stands in for the attention recorder list: reduces each layer's probabilities to the largest (over heads)
-    mass that the last ``queries`` queries put outside window + sinks, instead of keeping them."""
+    mass that the last ``queries`` queries put on earlier keys ``kind`` hides from them, instead of keeping them."""
 
-    def __init__(self, window: int, sinks: int, queries: int, out: list, layer: int):
-        self.window, self.sinks, self.queries, self.out, self.layer = window, sinks, queries, out, layer
+    def __init__(self, kind: MaskKind, queries: int, out: list, layer: int):
+        self.kind, self.queries, self.out, self.layer = kind, queries, out, layer
 
     def append(self, probs: torch.Tensor) -> None:
         # the queries that predict the answer: the last prompt token and every answer token but the last
@@ -292,7 +289,9 @@ class _MassRecorder:
         n_k = p.shape[-1]
         q_pos = torch.arange(n_k - self.queries - 1, n_k - 1, device=p.device)[:, None]
         k_pos = torch.arange(n_k, device=p.device)[None, :]
-        outside = (q_pos - k_pos >= self.window) & (k_pos >= self.sinks)
+        # as a sliding query sees them (not full: the mass is what the kind's own rule hides)
+        seen = self.kind.visible(q_pos, k_pos, torch.tensor(True), torch.tensor(False))
+        outside = (k_pos <= q_pos) & ~seen
         mass = (p * outside).sum(-1).mean(-1)  # per head, averaged over the answer-predicting queries
         self.out[self.layer] = float(mass.max())
 
@@ -300,8 +299,12 @@ class _MassRecorder:
 @torch.no_grad()
 def mass_scores(model, cals, base: SWAAConfig, *, progress: Progress | None = None, cancel=None) -> LayerScores:
     """Largest over heads of the full-attention probability that the answer-predicting queries (the last prompt
-    token and the answer tokens but the last) put on keys outside ``base``'s window and sinks; one forward per
-    sample, every layer on the reference (eager) kernel."""
+    token and the answer tokens but the last) put on keys that ``base``'s mask kind hides from them (outside the
+    window and the sinks, or the chunk and the sinks); one forward per sample, every layer on the reference (eager)
+    kernel. Raises ValueError for a full-attention ``base`` (it hides nothing)."""
+    kind = base.kind
+    if kind is None:
+        raise ValueError("Attention mass outside the window needs a sliding base config; this one is full attention.")
     modules = attention_modules(model)
     rows = []
     for k, cal in enumerate(cals):
@@ -312,7 +315,7 @@ def mass_scores(model, cals, base: SWAAConfig, *, progress: Progress | None = No
         install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
         try:
             for i, m in enumerate(modules):
-                m._swaa_recorder = _MassRecorder(base.sliding_window_size, base.keep_first, len(cal.target), row, i)
+                m._swaa_recorder = _MassRecorder(kind, len(cal.target), row, i)
             model(input_ids=cal.ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
         finally:
             remove_swaa(model)

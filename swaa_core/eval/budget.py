@@ -3,18 +3,23 @@
 Prefill cost model (the one benchmarks/gpu_prefill.py checks against H200 timings, where SWA reached about 93% of
 its ideal): 2 FLOPs per weight per token in the attention projections and the MLP, plus 4 * query width FLOPs per
 (query, key) pair attention visits (scores and the weighted sum); the LM head is left out (a prefill keeps one
-token's logits). A full layer visits n(n+1)/2 pairs, a sliding one ``pairs_visited(n, W, sinks)``; both counts are
-:func:`swaa_core.models.capacity.prefill_flops`, which the capacity model shares. On a CPU, where
+token's logits). A full layer visits n(n+1)/2 pairs, a sliding one what its mask kind shows
+(``MaskKind.pairs_visited``); both counts are :func:`swaa_core.models.capacity.prefill_flops`, which the capacity model
+shares. On a CPU, where
 the window kernel is less efficient than one big SDPA call, measured times fall short of this model; the advisor
 reports both.
 
-KV bytes come from :func:`swaa_core.models.memory.estimate_memory`: a sliding layer without FA decode keeps sinks + W
-slots, every other layer every token, so with FA decode a KV cap cannot be met by sliding layers at all.
+KV bytes come from :func:`swaa_core.models.memory.estimate_memory`: a sliding layer without FA decode keeps its mask
+kind's ``kept_slots`` (sinks + W, or sinks + C for chunks), every other layer every token, so with FA decode a KV cap
+cannot be met by sliding layers at all.
+
+Every count asks the base config's mask kind, so a budget is right for any kind: the base config travels whole
+(:func:`layered` replaces only the full layers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..engine.config import SWAAConfig
 from ..models.capacity import prefill_flops
@@ -78,15 +83,17 @@ class CostModel:
         return estimate_memory(self.shape, n, cfg, dtype=dtype).kv_swaa_bytes
 
 
-def layered(num_layers: int, window: int, sinks: int, fa_decode: bool, layers) -> SWAAConfig:
-    return SWAAConfig(sliding_window_size=window, keep_first=sinks, force_fa_decode=fa_decode,
-                      non_sliding_layers=sorted(layers)).validate(num_layers)  # fmt: skip
+def layered(base: SWAAConfig, num_layers: int, layers) -> SWAAConfig:
+    """``base`` (window or chunk, sinks, FA decode, mask kind) with exactly ``layers`` keeping full attention."""
+    return replace(base, non_sliding_layers=sorted(layers)).validate(num_layers)
 
 
-def full_layer_count(budget: Budget, cost: CostModel, n: int, *, window: int, sinks: int, fa_decode: bool,
-                     dtype=None) -> int:  # fmt: skip
-    """How many layers may keep full attention under ``budget`` at ``n`` tokens (every such layer costs the same,
-    so the count does not depend on which). Raises :class:`BudgetError` with the reachable range."""
+def full_layer_count(budget: Budget, cost: CostModel, n: int, base: SWAAConfig, *, dtype=None) -> int:
+    """How many layers may keep full attention under ``budget`` at ``n`` tokens, every other layer sliding under
+    ``base`` (every such layer costs the same, so the count does not depend on which). Raises :class:`BudgetError`
+    with the reachable range, ValueError for a full-attention ``base``."""
+    if base.is_full_attention:
+        raise ValueError("A budget of full layers needs a sliding base config; this one is full attention.")
     L = cost.num_layers
     if budget.full_layers is not None:
         k = budget.full_layers
@@ -101,10 +108,10 @@ def full_layer_count(budget: Budget, cost: CostModel, n: int, *, window: int, si
                 + f". Ask for 1 to {L - 1}."
             )
         return k
-    shares = [_cost(budget, cost, n, layered(L, window, sinks, fa_decode, range(k)), dtype) for k in range(L + 1)]
+    shares = [_cost(budget, cost, n, layered(base, L, range(k)), dtype) for k in range(L + 1)]
     limit = budget.prefill if budget.prefill is not None else budget.kv_gib * GIB
     fits = [k for k in range(L + 1) if shares[k] <= limit]
-    what = _what(budget, shares, n, window)
+    what = _what(budget, shares, n, base)
     if not fits or max(fits) < 1:
         raise BudgetError(f"{budget.describe()} is out of reach: {what}.")
     if max(fits) >= L:
@@ -116,9 +123,10 @@ def _cost(budget: Budget, cost: CostModel, n: int, cfg: SWAAConfig, dtype) -> fl
     return cost.prefill_share(n, cfg) if budget.prefill is not None else cost.kv_bytes(n, cfg, dtype)
 
 
-def _what(budget: Budget, shares: list[float], n: int, window: int) -> str:
+def _what(budget: Budget, shares: list[float], n: int, base: SWAAConfig) -> str:
+    under = f"with {base.kind.describe()} at {n} tokens"
     if budget.prefill is not None:
-        return (f"with window {window} at {n} tokens, every layer sliding costs {shares[0]:.1%} of full attention's "
-                f"prefill, one full layer {shares[1]:.1%}, each further one {shares[2] - shares[1]:.1%}")  # fmt: skip
-    return (f"with window {window} at {n} tokens, the KV cache holds {format_bytes(int(shares[0]))} with every layer "
-            f"sliding, {format_bytes(int(shares[1]))} with one full layer, {format_bytes(int(shares[-1]))} with all")  # fmt: skip
+        return (f"{under}, every layer sliding costs {shares[0]:.1%} of full attention's prefill, one full layer "
+                f"{shares[1]:.1%}, each further one {shares[2] - shares[1]:.1%}")  # fmt: skip
+    return (f"{under}, the KV cache holds {format_bytes(int(shares[0]))} with every layer sliding, "
+            f"{format_bytes(int(shares[1]))} with one full layer, {format_bytes(int(shares[-1]))} with all")  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -114,33 +114,41 @@ def _nlls(runner: LayerRunner, cals, cfg, cancel) -> list[float]:
     return out
 
 
-def decide(runner: LayerRunner, cals, layers, *, window: int, sinks: int, allow_fa_decode: bool, cancel=None,
+def decide(runner: LayerRunner, cals, layers, base: SWAAConfig, *, cancel=None,
            progress: Progress | None = None) -> tuple[bool, int, dict]:  # fmt: skip
-    """FA decode and sinks as their own decisions, with ``layers`` full: the held-in mean NLL of each combination.
-    FA decode is kept when the best combination with it beats the best without it by more than ``TOLERANCE``; then,
-    with FA decode settled, sinks by the same rule. Returns (fa_decode, keep_first, the NLLs behind both)."""
-    n = len(runner.layers)
-    fads = (True, False) if allow_fa_decode else (False,)
-    options = [(fad, k) for fad in fads for k in dict.fromkeys((sinks, 0))]
+    """FA decode and sinks as their own decisions, with ``layers`` full and every other layer sliding under ``base``
+    (its ``force_fa_decode``: the FA decode that may be chosen, False: none; its ``keep_first``: the sinks asked for):
+    the held-in mean NLL of each combination. FA decode is kept when the best combination with it beats the best
+    without it by more than ``TOLERANCE``; then, with FA decode settled, sinks by the same rule. Returns (fa_decode,
+    keep_first, the NLLs behind both); :func:`settled` turns them into the config."""
+    fads = (True, False) if base.force_fa_decode else (False,)
+    options = [(fad, k) for fad in fads for k in dict.fromkeys((base.keep_first, 0))]
     table = {}
     for i, (fad, k) in enumerate(options):
         if progress:
             progress(i, len(options), f"FA decode {'on' if fad else 'off'}, {k} sinks")
-        table[(fad, k)] = statistics.fmean(_nlls(runner, cals, layered(n, window, k, fad, layers), cancel))
+        cfg = layered(settled(base, fad, k), len(runner.layers), layers)
+        table[(fad, k)] = statistics.fmean(_nlls(runner, cals, cfg, cancel))
 
     def best(**fixed):
         nlls = [v for (fad, k), v in table.items() if all(dict(fad=fad, sinks=k > 0)[f] == x for f, x in fixed.items())]
         return min(nlls) if nlls else None
 
     fad = _helps(best(fad=True), best(fad=False))
-    keep = sinks if _helps(best(fad=fad, sinks=True), best(fad=fad, sinks=False)) else 0
+    keep = base.keep_first if _helps(best(fad=fad, sinks=True), best(fad=fad, sinks=False)) else 0
     record = {
-        "fa_decode": dict(chosen=fad, allowed=allow_fa_decode, nll_on=best(fad=True), nll_off=best(fad=False)),
-        "sinks": dict(chosen=keep, asked=sinks, nll_with=best(fad=fad, sinks=True),
+        "fa_decode": dict(chosen=fad, allowed=bool(base.force_fa_decode), nll_on=best(fad=True),
+                          nll_off=best(fad=False)),
+        "sinks": dict(chosen=keep, asked=base.keep_first, nll_with=best(fad=fad, sinks=True),
                       nll_without=best(fad=fad, sinks=False)),
         "tolerance": TOLERANCE,
     }  # fmt: skip
     return fad, keep, record
+
+
+def settled(base: SWAAConfig, fa_decode: bool, keep_first: int) -> SWAAConfig:
+    """``base`` with the FA decode (on: ``base``'s own, every layer or its list) and sinks :func:`decide` chose."""
+    return replace(base, force_fa_decode=base.force_fa_decode if fa_decode else False, keep_first=keep_first)
 
 
 def _helps(with_it: float | None, without: float | None) -> bool:
@@ -232,14 +240,14 @@ def advise(model, tokenizer, *, length: int, budget: Budget, window: int = 256, 
             allow_fad = False
             notes.append("FA decode keeps every key in every layer, so under a KV cap below full attention's "
                          "it is left off.")  # fmt: skip
-    k = full_layer_count(budget, cost, length, window=window, sinks=sinks, fa_decode=allow_fad)
+    base = SWAAConfig(sliding_window_size=window, keep_first=sinks, force_fa_decode=allow_fad).validate(n_layers)
+    k = full_layer_count(budget, cost, length, base)
     cal_seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + samples))
     out_seeds = list(range(HELD_OUT_SEED, HELD_OUT_SEED + held_out))
     cals = calibrate(tokenizer, task_samples(tokenizer, task, length, cal_seeds, **task_kw))
     outs = calibrate(tokenizer, task_samples(tokenizer, task, length, out_seeds, **task_kw))
     if task == "doc_qa":
         notes.append("One document: calibration and held-out samples are the same text, so the check is not held out.")
-    base = layered(n_layers, window, sinks, allow_fad, [])
     kw = dict(progress=_phase(progress, "scores"), cancel=cancel)
     if method == "gain":
         scores = gain_scores(model, cals, base, backend=backend, **kw)
@@ -249,13 +257,14 @@ def advise(model, tokenizer, *, length: int, budget: Budget, window: int = 256, 
         scores = greedy_scores(model, cals, base, k, backend=backend, **kw)
     chosen = _select(scores, k)
     runner = LayerRunner(model, backend)
-    fad, keep, decisions = decide(runner, cals, chosen, window=window, sinks=sinks, allow_fa_decode=allow_fad,
-                                  cancel=cancel, progress=_phase(progress, "FA decode and sinks"))  # fmt: skip
-    config = layered(n_layers, window, keep, fad, chosen)
+    fad, keep, decisions = decide(runner, cals, chosen, base, cancel=cancel,
+                                  progress=_phase(progress, "FA decode and sinks"))  # fmt: skip
+    final = settled(base, fad, keep)
+    config = layered(final, n_layers, chosen)
     configs, kinds = {"advisor": config}, {"advisor": "advisor"}
     for label, layers in periodic_patterns(n_layers, k).items():
-        configs[label], kinds[label] = layered(n_layers, window, keep, fad, layers), "periodic"
-    configs["SWA (no full layer)"], kinds["SWA (no full layer)"] = layered(n_layers, window, keep, fad, []), "swa"
+        configs[label], kinds[label] = layered(final, n_layers, layers), "periodic"
+    configs["SWA (no full layer)"], kinds["SWA (no full layer)"] = layered(final, n_layers, []), "swa"
     configs["full attention"], kinds["full attention"] = None, "full"
     candidates = check(runner, outs, cost, length, configs, kinds=kinds, cancel=cancel,
                        progress=_phase(progress, "held-out check"))  # fmt: skip

@@ -115,6 +115,35 @@ def test_mass_counts_only_keys_outside_the_window_and_sinks():
     assert all(0 <= s <= 1 for s in scores.mean)
 
 
+CHUNKED = SWAAConfig(sliding_window_size=8, keep_first=1, force_fa_decode=True, mask_kind="chunked")
+
+
+def test_mass_under_chunks_counts_only_keys_outside_the_querys_chunk_and_sinks():
+    scores = mass_scores(retrieval_model(), [needle_sample(60)], CHUNKED)
+    # query 61 is in chunk 56..63: it sees keys 56..61 (6) and sink 0 of the 62 it would see under full attention
+    assert scores.mean[CARRIER] == pytest.approx(55 / 62, abs=1e-4)
+    with pytest.raises(ValueError, match="full attention"):
+        mass_scores(retrieval_model(), [needle_sample(60)], SWAAConfig())
+
+
+def test_gain_under_chunks_is_the_nll_fall_of_whole_chunked_forwards():
+    """Each layer's gain equals base NLL minus the NLL of a whole forward with that layer full and every other layer
+    still chunked; the same numbers under a sink window differ, so a config that lost its kind would show."""
+    m = build_tiny_model("llama", layers=4, seed=1)
+    torch.manual_seed(0)
+    ids = torch.randint(3, 90, (50,)).tolist()
+    cal = Calibration(ids[:46], ids[46:])
+    runner = LayerRunner(m)
+    base_nll = runner.record(cal, CHUNKED, keep_states=False)[0]
+    want = []
+    for layer in range(4):
+        cfg = SWAAConfig(**{**CHUNKED.to_dict(), "non_sliding_layers": [layer]})
+        want.append(base_nll - runner.record(cal, cfg, keep_states=False)[0])
+    assert gain_scores(m, [cal], CHUNKED).mean == pytest.approx(want, abs=1e-5)
+    window = SWAAConfig(**{**CHUNKED.to_dict(), "mask_kind": "sink_window"})
+    assert gain_scores(m, [cal], window).mean != pytest.approx(want, abs=1e-3)
+
+
 def test_a_set_cancel_event_stops_before_the_next_forward():
     stop = threading.Event()
     stop.set()
@@ -151,7 +180,8 @@ class TableRunner:
 )
 def test_fa_decode_and_sinks_are_kept_only_where_they_lower_held_in_nll(table, allow, chosen):
     runner = TableRunner(table)
-    fad, keep, record = decide(runner, [needle_sample()], [2], window=8, sinks=4, allow_fa_decode=allow)
+    base = SWAAConfig(sliding_window_size=8, keep_first=4, force_fa_decode=allow)
+    fad, keep, record = decide(runner, [needle_sample()], [2], base)
     assert (fad, keep) == chosen
     assert sorted(runner.seen) == sorted(table)  # every combination measured once, no other
     assert record["fa_decode"]["nll_off"] == min(v for (f, _), v in table.items() if not f)
@@ -185,18 +215,39 @@ def test_prefill_share_and_kv_bytes_match_hand_computed_costs():
     assert cost.kv_bytes(n, fa_decode) == cost.kv_bytes(n, None) == per_token * 4 * n
 
 
+def test_budget_costs_under_chunks_match_hand_counted_pairs_and_slots():
+    """8 tokens in chunks of 3 with 1 sink: queries see 1, 2, 3, 2 (sink + own), 3, 4, 2, 3 keys = 20 pairs (a window
+    of 3 with 1 sink: 1, 2, 3, 3, 4, 4, 4, 4 = 25); an evicting layer keeps 1 sink + 3 slots."""
+    cost = CostModel.of(build_tiny_model("llama", layers=4))
+    n, linear = 8, 2 * (32 * 32 * 2 + 32 * 16 * 2) + 2 * 3 * 32 * 64
+
+    def share(k, pairs):  # k full layers, the rest visiting ``pairs``
+        return (4 * n * linear + 4 * 32 * (k * 36 + (4 - k) * pairs)) / (4 * n * linear + 4 * 32 * 4 * 36)
+
+    base = SWAAConfig(sliding_window_size=3, keep_first=1, mask_kind="chunked")
+    one_full = SWAAConfig(**{**base.to_dict(), "non_sliding_layers": [1]})
+    assert cost.prefill_share(n, one_full) == pytest.approx(share(1, 20), rel=1e-12)
+    assert cost.kv_bytes(n, one_full) == 2 * 2 * 8 * 4 * (n + 3 * 4)
+    between = Budget(prefill=(share(2, 20) + share(2, 25)) / 2)  # two chunked layers fit, two windowed do not
+    assert share(1, 25) < share(2, 20) < share(2, 25) < share(3, 20)
+    assert full_layer_count(between, cost, n, base) == 2
+    assert full_layer_count(between, cost, n, SWAAConfig(sliding_window_size=3, keep_first=1)) == 1
+    with pytest.raises(BudgetError, match="with chunked 3 \\+ 1 sinks at 8 tokens"):
+        full_layer_count(Budget(prefill=0.01), cost, n, base)
+
+
 def test_a_budget_allows_the_most_full_layers_that_fit():
     cost = CostModel.of(build_tiny_model("llama", layers=4))
     n, w = 100, 10
     shares = [
         cost.prefill_share(n, SWAAConfig(sliding_window_size=w, non_sliding_layers=list(range(k)))) for k in range(5)
     ]
-    kw = dict(window=w, sinks=0, fa_decode=False)
-    assert full_layer_count(Budget(prefill=(shares[2] + shares[3]) / 2), cost, n, **kw) == 2
-    assert full_layer_count(Budget(prefill=shares[1]), cost, n, **kw) == 1
+    base = SWAAConfig(sliding_window_size=w)
+    assert full_layer_count(Budget(prefill=(shares[2] + shares[3]) / 2), cost, n, base) == 2
+    assert full_layer_count(Budget(prefill=shares[1]), cost, n, base) == 1
     kv = [cost.kv_bytes(n, SWAAConfig(sliding_window_size=w, non_sliding_layers=list(range(k)))) for k in range(5)]
-    assert full_layer_count(Budget(kv_gib=kv[3] / 2**30), cost, n, **kw) == 3
-    assert full_layer_count(Budget(full_layers=3), cost, n, **kw) == 3
+    assert full_layer_count(Budget(kv_gib=kv[3] / 2**30), cost, n, base) == 3
+    assert full_layer_count(Budget(full_layers=3), cost, n, base) == 3
 
 
 @pytest.mark.parametrize(
@@ -205,7 +256,7 @@ def test_a_budget_allows_the_most_full_layers_that_fit():
         (Budget(full_layers=0), "at least 1"),
         (Budget(full_layers=4), "is full attention"),
         (Budget(full_layers=9), "more than it has"),
-        (Budget(prefill=0.05), "out of reach: with window 10 at 100 tokens, every layer sliding costs"),
+        (Budget(prefill=0.05), "out of reach: with SWA 10 at 100 tokens, every layer sliding costs"),
         (Budget(prefill=1.0), "allows full attention in every layer"),
         (Budget(kv_gib=1e-9), "out of reach"),
     ],
@@ -213,7 +264,7 @@ def test_a_budget_allows_the_most_full_layers_that_fit():
 def test_budgets_that_cannot_be_met_say_why(budget, says):
     cost = CostModel.of(build_tiny_model("llama", layers=4))
     with pytest.raises(BudgetError, match=says):
-        full_layer_count(budget, cost, 100, window=10, sinks=0, fa_decode=False)
+        full_layer_count(budget, cost, 100, SWAAConfig(sliding_window_size=10))
 
 
 def test_exactly_one_budget():
