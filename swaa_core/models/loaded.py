@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from .memory import InsufficientMemoryError, ModelShape, model_shape, to_dtype
+from .memory import InsufficientMemoryError, ModelShape, dtype_name
 
 __all__ = ["LoadedModel", "ModelInfo", "ModelLoadError", "ModelTooLargeError"]
 
@@ -26,24 +26,18 @@ class ModelTooLargeError(ModelLoadError, InsufficientMemoryError):
 
 @dataclass
 class ModelInfo:
+    """What a load found: the model's name, source and kind, its :class:`ModelShape` (layers, heads, widths,
+    parameters, dtype and every layer's own sliding window: the one description the memory and capacity models read,
+    ``model_shape(info)``), and how it was loaded. The shape's numbers read as attributes too (``info.num_layers``)."""
+
     name: str
     source: str  # "embedded", "hub" or "local"
     model_type: str
     architecture: str
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    vocab_size: int
-    num_parameters: int
+    shape: ModelShape
     context_length: int | None
     has_thinking_mode: bool
     is_chat: bool
-    native_sliding_window: int | None
-    native_sliding_layers: list[int]
-    dtype: str
     device: str
     device_map: str | None
     attn_implementation: str
@@ -51,19 +45,53 @@ class ModelInfo:
     from_cache: bool
     path: str | None = None
 
+    num_layers = property(lambda self: self.shape.num_layers)
+    num_kv_heads = property(lambda self: self.shape.num_kv_heads)
+    head_dim = property(lambda self: self.shape.head_dim)
+    hidden_size = property(lambda self: self.shape.hidden_size)
+    intermediate_size = property(lambda self: self.shape.intermediate_size)
+    vocab_size = property(lambda self: self.shape.vocab_size)
+    num_parameters = property(lambda self: self.shape.num_parameters)
+    native_windows = property(lambda self: self.shape.native_windows)
+
+    @property
+    def num_heads(self) -> int:
+        return self.shape.num_heads or self.shape.hidden_size // self.shape.head_dim
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self.shape.dtype)
+
+    @property
+    def native_sliding_layers(self) -> list[int]:
+        """Layers the model slides in itself (``native_windows`` says each one's window)."""
+        return [i for i, w in enumerate(self.native_windows) if w is not None]
+
+    @property
+    def native_sliding_window(self) -> int | None:
+        """The widest of those layers' windows (they differ only in models with per-layer windows); None: none."""
+        return max((w for w in self.native_windows if w is not None), default=None)
+
     @property
     def weight_bytes(self) -> int:
-        return self.num_parameters * torch.empty((), dtype=to_dtype(self.dtype)).element_size()
+        return self.num_parameters * torch.empty((), dtype=self.shape.dtype).element_size()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "weight_bytes": self.weight_bytes}
+        """The facts as JSON values: the fields, the shape's numbers beside them (not nested) and the derived ones."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "shape"}
+        out.update({f.name: getattr(self.shape, f.name) for f in fields(self.shape)})
+        out.update(native_windows=list(self.native_windows), num_heads=self.num_heads, dtype=self.dtype,
+                   native_sliding_layers=self.native_sliding_layers, native_sliding_window=self.native_sliding_window,
+                   weight_bytes=self.weight_bytes)  # fmt: skip
+        return out
 
     def summary(self) -> str:
-        sliding = (
-            f", native sliding window {self.native_sliding_window} in {len(self.native_sliding_layers)} layers"
-            if self.native_sliding_layers
-            else ""
-        )
+        counts: dict[int, int] = {}
+        for w in self.native_windows:
+            if w is not None:
+                counts[w] = counts.get(w, 0) + 1
+        parts = [f"{w} in {k} layers" for w, k in sorted(counts.items())]
+        sliding = f", native sliding window{'s' * (len(parts) > 1)} {', '.join(parts)}" if parts else ""
         return (
             f"{self.name} ({self.architecture}, {self.num_parameters / 1e6:,.0f}M parameters): {self.num_layers} layers, "
             f"{self.num_heads} query / {self.num_kv_heads} KV heads x {self.head_dim}, context {self.context_length}"
@@ -87,7 +115,7 @@ class LoadedModel:
 
     @property
     def shape(self) -> ModelShape:
-        return model_shape(self.info)
+        return self.info.shape
 
 
 def refuse_as_load_error(check: Callable[[], Any]) -> Any:

@@ -199,9 +199,7 @@ def _load(req: LoadRequest) -> LoadedModel:
 
 
 def _make_info(src: Source, model, tokenizer, folder, seconds: float, from_cache: bool) -> ModelInfo:
-    shape = model_shape(model)
     text = model.config.get_text_config(decoder=True)
-    windows = [w for w in shape.native_windows if w]
     template = getattr(tokenizer, "chat_template", None) or ""
     entry = src.entry or find_model_entry(src.name)
     return ModelInfo(
@@ -209,20 +207,10 @@ def _make_info(src: Source, model, tokenizer, folder, seconds: float, from_cache
         source="embedded" if src.kind == "embedded" else ("hub" if src.kind == "hub" else "local"),
         model_type=text.model_type,
         architecture=type(model).__name__,
-        num_layers=shape.num_layers,
-        num_heads=text.num_attention_heads,
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        vocab_size=shape.vocab_size,
-        num_parameters=shape.num_parameters,
+        shape=model_shape(model),
         context_length=getattr(text, "max_position_embeddings", None),
         has_thinking_mode=entry.has_thinking_mode if entry else "<think>" in template,
         is_chat=entry.is_chat if entry else bool(template),
-        native_sliding_window=windows[0] if windows else None,
-        native_sliding_layers=[i for i, w in enumerate(shape.native_windows) if w],
-        dtype=dtype_name(shape.dtype),
         device=str(next(model.parameters()).device),
         device_map="auto" if spans_devices(model) else None,
         attn_implementation=model.config._attn_implementation,

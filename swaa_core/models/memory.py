@@ -11,7 +11,7 @@ KV bytes follow what the caches really hold (measured against transformers' Dyna
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -27,7 +27,8 @@ class InsufficientMemoryError(ValueError):
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The few numbers that decide memory use."""
+    """The few numbers that decide memory use and FLOPs: the one description of a model's shape, which ModelInfo and
+    registry entries carry as ``shape``."""
 
     num_layers: int
     num_kv_heads: int
@@ -114,42 +115,28 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def model_shape(obj) -> ModelShape:
-    """The shape of a loaded model, its ModelInfo, a registry entry, a transformers config or a model."""
+    """The shape of a loaded model, its ModelInfo or a registry entry (each carries its ``shape``), a transformers
+    config or a model."""
     if isinstance(obj, ModelShape):
         return obj
-    if hasattr(obj, "info") and hasattr(obj, "model"):  # LoadedModel
-        obj = obj.info
+    shape = getattr(obj, "shape", None)
+    if isinstance(shape, ModelShape):
+        return shape
     if isinstance(obj, torch.nn.Module) and hasattr(obj, "config"):
-        shape = _shape_from_config(obj.config, count=False)
-        params = sum(p.numel() for p in obj.parameters())
-        return ModelShape(**{**asdict(shape), "num_parameters": params, "dtype": next(obj.parameters()).dtype})
+        shape = config_shape(obj.config, num_parameters=sum(p.numel() for p in obj.parameters()))
+        return replace(shape, dtype=next(obj.parameters()).dtype)
     from transformers import PretrainedConfig
 
     if isinstance(obj, PretrainedConfig):
-        return _shape_from_config(obj)
-    needed = ("num_layers", "num_kv_heads", "head_dim", "num_parameters")
-    if all(hasattr(obj, a) for a in needed):
-        sliding = set(getattr(obj, "native_sliding_layers", None) or [])
-        window = getattr(obj, "native_sliding_window", None)
-        dtype = getattr(obj, "dtype", None)
-        return ModelShape(
-            num_layers=obj.num_layers,
-            num_kv_heads=obj.num_kv_heads,
-            head_dim=obj.head_dim,
-            hidden_size=obj.hidden_size,
-            intermediate_size=obj.intermediate_size,
-            vocab_size=obj.vocab_size,
-            num_parameters=obj.num_parameters,
-            native_windows=tuple(window if i in sliding else None for i in range(obj.num_layers)),
-            dtype=to_dtype(dtype) if dtype else None,
-            num_heads=getattr(obj, "num_heads", None),
-        )
+        return config_shape(obj)
     raise TypeError(
         f"Cannot size {type(obj).__name__}: pass a loaded model, its .info, a registry entry or a transformers config."
     )
 
 
-def _shape_from_config(config, count: bool = True) -> ModelShape:
+def config_shape(config, num_parameters: int | None = None) -> ModelShape:
+    """The shape a transformers config describes, every layer's own sliding window included
+    (:func:`swaa_core.engine.families.native_windows`); ``num_parameters`` None counts them on the meta device."""
     text = config.get_text_config(decoder=True)
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -160,7 +147,7 @@ def _shape_from_config(config, count: bool = True) -> ModelShape:
         hidden_size=text.hidden_size,
         intermediate_size=getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
         vocab_size=text.vocab_size,
-        num_parameters=count_parameters(config) if count else 0,
+        num_parameters=count_parameters(config) if num_parameters is None else num_parameters,
         native_windows=native_windows(text),
         num_heads=heads,
     )

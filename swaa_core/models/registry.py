@@ -7,6 +7,7 @@ config download) and :func:`swaa_core.models.memory.estimate_memory` can size a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..engine.config import FA_LAYER_PATTERNS, SWAAConfig
@@ -80,6 +81,14 @@ class ModelEntry:
         from transformers import AutoConfig
 
         return AutoConfig.for_model(self.model_type, **self.config_kwargs)
+
+    @cached_property
+    def shape(self):
+        """The :class:`~swaa_core.models.memory.ModelShape` of :meth:`config` with this entry's parameter count (what
+        ``model_shape(entry)`` gives), every layer's native window as transformers reads it."""
+        from .memory import config_shape
+
+        return config_shape(self.config(), num_parameters=self.num_parameters)
 
     def to_dict(self) -> dict[str, Any]:
         return {

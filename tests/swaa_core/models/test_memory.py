@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers.tiny_models import build_tiny_model
@@ -108,3 +110,32 @@ def test_check_fits_uses_the_real_free_memory():
     check_fits(1024, "cpu", what="A small thing", advice="")
     with pytest.raises(InsufficientMemoryError, match=r"A huge thing needs about .* GiB, but only .* is free on cpu"):
         check_fits(10**15, "cpu", what="A huge thing", advice="Use less.")
+
+
+def test_a_model_with_two_native_windows_keeps_both_from_load_to_shape(tmp_path):
+    """Layer 1 of this Gemma 3 has its own window (16, the others 8): the ModelInfo of the load, the shape rebuilt
+    from it and the KV estimate know every layer's window, as the config states it and transformers' cache keeps it."""
+    from dataclasses import replace
+
+    from helpers.tiny_models import build_tiny_tokenizer
+
+    from swaa_core import load_model
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model("gemma3", layers=6, vocab_size=len(tokenizer), per_layer_config={1: {"sliding_window": 16}},
+                             allow_global_per_layer_attribute_access=True)  # fmt: skip
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), reuse=False)
+    config = loaded.model.config
+    own = tuple(c.sliding_window if t == "sliding_attention" else None
+                for t, c in zip(config.layer_types, config.per_layer_config, strict=True))  # fmt: skip
+    assert own == (8, 16, 8, 8, 8, None)
+    info = loaded.info
+    assert info.native_windows == model_shape(info).native_windows == model_shape(loaded).native_windows == own
+    assert (info.native_sliding_layers, info.native_sliding_window) == ([0, 1, 2, 3, 4], 16)
+    assert "native sliding windows 8 in 4 layers, 16 in 1 layers" in info.summary()
+    assert estimate_memory(info, 30).kv_full_per_layer == tuple(_held_bytes(_prefill(loaded.model, 1, 30)))
+    assert model_shape(replace(info, name="renamed")) == model_shape(info)
+    facts = json.loads(json.dumps(info.to_dict()))
+    assert facts["native_windows"] == list(own) and facts["num_heads"] == 4 and facts["dtype"] == "float32"
