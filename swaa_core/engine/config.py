@@ -126,26 +126,29 @@ class SWAAConfig:
 
         ``native_windows``: per layer, the model's own sliding window or None (see :meth:`layer_rule`)."""
         out = []
-        w, k = self.sliding_window_size, self.keep_first
+        w, k, kind = self.sliding_window_size, self.keep_first, self.kind
         native = {i: n for i, n in enumerate(native_windows or ()) if n is not None}
-        if native and w is not None:
+        if native and kind is not None:
             sizes = sorted(set(native.values()))
-            narrowed = [n for n in sizes if w < n]
+            # what the kind becomes in each such layer, where that is not just the layer's own window
+            narrowed = sorted({kind.within(n).describe() for n in sizes if kind.within(n) != SinkWindow(n)})
             out.append(
                 f"{len(native)} layer(s) already slide natively (window {', '.join(map(str, sizes))}): there SWAA "
-                + (f"narrows the window to {w}" if narrowed else "keeps the model's own window")
+                + (f"narrows them to {', '.join(narrowed)}" if narrowed else "keeps the model's own window")
                 + ", without sinks or FA decode, and non_sliding_layers cannot widen them."
             )
-        if w is None:
+        if kind is None:
             if k or self.force_fa_decode or self.non_sliding_layers:
                 out.append("sliding_window_size is None: full attention everywhere; the other fields have no effect.")
             return out
+        size = kind.size_name
         if k and k >= w:
-            out.append(f"keep_first={k} >= window {w}: sinks extend past the window, so early tokens dominate.")
+            out.append(f"keep_first={k} >= {size} {w}: sinks extend past the {size}, so early tokens dominate.")
         if prompt_tokens is not None:
             if prompt_tokens <= w:
                 out.append(
-                    f"The prompt ({prompt_tokens} tokens) fits in the window ({w}): SWA equals full attention here."
+                    f"The prompt ({prompt_tokens} tokens) fits in the {size} ({w}): {kind.describe()} equals full "
+                    "attention here."
                 )
             if k and k >= prompt_tokens:
                 out.append(f"keep_first={k} covers the whole prompt ({prompt_tokens} tokens): nothing is hidden.")

@@ -25,6 +25,7 @@ class MaskKind(Protocol):
     must be a run of keys ending at the query: ``[span_start(q), q]``, at most ``span`` keys."""
 
     name: ClassVar[str]  # the SWAAConfig.mask_kind value that selects the kind
+    size_name: ClassVar[str]  # what SWAAConfig.sliding_window_size is for this kind, in SWAAConfig.notes' words
     keep_first: int  # sink positions: seen by every query
 
     # ------------------------------------------------------------------ the predicate

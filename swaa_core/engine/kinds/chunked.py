@@ -34,6 +34,7 @@ class ChunkedAttention:
     chunk_size: int
     keep_first: int = 0
     name: ClassVar[str] = "chunked"
+    size_name: ClassVar[str] = "chunk"
 
     def __post_init__(self) -> None:
         C = self.chunk_size

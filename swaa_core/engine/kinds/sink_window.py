@@ -41,6 +41,7 @@ class SinkWindow:
     window: int | None
     keep_first: int = 0
     name: ClassVar[str] = "sink_window"
+    size_name: ClassVar[str] = "window"
 
     # ------------------------------------------------------------------ the predicate
     def visible(self, qp, kp, kv_valid, q_full):

@@ -330,4 +330,4 @@ def test_native_sliding_layers_are_narrowed_never_widened(fam, swaa_window):
     assert torch.equal(model.generate(x, max_new_tokens=NEW, do_sample=False), expected)
     assert torch.allclose(model(x).logits, reference(x).logits, atol=1e-5)
     (note,) = [n for n in cfg.notes(native_windows=[5] * 4) if "natively" in n]
-    assert ("narrows the window to 3" in note) == (swaa_window == 3) and "without sinks or FA decode" in note
+    assert ("narrows them to SWA 3," in note) == (swaa_window == 3) and "without sinks or FA decode" in note
