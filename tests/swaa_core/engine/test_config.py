@@ -59,7 +59,9 @@ def test_notes_speak_of_the_mask_kind_the_config_selects():
     cfg = SWAAConfig(sliding_window_size=256, keep_first=500, mask_kind="chunked")
     notes = cfg.notes(prompt_tokens=200)
     assert "keep_first=500 >= chunk 256: sinks extend past the chunk, so early tokens dominate." in notes
-    assert "The prompt (200 tokens) fits in the chunk (256): chunked 256 + 500 sinks equals full attention here." in notes
+    assert (
+        "The prompt (200 tokens) fits in the chunk (256): chunked 256 + 500 sinks equals full attention here." in notes
+    )
     assert not any("window" in n for n in notes)
     # natively sliding layers: chunks of 4 narrow a window of 5, not one of 3 (layer_rule: MaskKind.within)
     (native,) = SWAAConfig(sliding_window_size=4, mask_kind="chunked").notes(native_windows=[5, None, 3, None])
