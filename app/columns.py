@@ -4,7 +4,7 @@ they match; and their pictures (layer plan, masks) drawn with swaa_core's own ma
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from swaa_core.engine.config import SWAAConfig
 from swaa_core.eval.recipes import Recipe, list_recipes, recipe_label
@@ -81,18 +81,19 @@ def mask_figure(columns: list[ColumnSpec], prompt_tokens: int, new_tokens: int, 
     n, p = max(2, round(total / scale)), max(1, round(prompt_tokens / scale))
     panels = []
     for col in columns:
-        picture = mask_picture(_scaled(col.config, scale), n, layer_idx=layer, prompt_tokens=p)
+        picture = mask_picture(scaled_config(col.config, scale), n, layer_idx=layer, prompt_tokens=p)
         visible, cell = maps.pool_mask(picture)
         panels.append(maps.MaskPanel(col.label, visible, cell * scale, prompt_tokens, total))
     return maps.mask_figure(panels, layer=layer)
 
 
-def _scaled(cfg: SWAAConfig | None, scale: float) -> SWAAConfig | None:
-    if cfg is None or scale == 1.0:
+def scaled_config(cfg: SWAAConfig | None, scale: float) -> SWAAConfig | None:
+    """``cfg`` as a long prompt's picture draws it, 1/``scale`` of its length: the window (or chunk) and the sinks
+    shrink alike; every other field (the mask kind, FA decode, FA layers) stays as it is."""
+    if cfg is None or cfg.is_full_attention or scale == 1.0:
         return cfg
-    return SWAAConfig(
+    return replace(
+        cfg,
         sliding_window_size=max(1, round(cfg.sliding_window_size / scale)),
         keep_first=round(cfg.keep_first / scale),
-        force_fa_decode=cfg.force_fa_decode,
-        non_sliding_layers=cfg.non_sliding_layers,
     )

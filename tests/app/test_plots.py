@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
 from app import maps, plots
-from app.columns import ColumnSpec, mask_figure
+from app.columns import ColumnSpec, mask_figure, scaled_config
 from swaa_core.engine.config import SWAAConfig
 
 
@@ -45,6 +46,27 @@ def test_pooled_mask_picture_keeps_the_window_fraction():
     z = np.asarray(fig.data[0].z)
     assert z[-1].mean() == pytest.approx(256 / 4096, rel=0.1)
     assert z[-1, 0] == 0  # the start of the prompt is out of the last token's window
+
+
+def test_a_long_prompts_mask_picture_keeps_the_configs_mask_kind():
+    """Chunks of 512 over 4096 tokens are drawn at a quarter of the size: chunks of 128 over 1024, not a window."""
+    cfg = SWAAConfig(sliding_window_size=512, mask_kind="chunked")
+    fig = mask_figure([ColumnSpec("chunks", cfg)], prompt_tokens=4096, new_tokens=0, layer=0)
+    i, j = np.indices((1024, 1024))
+    drawn = (j <= i) & (j // 128 == i // 128)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), maps.pool_mask(torch.from_numpy(drawn))[0])
+
+
+def test_scaling_a_config_for_its_picture_keeps_every_field_it_does_not_scale():
+    cfg = SWAAConfig(sliding_window_size=512, keep_first=8, force_fa_decode=[1], non_sliding_layers=[0, 2],
+                     mask_kind="chunked")  # fmt: skip
+    default = SWAAConfig()
+    unset = [f.name for f in fields(SWAAConfig) if getattr(cfg, f.name) == getattr(default, f.name)]
+    assert not unset, f"give {unset} a value other than the default here, so the check below covers it"
+    scaled = scaled_config(cfg, 4.0)
+    for f in fields(SWAAConfig):
+        expected = {"sliding_window_size": 128, "keep_first": 2}.get(f.name, getattr(cfg, f.name))
+        assert getattr(scaled, f.name) == expected, f.name
 
 
 def test_png_export_is_plotly_client_side():
