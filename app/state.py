@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlencode
 
 from swaa_core.cli.bounds import NUMERIC_OPTIONS
-from swaa_core.engine.config import FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError, parse_layers
+from swaa_core.engine.config import DEFAULT_KIND, FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError, parse_layers
 from swaa_core.models.registry import DEFAULT_MODEL
 
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
@@ -77,9 +77,17 @@ class Strategy:
 
     @classmethod
     def from_config(cls, cfg: SWAAConfig, num_layers: int) -> Strategy:
-        """Controls that reproduce ``cfg`` (its FA layers named by pattern where one matches)."""
+        """Controls that reproduce ``cfg`` (its FA layers named by pattern where one matches). SWAAConfigError for
+        full attention, and for a mask kind other than the sliding window the controls set (a pinned column runs
+        any kind as saved)."""
         if cfg.is_full_attention:
             raise SWAAConfigError("Full attention always runs as the first column; a strategy needs a window size.")
+        if cfg.mask_kind != DEFAULT_KIND:
+            raise SWAAConfigError(
+                f"This config's mask_kind is {cfg.mask_kind!r} ({cfg.describe()}), but the strategy controls set a "
+                f"sliding window ({DEFAULT_KIND!r}). Run it as a pinned column (the API's pinned list or a link's "
+                "pin= parameter), or with `swaa run --config`."
+            )
         fa_mode = layer_pattern_name(cfg.non_sliding_layers, num_layers)
         if cfg.force_fa_decode is True:
             decode_mode, decode_layers = "all", []

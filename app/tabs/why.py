@@ -51,13 +51,20 @@ def draw_attention(active_model, last_run, column, layer, head):
         captured = attention_maps(loaded_model(active_model), last_run, column, int(layer))
     except PromptTooLongForMaps as e:
         return plots.plot_data(plots.message_figure(str(e)), "attention")
-    cfg = captured.config
     fig = maps.attention_figure(
         captured.full, captured.swaa, head=None if head is None or int(head) < 0 else int(head),
-        layer=captured.layer, window=cfg.sliding_window_size, sinks=cfg.keep_first, swaa_label=captured.label,
-        layer_slides=cfg.layer_slides(captured.layer), needle_tokens=captured.needle_tokens,
+        layer=captured.layer, swaa_label=captured.label, needle_tokens=captured.needle_tokens,
+        **region_marks(captured.config, captured.layer),
     )  # fmt: skip
     return plots.plot_data(fig, f"swaa-attention-layer{captured.layer}")
+
+
+def region_marks(config: SWAAConfig, layer: int) -> dict:
+    """What the SWAA map outlines in ``layer`` (maps.attention_figure's window, sinks and layer_slides): the band's
+    edge and the sinks of a sliding window; nothing for a kind no band draws (chunks: the map itself shows them)."""
+    kind, _ = config.layer_rule(layer)
+    band = kind.window_kernel if kind is not None else None
+    return dict(window=band.window if band else None, sinks=band.keep_first if band else 0, layer_slides=bool(band))
 
 
 @ui_errors
