@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.config import UPSTREAM_KEYS, SWAAConfig, SWAAConfigError, load_upstream_settings
+from ..engine.config import KEYS, SWAAConfig, SWAAConfigError, load_upstream_settings
 
 PAPER_WINDOW = 2048  # the paper's main setting (2k window on 24k-token LongMemEval prompts)
 MIN_DEFAULT_WINDOW = 256  # small contexts: below this a window hides nearly everything from a small model
@@ -283,7 +283,7 @@ def _recipes_from(data) -> dict[str, SWAAConfig]:
 
 def _is_bare_config(entry: dict) -> bool:
     """A config written out directly ({"sliding_window_size": 512, ...}), not wrapped in upstream's swaa_config."""
-    return "swaa_config" not in entry and any(k in UPSTREAM_KEYS for k in entry)
+    return "swaa_config" not in entry and any(k in KEYS for k in entry)
 
 
 def _with_entry_name(message: str, entries: list) -> str:

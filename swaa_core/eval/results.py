@@ -11,7 +11,7 @@ from ..runtime.jsonl import read_jsonl
 
 # Per-run columns of the tidy table, in this order (the JSONL holds them and a few more).
 COLUMNS = (
-    "cell_id", "model", "task", "label", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
+    "cell_id", "model", "task", "label", "mask_kind", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
     "length_target", "prompt_tokens", "depth", "actual_depth", "needle_distance", "seed", "reference", "output_text", "answer_text",
     "correct", "answer_logprob", "answer_logprob_per_token", "ttft_s", "prefill_s", "decode_tokens_per_s",
     "decode_tokens", "timed_tokens", "timed_total_s", "total_s", "peak_memory_bytes", "memory_delta_bytes", "kv_cache_bytes", "generated_tokens", "reasoning_tokens",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..engine.config import SWAAConfig
+from ..engine.config import DEFAULT_KIND, SWAAConfig
 from ..runtime.distributed import Launch
 from ..runtime.jsonl import jsonl_line, read_jsonl
 from .results import to_frame
@@ -349,6 +349,7 @@ def _row(result: RunResult, cell: Cell, *, model: str, task: str) -> dict:
         actual_depth=result.meta.get("actual_depth"),
         needle_distance=result.meta.get("needle_distance"),
         seed=cell.seed,
+        mask_kind=cfg.get("mask_kind", DEFAULT_KIND) if cfg else None,  # what "window" is: a window or a chunk
         window=cfg.get("sliding_window_size"),
         keep_first=cfg.get("keep_first", 0),
         force_fa_decode=cfg.get("force_fa_decode", False),

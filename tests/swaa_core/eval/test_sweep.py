@@ -65,6 +65,20 @@ def test_full_attention_is_added_and_every_cell_runs_once(loaded, tmp_path):
     assert full["config"].isna().all() and full["window"].isna().all()
 
 
+def test_rows_say_which_mask_kind_their_window_column_sizes(loaded, tmp_path):
+    """A chunked config and a sliding window of the same size are two cells apart, each row naming its kind."""
+    configs = {
+        "chunks": SWAAConfig(sliding_window_size=16, mask_kind="chunked"),
+        "swa": SWAAConfig(sliding_window_size=16),
+    }
+    df = run_sweep(loaded, spec(configs=configs, lengths=[200], depths=[0.5]), tmp_path / "s.jsonl", progress=False)
+    rows = df.set_index("label")
+    assert (rows.loc["chunks", "mask_kind"], rows.loc["swa", "mask_kind"]) == ("chunked", "sink_window")
+    assert rows.loc["chunks", "window"] == rows.loc["swa", "window"] == 16
+    assert rows.loc["chunks", "config"]["mask_kind"] == "chunked" and pd.isna(rows.loc["Full attention", "mask_kind"])
+    assert df["cell_id"].nunique() == 3
+
+
 def test_rerun_skips_finished_cells(loaded, tmp_path):
     out = tmp_path / "sweep.jsonl"
     run_sweep(loaded, spec(), out, progress=False)
