@@ -177,12 +177,10 @@ def num_layers(loaded) -> int:
 
 
 def native_windows(loaded) -> dict[int, list[int]]:
-    """{window: the layers that slide by it} for the model's own sliding layers, every window of every layer (read
-    from the model's config: a model may slide different layers by different widths); {} for none."""
-    from swaa_core.models.memory import model_shape
-
+    """{window: the layers that slide by it} for the model's own sliding layers, every window of every layer (the
+    load's ModelInfo keeps each: a model may slide different layers by different widths); {} for none."""
     by_window: dict[int, list[int]] = {}
-    for layer, window in enumerate(model_shape(loaded.model).native_windows):
+    for layer, window in enumerate(loaded.info.native_windows):
         if window:
             by_window.setdefault(window, []).append(layer)
     return by_window

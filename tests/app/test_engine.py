@@ -324,3 +324,20 @@ def test_a_stopped_column_keeps_its_answer_on_the_page_and_in_the_exports(tiny_l
     if not stop_after:
         assert back_json[0]["ttft_s"] is None and pd.isna(back_csv["ttft_s"][0])
         assert "time to first token</dt><dd>–</dd>" in board
+
+
+def test_the_model_facts_name_every_native_window(tmp_path):
+    """A Gemma 3 whose layer 1 slides by 16 and the others by 8: the facts read each window from the load's info."""
+    from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer
+
+    from app.sidebar.model import model_facts
+    from swaa_core import load_model
+
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model("gemma3", layers=6, vocab_size=len(tokenizer), per_layer_config={1: {"sliding_window": 16}},
+                     allow_global_per_layer_attribute_access=True).save_pretrained(tmp_path)  # fmt: skip
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), reuse=False)
+    assert model_service.native_windows(loaded) == {8: [0, 2, 3, 4], 16: [1]}
+    facts = model_facts(loaded)
+    assert "native sliding window 8 in 4 layers" in facts and "native sliding window 16 in 1 layers" in facts
