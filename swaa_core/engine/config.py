@@ -74,6 +74,12 @@ class SWAAConfig:
         self.non_sliding_layers = _layer_list(self.non_sliding_layers, "non_sliding_layers")
         if not isinstance(self.mask_kind, str) or self.mask_kind not in KINDS:
             raise SWAAConfigError(f"mask_kind must be one of {', '.join(map(repr, KINDS))}, got {self.mask_kind!r}.")
+        if self.sliding_window_size is None and self.mask_kind != DEFAULT_KIND:
+            size = KINDS[self.mask_kind].size_name
+            raise SWAAConfigError(
+                f"mask_kind {self.mask_kind!r} needs sliding_window_size (its {size} size); None (null) means full "
+                "attention, where no mask kind applies: leave mask_kind out for full attention."
+            )
 
     def validate(self, num_layers: int) -> SWAAConfig:
         """Check layer indices against a model with ``num_layers`` layers; returns self for chaining."""

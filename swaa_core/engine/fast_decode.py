@@ -155,6 +155,8 @@ def run(
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
+    if kwargs.get("streamer") is not None and input_ids.shape[0] != 1:  # before generate hands it the prompt
+        raise ValueError("A streamer follows one sequence: pass a batch of one row.")
     config, kwargs = prepare(model, generation_config, kwargs)
     seen = {}
     backend = "inductor" if compile is True else (compile or None)

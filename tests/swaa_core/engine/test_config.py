@@ -171,3 +171,10 @@ def test_fa_layers_refuses_an_index_the_model_does_not_have():
     assert SWAAConfig.fa_layers("3,11", 12) == [3, 11]
     with pytest.raises(SWAAConfigError, match=r"names layer\(s\) \[12, 99\], but the model has 12 layers \(0-11\)"):
         SWAAConfig.fa_layers("99,12,3", 12)
+
+
+def test_a_mask_kind_without_a_size_is_refused_not_dropped():
+    """sliding_window_size None is full attention, where a chunked kind would be silently meaningless."""
+    with pytest.raises(SWAAConfigError, match="mask_kind 'chunked' needs sliding_window_size \\(its chunk size\\)"):
+        SWAAConfig.from_dict({"sliding_window_size": None, "mask_kind": "chunked"})
+    assert SWAAConfig.from_dict({"sliding_window_size": None, "keep_first": 4}).is_full_attention  # upstream's baseline

@@ -168,8 +168,10 @@ def test_refusals_name_the_problem():
         model.generate(ids, max_new_tokens=4, cache_implementation="static", use_cache=False)
     with pytest.raises(ValueError, match="does not take: output_attentions=True"):
         model.generate(ids, max_new_tokens=4, cache_implementation="static", output_attentions=True)
+    streamer = Collect()
     with pytest.raises(ValueError, match="A streamer follows one sequence"):
-        fast_generate(model, torch.cat([ids, ids]), max_new_tokens=4, streamer=Collect())
+        fast_generate(model, torch.cat([ids, ids]), max_new_tokens=4, streamer=streamer)
+    assert streamer.tokens == []  # refused before generate shows it the prompt
     remove_swaa(model)
     assert not hasattr(model, "_swaa_state")
 
