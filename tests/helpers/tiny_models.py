@@ -62,6 +62,23 @@ CHATML_TEMPLATE = (
 )
 
 
+def eager_logits_without_swaa(model, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The teacher-forced reference: logits (B, n, V) of ``model`` with SWAA removed, eager attention under the
+    hand-built additive ``mask`` (1, 1, n, n); the model's SWAA configuration and backend are put back after."""
+    from swaa_core import apply_swaa, remove_swaa
+
+    state = getattr(model, "_swaa_state", None)
+    remove_swaa(model)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(input_ids=seq, attention_mask=mask).logits
+    finally:
+        model.set_attn_implementation("sdpa")
+        if state is not None:
+            apply_swaa(model, state.config, backend=state.backend)
+
+
 def build_tiny_tokenizer(*, vocab_size: int = 400, chat_template: str | None = CHATML_TEMPLATE):
     """A byte-level BPE tokenizer trained in milliseconds on English filler, with ChatML special tokens; pair it
     with ``build_tiny_model(vocab_size=len(tokenizer))``."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.attention import case_id, float64_attention, make_case, with_engine_hints
-from helpers.tiny_models import build_tiny_model, left_padded
+from helpers.tiny_models import build_tiny_model, eager_logits_without_swaa, left_padded
 from transformers import DynamicCache
 
-from swaa_core import SWAAConfig, apply_swaa, fast_generate, remove_swaa, swaa
+from swaa_core import SWAAConfig, apply_swaa, fast_generate, swaa
 from swaa_core.engine import backends
 from swaa_core.engine.config import SWAAConfigError
 from swaa_core.engine.kinds import ChunkedAttention, SinkWindow
@@ -41,16 +41,7 @@ def hand_mask(n: int, full_from: int | None = None) -> torch.Tensor:
 
 def teacher(model, seq: torch.Tensor, full_from: int | None = None) -> torch.Tensor:
     """Logits of the model without SWAA, eager attention under the hand-built mask."""
-    state = getattr(model, "_swaa_state", None)
-    remove_swaa(model)
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(input_ids=seq, attention_mask=hand_mask(seq.shape[1], full_from)).logits
-    finally:
-        model.set_attn_implementation("sdpa")
-        if state is not None:
-            apply_swaa(model, state.config, backend=state.backend)
+    return eager_logits_without_swaa(model, seq, hand_mask(seq.shape[1], full_from))
 
 
 @pytest.mark.parametrize("backend", ["reference", "blocked"])

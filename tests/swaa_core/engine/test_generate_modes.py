@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.streamers import Collect
-from helpers.tiny_models import FAMILIES, build_tiny_model
+from helpers.tiny_models import FAMILIES, build_tiny_model, eager_logits_without_swaa
 from transformers import DynamicCache, StaticCache
 
 from swaa_core import SWAAConfig, apply_swaa, remove_swaa
@@ -49,17 +49,7 @@ def swaa_rows(prompt_end: int, window=W, keep_first=K, fa_decode=True, generated
 
 def teacher(model, seq: torch.Tensor, row_rule) -> torch.Tensor:
     """The model without SWAA, eager attention, the hand-built mask: logits (B, n, V)."""
-    state = getattr(model, "_swaa_state", None)
-    config = None if state is None else state.config
-    remove_swaa(model)
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(input_ids=seq, attention_mask=rule_mask(seq.shape[1], row_rule)).logits
-    finally:
-        model.set_attn_implementation("sdpa")
-        if config is not None:
-            apply_swaa(model, config)
+    return eager_logits_without_swaa(model, seq, rule_mask(seq.shape[1], row_rule))
 
 
 def assert_greedy(model, seq: torch.Tensor, start: int, row_rule) -> None:
