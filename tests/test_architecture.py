@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+from helpers import import_graph
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYER_LINE = re.compile(r"^(\S+?)/?\s+->\s+(.+?)(?:\s{2,}|$)")
 
@@ -35,21 +37,12 @@ def imported_layers() -> dict[str, set[str]]:
                 source = "swaa_core" if parts[1] == "__init__" else parts[1]
             else:
                 source = parts[1]
-            package = list(parts[:-1])
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom):
-                    base = node.module or ""
-                    if node.level:
-                        base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-                    targets = [f"{base}.{alias.name}" for alias in node.names]
-                elif isinstance(node, ast.Import):
-                    targets = [alias.name for alias in node.names]
-                else:
-                    continue
-                for target in targets:
-                    layer = layer_of(target)
-                    if layer and layer != source:
-                        edges.setdefault(source, set()).add(layer)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for _, alias, base in import_graph.statements(tree, list(parts[:-1])):
+                target = alias.name if base is None else f"{base}.{alias.name}"
+                layer = layer_of(target)
+                if layer and layer != source:
+                    edges.setdefault(source, set()).add(layer)
     return edges
 
 

@@ -25,6 +25,22 @@ def modules(root: Path, package: str) -> dict[str, Path]:
     return found
 
 
+def statements(tree: ast.AST, package: list[str]):
+    """Every imported name of a module in ``package`` (its dotted parts), wherever in the file it stands, as
+    (statement, alias, base): ``base`` the module of ``from base import alias.name`` with a relative import resolved,
+    None for ``import alias.name``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                yield node, alias, base
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias, None
+
+
 def imports(root: Path, package: str) -> list[Import]:
     """Every import of one of ``package``'s modules by another of them, wherever in the file it stands, with the
     attribute reads ``module._name`` on a module bound by an import (as ``Import`` rows whose name is the attribute)."""
@@ -34,24 +50,17 @@ def imports(root: Path, package: str) -> list[Import]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         here = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
         bound = {}  # local name -> module, for the attribute reads
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    if sub in known:
-                        found.append(Import(importer, sub, None, node.lineno))
-                        bound[alias.asname or alias.name] = sub
-                    elif base in known:
-                        found.append(Import(importer, base, alias.name, node.lineno))
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name in known:
-                        found.append(Import(importer, alias.name, None, node.lineno))
-                        if alias.asname:
-                            bound[alias.asname] = alias.name
+        for node, alias, base in statements(tree, here):
+            if base is None:
+                if alias.name in known:
+                    found.append(Import(importer, alias.name, None, node.lineno))
+                    if alias.asname:
+                        bound[alias.asname] = alias.name
+            elif f"{base}.{alias.name}" in known:
+                found.append(Import(importer, f"{base}.{alias.name}", None, node.lineno))
+                bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+            elif base in known:
+                found.append(Import(importer, base, alias.name, node.lineno))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
                 found.append(Import(importer, bound[node.value.id], node.attr, node.lineno))
