@@ -294,24 +294,19 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
     device = input_ids.device
     slots = bucket_slots(T + max_new) if backend else T + max_new
     start = _now(device)
-    if prefill == "row" and max_new > 1:
-        logits, static = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
-        ids = choose(logits).view(B, 1).clone()
-        stopped = choose.stopped(1)
-        prefill_s = _now(device) - start
-        if stopped:
-            return DecodeResult(*_finish(choose, prefill_s, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(static))))
-        start = _now(device)
+    if prefill == "row":  # each row moves into the fixed buffers as it is prefilled
+        logits, cache = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
     else:
         cache = DynamicCache(config=model.config)
-        ids = choose(_prefill(model, input_ids, mask, cache, config.prefill_chunk_size)).view(B, 1).clone()
-        stopped = choose.stopped(1)
-        prefill_s = _now(device) - start
-        if max_new == 1 or stopped:
-            return DecodeResult(*_finish(choose, prefill_s, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
-        start = _now(device)
-        static = StaticSWAACache.from_dynamic(cache, plans, mask, slots)
-        del cache
+        logits = _prefill(model, input_ids, mask, cache, config.prefill_chunk_size)
+    ids = choose(logits).view(B, 1).clone()
+    stopped = choose.stopped(1)
+    prefill_s = _now(device) - start
+    if max_new == 1 or stopped:
+        return DecodeResult(*_finish(choose, prefill_s, 0.0, 0.0, 0, False, tuple(kv_cache_bytes(cache))))
+    start = _now(device)
+    static = cache if prefill == "row" else StaticSWAACache.from_dynamic(cache, plans, mask, slots)
+    del cache
     held = tuple(kv_cache_bytes(static))
     clock = static.clock
     forward = model

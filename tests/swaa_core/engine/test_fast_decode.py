@@ -50,7 +50,7 @@ def test_padded_batch_equals_generate(family, config):
 @pytest.mark.parametrize("pads", [(0, 9, 3), (9, 0, 3), (0, 28, 5), (0, 29, 5)], ids=str)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_rows_prefilled_one_at_a_time_decode_as_generate(family, config, pads):
+def test_rows_prefilled_one_at_a_time_decode_as_generate(family, config, pads, monkeypatch):
     """prefill="row" (each request alone into the batch's buffers, a server's way) gives generate's tokens for the
     padded batch: the most padded row first or later, and rows with fewer real tokens than sinks (29 pads)."""
     model = build_tiny_model(family, eos_token_id=None)
@@ -62,6 +62,14 @@ def test_rows_prefilled_one_at_a_time_decode_as_generate(family, config, pads):
     assert torch.equal(got.sequences, expected)
     batch = fast_generate(model, ids, attention_mask=mask, max_new_tokens=24)
     assert got.kv_cache_bytes_per_layer == batch.kv_cache_bytes_per_layer
+    widened = []
+    monkeypatch.setattr(
+        StaticSWAACache,
+        "for_rows",
+        lambda self, rows, f=StaticSWAACache.for_rows: widened.append(rows) or f(self, rows),
+    )
+    one = fast_generate(model, ids, attention_mask=mask, max_new_tokens=1, prefill="row")
+    assert torch.equal(one.sequences, expected[:, : ids.shape[1] + 1]) and widened == [len(pads)]  # by rows here too
 
 
 def test_an_unknown_prefill_mode_is_refused_by_name():
