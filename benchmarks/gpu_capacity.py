@@ -61,14 +61,7 @@ def card(smoke: bool = False) -> GPU:
 
 
 def build_model():
-    if not ARGS.smoke:
-        return common.llama8b(ARGS.layers)
-    import transformers as tf
-
-    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=224, num_hidden_layers=4, head_dim=16,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
-    torch.manual_seed(0)
-    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+    return common.tiny_llama() if ARGS.smoke else common.llama8b(ARGS.layers)
 
 
 def recipes(layers: int) -> dict:

@@ -190,6 +190,16 @@ def llama8b(layers: int):
         return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
 
 
+def tiny_llama(layers: int = 4):
+    """A tiny random Llama on the CPU, fp32: what the scripts' --smoke runs (a check that they run, not a measurement)."""
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=224, num_hidden_layers=layers, head_dim=16,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
 def qwen3_4b(layers: int = 36):
     import transformers as tf
 

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_common import llama8b  # noqa: E402
+from gpu_common import llama8b, tiny_llama  # noqa: E402
 from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
 from swaa_core import SWAAConfig, swaa  # noqa: E402
@@ -121,15 +121,6 @@ def profile(model, ids, variant: str) -> dict:
     }
 
 
-def tiny():
-    import transformers as tf
-
-    cfg = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=224, num_hidden_layers=2, head_dim=16,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    torch.manual_seed(0)
-    return tf.AutoModelForCausalLM.from_config(cfg).eval()
-
-
 def save(path: Path | None):
     if path:
         path.write_text(json.dumps(RESULTS, indent=1, default=str))
@@ -158,7 +149,7 @@ def main(argv=None):
     RESULTS["machine"] = {"gpu": gpu, "torch": torch.__version__}
     RESULTS["read_bandwidth_tb_s"] = bw = round(read_bandwidth(2**24 if args.smoke else 2**31) / 1e12, 4)
     print("read bandwidth", bw, "TB/s", flush=True)
-    model = tiny() if args.smoke else llama8b(args.layers)
+    model = tiny_llama(2) if args.smoke else llama8b(args.layers)
     configs = {"SWA decode": SWAAConfig(sliding_window_size=args.window, keep_first=args.sinks), "full": None}
     for n in args.prompts:
         ids = torch.randint(0, model.config.vocab_size - 1, (1, n), device=DEVICE,
