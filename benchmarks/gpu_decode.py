@@ -20,8 +20,9 @@ Sections (each guarded: a failure is recorded and the next one runs):
               --shapes fresh (default) starts every run at key lengths no earlier run met, as real use does.
               --batch N generates N rows, the later ones shorter and left-padded, so every decode step is masked.
 - hf_static:  full attention through transformers' own compiled path (``cache_implementation="static"``).
-- end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds, eager (as the runner runs them:
-              ``decode_kernels``) and graph; then --e2e-requests requests of --e2e-batch-prompt + --e2e-tokens
+- end_to_end: a long prompt plus --e2e-tokens new tokens, total seconds: transformers' stock generate, then per
+              configuration eager (as the runner runs them: ``decode_kernels``), graph and compiled (first call and
+              a warm second request); then --e2e-requests requests of --e2e-batch-prompt + --e2e-tokens
               tokens through the graph path at the capacity model's largest batch and at batch 1 (each run generates
               every token; the serve time is waves x the measured wave: gpu_capacity.serve).
 - public:     what a user gets from ``model.generate`` after ``apply_swaa`` (default-routed to the fixed-buffer path on
@@ -246,39 +247,69 @@ def run_hf_static(out: dict, model):
         torch.cuda.empty_cache()
 
 
+def _timed_generate(fn) -> tuple[float, object]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize()
+    return round(time.perf_counter() - start, 2), result
+
+
+def _parts(r) -> dict:
+    return dict(prefill=round(r.prefill_s, 2), setup=round(r.setup_s, 2), decode=round(r.decode_s, 2))
+
+
 @torch.no_grad()
 def run_end_to_end(out: dict, model):
+    """Modes per configuration (--e2e-modes): ``eager`` (``generate`` as the runner runs it), ``graph``
+    (``fast_generate``, eager step in a CUDA graph), ``compiled`` (the step compiled by inductor, then captured: its
+    first call, compilation included, and a second request of the same length, which reuses the compiled step as a
+    server's later requests do). ``stock`` is one more row: transformers' own ``generate`` on the model without SWAA
+    (dynamic cache, its default kernels), the baseline a user starts from."""
     n, new = max(ARGS.prompts), ARGS.e2e_tokens
-    ids = prompt(n, seed=8)
+    ids, again = prompt(n, seed=8), prompt(n, seed=9)
     rows = out["rows"] = {}
-    for label, cfg in configs(model.config.num_hidden_layers).items():
-        rows[label] = {}
-        with swaa(model, cfg):
-            if "eager" in ARGS.e2e_modes:
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                with decode_kernels(model):  # as the runner runs every column on the eager path
-                    model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                   cache_implementation="dynamic")  # fmt: skip
-                torch.cuda.synchronize()
-                rows[label]["eager_s"] = round(time.perf_counter() - start, 2)
-            if "graph" in ARGS.e2e_modes:
-                start = time.perf_counter()
-                r = fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
-                rows[label]["graph_s"] = round(time.perf_counter() - start, 2)
-                rows[label]["graph_parts_s"] = dict(
-                    prefill=round(r.prefill_s, 2), setup=round(r.setup_s, 2), decode=round(r.decode_s, 2)
-                )
+    greedy = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    if "stock" in ARGS.e2e_modes:
+        rows["transformers generate (stock)"] = {"stock_s": _timed_generate(lambda: model.generate(ids, **greedy))[0]}
+        print(rows, flush=True)
         torch.cuda.empty_cache()
-    full = rows["full"]
-    for r in rows.values():
-        for mode in ARGS.e2e_modes:
-            r[f"{mode}_speedup"] = round(full[f"{mode}_s"] / r[f"{mode}_s"], 2)
+    cfgs = configs(model.config.num_hidden_layers)
+    for label in ARGS.e2e_configs or cfgs:
+        row = rows[label] = {}
+        with swaa(model, cfgs[label]):
+            if "eager" in ARGS.e2e_modes:
+                with decode_kernels(model):  # as the runner runs every column on the eager path
+                    row["eager_s"] = _timed_generate(
+                        lambda: model.generate(ids, cache_implementation="dynamic", **greedy)
+                    )[0]
+            if "graph" in ARGS.e2e_modes:
+                row["graph_s"], r = _timed_generate(
+                    lambda: fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
+                )
+                row["graph_parts"] = _parts(r)
+            if "compiled" in ARGS.e2e_modes:
+                for key, x in (("compiled_first_call", ids), ("compiled", again)):
+                    row[f"{key}_s"], r = _timed_generate(
+                        lambda x=x: fast_generate(model, x, max_new_tokens=new, eos_token_id=[], compile=True)
+                    )
+                    row[f"{key}_parts"] = _parts(r)
+        print(label, row, flush=True)
+        torch.cuda.empty_cache()
+    full_times = [v for k, v in rows.get("full", {}).items() if k.endswith("_s") and "first" not in k]
+    for row in list(rows.values()):
+        for key in [k for k in row if k.endswith("_s") and "first" not in k]:
+            if full_times:  # the project's fastest full-attention path, warm
+                row[key.removesuffix("_s") + "_vs_fastest_full"] = round(min(full_times) / row[key], 2)
+            if "transformers generate (stock)" in rows:
+                row[key.removesuffix("_s") + "_vs_stock"] = round(
+                    rows["transformers generate (stock)"]["stock_s"] / row[key], 2
+                )
     if ARGS.e2e_requests:  # many requests at the largest batch that fits (gpu_capacity.py: the model, the runs)
         import gpu_capacity
 
-        for label, cfg in configs(model.config.num_hidden_layers).items():
-            served = gpu_capacity.serve(model, cfg, ARGS.e2e_batch_prompt, new, ARGS.e2e_requests,
+        for label in ARGS.e2e_configs or cfgs:
+            served = gpu_capacity.serve(model, cfgs[label], ARGS.e2e_batch_prompt, new, ARGS.e2e_requests,
                                         gpu=gpu_capacity.card(), label=label)  # fmt: skip
             rows[label]["batched"] = {"requests": ARGS.e2e_requests, "prompt": ARGS.e2e_batch_prompt,
                                       "serve_s_by_batch": served["serve_s"], "runs": served["runs"]}  # fmt: skip
@@ -423,7 +454,13 @@ def parse(argv=None):
         help="eager: rows per generate; the later ones shorter and left-padded (masked decode steps)",
     )
     p.add_argument("--e2e-tokens", type=int, default=512)
-    p.add_argument("--e2e-modes", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
+    p.add_argument(
+        "--e2e-modes",
+        nargs="+",
+        default=["stock", "graph", "compiled"],
+        choices=["stock", "eager", "graph", "compiled"],
+    )
+    p.add_argument("--e2e-configs", nargs="+", default=None, help="end_to_end: configurations (default: all)")
     p.add_argument("--e2e-requests", type=int, default=16, help="end_to_end: requests served batched (0: none)")
     p.add_argument("--e2e-batch-prompt", type=int, default=32768, help="end_to_end: prompt tokens of each request")
     p.add_argument("--check-up-to", type=int, default=32768, help="longest prompt whose graph tokens are compared")

@@ -136,6 +136,12 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--sinks", type=int, default=128)
     p.add_argument("--inductor", nargs="*", default=[], help="NAME=key=value[,key=value]: one variant each")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        help="run only these variants (default: graph, compiled, and every --inductor one)",
+    )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--out", type=Path, default=None)
@@ -144,7 +150,10 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = 64
     inductor = dict(settings(s) for s in args.inductor)
     BACKENDS.update({name: inductor_with(patches) for name, patches in inductor.items()})
-    variants = list(BACKENDS)
+    variants = args.variants or list(BACKENDS)
+    unknown = sorted(set(variants) - set(BACKENDS))
+    if unknown:
+        p.error(f"unknown variants {unknown}: the known ones are {list(BACKENDS)}")
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
     RESULTS["machine"] = {"gpu": gpu, "torch": torch.__version__}
     RESULTS["read_bandwidth_tb_s"] = bw = round(read_bandwidth(2**24 if args.smoke else 2**31) / 1e12, 4)
