@@ -37,6 +37,7 @@ Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -55,6 +56,7 @@ from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
+from swaa_core.engine.kernels.flex import flex_decode  # noqa: E402
 from swaa_core.engine.kernels.sdpa import decode_sdpa  # noqa: E402
 from swaa_core.eval.decoding import decode_kernels, shared_cache  # noqa: E402
 
@@ -103,7 +105,13 @@ def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
             q.view(1, Hkv, H // Hkv, D), k, v, attn_mask=mask
         ),
         "static path: sdpa gqa, masked": lambda: decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
+        "compiled step: flex decoding, masked": lambda: _compiled_flex_decode()(q, k, v, mask, D**-0.5),
     }
+
+
+@functools.cache
+def _compiled_flex_decode():
+    return torch.compile(flex_decode, fullgraph=True)
 
 
 def run_kernels(out: dict):

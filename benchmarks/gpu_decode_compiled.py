@@ -6,7 +6,10 @@ Llama-3.1-8B-shaped model with random weights (bf16, batch 1), W=2048, 128 sinks
 Per prompt length and configuration (SWA decode, full attention), the variants take turns inside every repeat:
 
 - ``graph``: the fixed-buffer step eager, captured in a CUDA graph (``fast_generate(compile=False)``);
-- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured;
+- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured; it attends through
+  FlexAttention's split-KV decoding kernel (``kernels.flex.flex_decode``);
+- ``compiled-sdpa`` (and ``NAME-sdpa`` for each --inductor variant): the same, attending with SDPA as the eager
+  step does;
 - one variant per ``--inductor NAME=K=V[,K=V]`` (``torch._inductor.config`` settings, e.g.
   ``cdt=coordinate_descent_tuning=True``), compiled by its own inductor backend, kept apart by dynamo.
 
@@ -36,6 +39,7 @@ from gpu_common import llama8b, tiny_llama  # noqa: E402
 from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
 from swaa_core import SWAAConfig, swaa  # noqa: E402
+from swaa_core.engine import static_cache  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
 
 RESULTS: dict = {"rows": [], "profiles": [], "failures": []}
@@ -86,6 +90,7 @@ class Profiled(StoppingCriteria):
 
 
 BACKENDS: dict = {"graph": False, "compiled": True}  # variant -> fast_generate's compile argument
+SDPA_VARIANTS = set()  # compiled variants that attend with SDPA (the eager step's kernel) instead of flex decoding
 
 
 def inductor_with(patches: dict):
@@ -99,6 +104,7 @@ def inductor_with(patches: dict):
 
 
 def run(model, ids, variant: str, new: int, **extra):
+    static_cache.COMPILED_DECODE_KERNEL = "sdpa" if variant in SDPA_VARIANTS else "flex"
     return fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], do_sample=False, compile=BACKENDS[variant],
                          **extra)  # fmt: skip
 
@@ -150,6 +156,10 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = 64
     inductor = dict(settings(s) for s in args.inductor)
     BACKENDS.update({name: inductor_with(patches) for name, patches in inductor.items()})
+    for name, backend in list(BACKENDS.items()):  # the same compilation, attending with SDPA: kept apart by dynamo
+        if backend is not False:
+            BACKENDS[f"{name}-sdpa"] = inductor_with(inductor.get(name, {}))
+            SDPA_VARIANTS.add(f"{name}-sdpa")
     variants = args.variants or list(BACKENDS)
     unknown = sorted(set(variants) - set(BACKENDS))
     if unknown:

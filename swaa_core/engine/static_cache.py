@@ -25,6 +25,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cache import KeyView, SWAACacheLayer, ring_index
+from .kernels.flex import flex_decode
 from .kernels.sdpa import decode_sdpa
 from .kinds import MaskKind
 from .masks import visible
@@ -57,6 +58,11 @@ class SlotTable:
         self.mask = visible(self.kind, self.clock.positions, held, held >= 0, False)[:, None, None]
 
 
+# What a compiled CUDA decode step attends with: "flex" (split-KV decoding) or "sdpa" (the eager step's kernel).
+# Read when dynamo traces a step, so a change takes effect at the next compilation (benchmarks compare the two).
+COMPILED_DECODE_KERNEL = "flex"
+
+
 class StaticSlots(CacheLayerMixin):
     """One layer's fixed (B, H, L, D) key and value buffers, and the :class:`SlotTable` of its geometry."""
 
@@ -80,7 +86,11 @@ class StaticSlots(CacheLayerMixin):
         return self.keys, self.values
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
-        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D)."""
+        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D). A compiled CUDA step
+        attends through FlexAttention's split-KV decoding kernel (:func:`~swaa_core.engine.kernels.flex.flex_decode`);
+        the eager step, the reference, through SDPA."""
+        if COMPILED_DECODE_KERNEL == "flex" and query.is_cuda and torch.compiler.is_compiling():
+            return flex_decode(query, key, value, self.table.mask, scaling)
         return decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)
 
     def get_seq_length(self) -> int:
