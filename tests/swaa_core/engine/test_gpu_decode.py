@@ -11,6 +11,7 @@ from helpers.tiny_models import build_tiny_model
 from transformers import LogitsProcessorList
 
 from swaa_core import SWAAConfig, swaa
+from swaa_core.engine import static_cache
 from swaa_core.engine.fast_decode import fast_generate
 
 CUDA = "cuda"
@@ -77,11 +78,14 @@ def test_replayed_step_samples_from_the_softmax():
     assert_drawn_from(out.sequences[:, -1], p)
 
 
+@pytest.mark.parametrize("kernel", ["flex", "sdpa"])
 @pytest.mark.parametrize("fa_decode", [False, True])
-def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_decode):
-    """Inductor's compiled decode step (CUDA graph around it) against the eager fixed-buffer step (CUDA graph too):
-    the same 256 greedy tokens for a left-padded batch, logits within fp32 rounding, and a second prompt in the same
-    bucket reuses the compiled step (its setup is a fraction of the first call's)."""
+def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_decode, kernel, monkeypatch):
+    """Inductor's compiled decode step (CUDA graph around it), attending through flex decoding (the default) or SDPA,
+    against the eager fixed-buffer step (CUDA graph too): the same 256 greedy tokens for a left-padded batch, logits
+    within fp32 rounding, and a second prompt in the same bucket reuses the compiled step (its setup is a fraction of
+    the first call's)."""
+    monkeypatch.setattr(static_cache, "COMPILED_DECODE_KERNEL", kernel)
     model = gpu_model(seed=7)
     x = ids(300, seed=9, batch=2)
     mask = torch.ones_like(x)
