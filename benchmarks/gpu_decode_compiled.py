@@ -6,10 +6,11 @@ Llama-3.1-8B-shaped model with random weights (bf16, batch 1), W=2048, 128 sinks
 Per prompt length and configuration (SWA decode, full attention), the variants take turns inside every repeat:
 
 - ``graph``: the fixed-buffer step eager, captured in a CUDA graph (``fast_generate(compile=False)``);
-- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured; it attends through
-  FlexAttention's split-KV decoding kernel (``kernels.flex.flex_decode``);
-- ``compiled-sdpa`` (and ``NAME-sdpa`` for each --inductor variant): the same, attending with SDPA as the eager
-  step does;
+- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured, attending with the
+  library's default kernel for compiled steps (``static_cache.COMPILED_DECODE_KERNEL``);
+- ``compiled-flex`` / ``compiled-sdpa`` (and ``NAME-flex`` / ``NAME-sdpa`` for each --inductor variant): the same,
+  attending through FlexAttention's split-KV decoding kernel (``kernels.flex.flex_decode``) or through SDPA as the
+  eager step does;
 - one variant per ``--inductor NAME=K=V[,K=V]`` (``torch._inductor.config`` settings, e.g.
   ``cdt=coordinate_descent_tuning=True``), compiled by its own inductor backend, kept apart by dynamo.
 
@@ -90,7 +91,8 @@ class Profiled(StoppingCriteria):
 
 
 BACKENDS: dict = {"graph": False, "compiled": True}  # variant -> fast_generate's compile argument
-SDPA_VARIANTS = set()  # compiled variants that attend with SDPA (the eager step's kernel) instead of flex decoding
+KERNELS: dict = {}  # compiled variant -> the decode attention it forces (static_cache.COMPILED_DECODE_KERNEL)
+DEFAULT_KERNEL = static_cache.COMPILED_DECODE_KERNEL
 
 
 def inductor_with(patches: dict):
@@ -104,7 +106,7 @@ def inductor_with(patches: dict):
 
 
 def run(model, ids, variant: str, new: int, **extra):
-    static_cache.COMPILED_DECODE_KERNEL = "sdpa" if variant in SDPA_VARIANTS else "flex"
+    static_cache.COMPILED_DECODE_KERNEL = KERNELS.get(variant, DEFAULT_KERNEL)
     return fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], do_sample=False, compile=BACKENDS[variant],
                          **extra)  # fmt: skip
 
@@ -156,10 +158,10 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = 64
     inductor = dict(settings(s) for s in args.inductor)
     BACKENDS.update({name: inductor_with(patches) for name, patches in inductor.items()})
-    for name, backend in list(BACKENDS.items()):  # the same compilation, attending with SDPA: kept apart by dynamo
-        if backend is not False:
-            BACKENDS[f"{name}-sdpa"] = inductor_with(inductor.get(name, {}))
-            SDPA_VARIANTS.add(f"{name}-sdpa")
+    for name, backend in list(BACKENDS.items()):  # the same compilation per decode kernel: kept apart by dynamo
+        for kernel in ("flex", "sdpa") if backend is not False else ():
+            BACKENDS[f"{name}-{kernel}"] = inductor_with(inductor.get(name, {}))
+            KERNELS[f"{name}-{kernel}"] = kernel
     variants = args.variants or list(BACKENDS)
     unknown = sorted(set(variants) - set(BACKENDS))
     if unknown:
