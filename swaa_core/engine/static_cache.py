@@ -58,9 +58,10 @@ class SlotTable:
         self.mask = visible(self.kind, self.clock.positions, held, held >= 0, False)[:, None, None]
 
 
-# What a compiled CUDA decode step attends with: "flex" (split-KV decoding) or "sdpa" (the eager step's kernel).
+# What a compiled CUDA decode step attends with: "sdpa" (the eager step's kernel, verified on an H100) or "flex"
+# (FlexAttention's split-KV decoding, CPU-tested only: the default once a GPU run shows its tokens and its speed).
 # Read when dynamo traces a step, so a change takes effect at the next compilation (benchmarks compare the two).
-COMPILED_DECODE_KERNEL = "flex"
+COMPILED_DECODE_KERNEL = "sdpa"
 
 
 class StaticSlots(CacheLayerMixin):
@@ -86,9 +87,9 @@ class StaticSlots(CacheLayerMixin):
         return self.keys, self.values
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
-        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D). A compiled CUDA step
-        attends through FlexAttention's split-KV decoding kernel (:func:`~swaa_core.engine.kernels.flex.flex_decode`);
-        the eager step, the reference, through SDPA."""
+        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D), through SDPA; a compiled
+        CUDA step through :func:`~swaa_core.engine.kernels.flex.flex_decode` when ``COMPILED_DECODE_KERNEL`` says
+        "flex"."""
         if COMPILED_DECODE_KERNEL == "flex" and query.is_cuda and torch.compiler.is_compiling():
             return flex_decode(query, key, value, self.table.mask, scaling)
         return decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)

@@ -43,7 +43,8 @@ def flex_decode(q, k, v, mask, scaling: float) -> torch.Tensor:
     et al., 2023). SDPA's kernels run one block per query head at one query, which leaves most SMs idle: 22.6 us for
     the 2,176 keys of a W=2048 ring and 58.5 us for 32K keys, against 2 and 31 us of reading them, per layer on an H200
     (docs/benchmarks.md). Called outside a compiled region, ``flex_attention`` runs its dense eager reference instead,
-    so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling."""
+    so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling, and only when
+    ``static_cache.COMPILED_DECODE_KERNEL`` is "flex" (not yet the default: no GPU has run it)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     seen = mask[:, 0, 0]  # (B, L)

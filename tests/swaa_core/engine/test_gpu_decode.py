@@ -81,7 +81,7 @@ def test_replayed_step_samples_from_the_softmax():
 @pytest.mark.parametrize("kernel", ["flex", "sdpa"])
 @pytest.mark.parametrize("fa_decode", [False, True])
 def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_decode, kernel, monkeypatch):
-    """Inductor's compiled decode step (CUDA graph around it), attending through flex decoding (the default) or SDPA,
+    """Inductor's compiled decode step (CUDA graph around it), attending through flex decoding or SDPA (the default),
     against the eager fixed-buffer step (CUDA graph too): the same 256 greedy tokens for a left-padded batch, logits
     within fp32 rounding, and a second prompt in the same bucket reuses the compiled step (its setup is a fraction of
     the first call's)."""
