@@ -60,7 +60,7 @@ class SlotTable:
 
 # What a compiled CUDA decode step attends with: "sdpa" (the eager step's kernel, verified on an H100) or "flex"
 # (FlexAttention's split-KV decoding, CPU-tested only: the default once a GPU run shows its tokens and its speed).
-# Read when dynamo traces a step, so a change takes effect at the next compilation (benchmarks compare the two).
+# Dynamo guards on it: after a change the next compiled step recompiles (one of the recompile limit's graphs).
 COMPILED_DECODE_KERNEL = "sdpa"
 
 

@@ -40,9 +40,11 @@ def flex_decode(q, k, v, mask, scaling: float) -> torch.Tensor:
 
     Inductor lowers this call to FlexAttention's decoding kernel (``flex_decoding``: the keys are split across the
     SMs and the query heads of one KV group share a block, so every key is read once; the FlashDecoding scheme of Dao
-    et al., 2023). SDPA's kernels run one block per query head at one query, which leaves most SMs idle: 22.6 us for
-    the 2,176 keys of a W=2048 ring and 58.5 us for 32K keys, against 2 and 31 us of reading them, per layer on an H200
-    (docs/benchmarks.md). Called outside a compiled region, ``flex_attention`` runs its dense eager reference instead,
+    et al., 2023) when its conditions hold (torch 2.13: fewer than 128 queries, static batch and head counts, and a
+    power-of-two ratio of query to KV heads, as 32/8 for Llama-3-8B; not 28/4). Otherwise it takes the main flex
+    kernel, which pads the one query to a tile. SDPA took 22.6 us for the 2,176 keys of a W=2048 ring and 58.5 us for
+    32K keys, against 2 and 31 us of reading them, per layer on an H200 (docs/benchmarks.md); why is not measured (a
+    likely cause: few blocks at one query). Called outside a compiled region, ``flex_attention`` runs its dense eager reference instead,
     so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling, and only when
     ``static_cache.COMPILED_DECODE_KERNEL`` is "flex" (not yet the default: no GPU has run it)."""
     from torch.nn.attention.flex_attention import flex_attention

@@ -13,6 +13,7 @@ from transformers import LogitsProcessorList
 from swaa_core import SWAAConfig, swaa
 from swaa_core.engine import static_cache
 from swaa_core.engine.fast_decode import fast_generate
+from swaa_core.engine.kernels.flex import flex_decode
 
 CUDA = "cuda"
 pytestmark = [
@@ -86,6 +87,13 @@ def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_dec
     within fp32 rounding, and a second prompt in the same bucket reuses the compiled step (its setup is a fraction of
     the first call's)."""
     monkeypatch.setattr(static_cache, "COMPILED_DECODE_KERNEL", kernel)
+    traced = []  # flex_decode calls while dynamo traces: the route really taken
+
+    def counted_flex_decode(*args):
+        traced.append(1)
+        return flex_decode(*args)
+
+    monkeypatch.setattr(static_cache, "flex_decode", counted_flex_decode)
     model = gpu_model(seed=7)
     x = ids(300, seed=9, batch=2)
     mask = torch.ones_like(x)
@@ -93,13 +101,15 @@ def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_dec
     cfg = SWAAConfig(sliding_window_size=40, keep_first=3, non_sliding_layers=[2], force_fa_decode=fa_decode)
     kw = dict(attention_mask=mask, max_new_tokens=256, do_sample=False, eos_token_id=[], return_dict_in_generate=True,
               output_logits=True)  # fmt: skip
-    with swaa(model, cfg), torch.no_grad():
+    strict = torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True)  # never eager
+    with swaa(model, cfg), torch.no_grad(), strict:
         compiled = fast_generate(model, x, compile=True, **kw)
         eager = fast_generate(model, x, **kw)
         y, y_mask = ids(310, seed=10, batch=2), torch.ones(2, 310, dtype=torch.long, device=CUDA)
         y_mask[1, :50] = 0  # the same sink slots as x's: the same ring shapes
         again = fast_generate(model, y, compile=True, **{**kw, "attention_mask": y_mask})
     assert compiled.compiled and compiled.cuda_graph and not eager.compiled
+    assert bool(traced) == (kernel == "flex"), (kernel, len(traced))
     worst = max(float((a - b).abs().max()) for a, b in zip(compiled.logits, eager.logits, strict=True))
     assert torch.equal(compiled.sequences, eager.sequences), f"logits differ by up to {worst}"
     assert worst < 1e-3
