@@ -71,11 +71,16 @@ def kernel_ms(fn) -> float:
 
 
 def first_call_seconds(fn) -> float:
+    return timed_call(fn)[0]
+
+
+def timed_call(fn) -> tuple[float, object]:
+    """Wall seconds of one call of ``fn``, synchronised before and after, and what it returned."""
     sync()
     start = time.perf_counter()
-    fn()
+    result = fn()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

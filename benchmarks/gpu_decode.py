@@ -64,6 +64,7 @@ ARGS = None
 
 
 CONFIG_NAMES = ("full", "SWA decode", "FA decode", "1/2 FA layers + FA decode")
+STOCK = "transformers generate (stock)"  # end_to_end's baseline row
 
 
 def configs(layers: int) -> dict:
@@ -265,11 +266,8 @@ def run_hf_static(out: dict, model):
 
 
 def _timed_generate(fn) -> tuple[float, object]:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    torch.cuda.synchronize()
-    return round(time.perf_counter() - start, 2), result
+    seconds, result = common.timed_call(fn)
+    return round(seconds, 2), result
 
 
 def _parts(r) -> dict:
@@ -288,7 +286,7 @@ def run_end_to_end(out: dict, model):
     rows = out["rows"] = {}
     greedy = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
     if "stock" in ARGS.e2e_modes:
-        rows["transformers generate (stock)"] = {"stock_s": _timed_generate(lambda: model.generate(ids, **greedy))[0]}
+        rows[STOCK] = {"stock_s": _timed_generate(lambda: model.generate(ids, **greedy))[0]}
         print(rows, flush=True)
         torch.cuda.empty_cache()
     cfgs = configs(model.config.num_hidden_layers)
@@ -318,10 +316,8 @@ def run_end_to_end(out: dict, model):
         for key in [k for k in row if k.endswith("_s") and "first" not in k]:
             if full_times:  # the project's fastest full-attention path, warm
                 row[key.removesuffix("_s") + "_vs_fastest_full"] = round(min(full_times) / row[key], 2)
-            if "transformers generate (stock)" in rows and key != "stock_s":
-                row[key.removesuffix("_s") + "_vs_stock"] = round(
-                    rows["transformers generate (stock)"]["stock_s"] / row[key], 2
-                )
+            if STOCK in rows and key != "stock_s":
+                row[key.removesuffix("_s") + "_vs_stock"] = round(rows[STOCK]["stock_s"] / row[key], 2)
     if ARGS.e2e_requests:  # many requests at the largest batch that fits (gpu_capacity.py: the model, the runs)
         import gpu_capacity
 

@@ -44,9 +44,9 @@ def flex_decode(q, k, v, mask, scaling: float) -> torch.Tensor:
     power-of-two ratio of query to KV heads, as 32/8 for Llama-3-8B; not 28/4). Otherwise it takes the main flex
     kernel, which pads the one query to a tile. SDPA took 22.6 us for the 2,176 keys of a W=2048 ring and 58.5 us for
     32K keys, against 2 and 31 us of reading them, per layer on an H200 (docs/benchmarks.md); why is not measured (a
-    likely cause: few blocks at one query). Called outside a compiled region, ``flex_attention`` runs its dense eager reference instead,
-    so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling, and only when
-    ``static_cache.COMPILED_DECODE_KERNEL`` is "flex" (not yet the default: no GPU has run it)."""
+    likely cause: few blocks at one query). Called outside a compiled region, ``flex_attention`` runs its dense eager
+    reference instead, so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling, and
+    only when ``static_cache.COMPILED_DECODE_KERNEL`` is "flex" (not yet the default: no GPU has run it)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     seen = mask[:, 0, 0]  # (B, L)
