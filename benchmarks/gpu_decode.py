@@ -110,7 +110,18 @@ def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
         ),
         "static path: sdpa gqa, masked": lambda: decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
         "compiled step: flex decoding, masked": lambda: _compiled_flex_decode()(q, k, v, mask, D**-0.5),
+        "matmul + softmax, grouped heads, masked": lambda: _matmul_decode(q, k, v, mask, D**-0.5),
     }
+
+
+def _matmul_decode(q, k, v, mask, scaling):
+    """Decode attention in plain torch ops (a candidate for the eager graph step): a KV group's query heads as the
+    rows of one GEMM, so each key is read once per group, as in FlashDecoding, but by cuBLAS."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    scores = (q.view(B, Hkv, H // Hkv, D) @ k.transpose(-1, -2)) * scaling  # (B, Hkv, G, L)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(v.dtype)
+    return (probs @ v).view(B, H, 1, D)
 
 
 @functools.cache
