@@ -160,11 +160,12 @@ def run(
     config, kwargs = prepare(model, generation_config, kwargs)
     seen = {}
     backend = "inductor" if compile is True else (compile or None)
-    loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
-                             seen=seen, backend=backend, prefill=prefill)  # fmt: skip
     temporary = getattr(model, "_swaa_state", None) is None
     if temporary:
         install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
+    # the plans travel with the loop: a peft wrapper's generate hands it the wrapped model, which holds no state
+    loop = functools.partial(_decode, plans=model._swaa_state.plans, cuda_graph=cuda_graph, generator=generator,
+                             streamer=kwargs.get("streamer"), seen=seen, backend=backend, prefill=prefill)  # fmt: skip
     try:
         # the class's generate: the instance's is SWAA's wrapper, which would route this call back here
         result = type(model).generate(model, input_ids, generation_config=config, custom_generate=loop, **kwargs)
@@ -174,7 +175,7 @@ def run(
     return result, seen["config"]
 
 
-def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
+def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, plans, cuda_graph, generator,
             streamer, seen: dict, backend: str | None, prefill: str, **model_kwargs) -> DecodeResult:  # fmt: skip
     """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
     seen["config"] = generation_config
@@ -185,7 +186,6 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
         raise ValueError("A streamer follows one sequence: pass a batch of one row.")
     chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer)
     use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
-    plans = model._swaa_state.plans
     max_new = generation_config.max_length - input_ids.shape[1]
     mask = model_kwargs.get("attention_mask")
     backend = None if generation_config.disable_compile else backend
