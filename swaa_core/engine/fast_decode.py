@@ -33,7 +33,7 @@ from .cache import kv_cache_bytes
 from .compiled_step import bind, bucket_slots, compiled_forward
 from .config import SWAAConfig
 from .generation_options import MODEL_KWARGS, prepare, refuse
-from .install import install, remove_swaa
+from .install import install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
@@ -160,22 +160,22 @@ def run(
     config, kwargs = prepare(model, generation_config, kwargs)
     seen = {}
     backend = "inductor" if compile is True else (compile or None)
-    temporary = getattr(model, "_swaa_state", None) is None
+    owner = swaa_owner(model)  # a peft wrapper's LoRA layers run inside it; prepare refused what else a wrapper adds
+    temporary = getattr(owner, "_swaa_state", None) is None
     if temporary:
-        install(model, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
-    # the plans travel with the loop: a peft wrapper's generate hands it the wrapped model, which holds no state
-    loop = functools.partial(_decode, plans=model._swaa_state.plans, cuda_graph=cuda_graph, generator=generator,
-                             streamer=kwargs.get("streamer"), seen=seen, backend=backend, prefill=prefill)  # fmt: skip
+        install(owner, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
+    loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
+                             seen=seen, backend=backend, prefill=prefill)  # fmt: skip
     try:
         # the class's generate: the instance's is SWAA's wrapper, which would route this call back here
-        result = type(model).generate(model, input_ids, generation_config=config, custom_generate=loop, **kwargs)
+        result = type(owner).generate(owner, input_ids, generation_config=config, custom_generate=loop, **kwargs)
     finally:
         if temporary:
-            remove_swaa(model)
+            remove_swaa(owner)
     return result, seen["config"]
 
 
-def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, plans, cuda_graph, generator,
+def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
             streamer, seen: dict, backend: str | None, prefill: str, **model_kwargs) -> DecodeResult:  # fmt: skip
     """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
     seen["config"] = generation_config
@@ -186,6 +186,7 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
         raise ValueError("A streamer follows one sequence: pass a batch of one row.")
     chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer)
     use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
+    plans = model._swaa_state.plans
     max_new = generation_config.max_length - input_ids.shape[1]
     mask = model_kwargs.get("attention_mask")
     backend = None if generation_config.disable_compile else backend

@@ -117,6 +117,20 @@ def refused_fields(config: GenerationConfig) -> list[str]:
     return found
 
 
+def _wrapper_inputs(model) -> list[str]:
+    """A wrapper that adds inputs of its own (peft prompt learning: prompt, prefix or p-tuning, whose virtual tokens
+    enter through its ``prepare_inputs_for_generation``, set on the wrapped model while peft's ``generate`` runs):
+    this path's steps take token ids only, so those inputs would be dropped without a word."""
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False):
+        return [f"a peft {config.peft_type.value} adapter (its virtual tokens enter through peft's input preparation)"]
+    own = vars(model).get("prepare_inputs_for_generation")
+    if own is not None and getattr(own, "__func__", None) is not type(model).prepare_inputs_for_generation:
+        return ["a model whose prepare_inputs_for_generation a wrapper replaced (peft prompt learning adds virtual "
+                "tokens there)"]  # fmt: skip
+    return []
+
+
 def refuse(found: list[str]) -> None:
     if found:
         raise ValueError(
@@ -151,6 +165,7 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
     found += [
         f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS
     ]
+    found += _wrapper_inputs(model)
     refuse(found)
     overrides = {"cache_implementation": "dynamic"}
     if merged.stop_strings is not None:

@@ -25,7 +25,7 @@ from .families import attention_modules, check_supported, native_windows, text_c
 from .kinds import SinkWindow
 from .static_cache import StaticSWAACache
 
-__all__ = ["SWAAState", "install", "remove_swaa"]
+__all__ = ["SWAAState", "install", "remove_swaa", "swaa_owner"]
 
 
 @dataclass
@@ -41,6 +41,14 @@ class SWAAState:
 
     def summary(self) -> str:
         return f"{self.config.describe()} [backend: {self.backend}]"
+
+
+def swaa_owner(model):
+    """The model whose layers SWAA changes and which keeps its state: the transformers model inside a peft wrapper
+    (``get_base_model()``), else ``model``. One owner whichever object a call is given, so that SWAA applied before
+    wrapping is found and removed through the wrapper, and survives ``merge_and_unload`` (which returns that model and
+    discards the wrapper) with its state, not as hooks without one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _register() -> None:
@@ -102,6 +110,7 @@ def install(model, config: SWAAConfig, backend: str, all_full: bool = False) -> 
 
     Raises SWAAConfigError for an unsupported model type or a config that does not fit its layers, ValueError for
     a backend that cannot run on the model's device."""
+    model = swaa_owner(model)
     check_supported(model)
     modules = attention_modules(model)
     config.validate(len(modules))
@@ -129,6 +138,7 @@ def install(model, config: SWAAConfig, backend: str, all_full: bool = False) -> 
 
 def remove_swaa(model) -> None:
     """Restore the model's own attention exactly (no-op if SWAA is not applied)."""
+    model = swaa_owner(model)
     state: SWAAState | None = getattr(model, "_swaa_state", None)
     if state is None:
         return

@@ -25,7 +25,7 @@ from .config import SWAAConfig, SWAAConfigError
 from .decode_path import route_generate
 from .families import attention_modules
 from .fast_decode import generate_static
-from .install import SWAAState, install, remove_swaa
+from .install import SWAAState, install, remove_swaa, swaa_owner
 
 __all__ = ["apply_swaa", "remove_swaa", "swaa", "capture_attention", "kv_cache_bytes", "SWAAState"]
 
@@ -77,6 +77,7 @@ def _wrap_generate(model, state: SWAAState) -> None:
 def apply_swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto") -> SWAAState | None:
     """Switch ``model`` to SWAA in place. Re-applying replaces the config; ``sliding_window_size=None`` (or a None
     config) restores the original model. Returns the state, whose ``backend`` says which kernel runs."""
+    model = swaa_owner(model)  # in a peft wrapper, the model it wraps: its generate is the one peft's calls
     if isinstance(config, dict):
         config = SWAAConfig.from_dict(config)
     if config is None or config.is_full_attention:
@@ -89,14 +90,14 @@ def apply_swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto"
 
 
 def current_config(model) -> SWAAConfig | None:
-    state = getattr(model, "_swaa_state", None)
+    state = getattr(swaa_owner(model), "_swaa_state", None)
     return None if state is None else state.config
 
 
 @contextlib.contextmanager
 def swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto"):
     """``with swaa(model, cfg): model.generate(...)`` -- restores whatever was applied before on exit."""
-    previous = getattr(model, "_swaa_state", None)
+    previous = getattr(swaa_owner(model), "_swaa_state", None)
     prev_config, prev_backend = (previous.config, previous.backend) if previous else (None, None)
     try:
         yield apply_swaa(model, config, backend=backend)

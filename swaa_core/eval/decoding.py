@@ -18,6 +18,7 @@ import torch
 
 from ..engine.decode_path import DecodePath, Route, resolve
 from ..engine.fast_decode import WARMUP_STEPS, fast_generate
+from ..engine.install import swaa_owner
 from ..engine.patch import kv_cache_bytes, swaa
 from .harness import ForwardTimer, cancel_between_layers
 
@@ -100,7 +101,7 @@ def decode_kernels(model, device: torch.device | str | None = None):
         held = decode
 
     # a peft wrapper's generate calls the wrapped model's forward, never its own: the hook goes on the model that runs
-    runs = model.get_base_model() if hasattr(model, "get_base_model") else model
+    runs = swaa_owner(model)
     handle = runs.register_forward_pre_hook(per_forward, with_kwargs=True)
     try:
         yield
