@@ -49,11 +49,29 @@ def to_frame(rows: list[dict]):
 
 
 def load_results(path: str | Path):
-    """The tidy table of a results JSONL file."""
+    """The tidy table of a results JSONL file, one row per sweep cell (:func:`current_rows`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Results file not found: {path}")
-    return to_frame(read_jsonl(path))
+    return to_frame(current_rows(read_jsonl(path)))
+
+
+def current_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` with one row per ``cell_id``: a cell run again (``--retry-errors`` after an error, or recorded twice)
+    keeps its last successful row, else its last row, at the place of its first; rows without a cell id (single
+    runs) all stay, in order."""
+    keep: dict[str, int] = {}
+    out: list[dict] = []
+    for row in rows:
+        cid = row.get("cell_id")
+        if not cid:
+            out.append(row)
+        elif cid not in keep:
+            keep[cid] = len(out)
+            out.append(row)
+        elif not row.get("error") or out[keep[cid]].get("error"):
+            out[keep[cid]] = row
+    return out
 
 
 def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):

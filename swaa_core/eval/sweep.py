@@ -8,6 +8,7 @@ there, so an interrupted sweep continues where it stopped; results load as a tid
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -24,7 +25,8 @@ from typing import Any, NamedTuple
 from ..engine.config import DEFAULT_KIND, SWAAConfig
 from ..runtime.distributed import Launch
 from ..runtime.jsonl import jsonl_line, read_jsonl
-from .results import to_frame
+from ..runtime.stamp import tokenizer_fingerprint, weights_fingerprint
+from .results import current_rows, to_frame
 from .run_spec import RunSpec
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
@@ -56,7 +58,8 @@ class SweepSpec:
                  task_kwargs: dict[str, Any] | None = None, run: RunSpec | None = None, **settings):  # fmt: skip
         if not isinstance(configs, dict):
             raise ValueError("configs must be a dict {label: SWAAConfig or None}.")
-        if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
+        lengths = _whole_numbers(lengths, "lengths", "positive whole numbers of tokens")
+        if not lengths or any(n < 1 for n in lengths):
             raise ValueError(f"lengths must be positive whole numbers of tokens, got {lengths!r}.")
         depths = [0.5] if depths is None else list(depths)
         if not depths:
@@ -64,7 +67,7 @@ class SweepSpec:
         for d in depths:
             if d is not None and not 0.0 <= float(d) <= 1.0:
                 raise ValueError(f"depths must lie between 0 and 1, got {d!r}.")
-        seeds = [0] if seeds is None else list(seeds)
+        seeds = [0] if seeds is None else _whole_numbers(seeds, "seeds", "whole numbers")
         if not seeds:
             raise ValueError("seeds is empty: give at least one sample seed.")
         if run is None:
@@ -95,6 +98,19 @@ class SweepSpec:
         return replace(self.run, backend=backend)
 
 
+def _whole_numbers(values, name: str, what: str) -> list[int]:
+    """``values`` as plain ints (NumPy integers included: a cell's id holds its numbers as JSON numbers, so ``0`` and
+    ``np.int64(0)`` must be the same cell). ValueError naming ``name`` for anything else."""
+    import operator
+
+    try:
+        if any(isinstance(v, bool) for v in values):
+            raise TypeError
+        return [operator.index(v) for v in values]
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {values!r}.") from None
+
+
 SWEEP_DEFAULTS = {"max_new_tokens": 16}  # short answers: a sweep scores many cells, and every one is timed alike
 RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
 # SweepSpec fields that are a cell's coordinates (each cell's own config, length, depth and seed go into its id one
@@ -110,7 +126,8 @@ FIRST_KEYED = frozenset({"max_new_tokens", "cot", "score_logprob", "timing_token
 def run_settings(spec: SweepSpec, *, backend: str | None = None, loaded=None) -> dict:
     """Every setting a sweep's rows are run under: the spec's fields but its grid, its run value's fields (with
     ``backend``, see :meth:`SweepSpec.with_backend`) and, when ``loaded`` is given, the weights' dtype and device
-    type (numbers and timings differ across them). The CPU thread count is recorded in each row ("threads") but left
+    type (numbers and timings differ across them) and fingerprints of the weights and the tokenizer (a folder saved
+    over, another Hub revision or an adapter loaded in place is another model under the same name). The CPU thread count is recorded in each row ("threads") but left
     out here: it follows the number of processes, and a sweep resumes under any number of them."""
     settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS | {"run"}}
     run, default = spec.with_backend(backend), RunSpec()
@@ -119,9 +136,11 @@ def run_settings(spec: SweepSpec, *, backend: str | None = None, loaded=None) ->
         if name in FIRST_KEYED or value != getattr(default, name):
             settings[name] = value
     settings["static_cache"] = None
-    param = next(iter(getattr(getattr(loaded, "model", None), "parameters", list)()), None)
+    model = getattr(loaded, "model", None)
+    param = next(iter(getattr(model, "parameters", list)()), None)
     if param is not None:
-        settings.update(dtype=str(param.dtype), device=param.device.type)
+        settings.update(dtype=str(param.dtype), device=param.device.type, weights=weights_fingerprint(model),
+                        tokenizer=tokenizer_fingerprint(getattr(loaded, "tokenizer", None)))  # fmt: skip
     return settings
 
 
@@ -205,15 +224,15 @@ def run_sweep(
     launch: Launch | None = None,
 ):
     """Run every unfinished cell of ``spec``, appending one JSON line per run to ``out_path``; returns the table of
-    all rows in the file for this sweep's cells (earlier runs included).
+    this sweep's cells in the file, earlier runs included, one row per cell (a retried error gives way to its new row:
+    :func:`~swaa_core.eval.results.current_rows`). The sweep holds the file (:func:`output_lock`, ``OUT.lock``):
+    ValueError while another sweep writes it.
 
     ``launch`` (:func:`swaa_core.runtime.distributed.current`): under a launcher with N processes each process runs every
     N-th unfinished cell into its own part file (``OUT.partR``); once all are done the main process merges the parts
     into ``out_path`` in the order one process would have written them. Parts left by a killed run count as
     finished and are merged by the next run, whatever its number of processes. ``backend``: the SWA kernel, when
     the spec's run value leaves it at "auto" (:meth:`SweepSpec.with_backend`)."""
-    from tqdm.auto import tqdm
-
     launch = launch or Launch()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,15 +240,33 @@ def run_sweep(
     run = spec.with_backend(backend)
     cells = list(iter_cells(spec, model, run_settings(spec, backend=backend, loaded=loaded)))
     order = {c.id: i for i, c in enumerate(cells)}
-    if launch.is_main:
-        _end_with_newline(out_path)
-        merge_parts(out_path, order)
-    launch.wait()  # nobody reads the file before leftover parts are in it
-    done = finished_cells(out_path, retry_errors=retry_errors)
-    todo = launch.share([c for c in cells if c.id not in done])
+    # the main process holds the output for the whole sweep: a second sweep on it would run the same cells again,
+    # and its merge would replace the file under this one's appends (a launcher ends the other ranks if this raises)
+    with output_lock(out_path) if launch.is_main else contextlib.nullcontext():
+        if launch.is_main:
+            _end_with_newline(out_path)
+            _merge_parts(out_path, order)
+        launch.wait()  # nobody reads the file before leftover parts are in it
+        done = finished_cells(out_path, retry_errors=retry_errors)
+        todo = launch.share([c for c in cells if c.id not in done])
+        _run_cells(loaded, spec, run, todo, len(cells), out_path, model=model, launch=launch, progress=progress,
+                   cancel=cancel, on_result=on_result)  # fmt: skip
+        launch.wait()
+        if launch.is_main:
+            _merge_parts(out_path, order)
+        launch.wait()
+        return to_frame(current_rows([r for r in read_jsonl(out_path) if r.get("cell_id") in order]))
+
+
+def _run_cells(loaded, spec, run, todo: list[Cell], n_cells: int, out_path: Path, *, model, launch, progress, cancel,
+               on_result) -> None:  # fmt: skip
+    """Run ``todo``, appending each row to this process's file as it finishes; a stop ends the loop between cells
+    or inside one (a cancelled cell writes nothing)."""
+    from tqdm.auto import tqdm
+
     target = part_path(out_path, launch.rank) if launch.distributed else out_path
     desc = f"sweep [{launch.rank + 1}/{launch.world}]" if launch.distributed else "sweep"
-    total = len(todo) if launch.distributed else len(cells)
+    total = len(todo) if launch.distributed else n_cells
     bar = tqdm(total=total, initial=total - len(todo), desc=desc, unit="run", disable=not progress)
     samples: dict[tuple, Any] = {}
     try:
@@ -248,11 +285,26 @@ def run_sweep(
                     on_result(row)
     finally:
         bar.close()
-    launch.wait()
-    if launch.is_main:
-        merge_parts(out_path, order)
-    launch.wait()
-    return to_frame([r for r in read_jsonl(out_path) if r.get("cell_id") in order])
+
+
+@contextlib.contextmanager
+def output_lock(out_path: str | Path):
+    """Hold a results file for one writer (an OS lock on ``OUT.lock`` beside it, released when the holder ends,
+    however it ends). ValueError when another sweep or merge holds it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{out_path}.lock", timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"Another sweep is writing {out_path} (it holds {out_path}.lock). Let it finish, or give this sweep "
+            "another output file; run it again afterwards to continue where it stopped."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def part_path(out_path: str | Path, rank: int) -> Path:
@@ -262,12 +314,18 @@ def part_path(out_path: str | Path, rank: int) -> Path:
 
 
 def merge_parts(out_path: str | Path, order: dict[str, int] | None = None) -> int:
-    """Move the rows of ``OUT.part*`` into ``out_path``; returns how many were added.
+    """Move the rows of ``OUT.part*`` into ``out_path``; returns how many were added. Holds the file's lock
+    (:func:`output_lock`: ValueError while a sweep writes it).
 
     New rows go in grid order (``order``: cell id -> position; others after, as found), so a merged multi-process
     sweep reads like a one-process one. The merged file replaces the old one in one step and the parts go after it:
     a crash in between leaves rows in both, and a part row equal to one already in the file is skipped next time,
     so nothing is counted twice."""
+    with output_lock(out_path):
+        return _merge_parts(out_path, order)
+
+
+def _merge_parts(out_path: str | Path, order: dict[str, int] | None = None) -> int:
     out_path = Path(out_path)
     numbered = re.compile(re.escape(out_path.name) + r"\.part(\d+)")
     found = [(m, p) for p in out_path.parent.glob(glob.escape(out_path.name) + ".part*")

@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["content_stamp", "path_stamp"]
+__all__ = ["content_stamp", "path_stamp", "tokenizer_fingerprint", "weights_fingerprint"]
 
 
 def content_stamp(path: str | os.PathLike) -> str:
@@ -43,3 +43,64 @@ def path_stamp(name: str | os.PathLike | None) -> str:
         return content_stamp(path) if path.exists() else ""
     except OSError:  # unreadable or removed meanwhile: no stamp, the load itself reports the problem
         return ""
+
+
+_CHUNK = 1 << 22  # elements per step of a checksum: bounds its int64 temporaries at 32 MiB (plus the position weights)
+
+
+def weights_fingerprint(model) -> str:
+    """A 16-hex-digit fingerprint of a model's weights: every parameter's and buffer's name, dtype, shape and exact
+    bits (LoRA layers and loaded adapters included), for results keyed by the weights that produced them, whatever
+    folder, Hub revision or in-place change they came from.
+
+    A CPU tensor's bytes are hashed as they are; a tensor on an accelerator is summed there, its bits (int32 words,
+    or bytes when its size is not a multiple of 4) in two integer sums, one weighted by position: exact and
+    independent of summation order, so one model on one kind of device gets one fingerprint in any process (the device
+    is part of a sweep's key anyway). Reads every weight once: about 0.5 s per GB on a CPU, milliseconds per GB on a
+    GPU. Tensors on the meta device (offloaded) count by name, dtype and shape only."""
+    import torch
+
+    digest = hashlib.sha1()
+    seen = set()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor is None or name in seen:
+            continue
+        seen.add(name)
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            continue
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        if flat.device.type == "cpu":
+            digest.update(memoryview(flat.numpy()))
+            continue
+        digest.update(f"{device_checksum(flat)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def device_checksum(data) -> tuple[int, int]:
+    """Two exact integer sums of a flat uint8 tensor's bits, computed where it lives: the plain sum and one weighted
+    by position (so swapped words differ), over int32 words when its size allows, else bytes."""
+    import torch
+
+    words = data.view(torch.int32) if data.numel() % 4 == 0 else data
+    plain = weighted = torch.zeros((), dtype=torch.int64, device=words.device)
+    for start in range(0, words.numel(), _CHUNK):
+        chunk = words[start : start + _CHUNK].to(torch.int64)
+        positions = torch.arange(start, start + chunk.numel(), device=chunk.device) % 65521 + 1
+        plain = plain + chunk.sum()
+        weighted = weighted + (chunk * positions).sum()  # int64 wraps: still exact, and order does not matter
+    return int(plain), int(weighted)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A 16-hex-digit fingerprint of what a tokenizer does to text: its class, its full definition (a fast
+    tokenizer's JSON; else its vocabulary), its special tokens and chat template. "" for None."""
+    if tokenizer is None:
+        return ""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = [type(tokenizer).__name__, definition, json.dumps(getattr(tokenizer, "special_tokens_map", {}),
+             sort_keys=True, default=str), str(getattr(tokenizer, "chat_template", None))]  # fmt: skip
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
