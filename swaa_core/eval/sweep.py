@@ -1,9 +1,10 @@
 """Sweeps: configs x lengths x depths x samples, appended to a JSONL file as they finish, resumable.
 
-Each cell (one config on one sample) has a stable id built from everything that determines its outcome: the model,
-the config, the sample (length, depth, seed) and every setting of the spec (task, generation, timing, scoring,
-decode path), the backend and the weights' dtype and device. A rerun reads the file and skips the cells already
-there, so an interrupted sweep continues where it stopped; results load as a tidy pandas table (one row per run).
+Each cell (one config on one sample) has a stable id built from everything that determines its outcome: the model
+(its name, and fingerprints of its weights and tokenizer), the config, the sample (length, depth, seed) and every
+setting of the spec (task, generation, timing, scoring, decode path), the backend and the weights' dtype and device.
+A rerun reads the file and skips the cells already there, so an interrupted sweep continues where it stopped; one
+sweep writes a file at a time (``OUT.lock``); results load as a tidy pandas table (one row per cell).
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ RUN_FIELDS = frozenset(f.name for f in fields(RunSpec))
 # field added to SweepSpec or RunSpec later changes the ids without anyone remembering to add it here.
 GRID_FIELDS = frozenset({"configs", "lengths", "depths", "seeds"})
 # The run settings sweep ids have held from the start. A RunSpec field beyond them (system, warmup) enters an id only
-# when it is set away from its default, and "static_cache" (now merged into decode_path) stays in as None, so ids in
-# results files written before stay valid and still change whenever a setting does.
+# when it is set away from its default, and "static_cache" (now merged into decode_path) stays in as None, so that a
+# setting added later does not change the ids of runs that leave it alone. (Files written before the weights and
+# tokenizer fingerprints entered the ids, 2026-12-06, are read but not resumed: their cells run again.)
 FIRST_KEYED = frozenset({"max_new_tokens", "cot", "score_logprob", "timing_tokens", "decode_path", "backend"})
 
 
