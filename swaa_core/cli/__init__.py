@@ -3,7 +3,8 @@
 The top layer: it only parses arguments, calls the eval, train and models layers, and prints; nothing in swaa_core
 imports it except ``__main__``. One module per subcommand (``add_parser(subparsers)`` plus its handler); the options
 they share, the model arguments first, are defined once in :mod:`.common`, the output helpers in :mod:`.output`, the
-ranges of numeric options in :mod:`.bounds`.
+ranges of numeric options in :mod:`.bounds`, which options go together in :mod:`.rules` (checked once after parsing,
+before any file is read or model loads).
 
 Every subcommand parser sets ``func``: a handler ``(args) -> exit code``. Results go to stdout (JSON lines with
 ``--json``), progress and messages to stderr, so ``swaa run --json ... | jq`` works.
@@ -24,6 +25,7 @@ from . import advise, distill, eval, finetune, recipes, run, sweep
 from .bounds import bound_numbers
 from .common import CLIError, ConfigFile, formatter, read_config_file
 from .output import never_fail_on_encoding
+from .rules import check_options, track_given
 
 __all__ = ["build_parser", "main", "read_config_file"]
 
@@ -49,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, eval, sweep, advise, recipes, distill, finetune):
         command.add_parser(sub)
     bound_numbers(parser)
+    track_given(parser)
+    return parser
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand ``args`` were parsed by ("recipes show" included); ``parser`` without one."""
+    for dest in ("command", "recipes_command"):
+        name = getattr(args, dest, None)
+        subs = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if name is None or subs is None:
+            break
+        parser = subs.choices[name]
     return parser
 
 
@@ -73,12 +87,16 @@ def _no_loading_bars(quiet: bool):
 def main(argv: list[str] | None = None) -> int:
     never_fail_on_encoding()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command = subcommand_parser(parser, args)
+    if unknown:  # the subcommand's usage and name, not the top level's (argparse leaves them to the top parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --processes starts this command again under torchrun
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
     try:
+        check_options(command, args)  # which options go together: before any file is read or model loads
         if getattr(args, "recipe", None) and isinstance(args.recipe, list):
             args.recipe = [read_config_file(r) if isinstance(r, ConfigFile) else r for r in args.recipe]
         with _no_loading_bars(getattr(args, "quiet", False) or getattr(args, "json", False)):

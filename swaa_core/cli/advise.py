@@ -14,7 +14,7 @@ from ..eval.recipes import DEFAULT_SINKS, default_window
 from ..eval.tasks import TASK_KINDS
 from ..runtime.textfile import read_text_file
 from ..runtime.units import format_bytes
-from .common import CLIError, add_model_args, add_window_args, formatter, load_from_args
+from .common import add_model_args, add_window_args, formatter, load_from_args
 from .eval import check_context, task_kwargs
 from .output import console, note, print_json
 
@@ -42,18 +42,9 @@ def cmd_advise(args) -> int:
 
 def _task_kw(args) -> dict:
     kw = task_kwargs(args.task_arg)
-    if args.task == "doc_qa":
-        if not (args.document and args.question and args.answer):
-            raise CLIError("--task doc_qa needs --document PATH, --question TEXT and --answer TEXT (the advisor scores "
-                           "the answer's likelihood).")  # fmt: skip
+    if args.task == "doc_qa":  # with --document, --question and --answer; without doc_qa none of them (cli/rules.py)
         kw.update(document=read_text_file(args.document, what="Document"), question=args.question,
                   answer=args.answer, answer_prefix=args.answer_prefix or "")  # fmt: skip
-    else:
-        given = [
-            f"--{n.replace('_', '-')}" for n in ("document", "question", "answer", "answer_prefix") if getattr(args, n)
-        ]
-        if given:
-            raise CLIError(f"{', '.join(given)} only apply to --task doc_qa (the task is {args.task}).")
     return kw
 
 
@@ -160,7 +151,7 @@ def add_parser(sub) -> None:
     g.add_argument("--question", help="doc_qa: the question")
     g.add_argument("--answer", help="doc_qa: the expected answer")
     g.add_argument("--answer-prefix", help="doc_qa: the answer's opening words, pre-filled")
-    p.add_argument("--out", type=Path, required=True, help='where to write {"swaa_config": {...}}')
+    p.add_argument("--out", type=Path, required=True, help='the .json file to write {"swaa_config": {...}} to')
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     add_model_args(p)

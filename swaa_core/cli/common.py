@@ -197,6 +197,16 @@ def run_spec(args, *, score_logprob: bool):
     )
 
 
+def in_option_words(text: str, spellings: dict[str, str]) -> str:
+    """A lower layer's message with its Python spellings (``keep='all'``, ``max_length``) as the command's options
+    (``--keep all``, ``--max-length``); ``spellings`` maps a regular expression to its replacement."""
+    import re
+
+    for pattern, replacement in spellings.items():
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
 def load_from_args(args, launch=None):
     """The model of ``--model`` on ``--device``; under a multi-process launch, on this process's own device."""
     from .. import load_model
@@ -277,20 +287,27 @@ def launch_from_args(args):
     return current(args.device)
 
 
-def resolve_configs(args, num_layers: int, context_tokens: int | None) -> dict[str, SWAAConfig | None]:
-    """{label: config} for the recipes on the command line, full attention excluded (the runner adds it).
+def resolve_configs(
+    args, num_layers: int, context_tokens: int | None, *, window: int | None = None
+) -> dict[str, SWAAConfig | None]:
+    """{label: config} for the recipes on the command line, full attention excluded (the runner adds it); the
+    window is --window, else ``window`` (the command's own default), else scaled to ``context_tokens``.
 
     Without --recipe, a --recipes-file runs every config it holds (upstream settings files are lists of configs to
-    compare); otherwise the command's default recipes run."""
+    compare; cli/rules.py notes that --window and --keep-first are then not used); otherwise the command's default
+    recipes run."""
     user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
-    window = args.window if args.window is not None else default_window(context_tokens)
+    if args.window is not None:
+        window = args.window
+    elif window is None:
+        window = default_window(context_tokens)
     out: dict[str, SWAAConfig | None] = {}
     for name in args.recipe or list(user) or args.default_recipes:
         try:
             cfg = resolve_recipe(name, num_layers, window=window, keep_first=args.keep_first, user_recipes=user)
         except SWAAConfigError as e:  # name the recipe, since several may be on the line or in the file
             raise SWAAConfigError(str(e) if repr(name) in str(e) else f"Recipe {_short(name)}: {e}") from None
-        if args.recipe:  # recipes named on the line: say what of the line they do not use
+        if args.recipe:  # recipes named on the line: say what of the line they do not use (the window you chose)
             for text in unused_settings(name, window=args.window, keep_first=args.keep_first, user_recipes=user):
                 note(text)
         if cfg is None:

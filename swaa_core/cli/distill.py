@@ -36,21 +36,30 @@ def add_parser(sub) -> None:
         help="correct: drop known-wrong answers (default); judged-correct: only answers checked right; "
         "all: keep everything",
     )
-    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--out", required=True, help="the .jsonl file to write")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_distill)
+
+
+# Prompts come by the dozen from a seed: doc_qa (one document and question of your own) is not among them.
+PROMPT_TASKS = tuple(t for t in TASK_KINDS if t != "doc_qa")
 
 
 def add_data_args(p) -> None:
     """Where the prompts come from (a built-in task or a dataset) and how they are answered."""
     p.add_argument(
-        "--task", default="needle", choices=TASK_KINDS, help="built-in task kind for prompts (default: needle)"
+        "--task",
+        default="needle",
+        choices=PROMPT_TASKS,
+        help="built-in task kind for prompts (default: needle; for your own documents, use --dataset)",
     )
     p.add_argument(
-        "--dataset", help="your dataset (upstream format .jsonl/.json/.parquet or a Hub id) instead of --task"
+        "--dataset",
+        help="your dataset (upstream format .jsonl/.json/.parquet or a Hub id) instead of --task and its --length "
+        "and --seed",
     )
-    p.add_argument("--split", help="dataset split (file name part such as 'train')")
-    p.add_argument("--samples", type=int, default=32, help="how many prompts (default 32)")
+    p.add_argument("--split", help="with --dataset: its split (file name part such as 'train')")
+    p.add_argument("--samples", type=int, default=32, help="how many prompts (default 32; of --dataset: its first N)")
     p.add_argument("--length", type=int, default=1024, help="prompt length in tokens for --task (default 1024)")
     p.add_argument("--seed", type=int, default=0, help="first task seed (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit (default 24)")

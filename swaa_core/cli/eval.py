@@ -10,7 +10,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from ..eval.tasks import TASK_KINDS
+from ..eval.tasks import TASK_KINDS, TaskError
 from ..runtime.textfile import read_text_file
 from .common import (
     CLIError,
@@ -19,6 +19,7 @@ from .common import (
     add_model_args,
     add_recipe_args,
     formatter,
+    in_option_words,
     launch_from_args,
     load_from_args,
     num_layers,
@@ -39,7 +40,10 @@ def cmd_eval(args) -> int:
     loaded = load_from_args(args, launch)
     if not args.dataset and args.task != "doc_qa":
         check_context(loaded, args.length, args.max_new_tokens, "--length")
-    samples = _eval_samples(args, loaded.tokenizer)
+    try:
+        samples = _eval_samples(args, loaded.tokenizer)
+    except TaskError as e:  # doc_qa: "length_tokens=300 leaves no room for the document"
+        raise TaskError(in_option_words(str(e), {r"\blength_tokens=": "--length "})) from None
     longest = max(s.context_tokens for s in samples) or None
     configs = resolve_configs(args, num_layers(loaded), longest)
     if launch.is_main:
@@ -76,9 +80,7 @@ def _eval_samples(args, tokenizer):
     if args.dataset:
         return load_dataset_records(args.dataset, split=args.split, limit=args.limit, tokenizer=tokenizer)
     kwargs = task_kwargs(args.task_arg)
-    if args.task == "doc_qa":
-        if not args.document:
-            raise CLIError("--task doc_qa needs --document PATH and --question TEXT (and --answer to score).")
+    if args.task == "doc_qa":  # --document and --question are there (cli/rules.py)
         kwargs.update(document=read_text_file(args.document, what="Document"), question=args.question,
                       answer=args.answer or "", answer_prefix=args.answer_prefix or "")  # fmt: skip
     seeds = range(args.seed, args.seed + args.samples)
@@ -120,11 +122,15 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     export(to_frame(rows), path)
 
 
-def add_task_args(p) -> None:
+def add_task_args(p, *, tasks=TASK_KINDS, task_help: str = "") -> None:
     """The task, its options and seeds, shared by `swaa eval` and `swaa sweep`."""
     g = p.add_argument_group("task")
-    g.add_argument("--task", "-t", default="passkey", choices=TASK_KINDS, help="built-in task (default: passkey)")
-    g.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="task option, e.g. digits=4, num_keys=4")
+    g.add_argument(
+        "--task", "-t", default="passkey", choices=tasks, help=f"built-in task (default: passkey){task_help}"
+    )
+    g.add_argument("--task-arg", action="append", metavar="KEY=VALUE",
+                   help="task option, e.g. digits=4 (passkey, needle, ...), num_keys=4 (multi_key); one the task "
+                        "does not take is refused, naming those it does")  # fmt: skip
     g.add_argument("--samples", "-s", type=int, default=3, help="samples (seeds) per length and depth (default: 3)")
     g.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     g.add_argument(
@@ -159,9 +165,13 @@ def add_parser(sub) -> None:
     g.add_argument("--length", "-l", type=int, default=1024, help="prompt length in tokens (default: 1024)")
     g.add_argument("--depth", "-d", type=float, action="append", help="needle depth 0..1 (repeatable; default: 0.5)")
     g = p.add_argument_group("dataset or document")
-    g.add_argument("--dataset", help="a .parquet/.json/.jsonl file, a folder of them, or a Hub dataset id")
-    g.add_argument("--split", help="dataset split (files whose name contains it)")
-    g.add_argument("--limit", type=int, help="use only the first N records")
+    g.add_argument(
+        "--dataset",
+        help="a .parquet/.json/.jsonl file, a folder of them, or a Hub dataset id: its records "
+        "are the prompts, instead of --task (and its --task-arg, --samples, --seed, --length, --depth)",
+    )
+    g.add_argument("--split", help="with --dataset: its split (files whose name contains it)")
+    g.add_argument("--limit", type=int, help="with --dataset: use only its first N records")
     g.add_argument("--document", type=Path, help="doc_qa: a text file to ask about")
     g.add_argument("--question", help="doc_qa: the question")
     g.add_argument("--answer", help="doc_qa: the expected answer (to score)")

@@ -18,6 +18,7 @@ from .common import (
     add_model_args,
     add_window_args,
     formatter,
+    in_option_words,
     launch_from_args,
     load_from_args,
     num_layers,
@@ -81,7 +82,8 @@ def add_parser(sub) -> None:
     data.add_argument(
         "--data",
         help="JSONL from `swaa distill`, or upstream records (JSONL, JSON list, or the Parquet "
-        "its self-distillation writes: prompt, response, judge)",
+        "its self-distillation writes: prompt, response, judge), trained on as they are: not with --dataset, "
+        "--samples, --split (nor --task, --length, --max-new-tokens, --cot unless --eval-samples uses them)",
     )
     add_data_args(data)
     data.add_argument("--keep", choices=KEEP_CHOICES, default="correct",
@@ -106,19 +108,21 @@ def add_parser(sub) -> None:
         default=0,
         help="held-out prompts of --task scored under the recipe before and after training (0: skip)",
     )
-    e.add_argument("--eval-length", type=int, help="their length in tokens (default: --length)")
-    f.add_argument("--out", required=True, help="folder for the adapter")
+    e.add_argument("--eval-length", type=int, help="with --eval-samples: their length in tokens (default: --length)")
+    f.add_argument("--out", required=True, help="folder for the adapter (created when missing)")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_finetune)
 
 
 def cmd_finetune(args) -> int:
-    from ..train.distill import distill_shared, load_jsonl  # the training stack loads with the command, not its help
+    # the training stack loads with the command, not its help
+    from ..train.distill import DistillDataError, distill_shared, load_jsonl
     from ..train.finetune import finetune_pipeline
 
     if (code := relaunch(args)) is not None:
         return code
     user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None
+    settings = _settings(args)  # before the model loads
     launch = launch_from_args(args)
     loaded = load_from_args(args, launch)
     args.quiet = args.quiet or not launch.is_main
@@ -131,7 +135,6 @@ def cmd_finetune(args) -> int:
             args.recipe, window=args.window, keep_first=args.keep_first, user_recipes=user_recipes
         ):
             note(text)
-    settings = _settings(args)
     records = load_jsonl(args.data) if args.data else None
     if records is None and args.dataset:  # built-in tasks are distilled inside the pipeline
         records = distill_shared(loaded.model, loaded.tokenizer, prompts(args, loaded.tokenizer),
@@ -141,17 +144,32 @@ def cmd_finetune(args) -> int:
     if launch.is_main:
         where = f" on {launch.world} processes (DDP)" if launch.distributed else ""
         print(f"Fine-tuning {loaded.info.name} under {cfg.describe()} ({cfg.to_json()}){where}")
-    report = finetune_pipeline(
-        loaded, cfg, args.out, records=records, task=args.task, samples=args.samples, length_tokens=args.length,
-        seed=args.seed, max_new_tokens=args.max_new_tokens, keep=args.keep, cot=args.cot, settings=settings,
-        eval_samples=args.eval_samples, eval_length=args.eval_length, progress=not args.quiet, backend=args.backend,
-    )  # fmt: skip
+    try:
+        report = finetune_pipeline(
+            loaded, cfg, args.out, records=records, task=args.task, samples=args.samples, length_tokens=args.length,
+            seed=args.seed, max_new_tokens=args.max_new_tokens, keep=args.keep, cot=args.cot, settings=settings,
+            eval_samples=args.eval_samples, eval_length=args.eval_length, progress=not args.quiet, backend=args.backend,
+        )  # fmt: skip
+    except DistillDataError as e:  # "keep='all'", "max_length": the pipeline's keywords, as this command's options
+        raise DistillDataError(in_option_words(str(e), OPTION_WORDS)) from None
     if launch.is_main:
         _print_report(report)
     return 0
 
 
+# The pipeline's keyword spellings in its messages -> this command's options.
+OPTION_WORDS = {r"\bkeep='([\w-]+)'": r"--keep \1", r"\bmax_length\b": "--max-length",
+                r"\btarget_modules\b": "--targets"}  # fmt: skip
+
+
 def _settings(args) -> TrainSettings:
+    try:
+        return _train_settings(args)
+    except ValueError as e:
+        raise ValueError(in_option_words(str(e), OPTION_WORDS)) from None
+
+
+def _train_settings(args) -> TrainSettings:
     return TrainSettings(
         max_steps=args.steps, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lora_r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,

@@ -4,6 +4,7 @@ messages on stderr, so ``swaa run --json ... | jq`` works; run errors reported o
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -16,8 +17,27 @@ def note(text: str) -> None:
 
 
 def print_json(obj) -> None:
-    # Non-ASCII text goes out as is on a UTF-8 stdout and as \\u escapes elsewhere: the JSON stays lossless either way.
-    print(json.dumps(obj, default=str, ensure_ascii=not _is_utf8(sys.stdout)), flush=True)
+    """One line of strict JSON (RFC 8259): a missing number (NaN) and an infinite one are null, NumPy scalars their
+    Python values. Non-ASCII text goes out as is on a UTF-8 stdout and as \\u escapes elsewhere: the JSON stays
+    lossless either way."""
+    text = json.dumps(strict_json(obj), default=str, ensure_ascii=not _is_utf8(sys.stdout), allow_nan=False)
+    print(text, flush=True)
+
+
+def strict_json(obj):
+    """``obj`` with every float that JSON cannot hold (NaN, infinities) and pandas' missing values as None, NumPy
+    scalars as Python numbers, through dicts, lists and tuples."""
+    if type(obj).__module__ == "numpy" and getattr(obj, "shape", None) == ():
+        obj = obj.item()
+    elif type(obj).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    return obj
 
 
 def _is_utf8(stream) -> bool:

@@ -66,15 +66,23 @@ def cmd_recipes_show(args) -> int:
 
 
 def cmd_recipes_save(args) -> int:
-    layers = model_layers(args)
     existing = load_user_recipes(args.file) if args.file.exists() else {}
+    # --from names a preset, a recipe of --file, or one of --recipes-file (read, never written)
+    known = {**existing, **(load_user_recipes(args.recipes_file) if args.recipes_file else {})}
+    layers = model_layers(args)
     cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
-                         context_tokens=args.context, user_recipes=existing)  # fmt: skip
-    for text in unused_settings(args.source, window=args.window, keep_first=args.keep_first, user_recipes=existing):
+                         context_tokens=args.context, user_recipes=known)  # fmt: skip
+    for text in unused_settings(args.source, window=args.window, keep_first=args.keep_first, user_recipes=known):
         note(text)
-    existing[args.name] = cfg or SWAAConfig()
+    saved = cfg or SWAAConfig()
+    replaced = existing.get(args.name)
+    existing[args.name] = saved
     save_user_recipes(args.file, existing)
-    note(f"saved {args.name!r} ({(cfg or SWAAConfig()).describe()}) to {args.file}")
+    if replaced is not None:
+        note(f"replaced {args.name!r} of {args.file} (it was {replaced.describe()})")
+    note(f"saved {args.name!r} ({saved.describe()}) to {args.file}")
+    if args.json:
+        print_json({"name": args.name, "file": str(args.file), "config": saved.to_dict()})
     return 0
 
 
@@ -104,13 +112,14 @@ def add_parser(sub) -> None:
         q.add_argument("--json", action="store_true", help="print JSON")
         if layers:
             q.add_argument("--model", "-m", default=None, help=f"read the layer count of this model: {MODEL_HELP}")
-            q.add_argument("--layers", type=int, default=None, help="the model's layer count (instead of --model)")
+            q.add_argument("--layers", type=int, default=None, help="the model's layer count (not with --model)")
             add_window_args(q, scaled_to="--context")
             q.add_argument(
                 "--context",
                 type=int,
                 default=None,
-                help="prompt length the window is scaled to (default: none, the paper's 2048-token window)",
+                help="prompt length the window is scaled to (default: none, the paper's 2048-token window; not with "
+                "--window)",
             )
 
     q = rsub.add_parser("list", help="the presets, full attention first", formatter_class=formatter)
@@ -122,7 +131,8 @@ def add_parser(sub) -> None:
     q.set_defaults(func=cmd_recipes_show)
     q = rsub.add_parser("save", help="save a resolved recipe under your own name", formatter_class=formatter)
     q.add_argument("name", help="the new recipe's name")
-    q.add_argument("--from", dest="source", required=True, help="preset name or inline JSON config")
-    q.add_argument("--file", type=Path, required=True, help="recipes JSON file (created or updated)")
+    q.add_argument("--from", dest="source", required=True,
+                   help="a preset name, a recipe saved in --file or --recipes-file, or inline JSON config")  # fmt: skip
+    q.add_argument("--file", type=Path, required=True, help="the recipes .json file to write (created or updated)")
     common(q)
     q.set_defaults(func=cmd_recipes_save)

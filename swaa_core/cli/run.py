@@ -32,7 +32,7 @@ def cmd_run(args) -> int:
     target: TaskSample | str = text
     if args.answer or args.answer_prefix:
         target = TaskSample("prompt", text, "", args.answer or "", args.answer_prefix or "", prompt_tokens)
-    stream = args.stream and not args.json
+    stream = args.stream  # refused beside --json (cli/rules.py)
 
     def on_start(label):
         if stream:
@@ -90,7 +90,7 @@ def add_parser(sub) -> None:
     p.add_argument("--answer", help="expected answer: scores each run (contains-match) and its log-likelihood")
     p.add_argument("--answer-prefix", help="text the answer starts with, pre-filled after the chat prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object per run (config, output, metrics)")
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated (not with --json)")
     add_model_args(p)
     add_recipe_args(p, default=["recommended"])
     add_generation_args(p, max_new_tokens=64)

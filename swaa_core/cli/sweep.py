@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 from ..eval.recipes import default_window, list_recipes
+from ..eval.tasks import TASK_KINDS
 from .common import (
     add_generation_args,
     add_launch_args,
@@ -22,6 +23,8 @@ from .common import (
 from .eval import add_task_args, check_context, task_kwargs
 from .output import frame_table, note, path_caption, print_json
 
+SWEEP_TASKS = tuple(t for t in TASK_KINDS if t != "doc_qa")  # a grid of lengths and depths: built-in tasks only
+
 
 def cmd_sweep(args) -> int:
     from ..eval.results import export, summarize
@@ -33,9 +36,8 @@ def cmd_sweep(args) -> int:
     launch = launch_from_args(args)
     loaded = load_from_args(args, launch)
     check_context(loaded, max(args.lengths), args.max_new_tokens, "--lengths")
-    if args.window is None:
-        args.window = default_window(min(args.lengths))
-    configs = resolve_configs(args, num_layers(loaded), None)
+    window = args.window if args.window is not None else default_window(min(args.lengths))
+    configs = resolve_configs(args, num_layers(loaded), None, window=window)
     spec = SweepSpec(
         configs=configs,
         lengths=args.lengths,
@@ -47,7 +49,7 @@ def cmd_sweep(args) -> int:
     )
     if launch.is_main:
         where = f" on {launch.world} processes" if launch.distributed else ""
-        note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {args.window}){where} -> {args.out}")
+        note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {window}){where} -> {args.out}")
     df = run_sweep(loaded, spec, args.out, progress=not args.quiet and launch.is_main,
                    retry_errors=args.retry_errors, launch=launch)  # fmt: skip
     if not launch.is_main:  # the main process merged the rows and reports for everyone
@@ -85,15 +87,17 @@ def add_parser(sub) -> None:
               swaa sweep --task multi_key --task-arg num_keys=4 --lengths 1024 --out mk.jsonl --group-by label"""
         ),
     )
-    add_task_args(p)
+    add_task_args(p, tasks=SWEEP_TASKS, task_help="; doc_qa, a document of your own, is `swaa eval`'s")
     g = p.add_argument_group("grid")
     g.add_argument("--lengths", "-l", type=int, nargs="+", default=[1024], help="prompt lengths in tokens")
     g.add_argument("--depths", "-d", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths 0..1")
     g = p.add_argument_group("output")
-    g.add_argument("--out", "-o", type=Path, required=True, help="results JSONL (appended; resumable)")
-    g.add_argument("--csv", type=Path, help="also write the tidy table of this sweep as CSV")
+    g.add_argument("--out", "-o", type=Path, required=True, help="results .jsonl file (appended; resumable)")
+    g.add_argument("--csv", type=Path, help="also write the tidy table of this sweep to this .csv file")
     g.add_argument("--retry-errors", action="store_true", help="rerun cells that ended with an error")
-    g.add_argument("--group-by", nargs="+", default=["label", "length_target", "depth"], help="summary table groups")
+    g.add_argument("--group-by", nargs="+", default=["label", "length_target", "depth"], metavar="COLUMN",
+                   help="summary table groups: columns of the results, e.g. label length_target depth seed "
+                        "(default: label length_target depth)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON lines")
     add_model_args(p)
     add_recipe_args(p, default=[r.name for r in list_recipes()])

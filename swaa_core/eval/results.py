@@ -80,14 +80,26 @@ def summarize(df, by: tuple[str, ...] = ("label", "length_target", "depth")):
     ``decode_tokens`` is the fewest decode steps any run of the group was timed over: below
     :data:`~swaa_core.eval.latency.MIN_DECODE_TOKENS` its ``decode_tokens_per_s`` is noise, not a ranking.
     ``timed_total_s`` (prompt to the ``timed_tokens``-th token) compares groups like for like; ``total_s`` is the
-    time of each run's own answer, which differs in length between configs."""
+    time of each run's own answer, which differs in length between configs.
+
+    ``by`` names columns of ``df``: ValueError for one it lacks or for none at all (a group dropped in silence would
+    summarize something else than asked). List values (layer lists, per-layer FA decode) group as tuples."""
     import pandas as pd
 
+    keys = list(dict.fromkeys(by))
+    if not keys:
+        raise ValueError("Nothing to group by: name at least one column of the results.")
     if df.empty:
         return pd.DataFrame()
+    unknown = [k for k in keys if k not in df.columns]
+    if unknown:
+        raise ValueError(f"Cannot group by {', '.join(map(repr, unknown))}: not a column of the results "
+                         f"({', '.join(map(str, df.columns))}).")  # fmt: skip
+    df = df.copy()
+    for k in keys:  # lists and dicts cannot be group keys
+        df[k] = df[k].map(lambda v: tuple(v) if isinstance(v, list) else json.dumps(v) if isinstance(v, dict) else v)
     ok = df[df["error"].isna()].copy()
     ok["correct_num"] = pd.to_numeric(ok["correct"].map(lambda v: None if v is None else float(v)), errors="coerce")
-    keys = [k for k in by if k in ok.columns]
     order = list(dict.fromkeys(df["label"])) if "label" in keys else None
     grouped = ok.groupby(keys, dropna=False, sort=False)
     table = grouped.agg(runs=("cell_id", "size"), **METRICS).reset_index()

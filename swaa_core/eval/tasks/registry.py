@@ -27,6 +27,23 @@ BUILDERS: dict[str, Callable[..., TaskSample]] = {
     "doc_qa": doc_qa,
 }
 TASK_KINDS = tuple(BUILDERS)
+# The extra keywords each kind takes (its options beside length, depth and seed), with the types of their values
+# (None: the builder's own default). tests/swaa_core/cli/test_cli_option_rules.py checks it against the builders.
+_NONE = type(None)
+TASK_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "passkey": {"digits": int, "haystack": str},
+    "needle": {"digits": int, "haystack": str},
+    "multi_key": {"num_keys": int, "digits": int, "haystack": str},
+    "multi_value": {"num_values": int, "digits": int, "haystack": str},
+    "variable_tracking": {"num_hops": int, "digits": int, "haystack": str},
+    "common_words": {"num_common": int, "freq_common": (int, _NONE), "freq_rare": int},
+    "doc_qa": {
+        "document": (str, _NONE),
+        "question": (str, _NONE),
+        "answer": (str, list, tuple, _NONE),
+        "answer_prefix": (str, _NONE),
+    },
+}
 _KIND_ALIASES = {
     "niah": "needle",
     "niah_single": "needle",
@@ -50,16 +67,46 @@ def make_task(kind: str, tokenizer, *, length_tokens: int | None, depth: float |
     variable_tracking ``num_hops``; common_words ``num_common``; every haystack kind ``haystack`` (your own filler
     text instead of the built-in sentences); doc_qa ``document``, ``question``, ``answer``, ``answer_prefix``.
     """
-    key = kind.strip().lower().replace("-", "_") if isinstance(kind, str) else kind
-    key = _KIND_ALIASES.get(key, key)
-    if key not in BUILDERS:
-        raise TaskError(f"Unknown task {kind!r}. Choose one of: {', '.join(TASK_KINDS)}.")
+    key = task_kind(kind)
+    _check_options(key, kw)
     if key != "doc_qa":
         if not isinstance(length_tokens, int) or length_tokens < 1:
             raise TaskError(f"length_tokens must be a positive whole number for {key}, got {length_tokens!r}.")
         if depth is not None and not 0.0 <= float(depth) <= 1.0:
             raise TaskError(f"depth must be between 0 (start of the context) and 1 (end), got {depth!r}.")
     return BUILDERS[key](tokenizer, length_tokens=length_tokens, depth=depth, seed=int(seed), **kw)
+
+
+def task_kind(kind: str) -> str:
+    """The kind's name in :data:`TASK_KINDS` (aliases and spellings such as "multi-key" resolved); TaskError when
+    there is no such kind."""
+    key = kind.strip().lower().replace("-", "_") if isinstance(kind, str) else kind
+    key = _KIND_ALIASES.get(key, key)
+    if key not in BUILDERS:
+        raise TaskError(f"Unknown task {kind!r}. Choose one of: {', '.join(TASK_KINDS)}.")
+    return key
+
+
+def task_option_names(kind: str) -> tuple[str, ...]:
+    """The extra keywords ``kind`` takes (:data:`TASK_OPTIONS`)."""
+    return tuple(TASK_OPTIONS[task_kind(kind)])
+
+
+def _check_options(key: str, kw: dict) -> None:
+    """TaskError naming an option the kind does not take, or a value of the wrong type (instead of the builder's
+    TypeError)."""
+    accepted = TASK_OPTIONS[key]
+    for name, value in kw.items():
+        if name not in accepted:
+            takes = f"its options: {', '.join(accepted)}" if accepted else "it takes none"
+            raise TaskError(f"Task {key} has no option {name!r}; {takes}.")
+        kinds = accepted[name] if isinstance(accepted[name], tuple) else (accepted[name],)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            want = " or ".join(dict.fromkeys(_TYPE_WORDS[k] for k in kinds if k is not _NONE))
+            raise TaskError(f"Task {key}: option {name} takes {want}, got {value!r}.")
+
+
+_TYPE_WORDS = {int: "a whole number", str: "text", list: "a list of texts", tuple: "a list of texts"}
 
 
 def make_samples(
