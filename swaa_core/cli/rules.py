@@ -142,20 +142,21 @@ class Rule:
     note: bool = False
 
     def message(self, args, names: dict[str, str]) -> str | None:
+        why = self.why.format(**vars(args))
         if self.required_by is not None:
             missing = [o for o in self.options if o not in given(args)]
             if not self.required_by(args) or not missing:
                 return None
-            return f"{self.required_by.words(args)} needs {_listed(missing, names)}: {self.why}."
+            return f"{self.required_by.words(args)} needs {_listed(missing, names)}: {why}."
         hit = [o for o in self.options if o in given(args)]
         if not hit:
             return None
         verb = "are" if len(hit) > 1 else "is"
         if self.only_with is not None and not self.only_with(args):
             applies = "apply" if len(hit) > 1 else "applies"
-            return f"{_listed(hit, names)} only {applies} with {self.only_with.words(args)}: {self.why}."
+            return f"{_listed(hit, names)} only {applies} with {self.only_with.words(args)}: {why}."
         if self.unused_with is not None and self.unused_with(args):
-            return f"{_listed(hit, names)} {verb} not used with {self.unused_with.words(args)}: {self.why}."
+            return f"{_listed(hit, names)} {verb} not used with {self.unused_with.words(args)}: {why}."
         return None
 
 

@@ -1,6 +1,7 @@
-"""CLI options that are accepted and then ignored, silently overridden by another option, or that end in a
-traceback instead of a message naming the option. Each test states what the help promises (the project's rule:
-every option a surface accepts is applied, or refused by name) and fails while the command does otherwise."""
+"""Which options of a `swaa` subcommand go together (swaa_core/cli/rules.py): every option a command accepts is
+applied, or refused by name (exit code 1, every broken rule in one go, before any file is read or model loads);
+a note only where the combination has a documented meaning. Output paths, task args and summary columns are checked
+up front too, JSON output is strict, and nothing ends in a traceback."""
 
 from __future__ import annotations
 
@@ -24,48 +25,45 @@ def names_option(err: str, *options: str) -> bool:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def test_run_stream_beside_json_is_not_dropped_silently(tiny_folder, capsys):
-    """`--stream` ("print tokens as they are generated") beside `--json` is switched off without a word
-    (cli/run.py: ``stream = args.stream and not args.json``): refuse the pair or say that --stream is not used."""
+def test_run_refuses_stream_beside_json(tiny_folder, capsys):
+    """`--stream` prints tokens as they come, `--json` one whole object per run: the pair is refused by name."""
     code = main(["run", PROMPT, "--model", tiny_folder, "-r", "swa", "-w", "8", "-n", "2", "--timing-tokens", "0",
                  "--json", "--stream"])  # fmt: skip
     err = capsys.readouterr().err
-    assert "--stream" in err, f"exit {code}; --stream was accepted and ignored"
+    assert code == 1 and "--stream is not used with --json" in err and "loading" not in err, err
 
 
-def test_window_and_sinks_beside_a_recipes_file_without_recipe_are_not_dropped_silently(tiny_folder, tmp_path, capsys):
-    """Without --recipe every config of --recipes-file runs as saved, so --window / --keep-first are not used; with
-    --recipe NAME the command says so ("... runs as saved: the window 8 you chose is not used"), without it nothing
-    is said (cli/common.py resolve_configs: ``if args.recipe:`` guards the note)."""
+def test_window_and_sinks_beside_a_recipes_file_without_recipe_get_a_note(tiny_folder, tmp_path, capsys):
+    """Without --recipe every config of --recipes-file runs as saved (documented): the command runs and notes that
+    --window and --keep-first are not used."""
     recipes = tmp_path / "mine.json"
     recipes.write_text(json.dumps({"mine": {"sliding_window_size": 16, "keep_first": 4}}), encoding="utf-8")
     code = main(["run", PROMPT, "--model", tiny_folder, "--recipes-file", str(recipes), "--window", "8",
                  "--keep-first", "2", "-n", "1", "--timing-tokens", "0", "--json"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0 and json_lines(out)[1]["config"]["sliding_window_size"] == 16  # the file's window ran
-    assert "not used" in err, "--window 8 / --keep-first 2 were accepted and ignored without a note"
+    assert "note: --window and --keep-first are not used with --recipes-file without --recipe" in err, err
 
 
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def test_eval_dataset_refuses_or_names_the_task_options_it_does_not_use(tiny_folder, tmp_path, capsys):
+def test_eval_dataset_refuses_the_task_options_it_does_not_use(tiny_folder, tmp_path, capsys):
     """With --dataset the records are the prompts: --task, --task-arg, --samples, --seed, --length and --depth are
-    accepted and silently unused (cli/eval.py _eval_samples returns load_dataset_records before reading them)."""
+    refused, all named in one message."""
     data = tmp_path / "ds.jsonl"
     data.write_text(json.dumps({"prompt": "The code is 42. ", "question": "What is the code?", "answer": "42"}) + "\n")
     code = main(["eval", "--model", tiny_folder, "--dataset", str(data), "--task", "needle", "--task-arg", "digits=3",
                  "--samples", "5", "--seed", "3", "--length", "500", "--depth", "0.2", "-r", "swa", "-w", "8",
                  "-n", "1", "--timing-tokens", "0", "--no-logprob", "--json", "-q"])  # fmt: skip
     err = capsys.readouterr().err
-    assert names_option(err, "--task-arg", "--samples", "--seed", "--length", "--depth"), (
-        f"exit {code}; dataset run ignored the task options without a word: {err[-400:]}"
-    )
+    assert code == 1 and names_option(err, "--task,", "--task-arg", "--samples", "--seed", "--length", "--depth")
+    assert "not used with --dataset" in err and "loading" not in err, err
 
 
 def test_eval_refuses_doc_qa_options_without_doc_qa(tiny_folder, capsys):
-    """`--question/--answer/--answer-prefix` are "doc_qa: ..." options; with --task passkey they are ignored (the
-    reference stays the passkey). `swaa advise` refuses the same options by name in the same case."""
+    """`--question/--answer/--answer-prefix` are doc_qa's options: with --task passkey they are refused by name, as
+    `swaa advise` refuses them."""
     code = main(["eval", "--model", tiny_folder, "--task", "passkey", "--length", "200", "--samples", "1",
                  "--question", "Who?", "--answer", "ZZZ", "--answer-prefix", "PP", "-r", "swa", "-w", "16", "-n", "1",
                  "--timing-tokens", "0", "--no-logprob", "--json", "-q"])  # fmt: skip
@@ -74,13 +72,12 @@ def test_eval_refuses_doc_qa_options_without_doc_qa(tiny_folder, capsys):
 
 
 def test_eval_refuses_limit_and_split_without_a_dataset(tiny_folder, capsys):
-    """`--limit` ("use only the first N records") and `--split` only apply to --dataset; on a built-in task they are
-    accepted and ignored."""
+    """`--limit` and `--split` choose records of a --dataset: on a built-in task they are refused."""
     code = main(["eval", "--model", tiny_folder, "--length", "200", "--samples", "1", "--limit", "5",
                  "--split", "train", "-r", "swa", "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob",
                  "--json", "-q"])  # fmt: skip
     err = capsys.readouterr().err
-    assert "--limit" in err and "--split" in err, f"exit {code}; --limit/--split accepted and ignored"
+    assert code == 1 and "--limit and --split only apply with --dataset" in err, err
 
 
 # ------------------------------------------------------------------------------------------------ task args
@@ -88,8 +85,8 @@ def test_eval_refuses_limit_and_split_without_a_dataset(tiny_folder, capsys):
 
 @pytest.mark.parametrize("command", ["eval", "sweep", "advise"])
 def test_unknown_task_arg_is_refused_by_name_not_a_traceback(tiny_folder, tmp_path, capsys, command):
-    """`--task-arg bogus=3` reaches the task builder as a keyword: TypeError "passkey() got an unexpected keyword
-    argument 'bogus'" escapes main (eval/tasks/registry.py make_task; cli/__init__.py main does not catch it)."""
+    """`--task-arg bogus=3` is refused before the model loads, naming the task args the task takes (it was a
+    TypeError traceback from the task builder)."""
     argv = {
         "eval": ["eval", "--length", "200", "--samples", "1", "-r", "swa"],
         "sweep": [
@@ -122,27 +119,28 @@ def test_unknown_task_arg_is_refused_by_name_not_a_traceback(tiny_folder, tmp_pa
     code = main([*argv, "--model", tiny_folder, "-w", "16", "--task-arg", "bogus=3", "-q"])
     err = capsys.readouterr().err
     assert code != 0 and "bogus" in err and "Traceback" not in err
+    assert "its task args: digits, haystack" in err and "loading" not in err, err
 
 
 # ------------------------------------------------------------------------------------------------ sweep
 
 
 def test_sweep_group_by_an_unknown_column_is_refused(tiny_folder, tmp_path, capsys):
-    """`--group-by label nosuch` groups by label only, dropping `nosuch` without a word (eval/results.py summarize:
-    ``keys = [k for k in by if k in ok.columns]``); `--group-by nosuch` alone ends in pandas' "No group keys passed!",
-    which names no option, after the whole sweep has run."""
+    """`--group-by label nosuch` is refused before the sweep runs (summarize dropped `nosuch` in silence, and
+    `--group-by nosuch` alone ended in pandas' "No group keys passed!" after the whole sweep)."""
     argv = ["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
             "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(tmp_path / "s.jsonl"), "-q",
             "--json", "--group-by", "label", "nosuch"]  # fmt: skip
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0 and "nosuch" in err and "--group-by" in err, f"exit {code}; unknown group column dropped"
+    assert "loading" not in err and not (tmp_path / "s.jsonl").exists()
 
 
 @pytest.mark.parametrize("command", ["sweep", "distill", "advise"])
 def test_out_that_is_a_folder_is_refused_by_name_not_a_traceback(tiny_folder, tmp_path, capsys, command):
-    """`--out FOLDER` where a file is meant: IsADirectoryError escapes main (for distill and advise after the whole
-    run, whose results are then lost)."""
+    """`--out FOLDER` where a file is meant is refused before the model loads (it was an IsADirectoryError
+    traceback, for distill and advise after the whole run, whose results were then lost)."""
     folder = tmp_path / "a-folder"
     folder.mkdir()
     argv = {
@@ -169,14 +167,14 @@ def test_out_that_is_a_folder_is_refused_by_name_not_a_traceback(tiny_folder, tm
     }[command]
     code = main([*argv, "--model", tiny_folder, "--out", str(folder), "-q"])
     err = capsys.readouterr().err
-    assert code != 0 and ("--out" in err or str(folder) in err) and "Traceback" not in err
+    assert code != 0 and f"--out {folder} is a folder" in err and "Traceback" not in err and "loading" not in err
 
 
 @pytest.mark.parametrize("command", ["sweep", "distill"])
-def test_doc_qa_without_a_document_option_is_refused_by_name(tiny_folder, tmp_path, capsys, command):
-    """`--task doc_qa` is among the choices of sweep and distill (and finetune), which have no --document option:
-    sweep runs every cell into the error "doc_qa needs a document: pass document='...'", distill loads the model and
-    stops with the same Python-keyword message; neither names an option of the command."""
+def test_doc_qa_is_not_a_task_of_commands_without_a_document_option(tiny_folder, tmp_path, capsys, command):
+    """sweep (a grid of lengths and depths) and distill / finetune (prompts by the dozen from seeds) have no
+    --document option, so doc_qa is not among their --task choices: argparse refuses it by name at parse time (exit
+    2). It was offered, and sweep ran every cell into "pass document='...'", a Python keyword."""
     argv = {
         "sweep": [
             "sweep",
@@ -210,29 +208,32 @@ def test_doc_qa_without_a_document_option_is_refused_by_name(tiny_folder, tmp_pa
             str(tmp_path / "d.jsonl"),
         ],  # fmt: skip
     }[command]
-    code = main([*argv, "--model", tiny_folder, "--task", "doc_qa", "-q"])
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--model", tiny_folder, "--task", "doc_qa", "-q"])
     err = capsys.readouterr().err
-    assert code != 0 and "--task" in err and "document='" not in err, err[-300:]
+    assert exit_.value.code == 2 and "argument --task/-t: invalid choice: 'doc_qa'" in err.replace(
+        "--task:", "--task/-t:"
+    )
+    assert f"swaa {command}" in err and "document='" not in err, err[-300:]
 
 
 # ------------------------------------------------------------------------------------------------ distill / finetune
 
 
 def test_distill_dataset_names_the_task_options_it_does_not_use(tiny_folder, tmp_path, capsys):
-    """distill --dataset: --task, --length and --seed are accepted and unused (cli/distill.py prompts)."""
+    """distill --dataset: the records are the prompts, so --task, --length and --seed are refused by name."""
     data = tmp_path / "ds.jsonl"
     data.write_text(json.dumps({"prompt": "The code is 42. ", "question": "What is the code?", "answer": "42"}) + "\n")
     out = tmp_path / "d.jsonl"
     code = main(["distill", "--model", tiny_folder, "--dataset", str(data), "--task", "passkey", "--length", "5000",
                  "--seed", "9", "--samples", "1", "--max-new-tokens", "1", "--keep", "all", "--out", str(out), "-q"])  # fmt: skip
     err = capsys.readouterr().err
-    assert names_option(err, "--length", "--seed"), f"exit {code}; --task/--length/--seed ignored without a word"
+    assert code == 1 and "--task, --length and --seed are not used with --dataset" in err and not out.exists(), err
 
 
 def test_finetune_data_names_the_distillation_options_it_does_not_use(tiny_folder, tmp_path, capsys):
-    """finetune --data FILE trains on FILE: --dataset, --task and --samples beside it are accepted and unused
-    (cli/finetune.py: ``records = load_jsonl(args.data) if args.data else None``), and --eval-length without
-    --eval-samples too."""
+    """finetune --data FILE trains on FILE: --dataset and --samples beside it are refused, and --eval-length
+    without --eval-samples too, before the model loads."""
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"prompt": "The code is 42. What is the code?", "question": "", "answer": "42",
                                 "response": " 42", "judge": 1}) + "\n")  # fmt: skip
@@ -242,60 +243,63 @@ def test_finetune_data_names_the_distillation_options_it_does_not_use(tiny_folde
                  "--eval-length", "300", "-r", "swa-fa-decode", "-w", "16", "--steps", "1", "--rank", "2",
                  "--keep", "all", "--out", str(tmp_path / "adapter"), "-q"])  # fmt: skip
     err = capsys.readouterr().err
-    assert names_option(err, "--dataset", "--samples", "--eval-length"), f"exit {code}; options ignored silently"
+    assert code == 1 and names_option(err, "--dataset", "--samples", "--eval-length"), err
+    assert "loading" not in err and not (tmp_path / "adapter").exists()
 
 
 # ------------------------------------------------------------------------------------------------ recipes
 
 
 def test_recipes_save_json_prints_json(tmp_path, capsys):
-    """`recipes save --json` ("print JSON") prints nothing on stdout."""
+    """`recipes save --json` prints what it saved: the name, the file and the config."""
     assert main(["recipes", "save", "mine", "--from", "swa", "--layers", "4", "--window", "64",
                  "--file", str(tmp_path / "r.json"), "--json"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert json_lines(out), "--json was accepted and nothing was printed"
+    (saved,) = json_lines(out)
+    assert saved["name"] == "mine" and saved["config"]["sliding_window_size"] == 64
 
 
 def test_recipes_save_reads_its_recipes_file(tmp_path, capsys):
-    """`recipes save --recipes-file FILE` ("your saved recipes") is never read: --from a name saved there is an
-    unknown recipe (cli/recipes.py cmd_recipes_save resolves against --file only)."""
+    """`recipes save --from NAME` finds NAME in --recipes-file (read, not written) as well as in --file."""
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps({"other": {"sliding_window_size": 32}}), encoding="utf-8")
     code = main(["recipes", "save", "copy", "--from", "other", "--layers", "4", "--file", str(tmp_path / "r.json"),
                  "--recipes-file", str(mine)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
+    from swaa_core.eval.recipes import load_user_recipes
+
+    assert load_user_recipes(tmp_path / "r.json")["copy"].sliding_window_size == 32
 
 
 def test_recipes_show_layers_and_model_do_not_conflict_silently(tiny_folder, capsys):
-    """`--layers` is "the model's layer count (instead of --model)"; given both, --layers wins without a word
-    (cli/common.py model_layers): the 4-layer model is shown with 8 layers' indices."""
+    """`--layers` is the layer count instead of --model: given both, the pair is refused (--layers won in silence,
+    showing the 4-layer model with 8 layers' indices)."""
     code = main(["recipes", "show", "recommended", "--model", tiny_folder, "--layers", "8", "--json"])
     out, err = capsys.readouterr()
     layers = json_lines(out)[0]["non_sliding_layers"] if code == 0 else None
     assert code != 0 and "--layers" in err and "--model" in err, f"exit {code}; non_sliding_layers {layers}"
 
 
-def test_recipes_show_context_beside_window_is_not_dropped_silently(capsys):
-    """`--context` is "prompt length the window is scaled to"; beside --window it does nothing and nothing says so."""
-    assert main(["recipes", "show", "swa", "--layers", "4", "--window", "100", "--context", "4000", "--json"]) == 0
+def test_recipes_show_refuses_context_beside_window(capsys):
+    """`--context` is the prompt length the window is scaled to; --window fixes the window, so the pair is refused
+    (it printed the config with --context unused and nothing said)."""
+    assert main(["recipes", "show", "swa", "--layers", "4", "--window", "100", "--context", "4000", "--json"]) == 1
     out, err = capsys.readouterr()
-    assert json_lines(out)[0]["sliding_window_size"] == 100
-    assert "--context" in err, "--context was accepted and ignored without a note"
+    assert not out and "--context is not used with --window" in err
 
 
 def test_recipes_file_that_is_a_folder_is_not_called_missing(tmp_path, capsys):
-    """A folder given as --recipes-file is reported as "Recipe file not found", while --prompt-file and --config say
-    "... is a folder; give a text file"."""
+    """A folder given as --recipes-file is called a folder, as --prompt-file and --config say it (it was "Recipe
+    file not found")."""
     assert main(["recipes", "list", "--recipes-file", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "not found" not in err and "folder" in err, err
 
 
 def test_sweep_json_summary_is_strict_json_under_no_logprob(tiny_folder, tmp_path, capsys):
-    """`sweep --json` ("print the summary as JSON lines") with `--no-logprob` prints `"logprob_per_token": NaN`, which
-    is not JSON (RFC 8259); strict parsers refuse the line. A missing value should be null (cli/output.py print_json
-    dumps the summary frame's NaN as is)."""
+    """`sweep --json` with `--no-logprob` prints the missing log-likelihood as null: strict JSON (RFC 8259), where it
+    printed `NaN`, which strict parsers refuse."""
     argv = ["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
             "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(tmp_path / "s.jsonl"), "-q",
             "--json"]  # fmt: skip
@@ -307,3 +311,176 @@ def test_sweep_json_summary_is_strict_json_under_no_logprob(tiny_folder, tmp_pat
 
     for line in out.splitlines():
         json.loads(line, parse_constant=refuse)
+
+
+# ------------------------------------------------------------------------------------------------ the rule tables
+
+
+def test_every_rule_and_check_names_options_of_its_commands():
+    """The tables stay true to the parsers: each rule's options and each check's option exist in every command it
+    names, so a renamed option cannot leave a rule that never fires."""
+    import argparse
+
+    from swaa_core.cli import build_parser, subcommand_parser
+    from swaa_core.cli.rules import RULES, VALUE_CHECKS
+
+    parser = build_parser()
+
+    def dests(command: str) -> set[str]:
+        name, _, action = command.partition(" ")
+        ns = argparse.Namespace(command=name, recipes_command=action or None)
+        return {a.dest for a in subcommand_parser(parser, ns)._actions}
+
+    for rule in RULES:
+        for command in rule.commands:
+            known = dests(command)
+            missing = {o for o in rule.options if o not in known and o != "depths" and o != "depth"}
+            assert not missing, (command, missing)
+            assert {"depth", "depths"} & known or not {"depth", "depths"} & set(rule.options), command
+    for check in VALUE_CHECKS:
+        for command in check.commands:
+            assert check.dest in dests(command), (command, check.dest)
+
+
+def test_task_options_match_the_task_builders():
+    """registry.TASK_OPTIONS lists exactly the keywords each builder takes (through needle's and multi_key's
+    pass-through to niah), and make_task refuses another one, or a value of the wrong type, by name."""
+    import inspect
+
+    from swaa_core.eval.tasks import registry
+    from swaa_core.eval.tasks.needle import niah
+
+    def keywords(fn) -> set[str]:
+        return {
+            n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY or p.default != p.empty
+        }
+
+    fixed = {"length_tokens", "depth", "seed"}
+    for kind, builder in registry.BUILDERS.items():
+        takes = keywords(builder) - fixed
+        if kind in ("needle", "multi_key"):  # **kw into niah, which they give num_keys (needle) and kind
+            takes = (takes | keywords(niah)) - fixed - {"kind"} - ({"num_keys"} if kind == "needle" else set())
+        assert set(registry.TASK_OPTIONS[kind]) == takes, kind
+    with pytest.raises(registry.TaskError, match=r"Task passkey has no option 'bogus'; its options: digits, haystack"):
+        registry.make_task("passkey", None, length_tokens=100, bogus=3)
+    with pytest.raises(registry.TaskError, match=r"option num_keys takes a whole number, got 'four'"):
+        registry.make_task("multi-key", None, length_tokens=100, num_keys="four")
+
+
+def test_an_option_given_at_its_default_value_counts_as_given(tmp_path, capsys):
+    """`--samples 3` is eval's default, typed out: beside --dataset it is refused like any other value."""
+    data = tmp_path / "ds.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "question": "q", "answer": "a"}) + "\n")
+    assert main(["eval", "--model", str(tmp_path / "no-model"), "--dataset", str(data), "--samples", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--samples is not used with --dataset" in err and "Folder not found" not in err
+
+
+REFUSED = [  # (argv after the subcommand's model, what the message says); refused before the model loads
+    (["eval", "--out", "runs.txt"], "--out runs.txt: give a file name ending in .jsonl or .csv"),
+    (["sweep", "--out", "x.csv"], "--out x.csv: give a file name ending in .jsonl (the results are appended"),
+    (["sweep", "--out", "x.jsonl", "--csv", "x.tsv"], "--csv x.tsv: give a file name ending in .csv"),
+    (["distill", "--out", "d.csv"], "--out d.csv: give a file name ending in .jsonl"),
+    (["advise", "--length", "200", "--full-layers", "1", "--out", "a.txt"], "--out a.txt: give a file name ending in .json"),
+    (["eval", "--task", "common_words", "--depth", "0.2"], "--depth is not used with --task common_words"),
+    (["sweep", "--out", "x.jsonl", "--task", "common_words", "--depths", "0.2"], "--depths is not used with --task common_words"),
+    (["eval", "--task", "doc_qa", "--document", "d.txt"], "--task doc_qa needs --question"),
+    (["eval", "--task", "doc_qa", "--document", "d.txt", "--question", "Q?", "--seed", "2"], "--seed is not used with --task doc_qa"),
+    (["eval", "--document", "d.txt"], "--document only applies with --task doc_qa: they are the document task's (the task is passkey)"),
+    (["advise", "--length", "200", "--full-layers", "1", "--out", "a.json", "--task", "doc_qa", "--document", "d.txt"],
+     "--task doc_qa needs --question and --answer"),
+    (["eval", "--task", "doc_qa", "--document", "d.txt", "--question", "Q?", "--task-arg", "digits=3"],
+     "--task-arg 'digits': --task doc_qa takes no such option; it takes no task args (its document, question and "
+     "answer come from"),
+    (["eval", "--task-arg", "digits"], "--task-arg takes KEY=VALUE (e.g. num_keys=4), got 'digits'"),
+    (["distill", "--out", "d.jsonl", "--split", "train"], "--split only applies with --dataset"),
+    (["finetune", "--out", "ad", "--eval-length", "300"], "--eval-length only applies with --eval-samples N"),
+    (["finetune", "--out", "ad", "--targets", " , "], "--targets is empty: name the linear layers LoRA adapts"),
+    (["recipes", "save", "x", "--from", "swa", "--file", "r.txt"], "--file r.txt: give a file name ending in .json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "says"), REFUSED, ids=[" ".join(a) for a, _ in REFUSED])
+def test_options_that_cannot_apply_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, argv, says):
+    import swaa_core
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: pytest.fail("no model may load for refused options"))
+    model = [] if argv[0] == "recipes" else ["--model", str(tmp_path / "no-model")]
+    assert main([*argv, *model]) == 1
+    err = capsys.readouterr().err
+    assert f"swaa: error: {says}" in err and "Traceback" not in err, err
+    assert not any(p.name != "no-model" for p in tmp_path.iterdir()), "a refused command wrote a file"
+
+
+def test_every_broken_rule_is_named_at_once(capsys):
+    assert main(["eval", "--limit", "3", "--question", "Who?", "--depth", "0.3", "--task", "common_words"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("swaa: error: ")]
+    assert len(lines) == 3 and "--limit" in lines[0] and "--question" in lines[1] and "--depth" in lines[2]
+
+
+def test_an_unknown_option_gets_the_usage_of_its_subcommand(capsys):
+    """`distill -n 3`: the distill usage and "swaa distill: error", not the top-level usage."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill", "-n", "3", "--out", "d.jsonl"])
+    err = capsys.readouterr().err
+    assert (
+        exit_.value.code == 2
+        and "usage: swaa distill" in err
+        and "swaa distill: error: unrecognized arguments: -n 3" in err
+    )
+    with pytest.raises(SystemExit):
+        main(["recipes", "show", "swa", "--bogus"])
+    assert "swaa recipes show: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_recipes_file_that_is_a_folder_is_named_before_the_model_loads(tmp_path, capsys):
+    assert main(["run", "Hi", "--model", str(tmp_path / "no-model"), "--recipes-file", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"--recipes-file {tmp_path} is a folder; give a JSON file of recipes" in err and "Folder not found" not in err
+    )
+
+
+def test_recipes_save_says_when_it_replaces_a_saved_recipe(tmp_path, capsys):
+    file = str(tmp_path / "r.json")
+    assert main(["recipes", "save", "mine", "--from", "swa", "--layers", "4", "--window", "64", "--file", file]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main(["recipes", "save", "mine", "--from", "swa", "--layers", "4", "--window", "32", "--file", file]) == 0
+    assert "replaced 'mine' of" in capsys.readouterr().err
+
+
+def test_printed_json_is_strict():
+    """print_json writes null for NaN, pandas' missing values and infinities, and NumPy scalars as numbers."""
+    import io
+    from contextlib import redirect_stdout
+
+    import numpy as np
+    import pandas as pd
+
+    from swaa_core.cli.output import print_json
+
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        print_json({"a": float("nan"), "b": [float("inf"), np.float32(0.5), np.int64(3)], "c": pd.NA, "d": "x"})
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(buffer.getvalue(), parse_constant=refuse) == {"a": None, "b": [None, 0.5, 3], "c": None, "d": "x"}
+
+
+def test_summarize_refuses_a_column_it_cannot_group_by():
+    """summarize (eval/results.py) names a group key the results lack instead of dropping it; list-valued columns
+    (layer lists) group as tuples."""
+    from swaa_core.eval.results import summarize, to_frame
+
+    rows = [{"cell_id": str(i), "label": "swa", "non_sliding_layers": [1, 3], "correct": True, "error": None}
+            for i in range(2)]  # fmt: skip
+    df = to_frame(rows)
+    with pytest.raises(ValueError, match="Cannot group by 'nosuch'"):
+        summarize(df, by=("label", "nosuch"))
+    with pytest.raises(ValueError, match="Nothing to group by"):
+        summarize(df, by=())
+    table = summarize(df, by=("non_sliding_layers",))
+    assert table["runs"].tolist() == [2] and table["non_sliding_layers"].tolist() == [(1, 3)]
