@@ -76,6 +76,7 @@ def cmd_eval(args) -> int:
 
 def _eval_samples(args, tokenizer):
     from ..eval.tasks import load_dataset_records, make_samples
+    from ..eval.tasks.registry import DEPTHLESS, SEEDLESS
 
     if args.dataset:
         return load_dataset_records(args.dataset, split=args.split, limit=args.limit, tokenizer=tokenizer)
@@ -83,10 +84,9 @@ def _eval_samples(args, tokenizer):
     if args.task == "doc_qa":  # --document and --question are there (cli/rules.py)
         kwargs.update(document=read_text_file(args.document, what="Document"), question=args.question,
                       answer=args.answer or "", answer_prefix=args.answer_prefix or "")  # fmt: skip
-    seeds = range(args.seed, args.seed + args.samples)
-    return make_samples(
-        args.task, tokenizer, length_tokens=args.length, seeds=seeds, depths=args.depth or [0.5], **kwargs
-    )
+    seeds = [args.seed] if args.task in SEEDLESS else range(args.seed, args.seed + args.samples)
+    depths = None if args.task in DEPTHLESS else args.depth or [0.5]
+    return make_samples(args.task, tokenizer, length_tokens=args.length, seeds=seeds, depths=depths, **kwargs)
 
 
 def check_context(loaded, length: int, max_new_tokens: int, flag: str) -> None:

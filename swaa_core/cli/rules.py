@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..eval.tasks.registry import DEPTHLESS
 from .common import CLIError
 from .output import note
 
@@ -121,7 +122,7 @@ def both(first: Cond, second: Cond) -> Cond:
     return Cond(lambda a: first(a) and second(a), f"{first.text} {second.text}")
 
 
-DEPTHLESS_TASKS = ("common_words", "doc_qa")  # tasks without a needle: a depth changes nothing
+DEPTHLESS_TASKS = tuple(sorted(DEPTHLESS))  # tasks without a needle: a depth changes nothing
 DATASET = opt("dataset", "--dataset")
 DATA = opt("data", "--data")
 DOC_QA = value_in("task", "doc_qa", text="--task doc_qa")
@@ -185,7 +186,8 @@ RULES: tuple[Rule, ...] = (
          why="the text to read and the question to ask about it (--answer to score the answer)"),
     Rule(("advise",), ("document", "question", "answer"), required_by=DOC_QA,
          why="the advisor scores the likelihood of the answer to the question about your text"),
-    Rule(("eval",), ("seed",), unused_with=DOC_QA, why="your document and question are the same for every seed"),
+    Rule(("eval",), ("seed", "samples"), unused_with=DOC_QA,
+         why="your document and question are the same for every seed"),
     Rule(("eval", "sweep"), ("depth", "depths"),
          unused_with=value_in("task", *DEPTHLESS_TASKS, text="--task {task}"),
          why="the task hides no needle, so a depth changes nothing"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..eval.recipes import default_window, list_recipes
 from ..eval.tasks import TASK_KINDS
+from ..eval.tasks.registry import DEPTHLESS
 from .common import (
     add_generation_args,
     add_launch_args,
@@ -41,7 +42,7 @@ def cmd_sweep(args) -> int:
     spec = SweepSpec(
         configs=configs,
         lengths=args.lengths,
-        depths=args.depths,
+        depths=None if args.task in DEPTHLESS else args.depths,  # typed depths there: refused (cli/rules.py)
         seeds=list(range(args.seed, args.seed + args.samples)),
         task=args.task,
         task_kwargs=task_kwargs(args.task_arg),

@@ -31,6 +31,7 @@ from .results import current_rows, to_frame
 from .run_spec import RunSpec
 from .runner import BASELINE_LABEL, RunResult, run_one
 from .tasks import TaskError, make_task
+from .tasks.registry import DEPTHLESS, check_grid, task_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class SweepSpec:
     """What to run: the grid (``configs`` x ``lengths`` x ``depths`` x ``seeds``), the task, and the one
     :class:`RunSpec` every cell runs under.
 
-    ``configs`` maps labels to configs (None: full attention, always added first if missing). ``run``: the run
+    ``configs`` maps labels to configs (None: full attention, always added first if missing). ``depths`` defaults to
+    [0.5], or [None] for a task without a needle (where other depths are refused, as several seeds are for a task
+    that reads the user's text: :func:`~swaa_core.eval.tasks.registry.check_grid`). ``run``: the run
     value; or give its settings as keywords (``max_new_tokens=3, decode_path="fixed"``, ...; a sweep's
     ``max_new_tokens`` defaults to 16), not both. The settings read through: ``spec.max_new_tokens`` is
     ``spec.run.max_new_tokens``. ValueError naming what is wrong with the grid or a setting; TypeError for a keyword
@@ -62,7 +65,7 @@ class SweepSpec:
         lengths = _whole_numbers(lengths, "lengths", "positive whole numbers of tokens")
         if not lengths or any(n < 1 for n in lengths):
             raise ValueError(f"lengths must be positive whole numbers of tokens, got {lengths!r}.")
-        depths = [0.5] if depths is None else list(depths)
+        depths = ([None] if task_kind(task) in DEPTHLESS else [0.5]) if depths is None else list(depths)
         if not depths:
             raise ValueError("depths is empty; use [None] for tasks without a needle depth.")
         for d in depths:
@@ -71,6 +74,7 @@ class SweepSpec:
         seeds = [0] if seeds is None else _whole_numbers(seeds, "seeds", "whole numbers")
         if not seeds:
             raise ValueError("seeds is empty: give at least one sample seed.")
+        check_grid(task, seeds, depths)
         if run is None:
             settings = {**SWEEP_DEFAULTS, **settings}
         self.run = RunSpec.of(run, **settings)

@@ -27,6 +27,8 @@ BUILDERS: dict[str, Callable[..., TaskSample]] = {
     "doc_qa": doc_qa,
 }
 TASK_KINDS = tuple(BUILDERS)
+DEPTHLESS = frozenset({"common_words", "doc_qa"})  # no needle: a depth changes nothing in their samples
+SEEDLESS = frozenset({"doc_qa"})  # the user's own text: a seed changes nothing in their samples
 # The extra keywords each kind takes (its options beside length, depth and seed), with the types of their values
 # (None: the builder's own default). tests/swaa_core/cli/test_cli_option_rules.py checks it against the builders.
 _NONE = type(None)
@@ -77,6 +79,19 @@ def make_task(kind: str, tokenizer, *, length_tokens: int | None, depth: float |
     return BUILDERS[key](tokenizer, length_tokens=length_tokens, depth=depth, seed=int(seed), **kw)
 
 
+def check_grid(kind: str, seeds: list, depths) -> None:
+    """ValueError when a grid of ``seeds`` x ``depths`` would repeat one sample of ``kind`` (a task name or alias):
+    depths other than None for a kind without a needle (:data:`DEPTHLESS`), several seeds for one that reads the
+    user's own text (:data:`SEEDLESS`)."""
+    key = task_kind(kind)
+    if key in DEPTHLESS and depths is not None and any(d is not None for d in depths):
+        raise ValueError(f"{key} hides no needle, so every depth gives the same sample: leave the depths out (got "
+                         f"{list(depths)}).")  # fmt: skip
+    if key in SEEDLESS and len(seeds) > 1:
+        raise ValueError(f"{key} reads your own text, so every seed gives the same sample: ask for one sample (got "
+                         f"{len(seeds)} seeds).")  # fmt: skip
+
+
 def task_kind(kind: str) -> str:
     """The kind's name in :data:`TASK_KINDS` (aliases and spellings such as "multi-key" resolved); TaskError when
     there is no such kind."""
@@ -120,10 +135,14 @@ def make_samples(
 ) -> list[TaskSample]:
     """Samples of ``kind`` for every seed (in order), each at every depth of ``depths``; ``depths=None`` gives one
     sample per seed with the depths spread evenly over the context, ``(i + 0.5) / n`` for the i-th of n seeds.
-    Other keywords go to :func:`make_task`. Raises :class:`ValueError` when there are no seeds."""
+    Other keywords go to :func:`make_task`. Raises :class:`ValueError` when there are no seeds, and
+    (:func:`check_grid`) for depths of a kind without a needle or several seeds of a kind that reads the user's text:
+    those would be identical samples, counted as if they were several."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("No samples asked for: the number of samples (seeds) must be a whole number >= 1.")
+    key = task_kind(kind)
+    check_grid(key, seeds, depths)
     if depths is None:
         pairs = [(seed, (i + 0.5) / len(seeds)) for i, seed in enumerate(seeds)]
     else:

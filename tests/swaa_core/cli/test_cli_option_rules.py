@@ -484,3 +484,27 @@ def test_summarize_refuses_a_column_it_cannot_group_by():
         summarize(df, by=())
     table = summarize(df, by=("non_sliding_layers",))
     assert table["runs"].tolist() == [2] and table["non_sliding_layers"].tolist() == [(1, 3)]
+
+
+def test_a_task_without_a_needle_sweeps_one_cell_per_seed(tiny_folder, tmp_path, capsys):
+    """`sweep --task common_words` without --depths: the default depths (0.1 0.5 0.9) would be three identical cells
+    per seed counted as three runs; the grid has one cell per recipe and seed, recorded without a depth."""
+    out = tmp_path / "s.jsonl"
+    assert main(["sweep", "--model", tiny_folder, "--task", "common_words", "--lengths", "200", "--samples", "2",
+                 "-r", "swa", "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(out),
+                 "-q"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 * 2 and all(r["depth"] is None for r in rows)  # (full + swa) x 2 seeds
+
+
+def test_eval_doc_qa_reads_the_document_once_and_refuses_samples(tiny_folder, tmp_path, capsys):
+    """`eval --task doc_qa`: one sample (every seed gives the same document and question), and --samples is refused
+    by name instead of repeating it."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The grass is green. " * 10, encoding="utf-8")
+    argv = ["eval", "--model", tiny_folder, "--task", "doc_qa", "--document", str(doc), "--question", "Colour?",
+            "-r", "swa", "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--json", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(json_lines(capsys.readouterr().out)) == 2  # full attention and swa, one sample each
+    assert main([*argv, "--samples", "3"]) != 0
+    assert "--samples" in capsys.readouterr().err

@@ -322,7 +322,7 @@ def test_swaa_advise_writes_a_config_that_swaa_run_reads(tiny_folder, tmp_path, 
         (["--full-layers", "7"], "this model has 4 layers: 7 full layers is more than it has"),
         (["--prefill-budget", "0.01"], "is out of reach"),
         (["--prefill-budget", "1.5"], "argument --prefill-budget: must be a number > 0 and < 1"),
-        (["--full-layers", "2", "--question", "q"], "--question only apply to --task doc_qa"),
+        (["--full-layers", "2", "--question", "q"], "--question only applies with --task doc_qa"),
     ],
 )
 def test_swaa_advise_refuses_bad_budgets_by_name(tiny_folder, tmp_path, capsys, extra, says):

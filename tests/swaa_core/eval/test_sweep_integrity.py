@@ -175,3 +175,19 @@ def test_the_weights_fingerprint_sees_one_changed_bit_and_no_copy():
         assert whole == (int(odd.long().sum()), int((odd.long() * (torch.arange(1001) % 65521 + 1)).sum()))
     finally:
         stamp._CHUNK = saved
+
+
+def test_grids_that_would_repeat_one_sample_are_refused_by_name(tok):
+    """Depths of a task without a needle, several seeds of a task that reads the user's text: identical samples that
+    a table would count as several; refused by the library as by the CLI. Without depths, a needle-less task's grid
+    has one cell per seed."""
+    from swaa_core.eval.tasks import make_samples
+
+    assert spec(task="common_words", task_kwargs={}, depths=None).depths == [None]
+    with pytest.raises(ValueError, match="common_words hides no needle"):
+        spec(task="common_words", task_kwargs={}, depths=[0.1, 0.9])
+    with pytest.raises(ValueError, match="common_words hides no needle"):
+        make_samples("cwe", tok, length_tokens=200, seeds=[0], depths=[0.5])
+    with pytest.raises(ValueError, match="doc_qa reads your own text"):
+        make_samples("doc_qa", tok, length_tokens=None, seeds=[0, 1], document="Some text.", question="Which?")
+    assert len(make_samples("common_words", tok, length_tokens=200, seeds=[0, 1])) == 2

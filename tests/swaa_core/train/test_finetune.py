@@ -323,7 +323,7 @@ def test_cli_distill_then_finetune(tmp_path, monkeypatch, capsys):
     assert "2 answers with full attention" in capsys.readouterr().out
     out = tmp_path / "adapter"
     args = ["finetune", "--data", str(data), "--recipe", "swa-sinks-fa-decode", "--window", "8", "--sinks", "2",
-            "--steps", "2", "--length", "80", "--out", str(out), "-q"]  # fmt: skip
+            "--steps", "2", "--out", str(out), "-q"]  # fmt: skip
     assert main(args) == 1  # the random model's answers are all wrong: nothing to train on by default
     assert "No training data left: 2 of 2" in capsys.readouterr().err
     assert main([*args, "--keep", "all"]) == 0
