@@ -12,6 +12,10 @@ from .haystack import word_list
 def common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_common=None, freq_rare=1):
     if not isinstance(num_common, int) or num_common < 1:
         raise TaskError(f"num_common must be at least 1, got {num_common!r}.")
+    if not isinstance(freq_rare, int) or freq_rare < 1:
+        raise TaskError(f"freq_rare (how often each other word appears) must be at least 1, got {freq_rare!r}.")
+    if freq_common is not None and (not isinstance(freq_common, int) or freq_common < 2):
+        raise TaskError(f"freq_common (how often each common word appears) must be at least 2, got {freq_common!r}.")
     rng = random.Random(seed)
     pool = list(word_list("noun"))
     rng.shuffle(pool)

@@ -132,6 +132,8 @@ def test_doc_qa_wraps_the_document_and_finds_the_answer(tok):
         ("passkey", {"length_tokens": 0}, "positive"),
         ("multi_key", {"length_tokens": 500, "num_keys": 1}, "num_keys"),
         ("doc_qa", {"length_tokens": None, "question": "Q?"}, "needs a document"),
+        ("common_words", {"length_tokens": 500, "freq_rare": 0}, "freq_rare"),  # once a ZeroDivisionError
+        ("common_words", {"length_tokens": 500, "freq_common": 1}, "freq_common"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(tok, kind, kwargs, message):
