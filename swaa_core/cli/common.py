@@ -223,13 +223,24 @@ def _check_files_first(args) -> None:
     model load or download."""
     user = load_user_recipes(args.recipes_file) if getattr(args, "recipes_file", None) else {}
     names = getattr(args, "recipe", None) or []
-    for name in [names] if isinstance(names, str) else names:  # `finetune --recipe` takes one name, the others a list
+    names = [names] if isinstance(names, str) else names  # `finetune --recipe` takes one name, the others a list
+    for name in names:
         recipe_named(name, user)
+    check_recipes_file_used(args, names, user)
     for option in ("data", "dataset"):
         value = getattr(args, option, None)
         is_file_name = isinstance(value, (str, Path)) and str(value).endswith((".json", ".jsonl", ".parquet", ".csv"))
         if is_file_name and not Path(value).is_file():
             raise SWAAConfigError(f"--{option}: file not found: {value}")
+
+
+def check_recipes_file_used(args, names: list[str], user: dict) -> None:
+    """CLIError when recipes are named and --recipes-file holds none of them: the file would be read and not used."""
+    if user and names and not any(name in user for name in names):
+        raise CLIError(
+            f"--recipes-file {args.recipes_file} holds none of the recipes named ({', '.join(map(_short, names))}), "
+            f"so it is not used: name one of its recipes ({', '.join(user)}), or leave --recipes-file out."
+        )
 
 
 def model_layers(args) -> int:

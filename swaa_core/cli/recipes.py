@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..engine.config import SWAAConfig
 from ..eval.recipes import list_recipes, load_user_recipes, resolve_recipe, save_user_recipes, unused_settings
-from .common import MODEL_HELP, add_window_args, formatter, model_layers
+from .common import MODEL_HELP, add_window_args, check_recipes_file_used, formatter, model_layers
 from .output import console, note, print_json
 
 
@@ -44,6 +44,7 @@ def cmd_recipes_list(args) -> int:
 
 def cmd_recipes_show(args) -> int:
     user = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    check_recipes_file_used(args, [args.name], user)
     layers = model_layers(args)
     cfg = resolve_recipe(args.name, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=user)  # fmt: skip
@@ -68,7 +69,9 @@ def cmd_recipes_show(args) -> int:
 def cmd_recipes_save(args) -> int:
     existing = load_user_recipes(args.file) if args.file.exists() else {}
     # --from names a preset, a recipe of --file, or one of --recipes-file (read, never written)
-    known = {**existing, **(load_user_recipes(args.recipes_file) if args.recipes_file else {})}
+    mine = load_user_recipes(args.recipes_file) if args.recipes_file else {}
+    check_recipes_file_used(args, [args.source], mine)
+    known = {**existing, **mine}
     layers = model_layers(args)
     cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=known)  # fmt: skip

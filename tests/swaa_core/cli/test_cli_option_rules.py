@@ -508,3 +508,26 @@ def test_eval_doc_qa_reads_the_document_once_and_refuses_samples(tiny_folder, tm
     assert len(json_lines(capsys.readouterr().out)) == 2  # full attention and swa, one sample each
     assert main([*argv, "--samples", "3"]) != 0
     assert "--samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "Hi", "-r", "swa"],
+        ["finetune", "-r", "swa-fa-decode", "--samples", "1", "--out", "ADAPTER"],
+        ["recipes", "show", "swa", "--layers", "4"],
+        ["recipes", "save", "copy", "--from", "swa", "--layers", "4", "--file", "R"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_a_recipes_file_none_of_whose_recipes_is_named_is_refused(tiny_folder, tmp_path, capsys, argv):
+    """--recipes-file beside recipe names it does not hold would be read and not used: refused, naming its recipes,
+    before any model loads or file is written."""
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"narrow": {"sliding_window_size": 8}}), encoding="utf-8")
+    argv = [str(tmp_path / ("x.json" if a == "R" else "x")) if a in ("ADAPTER", "R") else a for a in argv]
+    extra = ["--model", tiny_folder] if argv[0] in ("run", "finetune") else []
+    assert main([*argv, *extra, "--recipes-file", str(mine)]) != 0
+    err = capsys.readouterr().err
+    assert "--recipes-file" in err and "narrow" in err and "not used" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.json").exists()
