@@ -249,10 +249,16 @@ def load_user_recipes(path: str | Path) -> dict[str, SWAAConfig]:
     Upstream entries have no names; they get a descriptive one such as "SWA 2000 + 10 sinks + FA decode".
     """
     path = Path(path)
+    if path.is_dir():
+        raise SWAAConfigError(f"Recipe file {path} is a folder; give the JSON file of your recipes.")
     if not path.is_file():
         raise SWAAConfigError(f"Recipe file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SWAAConfigError(
+            f"Recipe file {path} is not text (UTF-8 JSON); give the JSON file of your recipes."
+        ) from None
     except json.JSONDecodeError as e:
         raise SWAAConfigError(f"Recipe file {path} is not valid JSON: {e}") from None
     try:

@@ -187,6 +187,12 @@ def test_recipe_file_errors_name_the_file_and_the_recipe(tmp_path):
     bare.write_text(json.dumps([{"name": "tight", "sliding_window_size": 64, "keep_frist": 4}]))
     with pytest.raises(SWAAConfigError, match=rf"^Recipe file {re.escape(str(bare))}: Recipe 'tight': Unknown"):
         load_user_recipes(bare)
+    with pytest.raises(SWAAConfigError, match="is a folder"):
+        load_user_recipes(tmp_path)
+    binary = tmp_path / "weights.json"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(SWAAConfigError, match="is not text"):
+        load_user_recipes(binary)
 
 
 def test_an_unknown_name_lists_the_files_recipes_and_the_closest_one():
