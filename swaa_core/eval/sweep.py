@@ -296,7 +296,8 @@ def _run_cells(loaded, spec, run, todo: list[Cell], n_cells: int, out_path: Path
 @contextlib.contextmanager
 def output_lock(out_path: str | Path):
     """Hold a results file for one writer (an OS lock on ``OUT.lock`` beside it, released when the holder ends,
-    however it ends). ValueError when another sweep or merge holds it."""
+    however it ends; the empty lock file stays, as filelock leaves it, since deleting it could let two writers lock
+    two files of one name). ValueError when another sweep or merge holds it."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(f"{out_path}.lock", timeout=0, thread_local=False)

@@ -65,7 +65,10 @@ def test_two_process_sweep_writes_the_rows_of_one_process(tiny_folder, tmp_path)
     assert len(rows1) == 3 * 2 * 2 == len({r["cell_id"] for r in rows2})  # 3 configs x 2 lengths x 2 samples
     assert computed(rows2) == computed(rows1)  # same cells, same order, same outputs, scores and log-likelihoods
     assert all(r["error"] is None for r in rows2) and {r["answer_logprob"] is not None for r in rows2} == {True}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "one.jsonl", "two.csv", "two.jsonl"]
+    # no part file left; each output keeps its (released) lock file beside it, as filelock leaves them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.csv", "one.jsonl", "one.jsonl.lock", "two.csv", "two.jsonl", "two.jsonl.lock"
+    ]  # fmt: skip
     import pandas as pd
 
     csv1, csv2 = (pd.read_csv(tmp_path / f) for f in ("one.csv", "two.csv"))
