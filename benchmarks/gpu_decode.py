@@ -37,7 +37,6 @@ Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import statistics
 import sys
@@ -56,7 +55,6 @@ from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
-from swaa_core.engine.kernels.flex import flex_decode  # noqa: E402
 from swaa_core.engine.kernels.sdpa import decode_sdpa  # noqa: E402
 from swaa_core.eval.decoding import decode_kernels, shared_cache  # noqa: E402
 
@@ -109,25 +107,7 @@ def attention_variants(L: int, H: int = 32, Hkv: int = 8, D: int = 128) -> dict:
             q.view(1, Hkv, H // Hkv, D), k, v, attn_mask=mask
         ),
         "static path: sdpa gqa, masked": lambda: decode_sdpa(q, k, v, mask, D**-0.5, fixed_shape=True),
-        "compiled step: flex decoding, masked": lambda: _compiled_flex_decode()(q, k, v, mask, D**-0.5),
-        "matmul + softmax, grouped heads, masked": lambda: _matmul_decode(q, k, v, mask, D**-0.5),
     }
-
-
-def _matmul_decode(q, k, v, mask, scaling):
-    """Decode attention in plain torch ops (a candidate for the eager graph step): a KV group's query heads as the
-    rows of one GEMM, so each key is read once per group, as in FlashDecoding, but by cuBLAS."""
-    B, H, _, D = q.shape
-    Hkv = k.shape[1]
-    scores = (q.view(B, Hkv, H // Hkv, D) @ k.transpose(-1, -2)) * scaling  # (B, Hkv, G, L)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(v.dtype)
-    return (probs @ v).view(B, H, 1, D)
-
-
-@functools.cache
-def _compiled_flex_decode():
-    return torch.compile(flex_decode, fullgraph=True, dynamic=False)  # one graph per key length (flex decoding
-    # failed to compile with dynamic shapes on torch 2.11: docs/benchmarks.md)
 
 
 def run_kernels(out: dict):

@@ -6,11 +6,10 @@ Llama-3.1-8B-shaped model with random weights (bf16, batch 1), W=2048, 128 sinks
 Per prompt length and configuration (SWA decode, full attention), the variants take turns inside every repeat:
 
 - ``graph``: the fixed-buffer step eager, captured in a CUDA graph (``fast_generate(compile=False)``);
-- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured, attending with the
-  library's default kernel for compiled steps (``static_cache.COMPILED_DECODE_KERNEL``);
-- ``compiled-flex`` / ``compiled-sdpa`` (and ``NAME-flex`` / ``NAME-sdpa`` for each --inductor variant): the same,
-  attending through FlexAttention's split-KV decoding kernel (``kernels.flex.flex_decode``) or through SDPA as the
-  eager step does;
+- ``compiled``: the same step under ``torch.compile`` (inductor defaults), then captured;
+- ``frozen``: the same with ``compiled_step.FROZEN_FUSED`` (freezing, so q/k/v and gate/up run as one GEMV each, and
+  coordinate descent tuning): ``fast_generate(compile=inductor_backend(**FROZEN_FUSED))``, opt-in (a second copy of
+  the fused weights: about 9 GB for the 8B shape);
 - one variant per ``--inductor NAME=K=V[,K=V]`` (``torch._inductor.config`` settings, e.g.
   ``cdt=coordinate_descent_tuning=True``), compiled by its own inductor backend, kept apart by dynamo.
 
@@ -40,7 +39,7 @@ from gpu_common import llama8b, tiny_llama  # noqa: E402
 from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
 from swaa_core import SWAAConfig, swaa  # noqa: E402
-from swaa_core.engine import static_cache  # noqa: E402
+from swaa_core.engine.compiled_step import FROZEN_FUSED, inductor_backend  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
 
 RESULTS: dict = {"rows": [], "profiles": [], "failures": []}
@@ -90,23 +89,11 @@ class Profiled(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-BACKENDS: dict = {"graph": False, "compiled": True}  # variant -> fast_generate's compile argument
-KERNELS: dict = {}  # compiled variant -> the decode attention it forces (static_cache.COMPILED_DECODE_KERNEL)
-DEFAULT_KERNEL = static_cache.COMPILED_DECODE_KERNEL
-
-
-def inductor_with(patches: dict):
-    """An inductor backend with ``torch._inductor.config`` patches (dynamo keeps its graphs apart per backend)."""
-    from torch._inductor.compile_fx import compile_fx
-
-    def backend(gm, example_inputs):
-        return compile_fx(gm, example_inputs, config_patches=patches)
-
-    return backend
+BACKENDS: dict = {"graph": False, "compiled": True, "frozen": inductor_backend(**FROZEN_FUSED)}  # -> compile=
+OPT_IN = {"frozen"}
 
 
 def run(model, ids, variant: str, new: int, **extra):
-    static_cache.COMPILED_DECODE_KERNEL = KERNELS.get(variant, DEFAULT_KERNEL)
     return fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], do_sample=False, compile=BACKENDS[variant],
                          **extra)  # fmt: skip
 
@@ -148,8 +135,7 @@ def main(argv=None):
         "--variants",
         nargs="*",
         default=None,
-        help="variants to run (default: graph, compiled and every --inductor one); NAME-flex / NAME-sdpa, for "
-        "compiled and each --inductor NAME, force that decode kernel",
+        help="variants to run (default: graph, compiled and every --inductor one; frozen on request)",
     )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--layers", type=int, default=32)
@@ -158,12 +144,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch._dynamo.config.recompile_limit = 64
     inductor = dict(settings(s) for s in args.inductor)
-    BACKENDS.update({name: inductor_with(patches) for name, patches in inductor.items()})
-    for name, backend in list(BACKENDS.items()):  # the same compilation per decode kernel (opt-in: --variants)
-        for kernel in ("flex", "sdpa") if backend is not False else ():
-            BACKENDS[f"{name}-{kernel}"] = inductor_with(inductor.get(name, {}))
-            KERNELS[f"{name}-{kernel}"] = kernel
-    variants = args.variants or [name for name in BACKENDS if name not in KERNELS]
+    BACKENDS.update({name: inductor_backend(**patches) for name, patches in inductor.items()})
+    variants = args.variants or [name for name in BACKENDS if name not in OPT_IN]
     unknown = sorted(set(variants) - set(BACKENDS))
     if unknown:
         p.error(f"unknown variants {unknown}: the known ones are {list(BACKENDS)}")

@@ -11,6 +11,8 @@ compiled kernels as it captures the eager ones. Source: gpt-fast and transformer
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .cache import KEY_BUCKET
@@ -25,6 +27,32 @@ def bucket_slots(slots: int, bucket: int = COMPILE_BUCKET) -> int:
     if slots < 1 or bucket < 1:
         raise ValueError(f"slots and bucket must be positive (got {slots}, {bucket}).")
     return -(-slots // bucket) * bucket
+
+
+# The inductor settings that brought the compiled SWA step of an 8B-shaped Llama to 88-90% of the bandwidth floor at
+# 8K-128K on an H100 (77% with inductor's defaults; docs/benchmarks.md, 2026-12-06): freezing folds the weights in as
+# constants, so inductor concatenates the q/k/v and the gate/up projections into one GEMV each (gpt-fast's fused
+# projections, at the cost of a second copy of those weights: about 9 GB for the 8B shape), and coordinate descent
+# tunes each generated kernel's launch. The first call compiles for 45-55 s instead of 5-21 s.
+FROZEN_FUSED = {"freezing": True, "coordinate_descent_tuning": True}
+
+
+@functools.cache
+def _inductor_backend(patches: tuple):
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(gm, example_inputs):
+        return compile_fx(gm, example_inputs, config_patches=dict(patches))
+
+    return backend
+
+
+def inductor_backend(**config_patches):
+    """A ``torch.compile`` backend: inductor with ``torch._inductor.config`` settings for its compilations only (e.g.
+    ``inductor_backend(**FROZEN_FUSED)``), for ``fast_generate(compile=...)``. Equal settings give the same backend
+    object, so calls with equal settings share compiled steps (dynamo keeps graphs apart per backend). Raises
+    TypeError for a value that is not hashable."""
+    return _inductor_backend(tuple(sorted(config_patches.items())))
 
 
 def compiled_forward(model, backend: str = "inductor"):

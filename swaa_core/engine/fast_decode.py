@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,7 @@ def fast_generate(
     cuda_graph: bool | None = None,
     generation_config=None,
     logits_processor=None,
-    compile: bool | str = False,
+    compile: bool | str | Callable = False,
     prefill: str = "batch",
     **options,
 ) -> DecodeResult:
@@ -104,7 +105,8 @@ def fast_generate(
     ``no_repeat_ngram_size``, ``num_return_sequences``, ``return_dict_in_generate`` with ``output_scores``, a
     ``tokenizer`` for ``stop_strings``, ...). ``eos_token_id=[]``: never end a row early.
     ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``compile``: True (or
-    a ``torch.compile`` backend name) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
+    a ``torch.compile`` backend: a name, or e.g. ``compiled_step.inductor_backend(**FROZEN_FUSED)``, the fastest
+    measured) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
     config turns it off). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
     row at a time and moves each into the batch's fixed buffers before the next (a server's way: the activations of

@@ -25,7 +25,6 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .cache import KeyView, SWAACacheLayer, ring_index
-from .kernels.flex import flex_decode
 from .kernels.sdpa import decode_sdpa
 from .kinds import MaskKind
 from .masks import visible
@@ -58,12 +57,6 @@ class SlotTable:
         self.mask = visible(self.kind, self.clock.positions, held, held >= 0, False)[:, None, None]
 
 
-# What a compiled CUDA decode step attends with: "sdpa" (the eager step's kernel, verified on an H100) or "flex"
-# (FlexAttention's split-KV decoding, CPU-tested only: the default once a GPU run shows its tokens and its speed).
-# Dynamo guards on it: after a change the next compiled step recompiles (one of the recompile limit's graphs).
-COMPILED_DECODE_KERNEL = "sdpa"
-
-
 class StaticSlots(CacheLayerMixin):
     """One layer's fixed (B, H, L, D) key and value buffers, and the :class:`SlotTable` of its geometry."""
 
@@ -87,11 +80,10 @@ class StaticSlots(CacheLayerMixin):
         return self.keys, self.values
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
-        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D), through SDPA; a compiled
-        CUDA step through :func:`~swaa_core.engine.kernels.flex.flex_decode` when ``COMPILED_DECODE_KERNEL`` says
-        "flex"."""
-        if COMPILED_DECODE_KERNEL == "flex" and query.is_cuda and torch.compiler.is_compiling():
-            return flex_decode(query, key, value, self.table.mask, scaling)
+        """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D), through SDPA, compiled
+        or not. (FlexAttention under compile was measured instead and lost: 114 us per layer against SDPA's 9 us at
+        32K keys on an H100, no split-KV kernel chosen, and other greedy tokens than the eager step; 2026-12-06,
+        docs/benchmarks.md.)"""
         return decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)
 
     def get_seq_length(self) -> int:

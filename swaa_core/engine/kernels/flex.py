@@ -34,30 +34,6 @@ def _compiled_flex():
     return torch.compile(flex_attention, fullgraph=True)
 
 
-def flex_decode(q, k, v, mask, scaling: float) -> torch.Tensor:
-    """One query token over a fixed buffer, for a decode step that ``torch.compile`` traces: q (B, H, 1, D), k/v
-    (B, Hkv, L, D), mask bool (B, 1, 1, L), True where the key is seen -> (B, 1, H, D).
-
-    Inductor lowers this call to FlexAttention's decoding kernel (``flex_decoding``: the keys are split across the
-    SMs and the query heads of one KV group share a block, so every key is read once; the FlashDecoding scheme of Dao
-    et al., 2023) when its conditions hold (torch 2.13: fewer than 128 queries, static batch and head counts, and a
-    power-of-two ratio of query to KV heads, as 32/8 for Llama-3-8B; not 28/4). Otherwise it takes the main flex
-    kernel, which pads the one query to a tile. SDPA took 22.6 us for the 2,176 keys of a W=2048 ring and 58.5 us for
-    32K keys, against 2 and 31 us of reading them, per layer on an H200 (docs/benchmarks.md); why is not measured (a
-    likely cause: few blocks at one query). Called outside a compiled region, ``flex_attention`` runs its dense eager
-    reference instead, so :class:`~swaa_core.engine.static_cache.StaticSlots` calls this only while compiling, and
-    only when ``static_cache.COMPILED_DECODE_KERNEL`` is "flex" (not yet the default: no GPU has run it)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    seen = mask[:, 0, 0]  # (B, L)
-
-    def hide_unseen(score, b, h, q_idx, kv_idx):
-        return torch.where(seen[b, kv_idx], score, -float("inf"))
-
-    out = flex_attention(q, k, v, score_mod=hide_unseen, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
-    return out.transpose(1, 2)
-
-
 # Each dtype, head size, grad mode, first dynamic shape and window value costs flex_attention one compiled graph.
 # Past dynamo's default of 8 graphs per function it silently falls back to the eager flex_attention, which builds
 # the full score matrix: seen on an H100 (torch 2.11) as 87 ms instead of 0.7 ms at 8K and out of memory at 32K.

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 from transformers import GenerationConfig
 
 from swaa_core import SWAAConfig, apply_swaa, remove_swaa
-from swaa_core.engine.compiled_step import COMPILE_BUCKET, bucket_slots
+from swaa_core.engine.compiled_step import COMPILE_BUCKET, FROZEN_FUSED, bucket_slots, inductor_backend
 from swaa_core.engine.fast_decode import fast_generate
 
 W, K = 6, 2
@@ -60,24 +60,10 @@ def test_compiled_step_equals_the_eager_step_and_compiles_once_per_bucket():
         remove_swaa(model)
 
 
-@pytest.mark.parametrize("heads,kv_heads,length", [(4, 2, 96), (2, 2, 130)])
-def test_flex_decode_under_compile_equals_masked_attention_in_float64(heads, kv_heads, length):
-    """flex_decode (what a compiled CUDA step attends with) against softmax(q k^T * scale, unseen keys hidden) v,
-    computed in float64 by hand; compiled on the CPU, where inductor lowers flex_attention to its CPU template."""
-    from swaa_core.engine.kernels.flex import flex_decode
-
-    gen = torch.Generator().manual_seed(heads * 1000 + length)
-    B, D, scale = 2, 16, 0.25
-    q = torch.randn(B, heads, 1, D, generator=gen)
-    k, v = (torch.randn(B, kv_heads, length, D, generator=gen) for _ in range(2))
-    mask = torch.rand(B, 1, 1, length, generator=gen) < 0.4
-    mask[0, ..., :7] = False  # a run of unseen keys, as padding and evicted ring slots are
-    mask[1, ..., -1] = True  # every row sees its newest key
-    out = torch.compile(flex_decode, fullgraph=True)(q, k, v, mask, scale)
-
-    group = heads // kv_heads
-    kk, vv = (t.double().repeat_interleave(group, dim=1) for t in (k, v))
-    scores = (q.double() @ kk.transpose(-1, -2)) * scale
-    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ vv  # (B, H, 1, D)
-    assert out.shape == (B, 1, heads, D)
-    torch.testing.assert_close(out.double(), expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+def test_inductor_backends_with_equal_settings_are_one_backend():
+    """Dynamo keeps compiled graphs apart per backend object: equal settings must give the same one, or every
+    fast_generate call with them would compile again."""
+    assert inductor_backend(**FROZEN_FUSED) is inductor_backend(coordinate_descent_tuning=True, freezing=True)
+    assert inductor_backend(**FROZEN_FUSED) is not inductor_backend(freezing=True)
+    with pytest.raises(TypeError):
+        inductor_backend(some_setting=[1, 2])
