@@ -48,7 +48,8 @@ def cmd_recipes_show(args) -> int:
     layers = model_layers(args)
     cfg = resolve_recipe(args.name, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=user)  # fmt: skip
-    for text in unused_settings(args.name, window=args.window, keep_first=args.keep_first, user_recipes=user):
+    for text in unused_settings(args.name, window=args.window, keep_first=args.keep_first, user_recipes=user,
+                                context_tokens=args.context):  # fmt: skip
         note(text)
     if args.json:
         print_json(None if cfg is None else cfg.to_dict())
@@ -75,7 +76,8 @@ def cmd_recipes_save(args) -> int:
     layers = model_layers(args)
     cfg = resolve_recipe(args.source, layers, window=args.window, keep_first=args.keep_first,
                          context_tokens=args.context, user_recipes=known)  # fmt: skip
-    for text in unused_settings(args.source, window=args.window, keep_first=args.keep_first, user_recipes=known):
+    for text in unused_settings(args.source, window=args.window, keep_first=args.keep_first, user_recipes=known,
+                                context_tokens=args.context):  # fmt: skip
         note(text)
     saved = cfg or SWAAConfig()
     replaced = existing.get(args.name)

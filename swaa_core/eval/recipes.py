@@ -318,11 +318,15 @@ def unused_settings(
     window: int | None = None,
     keep_first: int | None = None,
     user_recipes: dict[str, SWAAConfig] | None = None,
+    context_tokens: int | None = None,
 ) -> list[str]:
-    """Why a window or sink count the caller chose does not reach this recipe's config (empty when both apply), so
-    a front end can say so instead of silently running something else than asked."""
+    """Why a window, sink count or context length (what a preset's window is scaled to) the caller chose does not
+    reach this recipe's config (empty when all apply), so a front end can say so instead of silently running
+    something else than asked."""
     recipe = name_or_recipe if isinstance(name_or_recipe, Recipe) else _lookup(name_or_recipe, user_recipes)
-    given = [f"window {window}" if window is not None else "", f"{keep_first} sinks" if keep_first else ""]
+    scaled = recipe.config is None and recipe.sliding and window is None  # only then does the context length count
+    given = [f"window {window}" if window is not None else "", f"{keep_first} sinks" if keep_first else "",
+             f"context length {context_tokens}" if context_tokens and not scaled else ""]  # fmt: skip
     given = [g for g in given if g]
     if not given:
         return []

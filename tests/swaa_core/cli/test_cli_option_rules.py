@@ -531,3 +531,14 @@ def test_a_recipes_file_none_of_whose_recipes_is_named_is_refused(tiny_folder, t
     err = capsys.readouterr().err
     assert "--recipes-file" in err and "narrow" in err and "not used" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_recipes_show_names_a_context_length_it_does_not_use(tmp_path, capsys):
+    """--context scales a preset's window; for full attention or a saved config it changes nothing, and says so."""
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"narrow": {"sliding_window_size": 8}}), encoding="utf-8")
+    assert main(["recipes", "show", "swa", "--layers", "4", "--context", "4000", "--json"]) == 0
+    assert "context length" not in capsys.readouterr().err
+    for name, extra in (("full", []), ("narrow", ["--recipes-file", str(mine)])):
+        assert main(["recipes", "show", name, "--layers", "4", "--context", "4000", "--json", *extra]) == 0
+        assert "context length 4000 you chose is not used" in capsys.readouterr().err
