@@ -50,7 +50,9 @@ def cmd_sweep(args) -> int:
     )
     if launch.is_main:
         where = f" on {launch.world} processes" if launch.distributed else ""
-        note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, window {window}){where} -> {args.out}")
+        sizes = sorted({c.sliding_window_size for c in spec.configs.values() if c is not None})  # as they run
+        windows = f"window {', '.join(map(str, sizes))}" if sizes else "full attention only"
+        note(f"sweep: {spec.total_cells} runs ({len(spec.configs)} configs, {windows}){where} -> {args.out}")
     df = run_sweep(loaded, spec, args.out, progress=not args.quiet and launch.is_main,
                    retry_errors=args.retry_errors, launch=launch)  # fmt: skip
     if not launch.is_main:  # the main process merged the rows and reports for everyone
