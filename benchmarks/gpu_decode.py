@@ -54,6 +54,7 @@ from gpu_common import SUMMARY, Stamps, gib, llama8b  # noqa: E402
 from gpu_decode_public import run_public  # noqa: E402
 
 from swaa_core import SWAAConfig, kv_cache_bytes, remove_swaa, swaa  # noqa: E402
+from swaa_core.engine.compiled_step import FROZEN_FUSED, inductor_backend  # noqa: E402
 from swaa_core.engine.fast_decode import fast_generate  # noqa: E402
 from swaa_core.engine.kernels.sdpa import decode_sdpa  # noqa: E402
 from swaa_core.eval.decoding import decode_kernels, shared_cache  # noqa: E402
@@ -270,7 +271,8 @@ def run_end_to_end(out: dict, model):
     """Modes per configuration (--e2e-modes): ``eager`` (``generate`` as the runner runs it), ``graph``
     (``fast_generate``, eager step in a CUDA graph), ``compiled`` (the step compiled by inductor, then captured: its
     first call, compilation included, and a second request of the same length, which reuses the compiled step as a
-    server's later requests do). ``stock`` is one more row: transformers' own ``generate`` on the model without SWAA
+    server's later requests do), ``frozen`` (the same with ``compiled_step.FROZEN_FUSED``, the fastest step measured;
+    a second copy of the fused weights). ``stock`` is one more row: transformers' own ``generate`` on the model without SWAA
     (dynamic cache, its default kernels), the baseline a user starts from."""
     n, new = max(ARGS.prompts), ARGS.e2e_tokens
     ids, again = prompt(n, seed=8), prompt(n, seed=9)
@@ -294,10 +296,12 @@ def run_end_to_end(out: dict, model):
                     lambda: fast_generate(model, ids, max_new_tokens=new, eos_token_id=[])
                 )
                 row["graph_parts"] = _parts(r)
-            if "compiled" in ARGS.e2e_modes:
-                for key, x in (("compiled_first_call", ids), ("compiled", again)):
+            for mode, backend in (("compiled", True), ("frozen", inductor_backend(**FROZEN_FUSED))):
+                if mode not in ARGS.e2e_modes:
+                    continue
+                for key, x in ((f"{mode}_first_call", ids), (mode, again)):
                     row[f"{key}_s"], r = _timed_generate(
-                        lambda x=x: fast_generate(model, x, max_new_tokens=new, eos_token_id=[], compile=True)
+                        lambda x=x, b=backend: fast_generate(model, x, max_new_tokens=new, eos_token_id=[], compile=b)
                     )
                     row[f"{key}_parts"] = _parts(r)
         print(label, row, flush=True)
@@ -461,7 +465,7 @@ def parse(argv=None):
         "--e2e-modes",
         nargs="+",
         default=["stock", "graph", "compiled"],
-        choices=["stock", "eager", "graph", "compiled"],
+        choices=["stock", "eager", "graph", "compiled", "frozen"],
     )
     p.add_argument(
         "--e2e-configs", nargs="+", default=None, choices=CONFIG_NAMES, help="end_to_end: configurations (default: all)"
