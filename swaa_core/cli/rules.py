@@ -263,9 +263,9 @@ CLI_TASK_OPTIONS = ("document", "question", "answer", "answer_prefix")  # set by
 
 
 def _group_by(value, args, flag):
-    from ..eval.results import COLUMNS
+    from ..eval.sweep import row_fields
 
-    unknown = [k for k in value if k not in COLUMNS]
+    unknown = [k for k in value if k not in row_fields()]
     if not unknown:
         return None
     return (
@@ -287,11 +287,12 @@ class Check:
 
 
 VALUE_CHECKS: tuple[Check, ...] = (
-    Check(("eval",), "out", _output_file(".jsonl", ".csv", what="every run is written as JSON lines or CSV")),
-    Check(("sweep",), "out", _output_file(".jsonl", what="the results are appended to it as JSON lines; for a CSV "
+    Check(("eval",), "out", _output_file(".jsonl", ".ndjson", ".csv", what="every run is written as JSON lines or "
+                                                                            "CSV")),
+    Check(("sweep",), "out", _output_file(".jsonl", ".ndjson", what="the results are appended to it as JSON lines; for a CSV "
                                                          "table add --csv FILE")),
     Check(("sweep",), "csv", _output_file(".csv", what="the table as CSV")),
-    Check(("distill",), "out", _output_file(".jsonl", what="one JSON line per answer is written")),
+    Check(("distill",), "out", _output_file(".jsonl", ".ndjson", what="one JSON line per answer is written")),
     Check(("advise",), "out", _output_file(".json", what='the recommendation is written as {"swaa_config": ...}')),
     Check(("recipes save",), "file", _output_file(".json", what="the recipes are written as JSON")),
     Check(("finetune",), "out", _output_folder),

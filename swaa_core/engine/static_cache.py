@@ -81,9 +81,9 @@ class StaticSlots(CacheLayerMixin):
 
     def attend(self, query, key, value, scaling: float) -> torch.Tensor:
         """(B, H, 1, D) query over the whole buffer under this step's mask -> (B, 1, H, D), through SDPA, compiled
-        or not. (FlexAttention under compile was measured instead and lost: 114 us per layer against SDPA's 9 us at
-        32K keys on an H100, no split-KV kernel chosen, and other greedy tokens than the eager step; 2026-12-06,
-        docs/benchmarks.md.)"""
+        or not. (FlexAttention under compile was measured instead and lost: 114 us per layer against SDPA's 9 us in
+        the SWA step of a 32K prompt (a 2,176-key ring) on an H100, no split-KV kernel chosen, and other greedy
+        tokens than the eager step; 2026-12-06, docs/benchmarks.md.)"""
         return decode_sdpa(query, key, value, self.table.mask, scaling, fixed_shape=True)
 
     def get_seq_length(self) -> int:

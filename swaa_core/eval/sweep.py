@@ -402,6 +402,19 @@ def _run_cell(loaded, spec: SweepSpec, run: RunSpec, cell: Cell, samples: dict, 
     return _row(result, cell, model=model, task=spec.task)
 
 
+def row_fields() -> frozenset[str]:
+    """The columns of every row a sweep writes: a run's fields and the cell's (what ``--group-by`` may name)."""
+    from .runner import RunResult as Result
+
+    run = {f.name for f in fields(Result)} - {"kv_cache_bytes_per_layer"}  # _row drops the per-layer list
+    return frozenset(run | {"answer_logprob_per_token"} | CELL_FIELDS)
+
+
+CELL_FIELDS = frozenset({"cell_id", "model", "task", "length_target", "depth", "actual_depth", "needle_distance",
+                         "seed", "mask_kind", "window", "keep_first", "force_fa_decode", "non_sliding_layers",
+                         "finished_at"})  # fmt: skip
+
+
 def _row(result: RunResult, cell: Cell, *, model: str, task: str) -> dict:
     row = result.to_dict()
     cfg = result.config or {}

@@ -377,8 +377,8 @@ def test_an_option_given_at_its_default_value_counts_as_given(tmp_path, capsys):
 
 
 REFUSED = [  # (argv after the subcommand's model, what the message says); refused before the model loads
-    (["eval", "--out", "runs.txt"], "--out runs.txt: give a file name ending in .jsonl or .csv"),
-    (["sweep", "--out", "x.csv"], "--out x.csv: give a file name ending in .jsonl (the results are appended"),
+    (["eval", "--out", "runs.txt"], "--out runs.txt: give a file name ending in .jsonl or .ndjson or .csv"),
+    (["sweep", "--out", "x.csv"], "--out x.csv: give a file name ending in .jsonl or .ndjson (the results are appended"),
     (["sweep", "--out", "x.jsonl", "--csv", "x.tsv"], "--csv x.tsv: give a file name ending in .csv"),
     (["distill", "--out", "d.csv"], "--out d.csv: give a file name ending in .jsonl"),
     (["advise", "--length", "200", "--full-layers", "1", "--out", "a.txt"], "--out a.txt: give a file name ending in .json"),
@@ -542,3 +542,15 @@ def test_recipes_show_names_a_context_length_it_does_not_use(tmp_path, capsys):
     for name, extra in (("full", []), ("narrow", ["--recipes-file", str(mine)])):
         assert main(["recipes", "show", name, "--layers", "4", "--context", "4000", "--json", *extra]) == 0
         assert "context length 4000 you chose is not used" in capsys.readouterr().err
+
+
+def test_group_by_takes_every_column_a_row_has_and_ndjson_outputs(tiny_folder, tmp_path, capsys):
+    """--group-by accepts the row's own columns beyond the table's first ones (device, threads), and JSON-lines
+    outputs may be named .ndjson, as results.export writes them."""
+    out = tmp_path / "s.ndjson"
+    assert main(["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
+                 "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(out), "-q", "--json",
+                 "--group-by", "label", "device", "threads"]) == 0  # fmt: skip
+    groups = json_lines(capsys.readouterr().out)
+    assert groups and all({"device", "threads"} <= g.keys() for g in groups)
+    assert len(out.read_text().splitlines()) == 2

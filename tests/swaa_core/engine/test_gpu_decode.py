@@ -105,3 +105,21 @@ def test_compiled_step_greedy_tokens_equal_the_eager_step_over_256_tokens(fa_dec
     assert torch.equal(compiled.sequences, eager.sequences), f"logits differ by up to {worst}"
     assert worst < 1e-3
     assert again.compiled and again.setup_s < compiled.setup_s / 3, (again.setup_s, compiled.setup_s)
+
+
+def test_a_frozen_compiled_step_follows_weights_changed_in_place():
+    """FROZEN_FUSED bakes the weights into the compiled step (freezing); after an in-place change (load_adapter,
+    a training step) the next call must decode with the new weights, as the eager step does, not the old ones.
+    (On the CPU, 2026-12-06, it did: dynamo recompiled.)"""
+    model = gpu_model(seed=11)
+    x = ids(120, seed=12)
+    frozen = inductor_backend(**FROZEN_FUSED)
+    kw = dict(max_new_tokens=40, do_sample=False, eos_token_id=[])
+    with swaa(model, CONFIG), torch.no_grad():
+        before = fast_generate(model, x, compile=frozen, **kw).sequences
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(-3.0)
+            layer.mlp.up_proj.weight.mul_(2.5)
+        after = fast_generate(model, x, compile=frozen, **kw).sequences
+        eager = fast_generate(model, x, **kw).sequences
+    assert not torch.equal(before, eager) and torch.equal(after, eager)

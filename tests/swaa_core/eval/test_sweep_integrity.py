@@ -55,8 +55,9 @@ def test_local_model_folder_saved_over_runs_again_and_the_same_weights_resume(to
     assert ran == []
 
 
-def test_adapter_attached_in_place_reuses_the_base_models_rows(tok, tmp_path):
-    """load_adapter changes the model in place (documented); the sweep's id has no adapter/weights in it."""
+def test_an_adapter_attached_in_place_runs_its_cells_again(tok, tmp_path):
+    """load_adapter changes the model in place (documented): the weights fingerprint in the cell ids tells the two
+    models apart, so the adapter's cells run and answer as a fresh run does."""
     from peft import LoraConfig, get_peft_model
 
     from swaa_core.train import load_adapter
@@ -133,7 +134,7 @@ def _raised(action) -> str:
     return ""
 
 
-def test_numpy_seeds_key_cells_apart_from_the_same_int_seeds(tok, tmp_path):
+def test_numpy_seeds_are_the_same_cells_as_int_seeds(tok, tmp_path):
     """NumPy integer seeds and lengths are the same cells as plain ints (a resume with ints runs nothing) and are
     recorded as numbers; floats and booleans are refused by name."""
     loaded, out = tiny_loaded(tok), tmp_path / "out.jsonl"
@@ -191,3 +192,22 @@ def test_grids_that_would_repeat_one_sample_are_refused_by_name(tok):
     with pytest.raises(ValueError, match="doc_qa reads your own text"):
         make_samples("doc_qa", tok, length_tokens=None, seeds=[0, 1], document="Some text.", question="Which?")
     assert len(make_samples("common_words", tok, length_tokens=200, seeds=[0, 1])) == 2
+
+
+def test_a_padded_tokenizer_call_between_two_sweeps_changes_no_cell(tok, tmp_path):
+    """The tokenizer's fingerprint leaves out the padding and truncation state its last call left behind (a user's
+    own tok(batch, padding=True) between two sweeps must not make every cell run again)."""
+    loaded, out = tiny_loaded(tok), tmp_path / "out.jsonl"
+    run_sweep(loaded, spec(), out, progress=False)
+    tok(["a b", "a b c d"], padding=True, truncation=True, max_length=3)
+    ran = []
+    run_sweep(loaded, spec(), out, progress=False, on_result=ran.append)
+    assert ran == []
+
+
+def test_rows_hold_exactly_the_fields_group_by_may_name(tok, tmp_path):
+    """sweep.row_fields() (what `swaa sweep --group-by` accepts) is every key of a written row, no more."""
+    from swaa_core.eval.sweep import row_fields
+
+    run_sweep(tiny_loaded(tok), spec(), tmp_path / "out.jsonl", progress=False)
+    assert {frozenset(r) for r in read_jsonl(tmp_path / "out.jsonl")} == {row_fields()}
