@@ -56,6 +56,17 @@ def left_padded(*rows: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, tor
     return batch, mask
 
 
+def padded_batch(n: int = 30, pads=(0, 9, 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of ``len(pads)`` random rows of ``n`` slots, row i left-padded with ``pads[i]``
+    zeros (seeded: every call gives the same batch)."""
+    ids = torch.randint(3, 97, (len(pads), n), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, p in enumerate(pads):
+        mask[row, :p] = 0
+        ids[row, :p] = 0
+    return ids, mask
+
+
 CHATML_TEMPLATE = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

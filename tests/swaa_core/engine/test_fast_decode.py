@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 from helpers.streamers import Collect
-from helpers.tiny_models import build_tiny_model
+from helpers.tiny_models import build_tiny_model, padded_batch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 
@@ -25,15 +25,6 @@ CONFIGS = {
     "fa-decode": SWAAConfig(sliding_window_size=W, keep_first=K, force_fa_decode=True),
     "fa-layer + evicting": SWAAConfig(sliding_window_size=W, keep_first=K, non_sliding_layers=[1]),
 }
-
-
-def padded_batch(n: int = 30, pads=(0, 9, 3)):
-    ids = torch.randint(3, 97, (len(pads), n), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    for row, p in enumerate(pads):
-        mask[row, :p] = 0
-        ids[row, :p] = 0
-    return ids, mask
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -10,21 +10,12 @@ import random
 
 import pytest
 import torch
-from helpers.tiny_models import build_tiny_model
+from helpers.tiny_models import build_tiny_model, padded_batch
 
 from swaa_core import SWAAConfig, apply_swaa, fast_generate, remove_swaa
 from swaa_core.engine.families import attention_modules
 
 CFG = SWAAConfig(sliding_window_size=6, keep_first=2)
-
-
-def padded_batch(n: int = 30, pads=(0, 9, 3)):
-    ids = torch.randint(3, 97, (len(pads), n), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    for row, p in enumerate(pads):
-        mask[row, :p] = 0
-        ids[row, :p] = 0
-    return ids, mask
 
 
 def lora(model):
