@@ -20,7 +20,7 @@ from .columns import ColumnSpec, columns_for
 from .model_service import ADAPTERS, loaded_model, num_layers
 from .prompts import Prompt, model_input, model_input_tokens, token_count
 from .runs import CANCELS, stream_columns
-from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, whole_in_range
+from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, seed_of, whole_in_range
 from .temp_files import write_temp
 
 MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
@@ -78,8 +78,10 @@ class Comparison:
         n = num_layers(loaded)
         cfg = strategy.to_config(n)
         columns = columns_for(cfg, options.pinned, n, options.adapter or "")
+        if prompt.source == "task":  # a task asked longer than the context is refused before its haystack is built
+            _check_tokens(loaded, prompt.task_length(), spec.max_new_tokens, from_task=True)
         sample = prompt.sample(loaded.tokenizer)
-        request = cls(loaded, cfg, columns, sample, spec, int(prompt.seed or 0))
+        request = cls(loaded, cfg, columns, sample, spec, seed_of(prompt.seed))
         _check_length(loaded, sample, spec.max_new_tokens, spec.cot, from_task=prompt.source == "task")
         return request
 
@@ -121,7 +123,10 @@ class Comparison:
 
 
 def _check_length(loaded, sample, max_new: int, cot: bool, *, from_task: bool) -> None:
-    n = model_input_tokens(loaded.tokenizer, sample, cot=cot)
+    _check_tokens(loaded, model_input_tokens(loaded.tokenizer, sample, cot=cot), max_new, from_task=from_task)
+
+
+def _check_tokens(loaded, n: int, max_new: int, *, from_task: bool) -> None:
     try:
         check_context(loaded.model, n, max_new, info=loaded.info)
     except ContextOverflowError as e:  # the same rule as every run; the page's own words and controls

@@ -14,6 +14,7 @@ from pathlib import Path
 from swaa_core.eval.tasks import TaskSample, count_tokens, make_task
 
 from .assets import ASSETS
+from .state import MAX_LENGTH, seed_of, whole_in_range
 
 EXAMPLES_DIR = ASSETS / "examples"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -146,16 +147,22 @@ class Prompt:
     answer_prefix: str = ""
 
     def sample(self, tokenizer) -> TaskSample:
-        """The sample every column answers (ValueError with a message for the user when it cannot be built)."""
+        """The sample every column answers (ValueError with a message for the user when it cannot be built, naming
+        the field: a seed or length that is no whole number, an unknown source)."""
+        seed = seed_of(self.seed)
         if self.source == "task":
-            return task_sample(tokenizer, self.task, length=self.length, depth=self.depth, seed=self.seed or 0)
-        return text_sample(
-            tokenizer, self.document, self.question, self.answer, self.answer_prefix, seed=self.seed or 0
-        )
+            return task_sample(tokenizer, self.task, length=self.task_length(), depth=self.depth, seed=seed)
+        if self.source != "text":
+            raise ValueError(f"The prompt source must be 'task' or 'text', got {self.source!r}.")
+        return text_sample(tokenizer, self.document, self.question, self.answer, self.answer_prefix, seed=seed)
+
+    def task_length(self) -> int:
+        """The task's length in tokens (ValueError naming it unless a whole number from 1 to MAX_LENGTH)."""
+        return whole_in_range(self.length, "Length", 1, MAX_LENGTH)
 
 
 def task_sample(tokenizer, kind: str, *, length: int, depth: float, seed: int) -> TaskSample:
-    return make_task(kind, tokenizer, length_tokens=int(length), depth=float(depth), seed=int(seed))
+    return make_task(kind, tokenizer, length_tokens=length, depth=float(depth), seed=seed)
 
 
 def text_sample(tokenizer, document: str, question: str, answer: str, answer_prefix: str, *, seed: int) -> TaskSample:

@@ -173,6 +173,16 @@ def whole_in_range(value, what: str, low: int, high: int) -> int:
     return int(number)
 
 
+MAX_LENGTH = 131072  # tokens a task prompt may ask for: beyond any supported context
+MAX_SEED = 2**31 - 1
+
+
+def seed_of(value) -> int:
+    """A sample seed from a page or API value: a whole number from 0 to 2**31 - 1 (blank: 0); ValueError naming
+    the seed otherwise (a seed of 1.5 is not silently run as 1)."""
+    return whole_in_range(0 if value is None or value == "" else value, "Seed", 0, MAX_SEED)
+
+
 def _whole(value, what: str) -> int:
     try:
         number = float(value)
@@ -328,14 +338,23 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
         settings.__setattr__(attr, value)
 
 
+PINNED_KEYS = frozenset({"label", "config", "adapter"})
+
+
 def parse_pinned(data) -> list[dict]:
     """Validated pinned columns: a list of {"label", "config"} with upstream config objects."""
     if not isinstance(data, list):
         raise ValueError("pinned columns must be a list.")
+    if len(data) > MAX_PINNED:
+        raise ValueError(f"at most {MAX_PINNED} pinned columns run beside the strategy, got {len(data)}.")
     out = []
-    for item in data[:MAX_PINNED]:
+    for item in data:
         if not isinstance(item, dict) or "config" not in item:
             raise ValueError("each pinned column needs a 'config' object.")
+        unknown = sorted(set(item) - PINNED_KEYS)
+        if unknown:
+            raise ValueError(f"a pinned column takes {', '.join(sorted(PINNED_KEYS))}; it does not apply "
+                             f"{', '.join(map(repr, unknown))}.")  # fmt: skip
         cfg = SWAAConfig.from_dict(item["config"])
         if cfg.is_full_attention:
             raise ValueError("a pinned column needs a window size (full attention always runs).")

@@ -21,10 +21,17 @@ from swaa_core.eval.recipes import get_recipe, list_recipes, recipe_label, resol
 from .columns import config_label
 from .model_service import loaded_model, num_layers
 from .runs import session_run
-from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, whole_in_range, window_and_sinks
+from .state import (
+    COT_LABEL,
+    MAX_LENGTH,
+    Strategy,
+    checked_flag,
+    decode_path_choice,
+    seed_of,
+    whole_in_range,
+    window_and_sinks,
+)
 from .temp_files import temp_folder
-
-MAX_LENGTH = 131072  # tokens: beyond any supported context
 
 
 def _freeze(obj, **values) -> None:
@@ -73,7 +80,7 @@ class RecipeSweepSettings:
         window, sinks = window_and_sinks(self.window, self.sinks)
         _freeze(self, recipes=recipes, samples=samples, length=length, window=window, sinks=sinks)
         path = decode_path_choice(self.decode_path)
-        _freeze(self, seed=int(self.seed or 0), cot=checked_flag(self.cot, COT_LABEL), decode_path=path)
+        _freeze(self, seed=seed_of(self.seed), cot=checked_flag(self.cot, COT_LABEL), decode_path=path)
 
 
 @dataclass
@@ -156,8 +163,9 @@ class NeedleSweepSettings:
         lengths = tuple(sorted({whole_in_range(x, "Each length", 64, MAX_LENGTH) for x in self.lengths}))
         depths = whole_in_range(self.depths, "Depths", 2, 11)
         samples = whole_in_range(self.samples, "Samples per cell", 1, 10)
-        task = self.task if self.task in NEEDLE_TASKS else "needle"
-        _freeze(self, lengths=lengths, depths=depths, samples=samples, seed=int(self.seed or 0), task=task)
+        if self.task not in NEEDLE_TASKS:
+            raise ValueError(f"The needle sweep's task must be one of {', '.join(NEEDLE_TASKS)}, got {self.task!r}.")
+        _freeze(self, lengths=lengths, depths=depths, samples=samples, seed=seed_of(self.seed), task=self.task)
 
 
 def needle_sweep(active_model, strategy: Strategy, sweep: NeedleSweepSettings, request, progress):

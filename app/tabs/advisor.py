@@ -8,6 +8,7 @@ endpoint app.api.advise runs the same :func:`run_for_session`.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from ..model_service import loaded_model, num_layers
 from ..plots import FA_COLOR, SWA_COLOR, message_figure, style_figure, tradeoff_figure
 from ..runs import HEAVY, session_run
 from ..sidebar.strategy import STRATEGY, strategy_updates
-from ..state import Settings, Strategy
+from ..state import MAX_LENGTH, Settings, Strategy, whole_in_range, window_and_sinks
 
 TITLE, ID = "Advisor", "advisor"
 BUDGET_KINDS = ("full layers", "prefill share", "KV GiB")
@@ -43,17 +44,23 @@ class AdvisorSettings:
     task: str = "needle"
 
     def __post_init__(self):
-        for name, low in (("length", 64), ("window", 1), ("sinks", 0), ("samples", 1), ("held_out", 1)):
-            v = getattr(self, name)
-            if v is None or float(v) != int(v) or int(v) < low:
-                raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}.")
-            object.__setattr__(self, name, int(v))
+        for name, (low, high) in {"length": (64, MAX_LENGTH), "samples": (1, 1000), "held_out": (1, 1000)}.items():
+            object.__setattr__(self, name, whole_in_range(getattr(self, name), name, low, high))
+        window, sinks = window_and_sinks(self.window, self.sinks)  # the strategy controls' rule, in their words
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "sinks", sinks)
         if self.budget_kind not in BUDGET_KINDS:
             raise ValueError(f"budget_kind must be one of {', '.join(BUDGET_KINDS)}; got {self.budget_kind!r}.")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}.")
         if self.budget is None:
             raise ValueError("Give a budget value.")
+        try:
+            budget = float(self.budget)
+        except (TypeError, ValueError):
+            raise ValueError(f"The budget must be a number, got {self.budget!r}.") from None
+        if not math.isfinite(budget):
+            raise ValueError(f"The budget must be a finite number, got {self.budget!r}.")
 
     def to_budget(self):
         from swaa_core.eval.budget import Budget

@@ -193,8 +193,11 @@ class SWAAConfig:
     def from_dict(cls, data: dict[str, Any]) -> SWAAConfig:
         if not isinstance(data, dict):
             raise SWAAConfigError(f"A SWAA config must be a JSON object, got {type(data).__name__}.")
-        if "swaa_config" in data and isinstance(data["swaa_config"], dict):
-            data = data["swaa_config"]
+        if "swaa_config" in data:  # the nested form of upstream files and adapters; null there: full attention
+            nested = data["swaa_config"]
+            if nested is not None and not isinstance(nested, dict):
+                raise SWAAConfigError(f"swaa_config must be an object of SWAA config fields or null, got {nested!r}.")
+            data = nested or {}
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
             raise SWAAConfigError(f"Unknown SWAA config field(s) {unknown}; expected some of {list(KEYS)}.")

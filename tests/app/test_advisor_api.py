@@ -37,7 +37,7 @@ def test_advise_returns_the_recommendation_and_its_check(client, tiny_folder):
         (dict(budget=4), "full attention"),
         (dict(budget_kind="prefill share", budget=0.01), "out of reach"),
         (dict(budget_kind="watts"), "not in the list of choices"),
-        (dict(samples=0), "samples must be a whole number >= 1"),
+        (dict(samples=0), "samples must be a whole number from 1 to 1000"),
     ],
 )
 def test_advise_refuses_bad_budgets_by_name(client, tiny_folder, change, says):

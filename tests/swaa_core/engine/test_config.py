@@ -178,3 +178,13 @@ def test_a_mask_kind_without_a_size_is_refused_not_dropped():
     with pytest.raises(SWAAConfigError, match="mask_kind 'chunked' needs sliding_window_size \\(its chunk size\\)"):
         SWAAConfig.from_dict({"sliding_window_size": None, "mask_kind": "chunked"})
     assert SWAAConfig.from_dict({"sliding_window_size": None, "keep_first": 4}).is_full_attention  # upstream's baseline
+
+
+def test_a_null_nested_config_is_full_attention_and_other_values_are_refused():
+    """{"swaa_config": null}, as upstream files write full attention, is full attention; a nested value that is no
+    object is refused by name, not called an unknown field."""
+    from swaa_core.engine.config import SWAAConfig, SWAAConfigError
+
+    assert SWAAConfig.from_dict({"swaa_config": None}).is_full_attention
+    with pytest.raises(SWAAConfigError, match="swaa_config must be an object"):
+        SWAAConfig.from_dict({"swaa_config": "2048"})
