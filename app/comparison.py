@@ -77,7 +77,7 @@ class Comparison:
         loaded = loaded_model(active_model)
         n = num_layers(loaded)
         cfg = strategy.to_config(n)
-        columns = columns_for(cfg, options.pinned, n, options.adapter or "")
+        columns = columns_for(cfg, options.pinned, n, (options.adapter or "").strip())  # spaces only: no adapter
         if prompt.source == "task":  # a task asked longer than the context is refused before its haystack is built
             _check_tokens(loaded, prompt.task_length(), spec.max_new_tokens, from_task=True)
         sample = prompt.sample(loaded.tokenizer)

@@ -358,7 +358,7 @@ def parse_pinned(data) -> list[dict]:
         cfg = SWAAConfig.from_dict(item["config"])
         if cfg.is_full_attention:
             raise ValueError("a pinned column needs a window size (full attention always runs).")
-        adapter = str(item.get("adapter") or "")
+        adapter = str(item.get("adapter") or "").strip()
         out.append(
             {"label": _short(str(item.get("label") or cfg.describe())), "config": cfg.to_dict(), "adapter": adapter}
         )

@@ -143,3 +143,14 @@ def test_a_null_swaa_config_is_not_called_an_unknown_field(loaded):
     # once: 'Unknown SWAA config field(s) ['swaa_config']' for the upstream spelling of full attention
     message = _api_message(api.parse_config, '{"swaa_config": null}', "")
     assert "Unknown SWAA config field" not in message, message
+
+
+@pytest.mark.embedded
+def test_an_adapter_name_of_spaces_is_no_adapter(loaded):
+    """A blank adapter field (spaces only, as pasted) runs no adapter and labels no column "+ LoRA"; it once
+    labelled the column and failed only when that column ran."""
+    request = Comparison.build("smollm2-135m", SWA, Prompt(source="task", task="needle", length=512, depth=0.25),
+                               RunOptions(max_new_tokens=10, pinned=[], adapter="   "))  # fmt: skip
+    assert [c.adapter for c in request.columns] == ["", ""]
+    assert not any("LoRA" in c.label for c in request.columns)
+    assert parse_pinned([dict(DEFAULT_PINNED, adapter="  ")])[0]["adapter"] == ""
