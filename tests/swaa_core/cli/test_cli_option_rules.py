@@ -12,6 +12,9 @@ import pytest
 from swaa_core.cli import main
 
 PROMPT = "The grass is green. " * 12 + "What colour is the grass?"
+# A sweep of one cell per recipe on the tiny model, with short untimed answers (the tests add --model, --out, ...).
+TINY_SWEEP = ["sweep", "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa", "-w", "16", "-n", "1",
+              "--timing-tokens", "0", "--no-logprob"]  # fmt: skip
 
 
 def json_lines(text: str) -> list[dict]:
@@ -128,9 +131,8 @@ def test_unknown_task_arg_is_refused_by_name_not_a_traceback(tiny_folder, tmp_pa
 def test_sweep_group_by_an_unknown_column_is_refused(tiny_folder, tmp_path, capsys):
     """`--group-by label nosuch` is refused before the sweep runs (summarize dropped `nosuch` in silence, and
     `--group-by nosuch` alone ended in pandas' "No group keys passed!" after the whole sweep)."""
-    argv = ["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
-            "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(tmp_path / "s.jsonl"), "-q",
-            "--json", "--group-by", "label", "nosuch"]  # fmt: skip
+    argv = [*TINY_SWEEP, "--model", tiny_folder, "--out", str(tmp_path / "s.jsonl"), "-q", "--json", "--group-by",
+            "label", "nosuch"]  # fmt: skip
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0 and "nosuch" in err and "--group-by" in err, f"exit {code}; unknown group column dropped"
@@ -144,24 +146,7 @@ def test_out_that_is_a_folder_is_refused_by_name_not_a_traceback(tiny_folder, tm
     folder = tmp_path / "a-folder"
     folder.mkdir()
     argv = {
-        "sweep": [
-            "sweep",
-            "--lengths",
-            "200",
-            "--depths",
-            "0.5",
-            "--samples",
-            "1",
-            "-r",
-            "swa",
-            "-w",
-            "16",
-            "-n",
-            "1",
-            "--timing-tokens",
-            "0",
-            "--no-logprob",
-        ],  # fmt: skip
+        "sweep": TINY_SWEEP,
         "distill": ["distill", "--length", "200", "--samples", "1", "--max-new-tokens", "1"],
         "advise": ["advise", "--length", "200", "--full-layers", "1", "--samples", "1", "--held-out", "1", "-w", "16"],
     }[command]
@@ -176,26 +161,7 @@ def test_doc_qa_is_not_a_task_of_commands_without_a_document_option(tiny_folder,
     --document option, so doc_qa is not among their --task choices: argparse refuses it by name at parse time (exit
     2). It was offered, and sweep ran every cell into "pass document='...'", a Python keyword."""
     argv = {
-        "sweep": [
-            "sweep",
-            "--lengths",
-            "200",
-            "--depths",
-            "0.5",
-            "--samples",
-            "1",
-            "-r",
-            "swa",
-            "-w",
-            "16",
-            "-n",
-            "1",
-            "--timing-tokens",
-            "0",
-            "--no-logprob",
-            "--out",
-            str(tmp_path / "s.jsonl"),
-        ],  # fmt: skip
+        "sweep": [*TINY_SWEEP, "--out", str(tmp_path / "s.jsonl")],
         "distill": [
             "distill",
             "--length",
@@ -300,9 +266,7 @@ def test_recipes_file_that_is_a_folder_is_not_called_missing(tmp_path, capsys):
 def test_sweep_json_summary_is_strict_json_under_no_logprob(tiny_folder, tmp_path, capsys):
     """`sweep --json` with `--no-logprob` prints the missing log-likelihood as null: strict JSON (RFC 8259), where it
     printed `NaN`, which strict parsers refuse."""
-    argv = ["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
-            "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(tmp_path / "s.jsonl"), "-q",
-            "--json"]  # fmt: skip
+    argv = [*TINY_SWEEP, "--model", tiny_folder, "--out", str(tmp_path / "s.jsonl"), "-q", "--json"]
     assert main(argv) == 0
     out = capsys.readouterr().out
 
@@ -548,9 +512,8 @@ def test_group_by_takes_every_column_a_row_has_and_ndjson_outputs(tiny_folder, t
     """--group-by accepts the row's own columns beyond the table's first ones (device, threads), and JSON-lines
     outputs may be named .ndjson, as results.export writes them."""
     out = tmp_path / "s.ndjson"
-    assert main(["sweep", "--model", tiny_folder, "--lengths", "200", "--depths", "0.5", "--samples", "1", "-r", "swa",
-                 "-w", "16", "-n", "1", "--timing-tokens", "0", "--no-logprob", "--out", str(out), "-q", "--json",
-                 "--group-by", "label", "device", "threads"]) == 0  # fmt: skip
+    assert main([*TINY_SWEEP, "--model", tiny_folder, "--out", str(out), "-q", "--json", "--group-by", "label",
+                 "device", "threads"]) == 0  # fmt: skip
     groups = json_lines(capsys.readouterr().out)
     assert groups and all({"device", "threads"} <= g.keys() for g in groups)
     assert len(out.read_text().splitlines()) == 2
