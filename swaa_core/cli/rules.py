@@ -287,10 +287,11 @@ class Check:
 
 
 VALUE_CHECKS: tuple[Check, ...] = (
-    Check(("eval",), "out", _output_file(".jsonl", ".ndjson", ".csv", what="every run is written as JSON lines or "
-                                                                            "CSV")),
-    Check(("sweep",), "out", _output_file(".jsonl", ".ndjson", what="the results are appended to it as JSON lines; for a CSV "
-                                                         "table add --csv FILE")),
+    Check(("eval",), "out", _output_file(".jsonl", ".ndjson", ".csv",
+                                         what="every run is written as JSON lines or CSV")),
+    Check(("sweep",), "out", _output_file(".jsonl", ".ndjson",
+                                          what="the results are appended to it as JSON lines; for a CSV table add "
+                                               "--csv FILE")),
     Check(("sweep",), "csv", _output_file(".csv", what="the table as CSV")),
     Check(("distill",), "out", _output_file(".jsonl", ".ndjson", what="one JSON line per answer is written")),
     Check(("advise",), "out", _output_file(".json", what='the recommendation is written as {"swaa_config": ...}')),

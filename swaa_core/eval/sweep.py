@@ -133,8 +133,9 @@ def run_settings(spec: SweepSpec, *, backend: str | None = None, loaded=None) ->
     """Every setting a sweep's rows are run under: the spec's fields but its grid, its run value's fields (with
     ``backend``, see :meth:`SweepSpec.with_backend`) and, when ``loaded`` is given, the weights' dtype and device
     type (numbers and timings differ across them) and fingerprints of the weights and the tokenizer (a folder saved
-    over, another Hub revision or an adapter loaded in place is another model under the same name). The CPU thread count is recorded in each row ("threads") but left
-    out here: it follows the number of processes, and a sweep resumes under any number of them."""
+    over, another Hub revision or an adapter loaded in place is another model under the same name). The CPU thread
+    count is recorded in each row ("threads") but left out here: it follows the number of processes, and a sweep
+    resumes under any number of them."""
     settings = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in GRID_FIELDS | {"run"}}
     run, default = spec.with_backend(backend), RunSpec()
     for name in sorted(RUN_FIELDS):
