@@ -42,15 +42,16 @@ def one_call(model, ids, mode: str, new_tokens: int, seed: int) -> dict:
     stamps = Stamps()
     torch.manual_seed(seed)
     torch.cuda.synchronize()
+    mask = torch.ones_like(ids)  # with pad 0 and no mask, generate would take every token 0 in the prompt for padding
     start = time.perf_counter()
     if how == "generate":
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, streamer=stamps,
-                       **options)  # fmt: skip
+        model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                       streamer=stamps, **options)  # fmt: skip
         route = model._swaa_state.last_route
         path = f"{route.path.value} ({route.reason})"
     else:
-        result = fast_generate(model, ids, max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0,
-                               streamer=stamps, **options)  # fmt: skip
+        result = fast_generate(model, ids, attention_mask=mask, max_new_tokens=new_tokens, eos_token_id=[],
+                               pad_token_id=0, streamer=stamps, **options)  # fmt: skip
         path = "fast_generate" + (" + CUDA graph" if result.cuda_graph else "")
     torch.cuda.synchronize()
     gaps = stamps.gaps_ms()

@@ -129,6 +129,8 @@ def fast_generate(
         configs = (generation_config, model.generation_config)
         if all(c is None or c.pad_token_id is None for c in configs):
             pad_token_id = 0  # generate would take eos[0] as the pad: there is none
+            if attention_mask is None:  # else generate infers padding wherever token 0 occurs: this pad is no token
+                attention_mask = torch.ones_like(input_ids)
     given = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
                  attention_mask=attention_mask, streamer=streamer, stopping_criteria=stopping_criteria,

@@ -245,6 +245,25 @@ def test_no_end_of_sequence_without_a_pad_token():
     assert torch.equal(fast_generate(model, ids, max_new_tokens=12, eos_token_id=[]).sequences, expected)
 
 
+@pytest.mark.parametrize("prefill", ["batch", "row"])
+@pytest.mark.parametrize("config", CONFIGS)
+def test_token_0_in_a_prompt_is_a_token_when_no_end_of_sequence_is_asked(config, prefill):
+    """eos_token_id=[] on a model without a pad token makes fast_generate pick pad id 0 for generate; without a mask of
+    its own, generate then took every token 0 of the prompt for padding and the model never saw them (random
+    prompts of 128K tokens hold a 0 two times in three). The tokens are generate's for the whole prompt."""
+    model = build_tiny_model("llama", eos_token_id=None, pad_token_id=None)
+    model.generation_config.pad_token_id = None
+    ids = torch.randint(1, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(3))
+    ids[0, [5, 33, 36, 38]] = 0  # inside the window of the last tokens too
+    apply_swaa(model, CONFIGS[config])
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+        hidden = model.generate(ids, attention_mask=(ids != 0).long(), max_new_tokens=12, do_sample=False)
+    assert not torch.equal(hidden, expected)  # tokens 0 taken for padding change the answer: the check can fail
+    got = fast_generate(model, ids, max_new_tokens=12, eos_token_id=[], prefill=prefill)
+    assert torch.equal(got.sequences, expected)
+
+
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("config", CONFIGS)
 def test_a_peft_lora_model_decodes_as_its_generate(config, sampled):
