@@ -119,7 +119,8 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None, pr
 
 def check(model, name, cfg, rows, prompt, new, *, predicted_from, steps: int | None) -> dict:
     """One run and the model's figures for it: ``predicted_from`` is the Capacity whose buffers the run allocates."""
-    result = {"recipe": name, "config": cfg.to_dict() if cfg else None, "batch": rows, "prompt": prompt, "new": new}
+    result = {"recipe": name, "config": cfg.to_dict() if cfg else None, "batch": rows, "prompt": prompt, "new": new,
+              "prefill": predicted_from.prefill}  # fmt: skip
     result |= run_once(model, cfg, rows, prompt, new, steps, predicted_from.prefill)
     result["predicted_peak_gib"] = gib(predicted_from.peak_bytes(rows))
     result["roofline_tokens_per_s"] = round(predicted_from.tokens_per_s(rows), 1)

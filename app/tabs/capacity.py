@@ -131,7 +131,8 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
     """{recipe name: [{"machine", "batch", "fits", "tokens_per_s", "model_max_batch"}]} from every
     gpu_capacity*.json in ``folder`` (default docs/results) measured on this shape, prompt and new tokens, with the
     same config as ``configs`` ({name: SWAAConfig or None}): per file and recipe, the run at the largest batch of the
-    "decode" section (the serving capacity) for ``mode`` "row", of the "batched" section for "batch"."""
+    "decode" section (the serving capacity) for ``mode`` "row", of the "batched" section run with batch prefill for
+    "batch" (a batched section prefilled row by row is neither: its largest batch is the requests served)."""
     section = "decode" if mode == "row" else "batched"
     keys = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size", "vocab_size")
     wanted = {name: cfg.to_dict() if cfg is not None else None for name, cfg in configs.items()}
@@ -146,6 +147,8 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
         for r in (data.get("sections", {}).get(section) or {}).get("rows", []):
             name = r.get("recipe")
             if r.get("context") != prompt or name not in wanted or r.get("config") != wanted[name]:
+                continue
+            if section == "batched" and r.get("prefill", data.get("args", {}).get("prefill", "batch")) != "batch":
                 continue
             if name not in largest or r["batch"] > largest[name]["batch"]:
                 largest[name] = r

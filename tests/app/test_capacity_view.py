@@ -88,6 +88,29 @@ def test_measured_points_only_for_the_same_run(tmp_path):
     assert measured_points(shape, configs, 131072, 512, "row", folder) == {}  # another shape
 
 
+@pytest.mark.parametrize("where", ["row", "args"])
+def test_a_batched_run_prefilled_row_by_row_is_no_batch_prefill_point(tmp_path, where):
+    """The "batch" view shows the batched section's largest batch as batch prefill's capacity; a batched run
+    prefilled row by row (its prefill in each row, or only in the run's arguments in older files) measured another
+    thing and is left out, while the same run with batch prefill is shown."""
+    shape = model_shape(get_model_entry(LLAMA))
+    swa = resolve_recipe("swa", 32, window=2048)
+    folder = _results(tmp_path, config=swa.to_dict())
+    path = folder / "gpu_capacity_h100.json"
+    data = json.loads(path.read_text())
+    rows = data["sections"].pop("decode")["rows"]
+    data["sections"]["batched"] = {"rows": rows}
+    for prefill, expected in (("row", {}), ("batch", {"swa": [169]})):
+        if where == "row":
+            for r in rows:
+                r["prefill"] = prefill
+        else:
+            data["args"] = {"prefill": prefill}
+        path.write_text(json.dumps(data))
+        got = measured_points(shape, {"swa": swa}, 131072, 512, "batch", folder)
+        assert {k: [p["batch"] for p in v] for k, v in got.items()} == expected
+
+
 def test_figure_draws_model_bars_and_measured_diamonds(tmp_path, monkeypatch):
     import app.tabs.capacity as view
 
