@@ -33,7 +33,10 @@ def bucket_slots(slots: int, bucket: int = COMPILE_BUCKET) -> int:
 # 8K-128K on an H100 (77% with inductor's defaults; docs/benchmarks.md, 2026-12-06): freezing folds the weights in as
 # constants, so inductor concatenates the q/k/v and the gate/up projections into one GEMV each (gpt-fast's fused
 # projections, at the cost of a second copy of those weights: about 9 GB for the 8B shape), and coordinate descent
-# tunes each generated kernel's launch. The first call compiles for 45-55 s instead of 5-21 s.
+# tunes each generated kernel's launch. The first call compiles for 45-55 s instead of 5-21 s. Its greedy tokens equal
+# the eager step's over 256 tokens on an H100 (tests/swaa_core/engine/test_gpu_decode.py, 2026-12-06). Not
+# compile=True's default: the second copy is memory a server would rather hold KV in, and the capacity model
+# (swaa_core.models.capacity) does not count it.
 FROZEN_FUSED = {"freezing": True, "coordinate_descent_tuning": True}
 
 
