@@ -22,7 +22,7 @@ from .board import render_board, summary_markdown
 from .comparison import Comparison, RunOptions, export_files
 from .errors import ui_errors
 from .model_service import HUB, check_source_allowed, loaded_model, num_layers
-from .prompts import TASK_CHOICES, Prompt
+from .prompts import Prompt
 from .prompts import read_upload as _read_upload
 from .runs import HEAVY, session_id, stop_session
 from .sidebar.strategy import parse_config_text
@@ -30,6 +30,7 @@ from .state import (
     DEFAULT_PINNED,
     FA_DECODE_MODES,
     FA_LAYER_MODES,
+    TASK_CHOICES,
     Settings,
     Strategy,
     decode_path_choice,
