@@ -22,14 +22,15 @@ from .board import render_board, summary_markdown
 from .comparison import Comparison, RunOptions, export_files
 from .errors import ui_errors
 from .model_service import HUB, check_source_allowed, loaded_model, num_layers
-from .prompts import TASK_CHOICES, Prompt
+from .prompts import Prompt
 from .prompts import read_upload as _read_upload
 from .runs import HEAVY, session_id, stop_session
-from .sidebar.strategy import parse_config_text
+from .sidebar.strategy import not_applied_note, parse_config_text
 from .state import (
     DEFAULT_PINNED,
     FA_DECODE_MODES,
     FA_LAYER_MODES,
+    TASK_CHOICES,
     Settings,
     Strategy,
     decode_path_choice,
@@ -121,9 +122,12 @@ def read_upload(file) -> str:
 @ui_errors
 def parse_config(config: str, model: str) -> dict:
     """The compare inputs (window, sinks, fa_layers, fa_decode) for an upstream swaa_config JSON object, checked
-    against the model's layer count; also the normalised config."""
+    against the model's layer count; also the normalised config, ``not_applied``: the top-level keys beside
+    swaa_config that set nothing (an upstream file's ``model_list``), and ``note``, a sentence naming them ("" when
+    every key was applied). Unknown fields inside swaa_config are refused."""
     n = num_layers(loaded_model(model or DEFAULT_MODEL))
-    return _controls(parse_config_text(config, n), n)
+    cfg, skipped = parse_config_text(config, n)
+    return {**_controls(cfg, n), "not_applied": skipped, "note": not_applied_note(skipped)}
 
 
 @ui_errors

@@ -20,10 +20,9 @@ from .columns import ColumnSpec, columns_for
 from .model_service import ADAPTERS, loaded_model, num_layers
 from .prompts import Prompt, model_input, model_input_tokens, token_count
 from .runs import CANCELS, stream_columns
-from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, seed_of, whole_in_range
+from .state import COT_LABEL, Strategy, checked_flag, decode_path_choice, max_new_tokens_of, seed_of
 from .temp_files import write_temp
 
-MAX_NEW_TOKENS = 512  # the slider's maximum; the API refuses more with the same message
 MAX_ATTENTION_TOKENS = 4096  # the reference kernel holds (heads, n, n) probabilities: ~600 MB at 4K for SmolLM2
 # The page's CSV/JSON export of one comparison. Not swaa_core.eval.results.COLUMNS: those are a sweep file's, with
 # the sweep's coordinates (cell id, window, length target, depth, ...), and without the reasoning text and the
@@ -52,7 +51,7 @@ class RunOptions:
         """The run value of these widgets (ValueError in the page's words for Max new tokens beyond the slider, or a
         decode path that is none of the choice's; RunSpec checks the rest). The other settings keep RunSpec's
         defaults, as ``swaa run`` does without its options."""
-        max_new = whole_in_range(self.max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS)
+        max_new = max_new_tokens_of(self.max_new_tokens)
         return RunSpec(max_new_tokens=max_new, cot=checked_flag(self.cot, COT_LABEL),
                        decode_path=decode_path_choice(self.decode_path))  # fmt: skip
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from swaa_core.eval.tasks import TaskSample, count_tokens, make_task
 
 from .assets import ASSETS
-from .state import MAX_LENGTH, seed_of, whole_in_range
+from .state import length_of, seed_of, task_of
 
 EXAMPLES_DIR = ASSETS / "examples"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -22,16 +22,6 @@ MAX_UPLOAD_CHARS = 2_000_000  # about 500K tokens: far beyond any supported cont
 # The task Length slider stops this far below the model's context: the chat template and the default new tokens must
 # fit beside the task text, or the slider's last values would always be refused.
 LENGTH_HEADROOM = 128
-
-# Built-in tasks offered in the picker: (kind, label). doc_qa is the "your text" source instead.
-TASK_CHOICES = [
-    ("needle", "Needle in a haystack (find a magic number)"),
-    ("passkey", "Pass key (find a number)"),
-    ("multi_key", "Multi-key needle (distractors)"),
-    ("multi_value", "Multi-value needle (find all values)"),
-    ("variable_tracking", "Variable tracking (follow a chain)"),
-    ("common_words", "Common words (count frequencies)"),
-]
 
 
 class PromptError(ValueError):
@@ -151,14 +141,14 @@ class Prompt:
         the field: a seed or length that is no whole number, an unknown source)."""
         seed = seed_of(self.seed)
         if self.source == "task":
-            return task_sample(tokenizer, self.task, length=self.task_length(), depth=self.depth, seed=seed)
+            return task_sample(tokenizer, task_of(self.task), length=self.task_length(), depth=self.depth, seed=seed)
         if self.source != "text":
             raise ValueError(f"The prompt source must be 'task' or 'text', got {self.source!r}.")
         return text_sample(tokenizer, self.document, self.question, self.answer, self.answer_prefix, seed=seed)
 
     def task_length(self) -> int:
         """The task's length in tokens (ValueError naming it unless a whole number from 1 to MAX_LENGTH)."""
-        return whole_in_range(self.length, "Length", 1, MAX_LENGTH)
+        return length_of(self.length)
 
 
 def task_sample(tokenizer, kind: str, *, length: int, depth: float, seed: int) -> TaskSample:

@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 
 from swaa_core.cli.bounds import NUMERIC_OPTIONS
 from swaa_core.engine.config import DEFAULT_KIND, FA_LAYER_PATTERNS, SWAAConfig, SWAAConfigError, parse_layers
+from swaa_core.eval.tasks.base import TaskError
+from swaa_core.eval.tasks.registry import check_depth, task_kind
 from swaa_core.models.registry import DEFAULT_MODEL
 
 MAX_PINNED = 3  # extra SWAA columns beside the current config; each costs one more generation per run
@@ -175,6 +177,18 @@ def whole_in_range(value, what: str, low: int, high: int) -> int:
 
 MAX_LENGTH = 131072  # tokens a task prompt may ask for: beyond any supported context
 MAX_SEED = 2**31 - 1
+MAX_NEW_TOKENS = 512  # the slider's maximum; the API and links refuse more with the same message
+# Built-in tasks offered in the picker: (kind, label). doc_qa is the "your text" source instead.
+TASK_CHOICES = [
+    ("needle", "Needle in a haystack (find a magic number)"),
+    ("passkey", "Pass key (find a number)"),
+    ("multi_key", "Multi-key needle (distractors)"),
+    ("multi_value", "Multi-value needle (find all values)"),
+    ("variable_tracking", "Variable tracking (follow a chain)"),
+    ("common_words", "Common words (count frequencies)"),
+]
+
+# One rule per prompt and run value, read the same way from the page, the API and a shared link.
 
 
 def seed_of(value) -> int:
@@ -183,14 +197,35 @@ def seed_of(value) -> int:
     return whole_in_range(0 if value is None or value == "" else value, "Seed", 0, MAX_SEED)
 
 
-def _whole(value, what: str) -> int:
+def length_of(value) -> int:
+    """A task's length in tokens: ValueError naming Length unless a whole number from 1 to MAX_LENGTH."""
+    return whole_in_range(value, "Length", 1, MAX_LENGTH)
+
+
+def max_new_tokens_of(value) -> int:
+    """Max new tokens: ValueError in the slider's words unless a whole number from 1 to MAX_NEW_TOKENS."""
+    return whole_in_range(value, "Max new tokens", 1, MAX_NEW_TOKENS)
+
+
+def depth_of(value) -> float:
+    """The needle's depth from 0 to 1, by the task builders' own rule and words (swaa_core's check_depth)."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.") from None
-    if not math.isfinite(number) or number != int(number):
-        raise SWAAConfigError(f"The {what} must be a whole number, got {value!r}.")
-    return int(number)
+        return check_depth(value)
+    except TaskError as e:
+        raise ValueError(str(e)) from None
+
+
+def task_of(value) -> str:
+    """A built-in task of the picker (:data:`TASK_CHOICES`; a swaa_core alias such as "niah" is read as its kind),
+    or ValueError naming the task and the choices."""
+    kinds = [kind for kind, _ in TASK_CHOICES]
+    try:
+        kind = task_kind(value)
+    except TaskError:
+        kind = None
+    if kind not in kinds:
+        raise ValueError(f"Task must be one of {', '.join(kinds)}, got {value!r}.")
+    return kind
 
 
 @dataclass
@@ -302,6 +337,16 @@ def from_query(params: Mapping[str, str]) -> tuple[Settings, list[str]]:
     return settings, notes
 
 
+def _example_of(value: str) -> str:
+    # imported here: app.prompts (which reads the example files) imports this module
+    from .prompts import examples
+
+    known = examples()
+    if value and value not in known:
+        raise ValueError(f"there is no ready example {value!r}; the examples are {', '.join(known)}.")
+    return value
+
+
 def _apply_param(settings: Settings, attr: str, value: str) -> None:
     s = settings.strategy
     if attr in ("window", "sinks"):
@@ -322,16 +367,18 @@ def _apply_param(settings: Settings, attr: str, value: str) -> None:
         if value not in SOURCES:
             raise ValueError(f"expected one of {', '.join(SOURCES)}.")
         settings.source = value
-    elif attr in ("length", "seed", "max_new_tokens"):
-        number = _whole(value, attr.replace("_", " "))
-        if number < (1 if attr != "seed" else 0):
-            raise ValueError("must be positive.")
-        setattr(settings, attr, number)
+    elif attr == "seed":
+        settings.seed = seed_of(value)
+    elif attr == "length":
+        settings.length = length_of(value)
+    elif attr == "max_new_tokens":
+        settings.max_new_tokens = max_new_tokens_of(value)
     elif attr == "depth":
-        depth = float(value)
-        if not 0.0 <= depth <= 1.0:
-            raise ValueError("depth must be between 0 and 1.")
-        settings.depth = depth
+        settings.depth = depth_of(value)
+    elif attr == "task":
+        settings.task = task_of(value)
+    elif attr == "example":
+        settings.example = _example_of(value)
     elif attr == "pinned":
         settings.pinned = parse_pinned(json.loads(value))
     else:

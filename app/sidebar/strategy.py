@@ -234,8 +234,10 @@ def fa_decode_visibility(mode):
     return gr.CheckboxGroup(visible=mode == "layers")
 
 
-def parse_config_text(text: str, n_layers: int) -> SWAAConfig:
-    """A pasted upstream config ({"swaa_config": {...}} or the bare fields), checked for a model of ``n_layers``."""
+def parse_config_text(text: str, n_layers: int) -> tuple[SWAAConfig, list[str]]:
+    """A pasted upstream config ({"swaa_config": {...}} or the bare fields), checked for a model of ``n_layers``, and
+    the top-level keys beside swaa_config that it does not apply. Upstream files carry such keys (``model_list``),
+    so they are named (:func:`not_applied_note`) rather than refused; unknown fields of the config are refused."""
     try:
         data = json.loads(text) if text and text.strip() else None
     except json.JSONDecodeError as e:
@@ -245,13 +247,26 @@ def parse_config_text(text: str, n_layers: int) -> SWAAConfig:
     cfg = SWAAConfig.from_dict(data)
     if cfg.is_full_attention:
         raise ValueError("sliding_window_size is null: that is full attention, which always runs as the first column.")
-    return cfg.validate(n_layers)
+    skipped = sorted(k for k in data if k != "swaa_config") if "swaa_config" in data else []
+    return cfg.validate(n_layers), skipped
+
+
+def not_applied_note(skipped: list[str]) -> str:
+    """What the page and the API say of a config's top-level keys that were not applied ("" when there are none)."""
+    if not skipped:
+        return ""
+    return (f"Not applied: the config's top-level key(s) {', '.join(map(repr, skipped))}; only swaa_config sets "
+            "the strategy.")  # fmt: skip
 
 
 @ui_errors
 def apply_config_json(ui, text, active_model) -> dict:
     n = num_layers(loaded_model(active_model))
-    return strategy_updates(ui, Strategy.from_config(parse_config_text(text, n), n))
+    cfg, skipped = parse_config_text(text, n)
+    updates = strategy_updates(ui, Strategy.from_config(cfg, n))
+    if skipped:
+        gr.Warning(not_applied_note(skipped))
+    return updates
 
 
 @ui_errors

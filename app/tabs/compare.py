@@ -16,15 +16,15 @@ from swaa_core.models.registry import DEFAULT_MODEL
 from .. import plots, texts
 from ..board import ColumnView, render_board, summary_markdown
 from ..columns import mask_figure
-from ..comparison import MAX_NEW_TOKENS, Comparison, RunOptions, export_files
+from ..comparison import Comparison, RunOptions, export_files
 from ..errors import error_message
 from ..events import group
 from ..model_service import HUB, loaded_model, on_gpu
-from ..prompts import LENGTH_HEADROOM, TASK_CHOICES, Prompt, examples, model_input_tokens
+from ..prompts import LENGTH_HEADROOM, Prompt, examples, model_input_tokens
 from ..prompts import read_upload as read_text_file
 from ..runs import HEAVY, session_id, stop_session
 from ..sidebar import strategy as strategy_panel
-from ..state import Settings
+from ..state import MAX_NEW_TOKENS, TASK_CHOICES, Settings
 from ..widgets import Number, Slider, details, placeholder
 from . import why
 

@@ -13,8 +13,8 @@ command runs. Notes are kept for combinations with a documented meaning (a recip
 
 Beside the combinations, :data:`VALUE_CHECKS` checks single values that only the command can judge before it runs:
 output paths (not a folder; a suffix of the format written), input files that are folders, task args the task does
-not take, summary columns that do not exist. Only options given on the command line count as given
-(:func:`track_given`), so an option repeated at its default value is refused like any other.
+not take or whose values its builder refuses, summary columns that do not exist. Only options given on the command
+line count as given (:func:`track_given`), so an option repeated at its default value is refused like any other.
 """
 
 from __future__ import annotations
@@ -244,13 +244,21 @@ def _input_file(what: str) -> Callable:
 
 
 def _task_args(value, args, flag):
-    from ..eval.tasks.registry import task_option_names
+    from ..eval.tasks.base import TaskError
+    from ..eval.tasks.registry import check_task_options, task_option_names
     from .eval import task_kwargs
 
     accepted = tuple(k for k in task_option_names(args.task) if k not in CLI_TASK_OPTIONS)
-    unknown = [k for k in task_kwargs(value) if k not in accepted]
+    given = task_kwargs(value)
+    unknown = [k for k in given if k not in accepted]
     if not unknown:
-        return None
+        refused = []
+        for name, item in given.items():  # one by one, so every bad value is named at once
+            try:  # the builder's own checks: a bad value is refused before the model loads, not after
+                check_task_options(args.task, {name: item})
+            except TaskError as e:
+                refused.append(str(e))
+        return f"{flag}: {' '.join(refused)}" if refused else None
     names = ", ".join(repr(k) for k in unknown)
     takes = f"its task args: {', '.join(accepted)}" if accepted else "it takes no task args"
     extra = " (its document, question and answer come from --document, --question and --answer)" * (

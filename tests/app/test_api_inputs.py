@@ -154,3 +154,43 @@ def test_an_adapter_name_of_spaces_is_no_adapter(loaded):
     assert [c.adapter for c in request.columns] == ["", ""]
     assert not any("LoRA" in c.label for c in request.columns)
     assert parse_pinned([dict(DEFAULT_PINNED, adapter="  ")])[0]["adapter"] == ""
+
+
+# ---------------------------------------------------------------- config JSON: top-level keys beside swaa_config
+UPSTREAM_FILE = (
+    '{"swaa_config": {"sliding_window_size": 64, "keep_first": 4}, "model_list": ["Qwen/Qwen3-4B"], "note": 1}'
+)
+
+
+def test_parse_config_names_the_top_level_keys_it_does_not_apply(tiny_folder):
+    """An upstream file's entry carries keys beside swaa_config (model_list). They are not refused (drop-in
+    compatibility), but no longer dropped in silence: the response names them. Reference: a fresh parse of the text."""
+    import json
+
+    beside = sorted(set(json.loads(UPSTREAM_FILE)) - {"swaa_config"})
+    out = api.parse_config(UPSTREAM_FILE, tiny_folder)
+    assert (out["window"], out["sinks"]) == (64, 4)
+    assert out["not_applied"] == beside == ["model_list", "note"]
+    assert all(repr(key) in out["note"] for key in beside), out["note"]
+
+
+def test_parse_config_has_an_empty_note_when_every_key_applies(tiny_folder):
+    for text in ('{"swaa_config": {"sliding_window_size": 64}}', '{"sliding_window_size": 64}'):
+        out = api.parse_config(text, tiny_folder)
+        assert (out["not_applied"], out["note"]) == ([], "")
+
+
+def test_parse_config_still_refuses_unknown_fields_inside_swaa_config(tiny_folder):
+    message = _api_message(api.parse_config, '{"swaa_config": {"sliding_window_size": 64, "window": 3}}', tiny_folder)
+    assert "Unknown SWAA config field(s) ['window']" in message, message
+
+
+def test_the_pasted_config_warns_of_the_keys_it_does_not_apply(tiny_folder):
+    from types import SimpleNamespace
+
+    from app.sidebar.strategy import STRATEGY, apply_config_json
+
+    ui = SimpleNamespace(**{name: name for name in STRATEGY})
+    with pytest.warns(UserWarning, match="'model_list', 'note'"):
+        updates = apply_config_json(ui, UPSTREAM_FILE, tiny_folder)
+    assert (updates["window"], updates["sinks"]) == (64, 4)

@@ -115,6 +115,7 @@ def test_every_endpoint_runs_from_its_own_schema(client, schema, tmp_path):
     assert outputs["/parse_config"] == {
         "window": 256, "sinks": 0, "fa_layers": "none", "fa_decode": "off",
         "config": {"sliding_window_size": 256, "keep_first": 0, "force_fa_decode": False, "non_sliding_layers": []},
+        "not_applied": [], "note": "",
     }  # fmt: skip
     assert [row["recipe"] for row in outputs["/recipe_sweep"]] == ["Full attention", "SWA only (W=256)"]
     grids, _csv = outputs["/needle_sweep"]

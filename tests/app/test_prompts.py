@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.prompts import TASK_CHOICES, PromptError, examples, read_upload, split_trailing_question
+from app.prompts import PromptError, examples, read_upload, split_trailing_question
+from app.state import TASK_CHOICES
 from swaa_core.eval.tasks import TASK_KINDS
 
 

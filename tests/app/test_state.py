@@ -123,7 +123,7 @@ def test_default_settings_make_an_empty_query():
     "params, fragment",
     [
         ({"w": "abc"}, "window: expected a whole number, got 'abc'"),
-        ({"depth": "1.5"}, "depth must be between 0 and 1"),
+        ({"depth": "1.5"}, "depth must be between 0 (start of the context) and 1 (end), got '1.5'"),
         ({"fal": "every 2 from 1"}, "depends on the model's layer count"),
         ({"fal": "1,x"}, "fa_layers must be 'none', 'all', '1/k' (such as '1/2'), 'every k from s'"),
         ({"src": "video"}, "expected one of task, text"),
@@ -137,6 +137,62 @@ def test_bad_link_parameters_become_notes_and_keep_defaults(params, fragment):
     restored, notes = from_query(params)
     assert any(fragment in note for note in notes), notes
     assert restored.strategy.to_config(N_LAYERS).to_dict() == Settings().strategy.to_config(N_LAYERS).to_dict()
+
+
+# A value the API refuses, per link parameter: (link key, the API's field, value). The API's words are the
+# reference: its own refusal of the same value, through the API endpoint's inputs (Prompt, RunOptions).
+API_REFUSED = [
+    ("seed", "seed", str(2**40)),
+    ("seed", "seed", "-1"),
+    ("len", "length", "200000"),
+    ("len", "length", "0"),
+    ("new", "max_new_tokens", "513"),
+    ("new", "max_new_tokens", "2.5"),
+    ("depth", "depth", "1.5"),
+    ("task", "task", "doc_qa"),
+    ("task", "task", "bogus"),
+]
+
+
+def _api_refusal(field: str, value: str) -> str:
+    from app.comparison import RunOptions
+    from app.prompts import Prompt
+
+    with pytest.raises(ValueError) as refused:
+        if field == "max_new_tokens":
+            RunOptions(max_new_tokens=value).spec()
+        elif field == "length":
+            Prompt(length=value).task_length()
+        else:  # a tokenizer is never reached: the value is refused first
+            Prompt(**{field: value if field == "task" else float(value)}).sample(None)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("key, field, value", API_REFUSED)
+def test_a_link_refuses_what_the_api_refuses_in_its_words(key, field, value):
+    """A link's seed of 2**40 (and a length or Max new tokens beyond the API's range, a task the picker lacks) was
+    restored and refused only when the comparison was built; now the link refuses it at once, as the API does."""
+    restored, notes = from_query({key: value})
+    api = _api_refusal(field, value)
+    assert getattr(restored, field) == getattr(Settings(), field)
+    assert any(api.rstrip(".").split(", got")[0] in note for note in notes), (api, notes)
+
+
+def test_a_links_seed_has_the_apis_range():
+    """Hand-computed bounds: 0 and 2**31 - 1 are seeds, 2**31 and 2**40 are not."""
+    for seed in (0, 2**31 - 1):
+        assert from_query({"seed": str(seed)}) == (Settings(seed=seed), [])
+    for seed in (2**31, 2**40):
+        restored, notes = from_query({"seed": str(seed)})
+        assert restored.seed == 0
+        assert notes == [f"Link parameter seed='{seed}' was not used: Seed must be a whole number from 0 to "
+                         f"2147483647, got '{seed}'."]  # fmt: skip
+
+
+def test_a_links_task_alias_and_example_are_checked():
+    assert from_query({"task": "niah"})[0].task == "needle"  # swaa_core's alias, shown as the picker's kind
+    restored, notes = from_query({"ex": "no-such-example"})
+    assert restored.example == "" and any("no ready example 'no-such-example'" in n for n in notes), notes
 
 
 def test_the_decode_path_travels_in_links_and_widgets():

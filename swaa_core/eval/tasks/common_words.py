@@ -9,13 +9,25 @@ from .base import TaskError, count_tokens, finish_sample
 from .haystack import word_list
 
 
-def common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_common=None, freq_rare=1):
+def check_num_common(num_common) -> None:
     if not isinstance(num_common, int) or num_common < 1:
         raise TaskError(f"num_common must be at least 1, got {num_common!r}.")
+
+
+def check_freq_rare(freq_rare) -> None:
     if not isinstance(freq_rare, int) or freq_rare < 1:
         raise TaskError(f"freq_rare (how often each other word appears) must be at least 1, got {freq_rare!r}.")
+
+
+def check_freq_common(freq_common) -> None:
     if freq_common is not None and (not isinstance(freq_common, int) or freq_common < 2):
         raise TaskError(f"freq_common (how often each common word appears) must be at least 2, got {freq_common!r}.")
+
+
+def common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_common=None, freq_rare=1):
+    check_num_common(num_common)
+    check_freq_rare(freq_rare)
+    check_freq_common(freq_common)
     rng = random.Random(seed)
     pool = list(word_list("noun"))
     rng.shuffle(pool)

@@ -63,9 +63,20 @@ class Insert:
     depth: float
 
 
-def number(rng: random.Random, digits: int) -> str:
+def check_digits(digits) -> None:
+    """TaskError unless ``digits`` is a whole number from 1 to 32 (the registry checks task args with it too)."""
     if not isinstance(digits, int) or not 1 <= digits <= 32:
         raise TaskError(f"digits must be between 1 and 32, got {digits!r}.")
+
+
+def check_haystack(haystack) -> None:
+    """TaskError for a haystack of your own that holds no text (None: the built-in sentences)."""
+    if haystack is not None and (not isinstance(haystack, str) or not haystack.strip()):
+        raise TaskError("The haystack text is empty.")
+
+
+def number(rng: random.Random, digits: int) -> str:
+    check_digits(digits)
     return str(rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1))
 
 
@@ -77,10 +88,9 @@ def word_key(rng: random.Random, taken: set[str] | None = None) -> str:
 
 
 def _filler_pool(haystack: str | None) -> tuple[str, ...]:
+    check_haystack(haystack)
     if haystack is None:
         return FILLER
-    if not isinstance(haystack, str) or not haystack.strip():
-        raise TaskError("The haystack text is empty.")
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(haystack.split())) if s.strip()]
     return tuple(sentences)
 

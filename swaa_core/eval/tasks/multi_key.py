@@ -6,7 +6,11 @@ from .base import TaskError
 from .needle import niah
 
 
-def multi_key(tokenizer, *, num_keys=4, **kw):
+def check_num_keys(num_keys) -> None:
     if not isinstance(num_keys, int) or num_keys < 2:
         raise TaskError(f"multi_key needs num_keys >= 2 (one asked for, the rest distractors), got {num_keys!r}.")
+
+
+def multi_key(tokenizer, *, num_keys=4, **kw):
+    check_num_keys(num_keys)
     return niah(tokenizer, num_keys=num_keys, kind="multi_key", **kw)

@@ -10,9 +10,13 @@ from .haystack import Insert, depth_or_random, haystack_task, number, word_key
 from .needle import NIAH_INTRO
 
 
-def multi_value(tokenizer, *, length_tokens, depth, seed, digits=7, num_values=4, haystack=None):
+def check_num_values(num_values) -> None:
     if not isinstance(num_values, int) or num_values < 2:
         raise TaskError(f"multi_value needs num_values >= 2, got {num_values!r}.")
+
+
+def multi_value(tokenizer, *, length_tokens, depth, seed, digits=7, num_values=4, haystack=None):
+    check_num_values(num_values)
     rng = random.Random(seed)
     key = word_key(rng)
     values: list[str] = []

@@ -14,9 +14,13 @@ NIAH_INTRO = (
 )
 
 
-def niah(tokenizer, *, length_tokens, depth, seed, digits=7, num_keys=1, haystack=None, kind="needle"):
+def check_num_keys(num_keys) -> None:
     if not isinstance(num_keys, int) or num_keys < 1:
         raise TaskError(f"num_keys must be at least 1, got {num_keys!r}.")
+
+
+def niah(tokenizer, *, length_tokens, depth, seed, digits=7, num_keys=1, haystack=None, kind="needle"):
+    check_num_keys(num_keys)
     rng = random.Random(seed)
     keys: list[str] = []
     for _ in range(num_keys):

@@ -6,16 +6,19 @@ entry in :data:`BUILDERS`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from .base import TaskError, TaskSample
-from .common_words import common_words
+from .common_words import check_freq_common, check_freq_rare, check_num_common, common_words
 from .doc_qa import doc_qa
+from .haystack import check_digits, check_haystack
+from .multi_key import check_num_keys as check_multi_key_count
 from .multi_key import multi_key
-from .multi_value import multi_value
+from .multi_value import check_num_values, multi_value
 from .needle import needle
 from .passkey import passkey
-from .variable_tracking import variable_tracking
+from .variable_tracking import check_num_hops, variable_tracking
 
 BUILDERS: dict[str, Callable[..., TaskSample]] = {
     "passkey": passkey,
@@ -46,6 +49,19 @@ TASK_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "answer_prefix": (str, _NONE),
     },
 }
+# The builders' own checks of single option values (each builder calls them), so that a command can refuse a bad
+# value before any model loads in the builder's words (:func:`check_task_options`). Options without an entry take any
+# value of their type. tests/swaa_core/eval/test_tasks.py checks each against its builder.
+_HAYSTACK_CHECKS = {"digits": check_digits, "haystack": check_haystack}
+OPTION_CHECKS: dict[str, dict[str, Callable[[object], None]]] = {
+    "passkey": _HAYSTACK_CHECKS,
+    "needle": _HAYSTACK_CHECKS,
+    "multi_key": {"num_keys": check_multi_key_count, **_HAYSTACK_CHECKS},
+    "multi_value": {"num_values": check_num_values, **_HAYSTACK_CHECKS},
+    "variable_tracking": {"num_hops": check_num_hops, **_HAYSTACK_CHECKS},
+    "common_words": {"num_common": check_num_common, "freq_common": check_freq_common, "freq_rare": check_freq_rare},
+    "doc_qa": {},
+}
 _KIND_ALIASES = {
     "niah": "needle",
     "niah_single": "needle",
@@ -74,9 +90,30 @@ def make_task(kind: str, tokenizer, *, length_tokens: int | None, depth: float |
     if key != "doc_qa":
         if not isinstance(length_tokens, int) or length_tokens < 1:
             raise TaskError(f"length_tokens must be a positive whole number for {key}, got {length_tokens!r}.")
-        if depth is not None and not 0.0 <= float(depth) <= 1.0:
-            raise TaskError(f"depth must be between 0 (start of the context) and 1 (end), got {depth!r}.")
+        if depth is not None:
+            check_depth(depth)
     return BUILDERS[key](tokenizer, length_tokens=length_tokens, depth=depth, seed=int(seed), **kw)
+
+
+def check_depth(depth) -> float:
+    """``depth`` as a float from 0 to 1, or TaskError saying what a depth is (a page's text is read as a number)."""
+    try:
+        value = float(depth)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise TaskError(f"depth must be between 0 (start of the context) and 1 (end), got {depth!r}.")
+    return value
+
+
+def check_task_options(kind: str, kw: dict) -> None:
+    """TaskError, in the builder's words, for an option ``kind`` does not take, a value of the wrong type or one the
+    builder refuses; run without a tokenizer, so before any model loads."""
+    key = task_kind(kind)
+    _check_options(key, kw)
+    for name, value in kw.items():
+        if check := OPTION_CHECKS[key].get(name):
+            check(value)
 
 
 def check_grid(kind: str, seeds: list, depths) -> None:

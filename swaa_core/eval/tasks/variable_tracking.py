@@ -9,9 +9,13 @@ from .base import TaskError
 from .haystack import Insert, depth_or_random, haystack_task, number
 
 
-def variable_tracking(tokenizer, *, length_tokens, depth, seed, num_hops=4, digits=5, haystack=None):
+def check_num_hops(num_hops) -> None:
     if not isinstance(num_hops, int) or num_hops < 1:
         raise TaskError(f"num_hops must be at least 1, got {num_hops!r}.")
+
+
+def variable_tracking(tokenizer, *, length_tokens, depth, seed, num_hops=4, digits=5, haystack=None):
+    check_num_hops(num_hops)
     rng = random.Random(seed)
     names: list[str] = []
     while len(names) < num_hops + 1:

@@ -125,6 +125,43 @@ def test_unknown_task_arg_is_refused_by_name_not_a_traceback(tiny_folder, tmp_pa
     assert "its task args: digits, haystack" in err and "loading" not in err, err
 
 
+BAD_TASK_ARGS = [  # (command's argv, --task, --task-arg, what its builder says of the value)
+    (["eval"], "multi_key", "num_keys=1", "multi_key needs num_keys >= 2"),
+    (["eval"], "common_words", "freq_rare=-1", "freq_rare (how often each other word appears) must be at least 1"),
+    (["sweep", "--out", "s.jsonl"], "variable_tracking", "num_hops=-2", "num_hops must be at least 1, got -2"),
+    (["advise", "--length", "200", "--full-layers", "1", "--out", "a.json"], "passkey", "digits=40",
+     "digits must be between 1 and 32, got 40"),
+    (["eval"], "needle", "digits=2.5", "option digits takes a whole number, got 2.5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "task", "pair", "says"), BAD_TASK_ARGS, ids=[a[3] for a in BAD_TASK_ARGS])
+def test_a_task_arg_value_its_builder_refuses_is_refused_before_the_model_loads(
+    tmp_path, capsys, monkeypatch, argv, task, pair, says
+):
+    """A value the task's builder refuses (a count below its minimum, too many digits) was refused only once the model
+    had loaded. Now it is refused up front, in the builder's words: the reference is the builder's own refusal."""
+    import swaa_core
+    from swaa_core.eval.tasks import TaskError, make_task
+
+    key, _, value = pair.partition("=")
+    with pytest.raises(TaskError) as built:
+        make_task(task, None, length_tokens=200, depth=0.5, **{key: json.loads(value)})
+    assert says in str(built.value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: pytest.fail("no model may load for a bad task arg"))
+    code = main([*argv, "--task", task, "--task-arg", pair, "--model", str(tmp_path / "no-model")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"swaa: error: --task-arg: {built.value}" in err and "Traceback" not in err, err
+
+
+def test_every_bad_task_arg_value_is_named_at_once(tmp_path, capsys):
+    code = main(["eval", "--task", "multi_key", "--task-arg", "num_keys=0", "--task-arg", "digits=99", "--model",
+                 str(tmp_path / "no-model")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "got 0" in err and "digits must be between 1 and 32, got 99" in err, err
+
+
 # ------------------------------------------------------------------------------------------------ sweep
 
 

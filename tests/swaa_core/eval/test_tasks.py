@@ -141,6 +141,44 @@ def test_bad_requests_say_what_is_wrong(tok, kind, kwargs, message):
         make_task(kind, tok, **kwargs)
 
 
+# Values each builder refuses, with the builder's words (hand-written: the builders' messages as documented).
+BAD_OPTIONS = [
+    ("passkey", "digits", 0, "digits must be between 1 and 32, got 0"),
+    ("needle", "digits", 33, "digits must be between 1 and 32, got 33"),
+    ("needle", "haystack", "   ", "The haystack text is empty"),
+    ("multi_key", "num_keys", 1, "multi_key needs num_keys >= 2"),
+    ("multi_value", "num_values", -3, "multi_value needs num_values >= 2, got -3"),
+    ("variable_tracking", "num_hops", 0, "num_hops must be at least 1, got 0"),
+    ("common_words", "num_common", -1, "num_common must be at least 1, got -1"),
+    ("common_words", "freq_common", 1, "freq_common (how often each common word appears) must be at least 2"),
+    ("common_words", "freq_rare", 0, "freq_rare (how often each other word appears) must be at least 1, got 0"),
+    ("passkey", "digits", 4.5, "option digits takes a whole number, got 4.5"),
+]
+
+
+@pytest.mark.parametrize("kind, name, value, message", BAD_OPTIONS)
+def test_task_options_are_checked_without_a_tokenizer_in_the_builders_words(tok, kind, name, value, message):
+    """check_task_options (what `swaa --task-arg` runs before a model loads) refuses what the builder refuses, with
+    the builder's own message."""
+    from swaa_core.eval.tasks.registry import check_task_options
+
+    with pytest.raises(TaskError) as built:
+        make_task(kind, tok, length_tokens=600, depth=0.5, **{name: value})
+    assert message in str(built.value)
+    with pytest.raises(TaskError) as checked:
+        check_task_options(kind, {name: value})
+    assert str(checked.value) == str(built.value)
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_task_options_that_a_builder_takes_pass_the_check(kind):
+    from swaa_core.eval.tasks.registry import TASK_OPTIONS, check_task_options
+
+    good = {"digits": 3, "haystack": "Some filler. More filler.", "num_keys": 3, "num_values": 3, "num_hops": 2,
+            "num_common": 5, "freq_common": 4, "freq_rare": 1}  # fmt: skip
+    check_task_options(kind, {k: v for k, v in good.items() if k in TASK_OPTIONS[kind]})
+
+
 def test_every_kind_is_buildable(tok):
     for kind in TASK_KINDS:
         extra = {"document": "Some text. " * 30, "question": "What?"} if kind == "doc_qa" else {}
