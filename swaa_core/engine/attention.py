@@ -180,6 +180,10 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
             )
         mask2d = mask2d.to(device=device, dtype=torch.bool)
         real = mask2d.long().cumsum(-1) - 1
+        if plan.native_window is not None:
+            # a window the model slides itself counts cache slots, padding inside a prompt included, as transformers'
+            # sliding masks do; real positions would reach one token further back per masked slot
+            real = torch.arange(total, device=device).expand(B, total)
         kv_pos, kv_valid = real[:, slots], mask2d[:, slots]
         q_pos = real[:, total - Q :]
     else:

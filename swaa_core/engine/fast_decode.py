@@ -113,8 +113,9 @@ def fast_generate(
     one prompt at a time, not of the batch; ``prefill_s`` then includes the moves; same tokens). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
     seed, but not the tokens ``generate`` gives). ``streamer`` / ``stopping_criteria`` behave as in ``generate``;
-    each costs one host read per token. Stopping is read from the device every ``CHECK_EVERY`` steps otherwise, so
-    after every row has stopped the global RNG may have advanced by up to that many more draws than in ``generate``.
+    each costs one host read per token, as do sampling from the global RNG with an end of sequence (extra steps
+    after every row stopped would draw from it) and a logits processor of the caller's own. Otherwise stopping is
+    read from the device every ``CHECK_EVERY`` steps.
 
     Raises ValueError for an empty prompt, a non-positive ``max_new_tokens``, right padding, a streamer with more
     than one row, and, naming it, every option this path cannot honour (beam search, assisted decoding, attention
@@ -219,7 +220,11 @@ class _Chooser:
         self.logits = () if keep and config.output_logits else None
         self.done_at = torch.zeros((), dtype=torch.long, device=input_ids.device)  # length once every row stopped
         host = streamer is not None or any(not isinstance(c, DEVICE_CRITERIA) for c in criteria)
-        self.check_every = 1 if host else CHECK_EVERY
+        # Steps past the stop that generate never runs: each draw there moves the global RNG the caller's next call
+        # starts from, and a processor of the caller's own may keep state across calls. Both need the stop seen at once.
+        draws = self.sample and generator is None and self.has_eos
+        own = any(not type(p).__module__.startswith("transformers.") for p in processors)
+        self.check_every = 1 if host or draws or own else CHECK_EVERY
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) logits of the last position -> (B,) chosen tokens, appended to ``sequences``."""
