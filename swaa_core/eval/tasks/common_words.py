@@ -12,6 +12,10 @@ from .haystack import word_list
 def check_num_common(num_common) -> None:
     if not isinstance(num_common, int) or num_common < 1:
         raise TaskError(f"num_common must be at least 1, got {num_common!r}.")
+    if num_common > len(word_list("noun")):
+        raise TaskError(
+            f"num_common must be at most {len(word_list('noun')):,} (the distinct words), got {num_common}."
+        )
 
 
 def check_freq_rare(freq_rare) -> None:
@@ -24,10 +28,20 @@ def check_freq_common(freq_common) -> None:
         raise TaskError(f"freq_common (how often each common word appears) must be at least 2, got {freq_common!r}.")
 
 
+def check_frequencies(freq_common, freq_rare) -> None:
+    """TaskError when a given ``freq_common`` does not exceed ``freq_rare`` (the common words would not stand out)."""
+    if freq_common is not None and freq_common <= freq_rare:
+        raise TaskError(
+            f"freq_common ({freq_common}) must be above freq_rare ({freq_rare}): the common words must appear more "
+            "often than the others."
+        )
+
+
 def common_words(tokenizer, *, length_tokens, depth, seed, num_common=10, freq_common=None, freq_rare=1):
     check_num_common(num_common)
     check_freq_rare(freq_rare)
     check_freq_common(freq_common)
+    check_frequencies(freq_common, freq_rare)
     rng = random.Random(seed)
     pool = list(word_list("noun"))
     rng.shuffle(pool)

@@ -15,8 +15,19 @@ def check_num_values(num_values) -> None:
         raise TaskError(f"multi_value needs num_values >= 2, got {num_values!r}.")
 
 
+def check_value_room(num_values, digits) -> None:
+    """TaskError when there are fewer distinct ``digits``-digit numbers (:func:`.haystack.number`) than values."""
+    room = 10 if digits == 1 else 9 * 10 ** (digits - 1)
+    if num_values > room:
+        raise TaskError(
+            f"multi_value needs {num_values} distinct {digits}-digit numbers and there are only {room}: ask for fewer "
+            "values or more digits."
+        )
+
+
 def multi_value(tokenizer, *, length_tokens, depth, seed, digits=7, num_values=4, haystack=None):
     check_num_values(num_values)
+    check_value_room(num_values, digits)
     rng = random.Random(seed)
     key = word_key(rng)
     values: list[str] = []

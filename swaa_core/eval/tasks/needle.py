@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from .base import TaskError
-from .haystack import Insert, depth_or_random, haystack_task, number, word_key
+from .haystack import Insert, depth_or_random, haystack_task, number, word_key, word_list
 
 NIAH_INTRO = (
     "Some special magic numbers are hidden within the following text. Make sure to memorize them. "
@@ -17,6 +17,14 @@ NIAH_INTRO = (
 def check_num_keys(num_keys) -> None:
     if not isinstance(num_keys, int) or num_keys < 1:
         raise TaskError(f"num_keys must be at least 1, got {num_keys!r}.")
+    check_key_room(num_keys)
+
+
+def check_key_room(num_keys: int) -> None:
+    """TaskError when the word lists make fewer distinct adjective-noun keys (:func:`.haystack.word_key`) than asked."""
+    room = len(word_list("adjective")) * len(word_list("noun"))
+    if num_keys > room:
+        raise TaskError(f"num_keys must be at most {room:,} (the distinct keys the word lists make), got {num_keys}.")
 
 
 def niah(tokenizer, *, length_tokens, depth, seed, digits=7, num_keys=1, haystack=None, kind="needle"):

@@ -6,16 +6,17 @@ entry in :data:`BUILDERS`."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 
 from .base import TaskError, TaskSample
-from .common_words import check_freq_common, check_freq_rare, check_num_common, common_words
+from .common_words import check_freq_common, check_freq_rare, check_frequencies, check_num_common, common_words
 from .doc_qa import doc_qa
 from .haystack import check_digits, check_haystack
 from .multi_key import check_num_keys as check_multi_key_count
 from .multi_key import multi_key
-from .multi_value import check_num_values, multi_value
+from .multi_value import check_num_values, check_value_room, multi_value
 from .needle import needle
 from .passkey import passkey
 from .variable_tracking import check_num_hops, variable_tracking
@@ -61,6 +62,11 @@ OPTION_CHECKS: dict[str, dict[str, Callable[[object], None]]] = {
     "variable_tracking": {"num_hops": check_num_hops, **_HAYSTACK_CHECKS},
     "common_words": {"num_common": check_num_common, "freq_common": check_freq_common, "freq_rare": check_freq_rare},
     "doc_qa": {},
+}
+# The builders' checks of options taken together (each builder calls them too), with the builder's defaults filled in.
+JOINT_CHECKS: dict[str, Callable[[dict], None]] = {
+    "multi_value": lambda kw: check_value_room(kw["num_values"], kw["digits"]),
+    "common_words": lambda kw: check_frequencies(kw["freq_common"], kw["freq_rare"]),
 }
 _KIND_ALIASES = {
     "niah": "needle",
@@ -114,6 +120,11 @@ def check_task_options(kind: str, kw: dict) -> None:
     for name, value in kw.items():
         if check := OPTION_CHECKS[key].get(name):
             check(value)
+    if joint := JOINT_CHECKS.get(key):
+        defaults = {
+            n: p.default for n, p in inspect.signature(BUILDERS[key]).parameters.items() if n in TASK_OPTIONS[key]
+        }
+        joint(defaults | kw)
 
 
 def check_grid(kind: str, seeds: list, depths) -> None:

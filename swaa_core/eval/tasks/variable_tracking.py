@@ -12,6 +12,13 @@ from .haystack import Insert, depth_or_random, haystack_task, number
 def check_num_hops(num_hops) -> None:
     if not isinstance(num_hops, int) or num_hops < 1:
         raise TaskError(f"num_hops must be at least 1, got {num_hops!r}.")
+    if num_hops + 1 > len(LETTERS) ** NAME_LENGTH:
+        raise TaskError(
+            f"num_hops must be at most {len(LETTERS) ** NAME_LENGTH - 1:,} (distinct names), got {num_hops}."
+        )
+
+
+LETTERS, NAME_LENGTH = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", 5  # a variable's name
 
 
 def variable_tracking(tokenizer, *, length_tokens, depth, seed, num_hops=4, digits=5, haystack=None):
@@ -19,7 +26,7 @@ def variable_tracking(tokenizer, *, length_tokens, depth, seed, num_hops=4, digi
     rng = random.Random(seed)
     names: list[str] = []
     while len(names) < num_hops + 1:
-        name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+        name = "".join(rng.choice(LETTERS) for _ in range(NAME_LENGTH))
         if name not in names:
             names.append(name)
     value = number(rng, digits)

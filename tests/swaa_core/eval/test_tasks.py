@@ -170,6 +170,43 @@ def test_task_options_are_checked_without_a_tokenizer_in_the_builders_words(tok,
     assert str(checked.value) == str(built.value)
 
 
+# Options each valid alone that no sample can meet (the builders once looped forever drawing distinct values, or
+# asked for more common words than exist); bounds from the word lists and number ranges, counted by hand.
+UNMEETABLE = [
+    ("multi_value", {"digits": 1, "num_values": 11}, "11 distinct 1-digit numbers and there are only 10"),
+    ("multi_value", {"digits": 2, "num_values": 91}, "91 distinct 2-digit numbers and there are only 90"),
+    ("multi_value", {"num_values": 9 * 10**6 + 1}, "there are only 9000000"),  # the default 7 digits
+    ("multi_key", {"num_keys": 845 * 6098 + 1}, "num_keys must be at most 5,152,810"),
+    ("variable_tracking", {"num_hops": 26**5}, "num_hops must be at most 11,881,375"),
+    ("common_words", {"num_common": 6099}, "num_common must be at most 6,098"),
+    ("common_words", {"freq_common": 3, "freq_rare": 3}, "freq_common (3) must be above freq_rare (3)"),
+]
+
+
+@pytest.mark.parametrize("kind, options, message", UNMEETABLE)
+def test_options_no_sample_can_meet_are_refused_not_hung(tok, kind, options, message):
+    """Refused up front (check_task_options) and by the builder, in the same words, within seconds."""
+    import signal
+
+    from swaa_core.eval.tasks.registry import check_task_options
+
+    def hung(*_):
+        raise TimeoutError(f"{kind} {options} did not return in 20 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(TaskError) as checked:
+            check_task_options(kind, options)
+        with pytest.raises(TaskError) as built:
+            make_task(kind, tok, length_tokens=600, depth=0.5, **options)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert message in str(checked.value)
+    assert str(checked.value) == str(built.value)
+
+
 @pytest.mark.parametrize("kind", TASK_KINDS)
 def test_task_options_that_a_builder_takes_pass_the_check(kind):
     from swaa_core.eval.tasks.registry import TASK_OPTIONS, check_task_options
