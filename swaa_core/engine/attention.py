@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .backends import attend, reference
 from .cache import KeyView, SWAACacheLayer, bucket_end
 from .kernels.sdpa import bucketed_decode, decode_sdpa
-from .kinds import MaskKind
+from .kinds import MaskKind, SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
 from .static_cache import StaticSlots
 
@@ -180,9 +180,10 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
             )
         mask2d = mask2d.to(device=device, dtype=torch.bool)
         real = mask2d.long().cumsum(-1) - 1
-        if plan.native_window is not None:
-            # a window the model slides itself counts cache slots, padding inside a prompt included, as transformers'
-            # sliding masks do; real positions would reach one token further back per masked slot
+        if plan.native_window is not None and plan.kind == SinkWindow(plan.native_window):
+            # the model's own window, unchanged, counts cache slots (padding inside a prompt included) as transformers'
+            # sliding masks do; real positions would reach one token further back per masked slot. SWAA's own kinds
+            # (a narrower window, chunks) count real tokens in every layer.
             real = torch.arange(total, device=device).expand(B, total)
         kv_pos, kv_valid = real[:, slots], mask2d[:, slots]
         q_pos = real[:, total - Q :]

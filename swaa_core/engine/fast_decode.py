@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PrefixConstrainedLogitsProcessor
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
@@ -39,6 +39,7 @@ from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
 PREFILL_MODES = ("batch", "row")  # one forward of every row, or one request at a time into the batch's buffers
+CALLERS_CODE = (PrefixConstrainedLogitsProcessor,)  # transformers' processors that call a function of the caller's
 CHECK_EVERY = 16  # decode steps between host reads of "every row finished" (each read waits for the GPU)
 LOOPS = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)  # the decoding modes this loop is
 DEVICE_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)  # stopping rules that never read the host's state
@@ -114,7 +115,8 @@ def fast_generate(
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
     seed, but not the tokens ``generate`` gives). ``streamer`` / ``stopping_criteria`` behave as in ``generate``;
     each costs one host read per token, as do sampling from the global RNG with an end of sequence (extra steps
-    after every row stopped would draw from it) and a logits processor of the caller's own. Otherwise stopping is
+    after every row stopped would draw from it) and a logits processor or ``prefix_allowed_tokens_fn`` of the
+    caller's own. Otherwise stopping is
     read from the device every ``CHECK_EVERY`` steps.
 
     Raises ValueError for an empty prompt, a non-positive ``max_new_tokens``, right padding, a streamer with more
@@ -221,9 +223,10 @@ class _Chooser:
         self.done_at = torch.zeros((), dtype=torch.long, device=input_ids.device)  # length once every row stopped
         host = streamer is not None or any(not isinstance(c, DEVICE_CRITERIA) for c in criteria)
         # Steps past the stop that generate never runs: each draw there moves the global RNG the caller's next call
-        # starts from, and a processor of the caller's own may keep state across calls. Both need the stop seen at once.
+        # starts from, and the caller's own code (a processor, a prefix_allowed_tokens_fn) may count its calls or keep
+        # state across them. Both need the stop seen at once.
         draws = self.sample and generator is None and self.has_eos
-        own = any(not type(p).__module__.startswith("transformers.") for p in processors)
+        own = any(isinstance(p, CALLERS_CODE) or not type(p).__module__.startswith("transformers.") for p in processors)
         self.check_every = 1 if host or draws or own else CHECK_EVERY
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
@@ -279,6 +282,19 @@ def _prefill(model, input_ids, mask, cache, chunk: int | None) -> torch.Tensor:
     return logits[:, -1]
 
 
+def _refuse_masked_tokens_inside(mask: torch.Tensor) -> None:
+    """ValueError for a (B, T) mask that masks a token after a row's first real one: row prefill places each row's
+    keys at real position + left padding, true only when every masked token is left padding."""
+    inside = (mask.long().cummax(-1).values > mask.long()).any(-1)
+    if bool(inside.any()):
+        rows = inside.nonzero().flatten().tolist()
+        raise ValueError(
+            f"prefill='row' takes prompts padded on the left only; the attention mask of row(s) {rows} masks tokens "
+            "inside the prompt (generate masks every pad token a prompt holds when no attention_mask is given). Pass "
+            "prefill='batch', or an attention_mask that keeps those tokens."
+        )
+
+
 def _prefill_rows(model, plans, input_ids, mask, chunk: int | None, max_slots: int):
     """Each row's prompt through the SWAA kernels alone, moved into the batch's fixed buffers before the next row
     runs, the most padded row first (its cache's geometry is the batch's: StaticSWAACache.for_rows): ((B, V)
@@ -304,6 +320,8 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
     device = input_ids.device
     slots = bucket_slots(T + max_new) if backend else T + max_new
     start = _now(device)
+    if prefill == "row" and mask is not None:
+        _refuse_masked_tokens_inside(mask)
     if prefill == "row":  # each row moves into the fixed buffers as it is prefilled
         logits, cache = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
     else:

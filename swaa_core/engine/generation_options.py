@@ -165,7 +165,7 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
     found += [
         f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS
     ]
-    if model_kwargs.get("position_ids") is not None:  # generate makes its own from the mask, as this path does
+    if model_kwargs.get("position_ids") is not None:  # given ones: generate continues them, this path cannot
         found.append("position_ids (generate continues positions given to it; this path takes them from the mask)")
     found += _wrapper_inputs(model)
     refuse(found)

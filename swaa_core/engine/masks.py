@@ -24,7 +24,9 @@ NO_FULL = 2**62  # a ``full_from`` beyond every position: no query is full
 class MaskGeometry:
     """Where each query and key sits, for one attention call.
 
-    q_pos: (B, Q) real positions of the queries.  kv_pos: (B, KV) real positions of the keys (non-decreasing).
+    q_pos: (B, Q) real positions of the queries.  kv_pos: (B, KV) real positions of the keys (non-decreasing). In a
+    layer that runs the model's own sliding window unchanged, both are cache slots instead, padding included, as
+    transformers counts that window.
     kv_valid: (B, KV) False for padding keys.  q_full: (B, Q) True for queries that attend to the whole causal past
     (decode tokens under FA decode, or every query of a full-attention layer). kind: the layer's mask kind, None in a
     full-attention layer.

@@ -105,3 +105,35 @@ def test_global_rng_after_a_sampled_call_that_stops_early_is_generates():
     assert torch.equal(a, ref_a)
     assert torch.equal(b, ref_b)
     remove_swaa(model)
+
+
+def test_a_prefix_allowed_tokens_fn_is_called_as_often_as_generate_calls_it():
+    """generate wraps the caller's prefix_allowed_tokens_fn in PrefixConstrainedLogitsProcessor (a transformers
+    module), so the fixed path keeps calling the caller's function for up to CHECK_EVERY - 1 steps after every row
+    has stopped: the same 'processor of the caller's own' case the commit fixes for logits_processor=."""
+    model = build_tiny_model("llama", eos_token_id=None)
+    apply_swaa(model, SWAAConfig(sliding_window_size=6, keep_first=2))
+    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(7))
+    calls = {"dynamic": 0, "static": 0}
+
+    def run(cache):
+        def allowed(batch_id, seq):
+            calls[cache] += 1
+            return list(range(model.config.vocab_size))
+
+        with torch.no_grad():
+            return model.generate(
+                ids,
+                max_new_tokens=30,
+                do_sample=False,
+                eos_token_id=list(range(3, 97, 2)),
+                pad_token_id=0,
+                prefix_allowed_tokens_fn=allowed,
+                cache_implementation=cache,
+            )
+
+    ref, got = run("dynamic"), run("static")
+    remove_swaa(model)
+    assert ref.shape[1] < ids.shape[1] + 16  # stopped early
+    assert torch.equal(got, ref)
+    assert calls["static"] == calls["dynamic"]
