@@ -14,7 +14,7 @@ from pathlib import Path
 from swaa_core.eval.tasks import TaskSample, count_tokens, make_task
 
 from .assets import ASSETS
-from .state import length_of, seed_of, task_of
+from .state import depth_of, length_of, seed_of, task_of
 
 EXAMPLES_DIR = ASSETS / "examples"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -152,7 +152,7 @@ class Prompt:
 
 
 def task_sample(tokenizer, kind: str, *, length: int, depth: float, seed: int) -> TaskSample:
-    return make_task(kind, tokenizer, length_tokens=length, depth=float(depth), seed=seed)
+    return make_task(kind, tokenizer, length_tokens=length, depth=depth_of(depth), seed=seed)
 
 
 def text_sample(tokenizer, document: str, question: str, answer: str, answer_prefix: str, *, seed: int) -> TaskSample:

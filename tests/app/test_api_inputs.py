@@ -34,6 +34,16 @@ def _api_message(fn, *args) -> str:
     return info.value.message
 
 
+# ---------------------------------------------------------------- depth: the builders' rule, as links read it
+@pytest.mark.embedded
+@pytest.mark.parametrize("depth", ["abc", None, math.nan, 1.5, -0.1])
+def test_compare_names_the_depth_by_the_rule_links_use(loaded, depth):
+    # once: "could not convert string to float: 'abc'", a TypeError for None
+    with pytest.raises(ValueError) as info:
+        _build(depth=depth)
+    assert str(info.value) == f"depth must be between 0 (start of the context) and 1 (end), got {depth!r}."
+
+
 # ---------------------------------------------------------------- seeds: whole numbers, refused by name
 @pytest.mark.embedded
 @pytest.mark.parametrize("seed", [1.5, 2.9])
