@@ -75,6 +75,7 @@ def open_page(ui, saved_text: dict | None, request: gr.Request) -> dict:
         )
         settings.model = DEFAULT_MODEL
         loaded = HUB.get(DEFAULT_MODEL)
+    notes += model_panel.link_notes(loaded, settings)
     for note in notes:
         gr.Warning(note)
     example = examples().get(settings.example)

@@ -81,13 +81,33 @@ def model_updates(ui, loaded, s: Strategy, opened: Settings | None = None) -> di
     }
     if opened is not None:
         out |= {
-            ui.window: gr.Slider(maximum=limit, value=s.window),
+            ui.window: gr.Slider(maximum=limit, value=min(s.window, limit)),
             ui.length: gr.Slider(maximum=longest, value=min(int(opened.length), longest)),
             ui.sinks: s.sinks,
             ui.fa_layers_mode: s.fa_layers_mode,
             ui.fa_decode_mode: s.fa_decode_mode,
         }
     return out
+
+
+def link_notes(loaded, opened: Settings) -> list[str]:
+    """What a shared link asked that ``loaded`` cannot take, each as :func:`model_updates` fits it to the model
+    (the length and window sliders' maxima, its layers), so that nothing from the link changes without a word."""
+    n, limit = num_layers(loaded), loaded.info.context_length or 8192
+    longest, s, notes = limit - LENGTH_HEADROOM, opened.strategy, []
+    if int(opened.length) > longest:
+        notes.append(f"The link's length of {int(opened.length):,} tokens is beyond the longest prompt {loaded.name} "
+                     f"takes here ({longest:,}): the length is set to {longest:,}.")  # fmt: skip
+    if s.window > limit:
+        notes.append(f"The link's window of {s.window:,} tokens is beyond {loaded.name}'s context ({limit:,}): the "
+                     f"window is set to {limit:,}.")  # fmt: skip
+    for what, layers, used in (("FA layers", s.fa_layers, s.fa_layers_mode == "custom"),
+                               ("FA decode layers", s.fa_decode_layers, s.fa_decode_mode == "layers")):  # fmt: skip
+        beyond = [i for i in layers if i >= n]
+        if used and beyond:
+            notes.append(f"The link's {what} {', '.join(map(str, beyond))} are beyond {loaded.name}'s {n} layers "
+                         f"(0-{n - 1}) and were left out.")  # fmt: skip
+    return notes
 
 
 def load_model(ui, name: str, active_model, strategy: Strategy) -> dict:
