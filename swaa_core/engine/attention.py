@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import attend, reference
-from .cache import KeyView, SWAACacheLayer, bucket_end
+from .cache import KeyView, SWAACacheLayer, bucket_end, masked_inside_prompt
 from .kernels.sdpa import bucketed_decode, decode_sdpa
 from .kinds import MaskKind, SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
@@ -44,6 +44,12 @@ class LayerPlan:
         """Only a sliding layer whose decode steps also slide can forget old keys."""
         return self.kind is not None and not self.fa_decode
 
+    @property
+    def counts_slots(self) -> bool:
+        """The layer runs the model's own sliding window unchanged, which counts cache slots (padding included) as
+        transformers does; every other kind counts real tokens (:func:`geometry`)."""
+        return self.native_window is not None and self.kind == SinkWindow(self.native_window)
+
 
 @dataclass
 class RunContext:
@@ -60,6 +66,15 @@ class RunContext:
     # and the 2-D padding masks they were built from (Gemma 3 hands its sliding and its full layers a copy each).
     masks_for: tuple = ()
     decode_masks: dict = field(default_factory=dict)
+    holes_seen: tuple = (None, False)  # (the 2-D mask last asked about, whether it masks a token inside a prompt)
+
+    def masked_inside(self, mask2d) -> bool:
+        """:func:`swaa_core.engine.cache.masked_inside_prompt`, read once per mask, not once per layer."""
+        seen, answer = self.holes_seen
+        if seen is not mask2d:
+            answer = masked_inside_prompt(mask2d)
+            self.holes_seen = (mask2d, answer)  # held, so that no other tensor takes its identity
+        return answer
 
     def forget_forward(self) -> None:
         """Drop what the last forward kept for its layers (tensors that would otherwise live until the next one)."""
@@ -180,10 +195,9 @@ def geometry(plan: LayerPlan, query, key, mask2d, view: KeyView, full, ctx: RunC
             )
         mask2d = mask2d.to(device=device, dtype=torch.bool)
         real = mask2d.long().cumsum(-1) - 1
-        if plan.native_window is not None and plan.kind == SinkWindow(plan.native_window):
-            # the model's own window, unchanged, counts cache slots (padding inside a prompt included) as transformers'
-            # sliding masks do; real positions would reach one token further back per masked slot. SWAA's own kinds
-            # (a narrower window, chunks) count real tokens in every layer.
+        if plan.counts_slots:
+            # as transformers' sliding masks count it; real positions would reach one token further back per slot
+            # masked inside a prompt. SWAA's own kinds (a narrower window, chunks) count real tokens in every layer.
             real = torch.arange(total, device=device).expand(B, total)
         kv_pos, kv_valid = real[:, slots], mask2d[:, slots]
         q_pos = real[:, total - Q :]

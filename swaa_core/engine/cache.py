@@ -120,6 +120,7 @@ class SWAACacheLayer(DynamicLayer):
         self.ring = False
         self.kind: MaskKind | None = None
         self.settled = True  # False while the sink slots of an evicting layer are not known yet (left padding)
+        self.keeps_all = False  # a prompt masked tokens inside it: a window of W real tokens spans more than W slots
         self.record_past = False
         self.bound = None  # the plan this layer was last configured for
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
@@ -166,6 +167,17 @@ class SWAACacheLayer(DynamicLayer):
                 self.sinks, self.lo, self.settled = slots, slots, True
             elif slots is not None and slots <= self.sinks:
                 self.settled = True  # a narrower reconfiguration: the sinks already held cover the new ones
+
+    def note_mask(self, plan, mask2d: torch.Tensor | None, masked_inside=None) -> None:
+        """Before a forward of several tokens: when ``mask2d`` masks a token inside a prompt (not left padding) and
+        ``plan`` counts its window in real tokens, that window spans more slots than the ring's W, so this layer
+        keeps every key from now on. ``masked_inside(mask2d)`` answers that (default: one device read; the pre-hook
+        passes one that reads once per forward for all layers). Keys a ring already dropped (a chunked prompt whose
+        masked tokens come in a later chunk) are not needed: every masked slot of the new chunk is itself held, so
+        the W real tokens before any of its queries still lie within the held slots."""
+        if self.keeps_all or mask2d is None or not plan.evicts or plan.counts_slots:
+            return
+        self.keeps_all = (masked_inside or masked_inside_prompt)(mask2d)
 
     def _dropped(self) -> bool:
         return self.ring or self.lo > self.sinks
@@ -282,6 +294,7 @@ class SWAACacheLayer(DynamicLayer):
         return (
             self.kind is not None
             and self.settled
+            and not self.keeps_all
             and not self.record_past
             and self.total > self.kind.kept_slots(self.sinks)
         )
@@ -344,7 +357,12 @@ class SWAACacheLayer(DynamicLayer):
         self.view = KeyView(self.ring, self.sinks, self.lo, self.total, self.width if self.ring else None)
 
     def _may_ring_after_crop(self) -> bool:
-        return self.kind is not None and self.settled and self.total > self.kind.kept_slots(self.sinks)
+        return (
+            self.kind is not None
+            and self.settled
+            and not self.keeps_all
+            and self.total > self.kind.kept_slots(self.sinks)
+        )
 
     def __getstate__(self):
         return {**self.__dict__, "handed_out": None}  # weak references cannot be pickled; the next step copies
@@ -371,6 +389,12 @@ def _whole_buffer(view: torch.Tensor, slots: int) -> torch.Tensor:
     """The first ``slots`` slots of the buffer whose start ``view`` (B, H, n, D) is. Rebuilt from the view's strides,
     not from ``view._base``: views made under ``torch.inference_mode`` do not record their base."""
     return view.as_strided((*view.shape[:2], slots, view.shape[3]), view.stride(), view.storage_offset())
+
+
+def masked_inside_prompt(mask2d: torch.Tensor) -> bool:
+    """Whether some row masks a token after its first real one (a hole, not left padding). One device read."""
+    mask = mask2d.long()
+    return bool((mask.cummax(-1).values > mask).any())
 
 
 def _sink_slots(mask2d: torch.Tensor | None, keep_first: int) -> int | None:

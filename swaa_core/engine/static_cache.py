@@ -204,7 +204,7 @@ def _static_layer(layer, plan, real, max_slots: int, clock: DecodeClock, tables:
         held = torch.where(live, held, -1)
     kind = plan.kind if plan.evicts else None
     ring = None
-    if kind is not None and isinstance(layer, SWAACacheLayer) and layer.settled:
+    if kind is not None and isinstance(layer, SWAACacheLayer) and layer.settled and not layer.keeps_all:
         ring = (layer.sinks, kind.span)
     size = kind.kept_slots(layer.sinks) if ring is not None else max_slots
     index = slots if ring is None else ring_index(slots, *ring)

@@ -1,0 +1,392 @@
+"""Every path that builds attention through ``attention.geometry`` against an independent float64
+reference written from docs' mask rule (SWAA.md), and against transformers' own forward where a layer runs the model's
+own window. The reference is a transformers attention function of its own ("probe_ref") on a float64 copy of the model,
+run without a cache over the whole sequence; its mask is built here from the 2-D padding mask:
+
+* a layer the model slides natively with window N: SWAA narrows it (window min(W, N) without sinks, or chunks C <= N)
+  or keeps it (N, counted in cache *slots*, padding included, as transformers counts it); no FA decode there;
+* every other layer: full (None, non_sliding_layers) or SWAA's kind in *real* positions (cumsum of the mask), sinks
+  = the first keep_first real positions, FA-decode queries (slot >= prompt end, or real position >= prompt length)
+  see their whole causal past;
+* always: a key is seen only when it is a real token at or before the query (slots).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers.tiny_models import build_tiny_model
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from swaa_core import SWAAConfig, apply_swaa, capture_attention, fast_generate, remove_swaa
+
+T = 20
+NEW = 5
+ATOL = 2e-4
+
+# ----------------------------------------------------------------------------------------------------- the reference
+_REF: dict = {}
+
+
+def _native(config, layer):
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        return window if types[layer] == "sliding_attention" else None
+    return window
+
+
+def _rule(cfg: SWAAConfig | None, layer: int, native):
+    """(kind name, size, sinks, counts slots?, fa_decode) or None for full attention."""
+    w = None if cfg is None else cfg.sliding_window_size
+    chunked = cfg is not None and cfg.mask_kind == "chunked"
+    if native is not None:
+        if w is not None and w < native and not chunked:
+            return ("window", w, 0, False, False)
+        if w is not None and w <= native and chunked:
+            return ("chunk", w, 0, False, False)
+        return ("window", native, 0, True, False)
+    if w is None or layer in cfg.non_sliding_layers:
+        return None
+    fa = cfg.force_fa_decode if isinstance(cfg.force_fa_decode, bool) else layer in cfg.force_fa_decode
+    return ("chunk" if chunked else "window", w, cfg.keep_first, False, fa)
+
+
+def ref_mask(cfg, layer, native, mask2d, prompt_end=None, prompt_lengths=None):
+    """(B, T, T) bool: query slot i sees key slot j."""
+    B, n = mask2d.shape
+    valid = mask2d.bool()
+    slot = torch.arange(n)[None].expand(B, n)
+    real = valid.long().cumsum(-1) - 1
+    seen = valid[:, None, :] & (slot[:, None, :] <= slot[:, :, None])
+    rule = _rule(cfg, layer, native)
+    if rule is None:
+        return seen
+    name, size, sinks, slots, fa = rule
+    pos = slot if slots else real
+    i, j = pos[:, :, None], pos[:, None, :]
+    own = (
+        (i - j < size)
+        if name == "window"
+        else (torch.div(i, size, rounding_mode="floor") == torch.div(j, size, rounding_mode="floor"))
+    )
+    full = torch.zeros(B, n, dtype=torch.bool)
+    if fa and prompt_end is not None:
+        full = slot >= prompt_end
+    if fa and prompt_lengths is not None:
+        full = real >= torch.as_tensor(prompt_lengths).view(-1, 1)
+    return seen & (own | (real[:, None, :] < sinks) | full[:, :, None])
+
+
+def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    B, H, Q, D = query.shape
+    scaling = D**-0.5 if scaling is None else scaling
+    g = H // key.shape[1]
+    k = key.double().repeat_interleave(g, 1)
+    v = value.double().repeat_interleave(g, 1)
+    layer = module.layer_idx
+    m = ref_mask(_REF["cfg"], layer, _native(_REF["config"], layer), _REF["mask"], _REF.get("prompt_end"),
+                 _REF.get("prompt_lengths"))  # fmt: skip
+    m = m[:, -Q:, -key.shape[2] :]
+    s = (query.double() @ k.transpose(-1, -2)) * scaling
+    p = torch.softmax(s.masked_fill(~m[:, None], float("-inf")), -1).nan_to_num(0.0)
+    _REF.setdefault("probs", {})[layer] = p
+    return (p @ v).transpose(1, 2).to(query.dtype), None
+
+
+AttentionInterface.register("probe_ref", _ref_attention)
+AttentionMaskInterface.register("probe_ref", lambda *a, **k: None)
+
+
+def reference_model(model):
+    ref = copy.deepcopy(model).double()
+    remove_swaa(ref)
+    ref.set_attn_implementation("probe_ref")
+    return ref
+
+
+def ref_forward(ref, cfg, ids, mask, *, position_ids=None, prompt_end=None, prompt_lengths=None, grad=False):
+    mask = torch.ones_like(ids) if mask is None else mask
+    _REF.clear()
+    _REF.update(cfg=cfg, config=ref.config, mask=mask, prompt_end=prompt_end, prompt_lengths=prompt_lengths)
+    with torch.set_grad_enabled(grad):
+        return ref(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+
+
+def gen_positions(mask):
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+# ----------------------------------------------------------------------------------------------------- cases
+def make_mask(kind, B=3):
+    m = torch.ones(B, T, dtype=torch.long)
+    if kind in ("left", "both"):
+        m[1, :5], m[2, :2] = 0, 0
+    if kind in ("holes", "both"):
+        m[1, [8, 12]] = 0
+        m[2, [6]] = 0
+    return m
+
+
+def make_ids(B=3):
+    return torch.randint(3, 97, (B, T), generator=torch.Generator().manual_seed(7))
+
+
+CONFIGS = {
+    "full": None,
+    "sw5k2": SWAAConfig(sliding_window_size=5, keep_first=2),
+    "sw4fadec": SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=True),
+    "sw6falayers": SWAAConfig(sliding_window_size=6, keep_first=1, non_sliding_layers=[1], force_fa_decode=[0, 2]),
+    "chunk4": SWAAConfig(sliding_window_size=4, keep_first=1, mask_kind="chunked", force_fa_decode=True),
+    "sw12k2": SWAAConfig(sliding_window_size=12, keep_first=2),  # wider than the native window of 8
+    "chunk12": SWAAConfig(sliding_window_size=12, mask_kind="chunked"),
+}
+FAMILIES = {
+    "llama": dict(),
+    "gemma3": dict(),  # sliding_window=8; layer_types from transformers' default pattern
+    "mistral": dict(sliding_window=8),
+    "qwen2": dict(use_sliding_window=True, sliding_window=8, max_window_layers=2),
+}
+MASKS = ("none", "left", "holes", "both")
+
+
+def model_for(family):
+    kw = dict(FAMILIES[family], eos_token_id=None)
+    if family == "gemma3":
+        kw["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    return build_tiny_model(family, **kw)
+
+
+def _close(a, b, valid, what):
+    diff = (a.double() - b.double()).abs().amax(-1)[valid.bool()]
+    assert float(diff.max()) < ATOL, f"{what}: max |diff| {float(diff.max()):.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------- eager prefill
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prefill_matches_float64_reference(family, cfg_name, mask_kind, backend):
+    model = model_for(family)
+    cfg = CONFIGS[cfg_name]
+    ref = reference_model(model)
+    ids, mask = make_ids(), make_mask(mask_kind)
+    pos = gen_positions(mask)
+    apply_swaa(model, cfg, backend=backend)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=None if mask_kind == "none" else mask, position_ids=pos).logits
+    want = ref_forward(ref, cfg, ids, mask, position_ids=pos).logits
+    _close(got, want, mask, f"{family} {cfg_name} {mask_kind} {backend}")
+
+
+# ----------------------------------------------------------------------------------------------------- native reference
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("family", ["gemma3", "mistral", "qwen2"])
+def test_reference_equals_transformers_own_window(family, mask_kind):
+    """The reference's native rule (slots) is transformers' own sdpa forward (checks the reference itself)."""
+    model = model_for(family)
+    ref = reference_model(model)
+    ids, mask = make_ids(), make_mask(mask_kind)
+    pos = gen_positions(mask)
+    model.set_attn_implementation("sdpa")  # eager gives NaN rows after fully masked pad queries
+    with torch.no_grad():
+        own = model.double()(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    want = ref_forward(ref, None, ids, mask, position_ids=pos).logits
+    _close(own, want, mask, f"reference vs transformers {family} {mask_kind}")
+
+
+# ----------------------------------------------------------------------------------------------------- decode paths
+def _generated(model, ids, mask, path):
+    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        if path == "dynamic":
+            out = model.generate(ids, attention_mask=mask, cache_implementation="dynamic", **kw)
+        elif path == "static":
+            out = model.generate(ids, attention_mask=mask, cache_implementation="static", **kw)
+        else:
+            out = fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
+    return out
+
+
+@pytest.mark.parametrize("path", ["dynamic", "static", "batch", "row"])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_decode_matches_float64_reference(family, cfg_name, mask_kind, path):
+    model = model_for(family)
+    cfg = CONFIGS[cfg_name]
+    ref = reference_model(model)
+    ids, mask = make_ids(), make_mask(mask_kind)
+    apply_swaa(model, cfg, backend="auto")
+    if path == "row" and mask_kind in ("holes", "both"):
+        with pytest.raises(ValueError, match="prefill='row' takes prompts padded on the left only"):
+            _generated(model, ids, mask, path)
+        return
+    out = _generated(model, ids, mask, path)
+    seq = out.sequences
+    full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - T, dtype=mask.dtype)], 1)
+    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
+    got = torch.stack([lg.double() for lg in out.logits], 1)  # (B, NEW, V): step t predicts token T + t
+    want = want[:, T - 1 : T - 1 + NEW]
+    diff = (got - want).abs().amax(-1)
+    assert float(diff.max()) < ATOL, f"{family} {cfg_name} {mask_kind} {path}: per-step max diff {diff.amax(0)}"
+
+
+# ----------------------------------------------------------------------------------------------------- holes + eviction
+@pytest.mark.parametrize("keep_first", [0, 2])
+@pytest.mark.parametrize("path", ["dynamic", "static", "batch"])
+def test_evicting_window_across_holes_inside_the_prompt(path, keep_first):
+    """A sliding SWAA layer without FA decode keeps a ring of W cache slots, but its window counts W *real* positions:
+    with masked tokens inside the prompt the window of a decode query reaches further back than W slots, to keys
+    the ring already dropped (prefill, which sees every key, matches the reference)."""
+    model = model_for("llama")
+    cfg = SWAAConfig(sliding_window_size=10, keep_first=keep_first)
+    ref = reference_model(model)
+    ids = make_ids(2)
+    mask = torch.ones_like(ids)
+    mask[1, [13, 15, 17]] = 0  # three holes among the last 10 slots
+    apply_swaa(model, cfg)
+    out = _generated(model, ids, mask, path)
+    seq = out.sequences
+    full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - T, dtype=mask.dtype)], 1)
+    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
+    got = torch.stack([lg.double() for lg in out.logits], 1)
+    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
+    assert float(diff.max()) < ATOL, f"per-row, per-step max diff {diff}"
+
+
+# ----------------------------------------------------------------------------------------------------- teacher forcing
+def _right_padded_mask(kind):
+    m = torch.ones(3, T, dtype=torch.long)
+    m[1, -4:] = 0  # collate's right padding
+    if kind == "holes":
+        m[2, [6, 9]] = 0
+    if kind == "left":
+        m[2, :3] = 0
+    return m
+
+
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+@pytest.mark.parametrize("mask_kind", ["none", "right", "holes", "left"])
+@pytest.mark.parametrize("cfg_name", ["sw4fadec", "sw6falayers", "chunk4", "sw12k2", "sw5k2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_teacher_forced_prompt_lengths_match_reference(family, cfg_name, mask_kind, backend):
+    """answer_loglik / advisor / LoRA batches: swaa_prompt_lengths marks generated tokens in real positions."""
+    model = model_for(family)
+    cfg = CONFIGS[cfg_name]
+    ref = reference_model(model)
+    ids = make_ids()
+    mask = torch.ones_like(ids) if mask_kind == "none" else _right_padded_mask(mask_kind)
+    lengths = torch.tensor([12, 9, 14])
+    apply_swaa(model, cfg, backend=backend)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, swaa_prompt_lengths=lengths, use_cache=False).logits
+    want = ref_forward(ref, cfg, ids, mask, prompt_lengths=lengths).logits
+    _close(got, want, mask, f"{family} {cfg_name} {mask_kind} {backend}")
+
+
+# ----------------------------------------------------------------------------------------------------- attention maps
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("cfg_name", ["full", "sw5k2", "chunk4", "sw12k2", "sw6falayers"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_capture_attention_matches_reference_probs(family, cfg_name, mask_kind):
+    model = model_for(family)
+    cfg = CONFIGS[cfg_name]
+    ref = reference_model(model)
+    ids, mask = make_ids(), make_mask(mask_kind)
+    ids, mask = ids[[1, 0]], mask[[1, 0]]  # the padded / holed row first: capture_attention returns row 0
+    ref_forward(ref, cfg, ids, mask)
+    for layer in range(4):
+        got = capture_attention(model, ids, layer, cfg, attention_mask=None if mask_kind == "none" else mask)
+        want = _REF["probs"][layer][0]
+        rows = mask[0].bool()
+        diff = (got.double() - want)[:, rows].abs().max()
+        assert float(diff) < 1e-5, f"layer {layer}: {float(diff):.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("mask_kind", ["right", "holes"])
+@pytest.mark.parametrize("cfg_name", ["sw4fadec", "sw6falayers", "chunk4", "sw12k2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lora_gradients_match_float64_reference(family, cfg_name, mask_kind):
+    from peft import LoraConfig, get_peft_model
+
+    base = model_for(family)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]))
+    for name, p in model.named_parameters():  # B = 0 at init would hide A's gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(hash(name) % 1000))
+    ref = copy.deepcopy(model).double()
+    ref.get_base_model().set_attn_implementation("probe_ref")
+    cfg = CONFIGS[cfg_name]
+    ids, mask = make_ids(), _right_padded_mask(mask_kind)
+    lengths = torch.tensor([12, 9, 14])
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[torch.arange(T)[None] < lengths[:, None]] = -100
+    apply_swaa(model, cfg, backend="auto")
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=labels, swaa_prompt_lengths=lengths).loss.backward()
+    ref.train()
+    _REF.clear()
+    _REF.update(cfg=cfg, config=ref.config, mask=mask, prompt_lengths=lengths)
+    ref(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    grads = dict(ref.named_parameters())
+    worst = max(
+        float((p.grad.double() - grads[n].grad).abs().max() / (grads[n].grad.abs().max() + 1e-12))
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    )
+    assert worst < 1e-4, f"relative grad diff {worst:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------- chunked prefill
+@pytest.mark.parametrize("path", ["dynamic", "batch", "row"])
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("cfg_name", ["full", "sw5k2", "sw4fadec", "chunk4", "sw12k2"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral"])
+def test_chunked_prefill_matches_reference(family, cfg_name, mask_kind, path):
+    model = model_for(family)
+    cfg = CONFIGS[cfg_name]
+    ref = reference_model(model)
+    ids, mask = make_ids(), make_mask(mask_kind)
+    apply_swaa(model, cfg)
+    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+              prefill_chunk_size=6)  # fmt: skip
+    if path == "row" and mask_kind in ("holes", "both"):
+        with pytest.raises(ValueError, match="prefill='row' takes prompts padded on the left only"):
+            fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
+        return
+    with torch.no_grad():
+        if path == "dynamic":
+            out = model.generate(ids, attention_mask=mask, cache_implementation="dynamic", **kw)
+        else:
+            out = fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
+    seq = out.sequences
+    full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - T, dtype=mask.dtype)], 1)
+    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
+    got = torch.stack([lg.double() for lg in out.logits], 1)
+    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
+    assert float(diff.max()) < ATOL, f"per-row, per-step max diff {diff}"
+
+
+def test_pad_token_inside_a_prompt_without_a_mask_reaches_the_ring():
+    """The same divergence from plain user input: generate infers a mask with holes where the prompt holds the pad
+    id (no attention_mask given), and a sliding SWAA layer's ring drops keys its window still covers."""
+    model = model_for("llama")
+    cfg = SWAAConfig(sliding_window_size=10)
+    ref = reference_model(model)
+    ids = make_ids(1)
+    ids[0, [13, 15, 17]] = 0  # the pad id, inside the prompt
+    apply_swaa(model, cfg)
+    out = _generated(model, ids, None, "dynamic")
+    seq = out.sequences
+    full_mask = (seq != 0).long()
+    full_mask[:, T:] = 1
+    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
+    got = torch.stack([lg.double() for lg in out.logits], 1)
+    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
+    assert float(diff.max()) < ATOL, f"per-step max diff {diff}"
