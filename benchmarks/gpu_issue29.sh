@@ -7,30 +7,36 @@
 #   bash benchmarks/gpu_issue29.sh capacity   # the decode section at 128K: capacity per recipe (an H200 for the target)
 #
 # With flash-attn-4 unpacked (DEVELOPERS.md), export PYTHONPATH first: the prefill then runs its window kernel.
-# Each part prints the card and writes $OUT/<part>.json; a part cut by its timeout still leaves what it printed.
+# Each part prints the card; e2e, serve and capacity write $OUT/<part>.json (tests prints only). A part cut by its
+# timeout still leaves what it printed, and the script exits with the part's status (124: timed out).
 set -uo pipefail
-cd "$(dirname "$0")/.."
 part=${1:?"which part: tests, e2e, serve or capacity"}
-out=${OUT:-.}
+out=$(realpath "${OUT:-.}")
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
 case "$part" in
 tests)
     timeout 560 python -m pytest -m gpu -q -p no:cacheprovider -rA tests/swaa_core/engine/test_gpu_decode.py \
-        tests/swaa_core/models/test_capacity_gpu.py 2>&1 | grep -E "PASS|FAIL|ERROR|passed|failed" ;;
+        tests/swaa_core/models/test_capacity_gpu.py 2>&1 | grep -E "PASS|FAIL|ERROR|passed|failed"
+    rc=${PIPESTATUS[0]} ;;
 e2e)
     timeout 580 python benchmarks/gpu_decode.py --sections end_to_end --prompts 131072 --e2e-tokens 512 \
         --e2e-modes stock graph frozen --e2e-configs full "SWA decode" "1/2 FA layers + FA decode" \
-        --e2e-requests 0 --json "$out/e2e.json" 2>&1 | grep -v Warning | tail -30 ;;
+        --e2e-requests 0 --json "$out/e2e.json" 2>&1 | grep -v Warning | tail -30
+    rc=${PIPESTATUS[0]} ;;
 serve)
     timeout 580 python benchmarks/gpu_capacity.py --sections batched --prefill row --contexts 32768 --requests 16 \
-        --out "$out/serve.json" 2>&1 | grep -v Warning | tail -30 ;;
+        --out "$out/serve.json" 2>&1 | grep -v Warning | tail -30
+    rc=${PIPESTATUS[0]} ;;
 capacity)
     timeout 580 python benchmarks/gpu_capacity.py --sections decode --contexts 131072 \
-        --out "$out/capacity.json" 2>&1 | grep -v Warning | tail -30 ;;
+        --out "$out/capacity.json" 2>&1 | grep -v Warning | tail -30
+    rc=${PIPESTATUS[0]} ;;
 *)
     echo "unknown part $part: tests, e2e, serve or capacity" >&2
     exit 2 ;;
 esac
 date -u
+exit "$rc"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import attend, reference
-from .cache import KeyView, SWAACacheLayer, bucket_end, masked_inside_prompt
+from .cache import MASKED_INSIDE, KeyView, SWAACacheLayer, bucket_end, masked_inside_rows
 from .kernels.sdpa import bucketed_decode, decode_sdpa
 from .kinds import MaskKind, SinkWindow
 from .masks import NO_FULL, MaskGeometry, materialize
@@ -66,15 +66,6 @@ class RunContext:
     # and the 2-D padding masks they were built from (Gemma 3 hands its sliding and its full layers a copy each).
     masks_for: tuple = ()
     decode_masks: dict = field(default_factory=dict)
-    holes_seen: tuple = (None, False)  # (the 2-D mask last asked about, whether it masks a token inside a prompt)
-
-    def masked_inside(self, mask2d) -> bool:
-        """:func:`swaa_core.engine.cache.masked_inside_prompt`, read once per mask, not once per layer."""
-        seen, answer = self.holes_seen
-        if seen is not mask2d:
-            answer = masked_inside_prompt(mask2d)
-            self.holes_seen = (mask2d, answer)  # held, so that no other tensor takes its identity
-        return answer
 
     def forget_forward(self) -> None:
         """Drop what the last forward kept for its layers (tensors that would otherwise live until the next one)."""
@@ -83,10 +74,17 @@ class RunContext:
 
 
 def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kw):
-    """Hand the 2-D padding mask through untouched (None when nothing is padded): no (q, kv) mask is ever built here."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """Hand the 2-D padding mask through (None when nothing is padded): no (q, kv) mask is ever built here. The
+    one device read per forward also answers whether a token inside a prompt is masked, for the cache layers
+    (``SWAACacheLayer.note_mask``), attached to the view of the mask they are handed."""
+    if attention_mask is None:
         return None
-    return attention_mask
+    all_real, inside = torch.stack([attention_mask.all(), masked_inside_rows(attention_mask).any()]).tolist()
+    if all_real:
+        return None
+    view = attention_mask.view_as(attention_mask)  # the caller's tensor stays as it was
+    setattr(view, MASKED_INSIDE, inside)
+    return view
 
 
 def swaa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):

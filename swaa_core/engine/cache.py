@@ -120,7 +120,8 @@ class SWAACacheLayer(DynamicLayer):
         self.ring = False
         self.kind: MaskKind | None = None
         self.settled = True  # False while the sink slots of an evicting layer are not known yet (left padding)
-        self.keeps_all = False  # a prompt masked tokens inside it: a window of W real tokens spans more than W slots
+        self.holes = False  # a mask fed to this cache masked a token after a real one (not left padding)
+        self.counts_slots = False  # the bound plan's window counts cache slots (the model's own, unchanged)
         self.record_past = False
         self.bound = None  # the plan this layer was last configured for
         self.plan = None  # the plan of the current call: set by the SWAA pre-hook, consumed by update
@@ -155,6 +156,14 @@ class SWAACacheLayer(DynamicLayer):
         kind = plan.kind if plan.evicts else None
         if self.bound is None or kind != self.kind:
             self._check_serves(kind, layer_idx)
+            if self.holes and self.counts_slots and not plan.counts_slots and self._dropped():
+                raise ValueError(
+                    f"Layer {layer_idx} of this cache dropped keys under the model's own sliding window, which counts "
+                    "cache slots, and its prompt masked tokens inside it; the SWAA window now asked for counts real "
+                    "tokens and may need keys already dropped. Apply SWAA before filling the cache, or keep those "
+                    "tokens in the attention mask."
+                )
+            self.counts_slots = plan.counts_slots
             if self.ring:
                 self.keys, self.values = self._flat()
                 self.ring = False
@@ -168,16 +177,20 @@ class SWAACacheLayer(DynamicLayer):
             elif slots is not None and slots <= self.sinks:
                 self.settled = True  # a narrower reconfiguration: the sinks already held cover the new ones
 
-    def note_mask(self, plan, mask2d: torch.Tensor | None, masked_inside=None) -> None:
-        """Before a forward of several tokens: when ``mask2d`` masks a token inside a prompt (not left padding) and
-        ``plan`` counts its window in real tokens, that window spans more slots than the ring's W, so this layer
-        keeps every key from now on. ``masked_inside(mask2d)`` answers that (default: one device read; the pre-hook
-        passes one that reads once per forward for all layers). Keys a ring already dropped (a chunked prompt whose
-        masked tokens come in a later chunk) are not needed: every masked slot of the new chunk is itself held, so
-        the W real tokens before any of its queries still lie within the held slots."""
-        if self.keeps_all or mask2d is None or not plan.evicts or plan.counts_slots:
-            return
-        self.keeps_all = (masked_inside or masked_inside_prompt)(mask2d)
+    def note_mask(self, mask2d: torch.Tensor | None) -> None:
+        """Before every forward: whether ``mask2d`` masks a token after a real one (:func:`masked_inside_prompt`;
+        a host value when the mask came through ``attention.swaa_mask``, else one device read). From then on a
+        window counted in real tokens spans more slots than a ring of W, so this layer keeps every key
+        (:attr:`keeps_all`). Keys a ring dropped before (a masked token in a later chunk, or a masked one-token
+        forward) are not needed: every masked slot since is itself held, so the W real tokens before any later query
+        lie within the held slots."""
+        if not self.holes and mask2d is not None:
+            self.holes = masked_inside_prompt(mask2d)
+
+    @property
+    def keeps_all(self) -> bool:
+        """No ring: the cache has masked tokens inside a prompt and the window counts real tokens."""
+        return self.holes and not self.counts_slots
 
     def _dropped(self) -> bool:
         return self.ring or self.lo > self.sinks
@@ -216,7 +229,8 @@ class SWAACacheLayer(DynamicLayer):
                 f"feeds {key_states.shape[0]}; pass a cache built for this batch (or past_key_values=None)."
             )
         n = key_states.shape[-2]
-        if self.ring and n == 1 and not self.record_past and not torch.is_grad_enabled() and _writable(self.keys):
+        in_place = self.ring and n == 1 and not self.record_past and not self.keeps_all
+        if in_place and not torch.is_grad_enabled() and _writable(self.keys):
             return self._write_one(key_states, value_states)  # in place: no key saved for backward may be written
         base_k, base_v = self._flat() if self.ring else (self.keys, self.values)
         self.ring = False
@@ -391,10 +405,22 @@ def _whole_buffer(view: torch.Tensor, slots: int) -> torch.Tensor:
     return view.as_strided((*view.shape[:2], slots, view.shape[3]), view.stride(), view.storage_offset())
 
 
+MASKED_INSIDE = "_swaa_masked_inside"  # attribute attention.swaa_mask sets on the 2-D mask it hands the layers
+
+
 def masked_inside_prompt(mask2d: torch.Tensor) -> bool:
-    """Whether some row masks a token after its first real one (a hole, not left padding). One device read."""
+    """Whether some row masks a token after its first real one (a hole, not left padding): the answer
+    ``attention.swaa_mask`` attached to the mask, else one device read."""
+    known = getattr(mask2d, MASKED_INSIDE, None)
+    if known is not None:
+        return known
+    return bool(masked_inside_rows(mask2d).any())
+
+
+def masked_inside_rows(mask2d: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: whether each row masks a token after its first real one."""
     mask = mask2d.long()
-    return bool((mask.cummax(-1).values > mask).any())
+    return (mask.cummax(-1).values > mask).any(-1)
 
 
 def _sink_slots(mask2d: torch.Tensor | None, keep_first: int) -> int | None:

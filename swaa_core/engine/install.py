@@ -64,8 +64,7 @@ def _cache_hook(module, args, kwargs):
         layers = getattr(cache, "layers", None)
         if layers is not None and module.layer_idx < len(layers) and layers[module.layer_idx] is last:
             last.plan = last.bound
-            if _several_tokens(args, kwargs):  # a prompt chunk: decode steps append real tokens only
-                last.note_mask(last.bound, kwargs.get("attention_mask"), _masked_inside(module))
+            last.note_mask(kwargs.get("attention_mask"))  # a host value: swaa_mask read it with its own check
             return
     if cache is None or isinstance(cache, StaticSWAACache):
         module._swaa_cache_layer = None if cache is None else cache.layers[module.layer_idx]
@@ -73,26 +72,9 @@ def _cache_hook(module, args, kwargs):
     layer = swaa_layer(cache, module.layer_idx)
     if layer.bound is None and module._swaa_ctx.assisted:  # transformers asked the plain layer it replaced to record
         layer.activate_past_recording()
+    layer.note_mask(kwargs.get("attention_mask"))
     layer.bind(module._swaa_plan, kwargs.get("attention_mask"), module.layer_idx)
-    if _several_tokens(args, kwargs):
-        layer.note_mask(module._swaa_plan, kwargs.get("attention_mask"), _masked_inside(module))
     module._swaa_cache_layer = layer
-
-
-def _several_tokens(args, kwargs) -> bool:
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    return hidden is None or hidden.shape[-2] > 1
-
-
-def _masked_inside(module):
-    """The question :meth:`SWAACacheLayer.note_mask` asks, answered once per forward for all layers: asked anew at
-    the first layer, so a mask changed in place between two calls is read again."""
-    ctx = module._swaa_ctx
-    if ctx is None:
-        return None
-    if module.layer_idx == 0:
-        ctx.holes_seen = (None, False)
-    return ctx.masked_inside
 
 
 def _refuse_checkpointed_prefix(decoder, args, kwargs):

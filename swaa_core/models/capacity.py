@@ -8,7 +8,8 @@ What is counted is what the fixed-buffer path (:func:`swaa_core.engine.fast_deco
   layer without FA decode, or a layer the model slides natively) keeps a ring of ``sinks + W`` slots, whatever the
   context; a full layer or an FA-decode layer keeps ``prompt + new`` slots (FA decode must see every key, so a sliding
   layer under FA decode is not capped). Left padding adds the widest row's padding to the sinks; rows here are
-  unpadded.
+  unpadded. A prompt whose mask drops tokens inside it (not left padding) keeps every slot in a sliding layer whose
+  window counts real tokens (``SWAACacheLayer.keeps_all``): such prompts are outside this model.
 * **prefill** (:mod:`swaa_core.engine.cache`): the prompt fills a dynamic cache first, a full or FA-decode layer in a
   buffer of ``bucket_end(prompt + SPARE_SLOTS)`` slots, an evicting layer in its ring (after a transient buffer of that
   size while its own forward runs); then the layers move one at a time into the fixed buffers, so one layer is held

@@ -1,15 +1,6 @@
-"""Every path that builds attention through ``attention.geometry`` against an independent float64
-reference written from docs' mask rule (SWAA.md), and against transformers' own forward where a layer runs the model's
-own window. The reference is a transformers attention function of its own ("probe_ref") on a float64 copy of the model,
-run without a cache over the whole sequence; its mask is built here from the 2-D padding mask:
-
-* a layer the model slides natively with window N: SWAA narrows it (window min(W, N) without sinks, or chunks C <= N)
-  or keeps it (N, counted in cache *slots*, padding included, as transformers counts it); no FA decode there;
-* every other layer: full (None, non_sliding_layers) or SWAA's kind in *real* positions (cumsum of the mask), sinks
-  = the first keep_first real positions, FA-decode queries (slot >= prompt end, or real position >= prompt length)
-  see their whole causal past;
-* always: a key is seen only when it is a real token at or before the query (slots).
-"""
+"""Every path that builds attention through ``attention.geometry`` against the float64 reference of
+helpers/float64_reference.py (SWAA.md's mask rule), and that reference against transformers' own forward where a layer
+runs the model's own window."""
 
 from __future__ import annotations
 
@@ -17,152 +8,24 @@ import copy
 
 import pytest
 import torch
-from helpers.tiny_models import build_tiny_model
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from helpers.float64_reference import (
+    _REF,
+    ATOL,
+    CONFIGS,
+    FAMILIES,
+    MASKS,
+    NEW,
+    T,
+    _close,
+    gen_positions,
+    make_ids,
+    make_mask,
+    model_for,
+    ref_forward,
+    reference_model,
+)
 
-from swaa_core import SWAAConfig, apply_swaa, capture_attention, fast_generate, remove_swaa
-
-T = 20
-NEW = 5
-ATOL = 2e-4
-
-# ----------------------------------------------------------------------------------------------------- the reference
-_REF: dict = {}
-
-
-def _native(config, layer):
-    types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    if types is not None:
-        return window if types[layer] == "sliding_attention" else None
-    return window
-
-
-def _rule(cfg: SWAAConfig | None, layer: int, native):
-    """(kind name, size, sinks, counts slots?, fa_decode) or None for full attention."""
-    w = None if cfg is None else cfg.sliding_window_size
-    chunked = cfg is not None and cfg.mask_kind == "chunked"
-    if native is not None:
-        if w is not None and w < native and not chunked:
-            return ("window", w, 0, False, False)
-        if w is not None and w <= native and chunked:
-            return ("chunk", w, 0, False, False)
-        return ("window", native, 0, True, False)
-    if w is None or layer in cfg.non_sliding_layers:
-        return None
-    fa = cfg.force_fa_decode if isinstance(cfg.force_fa_decode, bool) else layer in cfg.force_fa_decode
-    return ("chunk" if chunked else "window", w, cfg.keep_first, False, fa)
-
-
-def ref_mask(cfg, layer, native, mask2d, prompt_end=None, prompt_lengths=None):
-    """(B, T, T) bool: query slot i sees key slot j."""
-    B, n = mask2d.shape
-    valid = mask2d.bool()
-    slot = torch.arange(n)[None].expand(B, n)
-    real = valid.long().cumsum(-1) - 1
-    seen = valid[:, None, :] & (slot[:, None, :] <= slot[:, :, None])
-    rule = _rule(cfg, layer, native)
-    if rule is None:
-        return seen
-    name, size, sinks, slots, fa = rule
-    pos = slot if slots else real
-    i, j = pos[:, :, None], pos[:, None, :]
-    own = (
-        (i - j < size)
-        if name == "window"
-        else (torch.div(i, size, rounding_mode="floor") == torch.div(j, size, rounding_mode="floor"))
-    )
-    full = torch.zeros(B, n, dtype=torch.bool)
-    if fa and prompt_end is not None:
-        full = slot >= prompt_end
-    if fa and prompt_lengths is not None:
-        full = real >= torch.as_tensor(prompt_lengths).view(-1, 1)
-    return seen & (own | (real[:, None, :] < sinks) | full[:, :, None])
-
-
-def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    B, H, Q, D = query.shape
-    scaling = D**-0.5 if scaling is None else scaling
-    g = H // key.shape[1]
-    k = key.double().repeat_interleave(g, 1)
-    v = value.double().repeat_interleave(g, 1)
-    layer = module.layer_idx
-    m = ref_mask(_REF["cfg"], layer, _native(_REF["config"], layer), _REF["mask"], _REF.get("prompt_end"),
-                 _REF.get("prompt_lengths"))  # fmt: skip
-    m = m[:, -Q:, -key.shape[2] :]
-    s = (query.double() @ k.transpose(-1, -2)) * scaling
-    p = torch.softmax(s.masked_fill(~m[:, None], float("-inf")), -1).nan_to_num(0.0)
-    _REF.setdefault("probs", {})[layer] = p
-    return (p @ v).transpose(1, 2).to(query.dtype), None
-
-
-AttentionInterface.register("probe_ref", _ref_attention)
-AttentionMaskInterface.register("probe_ref", lambda *a, **k: None)
-
-
-def reference_model(model):
-    ref = copy.deepcopy(model).double()
-    remove_swaa(ref)
-    ref.set_attn_implementation("probe_ref")
-    return ref
-
-
-def ref_forward(ref, cfg, ids, mask, *, position_ids=None, prompt_end=None, prompt_lengths=None, grad=False):
-    mask = torch.ones_like(ids) if mask is None else mask
-    _REF.clear()
-    _REF.update(cfg=cfg, config=ref.config, mask=mask, prompt_end=prompt_end, prompt_lengths=prompt_lengths)
-    with torch.set_grad_enabled(grad):
-        return ref(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-
-
-def gen_positions(mask):
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-
-# ----------------------------------------------------------------------------------------------------- cases
-def make_mask(kind, B=3):
-    m = torch.ones(B, T, dtype=torch.long)
-    if kind in ("left", "both"):
-        m[1, :5], m[2, :2] = 0, 0
-    if kind in ("holes", "both"):
-        m[1, [8, 12]] = 0
-        m[2, [6]] = 0
-    return m
-
-
-def make_ids(B=3):
-    return torch.randint(3, 97, (B, T), generator=torch.Generator().manual_seed(7))
-
-
-CONFIGS = {
-    "full": None,
-    "sw5k2": SWAAConfig(sliding_window_size=5, keep_first=2),
-    "sw4fadec": SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=True),
-    "sw6falayers": SWAAConfig(sliding_window_size=6, keep_first=1, non_sliding_layers=[1], force_fa_decode=[0, 2]),
-    "chunk4": SWAAConfig(sliding_window_size=4, keep_first=1, mask_kind="chunked", force_fa_decode=True),
-    "sw12k2": SWAAConfig(sliding_window_size=12, keep_first=2),  # wider than the native window of 8
-    "chunk12": SWAAConfig(sliding_window_size=12, mask_kind="chunked"),
-}
-FAMILIES = {
-    "llama": dict(),
-    "gemma3": dict(),  # sliding_window=8; layer_types from transformers' default pattern
-    "mistral": dict(sliding_window=8),
-    "qwen2": dict(use_sliding_window=True, sliding_window=8, max_window_layers=2),
-}
-MASKS = ("none", "left", "holes", "both")
-
-
-def model_for(family):
-    kw = dict(FAMILIES[family], eos_token_id=None)
-    if family == "gemma3":
-        kw["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
-    return build_tiny_model(family, **kw)
-
-
-def _close(a, b, valid, what):
-    diff = (a.double() - b.double()).abs().amax(-1)[valid.bool()]
-    assert float(diff.max()) < ATOL, f"{what}: max |diff| {float(diff.max()):.3g}"
+from swaa_core import SWAAConfig, apply_swaa, capture_attention, fast_generate
 
 
 # ----------------------------------------------------------------------------------------------------- eager prefill
@@ -321,7 +184,7 @@ def test_lora_gradients_match_float64_reference(family, cfg_name, mask_kind):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(hash(name) % 1000))
     ref = copy.deepcopy(model).double()
-    ref.get_base_model().set_attn_implementation("probe_ref")
+    ref.get_base_model().set_attn_implementation("float64_ref")
     cfg = CONFIGS[cfg_name]
     ids, mask = make_ids(), _right_padded_mask(mask_kind)
     lengths = torch.tensor([12, 9, 14])
