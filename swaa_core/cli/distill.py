@@ -7,9 +7,18 @@ when it is not given ``--data``.
 from __future__ import annotations
 
 from ..eval.tasks import TASK_KINDS, make_samples
+from ..eval.tasks.base import TaskError
 from ..runtime.jsonl import save_jsonl
 from ..train.settings import KEEP_CHOICES
-from .common import add_launch_args, add_model_args, formatter, launch_from_args, load_from_args, relaunch
+from .common import (
+    add_launch_args,
+    add_model_args,
+    formatter,
+    in_option_words,
+    launch_from_args,
+    load_from_args,
+    relaunch,
+)
 
 DISTILL_HELP = """\
 Self-distillation data: the model's own greedy answers with FULL attention on long-context prompts
@@ -36,7 +45,7 @@ def add_parser(sub) -> None:
         help="correct: drop known-wrong answers (default); judged-correct: only answers checked right; "
         "all: keep everything",
     )
-    p.add_argument("--out", required=True, help="the .jsonl file to write")
+    p.add_argument("--out", required=True, help="the .jsonl file to write (a new one: an existing file is refused)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_distill)
 
@@ -72,9 +81,12 @@ def prompts(args, tokenizer) -> list:
         from ..eval.tasks import load_dataset_records
 
         return load_dataset_records(args.dataset, split=args.split, limit=args.samples, tokenizer=tokenizer)
-    return make_samples(
-        args.task, tokenizer, length_tokens=args.length, seeds=range(args.seed, args.seed + args.samples)
-    )
+    try:
+        return make_samples(
+            args.task, tokenizer, length_tokens=args.length, seeds=range(args.seed, args.seed + args.samples)
+        )
+    except TaskError as e:  # the builders' keywords, as this command's options
+        raise TaskError(in_option_words(str(e), {r"\blength_tokens\b": "--length"})) from None
 
 
 def cmd_distill(args) -> int:

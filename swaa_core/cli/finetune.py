@@ -90,7 +90,12 @@ def add_parser(sub) -> None:
                       help="which distilled answers to train on (default: drop known-wrong ones)")  # fmt: skip
     t = f.add_argument_group("LoRA training")
     t.add_argument("--steps", type=int, help="optimizer steps (default: one pass over the data, see --epochs)")
-    t.add_argument("--epochs", type=float, default=1.0, help="passes over the data when --steps is not given")
+    t.add_argument(
+        "--epochs",
+        type=float,
+        default=1.0,
+        help="passes over the data (refused with --steps, which sets the length instead)",
+    )
     t.add_argument("--lr", type=float, default=TrainSettings.learning_rate, help="learning rate (default 1e-4)")
     t.add_argument("--rank", type=int, default=TrainSettings.lora_r, help="LoRA rank r (default 16)")
     t.add_argument("--alpha", type=int, default=TrainSettings.lora_alpha, help="LoRA alpha (default 32)")
@@ -109,7 +114,11 @@ def add_parser(sub) -> None:
         help="held-out prompts of --task scored under the recipe before and after training (0: skip)",
     )
     e.add_argument("--eval-length", type=int, help="with --eval-samples: their length in tokens (default: --length)")
-    f.add_argument("--out", required=True, help="folder for the adapter (created when missing)")
+    f.add_argument(
+        "--out",
+        required=True,
+        help="a new folder for the adapter (created when missing; one holding an earlier run's adapter is refused)",
+    )
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_finetune)
 
@@ -159,7 +168,7 @@ def cmd_finetune(args) -> int:
 
 # The pipeline's keyword spellings in its messages -> this command's options.
 OPTION_WORDS = {r"\bkeep='([\w-]+)'": r"--keep \1", r"\bmax_length\b": "--max-length",
-                r"\btarget_modules\b": "--targets"}  # fmt: skip
+                r"\btarget_modules\b": "--targets", r"\blength_tokens\b": "--length"}  # fmt: skip
 
 
 def _settings(args) -> TrainSettings:
@@ -179,6 +188,8 @@ def _train_settings(args) -> TrainSettings:
 
 
 def _print_report(report: FinetuneReport) -> None:
+    for text in report.notes:
+        note(text)
     train = report.train
     print(f"data: {report.records} records kept, {report.examples} examples ({report.skipped_too_long} too long)")
     if train.losses:

@@ -202,6 +202,8 @@ RULES: tuple[Rule, ...] = (
     Rule(("finetune",), ("task", "length", "max_new_tokens", "cot"), unused_with=both(DATA, NO_EVAL),
          why="nothing is generated: the records of --data are trained on as they are (with --eval-samples, these "
              "options shape the held-out check)"),
+    Rule(("finetune",), ("epochs",), unused_with=opt("steps", "--steps"),
+         why="--steps sets how long training runs; --epochs applies without it"),
     Rule(("finetune",), ("eval_length",), only_with=Cond(lambda a: bool(a.eval_samples), "--eval-samples N"),
          why="it is the length of the held-out prompts"),
     # recipes show / save: the layer count and the window
@@ -227,10 +229,27 @@ def _output_file(*suffixes: str, what: str) -> Callable:
     return check
 
 
-def _output_folder(value, args, flag):
+def _new_file(what: str) -> Callable:
+    """An output file written whole: refused when it exists, so that an earlier run's results are not lost."""
+
+    def check(value, args, flag):
+        if Path(value).is_file():
+            return f"{flag} {value} already exists; give a new file name ({what}), or move the old one away."
+        return None
+
+    return check
+
+
+def _new_adapter_folder(value, args, flag):
+    """finetune's --out: a folder that holds no earlier run's adapter (it would be replaced, and its distilled data
+    left beside the new adapter)."""
     path = Path(value)
     if path.exists() and not path.is_dir():
         return f"{flag} {value} is a file; give a folder (it is created when missing)."
+    earlier = [name for name in ("adapter_config.json", "distill.jsonl") if (path / name).exists()]
+    if earlier:
+        return (f"{flag} {value} already holds an earlier run's {' and '.join(earlier)}; give a new folder, or move "
+                "the old one away.")  # fmt: skip
     return None
 
 
@@ -302,9 +321,11 @@ VALUE_CHECKS: tuple[Check, ...] = (
                                                "--csv FILE")),
     Check(("sweep",), "csv", _output_file(".csv", what="the table as CSV")),
     Check(("distill",), "out", _output_file(".jsonl", ".ndjson", what="one JSON line per answer is written")),
+    Check(("distill",), "out", _new_file("the answers are written to it whole")),
     Check(("advise",), "out", _output_file(".json", what='the recommendation is written as {"swaa_config": ...}')),
     Check(("recipes save",), "file", _output_file(".json", what="the recipes are written as JSON")),
-    Check(("finetune",), "out", _output_folder),
+    Check(("finetune",), "out", _new_adapter_folder),
+    Check(("finetune",), "data", _input_file("a JSON lines, JSON or parquet file of prompt/response records")),
     Check(("run", "eval", "sweep", "finetune", "recipes list", "recipes show", "recipes save"), "recipes_file",
           _input_file("a JSON file of recipes (your saved recipes or an upstream settings file)")),
     Check(TASK_COMMANDS, "task_arg", _task_args),

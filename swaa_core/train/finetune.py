@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ class FinetuneReport:
     before: EvalSummary | None = None
     after: EvalSummary | None = None
     distill_path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what the caller should know about the run (shown by the CLI)
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +54,21 @@ class FinetuneReport:
             "machine": _machine(self.train.model),
             "processes": current().world,
         }
+
+
+def _unslid(cfg: SWAAConfig, model, examples: list[dict]) -> list[str]:
+    """A note when no example is longer than what every query of the config's sliding layers sees: the run then
+    trains under full attention, whatever the config says."""
+    from ..engine.families import attention_modules
+
+    longest = max((len(e["input_ids"]) for e in examples), default=0)
+    kinds = {cfg.layer_rule(i)[0] for i in range(len(attention_modules(model)))} - {None}
+    if not longest or any(not kind.causal_between(0, longest - 1) for kind in kinds):
+        return []
+    return [
+        f"Every training example fits in the window ({longest} tokens at most, under {cfg.describe()}): nothing "
+        "slides, so this run trains under full attention. Use longer examples or a smaller window."
+    ]
 
 
 def _machine(model) -> str:
@@ -123,12 +139,14 @@ def finetune_pipeline(
             distill_path = None
         kept = _kept_records(records, keep)
         examples, skipped = build_examples(kept, tokenizer, settings.max_length)
+        notes = _unslid(swaa_config, model, examples)
         before = score("before fine-tuning") if held_out else None
         result = train_lora(model, examples, swaa_config, settings, on_progress=on_progress, cancel=cancel,
                             progress=progress, backend=backend)  # fmt: skip
         after = score("after fine-tuning") if held_out else None
     name = loaded.info.name
-    report = FinetuneReport(None, swaa_config, name, len(kept), len(examples), skipped, result, before, after)
+    report = FinetuneReport(None, swaa_config, name, len(kept), len(examples), skipped, result, before, after,
+                            notes=notes)  # fmt: skip
     report.distill_path = distill_path
     if out is not None:
         report.adapter_path = out
@@ -142,8 +160,12 @@ def _kept_records(records: list[dict], keep: str) -> list[dict]:
     kept = filter_records(records, keep)
     if not kept:
         wrong = sum(r.get("judge") == 0 for r in records)
+        unjudged = sum(r.get("judge") not in (0, 1) for r in records)
+        reasons = [f"{wrong} of {len(records)} records were judged wrong"] * bool(wrong)
+        if keep == "judged-correct" and unjudged:
+            reasons.append(f"{unjudged} of {len(records)} carry no judge verdict (a 'judge' field of 1)")
         raise DistillDataError(
-            f"No training data left: {wrong} of {len(records)} full-attention answers were wrong and keep={keep!r} "
-            "drops them. Use more or shorter prompts, a larger model, or keep='all' to train on them anyway."
+            f"No training data left: {' and '.join(reasons)}, and keep={keep!r} drops them. Use keep='all' to train "
+            "on them anyway, or records (prompts, a model) whose answers are right."
         )
     return kept

@@ -9,11 +9,12 @@ exactly as prefill + FA decode do at inference. Every batch therefore passes ``s
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -100,6 +101,38 @@ def collate(batch: list[dict], pad_id: int = 0, prompt_lengths: bool = True) -> 
 
 
 # --------------------------------------------------------------------------- training
+LORA_SHAPE = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora")  # what an adapter fixes
+
+
+def continued_settings(peft_model, settings: TrainSettings) -> TrainSettings:
+    """``settings`` for a run that continues ``peft_model``'s active adapter, whose LoRA shape (:data:`LORA_SHAPE`)
+    it keeps: those fields become the adapter's, so the run's record says what was trained. Raises ValueError naming
+    each shape setting that was changed from its default to another value than the adapter's (it could not apply),
+    and when none of the adapter's weights is trainable (``load_adapter(..., trainable=True)``)."""
+    cfg = peft_model.peft_config[peft_model.active_adapter]
+    actual = dict(lora_r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                  target_modules=sorted(cfg.target_modules), use_rslora=cfg.use_rslora)  # fmt: skip
+    default = TrainSettings()
+
+    def same(a, b) -> bool:
+        return sorted(a) == sorted(b) if isinstance(a, (list, tuple, set)) else a == b
+
+    clashes = [f"{name}={getattr(settings, name)!r} (the adapter's: {actual[name]!r})" for name in LORA_SHAPE
+               if not same(getattr(settings, name), getattr(default, name))
+               and not same(getattr(settings, name), actual[name])]  # fmt: skip
+    if clashes:
+        raise ValueError(
+            f"This run continues an adapter, which keeps its LoRA shape; these settings cannot apply: "
+            f"{', '.join(clashes)}. Leave them at their defaults, or train a new adapter on the base model."
+        )
+    if not any(p.requires_grad for name, p in peft_model.named_parameters() if "lora_" in name):
+        raise ValueError(
+            "The adapter's weights are frozen, so training would change nothing: load it with "
+            "load_adapter(..., trainable=True) to continue training it."
+        )
+    return replace(settings, **actual)
+
+
 def lora_config(settings: TrainSettings):
     from peft import LoraConfig
 
@@ -214,6 +247,8 @@ def train_lora(
     if swaa_config is not None:
         swaa_config.validate(len(attention_modules(model)))
     set_seed(settings.seed)
+    if isinstance(model, PeftModel):
+        settings = continued_settings(model, settings)
     with quiet_peft():
         peft_model = model if isinstance(model, PeftModel) else get_peft_model(model, lora_config(settings))
     base = peft_model.get_base_model()
@@ -224,7 +259,7 @@ def train_lora(
     with tempfile.TemporaryDirectory(prefix="swaa-finetune-") as tmp:  # Trainer wants a folder; we save nothing there
         trainer = Trainer(
             model=peft_model,
-            args=_training_args(TrainingArguments, tmp, settings, base.device),
+            args=_training_args(TrainingArguments, tmp, settings, base.device, warmup_steps(settings, len(examples))),
             train_dataset=examples,
             data_collator=lambda batch: collate(batch, pad_id, prompt_lengths=mixed),
             callbacks=[_trainer_callback(on_progress, cancel, losses, progress)],
@@ -247,7 +282,15 @@ def train_lora(
     )
 
 
-def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device):
+def warmup_steps(s: TrainSettings, examples: int) -> int:
+    """``warmup_ratio`` of the optimizer steps, rounded down: a linear warm-up's first step runs at learning rate 0,
+    so a short run gets none (transformers rounds a fraction up, and a 1-step run then trained nothing)."""
+    per_epoch = math.ceil(math.ceil(examples / s.batch_size) / s.grad_accum)
+    total = s.max_steps if s.max_steps is not None else math.ceil(per_epoch * s.epochs)
+    return int(s.warmup_ratio * total)
+
+
+def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device, warmup: int):
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=s.max_steps if s.max_steps is not None else -1,
@@ -255,7 +298,7 @@ def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device)
         learning_rate=s.learning_rate,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
-        warmup_steps=s.warmup_ratio,  # a float below 1 is a fraction of the steps
+        warmup_steps=warmup,
         lr_scheduler_type="linear",
         max_grad_norm=s.max_grad_norm,
         logging_steps=1,
