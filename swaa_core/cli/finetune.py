@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..engine.config import SWAAConfigError
 from ..eval.recipes import load_user_recipes, resolve_recipe, unused_settings
+from ..eval.tasks.base import TaskError
 from ..runtime.jsonl import save_jsonl
 from ..train.settings import KEEP_CHOICES, SWAA_FILE, TrainSettings
 from .common import (
@@ -161,6 +162,9 @@ def cmd_finetune(args) -> int:
         )  # fmt: skip
     except DistillDataError as e:  # "keep='all'", "max_length": the pipeline's keywords, as this command's options
         raise DistillDataError(in_option_words(str(e), OPTION_WORDS)) from None
+    except TaskError as e:  # a task builder's length_tokens: --eval-length's value, else --length's
+        length = "--eval-length" if args.eval_length and f"length_tokens={args.eval_length}" in str(e) else "--length"
+        raise TaskError(in_option_words(str(e), {r"\blength_tokens\b": length})) from None
     if launch.is_main:
         _print_report(report)
     return 0
@@ -168,7 +172,7 @@ def cmd_finetune(args) -> int:
 
 # The pipeline's keyword spellings in its messages -> this command's options.
 OPTION_WORDS = {r"\bkeep='([\w-]+)'": r"--keep \1", r"\bmax_length\b": "--max-length",
-                r"\btarget_modules\b": "--targets", r"\blength_tokens\b": "--length"}  # fmt: skip
+                r"\btarget_modules\b": "--targets"}  # fmt: skip
 
 
 def _settings(args) -> TrainSettings:

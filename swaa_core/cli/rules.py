@@ -241,15 +241,13 @@ def _new_file(what: str) -> Callable:
 
 
 def _new_adapter_folder(value, args, flag):
-    """finetune's --out: a folder that holds no earlier run's adapter (it would be replaced, and its distilled data
-    left beside the new adapter)."""
+    """finetune's --out: a folder that holds no earlier run's adapter (it would be replaced without a word). A
+    distill.jsonl alone is a run that stopped before training: its rerun writes it again."""
     path = Path(value)
     if path.exists() and not path.is_dir():
         return f"{flag} {value} is a file; give a folder (it is created when missing)."
-    earlier = [name for name in ("adapter_config.json", "distill.jsonl") if (path / name).exists()]
-    if earlier:
-        return (f"{flag} {value} already holds an earlier run's {' and '.join(earlier)}; give a new folder, or move "
-                "the old one away.")  # fmt: skip
+    if (path / "adapter_config.json").exists():
+        return f"{flag} {value} already holds an earlier run's adapter; give a new folder, or move the old one away."
     return None
 
 

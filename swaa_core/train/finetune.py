@@ -57,13 +57,15 @@ class FinetuneReport:
 
 
 def _unslid(cfg: SWAAConfig, model, examples: list[dict]) -> list[str]:
-    """A note when no example is longer than what every query of the config's sliding layers sees: the run then
-    trains under full attention, whatever the config says."""
+    """A note when no example is longer than what every sliding query of the config's layers sees (under FA decode
+    only the prompt's queries slide): the run then trains under full attention, whatever the config says."""
     from ..engine.families import attention_modules
 
     longest = max((len(e["input_ids"]) for e in examples), default=0)
-    kinds = {cfg.layer_rule(i)[0] for i in range(len(attention_modules(model)))} - {None}
-    if not longest or any(not kind.causal_between(0, longest - 1) for kind in kinds):
+    prompt = max((e["prompt_length"] for e in examples), default=0)
+    rules = [cfg.layer_rule(i) for i in range(len(attention_modules(model)))]
+    sliding = [(kind, prompt if fa_decode else longest) for kind, fa_decode in rules if kind is not None]
+    if not sliding or any(n and not kind.causal_between(0, n - 1) for kind, n in sliding):
         return []
     return [
         f"Every training example fits in the window ({longest} tokens at most, under {cfg.describe()}): nothing "
@@ -163,7 +165,7 @@ def _kept_records(records: list[dict], keep: str) -> list[dict]:
         unjudged = sum(r.get("judge") not in (0, 1) for r in records)
         reasons = [f"{wrong} of {len(records)} records were judged wrong"] * bool(wrong)
         if keep == "judged-correct" and unjudged:
-            reasons.append(f"{unjudged} of {len(records)} carry no judge verdict (a 'judge' field of 1)")
+            reasons.append(f"{unjudged} of {len(records)} carry no judge verdict (no 'judge' field of 1 or 0)")
         raise DistillDataError(
             f"No training data left: {' and '.join(reasons)}, and keep={keep!r} drops them. Use keep='all' to train "
             "on them anyway, or records (prompts, a model) whose answers are right."

@@ -110,12 +110,17 @@ def continued_settings(peft_model, settings: TrainSettings) -> TrainSettings:
     each shape setting that was changed from its default to another value than the adapter's (it could not apply),
     and when none of the adapter's weights is trainable (``load_adapter(..., trainable=True)``)."""
     cfg = peft_model.peft_config[peft_model.active_adapter]
-    actual = dict(lora_r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                  target_modules=sorted(cfg.target_modules), use_rslora=cfg.use_rslora)  # fmt: skip
+    if not hasattr(cfg, "r"):
+        raise ValueError(f"The adapter is a {type(cfg).__name__}; training continues LoRA adapters only.")
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)  # a regex
+    actual = dict(lora_r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                  use_rslora=cfg.use_rslora)  # fmt: skip
     default = TrainSettings()
 
     def same(a, b) -> bool:
-        return sorted(a) == sorted(b) if isinstance(a, (list, tuple, set)) else a == b
+        if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
+            return sorted(a) == sorted(b)
+        return a == b
 
     clashes = [f"{name}={getattr(settings, name)!r} (the adapter's: {actual[name]!r})" for name in LORA_SHAPE
                if not same(getattr(settings, name), getattr(default, name))
@@ -259,7 +264,7 @@ def train_lora(
     with tempfile.TemporaryDirectory(prefix="swaa-finetune-") as tmp:  # Trainer wants a folder; we save nothing there
         trainer = Trainer(
             model=peft_model,
-            args=_training_args(TrainingArguments, tmp, settings, base.device, warmup_steps(settings, len(examples))),
+            args=_training_args(TrainingArguments, tmp, settings, base.device, len(examples)),
             train_dataset=examples,
             data_collator=lambda batch: collate(batch, pad_id, prompt_lengths=mixed),
             callbacks=[_trainer_callback(on_progress, cancel, losses, progress)],
@@ -282,15 +287,22 @@ def train_lora(
     )
 
 
-def warmup_steps(s: TrainSettings, examples: int) -> int:
-    """``warmup_ratio`` of the optimizer steps, rounded down: a linear warm-up's first step runs at learning rate 0,
+def warmup_steps(s: TrainSettings, examples: int, world: int = 1) -> int:
+    """``warmup_ratio`` of the optimizer steps each of ``world`` processes runs (its share of the examples, as
+    Trainer's distributed sampler deals them), rounded down: a linear warm-up's first step runs at learning rate 0,
     so a short run gets none (transformers rounds a fraction up, and a 1-step run then trained nothing)."""
-    per_epoch = math.ceil(math.ceil(examples / s.batch_size) / s.grad_accum)
+    per_epoch = math.ceil(math.ceil(math.ceil(examples / world) / s.batch_size) / s.grad_accum)
     total = s.max_steps if s.max_steps is not None else math.ceil(per_epoch * s.epochs)
     return int(s.warmup_ratio * total)
 
 
-def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device, warmup: int):
+def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device, examples: int):
+    args = _arguments(TrainingArguments, output_dir, s, device)
+    args.warmup_steps = warmup_steps(s, examples, args.world_size)
+    return args
+
+
+def _arguments(TrainingArguments, output_dir: str, s: TrainSettings, device):
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=s.max_steps if s.max_steps is not None else -1,
@@ -298,7 +310,6 @@ def _training_args(TrainingArguments, output_dir: str, s: TrainSettings, device,
         learning_rate=s.learning_rate,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
-        warmup_steps=warmup,
         lr_scheduler_type="linear",
         max_grad_norm=s.max_grad_norm,
         logging_steps=1,

@@ -256,7 +256,7 @@ def test_an_adapter_trained_again_into_its_folder_is_merged_again(tmp_path):
     first = served()
     assert torch.allclose(first, _peft_merged_logits(loaded.model, folder, ids), atol=1e-5)
     assert adapters.get(loaded, str(folder)) is adapters.get(loaded, str(folder))  # unchanged: merged once
-    _save_random_adapter(loaded.model, folder, seed=2)  # `swaa finetune --out adapter/` run again
+    _save_random_adapter(loaded.model, folder, seed=2)  # an adapter saved again into its folder
     again = served()
     assert not torch.allclose(first, again, atol=1e-3)
     assert torch.allclose(again, _peft_merged_logits(loaded.model, folder, ids), atol=1e-5)

@@ -333,7 +333,7 @@ def test_cli_distill_then_finetune(tmp_path, monkeypatch, capsys):
     assert main(["finetune", "--data", str(data), "--recipe", "full", "--out", str(tmp_path / "full"), "-q"]) == 1
     assert "full attention" in capsys.readouterr().err
     assert main([*args, "--keep", "all"]) == 1  # the same --out again: the first adapter is kept, not replaced
-    assert "already holds an earlier run's adapter_config.json" in capsys.readouterr().err
+    assert "already holds an earlier run's adapter" in capsys.readouterr().err
 
 
 def test_cli_finetune_takes_dtype_and_backend_like_the_other_commands(tmp_path, monkeypatch):
