@@ -1,8 +1,8 @@
 """Content stamps of files and folders, for caches keyed by a path.
 
 A cache that remembers what a path held (a loaded model folder, a merged LoRA adapter, a hashed .gguf file) must
-notice when something else is written to the same path: an adapter saved again into its folder (``save_adapter``; the CLI refuses it), a model saved
-over an old one. Hashing gigabytes of weights on every lookup is too slow, so the stamp is what the file system
+notice when something else is written to the same path: an adapter saved again into its folder (``save_adapter``;
+the CLI refuses it), a model saved over an old one. Hashing gigabytes of weights on every lookup is too slow, so the stamp is what the file system
 says about every file under the path: its relative name, size, modification time (ns), inode and change time (ns).
 Writing a file changes its change time whatever the writer does to the modification time, and ``save_pretrained``
 replacing a file gives it a new inode, so a rewrite changes the stamp even when sizes stay the same.
