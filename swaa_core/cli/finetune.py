@@ -133,6 +133,7 @@ def cmd_finetune(args) -> int:
         return code
     user_recipes = load_user_recipes(args.recipes_file) if args.recipes_file else None
     settings = _settings(args)  # before the model loads
+    data = load_jsonl(args.data) if args.data else None  # a bad file is refused before the model loads, too
     launch = launch_from_args(args)
     loaded = load_from_args(args, launch)
     args.quiet = args.quiet or not launch.is_main
@@ -145,7 +146,7 @@ def cmd_finetune(args) -> int:
             args.recipe, window=args.window, keep_first=args.keep_first, user_recipes=user_recipes
         ):
             note(text)
-    records = load_jsonl(args.data) if args.data else None
+    records = data if args.data else None
     if records is None and args.dataset:  # built-in tasks are distilled inside the pipeline
         records = distill_shared(loaded.model, loaded.tokenizer, prompts(args, loaded.tokenizer),
                                  max_new_tokens=args.max_new_tokens, cot=args.cot, progress=not args.quiet)  # fmt: skip

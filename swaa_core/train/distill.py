@@ -198,6 +198,9 @@ def _record(model, tokenizer, sample, max_new_tokens: int, cot: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- files
+TABLE_FORMATS_NOT_READ = (".csv", ".tsv", ".xls", ".xlsx")  # read as JSON lines they failed at line 1, unnamed
+
+
 def load_jsonl(path: str | Path) -> list[dict]:
     """Training records from a file: JSONL (this tool's ``swaa distill`` output), a JSON list, or a Parquet table as
     upstream's self-distillation writes it (columns prompt, response, question, answer, judge). Each record has
@@ -207,6 +210,11 @@ def load_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DistillDataError(f"Training data file not found: {path}")
+    if path.suffix.lower() in TABLE_FORMATS_NOT_READ:
+        raise DistillDataError(
+            f"{path.name}: {path.suffix} files are not read; give JSON lines (.jsonl), a JSON list (.json) or a Parquet "
+            "table (.parquet) of prompt/response records."
+        )
     records = []
     for where, raw in _raw_records(path):
         for record in _expand_responses(raw):

@@ -224,3 +224,23 @@ def test_saved_adapter_loads_in_plain_peft_with_the_same_logits(tmp_path):
         torch.testing.assert_close(fresh(x).logits, expected, rtol=0, atol=0)
     c = fresh.peft_config["default"]
     assert (c.r, c.lora_alpha, c.lora_dropout, set(c.target_modules)) == (4, 8, 0.1, {"q_proj", "o_proj", "down_proj"})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("d.csv", "prompt,response\nw1 w2,w3\n", ".csv files are not read; give JSON lines (.jsonl)"),  # once: "line 1"
+        ("d.jsonl", '{"prompt": "w1 w2", "response": "w3"}\n{"prompt": \n', "line 2"),
+    ],
+)
+def test_cli_finetune_data_that_cannot_be_read_is_refused_before_the_model_loads(cli, tmp_path, capsys, name, text,
+                                                                                 message):  # fmt: skip
+    """A --data file that cannot be read costs no model load (it was parsed after loading), and a table format the
+    reader does not take is named as such."""
+    data = tmp_path / name
+    data.write_text(text, encoding="utf-8")
+    rc = cli(["finetune", "--data", str(data), "--recipe", "swa-fa-decode", "--window", "4", "--out",
+              str(tmp_path / "o"), "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err, err
+    assert cli.loads == []
