@@ -162,3 +162,33 @@ def model_for(family):
 def _close(a, b, valid, what):
     diff = (a.double() - b.double()).abs().amax(-1)[valid.bool()]
     assert float(diff.max()) < ATOL, f"{what}: max |diff| {float(diff.max()):.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------- decode checks
+def generated(model, ids, mask, path: str, **extra):
+    """NEW greedy tokens with their logits: ``path`` "dynamic" / "static" through ``generate`` with that cache,
+    "batch" / "row" through ``fast_generate`` with that prefill; ``extra``: more generate options."""
+    from swaa_core import fast_generate
+
+    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+    kw.update(extra)
+    with torch.no_grad():
+        if path in ("dynamic", "static"):
+            return model.generate(ids, attention_mask=mask, cache_implementation=path, **kw)
+        return fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
+
+
+def then_real(mask, sequences):
+    """The prompt's (B, T) mask followed by ones for every generated token of ``sequences``."""
+    new = sequences.shape[1] - mask.shape[1]
+    return torch.cat([mask, torch.ones(sequences.shape[0], new, dtype=mask.dtype)], 1)
+
+
+def assert_decode_matches(ref, cfg, out, full_mask, what: str = "per-row, per-step max diff"):
+    """Every step's logits of ``out`` (a generate result over a T-token prompt) equal the reference's forward over
+    its sequences under ``full_mask`` (B, T + new), FA decode from slot T on."""
+    seq = out.sequences
+    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
+    got = torch.stack([lg.double() for lg in out.logits], 1)  # (B, NEW, V): step t predicts token T + t
+    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
+    assert float(diff.max()) < ATOL, f"{what}: {diff}"

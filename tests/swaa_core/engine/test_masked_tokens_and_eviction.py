@@ -12,30 +12,12 @@ import helpers.float64_reference as f64
 import pytest
 import torch
 
-from swaa_core import SWAAConfig, apply_swaa, fast_generate
+from swaa_core import SWAAConfig, apply_swaa
 
 T, NEW = f64.T, f64.NEW
 
 
-def _check(model, ref, cfg, out, mask):
-    seq = out.sequences
-    full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - T, dtype=mask.dtype)], 1)
-    want = f64.ref_forward(ref, cfg, seq, full_mask, position_ids=f64.gen_positions(full_mask), prompt_end=T).logits
-    got = torch.stack([lg.double() for lg in out.logits], 1)
-    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
-    assert float(diff.max()) < f64.ATOL, f"per-row, per-step max diff {diff}"
-
-
-def _gen(model, ids, mask, path, **extra):
-    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
-    kw.update(extra)
-    with torch.no_grad():
-        if path == "dynamic":
-            return model.generate(ids, attention_mask=mask, cache_implementation="dynamic", **kw)
-        return fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
-
-
-# A hole that arrives in a forward of ONE token is never noted (install._several_tokens gates note_mask). Driven by
+# A hole that arrives in a forward of ONE token (once never noted: only prompt forwards asked). Driven by
 # hand with explicit real positions (transformers' generate gives positions 1, 2, ... after a right-padded prompt, which
 # no reference reproduces): 19 prompt tokens as one chunk, then one masked token (a one-token last chunk, or a caller's
 # masked filler), then decode steps. Without chunking (the 20 tokens in one forward) the same sequence is right.
@@ -98,12 +80,13 @@ def test_holes_in_a_later_chunk_after_the_ring_dropped_keys(window, sinks, left,
     mask[1, [13, 14, 16]] = 0  # holes only in the last chunks, long after the ring formed
     mask[2, [12, 17, 18]] = 0
     apply_swaa(model, cfg)
-    _check(model, ref, cfg, _gen(model, ids, mask, path, prefill_chunk_size=chunk), mask)
+    out = f64.generated(model, ids, mask, path, prefill_chunk_size=chunk)
+    f64.assert_decode_matches(ref, cfg, out, f64.then_real(mask, out.sequences))
 
 
-# A layer that ran the model's own window (counts slots: note_mask skips it, its ring holds N slots) continued under a
-# narrower SWAA window (counts real tokens), a switch NEEDS_SWAA allows: holes in the held slots now leave the window
-# short, and neither the switch (_check_serves / _holds_window count slots) nor the decode steps notice.
+# A layer that ran the model's own window (counts slots: its ring holds N slots) continued under a narrower SWAA
+# window (counts real tokens): holes among the held slots leave that window short of keys, so with holes the switch
+# is refused (it once decoded silently wrong).
 def _mixed_ref(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
     R = f64._REF
     layer = module.layer_idx
@@ -118,103 +101,88 @@ def _mixed_ref(module, query, key, value, attention_mask, scaling=None, dropout=
     return (p @ value.double().repeat_interleave(g, 1)).transpose(1, 2).to(query.dtype), None
 
 
+def _switch_reference(model):
+    """The float64 reference of a run whose config changes at slot T (:func:`_mixed_ref`)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register("float64_switch", _mixed_ref)
+    AttentionMaskInterface.register("float64_switch", lambda *a, **k: None)
+    ref = f64.reference_model(model)
+    ref.set_attn_implementation("float64_switch")
+    return ref
+
+
+def _step(model, cache, nxt, full):
+    """One decode step of token ``nxt`` (B, 1) over the mask ``full`` (B, slots so far + 1)."""
+    return model(input_ids=nxt, attention_mask=full, position_ids=f64.gen_positions(full)[:, -1:],
+                 past_key_values=cache, use_cache=True)  # fmt: skip
+
+
+def _prefill_then_decode(model, ids, mask, after, *, refused: str | None = None):
+    """The prompt through ``model`` as it is configured, then ``after`` applied and NEW greedy steps: (sequences,
+    full mask, (B, NEW, V) logits after each step). ``refused``: the first step must raise ValueError matching it."""
+    from transformers import DynamicCache
+
+    cache, logits, seq, full = DynamicCache(), [], ids, mask
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=f64.gen_positions(mask), past_key_values=cache,
+                    use_cache=True)  # fmt: skip
+        apply_swaa(model, after)
+        for _ in range(NEW):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            seq, full = torch.cat([seq, nxt], 1), torch.cat([full, torch.ones_like(nxt)], 1)
+            if refused:
+                with pytest.raises(ValueError, match=refused):
+                    _step(model, cache, nxt, full)
+                return None
+            out = _step(model, cache, nxt, full)
+            logits.append(out.logits[:, -1])
+    return seq, full, torch.stack(logits, 1)
+
+
+def _assert_switch_matches(ref, before, after, seq, full, logits):
+    f64._REF.clear()  # FA decode leaves prompt queries to its window: before's rule up to slot T, after's from it
+    f64._REF.update(cfg=before, cfg_after=after, config=ref.config, mask=full, switch=T)
+    with torch.no_grad():
+        want = ref(input_ids=seq, attention_mask=full, position_ids=f64.gen_positions(full), use_cache=False).logits
+    diff = (logits.double() - want[:, T : T + NEW]).abs().amax(-1)
+    assert float(diff.max()) < f64.ATOL, f"per-row, per-step max diff {diff}"
+
+
 @pytest.mark.parametrize("holes", [[], [14, 16, 17]])
 def test_native_window_then_narrower_swaa_window_over_holes(holes):
     """Without holes the switch decodes as the reference; with them, it is refused by name (the keys the narrower
     window, counted in real tokens, needs may be gone)."""
-    from transformers import AttentionInterface, DynamicCache
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register("float64_switch", _mixed_ref)
-    AttentionMaskInterface.register("float64_switch", lambda *a, **k: None)
     model = f64.model_for("mistral")  # every layer slides natively, N = 8
     before, after = SWAAConfig(sliding_window_size=12), SWAAConfig(sliding_window_size=5)  # keeps N; then narrows
-    ref = f64.reference_model(model)
-    ref.set_attn_implementation("float64_switch")
+    ref = _switch_reference(model)
     ids = f64.make_ids(2)
     mask = torch.ones_like(ids)
     mask[1, holes] = 0  # three holes among the last 8 slots ([]: the control, which passes)
-    pos = f64.gen_positions(mask)
     apply_swaa(model, before)
-    cache, logits, seq, full = DynamicCache(), [], ids, mask
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        apply_swaa(model, after)
-        if holes:
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            full = torch.cat([full, torch.ones_like(nxt)], 1)
-            with pytest.raises(ValueError, match="dropped keys under the model's own sliding window"):
-                model(
-                    input_ids=nxt,
-                    attention_mask=full,
-                    position_ids=f64.gen_positions(full)[:, -1:],
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-            return
-        for _ in range(NEW):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            seq, full = torch.cat([seq, nxt], 1), torch.cat([full, torch.ones_like(nxt)], 1)
-            out = model(
-                input_ids=nxt,
-                attention_mask=full,
-                position_ids=f64.gen_positions(full)[:, -1:],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits.append(out.logits[:, -1])
-    f64._REF.clear()
-    f64._REF.update(cfg=before, cfg_after=after, config=ref.config, mask=full, switch=T)
-    with torch.no_grad():
-        want = ref(input_ids=seq, attention_mask=full, position_ids=f64.gen_positions(full), use_cache=False).logits
-    diff = (torch.stack(logits, 1).double() - want[:, T : T + NEW]).abs().amax(-1)
-    assert float(diff.max()) < f64.ATOL, f"per-row, per-step max diff {diff}"
+    if holes:
+        _prefill_then_decode(model, ids, mask, after, refused="dropped keys under the model's own sliding window")
+        return
+    _assert_switch_matches(ref, before, after, *_prefill_then_decode(model, ids, mask, after))
 
 
-# The same gap from any prefill whose plan did not evict (note_mask returns at once: not plan.evicts): a cache filled
-# without SWAA, or under FA decode, then continued by a sliding SWAA window without FA decode. The decode steps never
-# ask about holes, and the ring forms over them.
+# The same gap once came from any prefill whose plan did not evict: a cache filled without SWAA, or under FA decode,
+# then continued by a sliding SWAA window without FA decode, formed its ring over the holes.
 @pytest.mark.parametrize("before", ["no_swaa", "fa_decode"])
 def test_non_evicting_prefill_then_evicting_decode_over_holes(before):
-    from transformers import AttentionInterface, DynamicCache
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register("float64_switch", _mixed_ref)
-    AttentionMaskInterface.register("float64_switch", lambda *a, **k: None)
     model = f64.model_for("llama")
     after = SWAAConfig(sliding_window_size=10)
     cfg_before = None if before == "no_swaa" else SWAAConfig(sliding_window_size=10, force_fa_decode=True)
-    ref = f64.reference_model(model)
-    ref.set_attn_implementation("float64_switch")
+    ref = _switch_reference(model)
     ids = f64.make_ids(2)
     mask = torch.ones_like(ids)
     mask[1, [13, 15, 17]] = 0
-    pos = f64.gen_positions(mask)
     if cfg_before is None:
         model.set_attn_implementation("sdpa")
     else:
         apply_swaa(model, cfg_before)
-    cache, logits, seq, full = DynamicCache(), [], ids, mask
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        apply_swaa(model, after)
-        for _ in range(NEW):
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            seq, full = torch.cat([seq, nxt], 1), torch.cat([full, torch.ones_like(nxt)], 1)
-            out = model(
-                input_ids=nxt,
-                attention_mask=full,
-                position_ids=f64.gen_positions(full)[:, -1:],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits.append(out.logits[:, -1])
-    f64._REF.clear()  # the prompt's queries: full attention (FA decode does not touch prompt queries: its window)
-    f64._REF.update(cfg=cfg_before, cfg_after=after, config=ref.config, mask=full, switch=T)
-    with torch.no_grad():
-        want = ref(input_ids=seq, attention_mask=full, position_ids=f64.gen_positions(full), use_cache=False).logits
-    diff = (torch.stack(logits, 1).double() - want[:, T : T + NEW]).abs().amax(-1)
-    assert float(diff.max()) < f64.ATOL, f"per-row, per-step max diff {diff}"
+    _assert_switch_matches(ref, cfg_before, after, *_prefill_then_decode(model, ids, mask, after))
 
 
 # The holes question costs no device read of its own: swaa_mask answers it in the read it makes anyway (whether the

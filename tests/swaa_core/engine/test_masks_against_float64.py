@@ -10,22 +10,23 @@ import pytest
 import torch
 from helpers.float64_reference import (
     _REF,
-    ATOL,
     CONFIGS,
     FAMILIES,
     MASKS,
-    NEW,
     T,
     _close,
+    assert_decode_matches,
     gen_positions,
+    generated,
     make_ids,
     make_mask,
     model_for,
     ref_forward,
     reference_model,
+    then_real,
 )
 
-from swaa_core import SWAAConfig, apply_swaa, capture_attention, fast_generate
+from swaa_core import SWAAConfig, apply_swaa, capture_attention
 
 
 # ----------------------------------------------------------------------------------------------------- eager prefill
@@ -63,18 +64,6 @@ def test_reference_equals_transformers_own_window(family, mask_kind):
 
 
 # ----------------------------------------------------------------------------------------------------- decode paths
-def _generated(model, ids, mask, path):
-    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        if path == "dynamic":
-            out = model.generate(ids, attention_mask=mask, cache_implementation="dynamic", **kw)
-        elif path == "static":
-            out = model.generate(ids, attention_mask=mask, cache_implementation="static", **kw)
-        else:
-            out = fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
-    return out
-
-
 @pytest.mark.parametrize("path", ["dynamic", "static", "batch", "row"])
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("cfg_name", list(CONFIGS))
@@ -87,16 +76,10 @@ def test_decode_matches_float64_reference(family, cfg_name, mask_kind, path):
     apply_swaa(model, cfg, backend="auto")
     if path == "row" and mask_kind in ("holes", "both"):
         with pytest.raises(ValueError, match="prefill='row' takes prompts padded on the left only"):
-            _generated(model, ids, mask, path)
+            generated(model, ids, mask, path)
         return
-    out = _generated(model, ids, mask, path)
-    seq = out.sequences
-    full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - T, dtype=mask.dtype)], 1)
-    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
-    got = torch.stack([lg.double() for lg in out.logits], 1)  # (B, NEW, V): step t predicts token T + t
-    want = want[:, T - 1 : T - 1 + NEW]
-    diff = (got - want).abs().amax(-1)
-    assert float(diff.max()) < ATOL, f"{family} {cfg_name} {mask_kind} {path}: per-step max diff {diff.amax(0)}"
+    out = generated(model, ids, mask, path)
+    assert_decode_matches(ref, cfg, out, then_real(mask, out.sequences), f"{family} {cfg_name} {mask_kind} {path}")
 
 
 # ----------------------------------------------------------------------------------------------------- holes + eviction
@@ -113,13 +96,8 @@ def test_evicting_window_across_holes_inside_the_prompt(path, keep_first):
     mask = torch.ones_like(ids)
     mask[1, [13, 15, 17]] = 0  # three holes among the last 10 slots
     apply_swaa(model, cfg)
-    out = _generated(model, ids, mask, path)
-    seq = out.sequences
-    full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - T, dtype=mask.dtype)], 1)
-    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
-    got = torch.stack([lg.double() for lg in out.logits], 1)
-    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
-    assert float(diff.max()) < ATOL, f"per-row, per-step max diff {diff}"
+    out = generated(model, ids, mask, path)
+    assert_decode_matches(ref, cfg, out, then_real(mask, out.sequences))
 
 
 # ----------------------------------------------------------------------------------------------------- teacher forcing
@@ -217,23 +195,12 @@ def test_chunked_prefill_matches_reference(family, cfg_name, mask_kind, path):
     ref = reference_model(model)
     ids, mask = make_ids(), make_mask(mask_kind)
     apply_swaa(model, cfg)
-    kw = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True,
-              prefill_chunk_size=6)  # fmt: skip
     if path == "row" and mask_kind in ("holes", "both"):
         with pytest.raises(ValueError, match="prefill='row' takes prompts padded on the left only"):
-            fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
+            generated(model, ids, mask, path, prefill_chunk_size=6)
         return
-    with torch.no_grad():
-        if path == "dynamic":
-            out = model.generate(ids, attention_mask=mask, cache_implementation="dynamic", **kw)
-        else:
-            out = fast_generate(model, ids, attention_mask=mask, prefill=path, **kw)
-    seq = out.sequences
-    full_mask = torch.cat([mask, torch.ones(seq.shape[0], seq.shape[1] - T, dtype=mask.dtype)], 1)
-    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
-    got = torch.stack([lg.double() for lg in out.logits], 1)
-    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
-    assert float(diff.max()) < ATOL, f"per-row, per-step max diff {diff}"
+    out = generated(model, ids, mask, path, prefill_chunk_size=6)
+    assert_decode_matches(ref, cfg, out, then_real(mask, out.sequences))
 
 
 def test_pad_token_inside_a_prompt_without_a_mask_reaches_the_ring():
@@ -245,11 +212,5 @@ def test_pad_token_inside_a_prompt_without_a_mask_reaches_the_ring():
     ids = make_ids(1)
     ids[0, [13, 15, 17]] = 0  # the pad id, inside the prompt
     apply_swaa(model, cfg)
-    out = _generated(model, ids, None, "dynamic")
-    seq = out.sequences
-    full_mask = (seq != 0).long()
-    full_mask[:, T:] = 1
-    want = ref_forward(ref, cfg, seq, full_mask, position_ids=gen_positions(full_mask), prompt_end=T).logits
-    got = torch.stack([lg.double() for lg in out.logits], 1)
-    diff = (got - want[:, T - 1 : T - 1 + NEW]).abs().amax(-1)
-    assert float(diff.max()) < ATOL, f"per-step max diff {diff}"
+    out = generated(model, ids, None, "dynamic")
+    assert_decode_matches(ref, cfg, out, then_real((ids != 0).long(), out.sequences), "per-step max diff")
