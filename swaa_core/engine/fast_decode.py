@@ -30,7 +30,7 @@ from transformers import DynamicCache, PrefixConstrainedLogitsProcessor
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-from .cache import kv_cache_bytes
+from .cache import kv_cache_bytes, masked_inside_rows
 from .compiled_step import bind, bucket_slots, compiled_forward
 from .config import SWAAConfig
 from .generation_options import MODEL_KWARGS, prepare, refuse
@@ -285,7 +285,7 @@ def _prefill(model, input_ids, mask, cache, chunk: int | None) -> torch.Tensor:
 def _refuse_masked_tokens_inside(mask: torch.Tensor) -> None:
     """ValueError for a (B, T) mask that masks a token after a row's first real one: row prefill places each row's
     keys at real position + left padding, true only when every masked token is left padding."""
-    inside = (mask.long().cummax(-1).values > mask.long()).any(-1)
+    inside = masked_inside_rows(mask)
     if bool(inside.any()):
         rows = inside.nonzero().flatten().tolist()
         raise ValueError(
