@@ -60,15 +60,13 @@ def model_updates(ui, loaded, s: Strategy, opened: Settings | None = None) -> di
     """Everything that depends on the model: the layer strips keep their meaning on a model with other layers (a
     pattern is re-applied, chosen layers beyond the model are dropped). When the page is ``opened`` with settings
     (``s`` is theirs), the length slider and every strategy widget take their values too."""
-    n = num_layers(loaded)
+    n, limit, longest = _limits(loaded)
     layers = [(str(i), i) for i in range(n)]
     heads = [("mean of heads", -1)] + [(f"head {h}", h) for h in range(loaded.info.num_heads)]
-    limit = loaded.info.context_length or 8192
     fa = (
         SWAAConfig.fa_layers(s.fa_layers_mode, n) if s.fa_layers_mode != "custom" else [i for i in s.fa_layers if i < n]
     )
     fad = [i for i in s.fa_decode_layers if i < n]
-    longest = limit - LENGTH_HEADROOM
     out = {
         ui.active_model: loaded.name,
         ui.model_facts: model_facts(loaded),
@@ -90,11 +88,18 @@ def model_updates(ui, loaded, s: Strategy, opened: Settings | None = None) -> di
     return out
 
 
+def _limits(loaded) -> tuple[int, int, int]:
+    """(layers, context in tokens, longest prompt the length slider offers) of ``loaded``: what the widgets and a
+    link's values are fitted to."""
+    limit = loaded.info.context_length or 8192
+    return num_layers(loaded), limit, limit - LENGTH_HEADROOM
+
+
 def link_notes(loaded, opened: Settings) -> list[str]:
     """What a shared link asked that ``loaded`` cannot take, each as :func:`model_updates` fits it to the model
     (the length and window sliders' maxima, its layers), so that nothing from the link changes without a word."""
-    n, limit = num_layers(loaded), loaded.info.context_length or 8192
-    longest, s, notes = limit - LENGTH_HEADROOM, opened.strategy, []
+    n, limit, longest = _limits(loaded)
+    s, notes = opened.strategy, []
     if int(opened.length) > longest:
         notes.append(f"The link's length of {int(opened.length):,} tokens is beyond the longest prompt {loaded.name} "
                      f"takes here ({longest:,}): the length is set to {longest:,}.")  # fmt: skip
