@@ -135,3 +135,13 @@ def build_word_tokenizer():
         "{% if add_generation_prompt %}<|assistant|> {% endif %}"
     )
     return tok
+
+
+def tiny_loaded_llama():
+    """What ``swaa_core.load_model`` returns (model, tokenizer, info), for a tiny Llama with EOS id 2 and the word
+    tokenizer: the CLI and pipeline tests run commands on it."""
+    from types import SimpleNamespace
+
+    model = build_tiny_model("llama")
+    model.generation_config.eos_token_id = 2
+    return SimpleNamespace(model=model, tokenizer=build_word_tokenizer(), info=SimpleNamespace(name="tiny/llama"))

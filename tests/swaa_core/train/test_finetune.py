@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.tiny_models import build_tiny_model, build_word_tokenizer
+from helpers.tiny_models import build_tiny_model, build_word_tokenizer, tiny_loaded_llama
 
 from swaa_core import SWAAConfig, apply_swaa, load_upstream_settings, remove_swaa, swaa
 from swaa_core.engine.families import attention_modules
@@ -262,19 +262,11 @@ def test_adapter_for_another_layer_count_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- the pipeline and the CLI
-def tiny_loaded():
-    from types import SimpleNamespace
-
-    model = build_tiny_model("llama")
-    model.generation_config.eos_token_id = 2
-    return SimpleNamespace(model=model, tokenizer=build_word_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
-
-
 def test_pipeline_distils_evaluates_trains_and_saves(tmp_path):
     """End to end through the real task builder and runner: the saved folder holds what the report says."""
     from swaa_core.train.distill import load_jsonl
 
-    loaded = tiny_loaded()
+    loaded = tiny_loaded_llama()
     cfg = SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)
     phases = []
     settings = TrainSettings(max_steps=3, learning_rate=1e-2, lora_dropout=0.0)
@@ -296,7 +288,7 @@ def test_pipeline_distils_evaluates_trains_and_saves(tmp_path):
 
 def test_pipeline_refuses_full_attention(tmp_path):
     with pytest.raises(ValueError, match="needs a sliding config"):
-        finetune_pipeline(tiny_loaded(), SWAAConfig(), tmp_path)
+        finetune_pipeline(tiny_loaded_llama(), SWAAConfig(), tmp_path)
 
 
 def test_cli_finetune_help_teaches():
@@ -315,7 +307,7 @@ def test_cli_distill_then_finetune(tmp_path, monkeypatch, capsys):
     import swaa_core
     from swaa_core.cli import main
 
-    loaded = tiny_loaded()
+    loaded = tiny_loaded_llama()
     monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loaded)
     data = tmp_path / "d.jsonl"
     assert main(["distill", "--samples", "2", "--length", "80", "--max-new-tokens", "3", "--keep", "all",
@@ -342,7 +334,7 @@ def test_cli_finetune_takes_dtype_and_backend_like_the_other_commands(tmp_path, 
     import swaa_core.train.lora as lora
     from swaa_core.cli import main
 
-    loaded, loads, backends = tiny_loaded(), [], []
+    loaded, loads, backends = tiny_loaded_llama(), [], []
     monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loads.append(k) or loaded)
     real_swaa = lora.swaa
 

@@ -9,11 +9,10 @@ References are independent of the code under test: peft's own initialisation (Lo
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers.tiny_models import build_tiny_model, build_word_tokenizer
+from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig
 from swaa_core.train.adapters import load_adapter, save_adapter
@@ -90,24 +89,6 @@ def test_continuing_a_frozen_adapter_is_refused_or_trains():
 
 
 # --------------------------------------------------------------------------- the CLI
-def tiny_loaded():
-    model = build_tiny_model("llama")
-    model.generation_config.eos_token_id = 2
-    return SimpleNamespace(model=model, tokenizer=build_word_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """main() over the tiny model; ``cli.loads`` counts model loads."""
-    import swaa_core
-    from swaa_core.cli import main
-
-    loads = []
-    monkeypatch.setattr(swaa_core, "load_model", lambda *a, **k: loads.append(1) or tiny_loaded())
-    main.loads = loads
-    return main
-
-
 def write_data(path, n: int = 2, words: int = 12):
     lines = [json.dumps({"prompt": " ".join(f"w{(i + j) % 80}" for j in range(words)), "response": "w7 w8"})
              for i in range(n)]  # fmt: skip

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from helpers.tiny_models import build_tiny_model
 
@@ -19,25 +18,6 @@ from swaa_core.train.lora import TrainSettings, make_example, train_lora
 
 ROOT = Path(__file__).resolve().parents[3]
 CFG = SWAAConfig(sliding_window_size=5, keep_first=2, force_fa_decode=True)
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """main() over the tiny model (as in test_training_options.py)."""
-    from types import SimpleNamespace
-
-    from helpers.tiny_models import build_word_tokenizer
-
-    import swaa_core
-    from swaa_core.cli import main
-
-    def tiny_loaded(*a, **k):
-        model = build_tiny_model("llama")
-        model.generation_config.eos_token_id = 2
-        return SimpleNamespace(model=model, tokenizer=build_word_tokenizer(), info=SimpleNamespace(name="tiny/llama"))
-
-    monkeypatch.setattr(swaa_core, "load_model", tiny_loaded)
-    return main
 
 
 def examples(n=4):
