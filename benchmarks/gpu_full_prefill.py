@@ -2,9 +2,10 @@
 (32 query / 8 KV heads, head dim 128, bf16, batch 1) through SDPA with its own choice and with each of its kernels
 forced, with GQA (``enable_gqa``) and with the KV heads expanded, and through FlashAttention-4 when it is installed;
 then the 8B-shaped model's whole prefill (``model(ids, logits_to_keep=1)``, transformers' SDPA) with SDPA's choice and
-with each kernel forced.
+with each kernel forced; and a profile of one prefill on a few layers, full and SWA (where the other time goes).
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_full_prefill.py --lengths 32768 131072
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_full_prefill.py --sections profile --model-lengths 131072
 
 Why: end to end at 128K on an H100 (2026-12-06), the full-attention prefill took 26-33 s, about 0.75 s a layer for
 attention alone, where a FlashAttention-class kernel needs about 0.25 s. Results go to $OUT/gpu_full_prefill.json.
@@ -12,6 +13,7 @@ attention alone, where a FlashAttention-class kernel needs about 0.25 s. Results
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -112,20 +114,37 @@ def run_model(out: dict):
 
 @torch.no_grad()
 def run_profile(out: dict):
-    """The kernels of one prefill at the longest --model-lengths on a --profile-layers model, by GPU time."""
+    """The kernels of one prefill at the longest --model-lengths on a --profile-layers model, by GPU time: the model's
+    own forward, then under SWA (--window keys + --sinks) its forward and ``fast_generate``'s prefill of one new
+    token (--window 0: the model's own forward only)."""
+    import time
+
     from torch.profiler import ProfilerActivity, profile
+
+    from swaa_core import SWAAConfig, swaa
+    from swaa_core.engine.fast_decode import fast_generate
 
     model = llama8b(ARGS.profile_layers)
     L = max(ARGS.model_lengths)
     ids = torch.randint(0, 128000, (1, L), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    model(ids, logits_to_keep=1)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        model(ids, logits_to_keep=1)
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=90)
-    print(table, flush=True)
-    out["table"] = table
+    forward = lambda: model(ids, logits_to_keep=1)  # noqa: E731
+    runs = [("model, full", None, forward)]
+    if ARGS.window:
+        cfg = SWAAConfig(sliding_window_size=ARGS.window, keep_first=ARGS.sinks)
+        runs += [("model, swa", cfg, forward)]
+        runs += [("fast_generate, swa", cfg, lambda: fast_generate(model, ids, max_new_tokens=1, eos_token_id=[]))]
+    for name, cfg, run in runs:
+        with swaa(model, cfg) if cfg else contextlib.nullcontext():
+            run()  # warm-up: JIT builds and cuDNN graphs are not the prefill's cost
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run()
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=90)
+        print(f"{name}: {wall:.2f} s wall (profiled)\n{table}", flush=True)
+        out[name] = {"wall_s": round(wall, 3), "table": table}
 
 
 def main(argv=None):
