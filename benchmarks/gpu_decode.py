@@ -31,6 +31,8 @@ Sections (each guarded: a failure is recorded and the next one runs):
               and device totals per step, the CUDA runtime calls that block the host (synchronisations, copies
               between host and device), the busiest host ops, and every synchronising call's Python line (CUDA sync
               debug mode).
+- host_reads: ms per decode step when the stop is read from the device every token (sampling from the global RNG
+              with an end of sequence) against every 16 (a seeded generator), SWA decode, graph path.
 Results go to $OUT/gpu_decode.json (or --json); the plumbing is gpu_common's.
 """
 
@@ -156,6 +158,34 @@ def run_graph(out: dict, model):
             )
         print(n, rows[n], flush=True)
         del ids
+
+
+@torch.no_grad()
+def run_host_reads(out: dict, model):
+    """What reading the stop every token costs (``fast_generate``'s rule for sampling from the global RNG with an end
+    of sequence, a streamer, or the caller's own processor), against reading it every ``CHECK_EVERY`` tokens: the same
+    sampled step with the global RNG and with a ``generator``, SWA decode, graph path, ``min_new_tokens`` = all, so
+    every run makes the same steps. Greedy without an end of sequence beside them."""
+    cfg = configs(model.config.num_hidden_layers)["SWA decode"]
+    n_new, eos = ARGS.new_tokens, [model.config.eos_token_id]
+    modes = {
+        "greedy, no eos (read every 16)": dict(eos_token_id=[]),
+        "sampled, generator (read every 16)": dict(eos_token_id=eos, do_sample=True, generator="seeded"),
+        "sampled, global RNG + eos (read every token)": dict(eos_token_id=eos, do_sample=True),
+    }
+    rows = out["rows"] = {}
+    with swaa(model, cfg):
+        for n in ARGS.prompts:
+            ids, rows[n] = prompt(n), {label: [] for label in modes}
+            for _ in range(ARGS.reps):
+                for label, kw in modes.items():
+                    if kw.get("generator"):
+                        kw = {**kw, "generator": torch.Generator("cuda").manual_seed(0)}
+                    r = fast_generate(model, ids, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+                    rows[n][label].append(round(r.decode_s / r.decode_steps * 1e3, 3))
+            for label, times in rows[n].items():
+                SUMMARY.append((f"host reads {n // 1024}K", f"{label}: {statistics.median(times):.3f} ms/token"))
+            print(n, rows[n], flush=True)
 
 
 # --------------------------------------------------------------------------- eager generate
@@ -441,7 +471,7 @@ def run_compiled(out: dict, model):
 
 def parse(argv=None):
     p = common.base_parser(
-        __doc__, ["kernels", "graph", "compiled", "eager", "hf_static", "end_to_end", "public", "profile"]
+        __doc__, ["kernels", "graph", "compiled", "eager", "hf_static", "end_to_end", "public", "profile", "host_reads"]
     )
     p.set_defaults(reps=5)
     p.add_argument("--prompts", type=int, nargs="+", default=[8192, 32768, 131072])
@@ -492,6 +522,7 @@ def main(argv=None):
         "end_to_end": run_end_to_end,
         "public": lambda out, model: run_public(out, model, ARGS, SUMMARY, prompt),
         "profile": run_profile,
+        "host_reads": run_host_reads,
     }
     wanted = [s for s in ARGS.sections if s in runs]
     if wanted:
