@@ -129,11 +129,22 @@ def merged_generation_config(model, kwargs: dict):
     return config
 
 
+# generate's output dict holds its cache, which a next turn continues (model.generate(turn2, past_key_values=...)); the
+# fixed buffers give none, and a next turn prefilled from scratch is not the continued one (under FA decode, turn 1's
+# answer was decoded with every key, but a prefill slides over it). Asked for by name, the fixed path still serves
+# such a call (past_key_values None, as documented); auto does not pick it.
+RETURNS_CACHE = (
+    "return_dict_in_generate (generate's output holds its cache, past_key_values, which a next turn continues; the "
+    "fixed buffers give none: cache_implementation='static' takes the fixed path without it)"
+)
+
+
 def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
     """What of ``model.generate(*args, **kwargs)`` the fixed path does not serve, by name, with why; empty when it
     serves the call. The options (keywords, a passed ``generation_config``, the model's) are checked by the fixed
     path's own classification (:func:`swaa_core.engine.generation_options.prepare`); beside them the inputs' shapes
-    (one host read of the mask's last column). Runs no forward."""
+    (one host read of the mask's last column) and an output dict with the cache in it (:data:`RETURNS_CACHE`). Runs
+    no forward."""
     import torch
 
     from .generation_options import prepare
@@ -146,6 +157,9 @@ def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
         text = str(e)
         _, _, rest = text.partition("does not take: ")
         found.append(rest.rsplit(". Drop ", 1)[0] if rest else text)  # the refused options, each with why
+    config = merged_generation_config(model, kwargs)
+    if config.return_dict_in_generate and config.use_cache is not False:
+        found.append(RETURNS_CACHE)
     inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     mask = kwargs.get("attention_mask")
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:

@@ -79,6 +79,13 @@ X = torch.tensor([[5, 9, 11, 30, 7, 64, 12, 3, 40, 41, 42, 8]])
 
 
 BEAMS = "num_beams=2 (beam search needs another decoding loop than greedy / sampled decoding)"
+RETURNS_CACHE = (
+    "return_dict_in_generate (generate's output holds its cache, past_key_values, which a next turn continues; the "
+    "fixed buffers give none: cache_implementation='static' takes the fixed path without it)"
+)
+NO_CACHE = (
+    "use_cache=False (this path decodes from its cache; without one generate recomputes the whole sequence per token)"
+)
 
 
 @pytest.mark.parametrize(
@@ -93,8 +100,12 @@ BEAMS = "num_beams=2 (beam search needs another decoding loop than greedy / samp
         (dict(max_new_tokens=5, past_key_values=DynamicCache()),
          ["past_key_values (this path prefills the prompt into a cache of its own)"]),
         (dict(max_new_tokens=5, attention_mask=torch.tensor([[1] * 11 + [0]])), ["attention_mask (right padding)"]),
+        (dict(max_new_tokens=5, return_dict_in_generate=True, output_scores=True), [RETURNS_CACHE]),
+        (dict(generation_config=GenerationConfig(return_dict_in_generate=True, max_new_tokens=5)), [RETURNS_CACHE]),
+        (dict(max_new_tokens=5, return_dict_in_generate=True, use_cache=False), [NO_CACHE]),  # no cache to return
     ],
-    ids=["greedy", "sampled", "defaults", "config-ngram", "beams", "config-beams", "cache", "right-pad"],
+    ids=["greedy", "sampled", "defaults", "config-ngram", "beams", "config-beams", "cache", "right-pad", "dict",
+         "config-dict", "dict-no-cache"],
 )  # fmt: skip
 def test_fixed_refusals_of_a_call(model, kwargs, expected):
     assert fixed_refusals(model, (X,), kwargs) == expected
@@ -132,9 +143,9 @@ def static_calls(monkeypatch):
     return calls
 
 
-def eager_reference(model, **kwargs):
+def eager_reference(model, inputs=X, **kwargs):
     """transformers' generate over the dynamic SWAA cache (the path asked for by name)."""
-    return model.generate(X, cache_implementation="dynamic", **kwargs)
+    return model.generate(inputs, cache_implementation="dynamic", **kwargs)
 
 
 def test_generate_on_cpu_keeps_the_eager_path_by_default(model, static_calls):
@@ -163,6 +174,32 @@ def test_generate_on_cuda_falls_back_with_the_reason(model, as_if_cuda, static_c
     route = model._swaa_state.last_route
     assert (route.path, route.reason) == (DecodePath.EAGER, f"eager: the fixed-buffer path does not take {BEAMS}")
     assert static_calls == [] and torch.equal(out, eager_reference(model, max_new_tokens=6, num_beams=2))
+
+
+@pytest.mark.parametrize("fa_decode", [False, True], ids=["swa", "fa-decode"])
+def test_an_output_dict_keeps_the_cache_a_second_turn_continues(model, as_if_cuda, static_calls, fa_decode):
+    """generate's output dict carries its cache, and a chat's next turn continues it. The fixed buffers give none, so
+    auto takes the eager path for such a call and says why; turn 2 then equals turn 2 on the eager path by name.
+    Without the cache, turn 2 would prefill turn 1's answer, which under FA decode was decoded with every key."""
+    apply_swaa(model, SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=fa_decode))
+    kw = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    first = model.generate(X, **kw)
+    route = model._swaa_state.last_route
+    assert (route.path, route.reason) == (
+        DecodePath.EAGER,
+        f"eager: the fixed-buffer path does not take {RETURNS_CACHE}",
+    )
+    assert static_calls == [] and first.past_key_values is not None
+    turn2 = torch.cat([first.sequences, torch.tensor([[44, 45, 46, 47, 48]])], 1)
+    second = model.generate(turn2, past_key_values=first.past_key_values, **kw)
+    ref_first = eager_reference(model, **kw)
+    assert torch.equal(first.sequences, ref_first.sequences)
+    ref_second = model.generate(turn2, past_key_values=ref_first.past_key_values, **kw)  # a cache: eager, by rule
+    assert torch.equal(second.sequences, ref_second.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(second.logits, ref_second.logits, strict=True))
+    if fa_decode:  # what a turn 2 without the cache gives: other logits, so the cache is what the test rests on
+        fresh = eager_reference(model, inputs=turn2, **kw)
+        assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(fresh.logits, ref_second.logits, strict=True))
 
 
 def test_static_cache_implementation_forces_the_fixed_path_and_refuses_by_name(model, static_calls):
