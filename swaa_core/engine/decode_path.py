@@ -13,7 +13,6 @@ Importing this module imports no torch (the CLI's parser offers the path names).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -119,14 +118,26 @@ def _short(path: DecodePath) -> str:
 # ---------------------------------------------------------------------- model.generate's calls
 
 
+# generate's parameters before ``**kwargs``, in order (transformers 5.x): a call may pass any of them by position.
+GENERATE_POSITIONAL = ("inputs", "generation_config", "logits_processor", "stopping_criteria",
+                       "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
+                       "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate")  # fmt: skip
+
+
+def by_keyword(args: tuple, kwargs: dict) -> dict:
+    """A ``generate(*args, **kwargs)`` call's arguments all by keyword (``inputs`` for the first positional one).
+    Raises TypeError, as Python would, for more positional arguments than generate has."""
+    if len(args) > len(GENERATE_POSITIONAL):
+        raise TypeError(f"generate takes at most {len(GENERATE_POSITIONAL)} positional arguments ({len(args)} given)")
+    return {**dict(zip(GENERATE_POSITIONAL, args, strict=False)), **kwargs}
+
+
 def merged_generation_config(model, kwargs: dict):
-    """The generation config a ``generate`` call runs with, as far as the choice of path goes: the passed
-    ``generation_config`` (else the model's), with the call's keywords that name config fields on top."""
-    config = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
-    for name, value in kwargs.items():
-        if name != "generation_config" and hasattr(config, name) and value is not None:
-            setattr(config, name, value)
-    return config
+    """The generation config a ``generate`` call (all by keyword: :func:`by_keyword`) runs with, merged as transformers
+    merges it (:func:`~swaa_core.engine.generation_options.merged_config`)."""
+    from .generation_options import merged_config
+
+    return merged_config(model, kwargs.get("generation_config"), kwargs)[0]
 
 
 # generate's output dict holds its cache, which a next turn continues (model.generate(turn2, past_key_values=...)); the
@@ -149,6 +160,7 @@ def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
 
     from .generation_options import prepare
 
+    kwargs = by_keyword(args, kwargs)
     found = []
     options = {k: v for k, v in kwargs.items() if k not in ("inputs", "input_ids", "generation_config")}
     try:
@@ -160,12 +172,13 @@ def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
     config = merged_generation_config(model, kwargs)
     if config.return_dict_in_generate and config.use_cache is not False:
         found.append(RETURNS_CACHE)
-    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    inputs = kwargs.get("input_ids", kwargs.get("inputs"))
     mask = kwargs.get("attention_mask")
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
         found.append("inputs (token ids of shape (batch, length))")
-    elif kwargs.get("streamer") is not None and inputs.shape[0] != 1:
-        found.append(f"streamer (a streamer with {inputs.shape[0]} rows)")
+    elif kwargs.get("streamer") is not None and inputs.shape[0] * (config.num_return_sequences or 1) != 1:
+        rows = inputs.shape[0] * (config.num_return_sequences or 1)  # generate expands the rows before its loop
+        found.append(f"streamer (a streamer with {rows} rows)")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
         found.append("attention_mask (right padding)")
     return found
@@ -199,6 +212,7 @@ def route_generate(model, args: tuple, kwargs: dict) -> Route:
     (:func:`~swaa_core.engine.fast_decode.generate_static`) refuses by name, before running anything, what it cannot
     serve: its own check is the authority on what it applies, :func:`fixed_refusals` only keeps auto from routing a
     call there that it might refuse."""
+    kwargs, args = by_keyword(args, kwargs), ()
     requested = requested_by_call(model, kwargs)
     if requested is DecodePath.EAGER:
         return resolve(requested)
@@ -214,6 +228,7 @@ def route_generate(model, args: tuple, kwargs: dict) -> Route:
 def _request_words(model, args: tuple, kwargs: dict) -> str:
     import torch
 
-    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    inputs = by_keyword(args, kwargs)
+    inputs = inputs.get("input_ids", inputs.get("inputs"))
     rows = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 else "?"
     return f"batch {rows}, {'sampled' if merged_generation_config(model, kwargs).do_sample else 'greedy'}"

@@ -33,6 +33,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from .cache import kv_cache_bytes, masked_inside_rows
 from .compiled_step import bind, bucket_slots, compiled_forward
 from .config import SWAAConfig
+from .decode_path import by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
 from .install import install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
@@ -171,8 +172,9 @@ def run(
     temporary = getattr(owner, "_swaa_state", None) is None
     if temporary:
         install(owner, SWAAConfig(sliding_window_size=1), "auto", all_full=True)
+    callers = bool(kwargs.get("logits_processor")) or kwargs.get("prefix_allowed_tokens_fn") is not None
     loop = functools.partial(_decode, cuda_graph=cuda_graph, generator=generator, streamer=kwargs.get("streamer"),
-                             seen=seen, backend=backend, prefill=prefill)  # fmt: skip
+                             seen=seen, backend=backend, prefill=prefill, callers=callers)  # fmt: skip
     try:
         # the class's generate: the instance's is SWAA's wrapper, which would route this call back here
         result = type(owner).generate(owner, input_ids, generation_config=config, custom_generate=loop, **kwargs)
@@ -183,18 +185,25 @@ def run(
 
 
 def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
-            streamer, seen: dict, backend: str | None, prefill: str, **model_kwargs) -> DecodeResult:  # fmt: skip
-    """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``)."""
+            streamer, seen: dict, backend: str | None, prefill: str, callers: bool,
+            **model_kwargs) -> DecodeResult:  # fmt: skip
+    """The decoding loop ``generate`` calls with what it prepared (mirrors ``GenerationMixin._sample``). ``callers``:
+    the call brought processors of its own (objects that may count their calls)."""
     seen["config"] = generation_config
     mode = generation_config.get_generation_mode()
     extra = [f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS]
     refuse(extra + ([] if mode in LOOPS else [f"generation mode {mode.value}"]))
-    if streamer is not None and input_ids.shape[0] != 1:
-        raise ValueError("A streamer follows one sequence: pass a batch of one row.")
-    chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer)
+    if streamer is not None and input_ids.shape[0] != 1:  # the rows generate made: batch x num_return_sequences
+        raise ValueError(
+            f"A streamer follows one sequence; this call generates {input_ids.shape[0]} (its batch times "
+            "num_return_sequences): pass one row and num_return_sequences=1."
+        )
+    chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer, callers)
     use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
     plans = model._swaa_state.plans
-    max_new = generation_config.max_length - input_ids.shape[1]
+    # a caller's MaxLengthCriteria replaces the one generate builds from the config (_merge_criteria_processor_list)
+    limit = min((c.max_length for c in stopping_criteria if isinstance(c, MaxLengthCriteria)), default=None)
+    max_new = max((generation_config.max_length if limit is None else limit) - input_ids.shape[1], 1)
     mask = model_kwargs.get("attention_mask")
     backend = None if generation_config.disable_compile else backend
     try:
@@ -210,7 +219,7 @@ class _Chooser:
     processors on the float32 copy of the last logits and the sequences so far, ``torch.multinomial(softmax(...), 1)``
     on the global RNG (or argmax), finished rows padded, ``unfinished & ~stopping_criteria(sequences, scores)``."""
 
-    def __init__(self, input_ids, processors, criteria, config, generator, streamer):
+    def __init__(self, input_ids, processors, criteria, config, generator, streamer, callers: bool = False):
         self.sequences, self.processors, self.criteria = input_ids, processors, criteria
         self.prompt_length = input_ids.shape[1]
         self.sample, self.pad = bool(config.do_sample), config._pad_token_tensor
@@ -223,10 +232,12 @@ class _Chooser:
         self.done_at = torch.zeros((), dtype=torch.long, device=input_ids.device)  # length once every row stopped
         host = streamer is not None or any(not isinstance(c, DEVICE_CRITERIA) for c in criteria)
         # Steps past the stop that generate never runs: each draw there moves the global RNG the caller's next call
-        # starts from, and the caller's own code (a processor, a prefix_allowed_tokens_fn) may count its calls or keep
-        # state across them. Both need the stop seen at once.
+        # starts from, and the caller's own objects (a processor, even one of transformers' such as a watermark, or a
+        # prefix_allowed_tokens_fn) may count their calls or keep state across them. Both need the stop seen at once.
         draws = self.sample and generator is None and self.has_eos
-        own = any(isinstance(p, CALLERS_CODE) or not type(p).__module__.startswith("transformers.") for p in processors)
+        own = callers or any(
+            isinstance(p, CALLERS_CODE) or not type(p).__module__.startswith("transformers.") for p in processors
+        )
         self.check_every = 1 if host or draws or own else CHECK_EVERY
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
@@ -398,11 +409,6 @@ def _now(device) -> float:
     return time.perf_counter()
 
 
-GENERATE_POSITIONAL = ("inputs", "generation_config", "logits_processor", "stopping_criteria",
-                       "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
-                       "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate")  # fmt: skip
-
-
 def generate_static(model, args: tuple, kwargs: dict):
     """``model.generate(..., cache_implementation="static")`` under SWAA: the same call served by the fixed-buffer
     loop (:func:`run`). Returns what ``generate`` would: the sequences, or a ``GenerateDecoderOnlyOutput`` with
@@ -411,7 +417,7 @@ def generate_static(model, args: tuple, kwargs: dict):
     as ``generate`` does for invalid lengths or options."""
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-    kwargs = {**dict(zip(GENERATE_POSITIONAL, args, strict=False)), **kwargs}
+    kwargs = by_keyword(args, kwargs)
     input_ids = kwargs.pop("inputs", None)
     input_ids = kwargs.pop("input_ids", None) if input_ids is None else input_ids
     if input_ids is None:

@@ -145,6 +145,16 @@ GENERATE_ARGUMENTS = frozenset({"logits_processor", "stopping_criteria", "prefix
                                 "tokenizer", "trust_remote_code"}) | frozenset(REFUSED_ARGUMENTS)  # fmt: skip
 
 
+def merged_config(model, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[GenerationConfig, dict]:
+    """(the generation config one ``generate`` call runs with, its model keyword arguments), merged by transformers'
+    own rule (``_prepare_generation_config``: the call's keywords over the passed config over the model's, whose
+    values also fill what a passed config left unset). ``kwargs``: the call's keyword arguments; generate's own
+    arguments and the inputs among them are left out."""
+    skip = GENERATE_ARGUMENTS | {"inputs", "input_ids", "generation_config"}
+    options = {k: v for k, v in kwargs.items() if k not in skip}
+    return model._prepare_generation_config(copy.deepcopy(generation_config), **options)
+
+
 def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[GenerationConfig | None, dict]:
     """Check one call's options and return the (generation_config, keyword arguments) to hand to ``generate``.
 
@@ -159,8 +169,7 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
     found = [
         f"{k} ({why})" for k, why in REFUSED_ARGUMENTS.items() if kwargs.get(k) is not None and kwargs[k] is not False
     ]
-    options = {k: v for k, v in kwargs.items() if k not in GENERATE_ARGUMENTS}
-    merged, model_kwargs = model._prepare_generation_config(copy.deepcopy(generation_config), **options)
+    merged, model_kwargs = merged_config(model, generation_config, kwargs)
     found += refused_fields(merged)
     found += [
         f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS
@@ -178,7 +187,8 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
                 "the call or its generation_config (not in model.generation_config), on SWAA's fixed-buffer decoder."
             )
         criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
-        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=merged.stop_strings))
+        if not any(isinstance(c, StopStringCriteria) for c in criteria):  # a caller's own outranks it, as in generate
+            criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=merged.stop_strings))
         kwargs["stopping_criteria"] = criteria
         overrides["stop_strings"] = None
     if generation_config is not None:  # its own values outrank the model's; keywords beside it would warn

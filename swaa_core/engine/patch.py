@@ -22,7 +22,7 @@ import torch
 
 from .cache import SWAACacheLayer, kv_cache_bytes
 from .config import SWAAConfig, SWAAConfigError
-from .decode_path import route_generate
+from .decode_path import by_keyword, merged_generation_config, route_generate
 from .families import attention_modules
 from .fast_decode import generate_static
 from .install import SWAAState, install, remove_swaa, swaa_owner
@@ -30,22 +30,25 @@ from .install import SWAAState, install, remove_swaa, swaa_owner
 __all__ = ["apply_swaa", "remove_swaa", "swaa", "capture_attention", "kv_cache_bytes", "SWAAState"]
 
 
-def _prompt_end(args, kwargs) -> int:
-    """Where the prompt of a ``generate`` call ends, in slots: the full 2-D mask's width, else the (full) input's."""
-    mask = kwargs.get("attention_mask")
+def _prompt_end(call: dict) -> int:
+    """Where the prompt of a ``generate`` call (all by keyword: ``decode_path.by_keyword``) ends, in slots: the full
+    2-D mask's width, else the (full) input's."""
+    mask = call.get("attention_mask")
     if mask is not None and mask.dim() == 2:
         return mask.shape[1]
-    inputs = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
-    if kwargs.get("inputs_embeds") is not None:
-        inputs = kwargs["inputs_embeds"][..., 0]
+    inputs = call.get("inputs", call.get("input_ids"))
+    if call.get("inputs_embeds") is not None:
+        inputs = call["inputs_embeds"][..., 0]
     return 1 if inputs is None else inputs.shape[1]
 
 
-def _assisted(model, kwargs) -> bool:
-    """Whether this ``generate`` call verifies drafts (assistant model, prompt lookup, early exit) and rolls back."""
-    config = kwargs.get("generation_config") or model.generation_config
+def _assisted(model, call: dict) -> bool:
+    """Whether this ``generate`` call (all by keyword) verifies drafts (assistant model, prompt lookup, early exit)
+    and rolls back, with its options merged as generate merges them (a passed config's unset fields from the
+    model's)."""
+    config = merged_generation_config(model, call)
     keys = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
-    return any(kwargs.get(k, getattr(config, k, None)) is not None for k in keys)
+    return any(call.get(k, getattr(config, k, None)) is not None for k in keys)
 
 
 def _wrap_generate(model, state: SWAAState) -> None:
@@ -57,7 +60,8 @@ def _wrap_generate(model, state: SWAAState) -> None:
         if route.fixed:
             return generate_static(model, args, kwargs)
         previous = context.prompt_end, context.assisted
-        context.prompt_end, context.assisted = _prompt_end(args, kwargs), _assisted(model, kwargs)
+        call = by_keyword(args, kwargs)  # generate's parameters may come by position
+        context.prompt_end, context.assisted = _prompt_end(call), _assisted(model, call)
         try:
             out = original(*args, **kwargs)
         finally:

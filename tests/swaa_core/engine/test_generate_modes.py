@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers.streamers import Collect
 from helpers.tiny_models import FAMILIES, build_tiny_model, eager_logits_without_swaa
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, GenerationConfig, StaticCache
 
 from swaa_core import SWAAConfig, apply_swaa, remove_swaa
 
@@ -129,6 +129,21 @@ def mode_assistant_model(model, x, fa):
     assert_greedy(model, out, PROMPT, swaa_rows(PROMPT, fa_decode=fa))
 
 
+def mode_assistant_model_by_position(model, x, fa):
+    """generate's seventh parameter, passed by position: the drafts' rollback must be armed all the same."""
+    assistant = build_tiny_model(model.config.model_type.replace("_text", ""), seed=1, eos_token_id=None)
+    out = model.generate(x, None, None, None, None, None, assistant, max_new_tokens=NEW, do_sample=False)
+    assert_greedy(model, out, PROMPT, swaa_rows(PROMPT, fa_decode=fa))
+
+
+def mode_prompt_lookup_from_the_models_config(model, x, fa):
+    """A passed config without prompt lookup takes it from model.generation_config (transformers' merge)."""
+    x = torch.cat([x, x[:, :6], x[:, :6]], 1)
+    model.generation_config.prompt_lookup_num_tokens = 3
+    out = model.generate(x, generation_config=GenerationConfig(max_new_tokens=NEW, do_sample=False))
+    assert_greedy(model, out, x.shape[1], swaa_rows(x.shape[1], fa_decode=fa))
+
+
 def mode_beams(model, x, fa):
     """Each returned beam's score is the sum of its tokens' log-probabilities under the reference."""
     out = model.generate(
@@ -201,6 +216,8 @@ MODES = {
     "prefill_chunk_size": mode_chunked_prefill,
     "prompt_lookup": mode_prompt_lookup,
     "assistant_model": mode_assistant_model,
+    "assistant_model by position": mode_assistant_model_by_position,
+    "prompt lookup from the model's config": mode_prompt_lookup_from_the_models_config,
     "beams": mode_beams,
     "sampling x3": mode_sampling_several_sequences,
     "streamer": mode_streamer,
