@@ -126,10 +126,14 @@ GENERATE_POSITIONAL = ("inputs", "generation_config", "logits_processor", "stopp
 
 def by_keyword(args: tuple, kwargs: dict) -> dict:
     """A ``generate(*args, **kwargs)`` call's arguments all by keyword (``inputs`` for the first positional one).
-    Raises TypeError, as Python would, for more positional arguments than generate has."""
+    Raises TypeError, as Python would, for more positional arguments than generate has or one given both ways."""
     if len(args) > len(GENERATE_POSITIONAL):
         raise TypeError(f"generate takes at most {len(GENERATE_POSITIONAL)} positional arguments ({len(args)} given)")
-    return {**dict(zip(GENERATE_POSITIONAL, args, strict=False)), **kwargs}
+    positional = dict(zip(GENERATE_POSITIONAL, args, strict=False))
+    twice = [name for name in positional if name in kwargs]
+    if twice:
+        raise TypeError(f"generate() got multiple values for argument '{twice[0]}'")
+    return {**positional, **kwargs}
 
 
 def merged_generation_config(model, kwargs: dict):
@@ -153,23 +157,21 @@ RETURNS_CACHE = (
 def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
     """What of ``model.generate(*args, **kwargs)`` the fixed path does not serve, by name, with why; empty when it
     serves the call. The options (keywords, a passed ``generation_config``, the model's) are checked by the fixed
-    path's own classification (:func:`swaa_core.engine.generation_options.prepare`); beside them the inputs' shapes
-    (one host read of the mask's last column) and an output dict with the cache in it (:data:`RETURNS_CACHE`). Runs
-    no forward."""
+    path's own classification (:func:`swaa_core.engine.generation_options.refusals`, what ``prepare`` refuses); beside
+    them the inputs' shapes (one host read of the mask's last column) and an output dict with the cache in it
+    (:data:`RETURNS_CACHE`). Runs no forward."""
+    return _refusals(model, by_keyword(args, kwargs))[0]
+
+
+def _refusals(model, kwargs: dict) -> tuple[list[str], object]:
+    """(:func:`fixed_refusals` of a call given all by keyword, its merged generation config): one merge per call."""
     import torch
 
-    from .generation_options import prepare
+    from .generation_options import refusals
 
-    kwargs = by_keyword(args, kwargs)
-    found = []
     options = {k: v for k, v in kwargs.items() if k not in ("inputs", "input_ids", "generation_config")}
-    try:
-        prepare(model, kwargs.get("generation_config"), options)
-    except ValueError as e:
-        text = str(e)
-        _, _, rest = text.partition("does not take: ")
-        found.append(rest.rsplit(". Drop ", 1)[0] if rest else text)  # the refused options, each with why
-    config = merged_generation_config(model, kwargs)
+    found, config = refusals(model, kwargs.get("generation_config"), options)
+    found = ["; ".join(found)] if found else []  # the refused options, each with why, as the fixed path names them
     if config.return_dict_in_generate and config.use_cache is not False:
         found.append(RETURNS_CACHE)
     inputs = kwargs.get("input_ids", kwargs.get("inputs"))
@@ -181,7 +183,7 @@ def fixed_refusals(model, args: tuple, kwargs: dict) -> list[str]:
         found.append(f"streamer (a streamer with {rows} rows)")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
         found.append("attention_mask (right padding)")
-    return found
+    return found, config
 
 
 def requested_by_call(model, kwargs: dict) -> DecodePath:
@@ -218,17 +220,16 @@ def route_generate(model, args: tuple, kwargs: dict) -> Route:
         return resolve(requested)
     device = model_device(model)
     if requested is DecodePath.FIXED:  # the fixed path itself refuses by name what it cannot serve, before it runs
-        return resolve(requested, device, request=_request_words(model, args, kwargs))
+        return resolve(requested, device, request=_request_words(kwargs, merged_generation_config(model, kwargs)))
     if requested is DecodePath.AUTO and device.type != "cuda" and CPU_DEFAULT is DecodePath.EAGER:
         return resolve(requested, device)  # nothing to check: the default there is eager anyway
-    refusals = fixed_refusals(model, args, kwargs)
-    return resolve(requested, device, refusals=refusals, request=_request_words(model, args, kwargs))
+    refusals, config = _refusals(model, kwargs)
+    return resolve(requested, device, refusals=refusals, request=_request_words(kwargs, config))
 
 
-def _request_words(model, args: tuple, kwargs: dict) -> str:
+def _request_words(kwargs: dict, config) -> str:
     import torch
 
-    inputs = by_keyword(args, kwargs)
-    inputs = inputs.get("input_ids", inputs.get("inputs"))
+    inputs = kwargs.get("input_ids", kwargs.get("inputs"))
     rows = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 else "?"
-    return f"batch {rows}, {'sampled' if merged_generation_config(model, kwargs).do_sample else 'greedy'}"
+    return f"batch {rows}, {'sampled' if config.do_sample else 'greedy'}"

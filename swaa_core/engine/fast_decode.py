@@ -230,7 +230,7 @@ class _Chooser:
         self.scores = () if keep and config.output_scores else None
         self.logits = () if keep and config.output_logits else None
         self.done_at = torch.zeros((), dtype=torch.long, device=input_ids.device)  # length once every row stopped
-        host = streamer is not None or any(not isinstance(c, DEVICE_CRITERIA) for c in criteria)
+        host = streamer is not None or any(type(c) not in DEVICE_CRITERIA for c in criteria)  # subclasses: the caller's
         # Steps past the stop that generate never runs: each draw there moves the global RNG the caller's next call
         # starts from, and the caller's own objects (a processor, even one of transformers' such as a watermark, or a
         # prefix_allowed_tokens_fn) may count their calls or keep state across them. Both need the stop seen at once.

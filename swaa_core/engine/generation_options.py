@@ -152,7 +152,31 @@ def merged_config(model, generation_config: GenerationConfig | None, kwargs: dic
     arguments and the inputs among them are left out."""
     skip = GENERATE_ARGUMENTS | {"inputs", "input_ids", "generation_config"}
     options = {k: v for k, v in kwargs.items() if k not in skip}
-    return model._prepare_generation_config(copy.deepcopy(generation_config), **options)
+    return model._prepare_generation_config(generation_config, **options)  # it copies the config first
+
+
+def refusals(model, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[list[str], GenerationConfig]:
+    """(``name (why)`` for each option of one call this path refuses, the call's merged generation config):
+    :func:`prepare`'s check without raising. ``kwargs`` as there."""
+    found = [
+        f"{k} ({why})" for k, why in REFUSED_ARGUMENTS.items() if kwargs.get(k) is not None and kwargs[k] is not False
+    ]
+    merged, model_kwargs = merged_config(model, generation_config, kwargs)
+    found += refused_fields(merged)
+    found += [
+        f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS
+    ]
+    if model_kwargs.get("position_ids") is not None:  # given ones: generate continues them, this path cannot
+        found.append("position_ids (generate continues positions given to it; this path takes them from the mask)")
+    found += _wrapper_inputs(model)
+    if merged.stop_strings is not None and (
+        kwargs.get("tokenizer") is None or model.generation_config.stop_strings is not None
+    ):
+        found.append(
+            "stop_strings (this path needs the model's tokenizer passed as tokenizer= to the call, and stop_strings "
+            "set in the call or its generation_config, not in model.generation_config)"
+        )
+    return found, merged
 
 
 def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> tuple[GenerationConfig | None, dict]:
@@ -166,28 +190,14 @@ def prepare(model, generation_config: GenerationConfig | None, kwargs: dict) -> 
     and ``stop_strings`` (generate does not hand a custom loop the tokenizer they need, so the same
     ``StopStringCriteria`` goes with the caller's stopping criteria instead)."""
     kwargs = dict(kwargs)
-    found = [
-        f"{k} ({why})" for k, why in REFUSED_ARGUMENTS.items() if kwargs.get(k) is not None and kwargs[k] is not False
-    ]
-    merged, model_kwargs = merged_config(model, generation_config, kwargs)
-    found += refused_fields(merged)
-    found += [
-        f"{k} (a model input this path does not pass to its steps)" for k in model_kwargs if k not in MODEL_KWARGS
-    ]
-    if model_kwargs.get("position_ids") is not None:  # given ones: generate continues them, this path cannot
-        found.append("position_ids (generate continues positions given to it; this path takes them from the mask)")
-    found += _wrapper_inputs(model)
+    found, merged = refusals(model, generation_config, kwargs)
     refuse(found)
     overrides = {"cache_implementation": "dynamic"}
     if merged.stop_strings is not None:
-        tokenizer = kwargs.pop("tokenizer", None)
-        if tokenizer is None or model.generation_config.stop_strings is not None:
-            raise ValueError(
-                "stop_strings needs the model's tokenizer passed as tokenizer= to the call, and stop_strings set in "
-                "the call or its generation_config (not in model.generation_config), on SWAA's fixed-buffer decoder."
-            )
+        tokenizer = kwargs.pop("tokenizer")
         criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
-        if not any(isinstance(c, StopStringCriteria) for c in criteria):  # a caller's own outranks it, as in generate
+        # a caller's own of the same type replaces it, as generate's merge does (a subclass runs beside it)
+        if not any(type(c) is StopStringCriteria for c in criteria):
             criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=merged.stop_strings))
         kwargs["stopping_criteria"] = criteria
         overrides["stop_strings"] = None

@@ -56,6 +56,7 @@ def _wrap_generate(model, state: SWAAState) -> None:
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
+        state.last_route = None  # a call refused while routing has no route: not the last call's
         route = state.last_route = route_generate(model, args, kwargs)
         if route.fixed:
             return generate_static(model, args, kwargs)

@@ -239,3 +239,25 @@ def test_guard_a_call_that_raises_leaves_the_model_usable(model, as_if_cuda):
     assert model._swaa_state.last_route.path is DecodePath.FIXED
     out = model.generate(X, max_new_tokens=10)
     assert torch.equal(out, eager(tiny(), X, max_new_tokens=10))
+
+
+def test_stop_strings_in_the_models_config_take_the_eager_path_and_stop_there(as_if_cuda):
+    """stop_strings set in model.generation_config: the fixed path does not serve them (it cannot override the
+    model's config for generate's own loop), so auto takes the eager path with that reason instead of raising."""
+    tok = build_tiny_tokenizer()
+    model = tiny(vocab_size=len(tok))
+    ids = tok("The pass key is 12345. What is", return_tensors="pt").input_ids
+    model.generation_config.stop_strings = ["rn"]
+    expected = eager(model, ids, max_new_tokens=20, tokenizer=tok)
+    out = model.generate(ids, max_new_tokens=20, tokenizer=tok)
+    route = model._swaa_state.last_route
+    assert route.path is DecodePath.EAGER and "stop_strings (this path needs the model's tokenizer" in route.reason
+    assert torch.equal(out, expected)
+
+
+def test_a_call_refused_while_routing_leaves_no_stale_route(model, as_if_cuda):
+    model.generate(X, max_new_tokens=3)
+    assert model._swaa_state.last_route.path is DecodePath.FIXED
+    with pytest.raises(TypeError, match="multiple values for argument 'inputs'"):
+        model.generate(X, inputs=X, max_new_tokens=3)
+    assert model._swaa_state.last_route is None
