@@ -244,7 +244,7 @@ def parse_config_text(text: str, n_layers: int) -> tuple[SWAAConfig, list[str]]:
         raise ValueError(f"The config is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
     if not isinstance(data, dict):
         raise ValueError('Paste a JSON object such as {"swaa_config": {"sliding_window_size": 256, ...}}.')
-    cfg = SWAAConfig.from_dict(data)
+    cfg = SWAAConfig.from_dict({"swaa_config": data["swaa_config"]} if "swaa_config" in data else data)
     if cfg.is_full_attention:
         raise ValueError("sliding_window_size is null: that is full attention, which always runs as the first column.")
     skipped = sorted(k for k in data if k != "swaa_config") if "swaa_config" in data else []

@@ -80,6 +80,12 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name, problem in backend_status(device).items() if problem is None]
 
 
+def check_backend_name(requested) -> None:
+    """Raise ValueError unless ``requested`` is "auto" or a backend's name."""
+    if not isinstance(requested, str) or requested not in BACKENDS:
+        raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
+
+
 def choose_backend(requested: str, device: torch.device | str, kind: MaskKind | None = None) -> str:
     return explain_backend(requested, device, kind)[0]
 
@@ -90,8 +96,7 @@ def explain_backend(requested: str, device: torch.device | str, kind: MaskKind |
 
     Raises ValueError for an unknown name, a backend that cannot run here (with the reason), or a window-kernel
     backend named for a kind no window kernel expresses (naming both)."""
-    if requested not in BACKENDS:
-        raise ValueError(f"Unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}.")
+    check_backend_name(requested)
     status = backend_status(device)
     if kind is not None and kind.window_kernel is None:
         for name in WINDOW_BACKENDS:

@@ -475,6 +475,11 @@ def kv_cache_bytes(cache: Cache | None) -> list[int]:
     growing SWAA layer, ``SPARE_SLOTS`` to ``SPARE_SLOTS + KEY_BUCKET - 1`` slots, is not counted)."""
     if cache is None:
         return []
+    if not isinstance(getattr(cache, "layers", None), (list, tuple)):
+        raise TypeError(
+            f"kv_cache_bytes takes a transformers Cache (e.g. generate(..., return_dict_in_generate=True)"
+            f".past_key_values), got {type(cache).__name__}."
+        )
     out = []
     for layer in cache.layers:
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)

@@ -19,6 +19,7 @@ AUTO_ORDER = ("fa4", "flash", "flex", "blocked")
 # layers 3, 7, 11, ...); SWAAConfig.fa_layers resolves them and the rest of its grammar.
 FA_LAYER_PATTERNS = ("1/4", "1/2")
 DEFAULT_KIND = next(iter(KINDS))  # sink_window: what upstream configs mean; to_dict leaves it out
+UPSTREAM_ENTRY_KEYS = ("model_list",)  # what an entry of an upstream settings file holds beside swaa_config
 
 
 class SWAAConfigError(ValueError):
@@ -47,6 +48,22 @@ class SWAAConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+
+    @classmethod
+    def coerce(cls, config, name: str = "config") -> SWAAConfig | None:
+        """``config`` as a checked SWAAConfig: a SWAAConfig (its fields checked again: a dataclass's fields may have
+        been changed after it was built), a dict of its fields (:meth:`from_dict`), or None (full attention: None).
+        Raises SWAAConfigError naming ``name`` for anything else, and for a field value the constructor refuses."""
+        if config is None:
+            return None
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if isinstance(config, cls):
+            config._check_types()
+            return config
+        raise SWAAConfigError(
+            f"{name} must be a SWAAConfig, a dict of its fields or None, got {type(config).__name__} {config!r:.80}."
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_types(self) -> None:
@@ -197,6 +214,12 @@ class SWAAConfig:
             nested = data["swaa_config"]
             if nested is not None and not isinstance(nested, dict):
                 raise SWAAConfigError(f"swaa_config must be an object of SWAA config fields or null, got {nested!r}.")
+            beside = sorted(set(data) - {"swaa_config", *UPSTREAM_ENTRY_KEYS})
+            if beside:  # a second window beside it, or a typo, would be read by nobody
+                raise SWAAConfigError(
+                    f"Beside swaa_config, key(s) {beside} are not read: put SWAA fields inside swaa_config (an "
+                    f"upstream entry may also hold {', '.join(UPSTREAM_ENTRY_KEYS)})."
+                )
             data = nested or {}
         unknown = sorted(set(data) - set(KEYS))
         if unknown:

@@ -17,6 +17,11 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "gem
 def text_config(model_or_config):
     """The decoder's config of a model or of a transformers config (a multimodal config answers for its text part)."""
     config = getattr(model_or_config, "config", model_or_config)
+    if not hasattr(config, "get_text_config"):
+        raise SWAAConfigError(
+            "SWAA works on a transformers causal LM (a PreTrainedModel, with its config) or such a config; got "
+            f"{type(model_or_config).__name__}."
+        )
     return config.get_text_config(decoder=True)
 
 

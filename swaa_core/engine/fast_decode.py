@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,13 @@ def fast_generate(
     Raises ValueError for an empty prompt, a non-positive ``max_new_tokens``, right padding, a streamer with more
     than one row, and, naming it, every option this path cannot honour (beam search, assisted decoding, attention
     outputs, a passed cache, ...: :mod:`swaa_core.engine.generation_options`)."""
+    _check_ids(input_ids)
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, float))
+        or max_new_tokens != max_new_tokens
+    ):
+        raise ValueError(f"max_new_tokens must be a number of tokens, got {max_new_tokens!r}.")
     B, T = input_ids.shape
     if T == 0 or (max_new_tokens is not None and max_new_tokens < 1):
         raise ValueError(
@@ -158,11 +166,23 @@ def run(
 ):
     """One ``generate(input_ids, generation_config=..., **kwargs)`` call served by the fixed-buffer loop:
     (DecodeResult, the generation config ``generate`` prepared). Raises ValueError as :func:`fast_generate`."""
+    _check_ids(input_ids)
     mask = kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(
+            f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}, one value per token; "
+            f"got {shape}."
+        )
     if mask is not None and not bool(mask[:, -1].all()):
         raise ValueError("Pad prompts on the left (tokenizer.padding_side = 'left') for generation.")
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
+    if cuda_graph and not input_ids.is_cuda:
+        raise ValueError(f"cuda_graph=True captures a CUDA graph: it needs the inputs on a CUDA device, not on "
+                         f"{input_ids.device.type} (None captures where CUDA is used).")  # fmt: skip
+    if not (compile is None or isinstance(compile, (bool, str)) or callable(compile)):
+        raise ValueError(f"compile must be True/False, a torch.compile backend name or a backend, got {compile!r}.")
     if kwargs.get("streamer") is not None and input_ids.shape[0] != 1:  # before generate hands it the prompt
         raise ValueError("A streamer follows one sequence: pass a batch of one row.")
     config, kwargs = prepare(model, generation_config, kwargs)
@@ -184,6 +204,15 @@ def run(
     return result, seen["config"]
 
 
+def _check_ids(input_ids) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = f" of shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else ""
+        raise ValueError(
+            f"input_ids must be a (batch, tokens) tensor of token ids, got {type(input_ids).__name__}{shape}; a single "
+            "sequence is ids[None]."
+        )
+
+
 def _decode(model, input_ids, logits_processor, stopping_criteria, generation_config, *, cuda_graph, generator,
             streamer, seen: dict, backend: str | None, prefill: str, callers: bool,
             **model_kwargs) -> DecodeResult:  # fmt: skip
@@ -203,7 +232,8 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     plans = model._swaa_state.plans
     # a caller's MaxLengthCriteria replaces the one generate builds from the config (_merge_criteria_processor_list)
     limit = min((c.max_length for c in stopping_criteria if isinstance(c, MaxLengthCriteria)), default=None)
-    max_new = max((generation_config.max_length if limit is None else limit) - input_ids.shape[1], 1)
+    # ceil: generate stops once the length reaches max_length, a float one included (max_new_tokens=2.5: 3 tokens)
+    max_new = max(math.ceil((generation_config.max_length if limit is None else limit) - input_ids.shape[1]), 1)
     mask = model_kwargs.get("attention_mask")
     backend = None if generation_config.disable_compile else backend
     try:

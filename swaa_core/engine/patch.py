@@ -20,10 +20,11 @@ import functools
 
 import torch
 
+from .backends import check_backend_name
 from .cache import SWAACacheLayer, kv_cache_bytes
 from .config import SWAAConfig, SWAAConfigError
 from .decode_path import by_keyword, merged_generation_config, route_generate
-from .families import attention_modules
+from .families import attention_modules, text_config
 from .fast_decode import generate_static
 from .install import SWAAState, install, remove_swaa, swaa_owner
 
@@ -83,8 +84,9 @@ def apply_swaa(model, config: SWAAConfig | dict | None, *, backend: str = "auto"
     """Switch ``model`` to SWAA in place. Re-applying replaces the config; ``sliding_window_size=None`` (or a None
     config) restores the original model. Returns the state, whose ``backend`` says which kernel runs."""
     model = swaa_owner(model)  # in a peft wrapper, the model it wraps: its generate is the one peft's calls
-    if isinstance(config, dict):
-        config = SWAAConfig.from_dict(config)
+    config = SWAAConfig.coerce(config)
+    check_backend_name(backend)  # also where full attention uses none: a misspelt name must not pass unseen
+    text_config(model)  # refuses what is not a transformers model, before anything is changed
     if config is None or config.is_full_attention:
         remove_swaa(model)
         return None
@@ -122,10 +124,17 @@ def _stop_forward(module, args, output):
 
 
 @torch.no_grad()
-def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | None = None, attention_mask=None):
+def capture_attention(model, input_ids, layer_idx: int, config: SWAAConfig | dict | None = None, attention_mask=None):
     """Attention probabilities (heads, q, k) of one layer for the first sequence, under ``config`` (None: full
     attention). That layer runs the reference backend, the layers below it the fast one, and the forward stops right
     after it. The model's previous SWAA state is restored afterwards."""
+    config = SWAAConfig.coerce(config)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be a (batch, tokens) tensor of token ids, got {type(input_ids).__name__}"
+            f"{' of shape ' + str(tuple(input_ids.shape)) if isinstance(input_ids, torch.Tensor) else ''}; "
+            "a single sequence is ids[None]."
+        )
     modules = attention_modules(model)
     if not 0 <= layer_idx < len(modules):
         raise SWAAConfigError(f"Layer {layer_idx} does not exist; this model has {len(modules)} layers.")

@@ -235,7 +235,7 @@ def decode_speed_curve(
 
     model = getattr(loaded, "model", loaded)
     lock = getattr(loaded, "lock", None) or contextlib.nullcontext()
-    configs = {label: SWAAConfig.from_dict(c) if isinstance(c, dict) else c for label, c in configs.items()}
+    configs = {label: SWAAConfig.coerce(c, f"config {label!r}") for label, c in configs.items()}
     if not configs:
         raise ValueError("configs is empty: give at least one {label: config}.")
     if not isinstance(new_tokens, int) or new_tokens < 1 or not isinstance(repeats, int) or repeats < 1:

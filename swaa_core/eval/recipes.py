@@ -213,8 +213,9 @@ def _lookup(name: str, user_recipes: dict[str, SWAAConfig] | None) -> Recipe:
 
 def user_recipe(name: str, config: SWAAConfig | dict) -> Recipe:
     """A fixed-config recipe (window and sinks as saved; not rescaled per model)."""
-    if isinstance(config, dict):
-        config = SWAAConfig.from_dict(config)
+    config = SWAAConfig.coerce(config)
+    if config is None:
+        raise SWAAConfigError(f"Recipe {name!r} needs a config (sliding_window_size null in one is full attention).")
     return Recipe(name, name, config.describe(), sliding=not config.is_full_attention, config=config)
 
 
@@ -235,7 +236,7 @@ def save_user_recipes(path: str | Path, recipes: dict[str, SWAAConfig | dict]) -
     for name, cfg in recipes.items():
         if not isinstance(name, str) or not name.strip():
             raise SWAAConfigError("Every user recipe needs a non-empty name.")
-        cfg = SWAAConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        cfg = SWAAConfig.coerce(cfg, f"recipe {name!r}") or SWAAConfig()
         entries.append({"name": name, "swaa_config": cfg.to_dict(), "model_list": []})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

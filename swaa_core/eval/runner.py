@@ -179,8 +179,7 @@ def run_one(
     """
     check_keywords(spec, settings)
     sample = sample_or_prompt if isinstance(sample_or_prompt, TaskSample) else None
-    if isinstance(config, dict):
-        config = SWAAConfig.from_dict(config)
+    config = SWAAConfig.coerce(config)
     if config is not None and config.is_full_attention:
         config = None
     result = RunResult(

@@ -31,6 +31,7 @@ nearly all).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,10 +69,12 @@ GPUS = {
 
 
 def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: float = 700.0) -> GPU:
-    """A card of ``memory_gib`` GiB, ``bandwidth_tb_s`` TB/s and ``matmul_tflops`` TFLOP/s. Raises ValueError for a
-    non-positive figure."""
-    if min(memory_gib, bandwidth_tb_s, matmul_tflops) <= 0:
-        raise ValueError("A GPU's memory, bandwidth and matmul rate must be positive.")
+    """A card of ``memory_gib`` GiB, ``bandwidth_tb_s`` TB/s and ``matmul_tflops`` TFLOP/s. Raises ValueError naming
+    a figure that is not a positive finite number."""
+    figures = {"memory_gib": memory_gib, "bandwidth_tb_s": bandwidth_tb_s, "matmul_tflops": matmul_tflops}
+    for name, value in figures.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"A GPU's {name} must be a positive finite number, got {value!r}.")
     return GPU(f"{memory_gib:g} GiB", int(memory_gib * GiB), bandwidth_tb_s * 1e12, matmul_tflops * 1e12, "given")
 
 
@@ -165,7 +168,11 @@ class Capacity:
         """Roofline seconds to serve ``requests`` requests of this prompt and ``new_tokens`` in waves of ``batch``
         rows (default ``max_batch``; static batching: a wave is prefilled, then decodes ``new_tokens - 1`` steps, the
         first token coming from the prefill). inf when nothing fits. Raises ValueError for a batch above
-        ``max_batch``."""
+        ``max_batch`` and for a count that is not a whole number >= 0."""
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
+            raise ValueError(f"requests must be a whole number >= 0, got {requests!r}.")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 0):
+            raise ValueError(f"batch must be a whole number >= 0 (0: nothing fits), got {batch!r}.")
         b = self.max_batch if batch is None else batch
         if b > self.max_batch:
             raise ValueError(f"batch {b} does not fit: at most {self.max_batch} rows here.")
@@ -199,7 +206,7 @@ class Capacity:
 def capacity(
     shape,
     config: SWAAConfig | dict | None,
-    gpu: GPU,
+    gpu: GPU | str,
     *,
     prompt_tokens: int,
     new_tokens: int,
@@ -213,13 +220,27 @@ def capacity(
 
     ``prefill``: "batch" (one forward of every row, as ``fast_generate`` does) or "row" (one request at a time).
     ``reserve_bytes``: default ``RESERVE_FRACTION`` of the card. ``dtype``: of weights and KV. Returns a
-    :class:`Capacity` (``max_batch`` 0 when not one sequence fits). Raises ValueError for a bad mode or token count."""
+    :class:`Capacity` (``max_batch`` 0 when not one sequence fits). ``gpu``: a :class:`GPU` or a name in
+    :data:`GPUS`. Raises ValueError naming a bad mode, token count, reserve or card, SWAAConfigError for a config
+    that is none."""
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
-    if prompt_tokens < 1 or new_tokens < 1:
-        raise ValueError(f"prompt_tokens and new_tokens must be >= 1, got {prompt_tokens} and {new_tokens}.")
-    if isinstance(config, dict):
-        config = SWAAConfig.from_dict(config)
+    for name, value in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+    if reserve_bytes is not None and (
+        isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, (int, float)) or not reserve_bytes >= 0
+    ):
+        raise ValueError(
+            f"reserve_bytes must be a number of bytes >= 0 (None: the default share), got {reserve_bytes!r}."
+        )
+    if isinstance(gpu, str):  # a card by its name in GPUS
+        if gpu not in GPUS:
+            raise ValueError(f"Unknown GPU {gpu!r}; name one of {', '.join(map(repr, GPUS))} or give custom_gpu(...).")
+        gpu = GPUS[gpu]
+    if not isinstance(gpu, GPU):
+        raise ValueError(f"gpu must be a GPU (GPUS[name] or custom_gpu(...)) or its name, got {type(gpu).__name__}.")
+    config = SWAAConfig.coerce(config)
     shape, dt = model_shape(shape), to_dtype(dtype)
     phases, kv_per_seq = _phases(shape, config, prompt_tokens, new_tokens, dt, prefill)
     weights = estimate_memory(shape, 0, dtype=dt).weight_bytes
@@ -309,7 +330,7 @@ def pairs_visited(n: int, window: int | None, sinks: int) -> int:
 def capacity_table(
     shape,
     configs: dict[str, SWAAConfig | None],
-    gpu: GPU,
+    gpu: GPU | str,
     *,
     prompt_tokens: int,
     new_tokens: int,

@@ -174,8 +174,7 @@ def estimate_memory(
         raise ValueError(f"context_tokens must be a whole number >= 0, got {context_tokens!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
-    if isinstance(swaa_config, dict):
-        swaa_config = SWAAConfig.from_dict(swaa_config)
+    swaa_config = SWAAConfig.coerce(swaa_config, "swaa_config")
     shape = model_shape(config_or_info)
     dt = to_dtype(dtype) if dtype is not None else (shape.dtype or torch.float32)
     elem = torch.empty((), dtype=dt).element_size()

@@ -124,7 +124,7 @@ def test_nothing_fits_and_bad_options():
     assert cap.max_batch == 0 and cap.tokens_per_s() == 0 and math.isinf(cap.serve_seconds(4))
     with pytest.raises(ValueError, match="prefill must be"):
         capacity(entry, None, GPUS["H100 80GB"], prompt_tokens=10, new_tokens=1, prefill="chunked")
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match="new_tokens must be a whole number >= 1"):
         capacity(entry, None, GPUS["H100 80GB"], prompt_tokens=10, new_tokens=0)
     with pytest.raises(ValueError, match="positive"):
         custom_gpu(0)
