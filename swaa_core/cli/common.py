@@ -8,6 +8,7 @@ Each option is defined once here, so ``--model``, ``--dtype``, ``--backend``, ``
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -288,7 +289,17 @@ def relaunch(args) -> int | None:
         return None
     command = launch_command(n, getattr(args, "argv", None) or sys.argv[1:])
     note(f"starting {n} processes: {' '.join(command[1:])}")
-    return subprocess.call(command, env=launch_env(n))
+    # The launcher gets its own session, so that a stop reaches it once, from here: torchrun then stops its workers
+    # and waits for them. Left in ours, a SIGTERM ended this process alone and the workers ran on, appending to the
+    # results and holding its lock; a Ctrl-C killed torchrun and left them orphaned.
+    proc = subprocess.Popen(command, env=launch_env(n), start_new_session=True)
+    stops = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))
+    previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum)) for s in stops}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def launch_from_args(args):

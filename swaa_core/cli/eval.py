@@ -109,6 +109,8 @@ def task_kwargs(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise CLIError(f"--task-arg takes KEY=VALUE (e.g. num_keys=4), got {pair!r}.")
+        if key.strip() in out:
+            raise CLIError(f"--task-arg {key.strip()} is given twice; give each task arg once.")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:

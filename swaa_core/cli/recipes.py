@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from ..engine.config import SWAAConfig
-from ..eval.recipes import list_recipes, load_user_recipes, resolve_recipe, save_user_recipes, unused_settings
+from ..eval.recipes import add_user_recipe, list_recipes, load_user_recipes, resolve_recipe, unused_settings
 from .common import MODEL_HELP, add_window_args, check_recipes_file_used, formatter, model_layers
 from .output import console, note, print_json
 
@@ -80,9 +80,7 @@ def cmd_recipes_save(args) -> int:
                                 context_tokens=args.context):  # fmt: skip
         note(text)
     saved = cfg or SWAAConfig()
-    replaced = existing.get(args.name)
-    existing[args.name] = saved
-    save_user_recipes(args.file, existing)
+    replaced = add_user_recipe(args.file, args.name, saved)  # the file's other entries stay as they are
     if replaced is not None:
         note(f"replaced {args.name!r} of {args.file} (it was {replaced.describe()})")
     note(f"saved {args.name!r} ({saved.describe()}) to {args.file}")

@@ -217,9 +217,19 @@ RULES: tuple[Rule, ...] = (
 # ------------------------------------------------------------------------------------------ single values
 
 
+def _under_a_file(path: Path) -> Path | None:
+    """The nearest existing folder-to-be above ``path`` when it is a file (the path cannot be created), else None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def _output_file(*suffixes: str, what: str) -> Callable:
     def check(value, args, flag):
         path = Path(value)
+        if (blocker := _under_a_file(path)) is not None:
+            return f"{flag} {value}: {blocker} is a file, not a folder; give a path whose folders are folders."
         if path.is_dir():
             return f"{flag} {value} is a folder; give a file name ending in {' or '.join(suffixes)} ({what})."
         if path.suffix.lower() not in suffixes:
@@ -314,6 +324,8 @@ class Check:
 VALUE_CHECKS: tuple[Check, ...] = (
     Check(("eval",), "out", _output_file(".jsonl", ".ndjson", ".csv",
                                          what="every run is written as JSON lines or CSV")),
+    Check(("eval",), "out", _new_file("every run of this eval is written to it whole; a sweep's --out is appended "
+                                      "to and resumed")),
     Check(("sweep",), "out", _output_file(".jsonl", ".ndjson",
                                           what="the results are appended to it as JSON lines; for a CSV table add "
                                                "--csv FILE")),
@@ -321,6 +333,7 @@ VALUE_CHECKS: tuple[Check, ...] = (
     Check(("distill",), "out", _output_file(".jsonl", ".ndjson", what="one JSON line per answer is written")),
     Check(("distill",), "out", _new_file("the answers are written to it whole")),
     Check(("advise",), "out", _output_file(".json", what='the recommendation is written as {"swaa_config": ...}')),
+    Check(("advise",), "out", _new_file("the recommendation is written to it whole")),
     Check(("recipes save",), "file", _output_file(".json", what="the recipes are written as JSON")),
     Check(("finetune",), "out", _new_adapter_folder),
     Check(("finetune",), "data", _input_file("a JSON lines, JSON or parquet file of prompt/response records")),

@@ -244,6 +244,38 @@ def save_user_recipes(path: str | Path, recipes: dict[str, SWAAConfig | dict]) -
     return path
 
 
+def add_user_recipe(path: str | Path, name: str, config: SWAAConfig | dict | None) -> SWAAConfig | None:
+    """Add recipe ``name`` to the recipe file at ``path`` (created when missing), or replace the one of that name,
+    keeping everything else the file holds as it is: its layout, and the other keys of each entry (an upstream
+    entry's ``model_list`` is the user's record of the models a config is for). Returns the config replaced, or None.
+    Raises SWAAConfigError for an unreadable file or a bad config, before writing anything."""
+    if not isinstance(name, str) or not name.strip():
+        raise SWAAConfigError("Every user recipe needs a non-empty name.")
+    config = SWAAConfig.coerce(config, f"recipe {name!r}") or SWAAConfig()
+    path = Path(path)
+    if not path.exists():
+        save_user_recipes(path, {name: config})
+        return None
+    existing = load_user_recipes(path)  # checks the file and names its entries, in the file's order
+    data = json.loads(path.read_text(encoding="utf-8"))
+    replaced = existing.get(name)
+    if isinstance(data, dict) and "swaa_config" not in data and not _is_bare_config(data):  # {name: config}
+        data[name] = config.to_dict()
+    else:
+        entries = [data] if isinstance(data, dict) else data
+        bare = bool(entries) and all(_is_bare_config(e) for e in entries)
+        if replaced is not None:
+            i = list(existing).index(name)
+            fields = config.to_dict() if bare else {"swaa_config": config.to_dict()}
+            entries[i] = {**{k: v for k, v in entries[i].items() if not bare or k not in KEYS}, "name": name, **fields}
+        else:
+            entries.append({"name": name, **config.to_dict()} if bare else
+                           {"name": name, "swaa_config": config.to_dict(), "model_list": []})  # fmt: skip
+        data = entries
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return replaced
+
+
 def load_user_recipes(path: str | Path) -> dict[str, SWAAConfig]:
     """Read a file written by :func:`save_user_recipes`, an upstream settings file, or a ``{name: config}`` object.
 

@@ -36,6 +36,22 @@ from .tasks.registry import DEPTHLESS, check_grid, task_kind
 log = logging.getLogger(__name__)
 
 
+def _refuse_same_configs(configs: dict) -> None:
+    """A cell is its config, not its label (:func:`cell_id`): two labels of one config would run each cell twice and
+    leave one label out of every table. ValueError naming them."""
+    seen: dict[str, str] = {}
+    for label, cfg in configs.items():
+        full = cfg is None or cfg.is_full_attention
+        key = "null" if full else json.dumps(cfg.to_dict(), sort_keys=True)  # what cell_id reads of a config
+        if key in seen:
+            what = "full attention" if full else cfg.describe()
+            raise ValueError(
+                f"{seen[key]!r} and {label!r} are the same config ({what}); a sweep runs each config once: give one "
+                "of them."
+            )
+        seen[key] = label
+
+
 @dataclass(init=False)
 class SweepSpec:
     """What to run: the grid (``configs`` x ``lengths`` x ``depths`` x ``seeds``), the task, and the one
@@ -80,6 +96,7 @@ class SweepSpec:
         self.run = RunSpec.of(run, **settings)
         if not any(cfg is None or cfg.is_full_attention for cfg in configs.values()):
             configs = {BASELINE_LABEL: None, **configs}
+        _refuse_same_configs(configs)
         self.configs, self.lengths, self.depths, self.seeds = configs, list(lengths), depths, seeds
         self.task, self.task_kwargs = task, dict(task_kwargs or {})
 
