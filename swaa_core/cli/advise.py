@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..eval.recipes import DEFAULT_SINKS, default_window
 from ..eval.tasks import TASK_KINDS
+from ..runtime.files import write_new
 from ..runtime.textfile import read_text_file
 from ..runtime.units import format_bytes
 from .common import add_model_args, add_window_args, formatter, load_from_args
@@ -30,13 +31,14 @@ def cmd_advise(args) -> int:
     if args.task != "doc_qa":
         check_context(loaded, args.length, 32, "--length")
     advice = _advise(args, loaded, budget, task_kw)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(advice.upstream(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(advice.upstream(), indent=2) + "\n"
+    written = write_new(args.out, lambda path: path.write_text(text, encoding="utf-8"))
     if args.json:
         print_json(advice.to_dict())
     else:
         _print(advice)
-    note(f"wrote {advice.config.describe()} to {args.out} (swaa run --config {args.out} ...)")
+    moved = f"; {args.out} was written by another run meanwhile" if written != args.out else ""
+    note(f"wrote {advice.config.describe()} to {written} (swaa run --config {written} ...){moved}")
     return 0
 
 

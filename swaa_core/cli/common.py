@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..engine.config import BACKENDS, SWAAConfig, SWAAConfigError
@@ -289,14 +290,30 @@ def relaunch(args) -> int | None:
         return None
     command = launch_command(n, getattr(args, "argv", None) or sys.argv[1:])
     note(f"starting {n} processes: {' '.join(command[1:])}")
-    # The launcher gets its own session, so that a stop reaches it once, from here: torchrun then stops its workers
-    # and waits for them. Left in ours, a SIGTERM ended this process alone and the workers ran on, appending to the
-    # results and holding its lock; a Ctrl-C killed torchrun and left them orphaned.
-    proc = subprocess.Popen(command, env=launch_env(n), start_new_session=True)
-    stops = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))
-    previous = {s: signal.signal(s, lambda signum, frame: proc.send_signal(signum)) for s in stops}
+    # On the main thread the launcher gets its own session, so that a stop reaches it once, from here: torchrun then
+    # stops its workers and waits for them. Left in ours, a SIGTERM ended this process alone and the workers ran on,
+    # appending to the results and holding its lock; a Ctrl-C killed torchrun and left them orphaned. Signals this
+    # process ignores (nohup's SIGHUP) stay ignored; off the main thread no handler can be set, so torchrun stays in
+    # this process's session and gets the terminal's signals itself.
+    own = threading.current_thread() is threading.main_thread()
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    stops = [getattr(signal, n) for n in names if own and hasattr(signal, n)]
+    stops = [s for s in stops if signal.getsignal(s) is not signal.SIG_IGN]
+    started: list = []
+    early: list[int] = []
+
+    def forward(signum, frame):
+        if started:
+            started[0].send_signal(signum)
+        else:
+            early.append(signum)  # before Popen returned: sent once it has
+
+    previous = {s: signal.signal(s, forward) for s in stops}
     try:
-        return proc.wait()
+        started.append(subprocess.Popen(command, env=launch_env(n), start_new_session=own))
+        for signum in early:
+            started[0].send_signal(signum)
+        return started[0].wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..eval.tasks import TASK_KINDS, make_samples
 from ..eval.tasks.base import TaskError
+from ..runtime.files import write_new
 from ..runtime.jsonl import save_jsonl
 from ..train.settings import KEEP_CHOICES
 from .common import (
@@ -107,7 +108,7 @@ def cmd_distill(args) -> int:
     if not launch.is_main:
         return 0
     kept = filter_records(records, args.keep)
-    path = save_jsonl(kept, args.out)
+    path = write_new(args.out, lambda new: save_jsonl(kept, new))  # another name if a run wrote it meanwhile
     right, wrong = sum(r["judge"] == 1 for r in records), sum(r["judge"] == 0 for r in records)
     print(
         f"{len(records)} answers with full attention: {right} right, {wrong} wrong, "

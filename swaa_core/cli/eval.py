@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from ..eval.tasks import TASK_KINDS, TaskError
+from ..runtime.files import write_new
 from ..runtime.textfile import read_text_file
 from .common import (
     CLIError,
@@ -61,8 +62,9 @@ def cmd_eval(args) -> int:
         return 0
     rows = [{"model": loaded.info.name, **r.to_dict()} for r in results]
     if args.out:
-        _write_rows(rows, args.out)
-        note(f"wrote {len(rows)} runs to {args.out}")
+        written = write_new(args.out, lambda path: _write_rows(rows, path))
+        moved = f" ({args.out} was written by another run meanwhile)" if written != Path(args.out) else ""
+        note(f"wrote {len(rows)} runs to {written}{moved}")
     if args.json:
         for row in rows:
             print_json(row)

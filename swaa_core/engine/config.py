@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ AUTO_ORDER = ("fa4", "flash", "flex", "blocked")
 # layers 3, 7, 11, ...); SWAAConfig.fa_layers resolves them and the rest of its grammar.
 FA_LAYER_PATTERNS = ("1/4", "1/2")
 DEFAULT_KIND = next(iter(KINDS))  # sink_window: what upstream configs mean; to_dict leaves it out
-UPSTREAM_ENTRY_KEYS = ("model_list",)  # what an entry of an upstream settings file holds beside swaa_config
 
 
 class SWAAConfigError(ValueError):
@@ -214,11 +214,13 @@ class SWAAConfig:
             nested = data["swaa_config"]
             if nested is not None and not isinstance(nested, dict):
                 raise SWAAConfigError(f"swaa_config must be an object of SWAA config fields or null, got {nested!r}.")
-            beside = sorted(set(data) - {"swaa_config", *UPSTREAM_ENTRY_KEYS})
-            if beside:  # a second window beside it, or a typo, would be read by nobody
+            # Records carry other keys beside it (model_list, a saved recipe's name, an adapter's training): they
+            # describe the config. A SWAA field there, or a near miss of one, is a setting nobody would read.
+            misplaced = sorted(k for k in data if k != "swaa_config" and difflib.get_close_matches(k, KEYS, 1, 0.8))
+            if misplaced:
                 raise SWAAConfigError(
-                    f"Beside swaa_config, key(s) {beside} are not read: put SWAA fields inside swaa_config (an "
-                    f"upstream entry may also hold {', '.join(UPSTREAM_ENTRY_KEYS)})."
+                    f"Beside swaa_config, {misplaced} would not be read: put SWAA fields inside swaa_config "
+                    f"(its fields: {', '.join(KEYS)})."
                 )
             data = nested or {}
         unknown = sorted(set(data) - set(KEYS))

@@ -128,9 +128,12 @@ def fast_generate(
     if max_new_tokens is not None and (
         isinstance(max_new_tokens, bool)
         or not isinstance(max_new_tokens, (int, float))
-        or max_new_tokens != max_new_tokens
+        or not math.isfinite(max_new_tokens)
     ):
-        raise ValueError(f"max_new_tokens must be a number of tokens, got {max_new_tokens!r}.")
+        raise ValueError(
+            f"max_new_tokens must be a finite number of tokens (this path sizes its buffers to it), got "
+            f"{max_new_tokens!r}."
+        )
     B, T = input_ids.shape
     if T == 0 or (max_new_tokens is not None and max_new_tokens < 1):
         raise ValueError(

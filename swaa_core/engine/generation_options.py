@@ -16,6 +16,7 @@ refused while it holds a non-default value."""
 from __future__ import annotations
 
 import copy
+import math
 
 from transformers import GenerationConfig
 from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
@@ -169,6 +170,9 @@ def refusals(model, generation_config: GenerationConfig | None, kwargs: dict) ->
     if model_kwargs.get("position_ids") is not None:  # given ones: generate continues them, this path cannot
         found.append("position_ids (generate continues positions given to it; this path takes them from the mask)")
     found += _wrapper_inputs(model)
+    if not math.isfinite(merged.max_length or 0) or not math.isfinite(merged.max_new_tokens or 0):
+        found.append("an unbounded length (max_new_tokens or max_length inf: this path sizes its buffers to the "
+                     "prompt plus max_new_tokens)")  # fmt: skip
     if merged.stop_strings is not None and (
         kwargs.get("tokenizer") is None or model.generation_config.stop_strings is not None
     ):

@@ -260,7 +260,11 @@ def add_user_recipe(path: str | Path, name: str, config: SWAAConfig | dict | Non
     data = json.loads(path.read_text(encoding="utf-8"))
     replaced = existing.get(name)
     if isinstance(data, dict) and "swaa_config" not in data and not _is_bare_config(data):  # {name: config}
-        data[name] = config.to_dict()
+        if name in ("swaa_config", *KEYS):  # as a key it would make the file read as another layout
+            raise SWAAConfigError(f"{name!r} is a key this file's layout reads; give the recipe another name.")
+        old = data.get(name)
+        upstream = isinstance(old, dict) and "swaa_config" in old  # an entry: keep its model_list and the rest
+        data[name] = {**old, "swaa_config": config.to_dict()} if upstream else config.to_dict()
     else:
         entries = [data] if isinstance(data, dict) else data
         bare = bool(entries) and all(_is_bare_config(e) for e in entries)

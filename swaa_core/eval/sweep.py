@@ -78,6 +78,7 @@ class SweepSpec:
                  task_kwargs: dict[str, Any] | None = None, run: RunSpec | None = None, **settings):  # fmt: skip
         if not isinstance(configs, dict):
             raise ValueError("configs must be a dict {label: SWAAConfig or None}.")
+        configs = {label: SWAAConfig.coerce(cfg, f"config {label!r}") for label, cfg in configs.items()}
         lengths = _whole_numbers(lengths, "lengths", "positive whole numbers of tokens")
         if not lengths or any(n < 1 for n in lengths):
             raise ValueError(f"lengths must be positive whole numbers of tokens, got {lengths!r}.")

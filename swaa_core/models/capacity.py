@@ -32,6 +32,7 @@ nearly all).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -68,13 +69,26 @@ GPUS = {
 }
 
 
+def _real(value) -> bool:
+    """A number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value, name: str, minimum: int) -> int:
+    """``value`` as an int (numpy integers too); ValueError naming ``name`` unless a whole number >= ``minimum``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: float = 700.0) -> GPU:
     """A card of ``memory_gib`` GiB, ``bandwidth_tb_s`` TB/s and ``matmul_tflops`` TFLOP/s. Raises ValueError naming
     a figure that is not a positive finite number."""
     figures = {"memory_gib": memory_gib, "bandwidth_tb_s": bandwidth_tb_s, "matmul_tflops": matmul_tflops}
     for name, value in figures.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _real(value) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"A GPU's {name} must be a positive finite number, got {value!r}.")
+    memory_gib, bandwidth_tb_s, matmul_tflops = float(memory_gib), float(bandwidth_tb_s), float(matmul_tflops)
     return GPU(f"{memory_gib:g} GiB", int(memory_gib * GiB), bandwidth_tb_s * 1e12, matmul_tflops * 1e12, "given")
 
 
@@ -169,11 +183,8 @@ class Capacity:
         rows (default ``max_batch``; static batching: a wave is prefilled, then decodes ``new_tokens - 1`` steps, the
         first token coming from the prefill). inf when nothing fits. Raises ValueError for a batch above
         ``max_batch`` and for a count that is not a whole number >= 0."""
-        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
-            raise ValueError(f"requests must be a whole number >= 0, got {requests!r}.")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 0):
-            raise ValueError(f"batch must be a whole number >= 0 (0: nothing fits), got {batch!r}.")
-        b = self.max_batch if batch is None else batch
+        requests = _whole(requests, "requests", 0)
+        b = self.max_batch if batch is None else _whole(batch, "batch", 0)
         if b > self.max_batch:
             raise ValueError(f"batch {b} does not fit: at most {self.max_batch} rows here.")
         if b < 1:
@@ -225,15 +236,13 @@ def capacity(
     that is none."""
     if prefill not in PREFILL_MODES:
         raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}.")
-    for name, value in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
-    if reserve_bytes is not None and (
-        isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, (int, float)) or not reserve_bytes >= 0
-    ):
-        raise ValueError(
-            f"reserve_bytes must be a number of bytes >= 0 (None: the default share), got {reserve_bytes!r}."
-        )
+    prompt_tokens, new_tokens = _whole(prompt_tokens, "prompt_tokens", 1), _whole(new_tokens, "new_tokens", 1)
+    if reserve_bytes is not None:
+        if not _real(reserve_bytes) or not math.isfinite(reserve_bytes) or reserve_bytes < 0:
+            raise ValueError(
+                f"reserve_bytes must be a finite number of bytes >= 0 (None: the default share), got {reserve_bytes!r}."
+            )
+        reserve_bytes = int(reserve_bytes)
     if isinstance(gpu, str):  # a card by its name in GPUS
         if gpu not in GPUS:
             raise ValueError(f"Unknown GPU {gpu!r}; name one of {', '.join(map(repr, GPUS))} or give custom_gpu(...).")
