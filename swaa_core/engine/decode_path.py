@@ -183,7 +183,44 @@ def _refusals(model, kwargs: dict) -> tuple[list[str], object]:
         found.append(f"streamer (a streamer with {rows} rows)")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
         found.append("attention_mask (right padding)")
+    if not found and isinstance(inputs, torch.Tensor) and inputs.dim() == 2:
+        found += _buffers_beyond_free_memory(model, inputs, config)
     return found, config
+
+
+def free_bytes(device) -> int | None:
+    """Free memory on ``device`` in bytes (CUDA's own count), None where it cannot be read."""
+    import torch
+
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def _buffers_beyond_free_memory(model, inputs, config) -> list[str]:
+    """The fixed path sizes its buffers to the prompt plus max_new_tokens before the first step; generate's growing
+    cache holds only the tokens made, so a large max_new_tokens that an end of sequence cuts short is no problem
+    there. Refused (auto then takes the eager path) when those buffers exceed the device's free memory."""
+    import math
+
+    free = free_bytes(model_device(model))
+    length = config.max_length if config.max_new_tokens is None else inputs.shape[1] + config.max_new_tokens
+    state = getattr(model, "_swaa_state", None)
+    if free is None or state is None or not math.isfinite(length or 0):
+        return []
+    rows, prompt = inputs.shape[0] * (config.num_return_sequences or 1), inputs.shape[1]
+    new = max(math.ceil(length) - prompt, 1)
+    text = model.config.get_text_config(decoder=True)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    per_slot = 2 * kv_heads * head_dim * next(model.parameters()).element_size()
+    # per layer what StaticSWAACache.from_dynamic allocates: a ring of sinks + span where decode slides, else every slot
+    slots = sum(plan.kind.kept_slots() if plan.evicts else prompt + new for plan in state.plans)
+    need = rows * per_slot * slots
+    if need <= free:
+        return []
+    return [f"max_new_tokens={new} (the fixed buffers for {rows} x ({prompt} + {new}) tokens need {need / 2**30:.1f} "
+            f"GiB, {free / 2**30:.1f} GiB are free; generate's growing cache holds only the tokens it makes)"]  # fmt: skip
 
 
 def requested_by_call(model, kwargs: dict) -> DecodePath:

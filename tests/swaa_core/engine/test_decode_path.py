@@ -210,3 +210,28 @@ def test_static_cache_implementation_forces_the_fixed_path_and_refuses_by_name(m
     with pytest.raises(ValueError, match="does not take: num_beams=2"):
         model.generate(X, max_new_tokens=8, num_beams=2, cache_implementation="static")
     assert model._swaa_state.last_route.path is DecodePath.FIXED  # asked for, and refused by the path itself
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SWAAConfig(sliding_window_size=4, keep_first=1, non_sliding_layers=[1]),
+     SWAAConfig(sliding_window_size=3, keep_first=2, force_fa_decode=[0]), SWAAConfig(sliding_window_size=5)],
+    ids=["a full layer", "an FA-decode layer", "every layer evicting"],
+)  # fmt: skip
+def test_auto_keeps_calls_whose_fixed_buffers_exceed_free_memory_on_the_eager_path(
+    model, as_if_cuda, monkeypatch, config
+):
+    """The fixed path sizes its buffers to prompt + max_new_tokens up front; generate's growing cache holds only the
+    tokens made. Auto takes the fixed path while those buffers fit the free memory, to the byte, and the eager path
+    (with the reason) once they do not, with generate's tokens either way. The bytes needed are what the fixed path
+    really allocates (its own kv_cache_bytes_per_layer)."""
+    apply_swaa(model, config)
+    kw = dict(max_new_tokens=9, do_sample=False)
+    need = sum(fast_decode.fast_generate(model, X, **kw).kv_cache_bytes_per_layer)
+    expected = eager_reference(model, **kw)
+    for free, path in ((need, DecodePath.FIXED), (need - 1, DecodePath.EAGER)):
+        monkeypatch.setattr(dp, "free_bytes", lambda device, free=free: free)
+        out = model.generate(X, **kw)
+        route = model._swaa_state.last_route
+        assert route.path is path and torch.equal(out, expected)
+    assert "max_new_tokens=9 (the fixed buffers for 1 x (12 + 9) tokens need" in route.reason
