@@ -4,6 +4,7 @@ app.sidebar.model and app.sidebar.strategy beside every tab, and one module per 
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import gradio as gr
@@ -28,6 +29,9 @@ LINKED = ("model", "cot", "decode_path", "adapter", "source", "task", "depth", "
 
 
 def build_demo() -> gr.Blocks:
+    # gradio rebuilds a pandas summary of every finished event on a worker thread, for its monitoring page, which this
+    # app does not serve; a CI run crashed inside it (pyarrow, a segfault, 2026-12-06). Set before its queue exists.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
     defaults = Settings()
     # delete_cache: uploads and served downloads in Gradio's cache are removed after an hour (checked every 30 min).
     with gr.Blocks(title=texts.TITLE, fill_width=True, delete_cache=(1800, 3600)) as demo:

@@ -184,7 +184,7 @@ def _refusals(model, kwargs: dict) -> tuple[list[str], object]:
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
         found.append("attention_mask (right padding)")
     if not found and isinstance(inputs, torch.Tensor) and inputs.dim() == 2:
-        found += _buffers_beyond_free_memory(model, inputs, config)
+        found += _buffers_beyond_free_memory(model, inputs, config, kwargs)
     return found, config
 
 
@@ -197,25 +197,38 @@ def free_bytes(device) -> int | None:
     return torch.cuda.mem_get_info(device)[0]
 
 
-def _buffers_beyond_free_memory(model, inputs, config) -> list[str]:
+def _buffers_beyond_free_memory(model, inputs, config, kwargs: dict) -> list[str]:
     """The fixed path sizes its buffers to the prompt plus max_new_tokens before the first step; generate's growing
     cache holds only the tokens made, so a large max_new_tokens that an end of sequence cuts short is no problem
-    there. Refused (auto then takes the eager path) when those buffers exceed the device's free memory."""
+    there. Refused (auto then takes the eager path) when those buffers may exceed the device's free memory. An upper
+    bound: a sliding layer counts as its ring only for rows without padding (left padding adds sink slots, a masked
+    token inside a prompt keeps every slot, a short row may never settle its sinks); a caller's MaxLengthCriteria
+    may lengthen the run."""
     import math
 
+    import torch
+    from transformers.generation.stopping_criteria import MaxLengthCriteria
+
     free = free_bytes(model_device(model))
-    length = config.max_length if config.max_new_tokens is None else inputs.shape[1] + config.max_new_tokens
     state = getattr(model, "_swaa_state", None)
-    if free is None or state is None or not math.isfinite(length or 0):
+    length = config.max_length if config.max_new_tokens is None else inputs.shape[1] + config.max_new_tokens
+    limits = [c.max_length for c in kwargs.get("stopping_criteria") or () if isinstance(c, MaxLengthCriteria)]
+    length = max([length or 0, *limits])
+    if free is None or state is None or not math.isfinite(length):
         return []
     rows, prompt = inputs.shape[0] * (config.num_return_sequences or 1), inputs.shape[1]
     new = max(math.ceil(length) - prompt, 1)
+    mask, pad = kwargs.get("attention_mask"), config.pad_token_id
+    if isinstance(mask, torch.Tensor):
+        padded = not bool(mask.bool().all())
+    else:  # generate infers a mask from the pad token where none is given
+        padded = pad is not None and bool((inputs == pad).any())
     text = model.config.get_text_config(decoder=True)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     per_slot = 2 * kv_heads * head_dim * next(model.parameters()).element_size()
-    # per layer what StaticSWAACache.from_dynamic allocates: a ring of sinks + span where decode slides, else every slot
-    slots = sum(plan.kind.kept_slots() if plan.evicts else prompt + new for plan in state.plans)
+    ring = [plan.kind.kept_slots() for plan in state.plans if plan.evicts] if not padded else []
+    slots = sum(ring) + (len(state.plans) - len(ring)) * (prompt + new)
     need = rows * per_slot * slots
     if need <= free:
         return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def write_new(path: str | Path, write: Callable[[Path], object]) -> Path:
     path written. Never replaces a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
     try:
         write(temporary)
         for n in itertools.count(1):
