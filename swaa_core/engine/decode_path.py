@@ -209,6 +209,8 @@ def _buffers_beyond_free_memory(model, inputs, config, kwargs: dict) -> list[str
     import torch
     from transformers.generation.stopping_criteria import MaxLengthCriteria
 
+    from .families import text_config
+
     free = free_bytes(model_device(model))
     state = getattr(model, "_swaa_state", None)
     length = config.max_length if config.max_new_tokens is None else inputs.shape[1] + config.max_new_tokens
@@ -223,7 +225,7 @@ def _buffers_beyond_free_memory(model, inputs, config, kwargs: dict) -> list[str
         padded = not bool(mask.bool().all())
     else:  # generate infers a mask from the pad token where none is given
         padded = pad is not None and bool((inputs == pad).any())
-    text = model.config.get_text_config(decoder=True)
+    text = text_config(model)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     per_slot = 2 * kv_heads * head_dim * next(model.parameters()).element_size()

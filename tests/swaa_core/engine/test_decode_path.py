@@ -125,12 +125,6 @@ CFG = SWAAConfig(sliding_window_size=4, keep_first=1)
 
 
 @pytest.fixture
-def as_if_cuda(monkeypatch):
-    """The routing decision as on a CUDA device; the fixed path still runs (eagerly) on the CPU."""
-    monkeypatch.setattr(dp, "model_device", lambda model: torch.device("cuda"))
-
-
-@pytest.fixture
 def static_calls(monkeypatch):
     calls = []
     real = fast_decode.generate_static

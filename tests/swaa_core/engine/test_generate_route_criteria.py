@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.routing import X, eager, tiny
 from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer, left_padded
 from transformers import (
     GenerationConfig,
@@ -20,36 +21,16 @@ from transformers import (
 )
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxTimeCriteria
 
-import swaa_core.engine.decode_path as dp
-from swaa_core import SWAAConfig, apply_swaa
+from swaa_core import SWAAConfig
 from swaa_core.engine.decode_path import DecodePath
 from swaa_core.engine.fast_decode import fast_generate
 
-X = torch.tensor([[5, 9, 11, 30, 7, 64, 12, 3, 40, 41, 42, 8]])
-CFG = SWAAConfig(sliding_window_size=4, keep_first=1)
 EOS = 80  # greedy from X on tiny() emits it as its 12th new token (never earlier)
-
-
-def tiny(family="llama", cfg=CFG, **overrides):
-    m = build_tiny_model(family, layers=3, seed=5, **overrides)
-    m.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    apply_swaa(m, cfg)
-    return m
 
 
 @pytest.fixture
 def model():
     return tiny()
-
-
-@pytest.fixture
-def as_if_cuda(monkeypatch):
-    """The routing decision as on a CUDA device; the fixed path still runs (eagerly) on the CPU."""
-    monkeypatch.setattr(dp, "model_device", lambda model: torch.device("cuda"))
-
-
-def eager(model, *args, **kwargs):
-    return model.generate(*args, cache_implementation="dynamic", **kwargs)
 
 
 def route(model):
@@ -98,24 +79,22 @@ def test_a_callers_stop_string_criteria_subclass_does_not_replace_the_one_from_s
     assert out.shape == expected.shape and torch.equal(out, expected)
 
 
-class CountingEos(EosTokenCriteria):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.n = 0
+class Counting:
+    """A caller's subclass of a transformers criterion that counts its calls (``n``)."""
+
+    n = 0
 
     def __call__(self, input_ids, scores, **kwargs):
         self.n += 1
         return super().__call__(input_ids, scores, **kwargs)
 
 
-class CountingMax(MaxLengthCriteria):
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.n = 0
+class CountingEos(Counting, EosTokenCriteria):
+    pass
 
-    def __call__(self, input_ids, scores, **kwargs):
-        self.n += 1
-        return super().__call__(input_ids, scores, **kwargs)
+
+class CountingMax(Counting, MaxLengthCriteria):
+    pass
 
 
 @pytest.mark.parametrize("make", [lambda: CountingEos(EOS), lambda: CountingMax(100)], ids=["eos", "max-length"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.routing import X, eager, tiny
 from helpers.streamers import Collect
 from helpers.tiny_models import build_tiny_model, build_tiny_tokenizer, left_padded
 from transformers import (
@@ -21,35 +22,13 @@ from transformers import (
 )
 from transformers.generation.logits_process import SynthIDTextWatermarkLogitsProcessor
 
-import swaa_core.engine.decode_path as dp
-from swaa_core import SWAAConfig, apply_swaa
+from swaa_core import SWAAConfig
 from swaa_core.engine.decode_path import DecodePath
-
-X = torch.tensor([[5, 9, 11, 30, 7, 64, 12, 3, 40, 41, 42, 8]])
-CFG = SWAAConfig(sliding_window_size=4, keep_first=1)
-
-
-def tiny(family="llama", cfg=CFG, **overrides):
-    m = build_tiny_model(family, layers=3, seed=5, **overrides)
-    m.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    apply_swaa(m, cfg)
-    return m
 
 
 @pytest.fixture
 def model():
     return tiny()
-
-
-@pytest.fixture
-def as_if_cuda(monkeypatch):
-    """The routing decision as on a CUDA device; the fixed path still runs (eagerly) on the CPU."""
-    monkeypatch.setattr(dp, "model_device", lambda model: torch.device("cuda"))
-
-
-def eager(model, *args, **kwargs):
-    """transformers' generate over the dynamic SWAA cache (the path asked for by name)."""
-    return model.generate(*args, cache_implementation="dynamic", **kwargs)
 
 
 # ---------------------------------------------------------------------- once divergent

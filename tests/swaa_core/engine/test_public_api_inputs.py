@@ -17,12 +17,13 @@ import math
 import pytest
 import torch
 from helpers.float64_reference import _REF, ref_forward, reference_model
+from helpers.shapes import LLAMA_8B as SHAPE_8B
 from helpers.tiny_models import build_tiny_model, left_padded
 
 from swaa_core import SWAAConfig, apply_swaa, capture_attention, fast_generate, kv_cache_bytes, remove_swaa, swaa
 from swaa_core.engine.config import SWAAConfigError
 from swaa_core.models.capacity import GPUS, capacity, custom_gpu, prefill_flops
-from swaa_core.models.memory import ModelShape, estimate_memory
+from swaa_core.models.memory import estimate_memory
 
 IDS = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(0))
 
@@ -32,20 +33,6 @@ def model():
     m = build_tiny_model("llama", eos_token_id=None)
     m.generation_config.pad_token_id = 0
     return m
-
-
-# An 8B Llama shape (Llama-3.1-8B's config numbers), for the hand arithmetic of the memory and capacity models.
-SHAPE_8B = ModelShape(
-    num_layers=32,
-    num_kv_heads=8,
-    head_dim=128,
-    hidden_size=4096,
-    intermediate_size=14336,
-    vocab_size=128256,
-    num_parameters=8_030_261_248,
-    native_windows=(None,) * 32,
-    num_heads=32,
-)
 
 
 # ===================================================================================================== SWAAConfig

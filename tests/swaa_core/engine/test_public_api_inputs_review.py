@@ -14,26 +14,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.shapes import LLAMA_8B as SHAPE_8B
 from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig, apply_swaa, fast_generate
 from swaa_core.engine.config import SWAAConfigError
 from swaa_core.models.capacity import capacity, custom_gpu
-from swaa_core.models.memory import ModelShape
 
 IDS = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(0))
 
-SHAPE_8B = ModelShape(
-    num_layers=32,
-    num_kv_heads=8,
-    head_dim=128,
-    hidden_size=4096,
-    intermediate_size=14336,
-    vocab_size=128256,
-    num_parameters=8_030_261_248,
-    native_windows=(None,) * 32,
-    num_heads=32,
-)
 CFG_8B = {"sliding_window_size": 2048, "keep_first": 10}
 
 
