@@ -11,6 +11,7 @@ compiled kernels as it captures the eager ones. Source: gpt-fast and transformer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -47,6 +48,7 @@ def _inductor_backend(patches: tuple):
     def backend(gm, example_inputs):
         return compile_fx(gm, example_inputs, config_patches=dict(patches))
 
+    backend.swaa_inductor_patches = dict(patches)  # read by compiled_prefill: an inductor backend, with settings
     return backend
 
 
@@ -56,6 +58,27 @@ def inductor_backend(**config_patches):
     object, so calls with equal settings share compiled steps (dynamo keeps graphs apart per backend). Raises
     TypeError for a value that is not hashable."""
     return _inductor_backend(tuple(sorted(config_patches.items())))
+
+
+# Dynamo keeps its compiled graphs on the code object, and every transformers model's forward is one wrapper function
+# (utils/generic.py): past ``recompile_limit`` graphs (8 by default) in a process, across models, buckets and batch
+# sizes, it ran each new step eagerly and only logged it (seen on the CPU, torch 2.13: the ninth bucket's step).
+# A server meets a new bucket every 256 slots of prompt.
+COMPILED_RECOMPILE_LIMIT = 64
+
+
+def compile_scope(*, fail: bool) -> contextlib.AbstractContextManager:
+    """Dynamo's settings for SWAA's compiled calls: up to :data:`COMPILED_RECOMPILE_LIMIT` graphs per function and,
+    with ``fail``, an error past it (:func:`recompile_limit_hit`) instead of dynamo's silent eager fallback."""
+    settings = {"recompile_limit": COMPILED_RECOMPILE_LIMIT}
+    if fail and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        settings["fail_on_recompile_limit_hit"] = True
+    return torch._dynamo.config.patch(**settings)
+
+
+def recompile_limit_hit(error: BaseException) -> bool:
+    """Whether ``error`` is dynamo's recompile-limit error (its class was renamed across torch versions)."""
+    return any(part in type(error).__name__ for part in ("RecompileLimit", "CacheLimit"))
 
 
 def compiled_forward(model, backend: str = "inductor"):

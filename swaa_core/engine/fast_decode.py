@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,15 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from .cache import kv_cache_bytes, masked_inside_rows
-from .compiled_step import bind, bucket_slots, compiled_forward
+from .compiled_prefill import fused_elementwise, prefill_backend
+from .compiled_step import (
+    COMPILED_RECOMPILE_LIMIT,
+    bind,
+    bucket_slots,
+    compile_scope,
+    compiled_forward,
+    recompile_limit_hit,
+)
 from .config import SWAAConfig
 from .decode_path import by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
@@ -111,7 +120,9 @@ def fast_generate(
     a ``torch.compile`` backend: a name, or e.g. ``compiled_step.inductor_backend(**FROZEN_FUSED)``, the fastest
     measured) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
-    config turns it off). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
+    config turns it off), and the prefill's norms and MLPs compiled with dynamic shapes
+    (:mod:`swaa_core.engine.compiled_prefill`, under inductor's defaults when the backend is inductor; the first
+    call's ``prefill_s`` includes compiling them). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
     row at a time and moves each into the batch's fixed buffers before the next (a server's way: the activations of
     one prompt at a time, not of the batch; ``prefill_s`` then includes the moves; same tokens). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
@@ -366,11 +377,13 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
     start = _now(device)
     if prefill == "row" and mask is not None:
         _refuse_masked_tokens_inside(mask)
-    if prefill == "row":  # each row moves into the fixed buffers as it is prefilled
-        logits, cache = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
-    else:
-        cache = DynamicCache(config=model.config)
-        logits = _prefill(model, input_ids, mask, cache, config.prefill_chunk_size)
+    scope = compile_scope(fail=False) if backend else contextlib.nullcontext()  # the norms' eager fallback is exact
+    with scope, fused_elementwise(model, prefill_backend(backend)):
+        if prefill == "row":  # each row moves into the fixed buffers as it is prefilled
+            logits, cache = _prefill_rows(model, plans, input_ids, mask, config.prefill_chunk_size, slots)
+        else:
+            cache = DynamicCache(config=model.config)
+            logits = _prefill(model, input_ids, mask, cache, config.prefill_chunk_size)
     ids = choose(logits).view(B, 1).clone()
     stopped = choose.stopped(1)
     prefill_s = _now(device) - start
@@ -387,7 +400,20 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
         bind(model, static)
 
     def step() -> torch.Tensor:
-        logits = forward(input_ids=ids, position_ids=clock.positions, past_key_values=static, use_cache=True).logits
+        nonlocal forward
+        inputs = dict(input_ids=ids, position_ids=clock.positions, past_key_values=static, use_cache=True)
+        if forward is model:
+            logits = model(**inputs).logits
+        else:
+            try:
+                with compile_scope(fail=True):
+                    logits = forward(**inputs).logits
+            except Exception as e:  # raised before the step ran: nothing was written
+                if not recompile_limit_hit(e):
+                    raise
+                _warn_compile_limit()
+                forward = model
+                logits = model(**inputs).logits
         clock.advance()
         return logits[:, -1]
 
@@ -428,7 +454,20 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
         stopped = take(logits, i)
         i, steps = i + 1, steps + 1
     decode = _now(device) - start
-    return DecodeResult(*_finish(choose, prefill_s, setup, decode, steps, graph is not None, held), bool(backend))
+    return DecodeResult(
+        *_finish(choose, prefill_s, setup, decode, steps, graph is not None, held), forward is not model
+    )
+
+
+@functools.cache
+def _warn_compile_limit() -> None:
+    warnings.warn(
+        f"torch.compile holds {COMPILED_RECOMPILE_LIMIT} compiled decode steps in this process (models, buckets and "
+        "batch sizes together); new ones run the eager fixed-buffer step (the same tokens, slower; DecodeResult."
+        "compiled is False). Restart the process to reset.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _finish(choose: _Chooser, *timings) -> tuple:

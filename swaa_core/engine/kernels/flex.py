@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..compiled_step import recompile_limit_hit
 from ..kinds import MaskKind, SinkWindow
 from ..masks import MaskGeometry, geometry_from_positions, materialize, swaa_mask_mod
 from .sdpa import BLOCK, blocked
@@ -129,8 +130,8 @@ def _run_flex(q, k, v, block_mask, scaling: float, fallback):
     options = _main_kernel_options() if FLEX_AVOID_DECODE_KERNEL and q.is_cuda else None
     try:
         out = _call_flex(_compiled_flex(), q, k, v, block_mask, scaling, options)
-    except Exception as e:  # dynamo's limit error class has been renamed across torch versions
-        if "RecompileLimit" not in type(e).__name__ and "CacheLimit" not in type(e).__name__:
+    except Exception as e:
+        if not recompile_limit_hit(e):
             raise
         _warn_flex_limit()
         return fallback()

@@ -4,6 +4,8 @@ torch sees no CUDA device; run with ``python -m pytest tests/swaa_core/engine/te
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers.sampling import ForceTokens, assert_drawn_from
@@ -11,6 +13,7 @@ from helpers.tiny_models import build_tiny_model
 from transformers import LogitsProcessorList
 
 from swaa_core import SWAAConfig, swaa
+from swaa_core.engine.compiled_prefill import fused_elementwise
 from swaa_core.engine.compiled_step import FROZEN_FUSED, inductor_backend
 from swaa_core.engine.fast_decode import fast_generate
 
@@ -123,3 +126,21 @@ def test_a_frozen_compiled_step_follows_weights_changed_in_place():
         after = fast_generate(model, x, compile=frozen, **kw).sequences
         eager = fast_generate(model, x, **kw).sequences
     assert not torch.equal(before, eager) and torch.equal(after, eager)
+
+
+def test_the_fused_bfloat16_prefill_is_as_close_to_float64_as_the_eager_prefill():
+    """Inductor's norms and MLPs (compiled_prefill, dynamic shapes) in bfloat16 against the same SWAA model in
+    float64, at two prompt lengths of one compiled function: their error stays of the eager kernels' size."""
+    model = build_tiny_model("llama", hidden_size=256, intermediate_size=704, head_dim=32, seed=13).to(CUDA)
+    reference = copy.deepcopy(model).double()
+    model = model.to(torch.bfloat16)
+    for n in (3000, 4100):
+        x = ids(n, seed=n)
+        with swaa(model, CONFIG), swaa(reference, CONFIG), torch.no_grad():
+            exact = reference(x).logits[:, -256:]
+            eager = model(x).logits[:, -256:].double()
+            with fused_elementwise(model, "inductor"):
+                fused = model(x).logits[:, -256:].double()
+        eager_error, fused_error = float((eager - exact).abs().max()), float((fused - exact).abs().max())
+        assert fused_error <= 1.5 * eager_error, (n, fused_error, eager_error)
+        assert not torch.equal(fused, eager)  # inductor's kernels ran
