@@ -6,6 +6,7 @@ with each kernel forced; and a profile of one prefill on a few layers, full and 
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_full_prefill.py --lengths 32768 131072
     PYTHONUNBUFFERED=1 python benchmarks/gpu_full_prefill.py --sections profile --model-lengths 131072
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_full_prefill.py --sections fused --model-lengths 32768 131072
 
 Why: end to end at 128K on an H100 (2026-12-06), the full-attention prefill took 26-33 s, about 0.75 s a layer for
 attention alone, where a FlashAttention-class kernel needs about 0.25 s. Results go to $OUT/gpu_full_prefill.json.
@@ -147,9 +148,47 @@ def run_profile(out: dict):
         out[name] = {"wall_s": round(wall, 3), "table": table}
 
 
+@torch.no_grad()
+def run_fused(out: dict):
+    """The --layers model's prefill at each --model-lengths, full and SWA, in turns: eager, with the norms and MLPs
+    compiled as ``fast_generate(compile=...)`` compiles them (inductor, precision casts emulated) and with plain
+    inductor (min of --reps after a warm-up that compiles); then whether ``fast_generate(compile=True)`` gives
+    ``generate``'s greedy tokens in bf16 (a 4K prompt, 64 tokens, SWA)."""
+    from swaa_core import SWAAConfig, swaa
+    from swaa_core.engine.compiled_prefill import fused_elementwise, prefill_backend
+    from swaa_core.engine.fast_decode import fast_generate
+
+    model = llama8b(ARGS.layers)
+    cfgs = {"full": None, "swa": SWAAConfig(sliding_window_size=ARGS.window, keep_first=ARGS.sinks)}
+    variants = {"eager": None, "fused (emulated casts)": prefill_backend("inductor"), "fused (inductor)": "inductor"}
+    for L in ARGS.model_lengths:
+        ids = torch.randint(0, 128000, (1, L), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        for label, cfg in cfgs.items():
+            row = out[f"{label} {L // 1024}K, ms"] = {}
+            with swaa(model, cfg) if cfg else contextlib.nullcontext():
+                for name, backend in variants.items():
+
+                    def prefill(backend=backend, ids=ids):
+                        with fused_elementwise(model, backend):
+                            return model(ids, logits_to_keep=1)
+
+                    row[name] = attempt(prefill, ARGS.reps)
+            print(L, label, row, flush=True)
+            SUMMARY.append((f"fused prefill {label} {L // 1024}K, ms", str(row)))
+            torch.cuda.empty_cache()
+    x = torch.randint(0, 128000, (1, 4096), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    with swaa(model, cfgs["swa"]):
+        expected = model.generate(x, max_new_tokens=64, do_sample=False, cache_implementation="dynamic")
+        got = fast_generate(model, x, max_new_tokens=64, eos_token_id=[], compile=True)
+    same = torch.equal(got.sequences[:, : expected.shape[1]], expected)
+    first = None if same else int((got.sequences[0, : expected.shape[1]] != expected[0]).nonzero()[0]) - 4096
+    out["bf16 compile=True tokens equal generate"] = {"equal": same, "first_difference_at_new_token": first}
+    print("bf16 tokens equal:", same, first, flush=True)
+
+
 def main(argv=None):
     global ARGS
-    p = common.base_parser(__doc__, ["layer", "model", "profile"])
+    p = common.base_parser(__doc__, ["layer", "model", "profile", "fused"])
     p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
     p.add_argument("--model-lengths", type=int, nargs="+", default=[131072])
     p.add_argument("--layers", type=int, default=32)
@@ -166,6 +205,9 @@ def main(argv=None):
     if "profile" in ARGS.sections:
         with common.section("profile") as out:
             run_profile(out)
+    if "fused" in ARGS.sections:
+        with common.section("fused") as out:
+            run_fused(out)
     return common.finish()
 
 

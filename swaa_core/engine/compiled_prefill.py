@@ -25,19 +25,27 @@ KEPT = "_swaa_compiled_prefill"
 
 
 def prefill_backend(backend):
-    """The backend the prefill's norms and MLPs compile with, for ``fast_generate``'s ``compile`` backend: inductor's
-    defaults for inductor (a name or :func:`~swaa_core.engine.compiled_step.inductor_backend`: freezing would fold a
-    second copy of the MLP weights in, and coordinate descent tunes kernels per length, while prompt lengths change
-    every call), the caller's backend otherwise; None for None."""
-    if backend is None or backend == "inductor" or getattr(backend, "swaa_inductor_patches", None) is not None:
-        return None if backend is None else "inductor"
+    """The backend the prefill's norms and MLPs compile with, for ``fast_generate``'s ``compile`` backend. For
+    inductor (a name or :func:`~swaa_core.engine.compiled_step.inductor_backend`): inductor with its precision casts
+    emulated, so that each fused kernel rounds to the model's dtype where the eager operations do (without, a bf16
+    prefill's logits moved by up to 3e-3 and a greedy token changed), and without the step's settings (freezing would
+    fold a second copy of the MLP weights in, coordinate descent would tune kernels per length). The caller's
+    backend otherwise; None for None."""
+    if backend is None:
+        return None
+    if backend == "inductor" or getattr(backend, "swaa_inductor_patches", None) is not None:
+        from .compiled_step import inductor_backend
+
+        emulate = hasattr(torch._inductor.config, "emulate_precision_casts")
+        return inductor_backend(emulate_precision_casts=True) if emulate else "inductor"
     return backend
 
 
 def fusable(module: torch.nn.Module) -> bool:
     """Whether ``module`` is a norm or MLP this module compiles: an ``*RMSNorm`` without submodules, or an ``*MLP``
-    whose submodules are plain ``nn.Linear`` layers and parameter-free activations, with no forward set on the
-    instance (a hook library's wrapper, e.g. accelerate's offloading, stays in charge of such a module)."""
+    whose submodules are ``nn.Linear`` layers (of that class, not a LoRA wrapper; hooks a library such as accelerate
+    puts on them run between graphs) and parameter-free activations, with no forward set on the instance (a hook
+    library's wrapper stays in charge of such a module)."""
     if "forward" in module.__dict__:
         return False
     name = type(module).__name__
@@ -54,8 +62,9 @@ def fusable(module: torch.nn.Module) -> bool:
 @contextlib.contextmanager
 def fused_elementwise(model: torch.nn.Module, backend):
     """Within the block, every :func:`fusable` module of ``model`` runs ``torch.compile(type(module).forward,
-    backend=backend, dynamic=True)`` (one compiled function per class and backend, kept on the model); afterwards,
-    even after an exception, each runs its own forward again. ``backend`` None: the block runs the model as it is."""
+    backend=backend, dynamic=True)`` (one compiled function per class, its forward function and backend, kept on the
+    model); afterwards, even after an exception, each runs its own forward again. ``backend`` None: the block runs
+    the model as it is. Not for a model other threads call meanwhile: they would run the compiled forwards too."""
     if backend is None:
         yield
         return
@@ -64,12 +73,14 @@ def fused_elementwise(model: torch.nn.Module, backend):
     try:
         for module in model.modules():
             if fusable(module):
-                key = (type(module), backend)
+                forward = type(module).forward  # a class whose forward was replaced since gets a new compilation
+                key = (type(module), forward, backend)
                 if key not in kept:
-                    kept[key] = torch.compile(type(module).forward, backend=backend, dynamic=True)
+                    kept[key] = torch.compile(forward, backend=backend, dynamic=True)
                 module.forward = functools.partial(kept[key], module)
-                placed.append(module)
+                placed.append((module, module.forward))
         yield
     finally:
-        for module in placed:
-            del module.forward
+        for module, ours in placed:
+            if module.__dict__.get("forward") is ours:
+                del module.forward

@@ -7,7 +7,10 @@ so a new prompt in the same bucket, at the same batch size, reuses the compiled 
 model and backend (:func:`compiled_forward`); ``torch.compile`` keeps one compiled graph per set of shapes and
 constants behind it (up to ``torch._dynamo.config.recompile_limit`` of them; past that it runs the forward eagerly).
 The step it compiles is the same forward the eager fixed-buffer step runs, and a CUDA graph then captures the
-compiled kernels as it captures the eager ones. Source: gpt-fast and transformers' static-cache ``torch.compile``."""
+compiled kernels as it captures the eager ones. As with any ``torch.compile``, a module class whose ``forward`` is
+replaced after the step was compiled keeps the compiled step of before (dynamo does not guard on it; seen on the CPU,
+torch 2.13); the prefill's compiled functions are keyed by that forward (:mod:`.compiled_prefill`). Source: gpt-fast
+and transformers' static-cache ``torch.compile``."""
 
 from __future__ import annotations
 
@@ -67,10 +70,12 @@ def inductor_backend(**config_patches):
 COMPILED_RECOMPILE_LIMIT = 64
 
 
-def compile_scope(*, fail: bool) -> contextlib.AbstractContextManager:
-    """Dynamo's settings for SWAA's compiled calls: up to :data:`COMPILED_RECOMPILE_LIMIT` graphs per function and,
-    with ``fail``, an error past it (:func:`recompile_limit_hit`) instead of dynamo's silent eager fallback."""
-    settings = {"recompile_limit": COMPILED_RECOMPILE_LIMIT}
+def compile_scope(*, fail: bool, limit: int | None = None) -> contextlib.AbstractContextManager:
+    """Dynamo's settings for SWAA's compiled calls: up to ``limit`` graphs per function (default
+    :data:`COMPILED_RECOMPILE_LIMIT`) and, with ``fail``, an error past it (:func:`recompile_limit_hit`) instead of
+    dynamo's silent eager fallback. (torch before 2.7 names the limit ``cache_size_limit``.)"""
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    settings = {name: COMPILED_RECOMPILE_LIMIT if limit is None else limit}
     if fail and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
         settings["fail_on_recompile_limit_hit"] = True
     return torch._dynamo.config.patch(**settings)
@@ -84,7 +89,9 @@ def recompile_limit_hit(error: BaseException) -> bool:
 def compiled_forward(model, backend: str = "inductor"):
     """``torch.compile(model.forward, backend=backend, dynamic=False)``, made once per model and backend and kept on
     the model (static shapes: one graph per bucket, never a dynamic-shape kernel)."""
-    kept = model.__dict__.setdefault("_swaa_compiled_forward", {})
+    kept = model.__dict__.get("_swaa_compiled_forward")
+    if kept is None or kept.get("owner") != id(model):  # a copy.deepcopy of the model holds its original's
+        kept = model.__dict__["_swaa_compiled_forward"] = {"owner": id(model)}
     if backend not in kept:
         kept[backend] = torch.compile(model.forward, backend=backend, dynamic=False, fullgraph=False)
     return kept[backend]

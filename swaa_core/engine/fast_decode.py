@@ -76,7 +76,9 @@ class DecodeResult:
     kv_cache_bytes_per_layer: tuple[int, ...] = ()  # bytes of keys and values each layer's fixed buffers hold
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
-    compiled: bool = False  # the decode step ran through torch.compile (its first-call compilation is in setup_s)
+    # the decode step ran through torch.compile (its first-call compilation is in setup_s); False when compile was
+    # asked for but torch's limit of compiled graphs was reached (a RuntimeWarning says so), and the eager step ran
+    compiled: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -459,7 +461,6 @@ def _generate(model, plans, input_ids, mask, max_new: int, choose: _Chooser, con
     )
 
 
-@functools.cache
 def _warn_compile_limit() -> None:
     warnings.warn(
         f"torch.compile holds {COMPILED_RECOMPILE_LIMIT} compiled decode steps in this process (models, buckets and "

@@ -12,7 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..compiled_step import recompile_limit_hit
+from ..compiled_step import compile_scope, recompile_limit_hit
 from ..kinds import MaskKind, SinkWindow
 from ..masks import MaskGeometry, geometry_from_positions, materialize, swaa_mask_mod
 from .sdpa import BLOCK, blocked
@@ -44,11 +44,8 @@ FLEX_RECOMPILE_LIMIT = 64
 def _flex_scope(*tensors) -> contextlib.ExitStack:
     """Settings for our flex calls only: more graphs allowed, an error instead of the eager fallback, and inference
     under grad mode sharing the no-grad graph (dynamo guards on grad mode)."""
-    settings = {"recompile_limit": FLEX_RECOMPILE_LIMIT}
-    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
-        settings["fail_on_recompile_limit_hit"] = True
     stack = contextlib.ExitStack()
-    stack.enter_context(torch._dynamo.config.patch(**settings))
+    stack.enter_context(compile_scope(fail=True, limit=FLEX_RECOMPILE_LIMIT))
     if torch.is_grad_enabled() and not any(t.requires_grad for t in tensors):
         stack.enter_context(torch.no_grad())
     return stack

@@ -41,10 +41,9 @@ def test_the_prefill_runs_a_norm_class_forward_replaced_after_a_first_compiled_c
         eager = model(x).logits
         with fused_elementwise(model, "eager"):
             fused = model(x).logits
-        compiled = fast_generate(model, x, max_new_tokens=8, compile="eager", eos_token_id=[]).sequences
-        expected = fast_generate(model, x, max_new_tokens=8, eos_token_id=[]).sequences
     assert torch.equal(fused, eager), "the prefill ran the norm's forward of before the class changed"
-    assert torch.equal(compiled, expected)
+    # (the compiled decode step does not notice such a change: dynamo does not guard on a class's forward, as
+    # compiled_step's module docstring says)
 
 
 @pytest.mark.timeout(600)

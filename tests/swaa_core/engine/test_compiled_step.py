@@ -77,10 +77,8 @@ def test_past_the_recompile_limit_the_step_runs_eagerly_says_so_and_gives_the_sa
     compiled steps of every model, bucket and batch size in a process. Before, the ninth ran eagerly in silence
     while the result said it was compiled (seen on the CPU, torch 2.13)."""
     import swaa_core.engine.compiled_step as compiled_step
-    import swaa_core.engine.fast_decode as fast_decode
 
     monkeypatch.setattr(compiled_step, "COMPILED_RECOMPILE_LIMIT", 1)
-    fast_decode._warn_compile_limit.cache_clear()
     model = build_tiny_model("llama", eos_token_id=None)
     results = []
     with swaa(model, CONFIG):
