@@ -123,8 +123,11 @@ def fast_generate(
     measured) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
     config turns it off), and the prefill's norms and MLPs compiled with dynamic shapes
-    (:mod:`swaa_core.engine.compiled_prefill`, under inductor's defaults when the backend is inductor; the first
-    call's ``prefill_s`` includes compiling them). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
+    (:mod:`swaa_core.engine.compiled_prefill`, under inductor with emulated precision casts when the backend is
+    inductor; the first call's ``prefill_s`` includes compiling them). Compiled kernels round differently from the
+    eager ones (fused float32 arithmetic, other reduction orders): in float32 the tokens are ``generate``'s (tested
+    over 256 greedy tokens on an H100), in bf16 a near tie can go the other way (an 8B model with random weights on
+    an H100: from the 2nd new token). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
     row at a time and moves each into the batch's fixed buffers before the next (a server's way: the activations of
     one prompt at a time, not of the batch; ``prefill_s`` then includes the moves; same tokens). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
