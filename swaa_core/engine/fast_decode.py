@@ -127,7 +127,8 @@ def fast_generate(
     inductor; the first call's ``prefill_s`` includes compiling them). Compiled kernels round differently from the
     eager ones (fused float32 arithmetic, other reduction orders): in float32 the tokens are ``generate``'s (tested
     over 256 greedy tokens on an H100), in bf16 a near tie can go the other way (an 8B model with random weights on
-    an H100: from the 2nd new token). ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
+    an H100 left ``generate``'s greedy tokens at the 2nd new token; the eager fixed path was not compared there).
+    ``prefill``: "batch" runs the prompt of every row in one forward; "row" prefills one
     row at a time and moves each into the batch's fixed buffers before the next (a server's way: the activations of
     one prompt at a time, not of the batch; ``prefill_s`` then includes the moves; same tokens). ``generator``: when
     given, the source of the sampling draws instead of the global RNG ``generate`` draws from (reproducible from its
