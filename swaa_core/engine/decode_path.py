@@ -184,7 +184,7 @@ def _refusals(model, kwargs: dict) -> tuple[list[str], object]:
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] and not bool(mask[:, -1].all()):
         found.append("attention_mask (right padding)")
     if not found and isinstance(inputs, torch.Tensor) and inputs.dim() == 2:
-        found += _buffers_beyond_free_memory(model, inputs, config, kwargs)
+        found += buffers_beyond_free_memory(model, inputs, config, kwargs)
     return found, config
 
 
@@ -197,13 +197,15 @@ def free_bytes(device) -> int | None:
     return torch.cuda.mem_get_info(device)[0]
 
 
-def _buffers_beyond_free_memory(model, inputs, config, kwargs: dict) -> list[str]:
+def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | None = None) -> list[str]:
     """The fixed path sizes its buffers to the prompt plus max_new_tokens before the first step; generate's growing
     cache holds only the tokens made, so a large max_new_tokens that an end of sequence cuts short is no problem
-    there. Refused (auto then takes the eager path) when those buffers may exceed the device's free memory. An upper
-    bound: a sliding layer counts as its ring only for rows without padding (left padding adds sink slots, a masked
-    token inside a prompt keeps every slot, a short row may never settle its sinks); a caller's MaxLengthCriteria
-    may lengthen the run."""
+    there. One reason (empty: they fit, or the device's free memory cannot be read) when those buffers may exceed
+    the device's free memory: auto then takes the eager path, and the fixed path refuses the call before its
+    prefill. An upper bound: a sliding layer counts as its ring only for rows without padding (left padding adds
+    sink slots, a masked token inside a prompt keeps every slot, a short row may never settle its sinks); a caller's
+    MaxLengthCriteria may lengthen the run. ``rows``: the rows of the batch when ``inputs`` already holds
+    ``num_return_sequences`` per prompt (default: inputs' rows times it)."""
     import math
 
     import torch
@@ -218,7 +220,8 @@ def _buffers_beyond_free_memory(model, inputs, config, kwargs: dict) -> list[str
     length = max([length or 0, *limits])
     if free is None or state is None or not math.isfinite(length):
         return []
-    rows, prompt = inputs.shape[0] * (config.num_return_sequences or 1), inputs.shape[1]
+    rows = inputs.shape[0] * (config.num_return_sequences or 1) if rows is None else rows
+    prompt = inputs.shape[1]
     new = max(math.ceil(length) - prompt, 1)
     mask, pad = kwargs.get("attention_mask"), config.pad_token_id
     if isinstance(mask, torch.Tensor):

@@ -43,7 +43,7 @@ from .compiled_step import (
     recompile_limit_hit,
 )
 from .config import SWAAConfig
-from .decode_path import by_keyword
+from .decode_path import buffers_beyond_free_memory, by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
 from .install import install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
@@ -255,6 +255,15 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     # ceil: generate stops once the length reaches max_length, a float one included (max_new_tokens=2.5: 3 tokens)
     max_new = max(math.ceil((generation_config.max_length if limit is None else limit) - input_ids.shape[1]), 1)
     mask = model_kwargs.get("attention_mask")
+    too_big = buffers_beyond_free_memory(model, input_ids, generation_config,
+                                         {"attention_mask": mask, "stopping_criteria": stopping_criteria},
+                                         rows=input_ids.shape[0])  # fmt: skip
+    if too_big:  # before the prefill: a long prompt's forward would run first, and then fail in the allocator
+        raise ValueError(
+            f"The fixed-buffer path sizes its buffers before the first step and they would not fit: {too_big[0]}. "
+            "Pass a smaller max_new_tokens, or use the eager path (model.generate(..., "
+            "cache_implementation='dynamic')), whose cache grows with the tokens it makes."
+        )
     backend = None if generation_config.disable_compile else backend
     try:
         return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph,

@@ -1,4 +1,4 @@
-"""The auto route's free-memory check (decode_path._buffers_beyond_free_memory) never estimates below what the fixed
+"""The auto route's free-memory check (decode_path.buffers_beyond_free_memory) never estimates below what the fixed
 path really allocates (its own kv_cache_bytes_per_layer), and runtime.files.write_new keeps both outputs of two
 writers of one process. A review of 2026-12-06 found these cases underestimated (up to 5.3x) or lost; each failed."""
 
@@ -93,3 +93,30 @@ def test_write_new_two_writers_of_one_pid_keep_both_outputs(tmp_path):
     b.join(10)
     assert not errors, errors
     assert sorted(p.read_text() for p in results.values()) == ["A", "B"]
+
+
+@pytest.mark.parametrize("how", ["fast_generate", "generate, static by name"])
+def test_the_fixed_path_refuses_buffers_beyond_free_memory_before_its_prefill(monkeypatch, how):
+    """Asked for by name, the fixed path used to size its buffers to prompt + max_new_tokens after the prompt's
+    forward and fail in the allocator (fast_generate(max_new_tokens=10**9)); now it names the sizes first. At
+    exactly its own allocation it runs."""
+    model = build_tiny_model("llama", layers=3, seed=5)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    apply_swaa(model, SWAAConfig(sliding_window_size=4, keep_first=2, non_sliding_layers=[1]))
+    kw = {"max_new_tokens": 9, "do_sample": False}
+    need = sum(fast_decode.fast_generate(model, X, **kw).kv_cache_bytes_per_layer)
+    forwards = []
+    model.model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    monkeypatch.setattr(dp, "model_device", lambda model: torch.device("cuda"))
+
+    def call():
+        if how == "fast_generate":
+            return fast_decode.fast_generate(model, X, **kw).sequences
+        return model.generate(X, cache_implementation="static", **kw)
+
+    monkeypatch.setattr(dp, "free_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"would not fit: max_new_tokens=9 .*GiB are free"):
+        call()
+    assert forwards == []  # refused before the prompt's forward
+    monkeypatch.setattr(dp, "free_bytes", lambda device: need)
+    assert call().shape == (1, X.shape[1] + 9)
