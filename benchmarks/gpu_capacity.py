@@ -123,7 +123,7 @@ def check(model, name, cfg, rows, prompt, new, *, predicted_from, steps: int | N
               "prefill": predicted_from.prefill}  # fmt: skip
     result |= run_once(model, cfg, rows, prompt, new, steps, predicted_from.prefill)
     result["predicted_peak_gib"] = gib(predicted_from.peak_bytes(rows))
-    result["roofline_tokens_per_s"] = round(predicted_from.tokens_per_s(rows), 1)
+    result["roofline_tokens_per_s"] = round(rows / predicted_from.step_seconds(rows), 1)  # rows may exceed max_batch
     if result.get("peak_gib"):
         result["peak_vs_predicted"] = round(result["peak_gib"] / result["predicted_peak_gib"], 3)
     if result.get("step_ms"):
@@ -252,6 +252,12 @@ def parse(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, made-up 10 MiB card")
     p.add_argument("--model-table", action="store_true", help="print the capacity model's tables and exit (no GPU)")
     args = p.parse_args(argv)
+    if args.model_table:  # the tables of docs/benchmarks.md: the 8B shape, both prefill modes, printed
+        used = {"model_table", "contexts", "new_tokens", "requests", "window", "sinks"}
+        ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in used and v != p.get_default(k)]
+        if ignored:
+            p.error(f"--model-table prints the model's tables (the 8B shape, both prefill modes) and takes --contexts, "
+                    f"--new-tokens, --requests, --window and --sinks only; not {', '.join(ignored)}.")  # fmt: skip
     if args.smoke:
         args.contexts, args.short_prompt, args.window, args.sinks = [256], 64, 32, 4
         args.new_tokens, args.steps = min(args.new_tokens, 16), min(args.steps, 4)

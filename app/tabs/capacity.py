@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from swaa_core.eval.recipes import list_recipes, resolve_recipe
-from swaa_core.models.capacity import GPUS, capacity, custom_gpu
+from swaa_core.models.capacity import GPU, GPUS, capacity, custom_gpu
 from swaa_core.models.memory import model_shape
 from swaa_core.models.registry import get_model_entry, list_models
 
@@ -105,7 +105,7 @@ def capacity_rows(s: CapacitySettings) -> list[dict]:
     shape, mode = model_shape(entry), PREFILL[s.prefill]
     recipes = list_recipes()
     configs = {r.name: resolve_recipe(r, entry.num_layers, window=s.window, keep_first=s.sinks) for r in recipes}
-    measured = measured_points(shape, configs, s.prompt, s.new_tokens, mode)
+    measured = measured_points(shape, configs, s.prompt, s.new_tokens, mode, s.card)
     rows = []
     for recipe in recipes:
         cfg = configs[recipe.name]
@@ -127,12 +127,14 @@ def capacity_rows(s: CapacitySettings) -> list[dict]:
     return rows
 
 
-def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, folder: Path | None = None) -> dict:
+def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, card: GPU,
+                    folder: Path | None = None) -> dict:  # fmt: skip
     """{recipe name: [{"machine", "batch", "fits", "tokens_per_s", "model_max_batch"}]} from every
-    gpu_capacity*.json in ``folder`` (default docs/results) measured on this shape, prompt and new tokens, with the
-    same config as ``configs`` ({name: SWAAConfig or None}): per file and recipe, the run at the largest batch of the
-    "decode" section (the serving capacity) for ``mode`` "row", of the "batched" section run with batch prefill for
-    "batch" (a batched section prefilled row by row is neither: its largest batch is the requests served)."""
+    gpu_capacity*.json in ``folder`` (default docs/results) measured on ``card`` (:func:`same_card`) with this
+    shape, prompt and new tokens, with the same config as ``configs`` ({name: SWAAConfig or None}): per file and
+    recipe, the run at the largest batch of the "decode" section (the serving capacity) for ``mode`` "row", of the
+    "batched" section run with batch prefill for "batch" (a batched section prefilled row by row is neither: its
+    largest batch is the requests served)."""
     section = "decode" if mode == "row" else "batched"
     keys = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size", "vocab_size")
     wanted = {name: cfg.to_dict() if cfg is not None else None for name, cfg in configs.items()}
@@ -141,6 +143,8 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
         data = json.loads(path.read_text(encoding="utf-8"))
         info = data.get("capacity") or {}
         if any(info.get("shape", {}).get(k) != getattr(shape, k) for k in keys) or info.get("new_tokens") != new:
+            continue
+        if not same_card(info.get("machine") or {}, card):
             continue
         machine = f"{info['machine']['gpu']} ({data.get('date', '')[:10]})"
         largest: dict[str, dict] = {}
@@ -158,6 +162,17 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, fold
                 "model_max_batch": r.get("model_max_batch"),
             })  # fmt: skip
     return out
+
+
+def same_card(machine: dict, card: GPU) -> bool:
+    """Whether a result's ``machine`` ({"gpu": torch's device name, "memory_gib"}) is ``card``: one of
+    :data:`~swaa_core.models.capacity.GPUS` (never a card given by its figures) whose model (e.g. "H100") is in
+    the device's name and whose memory is within 2% of what the device reported."""
+    if card not in GPUS.values():
+        return False
+    model = card.name.split()[0]
+    memory = machine.get("memory_gib") or 0
+    return model in str(machine.get("gpu", "")) and abs(memory * 2**30 - card.memory_bytes) <= 0.02 * card.memory_bytes
 
 
 def capacity_figure(rows: list[dict], title: str) -> go.Figure:
@@ -215,7 +230,9 @@ def show(s: CapacitySettings):
 
 def _cell(row: dict, column: str):
     if column != "measured":
-        return row[column]
+        value = row[column]
+        # the page's JSON sends inf as null, an empty cell: say why there is no time
+        return "does not fit" if isinstance(value, float) and not math.isfinite(value) else value
     if not row["measured"]:
         return "—"
     return "; ".join(

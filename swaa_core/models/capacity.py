@@ -92,6 +92,15 @@ def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: fl
     return GPU(f"{memory_gib:g} GiB", int(memory_gib * GiB), bandwidth_tb_s * 1e12, matmul_tflops * 1e12, "given")
 
 
+def _check_card(gpu: GPU) -> None:
+    """ValueError naming a figure of ``gpu`` that is not a positive finite number (a GPU built by hand, not by
+    :func:`custom_gpu`, which checks them as it builds)."""
+    figures = {"memory_bytes": gpu.memory_bytes, "bandwidth": gpu.bandwidth, "matmul_flops": gpu.matmul_flops}
+    for name, value in figures.items():
+        if not _real(value) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"GPU {gpu.name!r}: its {name} must be a positive finite number, got {value!r}.")
+
+
 def _rules(shape: ModelShape, config: SWAAConfig | None):
     """Per layer (mask kind or None, fa_decode) as the engine plans it (:mod:`swaa_core.engine.install`): full
     attention keeps only the model's own windows."""
@@ -157,26 +166,33 @@ class Capacity:
         return self.prompt_tokens + self.new_tokens
 
     def peak_bytes(self, batch: int | None = None) -> int:
-        """Predicted peak of allocated memory at ``batch`` rows (default ``max_batch``), weights included, reserve
-        not (compare with ``torch.cuda.max_memory_allocated``)."""
-        b = self.max_batch if batch is None else batch
+        """Predicted peak of allocated memory at ``batch`` rows (default ``max_batch``; any whole number >= 0, so
+        also what a batch that does not fit would need), weights included, reserve not (compare with
+        ``torch.cuda.max_memory_allocated``). Raises ValueError for a count that is not a whole number >= 0."""
+        b = self.max_batch if batch is None else _whole(batch, "batch", 0)
         return self.weight_bytes + max(fixed + b * per for fixed, per in self.phases.values())
 
     def step_seconds(self, batch: int | None = None) -> float:
-        """Roofline seconds of one decode step: the weights and ``batch`` rows' KV buffers read once at the
-        bandwidth, or the rows' FLOPs at the matmul rate where those take longer (large batches)."""
-        b = self.max_batch if batch is None else batch
+        """Roofline seconds of one decode step at ``batch`` rows (default ``max_batch``; any whole number >= 0): the
+        weights and the rows' KV buffers read once at the bandwidth, or the rows' FLOPs at the matmul rate where
+        those take longer (large batches). Raises ValueError for a count that is not a whole number >= 0."""
+        b = self.max_batch if batch is None else _whole(batch, "batch", 0)
         read = (self.weight_bytes + b * self.kv_bytes_per_seq) / self.gpu.bandwidth
         return max(read, b * self.step_flops_per_seq / self.gpu.matmul_flops)
 
     def tokens_per_s(self, batch: int | None = None) -> float:
-        """Roofline decode tokens/s of all rows together (0 when nothing fits)."""
-        b = self.max_batch if batch is None else batch
+        """Roofline decode tokens/s of all rows together at ``batch`` rows (default ``max_batch``; 0 when nothing
+        fits). Raises ValueError, as :meth:`serve_seconds` does, for a batch above ``max_batch`` and a count that is
+        not a whole number >= 0 (:meth:`step_seconds` gives the step of any batch)."""
+        b = self.max_batch if batch is None else _whole(batch, "batch", 0)
+        if b > self.max_batch:
+            raise ValueError(f"batch {b} does not fit: at most {self.max_batch} rows here.")
         return b / self.step_seconds(b) if b > 0 else 0.0
 
     def prefill_seconds(self, rows: int = 1) -> float:
-        """FLOP-roofline seconds to prefill ``rows`` prompts at the card's matmul rate."""
-        return rows * self.flops_per_seq / self.gpu.matmul_flops
+        """FLOP-roofline seconds to prefill ``rows`` prompts at the card's matmul rate. Raises ValueError for a count
+        that is not a whole number >= 0."""
+        return _whole(rows, "rows", 0) * self.flops_per_seq / self.gpu.matmul_flops
 
     def serve_seconds(self, requests: int, batch: int | None = None) -> float:
         """Roofline seconds to serve ``requests`` requests of this prompt and ``new_tokens`` in waves of ``batch``
@@ -222,7 +238,7 @@ def capacity(
     prompt_tokens: int,
     new_tokens: int,
     prefill: str = "batch",
-    dtype=torch.bfloat16,
+    dtype=None,
     reserve_bytes: int | None = None,
     label: str | None = None,
 ) -> Capacity:
@@ -230,7 +246,9 @@ def capacity(
     full attention), for a model ``shape`` (anything :func:`~swaa_core.models.memory.model_shape` takes).
 
     ``prefill``: "batch" (one forward of every row, as ``fast_generate`` does) or "row" (one request at a time).
-    ``reserve_bytes``: default ``RESERVE_FRACTION`` of the card. ``dtype``: of weights and KV. Returns a
+    ``reserve_bytes``: default ``RESERVE_FRACTION`` of the card. ``dtype``: of weights and KV (None: the shape's
+    own where it has one, as :func:`~swaa_core.models.memory.estimate_memory` takes it, else bfloat16; bfloat16,
+    float16 or float32). Returns a
     :class:`Capacity` (``max_batch`` 0 when not one sequence fits). ``gpu``: a :class:`GPU` or a name in
     :data:`GPUS`. Raises ValueError naming a bad mode, token count, reserve or card, SWAAConfigError for a config
     that is none."""
@@ -249,8 +267,10 @@ def capacity(
         gpu = GPUS[gpu]
     if not isinstance(gpu, GPU):
         raise ValueError(f"gpu must be a GPU (GPUS[name] or custom_gpu(...)) or its name, got {type(gpu).__name__}.")
+    _check_card(gpu)
     config = SWAAConfig.coerce(config)
-    shape, dt = model_shape(shape), to_dtype(dtype)
+    shape = model_shape(shape)
+    dt = to_dtype(dtype if dtype is not None else shape.dtype or torch.bfloat16)
     phases, kv_per_seq = _phases(shape, config, prompt_tokens, new_tokens, dt, prefill)
     weights = estimate_memory(shape, 0, dtype=dt).weight_bytes
     reserve = int(RESERVE_FRACTION * gpu.memory_bytes) if reserve_bytes is None else reserve_bytes

@@ -91,8 +91,11 @@ class MemoryEstimate:
 
 
 def to_dtype(dtype) -> torch.dtype:
-    """torch dtype from a dtype or a name ("bf16", "bfloat16", "float32", ...)."""
+    """torch dtype from a dtype or a name ("bf16", "bfloat16", "float32", ...). Raises ValueError for anything that
+    is not one of those three floating types (a bool, integer or complex dtype has no place in these models)."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"Unsupported dtype {dtype}; use one of: bfloat16, float16, float32.")
         return dtype
     names = {
         "bf16": torch.bfloat16,

@@ -14,6 +14,7 @@ from swaa_core.models.memory import model_shape
 from swaa_core.models.registry import get_model_entry
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+H100 = GPUS["H100 80GB"]
 ROW, BATCH = list(PREFILL)
 
 
@@ -66,7 +67,7 @@ def _results(tmp_path, *, context=131072, new=512, hidden=4096, config=None, mac
          "model_max_batch": 169}
         for b in (169, 16, 1)
     ]  # fmt: skip
-    data = {"date": "2026-12-06 10:00:00 UTC", "capacity": {"machine": {"gpu": machine}, "shape": shape,
+    data = {"date": "2026-12-06 10:00:00 UTC", "capacity": {"machine": {"gpu": machine, "memory_gib": 79.18}, "shape": shape,
             "new_tokens": new}, "sections": {"decode": {"rows": rows}}}  # fmt: skip
     (tmp_path / "gpu_capacity_h100.json").write_text(json.dumps(data))
     return tmp_path
@@ -77,15 +78,16 @@ def test_measured_points_only_for_the_same_run(tmp_path):
     swa = resolve_recipe("swa", 32, window=2048)
     configs = {"swa": swa, "full": None}
     folder = _results(tmp_path, config=swa.to_dict())
-    got = measured_points(shape, configs, 131072, 512, "row", folder)
+    got = measured_points(shape, configs, 131072, 512, "row", H100, folder)
     assert got == {"swa": [{"machine": "NVIDIA H100 80GB HBM3 (2026-12-06)", "batch": 169, "fits": True,
                             "tokens_per_s": 1690.0, "model_max_batch": 169}]}  # fmt: skip
-    assert measured_points(shape, configs, 32768, 512, "row", folder) == {}  # another prompt
-    assert measured_points(shape, configs, 131072, 512, "batch", folder) == {}  # another section
+    assert measured_points(shape, configs, 32768, 512, "row", H100, folder) == {}  # another prompt
+    assert measured_points(shape, configs, 131072, 512, "batch", H100, folder) == {}  # another section
     other = resolve_recipe("swa", 32, window=1024)
-    assert measured_points(shape, {"swa": other}, 131072, 512, "row", folder) == {}  # another window
+    assert measured_points(shape, {"swa": other}, 131072, 512, "row", H100, folder) == {}  # another window
+    assert measured_points(shape, configs, 131072, 512, "row", GPUS["H200 141GB"], folder) == {}  # another card
     folder = _results(tmp_path, config=swa.to_dict(), hidden=2048)
-    assert measured_points(shape, configs, 131072, 512, "row", folder) == {}  # another shape
+    assert measured_points(shape, configs, 131072, 512, "row", H100, folder) == {}  # another shape
 
 
 @pytest.mark.parametrize("where", ["row", "args"])
@@ -107,7 +109,7 @@ def test_a_batched_run_prefilled_row_by_row_is_no_batch_prefill_point(tmp_path, 
         else:
             data["args"] = {"prefill": prefill}
         path.write_text(json.dumps(data))
-        got = measured_points(shape, {"swa": swa}, 131072, 512, "batch", folder)
+        got = measured_points(shape, {"swa": swa}, 131072, 512, "batch", H100, folder)
         assert {k: [p["batch"] for p in v] for k, v in got.items()} == expected
 
 

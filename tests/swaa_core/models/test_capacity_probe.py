@@ -108,3 +108,19 @@ def test_a_dtype_that_is_not_a_float_is_refused(dtype):
     capacity(dtype=torch.bool) sizes the model at 1 byte a weight and answers."""
     with pytest.raises(ValueError, match="dtype"):
         capacity(get_model_entry(LLAMA), None, "H100 80GB", prompt_tokens=1000, new_tokens=10, dtype=dtype)
+
+
+def test_the_model_table_of_the_capacity_benchmark_refuses_options_it_would_ignore():
+    """``benchmarks/gpu_capacity.py --model-table`` prints the 8B shape's tables for both prefill modes: a --layers,
+    --prefill or --out beside it used to be accepted and ignored. Its own options still apply (--contexts)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_capacity.py"
+    for extra in (["--layers", "4"], ["--prefill", "batch"], ["--out", "x.json"]):
+        done = subprocess.run([sys.executable, str(script), "--model-table", *extra], capture_output=True, text=True)
+        assert done.returncode == 2 and f"not {extra[0]}" in done.stderr, (extra, done.stderr[-300:])
+    done = subprocess.run([sys.executable, str(script), "--model-table", "--contexts", "32768"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "32K: seqs" in done.stdout and "128K" not in done.stdout
