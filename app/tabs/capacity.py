@@ -166,13 +166,13 @@ def measured_points(shape, configs: dict, prompt: int, new: int, mode: str, card
 
 def same_card(machine: dict, card: GPU) -> bool:
     """Whether a result's ``machine`` ({"gpu": torch's device name, "memory_gib"}) is ``card``: one of
-    :data:`~swaa_core.models.capacity.GPUS` (never a card given by its figures) whose model (e.g. "H100") is in
-    the device's name and whose memory is within 2% of what the device reported."""
-    if card not in GPUS.values():
+    :data:`~swaa_core.models.capacity.GPUS` (never a card given by its figures) that names the device among its
+    ``devices`` (an H100 PCIe or a GH200 is not the modelled H100 SXM or H200) and whose memory is within 2% of what
+    the device reported."""
+    if card not in GPUS.values() or machine.get("gpu") not in card.devices:
         return False
-    model = card.name.split()[0]
     memory = machine.get("memory_gib") or 0
-    return model in str(machine.get("gpu", "")) and abs(memory * 2**30 - card.memory_bytes) <= 0.02 * card.memory_bytes
+    return abs(memory * 2**30 - card.memory_bytes) <= 0.02 * card.memory_bytes
 
 
 def capacity_figure(rows: list[dict], title: str) -> go.Figure:

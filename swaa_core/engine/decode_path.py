@@ -189,20 +189,42 @@ def _refusals(model, kwargs: dict) -> tuple[list[str], object]:
 
 
 def free_bytes(device) -> int | None:
-    """Free memory on ``device`` in bytes (CUDA's own count), None where it cannot be read."""
+    """Memory a new tensor on ``device`` can take, in bytes: CUDA's free count plus what PyTorch's caching allocator
+    holds reserved and unused (a previous call's buffers, freed to its cache); None where it cannot be read."""
     import torch
 
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return None
-    return torch.cuda.mem_get_info(device)[0]
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + max(cached, 0)
+
+
+def _bytes_per_slot(model) -> int:
+    """Bytes of keys and values one cache slot of one layer holds (one row)."""
+    from .families import text_config
+
+    text = text_config(model)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return 2 * kv_heads * head_dim * next(model.parameters()).element_size()
+
+
+def fixed_buffers_at_least(model, rows: int, slots: int) -> int:
+    """A lower bound of the bytes the fixed path's buffers take for ``rows`` rows of ``slots`` slots (prompt + new
+    tokens, bucketed under compile): every sliding layer that evicts counted as its ring of sinks + W slots (left
+    padding or a masked token inside a prompt only adds to it), every other layer as ``slots``; exact for rows
+    without padding."""
+    plans = model._swaa_state.plans
+    ring = [plan.kind.kept_slots() for plan in plans if plan.evicts]
+    return rows * _bytes_per_slot(model) * (sum(ring) + (len(plans) - len(ring)) * slots)
 
 
 def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | None = None) -> list[str]:
     """The fixed path sizes its buffers to the prompt plus max_new_tokens before the first step; generate's growing
     cache holds only the tokens made, so a large max_new_tokens that an end of sequence cuts short is no problem
     there. One reason (empty: they fit, or the device's free memory cannot be read) when those buffers may exceed
-    the device's free memory: auto then takes the eager path, and the fixed path refuses the call before its
-    prefill. An upper bound: a sliding layer counts as its ring only for rows without padding (left padding adds
+    the device's free memory: auto then takes the eager path (the fixed path itself refuses only on
+    :func:`fixed_buffers_at_least`). An upper bound: a sliding layer counts as its ring only for rows without padding (left padding adds
     sink slots, a masked token inside a prompt keeps every slot, a short row may never settle its sinks); a caller's
     MaxLengthCriteria may lengthen the run. ``rows``: the rows of the batch when ``inputs`` already holds
     ``num_return_sequences`` per prompt (default: inputs' rows times it)."""
@@ -211,11 +233,12 @@ def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | 
     import torch
     from transformers.generation.stopping_criteria import MaxLengthCriteria
 
-    from .families import text_config
-
     free = free_bytes(model_device(model))
     state = getattr(model, "_swaa_state", None)
-    length = config.max_length if config.max_new_tokens is None else inputs.shape[1] + config.max_new_tokens
+    # without max_new_tokens, transformers reads a default max_length as that many new tokens
+    # (_prepare_generated_length) and a set one as the whole length: the upper bound counts it as new tokens
+    new_tokens = config.max_length if config.max_new_tokens is None else config.max_new_tokens
+    length = inputs.shape[1] + new_tokens if new_tokens is not None else None
     limits = [c.max_length for c in kwargs.get("stopping_criteria") or () if isinstance(c, MaxLengthCriteria)]
     length = max([length or 0, *limits])
     if free is None or state is None or not math.isfinite(length):
@@ -228,10 +251,7 @@ def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | 
         padded = not bool(mask.bool().all())
     else:  # generate infers a mask from the pad token where none is given
         padded = pad is not None and bool((inputs == pad).any())
-    text = text_config(model)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    per_slot = 2 * kv_heads * head_dim * next(model.parameters()).element_size()
+    per_slot = _bytes_per_slot(model)
     ring = [plan.kind.kept_slots() for plan in state.plans if plan.evicts] if not padded else []
     slots = sum(ring) + (len(state.plans) - len(ring)) * (prompt + new)
     need = rows * per_slot * slots

@@ -32,6 +32,7 @@ from transformers import DynamicCache, PrefixConstrainedLogitsProcessor
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
+from . import decode_path
 from .cache import kv_cache_bytes, masked_inside_rows
 from .compiled_prefill import fused_elementwise, prefill_backend
 from .compiled_step import (
@@ -43,7 +44,7 @@ from .compiled_step import (
     recompile_limit_hit,
 )
 from .config import SWAAConfig
-from .decode_path import buffers_beyond_free_memory, by_keyword
+from .decode_path import by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
 from .install import install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
@@ -255,22 +256,34 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     # ceil: generate stops once the length reaches max_length, a float one included (max_new_tokens=2.5: 3 tokens)
     max_new = max(math.ceil((generation_config.max_length if limit is None else limit) - input_ids.shape[1]), 1)
     mask = model_kwargs.get("attention_mask")
-    too_big = buffers_beyond_free_memory(model, input_ids, generation_config,
-                                         {"attention_mask": mask, "stopping_criteria": stopping_criteria},
-                                         rows=input_ids.shape[0])  # fmt: skip
-    if too_big:  # before the prefill: a long prompt's forward would run first, and then fail in the allocator
-        raise ValueError(
-            f"The fixed-buffer path sizes its buffers before the first step and they would not fit: {too_big[0]}. "
-            "Pass a smaller max_new_tokens, or use the eager path (model.generate(..., "
-            "cache_implementation='dynamic')), whose cache grows with the tokens it makes."
-        )
     backend = None if generation_config.disable_compile else backend
+    _refuse_buffers_beyond_free_memory(model, input_ids, max_new, backend)
     try:
         return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph,
                          backend=backend, prefill=prefill)  # fmt: skip
     finally:
         if streamer is not None:
             streamer.end()
+
+
+def _refuse_buffers_beyond_free_memory(model, input_ids, max_new: int, backend) -> None:
+    """ValueError before the prefill when even the least the fixed buffers can take (:func:`.decode_path.fixed_buffers_at_least`,
+    sized as :func:`_generate` sizes them) exceeds the device's free memory: otherwise a long prompt's forward runs
+    first and the allocator fails after it."""
+    free = decode_path.free_bytes(decode_path.model_device(model))
+    if free is None:
+        return
+    rows, prompt = input_ids.shape
+    slots = bucket_slots(prompt + max_new) if backend else prompt + max_new
+    need = decode_path.fixed_buffers_at_least(model, rows, slots)
+    if need > free:
+        raise ValueError(
+            f"The fixed-buffer path sizes its buffers before the first step and they would not fit: {rows} x "
+            f"({prompt} prompt + {max_new} new tokens) need at least {need / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free. Ask for fewer new tokens (max_new_tokens, or the max_length of a "
+            "MaxLengthCriteria), or use the eager path (model.generate(..., cache_implementation='dynamic')), whose "
+            "cache grows with the tokens it makes."
+        )
 
 
 class _Chooser:

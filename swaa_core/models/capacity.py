@@ -57,6 +57,7 @@ class GPU:
     bandwidth: float
     matmul_flops: float
     source: str = ""
+    devices: tuple[str, ...] = ()  # torch's names of the devices this entry describes (results are matched on them)
 
 
 # Bandwidths: the copy rates measured on the project's machines (docs FACTS: ~4.25-4.3 TB/s on an H200, ~3.0 TB/s
@@ -64,8 +65,17 @@ class GPU:
 # has the same GH100 compute, so the same rate is assumed. Memory: what torch reports on these cards (about 79.1 and
 # 139.8 GiB; nvidia-smi's figure less the driver's share).
 GPUS = {
-    "H100 80GB": GPU("H100 80GB", int(79.1 * GiB), 3.0e12, 700e12, "measured copy 3.0 TB/s (H100, 2026-12-05)"),
-    "H200 141GB": GPU("H200 141GB", int(139.8 * GiB), 4.3e12, 700e12, "measured copy 4.3 TB/s (H200, 2026-11-29)"),
+    "H100 80GB": GPU(
+        "H100 80GB",
+        int(79.1 * GiB),
+        3.0e12,
+        700e12,
+        "measured copy 3.0 TB/s (H100, 2026-12-05)",
+        ("NVIDIA H100 80GB HBM3",),
+    ),  # the SXM card; a PCIe one copies at about 2 TB/s
+    "H200 141GB": GPU(
+        "H200 141GB", int(139.8 * GiB), 4.3e12, 700e12, "measured copy 4.3 TB/s (H200, 2026-11-29)", ("NVIDIA H200",)
+    ),
 }
 
 
@@ -364,7 +374,7 @@ def capacity_table(
     prompt_tokens: int,
     new_tokens: int,
     prefill: str = "batch",
-    dtype=torch.bfloat16,
+    dtype=None,
     requests: int | None = None,
 ) -> list[dict]:
     """One :meth:`Capacity.row` per ``{label: config}``, in order (see :func:`capacity`)."""

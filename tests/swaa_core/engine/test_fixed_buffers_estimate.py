@@ -115,7 +115,9 @@ def test_the_fixed_path_refuses_buffers_beyond_free_memory_before_its_prefill(mo
         return model.generate(X, cache_implementation="static", **kw)
 
     monkeypatch.setattr(dp, "free_bytes", lambda device: need - 1)
-    with pytest.raises(ValueError, match=r"would not fit: max_new_tokens=9 .*GiB are free"):
+    with pytest.raises(
+        ValueError, match=r"would not fit: 1 x \(12 prompt \+ 9 new tokens\) need at least .*GiB are free"
+    ):
         call()
     assert forwards == []  # refused before the prompt's forward
     monkeypatch.setattr(dp, "free_bytes", lambda device: need)
