@@ -209,14 +209,22 @@ def _bytes_per_slot(model) -> int:
     return 2 * kv_heads * head_dim * next(model.parameters()).element_size()
 
 
-def fixed_buffers_at_least(model, rows: int, slots: int) -> int:
+def fixed_buffers_at_least(model, rows: int, slots: int) -> dict:
     """A lower bound of the bytes the fixed path's buffers take for ``rows`` rows of ``slots`` slots (prompt + new
-    tokens, bucketed under compile): every sliding layer that evicts counted as its ring of sinks + W slots (left
-    padding or a masked token inside a prompt only adds to it), every other layer as ``slots``; exact for rows
-    without padding."""
-    plans = model._swaa_state.plans
-    ring = [plan.kind.kept_slots() for plan in plans if plan.evicts]
-    return rows * _bytes_per_slot(model) * (sum(ring) + (len(plans) - len(ring)) * slots)
+    tokens, bucketed under compile), per device the layers' attention runs on ({device: bytes}): a sliding layer
+    that evicts takes its ring of sinks + W slots (more with left padding) or, when it keeps every key (a masked
+    token inside a prompt, a row that never settles its sinks), flat buffers of ``slots``: counted as the smaller;
+    every other layer as ``slots``. Exact for unpadded rows longer than the ring."""
+    from .families import attention_modules
+
+    per_slot = rows * _bytes_per_slot(model)
+    devices = {m.layer_idx: next(m.parameters()).device for m in attention_modules(model)}
+    out: dict = {}
+    for plan in model._swaa_state.plans:
+        layer = min(plan.kind.kept_slots(), slots) if plan.evicts else slots
+        device = devices.get(plan.layer_idx, model_device(model))
+        out[device] = out.get(device, 0) + per_slot * layer
+    return out
 
 
 def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | None = None) -> list[str]:
@@ -224,8 +232,9 @@ def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | 
     cache holds only the tokens made, so a large max_new_tokens that an end of sequence cuts short is no problem
     there. One reason (empty: they fit, or the device's free memory cannot be read) when those buffers may exceed
     the device's free memory: auto then takes the eager path (the fixed path itself refuses only on
-    :func:`fixed_buffers_at_least`). An upper bound: a sliding layer counts as its ring only for rows without padding (left padding adds
-    sink slots, a masked token inside a prompt keeps every slot, a short row may never settle its sinks); a caller's
+    :func:`fixed_buffers_at_least`). An upper bound: a sliding layer counts as its ring only for unpadded rows
+    longer than it, else as the larger of flat buffers and the ring widened by a whole prompt (left padding adds
+    sink slots, a masked token inside a prompt or a row that never settles its sinks gets flat buffers); a caller's
     MaxLengthCriteria may lengthen the run. ``rows``: the rows of the batch when ``inputs`` already holds
     ``num_return_sequences`` per prompt (default: inputs' rows times it)."""
     import math
@@ -251,10 +260,13 @@ def buffers_beyond_free_memory(model, inputs, config, kwargs: dict, rows: int | 
         padded = not bool(mask.bool().all())
     else:  # generate infers a mask from the pad token where none is given
         padded = pad is not None and bool((inputs == pad).any())
-    per_slot = _bytes_per_slot(model)
-    ring = [plan.kind.kept_slots() for plan in state.plans if plan.evicts] if not padded else []
-    slots = sum(ring) + (len(state.plans) - len(ring)) * (prompt + new)
-    need = rows * per_slot * slots
+    flat = prompt + new
+    settled = not padded  # an unpadded row longer than the ring surely settles into it
+    # else an evicting layer holds a ring widened by the row's padding (at most the prompt) or flat buffers
+    evicting = [plan.kind.kept_slots() for plan in state.plans if plan.evicts]
+    slots = sum(k if settled and prompt >= k else max(flat, k + prompt) for k in evicting)
+    slots += (len(state.plans) - len(evicting)) * flat
+    need = rows * _bytes_per_slot(model) * slots
     if need <= free:
         return []
     return [f"max_new_tokens={new} (the fixed buffers for {rows} x ({prompt} + {new}) tokens need {need / 2**30:.1f} "

@@ -267,23 +267,28 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
 
 
 def _refuse_buffers_beyond_free_memory(model, input_ids, max_new: int, backend) -> None:
-    """ValueError before the prefill when even the least the fixed buffers can take (:func:`.decode_path.fixed_buffers_at_least`,
-    sized as :func:`_generate` sizes them) exceeds the device's free memory: otherwise a long prompt's forward runs
-    first and the allocator fails after it."""
-    free = decode_path.free_bytes(decode_path.model_device(model))
-    if free is None:
-        return
+    """ValueError before the prefill when even the least the fixed buffers can take on a device
+    (:func:`.decode_path.fixed_buffers_at_least`, sized as :func:`_generate` sizes them) exceeds its free memory:
+    otherwise a long prompt's forward runs first and the allocator fails after it."""
     rows, prompt = input_ids.shape
     slots = bucket_slots(prompt + max_new) if backend else prompt + max_new
-    need = decode_path.fixed_buffers_at_least(model, rows, slots)
-    if need > free:
+    for device, need in decode_path.fixed_buffers_at_least(model, rows, slots).items():
+        free = decode_path.free_bytes(device)
+        if free is None or need <= free:
+            continue
+        grows = any(not plan.evicts or plan.kind.kept_slots() > slots for plan in model._swaa_state.plans)
+        advice = ["fewer rows"] + (["fewer new tokens (max_new_tokens, or a MaxLengthCriteria's max_length)"] if grows
+                                   else ["a narrower window (every layer keeps a ring whatever the length)"])  # fmt: skip
+        if backend:
+            advice.append(f"compile off (it rounds each full layer's {prompt + max_new} slots up to {slots})")
         raise ValueError(
-            f"The fixed-buffer path sizes its buffers before the first step and they would not fit: {rows} x "
-            f"({prompt} prompt + {max_new} new tokens) need at least {need / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB are free. Ask for fewer new tokens (max_new_tokens, or the max_length of a "
-            "MaxLengthCriteria), or use the eager path (model.generate(..., cache_implementation='dynamic')), whose "
-            "cache grows with the tokens it makes."
-        )
+            f"The fixed-buffer path sizes its buffers before the first step and they would not fit on {device}: "
+            f"{rows} row(s) of {prompt} prompt + {max_new} new tokens ({slots} slots per full layer) need at least "
+            f"{need:,} bytes, {free:,} bytes are free ({need / 2**30:.2f} against {free / 2**30:.2f} GiB). Ask for "
+            f"{', or '.join(advice)}"
+            + ("" if not grows else ", or use the eager path (model.generate(..., cache_implementation='dynamic')), "
+               "whose cache grows with the tokens it makes") + "."
+        )  # fmt: skip
 
 
 class _Chooser:

@@ -97,7 +97,7 @@ def test_auto_route_does_not_send_a_short_padded_batch_to_buffers_beyond_free_me
     ids, mask = left_padded(X[0, :5], X[0, :8])
     kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, eos_token_id=[])
     real = sum(fast_decode.fast_generate(model, ids, **kw).kv_cache_bytes_per_layer)
-    least = dp.fixed_buffers_at_least(model, 2, ids.shape[1] + 5)
+    least = sum(dp.fixed_buffers_at_least(model, 2, ids.shape[1] + 5).values())
     assert least <= real
     as_cuda(monkeypatch, least - 1 if free.startswith("just below the fixed") else real - 1)
     model.generate(ids, **kw)  # raises "would not fit" under the first
@@ -153,7 +153,7 @@ def test_refusal_does_not_ask_for_fewer_new_tokens_than_one(monkeypatch):
     those two."""
     model = tiny(config=SWAAConfig(sliding_window_size=4, keep_first=2))
     kw = dict(max_new_tokens=1, do_sample=False, eos_token_id=[])
-    as_cuda(monkeypatch, dp.fixed_buffers_at_least(model, 1, X.shape[1] + 1) - 1)
+    as_cuda(monkeypatch, sum(dp.fixed_buffers_at_least(model, 1, X.shape[1] + 1).values()) - 1)
     text = refusal(lambda: fast_decode.fast_generate(model, X, **kw))
     assert "fewer new tokens" not in text, text
 
