@@ -98,6 +98,10 @@ def run_once(model, cfg, rows: int, prompt: int, new: int, steps: int | None, pr
             r = fast_generate(model, ids, max_new_tokens=new, eos_token_id=[], stopping_criteria=stop, prefill=prefill)
     except torch.OutOfMemoryError as e:
         return {"fits": False, "error": str(e).splitlines()[0]}
+    except ValueError as e:  # the fixed path's refusal before its prefill: buffers beyond the free memory
+        if "would not fit" not in str(e):
+            raise
+        return {"fits": False, "error": str(e).splitlines()[0], "refused": True}
     finally:
         del ids
     out = {
