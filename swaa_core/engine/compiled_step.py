@@ -89,9 +89,10 @@ def recompile_limit_hit(error: BaseException) -> bool:
 def compiled_forward(model, backend: str = "inductor"):
     """``torch.compile(model.forward, backend=backend, dynamic=False)``, made once per model and backend and kept on
     the model (static shapes: one graph per bucket, never a dynamic-shape kernel)."""
-    kept = model.__dict__.get("_swaa_compiled_forward")
-    if kept is None or kept.get("owner") != id(model):  # a copy.deepcopy of the model holds its original's
-        kept = model.__dict__["_swaa_compiled_forward"] = {"owner": id(model)}
+    owner, kept = model.__dict__.get("_swaa_compiled_forward", (None, None))
+    if owner != id(model):  # a copy.deepcopy of the model holds its original's (bound to the original)
+        kept = {}
+        model.__dict__["_swaa_compiled_forward"] = (id(model), kept)
     if backend not in kept:
         kept[backend] = torch.compile(model.forward, backend=backend, dynamic=False, fullgraph=False)
     return kept[backend]

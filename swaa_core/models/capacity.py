@@ -95,9 +95,7 @@ def custom_gpu(memory_gib: float, bandwidth_tb_s: float = 3.0, matmul_tflops: fl
     """A card of ``memory_gib`` GiB, ``bandwidth_tb_s`` TB/s and ``matmul_tflops`` TFLOP/s. Raises ValueError naming
     a figure that is not a positive finite number."""
     figures = {"memory_gib": memory_gib, "bandwidth_tb_s": bandwidth_tb_s, "matmul_tflops": matmul_tflops}
-    for name, value in figures.items():
-        if not _real(value) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"A GPU's {name} must be a positive finite number, got {value!r}.")
+    _require_positive(figures, "A GPU's")
     memory_gib, bandwidth_tb_s, matmul_tflops = float(memory_gib), float(bandwidth_tb_s), float(matmul_tflops)
     return GPU(f"{memory_gib:g} GiB", int(memory_gib * GiB), bandwidth_tb_s * 1e12, matmul_tflops * 1e12, "given")
 
@@ -106,9 +104,14 @@ def _check_card(gpu: GPU) -> None:
     """ValueError naming a figure of ``gpu`` that is not a positive finite number (a GPU built by hand, not by
     :func:`custom_gpu`, which checks them as it builds)."""
     figures = {"memory_bytes": gpu.memory_bytes, "bandwidth": gpu.bandwidth, "matmul_flops": gpu.matmul_flops}
+    _require_positive(figures, f"GPU {gpu.name!r}: its")
+
+
+def _require_positive(figures: dict, whose: str) -> None:
+    """ValueError "<whose> <name> must be a positive finite number" for the first figure that is not one."""
     for name, value in figures.items():
         if not _real(value) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"GPU {gpu.name!r}: its {name} must be a positive finite number, got {value!r}.")
+            raise ValueError(f"{whose} {name} must be a positive finite number, got {value!r}.")
 
 
 def _rules(shape: ModelShape, config: SWAAConfig | None):
