@@ -117,7 +117,7 @@ def run_model(out: dict):
 def run_profile(out: dict):
     """The kernels of one prefill at the longest --model-lengths on a --profile-layers model, by GPU time: the model's
     own forward, then under SWA (--window keys + --sinks) its forward and ``fast_generate``'s prefill of one new
-    token (--window 0: the model's own forward only)."""
+    token, eager and compiled (--window 0: the model's own forward only)."""
     import time
 
     from torch.profiler import ProfilerActivity, profile
@@ -134,6 +134,8 @@ def run_profile(out: dict):
         cfg = SWAAConfig(sliding_window_size=ARGS.window, keep_first=ARGS.sinks)
         runs += [("model, swa", cfg, forward)]
         runs += [("fast_generate, swa", cfg, lambda: fast_generate(model, ids, max_new_tokens=1, eos_token_id=[]))]
+        fused = lambda: fast_generate(model, ids, max_new_tokens=1, eos_token_id=[], compile=True)  # noqa: E731
+        runs += [("fast_generate, swa, compile=True (fused prefill)", cfg, fused)]
     for name, cfg, run in runs:
         with swaa(model, cfg) if cfg else contextlib.nullcontext():
             run()  # warm-up: JIT builds and cuDNN graphs are not the prefill's cost
@@ -150,22 +152,23 @@ def run_profile(out: dict):
 
 @torch.no_grad()
 def run_fused(out: dict):
-    """The --layers model's prefill at each --model-lengths, full and SWA, in turns: eager, with the norms and MLPs
-    compiled as ``fast_generate(compile=...)`` compiles them (inductor, precision casts emulated) and with plain
-    inductor (min of --reps after a warm-up that compiles); then whether ``fast_generate(compile=True)`` gives
-    ``generate``'s greedy tokens in bf16 (a 4K prompt, 64 tokens, SWA)."""
+    """The --layers model's prefill at each --model-lengths, full (SWAA's like-for-like full attention) and SWA, in
+    turns: eager, and with the norms, MLPs and attention modules compiled as ``fast_generate(compile=...)`` compiles
+    them (inductor, precision casts emulated; min of --reps after a warm-up that compiles); then, in bf16 (a 4K
+    prompt, 64 greedy tokens, SWA), ``generate``'s tokens against the eager fixed-buffer path and
+    ``fast_generate(compile=True)``."""
     from swaa_core import SWAAConfig, swaa
     from swaa_core.engine.compiled_prefill import fused_elementwise, prefill_backend
     from swaa_core.engine.fast_decode import fast_generate
 
     model = llama8b(ARGS.layers)
     cfgs = {"full": None, "swa": SWAAConfig(sliding_window_size=ARGS.window, keep_first=ARGS.sinks)}
-    variants = {"eager": None, "fused (emulated casts)": prefill_backend("inductor"), "fused (inductor)": "inductor"}
+    variants = {"eager": None, "fused (emulated casts)": prefill_backend("inductor")}
     for L in ARGS.model_lengths:
         ids = torch.randint(0, 128000, (1, L), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
         for label, cfg in cfgs.items():
             row = out[f"{label} {L // 1024}K, ms"] = {}
-            with swaa(model, cfg) if cfg else contextlib.nullcontext():
+            with swaa(model, cfg):
                 for name, backend in variants.items():
 
                     def prefill(backend=backend, ids=ids):
@@ -178,12 +181,19 @@ def run_fused(out: dict):
             torch.cuda.empty_cache()
     x = torch.randint(0, 128000, (1, 4096), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
     with swaa(model, cfgs["swa"]):
-        expected = model.generate(x, max_new_tokens=64, do_sample=False, cache_implementation="dynamic")
-        got = fast_generate(model, x, max_new_tokens=64, eos_token_id=[], compile=True)
-    same = torch.equal(got.sequences[:, : expected.shape[1]], expected)
-    first = None if same else int((got.sequences[0, : expected.shape[1]] != expected[0]).nonzero()[0]) - 4096
-    out["bf16 compile=True tokens equal generate"] = {"equal": same, "first_difference_at_new_token": first}
-    print("bf16 tokens equal:", same, first, flush=True)
+        runs = {
+            "generate": model.generate(x, max_new_tokens=64, do_sample=False, cache_implementation="dynamic"),
+            "fixed path, eager": fast_generate(model, x, max_new_tokens=64, eos_token_id=[]).sequences,
+            "fixed path, compile=True": fast_generate(
+                model, x, max_new_tokens=64, eos_token_id=[], compile=True
+            ).sequences,
+        }
+    eager, compiled = "fixed path, eager", "fixed path, compile=True"
+    for name, other in ((eager, "generate"), (compiled, "generate"), (compiled, eager)):
+        differ = (runs[name][0, 4096:4160] != runs[other][0, 4096:4160]).nonzero()
+        first = None if len(differ) == 0 else int(differ[0])
+        out[f"bf16 tokens: {name} vs {other}"] = {"equal": first is None, "first_difference_at_new_token": first}
+        print(f"bf16 tokens: {name} vs {other}, first difference at new token:", first, flush=True)
 
 
 def main(argv=None):

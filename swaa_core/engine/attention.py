@@ -88,18 +88,29 @@ def swaa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fun
 
 
 def swaa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """The attention transformers calls as "swaa": (B, H, Q, D) queries and (B, H_kv, K, D) keys and values in,
+    ((B, Q, H, D) output, None) out. A fixed-buffer decode step (the compiled step traces it) attends over its
+    buffers; everything else runs :func:`_attention`, which ``torch.compile`` never traces."""
+    if kwargs.get("softcap") is not None:
+        raise ValueError("SWAA backends do not implement attention logit soft-capping (Gemma 2 style models).")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    cache_layer = getattr(module, "_swaa_cache_layer", None)
+    if type(cache_layer) is StaticSlots:  # a captured decode step; a type test, as isinstance on an ABC is slow
+        return cache_layer.attend(query, key, value, scaling), None
+    return _attention(module, query, key, value, attention_mask, dropout, scaling, cache_layer, **kwargs)
+
+
+# Its host-side geometry (reads of the plan, the cache layer's counters and the padding mask) would cost a compiled
+# caller one graph per layer and per prompt length; the prefill's compiled attention modules (compiled_prefill) call
+# it between their graphs instead. Compiled kernels it calls (flex) still run compiled.
+@torch.compiler.disable
+def _attention(module, query, key, value, attention_mask, dropout, scaling, cache_layer, **kwargs):
     plan: LayerPlan | None = getattr(module, "_swaa_plan", None)
     if plan is None:
         raise RuntimeError(
             "The 'swaa' attention is selected but this layer has no SWAA plan; use swaa_core.apply_swaa(model, config)."
         )
-    if kwargs.get("softcap") is not None:
-        raise ValueError("SWAA backends do not implement attention logit soft-capping (Gemma 2 style models).")
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    cache_layer = module._swaa_cache_layer
-    if type(cache_layer) is StaticSlots:  # a captured decode step; a type test, as isinstance on an ABC is slow
-        return cache_layer.attend(query, key, value, scaling), None
     view = cache_layer.view if cache_layer is not None else KeyView(False, 0, 0, key.shape[2], None)
     Q = query.shape[2]
     recorder = module._swaa_recorder
