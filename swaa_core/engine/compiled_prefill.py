@@ -34,7 +34,7 @@ KEPT = "_swaa_compiled_prefill"
 
 
 def prefill_backend(backend):
-    """The backend the prefill's norms and MLPs compile with, for ``fast_generate``'s ``compile`` backend. For
+    """The backend the prefill's compiled modules compile with, for ``fast_generate``'s ``compile`` backend. For
     inductor (a name or :func:`~swaa_core.engine.compiled_step.inductor_backend`): inductor with its precision casts
     emulated, so that each fused kernel rounds to the model's dtype where the eager operations do (without, a bf16
     prefill's logits moved by up to 3e-3 and a greedy token changed), and without the step's settings (freezing would

@@ -40,7 +40,7 @@ def test_compiled_step_equals_the_eager_step_and_compiles_once_per_bucket():
     per_slot = 2 * 2 * 8 * 4  # keys + values x KV heads x head dim x float32 bytes
     try:
         counts = []
-        for T in (20, 41):  # 20 + 24 and 41 + 24 slots: one bucket of 256
+        for T in (20, 41, 33):  # 20 + 24, 41 + 24 and 33 + 24 slots: one bucket of 256
             x = torch.randint(3, 97, (1, T), generator=torch.Generator().manual_seed(T))
             compiled = fast_generate(model, x, max_new_tokens=24, compile="eager")
             eager = fast_generate(model, x, max_new_tokens=24)
@@ -52,10 +52,12 @@ def test_compiled_step_equals_the_eager_step_and_compiles_once_per_bucket():
             assert [b // per_slot for b in compiled.kv_cache_bytes_per_layer] == [K + W, 256, K + W, K + W]
             assert [b // per_slot for b in eager.kv_cache_bytes_per_layer] == [K + W, T + 24, K + W, K + W]
             counts.append(graphs())
-        assert counts[1] == counts[0]  # the second prompt reused the first one's compiled step (and prefill)
+        # the second length compiled the prefill's modules with the length as a symbol (compiled_prefill); the third
+        # compiled nothing: the bucket's step and the prefill were reused
+        assert counts[2] == counts[1]
         x = torch.randint(3, 97, (1, 250), generator=torch.Generator().manual_seed(3))
         fast_generate(model, x, max_new_tokens=24, compile="eager")  # 274 slots: the next bucket
-        assert graphs() - counts[1] == 1
+        assert graphs() - counts[2] == 1
         off = fast_generate(model, x, max_new_tokens=8, compile="eager", generation_config=GenerationConfig(
             disable_compile=True))  # fmt: skip
         assert not off.compiled
