@@ -59,11 +59,18 @@ def fusable(module: torch.nn.Module) -> bool:
       as accelerate puts on them run between graphs) and parameter-free activations;
     - an attention module SWAA runs (it holds a layer plan) whose submodules are such Linears and norms: its
       projections and rotary embedding compile, while the cache's update and SWAA's attention run between graphs
-      (``attention._attention``)."""
+      (``attention._attention``).
+
+    A module whose submodules carry forward or backward hooks (activation steering, calibration, pruning) keeps its
+    own forward: one compiled function serves every layer, and dynamo does not guard on a submodule's hooks, so a
+    hook on one layer's ``o_proj`` would be skipped in the graph traced for another layer (hooks on the module itself
+    run outside its compiled forward)."""
     if "forward" in module.__dict__:
         return False
     name = type(module).__name__
     children = list(module.children())
+    if any(_hooked(m) for m in module.modules() if m is not module):
+        return False
     if name.endswith("RMSNorm"):
         return not children
     if name.endswith("MLP"):
@@ -75,6 +82,11 @@ def fusable(module: torch.nn.Module) -> bool:
 
 def _plain(child: torch.nn.Module) -> bool:
     return type(child) is torch.nn.Linear or not any(True for _ in child.parameters())
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for name in hooks)
 
 
 def _with_eager_cache_update(compiled, module, *args, **kwargs):

@@ -73,9 +73,13 @@ COMPILED_RECOMPILE_LIMIT = 64
 def compile_scope(*, fail: bool, limit: int | None = None) -> contextlib.AbstractContextManager:
     """Dynamo's settings for SWAA's compiled calls: up to ``limit`` graphs per function (default
     :data:`COMPILED_RECOMPILE_LIMIT`) and, with ``fail``, an error past it (:func:`recompile_limit_hit`) instead of
-    dynamo's silent eager fallback. (torch before 2.7 names the limit ``cache_size_limit``.)"""
+    dynamo's silent eager fallback; guards on the modules' hooks, so that a hook registered or removed after a step
+    was compiled compiles a new one (by default dynamo skips those guards, and the old step ran without the hook).
+    (torch before 2.7 names the limit ``cache_size_limit``.)"""
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     settings = {name: COMPILED_RECOMPILE_LIMIT if limit is None else limit}
+    if hasattr(torch._dynamo.config, "skip_nnmodule_hook_guards"):
+        settings["skip_nnmodule_hook_guards"] = False
     if fail and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
         settings["fail_on_recompile_limit_hit"] = True
     return torch._dynamo.config.patch(**settings)

@@ -46,7 +46,7 @@ from .compiled_step import (
 from .config import SWAAConfig
 from .decode_path import by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
-from .install import install, remove_swaa, swaa_owner
+from .install import foreign_hooks, install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
@@ -119,7 +119,9 @@ def fast_generate(
     tokens unless a length is set). ``options``: any other ``generate`` option (``min_p``, ``repetition_penalty``,
     ``no_repeat_ngram_size``, ``num_return_sequences``, ``return_dict_in_generate`` with ``output_scores``, a
     ``tokenizer`` for ``stop_strings``, ...). ``eos_token_id=[]``: never end a row early.
-    ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only. ``compile``: True (or
+    ``attention_mask``: (B, T) with left padding. ``cuda_graph``: None captures on CUDA only, and
+    not over a caller's module hooks (:func:`~swaa_core.engine.install.foreign_hooks`: a replay runs no hook);
+    True with such hooks raises ValueError. ``compile``: True (or
     a ``torch.compile`` backend: a name, or e.g. ``compiled_step.inductor_backend(**FROZEN_FUSED)``, the fastest
     measured) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
@@ -250,7 +252,7 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
             "num_return_sequences): pass one row and num_return_sequences=1."
         )
     chooser = _Chooser(input_ids, logits_processor, stopping_criteria, generation_config, generator, streamer, callers)
-    use_graph = input_ids.is_cuda if cuda_graph is None else cuda_graph
+    use_graph = _use_graph(model, cuda_graph, input_ids.is_cuda)
     plans = model._swaa_state.plans
     # a caller's MaxLengthCriteria replaces the one generate builds from the config (_merge_criteria_processor_list)
     limit = min((c.max_length for c in stopping_criteria if isinstance(c, MaxLengthCriteria)), default=None)
@@ -265,6 +267,22 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     finally:
         if streamer is not None:
             streamer.end()
+
+
+def _use_graph(model, cuda_graph: bool | None, on_cuda: bool) -> bool:
+    """Whether the decode steps run as a captured CUDA graph: ``cuda_graph`` None captures on CUDA unless a module
+    carries hooks of the caller's (a graph replays kernels only: a hook's Python, counting calls or keeping
+    activations, would run once, at capture); True with such hooks is refused by name."""
+    hooked = foreign_hooks(model)
+    if cuda_graph is None:
+        return on_cuda and not hooked
+    if cuda_graph and hooked:
+        raise ValueError(
+            f"cuda_graph=True replays the decode step's kernels without running Python, so the hooks on "
+            f"{', '.join(hooked[:4])}{' ...' if len(hooked) > 4 else ''} would run once, at capture, not at every "
+            "token. Pass cuda_graph=None or False (each step then runs the hooks), or remove the hooks."
+        )
+    return bool(cuda_graph)
 
 
 def _refuse_buffers_beyond_free_memory(model, input_ids, max_new: int, backend) -> None:

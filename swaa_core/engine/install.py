@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -43,6 +44,31 @@ class SWAAState:
         return f"{self.config.describe()} [backend: {self.backend}]"
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def replay_safe(hook):
+    """Mark ``hook`` (a module hook of this project's) as one a replayed CUDA graph may skip: what it does at
+    capture holds for every step, or it has nothing to do in a decode step. :func:`foreign_hooks` ignores it."""
+    hook.swaa_replay_safe = True
+    return hook
+
+
+def foreign_hooks(model) -> list[str]:
+    """The names of ``model``'s modules that carry forward or backward hooks not marked :func:`replay_safe` (a
+    caller's: counting calls, keeping activations, steering), and "every module" for torch's global module hooks.
+    A CUDA graph replays kernels without running their Python."""
+    names = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if any(not getattr(h, "swaa_replay_safe", False) for d in _HOOK_DICTS for h in getattr(module, d, {}).values())
+    ]
+    globals_ = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    if any(getattr(torch.nn.modules.module, g, None) for g in globals_):
+        names.append("every module (torch's global module hooks)")
+    return names
+
+
 def swaa_owner(model):
     """The model whose layers SWAA changes and which keeps its state: the transformers model inside a peft wrapper
     (``get_base_model()``), else ``model``. One owner whichever object a call is given, so that SWAA applied before
@@ -56,6 +82,7 @@ def _register() -> None:
     AttentionMaskInterface.register(NAME, swaa_mask)
 
 
+@replay_safe  # a captured step's layers are the fixed buffers it binds at capture
 def _cache_hook(module, args, kwargs):
     cache = kwargs.get("past_key_values")
     last = module._swaa_cache_layer
@@ -77,6 +104,7 @@ def _cache_hook(module, args, kwargs):
     module._swaa_cache_layer = layer
 
 
+@replay_safe  # refuses before a prefill, never in a decode step
 def _refuse_checkpointed_prefix(decoder, args, kwargs):
     """transformers' checkpointed decoder layers run without ``past_key_values`` in train mode (Gradient
     CheckpointingLayer drops it, under no_grad too): the cache is neither filled nor read, so a chunk that

@@ -18,7 +18,7 @@ import torch
 
 from ..engine.decode_path import DecodePath, Route, resolve
 from ..engine.fast_decode import WARMUP_STEPS, fast_generate
-from ..engine.install import swaa_owner
+from ..engine.install import replay_safe, swaa_owner
 from ..engine.patch import kv_cache_bytes, swaa
 from .harness import ForwardTimer, cancel_between_layers
 
@@ -87,6 +87,7 @@ def decode_kernels(model, device: torch.device | str | None = None):
 
     held = False
 
+    @replay_safe  # a no-op under SWAA's attention, the only one the fixed path's captured steps run
     def per_forward(module, args, kwargs):
         nonlocal held
         tokens = kwargs.get("input_ids")

@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, TextStreamer
 
 from ..engine.config import SWAAConfigError
 from ..engine.families import attention_modules
+from ..engine.install import replay_safe
 from .tasks.base import decode_whole
 
 
@@ -137,6 +138,7 @@ def cancel_between_layers(model, event: threading.Event | None, *, until: Callab
         yield
         return
 
+    @replay_safe  # past the first token a stop ends the run through the stopping criteria, not this hook
     def check(module, args):
         if event.is_set() and (until is None or until() is None):
             raise RunCancelled
