@@ -3,8 +3,8 @@
 
 Shapes stay static: the flat buffers of full and FA-decode layers are sized to the prompt plus the new tokens rounded
 up to a multiple of :data:`COMPILE_BUCKET` (:func:`bucket_slots`), the ring buffers of sliding layers to sinks + W,
-so a new prompt in the same bucket, at the same batch size, reuses the compiled step. One compiled forward is kept per
-model and backend (:func:`compiled_forward`); ``torch.compile`` keeps one compiled graph per set of shapes and
+so a new prompt in the same bucket, at the same batch size, reuses the compiled step. One compiled call is kept per
+backend (:func:`compiled_forward`); ``torch.compile`` keeps one compiled graph per set of shapes and
 constants behind it (up to ``torch._dynamo.config.recompile_limit`` of them; past that it runs the forward eagerly).
 The step it compiles is the same forward the eager fixed-buffer step runs, and a CUDA graph then captures the
 compiled kernels as it captures the eager ones. As with any ``torch.compile``, a module class whose ``forward`` is
@@ -90,16 +90,21 @@ def recompile_limit_hit(error: BaseException) -> bool:
     return any(part in type(error).__name__ for part in ("RecompileLimit", "CacheLimit"))
 
 
+def _call(model, /, **inputs):
+    return model(**inputs)
+
+
+_COMPILED_CALLS: dict = {}  # backend -> torch.compile(_call); dynamo keeps the graphs per model it was called with
+
+
 def compiled_forward(model, backend: str = "inductor"):
-    """``torch.compile(model.forward, backend=backend, dynamic=False)``, made once per model and backend and kept on
-    the model (static shapes: one graph per bucket, never a dynamic-shape kernel)."""
-    owner, kept = model.__dict__.get("_swaa_compiled_forward", (None, None))
-    if owner != id(model):  # a copy.deepcopy of the model holds its original's (bound to the original)
-        kept = {}
-        model.__dict__["_swaa_compiled_forward"] = (id(model), kept)
-    if backend not in kept:
-        kept[backend] = torch.compile(model.forward, backend=backend, dynamic=False, fullgraph=False)
-    return kept[backend]
+    """``step(**inputs)``: ``model(**inputs)`` under ``torch.compile(backend=backend, dynamic=False)`` (static shapes:
+    one graph per bucket, never a dynamic-shape kernel). The model is called, not its forward, so hooks on the model
+    itself run at every step as under ``generate``; nothing is kept on the model (a ``copy.deepcopy`` of it is a
+    model of its own)."""
+    if backend not in _COMPILED_CALLS:
+        _COMPILED_CALLS[backend] = torch.compile(_call, backend=backend, dynamic=False, fullgraph=False)
+    return functools.partial(_COMPILED_CALLS[backend], model)
 
 
 def bind(model, static) -> None:

@@ -46,7 +46,7 @@ from .compiled_step import (
 from .config import SWAAConfig
 from .decode_path import by_keyword
 from .generation_options import MODEL_KWARGS, prepare, refuse
-from .install import foreign_hooks, install, remove_swaa, swaa_owner
+from .install import foreign_hooks, global_module_hooks, install, remove_swaa, swaa_owner
 from .static_cache import StaticSWAACache
 
 WARMUP_STEPS = 2  # eager steps before capture: lazy kernel and library initialisation must not be captured
@@ -260,6 +260,14 @@ def _decode(model, input_ids, logits_processor, stopping_criteria, generation_co
     max_new = max(math.ceil((generation_config.max_length if limit is None else limit) - input_ids.shape[1]), 1)
     mask = model_kwargs.get("attention_mask")
     backend = None if generation_config.disable_compile else backend
+    if backend is not None and global_module_hooks():
+        warnings.warn(
+            "torch's global module hooks are set, and compiled code does not notice when they change: this call runs "
+            "its prefill and decode steps eagerly (DecodeResult.compiled is False).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        backend = None
     _refuse_buffers_beyond_free_memory(model, input_ids, max_new, backend)
     try:
         return _generate(model, plans, input_ids, mask, max_new, chooser, generation_config, use_graph=use_graph,

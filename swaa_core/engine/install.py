@@ -61,12 +61,20 @@ def foreign_hooks(model) -> list[str]:
     names = [
         name or type(model).__name__
         for name, module in model.named_modules()
-        if any(not getattr(h, "swaa_replay_safe", False) for d in _HOOK_DICTS for h in getattr(module, d, {}).values())
+        if hasattr(module, "_hf_hook")  # accelerate's hooks replace the forward instead of registering a torch hook
+        or any(not getattr(h, "swaa_replay_safe", False) for d in _HOOK_DICTS for h in getattr(module, d, {}).values())
     ]
-    globals_ = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-    if any(getattr(torch.nn.modules.module, g, None) for g in globals_):
+    if global_module_hooks():
         names.append("every module (torch's global module hooks)")
     return names
+
+
+def global_module_hooks() -> bool:
+    """Whether torch's global module hooks (``register_module_forward_hook`` and its siblings) are set: dynamo guards
+    on none of them, so a compiled forward would keep running as they were when it was traced."""
+    module = torch.nn.modules.module
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(getattr(module, name, None) for name in (*names, "_global_backward_pre_hooks"))
 
 
 def swaa_owner(model):

@@ -166,6 +166,7 @@ def _training_mode(model, checkpointing: bool):
     the model's previous settings come back afterwards."""
     use_cache = model.config.use_cache
     model.config.use_cache = False
+    had_grad_hook = _input_grad_hook(model)
     # transformers 5.2x renamed gradient checkpointing to activation checkpointing; older 5.x has only the old name.
     renamed = hasattr(model, "activation_checkpointing_enable")
     if checkpointing and renamed:
@@ -177,8 +178,15 @@ def _training_mode(model, checkpointing: bool):
     finally:
         if checkpointing:
             (model.activation_checkpointing_disable if renamed else model.gradient_checkpointing_disable)()
+        if _input_grad_hook(model) and not had_grad_hook:  # enabling checkpointing added it; disabling leaves it
+            model.disable_input_require_grads()  # else it would count as a caller's hook (no CUDA graph after)
         model.config.use_cache = use_cache
         model.eval()
+
+
+def _input_grad_hook(model) -> bool:
+    """Whether transformers' ``enable_input_require_grads`` hook is on ``model`` (its name varies across 5.x)."""
+    return bool(getattr(model, "_require_grads_hooks", None)) or hasattr(model, "_require_grads_hook")
 
 
 def _trainer_callback(on_progress: ProgressFn | None, cancel: threading.Event | None, losses: list[float], progress):
