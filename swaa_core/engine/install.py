@@ -44,7 +44,7 @@ class SWAAState:
         return f"{self.config.describe()} [backend: {self.backend}]"
 
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")  # backward hooks never run in a decode step (no grad)
 
 
 def replay_safe(hook):
@@ -55,8 +55,9 @@ def replay_safe(hook):
 
 
 def foreign_hooks(model) -> list[str]:
-    """The names of ``model``'s modules that carry forward or backward hooks not marked :func:`replay_safe` (a
-    caller's: counting calls, keeping activations, steering), and "every module" for torch's global module hooks.
+    """The names of ``model``'s modules that carry forward hooks not marked :func:`replay_safe` (a caller's:
+    counting calls, keeping activations, steering) or accelerate's hooks, and "every module" for torch's global
+    module hooks.
     A CUDA graph replays kernels without running their Python."""
     names = [
         name or type(model).__name__

@@ -138,10 +138,12 @@ def cancel_between_layers(model, event: threading.Event | None, *, until: Callab
         yield
         return
 
-    @replay_safe  # past the first token a stop ends the run through the stopping criteria, not this hook
     def check(module, args):
         if event.is_set() and (until is None or until() is None):
             raise RunCancelled
+
+    if until is not None:  # past the first token a stop ends the run through the stopping criteria, not this hook
+        replay_safe(check)
 
     handles = [m.register_forward_pre_hook(check) for m in attention_modules(model)]
     try:

@@ -124,3 +124,8 @@ def test_a_cuda_graph_is_not_captured_over_the_callers_hooks():
         with cancel_between_layers(model, threading.Event(), until=lambda: None), decode_kernels(model, "cuda"):
             assert sum(len(m._forward_pre_hooks) for m in model.modules()) > len(model._swaa_state.hooks)
             assert _use_graph(model, None, on_cuda=True)
+        with cancel_between_layers(model, threading.Event()):  # without ``until`` the hook is the only stop
+            assert not _use_graph(model, None, on_cuda=True)
+        handle = model.model.layers[0].register_full_backward_hook(lambda m, gi, go: None)
+        assert _use_graph(model, None, on_cuda=True)  # backward hooks never run in a decode step
+        handle.remove()
