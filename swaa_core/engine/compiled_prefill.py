@@ -107,8 +107,9 @@ def _with_eager_cache_update(compiled, module, *args, **kwargs):
 def fused_elementwise(model: torch.nn.Module, backend):
     """Within the block, every :func:`fusable` module of ``model`` that lies in no other runs
     ``torch.compile(type(module).forward, backend=backend)`` (one compiled function per class, its forward function
-    and backend, kept on the model); afterwards, even after an exception, each runs its own forward again. ``backend`` None: the block runs
-    the model as it is. Not for a model other threads call meanwhile: they would run the compiled forwards too."""
+    and backend, kept on the model); afterwards, even after an exception, each runs its own forward again.
+    ``backend`` None: the block runs the model as it is. Not for a model other threads call meanwhile: they would run
+    the compiled forwards too."""
     if backend is None:
         yield
         return
