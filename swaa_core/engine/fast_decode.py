@@ -125,9 +125,10 @@ def fast_generate(
     a ``torch.compile`` backend: a name, or e.g. ``compiled_step.inductor_backend(**FROZEN_FUSED)``, the fastest
     measured) runs the decode step compiled (:mod:`swaa_core.engine.compiled_step`: buffers
     bucketed, one compilation per bucket and batch size, kept across calls; ``disable_compile`` in the generation
-    config turns it off), and the prefill's norms, MLPs and attention modules (projections and
-    rotary) compiled (:mod:`swaa_core.engine.compiled_prefill`, under inductor with emulated precision casts when the backend is
-    inductor; the first call's ``prefill_s`` includes compiling them). Compiled kernels round differently from the
+    config turns it off), and the prefill's norms, MLPs and attention modules (projections and rotary) compiled
+    (:mod:`swaa_core.engine.compiled_prefill`, under inductor with emulated precision casts when the backend is
+    inductor; the first call's ``prefill_s`` includes compiling them, and so does the first call at a second prompt
+    length, which compiles the kernels that take the length as a symbol). Compiled kernels round differently from the
     eager ones (fused float32 arithmetic, other reduction orders): in float32 the tokens are ``generate``'s (tested
     over 256 greedy tokens on an H100), in bf16 a near tie can go the other way (an 8B model with random weights on
     an H100 left ``generate``'s greedy tokens at the 2nd new token, and so did the eager fixed path: three kernels'
