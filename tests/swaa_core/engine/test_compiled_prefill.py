@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from helpers.compiling import CountingBackend
 from helpers.tiny_models import FAMILIES, build_tiny_model, left_padded
 from torch._dynamo.utils import counters
 from transformers import GenerationConfig
@@ -30,21 +31,10 @@ def forwards_on_instances(model) -> list[str]:
     return [name for name, m in model.named_modules() if "forward" in m.__dict__]
 
 
-class Counting:
-    """A torch.compile backend that runs each graph as traced and counts the graphs and the modules' classes."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fused_prefill_gives_the_eager_tokens_and_compiles_once_per_class(family):
     model = build_tiny_model(family, eos_token_id=None)
-    backend = Counting()
+    backend = CountingBackend()
     assert not any(fusable(m) for m in attention_modules(model))  # only an attention SWAA runs
     with swaa(model, CONFIG), torch.no_grad():
         classes = {type(m) for m in model.modules() if fusable(m)}
@@ -67,7 +57,7 @@ def test_fused_prefill_gives_the_eager_tokens_and_compiles_once_per_class(family
     assert {cls for cls, _, _ in kept} == classes and len(kept) == len(classes)
 
 
-class SymbolicSizes(Counting):
+class SymbolicSizes(CountingBackend):
     """Counts the graphs and records the sizes each compiled graph takes as symbols (their values at compile time)."""
 
     def __init__(self):
@@ -104,7 +94,7 @@ def test_the_prefills_graphs_do_not_grow_with_the_layers(family):
     counts = []
     for layers in (2, 5):
         model = build_tiny_model(family, layers=layers, eos_token_id=None)
-        backend = Counting()
+        backend = CountingBackend()
         x = torch.randint(3, 97, (1, 30), generator=torch.Generator().manual_seed(2))
         with swaa(model, SWAAConfig(sliding_window_size=6, keep_first=2)), torch.no_grad():
             fast_generate(model, x, max_new_tokens=2, compile=backend)
@@ -139,7 +129,7 @@ def test_a_hook_librarys_forward_and_a_lora_mlp_are_left_alone():
 
 def test_disable_compile_keeps_the_prefill_eager_too():
     model = build_tiny_model("llama", eos_token_id=None)
-    backend = Counting()
+    backend = CountingBackend()
     x = torch.randint(3, 97, (1, 25), generator=torch.Generator().manual_seed(1))
     with swaa(model, CONFIG):
         result = fast_generate(model, x, max_new_tokens=8, compile=backend,
@@ -150,7 +140,7 @@ def test_disable_compile_keeps_the_prefill_eager_too():
 def test_the_prefill_compiles_with_inductors_defaults_for_an_inductor_backend():
     """Freezing would fold a second copy of the MLP weights in for every prompt length, and without emulated casts a
     bf16 prefill's tokens moved; other backends are the caller's, as given."""
-    custom = Counting()
+    custom = CountingBackend()
     assert prefill_backend(None) is None
     emulated = inductor_backend(emulate_precision_casts=True)  # rounds where the eager operations round
     assert prefill_backend("inductor") is emulated and prefill_backend(inductor_backend(**FROZEN_FUSED)) is emulated

@@ -18,6 +18,7 @@ import threading
 
 import pytest
 import torch
+from helpers.compiling import CountingBackend
 from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig, swaa
@@ -26,17 +27,6 @@ from swaa_core.eval.decoding import decode_kernels
 from swaa_core.eval.harness import cancel_between_layers
 
 CONFIG = SWAAConfig(sliding_window_size=6, keep_first=2, non_sliding_layers=[1])
-
-
-class Counting:
-    """A torch.compile backend that runs each graph as traced and counts the graphs."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 @pytest.mark.parametrize("projection", ["self_attn.o_proj", "self_attn.q_proj", "mlp.down_proj"])
@@ -55,7 +45,7 @@ def test_a_forward_hook_on_an_attention_projection_runs_in_the_compiled_prefill(
     with swaa(model, CONFIG), torch.no_grad():
         expected = model.generate(x, max_new_tokens=6, do_sample=False)
         expected_calls, calls[:] = list(calls), []
-        result = fast_generate(model, x, max_new_tokens=6, compile=Counting())
+        result = fast_generate(model, x, max_new_tokens=6, compile=CountingBackend())
     assert expected_calls == [25, 1, 1, 1, 1, 1]
     assert calls == expected_calls, "the hook did not run in the compiled prefill"
     assert torch.equal(result.sequences, expected)
@@ -75,7 +65,7 @@ def test_a_forward_pre_hook_on_a_q_and_k_norm_runs_in_the_compiled_prefill():
     with swaa(model, CONFIG), torch.no_grad():
         model.generate(x, max_new_tokens=3, do_sample=False)
         expected_calls, calls[:] = list(calls), []
-        fast_generate(model, x, max_new_tokens=3, compile=Counting())
+        fast_generate(model, x, max_new_tokens=3, compile=CountingBackend())
     assert expected_calls == [21, 1, 1] and calls == expected_calls
 
 
@@ -91,7 +81,7 @@ def test_a_hook_registered_after_a_compiled_call_runs_in_the_next_calls_decode_s
         return output * 3.0
 
     x = torch.randint(3, 97, (1, 25), generator=torch.Generator().manual_seed(1))
-    backend = Counting()
+    backend = CountingBackend()
     with swaa(model, CONFIG), torch.no_grad():
         plain = fast_generate(model, x, max_new_tokens=6, compile=backend)
         hook = model.model.layers[2].self_attn.o_proj.register_forward_hook(scale)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.compiling import CountingBackend
 from helpers.tiny_models import build_tiny_model
 
 from swaa_core import SWAAConfig, swaa
@@ -26,17 +27,6 @@ from swaa_core.engine.fast_decode import _use_graph, fast_generate
 from swaa_core.engine.install import swaa_owner
 
 CONFIG = SWAAConfig(sliding_window_size=6, keep_first=2, non_sliding_layers=[1])
-
-
-class Counting:
-    """A torch.compile backend that runs each graph as traced and counts the graphs."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 def _prompt(n: int = 25) -> torch.Tensor:
@@ -64,7 +54,7 @@ def test_a_forward_hook_on_the_model_itself_runs_in_the_compiled_decode_steps():
         expected_calls, calls[:] = list(calls), []
         eager = fast_generate(model, x, max_new_tokens=6)
         eager_calls, calls[:] = list(calls), []
-        compiled = fast_generate(model, x, max_new_tokens=6, compile=Counting())
+        compiled = fast_generate(model, x, max_new_tokens=6, compile=CountingBackend())
     assert expected_calls == eager_calls == [25, 1, 1, 1, 1, 1]
     assert not torch.equal(expected, plain)  # the hook matters
     assert torch.equal(eager.sequences, expected)
@@ -89,7 +79,7 @@ def test_a_global_module_hook_registered_after_a_compiled_call_runs_in_the_next_
             return output * 3.0
 
     x = _prompt()
-    backend = Counting()
+    backend = CountingBackend()
     with swaa(model, CONFIG), torch.no_grad():
         plain = fast_generate(model, x, max_new_tokens=6, compile=backend)
         handle = torch.nn.modules.module.register_module_forward_hook(hook)
