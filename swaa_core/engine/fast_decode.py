@@ -282,16 +282,18 @@ def _use_graph(model, cuda_graph: bool | None, on_cuda: bool) -> bool:
     """Whether the decode steps run as a captured CUDA graph: ``cuda_graph`` None captures on CUDA unless a module
     carries hooks of the caller's (a graph replays kernels only: a hook's Python, counting calls or keeping
     activations, would run once, at capture); True with such hooks is refused by name."""
+    if cuda_graph is None:  # the model's modules are walked only where a graph would be captured
+        return on_cuda and not foreign_hooks(model)
+    if not cuda_graph:
+        return False
     hooked = foreign_hooks(model)
-    if cuda_graph is None:
-        return on_cuda and not hooked
-    if cuda_graph and hooked:
+    if hooked:
         raise ValueError(
             f"cuda_graph=True replays the decode step's kernels without running Python, so the hooks on "
             f"{', '.join(hooked[:4])}{' ...' if len(hooked) > 4 else ''} would run once, at capture, not at every "
             "token. Pass cuda_graph=None or False (each step then runs the hooks), or remove the hooks."
         )
-    return bool(cuda_graph)
+    return True
 
 
 def _refuse_buffers_beyond_free_memory(model, input_ids, max_new: int, backend) -> None:

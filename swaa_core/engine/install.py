@@ -57,8 +57,7 @@ def replay_safe(hook):
 def foreign_hooks(model) -> list[str]:
     """The names of ``model``'s modules that carry forward hooks not marked :func:`replay_safe` (a caller's:
     counting calls, keeping activations, steering) or accelerate's hooks, and "every module" for torch's global
-    module hooks.
-    A CUDA graph replays kernels without running their Python."""
+    module hooks. A CUDA graph replays kernels without running their Python."""
     names = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -73,9 +72,13 @@ def foreign_hooks(model) -> list[str]:
 def global_module_hooks() -> bool:
     """Whether torch's global module hooks (``register_module_forward_hook`` and its siblings) are set: dynamo guards
     on none of them, so a compiled forward would keep running as they were when it was traced."""
-    module = torch.nn.modules.module
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-    return any(getattr(module, name, None) for name in (*names, "_global_backward_pre_hooks"))
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return any(getattr(torch.nn.modules.module, name, None) for name in names)
 
 
 def swaa_owner(model):
